@@ -1,0 +1,209 @@
+//! LiteLLM-compatible configuration: YAML text → environment references resolved → raw serde
+//! structs (unknown keys collected with their paths) → `validate()` → the typed `Config`.
+//!
+//! Loading never stops at the first problem: every problem is a `Diagnostic` naming its YAML path,
+//! so `llmux config check` can list them all.
+
+mod env;
+mod lenient;
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::{Map, Value};
+
+pub use env::{EnvSource, ProcessEnv};
+pub use validate::{OPENAI_REQUEST_PARAMS, PROVIDER_SPECIFIC_PARAMS};
+
+/// How serious a configuration problem is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Warning,
+    Error,
+}
+
+/// One problem found in a configuration, with the YAML path it concerns
+/// (e.g. `model_list[2].litellm_params.api_key`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    pub severity: Severity,
+    pub path: String,
+    pub message: String,
+}
+
+impl Diagnostic {
+    pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Warning, path: path.into(), message: message.into() }
+    }
+
+    pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Diagnostic { severity: Severity::Error, path: path.into(), message: message.into() }
+    }
+
+    pub fn is_error(&self) -> bool {
+        self.severity == Severity::Error
+    }
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let level = match self.severity {
+            Severity::Warning => "warning",
+            Severity::Error => "error",
+        };
+        if self.path.is_empty() {
+            write!(f, "{level}: {}", self.message)
+        } else {
+            write!(f, "{level}: {}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// A secret string (API or master key): never printed by `Debug`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// `model_info` of a deployment. Known fields are typed; the rest is kept for `/model/info`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelInfo {
+    pub id: Option<String>,
+    pub mode: Option<String>,
+    pub max_input_tokens: Option<u64>,
+    pub max_output_tokens: Option<u64>,
+    pub extra: Map<String, Value>,
+}
+
+/// One `model_list` entry: a deployment of a model group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeploymentConfig {
+    /// Position in `model_list`, for diagnostics.
+    pub index: usize,
+    /// The public name clients ask for; may contain one `*` wildcard.
+    pub model_name: String,
+    /// `litellm_params.model` as written, e.g. `groq/llama-3.1-8b-instant`.
+    pub model: String,
+    /// `litellm_params.custom_llm_provider`, which overrides the prefix of `model`.
+    pub custom_llm_provider: Option<String>,
+    pub api_base: Option<String>,
+    pub api_key: Option<Secret>,
+    pub api_version: Option<String>,
+    pub organization: Option<String>,
+    pub timeout: Option<Duration>,
+    pub stream_timeout: Option<Duration>,
+    pub max_retries: Option<u32>,
+    pub rpm: Option<u64>,
+    pub tpm: Option<u64>,
+    pub weight: Option<f64>,
+    pub order: Option<u32>,
+    pub extra_headers: Vec<(String, String)>,
+    /// OpenAI request parameters from `litellm_params` applied when a request omits them.
+    pub request_defaults: Map<String, Value>,
+    /// `mock_response` for the in-process `mock/` provider.
+    pub mock_response: Option<Value>,
+    /// Other `litellm_params` (provider-specific settings later adapters read).
+    pub provider_params: Map<String, Value>,
+    pub model_info: ModelInfo,
+}
+
+impl DeploymentConfig {
+    /// The YAML path of this entry, for diagnostics.
+    pub fn path(&self) -> String {
+        format!("model_list[{}]", self.index)
+    }
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    pub deployments: Vec<DeploymentConfig>,
+    pub master_key: Option<Secret>,
+    pub drop_params: bool,
+    /// `litellm_settings.request_timeout`: total time for one upstream call.
+    pub request_timeout: Duration,
+    /// `general_settings.max_request_size_mb`, in bytes.
+    pub max_request_body_bytes: usize,
+    /// `llmux_settings.drain_timeout`: how long a graceful stop waits for in-flight requests.
+    pub drain_timeout: Duration,
+    /// `llmux_settings.connect_timeout`: TCP + TLS connect limit for upstreams.
+    pub connect_timeout: Duration,
+    /// `router_settings` as written, for the router to interpret.
+    pub router_settings: Map<String, Value>,
+    /// Variables from `environment_variables:`, overlaid on the process environment.
+    pub environment_variables: Vec<(String, String)>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            deployments: Vec::new(),
+            master_key: None,
+            drop_params: false,
+            request_timeout: Duration::from_secs(600),
+            max_request_body_bytes: 32 * 1024 * 1024,
+            drain_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(10),
+            router_settings: Map::new(),
+            environment_variables: Vec::new(),
+        }
+    }
+}
+
+impl Config {
+    /// Look a variable up the way the config file sees it: `environment_variables:` first, then
+    /// the process environment.
+    pub fn env_var(&self, env: &dyn EnvSource, name: &str) -> Option<String> {
+        self.environment_variables
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .or_else(|| env.var(name))
+            .filter(|v| !v.is_empty())
+    }
+}
+
+/// A loaded configuration and the warnings found on the way.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+/// Load configuration text. `Err` carries every diagnostic (at least one error) when the
+/// configuration cannot be used; `Ok` may still carry warnings.
+pub fn load_str(text: &str, env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
+    validate::load(text, env)
+}
+
+/// Read and load a configuration file.
+pub fn load_file(path: &Path, env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))]
+    })?;
+    load_str(&text, env)
+}
+
+/// `--strict`: warnings become errors.
+pub fn strict(diagnostics: &mut [Diagnostic]) {
+    for d in diagnostics {
+        d.severity = Severity::Error;
+    }
+}

@@ -1,0 +1,79 @@
+//! Raw serde structs mirroring LiteLLM's `config.yaml`. Keys not named here are reported by
+//! `serde_ignored` with their path; `litellm_params` and `model_info` keep free-form extras.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::lenient::{opt_bool, opt_f64, opt_u32, opt_u64};
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawModelEntry {
+    pub model_name: String,
+    pub litellm_params: RawLitellmParams,
+    #[serde(default)]
+    pub model_info: Option<Map<String, Value>>,
+    // LiteLLM also reads rpm/tpm beside litellm_params.
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub tpm: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct RawLitellmParams {
+    pub model: String,
+    #[serde(default)]
+    pub custom_llm_provider: Option<String>,
+    #[serde(default)]
+    pub api_base: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    #[serde(default)]
+    pub api_version: Option<String>,
+    #[serde(default)]
+    pub organization: Option<String>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub timeout: Option<f64>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub stream_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "opt_u32")]
+    pub max_retries: Option<u32>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub rpm: Option<u64>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub tpm: Option<u64>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub weight: Option<f64>,
+    #[serde(default, deserialize_with = "opt_u32")]
+    pub order: Option<u32>,
+    #[serde(default)]
+    pub extra_headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    pub mock_response: Option<Value>,
+    #[serde(flatten)]
+    pub other: Map<String, Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLitellmSettings {
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub drop_params: Option<bool>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub request_timeout: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawGeneralSettings {
+    #[serde(default)]
+    pub master_key: Option<String>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub max_request_size_mb: Option<f64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct RawLlmuxSettings {
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub drain_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub connect_timeout: Option<f64>,
+}

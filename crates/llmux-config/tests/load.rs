@@ -1,0 +1,154 @@
+//! Loading real LiteLLM configs and the diagnostics a user sees for mistakes.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use llmux_config::{load_file, load_str, Diagnostic, Severity};
+
+fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn shared_config(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/configs").join(name)
+}
+
+fn warnings_at<'a>(diags: &'a [Diagnostic], path: &str) -> Vec<&'a Diagnostic> {
+    diags.iter().filter(|d| d.path == path).collect()
+}
+
+#[test]
+fn litellm_fixture_configs_load() {
+    let e = env(&[("AZURE_API_KEY", "k"), ("OPENAI_API_KEY", "o"), ("LITELLM_MASTER_KEY", "sk-master")]);
+    for name in ["litellm-azure_config.yaml", "litellm-docs-example.yaml", "litellm-load_balancer.yaml"] {
+        let loaded = load_file(&shared_config(name), &e).unwrap_or_else(|d| panic!("{name}: {d:?}"));
+        assert!(!loaded.config.deployments.is_empty(), "{name}");
+        assert!(loaded.diagnostics.iter().all(|d| d.severity == Severity::Warning));
+    }
+}
+
+#[test]
+fn azure_fixture_reads_underscored_numbers_and_fractional_timeouts() {
+    let loaded = load_file(&shared_config("litellm-azure_config.yaml"), &env(&[("AZURE_API_KEY", "k")])).unwrap();
+    let d = &loaded.config.deployments[0];
+    assert_eq!(d.tpm, Some(20_000));
+    assert_eq!(d.timeout, Some(Duration::from_secs(5)));
+    assert_eq!(d.stream_timeout, Some(Duration::from_millis(500)));
+    assert_eq!(d.max_retries, Some(4));
+    assert_eq!(d.api_key.as_ref().unwrap().expose(), "k");
+    assert_eq!(d.api_version.as_deref(), Some("2023-05-15"));
+}
+
+#[test]
+fn docs_example_reports_unsupported_settings_by_path() {
+    let loaded = load_file(&shared_config("litellm-docs-example.yaml"), &env(&[("LITELLM_MASTER_KEY", "sk-m")])).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.master_key.as_ref().unwrap().expose(), "sk-m");
+    assert!(c.drop_params);
+    assert_eq!(c.deployments[0].rpm, Some(900));
+    assert_eq!(c.deployments[0].order, Some(1));
+    let d = &loaded.diagnostics;
+    assert_eq!(warnings_at(d, "router_settings.num_retries").len(), 1);
+    assert_eq!(warnings_at(d, "litellm_settings.callbacks").len(), 1);
+    assert!(warnings_at(d, "litellm_settings.callbacks")[0].message.contains("does not support yet"));
+    let db = warnings_at(d, "general_settings.database_url");
+    assert!(db.iter().any(|x| x.message.contains("DATABASE_URL is not set")));
+    assert!(db.iter().any(|x| x.message.contains("does not support yet")));
+    // Unset variables are named, never their values.
+    assert!(d.iter().any(|x| x.path == "model_list[0].litellm_params.api_key" && x.message.contains("AZURE_API_KEY")));
+    assert!(warnings_at(d, "router_settings.routing_strategy").is_empty(), "simple-shuffle is supported");
+}
+
+#[test]
+fn load_balancer_fixture_uses_environment_variables_and_entry_level_limits() {
+    let loaded = load_file(&shared_config("litellm-load_balancer.yaml"), &env(&[])).unwrap();
+    let c = &loaded.config;
+    assert_eq!(c.deployments.len(), 4);
+    assert_eq!(c.deployments[0].rpm, Some(3));
+    assert_eq!(c.deployments[0].tpm, Some(20000));
+    assert!(c.drop_params, "`True` is a boolean");
+    assert!(c.environment_variables.contains(&("REDIS_PORT".to_owned(), "6329".to_owned())));
+}
+
+#[test]
+fn environment_variables_section_feeds_references() {
+    let text = r#"
+environment_variables:
+  MY_BASE: http://127.0.0.1:9
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/x, api_base: os.environ/MY_BASE, temperature: 0.2, max_tokens: 7, vertex_project: p}
+"#;
+    let loaded = load_str(text, &env(&[])).unwrap();
+    let d = &loaded.config.deployments[0];
+    assert_eq!(d.api_base.as_deref(), Some("http://127.0.0.1:9"));
+    assert_eq!(d.request_defaults["temperature"], 0.2);
+    assert_eq!(d.request_defaults["max_tokens"], 7);
+    assert_eq!(d.provider_params["vertex_project"], "p");
+}
+
+#[test]
+fn unknown_keys_are_warnings_with_paths_and_strict_makes_them_errors() {
+    let text = r#"
+model_list:
+  - model_name: m
+    litellm_params: {model: openai/x}
+    typo_key: 1
+litellm_settings: {drop_params: false, mystery: 2}
+general_settings: {master_key: sk-1}
+mystery_section: {}
+llmux_settings: {drain_timeout: 5, nope: 1}
+"#;
+    let mut loaded = load_str(text, &env(&[])).unwrap();
+    let paths: Vec<_> = loaded.diagnostics.iter().map(|d| d.path.clone()).collect();
+    for expected in ["model_list[0].typo_key", "litellm_settings.mystery", "mystery_section", "llmux_settings.nope"] {
+        assert!(paths.contains(&expected.to_owned()), "missing {expected} in {paths:?}");
+    }
+    assert_eq!(loaded.config.drain_timeout, Duration::from_secs(5));
+    llmux_config::strict(&mut loaded.diagnostics);
+    assert!(loaded.diagnostics.iter().all(Diagnostic::is_error));
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let text = r#"
+model_list:
+  - model_name: a
+    litellm_params: {model: openai/x, api_base: "ftp://nope", timeout: -1}
+  - model_name: b
+    litellm_params: {model: openai/y, rpm: lots}
+  - model_name: c
+    litellm_params: {}
+  - model_name: "a*b*"
+    litellm_params: {model: openai/z}
+general_settings: {max_request_size_mb: 0}
+"#;
+    let errors = load_str(text, &env(&[])).unwrap_err();
+    let paths: Vec<_> = errors.iter().filter(|d| d.is_error()).map(|d| d.path.clone()).collect();
+    for expected in [
+        "model_list[0].litellm_params.api_base",
+        "model_list[0].litellm_params.timeout",
+        "model_list[1].litellm_params.rpm",
+        "model_list[2].litellm_params",
+        "model_list[3].model_name",
+        "general_settings.max_request_size_mb",
+    ] {
+        assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:?}");
+    }
+}
+
+#[test]
+fn bad_yaml_and_wrong_shapes_are_errors_not_panics() {
+    for text in ["model_list: [", "- a\n- b", "model_list: 3", "model_list:\n  - 1", "\"\\xff\": ["] {
+        let result = load_str(text, &env(&[]));
+        assert!(result.is_err(), "{text:?} should fail");
+    }
+    assert!(load_str("", &env(&[])).unwrap().config.deployments.is_empty());
+}
+
+#[test]
+fn secrets_are_not_printed_by_debug() {
+    let loaded = load_str("general_settings: {master_key: sk-very-secret}", &env(&[])).unwrap();
+    assert!(!format!("{:?}", loaded.config).contains("sk-very-secret"));
+}

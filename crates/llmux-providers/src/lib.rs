@@ -1,1 +1,146 @@
-//! placeholder
+//! Provider adapters: pure translation between the gateway's OpenAI-shaped requests and each
+//! provider's wire format, plus SSE framing. Nothing here does IO: the core sends what an adapter
+//! builds and hands back what came over the wire.
+
+pub mod mock;
+pub mod openai_compat;
+pub mod registry;
+pub mod sse;
+
+use bytes::Bytes;
+use http::HeaderMap;
+use llmux_types::{GatewayError, RawObject, Usage};
+
+pub use openai_compat::HttpTarget;
+pub use registry::{ProviderSpec, ResolvedProvider};
+
+/// The OpenAI operation a request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Operation {
+    Chat,
+    Completions,
+    Embeddings,
+}
+
+impl Operation {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Completions => "completions",
+            Operation::Embeddings => "embeddings",
+        }
+    }
+
+    /// The `mode` LiteLLM's `model_info` uses for this operation.
+    pub fn mode(self) -> &'static str {
+        match self {
+            Operation::Chat => "chat",
+            Operation::Completions => "completion",
+            Operation::Embeddings => "embedding",
+        }
+    }
+}
+
+/// Per-request inputs to translation that are not in the body.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestContext<'a> {
+    /// What the model group's `*` matched in the requested model name.
+    pub wildcard: Option<&'a str>,
+    /// `litellm_settings.drop_params`.
+    pub drop_params: bool,
+}
+
+/// An upstream HTTP request, ready to send.
+#[derive(Debug, Clone)]
+pub struct UpstreamRequest {
+    pub url: String,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A translated non-streaming response: OpenAI-shaped bytes and the usage they report.
+#[derive(Debug, Clone)]
+pub struct TranslatedResponse {
+    pub body: Bytes,
+    pub usage: Option<Usage>,
+}
+
+/// What one upstream stream event becomes for the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DecodedEvent {
+    /// OpenAI-shaped SSE bytes to send (one or more events), with the usage they reported.
+    Chunk { bytes: Bytes, usage: Option<Usage> },
+    /// Keep-alive bytes (comments): forwarded, but not content.
+    KeepAlive(Bytes),
+    /// The end of the stream (`data: [DONE]` is in `bytes`).
+    Done(Bytes),
+    /// The upstream reported an error inside the stream.
+    Error(GatewayError),
+}
+
+/// Stateful per-request translation of a provider's stream events.
+pub trait StreamDecoder: Send {
+    /// `event` is one complete SSE event as it arrived (terminator included).
+    fn decode(&mut self, event: Bytes) -> DecodedEvent;
+}
+
+/// One provider adapter, instantiated per deployment with what it needs to reach it.
+pub trait Provider: Send + Sync + 'static {
+    /// The provider prefix, e.g. `groq`.
+    fn name(&self) -> &'static str;
+    fn supports(&self, op: Operation) -> bool;
+    fn build_request(&self, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<UpstreamRequest, GatewayError>;
+    fn parse_response(&self, op: Operation, body: Bytes) -> Result<TranslatedResponse, GatewayError>;
+    fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder>;
+    fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError;
+}
+
+/// Decoder for OpenAI-shaped streams: events pass through as bytes.
+#[derive(Debug, Default)]
+pub struct OpenAiStreamDecoder;
+
+impl StreamDecoder for OpenAiStreamDecoder {
+    fn decode(&mut self, event: Bytes) -> DecodedEvent {
+        match openai_compat::inspect_event(&event) {
+            openai_compat::StreamEvent::Data { usage } => DecodedEvent::Chunk { bytes: event, usage },
+            openai_compat::StreamEvent::KeepAlive => DecodedEvent::KeepAlive(event),
+            openai_compat::StreamEvent::Done => DecodedEvent::Done(event),
+            openai_compat::StreamEvent::Error(e) => DecodedEvent::Error(e),
+        }
+    }
+}
+
+impl Provider for HttpTarget {
+    fn name(&self) -> &'static str {
+        self.provider
+    }
+
+    fn supports(&self, op: Operation) -> bool {
+        match op {
+            Operation::Chat => true,
+            Operation::Completions => self.supports_completions,
+            Operation::Embeddings => self.supports_embeddings,
+        }
+    }
+
+    fn build_request(&self, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<UpstreamRequest, GatewayError> {
+        Ok(UpstreamRequest {
+            url: self.url(op).to_owned(),
+            headers: self.headers.clone(),
+            body: self.build_body(request, ctx.wildcard, ctx.drop_params)?,
+        })
+    }
+
+    fn parse_response(&self, _op: Operation, body: Bytes) -> Result<TranslatedResponse, GatewayError> {
+        let usage = openai_compat::extract_usage(&body);
+        Ok(TranslatedResponse { body, usage })
+    }
+
+    fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {
+        Box::new(OpenAiStreamDecoder)
+    }
+
+    fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
+        openai_compat::parse_error(status, headers, body)
+    }
+}

@@ -198,6 +198,70 @@ impl ErrorEnvelope {
     }
 }
 
+/// A failure on its way to the client: the kind that drives retries and metrics, and the exact
+/// status and OpenAI error body the client will see (an upstream's own status and code are kept).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayError {
+    pub kind: ErrorKind,
+    pub status: u16,
+    pub body: ErrorBody,
+    /// From the upstream's `Retry-After` / `retry-after-ms`, when it sent one.
+    pub retry_after: Option<std::time::Duration>,
+    /// Upstream headers the client should see (rate-limit state, `retry-after`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl GatewayError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        GatewayError {
+            kind,
+            status: kind.http_status(),
+            body: ErrorEnvelope::new(kind, message).error,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::Internal, message)
+    }
+
+    pub fn with_param(mut self, param: impl Into<String>) -> Self {
+        self.body.param = Some(param.into());
+        self
+    }
+
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.body.code = Some(code.into());
+        self
+    }
+
+    pub fn with_status(mut self, status: u16) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub fn message(&self) -> &str {
+        &self.body.message
+    }
+
+    pub fn envelope(&self) -> ErrorEnvelope {
+        ErrorEnvelope { error: self.body.clone() }
+    }
+}
+
+impl std::fmt::Display for GatewayError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.kind, self.status, self.body.message)
+    }
+}
+
+impl std::error::Error for GatewayError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,6 +7,6 @@ pub mod openai;
 pub mod raw;
 pub mod usage;
 
-pub use error::{ErrorBody, ErrorEnvelope, ErrorKind};
+pub use error::{ErrorBody, ErrorEnvelope, ErrorKind, GatewayError};
 pub use raw::{RawObject, RawObjectError};
 pub use usage::Usage;

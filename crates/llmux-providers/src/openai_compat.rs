@@ -1,0 +1,452 @@
+//! The OpenAI-compatible adapter: forwards the client's body with `model` rewritten (no full
+//! re-encode), relays responses and stream events as bytes, and reads only usage and errors.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::HeaderMap;
+use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
+use llmux_types::raw::write_json_string;
+use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
+
+use crate::registry::{AuthStyle, ProviderSpec};
+use crate::sse;
+use crate::Operation;
+
+/// Everything needed to call one deployment, computed once when the configuration loads so the
+/// request path does no string building beyond the body.
+#[derive(Debug, Clone)]
+pub struct HttpTarget {
+    pub provider: &'static str,
+    pub base_url: String,
+    chat_url: String,
+    completions_url: String,
+    embeddings_url: String,
+    /// Auth, `extra_headers` and content type, ready to send.
+    pub headers: HeaderMap,
+    /// The upstream model; may contain one `*` filled from the request's model name.
+    pub model_template: String,
+    /// `model_template` as a JSON string, when it has no wildcard.
+    model_json: Option<Vec<u8>>,
+    /// `litellm_params` request defaults as raw JSON.
+    request_defaults: Vec<(String, Vec<u8>)>,
+    pub unsupported_params: &'static [&'static str],
+    pub supports_embeddings: bool,
+    pub supports_completions: bool,
+}
+
+impl HttpTarget {
+    /// Build the target for a deployment of an OpenAI-compatible provider.
+    pub fn new(
+        spec: &'static ProviderSpec,
+        upstream_model: &str,
+        dep: &DeploymentConfig,
+        config: &Config,
+        env: &dyn EnvSource,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Result<HttpTarget, ()> {
+        let params_path = format!("{}.litellm_params", dep.path());
+        let base = dep
+            .api_base
+            .clone()
+            .or_else(|| spec.base_env.iter().find_map(|name| config.env_var(env, name)))
+            .or_else(|| spec.default_base.map(str::to_owned));
+        let Some(base) = base else {
+            let hint = spec.base_env.first().map(|e| format!(" (or set {e})")).unwrap_or_default();
+            diags.push(Diagnostic::error(
+                format!("{params_path}.api_base"),
+                format!("provider `{}` has no default endpoint: set api_base{hint}", spec.name),
+            ));
+            return Err(());
+        };
+        let mut base = base.trim_end_matches('/').to_owned();
+        if let Some(suffix) = spec.base_suffix {
+            if !base.ends_with(suffix) {
+                base.push_str(suffix);
+            }
+        }
+        let key = dep
+            .api_key
+            .as_ref()
+            .map(|k| k.expose().to_owned())
+            .or_else(|| spec.key_env.iter().find_map(|name| config.env_var(env, name)));
+        if key.is_none() && spec.key_required {
+            let hint = spec.key_env.first().map(|e| format!(" and {e} is not set")).unwrap_or_default();
+            diags.push(Diagnostic::warning(
+                format!("{params_path}.api_key"),
+                format!("no API key for provider `{}`{hint}; requests will be sent without one", spec.name),
+            ));
+        }
+
+        let mut headers = HeaderMap::new();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        if let Some(key) = key {
+            let (name, value) = match spec.auth {
+                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
+                AuthStyle::Header(h) => (HeaderName::from_static(h), key),
+            };
+            match HeaderValue::from_str(&value) {
+                Ok(mut v) => {
+                    v.set_sensitive(true);
+                    headers.insert(name, v);
+                }
+                Err(_) => {
+                    diags.push(Diagnostic::error(format!("{params_path}.api_key"), "contains characters not allowed in a header"));
+                    return Err(());
+                }
+            }
+        }
+        if let Some(org) = &dep.organization {
+            if let Ok(v) = HeaderValue::from_str(org) {
+                headers.insert(HeaderName::from_static("openai-organization"), v);
+            }
+        }
+        for (name, value) in &dep.extra_headers {
+            match (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+                (Ok(n), Ok(v)) => {
+                    headers.insert(n, v);
+                }
+                _ => {
+                    diags.push(Diagnostic::error(format!("{params_path}.extra_headers.{name}"), "not a valid HTTP header"));
+                    return Err(());
+                }
+            }
+        }
+
+        let request_defaults = dep
+            .request_defaults
+            .iter()
+            .filter_map(|(k, v)| serde_json::to_vec(v).ok().map(|raw| (k.clone(), raw)))
+            .collect();
+        let model_json = (!upstream_model.contains('*')).then(|| json_string(upstream_model));
+        Ok(HttpTarget {
+            provider: spec.name,
+            chat_url: format!("{base}/chat/completions"),
+            completions_url: format!("{base}/completions"),
+            embeddings_url: format!("{base}/embeddings"),
+            base_url: base,
+            headers,
+            model_template: upstream_model.to_owned(),
+            model_json,
+            request_defaults,
+            unsupported_params: spec.unsupported_params,
+            supports_embeddings: spec.supports_embeddings,
+            supports_completions: spec.supports_completions,
+        })
+    }
+
+    pub fn url(&self, op: Operation) -> &str {
+        match op {
+            Operation::Chat => &self.chat_url,
+            Operation::Completions => &self.completions_url,
+            Operation::Embeddings => &self.embeddings_url,
+        }
+    }
+
+    /// The upstream model name for a request; `wildcard` is what the model group's `*` matched.
+    pub fn upstream_model(&self, wildcard: Option<&str>) -> String {
+        match wildcard {
+            Some(w) if self.model_template.contains('*') => self.model_template.replacen('*', w, 1),
+            _ => self.model_template.clone(),
+        }
+    }
+
+    /// The upstream body: the client's JSON with `model` replaced, request defaults filled in, and
+    /// parameters the provider rejects dropped (with `drop_params`) or refused.
+    pub fn build_body(
+        &self,
+        request: &RawObject<'_>,
+        wildcard: Option<&str>,
+        drop_params: bool,
+    ) -> Result<Bytes, GatewayError> {
+        let model_json = match (&self.model_json, wildcard) {
+            (Some(json), _) => std::borrow::Cow::Borrowed(json.as_slice()),
+            (None, w) => std::borrow::Cow::Owned(json_string(&self.upstream_model(w))),
+        };
+        let mut edit = request.edit().set("model", model_json);
+        for param in self.unsupported_params {
+            if request.get_non_null(param).is_some() {
+                if !drop_params {
+                    return Err(GatewayError::invalid_request(format!(
+                        "{} does not support parameter `{param}`; remove it or set `litellm_settings.drop_params: true`",
+                        self.provider
+                    ))
+                    .with_param(*param)
+                    .with_code("unsupported_parameter"));
+                }
+                edit = edit.remove(param);
+            }
+        }
+        for (key, raw) in &self.request_defaults {
+            edit = edit.default(key, raw.as_slice());
+        }
+        Ok(Bytes::from(edit.render()))
+    }
+}
+
+fn json_string(s: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(s.len() + 2);
+    write_json_string(&mut out, s);
+    out
+}
+
+/// Usage from an OpenAI-shaped JSON body, if it reports one.
+pub fn extract_usage(body: &[u8]) -> Option<Usage> {
+    // Cheap pre-check: most bodies are scanned once by the parser below only when they can match.
+    memchr::memmem::find(body, b"\"usage\"")?;
+    RawObject::parse(body).ok()?.decode::<Usage>("usage").ok().flatten()
+}
+
+/// What one upstream SSE event means to the relay.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamEvent {
+    /// A data event to forward; carries the usage it reported, if any.
+    Data { usage: Option<Usage> },
+    /// `data: [DONE]`.
+    Done,
+    /// An `{"error": ...}` event inside a 200 stream.
+    Error(GatewayError),
+    /// A comment or an event without data (keep-alive); forwarded but not "content".
+    KeepAlive,
+}
+
+/// Classify one complete SSE event from an OpenAI-compatible upstream.
+pub fn inspect_event(event: &[u8]) -> StreamEvent {
+    let fields = sse::parse_fields(event);
+    if !fields.has_data {
+        return StreamEvent::KeepAlive;
+    }
+    let data = fields.data.as_ref();
+    let trimmed = data.trim_ascii();
+    if trimmed == b"[DONE]" {
+        return StreamEvent::Done;
+    }
+    let named_error = fields.event == Some(b"error".as_slice());
+    let may_have_error = named_error || memchr::memmem::find(data, b"\"error\"").is_some();
+    let may_have_usage = memchr::memmem::find(data, b"\"usage\"").is_some();
+    if !may_have_error && !may_have_usage {
+        return StreamEvent::Data { usage: None };
+    }
+    let Ok(object) = RawObject::parse(trimmed) else {
+        if named_error {
+            return StreamEvent::Error(GatewayError::new(
+                ErrorKind::UpstreamError,
+                String::from_utf8_lossy(trimmed).into_owned(),
+            ));
+        }
+        return StreamEvent::Data { usage: None };
+    };
+    if let Some(error) = object.get_non_null("error") {
+        return StreamEvent::Error(error_from_body(500, error.get().as_bytes(), true));
+    }
+    if named_error {
+        return StreamEvent::Error(error_from_body(500, trimmed, false));
+    }
+    StreamEvent::Data { usage: object.decode::<Usage>("usage").ok().flatten() }
+}
+
+/// Upstream headers a client should see: rate-limit state and retry hints.
+pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .iter()
+        .filter(|(name, _)| {
+            let n = name.as_str();
+            n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
+        })
+        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str().to_owned(), v.to_owned())))
+        .collect()
+}
+
+/// `retry-after-ms`, else `retry-after` in seconds (HTTP dates are ignored: clocks differ).
+pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()) {
+        if ms.is_finite() && ms >= 0.0 {
+            return Some(Duration::from_secs_f64(ms / 1000.0));
+        }
+    }
+    let secs = headers.get("retry-after")?.to_str().ok()?.trim().parse::<f64>().ok()?;
+    (secs.is_finite() && secs >= 0.0 && secs < 86_400.0).then(|| Duration::from_secs_f64(secs))
+}
+
+/// Turn an upstream error response into the error the client sees: the upstream's status, and its
+/// message, type and code when it sent OpenAI-shaped (or close) JSON.
+pub fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
+    let mut error = error_from_body(status, body, false);
+    error.status = status;
+    error.retry_after = retry_after(headers);
+    error.headers = forwarded_headers(headers);
+    error
+}
+
+/// `inner` says `body` is already the value of an `error` field.
+fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayError {
+    let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+    let error_value = match &value {
+        Some(v) if inner => Some(v),
+        Some(v) => v.get("error").filter(|e| !e.is_null()).or(Some(v)),
+        None => None,
+    };
+    let text = |v: &serde_json::Value| -> Option<String> {
+        match v {
+            serde_json::Value::String(s) => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        }
+    };
+    let (message, upstream_type, code, param) = match error_value {
+        Some(serde_json::Value::String(s)) => (s.clone(), None, None, None),
+        Some(e @ serde_json::Value::Object(_)) => {
+            let message = e.get("message").and_then(text).or_else(|| e.get("detail").and_then(|d| match d {
+                serde_json::Value::String(s) => Some(s.clone()),
+                other => Some(other.to_string()),
+            }));
+            (
+                message.unwrap_or_else(|| e.to_string()),
+                e.get("type").and_then(text),
+                e.get("code").and_then(text),
+                e.get("param").and_then(text),
+            )
+        }
+        Some(other) => (other.to_string(), None, None, None),
+        None => {
+            let raw = String::from_utf8_lossy(body);
+            let trimmed: String = raw.trim().chars().take(2000).collect();
+            let message = if trimmed.is_empty() { format!("upstream returned HTTP {status}") } else { trimmed };
+            (message, None, None, None)
+        }
+    };
+    let kind = classify(status, upstream_type.as_deref(), code.as_deref(), &message);
+    let mut error = GatewayError::new(kind, message);
+    if let Some(t) = upstream_type {
+        error.body.error_type = t;
+    }
+    error.body.code = code.or_else(|| Some(kind.default_code().to_owned()));
+    error.body.param = param;
+    error
+}
+
+/// Structured fields first, message text last.
+fn classify(status: u16, error_type: Option<&str>, code: Option<&str>, message: &str) -> ErrorKind {
+    let by_code = |c: &str| match c {
+        "context_length_exceeded" | "string_above_max_length" => Some(ErrorKind::ContextLengthExceeded),
+        "content_filter" | "content_policy_violation" | "content_filtered" => Some(ErrorKind::ContentFiltered),
+        "rate_limit_exceeded" => Some(ErrorKind::RateLimited),
+        "invalid_api_key" => Some(ErrorKind::Authentication),
+        "model_not_found" => Some(ErrorKind::NotFound),
+        _ => None,
+    };
+    if let Some(kind) = code.and_then(by_code).or_else(|| error_type.and_then(by_code)) {
+        return kind;
+    }
+    let lower = message.to_ascii_lowercase();
+    if (400..500).contains(&status)
+        && (lower.contains("maximum context length") || lower.contains("context length") || lower.contains("context window"))
+    {
+        return ErrorKind::ContextLengthExceeded;
+    }
+    ErrorKind::from_upstream_status(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openai_error_bodies_keep_status_type_and_code() {
+        let mut headers = HeaderMap::new();
+        headers.insert("retry-after", HeaderValue::from_static("7"));
+        headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+        headers.insert("server", HeaderValue::from_static("x"));
+        let e = parse_error(
+            429,
+            &headers,
+            br#"{"error":{"message":"Rate limit reached","type":"requests","param":null,"code":"rate_limit_exceeded"}}"#,
+        );
+        assert_eq!(e.kind, ErrorKind::RateLimited);
+        assert_eq!(e.status, 429);
+        assert_eq!(e.body.error_type, "requests");
+        assert_eq!(e.body.code.as_deref(), Some("rate_limit_exceeded"));
+        assert_eq!(e.retry_after, Some(Duration::from_secs(7)));
+        assert_eq!(e.headers.len(), 2);
+
+        let e = parse_error(400, &HeaderMap::new(), br#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#);
+        assert_eq!(e.kind, ErrorKind::ContextLengthExceeded);
+        assert_eq!(e.body.param.as_deref(), Some("messages"));
+    }
+
+    #[test]
+    fn non_openai_error_bodies_still_make_sense() {
+        let e = parse_error(400, &HeaderMap::new(), br#"{"object":"error","message":"This model's maximum context length is 4096 tokens","type":"BadRequestError","param":null,"code":400}"#);
+        assert_eq!(e.kind, ErrorKind::ContextLengthExceeded, "vLLM shape, classified by message");
+        assert_eq!(e.body.code.as_deref(), Some("400"));
+        let e = parse_error(422, &HeaderMap::new(), br#"{"detail":[{"loc":["body","messages"],"msg":"field required"}]}"#);
+        assert_eq!(e.kind, ErrorKind::InvalidRequest);
+        assert!(e.message().contains("field required"));
+        let e = parse_error(503, &HeaderMap::new(), b"<html>Service Unavailable</html>");
+        assert_eq!(e.kind, ErrorKind::UpstreamUnavailable);
+        assert_eq!(e.status, 503);
+        assert!(e.message().contains("Service Unavailable"));
+        let e = parse_error(500, &HeaderMap::new(), b"");
+        assert_eq!(e.message(), "upstream returned HTTP 500");
+        let e = parse_error(401, &HeaderMap::new(), br#"{"error":"invalid key"}"#);
+        assert_eq!(e.kind, ErrorKind::Authentication);
+        assert_eq!(e.message(), "invalid key");
+    }
+
+    #[test]
+    fn stream_events_are_classified() {
+        assert_eq!(inspect_event(b"data: [DONE]\n\n"), StreamEvent::Done);
+        assert_eq!(inspect_event(b": OPENROUTER PROCESSING\n\n"), StreamEvent::KeepAlive);
+        assert_eq!(
+            inspect_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"the word \\\"usage\\\"\"}}]}\n\n"),
+            StreamEvent::Data { usage: None }
+        );
+        let StreamEvent::Data { usage: Some(u) } = inspect_event(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n") else {
+            panic!("usage expected")
+        };
+        assert_eq!(u.total_tokens, 7);
+        let StreamEvent::Error(e) = inspect_event(b"data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\",\"code\":\"overloaded\"}}\n\n") else {
+            panic!("error expected")
+        };
+        assert_eq!(e.message(), "overloaded");
+        assert_eq!(e.body.code.as_deref(), Some("overloaded"));
+        assert!(matches!(inspect_event(b"event: error\ndata: boom\n\n"), StreamEvent::Error(_)));
+    }
+
+    #[test]
+    fn recorded_openai_and_mistral_streams_yield_their_usage() {
+        for (file, expected_total) in [
+            ("openai/openai-text.chunks.txt", None),
+            ("openai/issue-15789-step-1.chunks.txt", None),
+            ("mistral/mistral-usage-raw-live.chunks.txt", None),
+        ] {
+            let path = format!("{}/../../../shared/fixtures/providers/{file}", env!("CARGO_MANIFEST_DIR"));
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut usage = None;
+            let mut events = 0;
+            for line in text.lines().filter(|l| !l.trim().is_empty()) {
+                let event = format!("data: {line}\n\n");
+                match inspect_event(event.as_bytes()) {
+                    StreamEvent::Data { usage: Some(u) } => usage = Some(u),
+                    StreamEvent::Data { usage: None } => {}
+                    other => panic!("{file}: unexpected {other:?}"),
+                }
+                events += 1;
+            }
+            assert!(events > 1, "{file}");
+            let usage = usage.unwrap_or_else(|| panic!("{file} has a usage chunk"));
+            assert!(usage.total_tokens > 0 && usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, "{file}");
+            let _: Option<u64> = expected_total;
+        }
+    }
+
+    #[test]
+    fn usage_is_read_from_json_bodies() {
+        let body = std::fs::read(format!("{}/../../../shared/fixtures/providers/mistral/mistral-text.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let u = extract_usage(&body).unwrap();
+        assert!(u.prompt_tokens > 0);
+        assert!(extract_usage(b"{\"id\":1}").is_none());
+        assert!(extract_usage(b"not json \"usage\"").is_none());
+    }
+}

@@ -1,1 +1,463 @@
-//! placeholder
+//! llmux-mock: a provider emulator for tests and benchmarks. Speaks the OpenAI wire format
+//! (chat JSON + SSE, completions, embeddings, models) with per-request knobs for latency, chunking
+//! and faults, and records what it received so tests can check what the gateway sent.
+//!
+//! Knobs come from `x-mock-*` request headers or a `mock_options` object in the JSON body
+//! (headers win): `latency_ms` (before the response starts), `ttfb_ms` (before the first stream
+//! chunk), `chunk_delay_ms`, `chunks`, `status` + `error_body`, `retry_after`, `cut_after`
+//! (drop the connection after N chunks), `error_event_after` (an `{"error":...}` event after N
+//! chunks), `stall_after` (stop sending after N chunks), `text` (the answer).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::{json, Value};
+
+/// How many received requests `/mock/requests` keeps.
+const RECORDED_REQUESTS: usize = 256;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub requests: AtomicU64,
+    pub streams_started: AtomicU64,
+    pub streams_completed: AtomicU64,
+    pub streams_cancelled: AtomicU64,
+}
+
+/// A request as the mock received it.
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordedRequest {
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+    /// The body exactly as received, as text.
+    pub body: String,
+}
+
+#[derive(Debug, Default)]
+pub struct MockState {
+    pub stats: Stats,
+    pub record: bool,
+    pub recorded: Mutex<VecDeque<RecordedRequest>>,
+}
+
+/// Per-request behaviour.
+#[derive(Debug, Clone, Default)]
+struct Knobs {
+    latency_ms: u64,
+    ttfb_ms: u64,
+    chunk_delay_ms: u64,
+    chunks: Option<usize>,
+    status: Option<u16>,
+    error_body: Option<String>,
+    retry_after: Option<String>,
+    cut_after: Option<usize>,
+    error_event_after: Option<usize>,
+    stall_after: Option<usize>,
+    text: Option<String>,
+}
+
+impl Knobs {
+    fn read(headers: &HeaderMap, body: &Value) -> Knobs {
+        let opts = body.get("mock_options");
+        let get = |name: &str| -> Option<String> {
+            headers
+                .get(format!("x-mock-{}", name.replace('_', "-")))
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+                .or_else(|| {
+                    opts.and_then(|o| o.get(name)).map(|v| match v {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    })
+                })
+        };
+        let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
+        Knobs {
+            latency_ms: num("latency_ms").unwrap_or(0),
+            ttfb_ms: num("ttfb_ms").unwrap_or(0),
+            chunk_delay_ms: num("chunk_delay_ms").unwrap_or(0),
+            chunks: num("chunks").map(|n| n as usize),
+            status: num("status").map(|n| n as u16),
+            error_body: get("error_body"),
+            retry_after: get("retry_after"),
+            cut_after: num("cut_after").map(|n| n as usize),
+            error_event_after: num("error_event_after").map(|n| n as usize),
+            stall_after: num("stall_after").map(|n| n as usize),
+            text: get("text"),
+        }
+    }
+}
+
+/// The mock's routes; `record` keeps the last requests for `/mock/requests`.
+pub fn app(record: bool) -> (Router, Arc<MockState>) {
+    let state = Arc::new(MockState { record, ..MockState::default() });
+    let router = Router::new()
+        .route("/v1/chat/completions", post(chat))
+        .route("/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/models", get(models))
+        .route("/models", get(models))
+        .route("/mock/stats", get(stats))
+        .route("/mock/requests", get(recorded))
+        .route("/mock/reset", post(reset))
+        .with_state(Arc::clone(&state));
+    (router, state)
+}
+
+/// Serve on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, record: bool) -> std::io::Result<()> {
+    let (router, _) = app(record);
+    axum::serve(listener, router).await
+}
+
+async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, Knobs), Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 512 * 1024 * 1024)
+        .await
+        .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())?;
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if state.record {
+        let recorded = RecordedRequest {
+            path: parts.uri.path().to_owned(),
+            headers: parts
+                .headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .collect(),
+            body: String::from_utf8_lossy(&bytes).into_owned(),
+        };
+        if let Ok(mut log) = state.recorded.lock() {
+            if log.len() == RECORDED_REQUESTS {
+                log.pop_front();
+            }
+            log.push_back(recorded);
+        }
+    }
+    let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        error_response(400, &json!({"error": {"message": format!("invalid JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}}).to_string(), None)
+    })?;
+    let knobs = Knobs::read(&parts.headers, &body);
+    if knobs.latency_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
+    }
+    if let Some(status) = knobs.status.filter(|s| *s >= 400) {
+        let body = knobs.error_body.clone().unwrap_or_else(|| default_error(status));
+        return Err(error_response(status, &body, knobs.retry_after.as_deref()));
+    }
+    Ok((parts.headers, body, knobs))
+}
+
+fn default_error(status: u16) -> String {
+    let (kind, code, message) = match status {
+        400 => ("invalid_request_error", "invalid_request", "mock bad request"),
+        401 => ("invalid_request_error", "invalid_api_key", "Incorrect API key provided"),
+        404 => ("invalid_request_error", "model_not_found", "The model does not exist"),
+        429 => ("requests", "rate_limit_exceeded", "Rate limit reached for requests"),
+        503 => ("server_error", "overloaded", "The server is overloaded"),
+        _ => ("server_error", "server_error", "mock upstream error"),
+    };
+    json!({"error": {"message": message, "type": kind, "param": null, "code": code}}).to_string()
+}
+
+fn error_response(status: u16, body: &str, retry_after: Option<&str>) -> Response {
+    let mut response = Response::new(Body::from(body.to_owned()));
+    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    if let Some(value) = retry_after.and_then(|r| HeaderValue::from_str(r).ok()) {
+        headers.insert("retry-after", value);
+    }
+    rate_limit_headers(headers);
+    response
+}
+
+fn rate_limit_headers(headers: &mut HeaderMap) {
+    headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("10000"));
+    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("9999"));
+    headers.insert("x-ratelimit-limit-tokens", HeaderValue::from_static("1000000"));
+    headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from_static("999000"));
+    headers.insert("x-ratelimit-reset-requests", HeaderValue::from_static("6ms"));
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+fn answer_pieces(knobs: &Knobs) -> Vec<String> {
+    match (&knobs.text, knobs.chunks) {
+        (Some(text), None) => split_words(text),
+        (Some(text), Some(n)) => split_even(text, n.max(1)),
+        (None, n) => (0..n.unwrap_or(20)).map(|i| format!("tok{i} ")).collect(),
+    }
+}
+
+fn split_words(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    for c in text.chars() {
+        if !c.is_whitespace() && current.chars().last().is_some_and(char::is_whitespace) {
+            out.push(std::mem::take(&mut current));
+        }
+        current.push(c);
+    }
+    if !current.is_empty() {
+        out.push(current);
+    }
+    out
+}
+
+/// `n` pieces of about equal length, split on character boundaries.
+fn split_even(text: &str, n: usize) -> Vec<String> {
+    let chars: Vec<char> = text.chars().collect();
+    let size = chars.len().div_ceil(n).max(1);
+    chars.chunks(size).map(|c| c.iter().collect()).collect()
+}
+
+fn usage_json(prompt: usize, completion: usize) -> Value {
+    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
+}
+
+fn prompt_tokens(body: &Value) -> usize {
+    body.get("messages").or_else(|| body.get("prompt")).map(|m| m.to_string().len() / 4).unwrap_or(0).max(1)
+}
+
+async fn chat(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, body, knobs) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    generate(state, body, knobs, true)
+}
+
+async fn completions(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, body, knobs) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    generate(state, body, knobs, false)
+}
+
+fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Response {
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
+    let pieces = answer_pieces(&knobs);
+    let prompt = prompt_tokens(&body);
+    let id = format!("chatcmpl-mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let text: String = pieces.concat();
+        let value = if chat {
+            let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+            if body.get("tools").is_some() && body.get("tool_choice").and_then(Value::as_str) == Some("required") {
+                message = json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
+                    {"id": "call_mock1", "type": "function", "function": {"name": tool_name(&body), "arguments": "{\"location\":\"Paris\"}"}}]});
+            }
+            let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
+            json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": model,
+                   "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+                   "usage": usage_json(prompt, pieces.len()), "system_fingerprint": "fp_mock",
+                   "x_mock_extra": {"kept": true}})
+        } else {
+            json!({"id": id, "object": "text_completion", "created": unix_now(), "model": model,
+                   "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": "stop"}],
+                   "usage": usage_json(prompt, pieces.len())})
+        };
+        let mut response = Json(value).into_response();
+        rate_limit_headers(response.headers_mut());
+        return response;
+    }
+    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
+    let tool_call = chat && body.get("tools").is_some() && body.get("tool_choice").and_then(Value::as_str) == Some("required");
+    let tool = tool_name(&body);
+    state.stats.streams_started.fetch_add(1, Ordering::Relaxed);
+    let created = unix_now();
+    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let chunk = move |delta: Value, finish: Value| -> Bytes {
+        let choice = if chat {
+            json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
+        } else {
+            json!({"index": 0, "text": delta.get("content").cloned().unwrap_or(json!("")), "logprobs": null, "finish_reason": finish})
+        };
+        let v = json!({"id": id, "object": object, "created": created, "model": model, "system_fingerprint": "fp_mock", "choices": [choice]});
+        Bytes::from(format!("data: {v}\n\n"))
+    };
+    let total = pieces.len();
+    let events = async_stream::stream! {
+        let mut guard = StreamGuard { state: Arc::clone(&state), completed: false };
+        if knobs.ttfb_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(knobs.ttfb_ms)).await;
+        }
+        if chat {
+            yield Ok::<Bytes, std::io::Error>(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+        }
+        let mut sent = 0usize;
+        let pieces_iter: Vec<Value> = if tool_call {
+            let args = ["{\"loc", "ation\":", "\"Paris\"}"];
+            let mut v = vec![json!({"tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool, "arguments": ""}}]})];
+            v.extend(args.iter().map(|a| json!({"tool_calls": [{"index": 0, "function": {"arguments": a}}]})));
+            v
+        } else {
+            pieces.iter().map(|p| json!({"content": p})).collect()
+        };
+        for delta in pieces_iter {
+            if Some(sent) == knobs.cut_after {
+                yield Err(std::io::Error::other("mock: connection cut"));
+                return;
+            }
+            if Some(sent) == knobs.error_event_after {
+                yield Ok(Bytes::from(format!("data: {}\n\n", json!({"error": {"message": "mock error inside the stream", "type": "server_error", "param": null, "code": "mock_stream_error"}}))));
+                guard.completed = true;
+                return;
+            }
+            if Some(sent) == knobs.stall_after {
+                std::future::pending::<()>().await;
+            }
+            if knobs.chunk_delay_ms > 0 && sent > 0 {
+                tokio::time::sleep(Duration::from_millis(knobs.chunk_delay_ms)).await;
+            }
+            yield Ok(chunk(delta, Value::Null));
+            sent += 1;
+        }
+        let finish = if tool_call { "tool_calls" } else { "stop" };
+        yield Ok(chunk(json!({}), json!(finish)));
+        if include_usage {
+            let v = json!({"id": "usage", "object": object, "created": created, "model": "mock", "choices": [], "usage": usage_json(prompt, total)});
+            yield Ok(Bytes::from(format!("data: {v}\n\n")));
+        }
+        yield Ok(Bytes::from_static(b"data: [DONE]\n\n"));
+        guard.completed = true;
+    };
+    let mut response = Response::new(Body::from_stream(events));
+    let headers = response.headers_mut();
+    headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    headers.insert("cache-control", HeaderValue::from_static("no-cache"));
+    rate_limit_headers(headers);
+    response
+}
+
+fn tool_name(body: &Value) -> String {
+    body.pointer("/tools/0/function/name").and_then(Value::as_str).unwrap_or("get_weather").to_owned()
+}
+
+/// Counts streams that ended before completion (the client, or the gateway, went away).
+struct StreamGuard {
+    state: Arc<MockState>,
+    completed: bool,
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let counter = if self.completed { &self.state.stats.streams_completed } else { &self.state.stats.streams_cancelled };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn embeddings(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, body, _) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock-embedding");
+    let count = match body.get("input") {
+        Some(Value::Array(items)) if items.iter().all(Value::is_number) => 1,
+        Some(Value::Array(items)) => items.len(),
+        Some(_) => 1,
+        None => 0,
+    };
+    let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(4) as usize;
+    let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
+    let data: Vec<Value> = (0..count)
+        .map(|i| {
+            let vector: Vec<f32> = (0..dims).map(|d| (i * dims + d) as f32 / 100.0).collect();
+            let embedding = if base64 {
+                use base64_lite::encode;
+                json!(encode(&vector.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()))
+            } else {
+                json!(vector)
+            };
+            json!({"object": "embedding", "index": i, "embedding": embedding})
+        })
+        .collect();
+    let mut response = Json(json!({"object": "list", "data": data, "model": model, "usage": {"prompt_tokens": count * 2, "total_tokens": count * 2}})).into_response();
+    rate_limit_headers(response.headers_mut());
+    response
+}
+
+mod base64_lite {
+    //! Standard base64 for the mock's `encoding_format: base64` (kept dependency-free on purpose:
+    //! the mock must not share code with the gateway it tests).
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+async fn models() -> Response {
+    Json(json!({"object": "list", "data": [{"id": "mock-model", "object": "model", "created": 0, "owned_by": "llmux-mock"}]})).into_response()
+}
+
+async fn stats(State(state): State<Arc<MockState>>) -> Response {
+    Json(json!({
+        "requests": state.stats.requests.load(Ordering::Relaxed),
+        "streams_started": state.stats.streams_started.load(Ordering::Relaxed),
+        "streams_completed": state.stats.streams_completed.load(Ordering::Relaxed),
+        "streams_cancelled": state.stats.streams_cancelled.load(Ordering::Relaxed),
+    }))
+    .into_response()
+}
+
+async fn recorded(State(state): State<Arc<MockState>>) -> Response {
+    let list: Vec<RecordedRequest> = state.recorded.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+    Json(list).into_response()
+}
+
+async fn reset(State(state): State<Arc<MockState>>) -> Response {
+    if let Ok(mut l) = state.recorded.lock() {
+        l.clear();
+    }
+    for counter in [&state.stats.requests, &state.stats.streams_started, &state.stats.streams_completed, &state.stats.streams_cancelled] {
+        counter.store(0, Ordering::Relaxed);
+    }
+    StatusCode::NO_CONTENT.into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitting_keeps_the_text() {
+        assert_eq!(split_words("a b  c").concat(), "a b  c");
+        assert_eq!(split_even("héllo wörld", 3).concat(), "héllo wörld");
+        assert_eq!(split_even("abc", 10).len(), 3);
+        assert_eq!(base64_lite::encode(b"hello"), "aGVsbG8=");
+        assert_eq!(base64_lite::encode(b"hi!"), "aGkh");
+    }
+}

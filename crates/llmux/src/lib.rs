@@ -1,1 +1,190 @@
-//! placeholder
+//! llmux core: the embeddable gateway. A [`Client`] holds an immutable configuration snapshot
+//! (swapped atomically on reload) and runs requests through the same path the HTTP server uses:
+//! validate → route → translate → send → relay.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use llmux::types::openai::{ChatCompletionRequest, ChatMessage};
+//! let client = llmux::Client::from_yaml(
+//!     "model_list: [{model_name: demo, litellm_params: {model: mock/demo}}]",
+//! )?;
+//! let response = client
+//!     .chat(&ChatCompletionRequest::new("demo", vec![ChatMessage::user("hello")]))
+//!     .await?;
+//! println!("{}", response.text());
+//! # Ok(()) }
+//! ```
+
+mod execute;
+mod relay;
+mod typed;
+mod upstream;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
+use llmux_router::Router;
+
+pub use execute::{GatewayResponse, ResponseBody, ResponseMeta};
+pub use llmux_config as config;
+pub use llmux_providers::Operation;
+pub use llmux_types as types;
+pub use llmux_types::{ErrorKind, GatewayError};
+pub use relay::{RelayStream, StreamSummary};
+pub use typed::ChatStream;
+
+/// A configuration and the routing table built from it; requests finish on the snapshot they
+/// started with.
+#[derive(Debug)]
+pub struct Snapshot {
+    pub config: Config,
+    pub router: Router,
+}
+
+/// Errors that prevent building a client: every diagnostic, at least one of them an error.
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let errors: Vec<String> = self.0.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+        write!(f, "invalid configuration: {}", errors.join("; "))
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// Per-request settings from the caller (the server passes the request id and arrival time).
+#[derive(Debug, Clone)]
+pub struct RequestOptions {
+    pub request_id: String,
+    /// When the request arrived, for the gateway-overhead measurement.
+    pub received_at: Instant,
+}
+
+impl Default for RequestOptions {
+    fn default() -> Self {
+        RequestOptions { request_id: new_request_id(), received_at: Instant::now() }
+    }
+}
+
+/// A random request id (`req-` + 32 hex digits).
+pub fn new_request_id() -> String {
+    use rand_like::next_u128;
+    format!("req-{:032x}", next_u128())
+}
+
+mod rand_like {
+    //! Request ids need uniqueness, not secrecy: a per-process random seed plus a counter.
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::OnceLock;
+
+    static SEED: OnceLock<std::collections::hash_map::RandomState> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+    pub(super) fn next_u128() -> u128 {
+        let state = SEED.get_or_init(std::collections::hash_map::RandomState::new);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let mut a = state.build_hasher();
+        a.write_u64(n);
+        let mut b = state.build_hasher();
+        b.write_u64(!n);
+        (u128::from(a.finish()) << 64) | u128::from(b.finish())
+    }
+}
+
+struct Inner {
+    snapshot: ArcSwap<Snapshot>,
+    http: upstream::HttpClient,
+}
+
+/// The gateway core, usable in-process. Cheap to clone.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("deployments", &self.snapshot().router.deployments().len()).finish()
+    }
+}
+
+impl Client {
+    /// Build a client from a validated configuration, reading provider keys from the process
+    /// environment. Returns the warnings found while building the routing table.
+    pub fn new(config: Config) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
+        Self::with_env(config, &ProcessEnv)
+    }
+
+    pub fn with_env(config: Config, env: &dyn EnvSource) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
+        let (snapshot, diags) = build_snapshot(config, env)?;
+        let http = upstream::HttpClient::new(snapshot.config.connect_timeout)
+            .map_err(|e| ConfigErrors(vec![Diagnostic::error("", e.message().to_owned())]))?;
+        let client = Client { inner: Arc::new(Inner { snapshot: ArcSwap::from_pointee(snapshot), http }) };
+        Ok((client, diags))
+    }
+
+    /// Build from LiteLLM-style YAML text (warnings are logged).
+    pub fn from_yaml(text: &str) -> Result<Client, ConfigErrors> {
+        let loaded = llmux_config::load_str(text, &ProcessEnv).map_err(ConfigErrors)?;
+        Self::from_loaded(loaded)
+    }
+
+    /// Build from a LiteLLM-style YAML file (warnings are logged).
+    pub fn from_file(path: &Path) -> Result<Client, ConfigErrors> {
+        let loaded = llmux_config::load_file(path, &ProcessEnv).map_err(ConfigErrors)?;
+        Self::from_loaded(loaded)
+    }
+
+    fn from_loaded(loaded: llmux_config::Loaded) -> Result<Client, ConfigErrors> {
+        let (client, diags) = Self::new(loaded.config)?;
+        for d in loaded.diagnostics.iter().chain(&diags) {
+            tracing::warn!(path = %d.path, "{}", d.message);
+        }
+        Ok(client)
+    }
+
+    /// The current snapshot.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.snapshot.load_full()
+    }
+
+    /// Swap in a new configuration atomically; in-flight requests finish on the old one.
+    pub fn reload(&self, config: Config) -> Result<Vec<Diagnostic>, ConfigErrors> {
+        let (snapshot, diags) = build_snapshot(config, &ProcessEnv)?;
+        self.inner.snapshot.store(Arc::new(snapshot));
+        Ok(diags)
+    }
+
+    /// Run an OpenAI-shaped request given as raw JSON bytes: the path the HTTP server uses.
+    pub async fn execute(&self, op: Operation, body: bytes::Bytes, options: RequestOptions) -> Result<GatewayResponse, GatewayError> {
+        let snapshot = self.snapshot();
+        execute::execute(&self.inner.http, snapshot, op, body, options).await
+    }
+}
+
+fn build_snapshot(config: Config, env: &dyn EnvSource) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
+    let mut diags = Vec::new();
+    let router = Router::build(&config, env, &mut diags);
+    if diags.iter().any(Diagnostic::is_error) {
+        return Err(ConfigErrors(diags));
+    }
+    Ok((Snapshot { config, router }, diags))
+}
+
+/// Check a configuration the way `serve` would load it, without starting anything: config
+/// diagnostics plus routing-table diagnostics (unknown providers, missing endpoints, ...).
+pub fn check_config(loaded: &llmux_config::Loaded, env: &dyn EnvSource) -> Vec<Diagnostic> {
+    let mut diags = loaded.diagnostics.clone();
+    let _ = Router::build(&loaded.config, env, &mut diags);
+    diags
+}
+
+/// The default total timeout for one upstream call when neither the deployment nor
+/// `litellm_settings.request_timeout` sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);

@@ -1,0 +1,184 @@
+//! The stream relay: reads upstream bytes only as fast as the client takes them, frames them into
+//! SSE events, lets the provider's decoder classify each one, forwards the bytes, and turns every
+//! failure (error event, broken connection, idle past `stream_timeout`) into one final OpenAI
+//! error event instead of a silently truncated stream.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::Stream;
+use llmux_providers::sse::{SseError, SseSplitter};
+use llmux_providers::{DecodedEvent, StreamDecoder};
+use llmux_types::{ErrorKind, GatewayError, Usage};
+
+use crate::upstream::UpstreamResponse;
+
+/// What the relay produced next.
+pub(crate) enum RelayItem {
+    Event(DecodedEvent),
+    /// The upstream ended the body (with or without `[DONE]`).
+    End,
+    Failed(GatewayError),
+}
+
+/// Upstream stream state shared by the peek (before the 200 is committed) and the relay after it.
+pub(crate) struct Relay {
+    upstream: UpstreamResponse,
+    splitter: SseSplitter,
+    decoder: Box<dyn StreamDecoder>,
+    idle_timeout: Duration,
+    ended: bool,
+}
+
+impl Relay {
+    pub(crate) fn new(upstream: UpstreamResponse, decoder: Box<dyn StreamDecoder>, idle_timeout: Duration) -> Self {
+        Relay { upstream, splitter: SseSplitter::new(), decoder, idle_timeout, ended: false }
+    }
+
+    pub(crate) async fn next_item(&mut self) -> RelayItem {
+        loop {
+            match self.splitter.next_event() {
+                Ok(Some(event)) => return RelayItem::Event(self.decoder.decode(event)),
+                Ok(None) => {}
+                Err(SseError::EventTooLarge) => {
+                    return RelayItem::Failed(GatewayError::new(ErrorKind::UpstreamError, "upstream stream event exceeds the size limit"));
+                }
+            }
+            if self.ended {
+                // A last event without its blank line still counts.
+                return match self.splitter.take_remainder() {
+                    Some(mut rest) => {
+                        let mut owned = rest.to_vec();
+                        owned.extend_from_slice(b"\n\n");
+                        rest = Bytes::from(owned);
+                        RelayItem::Event(self.decoder.decode(rest))
+                    }
+                    None => RelayItem::End,
+                };
+            }
+            match tokio::time::timeout(self.idle_timeout, self.upstream.next_bytes()).await {
+                Ok(Some(Ok(bytes))) => self.splitter.push(&bytes),
+                Ok(Some(Err(e))) => return RelayItem::Failed(e),
+                Ok(None) => self.ended = true,
+                Err(_) => {
+                    return RelayItem::Failed(GatewayError::new(
+                        ErrorKind::Timeout,
+                        format!("upstream sent nothing for {:.1}s (stream_timeout)", self.idle_timeout.as_secs_f64()),
+                    ));
+                }
+            }
+        }
+    }
+}
+
+/// `data: {"error": {...}}` — the OpenAI SDKs raise `APIError` on it.
+pub(crate) fn error_event(error: &GatewayError) -> Bytes {
+    let mut out = b"data: ".to_vec();
+    out.extend_from_slice(&error.envelope().to_json_bytes());
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+/// How a relayed stream finished, for logs and accounting.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSummary {
+    pub usage: Option<Usage>,
+    /// `None` when the stream completed; the error otherwise.
+    pub error: Option<GatewayError>,
+    pub chunks: u64,
+    pub duration: Duration,
+    /// The upstream finished the stream (`[DONE]` or end of body) and the client received it all.
+    pub completed: bool,
+}
+
+/// The body of a streamed response: SSE bytes, each item one or more complete events.
+pub struct RelayStream {
+    inner: std::pin::Pin<Box<dyn Stream<Item = Bytes> + Send>>,
+}
+
+impl std::fmt::Debug for RelayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RelayStream")
+    }
+}
+
+impl Stream for RelayStream {
+    type Item = Bytes;
+    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+        self.inner.as_mut().poll_next(cx)
+    }
+}
+
+/// Build the client-facing stream: first the events read while peeking, then the rest of the
+/// upstream. `on_finish` runs once when the stream ends, fails, or the client goes away.
+pub(crate) fn relay_stream(
+    initial: Vec<Bytes>,
+    first_usage: Option<Usage>,
+    mut relay: Relay,
+    finished: bool,
+    on_finish: impl FnOnce(StreamSummary) + Send + 'static,
+) -> RelayStream {
+    let started = Instant::now();
+    let stream = async_stream::stream! {
+        let mut guard = FinishGuard {
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false },
+            started,
+            on_finish: Some(on_finish),
+        };
+        for bytes in initial {
+            yield bytes;
+        }
+        guard.summary.completed = finished;
+        if !finished {
+            loop {
+                match relay.next_item().await {
+                    RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
+                        if usage.is_some() {
+                            guard.summary.usage = usage;
+                        }
+                        guard.summary.chunks += 1;
+                        yield bytes;
+                    }
+                    RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => yield bytes,
+                    RelayItem::Event(DecodedEvent::Done(bytes)) => {
+                        yield bytes;
+                        guard.summary.completed = true;
+                        break;
+                    }
+                    RelayItem::Event(DecodedEvent::Error(e)) | RelayItem::Failed(e) => {
+                        tracing::warn!(kind = %e.kind, error = %e.message(), "upstream stream failed after the first chunk");
+                        yield error_event(&e);
+                        guard.summary.error = Some(e);
+                        break;
+                    }
+                    RelayItem::End => {
+                        guard.summary.completed = true;
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    RelayStream { inner: Box::pin(stream) }
+}
+
+/// Runs the finish callback exactly once, including when the client disconnects and the stream
+/// is dropped mid-way (which also drops, and so cancels, the upstream request).
+struct FinishGuard<F: FnOnce(StreamSummary)> {
+    summary: StreamSummary,
+    started: Instant,
+    on_finish: Option<F>,
+}
+
+impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.on_finish.take() {
+            let mut summary = std::mem::replace(
+                &mut self.summary,
+                StreamSummary { usage: None, error: None, chunks: 0, duration: Duration::ZERO, completed: false },
+            );
+            summary.duration = self.started.elapsed();
+            f(summary);
+        }
+    }
+}

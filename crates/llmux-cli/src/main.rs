@@ -1,1 +1,207 @@
-fn main() {}
+//! The `llmux` binary: `serve` runs the gateway, `config check` validates a configuration.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use llmux_config::{Diagnostic, ProcessEnv};
+use llmux_server::{build_router, AppState};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+#[derive(Parser)]
+#[command(name = "llmux", version, about = "An LLM gateway: one OpenAI-compatible endpoint in front of many providers")]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "LLMUX_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// LiteLLM-compatible config.yaml.
+        #[arg(long, short, env = "LLMUX_CONFIG")]
+        config: PathBuf,
+        #[arg(long, default_value = "0.0.0.0", env = "LLMUX_HOST")]
+        host: String,
+        #[arg(long, short, default_value_t = 4000, env = "LLMUX_PORT")]
+        port: u16,
+        /// Worker threads (default: one per core).
+        #[arg(long, env = "LLMUX_WORKERS")]
+        workers: Option<usize>,
+    },
+    /// Work with configuration files.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Load a config the way `serve` would and list every problem with its YAML path.
+    Check {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Treat warnings (unknown or unsupported keys, unset variables) as errors.
+        #[arg(long)]
+        strict: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Config { command: ConfigCommand::Check { config, strict } } => config_check(&config, strict),
+        Command::Serve { config, host, port, workers } => {
+            let _guard = init_logging(cli.log_format);
+            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            builder.enable_all();
+            if let Some(n) = workers {
+                builder.worker_threads(n.max(1));
+            }
+            let runtime = match builder.build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(serve(config, host, port)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(message) => {
+                    tracing::error!("{message}");
+                    eprintln!("error: {message}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
+    use tracing_subscriber::EnvFilter;
+    // Logs go through a background writer so a slow stderr never stalls a request.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    let filter = EnvFilter::try_from_env("LLMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Text => builder.with_ansi(false).init(),
+    }
+    guard
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+fn config_check(path: &std::path::Path, strict: bool) -> ExitCode {
+    let mut diags = match llmux_config::load_file(path, &ProcessEnv) {
+        Ok(loaded) => llmux::check_config(&loaded, &ProcessEnv),
+        Err(diags) => diags,
+    };
+    if strict {
+        llmux_config::strict(&mut diags);
+    }
+    print_diagnostics(&diags);
+    let errors = diags.iter().filter(|d| d.is_error()).count();
+    let warnings = diags.len() - errors;
+    if errors > 0 {
+        eprintln!("{}: {errors} error(s), {warnings} warning(s)", path.display());
+        ExitCode::FAILURE
+    } else {
+        eprintln!("{}: ok ({warnings} warning(s))", path.display());
+        ExitCode::SUCCESS
+    }
+}
+
+async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), String> {
+    let loaded = llmux_config::load_file(&config_path, &ProcessEnv).map_err(|diags| {
+        print_diagnostics(&diags);
+        format!("{} is not a valid configuration", config_path.display())
+    })?;
+    for d in &loaded.diagnostics {
+        tracing::warn!(path = %d.path, "{}", d.message);
+    }
+    let drain_timeout = loaded.config.drain_timeout;
+    let (client, diags) = llmux::Client::new(loaded.config).map_err(|e| {
+        print_diagnostics(&e.0);
+        e.to_string()
+    })?;
+    for d in &diags {
+        tracing::warn!(path = %d.path, "{}", d.message);
+    }
+    let state = AppState::new(client);
+    let draining = state.draining.clone();
+    let app = build_router(state);
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .or_else(|_| format!("[{host}]:{port}").parse())
+        .map_err(|_| format!("invalid listen address {host}:{port}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    tracing::info!(address = %local, version = env!("CARGO_PKG_VERSION"), "llmux ready");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let shutdown = {
+        let mut stop_rx = stop_rx.clone();
+        async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        }
+    };
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!(drain_timeout_s = drain_timeout.as_secs_f64(), "shutting down: no new connections, draining in-flight requests");
+        draining.store(true, Ordering::Relaxed);
+        let _ = stop_tx.send(true);
+    });
+    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let mut stop_rx = stop_rx;
+    let drain_deadline = async move {
+        let _ = stop_rx.wait_for(|stop| *stop).await;
+        tokio::time::sleep(drain_timeout).await;
+    };
+    tokio::select! {
+        result = server => result.map_err(|e| format!("server error: {e}"))?,
+        () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = terminate => {},
+    }
+}

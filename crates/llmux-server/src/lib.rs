@@ -1,1 +1,223 @@
-//! placeholder
+//! The HTTP layer over `llmux::Client`: OpenAI-compatible routes (with and without `/v1`),
+//! master-key auth, body limits, health probes, and response headers. `build_router(state)`
+//! returns the whole app so tests can drive it without a socket.
+
+mod auth;
+mod headers;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http_body_util::{BodyExt, Limited};
+use llmux::{Client, GatewayError, Operation, RequestOptions, ResponseBody};
+use llmux_types::ErrorKind;
+use serde_json::json;
+
+pub use auth::constant_time_key_eq;
+
+/// Shared state of the HTTP app.
+#[derive(Clone)]
+pub struct AppState {
+    pub client: Client,
+    /// Set when a graceful stop begins: readiness turns 503 so balancers drain us.
+    pub draining: Arc<AtomicBool>,
+}
+
+impl AppState {
+    pub fn new(client: Client) -> Self {
+        AppState { client, draining: Arc::new(AtomicBool::new(false)) }
+    }
+}
+
+/// All routes of the gateway.
+pub fn build_router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/completions", post(completions))
+        .route("/v1/embeddings", post(embeddings))
+        .route("/embeddings", post(embeddings))
+        .route("/v1/models", get(list_models))
+        .route("/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/models/{*id}", get(get_model))
+        .route("/health/liveliness", get(liveliness))
+        .route("/health/live", get(liveliness))
+        .route("/health/readiness", get(readiness))
+        .route("/health/ready", get(readiness))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn chat_completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Operation::Chat, request).await
+}
+
+async fn completions(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Operation::Completions, request).await
+}
+
+async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Operation::Embeddings, request).await
+}
+
+/// Auth → bounded body read → `Client::execute` → response with the gateway's headers.
+async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
+    let received_at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request_id = headers::request_id(&parts.headers);
+    let snapshot = state.client.snapshot();
+    if let Err(e) = auth::authorize(&parts.headers, &snapshot.config) {
+        return error_response(&e, &request_id);
+    }
+    let limit = snapshot.config.max_request_body_bytes;
+    drop(snapshot);
+    let body = match read_body(&parts.headers, body, limit).await {
+        Ok(b) => b,
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let options = RequestOptions { request_id: request_id.clone(), received_at };
+    match state.client.execute(op, body, options).await {
+        Ok(response) => success_response(response, received_at),
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
+async fn read_body(headers: &axum::http::HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds the limit of {limit} bytes (general_settings.max_request_size_mb)"))
+    };
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(GatewayError::invalid_request(format!("could not read the request body: {e}"))),
+    }
+}
+
+fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> Response {
+    let meta = response.meta;
+    let (body, content_type) = match response.body {
+        ResponseBody::Json(bytes) => (Body::from(bytes), "application/json"),
+        ResponseBody::Stream(stream) => (Body::from_stream(stream.map(Ok::<Bytes, Infallible>)), "text/event-stream"),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
+    let h = out.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if content_type == "text/event-stream" {
+        h.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    }
+    headers::add_forwarded(h, &meta.forwarded_headers);
+    headers::add_gateway_headers(h, &meta, received_at.elapsed());
+    out
+}
+
+/// An OpenAI-shaped error response with the request id and any upstream headers.
+pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
+    let status = StatusCode::from_u16(error.status)
+        .ok()
+        .filter(|s| s.is_client_error() || s.is_server_error())
+        .unwrap_or(StatusCode::BAD_GATEWAY);
+    if status.is_server_error() {
+        tracing::warn!(request_id, kind = %error.kind, status = status.as_u16(), error = %error.message(), "request failed");
+    } else {
+        tracing::info!(request_id, kind = %error.kind, status = status.as_u16(), error = %error.message(), "request rejected");
+    }
+    let mut out = Response::new(Body::from(error.envelope().to_json_bytes()));
+    *out.status_mut() = status;
+    let h = out.headers_mut();
+    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers::add_forwarded(h, &error.headers);
+    if let Some(after) = error.retry_after {
+        if !h.contains_key("retry-after") {
+            if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
+                h.insert("retry-after", v);
+            }
+        }
+    }
+    headers::add_request_id(h, request_id);
+    out
+}
+
+async fn list_models(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = headers::request_id(request.headers());
+    if let Err(e) = auth::authorize(request.headers(), &state.client.snapshot().config) {
+        return error_response(&e, &request_id);
+    }
+    let body = serde_json::to_vec(&state.client.models()).unwrap_or_default();
+    json_response(StatusCode::OK, body)
+}
+
+async fn get_model(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
+    let request_id = headers::request_id(request.headers());
+    let snapshot = state.client.snapshot();
+    if let Err(e) = auth::authorize(request.headers(), &snapshot.config) {
+        return error_response(&e, &request_id);
+    }
+    let Some(route) = snapshot.router.route(&id) else {
+        let e = GatewayError::new(ErrorKind::NotFound, format!("The model `{id}` does not exist or you do not have access to it."))
+            .with_param("model")
+            .with_code("model_not_found");
+        return error_response(&e, &request_id);
+    };
+    let owned_by = route.candidates.first().map(|i| snapshot.router.deployment(*i).provider).unwrap_or("llmux");
+    let body = json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by});
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+async fn liveliness() -> Response {
+    json_response(StatusCode::OK, br#""I'm alive!""#.to_vec())
+}
+
+async fn readiness(State(state): State<AppState>) -> Response {
+    let draining = state.draining.load(Ordering::Relaxed);
+    let body = json!({
+        "status": if draining { "draining" } else { "healthy" },
+        "db": "Not connected",
+        "cache": null,
+        "litellm_version": env!("CARGO_PKG_VERSION"),
+        "llmux_version": env!("CARGO_PKG_VERSION"),
+        "models": state.client.snapshot().router.deployments().len(),
+    });
+    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    json_response(status, body.to_string().into_bytes())
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> Response {
+    let e = GatewayError::new(ErrorKind::NotFound, format!("Unknown route: {method} {}", uri.path())).with_code("unknown_route");
+    error_response(&e, &llmux::new_request_id())
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    let e = GatewayError::invalid_request(format!("Method {method} is not allowed on {}", uri.path()))
+        .with_code("method_not_allowed")
+        .with_status(405);
+    error_response(&e, &llmux::new_request_id())
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+    let mut out = Response::new(Body::from(body));
+    *out.status_mut() = status;
+    out.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out
+}

@@ -315,6 +315,8 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         };
         for delta in pieces_iter {
             if Some(sent) == knobs.cut_after {
+                // Let what was sent reach the socket first: the cut must come after N chunks.
+                tokio::time::sleep(Duration::from_millis(20)).await;
                 yield Err(std::io::Error::other("mock: connection cut"));
                 return;
             }

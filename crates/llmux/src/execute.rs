@@ -12,6 +12,7 @@ use llmux_providers::{openai_compat, DecodedEvent, OpenAiStreamDecoder, Operatio
 use llmux_router::{Backend, Deployment};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
+use crate::log::{LogEmitter, Outcome, RequestLog};
 use crate::relay::{relay_stream, Relay, RelayItem, RelayStream, StreamSummary};
 use crate::upstream::{HttpClient, UpstreamResponse};
 use crate::{RequestOptions, Snapshot};
@@ -55,18 +56,79 @@ pub struct GatewayResponse {
     pub body: ResponseBody,
 }
 
+/// What is known about a request so far, for its log record.
+#[derive(Debug, Clone)]
+struct Trace {
+    request_id: String,
+    received_at: Instant,
+    op: Operation,
+    stream: bool,
+    requested_model: String,
+    model_group: Option<String>,
+    deployment_id: Option<String>,
+    provider: Option<&'static str>,
+}
+
+impl Trace {
+    fn log(&self, status: u16, outcome: Outcome, usage: Option<Usage>, overhead: Duration, ttfc: Option<Duration>, chunks: u64) -> RequestLog {
+        RequestLog {
+            request_id: self.request_id.clone(),
+            operation: self.op,
+            stream: self.stream,
+            requested_model: self.requested_model.clone(),
+            model_group: self.model_group.clone(),
+            deployment_id: self.deployment_id.clone(),
+            provider: self.provider,
+            status,
+            outcome,
+            usage,
+            duration: self.received_at.elapsed(),
+            overhead,
+            time_to_first_chunk: ttfc,
+            chunks,
+        }
+    }
+}
+
 pub(crate) async fn execute(
     http: &HttpClient,
+    logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
     op: Operation,
     body: Bytes,
     options: RequestOptions,
 ) -> Result<GatewayResponse, GatewayError> {
+    let mut trace = Trace {
+        request_id: options.request_id,
+        received_at: options.received_at,
+        op,
+        stream: false,
+        requested_model: String::new(),
+        model_group: None,
+        deployment_id: None,
+        provider: None,
+    };
+    let result = execute_traced(http, logs, snapshot, body, &mut trace).await;
+    if let Err(e) = &result {
+        logs.emit(trace.log(e.status, Outcome::Failed(e.kind), None, Duration::ZERO, None, 0));
+    }
+    result
+}
+
+async fn execute_traced(
+    http: &HttpClient,
+    logs: &LogEmitter,
+    snapshot: Arc<Snapshot>,
+    body: Bytes,
+    trace: &mut Trace,
+) -> Result<GatewayResponse, GatewayError> {
+    let op = trace.op;
     let request = RawObject::parse(&body).map_err(|e| {
         GatewayError::invalid_request(format!("We could not parse the JSON body of your request: {e}"))
             .with_code("invalid_json")
     })?;
     let model = requested_model(&request)?;
+    trace.requested_model.clone_from(&model);
     validate_fields(op, &request)?;
     let stream = match op {
         Operation::Embeddings => false,
@@ -75,21 +137,25 @@ pub(crate) async fn execute(
             .map_err(|_| GatewayError::invalid_request("`stream` must be a boolean").with_param("stream"))?
             .unwrap_or(false),
     };
+    trace.stream = stream;
 
     let router = &snapshot.router;
     let route = router.route(&model).ok_or_else(|| model_not_found(&model))?;
+    trace.model_group = Some(route.group.to_owned());
     let index = router.pick(route.candidates, op).ok_or_else(|| {
         GatewayError::invalid_request(format!("model `{model}` does not support {}", op.as_str()))
             .with_param("model")
             .with_code("unsupported_operation")
     })?;
     let deployment = Arc::clone(router.deployment(index));
+    trace.deployment_id = Some(deployment.id.clone());
+    trace.provider = Some(deployment.provider);
     let ctx = RequestContext { wildcard: route.wildcard, drop_params: snapshot.config.drop_params };
     let total_timeout = deployment.timeout.unwrap_or(snapshot.config.request_timeout);
     let stream_timeout = deployment.stream_timeout.unwrap_or(total_timeout);
     let mut attempt = Attempt {
-        request_id: options.request_id,
-        received_at: options.received_at,
+        request_id: trace.request_id.clone(),
+        received_at: trace.received_at,
         model_group: route.group.to_owned(),
         deployment,
         sent_at: Instant::now(),
@@ -99,11 +165,14 @@ pub(crate) async fn execute(
         let response = tokio::time::timeout(stream_timeout, attempt.send(http, op, &request, ctx))
             .await
             .map_err(|_| timeout_error("waiting for the upstream to start the stream", stream_timeout))??;
-        attempt.stream(op, response, stream_timeout).await
+        attempt.stream(op, response, stream_timeout, logs.clone(), trace.clone()).await
     } else {
-        tokio::time::timeout(total_timeout, attempt.unary(http, op, &request, ctx))
+        let response = tokio::time::timeout(total_timeout, attempt.unary(http, op, &request, ctx))
             .await
-            .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))?
+            .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
+        let meta = &response.meta;
+        logs.emit(trace.log(meta.status, Outcome::Success, meta.usage, meta.overhead, None, 0));
+        Ok(response)
     }
 }
 
@@ -234,11 +303,17 @@ impl Attempt {
             Backend::Mock { .. } => llmux_providers::TranslatedResponse { usage: openai_compat::extract_usage(&body), body },
         };
         let meta = self.meta(response.status, &response.headers, translated.usage, upstream_latency);
-        log_finished(&meta, translated.usage.as_ref(), None, self.received_at.elapsed());
         Ok(GatewayResponse { meta, body: ResponseBody::Json(translated.body) })
     }
 
-    async fn stream(self, op: Operation, response: UpstreamResponse, idle_timeout: Duration) -> Result<GatewayResponse, GatewayError> {
+    async fn stream(
+        self,
+        op: Operation,
+        response: UpstreamResponse,
+        idle_timeout: Duration,
+        logs: LogEmitter,
+        trace: Trace,
+    ) -> Result<GatewayResponse, GatewayError> {
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
         }
@@ -277,33 +352,17 @@ impl Attempt {
         };
         let upstream_latency = self.sent_at.elapsed();
         let meta = self.meta(status, &headers, None, upstream_latency);
-        let log_meta = meta.clone();
-        let received_at = self.received_at;
+        let time_to_first_chunk = self.received_at.elapsed();
+        let (status_sent, overhead) = (meta.status, meta.overhead);
         let on_finish = move |summary: StreamSummary| {
             let outcome = match (&summary.error, summary.completed) {
-                (Some(e), _) => Some(e.kind.as_str()),
-                (None, true) => None,
-                (None, false) => Some("client_disconnected"),
+                (Some(e), _) => Outcome::Failed(e.kind),
+                (None, true) => Outcome::Success,
+                (None, false) => Outcome::ClientDisconnected,
             };
-            log_finished(&log_meta, summary.usage.as_ref(), outcome, received_at.elapsed());
+            logs.emit(trace.log(status_sent, outcome, summary.usage, overhead, Some(time_to_first_chunk), summary.chunks));
         };
         let stream = relay_stream(initial, first_usage, relay, finished, on_finish);
         Ok(GatewayResponse { meta, body: ResponseBody::Stream(stream) })
     }
-}
-
-fn log_finished(meta: &ResponseMeta, usage: Option<&Usage>, failure: Option<&str>, elapsed: Duration) {
-    tracing::info!(
-        request_id = %meta.request_id,
-        model_group = %meta.model_group,
-        deployment = %meta.deployment_id,
-        provider = meta.provider,
-        status = meta.status,
-        prompt_tokens = usage.map(|u| u.prompt_tokens),
-        completion_tokens = usage.map(|u| u.completion_tokens),
-        failure,
-        duration_ms = elapsed.as_secs_f64() * 1000.0,
-        overhead_ms = meta.overhead.as_secs_f64() * 1000.0,
-        "request finished"
-    );
 }

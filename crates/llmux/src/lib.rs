@@ -16,6 +16,7 @@
 //! ```
 
 mod execute;
+mod log;
 mod relay;
 mod typed;
 mod upstream;
@@ -29,6 +30,7 @@ use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
 use llmux_router::Router;
 
 pub use execute::{GatewayResponse, ResponseBody, ResponseMeta};
+pub use log::{Outcome, RequestLog};
 pub use llmux_config as config;
 pub use llmux_providers::Operation;
 pub use llmux_types as types;
@@ -100,6 +102,7 @@ mod rand_like {
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
     http: upstream::HttpClient,
+    logs: log::LogEmitter,
 }
 
 /// The gateway core, usable in-process. Cheap to clone.
@@ -125,7 +128,9 @@ impl Client {
         let (snapshot, diags) = build_snapshot(config, env)?;
         let http = upstream::HttpClient::new(snapshot.config.connect_timeout)
             .map_err(|e| ConfigErrors(vec![Diagnostic::error("", e.message().to_owned())]))?;
-        let client = Client { inner: Arc::new(Inner { snapshot: ArcSwap::from_pointee(snapshot), http }) };
+        let client = Client {
+            inner: Arc::new(Inner { snapshot: ArcSwap::from_pointee(snapshot), http, logs: log::LogEmitter::new() }),
+        };
         Ok((client, diags))
     }
 
@@ -164,7 +169,13 @@ impl Client {
     /// Run an OpenAI-shaped request given as raw JSON bytes: the path the HTTP server uses.
     pub async fn execute(&self, op: Operation, body: bytes::Bytes, options: RequestOptions) -> Result<GatewayResponse, GatewayError> {
         let snapshot = self.snapshot();
-        execute::execute(&self.inner.http, snapshot, op, body, options).await
+        execute::execute(&self.inner.http, &self.inner.logs, snapshot, op, body, options).await
+    }
+
+    /// Every finished request's log record, for sinks and tests. Records are dropped for a
+    /// receiver that falls more than a few thousand behind; the request path never waits on it.
+    pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<RequestLog>> {
+        self.inner.logs.subscribe()
     }
 }
 

@@ -1,0 +1,86 @@
+//! One `RequestLog` per request, emitted when the request is over (for streams: when the stream
+//! ends, fails or the client leaves). Emission is a non-blocking broadcast: sinks subscribe, the
+//! request path never waits for them.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmux_providers::Operation;
+use llmux_types::{ErrorKind, Usage};
+use tokio::sync::broadcast;
+
+/// Records a lagging subscriber may fall behind before it loses the oldest.
+const LOG_CHANNEL_CAPACITY: usize = 4096;
+
+/// How a request ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Success,
+    /// Failed with this kind (before or during the response).
+    Failed(ErrorKind),
+    /// The client went away before the stream finished.
+    ClientDisconnected,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RequestLog {
+    pub request_id: String,
+    pub operation: Operation,
+    pub stream: bool,
+    /// The model the client asked for.
+    pub requested_model: String,
+    pub model_group: Option<String>,
+    pub deployment_id: Option<String>,
+    pub provider: Option<&'static str>,
+    /// The status the client received.
+    pub status: u16,
+    pub outcome: Outcome,
+    pub usage: Option<Usage>,
+    pub duration: Duration,
+    pub overhead: Duration,
+    /// For streams: time from arrival to the first content chunk.
+    pub time_to_first_chunk: Option<Duration>,
+    pub chunks: u64,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct LogEmitter {
+    sender: broadcast::Sender<Arc<RequestLog>>,
+}
+
+impl LogEmitter {
+    pub(crate) fn new() -> Self {
+        LogEmitter { sender: broadcast::channel(LOG_CHANNEL_CAPACITY).0 }
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<RequestLog>> {
+        self.sender.subscribe()
+    }
+
+    pub(crate) fn emit(&self, log: RequestLog) {
+        let failure = match log.outcome {
+            Outcome::Success => None,
+            Outcome::Failed(kind) => Some(kind.as_str()),
+            Outcome::ClientDisconnected => Some("client_disconnected"),
+        };
+        tracing::info!(
+            request_id = %log.request_id,
+            operation = log.operation.as_str(),
+            stream = log.stream,
+            model = %log.requested_model,
+            model_group = log.model_group.as_deref(),
+            deployment = log.deployment_id.as_deref(),
+            provider = log.provider,
+            status = log.status,
+            failure,
+            prompt_tokens = log.usage.map(|u| u.prompt_tokens),
+            completion_tokens = log.usage.map(|u| u.completion_tokens),
+            duration_ms = log.duration.as_secs_f64() * 1000.0,
+            overhead_ms = log.overhead.as_secs_f64() * 1000.0,
+            "request finished"
+        );
+        if self.sender.receiver_count() > 0 {
+            let _ = self.sender.send(Arc::new(log));
+        }
+    }
+}

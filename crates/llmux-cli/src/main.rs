@@ -13,7 +13,11 @@ use llmux_server::{build_router, AppState};
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "llmux", version, about = "An LLM gateway: one OpenAI-compatible endpoint in front of many providers")]
+#[command(
+    name = "llmux",
+    version,
+    about = "An LLM gateway: one OpenAI-compatible endpoint in front of many providers"
+)]
 struct Cli {
     /// Log format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true, env = "LLMUX_LOG_FORMAT")]
@@ -65,8 +69,15 @@ enum ConfigCommand {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Config { command: ConfigCommand::Check { config, strict } } => config_check(&config, strict),
-        Command::Serve { config, host, port, workers } => {
+        Command::Config {
+            command: ConfigCommand::Check { config, strict },
+        } => config_check(&config, strict),
+        Command::Serve {
+            config,
+            host,
+            port,
+            workers,
+        } => {
             let _guard = init_logging(cli.log_format);
             let mut builder = tokio::runtime::Builder::new_multi_thread();
             builder.enable_all();
@@ -97,9 +108,15 @@ fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     // Logs go through a background writer so a slow stderr never stalls a request.
     let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let filter = EnvFilter::try_from_env("LLMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
     match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
         LogFormat::Text => builder.with_ansi(false).init(),
     }
     guard
@@ -123,7 +140,10 @@ fn config_check(path: &std::path::Path, strict: bool) -> ExitCode {
     let errors = diags.iter().filter(|d| d.is_error()).count();
     let warnings = diags.len() - errors;
     if errors > 0 {
-        eprintln!("{}: {errors} error(s), {warnings} warning(s)", path.display());
+        eprintln!(
+            "{}: {errors} error(s), {warnings} warning(s)",
+            path.display()
+        );
         ExitCode::FAILURE
     } else {
         eprintln!("{}: ok ({warnings} warning(s))", path.display());
@@ -154,7 +174,9 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         .parse()
         .or_else(|_| format!("[{host}]:{port}").parse())
         .map_err(|_| format!("invalid listen address {host}:{port}"))?;
-    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     tracing::info!(address = %local, version = env!("CARGO_PKG_VERSION"), "llmux ready");
 
@@ -167,7 +189,10 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     };
     tokio::spawn(async move {
         shutdown_signal().await;
-        tracing::info!(drain_timeout_s = drain_timeout.as_secs_f64(), "shutting down: no new connections, draining in-flight requests");
+        tracing::info!(
+            drain_timeout_s = drain_timeout.as_secs_f64(),
+            "shutting down: no new connections, draining in-flight requests"
+        );
         draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });

@@ -46,7 +46,12 @@ impl EnvSource for Overlay<'_> {
 
 /// Replace every environment reference inside `value`, in place. Unset variables become `null`
 /// (a whole-value reference) or empty text (inside a longer string), each with a warning.
-pub(crate) fn resolve(value: &mut Value, env: &dyn EnvSource, path: &str, out: &mut Vec<Diagnostic>) {
+pub(crate) fn resolve(
+    value: &mut Value,
+    env: &dyn EnvSource,
+    path: &str,
+    out: &mut Vec<Diagnostic>,
+) {
     match value {
         Value::String(s) => {
             if let Some(resolved) = resolve_str(s, env, path, out) {
@@ -60,7 +65,11 @@ pub(crate) fn resolve(value: &mut Value, env: &dyn EnvSource, path: &str, out: &
         }
         Value::Object(map) => {
             for (k, v) in map.iter_mut() {
-                let child = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
                 resolve(v, env, &child, out);
             }
         }
@@ -69,13 +78,21 @@ pub(crate) fn resolve(value: &mut Value, env: &dyn EnvSource, path: &str, out: &
 }
 
 /// `None` when the string has no reference.
-fn resolve_str(s: &str, env: &dyn EnvSource, path: &str, out: &mut Vec<Diagnostic>) -> Option<Value> {
+fn resolve_str(
+    s: &str,
+    env: &dyn EnvSource,
+    path: &str,
+    out: &mut Vec<Diagnostic>,
+) -> Option<Value> {
     let trimmed = s.trim();
     if let Some(name) = trimmed.strip_prefix("os.environ/") {
         return Some(match env.var(name) {
             Some(v) => Value::String(v),
             None => {
-                out.push(Diagnostic::warning(path, format!("environment variable {name} is not set")));
+                out.push(Diagnostic::warning(
+                    path,
+                    format!("environment variable {name} is not set"),
+                ));
                 Value::Null
             }
         });
@@ -84,7 +101,9 @@ fn resolve_str(s: &str, env: &dyn EnvSource, path: &str, out: &mut Vec<Diagnosti
         return None;
     }
     // A value that is exactly one `${NAME}` becomes null when unset, like `os.environ/NAME`.
-    let whole = trimmed.starts_with("${") && trimmed.ends_with('}') && trimmed[2..].find('}') == Some(trimmed.len() - 3);
+    let whole = trimmed.starts_with("${")
+        && trimmed.ends_with('}')
+        && trimmed[2..].find('}') == Some(trimmed.len() - 3);
     let mut result = String::with_capacity(s.len());
     let mut rest = s;
     let mut any_unset = false;
@@ -106,7 +125,10 @@ fn resolve_str(s: &str, env: &dyn EnvSource, path: &str, out: &mut Vec<Diagnosti
             (None, Some(d)) => result.push_str(d),
             (None, None) => {
                 any_unset = true;
-                out.push(Diagnostic::warning(path, format!("environment variable {name} is not set")));
+                out.push(Diagnostic::warning(
+                    path,
+                    format!("environment variable {name} is not set"),
+                ));
             }
         }
         rest = &after[end + 1..];
@@ -124,7 +146,10 @@ mod tests {
     use serde_json::json;
 
     fn env() -> HashMap<String, String> {
-        HashMap::from([("KEY".to_owned(), "sk-1".to_owned()), ("HOST".to_owned(), "h".to_owned())])
+        HashMap::from([
+            ("KEY".to_owned(), "sk-1".to_owned()),
+            ("HOST".to_owned(), "h".to_owned()),
+        ])
     }
 
     #[test]
@@ -150,7 +175,10 @@ mod tests {
     fn overlay_prefers_file_variables() {
         let base = env();
         let file = vec![("KEY".to_owned(), "from-file".to_owned())];
-        let overlay = Overlay { file_vars: &file, base: &base };
+        let overlay = Overlay {
+            file_vars: &file,
+            base: &base,
+        };
         assert_eq!(overlay.var("KEY").unwrap(), "from-file");
         assert_eq!(overlay.var("HOST").unwrap(), "h");
     }

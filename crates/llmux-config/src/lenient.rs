@@ -7,7 +7,11 @@ use std::fmt;
 pub(crate) fn parse_u64_text(s: &str) -> Option<u64> {
     let cleaned: String = s.trim().chars().filter(|c| *c != '_').collect();
     cleaned.parse::<u64>().ok().or_else(|| {
-        cleaned.parse::<f64>().ok().filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19).map(|f| f as u64)
+        cleaned
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.fract() == 0.0 && *f >= 0.0 && *f < 1.8e19)
+            .map(|f| f as u64)
     })
 }
 
@@ -39,27 +43,40 @@ macro_rules! lenient_option {
                 fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
                     Ok(None)
                 }
-                fn visit_some<D2: Deserializer<'de>>(self, d: D2) -> Result<Self::Value, D2::Error> {
+                fn visit_some<D2: Deserializer<'de>>(
+                    self,
+                    d: D2,
+                ) -> Result<Self::Value, D2::Error> {
                     d.deserialize_any(self)
                 }
                 fn visit_u64<E: de::Error>(self, $v: u64) -> Result<Self::Value, E> {
-                    $from_u64.map(Some).ok_or_else(|| E::custom(concat!("expected ", $expect)))
+                    $from_u64
+                        .map(Some)
+                        .ok_or_else(|| E::custom(concat!("expected ", $expect)))
                 }
                 fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
                     if v < 0 {
                         let $f = v as f64;
-                        return $from_f64.map(Some).ok_or_else(|| E::custom(concat!("expected ", $expect)));
+                        return $from_f64
+                            .map(Some)
+                            .ok_or_else(|| E::custom(concat!("expected ", $expect)));
                     }
                     self.visit_u64(v as u64)
                 }
                 fn visit_f64<E: de::Error>(self, $f: f64) -> Result<Self::Value, E> {
-                    $from_f64.map(Some).ok_or_else(|| E::custom(concat!("expected ", $expect)))
+                    $from_f64
+                        .map(Some)
+                        .ok_or_else(|| E::custom(concat!("expected ", $expect)))
                 }
                 fn visit_bool<E: de::Error>(self, $b: bool) -> Result<Self::Value, E> {
-                    $from_bool.map(Some).ok_or_else(|| E::custom(concat!("expected ", $expect)))
+                    $from_bool
+                        .map(Some)
+                        .ok_or_else(|| E::custom(concat!("expected ", $expect)))
                 }
                 fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
-                    $from_text(s).map(Some).ok_or_else(|| E::custom(format!(concat!("expected ", $expect, ", got {:?}"), s)))
+                    $from_text(s).map(Some).ok_or_else(|| {
+                        E::custom(format!(concat!("expected ", $expect, ", got {:?}"), s))
+                    })
                 }
             }
             d.deserialize_option(V)
@@ -67,14 +84,46 @@ macro_rules! lenient_option {
     };
 }
 
-lenient_option!(opt_u64, u64, "a non-negative integer", parse_u64_text,
-    |v| Some(v), |f| (f.fract() == 0.0 && f >= 0.0).then_some(f as u64), |_b| None::<u64>);
-lenient_option!(opt_u32, u32, "a non-negative integer", parse_u32_text,
-    |v| u32::try_from(v).ok(), |f| (f.fract() == 0.0 && f >= 0.0 && f <= u32::MAX as f64).then_some(f as u32), |_b| None::<u32>);
-lenient_option!(opt_f64, f64, "a number", parse_f64_text,
-    |v| Some(v as f64), |f| Some(f), |_b| None::<f64>);
-lenient_option!(opt_bool, bool, "a boolean", parse_bool_text,
-    |v| match v { 0 => Some(false), 1 => Some(true), _ => None }, |_f| None::<bool>, |b| Some(b));
+lenient_option!(
+    opt_u64,
+    u64,
+    "a non-negative integer",
+    parse_u64_text,
+    |v| Some(v),
+    |f| (f.fract() == 0.0 && f >= 0.0).then_some(f as u64),
+    |_b| None::<u64>
+);
+lenient_option!(
+    opt_u32,
+    u32,
+    "a non-negative integer",
+    parse_u32_text,
+    |v| u32::try_from(v).ok(),
+    |f| (f.fract() == 0.0 && f >= 0.0 && f <= u32::MAX as f64).then_some(f as u32),
+    |_b| None::<u32>
+);
+lenient_option!(
+    opt_f64,
+    f64,
+    "a number",
+    parse_f64_text,
+    |v| Some(v as f64),
+    |f| Some(f),
+    |_b| None::<f64>
+);
+lenient_option!(
+    opt_bool,
+    bool,
+    "a boolean",
+    parse_bool_text,
+    |v| match v {
+        0 => Some(false),
+        1 => Some(true),
+        _ => None,
+    },
+    |_f| None::<bool>,
+    |b| Some(b)
+);
 
 fn parse_u32_text(s: &str) -> Option<u32> {
     parse_u64_text(s).and_then(|v| u32::try_from(v).ok())

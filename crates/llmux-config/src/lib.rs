@@ -36,11 +36,19 @@ pub struct Diagnostic {
 
 impl Diagnostic {
     pub fn warning(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Warning, path: path.into(), message: message.into() }
+        Diagnostic {
+            severity: Severity::Warning,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     pub fn error(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Diagnostic { severity: Severity::Error, path: path.into(), message: message.into() }
+        Diagnostic {
+            severity: Severity::Error,
+            path: path.into(),
+            message: message.into(),
+        }
     }
 
     pub fn is_error(&self) -> bool {
@@ -196,7 +204,10 @@ pub fn load_str(text: &str, env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnosti
 /// Read and load a configuration file.
 pub fn load_file(path: &Path, env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
-        vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))]
+        vec![Diagnostic::error(
+            "",
+            format!("cannot read {}: {e}", path.display()),
+        )]
     })?;
     load_str(&text, env)
 }

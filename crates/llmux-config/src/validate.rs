@@ -7,77 +7,227 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
 
 use crate::env::{resolve, EnvSource, Overlay};
-use crate::raw::{RawGeneralSettings, RawLitellmParams, RawLitellmSettings, RawLlmuxSettings, RawModelEntry};
+use crate::raw::{
+    RawGeneralSettings, RawLitellmParams, RawLitellmSettings, RawLlmuxSettings, RawModelEntry,
+};
 use crate::{Config, DeploymentConfig, Diagnostic, Loaded, ModelInfo, Secret};
 
 /// OpenAI request parameters: in `litellm_params` they are defaults for requests that omit them.
 pub const OPENAI_REQUEST_PARAMS: &[&str] = &[
-    "temperature", "top_p", "max_tokens", "max_completion_tokens", "n", "stop", "presence_penalty",
-    "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "seed", "user", "response_format",
-    "tools", "tool_choice", "parallel_tool_calls", "reasoning_effort", "service_tier", "store",
-    "metadata", "modalities", "audio", "prediction", "verbosity", "web_search_options",
-    "stream_options", "functions", "function_call", "dimensions", "encoding_format", "suffix",
-    "echo", "best_of",
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "max_completion_tokens",
+    "n",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "seed",
+    "user",
+    "response_format",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning_effort",
+    "service_tier",
+    "store",
+    "metadata",
+    "modalities",
+    "audio",
+    "prediction",
+    "verbosity",
+    "web_search_options",
+    "stream_options",
+    "functions",
+    "function_call",
+    "dimensions",
+    "encoding_format",
+    "suffix",
+    "echo",
+    "best_of",
 ];
 
 /// `litellm_params` keys LiteLLM reads for particular providers or features. They are kept as
 /// provider parameters; the adapter that needs one reads it, and the router warns about any that
 /// the deployment's provider does not use.
 pub const PROVIDER_SPECIFIC_PARAMS: &[&str] = &[
-    "vertex_project", "vertex_location", "vertex_credentials", "aws_access_key_id",
-    "aws_secret_access_key", "aws_session_token", "aws_region_name", "aws_profile_name",
-    "aws_role_name", "aws_session_name", "aws_web_identity_token", "aws_bedrock_runtime_endpoint",
-    "azure_ad_token", "azure_ad_token_provider", "tenant_id", "client_id", "client_secret",
-    "azure_username", "azure_password", "region_name", "input_cost_per_token",
-    "output_cost_per_token", "input_cost_per_second", "output_cost_per_second",
-    "cache_read_input_token_cost", "cache_creation_input_token_cost", "tags", "max_parallel_requests",
-    "litellm_credential_name", "use_in_pass_through", "merge_reasoning_content_in_choices",
-    "cache_control_injection_points", "num_retries", "max_budget", "budget_duration",
-    "configurable_clientside_auth_params", "watsonx_region_name", "base_model", "headers",
-    "use_litellm_proxy", "thinking", "safety_settings",
+    "vertex_project",
+    "vertex_location",
+    "vertex_credentials",
+    "aws_access_key_id",
+    "aws_secret_access_key",
+    "aws_session_token",
+    "aws_region_name",
+    "aws_profile_name",
+    "aws_role_name",
+    "aws_session_name",
+    "aws_web_identity_token",
+    "aws_bedrock_runtime_endpoint",
+    "azure_ad_token",
+    "azure_ad_token_provider",
+    "tenant_id",
+    "client_id",
+    "client_secret",
+    "azure_username",
+    "azure_password",
+    "region_name",
+    "input_cost_per_token",
+    "output_cost_per_token",
+    "input_cost_per_second",
+    "output_cost_per_second",
+    "cache_read_input_token_cost",
+    "cache_creation_input_token_cost",
+    "tags",
+    "max_parallel_requests",
+    "litellm_credential_name",
+    "use_in_pass_through",
+    "merge_reasoning_content_in_choices",
+    "cache_control_injection_points",
+    "num_retries",
+    "max_budget",
+    "budget_duration",
+    "configurable_clientside_auth_params",
+    "watsonx_region_name",
+    "base_model",
+    "headers",
+    "use_litellm_proxy",
+    "thinking",
+    "safety_settings",
 ];
 
 const KNOWN_TOP_LEVEL: &[&str] = &[
-    "include", "credential_list", "guardrails", "mcp_servers", "mcp_aliases", "files_settings",
-    "assistant_settings", "finetune_settings", "vector_store_registry", "callback_settings",
-    "search_tools", "prompts", "model_group_settings", "batch_settings",
+    "include",
+    "credential_list",
+    "guardrails",
+    "mcp_servers",
+    "mcp_aliases",
+    "files_settings",
+    "assistant_settings",
+    "finetune_settings",
+    "vector_store_registry",
+    "callback_settings",
+    "search_tools",
+    "prompts",
+    "model_group_settings",
+    "batch_settings",
 ];
 
 const KNOWN_LITELLM_SETTINGS: &[&str] = &[
-    "num_retries", "callbacks", "success_callback", "failure_callback", "service_callback", "cache",
-    "cache_params", "set_verbose", "json_logs", "default_fallbacks", "fallbacks",
-    "context_window_fallbacks", "content_policy_fallbacks", "turn_off_message_logging",
-    "redact_user_api_key_info", "langfuse_default_tags", "max_budget", "budget_duration",
-    "default_team_settings", "default_internal_user_params", "default_key_generate_params",
-    "upperbound_key_generate_params", "modify_params", "enable_preview_features", "allowed_fails",
-    "force_ipv4", "ssl_verify", "store_audit_logs", "disable_end_user_cost_tracking", "guardrails",
-    "global_disable_no_log_param", "return_response_headers", "public_model_groups",
-    "key_generation_settings", "enable_json_schema_validation", "extra_spend_tag_headers",
-    "cache_responses", "default_max_internal_user_budget", "max_internal_user_budget",
-    "internal_user_budget_duration", "max_end_user_budget", "callback_settings",
-    "model_group_alias_map", "telemetry", "drop_params_for_model", "add_function_to_prompt",
-    "default_internal_user_settings", "disable_token_counter", "request_timeout",
+    "num_retries",
+    "callbacks",
+    "success_callback",
+    "failure_callback",
+    "service_callback",
+    "cache",
+    "cache_params",
+    "set_verbose",
+    "json_logs",
+    "default_fallbacks",
+    "fallbacks",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "turn_off_message_logging",
+    "redact_user_api_key_info",
+    "langfuse_default_tags",
+    "max_budget",
+    "budget_duration",
+    "default_team_settings",
+    "default_internal_user_params",
+    "default_key_generate_params",
+    "upperbound_key_generate_params",
+    "modify_params",
+    "enable_preview_features",
+    "allowed_fails",
+    "force_ipv4",
+    "ssl_verify",
+    "store_audit_logs",
+    "disable_end_user_cost_tracking",
+    "guardrails",
+    "global_disable_no_log_param",
+    "return_response_headers",
+    "public_model_groups",
+    "key_generation_settings",
+    "enable_json_schema_validation",
+    "extra_spend_tag_headers",
+    "cache_responses",
+    "default_max_internal_user_budget",
+    "max_internal_user_budget",
+    "internal_user_budget_duration",
+    "max_end_user_budget",
+    "callback_settings",
+    "model_group_alias_map",
+    "telemetry",
+    "drop_params_for_model",
+    "add_function_to_prompt",
+    "default_internal_user_settings",
+    "disable_token_counter",
+    "request_timeout",
 ];
 
 const KNOWN_GENERAL_SETTINGS: &[&str] = &[
-    "database_url", "database_connection_pool_limit", "database_connection_timeout",
-    "allow_requests_on_db_unavailable", "proxy_batch_write_at", "disable_spend_logs",
-    "disable_master_key_return", "disable_retry_on_max_parallel_request_limit_error",
-    "disable_reset_budget", "disable_adding_master_key_hash_to_db", "enable_jwt_auth",
-    "litellm_jwtauth", "enforce_user_param", "allowed_routes", "admin_only_routes", "alerting",
-    "alerting_threshold", "alerting_args", "alert_types", "alert_to_webhook_url",
-    "store_model_in_db", "store_prompts_in_spend_logs", "background_health_checks",
-    "health_check_interval", "health_check_details", "max_parallel_requests",
-    "global_max_parallel_requests", "infer_model_from_keys", "maximum_spend_logs_retention_period",
-    "maximum_spend_logs_retention_interval", "custom_auth", "custom_key_generate", "ui_access_mode",
-    "allowed_ips", "use_x_forwarded_for", "service_account_settings", "pass_through_endpoints",
-    "key_management_system", "key_management_settings", "use_azure_key_vault", "use_google_kms",
-    "spend_report_frequency", "forward_openai_org_id", "forward_client_headers_to_llm_api",
-    "user_header_name", "enable_oauth2_auth", "use_client_credentials_pass_through_routes",
-    "allow_client_side_credentials", "supported_db_objects", "disable_prisma_schema_update",
-    "proxy_budget_rescheduler_min_time", "proxy_budget_rescheduler_max_time", "embedding_model",
-    "default_team_disabled", "enable_public_model_hub", "custom_sso", "public_routes",
-    "max_response_size_mb", "otel", "master_key_hash",
+    "database_url",
+    "database_connection_pool_limit",
+    "database_connection_timeout",
+    "allow_requests_on_db_unavailable",
+    "proxy_batch_write_at",
+    "disable_spend_logs",
+    "disable_master_key_return",
+    "disable_retry_on_max_parallel_request_limit_error",
+    "disable_reset_budget",
+    "disable_adding_master_key_hash_to_db",
+    "enable_jwt_auth",
+    "litellm_jwtauth",
+    "enforce_user_param",
+    "allowed_routes",
+    "admin_only_routes",
+    "alerting",
+    "alerting_threshold",
+    "alerting_args",
+    "alert_types",
+    "alert_to_webhook_url",
+    "store_model_in_db",
+    "store_prompts_in_spend_logs",
+    "background_health_checks",
+    "health_check_interval",
+    "health_check_details",
+    "max_parallel_requests",
+    "global_max_parallel_requests",
+    "infer_model_from_keys",
+    "maximum_spend_logs_retention_period",
+    "maximum_spend_logs_retention_interval",
+    "custom_auth",
+    "custom_key_generate",
+    "ui_access_mode",
+    "allowed_ips",
+    "use_x_forwarded_for",
+    "service_account_settings",
+    "pass_through_endpoints",
+    "key_management_system",
+    "key_management_settings",
+    "use_azure_key_vault",
+    "use_google_kms",
+    "spend_report_frequency",
+    "forward_openai_org_id",
+    "forward_client_headers_to_llm_api",
+    "user_header_name",
+    "enable_oauth2_auth",
+    "use_client_credentials_pass_through_routes",
+    "allow_client_side_credentials",
+    "supported_db_objects",
+    "disable_prisma_schema_update",
+    "proxy_budget_rescheduler_min_time",
+    "proxy_budget_rescheduler_max_time",
+    "embedding_model",
+    "default_team_disabled",
+    "enable_public_model_hub",
+    "custom_sso",
+    "public_routes",
+    "max_response_size_mb",
+    "otel",
+    "master_key_hash",
 ];
 
 pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
@@ -89,7 +239,12 @@ pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<D
     let map = match &mut root {
         Value::Null => Map::new(),
         Value::Object(m) => std::mem::take(m),
-        _ => return Err(vec![Diagnostic::error("", "the configuration must be a YAML mapping")]),
+        _ => {
+            return Err(vec![Diagnostic::error(
+                "",
+                "the configuration must be a YAML mapping",
+            )])
+        }
     };
 
     let mut config = Config::default();
@@ -99,7 +254,10 @@ pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<D
         Some(vars) => environment_variables(vars, base_env, &mut diags),
         None => Vec::new(),
     };
-    let overlay = Overlay { file_vars: &file_vars, base: base_env };
+    let overlay = Overlay {
+        file_vars: &file_vars,
+        base: base_env,
+    };
 
     for (key, mut value) in map {
         if key == "environment_variables" {
@@ -120,15 +278,22 @@ pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<D
     if diags.iter().any(Diagnostic::is_error) {
         return Err(diags);
     }
-    Ok(Loaded { config, diagnostics: diags })
+    Ok(Loaded {
+        config,
+        diagnostics: diags,
+    })
 }
 
 fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {
     let mut yaml: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(|e| {
-        let at = e.location().map(|l| format!(" (line {}, column {})", l.line(), l.column())).unwrap_or_default();
+        let at = e
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
         Diagnostic::error("", format!("invalid YAML{at}: {e}"))
     })?;
-    yaml.apply_merge().map_err(|e| Diagnostic::error("", format!("invalid YAML merge key: {e}")))?;
+    yaml.apply_merge()
+        .map_err(|e| Diagnostic::error("", format!("invalid YAML merge key: {e}")))?;
     Ok(yaml_to_json(yaml))
 }
 
@@ -143,7 +308,10 @@ fn yaml_to_json(value: serde_yaml_ng::Value) -> Value {
             } else if let Some(i) = n.as_i64() {
                 Value::from(i)
             } else {
-                n.as_f64().and_then(serde_json::Number::from_f64).map(Value::Number).unwrap_or(Value::Null)
+                n.as_f64()
+                    .and_then(serde_json::Number::from_f64)
+                    .map(Value::Number)
+                    .unwrap_or(Value::Null)
             }
         }
         Y::String(s) => Value::String(s),
@@ -172,9 +340,16 @@ fn scalar_text(value: &Value) -> Option<String> {
     }
 }
 
-fn environment_variables(vars: &Value, env: &dyn EnvSource, diags: &mut Vec<Diagnostic>) -> Vec<(String, String)> {
+fn environment_variables(
+    vars: &Value,
+    env: &dyn EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<(String, String)> {
     let Value::Object(map) = vars else {
-        diags.push(Diagnostic::error("environment_variables", "expected a mapping of NAME: value"));
+        diags.push(Diagnostic::error(
+            "environment_variables",
+            "expected a mapping of NAME: value",
+        ));
         return Vec::new();
     };
     let mut out = Vec::new();
@@ -192,7 +367,11 @@ fn environment_variables(vars: &Value, env: &dyn EnvSource, diags: &mut Vec<Diag
 }
 
 /// Deserialize `value` into `T`, reporting type errors and ignored keys with their paths.
-fn deserialize_at<T: DeserializeOwned>(value: Value, path: &str, diags: &mut Vec<Diagnostic>) -> (Option<T>, Vec<String>) {
+fn deserialize_at<T: DeserializeOwned>(
+    value: Value,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> (Option<T>, Vec<String>) {
     let mut ignored = Vec::new();
     let result = {
         let mut on_ignored = |p: serde_ignored::Path<'_>| ignored.push(ignored_path(&p));
@@ -216,7 +395,9 @@ fn ignored_path(path: &serde_ignored::Path<'_>) -> String {
         P::Root => String::new(),
         P::Seq { parent, index } => format!("{}[{index}]", ignored_path(parent)),
         P::Map { parent, key } => join_path(&ignored_path(parent), key),
-        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => ignored_path(parent),
+        P::Some { parent } | P::NewtypeStruct { parent } | P::NewtypeVariant { parent } => {
+            ignored_path(parent)
+        }
     }
 }
 
@@ -231,13 +412,21 @@ fn join_path(parent: &str, child: &str) -> String {
 
 fn unsupported(path: &str, known: &[&str], key: &str) -> Diagnostic {
     if known.contains(&key) {
-        Diagnostic::warning(path, format!("`{key}` is a LiteLLM setting llmux does not support yet; ignored"))
+        Diagnostic::warning(
+            path,
+            format!("`{key}` is a LiteLLM setting llmux does not support yet; ignored"),
+        )
     } else {
         Diagnostic::warning(path, format!("unknown key `{key}`; ignored"))
     }
 }
 
-fn report_ignored(section: &str, known: &[&str], ignored: Vec<String>, diags: &mut Vec<Diagnostic>) {
+fn report_ignored(
+    section: &str,
+    known: &[&str],
+    ignored: Vec<String>,
+    diags: &mut Vec<Diagnostic>,
+) {
     for inner in ignored {
         let key = inner.rsplit('.').next().unwrap_or(&inner).to_owned();
         let top_level = !inner.contains('.') && !inner.contains('[');
@@ -251,7 +440,10 @@ fn seconds(value: Option<f64>, path: &str, diags: &mut Vec<Diagnostic>) -> Optio
     if v > 0.0 && v < 1.0e9 {
         Some(Duration::from_secs_f64(v))
     } else {
-        diags.push(Diagnostic::error(path, format!("must be a positive number of seconds, got {v}")));
+        diags.push(Diagnostic::error(
+            path,
+            format!("must be a positive number of seconds, got {v}"),
+        ));
         None
     }
 }
@@ -269,7 +461,10 @@ fn model_list(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {
         let path = format!("model_list[{index}]");
         let (raw, ignored) = deserialize_at::<RawModelEntry>(entry, &path, diags);
         for inner in ignored {
-            diags.push(Diagnostic::warning(join_path(&path, &inner), "unknown key; ignored"));
+            diags.push(Diagnostic::warning(
+                join_path(&path, &inner),
+                "unknown key; ignored",
+            ));
         }
         if let Some(raw) = raw {
             if let Some(deployment) = deployment(index, raw, diags) {
@@ -279,28 +474,57 @@ fn model_list(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {
     }
 }
 
-fn deployment(index: usize, raw: RawModelEntry, diags: &mut Vec<Diagnostic>) -> Option<DeploymentConfig> {
+fn deployment(
+    index: usize,
+    raw: RawModelEntry,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<DeploymentConfig> {
     let path = format!("model_list[{index}]");
     let params_path = format!("{path}.litellm_params");
     let RawLitellmParams {
-        model, custom_llm_provider, api_base, api_key, api_version, organization, timeout,
-        stream_timeout, max_retries, rpm, tpm, weight, order, extra_headers, mock_response, other,
+        model,
+        custom_llm_provider,
+        api_base,
+        api_key,
+        api_version,
+        organization,
+        timeout,
+        stream_timeout,
+        max_retries,
+        rpm,
+        tpm,
+        weight,
+        order,
+        extra_headers,
+        mock_response,
+        other,
     } = raw.litellm_params;
 
     let mut ok = true;
     if raw.model_name.trim().is_empty() {
-        diags.push(Diagnostic::error(format!("{path}.model_name"), "must not be empty"));
+        diags.push(Diagnostic::error(
+            format!("{path}.model_name"),
+            "must not be empty",
+        ));
         ok = false;
     }
     if raw.model_name.matches('*').count() > 1 {
-        diags.push(Diagnostic::error(format!("{path}.model_name"), "at most one `*` wildcard is supported"));
+        diags.push(Diagnostic::error(
+            format!("{path}.model_name"),
+            "at most one `*` wildcard is supported",
+        ));
         ok = false;
     }
     if model.trim().is_empty() {
-        diags.push(Diagnostic::error(format!("{params_path}.model"), "must not be empty"));
+        diags.push(Diagnostic::error(
+            format!("{params_path}.model"),
+            "must not be empty",
+        ));
         ok = false;
     }
-    let api_base = api_base.map(|b| b.trim().to_owned()).filter(|b| !b.is_empty());
+    let api_base = api_base
+        .map(|b| b.trim().to_owned())
+        .filter(|b| !b.is_empty());
     if let Some(base) = &api_base {
         if !(base.starts_with("http://") || base.starts_with("https://")) {
             diags.push(Diagnostic::error(
@@ -311,13 +535,20 @@ fn deployment(index: usize, raw: RawModelEntry, diags: &mut Vec<Diagnostic>) -> 
         }
     }
     if let Some(w) = weight {
-        if !(w >= 0.0) {
-            diags.push(Diagnostic::error(format!("{params_path}.weight"), "must not be negative"));
+        if w.is_nan() || w < 0.0 {
+            diags.push(Diagnostic::error(
+                format!("{params_path}.weight"),
+                "must not be negative",
+            ));
             ok = false;
         }
     }
     let timeout = seconds(timeout, &format!("{params_path}.timeout"), diags);
-    let stream_timeout = seconds(stream_timeout, &format!("{params_path}.stream_timeout"), diags);
+    let stream_timeout = seconds(
+        stream_timeout,
+        &format!("{params_path}.stream_timeout"),
+        diags,
+    );
 
     let mut headers = Vec::new();
     for (name, value) in extra_headers.unwrap_or_default() {
@@ -325,7 +556,10 @@ fn deployment(index: usize, raw: RawModelEntry, diags: &mut Vec<Diagnostic>) -> 
         match scalar_text(&value) {
             Some(text) => headers.push((name, text)),
             None => {
-                diags.push(Diagnostic::error(header_path, "header values must be scalars"));
+                diags.push(Diagnostic::error(
+                    header_path,
+                    "header values must be scalars",
+                ));
                 ok = false;
             }
         }
@@ -344,7 +578,11 @@ fn deployment(index: usize, raw: RawModelEntry, diags: &mut Vec<Diagnostic>) -> 
         }
     }
 
-    let model_info = model_info(raw.model_info.unwrap_or_default(), &format!("{path}.model_info"), diags);
+    let model_info = model_info(
+        raw.model_info.unwrap_or_default(),
+        &format!("{path}.model_info"),
+        diags,
+    );
     if !ok {
         return None;
     }
@@ -377,12 +615,17 @@ fn model_info(mut map: Map<String, Value>, path: &str, diags: &mut Vec<Diagnosti
         let v = map.remove(key)?;
         match &v {
             Value::Null => None,
-            Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
+            Value::Number(n) => n
+                .as_u64()
+                .or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64)),
             Value::String(s) => crate::lenient::parse_u64_text(s),
             _ => None,
         }
         .or_else(|| {
-            diags.push(Diagnostic::warning(format!("{path}.{key}"), "expected a non-negative integer; ignored"));
+            diags.push(Diagnostic::warning(
+                format!("{path}.{key}"),
+                "expected a non-negative integer; ignored",
+            ));
             None
         })
     };
@@ -393,7 +636,13 @@ fn model_info(mut map: Map<String, Value>, path: &str, diags: &mut Vec<Diagnosti
     });
     let id = map.remove("id").and_then(|v| scalar_text(&v));
     let mode = map.remove("mode").and_then(|v| scalar_text(&v));
-    ModelInfo { id, mode, max_input_tokens, max_output_tokens, extra: map }
+    ModelInfo {
+        id,
+        mode,
+        max_input_tokens,
+        max_output_tokens,
+        extra: map,
+    }
 }
 
 fn litellm_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {
@@ -404,7 +653,11 @@ fn litellm_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
     report_ignored("litellm_settings", KNOWN_LITELLM_SETTINGS, ignored, diags);
     if let Some(raw) = raw {
         config.drop_params = raw.drop_params.unwrap_or(false);
-        if let Some(t) = seconds(raw.request_timeout, "litellm_settings.request_timeout", diags) {
+        if let Some(t) = seconds(
+            raw.request_timeout,
+            "litellm_settings.request_timeout",
+            diags,
+        ) {
             config.request_timeout = t;
         }
     }
@@ -416,13 +669,18 @@ fn general_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
     }
     let (raw, ignored) = deserialize_at::<RawGeneralSettings>(value, "general_settings", diags);
     report_ignored("general_settings", KNOWN_GENERAL_SETTINGS, ignored, diags);
-    let Some(raw): Option<RawGeneralSettings> = raw else { return };
+    let Some(raw): Option<RawGeneralSettings> = raw else {
+        return;
+    };
     config.master_key = raw.master_key.filter(|k| !k.is_empty()).map(Secret::new);
     if let Some(mb) = raw.max_request_size_mb {
         if mb > 0.0 && mb <= 4096.0 {
             config.max_request_body_bytes = (mb * 1024.0 * 1024.0) as usize;
         } else {
-            diags.push(Diagnostic::error("general_settings.max_request_size_mb", "must be between 0 and 4096"));
+            diags.push(Diagnostic::error(
+                "general_settings.max_request_size_mb",
+                "must be between 0 and 4096",
+            ));
         }
     }
 }
@@ -447,7 +705,10 @@ fn router_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic
             }
             continue;
         }
-        diags.push(Diagnostic::warning(path, format!("`{key}` is a LiteLLM router setting llmux does not support yet; ignored")));
+        diags.push(Diagnostic::warning(
+            path,
+            format!("`{key}` is a LiteLLM router setting llmux does not support yet; ignored"),
+        ));
     }
     config.router_settings = map;
 }

@@ -7,11 +7,16 @@ use std::time::Duration;
 use llmux_config::{load_file, load_str, Diagnostic, Severity};
 
 fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 fn shared_config(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures/configs").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../../shared/fixtures/configs")
+        .join(name)
 }
 
 fn warnings_at<'a>(diags: &'a [Diagnostic], path: &str) -> Vec<&'a Diagnostic> {
@@ -20,17 +25,33 @@ fn warnings_at<'a>(diags: &'a [Diagnostic], path: &str) -> Vec<&'a Diagnostic> {
 
 #[test]
 fn litellm_fixture_configs_load() {
-    let e = env(&[("AZURE_API_KEY", "k"), ("OPENAI_API_KEY", "o"), ("LITELLM_MASTER_KEY", "sk-master")]);
-    for name in ["litellm-azure_config.yaml", "litellm-docs-example.yaml", "litellm-load_balancer.yaml"] {
-        let loaded = load_file(&shared_config(name), &e).unwrap_or_else(|d| panic!("{name}: {d:?}"));
+    let e = env(&[
+        ("AZURE_API_KEY", "k"),
+        ("OPENAI_API_KEY", "o"),
+        ("LITELLM_MASTER_KEY", "sk-master"),
+    ]);
+    for name in [
+        "litellm-azure_config.yaml",
+        "litellm-docs-example.yaml",
+        "litellm-load_balancer.yaml",
+    ] {
+        let loaded =
+            load_file(&shared_config(name), &e).unwrap_or_else(|d| panic!("{name}: {d:?}"));
         assert!(!loaded.config.deployments.is_empty(), "{name}");
-        assert!(loaded.diagnostics.iter().all(|d| d.severity == Severity::Warning));
+        assert!(loaded
+            .diagnostics
+            .iter()
+            .all(|d| d.severity == Severity::Warning));
     }
 }
 
 #[test]
 fn azure_fixture_reads_underscored_numbers_and_fractional_timeouts() {
-    let loaded = load_file(&shared_config("litellm-azure_config.yaml"), &env(&[("AZURE_API_KEY", "k")])).unwrap();
+    let loaded = load_file(
+        &shared_config("litellm-azure_config.yaml"),
+        &env(&[("AZURE_API_KEY", "k")]),
+    )
+    .unwrap();
     let d = &loaded.config.deployments[0];
     assert_eq!(d.tpm, Some(20_000));
     assert_eq!(d.timeout, Some(Duration::from_secs(5)));
@@ -42,7 +63,11 @@ fn azure_fixture_reads_underscored_numbers_and_fractional_timeouts() {
 
 #[test]
 fn docs_example_reports_unsupported_settings_by_path() {
-    let loaded = load_file(&shared_config("litellm-docs-example.yaml"), &env(&[("LITELLM_MASTER_KEY", "sk-m")])).unwrap();
+    let loaded = load_file(
+        &shared_config("litellm-docs-example.yaml"),
+        &env(&[("LITELLM_MASTER_KEY", "sk-m")]),
+    )
+    .unwrap();
     let c = &loaded.config;
     assert_eq!(c.master_key.as_ref().unwrap().expose(), "sk-m");
     assert!(c.drop_params);
@@ -51,13 +76,25 @@ fn docs_example_reports_unsupported_settings_by_path() {
     let d = &loaded.diagnostics;
     assert_eq!(warnings_at(d, "router_settings.num_retries").len(), 1);
     assert_eq!(warnings_at(d, "litellm_settings.callbacks").len(), 1);
-    assert!(warnings_at(d, "litellm_settings.callbacks")[0].message.contains("does not support yet"));
+    assert!(warnings_at(d, "litellm_settings.callbacks")[0]
+        .message
+        .contains("does not support yet"));
     let db = warnings_at(d, "general_settings.database_url");
-    assert!(db.iter().any(|x| x.message.contains("DATABASE_URL is not set")));
-    assert!(db.iter().any(|x| x.message.contains("does not support yet")));
+    assert!(db
+        .iter()
+        .any(|x| x.message.contains("DATABASE_URL is not set")));
+    assert!(db
+        .iter()
+        .any(|x| x.message.contains("does not support yet")));
     // Unset variables are named, never their values.
-    assert!(d.iter().any(|x| x.path == "model_list[0].litellm_params.api_key" && x.message.contains("AZURE_API_KEY")));
-    assert!(warnings_at(d, "router_settings.routing_strategy").is_empty(), "simple-shuffle is supported");
+    assert!(d
+        .iter()
+        .any(|x| x.path == "model_list[0].litellm_params.api_key"
+            && x.message.contains("AZURE_API_KEY")));
+    assert!(
+        warnings_at(d, "router_settings.routing_strategy").is_empty(),
+        "simple-shuffle is supported"
+    );
 }
 
 #[test]
@@ -68,7 +105,9 @@ fn load_balancer_fixture_uses_environment_variables_and_entry_level_limits() {
     assert_eq!(c.deployments[0].rpm, Some(3));
     assert_eq!(c.deployments[0].tpm, Some(20000));
     assert!(c.drop_params, "`True` is a boolean");
-    assert!(c.environment_variables.contains(&("REDIS_PORT".to_owned(), "6329".to_owned())));
+    assert!(c
+        .environment_variables
+        .contains(&("REDIS_PORT".to_owned(), "6329".to_owned())));
 }
 
 #[test]
@@ -102,8 +141,16 @@ llmux_settings: {drain_timeout: 5, nope: 1}
 "#;
     let mut loaded = load_str(text, &env(&[])).unwrap();
     let paths: Vec<_> = loaded.diagnostics.iter().map(|d| d.path.clone()).collect();
-    for expected in ["model_list[0].typo_key", "litellm_settings.mystery", "mystery_section", "llmux_settings.nope"] {
-        assert!(paths.contains(&expected.to_owned()), "missing {expected} in {paths:?}");
+    for expected in [
+        "model_list[0].typo_key",
+        "litellm_settings.mystery",
+        "mystery_section",
+        "llmux_settings.nope",
+    ] {
+        assert!(
+            paths.contains(&expected.to_owned()),
+            "missing {expected} in {paths:?}"
+        );
     }
     assert_eq!(loaded.config.drain_timeout, Duration::from_secs(5));
     llmux_config::strict(&mut loaded.diagnostics);
@@ -125,7 +172,11 @@ model_list:
 general_settings: {max_request_size_mb: 0}
 "#;
     let errors = load_str(text, &env(&[])).unwrap_err();
-    let paths: Vec<_> = errors.iter().filter(|d| d.is_error()).map(|d| d.path.clone()).collect();
+    let paths: Vec<_> = errors
+        .iter()
+        .filter(|d| d.is_error())
+        .map(|d| d.path.clone())
+        .collect();
     for expected in [
         "model_list[0].litellm_params.api_base",
         "model_list[0].litellm_params.timeout",
@@ -134,17 +185,30 @@ general_settings: {max_request_size_mb: 0}
         "model_list[3].model_name",
         "general_settings.max_request_size_mb",
     ] {
-        assert!(paths.iter().any(|p| p == expected), "missing {expected} in {paths:?}");
+        assert!(
+            paths.iter().any(|p| p == expected),
+            "missing {expected} in {paths:?}"
+        );
     }
 }
 
 #[test]
 fn bad_yaml_and_wrong_shapes_are_errors_not_panics() {
-    for text in ["model_list: [", "- a\n- b", "model_list: 3", "model_list:\n  - 1", "\"\\xff\": ["] {
+    for text in [
+        "model_list: [",
+        "- a\n- b",
+        "model_list: 3",
+        "model_list:\n  - 1",
+        "\"\\xff\": [",
+    ] {
         let result = load_str(text, &env(&[]));
         assert!(result.is_err(), "{text:?} should fail");
     }
-    assert!(load_str("", &env(&[])).unwrap().config.deployments.is_empty());
+    assert!(load_str("", &env(&[]))
+        .unwrap()
+        .config
+        .deployments
+        .is_empty());
 }
 
 #[test]

@@ -100,7 +100,10 @@ impl Knobs {
 
 /// The mock's routes; `record` keeps the last requests for `/mock/requests`.
 pub fn app(record: bool) -> (Router, Arc<MockState>) {
-    let state = Arc::new(MockState { record, ..MockState::default() });
+    let state = Arc::new(MockState {
+        record,
+        ..MockState::default()
+    });
     let router = Router::new()
         .route("/v1/chat/completions", post(chat))
         .route("/chat/completions", post(chat))
@@ -135,7 +138,12 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
             headers: parts
                 .headers
                 .iter()
-                .map(|(k, v)| (k.as_str().to_owned(), String::from_utf8_lossy(v.as_bytes()).into_owned()))
+                .map(|(k, v)| {
+                    (
+                        k.as_str().to_owned(),
+                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                    )
+                })
                 .collect(),
             body: String::from_utf8_lossy(&bytes).into_owned(),
         };
@@ -154,7 +162,10 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
     if let Some(status) = knobs.status.filter(|s| *s >= 400) {
-        let body = knobs.error_body.clone().unwrap_or_else(|| default_error(status));
+        let body = knobs
+            .error_body
+            .clone()
+            .unwrap_or_else(|| default_error(status));
         return Err(error_response(status, &body, knobs.retry_after.as_deref()));
     }
     Ok((parts.headers, body, knobs))
@@ -162,10 +173,26 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
 
 fn default_error(status: u16) -> String {
     let (kind, code, message) = match status {
-        400 => ("invalid_request_error", "invalid_request", "mock bad request"),
-        401 => ("invalid_request_error", "invalid_api_key", "Incorrect API key provided"),
-        404 => ("invalid_request_error", "model_not_found", "The model does not exist"),
-        429 => ("requests", "rate_limit_exceeded", "Rate limit reached for requests"),
+        400 => (
+            "invalid_request_error",
+            "invalid_request",
+            "mock bad request",
+        ),
+        401 => (
+            "invalid_request_error",
+            "invalid_api_key",
+            "Incorrect API key provided",
+        ),
+        404 => (
+            "invalid_request_error",
+            "model_not_found",
+            "The model does not exist",
+        ),
+        429 => (
+            "requests",
+            "rate_limit_exceeded",
+            "Rate limit reached for requests",
+        ),
         503 => ("server_error", "overloaded", "The server is overloaded"),
         _ => ("server_error", "server_error", "mock upstream error"),
     };
@@ -174,7 +201,8 @@ fn default_error(status: u16) -> String {
 
 fn error_response(status: u16, body: &str, retry_after: Option<&str>) -> Response {
     let mut response = Response::new(Body::from(body.to_owned()));
-    *response.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    *response.status_mut() =
+        StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let headers = response.headers_mut();
     headers.insert("content-type", HeaderValue::from_static("application/json"));
     if let Some(value) = retry_after.and_then(|r| HeaderValue::from_str(r).ok()) {
@@ -185,15 +213,33 @@ fn error_response(status: u16, body: &str, retry_after: Option<&str>) -> Respons
 }
 
 fn rate_limit_headers(headers: &mut HeaderMap) {
-    headers.insert("x-ratelimit-limit-requests", HeaderValue::from_static("10000"));
-    headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("9999"));
-    headers.insert("x-ratelimit-limit-tokens", HeaderValue::from_static("1000000"));
-    headers.insert("x-ratelimit-remaining-tokens", HeaderValue::from_static("999000"));
-    headers.insert("x-ratelimit-reset-requests", HeaderValue::from_static("6ms"));
+    headers.insert(
+        "x-ratelimit-limit-requests",
+        HeaderValue::from_static("10000"),
+    );
+    headers.insert(
+        "x-ratelimit-remaining-requests",
+        HeaderValue::from_static("9999"),
+    );
+    headers.insert(
+        "x-ratelimit-limit-tokens",
+        HeaderValue::from_static("1000000"),
+    );
+    headers.insert(
+        "x-ratelimit-remaining-tokens",
+        HeaderValue::from_static("999000"),
+    );
+    headers.insert(
+        "x-ratelimit-reset-requests",
+        HeaderValue::from_static("6ms"),
+    );
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -233,7 +279,11 @@ fn usage_json(prompt: usize, completion: usize) -> Value {
 }
 
 fn prompt_tokens(body: &Value) -> usize {
-    body.get("messages").or_else(|| body.get("prompt")).map(|m| m.to_string().len() / 4).unwrap_or(0).max(1)
+    body.get("messages")
+        .or_else(|| body.get("prompt"))
+        .map(|m| m.to_string().len() / 4)
+        .unwrap_or(0)
+        .max(1)
 }
 
 async fn chat(State(state): State<Arc<MockState>>, request: Request) -> Response {
@@ -253,7 +303,11 @@ async fn completions(State(state): State<Arc<MockState>>, request: Request) -> R
 }
 
 fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Response {
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock").to_owned();
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock")
+        .to_owned();
     let pieces = answer_pieces(&knobs);
     let prompt = prompt_tokens(&body);
     let id = format!("chatcmpl-mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
@@ -262,11 +316,17 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         let text: String = pieces.concat();
         let value = if chat {
             let mut message = json!({"role": "assistant", "content": text, "refusal": null});
-            if body.get("tools").is_some() && body.get("tool_choice").and_then(Value::as_str) == Some("required") {
+            if body.get("tools").is_some()
+                && body.get("tool_choice").and_then(Value::as_str) == Some("required")
+            {
                 message = json!({"role": "assistant", "content": null, "refusal": null, "tool_calls": [
                     {"id": "call_mock1", "type": "function", "function": {"name": tool_name(&body), "arguments": "{\"location\":\"Paris\"}"}}]});
             }
-            let finish = if message.get("tool_calls").is_some() { "tool_calls" } else { "stop" };
+            let finish = if message.get("tool_calls").is_some() {
+                "tool_calls"
+            } else {
+                "stop"
+            };
             json!({"id": id, "object": "chat.completion", "created": unix_now(), "model": model,
                    "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
                    "usage": usage_json(prompt, pieces.len()), "system_fingerprint": "fp_mock",
@@ -280,12 +340,21 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         rate_limit_headers(response.headers_mut());
         return response;
     }
-    let include_usage = body.pointer("/stream_options/include_usage").and_then(Value::as_bool).unwrap_or(false);
-    let tool_call = chat && body.get("tools").is_some() && body.get("tool_choice").and_then(Value::as_str) == Some("required");
+    let include_usage = body
+        .pointer("/stream_options/include_usage")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let tool_call = chat
+        && body.get("tools").is_some()
+        && body.get("tool_choice").and_then(Value::as_str) == Some("required");
     let tool = tool_name(&body);
     state.stats.streams_started.fetch_add(1, Ordering::Relaxed);
     let created = unix_now();
-    let object = if chat { "chat.completion.chunk" } else { "text_completion" };
+    let object = if chat {
+        "chat.completion.chunk"
+    } else {
+        "text_completion"
+    };
     let chunk = move |delta: Value, finish: Value| -> Bytes {
         let choice = if chat {
             json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish})
@@ -304,7 +373,6 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         if chat {
             yield Ok::<Bytes, std::io::Error>(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
         }
-        let mut sent = 0usize;
         let pieces_iter: Vec<Value> = if tool_call {
             let args = ["{\"loc", "ation\":", "\"Paris\"}"];
             let mut v = vec![json!({"tool_calls": [{"index": 0, "id": "call_mock1", "type": "function", "function": {"name": tool, "arguments": ""}}]})];
@@ -313,7 +381,7 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         } else {
             pieces.iter().map(|p| json!({"content": p})).collect()
         };
-        for delta in pieces_iter {
+        for (sent, delta) in pieces_iter.into_iter().enumerate() {
             if Some(sent) == knobs.cut_after {
                 // Let what was sent reach the socket first: the cut must come after N chunks.
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -332,7 +400,6 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
                 tokio::time::sleep(Duration::from_millis(knobs.chunk_delay_ms)).await;
             }
             yield Ok(chunk(delta, Value::Null));
-            sent += 1;
         }
         let finish = if tool_call { "tool_calls" } else { "stop" };
         yield Ok(chunk(json!({}), json!(finish)));
@@ -345,14 +412,20 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
     };
     let mut response = Response::new(Body::from_stream(events));
     let headers = response.headers_mut();
-    headers.insert("content-type", HeaderValue::from_static("text/event-stream"));
+    headers.insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     rate_limit_headers(headers);
     response
 }
 
 fn tool_name(body: &Value) -> String {
-    body.pointer("/tools/0/function/name").and_then(Value::as_str).unwrap_or("get_weather").to_owned()
+    body.pointer("/tools/0/function/name")
+        .and_then(Value::as_str)
+        .unwrap_or("get_weather")
+        .to_owned()
 }
 
 /// Counts streams that ended before completion (the client, or the gateway, went away).
@@ -363,7 +436,11 @@ struct StreamGuard {
 
 impl Drop for StreamGuard {
     fn drop(&mut self) {
-        let counter = if self.completed { &self.state.stats.streams_completed } else { &self.state.stats.streams_cancelled };
+        let counter = if self.completed {
+            &self.state.stats.streams_completed
+        } else {
+            &self.state.stats.streams_cancelled
+        };
         counter.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -373,7 +450,10 @@ async fn embeddings(State(state): State<Arc<MockState>>, request: Request) -> Re
         Ok(v) => v,
         Err(r) => return r,
     };
-    let model = body.get("model").and_then(Value::as_str).unwrap_or("mock-embedding");
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("mock-embedding");
     let count = match body.get("input") {
         Some(Value::Array(items)) if items.iter().all(Value::is_number) => 1,
         Some(Value::Array(items)) => items.len(),
@@ -387,7 +467,12 @@ async fn embeddings(State(state): State<Arc<MockState>>, request: Request) -> Re
             let vector: Vec<f32> = (0..dims).map(|d| (i * dims + d) as f32 / 100.0).collect();
             let embedding = if base64 {
                 use base64_lite::encode;
-                json!(encode(&vector.iter().flat_map(|f| f.to_le_bytes()).collect::<Vec<u8>>()))
+                json!(encode(
+                    &vector
+                        .iter()
+                        .flat_map(|f| f.to_le_bytes())
+                        .collect::<Vec<u8>>()
+                ))
             } else {
                 json!(vector)
             };
@@ -407,7 +492,11 @@ mod base64_lite {
     pub fn encode(bytes: &[u8]) -> String {
         let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
         for chunk in bytes.chunks(3) {
-            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let b = [
+                chunk[0],
+                *chunk.get(1).unwrap_or(&0),
+                *chunk.get(2).unwrap_or(&0),
+            ];
             let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
             for i in 0..4 {
                 if i <= chunk.len() {
@@ -436,7 +525,11 @@ async fn stats(State(state): State<Arc<MockState>>) -> Response {
 }
 
 async fn recorded(State(state): State<Arc<MockState>>) -> Response {
-    let list: Vec<RecordedRequest> = state.recorded.lock().map(|l| l.iter().cloned().collect()).unwrap_or_default();
+    let list: Vec<RecordedRequest> = state
+        .recorded
+        .lock()
+        .map(|l| l.iter().cloned().collect())
+        .unwrap_or_default();
     Json(list).into_response()
 }
 
@@ -444,7 +537,12 @@ async fn reset(State(state): State<Arc<MockState>>) -> Response {
     if let Ok(mut l) = state.recorded.lock() {
         l.clear();
     }
-    for counter in [&state.stats.requests, &state.stats.streams_started, &state.stats.streams_completed, &state.stats.streams_cancelled] {
+    for counter in [
+        &state.stats.requests,
+        &state.stats.streams_started,
+        &state.stats.streams_completed,
+        &state.stats.streams_cancelled,
+    ] {
         counter.store(0, Ordering::Relaxed);
     }
     StatusCode::NO_CONTENT.into_response()

@@ -6,7 +6,11 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
-#[command(name = "llmux-mock", version, about = "Provider emulator for llmux tests and benchmarks")]
+#[command(
+    name = "llmux-mock",
+    version,
+    about = "Provider emulator for llmux tests and benchmarks"
+)]
 struct Args {
     #[arg(long, default_value = "127.0.0.1")]
     host: String,

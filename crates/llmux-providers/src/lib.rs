@@ -89,8 +89,17 @@ pub trait Provider: Send + Sync + 'static {
     /// The provider prefix, e.g. `groq`.
     fn name(&self) -> &'static str;
     fn supports(&self, op: Operation) -> bool;
-    fn build_request(&self, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<UpstreamRequest, GatewayError>;
-    fn parse_response(&self, op: Operation, body: Bytes) -> Result<TranslatedResponse, GatewayError>;
+    fn build_request(
+        &self,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<UpstreamRequest, GatewayError>;
+    fn parse_response(
+        &self,
+        op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError>;
     fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder>;
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError;
 }
@@ -102,7 +111,10 @@ pub struct OpenAiStreamDecoder;
 impl StreamDecoder for OpenAiStreamDecoder {
     fn decode(&mut self, event: Bytes) -> DecodedEvent {
         match openai_compat::inspect_event(&event) {
-            openai_compat::StreamEvent::Data { usage } => DecodedEvent::Chunk { bytes: event, usage },
+            openai_compat::StreamEvent::Data { usage } => DecodedEvent::Chunk {
+                bytes: event,
+                usage,
+            },
             openai_compat::StreamEvent::KeepAlive => DecodedEvent::KeepAlive(event),
             openai_compat::StreamEvent::Done => DecodedEvent::Done(event),
             openai_compat::StreamEvent::Error(e) => DecodedEvent::Error(e),
@@ -123,7 +135,12 @@ impl Provider for HttpTarget {
         }
     }
 
-    fn build_request(&self, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<UpstreamRequest, GatewayError> {
+    fn build_request(
+        &self,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<UpstreamRequest, GatewayError> {
         Ok(UpstreamRequest {
             url: self.url(op).to_owned(),
             headers: self.headers.clone(),
@@ -131,7 +148,11 @@ impl Provider for HttpTarget {
         })
     }
 
-    fn parse_response(&self, _op: Operation, body: Bytes) -> Result<TranslatedResponse, GatewayError> {
+    fn parse_response(
+        &self,
+        _op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError> {
         let usage = openai_compat::extract_usage(&body);
         Ok(TranslatedResponse { body, usage })
     }

@@ -24,11 +24,27 @@ pub enum MockOutput {
 fn mock_error(text: &str) -> Option<(u16, ErrorKind, &'static str)> {
     Some(match text {
         "litellm.RateLimitError" => (429, ErrorKind::RateLimited, "mock rate limit"),
-        "litellm.InternalServerError" => (500, ErrorKind::UpstreamError, "mock internal server error"),
-        "litellm.ServiceUnavailableError" => (503, ErrorKind::UpstreamUnavailable, "mock service unavailable"),
-        "litellm.ContextWindowExceededError" => (400, ErrorKind::ContextLengthExceeded, "mock context window exceeded"),
-        "litellm.ContentPolicyViolationError" => (400, ErrorKind::ContentFiltered, "mock content policy violation"),
-        "litellm.AuthenticationError" => (401, ErrorKind::Authentication, "mock authentication error"),
+        "litellm.InternalServerError" => {
+            (500, ErrorKind::UpstreamError, "mock internal server error")
+        }
+        "litellm.ServiceUnavailableError" => (
+            503,
+            ErrorKind::UpstreamUnavailable,
+            "mock service unavailable",
+        ),
+        "litellm.ContextWindowExceededError" => (
+            400,
+            ErrorKind::ContextLengthExceeded,
+            "mock context window exceeded",
+        ),
+        "litellm.ContentPolicyViolationError" => (
+            400,
+            ErrorKind::ContentFiltered,
+            "mock content policy violation",
+        ),
+        "litellm.AuthenticationError" => {
+            (401, ErrorKind::Authentication, "mock authentication error")
+        }
         "litellm.BadRequestError" => (400, ErrorKind::InvalidRequest, "mock bad request"),
         "litellm.Timeout" => (408, ErrorKind::Timeout, "mock timeout"),
         _ => return None,
@@ -48,7 +64,11 @@ fn estimate_tokens(text: &str) -> u64 {
 }
 
 fn last_user_text(request: &RawObject<'_>) -> String {
-    let messages: Vec<Value> = request.decode("messages").ok().flatten().unwrap_or_default();
+    let messages: Vec<Value> = request
+        .decode("messages")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
     messages
         .iter()
         .rev()
@@ -67,13 +87,21 @@ fn last_user_text(request: &RawObject<'_>) -> String {
 
 /// Answer `request` as the mock model `model`. `configured` is the deployment's `mock_response`;
 /// a `mock_response` in the request body takes precedence.
-pub fn respond(op: Operation, request: &RawObject<'_>, model: &str, configured: Option<&Value>) -> MockOutput {
+pub fn respond(
+    op: Operation,
+    request: &RawObject<'_>,
+    model: &str,
+    configured: Option<&Value>,
+) -> MockOutput {
     let requested: Option<Value> = request.decode("mock_response").ok().flatten();
     let mock = requested.as_ref().or(configured);
     if let Some(Value::String(s)) = mock {
         if let Some((status, kind, message)) = mock_error(s) {
             let body = ErrorEnvelope::new(kind, message).to_json_bytes();
-            return MockOutput::Json { status, body: Bytes::from(body) };
+            return MockOutput::Json {
+                status,
+                body: Bytes::from(body),
+            };
         }
     }
     match op {
@@ -81,7 +109,12 @@ pub fn respond(op: Operation, request: &RawObject<'_>, model: &str, configured: 
         Operation::Chat | Operation::Completions => {
             let prompt_text = match op {
                 Operation::Chat => last_user_text(request),
-                _ => request.decode::<Value>("prompt").ok().flatten().map(|p| p.to_string()).unwrap_or_default(),
+                _ => request
+                    .decode::<Value>("prompt")
+                    .ok()
+                    .flatten()
+                    .map(|p| p.to_string())
+                    .unwrap_or_default(),
             };
             let text = match mock {
                 Some(Value::String(s)) => s.clone(),
@@ -89,7 +122,11 @@ pub fn respond(op: Operation, request: &RawObject<'_>, model: &str, configured: 
                 None => format!("Hi! I am llmux's demo model `{model}`. You said: {prompt_text}"),
             };
             let usage = Usage::new(estimate_tokens(&prompt_text), estimate_tokens(&text));
-            let stream = request.decode::<bool>("stream").ok().flatten().unwrap_or(false);
+            let stream = request
+                .decode::<bool>("stream")
+                .ok()
+                .flatten()
+                .unwrap_or(false);
             if stream {
                 let include_usage = request
                     .decode::<Value>("stream_options")
@@ -97,9 +134,17 @@ pub fn respond(op: Operation, request: &RawObject<'_>, model: &str, configured: 
                     .flatten()
                     .and_then(|o| o.get("include_usage").and_then(Value::as_bool))
                     .unwrap_or(false);
-                MockOutput::Stream(stream_events(op, model, &text, include_usage.then_some(usage)))
+                MockOutput::Stream(stream_events(
+                    op,
+                    model,
+                    &text,
+                    include_usage.then_some(usage),
+                ))
             } else {
-                MockOutput::Json { status: 200, body: json_body(op, model, &text, usage) }
+                MockOutput::Json {
+                    status: 200,
+                    body: json_body(op, model, &text, usage),
+                }
             }
         }
     }
@@ -113,7 +158,12 @@ fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     // RandomState is seeded per process and per instance: enough for unique mock ids.
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
     h.finish()
 }
 
@@ -182,7 +232,10 @@ fn stream_events(op: Operation, model: &str, text: &str, usage: Option<Usage>) -
     };
     let mut events = Vec::new();
     if chat {
-        events.push(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+        events.push(chunk(
+            json!({"role": "assistant", "content": ""}),
+            Value::Null,
+        ));
     }
     for piece in pieces(text) {
         events.push(chunk(json!({"content": piece}), Value::Null));
@@ -196,18 +249,48 @@ fn stream_events(op: Operation, model: &str, text: &str, usage: Option<Usage>) -
 }
 
 fn embeddings(request: &RawObject<'_>, model: &str) -> MockOutput {
-    let input: Value = request.decode("input").ok().flatten().unwrap_or(Value::Null);
+    let input: Value = request
+        .decode("input")
+        .ok()
+        .flatten()
+        .unwrap_or(Value::Null);
     let items: Vec<String> = match &input {
         Value::String(s) => vec![s.clone()],
-        Value::Array(a) if a.iter().all(Value::is_number) && !a.is_empty() => vec![input.to_string()],
-        Value::Array(a) => a.iter().map(|v| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string())).collect(),
+        Value::Array(a) if a.iter().all(Value::is_number) && !a.is_empty() => {
+            vec![input.to_string()]
+        }
+        Value::Array(a) => a
+            .iter()
+            .map(|v| {
+                v.as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| v.to_string())
+            })
+            .collect(),
         _ => {
-            let body = ErrorEnvelope::new(ErrorKind::InvalidRequest, "`input` must be a string, an array of strings, or token arrays").to_json_bytes();
-            return MockOutput::Json { status: 400, body: Bytes::from(body) };
+            let body = ErrorEnvelope::new(
+                ErrorKind::InvalidRequest,
+                "`input` must be a string, an array of strings, or token arrays",
+            )
+            .to_json_bytes();
+            return MockOutput::Json {
+                status: 400,
+                body: Bytes::from(body),
+            };
         }
     };
-    let dimensions = request.decode::<u64>("dimensions").ok().flatten().unwrap_or(8).clamp(1, 4096) as usize;
-    let base64 = request.decode::<String>("encoding_format").ok().flatten().as_deref() == Some("base64");
+    let dimensions = request
+        .decode::<u64>("dimensions")
+        .ok()
+        .flatten()
+        .unwrap_or(8)
+        .clamp(1, 4096) as usize;
+    let base64 = request
+        .decode::<String>("encoding_format")
+        .ok()
+        .flatten()
+        .as_deref()
+        == Some("base64");
     let mut prompt_tokens = 0;
     let data: Vec<Value> = items
         .iter()
@@ -228,8 +311,16 @@ fn embeddings(request: &RawObject<'_>, model: &str) -> MockOutput {
     body.extend_from_slice(&serde_json::to_vec(&data).unwrap_or_default());
     body.extend_from_slice(b",\"model\":");
     write_json_string(&mut body, model);
-    body.extend_from_slice(format!(",\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"total_tokens\":{prompt_tokens}}}}}").as_bytes());
-    MockOutput::Json { status: 200, body: Bytes::from(body) }
+    body.extend_from_slice(
+        format!(
+            ",\"usage\":{{\"prompt_tokens\":{prompt_tokens},\"total_tokens\":{prompt_tokens}}}}}"
+        )
+        .as_bytes(),
+    );
+    MockOutput::Json {
+        status: 200,
+        body: Bytes::from(body),
+    }
 }
 
 /// A deterministic unit vector derived from the text (FNV-1a seeded xorshift).
@@ -247,7 +338,12 @@ fn pseudo_embedding(text: &str, dimensions: usize) -> Vec<f32> {
             ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
         })
         .collect();
-    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt().max(f32::EPSILON);
+    let norm = v
+        .iter()
+        .map(|x| x * x)
+        .sum::<f32>()
+        .sqrt()
+        .max(f32::EPSILON);
     v.iter_mut().for_each(|x| *x /= norm);
     v
 }
@@ -261,10 +357,15 @@ mod tests {
     fn chat_json_echoes_and_reports_usage() {
         let body = br#"{"model":"demo","messages":[{"role":"user","content":"ping"}]}"#;
         let obj = RawObject::parse(body).unwrap();
-        let MockOutput::Json { status, body } = respond(Operation::Chat, &obj, "demo", None) else { panic!() };
+        let MockOutput::Json { status, body } = respond(Operation::Chat, &obj, "demo", None) else {
+            panic!()
+        };
         assert_eq!(status, 200);
         let v: Value = serde_json::from_slice(&body).unwrap();
-        assert!(v["choices"][0]["message"]["content"].as_str().unwrap().ends_with("You said: ping"));
+        assert!(v["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .ends_with("You said: ping"));
         assert_eq!(v["usage"]["prompt_tokens"], 1);
     }
 
@@ -273,7 +374,10 @@ mod tests {
         let body = br#"{"model":"demo","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#;
         let obj = RawObject::parse(body).unwrap();
         let text = "héllo  wörld, this is\nmock";
-        let MockOutput::Stream(events) = respond(Operation::Chat, &obj, "demo", Some(&json!(text))) else { panic!() };
+        let MockOutput::Stream(events) = respond(Operation::Chat, &obj, "demo", Some(&json!(text)))
+        else {
+            panic!()
+        };
         let mut content = String::new();
         let mut saw_usage = false;
         for e in &events[..events.len() - 1] {
@@ -293,26 +397,42 @@ mod tests {
 
     #[test]
     fn litellm_error_names_produce_errors() {
-        let obj = RawObject::parse(br#"{"model":"m","messages":[],"mock_response":"litellm.RateLimitError"}"#).unwrap();
-        let MockOutput::Json { status, .. } = respond(Operation::Chat, &obj, "m", None) else { panic!() };
+        let obj = RawObject::parse(
+            br#"{"model":"m","messages":[],"mock_response":"litellm.RateLimitError"}"#,
+        )
+        .unwrap();
+        let MockOutput::Json { status, .. } = respond(Operation::Chat, &obj, "m", None) else {
+            panic!()
+        };
         assert_eq!(status, 429);
     }
 
     #[test]
     fn embeddings_are_deterministic_and_support_base64() {
         let obj = RawObject::parse(br#"{"model":"e","input":["a","b"],"dimensions":4}"#).unwrap();
-        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else { panic!() };
+        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else {
+            panic!()
+        };
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
         assert_eq!(v["data"][0]["embedding"].as_array().unwrap().len(), 4);
-        let obj = RawObject::parse(br#"{"model":"e","input":"a","dimensions":4,"encoding_format":"base64"}"#).unwrap();
-        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else { panic!() };
+        let obj = RawObject::parse(
+            br#"{"model":"e","input":"a","dimensions":4,"encoding_format":"base64"}"#,
+        )
+        .unwrap();
+        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else {
+            panic!()
+        };
         let b: Value = serde_json::from_slice(&body).unwrap();
-        let raw = base64::engine::general_purpose::STANDARD.decode(b["data"][0]["embedding"].as_str().unwrap()).unwrap();
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b["data"][0]["embedding"].as_str().unwrap())
+            .unwrap();
         let first = f32::from_le_bytes(raw[..4].try_into().unwrap());
         assert_eq!(first, v["data"][0]["embedding"][0].as_f64().unwrap() as f32);
         let obj = RawObject::parse(br#"{"model":"e","input":[[1,2],[3]]}"#).unwrap();
-        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else { panic!() };
+        let MockOutput::Json { body, .. } = respond(Operation::Embeddings, &obj, "e", None) else {
+            panic!()
+        };
         let v: Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["data"].as_array().unwrap().len(), 2);
     }

@@ -45,20 +45,31 @@ impl HttpTarget {
         config: &Config,
         env: &dyn EnvSource,
         diags: &mut Vec<Diagnostic>,
-    ) -> Result<HttpTarget, ()> {
+    ) -> Option<HttpTarget> {
         let params_path = format!("{}.litellm_params", dep.path());
         let base = dep
             .api_base
             .clone()
-            .or_else(|| spec.base_env.iter().find_map(|name| config.env_var(env, name)))
+            .or_else(|| {
+                spec.base_env
+                    .iter()
+                    .find_map(|name| config.env_var(env, name))
+            })
             .or_else(|| spec.default_base.map(str::to_owned));
         let Some(base) = base else {
-            let hint = spec.base_env.first().map(|e| format!(" (or set {e})")).unwrap_or_default();
+            let hint = spec
+                .base_env
+                .first()
+                .map(|e| format!(" (or set {e})"))
+                .unwrap_or_default();
             diags.push(Diagnostic::error(
                 format!("{params_path}.api_base"),
-                format!("provider `{}` has no default endpoint: set api_base{hint}", spec.name),
+                format!(
+                    "provider `{}` has no default endpoint: set api_base{hint}",
+                    spec.name
+                ),
             ));
-            return Err(());
+            return None;
         };
         let mut base = base.trim_end_matches('/').to_owned();
         if let Some(suffix) = spec.base_suffix {
@@ -70,12 +81,23 @@ impl HttpTarget {
             .api_key
             .as_ref()
             .map(|k| k.expose().to_owned())
-            .or_else(|| spec.key_env.iter().find_map(|name| config.env_var(env, name)));
+            .or_else(|| {
+                spec.key_env
+                    .iter()
+                    .find_map(|name| config.env_var(env, name))
+            });
         if key.is_none() && spec.key_required {
-            let hint = spec.key_env.first().map(|e| format!(" and {e} is not set")).unwrap_or_default();
+            let hint = spec
+                .key_env
+                .first()
+                .map(|e| format!(" and {e} is not set"))
+                .unwrap_or_default();
             diags.push(Diagnostic::warning(
                 format!("{params_path}.api_key"),
-                format!("no API key for provider `{}`{hint}; requests will be sent without one", spec.name),
+                format!(
+                    "no API key for provider `{}`{hint}; requests will be sent without one",
+                    spec.name
+                ),
             ));
         }
 
@@ -92,8 +114,11 @@ impl HttpTarget {
                     headers.insert(name, v);
                 }
                 Err(_) => {
-                    diags.push(Diagnostic::error(format!("{params_path}.api_key"), "contains characters not allowed in a header"));
-                    return Err(());
+                    diags.push(Diagnostic::error(
+                        format!("{params_path}.api_key"),
+                        "contains characters not allowed in a header",
+                    ));
+                    return None;
                 }
             }
         }
@@ -103,13 +128,19 @@ impl HttpTarget {
             }
         }
         for (name, value) in &dep.extra_headers {
-            match (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+            match (
+                HeaderName::try_from(name.as_str()),
+                HeaderValue::from_str(value),
+            ) {
                 (Ok(n), Ok(v)) => {
                     headers.insert(n, v);
                 }
                 _ => {
-                    diags.push(Diagnostic::error(format!("{params_path}.extra_headers.{name}"), "not a valid HTTP header"));
-                    return Err(());
+                    diags.push(Diagnostic::error(
+                        format!("{params_path}.extra_headers.{name}"),
+                        "not a valid HTTP header",
+                    ));
+                    return None;
                 }
             }
         }
@@ -120,7 +151,7 @@ impl HttpTarget {
             .filter_map(|(k, v)| serde_json::to_vec(v).ok().map(|raw| (k.clone(), raw)))
             .collect();
         let model_json = (!upstream_model.contains('*')).then(|| json_string(upstream_model));
-        Ok(HttpTarget {
+        Some(HttpTarget {
             provider: spec.name,
             chat_url: format!("{base}/chat/completions"),
             completions_url: format!("{base}/completions"),
@@ -195,7 +226,11 @@ fn json_string(s: &str) -> Vec<u8> {
 pub fn extract_usage(body: &[u8]) -> Option<Usage> {
     // Cheap pre-check: most bodies are scanned once by the parser below only when they can match.
     memchr::memmem::find(body, b"\"usage\"")?;
-    RawObject::parse(body).ok()?.decode::<Usage>("usage").ok().flatten()
+    RawObject::parse(body)
+        .ok()?
+        .decode::<Usage>("usage")
+        .ok()
+        .flatten()
 }
 
 /// What one upstream SSE event means to the relay.
@@ -243,7 +278,9 @@ pub fn inspect_event(event: &[u8]) -> StreamEvent {
     if named_error {
         return StreamEvent::Error(error_from_body(500, trimmed, false));
     }
-    StreamEvent::Data { usage: object.decode::<Usage>("usage").ok().flatten() }
+    StreamEvent::Data {
+        usage: object.decode::<Usage>("usage").ok().flatten(),
+    }
 }
 
 /// Upstream headers a client should see: rate-limit state and retry hints.
@@ -254,19 +291,36 @@ pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
             let n = name.as_str();
             n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
         })
-        .filter_map(|(name, value)| value.to_str().ok().map(|v| (name.as_str().to_owned(), v.to_owned())))
+        .filter_map(|(name, value)| {
+            value
+                .to_str()
+                .ok()
+                .map(|v| (name.as_str().to_owned(), v.to_owned()))
+        })
         .collect()
 }
 
 /// `retry-after-ms`, else `retry-after` in seconds (HTTP dates are ignored: clocks differ).
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers.get("retry-after-ms").and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<f64>().ok()) {
+    if let Some(ms) = headers
+        .get("retry-after-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+    {
         if ms.is_finite() && ms >= 0.0 {
             return Some(Duration::from_secs_f64(ms / 1000.0));
         }
     }
-    let secs = headers.get("retry-after")?.to_str().ok()?.trim().parse::<f64>().ok()?;
-    (secs.is_finite() && secs >= 0.0 && secs < 86_400.0).then(|| Duration::from_secs_f64(secs))
+    let secs = headers
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<f64>()
+        .ok()?;
+    (0.0..86_400.0)
+        .contains(&secs)
+        .then(|| Duration::from_secs_f64(secs))
 }
 
 /// Turn an upstream error response into the error the client sees: the upstream's status, and its
@@ -297,10 +351,12 @@ fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayError {
     let (message, upstream_type, code, param) = match error_value {
         Some(serde_json::Value::String(s)) => (s.clone(), None, None, None),
         Some(e @ serde_json::Value::Object(_)) => {
-            let message = e.get("message").and_then(text).or_else(|| e.get("detail").and_then(|d| match d {
-                serde_json::Value::String(s) => Some(s.clone()),
-                other => Some(other.to_string()),
-            }));
+            let message = e.get("message").and_then(text).or_else(|| {
+                e.get("detail").map(|d| match d {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                })
+            });
             (
                 message.unwrap_or_else(|| e.to_string()),
                 e.get("type").and_then(text),
@@ -312,7 +368,11 @@ fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayError {
         None => {
             let raw = String::from_utf8_lossy(body);
             let trimmed: String = raw.trim().chars().take(2000).collect();
-            let message = if trimmed.is_empty() { format!("upstream returned HTTP {status}") } else { trimmed };
+            let message = if trimmed.is_empty() {
+                format!("upstream returned HTTP {status}")
+            } else {
+                trimmed
+            };
             (message, None, None, None)
         }
     };
@@ -329,19 +389,28 @@ fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayError {
 /// Structured fields first, message text last.
 fn classify(status: u16, error_type: Option<&str>, code: Option<&str>, message: &str) -> ErrorKind {
     let by_code = |c: &str| match c {
-        "context_length_exceeded" | "string_above_max_length" => Some(ErrorKind::ContextLengthExceeded),
-        "content_filter" | "content_policy_violation" | "content_filtered" => Some(ErrorKind::ContentFiltered),
+        "context_length_exceeded" | "string_above_max_length" => {
+            Some(ErrorKind::ContextLengthExceeded)
+        }
+        "content_filter" | "content_policy_violation" | "content_filtered" => {
+            Some(ErrorKind::ContentFiltered)
+        }
         "rate_limit_exceeded" => Some(ErrorKind::RateLimited),
         "invalid_api_key" => Some(ErrorKind::Authentication),
         "model_not_found" => Some(ErrorKind::NotFound),
         _ => None,
     };
-    if let Some(kind) = code.and_then(by_code).or_else(|| error_type.and_then(by_code)) {
+    if let Some(kind) = code
+        .and_then(by_code)
+        .or_else(|| error_type.and_then(by_code))
+    {
         return kind;
     }
     let lower = message.to_ascii_lowercase();
     if (400..500).contains(&status)
-        && (lower.contains("maximum context length") || lower.contains("context length") || lower.contains("context window"))
+        && (lower.contains("maximum context length")
+            || lower.contains("context length")
+            || lower.contains("context window"))
     {
         return ErrorKind::ContextLengthExceeded;
     }
@@ -356,7 +425,10 @@ mod tests {
     fn openai_error_bodies_keep_status_type_and_code() {
         let mut headers = HeaderMap::new();
         headers.insert("retry-after", HeaderValue::from_static("7"));
-        headers.insert("x-ratelimit-remaining-requests", HeaderValue::from_static("0"));
+        headers.insert(
+            "x-ratelimit-remaining-requests",
+            HeaderValue::from_static("0"),
+        );
         headers.insert("server", HeaderValue::from_static("x"));
         let e = parse_error(
             429,
@@ -378,9 +450,17 @@ mod tests {
     #[test]
     fn non_openai_error_bodies_still_make_sense() {
         let e = parse_error(400, &HeaderMap::new(), br#"{"object":"error","message":"This model's maximum context length is 4096 tokens","type":"BadRequestError","param":null,"code":400}"#);
-        assert_eq!(e.kind, ErrorKind::ContextLengthExceeded, "vLLM shape, classified by message");
+        assert_eq!(
+            e.kind,
+            ErrorKind::ContextLengthExceeded,
+            "vLLM shape, classified by message"
+        );
         assert_eq!(e.body.code.as_deref(), Some("400"));
-        let e = parse_error(422, &HeaderMap::new(), br#"{"detail":[{"loc":["body","messages"],"msg":"field required"}]}"#);
+        let e = parse_error(
+            422,
+            &HeaderMap::new(),
+            br#"{"detail":[{"loc":["body","messages"],"msg":"field required"}]}"#,
+        );
         assert_eq!(e.kind, ErrorKind::InvalidRequest);
         assert!(e.message().contains("field required"));
         let e = parse_error(503, &HeaderMap::new(), b"<html>Service Unavailable</html>");
@@ -397,9 +477,14 @@ mod tests {
     #[test]
     fn stream_events_are_classified() {
         assert_eq!(inspect_event(b"data: [DONE]\n\n"), StreamEvent::Done);
-        assert_eq!(inspect_event(b": OPENROUTER PROCESSING\n\n"), StreamEvent::KeepAlive);
         assert_eq!(
-            inspect_event(b"data: {\"choices\":[{\"delta\":{\"content\":\"the word \\\"usage\\\"\"}}]}\n\n"),
+            inspect_event(b": OPENROUTER PROCESSING\n\n"),
+            StreamEvent::KeepAlive
+        );
+        assert_eq!(
+            inspect_event(
+                b"data: {\"choices\":[{\"delta\":{\"content\":\"the word \\\"usage\\\"\"}}]}\n\n"
+            ),
             StreamEvent::Data { usage: None }
         );
         let StreamEvent::Data { usage: Some(u) } = inspect_event(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\n") else {
@@ -411,7 +496,10 @@ mod tests {
         };
         assert_eq!(e.message(), "overloaded");
         assert_eq!(e.body.code.as_deref(), Some("overloaded"));
-        assert!(matches!(inspect_event(b"event: error\ndata: boom\n\n"), StreamEvent::Error(_)));
+        assert!(matches!(
+            inspect_event(b"event: error\ndata: boom\n\n"),
+            StreamEvent::Error(_)
+        ));
     }
 
     #[test]
@@ -421,7 +509,10 @@ mod tests {
             ("openai/issue-15789-step-1.chunks.txt", None),
             ("mistral/mistral-usage-raw-live.chunks.txt", None),
         ] {
-            let path = format!("{}/../../../shared/fixtures/providers/{file}", env!("CARGO_MANIFEST_DIR"));
+            let path = format!(
+                "{}/../../../shared/fixtures/providers/{file}",
+                env!("CARGO_MANIFEST_DIR")
+            );
             let text = std::fs::read_to_string(&path).unwrap();
             let mut usage = None;
             let mut events = 0;
@@ -436,14 +527,22 @@ mod tests {
             }
             assert!(events > 1, "{file}");
             let usage = usage.unwrap_or_else(|| panic!("{file} has a usage chunk"));
-            assert!(usage.total_tokens > 0 && usage.total_tokens == usage.prompt_tokens + usage.completion_tokens, "{file}");
+            assert!(
+                usage.total_tokens > 0
+                    && usage.total_tokens == usage.prompt_tokens + usage.completion_tokens,
+                "{file}"
+            );
             let _: Option<u64> = expected_total;
         }
     }
 
     #[test]
     fn usage_is_read_from_json_bodies() {
-        let body = std::fs::read(format!("{}/../../../shared/fixtures/providers/mistral/mistral-text.json", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let body = std::fs::read(format!(
+            "{}/../../../shared/fixtures/providers/mistral/mistral-text.json",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
         let u = extract_usage(&body).unwrap();
         assert!(u.prompt_tokens > 0);
         assert!(extract_usage(b"{\"id\":1}").is_none());

@@ -157,7 +157,10 @@ mod tests {
         s.push(b"\r");
         assert!(s.next_event().unwrap().is_none());
         s.push(b"\n");
-        assert_eq!(&s.next_event().unwrap().unwrap()[..], b"data: {\"a\":1}\n\r\n");
+        assert_eq!(
+            &s.next_event().unwrap().unwrap()[..],
+            b"data: {\"a\":1}\n\r\n"
+        );
         s.push(b"data: tail");
         assert!(s.next_event().unwrap().is_none());
         assert_eq!(&s.take_remainder().unwrap()[..], b"data: tail");

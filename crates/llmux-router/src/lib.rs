@@ -17,7 +17,10 @@ pub enum Backend {
     /// An HTTP upstream through a provider adapter.
     Http(Arc<dyn Provider>),
     /// The in-process `mock/` provider.
-    Mock { model: String, response: Option<Value> },
+    Mock {
+        model: String,
+        response: Option<Value>,
+    },
 }
 
 impl std::fmt::Debug for Backend {
@@ -87,7 +90,9 @@ impl Router {
     pub fn build(config: &Config, env: &dyn EnvSource, diags: &mut Vec<Diagnostic>) -> Router {
         let mut router = Router::default();
         for dep in &config.deployments {
-            let Some(deployment) = build_deployment(dep, config, env, diags) else { continue };
+            let Some(deployment) = build_deployment(dep, config, env, diags) else {
+                continue;
+            };
             let index = router.deployments.len();
             router.deployments.push(Arc::new(deployment));
             let name = dep.model_name.clone();
@@ -109,7 +114,9 @@ impl Router {
                 members.push(index);
             }
         }
-        router.wildcards.sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
+        router
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
         router
     }
 
@@ -133,7 +140,11 @@ impl Router {
     /// Find the deployments serving `model`: an exact group, else the most specific wildcard.
     pub fn route<'a>(&'a self, model: &'a str) -> Option<RouteMatch<'a>> {
         if let Some((name, members)) = self.groups.get_key_value(model) {
-            return Some(RouteMatch { candidates: members, wildcard: None, group: name });
+            return Some(RouteMatch {
+                candidates: members,
+                wildcard: None,
+                group: name,
+            });
         }
         self.wildcards.iter().find_map(|w| {
             let matched = model.len() >= w.prefix.len() + w.suffix.len()
@@ -151,7 +162,11 @@ impl Router {
     /// `op`. Weights: `weight` if any candidate sets one, else `rpm`, else `tpm`, else equal.
     pub fn pick(&self, candidates: &[usize], op: Operation) -> Option<usize> {
         let usable = |i: &&usize| self.deployments[**i].supports(op);
-        let best_order = candidates.iter().filter(usable).map(|i| self.deployments[*i].order).min()?;
+        let best_order = candidates
+            .iter()
+            .filter(usable)
+            .map(|i| self.deployments[*i].order)
+            .min()?;
         let tier: Vec<usize> = candidates
             .iter()
             .filter(usable)
@@ -161,10 +176,15 @@ impl Router {
         if tier.len() == 1 {
             return Some(tier[0]);
         }
-        let weights = tier_weights(&tier.iter().map(|i| &self.deployments[*i].config).collect::<Vec<_>>());
+        let weights = tier_weights(
+            &tier
+                .iter()
+                .map(|i| &self.deployments[*i].config)
+                .collect::<Vec<_>>(),
+        );
         let total: f64 = weights.iter().sum();
         let mut rng = rand::rng();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return Some(tier[rng.random_range(0..tier.len())]);
         }
         let mut point = rng.random_range(0.0..total);
@@ -195,15 +215,26 @@ fn tier_weights(configs: &[&DeploymentConfig]) -> Vec<f64> {
         .unwrap_or_else(|| vec![1.0; configs.len()])
 }
 
-fn build_deployment(dep: &DeploymentConfig, config: &Config, env: &dyn EnvSource, diags: &mut Vec<Diagnostic>) -> Option<Deployment> {
-    let resolved = registry::resolve(dep, diags).ok()?;
+fn build_deployment(
+    dep: &DeploymentConfig,
+    config: &Config,
+    env: &dyn EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Deployment> {
+    let resolved = registry::resolve(dep, diags)?;
     let (provider, backend) = match resolved {
         ResolvedProvider::Mock { upstream_model } => (
             registry::MOCK_PROVIDER,
-            Backend::Mock { model: upstream_model, response: dep.mock_response.clone() },
+            Backend::Mock {
+                model: upstream_model,
+                response: dep.mock_response.clone(),
+            },
         ),
-        ResolvedProvider::OpenAiCompatible { spec, upstream_model } => {
-            let target = HttpTarget::new(spec, &upstream_model, dep, config, env, diags).ok()?;
+        ResolvedProvider::OpenAiCompatible {
+            spec,
+            upstream_model,
+        } => {
+            let target = HttpTarget::new(spec, &upstream_model, dep, config, env, diags)?;
             (spec.name, Backend::Http(Arc::new(target)))
         }
     };
@@ -238,7 +269,11 @@ fn build_deployment(dep: &DeploymentConfig, config: &Config, env: &dyn EnvSource
 /// FNV-1a over what identifies an entry: stable across restarts while the entry is unchanged.
 fn stable_id(dep: &DeploymentConfig) -> String {
     let mut hash: u64 = 0xcbf29ce484222325;
-    let parts = [dep.model_name.as_str(), dep.model.as_str(), dep.api_base.as_deref().unwrap_or("")];
+    let parts = [
+        dep.model_name.as_str(),
+        dep.model.as_str(),
+        dep.api_base.as_deref().unwrap_or(""),
+    ];
     for part in parts {
         for b in part.bytes().chain([0u8]) {
             hash ^= u64::from(b);
@@ -278,7 +313,9 @@ model_list:
         assert_eq!((m.group, m.wildcard), ("openai/*", Some("gpt-4.1")));
         let m = r.route("llama").unwrap();
         assert_eq!((m.group, m.wildcard), ("*", Some("llama")));
-        let Backend::Http(p) = &r.deployment(m.candidates[0]).backend else { panic!() };
+        let Backend::Http(p) = &r.deployment(m.candidates[0]).backend else {
+            panic!()
+        };
         assert_eq!(p.name(), "groq");
         assert_eq!(r.model_names().collect::<Vec<_>>(), vec!["gpt-4o"]);
     }
@@ -317,8 +354,20 @@ model_list:
     #[test]
     fn rpm_is_the_weight_when_no_weight_is_set() {
         let w = tier_weights(&[
-            &llmux_config::load_str("model_list: [{model_name: g, litellm_params: {model: mock/a, rpm: 30}}]", &Env::new()).unwrap().config.deployments[0],
-            &llmux_config::load_str("model_list: [{model_name: g, litellm_params: {model: mock/b}}]", &Env::new()).unwrap().config.deployments[0],
+            &llmux_config::load_str(
+                "model_list: [{model_name: g, litellm_params: {model: mock/a, rpm: 30}}]",
+                &Env::new(),
+            )
+            .unwrap()
+            .config
+            .deployments[0],
+            &llmux_config::load_str(
+                "model_list: [{model_name: g, litellm_params: {model: mock/b}}]",
+                &Env::new(),
+            )
+            .unwrap()
+            .config
+            .deployments[0],
         ]);
         assert_eq!(w, vec![30.0, 30.0]);
     }
@@ -337,10 +386,27 @@ model_list:
         assert!(r.route("v").is_none(), "hosted_vllm needs an api_base");
         assert!(r.route("ok").is_some());
         let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
-        assert!(text.iter().any(|t| t.contains("model_list[0].litellm_params.model") && t.contains("native adapter")), "{text:?}");
-        assert!(text.iter().any(|t| t.starts_with("error: model_list[1].litellm_params.api_base")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("vertex_project") && t.contains("not supported yet")), "{text:?}");
-        assert!(text.iter().any(|t| t.contains("frobnicate") && t.contains("unknown")), "{text:?}");
+        assert!(
+            text.iter()
+                .any(|t| t.contains("model_list[0].litellm_params.model")
+                    && t.contains("native adapter")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.starts_with("error: model_list[1].litellm_params.api_base")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("vertex_project") && t.contains("not supported yet")),
+            "{text:?}"
+        );
+        assert!(
+            text.iter()
+                .any(|t| t.contains("frobnicate") && t.contains("unknown")),
+            "{text:?}"
+        );
     }
 
     #[test]

@@ -18,7 +18,10 @@ pub fn constant_time_key_eq(presented: &str, expected: &str) -> bool {
 
 /// The key a client presented, from whichever header carries it.
 pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers.get(axum::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+    if let Some(value) = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
         let value = value.trim();
         let key = match value.split_once(' ') {
             Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
@@ -30,12 +33,20 @@ pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     }
     ["x-api-key", "api-key", "x-litellm-api-key"]
         .iter()
-        .find_map(|name| headers.get(*name).and_then(|v| v.to_str().ok()).map(str::trim).filter(|k| !k.is_empty()))
+        .find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
+        })
 }
 
 /// `Ok` when no master key is configured, or the presented key matches it.
 pub(crate) fn authorize(headers: &HeaderMap, config: &Config) -> Result<(), GatewayError> {
-    let Some(master) = &config.master_key else { return Ok(()) };
+    let Some(master) = &config.master_key else {
+        return Ok(());
+    };
     match presented_key(headers) {
         None => Err(GatewayError::new(
             ErrorKind::Authentication,
@@ -43,7 +54,10 @@ pub(crate) fn authorize(headers: &HeaderMap, config: &Config) -> Result<(), Gate
         )
         .with_code("missing_api_key")),
         Some(key) if constant_time_key_eq(key, master.expose()) => Ok(()),
-        Some(_) => Err(GatewayError::new(ErrorKind::Authentication, "Invalid API key.").with_code("invalid_api_key")),
+        Some(_) => Err(
+            GatewayError::new(ErrorKind::Authentication, "Invalid API key.")
+                .with_code("invalid_api_key"),
+        ),
     }
 }
 

@@ -26,7 +26,10 @@ pub(crate) fn add_request_id(h: &mut HeaderMap, request_id: &str) {
 
 pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: &[(String, String)]) {
     for (name, value) in forwarded {
-        if let (Ok(n), Ok(v)) = (HeaderName::try_from(name.as_str()), HeaderValue::from_str(value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
             h.insert(n, v);
         }
     }

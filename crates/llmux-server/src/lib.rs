@@ -35,7 +35,10 @@ pub struct AppState {
 
 impl AppState {
     pub fn new(client: Client) -> Self {
-        AppState { client, draining: Arc::new(AtomicBool::new(false)) }
+        AppState {
+            client,
+            draining: Arc::new(AtomicBool::new(false)),
+        }
     }
 }
 
@@ -88,14 +91,21 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
         Ok(b) => b,
         Err(e) => return error_response(&e, &request_id),
     };
-    let options = RequestOptions { request_id: request_id.clone(), received_at };
+    let options = RequestOptions {
+        request_id: request_id.clone(),
+        received_at,
+    };
     match state.client.execute(op, body, options).await {
         Ok(response) => success_response(response, received_at),
         Err(e) => error_response(&e, &request_id),
     }
 }
 
-async fn read_body(headers: &axum::http::HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<Bytes, GatewayError> {
     let too_large = || {
         GatewayError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds the limit of {limit} bytes (general_settings.max_request_size_mb)"))
     };
@@ -108,8 +118,15 @@ async fn read_body(headers: &axum::http::HeaderMap, body: Body, limit: usize) ->
     }
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() => Err(too_large()),
-        Err(e) => Err(GatewayError::invalid_request(format!("could not read the request body: {e}"))),
+        Err(e)
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(too_large())
+        }
+        Err(e) => Err(GatewayError::invalid_request(format!(
+            "could not read the request body: {e}"
+        ))),
     }
 }
 
@@ -117,14 +134,23 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
     let meta = response.meta;
     let (body, content_type) = match response.body {
         ResponseBody::Json(bytes) => (Body::from(bytes), "application/json"),
-        ResponseBody::Stream(stream) => (Body::from_stream(stream.map(Ok::<Bytes, Infallible>)), "text/event-stream"),
+        ResponseBody::Stream(stream) => (
+            Body::from_stream(stream.map(Ok::<Bytes, Infallible>)),
+            "text/event-stream",
+        ),
     };
     let mut out = Response::new(body);
     *out.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
     let h = out.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static(content_type),
+    );
     if content_type == "text/event-stream" {
-        h.insert(axum::http::header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        h.insert(
+            axum::http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-cache"),
+        );
         h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     }
     headers::add_forwarded(h, &meta.forwarded_headers);
@@ -146,7 +172,10 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
     let mut out = Response::new(Body::from(error.envelope().to_json_bytes()));
     *out.status_mut() = status;
     let h = out.headers_mut();
-    h.insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers::add_forwarded(h, &error.headers);
     if let Some(after) = error.retry_after {
         if !h.contains_key("retry-after") {
@@ -168,19 +197,30 @@ async fn list_models(State(state): State<AppState>, request: Request) -> Respons
     json_response(StatusCode::OK, body)
 }
 
-async fn get_model(State(state): State<AppState>, Path(id): Path<String>, request: Request) -> Response {
+async fn get_model(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    request: Request,
+) -> Response {
     let request_id = headers::request_id(request.headers());
     let snapshot = state.client.snapshot();
     if let Err(e) = auth::authorize(request.headers(), &snapshot.config) {
         return error_response(&e, &request_id);
     }
     let Some(route) = snapshot.router.route(&id) else {
-        let e = GatewayError::new(ErrorKind::NotFound, format!("The model `{id}` does not exist or you do not have access to it."))
-            .with_param("model")
-            .with_code("model_not_found");
+        let e = GatewayError::new(
+            ErrorKind::NotFound,
+            format!("The model `{id}` does not exist or you do not have access to it."),
+        )
+        .with_param("model")
+        .with_code("model_not_found");
         return error_response(&e, &request_id);
     };
-    let owned_by = route.candidates.first().map(|i| snapshot.router.deployment(*i).provider).unwrap_or("llmux");
+    let owned_by = route
+        .candidates
+        .first()
+        .map(|i| snapshot.router.deployment(*i).provider)
+        .unwrap_or("llmux");
     let body = json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by});
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
@@ -199,25 +239,37 @@ async fn readiness(State(state): State<AppState>) -> Response {
         "llmux_version": env!("CARGO_PKG_VERSION"),
         "models": state.client.snapshot().router.deployments().len(),
     });
-    let status = if draining { StatusCode::SERVICE_UNAVAILABLE } else { StatusCode::OK };
+    let status = if draining {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
     json_response(status, body.to_string().into_bytes())
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> Response {
-    let e = GatewayError::new(ErrorKind::NotFound, format!("Unknown route: {method} {}", uri.path())).with_code("unknown_route");
+    let e = GatewayError::new(
+        ErrorKind::NotFound,
+        format!("Unknown route: {method} {}", uri.path()),
+    )
+    .with_code("unknown_route");
     error_response(&e, &llmux::new_request_id())
 }
 
 async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    let e = GatewayError::invalid_request(format!("Method {method} is not allowed on {}", uri.path()))
-        .with_code("method_not_allowed")
-        .with_status(405);
+    let e =
+        GatewayError::invalid_request(format!("Method {method} is not allowed on {}", uri.path()))
+            .with_code("method_not_allowed")
+            .with_status(405);
     error_response(&e, &llmux::new_request_id())
 }
 
 fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = status;
-    out.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    out.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     out
 }

@@ -12,26 +12,47 @@ async fn chat_passthrough_rewrites_only_the_model() {
     let h = start(BASIC).await;
     // Unknown fields, odd number spellings and key order must reach the upstream untouched.
     let raw = r#"{"model":"gpt-test","messages":[{"role":"user","content":[{"type":"text","text":"hi é \ud83d\ude00"},{"type":"image_url","image_url":{"url":"data:image/png;base64,iVBORw0KGgo="}}]}],"temperature":0.70,"x_vendor":{"nested":[1,2.50,null,true]},"n":1,"logprobs":true,"top_logprobs":2,"response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object"}}}]}"#;
-    let response = h.post_raw("/v1/chat/completions", raw.as_bytes().to_vec()).await;
+    let response = h
+        .post_raw("/v1/chat/completions", raw.as_bytes().to_vec())
+        .await;
     assert_eq!(response.status(), 200);
     let headers = response.headers().clone();
     let body: Value = response.json().await.unwrap();
-    assert_eq!(body["x_mock_extra"]["kept"], true, "unknown response fields reach the client");
+    assert_eq!(
+        body["x_mock_extra"]["kept"], true,
+        "unknown response fields reach the client"
+    );
     assert_eq!(body["system_fingerprint"], "fp_mock");
 
     let sent = h.recorded().pop().unwrap();
     let expected = raw.replacen(r#""model":"gpt-test""#, r#""model":"mock-gpt""#, 1);
-    assert_eq!(sent.body, expected, "the body is forwarded byte for byte except `model`");
-    assert!(sent.headers.iter().any(|(k, v)| k == "authorization" && v == "Bearer sk-upstream"));
+    assert_eq!(
+        sent.body, expected,
+        "the body is forwarded byte for byte except `model`"
+    );
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer sk-upstream"));
 
-    assert_eq!(headers["x-ratelimit-remaining-requests"], "9999", "upstream rate-limit headers reach the client");
+    assert_eq!(
+        headers["x-ratelimit-remaining-requests"], "9999",
+        "upstream rate-limit headers reach the client"
+    );
     assert_eq!(headers["x-llmux-model-group"], "gpt-test");
     assert_eq!(headers["x-litellm-model-group"], "gpt-test");
     assert_eq!(headers["x-llmux-provider"], "openai");
     assert!(headers.contains_key("x-llmux-deployment"));
-    let overhead: f64 = headers["x-llmux-overhead-ms"].to_str().unwrap().parse().unwrap();
-    assert!(overhead >= 0.0 && overhead < 1000.0);
-    assert!(headers["x-request-id"].to_str().unwrap().starts_with("req-"));
+    let overhead: f64 = headers["x-llmux-overhead-ms"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.0..1000.0).contains(&overhead));
+    assert!(headers["x-request-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("req-"));
 }
 
 #[tokio::test]
@@ -62,7 +83,10 @@ async fn unsupported_params_are_refused_or_dropped() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["param"], "logit_bias");
 
-    let dropping = start(&format!("{BASIC}\nlitellm_settings: {{drop_params: true}}\n")).await;
+    let dropping = start(&format!(
+        "{BASIC}\nlitellm_settings: {{drop_params: true}}\n"
+    ))
+    .await;
     let r = dropping.post("/v1/chat/completions", &body).await;
     assert_eq!(r.status(), 200);
     assert!(dropping.last_upstream_body().get("logit_bias").is_none());
@@ -73,10 +97,13 @@ async fn streams_are_relayed_in_order_with_usage() {
     let h = start(BASIC).await;
     let mut logs = h.client.subscribe();
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "stream": true, "stream_options": {"include_usage": true},
-            "messages": [{"role": "user", "content": "x"}], "mock_options": {"chunks": 1500}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "stream_options": {"include_usage": true},
+                "messages": [{"role": "user", "content": "x"}], "mock_options": {"chunks": 1500}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "text/event-stream");
@@ -89,10 +116,17 @@ async fn streams_are_relayed_in_order_with_usage() {
     let usage_chunk: Value = serde_json::from_str(&payloads[payloads.len() - 2]).unwrap();
     assert_eq!(usage_chunk["usage"]["completion_tokens"], 1500);
 
-    let log = tokio::time::timeout(Duration::from_secs(5), logs.recv()).await.unwrap().unwrap();
+    let log = tokio::time::timeout(Duration::from_secs(5), logs.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(log.outcome, llmux::Outcome::Success);
     assert!(log.stream);
-    assert_eq!(log.usage.unwrap().completion_tokens, 1500, "usage is captured from the stream");
+    assert_eq!(
+        log.usage.unwrap().completion_tokens,
+        1500,
+        "usage is captured from the stream"
+    );
     assert!(log.chunks >= 1500);
 }
 
@@ -100,10 +134,13 @@ async fn streams_are_relayed_in_order_with_usage() {
 async fn error_event_inside_a_stream_is_relayed_as_an_error_event() {
     let h = start(BASIC).await;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"chunks": 10, "error_event_after": 3}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"chunks": 10, "error_event_after": 3}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let payloads = sse_data(&r.text().await.unwrap());
@@ -118,10 +155,13 @@ async fn error_event_inside_a_stream_is_relayed_as_an_error_event() {
 async fn a_cut_connection_mid_stream_ends_with_an_error_event() {
     let h = start(BASIC).await;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"chunks": 10, "cut_after": 5}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"chunks": 10, "cut_after": 5}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let payloads = sse_data(&r.text().await.unwrap());
@@ -135,10 +175,13 @@ async fn a_cut_connection_mid_stream_ends_with_an_error_event() {
 async fn a_stalled_stream_times_out_with_an_error_event() {
     let h = start(BASIC).await;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"chunks": 10, "stall_after": 2}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"chunks": 10, "stall_after": 2}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let payloads = sse_data(&r.text().await.unwrap());
@@ -151,10 +194,13 @@ async fn a_stalled_stream_times_out_with_an_error_event() {
 async fn failures_before_the_first_chunk_are_ordinary_error_responses() {
     let h = start(BASIC).await;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"status": 503}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"status": 503}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -162,10 +208,13 @@ async fn failures_before_the_first_chunk_are_ordinary_error_responses() {
     assert_eq!(e["error"]["code"], "overloaded");
 
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"ttfb_ms": 2000}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "slow", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"ttfb_ms": 2000}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 504);
     let e: Value = r.json().await.unwrap();
@@ -176,10 +225,13 @@ async fn failures_before_the_first_chunk_are_ordinary_error_responses() {
 async fn client_disconnect_cancels_the_upstream_stream() {
     let h = start(BASIC).await;
     let mut r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"chunks": 200, "chunk_delay_ms": 20}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"chunks": 200, "chunk_delay_ms": 20}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 200);
     let first = r.chunk().await.unwrap().unwrap();
@@ -187,7 +239,10 @@ async fn client_disconnect_cancels_the_upstream_stream() {
     drop(r);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while h.stat("streams_cancelled") == 0 {
-        assert!(std::time::Instant::now() < deadline, "the upstream stream was not cancelled");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upstream stream was not cancelled"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(h.stat("streams_completed"), 0);
@@ -197,10 +252,13 @@ async fn client_disconnect_cancels_the_upstream_stream() {
 async fn upstream_errors_keep_status_code_and_rate_limit_headers() {
     let h = start(BASIC).await;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"status": 429, "retry_after": "7"}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"status": 429, "retry_after": "7"}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["retry-after"], "7");
@@ -211,10 +269,13 @@ async fn upstream_errors_keep_status_code_and_rate_limit_headers() {
 
     let body = r#"{"error":{"message":"This model's maximum context length is 8192 tokens","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
     let r = h
-        .post("/v1/chat/completions", &json!({
-            "model": "gpt-test", "messages": [{"role": "user", "content": "x"}],
-            "mock_options": {"status": 400, "error_body": body}
-        }))
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"status": 400, "error_body": body}
+            }),
+        )
         .await;
     assert_eq!(r.status(), 400);
     let e: Value = r.json().await.unwrap();
@@ -225,7 +286,12 @@ async fn upstream_errors_keep_status_code_and_rate_limit_headers() {
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_slow_upstream_is_504() {
     let h = start(BASIC).await;
-    let r = h.post("/v1/chat/completions", &json!({"model": "dead", "messages": [{"role": "user", "content": "x"}]})).await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "dead", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
     assert_eq!(r.status(), 502);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "upstream_unavailable");
@@ -245,43 +311,90 @@ async fn bad_requests_get_clear_400s_and_unknown_models_404() {
         (b"{not json", 400, "invalid_json"),
         (b"[1,2]", 400, "invalid_json"),
         (b"", 400, "invalid_json"),
-        (br#"{"messages":[{"role":"user","content":"x"}]}"#, 400, "missing_required_parameter"),
-        (br#"{"model":"gpt-test"}"#, 400, "missing_required_parameter"),
-        (br#"{"model":"gpt-test","messages":"hi"}"#, 400, "invalid_request"),
+        (
+            br#"{"messages":[{"role":"user","content":"x"}]}"#,
+            400,
+            "missing_required_parameter",
+        ),
+        (
+            br#"{"model":"gpt-test"}"#,
+            400,
+            "missing_required_parameter",
+        ),
+        (
+            br#"{"model":"gpt-test","messages":"hi"}"#,
+            400,
+            "invalid_request",
+        ),
         (br#"{"model":"gpt-test","messages":[]}"#, 400, "empty_array"),
         (br#"{"model":7,"messages":[]}"#, 400, "invalid_request"),
-        (br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#, 400, "invalid_request"),
-        (br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#, 404, "model_not_found"),
+        (
+            br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
+            400,
+            "invalid_request",
+        ),
+        (
+            br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
+            404,
+            "model_not_found",
+        ),
     ];
     for (body, status, code) in cases {
         let r = h.post_raw("/v1/chat/completions", body.to_vec()).await;
         assert_eq!(r.status(), status, "{}", String::from_utf8_lossy(body));
         let e: Value = r.json().await.unwrap();
-        assert_eq!(e["error"]["code"], code, "{}", String::from_utf8_lossy(body));
+        assert_eq!(
+            e["error"]["code"],
+            code,
+            "{}",
+            String::from_utf8_lossy(body)
+        );
         for field in ["message", "type", "param", "code"] {
             assert!(e["error"].get(field).is_some(), "missing {field}");
         }
     }
-    assert_eq!(h.stat("requests"), 0, "nothing invalid reached the upstream");
+    assert_eq!(
+        h.stat("requests"),
+        0,
+        "nothing invalid reached the upstream"
+    );
 }
 
 #[tokio::test]
 async fn body_limit_is_413_and_one_mebibyte_bodies_work() {
-    let h = start(&format!("{BASIC}\ngeneral_settings: {{max_request_size_mb: 2}}\n")).await;
+    let h = start(&format!(
+        "{BASIC}\ngeneral_settings: {{max_request_size_mb: 2}}\n"
+    ))
+    .await;
     let big = "x".repeat(1024 * 1024);
-    let r = h.post("/v1/chat/completions", &json!({"model": "gpt-test", "messages": [{"role": "user", "content": big}]})).await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-test", "messages": [{"role": "user", "content": big}]}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let sent = h.last_upstream_body();
-    assert_eq!(sent["messages"][0]["content"].as_str().unwrap().len(), 1024 * 1024);
+    assert_eq!(
+        sent["messages"][0]["content"].as_str().unwrap().len(),
+        1024 * 1024
+    );
 
     let huge = "x".repeat(3 * 1024 * 1024);
-    let r = h.post("/v1/chat/completions", &json!({"model": "gpt-test", "messages": [{"role": "user", "content": huge}]})).await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gpt-test", "messages": [{"role": "user", "content": huge}]}),
+        )
+        .await;
     assert_eq!(r.status(), 413);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "request_too_large");
 
     // Without a content-length (chunked), the limit still holds.
-    let stream = futures_util::stream::iter((0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100 * 1024]))));
+    let stream = futures_util::stream::iter(
+        (0..40).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b' '; 100 * 1024]))),
+    );
     let r = h
         .http
         .post(format!("{}/v1/chat/completions", h.url))
@@ -295,18 +408,38 @@ async fn body_limit_is_413_and_one_mebibyte_bodies_work() {
 #[tokio::test]
 async fn completions_and_embeddings_pass_through() {
     let h = start(BASIC).await;
-    let r = h.post("/completions", &json!({"model": "gpt-test", "prompt": "Say hi", "max_tokens": 5})).await;
+    let r = h
+        .post(
+            "/completions",
+            &json!({"model": "gpt-test", "prompt": "Say hi", "max_tokens": 5}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["object"], "text_completion");
     assert_eq!(h.recorded().pop().unwrap().path, "/v1/completions");
 
-    let r = h.post("/v1/completions", &json!({"model": "gpt-test", "prompt": "Say hi", "stream": true})).await;
+    let r = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt-test", "prompt": "Say hi", "stream": true}),
+        )
+        .await;
     let payloads = sse_data(&r.text().await.unwrap());
     assert_eq!(payloads.last().unwrap(), "[DONE]");
 
-    for input in [json!("a"), json!(["a", "b", "c"]), json!([1, 2, 3]), json!([[1, 2], [3, 4]])] {
-        let r = h.post("/v1/embeddings", &json!({"model": "gpt-test", "input": input, "encoding_format": "float"})).await;
+    for input in [
+        json!("a"),
+        json!(["a", "b", "c"]),
+        json!([1, 2, 3]),
+        json!([[1, 2], [3, 4]]),
+    ] {
+        let r = h
+            .post(
+                "/v1/embeddings",
+                &json!({"model": "gpt-test", "input": input, "encoding_format": "float"}),
+            )
+            .await;
         assert_eq!(r.status(), 200, "{input}");
         let v: Value = r.json().await.unwrap();
         let expected = match &input {
@@ -318,10 +451,17 @@ async fn completions_and_embeddings_pass_through() {
         assert_eq!(v["data"].as_array().unwrap().len(), expected, "{input}");
         assert_eq!(h.last_upstream_body()["input"], input);
     }
-    let r = h.post("/embeddings", &json!({"model": "gpt-test", "input": "a", "encoding_format": "base64"})).await;
+    let r = h
+        .post(
+            "/embeddings",
+            &json!({"model": "gpt-test", "input": "a", "encoding_format": "base64"}),
+        )
+        .await;
     let v: Value = r.json().await.unwrap();
     assert!(v["data"][0]["embedding"].is_string());
-    let r = h.post("/v1/embeddings", &json!({"model": "gpt-test", "input": 5})).await;
+    let r = h
+        .post("/v1/embeddings", &json!({"model": "gpt-test", "input": 5}))
+        .await;
     assert_eq!(r.status(), 400);
 }
 
@@ -329,39 +469,111 @@ async fn completions_and_embeddings_pass_through() {
 async fn models_are_listed_and_looked_up() {
     let h = start(BASIC).await;
     for path in ["/v1/models", "/models"] {
-        let v: Value = h.http.get(format!("{}{path}", h.url)).send().await.unwrap().json().await.unwrap();
-        let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
-        assert!(ids.contains(&"gpt-test") && ids.contains(&"demo"), "{ids:?}");
+        let v: Value = h
+            .http
+            .get(format!("{}{path}", h.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = v["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap())
+            .collect();
+        assert!(
+            ids.contains(&"gpt-test") && ids.contains(&"demo"),
+            "{ids:?}"
+        );
         assert_eq!(v["object"], "list");
     }
-    let r = h.http.get(format!("{}/v1/models/gpt-test", h.url)).send().await.unwrap();
+    let r = h
+        .http
+        .get(format!("{}/v1/models/gpt-test", h.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
-    assert_eq!((v["id"].as_str(), v["object"].as_str()), (Some("gpt-test"), Some("model")));
-    let r = h.http.get(format!("{}/v1/models/mockp/a-b", h.url)).send().await.unwrap();
-    assert_eq!(r.status(), 200, "ids with slashes resolve through wildcards");
-    let r = h.http.get(format!("{}/v1/models/none", h.url)).send().await.unwrap();
+    assert_eq!(
+        (v["id"].as_str(), v["object"].as_str()),
+        (Some("gpt-test"), Some("model"))
+    );
+    let r = h
+        .http
+        .get(format!("{}/v1/models/mockp/a-b", h.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "ids with slashes resolve through wildcards"
+    );
+    let r = h
+        .http
+        .get(format!("{}/v1/models/none", h.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]
 async fn master_key_guards_model_routes_but_not_health() {
-    let h = start(&format!("{BASIC}\ngeneral_settings: {{master_key: sk-master}}\n")).await;
+    let h = start(&format!(
+        "{BASIC}\ngeneral_settings: {{master_key: sk-master}}\n"
+    ))
+    .await;
     let body = json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]});
     let url = format!("{}/v1/chat/completions", h.url);
     let r = h.http.post(&url).json(&body).send().await.unwrap();
     assert_eq!(r.status(), 401);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "authentication_error");
-    let r = h.http.post(&url).bearer_auth("sk-wrong").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .bearer_auth("sk-wrong")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    let r = h.http.post(&url).bearer_auth("sk-master").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .bearer_auth("sk-master")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = h.http.post(&url).header("x-api-key", "sk-master").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .post(&url)
+        .header("x-api-key", "sk-master")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    let r = h.http.get(format!("{}/v1/models", h.url)).send().await.unwrap();
+    let r = h
+        .http
+        .get(format!("{}/v1/models", h.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 401);
-    for path in ["/health/liveliness", "/health/readiness", "/health/live", "/health/ready"] {
+    for path in [
+        "/health/liveliness",
+        "/health/readiness",
+        "/health/live",
+        "/health/ready",
+    ] {
         let r = h.http.get(format!("{}{path}", h.url)).send().await.unwrap();
         assert_eq!(r.status(), 200, "{path}");
     }
@@ -371,22 +583,54 @@ async fn master_key_guards_model_routes_but_not_health() {
 async fn request_ids_are_echoed_or_generated() {
     let h = start(BASIC).await;
     let body = json!({"model": "demo", "messages": [{"role": "user", "content": "x"}]});
-    let r = h.http.post(format!("{}/v1/chat/completions", h.url)).header("x-request-id", "trace-123").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.url))
+        .header("x-request-id", "trace-123")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-123");
-    let r = h.http.post(format!("{}/v1/chat/completions", h.url)).header("x-request-id", "bad id with spaces").json(&body).send().await.unwrap();
+    let r = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.url))
+        .header("x-request-id", "bad id with spaces")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_ne!(r.headers()["x-request-id"], "bad id with spaces");
-    let r = h.post("/v1/chat/completions", &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]})).await;
-    assert!(r.headers().contains_key("x-request-id"), "errors carry the id too");
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "nope", "messages": [{"role": "user", "content": "x"}]}),
+        )
+        .await;
+    assert!(
+        r.headers().contains_key("x-request-id"),
+        "errors carry the id too"
+    );
 }
 
 #[tokio::test]
 async fn unknown_routes_and_methods_answer_in_the_openai_shape() {
     let h = start(BASIC).await;
-    let r = h.http.get(format!("{}/v1/nothing-here", h.url)).send().await.unwrap();
+    let r = h
+        .http
+        .get(format!("{}/v1/nothing-here", h.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 404);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "unknown_route");
-    let r = h.http.get(format!("{}/v1/chat/completions", h.url)).send().await.unwrap();
+    let r = h
+        .http
+        .get(format!("{}/v1/chat/completions", h.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 405);
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["code"], "method_not_allowed");
@@ -399,7 +643,11 @@ async fn in_process_mock_model_streams_and_answers() {
     assert_eq!(r.status(), 200);
     let payloads = sse_data(&r.text().await.unwrap());
     assert!(stream_text(&payloads).ends_with("You said: ping"));
-    assert_eq!(h.stat("requests"), 0, "the mock/ provider never leaves the process");
+    assert_eq!(
+        h.stat("requests"),
+        0,
+        "the mock/ provider never leaves the process"
+    );
 }
 
 #[tokio::test]

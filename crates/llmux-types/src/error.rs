@@ -150,7 +150,7 @@ impl ErrorKind {
             429 => ErrorKind::RateLimited,
             502..=504 | 529 => ErrorKind::UpstreamUnavailable,
             500..=599 => ErrorKind::UpstreamError,
-            _ if status >= 400 && status < 500 => ErrorKind::InvalidRequest,
+            400..=499 => ErrorKind::InvalidRequest,
             _ => ErrorKind::UpstreamError,
         }
     }
@@ -250,7 +250,9 @@ impl GatewayError {
     }
 
     pub fn envelope(&self) -> ErrorEnvelope {
-        ErrorEnvelope { error: self.body.clone() }
+        ErrorEnvelope {
+            error: self.body.clone(),
+        }
     }
 }
 
@@ -280,9 +282,18 @@ mod tests {
     #[test]
     fn upstream_statuses_classify() {
         assert_eq!(ErrorKind::from_upstream_status(429), ErrorKind::RateLimited);
-        assert_eq!(ErrorKind::from_upstream_status(529), ErrorKind::UpstreamUnavailable);
-        assert_eq!(ErrorKind::from_upstream_status(500), ErrorKind::UpstreamError);
-        assert_eq!(ErrorKind::from_upstream_status(418), ErrorKind::InvalidRequest);
+        assert_eq!(
+            ErrorKind::from_upstream_status(529),
+            ErrorKind::UpstreamUnavailable
+        );
+        assert_eq!(
+            ErrorKind::from_upstream_status(500),
+            ErrorKind::UpstreamError
+        );
+        assert_eq!(
+            ErrorKind::from_upstream_status(418),
+            ErrorKind::InvalidRequest
+        );
         assert!(ErrorKind::RateLimited.is_retryable());
         assert!(!ErrorKind::InvalidRequest.is_retryable());
     }

@@ -96,7 +96,10 @@ impl ChatMessage {
 
     /// The message's text, or "" when it has none.
     pub fn text(&self) -> String {
-        self.content.as_ref().map(MessageContent::text).unwrap_or_default()
+        self.content
+            .as_ref()
+            .map(MessageContent::text)
+            .unwrap_or_default()
     }
 }
 
@@ -119,7 +122,11 @@ pub struct Tool {
 }
 
 impl Tool {
-    pub fn function(name: impl Into<String>, description: impl Into<String>, parameters: Value) -> Self {
+    pub fn function(
+        name: impl Into<String>,
+        description: impl Into<String>,
+        parameters: Value,
+    ) -> Self {
         Tool {
             kind: "function".to_owned(),
             function: FunctionDefinition {
@@ -218,7 +225,10 @@ pub struct ChatCompletionResponse {
 impl ChatCompletionResponse {
     /// The first choice's text, the common case.
     pub fn text(&self) -> String {
-        self.choices.first().map(|c| c.message.text()).unwrap_or_default()
+        self.choices
+            .first()
+            .map(|c| c.message.text())
+            .unwrap_or_default()
     }
 }
 
@@ -366,7 +376,10 @@ mod tests {
     use serde_json::json;
 
     fn spec() -> Option<Value> {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/specs/openai-openapi.json");
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/specs/openai-openapi.json"
+        );
         let text = std::fs::read_to_string(path).ok()?;
         serde_json::from_str(&text).ok()
     }
@@ -375,11 +388,21 @@ mod tests {
     fn schema_fields(spec: &Value, name: &str) -> (Vec<String>, Vec<String>) {
         let mut props = Vec::new();
         let mut required = Vec::new();
-        collect_fields(spec, &spec["components"]["schemas"][name], &mut props, &mut required);
+        collect_fields(
+            spec,
+            &spec["components"]["schemas"][name],
+            &mut props,
+            &mut required,
+        );
         (props, required)
     }
 
-    fn collect_fields(spec: &Value, schema: &Value, props: &mut Vec<String>, required: &mut Vec<String>) {
+    fn collect_fields(
+        spec: &Value,
+        schema: &Value,
+        props: &mut Vec<String>,
+        required: &mut Vec<String>,
+    ) {
         if let Some(r) = schema["$ref"].as_str() {
             let target = &spec["components"]["schemas"][r.rsplit('/').next().unwrap()];
             return collect_fields(spec, target, props, required);
@@ -401,10 +424,16 @@ mod tests {
         assert!(!props.is_empty(), "schema {schema} not found in spec");
         let obj = value.as_object().unwrap();
         for key in obj.keys() {
-            assert!(props.contains(key), "{schema}: field `{key}` is not in the OpenAI spec");
+            assert!(
+                props.contains(key),
+                "{schema}: field `{key}` is not in the OpenAI spec"
+            );
         }
         for key in required {
-            assert!(obj.contains_key(&key), "{schema}: required field `{key}` missing");
+            assert!(
+                obj.contains_key(&key),
+                "{schema}: required field `{key}` missing"
+            );
         }
     }
 
@@ -415,7 +444,9 @@ mod tests {
         };
         let mut request = ChatCompletionRequest::new("gpt-4o", vec![ChatMessage::user("hi")]);
         request.stream = Some(true);
-        request.stream_options = Some(StreamOptions { include_usage: Some(true) });
+        request.stream_options = Some(StreamOptions {
+            include_usage: Some(true),
+        });
         request.temperature = Some(0.5);
         request.top_p = Some(1.0);
         request.max_tokens = Some(5);
@@ -451,11 +482,19 @@ mod tests {
         .unwrap();
         let chunk_json = serde_json::to_value(&chunk).unwrap();
         check_against_spec(&spec, "CreateChatCompletionStreamResponse", &chunk_json);
-        check_against_spec(&spec, "ChatCompletionStreamResponseDelta", &chunk_json["choices"][0]["delta"]);
+        check_against_spec(
+            &spec,
+            "ChatCompletionStreamResponseDelta",
+            &chunk_json["choices"][0]["delta"],
+        );
 
         let embeddings = EmbeddingResponse {
             object: "list".into(),
-            data: vec![Embedding { object: "embedding".into(), index: 0, embedding: EmbeddingVector::Float(vec![0.5]) }],
+            data: vec![Embedding {
+                object: "embedding".into(),
+                index: 0,
+                embedding: EmbeddingVector::Float(vec![0.5]),
+            }],
             model: "e".into(),
             usage: Usage::new(1, 0),
             extra: Map::new(),
@@ -467,11 +506,20 @@ mod tests {
         let mut embed_request = EmbeddingRequest::new("e", EmbeddingInput::Tokens(vec![1, 2]));
         embed_request.encoding_format = Some("float".into());
         embed_request.dimensions = Some(8);
-        check_against_spec(&spec, "CreateEmbeddingRequest", &serde_json::to_value(&embed_request).unwrap());
+        check_against_spec(
+            &spec,
+            "CreateEmbeddingRequest",
+            &serde_json::to_value(&embed_request).unwrap(),
+        );
 
         let models = ModelList {
             object: "list".into(),
-            data: vec![Model { id: "m".into(), object: "model".into(), created: 0, owned_by: "o".into() }],
+            data: vec![Model {
+                id: "m".into(),
+                object: "model".into(),
+                created: 0,
+                owned_by: "o".into(),
+            }],
         };
         let models_json = serde_json::to_value(&models).unwrap();
         check_against_spec(&spec, "ListModelsResponse", &models_json);
@@ -503,8 +551,12 @@ mod tests {
             (json!([1, 2, 3]), true),
             (json!([[1, 2], [3]]), true),
         ] {
-            let req: EmbeddingRequest = serde_json::from_value(json!({"model": "e", "input": input})).unwrap();
-            let is_tokens = matches!(req.input, EmbeddingInput::Tokens(_) | EmbeddingInput::TokenArrays(_));
+            let req: EmbeddingRequest =
+                serde_json::from_value(json!({"model": "e", "input": input})).unwrap();
+            let is_tokens = matches!(
+                req.input,
+                EmbeddingInput::Tokens(_) | EmbeddingInput::TokenArrays(_)
+            );
             assert_eq!(is_tokens, expect_tokens);
         }
     }

@@ -98,7 +98,12 @@ impl<'a> RawObject<'a> {
         self.edit().render()
     }
 
-    fn insert(&mut self, key: Cow<'a, str>, value: &'a RawValue, index: &mut Option<HashMap<String, usize>>) {
+    fn insert(
+        &mut self,
+        key: Cow<'a, str>,
+        value: &'a RawValue,
+        index: &mut Option<HashMap<String, usize>>,
+    ) {
         if let Some(map) = index {
             if let Some(&at) = map.get(key.as_ref()) {
                 self.entries[at].1 = value;
@@ -235,7 +240,9 @@ impl<'de> Deserialize<'de> for RawObject<'de> {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut object = RawObject { entries: Vec::with_capacity(map.size_hint().unwrap_or(8)) };
+                let mut object = RawObject {
+                    entries: Vec::with_capacity(map.size_hint().unwrap_or(8)),
+                };
                 let mut index = None;
                 while let Some(key) = map.next_key::<KeyStr<'de>>()? {
                     let value: &'de RawValue = map.next_value()?;
@@ -284,7 +291,10 @@ mod tests {
         let obj = RawObject::parse(body).unwrap();
         let out = obj.edit().set_str("model", "gpt-4o").render();
         let expected = br#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi \u00e9"}],"x_unknown":{"a":[1,2.50,null]},"temperature":0.70}"#;
-        assert_eq!(String::from_utf8(out).unwrap(), String::from_utf8(expected.to_vec()).unwrap());
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            String::from_utf8(expected.to_vec()).unwrap()
+        );
     }
 
     #[test]

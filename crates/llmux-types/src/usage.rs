@@ -72,6 +72,13 @@ mod tests {
     #[test]
     fn embedding_usage_has_no_completion_tokens() {
         let u: Usage = serde_json::from_str(r#"{"prompt_tokens":8,"total_tokens":8}"#).unwrap();
-        assert_eq!(u, Usage { prompt_tokens: 8, total_tokens: 8, ..Usage::default() });
+        assert_eq!(
+            u,
+            Usage {
+                prompt_tokens: 8,
+                total_tokens: 8,
+                ..Usage::default()
+            }
+        );
     }
 }

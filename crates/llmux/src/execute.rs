@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::HeaderMap;
 use llmux_providers::mock::{self, MockOutput};
-use llmux_providers::{openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder};
+use llmux_providers::{
+    openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
+};
 use llmux_router::{Backend, Deployment};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
@@ -70,7 +72,15 @@ struct Trace {
 }
 
 impl Trace {
-    fn log(&self, status: u16, outcome: Outcome, usage: Option<Usage>, overhead: Duration, ttfc: Option<Duration>, chunks: u64) -> RequestLog {
+    fn log(
+        &self,
+        status: u16,
+        outcome: Outcome,
+        usage: Option<Usage>,
+        overhead: Duration,
+        ttfc: Option<Duration>,
+        chunks: u64,
+    ) -> RequestLog {
         RequestLog {
             request_id: self.request_id.clone(),
             operation: self.op,
@@ -110,7 +120,14 @@ pub(crate) async fn execute(
     };
     let result = execute_traced(http, logs, snapshot, body, &mut trace).await;
     if let Err(e) = &result {
-        logs.emit(trace.log(e.status, Outcome::Failed(e.kind), None, Duration::ZERO, None, 0));
+        logs.emit(trace.log(
+            e.status,
+            Outcome::Failed(e.kind),
+            None,
+            Duration::ZERO,
+            None,
+            0,
+        ));
     }
     result
 }
@@ -124,8 +141,10 @@ async fn execute_traced(
 ) -> Result<GatewayResponse, GatewayError> {
     let op = trace.op;
     let request = RawObject::parse(&body).map_err(|e| {
-        GatewayError::invalid_request(format!("We could not parse the JSON body of your request: {e}"))
-            .with_code("invalid_json")
+        GatewayError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .with_code("invalid_json")
     })?;
     let model = requested_model(&request)?;
     trace.requested_model.clone_from(&model);
@@ -134,13 +153,17 @@ async fn execute_traced(
         Operation::Embeddings => false,
         Operation::Chat | Operation::Completions => request
             .decode::<bool>("stream")
-            .map_err(|_| GatewayError::invalid_request("`stream` must be a boolean").with_param("stream"))?
+            .map_err(|_| {
+                GatewayError::invalid_request("`stream` must be a boolean").with_param("stream")
+            })?
             .unwrap_or(false),
     };
     trace.stream = stream;
 
     let router = &snapshot.router;
-    let route = router.route(&model).ok_or_else(|| model_not_found(&model))?;
+    let route = router
+        .route(&model)
+        .ok_or_else(|| model_not_found(&model))?;
     trace.model_group = Some(route.group.to_owned());
     let index = router.pick(route.candidates, op).ok_or_else(|| {
         GatewayError::invalid_request(format!("model `{model}` does not support {}", op.as_str()))
@@ -150,8 +173,13 @@ async fn execute_traced(
     let deployment = Arc::clone(router.deployment(index));
     trace.deployment_id = Some(deployment.id.clone());
     trace.provider = Some(deployment.provider);
-    let ctx = RequestContext { wildcard: route.wildcard, drop_params: snapshot.config.drop_params };
-    let total_timeout = deployment.timeout.unwrap_or(snapshot.config.request_timeout);
+    let ctx = RequestContext {
+        wildcard: route.wildcard,
+        drop_params: snapshot.config.drop_params,
+    };
+    let total_timeout = deployment
+        .timeout
+        .unwrap_or(snapshot.config.request_timeout);
     let stream_timeout = deployment.stream_timeout.unwrap_or(total_timeout);
     let mut attempt = Attempt {
         request_id: trace.request_id.clone(),
@@ -164,33 +192,59 @@ async fn execute_traced(
     if stream {
         let response = tokio::time::timeout(stream_timeout, attempt.send(http, op, &request, ctx))
             .await
-            .map_err(|_| timeout_error("waiting for the upstream to start the stream", stream_timeout))??;
-        attempt.stream(op, response, stream_timeout, logs.clone(), trace.clone()).await
+            .map_err(|_| {
+                timeout_error(
+                    "waiting for the upstream to start the stream",
+                    stream_timeout,
+                )
+            })??;
+        attempt
+            .stream(op, response, stream_timeout, logs.clone(), trace.clone())
+            .await
     } else {
         let response = tokio::time::timeout(total_timeout, attempt.unary(http, op, &request, ctx))
             .await
             .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
         let meta = &response.meta;
-        logs.emit(trace.log(meta.status, Outcome::Success, meta.usage, meta.overhead, None, 0));
+        logs.emit(trace.log(
+            meta.status,
+            Outcome::Success,
+            meta.usage,
+            meta.overhead,
+            None,
+            0,
+        ));
         Ok(response)
     }
 }
 
 fn timeout_error(what: &str, after: Duration) -> GatewayError {
-    GatewayError::new(ErrorKind::Timeout, format!("timed out after {:.1}s {what}", after.as_secs_f64()))
+    GatewayError::new(
+        ErrorKind::Timeout,
+        format!("timed out after {:.1}s {what}", after.as_secs_f64()),
+    )
 }
 
 fn model_not_found(model: &str) -> GatewayError {
-    GatewayError::new(ErrorKind::NotFound, format!("The model `{model}` does not exist or you do not have access to it."))
-        .with_param("model")
-        .with_code("model_not_found")
+    GatewayError::new(
+        ErrorKind::NotFound,
+        format!("The model `{model}` does not exist or you do not have access to it."),
+    )
+    .with_param("model")
+    .with_code("model_not_found")
 }
 
 fn requested_model(request: &RawObject<'_>) -> Result<String, GatewayError> {
     match request.decode::<String>("model") {
         Ok(Some(model)) if !model.is_empty() => Ok(model),
-        Ok(_) => Err(GatewayError::invalid_request("you must provide a model parameter").with_param("model").with_code("missing_required_parameter")),
-        Err(_) => Err(GatewayError::invalid_request("`model` must be a string").with_param("model")),
+        Ok(_) => Err(
+            GatewayError::invalid_request("you must provide a model parameter")
+                .with_param("model")
+                .with_code("missing_required_parameter"),
+        ),
+        Err(_) => {
+            Err(GatewayError::invalid_request("`model` must be a string").with_param("model"))
+        }
     }
 }
 
@@ -209,13 +263,28 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
     let value = request.get_non_null(field).ok_or_else(missing)?;
     let first = value.get().as_bytes().first().copied();
     if want_array && first != Some(b'[') {
-        return Err(GatewayError::invalid_request(format!("`{field}` must be an array")).with_param(field));
+        return Err(
+            GatewayError::invalid_request(format!("`{field}` must be an array")).with_param(field),
+        );
     }
     if op == Operation::Embeddings && !matches!(first, Some(b'"') | Some(b'[')) {
-        return Err(GatewayError::invalid_request("`input` must be a string, an array of strings, or an array of token arrays").with_param("input"));
+        return Err(GatewayError::invalid_request(
+            "`input` must be a string, an array of strings, or an array of token arrays",
+        )
+        .with_param("input"));
     }
-    if want_array && value.get().trim_start_matches('[').trim_start().starts_with(']') {
-        return Err(GatewayError::invalid_request(format!("`{field}` must not be empty")).with_param(field).with_code("empty_array"));
+    if want_array
+        && value
+            .get()
+            .trim_start_matches('[')
+            .trim_start()
+            .starts_with(']')
+    {
+        return Err(
+            GatewayError::invalid_request(format!("`{field}` must not be empty"))
+                .with_param(field)
+                .with_code("empty_array"),
+        );
     }
     Ok(())
 }
@@ -231,12 +300,19 @@ struct Attempt {
 
 impl Attempt {
     /// Translate and send; resolves with the response headers (the body is read later).
-    async fn send(&mut self, http: &HttpClient, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<UpstreamResponse, GatewayError> {
+    async fn send(
+        &mut self,
+        http: &HttpClient,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<UpstreamResponse, GatewayError> {
         match &self.deployment.backend {
             Backend::Http(provider) => {
                 let upstream = provider.build_request(op, request, ctx)?;
                 self.sent_at = Instant::now();
-                http.send(&upstream.url, upstream.headers, upstream.body).await
+                http.send(&upstream.url, upstream.headers, upstream.body)
+                    .await
             }
             Backend::Mock { model, response } => {
                 self.sent_at = Instant::now();
@@ -244,10 +320,14 @@ impl Attempt {
                     Some(w) if model.contains('*') => model.replacen('*', w, 1),
                     _ => model.clone(),
                 };
-                Ok(match mock::respond(op, request, &model, response.as_ref()) {
-                    MockOutput::Json { status, body } => UpstreamResponse::local(status, VecDeque::from([body])),
-                    MockOutput::Stream(events) => UpstreamResponse::local(200, events.into()),
-                })
+                Ok(
+                    match mock::respond(op, request, &model, response.as_ref()) {
+                        MockOutput::Json { status, body } => {
+                            UpstreamResponse::local(status, VecDeque::from([body]))
+                        }
+                        MockOutput::Stream(events) => UpstreamResponse::local(200, events.into()),
+                    },
+                )
             }
         }
     }
@@ -276,7 +356,13 @@ impl Attempt {
         error
     }
 
-    fn meta(&self, status: u16, headers: &HeaderMap, usage: Option<Usage>, upstream_latency: Duration) -> ResponseMeta {
+    fn meta(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        usage: Option<Usage>,
+        upstream_latency: Duration,
+    ) -> ResponseMeta {
         let total = self.received_at.elapsed();
         ResponseMeta {
             request_id: self.request_id.clone(),
@@ -291,7 +377,13 @@ impl Attempt {
         }
     }
 
-    async fn unary(&mut self, http: &HttpClient, op: Operation, request: &RawObject<'_>, ctx: RequestContext<'_>) -> Result<GatewayResponse, GatewayError> {
+    async fn unary(
+        &mut self,
+        http: &HttpClient,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<GatewayResponse, GatewayError> {
         let mut response = self.send(http, op, request, ctx).await?;
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
@@ -300,10 +392,21 @@ impl Attempt {
         let upstream_latency = self.sent_at.elapsed();
         let translated = match &self.deployment.backend {
             Backend::Http(provider) => provider.parse_response(op, body)?,
-            Backend::Mock { .. } => llmux_providers::TranslatedResponse { usage: openai_compat::extract_usage(&body), body },
+            Backend::Mock { .. } => llmux_providers::TranslatedResponse {
+                usage: openai_compat::extract_usage(&body),
+                body,
+            },
         };
-        let meta = self.meta(response.status, &response.headers, translated.usage, upstream_latency);
-        Ok(GatewayResponse { meta, body: ResponseBody::Json(translated.body) })
+        let meta = self.meta(
+            response.status,
+            &response.headers,
+            translated.usage,
+            upstream_latency,
+        );
+        Ok(GatewayResponse {
+            meta,
+            body: ResponseBody::Json(translated.body),
+        })
     }
 
     async fn stream(
@@ -346,7 +449,10 @@ impl Attempt {
                     return Err(e);
                 }
                 RelayItem::End => {
-                    return Err(GatewayError::new(ErrorKind::UpstreamError, "upstream closed the stream before sending any data"));
+                    return Err(GatewayError::new(
+                        ErrorKind::UpstreamError,
+                        "upstream closed the stream before sending any data",
+                    ));
                 }
             }
         };
@@ -360,9 +466,19 @@ impl Attempt {
                 (None, true) => Outcome::Success,
                 (None, false) => Outcome::ClientDisconnected,
             };
-            logs.emit(trace.log(status_sent, outcome, summary.usage, overhead, Some(time_to_first_chunk), summary.chunks));
+            logs.emit(trace.log(
+                status_sent,
+                outcome,
+                summary.usage,
+                overhead,
+                Some(time_to_first_chunk),
+                summary.chunks,
+            ));
         };
         let stream = relay_stream(initial, first_usage, relay, finished, on_finish);
-        Ok(GatewayResponse { meta, body: ResponseBody::Stream(stream) })
+        Ok(GatewayResponse {
+            meta,
+            body: ResponseBody::Stream(stream),
+        })
     }
 }

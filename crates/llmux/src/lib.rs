@@ -30,11 +30,11 @@ use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
 use llmux_router::Router;
 
 pub use execute::{GatewayResponse, ResponseBody, ResponseMeta};
-pub use log::{Outcome, RequestLog};
 pub use llmux_config as config;
 pub use llmux_providers::Operation;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};
+pub use log::{Outcome, RequestLog};
 pub use relay::{RelayStream, StreamSummary};
 pub use typed::ChatStream;
 
@@ -52,7 +52,12 @@ pub struct ConfigErrors(pub Vec<Diagnostic>);
 
 impl std::fmt::Display for ConfigErrors {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let errors: Vec<String> = self.0.iter().filter(|d| d.is_error()).map(ToString::to_string).collect();
+        let errors: Vec<String> = self
+            .0
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect();
         write!(f, "invalid configuration: {}", errors.join("; "))
     }
 }
@@ -69,7 +74,10 @@ pub struct RequestOptions {
 
 impl Default for RequestOptions {
     fn default() -> Self {
-        RequestOptions { request_id: new_request_id(), received_at: Instant::now() }
+        RequestOptions {
+            request_id: new_request_id(),
+            received_at: Instant::now(),
+        }
     }
 }
 
@@ -113,7 +121,9 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Client").field("deployments", &self.snapshot().router.deployments().len()).finish()
+        f.debug_struct("Client")
+            .field("deployments", &self.snapshot().router.deployments().len())
+            .finish()
     }
 }
 
@@ -124,12 +134,19 @@ impl Client {
         Self::with_env(config, &ProcessEnv)
     }
 
-    pub fn with_env(config: Config, env: &dyn EnvSource) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
+    pub fn with_env(
+        config: Config,
+        env: &dyn EnvSource,
+    ) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
         let (snapshot, diags) = build_snapshot(config, env)?;
         let http = upstream::HttpClient::new(snapshot.config.connect_timeout)
             .map_err(|e| ConfigErrors(vec![Diagnostic::error("", e.message().to_owned())]))?;
         let client = Client {
-            inner: Arc::new(Inner { snapshot: ArcSwap::from_pointee(snapshot), http, logs: log::LogEmitter::new() }),
+            inner: Arc::new(Inner {
+                snapshot: ArcSwap::from_pointee(snapshot),
+                http,
+                logs: log::LogEmitter::new(),
+            }),
         };
         Ok((client, diags))
     }
@@ -167,9 +184,22 @@ impl Client {
     }
 
     /// Run an OpenAI-shaped request given as raw JSON bytes: the path the HTTP server uses.
-    pub async fn execute(&self, op: Operation, body: bytes::Bytes, options: RequestOptions) -> Result<GatewayResponse, GatewayError> {
+    pub async fn execute(
+        &self,
+        op: Operation,
+        body: bytes::Bytes,
+        options: RequestOptions,
+    ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = self.snapshot();
-        execute::execute(&self.inner.http, &self.inner.logs, snapshot, op, body, options).await
+        execute::execute(
+            &self.inner.http,
+            &self.inner.logs,
+            snapshot,
+            op,
+            body,
+            options,
+        )
+        .await
     }
 
     /// Every finished request's log record, for sinks and tests. Records are dropped for a
@@ -179,7 +209,10 @@ impl Client {
     }
 }
 
-fn build_snapshot(config: Config, env: &dyn EnvSource) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
+fn build_snapshot(
+    config: Config,
+    env: &dyn EnvSource,
+) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
     let router = Router::build(&config, env, &mut diags);
     if diags.iter().any(Diagnostic::is_error) {

@@ -50,7 +50,9 @@ pub(crate) struct LogEmitter {
 
 impl LogEmitter {
     pub(crate) fn new() -> Self {
-        LogEmitter { sender: broadcast::channel(LOG_CHANNEL_CAPACITY).0 }
+        LogEmitter {
+            sender: broadcast::channel(LOG_CHANNEL_CAPACITY).0,
+        }
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<RequestLog>> {

@@ -31,8 +31,18 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    pub(crate) fn new(upstream: UpstreamResponse, decoder: Box<dyn StreamDecoder>, idle_timeout: Duration) -> Self {
-        Relay { upstream, splitter: SseSplitter::new(), decoder, idle_timeout, ended: false }
+    pub(crate) fn new(
+        upstream: UpstreamResponse,
+        decoder: Box<dyn StreamDecoder>,
+        idle_timeout: Duration,
+    ) -> Self {
+        Relay {
+            upstream,
+            splitter: SseSplitter::new(),
+            decoder,
+            idle_timeout,
+            ended: false,
+        }
     }
 
     pub(crate) async fn next_item(&mut self) -> RelayItem {
@@ -41,7 +51,10 @@ impl Relay {
                 Ok(Some(event)) => return RelayItem::Event(self.decoder.decode(event)),
                 Ok(None) => {}
                 Err(SseError::EventTooLarge) => {
-                    return RelayItem::Failed(GatewayError::new(ErrorKind::UpstreamError, "upstream stream event exceeds the size limit"));
+                    return RelayItem::Failed(GatewayError::new(
+                        ErrorKind::UpstreamError,
+                        "upstream stream event exceeds the size limit",
+                    ));
                 }
             }
             if self.ended {
@@ -63,7 +76,10 @@ impl Relay {
                 Err(_) => {
                     return RelayItem::Failed(GatewayError::new(
                         ErrorKind::Timeout,
-                        format!("upstream sent nothing for {:.1}s (stream_timeout)", self.idle_timeout.as_secs_f64()),
+                        format!(
+                            "upstream sent nothing for {:.1}s (stream_timeout)",
+                            self.idle_timeout.as_secs_f64()
+                        ),
                     ));
                 }
             }
@@ -104,7 +120,10 @@ impl std::fmt::Debug for RelayStream {
 
 impl Stream for RelayStream {
     type Item = Bytes;
-    fn poll_next(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Bytes>> {
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Bytes>> {
         self.inner.as_mut().poll_next(cx)
     }
 }
@@ -159,7 +178,9 @@ pub(crate) fn relay_stream(
             }
         }
     };
-    RelayStream { inner: Box::pin(stream) }
+    RelayStream {
+        inner: Box::pin(stream),
+    }
 }
 
 /// Runs the finish callback exactly once, including when the client disconnects and the stream
@@ -175,7 +196,13 @@ impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
         if let Some(f) = self.on_finish.take() {
             let mut summary = std::mem::replace(
                 &mut self.summary,
-                StreamSummary { usage: None, error: None, chunks: 0, duration: Duration::ZERO, completed: false },
+                StreamSummary {
+                    usage: None,
+                    error: None,
+                    chunks: 0,
+                    duration: Duration::ZERO,
+                    completed: false,
+                },
             );
             summary.duration = self.started.elapsed();
             f(summary);

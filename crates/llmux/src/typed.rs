@@ -7,7 +7,10 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_util::Stream;
 use llmux_providers::sse::{parse_fields, SseSplitter};
-use llmux_types::openai::{ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest, EmbeddingResponse, Model, ModelList};
+use llmux_types::openai::{
+    ChatCompletionChunk, ChatCompletionRequest, ChatCompletionResponse, EmbeddingRequest,
+    EmbeddingResponse, Model, ModelList,
+};
 use llmux_types::{ErrorEnvelope, ErrorKind, GatewayError};
 use serde::de::DeserializeOwned;
 
@@ -20,16 +23,30 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Bytes, GatewayError> {
 }
 
 fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
-    serde_json::from_slice(body).map_err(|e| GatewayError::new(ErrorKind::UpstreamError, format!("cannot decode the upstream response: {e}")))
+    serde_json::from_slice(body).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::UpstreamError,
+            format!("cannot decode the upstream response: {e}"),
+        )
+    })
 }
 
 impl Client {
     /// A chat completion (non-streaming; `stream` is forced off).
-    pub async fn chat(&self, request: &ChatCompletionRequest) -> Result<ChatCompletionResponse, GatewayError> {
+    pub async fn chat(
+        &self,
+        request: &ChatCompletionRequest,
+    ) -> Result<ChatCompletionResponse, GatewayError> {
         let mut request = request.clone();
         request.stream = None;
         request.stream_options = None;
-        let response = self.execute(Operation::Chat, encode(&request)?, RequestOptions::default()).await?;
+        let response = self
+            .execute(
+                Operation::Chat,
+                encode(&request)?,
+                RequestOptions::default(),
+            )
+            .await?;
         match response.body {
             ResponseBody::Json(body) => decode(&body),
             ResponseBody::Stream(_) => Err(GatewayError::internal("expected a JSON response")),
@@ -37,19 +54,41 @@ impl Client {
     }
 
     /// A streamed chat completion: chunks as the upstream produces them.
-    pub async fn chat_stream(&self, request: &ChatCompletionRequest) -> Result<ChatStream, GatewayError> {
+    pub async fn chat_stream(
+        &self,
+        request: &ChatCompletionRequest,
+    ) -> Result<ChatStream, GatewayError> {
         let mut request = request.clone();
         request.stream = Some(true);
-        let response = self.execute(Operation::Chat, encode(&request)?, RequestOptions::default()).await?;
+        let response = self
+            .execute(
+                Operation::Chat,
+                encode(&request)?,
+                RequestOptions::default(),
+            )
+            .await?;
         match response.body {
-            ResponseBody::Stream(inner) => Ok(ChatStream { inner, splitter: SseSplitter::new(), done: false }),
+            ResponseBody::Stream(inner) => Ok(ChatStream {
+                inner,
+                splitter: SseSplitter::new(),
+                done: false,
+            }),
             ResponseBody::Json(_) => Err(GatewayError::internal("expected a stream")),
         }
     }
 
     /// Embeddings for one or more inputs.
-    pub async fn embeddings(&self, request: &EmbeddingRequest) -> Result<EmbeddingResponse, GatewayError> {
-        let response = self.execute(Operation::Embeddings, encode(request)?, RequestOptions::default()).await?;
+    pub async fn embeddings(
+        &self,
+        request: &EmbeddingRequest,
+    ) -> Result<EmbeddingResponse, GatewayError> {
+        let response = self
+            .execute(
+                Operation::Embeddings,
+                encode(request)?,
+                RequestOptions::default(),
+            )
+            .await?;
         match response.body {
             ResponseBody::Json(body) => decode(&body),
             ResponseBody::Stream(_) => Err(GatewayError::internal("expected a JSON response")),
@@ -69,10 +108,18 @@ impl Client {
                     .and_then(|m| m.candidates.first())
                     .map(|i| snapshot.router.deployment(*i).provider)
                     .unwrap_or("llmux");
-                Model { id: id.to_owned(), object: "model".into(), created: 0, owned_by: owned_by.to_owned() }
+                Model {
+                    id: id.to_owned(),
+                    object: "model".into(),
+                    created: 0,
+                    owned_by: owned_by.to_owned(),
+                }
             })
             .collect();
-        ModelList { object: "list".into(), data }
+        ModelList {
+            object: "list".into(),
+            data,
+        }
     }
 }
 
@@ -110,7 +157,10 @@ impl Stream for ChatStream {
                     }
                     if let Ok(envelope) = serde_json::from_slice::<ErrorEnvelope>(data) {
                         self.done = true;
-                        let mut error = GatewayError::new(ErrorKind::UpstreamError, envelope.error.message.clone());
+                        let mut error = GatewayError::new(
+                            ErrorKind::UpstreamError,
+                            envelope.error.message.clone(),
+                        );
                         error.body = envelope.error;
                         return Poll::Ready(Some(Err(error)));
                     }
@@ -119,7 +169,10 @@ impl Stream for ChatStream {
                 Ok(None) => {}
                 Err(_) => {
                     self.done = true;
-                    return Poll::Ready(Some(Err(GatewayError::new(ErrorKind::UpstreamError, "stream event too large"))));
+                    return Poll::Ready(Some(Err(GatewayError::new(
+                        ErrorKind::UpstreamError,
+                        "stream event too large",
+                    ))));
                 }
             }
             match Pin::new(&mut self.inner).poll_next(cx) {

@@ -31,7 +31,12 @@ impl HttpClient {
     }
 
     /// Send a request; resolves when the response headers have arrived.
-    pub(crate) async fn send(&self, url: &str, headers: HeaderMap, body: Bytes) -> Result<UpstreamResponse, GatewayError> {
+    pub(crate) async fn send(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, GatewayError> {
         let response = self
             .client
             .post(url)
@@ -54,9 +59,15 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> GatewayError {
     if e.is_timeout() {
         GatewayError::new(ErrorKind::Timeout, format!("upstream timed out: {detail}"))
     } else if e.is_connect() {
-        GatewayError::new(ErrorKind::UpstreamUnavailable, format!("cannot connect to upstream: {detail}"))
+        GatewayError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!("cannot connect to upstream: {detail}"),
+        )
     } else {
-        GatewayError::new(ErrorKind::UpstreamUnavailable, format!("upstream connection failed: {detail}"))
+        GatewayError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!("upstream connection failed: {detail}"),
+        )
     }
 }
 
@@ -71,7 +82,8 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
-type ByteStream = std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+type ByteStream =
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
 pub(crate) enum UpstreamBody {
     Http(ByteStream),
@@ -88,13 +100,20 @@ pub(crate) struct UpstreamResponse {
 
 impl UpstreamResponse {
     pub(crate) fn local(status: u16, parts: VecDeque<Bytes>) -> Self {
-        UpstreamResponse { status, headers: HeaderMap::new(), body: UpstreamBody::Local(parts) }
+        UpstreamResponse {
+            status,
+            headers: HeaderMap::new(),
+            body: UpstreamBody::Local(parts),
+        }
     }
 
     /// The next piece of the body; `None` at the end.
     pub(crate) async fn next_bytes(&mut self) -> Option<Result<Bytes, GatewayError>> {
         match &mut self.body {
-            UpstreamBody::Http(stream) => stream.next().await.map(|r| r.map_err(|e| transport_error(&e))),
+            UpstreamBody::Http(stream) => stream
+                .next()
+                .await
+                .map(|r| r.map_err(|e| transport_error(&e))),
             UpstreamBody::Local(parts) => parts.pop_front().map(Ok),
         }
     }
@@ -114,7 +133,10 @@ impl UpstreamResponse {
             }
             buf.extend_from_slice(&piece);
             if buf.len() > limit {
-                return Err(GatewayError::new(ErrorKind::UpstreamError, format!("upstream response exceeds {limit} bytes")));
+                return Err(GatewayError::new(
+                    ErrorKind::UpstreamError,
+                    format!("upstream response exceeds {limit} bytes"),
+                ));
             }
         }
         Ok(match first {

@@ -1,6 +1,6 @@
 //! Test harness: a real `llmux-mock` upstream and the gateway app, each on an ephemeral port.
 
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,9 +34,16 @@ pub async fn start(yaml: &str) -> Harness {
     let yaml = yaml.replace("{mock}", &mock_url);
     let env: HashMap<String, String> = HashMap::new();
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
-    let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
+    let (client, _) =
+        llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
     let url = spawn(build_router(AppState::new(client.clone()))).await;
-    Harness { url, mock_url, mock, client, http: reqwest::Client::new() }
+    Harness {
+        url,
+        mock_url,
+        mock,
+        client,
+        http: reqwest::Client::new(),
+    }
 }
 
 pub const BASIC: &str = r#"
@@ -59,7 +66,12 @@ model_list:
 
 impl Harness {
     pub async fn post(&self, path: &str, body: &Value) -> reqwest::Response {
-        self.http.post(format!("{}{path}", self.url)).json(body).send().await.unwrap()
+        self.http
+            .post(format!("{}{path}", self.url))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
     }
 
     pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> reqwest::Response {
@@ -99,7 +111,10 @@ impl Harness {
 pub fn sse_data(body: &str) -> Vec<String> {
     body.split("\n\n")
         .filter_map(|event| {
-            let data: Vec<&str> = event.lines().filter_map(|l| l.strip_prefix("data: ")).collect();
+            let data: Vec<&str> = event
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .collect();
             (!data.is_empty()).then(|| data.join("\n"))
         })
         .collect()
@@ -111,6 +126,10 @@ pub fn stream_text(payloads: &[String]) -> String {
         .iter()
         .filter(|p| p.as_str() != "[DONE]")
         .filter_map(|p| serde_json::from_str::<Value>(p).ok())
-        .filter_map(|v| v["choices"][0]["delta"]["content"].as_str().map(str::to_owned))
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
         .collect()
 }

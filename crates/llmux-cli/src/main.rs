@@ -129,10 +129,10 @@ fn print_diagnostics(diags: &[Diagnostic]) {
 }
 
 fn config_check(path: &std::path::Path, strict: bool) -> ExitCode {
-    let mut diags = match llmux_config::load_file(path, &ProcessEnv) {
-        Ok(loaded) => llmux::check_config(&loaded, &ProcessEnv),
-        Err(diags) => diags,
-    };
+    let (config, mut diags) = llmux_config::load_file_lenient(path, &ProcessEnv);
+    if let Some(config) = config {
+        diags.extend(llmux::check_config(&config, &ProcessEnv));
+    }
     if strict {
         llmux_config::strict(&mut diags);
     }

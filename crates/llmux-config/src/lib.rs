@@ -212,6 +212,19 @@ pub fn load_file(path: &Path, env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnos
     load_str(&text, env)
 }
 
+/// Load as much of a file as is valid, for `config check`: invalid entries are left out and
+/// reported, so later checks (providers, endpoints) still see the rest. `None` when the file
+/// cannot be read or is not a YAML mapping.
+pub fn load_file_lenient(path: &Path, env: &dyn EnvSource) -> (Option<Config>, Vec<Diagnostic>) {
+    match std::fs::read_to_string(path) {
+        Ok(text) => validate::load_lenient(&text, env),
+        Err(e) => (
+            None,
+            vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))],
+        ),
+    }
+}
+
 /// `--strict`: warnings become errors.
 pub fn strict(diagnostics: &mut [Diagnostic]) {
     for d in diagnostics {

@@ -231,19 +231,30 @@ const KNOWN_GENERAL_SETTINGS: &[&str] = &[
 ];
 
 pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
+    match load_lenient(text, base_env) {
+        (Some(config), diagnostics) if !diagnostics.iter().any(Diagnostic::is_error) => {
+            Ok(Loaded { config, diagnostics })
+        }
+        (_, diagnostics) => Err(diagnostics),
+    }
+}
+
+/// Load what can be loaded: entries with errors are left out of the config and reported.
+/// `None` only when the text is not a YAML mapping at all.
+pub(crate) fn load_lenient(text: &str, base_env: &dyn EnvSource) -> (Option<Config>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut root = match parse_yaml(text) {
         Ok(v) => v,
-        Err(d) => return Err(vec![d]),
+        Err(d) => return (None, vec![d]),
     };
     let map = match &mut root {
         Value::Null => Map::new(),
         Value::Object(m) => std::mem::take(m),
         _ => {
-            return Err(vec![Diagnostic::error(
-                "",
-                "the configuration must be a YAML mapping",
-            )])
+            return (
+                None,
+                vec![Diagnostic::error("", "the configuration must be a YAML mapping")],
+            )
         }
     };
 
@@ -275,13 +286,7 @@ pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<D
     }
 
     config.environment_variables = file_vars;
-    if diags.iter().any(Diagnostic::is_error) {
-        return Err(diags);
-    }
-    Ok(Loaded {
-        config,
-        diagnostics: diags,
-    })
+    (Some(config), diags)
 }
 
 fn parse_yaml(text: &str) -> Result<Value, Diagnostic> {

@@ -2,17 +2,18 @@
 //! (swapped atomically on reload) and runs requests through the same path the HTTP server uses:
 //! validate → route → translate → send → relay.
 //!
-//! ```no_run
-//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! ```
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
 //! use llmux::types::openai::{ChatCompletionRequest, ChatMessage};
 //! let client = llmux::Client::from_yaml(
-//!     "model_list: [{model_name: demo, litellm_params: {model: mock/demo}}]",
+//!     "model_list: [{model_name: demo, litellm_params: {model: mock/demo, mock_response: pong}}]",
 //! )?;
 //! let response = client
-//!     .chat(&ChatCompletionRequest::new("demo", vec![ChatMessage::user("hello")]))
+//!     .chat(&ChatCompletionRequest::new("demo", vec![ChatMessage::user("ping")]))
 //!     .await?;
-//! println!("{}", response.text());
-//! # Ok(()) }
+//! assert_eq!(response.text(), "pong");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! # }).unwrap();
 //! ```
 
 mod execute;
@@ -223,9 +224,9 @@ fn build_snapshot(
 
 /// Check a configuration the way `serve` would load it, without starting anything: config
 /// diagnostics plus routing-table diagnostics (unknown providers, missing endpoints, ...).
-pub fn check_config(loaded: &llmux_config::Loaded, env: &dyn EnvSource) -> Vec<Diagnostic> {
-    let mut diags = loaded.diagnostics.clone();
-    let _ = Router::build(&loaded.config, env, &mut diags);
+pub fn check_config(config: &Config, env: &dyn EnvSource) -> Vec<Diagnostic> {
+    let mut diags = Vec::new();
+    let _ = Router::build(config, env, &mut diags);
     diags
 }
 

@@ -54,6 +54,24 @@ impl Client {
     }
 
     /// A streamed chat completion: chunks as the upstream produces them.
+    ///
+    /// ```
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// use futures_util::StreamExt;
+    /// use llmux::types::openai::{ChatCompletionRequest, ChatMessage};
+    /// let client = llmux::Client::from_yaml(
+    ///     "model_list: [{model_name: demo, litellm_params: {model: mock/demo, mock_response: a b c}}]",
+    /// )?;
+    /// let request = ChatCompletionRequest::new("demo", vec![ChatMessage::user("hi")]);
+    /// let mut stream = client.chat_stream(&request).await?;
+    /// let mut text = String::new();
+    /// while let Some(chunk) = stream.next().await {
+    ///     text.push_str(chunk?.choices[0].delta.content.as_deref().unwrap_or(""));
+    /// }
+    /// assert_eq!(text, "a b c");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// # }).unwrap();
+    /// ```
     pub async fn chat_stream(
         &self,
         request: &ChatCompletionRequest,

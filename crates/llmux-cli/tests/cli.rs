@@ -9,7 +9,10 @@ use std::time::{Duration, Instant};
 const BIN: &str = env!("CARGO_BIN_EXE_llmux");
 
 fn shared(path: &str) -> String {
-    format!("{}/../../../shared/fixtures/configs/{path}", env!("CARGO_MANIFEST_DIR"))
+    format!(
+        "{}/../../../shared/fixtures/configs/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    )
 }
 
 fn write_config(text: &str) -> tempfile::NamedTempFile {
@@ -22,19 +25,35 @@ fn write_config(text: &str) -> tempfile::NamedTempFile {
 fn version_is_printed() {
     let out = Command::new(BIN).arg("--version").output().unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("llmux {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("llmux {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
 fn config_check_accepts_the_litellm_fixtures() {
-    for name in ["litellm-azure_config.yaml", "litellm-docs-example.yaml", "litellm-load_balancer.yaml"] {
-        let out = Command::new(BIN).args(["config", "check", "--config", &shared(name)]).output().unwrap();
+    for name in [
+        "litellm-azure_config.yaml",
+        "litellm-docs-example.yaml",
+        "litellm-load_balancer.yaml",
+    ] {
+        let out = Command::new(BIN)
+            .args(["config", "check", "--config", &shared(name)])
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{name}: {stderr}");
         assert!(stderr.contains(": ok ("), "{stderr}");
     }
-    let quickstart = format!("{}/../../examples/quickstart.yaml", env!("CARGO_MANIFEST_DIR"));
-    let out = Command::new(BIN).args(["config", "check", "--config", &quickstart]).output().unwrap();
+    let quickstart = format!(
+        "{}/../../examples/quickstart.yaml",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config", &quickstart])
+        .output()
+        .unwrap();
     assert!(out.status.success());
 }
 
@@ -43,24 +62,48 @@ fn config_check_lists_every_problem_with_its_path_and_fails() {
     let file = write_config(
         "model_list:\n  - model_name: a\n    litellm_params: {model: openai/x, api_base: nope}\n  - model_name: b\n    litellm_params: {model: y, custom_llm_provider: frobnicator}\n",
     );
-    let out = Command::new(BIN).args(["config", "check", "--config"]).arg(file.path()).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("error: model_list[0].litellm_params.api_base"), "{stderr}");
-    assert!(stderr.contains("error: model_list[1].litellm_params.model: unknown provider `frobnicator`"), "{stderr}");
+    assert!(
+        stderr.contains("error: model_list[0].litellm_params.api_base"),
+        "{stderr}"
+    );
+    assert!(
+        stderr
+            .contains("error: model_list[1].litellm_params.model: unknown provider `frobnicator`"),
+        "{stderr}"
+    );
     assert!(stderr.contains("2 error(s)"), "{stderr}");
 
-    let out = Command::new(BIN).args(["config", "check", "--config", "/nonexistent.yaml"]).output().unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "--config", "/nonexistent.yaml"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
 
 #[test]
 fn strict_turns_warnings_into_errors() {
-    let file = write_config("model_list: [{model_name: a, litellm_params: {model: mock/a}}]\nsurprise: 1\n");
-    let ok = Command::new(BIN).args(["config", "check", "--config"]).arg(file.path()).output().unwrap();
+    let file = write_config(
+        "model_list: [{model_name: a, litellm_params: {model: mock/a}}]\nsurprise: 1\n",
+    );
+    let ok = Command::new(BIN)
+        .args(["config", "check", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
     assert!(ok.status.success());
     assert!(String::from_utf8_lossy(&ok.stderr).contains("warning: surprise"));
-    let strict = Command::new(BIN).args(["config", "check", "--strict", "--config"]).arg(file.path()).output().unwrap();
+    let strict = Command::new(BIN)
+        .args(["config", "check", "--strict", "--config"])
+        .arg(file.path())
+        .output()
+        .unwrap();
     assert_eq!(strict.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&strict.stderr).contains("error: surprise"));
 }
@@ -78,14 +121,25 @@ impl Drop for Server {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 async fn start_server(config: &std::path::Path, extra: &[&str]) -> Server {
     let port = free_port();
     let child = Command::new(BIN)
         .args(extra)
-        .args(["serve", "--host", "127.0.0.1", "--port", &port.to_string(), "--config"])
+        .args([
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--config",
+        ])
         .arg(config)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -113,7 +167,10 @@ async fn mock_upstream() -> String {
 }
 
 fn sigterm(child: &Child) {
-    let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
     assert!(status.success());
 }
 
@@ -140,7 +197,12 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         "mock_options": {"chunks": 40, "chunk_delay_ms": 25}
     });
     let http = reqwest::Client::new();
-    let mut response = http.post(format!("{}/v1/chat/completions", server.url)).json(&body).send().await.unwrap();
+    let mut response = http
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     let first = response.chunk().await.unwrap().unwrap();
     assert!(first.starts_with(b"data: "));
@@ -151,7 +213,10 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
         rest.extend_from_slice(&chunk);
     }
     let rest = String::from_utf8(rest).unwrap();
-    assert!(rest.ends_with("data: [DONE]\n\n"), "the in-flight stream finished: {rest:?}");
+    assert!(
+        rest.ends_with("data: [DONE]\n\n"),
+        "the in-flight stream finished: {rest:?}"
+    );
     let status = wait_exit(&mut server.child, Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 
@@ -160,8 +225,12 @@ async fn sigterm_drains_in_flight_streams_then_exits() {
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
     assert!(!lines.is_empty());
     for line in &lines {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
-        assert!(v.get("level").is_some() && v.get("message").is_some(), "{line}");
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(
+            v.get("level").is_some() && v.get("message").is_some(),
+            "{line}"
+        );
     }
     assert!(stderr.contains("request finished"), "{stderr}");
     assert!(!stderr.contains("\"k\""), "secrets stay out of logs");
@@ -178,13 +247,23 @@ async fn drain_timeout_bounds_the_shutdown() {
         "model": "m", "stream": true, "messages": [{"role": "user", "content": "x"}],
         "mock_options": {"chunks": 10, "stall_after": 1}
     });
-    let mut response = reqwest::Client::new().post(format!("{}/v1/chat/completions", server.url)).json(&body).send().await.unwrap();
+    let mut response = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     response.chunk().await.unwrap().unwrap();
     let started = Instant::now();
     sigterm(&server.child);
     let status = wait_exit(&mut server.child, Duration::from_secs(10));
     assert!(status.success());
-    assert!(started.elapsed() < Duration::from_secs(5), "exited after the drain timeout, not the stream");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "exited after the drain timeout, not the stream"
+    );
     // New connections are refused once the server has stopped.
-    assert!(reqwest::get(format!("{}/health/liveliness", server.url)).await.is_err());
+    assert!(reqwest::get(format!("{}/health/liveliness", server.url))
+        .await
+        .is_err());
 }

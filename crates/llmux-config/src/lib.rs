@@ -117,6 +117,8 @@ pub struct DeploymentConfig {
     pub organization: Option<String>,
     pub timeout: Option<Duration>,
     pub stream_timeout: Option<Duration>,
+    /// Connect limit for this deployment (default: `llmux_settings.connect_timeout`).
+    pub connect_timeout: Option<Duration>,
     pub max_retries: Option<u32>,
     pub rpm: Option<u64>,
     pub tpm: Option<u64>,
@@ -220,7 +222,10 @@ pub fn load_file_lenient(path: &Path, env: &dyn EnvSource) -> (Option<Config>, V
         Ok(text) => validate::load_lenient(&text, env),
         Err(e) => (
             None,
-            vec![Diagnostic::error("", format!("cannot read {}: {e}", path.display()))],
+            vec![Diagnostic::error(
+                "",
+                format!("cannot read {}: {e}", path.display()),
+            )],
         ),
     }
 }

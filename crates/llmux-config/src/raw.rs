@@ -36,6 +36,9 @@ pub(crate) struct RawLitellmParams {
     pub timeout: Option<f64>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub stream_timeout: Option<f64>,
+    /// llmux extension: TCP + TLS connect limit for this deployment.
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub connect_timeout: Option<f64>,
     #[serde(default, deserialize_with = "opt_u32")]
     pub max_retries: Option<u32>,
     #[serde(default, deserialize_with = "opt_u64")]

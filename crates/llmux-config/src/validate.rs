@@ -233,7 +233,10 @@ const KNOWN_GENERAL_SETTINGS: &[&str] = &[
 pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<Diagnostic>> {
     match load_lenient(text, base_env) {
         (Some(config), diagnostics) if !diagnostics.iter().any(Diagnostic::is_error) => {
-            Ok(Loaded { config, diagnostics })
+            Ok(Loaded {
+                config,
+                diagnostics,
+            })
         }
         (_, diagnostics) => Err(diagnostics),
     }
@@ -241,7 +244,10 @@ pub(crate) fn load(text: &str, base_env: &dyn EnvSource) -> Result<Loaded, Vec<D
 
 /// Load what can be loaded: entries with errors are left out of the config and reported.
 /// `None` only when the text is not a YAML mapping at all.
-pub(crate) fn load_lenient(text: &str, base_env: &dyn EnvSource) -> (Option<Config>, Vec<Diagnostic>) {
+pub(crate) fn load_lenient(
+    text: &str,
+    base_env: &dyn EnvSource,
+) -> (Option<Config>, Vec<Diagnostic>) {
     let mut diags = Vec::new();
     let mut root = match parse_yaml(text) {
         Ok(v) => v,
@@ -253,7 +259,10 @@ pub(crate) fn load_lenient(text: &str, base_env: &dyn EnvSource) -> (Option<Conf
         _ => {
             return (
                 None,
-                vec![Diagnostic::error("", "the configuration must be a YAML mapping")],
+                vec![Diagnostic::error(
+                    "",
+                    "the configuration must be a YAML mapping",
+                )],
             )
         }
     };
@@ -495,6 +504,7 @@ fn deployment(
         organization,
         timeout,
         stream_timeout,
+        connect_timeout,
         max_retries,
         rpm,
         tpm,
@@ -554,6 +564,11 @@ fn deployment(
         &format!("{params_path}.stream_timeout"),
         diags,
     );
+    let connect_timeout = seconds(
+        connect_timeout,
+        &format!("{params_path}.connect_timeout"),
+        diags,
+    );
 
     let mut headers = Vec::new();
     for (name, value) in extra_headers.unwrap_or_default() {
@@ -602,6 +617,7 @@ fn deployment(
         organization,
         timeout,
         stream_timeout,
+        connect_timeout,
         max_retries,
         rpm: rpm.or(raw.rpm),
         tpm: tpm.or(raw.tpm),

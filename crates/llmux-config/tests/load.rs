@@ -1,5 +1,7 @@
 //! Loading real LiteLLM configs and the diagnostics a user sees for mistakes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -117,7 +119,7 @@ environment_variables:
   MY_BASE: http://127.0.0.1:9
 model_list:
   - model_name: m
-    litellm_params: {model: openai/x, api_base: os.environ/MY_BASE, temperature: 0.2, max_tokens: 7, vertex_project: p}
+    litellm_params: {model: openai/x, api_base: os.environ/MY_BASE, temperature: 0.2, max_tokens: 7, vertex_project: p, connect_timeout: 2}
 "#;
     let loaded = load_str(text, &env(&[])).unwrap();
     let d = &loaded.config.deployments[0];
@@ -125,6 +127,8 @@ model_list:
     assert_eq!(d.request_defaults["temperature"], 0.2);
     assert_eq!(d.request_defaults["max_tokens"], 7);
     assert_eq!(d.provider_params["vertex_project"], "p");
+    assert_eq!(d.connect_timeout, Some(Duration::from_secs(2)));
+    assert!(!d.provider_params.contains_key("connect_timeout"));
 }
 
 #[test]

@@ -1,5 +1,7 @@
 //! End-to-end tests of the gateway against the real mock upstream over TCP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
@@ -679,4 +681,34 @@ async fn concurrent_requests_all_succeed() {
         t.await.unwrap();
     }
     assert_eq!(h.stat("requests"), 200);
+}
+
+#[tokio::test]
+async fn a_slow_reader_applies_backpressure_to_the_upstream() {
+    let h = start(BASIC).await;
+    // ~25 MB of events: far more than socket buffers hold, so if the gateway buffered the stream
+    // instead of pulling it at the client's pace, the mock would finish while we sit idle.
+    let mut r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({
+                "model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "x"}],
+                "mock_options": {"chunks": 120000}
+            }),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    r.chunk().await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        h.stat("streams_completed"),
+        0,
+        "the upstream ran ahead of the client"
+    );
+    drop(r);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while h.stat("streams_cancelled") == 0 {
+        assert!(std::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }

@@ -31,10 +31,18 @@ model_list:
     }
     eprintln!("stream: {streamed}");
 
-    let embeddings = client.embeddings(&EmbeddingRequest::new("demo", EmbeddingInput::Text("hello".into()))).await?;
-    eprintln!("embedding dimensions: {}", match &embeddings.data[0].embedding {
-        llmux::types::openai::EmbeddingVector::Float(v) => v.len(),
-        llmux::types::openai::EmbeddingVector::Base64(_) => 0,
-    });
+    let embeddings = client
+        .embeddings(&EmbeddingRequest::new(
+            "demo",
+            EmbeddingInput::Text("hello".into()),
+        ))
+        .await?;
+    eprintln!(
+        "embedding dimensions: {}",
+        match &embeddings.data[0].embedding {
+            llmux::types::openai::EmbeddingVector::Float(v) => v.len(),
+            llmux::types::openai::EmbeddingVector::Base64(_) => 0,
+        }
+    );
     Ok(())
 }

@@ -101,7 +101,6 @@ impl Trace {
 }
 
 pub(crate) async fn execute(
-    http: &HttpClient,
     logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
     op: Operation,
@@ -118,7 +117,7 @@ pub(crate) async fn execute(
         deployment_id: None,
         provider: None,
     };
-    let result = execute_traced(http, logs, snapshot, body, &mut trace).await;
+    let result = execute_traced(logs, snapshot, body, &mut trace).await;
     if let Err(e) = &result {
         logs.emit(trace.log(
             e.status,
@@ -133,7 +132,6 @@ pub(crate) async fn execute(
 }
 
 async fn execute_traced(
-    http: &HttpClient,
     logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
     body: Bytes,
@@ -171,6 +169,7 @@ async fn execute_traced(
             .with_code("unsupported_operation")
     })?;
     let deployment = Arc::clone(router.deployment(index));
+    let http = &snapshot.clients[index];
     trace.deployment_id = Some(deployment.id.clone());
     trace.provider = Some(deployment.provider);
     let ctx = RequestContext {

@@ -45,6 +45,9 @@ pub use typed::ChatStream;
 pub struct Snapshot {
     pub config: Config,
     pub router: Router,
+    /// The HTTP client of each deployment (same index as `router.deployments()`); deployments
+    /// with the same connect timeout share one pool.
+    clients: Vec<upstream::HttpClient>,
 }
 
 /// Errors that prevent building a client: every diagnostic, at least one of them an error.
@@ -110,7 +113,7 @@ mod rand_like {
 
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
-    http: upstream::HttpClient,
+    clients: upstream::ClientPool,
     logs: log::LogEmitter,
 }
 
@@ -139,17 +142,19 @@ impl Client {
         config: Config,
         env: &dyn EnvSource,
     ) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
-        let (snapshot, diags) = build_snapshot(config, env)?;
-        let http = upstream::HttpClient::new(snapshot.config.connect_timeout)
-            .map_err(|e| ConfigErrors(vec![Diagnostic::error("", e.message().to_owned())]))?;
-        let client = Client {
-            inner: Arc::new(Inner {
-                snapshot: ArcSwap::from_pointee(snapshot),
-                http,
-                logs: log::LogEmitter::new(),
-            }),
+        let clients = upstream::ClientPool::default();
+        let (snapshot, diags) = build_snapshot(config, env, &clients)?;
+        let inner = Inner {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            clients,
+            logs: log::LogEmitter::new(),
         };
-        Ok((client, diags))
+        Ok((
+            Client {
+                inner: Arc::new(inner),
+            },
+            diags,
+        ))
     }
 
     /// Build from LiteLLM-style YAML text (warnings are logged).
@@ -179,7 +184,7 @@ impl Client {
 
     /// Swap in a new configuration atomically; in-flight requests finish on the old one.
     pub fn reload(&self, config: Config) -> Result<Vec<Diagnostic>, ConfigErrors> {
-        let (snapshot, diags) = build_snapshot(config, &ProcessEnv)?;
+        let (snapshot, diags) = build_snapshot(config, &ProcessEnv, &self.inner.clients)?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
     }
@@ -192,15 +197,7 @@ impl Client {
         options: RequestOptions,
     ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = self.snapshot();
-        execute::execute(
-            &self.inner.http,
-            &self.inner.logs,
-            snapshot,
-            op,
-            body,
-            options,
-        )
-        .await
+        execute::execute(&self.inner.logs, snapshot, op, body, options).await
     }
 
     /// Every finished request's log record, for sinks and tests. Records are dropped for a
@@ -213,13 +210,27 @@ impl Client {
 fn build_snapshot(
     config: Config,
     env: &dyn EnvSource,
+    pool: &upstream::ClientPool,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
     let router = Router::build(&config, env, &mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ConfigErrors(diags));
     }
-    Ok((Snapshot { config, router }, diags))
+    let clients = router
+        .deployments()
+        .iter()
+        .map(|d| pool.get(d.config.connect_timeout.unwrap_or(config.connect_timeout)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConfigErrors(vec![Diagnostic::error("", e.message().to_owned())]))?;
+    Ok((
+        Snapshot {
+            config,
+            router,
+            clients,
+        },
+        diags,
+    ))
 }
 
 /// Check a configuration the way `serve` would load it, without starting anything: config

@@ -53,6 +53,27 @@ impl HttpClient {
     }
 }
 
+/// HTTP clients by connect timeout, reused across reloads so connection pools stay warm.
+#[derive(Debug, Default)]
+pub(crate) struct ClientPool {
+    clients: std::sync::Mutex<std::collections::HashMap<Duration, HttpClient>>,
+}
+
+impl ClientPool {
+    pub(crate) fn get(&self, connect_timeout: Duration) -> Result<HttpClient, GatewayError> {
+        let mut clients = self
+            .clients
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(client) = clients.get(&connect_timeout) {
+            return Ok(client.clone());
+        }
+        let client = HttpClient::new(connect_timeout)?;
+        clients.insert(connect_timeout, client.clone());
+        Ok(client)
+    }
+}
+
 /// Classify a transport failure (no HTTP response, or a broken body).
 pub(crate) fn transport_error(e: &reqwest::Error) -> GatewayError {
     let detail = error_chain(e);

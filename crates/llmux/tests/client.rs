@@ -1,11 +1,15 @@
 //! The library API (`llmux::Client`) in-process: typed chat, streaming, embeddings, errors and
 //! reload, against the in-process mock provider and the real mock upstream over HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use llmux::types::openai::{ChatCompletionRequest, ChatMessage, EmbeddingInput, EmbeddingRequest, EmbeddingVector};
+use llmux::types::openai::{
+    ChatCompletionRequest, ChatMessage, EmbeddingInput, EmbeddingRequest, EmbeddingVector,
+};
 use llmux::{Client, ErrorKind, Outcome};
 
 async fn mock_upstream() -> String {
@@ -35,21 +39,42 @@ model_list:
 #[tokio::test]
 async fn typed_chat_in_process_and_over_http() {
     let client = client().await;
-    let local = client.chat(&ChatCompletionRequest::new("local", vec![ChatMessage::user("q")])).await.unwrap();
+    let local = client
+        .chat(&ChatCompletionRequest::new(
+            "local",
+            vec![ChatMessage::user("q")],
+        ))
+        .await
+        .unwrap();
     assert_eq!(local.text(), "the answer is 42");
     assert_eq!(local.choices[0].finish_reason.as_deref(), Some("stop"));
-    let remote = client.chat(&ChatCompletionRequest::new("remote", vec![ChatMessage::user("q")])).await.unwrap();
+    let remote = client
+        .chat(&ChatCompletionRequest::new(
+            "remote",
+            vec![ChatMessage::user("q")],
+        ))
+        .await
+        .unwrap();
     assert_eq!(remote.model, "remote-model");
     assert!(remote.text().starts_with("tok0 tok1"));
     assert!(remote.usage.unwrap().total_tokens > 0);
-    assert_eq!(remote.extra["x_mock_extra"]["kept"], true, "unknown response fields are kept");
+    assert_eq!(
+        remote.extra["x_mock_extra"]["kept"], true,
+        "unknown response fields are kept"
+    );
 }
 
 #[tokio::test]
 async fn typed_streams_yield_chunks_in_order() {
     let client = client().await;
     for model in ["local", "remote"] {
-        let mut stream = client.chat_stream(&ChatCompletionRequest::new(model, vec![ChatMessage::user("q")])).await.unwrap();
+        let mut stream = client
+            .chat_stream(&ChatCompletionRequest::new(
+                model,
+                vec![ChatMessage::user("q")],
+            ))
+            .await
+            .unwrap();
         let mut text = String::new();
         let mut finish = None;
         while let Some(chunk) = stream.next().await {
@@ -68,7 +93,10 @@ async fn typed_streams_yield_chunks_in_order() {
 async fn stream_error_events_surface_as_errors() {
     let client = client().await;
     let mut request = ChatCompletionRequest::new("remote", vec![ChatMessage::user("q")]);
-    request.extra.insert("mock_options".into(), serde_json::json!({"error_event_after": 2}));
+    request.extra.insert(
+        "mock_options".into(),
+        serde_json::json!({"error_event_after": 2}),
+    );
     let mut stream = client.chat_stream(&request).await.unwrap();
     let mut results = Vec::new();
     while let Some(item) = stream.next().await {
@@ -90,14 +118,19 @@ async fn embeddings_in_every_input_shape() {
         EmbeddingInput::TokenArrays(vec![vec![1], vec![2], vec![3]]),
     ] {
         for model in ["local", "remote"] {
-            let response = client.embeddings(&EmbeddingRequest::new(model, input.clone())).await.unwrap();
+            let response = client
+                .embeddings(&EmbeddingRequest::new(model, input.clone()))
+                .await
+                .unwrap();
             let expected = match &input {
                 EmbeddingInput::Texts(v) => v.len(),
                 EmbeddingInput::TokenArrays(v) => v.len(),
                 _ => 1,
             };
             assert_eq!(response.data.len(), expected, "{model} {input:?}");
-            assert!(matches!(response.data[0].embedding, EmbeddingVector::Float(ref v) if !v.is_empty()));
+            assert!(
+                matches!(response.data[0].embedding, EmbeddingVector::Float(ref v) if !v.is_empty())
+            );
         }
     }
 }
@@ -106,16 +139,27 @@ async fn embeddings_in_every_input_shape() {
 async fn errors_are_typed_and_logged() {
     let client = client().await;
     let mut logs = client.subscribe();
-    let error = client.chat(&ChatCompletionRequest::new("missing", vec![ChatMessage::user("q")])).await.unwrap_err();
+    let error = client
+        .chat(&ChatCompletionRequest::new(
+            "missing",
+            vec![ChatMessage::user("q")],
+        ))
+        .await
+        .unwrap_err();
     assert_eq!(error.kind, ErrorKind::NotFound);
     assert_eq!(error.status, 404);
     assert_eq!(error.body.code.as_deref(), Some("model_not_found"));
-    let log = tokio::time::timeout(Duration::from_secs(2), logs.recv()).await.unwrap().unwrap();
+    let log = tokio::time::timeout(Duration::from_secs(2), logs.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(log.outcome, Outcome::Failed(ErrorKind::NotFound));
     assert_eq!(log.requested_model, "missing");
 
     let mut request = ChatCompletionRequest::new("remote", vec![ChatMessage::user("q")]);
-    request.extra.insert("mock_options".into(), serde_json::json!({"status": 429}));
+    request
+        .extra
+        .insert("mock_options".into(), serde_json::json!({"status": 429}));
     let error = client.chat(&request).await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::RateLimited);
     assert_eq!(error.status, 429);
@@ -125,19 +169,43 @@ async fn errors_are_typed_and_logged() {
 async fn reload_swaps_the_model_list_and_in_flight_streams_finish() {
     let client = client().await;
     let mut request = ChatCompletionRequest::new("remote", vec![ChatMessage::user("q")]);
-    request.extra.insert("mock_options".into(), serde_json::json!({"chunks": 30, "chunk_delay_ms": 5}));
+    request.extra.insert(
+        "mock_options".into(),
+        serde_json::json!({"chunks": 30, "chunk_delay_ms": 5}),
+    );
     let mut stream = client.chat_stream(&request).await.unwrap();
 
     let env: HashMap<String, String> = HashMap::new();
-    let loaded = llmux::config::load_str("model_list: [{model_name: fresh, litellm_params: {model: mock/fresh}}]", &env).unwrap();
+    let loaded = llmux::config::load_str(
+        "model_list: [{model_name: fresh, litellm_params: {model: mock/fresh}}]",
+        &env,
+    )
+    .unwrap();
     client.reload(loaded.config).unwrap();
-    assert_eq!(client.models().data.iter().map(|m| m.id.as_str()).collect::<Vec<_>>(), vec!["fresh"]);
-    assert!(client.chat(&ChatCompletionRequest::new("remote", vec![ChatMessage::user("q")])).await.is_err());
+    assert_eq!(
+        client
+            .models()
+            .data
+            .iter()
+            .map(|m| m.id.as_str())
+            .collect::<Vec<_>>(),
+        vec!["fresh"]
+    );
+    assert!(client
+        .chat(&ChatCompletionRequest::new(
+            "remote",
+            vec![ChatMessage::user("q")]
+        ))
+        .await
+        .is_err());
 
     let mut chunks = 0;
     while let Some(chunk) = stream.next().await {
         chunk.unwrap();
         chunks += 1;
     }
-    assert!(chunks >= 30, "the stream that started before the reload completed");
+    assert!(
+        chunks >= 30,
+        "the stream that started before the reload completed"
+    );
 }

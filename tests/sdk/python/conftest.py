@@ -1,0 +1,81 @@
+"""Starts llmux-mock and llmux (the real binaries) on free ports for the SDK conformance tests.
+
+Binaries come from LLMUX_BIN / LLMUX_MOCK_BIN, else from the cargo target directory.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[3]
+MASTER_KEY = "sk-llmux-test"
+
+
+def _binary(env_name: str, name: str) -> str:
+    if os.environ.get(env_name):
+        return os.environ[env_name]
+    target = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+    return str(target / "debug" / name)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_ready(url: str, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 20
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if r.status == 200:
+                    return
+        except Exception:
+            time.sleep(0.05)
+    raise RuntimeError(f"{url} did not become ready")
+
+
+@pytest.fixture(scope="session")
+def gateway():
+    mock_port, port = _free_port(), _free_port()
+    mock = subprocess.Popen([_binary("LLMUX_MOCK_BIN", "llmux-mock"), "--port", str(mock_port)],
+                            stderr=subprocess.DEVNULL)
+    upstream = f"http://127.0.0.1:{mock_port}/v1"
+    config = {
+        "model_list": [
+            {"model_name": "gpt-test", "litellm_params": {"model": "openai/mock-gpt", "api_base": upstream, "api_key": "sk-up"}},
+            {"model_name": "embed", "litellm_params": {"model": "openai/mock-embed", "api_base": upstream, "api_key": "sk-up"}},
+            {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
+            {"model_name": "dead", "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}},
+        ],
+        "general_settings": {"master_key": MASTER_KEY},
+    }
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        json.dump(config, f)  # JSON is YAML
+        config_path = f.name
+    server = subprocess.Popen(
+        [_binary("LLMUX_BIN", "llmux"), "serve", "--host", "127.0.0.1", "--port", str(port), "--config", config_path],
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_ready(f"http://127.0.0.1:{mock_port}/v1/models", mock)
+        _wait_ready(f"http://127.0.0.1:{port}/health/readiness", server)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        for p in (server, mock):
+            p.terminate()
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        os.unlink(config_path)

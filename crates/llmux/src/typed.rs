@@ -32,6 +32,19 @@ fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, GatewayError> {
 }
 
 impl Client {
+    /// Run a request that must answer with JSON, decoded into `T`.
+    async fn execute_json<T: DeserializeOwned>(
+        &self,
+        op: Operation,
+        body: Bytes,
+    ) -> Result<T, GatewayError> {
+        let response = self.execute(op, body, RequestOptions::default()).await?;
+        match response.body {
+            ResponseBody::Json(body) => decode(&body),
+            ResponseBody::Stream(_) => Err(GatewayError::internal("expected a JSON response")),
+        }
+    }
+
     /// A chat completion (non-streaming; `stream` is forced off).
     pub async fn chat(
         &self,
@@ -40,17 +53,7 @@ impl Client {
         let mut request = request.clone();
         request.stream = None;
         request.stream_options = None;
-        let response = self
-            .execute(
-                Operation::Chat,
-                encode(&request)?,
-                RequestOptions::default(),
-            )
-            .await?;
-        match response.body {
-            ResponseBody::Json(body) => decode(&body),
-            ResponseBody::Stream(_) => Err(GatewayError::internal("expected a JSON response")),
-        }
+        self.execute_json(Operation::Chat, encode(&request)?).await
     }
 
     /// A streamed chat completion: chunks as the upstream produces them.
@@ -100,17 +103,8 @@ impl Client {
         &self,
         request: &EmbeddingRequest,
     ) -> Result<EmbeddingResponse, GatewayError> {
-        let response = self
-            .execute(
-                Operation::Embeddings,
-                encode(request)?,
-                RequestOptions::default(),
-            )
-            .await?;
-        match response.body {
-            ResponseBody::Json(body) => decode(&body),
-            ResponseBody::Stream(_) => Err(GatewayError::internal("expected a JSON response")),
-        }
+        self.execute_json(Operation::Embeddings, encode(request)?)
+            .await
     }
 
     /// The model groups clients can ask for, as `/v1/models` lists them.

@@ -7,6 +7,7 @@
 mod env;
 mod lenient;
 mod raw;
+pub mod router;
 mod validate;
 
 use std::fmt;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use env::{EnvSource, ProcessEnv};
+pub use router::{RecoveryMode, RouterSettings, StrategyKind, StreamRecovery};
 pub use validate::{OPENAI_REQUEST_PARAMS, PROVIDER_SPECIFIC_PARAMS};
 
 /// How serious a configuration problem is.
@@ -155,8 +157,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `llmux_settings.connect_timeout`: TCP + TLS connect limit for upstreams.
     pub connect_timeout: Duration,
-    /// `router_settings` as written, for the router to interpret.
-    pub router_settings: Map<String, Value>,
+    /// `router_settings`, with the router keys LiteLLM also reads from `litellm_settings`.
+    pub router: RouterSettings,
     /// Variables from `environment_variables:`, overlaid on the process environment.
     pub environment_variables: Vec<(String, String)>,
 }
@@ -171,7 +173,7 @@ impl Default for Config {
             max_request_body_bytes: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
-            router_settings: Map::new(),
+            router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }
     }

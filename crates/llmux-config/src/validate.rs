@@ -268,6 +268,8 @@ pub(crate) fn load_lenient(
     };
 
     let mut config = Config::default();
+    let mut raw_router = Map::new();
+    let mut litellm_router = Map::new();
 
     // environment_variables first: the rest of the file may refer to them.
     let file_vars = match map.get("environment_variables") {
@@ -286,14 +288,21 @@ pub(crate) fn load_lenient(
         resolve(&mut value, &overlay, &key, &mut diags);
         match key.as_str() {
             "model_list" => model_list(value, &mut config, &mut diags),
-            "litellm_settings" => litellm_settings(value, &mut config, &mut diags),
+            "litellm_settings" => {
+                litellm_settings(value, &mut config, &mut litellm_router, &mut diags)
+            }
             "general_settings" => general_settings(value, &mut config, &mut diags),
-            "router_settings" => router_settings(value, &mut config, &mut diags),
+            "router_settings" => router_settings(value, &mut raw_router, &mut diags),
             "llmux_settings" => llmux_settings(value, &mut config, &mut diags),
             _ => diags.push(unsupported(&key, KNOWN_TOP_LEVEL, &key)),
         }
     }
 
+    // LiteLLM reads some router keys from litellm_settings too; router_settings wins.
+    for (key, value) in litellm_router {
+        raw_router.entry(key).or_insert(value);
+    }
+    config.router = crate::router::parse(&raw_router, &mut diags);
     config.environment_variables = file_vars;
     (Some(config), diags)
 }
@@ -666,19 +675,28 @@ fn model_info(mut map: Map<String, Value>, path: &str, diags: &mut Vec<Diagnosti
     }
 }
 
-fn litellm_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {
-    if value.is_null() {
-        return;
+fn litellm_settings(
+    value: Value,
+    config: &mut Config,
+    router_keys: &mut Map<String, Value>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let mut value = match value {
+        Value::Null => return,
+        v => v,
+    };
+    if let Value::Object(map) = &mut value {
+        for key in crate::router::LITELLM_SETTINGS_ROUTER_KEYS {
+            if let Some(v) = map.remove(*key) {
+                router_keys.insert((*key).to_owned(), v);
+            }
+        }
     }
     let (raw, ignored) = deserialize_at::<RawLitellmSettings>(value, "litellm_settings", diags);
     report_ignored("litellm_settings", KNOWN_LITELLM_SETTINGS, ignored, diags);
     if let Some(raw) = raw {
         config.drop_params = raw.drop_params.unwrap_or(false);
-        if let Some(t) = seconds(
-            raw.request_timeout,
-            "litellm_settings.request_timeout",
-            diags,
-        ) {
+        if let Some(t) = seconds(raw.request_timeout, "litellm_settings.request_timeout", diags) {
             config.request_timeout = t;
         }
     }
@@ -706,32 +724,12 @@ fn general_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
     }
 }
 
-fn router_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {
-    let map = match value {
-        Value::Null => return,
-        Value::Object(map) => map,
-        _ => {
-            diags.push(Diagnostic::error("router_settings", "expected a mapping"));
-            return;
-        }
-    };
-    for (key, value) in &map {
-        let path = format!("router_settings.{key}");
-        if key == "routing_strategy" {
-            if value.as_str() != Some("simple-shuffle") {
-                diags.push(Diagnostic::warning(
-                    path,
-                    format!("routing strategy {value} is not supported yet; simple-shuffle (weighted random) is used"),
-                ));
-            }
-            continue;
-        }
-        diags.push(Diagnostic::warning(
-            path,
-            format!("`{key}` is a LiteLLM router setting llmux does not support yet; ignored"),
-        ));
+fn router_settings(value: Value, raw_router: &mut Map<String, Value>, diags: &mut Vec<Diagnostic>) {
+    match value {
+        Value::Null => {}
+        Value::Object(map) => raw_router.extend(map),
+        _ => diags.push(Diagnostic::error("router_settings", "expected a mapping")),
     }
-    config.router_settings = map;
 }
 
 fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>) {

@@ -1,16 +1,26 @@
 //! Deployments and model groups: builds them from the configuration, matches a requested model
-//! name (exact, then the most specific wildcard), and picks a deployment (weighted random within
-//! the best `order` tier). The router issue replaces the pick with full strategies and health.
+//! name (alias, exact group, then the most specific wildcard), and selects a deployment: filter
+//! (operation, tags, context window, health, limits), tier by `order`, rank by the strategy, and
+//! claim it (in-flight slot, half-open probe). Runtime state lives in a `StatsStore`.
+
+pub mod stats;
+pub mod strategy;
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource, PROVIDER_SPECIFIC_PARAMS};
+use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource, RouterSettings, StrategyKind, PROVIDER_SPECIFIC_PARAMS};
 use llmux_providers::registry::{self, ResolvedProvider};
 use llmux_providers::{HttpTarget, Operation, Provider};
-use rand::Rng;
 use serde_json::Value;
+
+pub use stats::{Availability, DeploymentStats, HealthSnapshot, InMemoryStats, StatsStore};
+use strategy::CandidateView;
+
+/// `litellm_params` the router itself reads (so they are not reported as unused).
+const ROUTER_PARAMS: &[&str] = &["tags", "max_parallel_requests", "input_cost_per_token", "output_cost_per_token"];
 
 /// How a deployment is reached.
 pub enum Backend {
@@ -43,6 +53,13 @@ pub struct Deployment {
     pub timeout: Option<Duration>,
     pub stream_timeout: Option<Duration>,
     pub order: u32,
+    /// `litellm_params.tags`, for tag filtering.
+    pub tags: Vec<String>,
+    pub max_parallel_requests: Option<u64>,
+    /// Input + output price per token (`litellm_params` or `model_info`), for cost routing.
+    pub cost_per_token: Option<f64>,
+    /// The model name sent upstream (before wildcard substitution), e.g. for tokenizer choice.
+    pub upstream_model: String,
     pub config: DeploymentConfig,
 }
 
@@ -78,6 +95,11 @@ struct Wildcard {
 #[derive(Debug, Default)]
 pub struct Router {
     deployments: Vec<Arc<Deployment>>,
+    /// Runtime state of each deployment (same index), shared with the store across reloads.
+    stats: Vec<Arc<DeploymentStats>>,
+    /// Round-robin counters by group name.
+    counters: HashMap<String, Arc<AtomicU64>>,
+    settings: RouterSettings,
     groups: HashMap<String, Vec<usize>>,
     /// Group names in configuration order, for `/v1/models`.
     group_order: Vec<String>,
@@ -87,15 +109,15 @@ pub struct Router {
 
 impl Router {
     /// Build the routing table. Deployments that cannot be routed are reported and left out.
-    pub fn build(config: &Config, env: &dyn EnvSource, diags: &mut Vec<Diagnostic>) -> Router {
-        let mut router = Router::default();
+    pub fn build(config: &Config, env: &dyn EnvSource, store: &dyn StatsStore, diags: &mut Vec<Diagnostic>) -> Router {
+        let mut router = Router { settings: config.router.clone(), ..Router::default() };
         for dep in &config.deployments {
-            let Some(deployment) = build_deployment(dep, config, env, diags) else {
-                continue;
-            };
+            let Some(deployment) = build_deployment(dep, config, env, diags) else { continue };
             let index = router.deployments.len();
+            router.stats.push(store.deployment(&deployment.id));
             router.deployments.push(Arc::new(deployment));
             let name = dep.model_name.clone();
+            router.counters.entry(name.clone()).or_insert_with(|| store.group_counter(&name));
             if let Some((prefix, suffix)) = name.split_once('*') {
                 match router.wildcards.iter_mut().find(|w| w.pattern == name) {
                     Some(w) => w.members.push(index),
@@ -114,10 +136,42 @@ impl Router {
                 members.push(index);
             }
         }
+        router.wildcards.sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
+        router.check_references(diags);
         router
-            .wildcards
-            .sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
-        router
+    }
+
+    /// Fallback and alias targets must name model groups.
+    fn check_references(&self, diags: &mut Vec<Diagnostic>) {
+        let s = &self.settings;
+        let lists = [("fallbacks", &s.fallbacks), ("context_window_fallbacks", &s.context_window_fallbacks), ("content_policy_fallbacks", &s.content_policy_fallbacks)];
+        for (name, map) in lists {
+            for (from, to) in map {
+                for target in to.iter().chain(std::iter::once(from)) {
+                    if self.route(target).is_none() {
+                        diags.push(Diagnostic::warning(format!("router_settings.{name}.{from}"), format!("`{target}` is not a model group")));
+                    }
+                }
+            }
+        }
+        for target in &s.default_fallbacks {
+            if self.route(target).is_none() {
+                diags.push(Diagnostic::warning("router_settings.default_fallbacks", format!("`{target}` is not a model group")));
+            }
+        }
+        for (alias, target) in &s.model_group_alias {
+            if !self.groups.contains_key(target) && self.wildcard_route(target).is_none() {
+                diags.push(Diagnostic::warning(format!("router_settings.model_group_alias.{alias}"), format!("`{target}` is not a model group")));
+            }
+        }
+    }
+
+    pub fn settings(&self) -> &RouterSettings {
+        &self.settings
+    }
+
+    pub fn stats(&self, index: usize) -> &Arc<DeploymentStats> {
+        &self.stats[index]
     }
 
     pub fn deployments(&self) -> &[Arc<Deployment>] {
@@ -128,24 +182,38 @@ impl Router {
         &self.deployments[index]
     }
 
-    /// Model group names clients can ask for (wildcard groups are not listed).
+    /// Model group names clients can ask for: groups and visible aliases (wildcards are not listed).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
-        self.group_order.iter().map(String::as_str)
+        let mut aliases: Vec<&str> = self
+            .settings
+            .model_group_alias
+            .keys()
+            .filter(|a| !self.settings.hidden_aliases.contains(a) && !self.groups.contains_key(*a))
+            .filter(|a| self.route(a).is_some())
+            .map(String::as_str)
+            .collect();
+        aliases.sort_unstable();
+        self.group_order.iter().map(String::as_str).chain(aliases)
     }
 
     pub fn has_model(&self, name: &str) -> bool {
         self.groups.contains_key(name)
     }
 
-    /// Find the deployments serving `model`: an exact group, else the most specific wildcard.
+    /// Find the deployments serving `model`: an alias's target, an exact group, else the most
+    /// specific wildcard.
     pub fn route<'a>(&'a self, model: &'a str) -> Option<RouteMatch<'a>> {
+        let model = match self.settings.model_group_alias.get_key_value(model) {
+            Some((_, target)) if !self.groups.contains_key(model) => target.as_str(),
+            _ => model,
+        };
         if let Some((name, members)) = self.groups.get_key_value(model) {
-            return Some(RouteMatch {
-                candidates: members,
-                wildcard: None,
-                group: name,
-            });
+            return Some(RouteMatch { candidates: members, wildcard: None, group: name });
         }
+        self.wildcard_route(model)
+    }
+
+    fn wildcard_route<'a>(&'a self, model: &'a str) -> Option<RouteMatch<'a>> {
         self.wildcards.iter().find_map(|w| {
             let matched = model.len() >= w.prefix.len() + w.suffix.len()
                 && model.starts_with(&w.prefix)
@@ -158,44 +226,156 @@ impl Router {
         })
     }
 
-    /// Weighted random pick among the candidates of the best (lowest) `order` tier that support
-    /// `op`. Weights: `weight` if any candidate sets one, else `rpm`, else `tpm`, else equal.
-    pub fn pick(&self, candidates: &[usize], op: Operation) -> Option<usize> {
-        let usable = |i: &&usize| self.deployments[**i].supports(op);
-        let best_order = candidates
-            .iter()
-            .filter(usable)
-            .map(|i| self.deployments[*i].order)
-            .min()?;
-        let tier: Vec<usize> = candidates
-            .iter()
-            .filter(usable)
-            .copied()
-            .filter(|i| self.deployments[*i].order == best_order)
-            .collect();
-        if tier.len() == 1 {
-            return Some(tier[0]);
+    /// Choose a deployment for one attempt and claim it (an in-flight slot, and the half-open
+    /// probe when its cooldown has just ended). The caller must `release` it when done.
+    pub fn select(&self, route: &RouteMatch<'_>, input: &SelectionInput<'_>) -> Result<usize, NoDeployment> {
+        let settings = &self.settings;
+        let supported: Vec<usize> = route.candidates.iter().copied().filter(|i| self.deployments[*i].supports(input.op)).collect();
+        if supported.is_empty() {
+            return Err(NoDeployment::NotSupported);
         }
-        let weights = tier_weights(
-            &tier
+        let tagged = if settings.enable_tag_filtering { filter_tags(&supported, &self.deployments, input.tags) } else { supported };
+        if tagged.is_empty() {
+            return Err(NoDeployment::NoTagMatch);
+        }
+        let fitting: Vec<usize> = match input.prompt_tokens {
+            Some(tokens) => tagged
                 .iter()
-                .map(|i| &self.deployments[*i].config)
-                .collect::<Vec<_>>(),
-        );
-        let total: f64 = weights.iter().sum();
-        let mut rng = rand::rng();
-        if total.is_nan() || total <= 0.0 {
-            return Some(tier[rng.random_range(0..tier.len())]);
+                .copied()
+                .filter(|i| self.deployments[*i].config.model_info.max_input_tokens.is_none_or(|max| tokens <= max))
+                .collect(),
+            None => tagged,
+        };
+        if fitting.is_empty() {
+            return Err(NoDeployment::ContextWindow);
         }
-        let mut point = rng.random_range(0.0..total);
-        for (i, w) in tier.iter().zip(&weights) {
-            if point < *w {
-                return Some(*i);
+        // Prefer deployments this request has not failed on; fall back to them when none is left.
+        let fresh: Vec<usize> = fitting.iter().copied().filter(|i| !input.exclude.contains(i)).collect();
+        let pool = if fresh.iter().any(|i| !matches!(self.stats[*i].availability(), Availability::Cooling(_))) { fresh } else { fitting };
+
+        let mut tiers: Vec<u32> = pool.iter().map(|i| self.deployments[*i].order).collect();
+        tiers.sort_unstable();
+        tiers.dedup();
+        let mut soonest: Option<Duration> = None;
+        let mut all_rate_limited = true;
+        let mut at_capacity = false;
+        let mut over_limits = false;
+        let counter = self.counters.get(route.group).cloned().unwrap_or_default();
+        for tier in tiers {
+            let mut views = Vec::new();
+            for &i in pool.iter().filter(|i| self.deployments[**i].order == tier) {
+                let stats = &self.stats[i];
+                if let Availability::Cooling(left) = stats.availability() {
+                    soonest = Some(soonest.map_or(left, |s| s.min(left)));
+                    all_rate_limited &= stats.last_failure() == Some(llmux_types::ErrorKind::RateLimited);
+                    continue;
+                }
+                let dep = &self.deployments[i];
+                if settings.strategy == StrategyKind::UsageBased && over_usage_limits(dep, stats, input.prompt_tokens) {
+                    over_limits = true;
+                    continue;
+                }
+                let (per_token, ttft) = stats.latency();
+                views.push(CandidateView {
+                    index: i,
+                    weight: 0.0,
+                    in_flight: stats.in_flight(),
+                    latency_ms: if input.stream { ttft.or(per_token) } else { per_token },
+                    tokens_this_minute: stats.minute_usage().1,
+                    cost_per_token: dep.cost_per_token,
+                });
             }
-            point -= w;
+            if views.is_empty() {
+                continue;
+            }
+            let weights = tier_weights(&views.iter().map(|v| &self.deployments[v.index].config).collect::<Vec<_>>());
+            for (view, w) in views.iter_mut().zip(weights) {
+                view.weight = w;
+            }
+            strategy::rank(settings.strategy, &mut views, settings.lowest_latency_buffer, &counter);
+            for view in views {
+                let stats = &self.stats[view.index];
+                let probe = matches!(stats.availability(), Availability::Probe);
+                if probe && !stats.try_acquire_probe() {
+                    continue;
+                }
+                if !stats.try_begin(self.deployments[view.index].max_parallel_requests) {
+                    at_capacity = true;
+                    if probe {
+                        stats.release_probe();
+                    }
+                    continue;
+                }
+                stats.record_request();
+                return Ok(view.index);
+            }
         }
-        tier.last().copied()
+        if at_capacity {
+            return Err(NoDeployment::AtCapacity);
+        }
+        if over_limits {
+            return Err(NoDeployment::OverLimits);
+        }
+        Err(NoDeployment::Cooling { retry_in: soonest.unwrap_or(settings.cooldown_time), rate_limited: all_rate_limited })
     }
+
+    /// Give back what `select` claimed (call once per successful `select`).
+    pub fn release(&self, index: usize) {
+        self.stats[index].end();
+    }
+}
+
+/// Why no deployment could take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoDeployment {
+    /// No deployment of the group supports the operation.
+    NotSupported,
+    /// Tag filtering left nothing.
+    NoTagMatch,
+    /// The prompt is longer than every deployment's `max_input_tokens`.
+    ContextWindow,
+    /// Every deployment is at `max_parallel_requests`.
+    AtCapacity,
+    /// Every deployment is over its rpm/tpm for this minute (usage-based routing).
+    OverLimits,
+    /// Every deployment is cooling down.
+    Cooling { retry_in: Duration, rate_limited: bool },
+}
+
+/// Per-request inputs to selection.
+#[derive(Debug, Clone, Copy)]
+pub struct SelectionInput<'a> {
+    pub op: Operation,
+    pub stream: bool,
+    pub tags: &'a [String],
+    /// Prompt size, when pre-call checks counted it.
+    pub prompt_tokens: Option<u64>,
+    /// Deployments this request already failed on.
+    pub exclude: &'a [usize],
+}
+
+/// LiteLLM's tag routing: a tagged request goes to deployments sharing a tag, else to `default`
+/// ones; an untagged request goes to `default` deployments when there are any, else anywhere.
+fn filter_tags(candidates: &[usize], deployments: &[Arc<Deployment>], tags: &[String]) -> Vec<usize> {
+    let has = |i: &usize, tag: &str| deployments[*i].tags.iter().any(|t| t == tag);
+    if !tags.is_empty() {
+        let matching: Vec<usize> = candidates.iter().copied().filter(|i| tags.iter().any(|t| has(i, t))).collect();
+        if !matching.is_empty() {
+            return matching;
+        }
+        return candidates.iter().copied().filter(|i| has(i, "default")).collect();
+    }
+    let defaults: Vec<usize> = candidates.iter().copied().filter(|i| has(i, "default")).collect();
+    if defaults.is_empty() {
+        candidates.to_vec()
+    } else {
+        defaults
+    }
+}
+
+fn over_usage_limits(dep: &Deployment, stats: &DeploymentStats, prompt_tokens: Option<u64>) -> bool {
+    let (requests, tokens) = stats.minute_usage();
+    dep.config.rpm.is_some_and(|rpm| requests >= rpm) || dep.config.tpm.is_some_and(|tpm| tokens + prompt_tokens.unwrap_or(0) > tpm)
 }
 
 fn tier_weights(configs: &[&DeploymentConfig]) -> Vec<f64> {
@@ -222,20 +402,15 @@ fn build_deployment(
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Deployment> {
     let resolved = registry::resolve(dep, diags)?;
-    let (provider, backend) = match resolved {
+    let (provider, backend, upstream_model) = match resolved {
         ResolvedProvider::Mock { upstream_model } => (
             registry::MOCK_PROVIDER,
-            Backend::Mock {
-                model: upstream_model,
-                response: dep.mock_response.clone(),
-            },
-        ),
-        ResolvedProvider::OpenAiCompatible {
-            spec,
+            Backend::Mock { model: upstream_model.clone(), response: dep.mock_response.clone() },
             upstream_model,
-        } => {
+        ),
+        ResolvedProvider::OpenAiCompatible { spec, upstream_model } => {
             let target = HttpTarget::new(spec, &upstream_model, dep, config, env, diags)?;
-            (spec.name, Backend::Http(Arc::new(target)))
+            (spec.name, Backend::Http(Arc::new(target)), upstream_model)
         }
     };
     if dep.mock_response.is_some() && provider != registry::MOCK_PROVIDER {
@@ -244,7 +419,7 @@ fn build_deployment(
             "mock_response only applies to `mock/` models; ignored",
         ));
     }
-    for key in dep.provider_params.keys() {
+    for key in dep.provider_params.keys().filter(|k| !ROUTER_PARAMS.contains(&k.as_str())) {
         let path = format!("{}.litellm_params.{key}", dep.path());
         let message = if PROVIDER_SPECIFIC_PARAMS.contains(&key.as_str()) {
             format!("`{key}` is not supported yet for provider `{provider}`; ignored")
@@ -254,6 +429,27 @@ fn build_deployment(
         diags.push(Diagnostic::warning(path, message));
     }
     let id = dep.model_info.id.clone().unwrap_or_else(|| stable_id(dep));
+    let number = |key: &str| {
+        dep.provider_params
+            .get(key)
+            .or_else(|| dep.model_info.extra.get(key))
+            .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+    };
+    let tags = match dep.provider_params.get("tags") {
+        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::String(tag)) => vec![tag.clone()],
+        Some(_) => {
+            diags.push(Diagnostic::error(format!("{}.litellm_params.tags", dep.path()), "expected a list of tags"));
+            return None;
+        }
+        None => Vec::new(),
+    };
+    let max_parallel_requests = number("max_parallel_requests").filter(|n| *n >= 1.0).map(|n| n as u64);
+    let cost_per_token = match (number("input_cost_per_token"), number("output_cost_per_token")) {
+        (None, None) => None,
+        (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
+    };
+
     Some(Deployment {
         id,
         model_name: dep.model_name.clone(),
@@ -262,6 +458,10 @@ fn build_deployment(
         timeout: dep.timeout,
         stream_timeout: dep.stream_timeout,
         order: dep.order.unwrap_or(u32::MAX),
+        tags,
+        max_parallel_requests,
+        cost_per_token,
+        upstream_model,
         config: dep.clone(),
     })
 }
@@ -293,8 +493,20 @@ mod tests {
     fn router(yaml: &str) -> (Router, Vec<Diagnostic>) {
         let loaded = llmux_config::load_str(yaml, &Env::new()).unwrap();
         let mut diags = loaded.diagnostics;
-        let r = Router::build(&loaded.config, &Env::<String, String>::new(), &mut diags);
+        let r = Router::build(&loaded.config, &Env::<String, String>::new(), &InMemoryStats::default(), &mut diags);
         (r, diags)
+    }
+
+    fn input<'a>(tags: &'a [String], exclude: &'a [usize]) -> SelectionInput<'a> {
+        SelectionInput { op: Operation::Chat, stream: false, tags, prompt_tokens: None, exclude }
+    }
+
+    /// Select and release at once: which deployment would take the request.
+    fn pick(r: &Router, model: &str) -> Result<usize, NoDeployment> {
+        let route = r.route(model).unwrap();
+        let i = r.select(&route, &input(&[], &[]))?;
+        r.release(i);
+        Ok(i)
     }
 
     #[test]
@@ -338,16 +550,14 @@ model_list:
   - {model_name: h, litellm_params: {model: mock/d, order: 1}}
 "#,
         );
-        let g = r.route("g").unwrap();
         let mut counts = [0usize; 2];
         for _ in 0..10_000 {
-            counts[r.pick(g.candidates, Operation::Chat).unwrap()] += 1;
+            counts[pick(&r, "g").unwrap()] += 1;
         }
         // 90% expected; the bound is far outside what chance produces in 10,000 draws.
         assert!(counts[0] > 8_500 && counts[0] < 9_500, "{counts:?}");
-        let h = r.route("h").unwrap();
         for _ in 0..100 {
-            assert_eq!(r.pick(h.candidates, Operation::Chat), Some(3));
+            assert_eq!(pick(&r, "h"), Ok(3));
         }
     }
 
@@ -416,5 +626,114 @@ model_list:
         let (r2, _) = router(yaml);
         assert_eq!(r1.deployment(0).id, r2.deployment(0).id);
         assert_eq!(r1.deployment(1).id, "mine");
+    }
+
+    #[test]
+    fn aliases_route_and_hidden_ones_are_not_listed() {
+        let (r, diags) = router(
+            r#"
+model_list: [{model_name: gpt-4o, litellm_params: {model: mock/a}}]
+router_settings:
+  model_group_alias: {gpt-4: gpt-4o, internal: {model: gpt-4o, hidden: true}, broken: nothing}
+"#,
+        );
+        assert_eq!(r.route("gpt-4").unwrap().group, "gpt-4o");
+        assert_eq!(r.route("internal").unwrap().group, "gpt-4o");
+        assert_eq!(r.model_names().collect::<Vec<_>>(), vec!["gpt-4o", "gpt-4"]);
+        assert!(diags.iter().any(|d| d.path == "router_settings.model_group_alias.broken"));
+    }
+
+    #[test]
+    fn tags_filter_with_a_default_fallback() {
+        let (r, _) = router(
+            r#"
+model_list:
+  - {model_name: g, litellm_params: {model: mock/paid, tags: [paid]}}
+  - {model_name: g, litellm_params: {model: mock/free, tags: [free, default]}}
+router_settings: {enable_tag_filtering: true}
+"#,
+        );
+        let route = r.route("g").unwrap();
+        let select = |tags: &[String]| {
+            let i = r.select(&route, &input(tags, &[])).unwrap();
+            r.release(i);
+            i
+        };
+        for _ in 0..20 {
+            assert_eq!(select(&["paid".to_owned()]), 0);
+            assert_eq!(select(&["free".to_owned()]), 1);
+            assert_eq!(select(&[]), 1, "untagged requests go to default deployments");
+            assert_eq!(select(&["other".to_owned()]), 1, "unmatched tags fall back to default");
+        }
+    }
+
+    #[test]
+    fn context_window_filters_deployments() {
+        let (r, _) = router(
+            r#"
+model_list:
+  - {model_name: g, litellm_params: {model: mock/small}, model_info: {max_input_tokens: 100}}
+  - {model_name: g, litellm_params: {model: mock/big}, model_info: {max_input_tokens: 1000}}
+"#,
+        );
+        let route = r.route("g").unwrap();
+        let mut inp = input(&[], &[]);
+        inp.prompt_tokens = Some(500);
+        for _ in 0..20 {
+            let i = r.select(&route, &inp).unwrap();
+            r.release(i);
+            assert_eq!(i, 1);
+        }
+        inp.prompt_tokens = Some(5000);
+        assert_eq!(r.select(&route, &inp), Err(NoDeployment::ContextWindow));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn cooling_deployments_are_skipped_and_lower_tiers_take_over() {
+        let (r, _) = router(
+            r#"
+model_list:
+  - {model_name: g, litellm_params: {model: mock/primary, order: 1}}
+  - {model_name: g, litellm_params: {model: mock/backup, order: 2}}
+router_settings: {cooldown_time: 10}
+"#,
+        );
+        assert_eq!(pick(&r, "g"), Ok(0));
+        r.stats(0).record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
+        assert_eq!(pick(&r, "g"), Ok(1), "tier 2 serves while tier 1 cools");
+        r.stats(1).record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
+        assert!(matches!(pick(&r, "g"), Err(NoDeployment::Cooling { rate_limited: true, .. })));
+        tokio::time::advance(Duration::from_secs(11)).await;
+        let route = r.route("g").unwrap();
+        let probe = r.select(&route, &input(&[], &[])).unwrap();
+        assert_eq!(probe, 0, "the half-open probe goes to tier 1");
+        r.release(probe);
+        r.stats(0).record_success();
+        assert_eq!(pick(&r, "g"), Ok(0));
+    }
+
+    #[test]
+    fn excluded_deployments_are_avoided_while_others_remain() {
+        let (r, _) = router("model_list: [{model_name: g, litellm_params: {model: mock/a}}, {model_name: g, litellm_params: {model: mock/b}}]");
+        let route = r.route("g").unwrap();
+        for _ in 0..20 {
+            let i = r.select(&route, &input(&[], &[0])).unwrap();
+            r.release(i);
+            assert_eq!(i, 1);
+        }
+        let i = r.select(&route, &input(&[], &[0, 1])).unwrap();
+        r.release(i);
+    }
+
+    #[test]
+    fn max_parallel_requests_caps_in_flight() {
+        let (r, _) = router("model_list: [{model_name: g, litellm_params: {model: mock/a, max_parallel_requests: 2}}]");
+        let route = r.route("g").unwrap();
+        let a = r.select(&route, &input(&[], &[])).unwrap();
+        let b = r.select(&route, &input(&[], &[])).unwrap();
+        assert_eq!(r.select(&route, &input(&[], &[])), Err(NoDeployment::AtCapacity));
+        r.release(a);
+        assert!(r.select(&route, &input(&[], &[])).is_ok());
+        let _ = b;
     }
 }

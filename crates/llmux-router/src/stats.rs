@@ -1,0 +1,451 @@
+//! Per-deployment runtime state that strategies read and the attempt loop writes: in-flight
+//! requests, per-minute usage and failures, latency windows, and cooldown (circuit breaker).
+//!
+//! State lives behind `StatsStore` so that a shared (Redis) store can replace the in-memory one;
+//! the router resolves each deployment's `DeploymentStats` once per snapshot, so the hot path only
+//! touches atomics. Time comes from tokio's clock, so tests can pause and advance it.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use llmux_config::RouterSettings;
+use llmux_types::ErrorKind;
+use tokio::time::Instant;
+
+/// How many recent latencies the moving average keeps (LiteLLM keeps 10).
+const LATENCY_WINDOW: usize = 10;
+/// Longest cooldown an upstream's `Retry-After` can ask for.
+const MAX_COOLDOWN: Duration = Duration::from_secs(300);
+/// Failure-rate cooldown: at least this many requests in the minute, and half of them failed.
+const FAILURE_RATE_MIN_REQUESTS: u64 = 5;
+
+/// Where deployment state lives. One store outlives configuration reloads, so a deployment keeps
+/// its health and statistics across them (keyed by deployment id).
+pub trait StatsStore: Send + Sync + std::fmt::Debug {
+    fn deployment(&self, id: &str) -> Arc<DeploymentStats>;
+    /// A counter per model group, for round-robin.
+    fn group_counter(&self, group: &str) -> Arc<AtomicU64>;
+}
+
+/// The in-process store.
+#[derive(Debug)]
+pub struct InMemoryStats {
+    epoch: Instant,
+    deployments: Mutex<HashMap<String, Arc<DeploymentStats>>>,
+    groups: Mutex<HashMap<String, Arc<AtomicU64>>>,
+}
+
+impl Default for InMemoryStats {
+    fn default() -> Self {
+        InMemoryStats { epoch: Instant::now(), deployments: Mutex::default(), groups: Mutex::default() }
+    }
+}
+
+impl StatsStore for InMemoryStats {
+    fn deployment(&self, id: &str) -> Arc<DeploymentStats> {
+        let mut map = self.deployments.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(id.to_owned()).or_insert_with(|| Arc::new(DeploymentStats::new(self.epoch))))
+    }
+
+    fn group_counter(&self, group: &str) -> Arc<AtomicU64> {
+        let mut map = self.groups.lock().unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(map.entry(group.to_owned()).or_default())
+    }
+}
+
+const HEALTHY: u8 = 0;
+const COOLING: u8 = 1;
+
+/// Whether a deployment may take a request now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    Healthy,
+    /// Cooldown is over: one probe request may go through (half-open).
+    Probe,
+    /// Cooling down for this much longer.
+    Cooling(Duration),
+}
+
+/// Counters for the current minute; reset lazily when the minute changes.
+#[derive(Debug, Default)]
+struct MinuteWindow {
+    minute: AtomicU64,
+    requests: AtomicU64,
+    successes: AtomicU64,
+    failures: AtomicU64,
+    tokens: AtomicU64,
+    failures_by_kind: [AtomicU64; ErrorKind::ALL.len()],
+}
+
+impl MinuteWindow {
+    fn roll(&self, minute: u64) {
+        let seen = self.minute.load(Ordering::Acquire);
+        if seen != minute && self.minute.compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            self.requests.store(0, Ordering::Relaxed);
+            self.successes.store(0, Ordering::Relaxed);
+            self.failures.store(0, Ordering::Relaxed);
+            self.tokens.store(0, Ordering::Relaxed);
+            for counter in &self.failures_by_kind {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn kind_index(kind: ErrorKind) -> usize {
+    ErrorKind::ALL.iter().position(|k| *k == kind).unwrap_or(0)
+}
+
+#[derive(Debug, Default)]
+struct Latency {
+    per_token_ms: VecDeque<f64>,
+    ttft_ms: VecDeque<f64>,
+}
+
+fn push_window(window: &mut VecDeque<f64>, value: f64) {
+    if window.len() == LATENCY_WINDOW {
+        window.pop_front();
+    }
+    window.push_back(value);
+}
+
+fn mean(window: &VecDeque<f64>) -> Option<f64> {
+    (!window.is_empty()).then(|| window.iter().sum::<f64>() / window.len() as f64)
+}
+
+/// Runtime state of one deployment.
+#[derive(Debug)]
+pub struct DeploymentStats {
+    epoch: Instant,
+    in_flight: AtomicU64,
+    state: AtomicU8,
+    cooling_until_ms: AtomicU64,
+    probe_in_flight: AtomicBool,
+    last_failure: AtomicU8,
+    window: MinuteWindow,
+    latency: Mutex<Latency>,
+}
+
+/// A point-in-time view for the admin endpoint.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthSnapshot {
+    pub healthy: bool,
+    pub cooling_for: Option<Duration>,
+    pub in_flight: u64,
+    pub requests_this_minute: u64,
+    pub failures_this_minute: u64,
+    pub successes_this_minute: u64,
+    pub tokens_this_minute: u64,
+    pub last_failure: Option<ErrorKind>,
+    pub latency_ms_per_token: Option<f64>,
+    pub time_to_first_token_ms: Option<f64>,
+}
+
+impl DeploymentStats {
+    pub fn new(epoch: Instant) -> Self {
+        DeploymentStats {
+            epoch,
+            in_flight: AtomicU64::new(0),
+            state: AtomicU8::new(HEALTHY),
+            cooling_until_ms: AtomicU64::new(0),
+            probe_in_flight: AtomicBool::new(false),
+            last_failure: AtomicU8::new(u8::MAX),
+            window: MinuteWindow::default(),
+            latency: Mutex::default(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now().saturating_duration_since(self.epoch).as_millis() as u64
+    }
+
+    fn window(&self) -> &MinuteWindow {
+        self.window.roll(self.now_ms() / 60_000);
+        &self.window
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Count a request as started, unless `limit` requests are already in flight.
+    pub fn try_begin(&self, limit: Option<u64>) -> bool {
+        let Some(limit) = limit else {
+            self.in_flight.fetch_add(1, Ordering::Relaxed);
+            return true;
+        };
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub fn end(&self) {
+        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+    }
+
+    pub fn availability(&self) -> Availability {
+        if self.state.load(Ordering::Acquire) == HEALTHY {
+            return Availability::Healthy;
+        }
+        let until = self.cooling_until_ms.load(Ordering::Acquire);
+        let now = self.now_ms();
+        if now < until {
+            return Availability::Cooling(Duration::from_millis(until - now));
+        }
+        if self.probe_in_flight.load(Ordering::Acquire) {
+            // A probe is out; everyone else waits for its verdict.
+            return Availability::Cooling(Duration::from_millis(100));
+        }
+        Availability::Probe
+    }
+
+    /// Claim the single half-open probe; `false` if another request holds it.
+    pub fn try_acquire_probe(&self) -> bool {
+        self.probe_in_flight.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+    }
+
+    /// Usage this minute: (requests, tokens).
+    pub fn minute_usage(&self) -> (u64, u64) {
+        let w = self.window();
+        (w.requests.load(Ordering::Relaxed), w.tokens.load(Ordering::Relaxed))
+    }
+
+    pub fn record_request(&self) {
+        self.window().requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn record_tokens(&self, tokens: u64) {
+        self.window().tokens.fetch_add(tokens, Ordering::Relaxed);
+    }
+
+    /// Moving average of latency per output token (ms), and of time to first token (ms).
+    pub fn latency(&self) -> (Option<f64>, Option<f64>) {
+        let l = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        (mean(&l.per_token_ms), mean(&l.ttft_ms))
+    }
+
+    pub fn record_latency(&self, total: Duration, output_tokens: u64) {
+        let per_token = total.as_secs_f64() * 1000.0 / output_tokens.max(1) as f64;
+        push_window(&mut self.latency.lock().unwrap_or_else(PoisonError::into_inner).per_token_ms, per_token);
+    }
+
+    pub fn record_ttft(&self, ttft: Duration) {
+        push_window(&mut self.latency.lock().unwrap_or_else(PoisonError::into_inner).ttft_ms, ttft.as_secs_f64() * 1000.0);
+    }
+
+    /// A successful attempt: a half-open probe closes the circuit.
+    pub fn record_success(&self) {
+        self.window().successes.fetch_add(1, Ordering::Relaxed);
+        if self.state.load(Ordering::Acquire) != HEALTHY {
+            self.state.store(HEALTHY, Ordering::Release);
+            self.cooling_until_ms.store(0, Ordering::Release);
+            self.window.failures.store(0, Ordering::Relaxed);
+            for counter in &self.window.failures_by_kind {
+                counter.store(0, Ordering::Relaxed);
+            }
+        }
+        self.probe_in_flight.store(false, Ordering::Release);
+    }
+
+    /// A failed attempt; returns the cooldown it started, if any.
+    ///
+    /// LiteLLM's rules, plus a half-open state: a failed probe cools the deployment again;
+    /// rate limits, auth, not-found and timeouts cool at once when the group has other
+    /// deployments; otherwise a deployment cools when its failures of that kind this minute exceed
+    /// `allowed_fails` (or its `allowed_fails_policy` entry), or when half of at least five
+    /// requests this minute failed. Caller mistakes (bad requests, context too long, content
+    /// filtered) cool only under an explicit policy entry. A single-deployment group is never
+    /// cooled by one failure, but is after `allowed_fails`, so a dead upstream is not hammered.
+    pub fn record_failure(
+        &self,
+        kind: ErrorKind,
+        settings: &RouterSettings,
+        group_size: usize,
+        retry_after: Option<Duration>,
+    ) -> Option<Duration> {
+        let was_probe = self.probe_in_flight.swap(false, Ordering::AcqRel);
+        let w = self.window();
+        let failures = w.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let of_kind = w.failures_by_kind[kind_index(kind)].fetch_add(1, Ordering::Relaxed) + 1;
+        self.last_failure.store(kind_index(kind) as u8, Ordering::Relaxed);
+        if settings.disable_cooldowns {
+            return None;
+        }
+        let explicit = settings.allowed_fails_policy.get(&kind).copied();
+        let caller_mistake = matches!(
+            kind,
+            ErrorKind::InvalidRequest
+                | ErrorKind::ContextLengthExceeded
+                | ErrorKind::ContentFiltered
+                | ErrorKind::PayloadTooLarge
+                | ErrorKind::BudgetExceeded
+        );
+        let immediate = matches!(
+            kind,
+            ErrorKind::RateLimited | ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::Timeout
+        );
+        let requests = w.requests.load(Ordering::Relaxed).max(failures);
+        let cool = if was_probe && !caller_mistake {
+            true
+        } else if let Some(allowed) = explicit {
+            of_kind > u64::from(allowed)
+        } else if caller_mistake {
+            false
+        } else if immediate && group_size > 1 {
+            true
+        } else {
+            let over_allowance = of_kind > u64::from(settings.allowed_fails);
+            let failing_rate = group_size > 1 && requests >= FAILURE_RATE_MIN_REQUESTS && failures * 2 >= requests;
+            over_allowance || failing_rate
+        };
+        if !cool {
+            return None;
+        }
+        let duration = settings.cooldown_time.max(retry_after.unwrap_or_default().min(MAX_COOLDOWN));
+        self.cooling_until_ms.store(self.now_ms() + duration.as_millis() as u64, Ordering::Release);
+        self.state.store(COOLING, Ordering::Release);
+        Some(duration)
+    }
+
+    /// Release a probe without a verdict (e.g. the client went away).
+    pub fn release_probe(&self) {
+        self.probe_in_flight.store(false, Ordering::Release);
+    }
+
+    pub fn last_failure(&self) -> Option<ErrorKind> {
+        ErrorKind::ALL.get(self.last_failure.load(Ordering::Relaxed) as usize).copied()
+    }
+
+    pub fn snapshot(&self) -> HealthSnapshot {
+        let availability = self.availability();
+        let (per_token, ttft) = self.latency();
+        let w = self.window();
+        HealthSnapshot {
+            healthy: matches!(availability, Availability::Healthy),
+            cooling_for: match availability {
+                Availability::Cooling(d) => Some(d),
+                _ => None,
+            },
+            in_flight: self.in_flight(),
+            requests_this_minute: w.requests.load(Ordering::Relaxed),
+            failures_this_minute: w.failures.load(Ordering::Relaxed),
+            successes_this_minute: w.successes.load(Ordering::Relaxed),
+            tokens_this_minute: w.tokens.load(Ordering::Relaxed),
+            last_failure: self.last_failure(),
+            latency_ms_per_token: per_token,
+            time_to_first_token_ms: ttft,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> RouterSettings {
+        RouterSettings { cooldown_time: Duration::from_secs(10), allowed_fails: 2, ..RouterSettings::default() }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rate_limit_cools_at_once_in_a_group_and_half_opens_after_cooldown() {
+        let s = DeploymentStats::new(Instant::now());
+        assert_eq!(s.availability(), Availability::Healthy);
+        let cooled = s.record_failure(ErrorKind::RateLimited, &settings(), 3, Some(Duration::from_secs(20)));
+        assert_eq!(cooled, Some(Duration::from_secs(20)), "Retry-After lengthens the cooldown");
+        assert!(matches!(s.availability(), Availability::Cooling(_)));
+        tokio::time::advance(Duration::from_secs(19)).await;
+        assert!(matches!(s.availability(), Availability::Cooling(_)));
+        tokio::time::advance(Duration::from_secs(2)).await;
+        assert_eq!(s.availability(), Availability::Probe);
+        assert!(s.try_acquire_probe());
+        assert!(!s.try_acquire_probe(), "only one probe at a time");
+        assert!(matches!(s.availability(), Availability::Cooling(_)), "others wait for the probe");
+        s.record_success();
+        assert_eq!(s.availability(), Availability::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_probe_cools_again() {
+        let s = DeploymentStats::new(Instant::now());
+        s.record_failure(ErrorKind::RateLimited, &settings(), 2, None);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(s.try_acquire_probe());
+        assert!(s.record_failure(ErrorKind::UpstreamError, &settings(), 2, None).is_some());
+        assert!(matches!(s.availability(), Availability::Cooling(_)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn single_deployment_groups_cool_only_after_allowed_fails() {
+        let s = DeploymentStats::new(Instant::now());
+        let st = settings();
+        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_none());
+        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_none());
+        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_some(), "third failure > allowed_fails=2");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn server_errors_count_against_allowed_fails_and_the_minute_resets() {
+        let s = DeploymentStats::new(Instant::now());
+        let st = settings();
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none(), "new minute, new count");
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn caller_mistakes_do_not_cool_unless_a_policy_says_so() {
+        let s = DeploymentStats::new(Instant::now());
+        let mut st = settings();
+        for _ in 0..10 {
+            assert!(s.record_failure(ErrorKind::InvalidRequest, &st, 3, None).is_none());
+        }
+        st.allowed_fails_policy.insert(ErrorKind::ContextLengthExceeded, 1);
+        assert!(s.record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None).is_none());
+        assert!(s.record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None).is_some());
+        st.disable_cooldowns = true;
+        let fresh = DeploymentStats::new(Instant::now());
+        assert!(fresh.record_failure(ErrorKind::RateLimited, &st, 3, None).is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn high_failure_rate_cools_a_grouped_deployment() {
+        let s = DeploymentStats::new(Instant::now());
+        let st = RouterSettings { allowed_fails: 100, ..settings() };
+        for _ in 0..6 {
+            s.record_request();
+        }
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_none());
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_none());
+        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_some(), "3 of 6 failed");
+    }
+
+    #[test]
+    fn in_flight_limits_are_enforced_atomically() {
+        let s = DeploymentStats::new(Instant::now());
+        assert!(s.try_begin(Some(2)));
+        assert!(s.try_begin(Some(2)));
+        assert!(!s.try_begin(Some(2)));
+        s.end();
+        assert!(s.try_begin(Some(2)));
+        s.end();
+        s.end();
+        s.end();
+        assert_eq!(s.in_flight(), 0, "never below zero");
+    }
+
+    #[test]
+    fn latency_is_a_moving_average_of_the_last_ten() {
+        let s = DeploymentStats::new(Instant::now());
+        for _ in 0..20 {
+            s.record_latency(Duration::from_millis(1000), 10);
+        }
+        s.record_latency(Duration::from_millis(2000), 10);
+        let (per_token, _) = s.latency();
+        assert!((per_token.unwrap() - 110.0).abs() < 1e-9);
+    }
+}

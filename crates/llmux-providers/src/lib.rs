@@ -14,6 +14,18 @@ use llmux_types::{GatewayError, RawObject, Usage};
 pub use openai_compat::HttpTarget;
 pub use registry::{ProviderSpec, ResolvedProvider};
 
+/// Request fields that steer the gateway (LiteLLM's names); never forwarded upstream.
+pub const GATEWAY_PARAMS: &[&str] = &[
+    "fallbacks",
+    "disable_fallbacks",
+    "num_retries",
+    "timeout",
+    "tags",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "mock_testing_fallbacks",
+];
+
 /// The OpenAI operation a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Operation {

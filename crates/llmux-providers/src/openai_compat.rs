@@ -196,6 +196,11 @@ impl HttpTarget {
             (None, w) => std::borrow::Cow::Owned(json_string(&self.upstream_model(w))),
         };
         let mut edit = request.edit().set("model", model_json);
+        for param in crate::GATEWAY_PARAMS {
+            if request.contains(param) {
+                edit = edit.remove(param);
+            }
+        }
         for param in self.unsupported_params {
             if request.get_non_null(param).is_some() {
                 if !drop_params {

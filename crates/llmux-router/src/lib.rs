@@ -319,6 +319,16 @@ impl Router {
         Err(NoDeployment::Cooling { retry_in: soonest.unwrap_or(settings.cooldown_time), rate_limited: all_rate_limited })
     }
 
+    /// Whether a deployment this request has not failed on could take it now (then a retry goes
+    /// there at once instead of waiting).
+    pub fn has_fresh_candidate(&self, route: &RouteMatch<'_>, input: &SelectionInput<'_>) -> bool {
+        route.candidates.iter().any(|i| {
+            !input.exclude.contains(i)
+                && self.deployments[*i].supports(input.op)
+                && !matches!(self.stats[*i].availability(), Availability::Cooling(_))
+        })
+    }
+
     /// Give back what `select` claimed (call once per successful `select`).
     pub fn release(&self, index: usize) {
         self.stats[index].end();

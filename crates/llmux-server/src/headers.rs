@@ -17,6 +17,24 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
         .unwrap_or_else(llmux::new_request_id)
 }
 
+/// A header parsed as `T`, ignored when absent or malformed.
+pub(crate) fn parse_header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+    headers.get(name)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// `x-litellm-tags: a,b` (LiteLLM's tag header).
+pub(crate) fn tags(headers: &HeaderMap) -> Vec<String> {
+    headers
+        .get_all("x-litellm-tags")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
 pub(crate) fn add_request_id(h: &mut HeaderMap, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
         h.insert("x-litellm-call-id", v.clone());
@@ -55,4 +73,13 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     h.insert("x-litellm-overhead-duration-ms", overhead.clone());
     h.insert("x-llmux-overhead-ms", overhead);
     h.insert("x-litellm-response-duration-ms", millis(elapsed));
+    for (names, value) in [
+        (["x-litellm-attempted-retries", "x-llmux-attempted-retries"], meta.attempted_retries),
+        (["x-litellm-attempted-fallbacks", "x-llmux-attempted-fallbacks"], meta.attempted_fallbacks),
+    ] {
+        let value = HeaderValue::from(value);
+        for name in names {
+            h.insert(name, value.clone());
+        }
+    }
 }

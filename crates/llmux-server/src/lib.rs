@@ -94,6 +94,11 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
     let options = RequestOptions {
         request_id: request_id.clone(),
         received_at,
+        num_retries: headers::parse_header(&parts.headers, "x-litellm-num-retries"),
+        timeout: headers::parse_header::<f64>(&parts.headers, "x-litellm-timeout")
+            .filter(|t| *t > 0.0 && *t < 1.0e6)
+            .map(std::time::Duration::from_secs_f64),
+        tags: headers::tags(&parts.headers),
     };
     match state.client.execute(op, body, options).await {
         Ok(response) => success_response(response, received_at),

@@ -11,10 +11,13 @@ use llmux_providers::mock::{self, MockOutput};
 use llmux_providers::{
     openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
 };
-use llmux_router::{Backend, Deployment};
+use llmux_config::RouterSettings;
+use llmux_router::{Backend, Deployment, NoDeployment, RouteMatch, SelectionInput};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
+use serde_json::Value;
 
 use crate::log::{LogEmitter, Outcome, RequestLog};
+use crate::tokens;
 use crate::relay::{relay_stream, Relay, RelayItem, RelayStream, StreamSummary};
 use crate::upstream::{HttpClient, UpstreamResponse};
 use crate::{RequestOptions, Snapshot};
@@ -44,6 +47,10 @@ pub struct ResponseMeta {
     pub upstream_latency: Duration,
     /// Time the gateway itself added before the response could start.
     pub overhead: Duration,
+    /// Retries made before this response (across all groups tried).
+    pub attempted_retries: u32,
+    /// Fallback groups tried before this response.
+    pub attempted_fallbacks: u32,
 }
 
 #[derive(Debug)]
@@ -108,7 +115,7 @@ pub(crate) async fn execute(
     options: RequestOptions,
 ) -> Result<GatewayResponse, GatewayError> {
     let mut trace = Trace {
-        request_id: options.request_id,
+        request_id: options.request_id.clone(),
         received_at: options.received_at,
         op,
         stream: false,
@@ -117,7 +124,7 @@ pub(crate) async fn execute(
         deployment_id: None,
         provider: None,
     };
-    let result = execute_traced(logs, snapshot, body, &mut trace).await;
+    let result = execute_traced(logs, snapshot, body, &mut trace, &options).await;
     if let Err(e) = &result {
         logs.emit(trace.log(
             e.status,
@@ -136,13 +143,12 @@ async fn execute_traced(
     snapshot: Arc<Snapshot>,
     body: Bytes,
     trace: &mut Trace,
+    options: &RequestOptions,
 ) -> Result<GatewayResponse, GatewayError> {
     let op = trace.op;
     let request = RawObject::parse(&body).map_err(|e| {
-        GatewayError::invalid_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-        .with_code("invalid_json")
+        GatewayError::invalid_request(format!("We could not parse the JSON body of your request: {e}"))
+            .with_code("invalid_json")
     })?;
     let model = requested_model(&request)?;
     trace.requested_model.clone_from(&model);
@@ -151,69 +157,359 @@ async fn execute_traced(
         Operation::Embeddings => false,
         Operation::Chat | Operation::Completions => request
             .decode::<bool>("stream")
-            .map_err(|_| {
-                GatewayError::invalid_request("`stream` must be a boolean").with_param("stream")
-            })?
+            .map_err(|_| GatewayError::invalid_request("`stream` must be a boolean").with_param("stream"))?
             .unwrap_or(false),
     };
     trace.stream = stream;
+    let controls = Controls::read(&request, options)?;
 
     let router = &snapshot.router;
-    let route = router
-        .route(&model)
-        .ok_or_else(|| model_not_found(&model))?;
-    trace.model_group = Some(route.group.to_owned());
-    let index = router.pick(route.candidates, op).ok_or_else(|| {
-        GatewayError::invalid_request(format!("model `{model}` does not support {}", op.as_str()))
-            .with_param("model")
-            .with_code("unsupported_operation")
-    })?;
-    let deployment = Arc::clone(router.deployment(index));
-    let http = &snapshot.clients[index];
-    trace.deployment_id = Some(deployment.id.clone());
-    trace.provider = Some(deployment.provider);
-    let ctx = RequestContext {
-        wildcard: route.wildcard,
-        drop_params: snapshot.config.drop_params,
-    };
-    let total_timeout = deployment
-        .timeout
-        .unwrap_or(snapshot.config.request_timeout);
-    let stream_timeout = deployment.stream_timeout.unwrap_or(total_timeout);
-    let mut attempt = Attempt {
-        request_id: trace.request_id.clone(),
-        received_at: trace.received_at,
-        model_group: route.group.to_owned(),
-        deployment,
-        sent_at: Instant::now(),
-    };
+    let settings = router.settings();
+    let first = router.route(&model).ok_or_else(|| model_not_found(&model))?;
+    trace.model_group = Some(first.group.to_owned());
 
-    if stream {
-        let response = tokio::time::timeout(stream_timeout, attempt.send(http, op, &request, ctx))
+    let mut run = Run {
+        snapshot: &snapshot,
+        logs,
+        op,
+        stream,
+        request: &request,
+        controls: &controls,
+        trace,
+        retries: 0,
+        fallbacks: 0,
+    };
+    let mut result = run.group(&first).await;
+    let Err(first_error) = &result else {
+        return run.finish(result);
+    };
+    if controls.disable_fallbacks || !triggers_fallback(first_error.kind) {
+        return run.finish(result);
+    }
+    // Fallback groups, chosen by what went wrong in the requested group.
+    let mut queue: Vec<String> = match &controls.fallbacks {
+        Some(list) => list.clone(),
+        None => fallback_list(settings, first.group, first_error.kind),
+    };
+    queue.retain(|g| g != first.group);
+    queue.dedup();
+    for group in queue.into_iter().take(settings.max_fallbacks) {
+        let Some(route) = router.route(&group) else {
+            tracing::warn!(fallback = %group, "fallback model group does not exist; skipped");
+            continue;
+        };
+        run.fallbacks += 1;
+        tracing::info!(request_id = %run.trace.request_id, from = %first.group, to = %route.group, "falling back");
+        run.trace.model_group = Some(route.group.to_owned());
+        result = run.group(&route).await;
+        if result.is_ok() {
+            break;
+        }
+    }
+    run.finish(result)
+}
+
+/// Fallback groups for a failure of `kind` in `group`: the list for that kind of failure, then
+/// the general one, then `default_fallbacks`.
+fn fallback_list(settings: &RouterSettings, group: &str, kind: ErrorKind) -> Vec<String> {
+    let specific = match kind {
+        ErrorKind::ContextLengthExceeded => settings.context_window_fallbacks.get(group),
+        ErrorKind::ContentFiltered => settings.content_policy_fallbacks.get(group),
+        _ => None,
+    };
+    let mut list: Vec<String> = specific.cloned().unwrap_or_default();
+    list.extend(settings.fallbacks.get(group).cloned().unwrap_or_default());
+    if list.is_empty() {
+        list.extend(settings.default_fallbacks.iter().cloned());
+    }
+    list
+}
+
+/// Client mistakes are not fixed by another model; everything else may be.
+fn triggers_fallback(kind: ErrorKind) -> bool {
+    match kind {
+        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::BudgetExceeded | ErrorKind::Internal => false,
+        ErrorKind::Authentication
+        | ErrorKind::PermissionDenied
+        | ErrorKind::NotFound
+        | ErrorKind::RateLimited
+        | ErrorKind::ContextLengthExceeded
+        | ErrorKind::ContentFiltered
+        | ErrorKind::Timeout
+        | ErrorKind::UpstreamUnavailable
+        | ErrorKind::UpstreamError => true,
+    }
+}
+
+/// Gateway controls a request may carry: LiteLLM's body fields (stripped before forwarding) and
+/// headers (`x-litellm-num-retries`, `x-litellm-timeout`, `x-litellm-tags`).
+#[derive(Debug, Default)]
+struct Controls {
+    num_retries: Option<u32>,
+    timeout: Option<Duration>,
+    fallbacks: Option<Vec<String>>,
+    disable_fallbacks: bool,
+    tags: Vec<String>,
+}
+
+impl Controls {
+    fn read(request: &RawObject<'_>, options: &RequestOptions) -> Result<Controls, GatewayError> {
+        let bad = |field: &str, what: &str| GatewayError::invalid_request(format!("`{field}` must be {what}")).with_param(field);
+        let num_retries = match request.decode::<u32>("num_retries") {
+            Ok(v) => v.or(options.num_retries),
+            Err(_) => return Err(bad("num_retries", "a non-negative integer")),
+        };
+        let timeout = match request.decode::<f64>("timeout") {
+            Ok(Some(t)) if t > 0.0 && t < 1.0e6 => Some(Duration::from_secs_f64(t)),
+            Ok(Some(_)) | Err(_) => return Err(bad("timeout", "a positive number of seconds")),
+            Ok(None) => options.timeout,
+        };
+        let fallbacks = match request.decode::<Vec<Value>>("fallbacks") {
+            Ok(list) => list.map(|items| {
+                items
+                    .iter()
+                    .filter_map(|v| v.as_str().or_else(|| v.get("model").and_then(Value::as_str)).map(str::to_owned))
+                    .collect()
+            }),
+            Err(_) => return Err(bad("fallbacks", "a list of model names")),
+        };
+        let disable_fallbacks = request.decode::<bool>("disable_fallbacks").map_err(|_| bad("disable_fallbacks", "a boolean"))?.unwrap_or(false);
+        let mut tags: Vec<String> = options.tags.clone();
+        if let Ok(Some(list)) = request.decode::<Vec<String>>("tags") {
+            tags.extend(list);
+        }
+        if let Ok(Some(metadata)) = request.decode::<Value>("metadata") {
+            if let Some(list) = metadata.get("tags").and_then(Value::as_array) {
+                tags.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
+            }
+        }
+        Ok(Controls { num_retries: num_retries.map(|n| n.min(20)), timeout, fallbacks, disable_fallbacks, tags })
+    }
+}
+
+/// Longest single wait before a retry; a longer `Retry-After` ends the retries instead.
+const MAX_RETRY_WAIT: Duration = Duration::from_secs(60);
+
+/// Exponential backoff with jitter (0.5 s doubling, capped at 8 s), at least `retry_after`
+/// (the setting) and the upstream's `Retry-After` when it sent one.
+fn backoff(retry: u32, upstream_retry_after: Option<Duration>, min_wait: Duration) -> Duration {
+    if let Some(after) = upstream_retry_after {
+        return after.max(min_wait);
+    }
+    let base = Duration::from_millis(500).saturating_mul(1u32 << retry.saturating_sub(1).min(4)).min(Duration::from_secs(8));
+    let jittered = base.mul_f64(rand::random_range(0.5..=1.0));
+    jittered.max(min_wait)
+}
+
+/// The state of one request across attempts and fallback groups.
+struct Run<'a> {
+    snapshot: &'a Arc<Snapshot>,
+    logs: &'a LogEmitter,
+    op: Operation,
+    stream: bool,
+    request: &'a RawObject<'a>,
+    controls: &'a Controls,
+    trace: &'a mut Trace,
+    retries: u32,
+    fallbacks: u32,
+}
+
+impl Run<'_> {
+    /// Attach the attempt counters to the outcome (headers on success and on error).
+    fn finish(&self, result: Result<GatewayResponse, GatewayError>) -> Result<GatewayResponse, GatewayError> {
+        match result {
+            Ok(mut response) => {
+                response.meta.attempted_retries = self.retries;
+                response.meta.attempted_fallbacks = self.fallbacks;
+                Ok(response)
+            }
+            Err(mut e) => {
+                for (name, value) in [
+                    ("x-litellm-attempted-retries", self.retries),
+                    ("x-llmux-attempted-retries", self.retries),
+                    ("x-litellm-attempted-fallbacks", self.fallbacks),
+                    ("x-llmux-attempted-fallbacks", self.fallbacks),
+                ] {
+                    e.headers.push((name.to_owned(), value.to_string()));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Prompt tokens, when pre-call checks are on and some deployment of the group has a limit.
+    fn prompt_tokens(&self, route: &RouteMatch<'_>) -> Option<u64> {
+        let router = &self.snapshot.router;
+        if !router.settings().enable_pre_call_checks || self.op == Operation::Embeddings {
+            return None;
+        }
+        let smallest = route
+            .candidates
+            .iter()
+            .filter_map(|i| router.deployment(*i).config.model_info.max_input_tokens)
+            .min()?;
+        // A token is at least one byte of the body, so a body this small always fits.
+        if (self.request_len() as u64) <= smallest {
+            return None;
+        }
+        let model = &router.deployment(route.candidates[0]).upstream_model;
+        Some(tokens::count_prompt_tokens(self.request, model))
+    }
+
+    fn request_len(&self) -> usize {
+        self.request.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum()
+    }
+
+    /// Attempts within one model group: select, try, classify, maybe retry (another deployment
+    /// first; waiting only when none is available).
+    async fn group(&mut self, route: &RouteMatch<'_>) -> Result<GatewayResponse, GatewayError> {
+        let router = &self.snapshot.router;
+        let settings = router.settings();
+        let prompt_tokens = self.prompt_tokens(route);
+        let mut excluded: Vec<usize> = Vec::new();
+        let mut group_retries = 0u32;
+        loop {
+            let input = SelectionInput { op: self.op, stream: self.stream, tags: &self.controls.tags, prompt_tokens, exclude: &excluded };
+            let index = router.select(route, &input).map_err(|no| no_deployment_error(no, route.group, self.op, prompt_tokens))?;
+            let claim = Claim { snapshot: Arc::clone(self.snapshot), index };
+            self.trace.deployment_id = Some(router.deployment(index).id.clone());
+            self.trace.provider = Some(router.deployment(index).provider);
+            let result = self.attempt(route, claim).await;
+            let error = match result {
+                Ok(response) => return Ok(response),
+                Err(e) => e,
+            };
+            let stats = router.stats(index);
+            if let Some(cooldown) = stats.record_failure(error.kind, settings, route.candidates.len(), error.retry_after) {
+                tracing::warn!(deployment = %router.deployment(index).id, kind = %error.kind, cooldown_s = cooldown.as_secs_f64(), "deployment cooling down");
+            }
+            let allowed = match self.controls.num_retries {
+                Some(n) if error.kind.is_retryable() && !settings.retry_policy.contains_key(&error.kind) => n,
+                _ => settings.retries_for(error.kind),
+            };
+            if group_retries >= allowed {
+                return Err(error);
+            }
+            group_retries += 1;
+            self.retries += 1;
+            excluded.push(index);
+            let input = SelectionInput { op: self.op, stream: self.stream, tags: &self.controls.tags, prompt_tokens, exclude: &excluded };
+            let wait = if router.has_fresh_candidate(route, &input) {
+                settings.retry_after
+            } else {
+                backoff(group_retries, error.retry_after, settings.retry_after)
+            };
+            if wait > MAX_RETRY_WAIT {
+                return Err(error);
+            }
+            tracing::info!(request_id = %self.trace.request_id, kind = %error.kind, retry = group_retries, wait_ms = wait.as_millis() as u64, "retrying");
+            tokio::time::sleep(wait).await;
+        }
+    }
+
+    /// One attempt on the claimed deployment.
+    async fn attempt(&mut self, route: &RouteMatch<'_>, claim: Claim) -> Result<GatewayResponse, GatewayError> {
+        let snapshot = Arc::clone(self.snapshot);
+        let index = claim.index;
+        let deployment = Arc::clone(snapshot.router.deployment(index));
+        let http = &snapshot.clients[index];
+        let ctx = RequestContext { wildcard: route.wildcard, drop_params: snapshot.config.drop_params };
+        let total_timeout = self.controls.timeout.or(deployment.timeout).unwrap_or(snapshot.config.request_timeout);
+        let stream_timeout = deployment.stream_timeout.or(self.controls.timeout).unwrap_or(total_timeout);
+        let mut attempt = Attempt {
+            request_id: self.trace.request_id.clone(),
+            received_at: self.trace.received_at,
+            model_group: route.group.to_owned(),
+            deployment,
+            sent_at: Instant::now(),
+        };
+        let stats = Arc::clone(snapshot.router.stats(index));
+        if !self.stream {
+            let response = tokio::time::timeout(total_timeout, attempt.unary(http, self.op, self.request, ctx))
+                .await
+                .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
+            let meta = &response.meta;
+            stats.record_success();
+            let completion = meta.usage.map_or(0, |u| u.completion_tokens);
+            stats.record_latency(meta.upstream_latency, completion);
+            stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
+            self.logs.emit(self.trace.log(meta.status, Outcome::Success, meta.usage, meta.overhead, None, 0));
+            drop(claim);
+            return Ok(response);
+        }
+        let response = tokio::time::timeout(stream_timeout, attempt.send(http, self.op, self.request, ctx))
             .await
-            .map_err(|_| {
-                timeout_error(
-                    "waiting for the upstream to start the stream",
-                    stream_timeout,
-                )
-            })??;
-        attempt
-            .stream(op, response, stream_timeout, logs.clone(), trace.clone())
-            .await
-    } else {
-        let response = tokio::time::timeout(total_timeout, attempt.unary(http, op, &request, ctx))
-            .await
-            .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
-        let meta = &response.meta;
-        logs.emit(trace.log(
-            meta.status,
-            Outcome::Success,
-            meta.usage,
-            meta.overhead,
-            None,
-            0,
-        ));
-        Ok(response)
+            .map_err(|_| timeout_error("waiting for the upstream to start the stream", stream_timeout))??;
+        let peeked = attempt.peek(self.op, response, stream_timeout).await?;
+        stats.record_success();
+        stats.record_ttft(peeked.meta.upstream_latency);
+        let meta = peeked.meta.clone();
+        let time_to_first_chunk = self.trace.received_at.elapsed();
+        let logs = self.logs.clone();
+        let trace = self.trace.clone();
+        let settings = snapshot.router.settings().clone();
+        let group_size = route.candidates.len();
+        let on_finish = move |summary: StreamSummary| {
+            let outcome = match (&summary.error, summary.completed) {
+                (Some(e), _) => Outcome::Failed(e.kind),
+                (None, true) => Outcome::Success,
+                (None, false) => Outcome::ClientDisconnected,
+            };
+            if let Some(e) = &summary.error {
+                stats.record_failure(e.kind, &settings, group_size, e.retry_after);
+            }
+            if let Some(usage) = summary.usage {
+                stats.record_tokens(usage.total_tokens);
+                stats.record_latency(summary.duration + meta.upstream_latency, usage.completion_tokens);
+            }
+            logs.emit(trace.log(meta.status, outcome, summary.usage, meta.overhead, Some(time_to_first_chunk), summary.chunks));
+            // The in-flight slot is held until the stream ends.
+            drop(claim);
+        };
+        let stream = relay_stream(peeked.initial, peeked.first_usage, peeked.relay, peeked.finished, on_finish);
+        Ok(GatewayResponse { meta: peeked.meta, body: ResponseBody::Stream(stream) })
+    }
+}
+
+/// A claimed deployment (in-flight slot); released when dropped.
+struct Claim {
+    snapshot: Arc<Snapshot>,
+    index: usize,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        self.snapshot.router.release(self.index);
+    }
+}
+
+fn no_deployment_error(no: NoDeployment, group: &str, op: Operation, prompt_tokens: Option<u64>) -> GatewayError {
+    match no {
+        NoDeployment::NotSupported => GatewayError::invalid_request(format!("model `{group}` does not support {}", op.as_str()))
+            .with_param("model")
+            .with_code("unsupported_operation"),
+        NoDeployment::NoTagMatch => GatewayError::invalid_request(format!("no deployment of `{group}` matches the request's tags"))
+            .with_code("no_matching_tags"),
+        NoDeployment::ContextWindow => GatewayError::new(
+            ErrorKind::ContextLengthExceeded,
+            format!(
+                "The prompt ({} tokens) is longer than the context window of every deployment of `{group}`.",
+                prompt_tokens.unwrap_or(0)
+            ),
+        )
+        .with_param("messages"),
+        NoDeployment::AtCapacity => GatewayError::new(ErrorKind::RateLimited, format!("every deployment of `{group}` is at max_parallel_requests"))
+            .with_code("max_parallel_requests_reached"),
+        NoDeployment::OverLimits => GatewayError::new(ErrorKind::RateLimited, format!("every deployment of `{group}` is over its rpm/tpm limit for this minute"))
+            .with_code("deployment_limits_reached"),
+        NoDeployment::Cooling { retry_in, rate_limited } => {
+            let kind = if rate_limited { ErrorKind::RateLimited } else { ErrorKind::UpstreamUnavailable };
+            let mut e = GatewayError::new(kind, format!("no healthy deployment of `{group}`: all are cooling down after failures"))
+                .with_code("no_healthy_deployments")
+                .with_status(if rate_limited { 429 } else { 503 });
+            e.retry_after = Some(retry_in);
+            e
+        }
     }
 }
 
@@ -373,6 +669,8 @@ impl Attempt {
             usage,
             upstream_latency,
             overhead: total.saturating_sub(upstream_latency),
+            attempted_retries: 0,
+            attempted_fallbacks: 0,
         }
     }
 
@@ -408,14 +706,8 @@ impl Attempt {
         })
     }
 
-    async fn stream(
-        self,
-        op: Operation,
-        response: UpstreamResponse,
-        idle_timeout: Duration,
-        logs: LogEmitter,
-        trace: Trace,
-    ) -> Result<GatewayResponse, GatewayError> {
+    /// Read the stream until its first content event; a failure before it is an ordinary error.
+    async fn peek(&self, op: Operation, response: UpstreamResponse, idle_timeout: Duration) -> Result<Peeked, GatewayError> {
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
         }
@@ -457,27 +749,15 @@ impl Attempt {
         };
         let upstream_latency = self.sent_at.elapsed();
         let meta = self.meta(status, &headers, None, upstream_latency);
-        let time_to_first_chunk = self.received_at.elapsed();
-        let (status_sent, overhead) = (meta.status, meta.overhead);
-        let on_finish = move |summary: StreamSummary| {
-            let outcome = match (&summary.error, summary.completed) {
-                (Some(e), _) => Outcome::Failed(e.kind),
-                (None, true) => Outcome::Success,
-                (None, false) => Outcome::ClientDisconnected,
-            };
-            logs.emit(trace.log(
-                status_sent,
-                outcome,
-                summary.usage,
-                overhead,
-                Some(time_to_first_chunk),
-                summary.chunks,
-            ));
-        };
-        let stream = relay_stream(initial, first_usage, relay, finished, on_finish);
-        Ok(GatewayResponse {
-            meta,
-            body: ResponseBody::Stream(stream),
-        })
+        Ok(Peeked { meta, initial, first_usage, relay, finished })
     }
+}
+
+/// A stream whose first content event has arrived: what to send first, and the rest to relay.
+struct Peeked {
+    meta: ResponseMeta,
+    initial: Vec<Bytes>,
+    first_usage: Option<Usage>,
+    relay: Relay,
+    finished: bool,
 }

@@ -19,6 +19,7 @@
 mod execute;
 mod log;
 mod relay;
+mod tokens;
 mod typed;
 mod upstream;
 
@@ -28,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
-use llmux_router::Router;
+use llmux_router::{InMemoryStats, Router, StatsStore};
 
 pub use execute::{GatewayResponse, ResponseBody, ResponseMeta};
 pub use llmux_config as config;
@@ -74,6 +75,12 @@ pub struct RequestOptions {
     pub request_id: String,
     /// When the request arrived, for the gateway-overhead measurement.
     pub received_at: Instant,
+    /// `x-litellm-num-retries`: retries for this request (a `num_retries` body field wins).
+    pub num_retries: Option<u32>,
+    /// `x-litellm-timeout`: per-attempt timeout for this request.
+    pub timeout: Option<Duration>,
+    /// `x-litellm-tags`: tags for tag-based routing (added to body `tags` / `metadata.tags`).
+    pub tags: Vec<String>,
 }
 
 impl Default for RequestOptions {
@@ -81,6 +88,9 @@ impl Default for RequestOptions {
         RequestOptions {
             request_id: new_request_id(),
             received_at: Instant::now(),
+            num_retries: None,
+            timeout: None,
+            tags: Vec::new(),
         }
     }
 }
@@ -114,6 +124,7 @@ mod rand_like {
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
     clients: upstream::ClientPool,
+    stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
 }
 
@@ -143,10 +154,12 @@ impl Client {
         env: &dyn EnvSource,
     ) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
         let clients = upstream::ClientPool::default();
-        let (snapshot, diags) = build_snapshot(config, env, &clients)?;
+        let stats: Arc<dyn StatsStore> = Arc::new(InMemoryStats::default());
+        let (snapshot, diags) = build_snapshot(config, env, &clients, stats.as_ref())?;
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             clients,
+            stats,
             logs: log::LogEmitter::new(),
         };
         Ok((
@@ -184,7 +197,7 @@ impl Client {
 
     /// Swap in a new configuration atomically; in-flight requests finish on the old one.
     pub fn reload(&self, config: Config) -> Result<Vec<Diagnostic>, ConfigErrors> {
-        let (snapshot, diags) = build_snapshot(config, &ProcessEnv, &self.inner.clients)?;
+        let (snapshot, diags) = build_snapshot(config, &ProcessEnv, &self.inner.clients, self.inner.stats.as_ref())?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
     }
@@ -211,9 +224,10 @@ fn build_snapshot(
     config: Config,
     env: &dyn EnvSource,
     pool: &upstream::ClientPool,
+    stats: &dyn StatsStore,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
-    let router = Router::build(&config, env, &mut diags);
+    let router = Router::build(&config, env, stats, &mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ConfigErrors(diags));
     }
@@ -237,7 +251,7 @@ fn build_snapshot(
 /// diagnostics plus routing-table diagnostics (unknown providers, missing endpoints, ...).
 pub fn check_config(config: &Config, env: &dyn EnvSource) -> Vec<Diagnostic> {
     let mut diags = Vec::new();
-    let _ = Router::build(config, env, &mut diags);
+    let _ = Router::build(config, env, &InMemoryStats::default(), &mut diags);
     diags
 }
 

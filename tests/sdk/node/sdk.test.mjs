@@ -54,6 +54,7 @@ before(async () => {
       { model_name: 'demo', litellm_params: { model: 'mock/demo' } },
     ],
     general_settings: { master_key: MASTER_KEY },
+    router_settings: { num_retries: 0, disable_cooldowns: true },
   };
   const dir = mkdtempSync(join(tmpdir(), 'llmux-node-'));
   const path = join(dir, 'config.yaml');

@@ -59,6 +59,8 @@ def gateway():
             {"model_name": "dead", "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}},
         ],
         "general_settings": {"master_key": MASTER_KEY},
+        # The SDK's own error handling is under test here, not the router's retries.
+        "router_settings": {"num_retries": 0, "disable_cooldowns": True},
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         json.dump(config, f)  # JSON is YAML

@@ -62,6 +62,7 @@ model_list:
     litellm_params: {model: openai/mock-gpt, api_base: "{mock}", api_key: k, timeout: 0.3, stream_timeout: 0.3}
   - model_name: dead
     litellm_params: {model: openai/x, api_base: "http://127.0.0.1:9/v1", api_key: k}
+router_settings: {num_retries: 0}
 "#;
 
 impl Harness {

@@ -48,6 +48,18 @@ pub struct MockState {
     pub stats: Stats,
     pub record: bool,
     pub recorded: Mutex<VecDeque<RecordedRequest>>,
+    /// Knobs applied to every request that does not set them (`POST /mock/defaults`), so a test
+    /// can make this upstream fail and recover while the gateway runs.
+    pub defaults: Mutex<Value>,
+}
+
+impl MockState {
+    /// Replace the default knobs (a JSON object like `mock_options`).
+    pub fn set_defaults(&self, knobs: Value) {
+        if let Ok(mut d) = self.defaults.lock() {
+            *d = knobs;
+        }
+    }
 }
 
 /// Per-request behaviour.
@@ -67,19 +79,19 @@ struct Knobs {
 }
 
 impl Knobs {
-    fn read(headers: &HeaderMap, body: &Value) -> Knobs {
+    fn read(headers: &HeaderMap, body: &Value, defaults: &Value) -> Knobs {
         let opts = body.get("mock_options");
+        let text = |v: &Value| match v {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
         let get = |name: &str| -> Option<String> {
             headers
                 .get(format!("x-mock-{}", name.replace('_', "-")))
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned)
-                .or_else(|| {
-                    opts.and_then(|o| o.get(name)).map(|v| match v {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    })
-                })
+                .or_else(|| opts.and_then(|o| o.get(name)).map(text))
+                .or_else(|| defaults.get(name).filter(|v| !v.is_null()).map(text))
         };
         let num = |name: &str| get(name).and_then(|v| v.trim().parse::<u64>().ok());
         Knobs {
@@ -116,6 +128,7 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/mock/stats", get(stats))
         .route("/mock/requests", get(recorded))
         .route("/mock/reset", post(reset))
+        .route("/mock/defaults", post(set_defaults))
         .with_state(Arc::clone(&state));
     (router, state)
 }
@@ -157,7 +170,8 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
     let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
         error_response(400, &json!({"error": {"message": format!("invalid JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}}).to_string(), None)
     })?;
-    let knobs = Knobs::read(&parts.headers, &body);
+    let defaults = state.defaults.lock().map(|d| d.clone()).unwrap_or(Value::Null);
+    let knobs = Knobs::read(&parts.headers, &body, &defaults);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;
     }
@@ -531,6 +545,11 @@ async fn recorded(State(state): State<Arc<MockState>>) -> Response {
         .map(|l| l.iter().cloned().collect())
         .unwrap_or_default();
     Json(list).into_response()
+}
+
+async fn set_defaults(State(state): State<Arc<MockState>>, Json(knobs): Json<Value>) -> Response {
+    state.set_defaults(knobs);
+    StatusCode::NO_CONTENT.into_response()
 }
 
 async fn reset(State(state): State<Arc<MockState>>) -> Response {

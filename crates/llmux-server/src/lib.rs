@@ -55,6 +55,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
         .route("/models/{*id}", get(get_model))
+        .route("/router/deployments", get(router_deployments))
         .route("/health/liveliness", get(liveliness))
         .route("/health/live", get(liveliness))
         .route("/health/readiness", get(readiness))
@@ -227,6 +228,45 @@ async fn get_model(
         .map(|i| snapshot.router.deployment(*i).provider)
         .unwrap_or("llmux");
     let body = json!({"id": id, "object": "model", "created": 0, "owned_by": owned_by});
+    json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+/// Admin view of every deployment's live routing state (health, cooldown, load, latency).
+async fn router_deployments(State(state): State<AppState>, request: Request) -> Response {
+    let request_id = headers::request_id(request.headers());
+    let snapshot = state.client.snapshot();
+    if let Err(e) = auth::authorize(request.headers(), &snapshot.config) {
+        return error_response(&e, &request_id);
+    }
+    let router = &snapshot.router;
+    let deployments: Vec<serde_json::Value> = router
+        .deployments()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let h = router.stats(i).snapshot();
+            json!({
+                "id": d.id,
+                "model_name": d.model_name,
+                "provider": d.provider,
+                "model": d.upstream_model,
+                "order": (d.order != u32::MAX).then_some(d.order),
+                "tags": d.tags,
+                "max_parallel_requests": d.max_parallel_requests,
+                "healthy": h.healthy,
+                "cooling_for_seconds": h.cooling_for.map(|c| c.as_secs_f64()),
+                "in_flight": h.in_flight,
+                "requests_this_minute": h.requests_this_minute,
+                "successes_this_minute": h.successes_this_minute,
+                "failures_this_minute": h.failures_this_minute,
+                "tokens_this_minute": h.tokens_this_minute,
+                "last_failure": h.last_failure.map(|k| k.as_str()),
+                "latency_ms_per_token": h.latency_ms_per_token,
+                "time_to_first_token_ms": h.time_to_first_token_ms,
+            })
+        })
+        .collect();
+    let body = json!({"routing_strategy": router.settings().strategy.as_str(), "deployments": deployments});
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 

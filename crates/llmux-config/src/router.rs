@@ -69,7 +69,11 @@ pub struct StreamRecovery {
 
 impl Default for StreamRecovery {
     fn default() -> Self {
-        StreamRecovery { mode: RecoveryMode::Off, max_attempts: 2, max_buffered_bytes: 256 * 1024 }
+        StreamRecovery {
+            mode: RecoveryMode::Off,
+            max_attempts: 2,
+            max_buffered_bytes: 256 * 1024,
+        }
     }
 }
 
@@ -143,35 +147,73 @@ impl RouterSettings {
 
     /// Failures of `kind` a deployment may have in a minute before cooling down.
     pub fn allowed_fails_for(&self, kind: ErrorKind) -> u32 {
-        self.allowed_fails_policy.get(&kind).copied().unwrap_or(self.allowed_fails)
+        self.allowed_fails_policy
+            .get(&kind)
+            .copied()
+            .unwrap_or(self.allowed_fails)
     }
 }
 
 /// LiteLLM's `RetryPolicy` / `AllowedFailsPolicy` field prefixes and the kinds they cover.
 const POLICY_NAMES: &[(&str, &[ErrorKind])] = &[
     ("BadRequestError", &[ErrorKind::InvalidRequest]),
-    ("AuthenticationError", &[ErrorKind::Authentication, ErrorKind::PermissionDenied]),
+    (
+        "AuthenticationError",
+        &[ErrorKind::Authentication, ErrorKind::PermissionDenied],
+    ),
     ("TimeoutError", &[ErrorKind::Timeout]),
     ("RateLimitError", &[ErrorKind::RateLimited]),
     ("ContentPolicyViolationError", &[ErrorKind::ContentFiltered]),
-    ("InternalServerError", &[ErrorKind::UpstreamError, ErrorKind::UpstreamUnavailable, ErrorKind::Internal]),
-    ("ContextWindowExceededError", &[ErrorKind::ContextLengthExceeded]),
+    (
+        "InternalServerError",
+        &[
+            ErrorKind::UpstreamError,
+            ErrorKind::UpstreamUnavailable,
+            ErrorKind::Internal,
+        ],
+    ),
+    (
+        "ContextWindowExceededError",
+        &[ErrorKind::ContextLengthExceeded],
+    ),
     ("NotFoundError", &[ErrorKind::NotFound]),
 ];
 
 /// Keys LiteLLM reads for the router from `litellm_settings` as well.
 pub(crate) const LITELLM_SETTINGS_ROUTER_KEYS: &[&str] = &[
-    "num_retries", "fallbacks", "context_window_fallbacks", "content_policy_fallbacks",
-    "default_fallbacks", "allowed_fails", "cooldown_time", "retry_policy", "allowed_fails_policy",
+    "num_retries",
+    "fallbacks",
+    "context_window_fallbacks",
+    "content_policy_fallbacks",
+    "default_fallbacks",
+    "allowed_fails",
+    "cooldown_time",
+    "retry_policy",
+    "allowed_fails_policy",
     "max_fallbacks",
 ];
 
 /// Router keys LiteLLM has that llmux does not act on yet (they need shared state or are Python-only).
 const UNSUPPORTED_ROUTER_KEYS: &[&str] = &[
-    "redis_host", "redis_port", "redis_password", "redis_url", "cache_responses", "cache_kwargs",
-    "polling_interval", "optional_pre_call_checks", "provider_budget_config", "router_general_settings",
-    "assistants_config", "search_tools", "deployment_affinity_ttl_seconds", "model_group_retry_policy",
-    "caching_groups", "client_ttl", "set_verbose", "debug_level", "alerting_config",
+    "redis_host",
+    "redis_port",
+    "redis_password",
+    "redis_url",
+    "cache_responses",
+    "cache_kwargs",
+    "polling_interval",
+    "optional_pre_call_checks",
+    "provider_budget_config",
+    "router_general_settings",
+    "assistants_config",
+    "search_tools",
+    "deployment_affinity_ttl_seconds",
+    "model_group_retry_policy",
+    "caching_groups",
+    "client_ttl",
+    "set_verbose",
+    "debug_level",
+    "alerting_config",
 ];
 
 struct Reader<'a> {
@@ -190,7 +232,10 @@ impl Reader<'_> {
             _ => None,
         };
         if parsed.is_none() {
-            self.diags.push(Diagnostic::error(Self::path(key), format!("expected a non-negative integer, got {v}")));
+            self.diags.push(Diagnostic::error(
+                Self::path(key),
+                format!("expected a non-negative integer, got {v}"),
+            ));
         }
         parsed
     }
@@ -203,7 +248,10 @@ impl Reader<'_> {
         }
         .filter(|f| (0.0..1.0e7).contains(f));
         if parsed.is_none() {
-            self.diags.push(Diagnostic::error(Self::path(key), format!("expected a number of seconds, got {v}")));
+            self.diags.push(Diagnostic::error(
+                Self::path(key),
+                format!("expected a number of seconds, got {v}"),
+            ));
         }
         parsed.map(Duration::from_secs_f64)
     }
@@ -215,7 +263,10 @@ impl Reader<'_> {
             _ => None,
         };
         if parsed.is_none() {
-            self.diags.push(Diagnostic::error(Self::path(key), format!("expected a boolean, got {v}")));
+            self.diags.push(Diagnostic::error(
+                Self::path(key),
+                format!("expected a boolean, got {v}"),
+            ));
         }
         parsed
     }
@@ -223,11 +274,18 @@ impl Reader<'_> {
     fn names(&mut self, key: &str, v: &Value) -> Option<Vec<String>> {
         match v {
             Value::String(s) => Some(vec![s.clone()]),
-            Value::Array(items) if items.iter().all(Value::is_string) => {
-                Some(items.iter().filter_map(Value::as_str).map(str::to_owned).collect())
-            }
+            Value::Array(items) if items.iter().all(Value::is_string) => Some(
+                items
+                    .iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_owned)
+                    .collect(),
+            ),
             _ => {
-                self.diags.push(Diagnostic::error(Self::path(key), "expected a list of model group names"));
+                self.diags.push(Diagnostic::error(
+                    Self::path(key),
+                    "expected a list of model group names",
+                ));
                 None
             }
         }
@@ -255,7 +313,10 @@ impl Reader<'_> {
             }
             Value::Object(map) => map.iter().for_each(|(from, to)| add(self, from, to)),
             Value::Null => {}
-            _ => self.diags.push(Diagnostic::error(Self::path(key), "expected a list of {group: [fallbacks]}")),
+            _ => self.diags.push(Diagnostic::error(
+                Self::path(key),
+                "expected a list of {group: [fallbacks]}",
+            )),
         }
         out
     }
@@ -263,19 +324,31 @@ impl Reader<'_> {
     fn policy(&mut self, key: &str, v: &Value, suffix: &str) -> HashMap<ErrorKind, u32> {
         let mut out = HashMap::new();
         let Value::Object(map) = v else {
-            self.diags.push(Diagnostic::error(Self::path(key), "expected a mapping"));
+            self.diags
+                .push(Diagnostic::error(Self::path(key), "expected a mapping"));
             return out;
         };
         for (name, count) in map {
-            let Some(n) = self.u64(&format!("{key}.{name}"), count) else { continue };
-            let kinds = name.strip_suffix(suffix).and_then(|base| POLICY_NAMES.iter().find(|(b, _)| *b == base));
+            let Some(n) = self.u64(&format!("{key}.{name}"), count) else {
+                continue;
+            };
+            let kinds = name
+                .strip_suffix(suffix)
+                .and_then(|base| POLICY_NAMES.iter().find(|(b, _)| *b == base));
             match kinds {
                 Some((_, kinds)) => kinds.iter().for_each(|k| {
                     out.insert(*k, n.min(u64::from(u32::MAX)) as u32);
                 }),
                 None => self.diags.push(Diagnostic::warning(
                     format!("router_settings.{key}.{name}"),
-                    format!("unknown policy field; expected one of {}", POLICY_NAMES.iter().map(|(b, _)| format!("{b}{suffix}")).collect::<Vec<_>>().join(", ")),
+                    format!(
+                        "unknown policy field; expected one of {}",
+                        POLICY_NAMES
+                            .iter()
+                            .map(|(b, _)| format!("{b}{suffix}"))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
                 )),
             }
         }
@@ -376,7 +449,10 @@ fn stream_recovery(v: &Value, r: &mut Reader<'_>) -> StreamRecovery {
     match v {
         Value::String(name) => match mode(name) {
             Some(m) => out.mode = m,
-            None => r.diags.push(Diagnostic::error("router_settings.stream_recovery", "expected `off` or `continue`")),
+            None => r.diags.push(Diagnostic::error(
+                "router_settings.stream_recovery",
+                "expected `off` or `continue`",
+            )),
         },
         Value::Object(map) => {
             for (key, value) in map {
@@ -384,15 +460,32 @@ fn stream_recovery(v: &Value, r: &mut Reader<'_>) -> StreamRecovery {
                 match key.as_str() {
                     "mode" => match value.as_str().and_then(mode) {
                         Some(m) => out.mode = m,
-                        None => r.diags.push(Diagnostic::error(format!("router_settings.{path}"), "expected `off` or `continue`")),
+                        None => r.diags.push(Diagnostic::error(
+                            format!("router_settings.{path}"),
+                            "expected `off` or `continue`",
+                        )),
                     },
-                    "max_attempts" => out.max_attempts = r.u64(&path, value).map_or(out.max_attempts, |n| n.min(10) as u32),
-                    "max_buffered_bytes" => out.max_buffered_bytes = r.u64(&path, value).map_or(out.max_buffered_bytes, |n| n as usize),
-                    _ => r.diags.push(Diagnostic::warning(format!("router_settings.{path}"), "unknown key; ignored")),
+                    "max_attempts" => {
+                        out.max_attempts = r
+                            .u64(&path, value)
+                            .map_or(out.max_attempts, |n| n.min(10) as u32)
+                    }
+                    "max_buffered_bytes" => {
+                        out.max_buffered_bytes = r
+                            .u64(&path, value)
+                            .map_or(out.max_buffered_bytes, |n| n as usize)
+                    }
+                    _ => r.diags.push(Diagnostic::warning(
+                        format!("router_settings.{path}"),
+                        "unknown key; ignored",
+                    )),
                 }
             }
         }
-        _ => r.diags.push(Diagnostic::error("router_settings.stream_recovery", "expected `off`, `continue`, or a mapping")),
+        _ => r.diags.push(Diagnostic::error(
+            "router_settings.stream_recovery",
+            "expected `off`, `continue`, or a mapping",
+        )),
     }
     out
 }
@@ -454,7 +547,10 @@ mod tests {
             "routing_strategy": "fastest", "num_retries": "many", "fallbacks": [3],
             "retry_policy": {"WeirdErrorRetries": 1}
         }));
-        let paths: Vec<_> = diags.iter().map(|d| (d.path.as_str(), d.is_error())).collect();
+        let paths: Vec<_> = diags
+            .iter()
+            .map(|d| (d.path.as_str(), d.is_error()))
+            .collect();
         assert!(paths.contains(&("router_settings.routing_strategy", true)));
         assert!(paths.contains(&("router_settings.num_retries", true)));
         assert!(paths.contains(&("router_settings.fallbacks[0]", true)));

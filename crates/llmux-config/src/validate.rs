@@ -696,7 +696,11 @@ fn litellm_settings(
     report_ignored("litellm_settings", KNOWN_LITELLM_SETTINGS, ignored, diags);
     if let Some(raw) = raw {
         config.drop_params = raw.drop_params.unwrap_or(false);
-        if let Some(t) = seconds(raw.request_timeout, "litellm_settings.request_timeout", diags) {
+        if let Some(t) = seconds(
+            raw.request_timeout,
+            "litellm_settings.request_timeout",
+            diags,
+        ) {
             config.request_timeout = t;
         }
     }

@@ -76,12 +76,17 @@ fn docs_example_reports_unsupported_settings_by_path() {
     assert_eq!(c.deployments[0].rpm, Some(900));
     assert_eq!(c.deployments[0].order, Some(1));
     let d = &loaded.diagnostics;
-    assert!(warnings_at(d, "router_settings.num_retries").is_empty(), "supported now");
+    assert!(
+        warnings_at(d, "router_settings.num_retries").is_empty(),
+        "supported now"
+    );
     assert_eq!(c.router.num_retries, 2);
     assert_eq!(c.router.cooldown_time, Duration::from_secs(30));
     assert_eq!(c.router.fallbacks["gpt-4o"], vec!["claude".to_owned()]);
     assert!(c.router.enable_pre_call_checks);
-    assert!(warnings_at(d, "router_settings.redis_host").iter().any(|w| w.message.contains("does not support yet")));
+    assert!(warnings_at(d, "router_settings.redis_host")
+        .iter()
+        .any(|w| w.message.contains("does not support yet")));
     assert_eq!(warnings_at(d, "litellm_settings.callbacks").len(), 1);
     assert!(warnings_at(d, "litellm_settings.callbacks")[0]
         .message

@@ -170,7 +170,11 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
     let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
         error_response(400, &json!({"error": {"message": format!("invalid JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}}).to_string(), None)
     })?;
-    let defaults = state.defaults.lock().map(|d| d.clone()).unwrap_or(Value::Null);
+    let defaults = state
+        .defaults
+        .lock()
+        .map(|d| d.clone())
+        .unwrap_or(Value::Null);
     let knobs = Knobs::read(&parts.headers, &body, &defaults);
     if knobs.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(knobs.latency_ms)).await;

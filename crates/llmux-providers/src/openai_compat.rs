@@ -1,8 +1,6 @@
 //! The OpenAI-compatible adapter: forwards the client's body with `model` rewritten (no full
 //! re-encode), relays responses and stream events as bytes, and reads only usage and errors.
 
-use std::time::Duration;
-
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
@@ -278,153 +276,26 @@ pub fn inspect_event(event: &[u8]) -> StreamEvent {
         return StreamEvent::Data { usage: None };
     };
     if let Some(error) = object.get_non_null("error") {
-        return StreamEvent::Error(error_from_body(500, error.get().as_bytes(), true));
+        return StreamEvent::Error(crate::errors::error_from_body(
+            500,
+            error.get().as_bytes(),
+            true,
+        ));
     }
     if named_error {
-        return StreamEvent::Error(error_from_body(500, trimmed, false));
+        return StreamEvent::Error(crate::errors::error_from_body(500, trimmed, false));
     }
     StreamEvent::Data {
         usage: object.decode::<Usage>("usage").ok().flatten(),
     }
 }
 
-/// Upstream headers a client should see: rate-limit state and retry hints.
-pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .iter()
-        .filter(|(name, _)| {
-            let n = name.as_str();
-            n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
-        })
-        .filter_map(|(name, value)| {
-            value
-                .to_str()
-                .ok()
-                .map(|v| (name.as_str().to_owned(), v.to_owned()))
-        })
-        .collect()
-}
-
-/// `retry-after-ms`, else `retry-after` in seconds (HTTP dates are ignored: clocks differ).
-pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    if let Some(ms) = headers
-        .get("retry-after-ms")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-    {
-        if ms.is_finite() && ms >= 0.0 {
-            return Some(Duration::from_secs_f64(ms / 1000.0));
-        }
-    }
-    let secs = headers
-        .get("retry-after")?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse::<f64>()
-        .ok()?;
-    (0.0..86_400.0)
-        .contains(&secs)
-        .then(|| Duration::from_secs_f64(secs))
-}
-
-/// Turn an upstream error response into the error the client sees: the upstream's status, and its
-/// message, type and code when it sent OpenAI-shaped (or close) JSON.
-pub fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
-    let mut error = error_from_body(status, body, false);
-    error.status = status;
-    error.retry_after = retry_after(headers);
-    error.headers = forwarded_headers(headers);
-    error
-}
-
-/// `inner` says `body` is already the value of an `error` field.
-fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayError {
-    let value: Option<serde_json::Value> = serde_json::from_slice(body).ok();
-    let error_value = match &value {
-        Some(v) if inner => Some(v),
-        Some(v) => v.get("error").filter(|e| !e.is_null()).or(Some(v)),
-        None => None,
-    };
-    let text = |v: &serde_json::Value| -> Option<String> {
-        match v {
-            serde_json::Value::String(s) => Some(s.clone()),
-            serde_json::Value::Number(n) => Some(n.to_string()),
-            _ => None,
-        }
-    };
-    let (message, upstream_type, code, param) = match error_value {
-        Some(serde_json::Value::String(s)) => (s.clone(), None, None, None),
-        Some(e @ serde_json::Value::Object(_)) => {
-            let message = e.get("message").and_then(text).or_else(|| {
-                e.get("detail").map(|d| match d {
-                    serde_json::Value::String(s) => s.clone(),
-                    other => other.to_string(),
-                })
-            });
-            (
-                message.unwrap_or_else(|| e.to_string()),
-                e.get("type").and_then(text),
-                e.get("code").and_then(text),
-                e.get("param").and_then(text),
-            )
-        }
-        Some(other) => (other.to_string(), None, None, None),
-        None => {
-            let raw = String::from_utf8_lossy(body);
-            let trimmed: String = raw.trim().chars().take(2000).collect();
-            let message = if trimmed.is_empty() {
-                format!("upstream returned HTTP {status}")
-            } else {
-                trimmed
-            };
-            (message, None, None, None)
-        }
-    };
-    let kind = classify(status, upstream_type.as_deref(), code.as_deref(), &message);
-    let mut error = GatewayError::new(kind, message);
-    if let Some(t) = upstream_type {
-        error.body.error_type = t;
-    }
-    error.body.code = code.or_else(|| Some(kind.default_code().to_owned()));
-    error.body.param = param;
-    error
-}
-
-/// Structured fields first, message text last.
-fn classify(status: u16, error_type: Option<&str>, code: Option<&str>, message: &str) -> ErrorKind {
-    let by_code = |c: &str| match c {
-        "context_length_exceeded" | "string_above_max_length" => {
-            Some(ErrorKind::ContextLengthExceeded)
-        }
-        "content_filter" | "content_policy_violation" | "content_filtered" => {
-            Some(ErrorKind::ContentFiltered)
-        }
-        "rate_limit_exceeded" => Some(ErrorKind::RateLimited),
-        "invalid_api_key" => Some(ErrorKind::Authentication),
-        "model_not_found" => Some(ErrorKind::NotFound),
-        _ => None,
-    };
-    if let Some(kind) = code
-        .and_then(by_code)
-        .or_else(|| error_type.and_then(by_code))
-    {
-        return kind;
-    }
-    let lower = message.to_ascii_lowercase();
-    if (400..500).contains(&status)
-        && (lower.contains("maximum context length")
-            || lower.contains("context length")
-            || lower.contains("context window"))
-    {
-        return ErrorKind::ContextLengthExceeded;
-    }
-    ErrorKind::from_upstream_status(status)
-}
+pub use crate::errors::{forwarded_headers, parse_error, retry_after};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn openai_error_bodies_keep_status_type_and_code() {

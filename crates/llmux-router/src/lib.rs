@@ -11,7 +11,10 @@ use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource, RouterSettings, StrategyKind, PROVIDER_SPECIFIC_PARAMS};
+use llmux_config::{
+    Config, DeploymentConfig, Diagnostic, EnvSource, RouterSettings, StrategyKind,
+    PROVIDER_SPECIFIC_PARAMS,
+};
 use llmux_providers::registry::{self, ResolvedProvider};
 use llmux_providers::{HttpTarget, Operation, Provider};
 use serde_json::Value;
@@ -20,7 +23,12 @@ pub use stats::{Availability, DeploymentStats, HealthSnapshot, InMemoryStats, St
 use strategy::CandidateView;
 
 /// `litellm_params` the router itself reads (so they are not reported as unused).
-const ROUTER_PARAMS: &[&str] = &["tags", "max_parallel_requests", "input_cost_per_token", "output_cost_per_token"];
+const ROUTER_PARAMS: &[&str] = &[
+    "tags",
+    "max_parallel_requests",
+    "input_cost_per_token",
+    "output_cost_per_token",
+];
 
 /// How a deployment is reached.
 pub enum Backend {
@@ -109,15 +117,28 @@ pub struct Router {
 
 impl Router {
     /// Build the routing table. Deployments that cannot be routed are reported and left out.
-    pub fn build(config: &Config, env: &dyn EnvSource, store: &dyn StatsStore, diags: &mut Vec<Diagnostic>) -> Router {
-        let mut router = Router { settings: config.router.clone(), ..Router::default() };
+    pub fn build(
+        config: &Config,
+        env: &dyn EnvSource,
+        store: &dyn StatsStore,
+        diags: &mut Vec<Diagnostic>,
+    ) -> Router {
+        let mut router = Router {
+            settings: config.router.clone(),
+            ..Router::default()
+        };
         for dep in &config.deployments {
-            let Some(deployment) = build_deployment(dep, config, env, diags) else { continue };
+            let Some(deployment) = build_deployment(dep, config, env, diags) else {
+                continue;
+            };
             let index = router.deployments.len();
             router.stats.push(store.deployment(&deployment.id));
             router.deployments.push(Arc::new(deployment));
             let name = dep.model_name.clone();
-            router.counters.entry(name.clone()).or_insert_with(|| store.group_counter(&name));
+            router
+                .counters
+                .entry(name.clone())
+                .or_insert_with(|| store.group_counter(&name));
             if let Some((prefix, suffix)) = name.split_once('*') {
                 match router.wildcards.iter_mut().find(|w| w.pattern == name) {
                     Some(w) => w.members.push(index),
@@ -136,7 +157,9 @@ impl Router {
                 members.push(index);
             }
         }
-        router.wildcards.sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
+        router
+            .wildcards
+            .sort_by_key(|w| std::cmp::Reverse(w.prefix.len() + w.suffix.len()));
         router.check_references(diags);
         router
     }
@@ -144,24 +167,37 @@ impl Router {
     /// Fallback and alias targets must name model groups.
     fn check_references(&self, diags: &mut Vec<Diagnostic>) {
         let s = &self.settings;
-        let lists = [("fallbacks", &s.fallbacks), ("context_window_fallbacks", &s.context_window_fallbacks), ("content_policy_fallbacks", &s.content_policy_fallbacks)];
+        let lists = [
+            ("fallbacks", &s.fallbacks),
+            ("context_window_fallbacks", &s.context_window_fallbacks),
+            ("content_policy_fallbacks", &s.content_policy_fallbacks),
+        ];
         for (name, map) in lists {
             for (from, to) in map {
                 for target in to.iter().chain(std::iter::once(from)) {
                     if self.route(target).is_none() {
-                        diags.push(Diagnostic::warning(format!("router_settings.{name}.{from}"), format!("`{target}` is not a model group")));
+                        diags.push(Diagnostic::warning(
+                            format!("router_settings.{name}.{from}"),
+                            format!("`{target}` is not a model group"),
+                        ));
                     }
                 }
             }
         }
         for target in &s.default_fallbacks {
             if self.route(target).is_none() {
-                diags.push(Diagnostic::warning("router_settings.default_fallbacks", format!("`{target}` is not a model group")));
+                diags.push(Diagnostic::warning(
+                    "router_settings.default_fallbacks",
+                    format!("`{target}` is not a model group"),
+                ));
             }
         }
         for (alias, target) in &s.model_group_alias {
             if !self.groups.contains_key(target) && self.wildcard_route(target).is_none() {
-                diags.push(Diagnostic::warning(format!("router_settings.model_group_alias.{alias}"), format!("`{target}` is not a model group")));
+                diags.push(Diagnostic::warning(
+                    format!("router_settings.model_group_alias.{alias}"),
+                    format!("`{target}` is not a model group"),
+                ));
             }
         }
     }
@@ -208,7 +244,11 @@ impl Router {
             _ => model,
         };
         if let Some((name, members)) = self.groups.get_key_value(model) {
-            return Some(RouteMatch { candidates: members, wildcard: None, group: name });
+            return Some(RouteMatch {
+                candidates: members,
+                wildcard: None,
+                group: name,
+            });
         }
         self.wildcard_route(model)
     }
@@ -228,13 +268,26 @@ impl Router {
 
     /// Choose a deployment for one attempt and claim it (an in-flight slot, and the half-open
     /// probe when its cooldown has just ended). The caller must `release` it when done.
-    pub fn select(&self, route: &RouteMatch<'_>, input: &SelectionInput<'_>) -> Result<usize, NoDeployment> {
+    pub fn select(
+        &self,
+        route: &RouteMatch<'_>,
+        input: &SelectionInput<'_>,
+    ) -> Result<usize, NoDeployment> {
         let settings = &self.settings;
-        let supported: Vec<usize> = route.candidates.iter().copied().filter(|i| self.deployments[*i].supports(input.op)).collect();
+        let supported: Vec<usize> = route
+            .candidates
+            .iter()
+            .copied()
+            .filter(|i| self.deployments[*i].supports(input.op))
+            .collect();
         if supported.is_empty() {
             return Err(NoDeployment::NotSupported);
         }
-        let tagged = if settings.enable_tag_filtering { filter_tags(&supported, &self.deployments, input.tags) } else { supported };
+        let tagged = if settings.enable_tag_filtering {
+            filter_tags(&supported, &self.deployments, input.tags)
+        } else {
+            supported
+        };
         if tagged.is_empty() {
             return Err(NoDeployment::NoTagMatch);
         }
@@ -242,7 +295,13 @@ impl Router {
             Some(tokens) => tagged
                 .iter()
                 .copied()
-                .filter(|i| self.deployments[*i].config.model_info.max_input_tokens.is_none_or(|max| tokens <= max))
+                .filter(|i| {
+                    self.deployments[*i]
+                        .config
+                        .model_info
+                        .max_input_tokens
+                        .is_none_or(|max| tokens <= max)
+                })
                 .collect(),
             None => tagged,
         };
@@ -250,8 +309,19 @@ impl Router {
             return Err(NoDeployment::ContextWindow);
         }
         // Prefer deployments this request has not failed on; fall back to them when none is left.
-        let fresh: Vec<usize> = fitting.iter().copied().filter(|i| !input.exclude.contains(i)).collect();
-        let pool = if fresh.iter().any(|i| !matches!(self.stats[*i].availability(), Availability::Cooling(_))) { fresh } else { fitting };
+        let fresh: Vec<usize> = fitting
+            .iter()
+            .copied()
+            .filter(|i| !input.exclude.contains(i))
+            .collect();
+        let pool = if fresh
+            .iter()
+            .any(|i| !matches!(self.stats[*i].availability(), Availability::Cooling(_)))
+        {
+            fresh
+        } else {
+            fitting
+        };
 
         let mut tiers: Vec<u32> = pool.iter().map(|i| self.deployments[*i].order).collect();
         tiers.sort_unstable();
@@ -267,11 +337,14 @@ impl Router {
                 let stats = &self.stats[i];
                 if let Availability::Cooling(left) = stats.availability() {
                     soonest = Some(soonest.map_or(left, |s| s.min(left)));
-                    all_rate_limited &= stats.last_failure() == Some(llmux_types::ErrorKind::RateLimited);
+                    all_rate_limited &=
+                        stats.last_failure() == Some(llmux_types::ErrorKind::RateLimited);
                     continue;
                 }
                 let dep = &self.deployments[i];
-                if settings.strategy == StrategyKind::UsageBased && over_usage_limits(dep, stats, input.prompt_tokens) {
+                if settings.strategy == StrategyKind::UsageBased
+                    && over_usage_limits(dep, stats, input.prompt_tokens)
+                {
                     over_limits = true;
                     continue;
                 }
@@ -280,7 +353,11 @@ impl Router {
                     index: i,
                     weight: 0.0,
                     in_flight: stats.in_flight(),
-                    latency_ms: if input.stream { ttft.or(per_token) } else { per_token },
+                    latency_ms: if input.stream {
+                        ttft.or(per_token)
+                    } else {
+                        per_token
+                    },
                     tokens_this_minute: stats.minute_usage().1,
                     cost_per_token: dep.cost_per_token,
                 });
@@ -288,11 +365,21 @@ impl Router {
             if views.is_empty() {
                 continue;
             }
-            let weights = tier_weights(&views.iter().map(|v| &self.deployments[v.index].config).collect::<Vec<_>>());
+            let weights = tier_weights(
+                &views
+                    .iter()
+                    .map(|v| &self.deployments[v.index].config)
+                    .collect::<Vec<_>>(),
+            );
             for (view, w) in views.iter_mut().zip(weights) {
                 view.weight = w;
             }
-            strategy::rank(settings.strategy, &mut views, settings.lowest_latency_buffer, &counter);
+            strategy::rank(
+                settings.strategy,
+                &mut views,
+                settings.lowest_latency_buffer,
+                &counter,
+            );
             for view in views {
                 let stats = &self.stats[view.index];
                 let probe = matches!(stats.availability(), Availability::Probe);
@@ -316,7 +403,10 @@ impl Router {
         if over_limits {
             return Err(NoDeployment::OverLimits);
         }
-        Err(NoDeployment::Cooling { retry_in: soonest.unwrap_or(settings.cooldown_time), rate_limited: all_rate_limited })
+        Err(NoDeployment::Cooling {
+            retry_in: soonest.unwrap_or(settings.cooldown_time),
+            rate_limited: all_rate_limited,
+        })
     }
 
     /// Whether a deployment this request has not failed on could take it now (then a retry goes
@@ -349,7 +439,10 @@ pub enum NoDeployment {
     /// Every deployment is over its rpm/tpm for this minute (usage-based routing).
     OverLimits,
     /// Every deployment is cooling down.
-    Cooling { retry_in: Duration, rate_limited: bool },
+    Cooling {
+        retry_in: Duration,
+        rate_limited: bool,
+    },
 }
 
 /// Per-request inputs to selection.
@@ -366,16 +459,32 @@ pub struct SelectionInput<'a> {
 
 /// LiteLLM's tag routing: a tagged request goes to deployments sharing a tag, else to `default`
 /// ones; an untagged request goes to `default` deployments when there are any, else anywhere.
-fn filter_tags(candidates: &[usize], deployments: &[Arc<Deployment>], tags: &[String]) -> Vec<usize> {
+fn filter_tags(
+    candidates: &[usize],
+    deployments: &[Arc<Deployment>],
+    tags: &[String],
+) -> Vec<usize> {
     let has = |i: &usize, tag: &str| deployments[*i].tags.iter().any(|t| t == tag);
     if !tags.is_empty() {
-        let matching: Vec<usize> = candidates.iter().copied().filter(|i| tags.iter().any(|t| has(i, t))).collect();
+        let matching: Vec<usize> = candidates
+            .iter()
+            .copied()
+            .filter(|i| tags.iter().any(|t| has(i, t)))
+            .collect();
         if !matching.is_empty() {
             return matching;
         }
-        return candidates.iter().copied().filter(|i| has(i, "default")).collect();
+        return candidates
+            .iter()
+            .copied()
+            .filter(|i| has(i, "default"))
+            .collect();
     }
-    let defaults: Vec<usize> = candidates.iter().copied().filter(|i| has(i, "default")).collect();
+    let defaults: Vec<usize> = candidates
+        .iter()
+        .copied()
+        .filter(|i| has(i, "default"))
+        .collect();
     if defaults.is_empty() {
         candidates.to_vec()
     } else {
@@ -383,9 +492,17 @@ fn filter_tags(candidates: &[usize], deployments: &[Arc<Deployment>], tags: &[St
     }
 }
 
-fn over_usage_limits(dep: &Deployment, stats: &DeploymentStats, prompt_tokens: Option<u64>) -> bool {
+fn over_usage_limits(
+    dep: &Deployment,
+    stats: &DeploymentStats,
+    prompt_tokens: Option<u64>,
+) -> bool {
     let (requests, tokens) = stats.minute_usage();
-    dep.config.rpm.is_some_and(|rpm| requests >= rpm) || dep.config.tpm.is_some_and(|tpm| tokens + prompt_tokens.unwrap_or(0) > tpm)
+    dep.config.rpm.is_some_and(|rpm| requests >= rpm)
+        || dep
+            .config
+            .tpm
+            .is_some_and(|tpm| tokens + prompt_tokens.unwrap_or(0) > tpm)
 }
 
 fn tier_weights(configs: &[&DeploymentConfig]) -> Vec<f64> {
@@ -415,10 +532,16 @@ fn build_deployment(
     let (provider, backend, upstream_model) = match resolved {
         ResolvedProvider::Mock { upstream_model } => (
             registry::MOCK_PROVIDER,
-            Backend::Mock { model: upstream_model.clone(), response: dep.mock_response.clone() },
+            Backend::Mock {
+                model: upstream_model.clone(),
+                response: dep.mock_response.clone(),
+            },
             upstream_model,
         ),
-        ResolvedProvider::OpenAiCompatible { spec, upstream_model } => {
+        ResolvedProvider::OpenAiCompatible {
+            spec,
+            upstream_model,
+        } => {
             let target = HttpTarget::new(spec, &upstream_model, dep, config, env, diags)?;
             (spec.name, Backend::Http(Arc::new(target)), upstream_model)
         }
@@ -429,7 +552,11 @@ fn build_deployment(
             "mock_response only applies to `mock/` models; ignored",
         ));
     }
-    for key in dep.provider_params.keys().filter(|k| !ROUTER_PARAMS.contains(&k.as_str())) {
+    for key in dep
+        .provider_params
+        .keys()
+        .filter(|k| !ROUTER_PARAMS.contains(&k.as_str()))
+    {
         let path = format!("{}.litellm_params.{key}", dep.path());
         let message = if PROVIDER_SPECIFIC_PARAMS.contains(&key.as_str()) {
             format!("`{key}` is not supported yet for provider `{provider}`; ignored")
@@ -443,19 +570,34 @@ fn build_deployment(
         dep.provider_params
             .get(key)
             .or_else(|| dep.model_info.extra.get(key))
-            .and_then(|v| v.as_f64().or_else(|| v.as_str().and_then(|s| s.trim().parse().ok())))
+            .and_then(|v| {
+                v.as_f64()
+                    .or_else(|| v.as_str().and_then(|s| s.trim().parse().ok()))
+            })
     };
     let tags = match dep.provider_params.get("tags") {
-        Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
         Some(Value::String(tag)) => vec![tag.clone()],
         Some(_) => {
-            diags.push(Diagnostic::error(format!("{}.litellm_params.tags", dep.path()), "expected a list of tags"));
+            diags.push(Diagnostic::error(
+                format!("{}.litellm_params.tags", dep.path()),
+                "expected a list of tags",
+            ));
             return None;
         }
         None => Vec::new(),
     };
-    let max_parallel_requests = number("max_parallel_requests").filter(|n| *n >= 1.0).map(|n| n as u64);
-    let cost_per_token = match (number("input_cost_per_token"), number("output_cost_per_token")) {
+    let max_parallel_requests = number("max_parallel_requests")
+        .filter(|n| *n >= 1.0)
+        .map(|n| n as u64);
+    let cost_per_token = match (
+        number("input_cost_per_token"),
+        number("output_cost_per_token"),
+    ) {
         (None, None) => None,
         (i, o) => Some(i.unwrap_or(0.0) + o.unwrap_or(0.0)),
     };
@@ -503,12 +645,23 @@ mod tests {
     fn router(yaml: &str) -> (Router, Vec<Diagnostic>) {
         let loaded = llmux_config::load_str(yaml, &Env::new()).unwrap();
         let mut diags = loaded.diagnostics;
-        let r = Router::build(&loaded.config, &Env::<String, String>::new(), &InMemoryStats::default(), &mut diags);
+        let r = Router::build(
+            &loaded.config,
+            &Env::<String, String>::new(),
+            &InMemoryStats::default(),
+            &mut diags,
+        );
         (r, diags)
     }
 
     fn input<'a>(tags: &'a [String], exclude: &'a [usize]) -> SelectionInput<'a> {
-        SelectionInput { op: Operation::Chat, stream: false, tags, prompt_tokens: None, exclude }
+        SelectionInput {
+            op: Operation::Chat,
+            stream: false,
+            tags,
+            prompt_tokens: None,
+            exclude,
+        }
     }
 
     /// Select and release at once: which deployment would take the request.
@@ -650,7 +803,9 @@ router_settings:
         assert_eq!(r.route("gpt-4").unwrap().group, "gpt-4o");
         assert_eq!(r.route("internal").unwrap().group, "gpt-4o");
         assert_eq!(r.model_names().collect::<Vec<_>>(), vec!["gpt-4o", "gpt-4"]);
-        assert!(diags.iter().any(|d| d.path == "router_settings.model_group_alias.broken"));
+        assert!(diags
+            .iter()
+            .any(|d| d.path == "router_settings.model_group_alias.broken"));
     }
 
     #[test]
@@ -672,8 +827,16 @@ router_settings: {enable_tag_filtering: true}
         for _ in 0..20 {
             assert_eq!(select(&["paid".to_owned()]), 0);
             assert_eq!(select(&["free".to_owned()]), 1);
-            assert_eq!(select(&[]), 1, "untagged requests go to default deployments");
-            assert_eq!(select(&["other".to_owned()]), 1, "unmatched tags fall back to default");
+            assert_eq!(
+                select(&[]),
+                1,
+                "untagged requests go to default deployments"
+            );
+            assert_eq!(
+                select(&["other".to_owned()]),
+                1,
+                "unmatched tags fall back to default"
+            );
         }
     }
 
@@ -709,10 +872,18 @@ router_settings: {cooldown_time: 10}
 "#,
         );
         assert_eq!(pick(&r, "g"), Ok(0));
-        r.stats(0).record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
+        r.stats(0)
+            .record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
         assert_eq!(pick(&r, "g"), Ok(1), "tier 2 serves while tier 1 cools");
-        r.stats(1).record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
-        assert!(matches!(pick(&r, "g"), Err(NoDeployment::Cooling { rate_limited: true, .. })));
+        r.stats(1)
+            .record_failure(llmux_types::ErrorKind::RateLimited, r.settings(), 2, None);
+        assert!(matches!(
+            pick(&r, "g"),
+            Err(NoDeployment::Cooling {
+                rate_limited: true,
+                ..
+            })
+        ));
         tokio::time::advance(Duration::from_secs(11)).await;
         let route = r.route("g").unwrap();
         let probe = r.select(&route, &input(&[], &[])).unwrap();
@@ -741,7 +912,10 @@ router_settings: {cooldown_time: 10}
         let route = r.route("g").unwrap();
         let a = r.select(&route, &input(&[], &[])).unwrap();
         let b = r.select(&route, &input(&[], &[])).unwrap();
-        assert_eq!(r.select(&route, &input(&[], &[])), Err(NoDeployment::AtCapacity));
+        assert_eq!(
+            r.select(&route, &input(&[], &[])),
+            Err(NoDeployment::AtCapacity)
+        );
         r.release(a);
         assert!(r.select(&route, &input(&[], &[])).is_ok());
         let _ = b;

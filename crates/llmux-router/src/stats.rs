@@ -39,14 +39,24 @@ pub struct InMemoryStats {
 
 impl Default for InMemoryStats {
     fn default() -> Self {
-        InMemoryStats { epoch: Instant::now(), deployments: Mutex::default(), groups: Mutex::default() }
+        InMemoryStats {
+            epoch: Instant::now(),
+            deployments: Mutex::default(),
+            groups: Mutex::default(),
+        }
     }
 }
 
 impl StatsStore for InMemoryStats {
     fn deployment(&self, id: &str) -> Arc<DeploymentStats> {
-        let mut map = self.deployments.lock().unwrap_or_else(PoisonError::into_inner);
-        Arc::clone(map.entry(id.to_owned()).or_insert_with(|| Arc::new(DeploymentStats::new(self.epoch))))
+        let mut map = self
+            .deployments
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        Arc::clone(
+            map.entry(id.to_owned())
+                .or_insert_with(|| Arc::new(DeploymentStats::new(self.epoch))),
+        )
     }
 
     fn group_counter(&self, group: &str) -> Arc<AtomicU64> {
@@ -82,7 +92,12 @@ struct MinuteWindow {
 impl MinuteWindow {
     fn roll(&self, minute: u64) {
         let seen = self.minute.load(Ordering::Acquire);
-        if seen != minute && self.minute.compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+        if seen != minute
+            && self
+                .minute
+                .compare_exchange(seen, minute, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
             self.requests.store(0, Ordering::Relaxed);
             self.successes.store(0, Ordering::Relaxed);
             self.failures.store(0, Ordering::Relaxed);
@@ -158,7 +173,9 @@ impl DeploymentStats {
     }
 
     fn now_ms(&self) -> u64 {
-        Instant::now().saturating_duration_since(self.epoch).as_millis() as u64
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
     }
 
     fn window(&self) -> &MinuteWindow {
@@ -177,12 +194,16 @@ impl DeploymentStats {
             return true;
         };
         self.in_flight
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < limit).then_some(n + 1)
+            })
             .is_ok()
     }
 
     pub fn end(&self) {
-        let _ = self.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        let _ = self
+            .in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
     }
 
     pub fn availability(&self) -> Availability {
@@ -203,13 +224,18 @@ impl DeploymentStats {
 
     /// Claim the single half-open probe; `false` if another request holds it.
     pub fn try_acquire_probe(&self) -> bool {
-        self.probe_in_flight.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire).is_ok()
+        self.probe_in_flight
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
     }
 
     /// Usage this minute: (requests, tokens).
     pub fn minute_usage(&self) -> (u64, u64) {
         let w = self.window();
-        (w.requests.load(Ordering::Relaxed), w.tokens.load(Ordering::Relaxed))
+        (
+            w.requests.load(Ordering::Relaxed),
+            w.tokens.load(Ordering::Relaxed),
+        )
     }
 
     pub fn record_request(&self) {
@@ -228,11 +254,25 @@ impl DeploymentStats {
 
     pub fn record_latency(&self, total: Duration, output_tokens: u64) {
         let per_token = total.as_secs_f64() * 1000.0 / output_tokens.max(1) as f64;
-        push_window(&mut self.latency.lock().unwrap_or_else(PoisonError::into_inner).per_token_ms, per_token);
+        push_window(
+            &mut self
+                .latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .per_token_ms,
+            per_token,
+        );
     }
 
     pub fn record_ttft(&self, ttft: Duration) {
-        push_window(&mut self.latency.lock().unwrap_or_else(PoisonError::into_inner).ttft_ms, ttft.as_secs_f64() * 1000.0);
+        push_window(
+            &mut self
+                .latency
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .ttft_ms,
+            ttft.as_secs_f64() * 1000.0,
+        );
     }
 
     /// A successful attempt: a half-open probe closes the circuit.
@@ -269,7 +309,8 @@ impl DeploymentStats {
         let w = self.window();
         let failures = w.failures.fetch_add(1, Ordering::Relaxed) + 1;
         let of_kind = w.failures_by_kind[kind_index(kind)].fetch_add(1, Ordering::Relaxed) + 1;
-        self.last_failure.store(kind_index(kind) as u8, Ordering::Relaxed);
+        self.last_failure
+            .store(kind_index(kind) as u8, Ordering::Relaxed);
         if settings.disable_cooldowns {
             return None;
         }
@@ -284,7 +325,11 @@ impl DeploymentStats {
         );
         let immediate = matches!(
             kind,
-            ErrorKind::RateLimited | ErrorKind::Authentication | ErrorKind::PermissionDenied | ErrorKind::NotFound | ErrorKind::Timeout
+            ErrorKind::RateLimited
+                | ErrorKind::Authentication
+                | ErrorKind::PermissionDenied
+                | ErrorKind::NotFound
+                | ErrorKind::Timeout
         );
         let requests = w.requests.load(Ordering::Relaxed).max(failures);
         let cool = if was_probe && !caller_mistake {
@@ -297,14 +342,20 @@ impl DeploymentStats {
             true
         } else {
             let over_allowance = of_kind > u64::from(settings.allowed_fails);
-            let failing_rate = group_size > 1 && requests >= FAILURE_RATE_MIN_REQUESTS && failures * 2 >= requests;
+            let failing_rate =
+                group_size > 1 && requests >= FAILURE_RATE_MIN_REQUESTS && failures * 2 >= requests;
             over_allowance || failing_rate
         };
         if !cool {
             return None;
         }
-        let duration = settings.cooldown_time.max(retry_after.unwrap_or_default().min(MAX_COOLDOWN));
-        self.cooling_until_ms.store(self.now_ms() + duration.as_millis() as u64, Ordering::Release);
+        let duration = settings
+            .cooldown_time
+            .max(retry_after.unwrap_or_default().min(MAX_COOLDOWN));
+        self.cooling_until_ms.store(
+            self.now_ms() + duration.as_millis() as u64,
+            Ordering::Release,
+        );
         self.state.store(COOLING, Ordering::Release);
         Some(duration)
     }
@@ -315,7 +366,9 @@ impl DeploymentStats {
     }
 
     pub fn last_failure(&self) -> Option<ErrorKind> {
-        ErrorKind::ALL.get(self.last_failure.load(Ordering::Relaxed) as usize).copied()
+        ErrorKind::ALL
+            .get(self.last_failure.load(Ordering::Relaxed) as usize)
+            .copied()
     }
 
     pub fn snapshot(&self) -> HealthSnapshot {
@@ -345,15 +398,28 @@ mod tests {
     use super::*;
 
     fn settings() -> RouterSettings {
-        RouterSettings { cooldown_time: Duration::from_secs(10), allowed_fails: 2, ..RouterSettings::default() }
+        RouterSettings {
+            cooldown_time: Duration::from_secs(10),
+            allowed_fails: 2,
+            ..RouterSettings::default()
+        }
     }
 
     #[tokio::test(start_paused = true)]
     async fn rate_limit_cools_at_once_in_a_group_and_half_opens_after_cooldown() {
         let s = DeploymentStats::new(Instant::now());
         assert_eq!(s.availability(), Availability::Healthy);
-        let cooled = s.record_failure(ErrorKind::RateLimited, &settings(), 3, Some(Duration::from_secs(20)));
-        assert_eq!(cooled, Some(Duration::from_secs(20)), "Retry-After lengthens the cooldown");
+        let cooled = s.record_failure(
+            ErrorKind::RateLimited,
+            &settings(),
+            3,
+            Some(Duration::from_secs(20)),
+        );
+        assert_eq!(
+            cooled,
+            Some(Duration::from_secs(20)),
+            "Retry-After lengthens the cooldown"
+        );
         assert!(matches!(s.availability(), Availability::Cooling(_)));
         tokio::time::advance(Duration::from_secs(19)).await;
         assert!(matches!(s.availability(), Availability::Cooling(_)));
@@ -361,7 +427,10 @@ mod tests {
         assert_eq!(s.availability(), Availability::Probe);
         assert!(s.try_acquire_probe());
         assert!(!s.try_acquire_probe(), "only one probe at a time");
-        assert!(matches!(s.availability(), Availability::Cooling(_)), "others wait for the probe");
+        assert!(
+            matches!(s.availability(), Availability::Cooling(_)),
+            "others wait for the probe"
+        );
         s.record_success();
         assert_eq!(s.availability(), Availability::Healthy);
     }
@@ -372,7 +441,9 @@ mod tests {
         s.record_failure(ErrorKind::RateLimited, &settings(), 2, None);
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(s.try_acquire_probe());
-        assert!(s.record_failure(ErrorKind::UpstreamError, &settings(), 2, None).is_some());
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &settings(), 2, None)
+            .is_some());
         assert!(matches!(s.availability(), Availability::Cooling(_)));
     }
 
@@ -380,21 +451,41 @@ mod tests {
     async fn single_deployment_groups_cool_only_after_allowed_fails() {
         let s = DeploymentStats::new(Instant::now());
         let st = settings();
-        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_none());
-        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_none());
-        assert!(s.record_failure(ErrorKind::RateLimited, &st, 1, None).is_some(), "third failure > allowed_fails=2");
+        assert!(s
+            .record_failure(ErrorKind::RateLimited, &st, 1, None)
+            .is_none());
+        assert!(s
+            .record_failure(ErrorKind::RateLimited, &st, 1, None)
+            .is_none());
+        assert!(
+            s.record_failure(ErrorKind::RateLimited, &st, 1, None)
+                .is_some(),
+            "third failure > allowed_fails=2"
+        );
     }
 
     #[tokio::test(start_paused = true)]
     async fn server_errors_count_against_allowed_fails_and_the_minute_resets() {
         let s = DeploymentStats::new(Instant::now());
         let st = settings();
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 3, None)
+            .is_none());
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 3, None)
+            .is_none());
         tokio::time::advance(Duration::from_secs(61)).await;
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none(), "new minute, new count");
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_none());
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 3, None).is_some());
+        assert!(
+            s.record_failure(ErrorKind::UpstreamError, &st, 3, None)
+                .is_none(),
+            "new minute, new count"
+        );
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 3, None)
+            .is_none());
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 3, None)
+            .is_some());
     }
 
     #[tokio::test(start_paused = true)]
@@ -402,26 +493,46 @@ mod tests {
         let s = DeploymentStats::new(Instant::now());
         let mut st = settings();
         for _ in 0..10 {
-            assert!(s.record_failure(ErrorKind::InvalidRequest, &st, 3, None).is_none());
+            assert!(s
+                .record_failure(ErrorKind::InvalidRequest, &st, 3, None)
+                .is_none());
         }
-        st.allowed_fails_policy.insert(ErrorKind::ContextLengthExceeded, 1);
-        assert!(s.record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None).is_none());
-        assert!(s.record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None).is_some());
+        st.allowed_fails_policy
+            .insert(ErrorKind::ContextLengthExceeded, 1);
+        assert!(s
+            .record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None)
+            .is_none());
+        assert!(s
+            .record_failure(ErrorKind::ContextLengthExceeded, &st, 3, None)
+            .is_some());
         st.disable_cooldowns = true;
         let fresh = DeploymentStats::new(Instant::now());
-        assert!(fresh.record_failure(ErrorKind::RateLimited, &st, 3, None).is_none());
+        assert!(fresh
+            .record_failure(ErrorKind::RateLimited, &st, 3, None)
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]
     async fn high_failure_rate_cools_a_grouped_deployment() {
         let s = DeploymentStats::new(Instant::now());
-        let st = RouterSettings { allowed_fails: 100, ..settings() };
+        let st = RouterSettings {
+            allowed_fails: 100,
+            ..settings()
+        };
         for _ in 0..6 {
             s.record_request();
         }
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_none());
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_none());
-        assert!(s.record_failure(ErrorKind::UpstreamError, &st, 2, None).is_some(), "3 of 6 failed");
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 2, None)
+            .is_none());
+        assert!(s
+            .record_failure(ErrorKind::UpstreamError, &st, 2, None)
+            .is_none());
+        assert!(
+            s.record_failure(ErrorKind::UpstreamError, &st, 2, None)
+                .is_some(),
+            "3 of 6 failed"
+        );
     }
 
     #[test]

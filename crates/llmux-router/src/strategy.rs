@@ -44,11 +44,18 @@ pub fn rank(
         }
         StrategyKind::LatencyBased => {
             // No data yet counts as fastest, so a new deployment gets measured.
-            candidates.sort_by(|a, b| a.latency_ms.unwrap_or(0.0).total_cmp(&b.latency_ms.unwrap_or(0.0)));
+            candidates.sort_by(|a, b| {
+                a.latency_ms
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.latency_ms.unwrap_or(0.0))
+            });
             if lowest_latency_buffer > 0.0 && candidates.len() > 1 {
                 let lowest = candidates[0].latency_ms.unwrap_or(0.0);
                 let bound = lowest * (1.0 + lowest_latency_buffer);
-                let within = candidates.iter().take_while(|c| c.latency_ms.unwrap_or(0.0) <= bound).count();
+                let within = candidates
+                    .iter()
+                    .take_while(|c| c.latency_ms.unwrap_or(0.0) <= bound)
+                    .count();
                 candidates[..within].shuffle(&mut rng);
             }
         }
@@ -67,7 +74,7 @@ pub fn rank(
 fn weighted_shuffle(candidates: &mut [CandidateView], rng: &mut impl Rng) {
     for i in 0..candidates.len() {
         let total: f64 = candidates[i..].iter().map(|c| c.weight.max(0.0)).sum();
-        if !(total > 0.0) {
+        if total.is_nan() || total <= 0.0 {
             return;
         }
         let mut point = rng.random_range(0.0..total);
@@ -88,7 +95,13 @@ mod tests {
     use super::*;
 
     fn views(n: usize) -> Vec<CandidateView> {
-        (0..n).map(|index| CandidateView { index, weight: 1.0, ..CandidateView::default() }).collect()
+        (0..n)
+            .map(|index| CandidateView {
+                index,
+                weight: 1.0,
+                ..CandidateView::default()
+            })
+            .collect()
     }
 
     fn first_of(kind: StrategyKind, mut c: Vec<CandidateView>, counter: &AtomicU64) -> usize {
@@ -133,7 +146,10 @@ mod tests {
         c[2].cost_per_token = Some(1e-6);
         let mut cc = c.clone();
         rank(StrategyKind::CostBased, &mut cc, 0.0, &AtomicU64::new(0));
-        assert_eq!(cc.iter().map(|v| v.index).collect::<Vec<_>>(), vec![2, 1, 0]);
+        assert_eq!(
+            cc.iter().map(|v| v.index).collect::<Vec<_>>(),
+            vec![2, 1, 0]
+        );
     }
 
     #[test]
@@ -147,7 +163,9 @@ mod tests {
     #[test]
     fn round_robin_cycles() {
         let counter = AtomicU64::new(0);
-        let picks: Vec<usize> = (0..6).map(|_| first_of(StrategyKind::RoundRobin, views(3), &counter)).collect();
+        let picks: Vec<usize> = (0..6)
+            .map(|_| first_of(StrategyKind::RoundRobin, views(3), &counter))
+            .collect();
         assert_eq!(picks, vec![0, 1, 2, 0, 1, 2]);
     }
 
@@ -157,7 +175,9 @@ mod tests {
         c[0].weight = 3.0;
         c[1].weight = 1.0;
         let counter = AtomicU64::new(0);
-        let firsts = (0..8000).filter(|_| first_of(StrategyKind::SimpleShuffle, c.clone(), &counter) == 0).count();
+        let firsts = (0..8000)
+            .filter(|_| first_of(StrategyKind::SimpleShuffle, c.clone(), &counter) == 0)
+            .count();
         assert!((5600..6400).contains(&firsts), "{firsts}");
         let mut zero = views(2);
         zero[0].weight = 0.0;

@@ -74,8 +74,17 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     h.insert("x-llmux-overhead-ms", overhead);
     h.insert("x-litellm-response-duration-ms", millis(elapsed));
     for (names, value) in [
-        (["x-litellm-attempted-retries", "x-llmux-attempted-retries"], meta.attempted_retries),
-        (["x-litellm-attempted-fallbacks", "x-llmux-attempted-fallbacks"], meta.attempted_fallbacks),
+        (
+            ["x-litellm-attempted-retries", "x-llmux-attempted-retries"],
+            meta.attempted_retries,
+        ),
+        (
+            [
+                "x-litellm-attempted-fallbacks",
+                "x-llmux-attempted-fallbacks",
+            ],
+            meta.attempted_fallbacks,
+        ),
     ] {
         let value = HeaderValue::from(value);
         for name in names {

@@ -37,10 +37,15 @@ async fn fleet(mocks: usize, yaml: &str) -> Fleet {
     }
     let env: HashMap<String, String> = HashMap::new();
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("{d:?}"));
-    let (client, diags) = llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
+    let (client, diags) =
+        llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
     let url = spawn(build_router(AppState::new(client))).await;
-    Fleet { url, mocks: started, http: reqwest::Client::new() }
+    Fleet {
+        url,
+        mocks: started,
+        http: reqwest::Client::new(),
+    }
 }
 
 impl Fleet {
@@ -56,11 +61,18 @@ impl Fleet {
         self.chat_with(body, &[]).await
     }
 
-    async fn chat_with(&self, mut body: Value, headers: &[(&str, &str)]) -> (u16, reqwest::header::HeaderMap, String) {
+    async fn chat_with(
+        &self,
+        mut body: Value,
+        headers: &[(&str, &str)],
+    ) -> (u16, reqwest::header::HeaderMap, String) {
         if body.get("messages").is_none() {
             body["messages"] = json!([{"role": "user", "content": "hi"}]);
         }
-        let mut request = self.http.post(format!("{}/v1/chat/completions", self.url)).json(&body);
+        let mut request = self
+            .http
+            .post(format!("{}/v1/chat/completions", self.url))
+            .json(&body);
         for (k, v) in headers {
             request = request.header(*k, *v);
         }
@@ -71,12 +83,21 @@ impl Fleet {
     }
 
     async fn deployments(&self) -> Value {
-        self.http.get(format!("{}/router/deployments", self.url)).send().await.unwrap().json().await.unwrap()
+        self.http
+            .get(format!("{}/router/deployments", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
     }
 }
 
 fn header(h: &reqwest::header::HeaderMap, name: &str) -> String {
-    h.get(name).map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default()
+    h.get(name)
+        .map(|v| v.to_str().unwrap().to_owned())
+        .unwrap_or_default()
 }
 
 #[tokio::test]
@@ -97,10 +118,19 @@ router_settings: {cooldown_time: 1, num_retries: 2}
         let (status, _, _) = f.chat(json!({"model": "g"})).await;
         assert_eq!(status, 200, "a healthy deployment always answers");
     }
-    assert!(f.calls(0) <= 2, "the rate-limited deployment is cooled at once: {} calls", f.calls(0));
+    assert!(
+        f.calls(0) <= 2,
+        "the rate-limited deployment is cooled at once: {} calls",
+        f.calls(0)
+    );
     assert_eq!(f.calls(1) + f.calls(2), 30);
     let state = f.deployments().await;
-    let a = state["deployments"].as_array().unwrap().iter().find(|d| d["id"] == "dep-a").unwrap();
+    let a = state["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == "dep-a")
+        .unwrap();
     assert_eq!(a["healthy"], false);
     assert_eq!(a["last_failure"], "rate_limited");
     assert!(a["cooling_for_seconds"].as_f64().unwrap() > 0.0);
@@ -113,9 +143,17 @@ router_settings: {cooldown_time: 1, num_retries: 2}
         let (status, _, _) = f.chat(json!({"model": "g"})).await;
         assert_eq!(status, 200);
     }
-    assert!(f.calls(0) - before >= 3, "traffic returned to the recovered deployment: {}", f.calls(0) - before);
+    assert!(
+        f.calls(0) - before >= 3,
+        "traffic returned to the recovered deployment: {}",
+        f.calls(0) - before
+    );
     let state = f.deployments().await;
-    assert!(state["deployments"].as_array().unwrap().iter().all(|d| d["healthy"] == true));
+    assert!(state["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|d| d["healthy"] == true));
 }
 
 #[tokio::test]
@@ -140,7 +178,9 @@ router_settings: {num_retries: 1}
 
     // Per-request override: no retries.
     // One 500 is within allowed_fails, so the order-1 deployment is still first in line.
-    let (status, headers, body) = f.chat_with(json!({"model": "g"}), &[("x-litellm-num-retries", "0")]).await;
+    let (status, headers, body) = f
+        .chat_with(json!({"model": "g"}), &[("x-litellm-num-retries", "0")])
+        .await;
     assert_eq!(status, 500, "{body}");
     assert_eq!((f.calls(0), f.calls(1)), (2, 1));
     assert_eq!(header(&headers, "x-litellm-attempted-retries"), "0");
@@ -161,7 +201,10 @@ model_list:
     let (status, headers, _) = f.chat(json!({"model": "g"})).await;
     assert_eq!(status, 200);
     assert_eq!(header(&headers, "x-litellm-attempted-retries"), "1");
-    assert!(started.elapsed() < Duration::from_secs(2), "another healthy deployment is tried before any backoff");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "another healthy deployment is tried before any backoff"
+    );
 }
 
 #[tokio::test]
@@ -202,20 +245,26 @@ router_settings:
     )
     .await;
     let long = "lorem ipsum dolor sit amet ".repeat(100);
-    let (status, headers, _) = f.chat(json!({"model": "small", "messages": [{"role": "user", "content": long}]})).await;
+    let (status, headers, _) = f
+        .chat(json!({"model": "small", "messages": [{"role": "user", "content": long}]}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(f.calls(0), 0, "the small model was never called");
     assert_eq!(f.calls(1), 1);
     assert_eq!(header(&headers, "x-llmux-model-group"), "big");
     assert_eq!(header(&headers, "x-litellm-attempted-fallbacks"), "1");
 
-    let (status, _, body) = f.chat(json!({"model": "alone", "messages": [{"role": "user", "content": long}]})).await;
+    let (status, _, body) = f
+        .chat(json!({"model": "alone", "messages": [{"role": "user", "content": long}]}))
+        .await;
     assert_eq!(status, 400);
     let e: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(e["error"]["code"], "context_length_exceeded");
     assert_eq!(f.calls(0), 0);
 
-    let (status, _, _) = f.chat(json!({"model": "small", "messages": [{"role": "user", "content": "short"}]})).await;
+    let (status, _, _) = f
+        .chat(json!({"model": "small", "messages": [{"role": "user", "content": "short"}]}))
+        .await;
     assert_eq!(status, 200);
     assert_eq!(f.calls(0), 1, "a prompt that fits goes to the small model");
 }
@@ -237,7 +286,11 @@ router_settings:
     f.fail(0, json!({"status": 400, "error_body": body}));
     let (status, headers, _) = f.chat(json!({"model": "small"})).await;
     assert_eq!(status, 200);
-    assert_eq!((f.calls(0), f.calls(1)), (1, 1), "context errors are not retried on the same group");
+    assert_eq!(
+        (f.calls(0), f.calls(1)),
+        (1, 1),
+        "context errors are not retried on the same group"
+    );
     assert_eq!(header(&headers, "x-llmux-model-group"), "big");
 }
 
@@ -266,11 +319,21 @@ router_settings:
 
     let (status, _, _) = f.chat(json!({"model": "a", "fallbacks": ["c"]})).await;
     assert_eq!(status, 200);
-    assert_eq!(f.calls(2), 1, "per-request fallbacks replace the configured ones");
-    let sent: Value = serde_json::from_str(&f.mocks[2].1.recorded.lock().unwrap().back().unwrap().body).unwrap();
-    assert!(sent.get("fallbacks").is_none(), "gateway controls are not forwarded upstream");
+    assert_eq!(
+        f.calls(2),
+        1,
+        "per-request fallbacks replace the configured ones"
+    );
+    let sent: Value =
+        serde_json::from_str(&f.mocks[2].1.recorded.lock().unwrap().back().unwrap().body).unwrap();
+    assert!(
+        sent.get("fallbacks").is_none(),
+        "gateway controls are not forwarded upstream"
+    );
 
-    let (status, headers, body) = f.chat(json!({"model": "a", "disable_fallbacks": true})).await;
+    let (status, headers, body) = f
+        .chat(json!({"model": "a", "disable_fallbacks": true}))
+        .await;
     assert_eq!(status, 503, "{body}");
     assert_eq!(header(&headers, "x-litellm-attempted-fallbacks"), "0");
 
@@ -319,7 +382,11 @@ router_settings: {num_retries: 0, allowed_fails: 2, cooldown_time: 30}
         statuses.push(status);
         last_headers = Some(headers);
     }
-    assert_eq!(f.calls(0), 3, "allowed_fails + 1 calls, then the deployment cools");
+    assert_eq!(
+        f.calls(0),
+        3,
+        "allowed_fails + 1 calls, then the deployment cools"
+    );
     assert!(statuses.iter().all(|s| *s == 503), "{statuses:?}");
     let h = last_headers.unwrap();
     let retry_after: u64 = header(&h, "retry-after").parse().unwrap();
@@ -341,7 +408,10 @@ router_settings: {num_retries: 1, disable_cooldowns: true}
     let started = Instant::now();
     let (status, headers, _) = f.chat(json!({"model": "g"})).await;
     assert_eq!(status, 429);
-    assert!(started.elapsed() >= Duration::from_millis(950), "waited for Retry-After");
+    assert!(
+        started.elapsed() >= Duration::from_millis(950),
+        "waited for Retry-After"
+    );
     assert_eq!(f.calls(0), 2);
     assert_eq!(header(&headers, "x-litellm-attempted-retries"), "1");
 }
@@ -359,8 +429,18 @@ router_settings: {enable_tag_filtering: true}
     )
     .await;
     for _ in 0..5 {
-        assert_eq!(f.chat(json!({"model": "g", "metadata": {"tags": ["teamA"]}})).await.0, 200);
-        assert_eq!(f.chat_with(json!({"model": "g"}), &[("x-litellm-tags", "teamA")]).await.0, 200);
+        assert_eq!(
+            f.chat(json!({"model": "g", "metadata": {"tags": ["teamA"]}}))
+                .await
+                .0,
+            200
+        );
+        assert_eq!(
+            f.chat_with(json!({"model": "g"}), &[("x-litellm-tags", "teamA")])
+                .await
+                .0,
+            200
+        );
         assert_eq!(f.chat(json!({"model": "g"})).await.0, 200);
     }
     assert_eq!((f.calls(0), f.calls(1)), (10, 5));
@@ -390,12 +470,28 @@ router_settings: {routing_strategy: least-busy}
         assert_eq!(r.status(), 200);
         streams.push(r);
     }
-    assert_eq!((f.calls(0), f.calls(1)), (5, 5), "in-flight streams balance exactly");
+    assert_eq!(
+        (f.calls(0), f.calls(1)),
+        (5, 5),
+        "in-flight streams balance exactly"
+    );
     let state = f.deployments().await;
-    let in_flight: u64 = state["deployments"].as_array().unwrap().iter().map(|d| d["in_flight"].as_u64().unwrap()).sum();
+    let in_flight: u64 = state["deployments"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["in_flight"].as_u64().unwrap())
+        .sum();
     assert_eq!(in_flight, 10);
     drop(streams);
     tokio::time::sleep(Duration::from_millis(200)).await;
     let state = f.deployments().await;
-    assert!(state["deployments"].as_array().unwrap().iter().all(|d| d["in_flight"] == 0), "slots are released when streams end");
+    assert!(
+        state["deployments"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["in_flight"] == 0),
+        "slots are released when streams end"
+    );
 }

@@ -7,18 +7,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
+use llmux_config::RouterSettings;
 use llmux_providers::mock::{self, MockOutput};
 use llmux_providers::{
     openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
 };
-use llmux_config::RouterSettings;
 use llmux_router::{Backend, Deployment, NoDeployment, RouteMatch, SelectionInput};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::log::{LogEmitter, Outcome, RequestLog};
-use crate::tokens;
 use crate::relay::{relay_stream, Relay, RelayItem, RelayStream, StreamSummary};
+use crate::tokens;
 use crate::upstream::{HttpClient, UpstreamResponse};
 use crate::{RequestOptions, Snapshot};
 
@@ -147,8 +147,10 @@ async fn execute_traced(
 ) -> Result<GatewayResponse, GatewayError> {
     let op = trace.op;
     let request = RawObject::parse(&body).map_err(|e| {
-        GatewayError::invalid_request(format!("We could not parse the JSON body of your request: {e}"))
-            .with_code("invalid_json")
+        GatewayError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .with_code("invalid_json")
     })?;
     let model = requested_model(&request)?;
     trace.requested_model.clone_from(&model);
@@ -157,7 +159,9 @@ async fn execute_traced(
         Operation::Embeddings => false,
         Operation::Chat | Operation::Completions => request
             .decode::<bool>("stream")
-            .map_err(|_| GatewayError::invalid_request("`stream` must be a boolean").with_param("stream"))?
+            .map_err(|_| {
+                GatewayError::invalid_request("`stream` must be a boolean").with_param("stream")
+            })?
             .unwrap_or(false),
     };
     trace.stream = stream;
@@ -165,7 +169,9 @@ async fn execute_traced(
 
     let router = &snapshot.router;
     let settings = router.settings();
-    let first = router.route(&model).ok_or_else(|| model_not_found(&model))?;
+    let first = router
+        .route(&model)
+        .ok_or_else(|| model_not_found(&model))?;
     trace.model_group = Some(first.group.to_owned());
 
     let mut run = Run {
@@ -228,7 +234,10 @@ fn fallback_list(settings: &RouterSettings, group: &str, kind: ErrorKind) -> Vec
 /// Client mistakes are not fixed by another model; everything else may be.
 fn triggers_fallback(kind: ErrorKind) -> bool {
     match kind {
-        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::BudgetExceeded | ErrorKind::Internal => false,
+        ErrorKind::InvalidRequest
+        | ErrorKind::PayloadTooLarge
+        | ErrorKind::BudgetExceeded
+        | ErrorKind::Internal => false,
         ErrorKind::Authentication
         | ErrorKind::PermissionDenied
         | ErrorKind::NotFound
@@ -254,7 +263,9 @@ struct Controls {
 
 impl Controls {
     fn read(request: &RawObject<'_>, options: &RequestOptions) -> Result<Controls, GatewayError> {
-        let bad = |field: &str, what: &str| GatewayError::invalid_request(format!("`{field}` must be {what}")).with_param(field);
+        let bad = |field: &str, what: &str| {
+            GatewayError::invalid_request(format!("`{field}` must be {what}")).with_param(field)
+        };
         let num_retries = match request.decode::<u32>("num_retries") {
             Ok(v) => v.or(options.num_retries),
             Err(_) => return Err(bad("num_retries", "a non-negative integer")),
@@ -268,12 +279,19 @@ impl Controls {
             Ok(list) => list.map(|items| {
                 items
                     .iter()
-                    .filter_map(|v| v.as_str().or_else(|| v.get("model").and_then(Value::as_str)).map(str::to_owned))
+                    .filter_map(|v| {
+                        v.as_str()
+                            .or_else(|| v.get("model").and_then(Value::as_str))
+                            .map(str::to_owned)
+                    })
                     .collect()
             }),
             Err(_) => return Err(bad("fallbacks", "a list of model names")),
         };
-        let disable_fallbacks = request.decode::<bool>("disable_fallbacks").map_err(|_| bad("disable_fallbacks", "a boolean"))?.unwrap_or(false);
+        let disable_fallbacks = request
+            .decode::<bool>("disable_fallbacks")
+            .map_err(|_| bad("disable_fallbacks", "a boolean"))?
+            .unwrap_or(false);
         let mut tags: Vec<String> = options.tags.clone();
         if let Ok(Some(list)) = request.decode::<Vec<String>>("tags") {
             tags.extend(list);
@@ -283,7 +301,13 @@ impl Controls {
                 tags.extend(list.iter().filter_map(Value::as_str).map(str::to_owned));
             }
         }
-        Ok(Controls { num_retries: num_retries.map(|n| n.min(20)), timeout, fallbacks, disable_fallbacks, tags })
+        Ok(Controls {
+            num_retries: num_retries.map(|n| n.min(20)),
+            timeout,
+            fallbacks,
+            disable_fallbacks,
+            tags,
+        })
     }
 }
 
@@ -296,7 +320,9 @@ fn backoff(retry: u32, upstream_retry_after: Option<Duration>, min_wait: Duratio
     if let Some(after) = upstream_retry_after {
         return after.max(min_wait);
     }
-    let base = Duration::from_millis(500).saturating_mul(1u32 << retry.saturating_sub(1).min(4)).min(Duration::from_secs(8));
+    let base = Duration::from_millis(500)
+        .saturating_mul(1u32 << retry.saturating_sub(1).min(4))
+        .min(Duration::from_secs(8));
     let jittered = base.mul_f64(rand::random_range(0.5..=1.0));
     jittered.max(min_wait)
 }
@@ -316,7 +342,10 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// Attach the attempt counters to the outcome (headers on success and on error).
-    fn finish(&self, result: Result<GatewayResponse, GatewayError>) -> Result<GatewayResponse, GatewayError> {
+    fn finish(
+        &self,
+        result: Result<GatewayResponse, GatewayError>,
+    ) -> Result<GatewayResponse, GatewayError> {
         match result {
             Ok(mut response) => {
                 response.meta.attempted_retries = self.retries;
@@ -357,7 +386,10 @@ impl Run<'_> {
     }
 
     fn request_len(&self) -> usize {
-        self.request.iter().map(|(k, v)| k.len() + v.get().len() + 4).sum()
+        self.request
+            .iter()
+            .map(|(k, v)| k.len() + v.get().len() + 4)
+            .sum()
     }
 
     /// Attempts within one model group: select, try, classify, maybe retry (another deployment
@@ -369,9 +401,20 @@ impl Run<'_> {
         let mut excluded: Vec<usize> = Vec::new();
         let mut group_retries = 0u32;
         loop {
-            let input = SelectionInput { op: self.op, stream: self.stream, tags: &self.controls.tags, prompt_tokens, exclude: &excluded };
-            let index = router.select(route, &input).map_err(|no| no_deployment_error(no, route.group, self.op, prompt_tokens))?;
-            let claim = Claim { snapshot: Arc::clone(self.snapshot), index };
+            let input = SelectionInput {
+                op: self.op,
+                stream: self.stream,
+                tags: &self.controls.tags,
+                prompt_tokens,
+                exclude: &excluded,
+            };
+            let index = router
+                .select(route, &input)
+                .map_err(|no| no_deployment_error(no, route.group, self.op, prompt_tokens))?;
+            let claim = Claim {
+                snapshot: Arc::clone(self.snapshot),
+                index,
+            };
             self.trace.deployment_id = Some(router.deployment(index).id.clone());
             self.trace.provider = Some(router.deployment(index).provider);
             let result = self.attempt(route, claim).await;
@@ -380,11 +423,21 @@ impl Run<'_> {
                 Err(e) => e,
             };
             let stats = router.stats(index);
-            if let Some(cooldown) = stats.record_failure(error.kind, settings, route.candidates.len(), error.retry_after) {
+            if let Some(cooldown) = stats.record_failure(
+                error.kind,
+                settings,
+                route.candidates.len(),
+                error.retry_after,
+            ) {
                 tracing::warn!(deployment = %router.deployment(index).id, kind = %error.kind, cooldown_s = cooldown.as_secs_f64(), "deployment cooling down");
             }
             let allowed = match self.controls.num_retries {
-                Some(n) if error.kind.is_retryable() && !settings.retry_policy.contains_key(&error.kind) => n,
+                Some(n)
+                    if error.kind.is_retryable()
+                        && !settings.retry_policy.contains_key(&error.kind) =>
+                {
+                    n
+                }
                 _ => settings.retries_for(error.kind),
             };
             if group_retries >= allowed {
@@ -393,7 +446,13 @@ impl Run<'_> {
             group_retries += 1;
             self.retries += 1;
             excluded.push(index);
-            let input = SelectionInput { op: self.op, stream: self.stream, tags: &self.controls.tags, prompt_tokens, exclude: &excluded };
+            let input = SelectionInput {
+                op: self.op,
+                stream: self.stream,
+                tags: &self.controls.tags,
+                prompt_tokens,
+                exclude: &excluded,
+            };
             let wait = if router.has_fresh_candidate(route, &input) {
                 settings.retry_after
             } else {
@@ -408,14 +467,28 @@ impl Run<'_> {
     }
 
     /// One attempt on the claimed deployment.
-    async fn attempt(&mut self, route: &RouteMatch<'_>, claim: Claim) -> Result<GatewayResponse, GatewayError> {
+    async fn attempt(
+        &mut self,
+        route: &RouteMatch<'_>,
+        claim: Claim,
+    ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = Arc::clone(self.snapshot);
         let index = claim.index;
         let deployment = Arc::clone(snapshot.router.deployment(index));
         let http = &snapshot.clients[index];
-        let ctx = RequestContext { wildcard: route.wildcard, drop_params: snapshot.config.drop_params };
-        let total_timeout = self.controls.timeout.or(deployment.timeout).unwrap_or(snapshot.config.request_timeout);
-        let stream_timeout = deployment.stream_timeout.or(self.controls.timeout).unwrap_or(total_timeout);
+        let ctx = RequestContext {
+            wildcard: route.wildcard,
+            drop_params: snapshot.config.drop_params,
+        };
+        let total_timeout = self
+            .controls
+            .timeout
+            .or(deployment.timeout)
+            .unwrap_or(snapshot.config.request_timeout);
+        let stream_timeout = deployment
+            .stream_timeout
+            .or(self.controls.timeout)
+            .unwrap_or(total_timeout);
         let mut attempt = Attempt {
             request_id: self.trace.request_id.clone(),
             received_at: self.trace.received_at,
@@ -425,21 +498,39 @@ impl Run<'_> {
         };
         let stats = Arc::clone(snapshot.router.stats(index));
         if !self.stream {
-            let response = tokio::time::timeout(total_timeout, attempt.unary(http, self.op, self.request, ctx))
-                .await
-                .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
+            let response = tokio::time::timeout(
+                total_timeout,
+                attempt.unary(http, self.op, self.request, ctx),
+            )
+            .await
+            .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
             let meta = &response.meta;
             stats.record_success();
             let completion = meta.usage.map_or(0, |u| u.completion_tokens);
             stats.record_latency(meta.upstream_latency, completion);
             stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
-            self.logs.emit(self.trace.log(meta.status, Outcome::Success, meta.usage, meta.overhead, None, 0));
+            self.logs.emit(self.trace.log(
+                meta.status,
+                Outcome::Success,
+                meta.usage,
+                meta.overhead,
+                None,
+                0,
+            ));
             drop(claim);
             return Ok(response);
         }
-        let response = tokio::time::timeout(stream_timeout, attempt.send(http, self.op, self.request, ctx))
-            .await
-            .map_err(|_| timeout_error("waiting for the upstream to start the stream", stream_timeout))??;
+        let response = tokio::time::timeout(
+            stream_timeout,
+            attempt.send(http, self.op, self.request, ctx),
+        )
+        .await
+        .map_err(|_| {
+            timeout_error(
+                "waiting for the upstream to start the stream",
+                stream_timeout,
+            )
+        })??;
         let peeked = attempt.peek(self.op, response, stream_timeout).await?;
         stats.record_success();
         stats.record_ttft(peeked.meta.upstream_latency);
@@ -460,14 +551,33 @@ impl Run<'_> {
             }
             if let Some(usage) = summary.usage {
                 stats.record_tokens(usage.total_tokens);
-                stats.record_latency(summary.duration + meta.upstream_latency, usage.completion_tokens);
+                stats.record_latency(
+                    summary.duration + meta.upstream_latency,
+                    usage.completion_tokens,
+                );
             }
-            logs.emit(trace.log(meta.status, outcome, summary.usage, meta.overhead, Some(time_to_first_chunk), summary.chunks));
+            logs.emit(trace.log(
+                meta.status,
+                outcome,
+                summary.usage,
+                meta.overhead,
+                Some(time_to_first_chunk),
+                summary.chunks,
+            ));
             // The in-flight slot is held until the stream ends.
             drop(claim);
         };
-        let stream = relay_stream(peeked.initial, peeked.first_usage, peeked.relay, peeked.finished, on_finish);
-        Ok(GatewayResponse { meta: peeked.meta, body: ResponseBody::Stream(stream) })
+        let stream = relay_stream(
+            peeked.initial,
+            peeked.first_usage,
+            peeked.relay,
+            peeked.finished,
+            on_finish,
+        );
+        Ok(GatewayResponse {
+            meta: peeked.meta,
+            body: ResponseBody::Stream(stream),
+        })
     }
 }
 
@@ -483,7 +593,12 @@ impl Drop for Claim {
     }
 }
 
-fn no_deployment_error(no: NoDeployment, group: &str, op: Operation, prompt_tokens: Option<u64>) -> GatewayError {
+fn no_deployment_error(
+    no: NoDeployment,
+    group: &str,
+    op: Operation,
+    prompt_tokens: Option<u64>,
+) -> GatewayError {
     match no {
         NoDeployment::NotSupported => GatewayError::invalid_request(format!("model `{group}` does not support {}", op.as_str()))
             .with_param("model")
@@ -707,7 +822,12 @@ impl Attempt {
     }
 
     /// Read the stream until its first content event; a failure before it is an ordinary error.
-    async fn peek(&self, op: Operation, response: UpstreamResponse, idle_timeout: Duration) -> Result<Peeked, GatewayError> {
+    async fn peek(
+        &self,
+        op: Operation,
+        response: UpstreamResponse,
+        idle_timeout: Duration,
+    ) -> Result<Peeked, GatewayError> {
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
         }
@@ -749,7 +869,13 @@ impl Attempt {
         };
         let upstream_latency = self.sent_at.elapsed();
         let meta = self.meta(status, &headers, None, upstream_latency);
-        Ok(Peeked { meta, initial, first_usage, relay, finished })
+        Ok(Peeked {
+            meta,
+            initial,
+            first_usage,
+            relay,
+            finished,
+        })
     }
 }
 

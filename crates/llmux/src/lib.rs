@@ -197,7 +197,12 @@ impl Client {
 
     /// Swap in a new configuration atomically; in-flight requests finish on the old one.
     pub fn reload(&self, config: Config) -> Result<Vec<Diagnostic>, ConfigErrors> {
-        let (snapshot, diags) = build_snapshot(config, &ProcessEnv, &self.inner.clients, self.inner.stats.as_ref())?;
+        let (snapshot, diags) = build_snapshot(
+            config,
+            &ProcessEnv,
+            &self.inner.clients,
+            self.inner.stats.as_ref(),
+        )?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
     }

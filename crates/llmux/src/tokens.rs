@@ -19,8 +19,22 @@ const IMAGE_TOKENS: u64 = 85;
 
 /// The tokenizer for a model name.
 pub fn encoding_for(model: &str) -> &'static CoreBPE {
-    let m = model.rsplit('/').next().unwrap_or(model).to_ascii_lowercase();
-    let o200k = ["gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "gpt-oss"];
+    let m = model
+        .rsplit('/')
+        .next()
+        .unwrap_or(model)
+        .to_ascii_lowercase();
+    let o200k = [
+        "gpt-4o",
+        "gpt-4.1",
+        "gpt-4.5",
+        "gpt-5",
+        "o1",
+        "o3",
+        "o4",
+        "chatgpt-4o",
+        "gpt-oss",
+    ];
     if o200k.iter().any(|p| m.starts_with(p)) {
         tiktoken_rs::o200k_base_singleton()
     } else {
@@ -39,7 +53,10 @@ fn content_tokens(bpe: &CoreBPE, content: &Value) -> u64 {
             .iter()
             .map(|part| match part.get("type").and_then(Value::as_str) {
                 Some("image_url") | Some("image") | Some("input_image") => IMAGE_TOKENS,
-                _ => part.get("text").and_then(Value::as_str).map_or(0, |t| text_tokens(bpe, t)),
+                _ => part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .map_or(0, |t| text_tokens(bpe, t)),
             })
             .sum(),
         Value::Null => 0,
@@ -100,8 +117,13 @@ mod tests {
         let body = br#"{"model":"gpt-4o","messages":[{"role":"system","content":"You are a helpful assistant."},{"role":"user","content":"Hello!"}]}"#;
         let obj = RawObject::parse(body).unwrap();
         let bpe = encoding_for("gpt-4o");
-        let expected = 3 + text_tokens(bpe, "system") + text_tokens(bpe, "You are a helpful assistant.")
-            + 3 + text_tokens(bpe, "user") + text_tokens(bpe, "Hello!") + 3;
+        let expected = 3
+            + text_tokens(bpe, "system")
+            + text_tokens(bpe, "You are a helpful assistant.")
+            + 3
+            + text_tokens(bpe, "user")
+            + text_tokens(bpe, "Hello!")
+            + 3;
         assert_eq!(count_prompt_tokens(&obj, "gpt-4o"), expected);
         assert_eq!(text_tokens(bpe, "Hello!"), 2);
         assert!(expected > 10 && expected < 30);
@@ -109,10 +131,22 @@ mod tests {
 
     #[test]
     fn families_pick_their_encoding() {
-        assert!(std::ptr::eq(encoding_for("openai/gpt-4o-mini"), tiktoken_rs::o200k_base_singleton()));
-        assert!(std::ptr::eq(encoding_for("o3-mini"), tiktoken_rs::o200k_base_singleton()));
-        assert!(std::ptr::eq(encoding_for("gpt-3.5-turbo"), tiktoken_rs::cl100k_base_singleton()));
-        assert!(std::ptr::eq(encoding_for("llama-3.1-8b"), tiktoken_rs::cl100k_base_singleton()));
+        assert!(std::ptr::eq(
+            encoding_for("openai/gpt-4o-mini"),
+            tiktoken_rs::o200k_base_singleton()
+        ));
+        assert!(std::ptr::eq(
+            encoding_for("o3-mini"),
+            tiktoken_rs::o200k_base_singleton()
+        ));
+        assert!(std::ptr::eq(
+            encoding_for("gpt-3.5-turbo"),
+            tiktoken_rs::cl100k_base_singleton()
+        ));
+        assert!(std::ptr::eq(
+            encoding_for("llama-3.1-8b"),
+            tiktoken_rs::cl100k_base_singleton()
+        ));
     }
 
     #[test]
@@ -121,7 +155,10 @@ mod tests {
         let n = count_prompt_tokens(&RawObject::parse(body).unwrap(), "gpt-4o");
         assert!(n > IMAGE_TOKENS + 6, "{n}");
         let long = format!("{{\"prompt\":\"{}\"}}", "word ".repeat(1000));
-        let n = count_prompt_tokens(&RawObject::parse(long.as_bytes()).unwrap(), "gpt-3.5-turbo-instruct");
+        let n = count_prompt_tokens(
+            &RawObject::parse(long.as_bytes()).unwrap(),
+            "gpt-3.5-turbo-instruct",
+        );
         assert!((900..1100).contains(&n), "{n}");
     }
 }

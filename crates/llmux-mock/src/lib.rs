@@ -76,6 +76,9 @@ struct Knobs {
     error_event_after: Option<usize>,
     stall_after: Option<usize>,
     text: Option<String>,
+    /// How to answer a conversation ending in a partial assistant message: `prefix` (default)
+    /// continues after it, `restart` answers from the beginning.
+    continue_mode: Option<String>,
 }
 
 impl Knobs {
@@ -106,6 +109,7 @@ impl Knobs {
             error_event_after: num("error_event_after").map(|n| n as usize),
             stall_after: num("stall_after").map(|n| n as usize),
             text: get("text"),
+            continue_mode: get("continue_mode"),
         }
     }
 }
@@ -320,13 +324,45 @@ async fn completions(State(state): State<Arc<MockState>>, request: Request) -> R
     generate(state, body, knobs, false)
 }
 
+/// The pieces left after a partial answer `prefix`, split where the full answer's pieces were.
+fn continue_after(pieces: Vec<String>, prefix: &str) -> Vec<String> {
+    let full: String = pieces.concat();
+    if !full.starts_with(prefix) {
+        return pieces;
+    }
+    let mut skipped = 0;
+    let mut out = Vec::new();
+    for piece in pieces {
+        let end = skipped + piece.len();
+        if end <= prefix.len() {
+            skipped = end;
+            continue;
+        }
+        let from = prefix.len().saturating_sub(skipped);
+        out.push(piece[from..].to_owned());
+        skipped = end;
+    }
+    out
+}
+
 fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Response {
     let model = body
         .get("model")
         .and_then(Value::as_str)
         .unwrap_or("mock")
         .to_owned();
-    let pieces = answer_pieces(&knobs);
+    let mut pieces = answer_pieces(&knobs);
+    let partial = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .and_then(|m| m.last())
+        .filter(|m| m.get("role").and_then(Value::as_str) == Some("assistant"))
+        .and_then(|m| m.get("content").and_then(Value::as_str));
+    if let Some(prefix) = partial {
+        if knobs.continue_mode.as_deref() != Some("restart") {
+            pieces = continue_after(pieces, prefix);
+        }
+    }
     let prompt = prompt_tokens(&body);
     let id = format!("chatcmpl-mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);

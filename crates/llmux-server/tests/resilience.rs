@@ -495,3 +495,156 @@ router_settings: {routing_strategy: least-busy}
         "slots are released when streams end"
     );
 }
+
+const RECOVERY: &str = r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/a, api_base: "{m0}", api_key: k, order: 1, stream_timeout: 0.5}}
+  - {model_name: g, litellm_params: {model: openai/b, api_base: "{m1}", api_key: k, order: 2}}
+router_settings: {stream_recovery: continue, num_retries: 0}
+"#;
+
+fn expected_text(n: usize) -> String {
+    (0..n).map(|i| format!("tok{i} ")).collect()
+}
+
+/// (joined content, ids seen, last data payload before [DONE], saw [DONE], all payloads)
+fn read_stream(body: &str) -> (String, Vec<String>, Vec<Value>, bool) {
+    let mut text = String::new();
+    let mut ids = Vec::new();
+    let mut chunks = Vec::new();
+    let mut done = false;
+    for event in body.split("\n\n").filter(|e| !e.trim().is_empty()) {
+        let data = event
+            .strip_prefix("data: ")
+            .unwrap_or_else(|| panic!("not a data event: {event:?}"));
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).unwrap();
+        if let Some(id) = v["id"].as_str() {
+            if !ids.contains(&id.to_owned()) {
+                ids.push(id.to_owned());
+            }
+        }
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            text.push_str(c);
+        }
+        chunks.push(v);
+    }
+    (text, ids, chunks, done)
+}
+
+#[tokio::test]
+async fn a_stream_cut_at_chunk_1_5_or_50_continues_seamlessly() {
+    for cut in [1usize, 5, 50] {
+        let f = fleet(2, RECOVERY).await;
+        f.fail(0, json!({"cut_after": cut, "chunks": 60}));
+        f.fail(1, json!({"chunks": 60}));
+        let (status, _, body) = f
+            .chat(json!({"model": "g", "stream": true, "stream_options": {"include_usage": true}}))
+            .await;
+        assert_eq!(status, 200);
+        let (text, ids, chunks, done) = read_stream(&body);
+        assert_eq!(
+            text,
+            expected_text(60),
+            "cut at {cut}: no text lost or repeated"
+        );
+        assert_eq!(ids.len(), 1, "cut at {cut}: one stream id, got {ids:?}");
+        assert!(done, "cut at {cut}");
+        assert!(!body.contains("\"error\""), "cut at {cut}: no error event");
+        let usage_chunks: Vec<&Value> = chunks.iter().filter(|c| !c["usage"].is_null()).collect();
+        assert_eq!(usage_chunks.len(), 1, "cut at {cut}: one final usage");
+        assert_eq!(
+            usage_chunks[0]["usage"]["completion_tokens"],
+            60 - cut as u64,
+            "the continuation reported its own tokens"
+        );
+        assert!(
+            chunks
+                .iter()
+                .any(|c| c["llmux_recovery"]["recoveries"] == 1),
+            "cut at {cut}: marked as recovered"
+        );
+        assert_eq!((f.calls(0), f.calls(1)), (1, 1));
+        // The continuation request carried what the client already had.
+        let sent: Value =
+            serde_json::from_str(&f.mocks[1].1.recorded.lock().unwrap().back().unwrap().body)
+                .unwrap();
+        let last = sent["messages"].as_array().unwrap().last().unwrap().clone();
+        assert_eq!(last["role"], "assistant");
+        assert_eq!(last["content"], expected_text(cut));
+    }
+}
+
+#[tokio::test]
+async fn an_error_event_or_a_stall_mid_stream_is_recovered() {
+    for fault in [
+        json!({"error_event_after": 7, "chunks": 30}),
+        json!({"stall_after": 4, "chunks": 30}),
+    ] {
+        let f = fleet(2, RECOVERY).await;
+        f.fail(0, fault.clone());
+        f.fail(1, json!({"chunks": 30}));
+        let (status, _, body) = f.chat(json!({"model": "g", "stream": true})).await;
+        assert_eq!(status, 200);
+        let (text, ids, _, done) = read_stream(&body);
+        assert_eq!(text, expected_text(30), "{fault}");
+        assert_eq!(ids.len(), 1);
+        assert!(done);
+    }
+}
+
+#[tokio::test]
+async fn a_continuation_that_restarts_is_not_shown_twice() {
+    let f = fleet(2, RECOVERY).await;
+    f.fail(0, json!({"cut_after": 10, "chunks": 25}));
+    f.fail(1, json!({"chunks": 25, "continue_mode": "restart"}));
+    let (_, _, body) = f.chat(json!({"model": "g", "stream": true})).await;
+    let (text, ids, _, done) = read_stream(&body);
+    assert_eq!(text, expected_text(25));
+    assert_eq!(ids.len(), 1);
+    assert!(done);
+}
+
+#[tokio::test]
+async fn a_stream_that_began_a_tool_call_is_not_spliced() {
+    let f = fleet(2, RECOVERY).await;
+    f.fail(0, json!({"cut_after": 2}));
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let (status, _, body) = f
+        .chat(json!({"model": "g", "stream": true, "tools": tools, "tool_choice": "required"}))
+        .await;
+    assert_eq!(status, 200);
+    let last = body
+        .split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .last()
+        .unwrap();
+    let v: Value = serde_json::from_str(last.strip_prefix("data: ").unwrap()).unwrap();
+    assert_eq!(
+        v["error"]["code"], "upstream_unavailable",
+        "ends with a clear error event"
+    );
+    assert_eq!(f.calls(1), 0, "no continuation was attempted");
+}
+
+#[tokio::test]
+async fn without_recovery_a_cut_stream_ends_with_an_error_event() {
+    let f = fleet(
+        2,
+        &RECOVERY.replace("stream_recovery: continue", "stream_recovery: off"),
+    )
+    .await;
+    f.fail(0, json!({"cut_after": 5, "chunks": 60}));
+    let (_, _, body) = f.chat(json!({"model": "g", "stream": true})).await;
+    let (text, _, chunks, done) = read_stream(&body);
+    assert_eq!(text, expected_text(5));
+    assert!(!done);
+    assert_eq!(
+        chunks.last().unwrap()["error"]["code"],
+        "upstream_unavailable"
+    );
+    assert_eq!(f.calls(1), 0);
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::HeaderMap;
-use llmux_config::RouterSettings;
+use llmux_config::{RecoveryMode, RouterSettings};
 use llmux_providers::mock::{self, MockOutput};
 use llmux_providers::{
     openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
@@ -17,7 +17,9 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::log::{LogEmitter, Outcome, RequestLog};
-use crate::relay::{relay_stream, Relay, RelayItem, RelayStream, StreamSummary};
+use crate::relay::{
+    relay_stream, RecoveryPlan, Relay, RelayItem, RelayStream, Resume, Resumed, StreamSummary,
+};
 use crate::tokens;
 use crate::upstream::{HttpClient, UpstreamResponse};
 use crate::{RequestOptions, Snapshot};
@@ -103,6 +105,7 @@ impl Trace {
             overhead,
             time_to_first_chunk: ttfc,
             chunks,
+            recoveries: 0,
         }
     }
 }
@@ -180,12 +183,13 @@ async fn execute_traced(
         op,
         stream,
         request: &request,
+        body: body.clone(),
         controls: &controls,
         trace,
         retries: 0,
         fallbacks: 0,
     };
-    let mut result = run.group(&first).await;
+    let mut result = run.group(&first, &model).await;
     let Err(first_error) = &result else {
         return run.finish(result);
     };
@@ -207,7 +211,7 @@ async fn execute_traced(
         run.fallbacks += 1;
         tracing::info!(request_id = %run.trace.request_id, from = %first.group, to = %route.group, "falling back");
         run.trace.model_group = Some(route.group.to_owned());
-        result = run.group(&route).await;
+        result = run.group(&route, &group).await;
         if result.is_ok() {
             break;
         }
@@ -329,6 +333,8 @@ fn backoff(retry: u32, upstream_retry_after: Option<Duration>, min_wait: Duratio
 
 /// The state of one request across attempts and fallback groups.
 struct Run<'a> {
+    /// The request body as received (recovery resends it with the delivered text appended).
+    body: Bytes,
     snapshot: &'a Arc<Snapshot>,
     logs: &'a LogEmitter,
     op: Operation,
@@ -394,7 +400,12 @@ impl Run<'_> {
 
     /// Attempts within one model group: select, try, classify, maybe retry (another deployment
     /// first; waiting only when none is available).
-    async fn group(&mut self, route: &RouteMatch<'_>) -> Result<GatewayResponse, GatewayError> {
+    /// `route_model` is the name `route` was found by (a continuation routes by it again).
+    async fn group(
+        &mut self,
+        route: &RouteMatch<'_>,
+        route_model: &str,
+    ) -> Result<GatewayResponse, GatewayError> {
         let router = &self.snapshot.router;
         let settings = router.settings();
         let prompt_tokens = self.prompt_tokens(route);
@@ -417,7 +428,7 @@ impl Run<'_> {
             };
             self.trace.deployment_id = Some(router.deployment(index).id.clone());
             self.trace.provider = Some(router.deployment(index).provider);
-            let result = self.attempt(route, claim).await;
+            let result = self.attempt(route, route_model, claim).await;
             let error = match result {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
@@ -470,6 +481,7 @@ impl Run<'_> {
     async fn attempt(
         &mut self,
         route: &RouteMatch<'_>,
+        route_model: &str,
         claim: Claim,
     ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = Arc::clone(self.snapshot);
@@ -546,7 +558,8 @@ impl Run<'_> {
                 (None, true) => Outcome::Success,
                 (None, false) => Outcome::ClientDisconnected,
             };
-            if let Some(e) = &summary.error {
+            // After a recovery the resumer has already recorded this deployment's failure.
+            if let Some(e) = summary.error.as_ref().filter(|_| summary.recoveries == 0) {
                 stats.record_failure(e.kind, &settings, group_size, e.retry_after);
             }
             if let Some(usage) = summary.usage {
@@ -556,27 +569,188 @@ impl Run<'_> {
                     usage.completion_tokens,
                 );
             }
-            logs.emit(trace.log(
+            let mut log = trace.log(
                 meta.status,
                 outcome,
                 summary.usage,
                 meta.overhead,
                 Some(time_to_first_chunk),
                 summary.chunks,
-            ));
+            );
+            log.recoveries = summary.recoveries;
+            logs.emit(log);
             // The in-flight slot is held until the stream ends.
             drop(claim);
         };
+        let recovery_settings = snapshot.router.settings().stream_recovery;
+        let recovery = (recovery_settings.mode == RecoveryMode::Continue
+            && self.op == Operation::Chat)
+            .then(|| RecoveryPlan {
+                resume: Box::new(Resumer {
+                    snapshot: Arc::clone(&snapshot),
+                    body: self.body.clone(),
+                    route_model: route_model.to_owned(),
+                    tags: self.controls.tags.clone(),
+                    timeout: self.controls.timeout,
+                    request_id: self.trace.request_id.clone(),
+                    received_at: self.trace.received_at,
+                    used: vec![index],
+                    claims: Vec::new(),
+                }),
+                max_attempts: recovery_settings.max_attempts,
+                max_buffered_bytes: recovery_settings.max_buffered_bytes,
+            });
         let stream = relay_stream(
             peeked.initial,
             peeked.first_usage,
             peeked.relay,
             peeked.finished,
+            recovery,
             on_finish,
         );
         Ok(GatewayResponse {
             meta: peeked.meta,
             body: ResponseBody::Stream(stream),
+        })
+    }
+}
+
+/// Continues a chat stream that failed after its first chunk on another deployment of the same
+/// model group, with the text already delivered as a trailing assistant message.
+struct Resumer {
+    snapshot: Arc<Snapshot>,
+    body: Bytes,
+    route_model: String,
+    tags: Vec<String>,
+    timeout: Option<Duration>,
+    request_id: String,
+    received_at: Instant,
+    /// Deployments this stream has used; the last one is the one that just failed.
+    used: Vec<usize>,
+    /// In-flight slots of continuation deployments, held until the stream ends.
+    claims: Vec<Claim>,
+}
+
+/// Providers whose API continues a trailing assistant message when it is marked `prefix: true`.
+const PREFIX_FLAG_PROVIDERS: &[&str] = &["mistral", "deepseek"];
+
+/// The request with the delivered text appended as the assistant's partial answer.
+fn continuation_body(
+    request: &RawObject<'_>,
+    delivered: &str,
+    prefix_flag: bool,
+) -> Result<Bytes, GatewayError> {
+    let mut messages: Vec<Value> = request
+        .decode("messages")
+        .map_err(|e| GatewayError::internal(format!("cannot re-read messages: {e}")))?
+        .unwrap_or_default();
+    let mut partial = serde_json::json!({"role": "assistant", "content": delivered});
+    if prefix_flag {
+        partial["prefix"] = Value::Bool(true);
+    }
+    messages.push(partial);
+    let encoded =
+        serde_json::to_vec(&messages).map_err(|e| GatewayError::internal(e.to_string()))?;
+    Ok(Bytes::from(
+        request.edit().set("messages", encoded).render(),
+    ))
+}
+
+impl Resume for Resumer {
+    fn resume<'a>(
+        &'a mut self,
+        failure: &'a GatewayError,
+        delivered: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Resumed, GatewayError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let snapshot = Arc::clone(&self.snapshot);
+            let router = &snapshot.router;
+            let settings = router.settings();
+            let route = router
+                .route(&self.route_model)
+                .ok_or_else(|| model_not_found(&self.route_model))?;
+            if let Some(&current) = self.used.last() {
+                router.stats(current).record_failure(
+                    failure.kind,
+                    settings,
+                    route.candidates.len(),
+                    failure.retry_after,
+                );
+            }
+            let input = SelectionInput {
+                op: Operation::Chat,
+                stream: true,
+                tags: &self.tags,
+                prompt_tokens: None,
+                exclude: &self.used,
+            };
+            let index = router
+                .select(&route, &input)
+                .map_err(|no| no_deployment_error(no, route.group, Operation::Chat, None))?;
+            let claim = Claim {
+                snapshot: Arc::clone(&snapshot),
+                index,
+            };
+            self.used.push(index);
+            let deployment = Arc::clone(router.deployment(index));
+            let original =
+                RawObject::parse(&self.body).map_err(|e| GatewayError::internal(e.to_string()))?;
+            let body = continuation_body(
+                &original,
+                delivered,
+                PREFIX_FLAG_PROVIDERS.contains(&deployment.provider),
+            )?;
+            let request =
+                RawObject::parse(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
+            let ctx = RequestContext {
+                wildcard: route.wildcard,
+                drop_params: snapshot.config.drop_params,
+            };
+            let timeout = deployment
+                .stream_timeout
+                .or(self.timeout)
+                .or(deployment.timeout)
+                .unwrap_or(snapshot.config.request_timeout);
+            let mut attempt = Attempt {
+                request_id: self.request_id.clone(),
+                received_at: self.received_at,
+                model_group: route.group.to_owned(),
+                deployment,
+                sent_at: Instant::now(),
+            };
+            let outcome = async {
+                let response = tokio::time::timeout(
+                    timeout,
+                    attempt.send(&snapshot.clients[index], Operation::Chat, &request, ctx),
+                )
+                .await
+                .map_err(|_| timeout_error("waiting for the continuation to start", timeout))??;
+                attempt.peek(Operation::Chat, response, timeout).await
+            }
+            .await;
+            let stats = router.stats(index);
+            match outcome {
+                Ok(peeked) => {
+                    stats.record_success();
+                    self.claims.push(claim);
+                    let mut initial: Vec<(Bytes, Option<Usage>)> =
+                        peeked.initial.into_iter().map(|b| (b, None)).collect();
+                    if let Some(first) = initial.first_mut() {
+                        first.1 = peeked.first_usage;
+                    }
+                    Ok(Resumed {
+                        initial,
+                        relay: peeked.relay,
+                        finished: peeked.finished,
+                    })
+                }
+                Err(e) => {
+                    stats.record_failure(e.kind, settings, route.candidates.len(), e.retry_after);
+                    Err(e)
+                }
+            }
         })
     }
 }
@@ -886,4 +1060,56 @@ struct Peeked {
     first_usage: Option<Usage>,
     relay: Relay,
     finished: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_honors_retry_after() {
+        for retry in 1..=6 {
+            let base = Duration::from_millis(500) * (1 << (retry - 1).min(4));
+            let base = base.min(Duration::from_secs(8));
+            for _ in 0..50 {
+                let wait = backoff(retry, None, Duration::ZERO);
+                assert!(wait >= base / 2 && wait <= base, "retry {retry}: {wait:?}");
+            }
+        }
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(3)), Duration::ZERO),
+            Duration::from_secs(3)
+        );
+        assert_eq!(
+            backoff(1, Some(Duration::from_secs(1)), Duration::from_secs(2)),
+            Duration::from_secs(2)
+        );
+        assert!(backoff(1, None, Duration::from_secs(5)) >= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn fallback_lists_follow_the_failure() {
+        let mut s = RouterSettings::default();
+        s.fallbacks.insert("a".into(), vec!["b".into()]);
+        s.context_window_fallbacks
+            .insert("a".into(), vec!["big".into()]);
+        s.content_policy_fallbacks
+            .insert("a".into(), vec!["lenient".into()]);
+        s.default_fallbacks = vec!["safe".into()];
+        assert_eq!(
+            fallback_list(&s, "a", ErrorKind::ContextLengthExceeded),
+            vec!["big", "b"]
+        );
+        assert_eq!(
+            fallback_list(&s, "a", ErrorKind::ContentFiltered),
+            vec!["lenient", "b"]
+        );
+        assert_eq!(fallback_list(&s, "a", ErrorKind::RateLimited), vec!["b"]);
+        assert_eq!(
+            fallback_list(&s, "other", ErrorKind::UpstreamError),
+            vec!["safe"]
+        );
+        assert!(!triggers_fallback(ErrorKind::InvalidRequest));
+        assert!(triggers_fallback(ErrorKind::Authentication));
+    }
 }

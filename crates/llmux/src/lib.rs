@@ -19,6 +19,7 @@
 mod execute;
 mod log;
 mod relay;
+mod splice;
 mod tokens;
 mod typed;
 mod upstream;

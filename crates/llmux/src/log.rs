@@ -41,6 +41,8 @@ pub struct RequestLog {
     /// For streams: time from arrival to the first content chunk.
     pub time_to_first_chunk: Option<Duration>,
     pub chunks: u64,
+    /// Times a stream was continued on another deployment after failing mid-way.
+    pub recoveries: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +79,7 @@ impl LogEmitter {
             failure,
             prompt_tokens = log.usage.map(|u| u.prompt_tokens),
             completion_tokens = log.usage.map(|u| u.completion_tokens),
+            recoveries = log.recoveries,
             duration_ms = log.duration.as_secs_f64() * 1000.0,
             overhead_ms = log.overhead.as_secs_f64() * 1000.0,
             "request finished"

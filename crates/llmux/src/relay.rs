@@ -11,6 +11,8 @@ use llmux_providers::sse::{SseError, SseSplitter};
 use llmux_providers::{DecodedEvent, StreamDecoder};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 
+use crate::splice::{ContinuationRewriter, StreamTracker};
+
 use crate::upstream::UpstreamResponse;
 
 /// What the relay produced next.
@@ -105,6 +107,8 @@ pub struct StreamSummary {
     pub duration: Duration,
     /// The upstream finished the stream (`[DONE]` or end of body) and the client received it all.
     pub completed: bool,
+    /// Times the stream was continued on another deployment after a failure.
+    pub recoveries: u32,
 }
 
 /// The body of a streamed response: SSE bytes, each item one or more complete events.
@@ -128,55 +132,168 @@ impl Stream for RelayStream {
     }
 }
 
+/// Starts continuation attempts for a stream that failed after its first chunk.
+pub(crate) trait Resume: Send {
+    /// Record that the current attempt failed with `failure`, then start a continuation of
+    /// `delivered` on another deployment, peeked to its first event.
+    fn resume<'a>(
+        &'a mut self,
+        failure: &'a GatewayError,
+        delivered: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Resumed, GatewayError>> + Send + 'a>,
+    >;
+}
+
+/// A continuation that has produced its first event.
+pub(crate) struct Resumed {
+    pub initial: Vec<(Bytes, Option<Usage>)>,
+    pub relay: Relay,
+    pub finished: bool,
+}
+
+/// Mid-stream recovery settings for one stream.
+pub(crate) struct RecoveryPlan {
+    pub resume: Box<dyn Resume>,
+    pub max_attempts: u32,
+    pub max_buffered_bytes: usize,
+}
+
+/// Pass an upstream event to the client: as is before any recovery (noting what was delivered),
+/// rewritten into the original stream's identity after one.
+fn deliver(
+    bytes: Bytes,
+    usage: Option<Usage>,
+    tracker: &mut Option<StreamTracker>,
+    rewriter: &mut Option<ContinuationRewriter>,
+) -> Option<Bytes> {
+    match (tracker.as_mut(), rewriter.as_mut()) {
+        (Some(t), Some(r)) => r.rewrite(&bytes, t),
+        (Some(t), None) => {
+            t.observe(&bytes, usage);
+            Some(bytes)
+        }
+        (None, _) => Some(bytes),
+    }
+}
+
 /// Build the client-facing stream: first the events read while peeking, then the rest of the
-/// upstream. `on_finish` runs once when the stream ends, fails, or the client goes away.
+/// upstream. `on_finish` runs once when the stream ends, fails, or the client goes away. With a
+/// `recovery` plan, a failure after the first chunk continues on another deployment (see
+/// `splice` for the rules) instead of ending the stream.
 pub(crate) fn relay_stream(
     initial: Vec<Bytes>,
     first_usage: Option<Usage>,
     mut relay: Relay,
     finished: bool,
+    mut recovery: Option<RecoveryPlan>,
     on_finish: impl FnOnce(StreamSummary) + Send + 'static,
 ) -> RelayStream {
     let started = Instant::now();
     let stream = async_stream::stream! {
         let mut guard = FinishGuard {
-            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false },
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0 },
             started,
             on_finish: Some(on_finish),
         };
-        for bytes in initial {
-            yield bytes;
+        let mut tracker = recovery.as_ref().map(|_| StreamTracker::default());
+        let mut rewriter: Option<ContinuationRewriter> = None;
+        for (n, bytes) in initial.into_iter().enumerate() {
+            let usage = if n == 0 { first_usage } else { None };
+            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                yield b;
+            }
         }
         guard.summary.completed = finished;
         if !finished {
             loop {
-                match relay.next_item().await {
+                let failure = match relay.next_item().await {
                     RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
                         if usage.is_some() {
                             guard.summary.usage = usage;
                         }
                         guard.summary.chunks += 1;
-                        yield bytes;
+                        if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                            yield b;
+                        }
+                        continue;
                     }
-                    RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => yield bytes,
+                    RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => {
+                        yield bytes;
+                        continue;
+                    }
                     RelayItem::Event(DecodedEvent::Done(bytes)) => {
-                        yield bytes;
+                        if let Some(b) = deliver(bytes, None, &mut tracker, &mut rewriter) {
+                            yield b;
+                        }
                         guard.summary.completed = true;
                         break;
                     }
-                    RelayItem::Event(DecodedEvent::Error(e)) | RelayItem::Failed(e) => {
-                        tracing::warn!(kind = %e.kind, error = %e.message(), "upstream stream failed after the first chunk");
-                        yield error_event(&e);
-                        guard.summary.error = Some(e);
+                    RelayItem::End if tracker.as_ref().is_none_or(|t| t.finished) => {
+                        guard.summary.completed = true;
                         break;
                     }
-                    RelayItem::End => {
-                        guard.summary.completed = true;
+                    RelayItem::End => GatewayError::new(ErrorKind::UpstreamError, "upstream ended the stream before finishing it"),
+                    RelayItem::Event(DecodedEvent::Error(e)) | RelayItem::Failed(e) => e,
+                };
+                tracing::warn!(kind = %failure.kind, error = %failure.message(), "upstream stream failed after the first chunk");
+                let plan = recovery.as_mut();
+                let t = tracker.as_ref();
+                let can_splice = match (plan.as_ref(), t) {
+                    (Some(p), Some(t)) => guard.summary.recoveries < p.max_attempts && t.splice_allowed(p.max_buffered_bytes),
+                    _ => false,
+                };
+                if can_splice && t.is_some_and(|t| t.finished) {
+                    // The answer was complete; only the tail of the stream was lost.
+                    yield Bytes::from_static(b"data: [DONE]\n\n");
+                    guard.summary.completed = true;
+                    break;
+                }
+                let resumed = match (can_splice, plan, t) {
+                    (true, Some(plan), Some(t)) => {
+                        let delivered = t.text.clone();
+                        Some(plan.resume.resume(&failure, &delivered).await)
+                    }
+                    _ => None,
+                };
+                match resumed {
+                    Some(Ok(resumed)) => {
+                        guard.summary.recoveries += 1;
+                        tracing::info!(recoveries = guard.summary.recoveries, "stream continued on another deployment");
+                        if let Some(t) = tracker.as_ref() {
+                            rewriter = Some(ContinuationRewriter::new(t, guard.summary.recoveries));
+                        }
+                        relay = resumed.relay;
+                        for (bytes, usage) in resumed.initial {
+                            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                                yield b;
+                            }
+                        }
+                        if resumed.finished {
+                            guard.summary.completed = true;
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(kind = %e.kind, error = %e.message(), "stream recovery failed");
+                        yield error_event(&failure);
+                        guard.summary.error = Some(failure);
+                        break;
+                    }
+                    None => {
+                        yield error_event(&failure);
+                        guard.summary.error = Some(failure);
                         break;
                     }
                 }
             }
         }
+        if let Some(t) = tracker {
+            if guard.summary.recoveries > 0 {
+                guard.summary.usage = t.usage.or(guard.summary.usage);
+            }
+        }
+        drop(recovery);
     };
     RelayStream {
         inner: Box::pin(stream),
@@ -202,6 +319,7 @@ impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
                     chunks: 0,
                     duration: Duration::ZERO,
                     completed: false,
+                    recoveries: 0,
                 },
             );
             summary.duration = self.started.elapsed();

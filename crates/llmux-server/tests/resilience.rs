@@ -648,3 +648,23 @@ async fn without_recovery_a_cut_stream_ends_with_an_error_event() {
     );
     assert_eq!(f.calls(1), 0);
 }
+
+#[tokio::test]
+async fn the_timeout_header_bounds_each_attempt() {
+    let f = fleet(
+        1,
+        r#"
+model_list:
+  - {model_name: g, litellm_params: {model: openai/a, api_base: "{m0}", api_key: k}}
+router_settings: {num_retries: 0}
+"#,
+    )
+    .await;
+    f.fail(0, json!({"latency_ms": 2000}));
+    let started = Instant::now();
+    let (status, _, body) = f.chat_with(json!({"model": "g"}), &[("x-litellm-timeout", "0.2")]).await;
+    assert_eq!(status, 504, "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    let (status, _, _) = f.chat(json!({"model": "g", "timeout": 0.2})).await;
+    assert_eq!(status, 504, "the body field works too");
+}

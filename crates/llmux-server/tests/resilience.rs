@@ -662,7 +662,9 @@ router_settings: {num_retries: 0}
     .await;
     f.fail(0, json!({"latency_ms": 2000}));
     let started = Instant::now();
-    let (status, _, body) = f.chat_with(json!({"model": "g"}), &[("x-litellm-timeout", "0.2")]).await;
+    let (status, _, body) = f
+        .chat_with(json!({"model": "g"}), &[("x-litellm-timeout", "0.2")])
+        .await;
     assert_eq!(status, 504, "{body}");
     assert!(started.elapsed() < Duration::from_secs(1));
     let (status, _, _) = f.chat(json!({"model": "g", "timeout": 0.2})).await;

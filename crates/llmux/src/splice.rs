@@ -12,8 +12,9 @@
 //! - The continuation is asked for with the delivered text as a trailing assistant message. A
 //!   model that continues the prefix is relayed as is. A model that starts over is detected: its
 //!   text is held while it repeats the delivered text from the start, and dropped once it has
-//!   repeated all of it; at the first character that differs, everything held is released. So
-//!   text is never lost, and a full restart is never shown twice.
+//!   repeated all of it; at the first character that differs, or when the continuation finishes
+//!   first, everything held is released. So text is never lost, and a full restart is never shown
+//!   twice.
 //! - Continuation chunks take the original stream's `id`, `created` and `model`; their role-only
 //!   chunk is dropped; the final usage is the sum of what every attempt reported; the last chunk
 //!   carries `llmux_recovery` with the number of recoveries.
@@ -211,6 +212,12 @@ impl Splicer {
         }
         out
     }
+
+    /// The continuation ended: release anything still held (it was not a full restart).
+    pub fn finish(&mut self) -> String {
+        self.passthrough = true;
+        std::mem::take(&mut self.held)
+    }
 }
 
 /// Rewrites continuation chunks into the original stream's identity.
@@ -246,6 +253,13 @@ impl ContinuationRewriter {
                 continue;
             }
             if fields.data.trim_ascii() == b"[DONE]" {
+                let held = self.splicer.finish();
+                if !held.is_empty() {
+                    tracker.text.push_str(&held);
+                    let chunk = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+                                       "choices": [{"index": 0, "delta": {"content": held}, "finish_reason": null}]});
+                    out.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+                }
                 out.extend_from_slice(b"data: [DONE]\n\n");
                 continue;
             }
@@ -267,10 +281,20 @@ impl ContinuationRewriter {
             let mut final_chunk = false;
             if let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) {
                 for choice in choices.iter_mut() {
+                    let choice_finishing =
+                        choice.get("finish_reason").is_some_and(|f| !f.is_null());
                     if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
                         delta.remove("role");
-                        if let Some(Value::String(text)) = delta.get("content").cloned() {
-                            let emitted = self.splicer.feed(&text);
+                        let finishing = choice_finishing;
+                        if let Some(Value::String(text)) = delta
+                            .get("content")
+                            .cloned()
+                            .or_else(|| finishing.then(|| json!("")))
+                        {
+                            let mut emitted = self.splicer.feed(&text);
+                            if finishing {
+                                emitted.push_str(&self.splicer.finish());
+                            }
                             tracker.text.push_str(&emitted);
                             if emitted.is_empty() {
                                 delta.remove("content");
@@ -343,6 +367,7 @@ mod tests {
         for piece in continuation {
             out.push_str(&s.feed(piece));
         }
+        out.push_str(&s.finish());
         out
     }
 
@@ -405,8 +430,7 @@ mod tests {
             prop_assert!(out.starts_with(&delivered));
             let added = &out[delivered.len()..];
             let full = format!("{delivered}{continuation}");
-            let restart_cut_short = delivered.starts_with(&continuation) && added.is_empty();
-            prop_assert!(added == continuation || (continuation.starts_with(&delivered) && out == continuation) || out == full || restart_cut_short,
+            prop_assert!(added == continuation || (continuation.starts_with(&delivered) && out == continuation) || out == full,
                 "delivered={delivered:?} continuation={continuation:?} out={out:?}");
         }
     }

@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""llmux side-by-side benchmark: direct mock vs nginx reverse proxy vs llmux (vs LiteLLM when
+installed), on one machine, in one run.
+
+Pinning: the process under test (nginx, llmux, LiteLLM) runs alone on core 0; the mock upstream
+and the load generator (oha) share core 1, so every contender gets the same CPU.
+
+Usage:
+    python3 bench/run.py            # full run (about 4 minutes), updates bench/BENCHMARKS.md
+    python3 bench/run.py --quick    # smoke test (about 30 s): checks the harness works and that
+                                    # llmux is within a generous factor of nginx (>= 0.3x)
+
+Requires (installed by the harness when missing and running as root): nginx (Debian package),
+oha (cargo install oha), valgrind (callgrind, for instruction counts; optional).
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+RESULTS = BENCH / "results"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+CONTENDER_CORE = "0"
+LOAD_CORE = "1"
+CONNECTIONS = 64
+MASTER_KEY = "sk-bench-master"
+
+CHAT_BODY = {"model": "bench", "messages": [{"role": "user", "content": "Hello! How are you today?"}], "max_tokens": 20}
+STREAM_BODY = dict(CHAT_BODY, stream=True)
+
+
+def log(*args):
+    print(*args, file=sys.stderr, flush=True)
+
+
+def run(cmd, **kw):
+    return subprocess.run(cmd, check=True, text=True, **kw)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url, timeout=30.0, headers=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except Exception:
+            time.sleep(0.01)
+    raise RuntimeError(f"{url} not ready")
+
+
+def rss_kib(pid):
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+def tree_rss_kib(pid):
+    """RSS of a process and its children (LiteLLM and nginx fork workers)."""
+    total = rss_kib(pid)
+    try:
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        for child in out.split():
+            total += tree_rss_kib(int(child))
+    except OSError:
+        pass
+    return total
+
+
+def ensure_tools():
+    if not shutil.which("nginx") and os.geteuid() == 0:
+        log("installing nginx (Debian package)")
+        run(["apt-get", "update", "-qq"])
+        run(["apt-get", "install", "-y", "-qq", "nginx-light"])
+    if not shutil.which("oha"):
+        log("installing oha (cargo install oha)")
+        run(["cargo", "install", "oha", "--locked"])
+    for tool in ("nginx", "oha", "taskset"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is required")
+
+
+def build():
+    log("building release binaries")
+    run(["cargo", "build", "--release", "-p", "llmux-cli", "-p", "llmux-mock"], cwd=ROOT)
+    return TARGET / "release" / "llmux", TARGET / "release" / "llmux-mock"
+
+
+def set_mock_defaults(mock_url, knobs):
+    req = urllib.request.Request(f"{mock_url}/mock/defaults", data=json.dumps(knobs).encode(), method="POST",
+                                 headers={"content-type": "application/json"})
+    urllib.request.urlopen(req, timeout=5).read()
+
+
+class Procs:
+    def __init__(self):
+        self.items = []
+
+    def start(self, cmd, core, **kw):
+        p = subprocess.Popen(["taskset", "-c", core, *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, **kw)
+        self.items.append(p)
+        return p
+
+    def stop(self, p):
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+    def stop_all(self):
+        for p in reversed(self.items):
+            self.stop(p)
+
+
+def oha(url, body, duration, connections=CONNECTIONS, rate=None, headers=()):
+    cmd = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-z", f"{duration}s",
+           "-c", str(connections), "-m", "POST", "-H", "content-type: application/json", "-d", json.dumps(body)]
+    for h in headers:
+        cmd += ["-H", h]
+    if rate:
+        cmd += ["-q", str(rate), "--latency-correction"]
+    cmd.append(url)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    data = json.loads(out)
+    summary = data["summary"]
+    pct = data.get("latencyPercentiles", {})
+    status = data.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in status.items() if str(k).startswith("2"))
+    total = sum(status.values()) or 1
+    return {
+        "rps": summary["requestsPerSec"],
+        "p50_ms": (pct.get("p50") or 0) * 1000,
+        "p99_ms": (pct.get("p99") or 0) * 1000,
+        "success": ok / total,
+    }
+
+
+NGINX_CONF = """
+worker_processes 1;
+daemon off;
+pid {dir}/nginx.pid;
+error_log {dir}/error.log warn;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    client_body_temp_path {dir}/body;
+    proxy_temp_path {dir}/proxy;
+    fastcgi_temp_path {dir}/fastcgi;
+    uwsgi_temp_path {dir}/uwsgi;
+    scgi_temp_path {dir}/scgi;
+    upstream mock {{ server 127.0.0.1:{mock_port}; keepalive 128; }}
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        location / {{
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }}
+    }}
+}}
+"""
+
+LLMUX_CONFIG = """
+model_list:
+  - model_name: bench
+    litellm_params: {{model: openai/bench, api_base: "http://127.0.0.1:{mock_port}/v1", api_key: sk-upstream}}
+general_settings:
+  master_key: {master}
+router_settings:
+  num_retries: 2
+"""
+
+LITELLM_CONFIG = """
+model_list:
+  - model_name: bench
+    litellm_params: {{model: openai/bench, api_base: "http://127.0.0.1:{mock_port}/v1", api_key: sk-upstream}}
+general_settings:
+  master_key: {master}
+"""
+
+
+def start_llmux(procs, llmux, config_path, port):
+    p = procs.start([str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                     "--config", str(config_path)], CONTENDER_CORE, env=dict(os.environ, LLMUX_LOG="info"))
+    wait_http(f"http://127.0.0.1:{port}/health/readiness")
+    return p
+
+
+def ready_time_ms(llmux, config_path, samples):
+    times = []
+    for _ in range(samples):
+        port = free_port()
+        started = time.perf_counter()
+        p = subprocess.Popen(["taskset", "-c", CONTENDER_CORE, str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port),
+                              "--workers", "1", "--config", str(config_path)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.05) as s:
+                    s.sendall(b"GET /health/readiness HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                    if s.recv(16).startswith(b"HTTP/1.1 200"):
+                        break
+            except OSError:
+                time.sleep(0.0005)
+        times.append((time.perf_counter() - started) * 1000)
+        p.send_signal(signal.SIGTERM)
+        p.wait(timeout=10)
+    times.sort()
+    return times[len(times) // 2]
+
+
+def callgrind_instructions(llmux, config_path, body, requests):
+    """User-space instructions per request of llmux under callgrind (stable on a noisy machine)."""
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        return None
+    port = free_port()
+    out_dir = Path(tempfile.mkdtemp())
+    p = subprocess.Popen(["taskset", "-c", CONTENDER_CORE, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.out",
+                          str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--config", str(config_path)],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, LLMUX_LOG="info"))
+    try:
+        wait_http(f"http://127.0.0.1:{port}/health/readiness", timeout=120)
+        url = f"http://127.0.0.1:{port}/v1/chat/completions"
+        hdr = ["-H", f"authorization: Bearer {MASTER_KEY}"]
+        base = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-c", "4", "-m", "POST",
+                "-H", "content-type: application/json", *hdr, "-d", json.dumps(body)]
+        subprocess.run(base + ["-n", "200", url], check=True, capture_output=True)  # warm up pools and caches
+        run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
+        subprocess.run(base + ["-n", str(requests), url], check=True, capture_output=True)
+        run(["callgrind_control", "-d", str(p.pid)], capture_output=True)
+        time.sleep(1)
+        dumps = sorted(out_dir.glob("cg.out*"))
+        for dump in dumps:
+            text = dump.read_text(errors="replace")
+            m = re.search(r"^totals:\s+(\d+)", text, re.M) or re.search(r"^summary:\s+(\d+)", text, re.M)
+            if m and dump.name != "cg.out":
+                return int(m.group(1)) / requests
+        return None
+    finally:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            p.kill()
+        shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def memory_under_streams(pid, url, streams, headers):
+    """Peak RSS (KiB) while `streams` slow streams are open at once."""
+    body = dict(STREAM_BODY)
+    cmd = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-n", str(streams), "-c", str(streams),
+           "-m", "POST", "-H", "content-type: application/json", "-d", json.dumps(body)]
+    for h in headers:
+        cmd += ["-H", h]
+    load = subprocess.Popen(cmd + [url], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    peak = 0
+    while load.poll() is None:
+        peak = max(peak, tree_rss_kib(pid))
+        time.sleep(0.1)
+    out = json.loads(load.stdout.read())
+    status = out.get("statusCodeDistribution", {})
+    ok = sum(v for k, v in status.items() if str(k).startswith("2"))
+    return peak, ok
+
+
+def svg_plot(series, path):
+    """Added p99 latency (ms) against offered load (req/s), one line per contender."""
+    width, height, pad = 640, 400, 60
+    points = [pt for s in series.values() for pt in s]
+    if not points:
+        return
+    max_x = max(x for x, _ in points) * 1.05 or 1
+    max_y = max(max(y for _, y in points) * 1.15, 0.1)
+    colors = {"llmux": "#d62728", "nginx": "#1f77b4", "direct": "#2ca02c", "litellm": "#9467bd"}
+    sx = lambda x: pad + x / max_x * (width - 2 * pad)
+    sy = lambda y: height - pad - y / max_y * (height - 2 * pad)
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
+             f'<rect width="{width}" height="{height}" fill="white"/>',
+             f'<line x1="{pad}" y1="{height-pad}" x2="{width-pad}" y2="{height-pad}" stroke="black"/>',
+             f'<line x1="{pad}" y1="{pad}" x2="{pad}" y2="{height-pad}" stroke="black"/>',
+             f'<text x="{width/2}" y="{height-15}" text-anchor="middle">offered load (requests/s)</text>',
+             f'<text x="15" y="{height/2}" transform="rotate(-90 15 {height/2})" text-anchor="middle">p99 latency (ms)</text>',
+             f'<text x="{width/2}" y="25" text-anchor="middle" font-size="14">p99 latency vs offered load (non-streaming chat)</text>']
+    for i in range(5):
+        y = max_y * i / 4
+        parts.append(f'<text x="{pad-8}" y="{sy(y)+4}" text-anchor="end">{y:.2f}</text>')
+        x = max_x * i / 4
+        parts.append(f'<text x="{sx(x)}" y="{height-pad+16}" text-anchor="middle">{x:.0f}</text>')
+    for n, (name, pts) in enumerate(series.items()):
+        color = colors.get(name, "#333")
+        pts = sorted(pts)
+        d = " ".join(f"{'M' if i == 0 else 'L'}{sx(x):.1f},{sy(y):.1f}" for i, (x, y) in enumerate(pts))
+        parts.append(f'<path d="{d}" fill="none" stroke="{color}" stroke-width="2"/>')
+        for x, y in pts:
+            parts.append(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="3" fill="{color}"/>')
+        parts.append(f'<text x="{width-pad-80}" y="{pad+18*n}" fill="{color}">{name}</text>')
+    parts.append("</svg>")
+    path.write_text("\n".join(parts))
+
+
+def machine():
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.release()}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="a few seconds per measurement; smoke check only")
+    ap.add_argument("--no-update", action="store_true", help="do not rewrite bench/BENCHMARKS.md")
+    args = ap.parse_args()
+    quick = args.quick
+    duration = 2 if quick else 10
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
+
+    ensure_tools()
+    llmux, mock = build()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="llmux-bench-"))
+    procs = Procs()
+    results = {"machine": machine(), "date": datetime.date.today().isoformat(), "quick": quick, "scenarios": {}}
+    try:
+        mock_port = free_port()
+        procs.start([str(mock), "--port", str(mock_port), "--threads", "1"], LOAD_CORE)
+        mock_url = f"http://127.0.0.1:{mock_port}"
+        wait_http(f"{mock_url}/v1/models")
+
+        nginx_port = free_port()
+        for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+            (work / sub).mkdir()
+        (work / "nginx.conf").write_text(NGINX_CONF.format(dir=work, mock_port=mock_port, port=nginx_port))
+        nginx = procs.start(["nginx", "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")], CONTENDER_CORE)
+        wait_http(f"http://127.0.0.1:{nginx_port}/v1/models")
+
+        llmux_port = free_port()
+        config = work / "llmux.yaml"
+        config.write_text(LLMUX_CONFIG.format(mock_port=mock_port, master=MASTER_KEY))
+        llmux_proc = start_llmux(procs, llmux, config, llmux_port)
+        time.sleep(1)
+        results["llmux_idle_rss_mib"] = rss_kib(llmux_proc.pid) / 1024
+
+        auth = [f"authorization: Bearer {MASTER_KEY}"]
+        contenders = {
+            "direct": (f"{mock_url}/v1/chat/completions", []),
+            "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", []),
+            "llmux": (f"http://127.0.0.1:{llmux_port}/v1/chat/completions", auth),
+        }
+        litellm_bin = shutil.which("litellm")
+        if litellm_bin and not quick:
+            lport = free_port()
+            lconf = work / "litellm.yaml"
+            lconf.write_text(LITELLM_CONFIG.format(mock_port=mock_port, master=MASTER_KEY))
+            procs.start([litellm_bin, "--config", str(lconf), "--port", str(lport), "--num_workers", "1"], CONTENDER_CORE)
+            wait_http(f"http://127.0.0.1:{lport}/health/liveliness", timeout=120)
+            contenders["litellm"] = (f"http://127.0.0.1:{lport}/v1/chat/completions", auth)
+
+        for scenario, body, knobs in (("chat", CHAT_BODY, {}), ("stream", STREAM_BODY, {"chunks": 20})):
+            set_mock_defaults(mock_url, knobs)
+            rows = {}
+            for name, (url, headers) in contenders.items():
+                oha(url, body, 1, headers=headers)  # warm-up
+                rows[name] = oha(url, body, duration, headers=headers)
+                log(f"{scenario:6} {name:8} {rows[name]['rps']:9.0f} req/s  p50 {rows[name]['p50_ms']:.3f} ms  p99 {rows[name]['p99_ms']:.3f} ms")
+            results["scenarios"][scenario] = {"closed_loop": rows}
+
+            # Added latency at fixed offered rates: 25/50/75% of llmux's own maximum.
+            fractions = (0.5,) if quick else (0.25, 0.5, 0.75)
+            sweep = {}
+            for fraction in fractions:
+                rate = max(int(rows["llmux"]["rps"] * fraction), 10)
+                sweep[str(fraction)] = {"rate": rate}
+                for name in ("direct", "nginx", "llmux"):
+                    url, headers = contenders[name]
+                    sweep[str(fraction)][name] = oha(url, body, duration, rate=rate, headers=headers)
+            results["scenarios"][scenario]["fixed_rate"] = sweep
+
+        set_mock_defaults(mock_url, {})
+        results["instructions_per_request"] = {} if quick else {
+            "chat": callgrind_instructions(llmux, config, CHAT_BODY, 2000),
+        }
+
+        # Memory with many concurrent slow streams (100 chunks, 100 ms apart: 10 s each).
+        streams = 200 if quick else 1000
+        set_mock_defaults(mock_url, {"chunks": 100, "chunk_delay_ms": 100})
+        peak, ok = memory_under_streams(llmux_proc.pid, contenders["llmux"][0], streams, auth)
+        results["streams_rss"] = {"streams": streams, "peak_rss_mib": peak / 1024, "completed": ok}
+        set_mock_defaults(mock_url, {})
+        procs.stop(llmux_proc)
+        procs.stop(nginx)
+
+        results["ready_ms"] = ready_time_ms(llmux, config, 3 if quick else 9)
+    finally:
+        procs.stop_all()
+        shutil.rmtree(work, ignore_errors=True)
+
+    name = "quick" if quick else "latest"
+    (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
+    if "chat" in results["scenarios"]:
+        series = {}
+        for contender in ("direct", "nginx", "llmux"):
+            series[contender] = [(v["rate"], v[contender]["p99_ms"]) for v in results["scenarios"]["chat"]["fixed_rate"].values()]
+        svg_plot(series, RESULTS / f"{name}-latency.svg")
+    report = render(results)
+    (RESULTS / f"{name}.md").write_text(report)
+    if not quick and not args.no_update:
+        update_benchmarks_md(report)
+    print(report)
+    return check(results, quick)
+
+
+def render(r):
+    lines = [f"Machine: {r['machine']}. Date: {r['date']}. Mode: {'quick' if r['quick'] else 'full'}.", ""]
+    for scenario, data in r["scenarios"].items():
+        rows = data["closed_loop"]
+        nginx = rows["nginx"]["rps"] or 1
+        lines += [f"#### {scenario}: closed loop, {CONNECTIONS} connections", "",
+                  "| contender | req/s | p50 ms | p99 ms | vs nginx | success |", "|---|---:|---:|---:|---:|---:|"]
+        for name, row in rows.items():
+            lines.append(f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['rps']/nginx:.2f}x | {row['success']:.1%} |")
+        lines += ["", f"#### {scenario}: latency added over direct at fixed offered load", "",
+                  "| load (of llmux max) | req/s | nginx +p50 | nginx +p99 | llmux +p50 | llmux +p99 |", "|---|---:|---:|---:|---:|---:|"]
+        for fraction, row in data["fixed_rate"].items():
+            d = row["direct"]
+            lines.append(f"| {float(fraction):.0%} | {row['rate']} | {row['nginx']['p50_ms']-d['p50_ms']:+.3f} ms | {row['nginx']['p99_ms']-d['p99_ms']:+.3f} ms | "
+                         f"{row['llmux']['p50_ms']-d['p50_ms']:+.3f} ms | {row['llmux']['p99_ms']-d['p99_ms']:+.3f} ms |")
+        lines.append("")
+    ipr = r.get("instructions_per_request", {})
+    if ipr.get("chat"):
+        lines.append(f"- CPU cost (callgrind, user space, non-streaming chat): {ipr['chat']:,.0f} instructions per request")
+    lines.append(f"- RSS idle: {r['llmux_idle_rss_mib']:.1f} MiB")
+    s = r["streams_rss"]
+    lines.append(f"- RSS with {s['streams']} concurrent slow streams: {s['peak_rss_mib']:.1f} MiB peak ({s['completed']} of {s['streams']} completed)")
+    lines.append(f"- Ready after start: {r['ready_ms']:.1f} ms (median)")
+    return "\n".join(lines) + "\n"
+
+
+def update_benchmarks_md(report):
+    path = BENCH / "BENCHMARKS.md"
+    text = path.read_text() if path.exists() else "<!-- results:start -->\n<!-- results:end -->\n"
+    start, end = "<!-- results:start -->", "<!-- results:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        _, tail = rest.split(end, 1)
+        text = f"{head}{start}\n{report}{end}{tail}"
+    path.write_text(text)
+
+
+def check(r, quick):
+    problems = []
+    for scenario, data in r["scenarios"].items():
+        rows = data["closed_loop"]
+        ratio = rows["llmux"]["rps"] / max(rows["nginx"]["rps"], 1)
+        floor = 0.3 if quick else 0.8
+        if ratio < floor:
+            problems.append(f"{scenario}: llmux at {ratio:.2f}x nginx (< {floor}x)")
+        if rows["llmux"]["success"] < 0.999:
+            problems.append(f"{scenario}: llmux success rate {rows['llmux']['success']:.3%}")
+    if quick:
+        for p in problems:
+            log("FAIL:", p)
+        return 1 if problems else 0
+    for p in problems:
+        log("target missed:", p)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

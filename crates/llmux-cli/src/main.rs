@@ -79,10 +79,14 @@ fn main() -> ExitCode {
             workers,
         } => {
             let _guard = init_logging(cli.log_format);
-            let mut builder = tokio::runtime::Builder::new_multi_thread();
+            // One worker: a single-threaded scheduler, with no cross-thread handoffs to pay for.
+            let mut builder = match workers {
+                Some(1) => tokio::runtime::Builder::new_current_thread(),
+                _ => tokio::runtime::Builder::new_multi_thread(),
+            };
             builder.enable_all();
-            if let Some(n) = workers {
-                builder.worker_threads(n.max(1));
+            if let Some(n) = workers.filter(|n| *n > 1) {
+                builder.worker_threads(n);
             }
             let runtime = match builder.build() {
                 Ok(r) => r,
@@ -195,6 +199,10 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         );
         draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
+    });
+    // Stream chunks must leave as soon as they are written: no Nagle delay on client sockets.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
     });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     let mut stop_rx = stop_rx;

@@ -141,6 +141,7 @@ async fn start_server(config: &std::path::Path, extra: &[&str]) -> Server {
             "--config",
         ])
         .arg(config)
+        .env("LLMUX_LOG", "info,llmux::access=debug")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()

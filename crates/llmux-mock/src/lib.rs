@@ -140,6 +140,9 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
 /// Serve on `listener` until the process ends.
 pub async fn serve(listener: tokio::net::TcpListener, record: bool) -> std::io::Result<()> {
     let (router, _) = app(record);
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router).await
 }
 

@@ -35,10 +35,26 @@ pub(crate) fn tags(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
+// Header names are built once: inserting by `&str` would parse and validate them per request.
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_LITELLM_CALL_ID: HeaderName = HeaderName::from_static("x-litellm-call-id");
+const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-model-group");
+const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
+const X_LITELLM_MODEL_ID: HeaderName = HeaderName::from_static("x-litellm-model-id");
+const X_LLMUX_DEPLOYMENT: HeaderName = HeaderName::from_static("x-llmux-deployment");
+const X_LLMUX_PROVIDER: HeaderName = HeaderName::from_static("x-llmux-provider");
+const X_LITELLM_OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
+const X_LLMUX_OVERHEAD: HeaderName = HeaderName::from_static("x-llmux-overhead-ms");
+const X_LITELLM_DURATION: HeaderName = HeaderName::from_static("x-litellm-response-duration-ms");
+const X_LITELLM_RETRIES: HeaderName = HeaderName::from_static("x-litellm-attempted-retries");
+const X_LLMUX_RETRIES: HeaderName = HeaderName::from_static("x-llmux-attempted-retries");
+const X_LITELLM_FALLBACKS: HeaderName = HeaderName::from_static("x-litellm-attempted-fallbacks");
+const X_LLMUX_FALLBACKS: HeaderName = HeaderName::from_static("x-llmux-attempted-fallbacks");
+
 pub(crate) fn add_request_id(h: &mut HeaderMap, request_id: &str) {
     if let Ok(v) = HeaderValue::from_str(request_id) {
-        h.insert("x-litellm-call-id", v.clone());
-        h.insert("x-request-id", v);
+        h.insert(X_LITELLM_CALL_ID, v.clone());
+        h.insert(X_REQUEST_ID, v);
     }
 }
 
@@ -53,42 +69,52 @@ pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: &[(String, String)]) {
     }
 }
 
+/// Milliseconds with microsecond precision, formatted without going through `format!`.
 fn millis(d: Duration) -> HeaderValue {
-    let ms = d.as_secs_f64() * 1000.0;
-    HeaderValue::from_str(&format!("{ms:.3}")).unwrap_or(HeaderValue::from_static("0"))
+    let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
+    let mut buf = itoa::Buffer::new();
+    let whole = buf.format(micros / 1000).to_owned();
+    let frac = micros % 1000;
+    let mut text = String::with_capacity(whole.len() + 4);
+    text.push_str(&whole);
+    text.push('.');
+    text.push(char::from(b'0' + (frac / 100) as u8));
+    text.push(char::from(b'0' + (frac / 10 % 10) as u8));
+    text.push(char::from(b'0' + (frac % 10) as u8));
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapsed: Duration) {
     add_request_id(h, &meta.request_id);
     if let Ok(v) = HeaderValue::from_str(&meta.model_group) {
-        h.insert("x-litellm-model-group", v.clone());
-        h.insert("x-llmux-model-group", v);
+        h.insert(X_LITELLM_MODEL_GROUP, v.clone());
+        h.insert(X_LLMUX_MODEL_GROUP, v);
     }
     if let Ok(v) = HeaderValue::from_str(&meta.deployment_id) {
-        h.insert("x-litellm-model-id", v.clone());
-        h.insert("x-llmux-deployment", v);
+        h.insert(X_LITELLM_MODEL_ID, v.clone());
+        h.insert(X_LLMUX_DEPLOYMENT, v);
     }
-    h.insert("x-llmux-provider", HeaderValue::from_static(meta.provider));
+    h.insert(X_LLMUX_PROVIDER, HeaderValue::from_static(meta.provider));
     let overhead = millis(meta.overhead);
-    h.insert("x-litellm-overhead-duration-ms", overhead.clone());
-    h.insert("x-llmux-overhead-ms", overhead);
-    h.insert("x-litellm-response-duration-ms", millis(elapsed));
-    for (names, value) in [
-        (
-            ["x-litellm-attempted-retries", "x-llmux-attempted-retries"],
-            meta.attempted_retries,
-        ),
-        (
-            [
-                "x-litellm-attempted-fallbacks",
-                "x-llmux-attempted-fallbacks",
-            ],
-            meta.attempted_fallbacks,
-        ),
-    ] {
-        let value = HeaderValue::from(value);
-        for name in names {
-            h.insert(name, value.clone());
-        }
+    h.insert(X_LITELLM_OVERHEAD, overhead.clone());
+    h.insert(X_LLMUX_OVERHEAD, overhead);
+    h.insert(X_LITELLM_DURATION, millis(elapsed));
+    let retries = HeaderValue::from(meta.attempted_retries);
+    h.insert(X_LITELLM_RETRIES, retries.clone());
+    h.insert(X_LLMUX_RETRIES, retries);
+    let fallbacks = HeaderValue::from(meta.attempted_fallbacks);
+    h.insert(X_LITELLM_FALLBACKS, fallbacks.clone());
+    h.insert(X_LLMUX_FALLBACKS, fallbacks);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_formats_three_decimals() {
+        assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(millis(Duration::from_micros(5)), "0.005");
+        assert_eq!(millis(Duration::ZERO), "0.000");
     }
 }

@@ -128,7 +128,7 @@ pub(crate) async fn execute(
         provider: None,
     };
     let result = execute_traced(logs, snapshot, body, &mut trace, &options).await;
-    if let Err(e) = &result {
+    if let (Err(e), true) = (&result, logs.wanted()) {
         logs.emit(trace.log(
             e.status,
             Outcome::Failed(e.kind),
@@ -521,14 +521,16 @@ impl Run<'_> {
             let completion = meta.usage.map_or(0, |u| u.completion_tokens);
             stats.record_latency(meta.upstream_latency, completion);
             stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
-            self.logs.emit(self.trace.log(
-                meta.status,
-                Outcome::Success,
-                meta.usage,
-                meta.overhead,
-                None,
-                0,
-            ));
+            if self.logs.wanted() {
+                self.logs.emit(self.trace.log(
+                    meta.status,
+                    Outcome::Success,
+                    meta.usage,
+                    meta.overhead,
+                    None,
+                    0,
+                ));
+            }
             drop(claim);
             return Ok(response);
         }
@@ -569,16 +571,18 @@ impl Run<'_> {
                     usage.completion_tokens,
                 );
             }
-            let mut log = trace.log(
-                meta.status,
-                outcome,
-                summary.usage,
-                meta.overhead,
-                Some(time_to_first_chunk),
-                summary.chunks,
-            );
-            log.recoveries = summary.recoveries;
-            logs.emit(log);
+            if logs.wanted() {
+                let mut log = trace.log(
+                    meta.status,
+                    outcome,
+                    summary.usage,
+                    meta.overhead,
+                    Some(time_to_first_chunk),
+                    summary.chunks,
+                );
+                log.recoveries = summary.recoveries;
+                logs.emit(log);
+            }
             // The in-flight slot is held until the stream ends.
             drop(claim);
         };

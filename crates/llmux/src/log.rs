@@ -1,6 +1,7 @@
 //! One `RequestLog` per request, emitted when the request is over (for streams: when the stream
 //! ends, fails or the client leaves). Emission is a non-blocking broadcast: sinks subscribe, the
-//! request path never waits for them.
+//! request path never waits for them. The same record is the access log line (target
+//! `llmux::access`, level debug), off by default like nginx's in a proxy benchmark.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,13 +62,21 @@ impl LogEmitter {
         self.sender.subscribe()
     }
 
+    /// Whether anyone would see a record: a subscriber, or the access log
+    /// (`LLMUX_LOG=info,llmux::access=debug`). Callers skip building records nobody reads.
+    pub(crate) fn wanted(&self) -> bool {
+        self.sender.receiver_count() > 0
+            || tracing::enabled!(target: "llmux::access", tracing::Level::DEBUG)
+    }
+
     pub(crate) fn emit(&self, log: RequestLog) {
         let failure = match log.outcome {
             Outcome::Success => None,
             Outcome::Failed(kind) => Some(kind.as_str()),
             Outcome::ClientDisconnected => Some("client_disconnected"),
         };
-        tracing::info!(
+        tracing::debug!(
+            target: "llmux::access",
             request_id = %log.request_id,
             operation = log.operation.as_str(),
             stream = log.stream,

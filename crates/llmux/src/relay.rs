@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use llmux_providers::sse::{SseError, SseSplitter};
 use llmux_providers::{DecodedEvent, StreamDecoder};
@@ -44,6 +44,19 @@ impl Relay {
             decoder,
             idle_timeout,
             ended: false,
+        }
+    }
+
+    /// The next event if it is already in our buffer (several events in one upstream read),
+    /// without waiting on the upstream, so events that arrived together leave together.
+    pub(crate) fn next_buffered(&mut self) -> Option<RelayItem> {
+        match self.splitter.next_event() {
+            Ok(Some(event)) => Some(RelayItem::Event(self.decoder.decode(event))),
+            Ok(None) => None,
+            Err(SseError::EventTooLarge) => Some(RelayItem::Failed(GatewayError::new(
+                ErrorKind::UpstreamError,
+                "upstream stream event exceeds the size limit",
+            ))),
         }
     }
 
@@ -132,6 +145,9 @@ impl Stream for RelayStream {
     }
 }
 
+/// Largest burst of events gathered into one write to the client.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
 /// Starts continuation attempts for a stream that failed after its first chunk.
 pub(crate) trait Resume: Send {
     /// Record that the current attempt failed with `failure`, then start a continuation of
@@ -197,6 +213,7 @@ pub(crate) fn relay_stream(
             on_finish: Some(on_finish),
         };
         let mut tracker = recovery.as_ref().map(|_| StreamTracker::default());
+        let mut pending: Option<RelayItem> = None;
         let mut rewriter: Option<ContinuationRewriter> = None;
         for (n, bytes) in initial.into_iter().enumerate() {
             let usage = if n == 0 { first_usage } else { None };
@@ -207,14 +224,48 @@ pub(crate) fn relay_stream(
         guard.summary.completed = finished;
         if !finished {
             loop {
-                let failure = match relay.next_item().await {
+                let item = match pending.take() {
+                    Some(item) => item,
+                    None => relay.next_item().await,
+                };
+                let failure = match item {
                     RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
                         if usage.is_some() {
                             guard.summary.usage = usage;
                         }
                         guard.summary.chunks += 1;
-                        if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
-                            yield b;
+                        let first = deliver(bytes, usage, &mut tracker, &mut rewriter);
+                        // Events that arrived together leave together: one write, not one per event.
+                        let mut batch: Option<BytesMut> = None;
+                        while batch.as_ref().is_none_or(|b| b.len() < MAX_BATCH_BYTES) {
+                            let Some(next) = relay.next_buffered() else { break };
+                            match next {
+                                RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
+                                    if usage.is_some() {
+                                        guard.summary.usage = usage;
+                                    }
+                                    guard.summary.chunks += 1;
+                                    if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                                        let buf = batch.get_or_insert_with(|| {
+                                            let mut buf = BytesMut::with_capacity(4096);
+                                            if let Some(f) = &first {
+                                                buf.extend_from_slice(f);
+                                            }
+                                            buf
+                                        });
+                                        buf.extend_from_slice(&b);
+                                    }
+                                }
+                                other => {
+                                    pending = Some(other);
+                                    break;
+                                }
+                            }
+                        }
+                        match (batch, first) {
+                            (Some(buf), _) => yield buf.freeze(),
+                            (None, Some(b)) => yield b,
+                            (None, None) => {}
                         }
                         continue;
                     }

@@ -13,6 +13,8 @@ use llmux_types::{ErrorKind, GatewayError};
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
     client: reqwest::Client,
+    /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
+    urls: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
 }
 
 impl HttpClient {
@@ -27,7 +29,10 @@ impl HttpClient {
             .user_agent(concat!("llmux/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| GatewayError::internal(format!("cannot build the HTTP client: {e}")))?;
-        Ok(HttpClient { client })
+        Ok(HttpClient {
+            client,
+            urls: Default::default(),
+        })
     }
 
     /// Send a request; resolves when the response headers have arrived.
@@ -37,9 +42,28 @@ impl HttpClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, GatewayError> {
+        let parsed = self
+            .urls
+            .read()
+            .ok()
+            .and_then(|urls| urls.get(url).cloned());
+        let parsed = match parsed {
+            Some(u) => u,
+            None => {
+                let u = reqwest::Url::parse(url).map_err(|e| {
+                    GatewayError::internal(format!("invalid upstream URL {url}: {e}"))
+                })?;
+                if let Ok(mut urls) = self.urls.write() {
+                    if urls.len() < 4096 {
+                        urls.insert(url.to_owned(), u.clone());
+                    }
+                }
+                u
+            }
+        };
         let response = self
             .client
-            .post(url)
+            .post(parsed)
             .headers(headers)
             .body(body)
             .send()

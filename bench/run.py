@@ -11,7 +11,9 @@ Usage:
                                     # llmux is within a generous factor of nginx (>= 0.3x)
 
 Requires (installed by the harness when missing and running as root): nginx (Debian package),
-oha (cargo install oha), valgrind (callgrind, for instruction counts; optional).
+oha (cargo install oha), valgrind (callgrind, for instruction counts; optional). LiteLLM joins
+the full run when `litellm` is on PATH or LITELLM_BIN points at it
+(`pip install 'litellm[proxy]'` in a venv).
 """
 
 import argparse
@@ -381,7 +383,7 @@ def main():
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", []),
             "llmux": (f"http://127.0.0.1:{llmux_port}/v1/chat/completions", auth),
         }
-        litellm_bin = shutil.which("litellm")
+        litellm_bin = os.environ.get("LITELLM_BIN") or shutil.which("litellm")
         if litellm_bin and not quick:
             lport = free_port()
             lconf = work / "litellm.yaml"

@@ -46,4 +46,7 @@ step "node SDK conformance (openai)"
   node --test
 )
 
+step "benchmark smoke test (bench/run.py --quick: nginx and oha are installed if missing)"
+python3 bench/run.py --quick --no-update > /dev/null
+
 step "all tests passed"

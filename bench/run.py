@@ -96,10 +96,15 @@ def tree_rss_kib(pid):
 
 
 def ensure_tools():
+    # `cargo install` puts oha here; the shell that runs us may not have it on PATH.
+    cargo_bin = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin"
+    os.environ["PATH"] = f"{cargo_bin}{os.pathsep}{os.environ.get('PATH', '')}"
     if not shutil.which("nginx") and os.geteuid() == 0:
         log("installing nginx (Debian package)")
         run(["apt-get", "update", "-qq"])
-        run(["apt-get", "install", "-y", "-qq", "nginx-light"])
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        if subprocess.run(["apt-get", "install", "-y", "-qq", "nginx-light"], env=env).returncode != 0:
+            run(["apt-get", "install", "-y", "-qq", "nginx"], env=env)
     if not shutil.which("oha"):
         log("installing oha (cargo install oha)")
         run(["cargo", "install", "oha", "--locked"])

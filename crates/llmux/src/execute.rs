@@ -1,35 +1,22 @@
 //! One request from raw body to response: read the routing fields, route, translate, send, and
 //! either return the (translated) JSON body or peek the stream's first event before committing.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::HeaderMap;
 use llmux_config::{RecoveryMode, RouterSettings};
-use llmux_providers::mock::{self, MockOutput};
-use llmux_providers::{
-    openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
-};
-use llmux_router::{Backend, Deployment, NoDeployment, RouteMatch, SelectionInput};
+use llmux_providers::{Operation, RequestContext};
+use llmux_router::{NoDeployment, RouteMatch, SelectionInput};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
+use crate::attempt::Attempt;
 use crate::log::{LogEmitter, Outcome, RequestLog};
-use crate::relay::{
-    relay_stream, RecoveryPlan, Relay, RelayItem, RelayStream, Resume, Resumed, StreamSummary,
-};
+use crate::relay::{relay_stream, RecoveryPlan, RelayStream, StreamSummary};
+use crate::resume::Resumer;
 use crate::tokens;
-use crate::upstream::{HttpClient, UpstreamResponse};
 use crate::{RequestOptions, Snapshot};
-
-/// Upper bound on a buffered (non-streaming) upstream response: large embedding batches fit.
-const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
-/// Upper bound on an upstream error body we read.
-const MAX_ERROR_BODY: usize = 1024 * 1024;
-/// Keep-alive events tolerated before the first content event is treated as the start.
-const MAX_PEEKED_KEEPALIVES: usize = 256;
 
 /// What the gateway knows about a response besides its body.
 #[derive(Debug, Clone)]
@@ -619,150 +606,10 @@ impl Run<'_> {
     }
 }
 
-/// Continues a chat stream that failed after its first chunk on another deployment of the same
-/// model group, with the text already delivered as a trailing assistant message.
-struct Resumer {
-    snapshot: Arc<Snapshot>,
-    body: Bytes,
-    route_model: String,
-    tags: Vec<String>,
-    timeout: Option<Duration>,
-    request_id: String,
-    received_at: Instant,
-    /// Deployments this stream has used; the last one is the one that just failed.
-    used: Vec<usize>,
-    /// In-flight slots of continuation deployments, held until the stream ends.
-    claims: Vec<Claim>,
-}
-
-/// Providers whose API continues a trailing assistant message when it is marked `prefix: true`.
-const PREFIX_FLAG_PROVIDERS: &[&str] = &["mistral", "deepseek"];
-
-/// The request with the delivered text appended as the assistant's partial answer.
-fn continuation_body(
-    request: &RawObject<'_>,
-    delivered: &str,
-    prefix_flag: bool,
-) -> Result<Bytes, GatewayError> {
-    let mut messages: Vec<Value> = request
-        .decode("messages")
-        .map_err(|e| GatewayError::internal(format!("cannot re-read messages: {e}")))?
-        .unwrap_or_default();
-    let mut partial = serde_json::json!({"role": "assistant", "content": delivered});
-    if prefix_flag {
-        partial["prefix"] = Value::Bool(true);
-    }
-    messages.push(partial);
-    let encoded =
-        serde_json::to_vec(&messages).map_err(|e| GatewayError::internal(e.to_string()))?;
-    Ok(Bytes::from(
-        request.edit().set("messages", encoded).render(),
-    ))
-}
-
-impl Resume for Resumer {
-    fn resume<'a>(
-        &'a mut self,
-        failure: &'a GatewayError,
-        delivered: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Resumed, GatewayError>> + Send + 'a>,
-    > {
-        Box::pin(async move {
-            let snapshot = Arc::clone(&self.snapshot);
-            let router = &snapshot.router;
-            let settings = router.settings();
-            let route = router
-                .route(&self.route_model)
-                .ok_or_else(|| model_not_found(&self.route_model))?;
-            if let Some(&current) = self.used.last() {
-                router.stats(current).record_failure(
-                    failure.kind,
-                    settings,
-                    route.candidates.len(),
-                    failure.retry_after,
-                );
-            }
-            let input = SelectionInput {
-                op: Operation::Chat,
-                stream: true,
-                tags: &self.tags,
-                prompt_tokens: None,
-                exclude: &self.used,
-            };
-            let index = router
-                .select(&route, &input)
-                .map_err(|no| no_deployment_error(no, route.group, Operation::Chat, None))?;
-            let claim = Claim {
-                snapshot: Arc::clone(&snapshot),
-                index,
-            };
-            self.used.push(index);
-            let deployment = Arc::clone(router.deployment(index));
-            let original =
-                RawObject::parse(&self.body).map_err(|e| GatewayError::internal(e.to_string()))?;
-            let body = continuation_body(
-                &original,
-                delivered,
-                PREFIX_FLAG_PROVIDERS.contains(&deployment.provider),
-            )?;
-            let request =
-                RawObject::parse(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-            let ctx = RequestContext {
-                wildcard: route.wildcard,
-                drop_params: snapshot.config.drop_params,
-            };
-            let timeout = deployment
-                .stream_timeout
-                .or(self.timeout)
-                .or(deployment.timeout)
-                .unwrap_or(snapshot.config.request_timeout);
-            let mut attempt = Attempt {
-                request_id: self.request_id.clone(),
-                received_at: self.received_at,
-                model_group: route.group.to_owned(),
-                deployment,
-                sent_at: Instant::now(),
-            };
-            let outcome = async {
-                let response = tokio::time::timeout(
-                    timeout,
-                    attempt.send(&snapshot.clients[index], Operation::Chat, &request, ctx),
-                )
-                .await
-                .map_err(|_| timeout_error("waiting for the continuation to start", timeout))??;
-                attempt.peek(Operation::Chat, response, timeout).await
-            }
-            .await;
-            let stats = router.stats(index);
-            match outcome {
-                Ok(peeked) => {
-                    stats.record_success();
-                    self.claims.push(claim);
-                    let mut initial: Vec<(Bytes, Option<Usage>)> =
-                        peeked.initial.into_iter().map(|b| (b, None)).collect();
-                    if let Some(first) = initial.first_mut() {
-                        first.1 = peeked.first_usage;
-                    }
-                    Ok(Resumed {
-                        initial,
-                        relay: peeked.relay,
-                        finished: peeked.finished,
-                    })
-                }
-                Err(e) => {
-                    stats.record_failure(e.kind, settings, route.candidates.len(), e.retry_after);
-                    Err(e)
-                }
-            }
-        })
-    }
-}
-
 /// A claimed deployment (in-flight slot); released when dropped.
-struct Claim {
-    snapshot: Arc<Snapshot>,
-    index: usize,
+pub(crate) struct Claim {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) index: usize,
 }
 
 impl Drop for Claim {
@@ -771,7 +618,7 @@ impl Drop for Claim {
     }
 }
 
-fn no_deployment_error(
+pub(crate) fn no_deployment_error(
     no: NoDeployment,
     group: &str,
     op: Operation,
@@ -806,14 +653,14 @@ fn no_deployment_error(
     }
 }
 
-fn timeout_error(what: &str, after: Duration) -> GatewayError {
+pub(crate) fn timeout_error(what: &str, after: Duration) -> GatewayError {
     GatewayError::new(
         ErrorKind::Timeout,
         format!("timed out after {:.1}s {what}", after.as_secs_f64()),
     )
 }
 
-fn model_not_found(model: &str) -> GatewayError {
+pub(crate) fn model_not_found(model: &str) -> GatewayError {
     GatewayError::new(
         ErrorKind::NotFound,
         format!("The model `{model}` does not exist or you do not have access to it."),
@@ -875,195 +722,6 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
         );
     }
     Ok(())
-}
-
-/// One attempt against one deployment.
-struct Attempt {
-    request_id: String,
-    received_at: Instant,
-    model_group: String,
-    deployment: Arc<Deployment>,
-    sent_at: Instant,
-}
-
-impl Attempt {
-    /// Translate and send; resolves with the response headers (the body is read later).
-    async fn send(
-        &mut self,
-        http: &HttpClient,
-        op: Operation,
-        request: &RawObject<'_>,
-        ctx: RequestContext<'_>,
-    ) -> Result<UpstreamResponse, GatewayError> {
-        match &self.deployment.backend {
-            Backend::Http(provider) => {
-                let upstream = provider.build_request(op, request, ctx)?;
-                self.sent_at = Instant::now();
-                http.send(&upstream.url, upstream.headers, upstream.body)
-                    .await
-            }
-            Backend::Mock { model, response } => {
-                self.sent_at = Instant::now();
-                let model = match ctx.wildcard {
-                    Some(w) if model.contains('*') => model.replacen('*', w, 1),
-                    _ => model.clone(),
-                };
-                Ok(
-                    match mock::respond(op, request, &model, response.as_ref()) {
-                        MockOutput::Json { status, body } => {
-                            UpstreamResponse::local(status, VecDeque::from([body]))
-                        }
-                        MockOutput::Stream(events) => UpstreamResponse::local(200, events.into()),
-                    },
-                )
-            }
-        }
-    }
-
-    fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
-        match &self.deployment.backend {
-            Backend::Http(provider) => provider.parse_error(status, headers, body),
-            Backend::Mock { .. } => openai_compat::parse_error(status, headers, body),
-        }
-    }
-
-    fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder> {
-        match &self.deployment.backend {
-            Backend::Http(provider) => provider.stream_decoder(op),
-            Backend::Mock { .. } => Box::new(OpenAiStreamDecoder),
-        }
-    }
-
-    async fn error_response(&self, mut response: UpstreamResponse) -> GatewayError {
-        let body = response.collect(MAX_ERROR_BODY).await.unwrap_or_default();
-        let error = self.parse_error(response.status, &response.headers, &body);
-        tracing::info!(
-            request_id = %self.request_id, deployment = %self.deployment.id, status = response.status,
-            kind = %error.kind, "upstream returned an error"
-        );
-        error
-    }
-
-    fn meta(
-        &self,
-        status: u16,
-        headers: &HeaderMap,
-        usage: Option<Usage>,
-        upstream_latency: Duration,
-    ) -> ResponseMeta {
-        let total = self.received_at.elapsed();
-        ResponseMeta {
-            request_id: self.request_id.clone(),
-            model_group: self.model_group.clone(),
-            deployment_id: self.deployment.id.clone(),
-            provider: self.deployment.provider,
-            status,
-            forwarded_headers: openai_compat::forwarded_headers(headers),
-            usage,
-            upstream_latency,
-            overhead: total.saturating_sub(upstream_latency),
-            attempted_retries: 0,
-            attempted_fallbacks: 0,
-        }
-    }
-
-    async fn unary(
-        &mut self,
-        http: &HttpClient,
-        op: Operation,
-        request: &RawObject<'_>,
-        ctx: RequestContext<'_>,
-    ) -> Result<GatewayResponse, GatewayError> {
-        let mut response = self.send(http, op, request, ctx).await?;
-        if !(200..300).contains(&response.status) {
-            return Err(self.error_response(response).await);
-        }
-        let body = response.collect(MAX_UPSTREAM_BODY).await?;
-        let upstream_latency = self.sent_at.elapsed();
-        let translated = match &self.deployment.backend {
-            Backend::Http(provider) => provider.parse_response(op, body)?,
-            Backend::Mock { .. } => llmux_providers::TranslatedResponse {
-                usage: openai_compat::extract_usage(&body),
-                body,
-            },
-        };
-        let meta = self.meta(
-            response.status,
-            &response.headers,
-            translated.usage,
-            upstream_latency,
-        );
-        Ok(GatewayResponse {
-            meta,
-            body: ResponseBody::Json(translated.body),
-        })
-    }
-
-    /// Read the stream until its first content event; a failure before it is an ordinary error.
-    async fn peek(
-        &self,
-        op: Operation,
-        response: UpstreamResponse,
-        idle_timeout: Duration,
-    ) -> Result<Peeked, GatewayError> {
-        if !(200..300).contains(&response.status) {
-            return Err(self.error_response(response).await);
-        }
-        let status = response.status;
-        let headers = response.headers.clone();
-        let mut relay = Relay::new(response, self.stream_decoder(op), idle_timeout);
-        let mut initial = Vec::new();
-        let mut first_usage = None;
-        // Peek: nothing is committed to the client until the upstream has produced real content,
-        // so a failure here is still an ordinary error response.
-        let finished = loop {
-            match relay.next_item().await {
-                RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => {
-                    initial.push(bytes);
-                    if initial.len() >= MAX_PEEKED_KEEPALIVES {
-                        break false;
-                    }
-                }
-                RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
-                    initial.push(bytes);
-                    first_usage = usage;
-                    break false;
-                }
-                RelayItem::Event(DecodedEvent::Done(bytes)) => {
-                    initial.push(bytes);
-                    break true;
-                }
-                RelayItem::Event(DecodedEvent::Error(mut e)) | RelayItem::Failed(mut e) => {
-                    e.headers.extend(openai_compat::forwarded_headers(&headers));
-                    return Err(e);
-                }
-                RelayItem::End => {
-                    return Err(GatewayError::new(
-                        ErrorKind::UpstreamError,
-                        "upstream closed the stream before sending any data",
-                    ));
-                }
-            }
-        };
-        let upstream_latency = self.sent_at.elapsed();
-        let meta = self.meta(status, &headers, None, upstream_latency);
-        Ok(Peeked {
-            meta,
-            initial,
-            first_usage,
-            relay,
-            finished,
-        })
-    }
-}
-
-/// A stream whose first content event has arrived: what to send first, and the rest to relay.
-struct Peeked {
-    meta: ResponseMeta,
-    initial: Vec<Bytes>,
-    first_usage: Option<Usage>,
-    relay: Relay,
-    finished: bool,
 }
 
 #[cfg(test)]

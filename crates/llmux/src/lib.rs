@@ -16,9 +16,11 @@
 //! # }).unwrap();
 //! ```
 
+mod attempt;
 mod execute;
 mod log;
 mod relay;
+mod resume;
 mod splice;
 mod tokens;
 mod typed;

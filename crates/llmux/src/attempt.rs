@@ -1,0 +1,215 @@
+//! One attempt against one deployment: translate and send, then either read the whole (JSON)
+//! response or peek a stream until its first content event.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::HeaderMap;
+use llmux_providers::mock::{self, MockOutput};
+use llmux_providers::{
+    openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
+};
+use llmux_router::{Backend, Deployment};
+use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
+
+use crate::execute::{GatewayResponse, ResponseBody, ResponseMeta};
+use crate::relay::{Relay, RelayItem};
+use crate::upstream::{HttpClient, UpstreamResponse};
+
+/// Upper bound on a buffered (non-streaming) upstream response: large embedding batches fit.
+const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
+/// Upper bound on an upstream error body we read.
+const MAX_ERROR_BODY: usize = 1024 * 1024;
+/// Keep-alive events tolerated before the first content event is treated as the start.
+const MAX_PEEKED_KEEPALIVES: usize = 256;
+
+/// One attempt against one deployment.
+pub(crate) struct Attempt {
+    pub(crate) request_id: String,
+    pub(crate) received_at: Instant,
+    pub(crate) model_group: String,
+    pub(crate) deployment: Arc<Deployment>,
+    pub(crate) sent_at: Instant,
+}
+
+impl Attempt {
+    /// Translate and send; resolves with the response headers (the body is read later).
+    pub(crate) async fn send(
+        &mut self,
+        http: &HttpClient,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        match &self.deployment.backend {
+            Backend::Http(provider) => {
+                let upstream = provider.build_request(op, request, ctx)?;
+                self.sent_at = Instant::now();
+                http.send(&upstream.url, upstream.headers, upstream.body)
+                    .await
+            }
+            Backend::Mock { model, response } => {
+                self.sent_at = Instant::now();
+                let model = match ctx.wildcard {
+                    Some(w) if model.contains('*') => model.replacen('*', w, 1),
+                    _ => model.clone(),
+                };
+                Ok(
+                    match mock::respond(op, request, &model, response.as_ref()) {
+                        MockOutput::Json { status, body } => {
+                            UpstreamResponse::local(status, VecDeque::from([body]))
+                        }
+                        MockOutput::Stream(events) => UpstreamResponse::local(200, events.into()),
+                    },
+                )
+            }
+        }
+    }
+
+    fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
+        match &self.deployment.backend {
+            Backend::Http(provider) => provider.parse_error(status, headers, body),
+            Backend::Mock { .. } => openai_compat::parse_error(status, headers, body),
+        }
+    }
+
+    fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder> {
+        match &self.deployment.backend {
+            Backend::Http(provider) => provider.stream_decoder(op),
+            Backend::Mock { .. } => Box::new(OpenAiStreamDecoder),
+        }
+    }
+
+    async fn error_response(&self, mut response: UpstreamResponse) -> GatewayError {
+        let body = response.collect(MAX_ERROR_BODY).await.unwrap_or_default();
+        let error = self.parse_error(response.status, &response.headers, &body);
+        tracing::info!(
+            request_id = %self.request_id, deployment = %self.deployment.id, status = response.status,
+            kind = %error.kind, "upstream returned an error"
+        );
+        error
+    }
+
+    fn meta(
+        &self,
+        status: u16,
+        headers: &HeaderMap,
+        usage: Option<Usage>,
+        upstream_latency: Duration,
+    ) -> ResponseMeta {
+        let total = self.received_at.elapsed();
+        ResponseMeta {
+            request_id: self.request_id.clone(),
+            model_group: self.model_group.clone(),
+            deployment_id: self.deployment.id.clone(),
+            provider: self.deployment.provider,
+            status,
+            forwarded_headers: openai_compat::forwarded_headers(headers),
+            usage,
+            upstream_latency,
+            overhead: total.saturating_sub(upstream_latency),
+            attempted_retries: 0,
+            attempted_fallbacks: 0,
+        }
+    }
+
+    pub(crate) async fn unary(
+        &mut self,
+        http: &HttpClient,
+        op: Operation,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Result<GatewayResponse, GatewayError> {
+        let mut response = self.send(http, op, request, ctx).await?;
+        if !(200..300).contains(&response.status) {
+            return Err(self.error_response(response).await);
+        }
+        let body = response.collect(MAX_UPSTREAM_BODY).await?;
+        let upstream_latency = self.sent_at.elapsed();
+        let translated = match &self.deployment.backend {
+            Backend::Http(provider) => provider.parse_response(op, body)?,
+            Backend::Mock { .. } => llmux_providers::TranslatedResponse {
+                usage: openai_compat::extract_usage(&body),
+                body,
+            },
+        };
+        let meta = self.meta(
+            response.status,
+            &response.headers,
+            translated.usage,
+            upstream_latency,
+        );
+        Ok(GatewayResponse {
+            meta,
+            body: ResponseBody::Json(translated.body),
+        })
+    }
+
+    /// Read the stream until its first content event; a failure before it is an ordinary error.
+    pub(crate) async fn peek(
+        &self,
+        op: Operation,
+        response: UpstreamResponse,
+        idle_timeout: Duration,
+    ) -> Result<Peeked, GatewayError> {
+        if !(200..300).contains(&response.status) {
+            return Err(self.error_response(response).await);
+        }
+        let status = response.status;
+        let headers = response.headers.clone();
+        let mut relay = Relay::new(response, self.stream_decoder(op), idle_timeout);
+        let mut initial = Vec::new();
+        let mut first_usage = None;
+        // Peek: nothing is committed to the client until the upstream has produced real content,
+        // so a failure here is still an ordinary error response.
+        let finished = loop {
+            match relay.next_item().await {
+                RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => {
+                    initial.push(bytes);
+                    if initial.len() >= MAX_PEEKED_KEEPALIVES {
+                        break false;
+                    }
+                }
+                RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
+                    initial.push(bytes);
+                    first_usage = usage;
+                    break false;
+                }
+                RelayItem::Event(DecodedEvent::Done(bytes)) => {
+                    initial.push(bytes);
+                    break true;
+                }
+                RelayItem::Event(DecodedEvent::Error(mut e)) | RelayItem::Failed(mut e) => {
+                    e.headers.extend(openai_compat::forwarded_headers(&headers));
+                    return Err(e);
+                }
+                RelayItem::End => {
+                    return Err(GatewayError::new(
+                        ErrorKind::UpstreamError,
+                        "upstream closed the stream before sending any data",
+                    ));
+                }
+            }
+        };
+        let upstream_latency = self.sent_at.elapsed();
+        let meta = self.meta(status, &headers, None, upstream_latency);
+        Ok(Peeked {
+            meta,
+            initial,
+            first_usage,
+            relay,
+            finished,
+        })
+    }
+}
+
+/// A stream whose first content event has arrived: what to send first, and the rest to relay.
+pub(crate) struct Peeked {
+    pub(crate) meta: ResponseMeta,
+    pub(crate) initial: Vec<Bytes>,
+    pub(crate) first_usage: Option<Usage>,
+    pub(crate) relay: Relay,
+    pub(crate) finished: bool,
+}

@@ -1,0 +1,156 @@
+//! Mid-stream recovery's IO part: continue a chat stream that failed after its first chunk on
+//! another deployment of the same model group (the splice rules are in `splice`).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use llmux_providers::{Operation, RequestContext};
+use llmux_router::SelectionInput;
+use llmux_types::{GatewayError, RawObject, Usage};
+use serde_json::Value;
+
+use crate::attempt::Attempt;
+use crate::execute::{model_not_found, no_deployment_error, timeout_error, Claim};
+use crate::relay::{Resume, Resumed};
+use crate::Snapshot;
+
+/// Continues a chat stream that failed after its first chunk on another deployment of the same
+/// model group, with the text already delivered as a trailing assistant message.
+pub(crate) struct Resumer {
+    pub(crate) snapshot: Arc<Snapshot>,
+    pub(crate) body: Bytes,
+    pub(crate) route_model: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) request_id: String,
+    pub(crate) received_at: Instant,
+    /// Deployments this stream has used; the last one is the one that just failed.
+    pub(crate) used: Vec<usize>,
+    /// In-flight slots of continuation deployments, held until the stream ends.
+    pub(crate) claims: Vec<Claim>,
+}
+
+/// Providers whose API continues a trailing assistant message when it is marked `prefix: true`.
+const PREFIX_FLAG_PROVIDERS: &[&str] = &["mistral", "deepseek"];
+
+/// The request with the delivered text appended as the assistant's partial answer.
+fn continuation_body(
+    request: &RawObject<'_>,
+    delivered: &str,
+    prefix_flag: bool,
+) -> Result<Bytes, GatewayError> {
+    let mut messages: Vec<Value> = request
+        .decode("messages")
+        .map_err(|e| GatewayError::internal(format!("cannot re-read messages: {e}")))?
+        .unwrap_or_default();
+    let mut partial = serde_json::json!({"role": "assistant", "content": delivered});
+    if prefix_flag {
+        partial["prefix"] = Value::Bool(true);
+    }
+    messages.push(partial);
+    let encoded =
+        serde_json::to_vec(&messages).map_err(|e| GatewayError::internal(e.to_string()))?;
+    Ok(Bytes::from(
+        request.edit().set("messages", encoded).render(),
+    ))
+}
+
+impl Resume for Resumer {
+    fn resume<'a>(
+        &'a mut self,
+        failure: &'a GatewayError,
+        delivered: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Resumed, GatewayError>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            let snapshot = Arc::clone(&self.snapshot);
+            let router = &snapshot.router;
+            let settings = router.settings();
+            let route = router
+                .route(&self.route_model)
+                .ok_or_else(|| model_not_found(&self.route_model))?;
+            if let Some(&current) = self.used.last() {
+                router.stats(current).record_failure(
+                    failure.kind,
+                    settings,
+                    route.candidates.len(),
+                    failure.retry_after,
+                );
+            }
+            let input = SelectionInput {
+                op: Operation::Chat,
+                stream: true,
+                tags: &self.tags,
+                prompt_tokens: None,
+                exclude: &self.used,
+            };
+            let index = router
+                .select(&route, &input)
+                .map_err(|no| no_deployment_error(no, route.group, Operation::Chat, None))?;
+            let claim = Claim {
+                snapshot: Arc::clone(&snapshot),
+                index,
+            };
+            self.used.push(index);
+            let deployment = Arc::clone(router.deployment(index));
+            let original =
+                RawObject::parse(&self.body).map_err(|e| GatewayError::internal(e.to_string()))?;
+            let body = continuation_body(
+                &original,
+                delivered,
+                PREFIX_FLAG_PROVIDERS.contains(&deployment.provider),
+            )?;
+            let request =
+                RawObject::parse(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
+            let ctx = RequestContext {
+                wildcard: route.wildcard,
+                drop_params: snapshot.config.drop_params,
+            };
+            let timeout = deployment
+                .stream_timeout
+                .or(self.timeout)
+                .or(deployment.timeout)
+                .unwrap_or(snapshot.config.request_timeout);
+            let mut attempt = Attempt {
+                request_id: self.request_id.clone(),
+                received_at: self.received_at,
+                model_group: route.group.to_owned(),
+                deployment,
+                sent_at: Instant::now(),
+            };
+            let outcome = async {
+                let response = tokio::time::timeout(
+                    timeout,
+                    attempt.send(&snapshot.clients[index], Operation::Chat, &request, ctx),
+                )
+                .await
+                .map_err(|_| timeout_error("waiting for the continuation to start", timeout))??;
+                attempt.peek(Operation::Chat, response, timeout).await
+            }
+            .await;
+            let stats = router.stats(index);
+            match outcome {
+                Ok(peeked) => {
+                    stats.record_success();
+                    self.claims.push(claim);
+                    let mut initial: Vec<(Bytes, Option<Usage>)> =
+                        peeked.initial.into_iter().map(|b| (b, None)).collect();
+                    if let Some(first) = initial.first_mut() {
+                        first.1 = peeked.first_usage;
+                    }
+                    Ok(Resumed {
+                        initial,
+                        relay: peeked.relay,
+                        finished: peeked.finished,
+                    })
+                }
+                Err(e) => {
+                    stats.record_failure(e.kind, settings, route.candidates.len(), e.retry_after);
+                    Err(e)
+                }
+            }
+        })
+    }
+}

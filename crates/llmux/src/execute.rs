@@ -1,5 +1,6 @@
-//! One request from raw body to response: read the routing fields, route, translate, send, and
-//! either return the (translated) JSON body or peek the stream's first event before committing.
+//! One request from raw body to response: read the routing fields and gateway controls, route,
+//! then per model group select a deployment, attempt, classify the failure and retry (another
+//! deployment first, backoff when none is left), and fall back to other groups by error kind.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -126,6 +126,7 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(anthropic_messages))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
@@ -476,6 +477,134 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
     headers.insert("cache-control", HeaderValue::from_static("no-cache"));
     rate_limit_headers(headers);
     response
+}
+
+/// Anthropic Messages API emulation (JSON and SSE), so the gateway's Anthropic adapter runs
+/// end to end: text answers, a forced tool call (`tool_choice: {type: any|tool}`), Anthropic-shaped
+/// error bodies, and the same `chunks` / `text` / `status` knobs.
+async fn anthropic_messages(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (headers, body, knobs) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return anthropic_error_rewrite(r).await,
+    };
+    if headers.get("x-api-key").is_none() || headers.get("anthropic-version").is_none() {
+        let body = json!({"type": "error", "error": {"type": "authentication_error", "message": "missing x-api-key or anthropic-version"}});
+        return error_response(401, &body.to_string(), None);
+    }
+    if body.get("max_tokens").and_then(Value::as_u64).is_none() {
+        let body = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "max_tokens: Field required"}});
+        return error_response(400, &body.to_string(), None);
+    }
+    let model = body
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or("claude-mock")
+        .to_owned();
+    let pieces = answer_pieces(&knobs);
+    let tool = body
+        .get("tool_choice")
+        .filter(|c| {
+            matches!(
+                c.get("type").and_then(Value::as_str),
+                Some("any") | Some("tool")
+            )
+        })
+        .and_then(|c| {
+            c.get("name")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| {
+                    body.pointer("/tools/0/name")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+        });
+    let id = format!("msg_mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
+    let input_tokens = prompt_tokens(&body);
+    let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
+    if !stream {
+        let (content, stop) = match &tool {
+            Some(name) => (
+                json!([{"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {"location": "Paris"}}]),
+                "tool_use",
+            ),
+            None => (
+                json!([{"type": "text", "text": pieces.concat()}]),
+                "end_turn",
+            ),
+        };
+        return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
+            "stop_reason": stop, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2, "output_tokens": pieces.len()}}))
+        .into_response();
+    }
+    let event = |v: Value| {
+        Bytes::from(format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap_or("")
+        ))
+    };
+    let mut events = vec![event(
+        json!({"type": "message_start", "message": {"id": id, "type": "message", "role": "assistant", "model": model,
+        "content": [], "stop_reason": null, "usage": {"input_tokens": input_tokens, "cache_read_input_tokens": 2, "output_tokens": 1}}}),
+    )];
+    events.push(event(json!({"type": "ping"})));
+    let stop = match &tool {
+        Some(name) => {
+            events.push(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}})));
+            for part in ["{\"loc", "ation\": \"Par", "is\"}"] {
+                events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
+            }
+            "tool_use"
+        }
+        None => {
+            events.push(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            for piece in &pieces {
+                events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+            }
+            "end_turn"
+        }
+    };
+    events.push(event(json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": pieces.len()}})));
+    events.push(event(json!({"type": "message_stop"})));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// The mock's error knob answers in OpenAI's shape; Anthropic clients expect theirs.
+async fn anthropic_error_rewrite(response: Response) -> Response {
+    let status = response.status().as_u16();
+    let kind = match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    };
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "mock error".to_owned());
+    error_response(
+        status,
+        &json!({"type": "error", "error": {"type": kind, "message": message}}).to_string(),
+        None,
+    )
 }
 
 fn tool_name(body: &Value) -> String {

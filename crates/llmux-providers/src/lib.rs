@@ -2,6 +2,7 @@
 //! provider's wire format, plus SSE framing. Nothing here does IO: the core sends what an adapter
 //! builds and hands back what came over the wire.
 
+pub mod anthropic;
 pub mod errors;
 pub mod mock;
 pub mod openai_compat;

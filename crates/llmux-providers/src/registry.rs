@@ -355,6 +355,9 @@ pub enum ResolvedProvider {
     Mock {
         upstream_model: String,
     },
+    Anthropic {
+        upstream_model: String,
+    },
 }
 
 pub fn lookup(name: &str) -> Option<&'static ProviderSpec> {
@@ -395,6 +398,11 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
             upstream_model: rest,
         });
     }
+    if provider == "anthropic" {
+        return Some(ResolvedProvider::Anthropic {
+            upstream_model: rest,
+        });
+    }
     if let Some(spec) = lookup(provider) {
         let upstream_model = match spec.model_prefix {
             Some(prefix) if !rest.contains('/') && !rest.contains('*') => format!("{prefix}{rest}"),
@@ -420,7 +428,10 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
 }
 
 fn is_known(prefix: &str) -> bool {
-    prefix == MOCK_PROVIDER || lookup(prefix).is_some() || NATIVE_PROVIDERS.contains(&prefix)
+    prefix == MOCK_PROVIDER
+        || prefix == "anthropic"
+        || lookup(prefix).is_some()
+        || NATIVE_PROVIDERS.contains(&prefix)
 }
 
 #[cfg(test)]
@@ -523,7 +534,7 @@ mod tests {
             matches!(r, ResolvedProvider::OpenAiCompatible { spec, .. } if spec.name == "openai")
         );
         assert_eq!(d.len(), 1);
-        assert!(resolve(&dep("anthropic/claude"), &mut d).is_none());
+        assert!(resolve(&dep("bedrock/claude"), &mut d).is_none());
         assert!(!d[1].is_error());
     }
 }

@@ -538,6 +538,16 @@ fn build_deployment(
             },
             upstream_model,
         ),
+        ResolvedProvider::Anthropic { upstream_model } => {
+            let target = llmux_providers::anthropic::AnthropicTarget::new(
+                &upstream_model,
+                dep,
+                config,
+                env,
+                diags,
+            )?;
+            ("anthropic", Backend::Http(Arc::new(target)), upstream_model)
+        }
         ResolvedProvider::OpenAiCompatible {
             spec,
             upstream_model,
@@ -750,7 +760,7 @@ model_list:
         let (r, diags) = router(
             r#"
 model_list:
-  - {model_name: c, litellm_params: {model: anthropic/claude}}
+  - {model_name: c, litellm_params: {model: bedrock/claude}}
   - {model_name: v, litellm_params: {model: hosted_vllm/llama}}
   - {model_name: ok, litellm_params: {model: mock/x, vertex_project: p, frobnicate: 1}}
 "#,

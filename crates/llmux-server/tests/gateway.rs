@@ -712,3 +712,78 @@ async fn a_slow_reader_applies_backpressure_to_the_upstream() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+const ANTHROPIC: &str = r#"
+model_list:
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test, extra_headers: {anthropic-beta: "prompt-caching-2024-07-31"}}
+router_settings: {num_retries: 0}
+"#;
+
+#[tokio::test]
+async fn anthropic_deployments_answer_in_openai_shape() {
+    let h = start(ANTHROPIC).await;
+    let r = h.post("/v1/chat/completions", &json!({"model": "claude", "messages": [{"role": "system", "content": "Be brief"}, {"role": "user", "content": "hi"}]})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmux-provider"], "anthropic");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok0 tok1"));
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(sent.path, "/v1/messages");
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-api-key" && v == "sk-ant-test"));
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "anthropic-beta" && v == "prompt-caching-2024-07-31"));
+    let upstream: Value = serde_json::from_str(&sent.body).unwrap();
+    assert_eq!(upstream["system"], "Be brief");
+    assert_eq!(upstream["model"], "claude-mock");
+
+    let r = h.post("/v1/chat/completions", &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
+    assert_eq!(r.status(), 200);
+    let payloads = sse_data(&r.text().await.unwrap());
+    assert_eq!(
+        stream_text(&payloads),
+        (0..20).map(|i| format!("tok{i} ")).collect::<String>()
+    );
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let r = h.post("/v1/chat/completions", &json!({"model": "claude", "messages": [{"role": "user", "content": "weather?"}], "tools": tools, "tool_choice": "required"})).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+
+    let r = h.post("/v1/chat/completions", &json!({"model": "claude", "stream": true, "messages": [{"role": "user", "content": "weather?"}], "tools": tools, "tool_choice": "required"})).await;
+    let payloads = sse_data(&r.text().await.unwrap());
+    let args: String = payloads
+        .iter()
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"location": "Paris"})
+    );
+
+    let r = h.post("/v1/chat/completions", &json!({"model": "claude", "messages": [{"role": "user", "content": "hi"}], "mock_options": {"status": 429}})).await;
+    assert_eq!(r.status(), 429);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "rate_limit_error");
+}

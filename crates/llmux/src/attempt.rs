@@ -167,7 +167,9 @@ impl Attempt {
         let finished = loop {
             match relay.next_item().await {
                 RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => {
-                    initial.push(bytes);
+                    if !bytes.is_empty() {
+                        initial.push(bytes);
+                    }
                     if initial.len() >= MAX_PEEKED_KEEPALIVES {
                         break false;
                     }

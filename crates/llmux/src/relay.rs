@@ -270,7 +270,9 @@ pub(crate) fn relay_stream(
                         continue;
                     }
                     RelayItem::Event(DecodedEvent::KeepAlive(bytes)) => {
-                        yield bytes;
+                        if !bytes.is_empty() {
+                            yield bytes;
+                        }
                         continue;
                     }
                     RelayItem::Event(DecodedEvent::Done(bytes)) => {

@@ -56,6 +56,7 @@ def gateway():
             {"model_name": "gpt-test", "litellm_params": {"model": "openai/mock-gpt", "api_base": upstream, "api_key": "sk-up"}},
             {"model_name": "embed", "litellm_params": {"model": "openai/mock-embed", "api_base": upstream, "api_key": "sk-up"}},
             {"model_name": "demo", "litellm_params": {"model": "mock/demo"}},
+            {"model_name": "claude", "litellm_params": {"model": "anthropic/claude-mock", "api_base": upstream, "api_key": "sk-ant"}},
             {"model_name": "dead", "litellm_params": {"model": "openai/x", "api_base": "http://127.0.0.1:9/v1", "api_key": "k"}},
         ],
         "general_settings": {"master_key": MASTER_KEY},

@@ -236,3 +236,17 @@ def test_error_event_inside_a_stream_raises(client):
                 received.append(choice.delta.content or "")
     assert "mock error inside the stream" in str(e.value)
     assert "".join(received) == "tok0 tok1 tok2 "
+
+
+def test_anthropic_deployment_through_the_openai_sdk(client):
+    r = client.chat.completions.create(model="claude", messages=MESSAGES)
+    assert r.choices[0].message.content.startswith("tok0")
+    stream = client.chat.completions.create(model="claude", messages=MESSAGES, tools=TOOLS, tool_choice="required", stream=True)
+    args, finish = "", None
+    for chunk in stream:
+        for choice in chunk.choices:
+            for tc in choice.delta.tool_calls or []:
+                args += tc.function.arguments or ""
+            finish = choice.finish_reason or finish
+    assert json.loads(args) == {"location": "Paris"}
+    assert finish == "tool_calls"

@@ -1,0 +1,366 @@
+//! OpenAI chat request → Anthropic Messages request (pure).
+
+use llmux_types::{GatewayError, RawObject};
+use serde_json::{json, Map, Value};
+
+/// `max_tokens` is required by Anthropic; used when the request and the deployment set none.
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+
+/// OpenAI parameters with no Anthropic equivalent (dropped with `drop_params`, else a 400).
+const UNSUPPORTED: &[&str] = &[
+    "n",
+    "logprobs",
+    "top_logprobs",
+    "logit_bias",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "modalities",
+    "audio",
+    "prediction",
+    "service_tier",
+    "store",
+    "web_search_options",
+];
+
+/// Parameters that need no translation here because they are handled explicitly below, or are
+/// gateway/OpenAI-only bookkeeping.
+const HANDLED: &[&str] = &[
+    "model",
+    "messages",
+    "max_tokens",
+    "max_completion_tokens",
+    "temperature",
+    "top_p",
+    "top_k",
+    "stop",
+    "stream",
+    "stream_options",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "user",
+    "metadata",
+    "response_format",
+    "reasoning_effort",
+    "thinking",
+    "functions",
+    "function_call",
+    "verbosity",
+];
+
+fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
+    GatewayError::invalid_request(message).with_param(param)
+}
+
+/// A content part (OpenAI) as an Anthropic content block.
+fn content_block(part: &Value) -> Result<Value, GatewayError> {
+    match part.get("type").and_then(Value::as_str) {
+        Some("text") => {
+            let mut block =
+                json!({"type": "text", "text": part.get("text").cloned().unwrap_or(json!(""))});
+            if let Some(cache) = part.get("cache_control") {
+                block["cache_control"] = cache.clone();
+            }
+            Ok(block)
+        }
+        Some("image_url") => {
+            let url = part
+                .pointer("/image_url/url")
+                .or_else(|| part.get("image_url"))
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("image_url part without a url", "messages"))?;
+            if let Some(rest) = url.strip_prefix("data:") {
+                let (media_type, data) = rest.split_once(";base64,").ok_or_else(|| {
+                    invalid(
+                        "image data URLs must be base64 (data:<type>;base64,...)",
+                        "messages",
+                    )
+                })?;
+                Ok(
+                    json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+                )
+            } else {
+                Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
+            }
+        }
+        // Already Anthropic-shaped blocks (document, tool_result, ...) pass through.
+        Some(_) => Ok(part.clone()),
+        None => Err(invalid("content parts need a `type`", "messages")),
+    }
+}
+
+fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) if text.is_empty() => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(vec![json!({"type": "text", "text": text})]),
+        Some(Value::Array(parts)) => parts.iter().map(content_block).collect(),
+        Some(_) => Err(invalid(
+            "message content must be a string or an array of parts",
+            "messages",
+        )),
+    }
+}
+
+fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Append blocks to the conversation, merging into the previous message when the role repeats
+/// (Anthropic requires alternating roles).
+fn push(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last["content"].as_array_mut() {
+                existing.extend(blocks);
+                return;
+            }
+        }
+    }
+    messages.push(json!({"role": role, "content": blocks}));
+}
+
+fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), GatewayError> {
+    let mut system: Vec<Value> = Vec::new();
+    let mut out: Vec<Value> = Vec::new();
+    for message in messages {
+        let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+        match role {
+            "system" | "developer" => system.extend(content_blocks(message.get("content"))?),
+            "user" => push(&mut out, "user", content_blocks(message.get("content"))?),
+            "assistant" => {
+                let mut blocks = content_blocks(message.get("content"))?;
+                for call in message
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    let arguments = call
+                        .pointer("/function/arguments")
+                        .and_then(Value::as_str)
+                        .unwrap_or("{}");
+                    let input: Value = if arguments.trim().is_empty() {
+                        json!({})
+                    } else {
+                        serde_json::from_str(arguments)
+                            .map_err(|_| invalid("tool call arguments must be JSON", "messages"))?
+                    };
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call.get("id").cloned().unwrap_or(json!("")),
+                        "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
+                        "input": input,
+                    }));
+                }
+                push(&mut out, "assistant", blocks);
+            }
+            "tool" | "function" => {
+                let id = message.get("tool_call_id").cloned().unwrap_or(json!(""));
+                let result = json!({"type": "tool_result", "tool_use_id": id, "content": text_of(message.get("content"))});
+                push(&mut out, "user", vec![result]);
+            }
+            other => {
+                return Err(invalid(
+                    format!("unknown message role `{other}`"),
+                    "messages",
+                ))
+            }
+        }
+    }
+    Ok((system, out))
+}
+
+fn translate_tools(tools: &[Value]) -> Vec<Value> {
+    tools
+        .iter()
+        .map(|tool| match tool.get("function") {
+            Some(f) => {
+                let mut t = json!({
+                    "name": f.get("name").cloned().unwrap_or(json!("")),
+                    "input_schema": f.get("parameters").cloned().unwrap_or(json!({"type": "object", "properties": {}})),
+                });
+                if let Some(d) = f.get("description") {
+                    t["description"] = d.clone();
+                }
+                if let Some(cache) = tool.get("cache_control") {
+                    t["cache_control"] = cache.clone();
+                }
+                t
+            }
+            // Anthropic-native tools (web_search, computer use, ...) pass through.
+            None => tool.clone(),
+        })
+        .collect()
+}
+
+fn translate_tool_choice(choice: &Value, parallel: Option<bool>) -> Option<Value> {
+    let mut out = match choice {
+        Value::String(s) if s == "auto" => json!({"type": "auto"}),
+        Value::String(s) if s == "required" => json!({"type": "any"}),
+        Value::String(s) if s == "none" => json!({"type": "none"}),
+        Value::Object(o) => match o
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .or_else(|| o.get("name"))
+        {
+            Some(name) => json!({"type": "tool", "name": name}),
+            None => return None,
+        },
+        _ => return None,
+    };
+    if parallel == Some(false) && out["type"] != "none" {
+        out["disable_parallel_tool_use"] = json!(true);
+    }
+    Some(out)
+}
+
+/// Thinking budget for an OpenAI `reasoning_effort`.
+fn thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "minimal" | "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16384),
+        _ => None,
+    }
+}
+
+/// Build the Anthropic request body. `defaults` are `litellm_params` request defaults.
+pub fn build_body(
+    request: &RawObject<'_>,
+    model: &str,
+    defaults: &Map<String, Value>,
+    drop_params: bool,
+) -> Result<Value, GatewayError> {
+    let get = |key: &str| -> Option<Value> {
+        request
+            .decode::<Value>(key)
+            .ok()
+            .flatten()
+            .or_else(|| defaults.get(key).cloned())
+            .filter(|v| !v.is_null())
+    };
+    for key in UNSUPPORTED {
+        if request.get_non_null(key).is_some() && !drop_params {
+            // `n: 1` asks for nothing Anthropic cannot do.
+            if *key == "n" && get("n").and_then(|v| v.as_u64()) == Some(1) {
+                continue;
+            }
+            return Err(invalid(
+                format!("anthropic does not support parameter `{key}`; remove it or set `litellm_settings.drop_params: true`"),
+                key,
+            )
+            .with_code("unsupported_parameter"));
+        }
+    }
+    let messages: Vec<Value> = request
+        .decode("messages")
+        .map_err(|_| invalid("`messages` must be an array", "messages"))?
+        .unwrap_or_default();
+    let (system, messages) = translate_messages(&messages)?;
+    let mut body = Map::new();
+    body.insert("model".into(), json!(model));
+    body.insert("messages".into(), Value::Array(messages));
+    if !system.is_empty() {
+        let cached = system.iter().any(|b| b.get("cache_control").is_some());
+        let value = if cached {
+            Value::Array(system)
+        } else {
+            json!(system
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect::<Vec<_>>()
+                .join("\n"))
+        };
+        body.insert("system".into(), value);
+    }
+    let max_tokens = get("max_completion_tokens")
+        .or_else(|| get("max_tokens"))
+        .and_then(|v| v.as_u64())
+        .unwrap_or(DEFAULT_MAX_TOKENS);
+    body.insert("max_tokens".into(), json!(max_tokens));
+    for key in ["temperature", "top_p", "top_k"] {
+        if let Some(v) = get(key) {
+            body.insert(key.into(), v);
+        }
+    }
+    match get("stop") {
+        Some(Value::String(s)) => {
+            body.insert("stop_sequences".into(), json!([s]));
+        }
+        Some(Value::Array(list)) => {
+            body.insert("stop_sequences".into(), Value::Array(list));
+        }
+        _ => {}
+    }
+    if get("stream").and_then(|v| v.as_bool()) == Some(true) {
+        body.insert("stream".into(), json!(true));
+    }
+    let mut tools: Vec<Value> = get("tools")
+        .and_then(|v| v.as_array().cloned())
+        .map(|t| translate_tools(&t))
+        .unwrap_or_default();
+    let parallel = get("parallel_tool_calls").and_then(|v| v.as_bool());
+    let mut tool_choice = get("tool_choice").and_then(|c| translate_tool_choice(&c, parallel));
+    // JSON schema output: a forced tool whose input is the answer (the response maps it back).
+    if let Some(format) = get("response_format") {
+        if format.get("type").and_then(Value::as_str) == Some("json_schema") {
+            let schema = format
+                .pointer("/json_schema/schema")
+                .cloned()
+                .unwrap_or(json!({"type": "object"}));
+            tools.push(json!({"name": RESPONSE_FORMAT_TOOL, "description": "Respond with the answer as this tool's input.", "input_schema": schema}));
+            tool_choice = Some(json!({"type": "tool", "name": RESPONSE_FORMAT_TOOL}));
+        }
+    }
+    if !tools.is_empty() {
+        body.insert("tools".into(), Value::Array(tools));
+    }
+    if let Some(choice) = tool_choice {
+        body.insert("tool_choice".into(), choice);
+    }
+    if let Some(thinking) = get("thinking") {
+        body.insert("thinking".into(), thinking);
+    } else if let Some(budget) =
+        get("reasoning_effort").and_then(|v| v.as_str().and_then(thinking_budget))
+    {
+        body.insert(
+            "thinking".into(),
+            json!({"type": "enabled", "budget_tokens": budget}),
+        );
+        if max_tokens <= budget {
+            body.insert("max_tokens".into(), json!(budget + DEFAULT_MAX_TOKENS));
+        }
+    }
+    if let Some(user) = get("user") {
+        body.insert("metadata".into(), json!({"user_id": user}));
+    }
+    // Unknown fields that are not OpenAI's (e.g. Anthropic-only options) pass through unchanged.
+    for (key, value) in request.iter() {
+        if !HANDLED.contains(&key)
+            && !UNSUPPORTED.contains(&key)
+            && !crate::GATEWAY_PARAMS.contains(&key)
+            && !body.contains_key(key)
+        {
+            if let Ok(v) = serde_json::from_str::<Value>(value.get()) {
+                body.insert(key.to_owned(), v);
+            }
+        }
+    }
+    Ok(Value::Object(body))
+}
+
+/// The tool name used to carry `response_format: json_schema` answers.
+pub const RESPONSE_FORMAT_TOOL: &str = "json_tool_call";

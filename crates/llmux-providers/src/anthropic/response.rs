@@ -1,0 +1,110 @@
+//! Anthropic Messages response → OpenAI chat completion (pure).
+
+use llmux_types::usage::PromptTokensDetails;
+use llmux_types::{ErrorKind, GatewayError, Usage};
+use serde_json::{json, Value};
+
+use super::request::RESPONSE_FORMAT_TOOL;
+
+/// Anthropic `stop_reason` → OpenAI `finish_reason`.
+pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
+    Some(match stop_reason? {
+        "end_turn" | "stop_sequence" | "pause_turn" => "stop",
+        "max_tokens" | "model_context_window_exceeded" => "length",
+        "tool_use" => "tool_calls",
+        "refusal" => "content_filter",
+        _ => "stop",
+    })
+}
+
+/// Anthropic usage → OpenAI usage: prompt tokens include cache reads and writes, which are also
+/// reported as `cached_tokens` (reads).
+pub fn usage(u: &Value) -> Usage {
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let cache_read = n("cache_read_input_tokens");
+    let prompt = n("input_tokens") + cache_read + n("cache_creation_input_tokens");
+    let mut usage = Usage::new(prompt, n("output_tokens"));
+    if cache_read > 0 {
+        usage.prompt_tokens_details = Some(PromptTokensDetails {
+            cached_tokens: Some(cache_read),
+        });
+    }
+    usage
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Translate a whole response body.
+pub fn translate(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
+    let msg: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::UpstreamError,
+            format!("anthropic returned invalid JSON: {e}"),
+        )
+    })?;
+    let mut text = String::new();
+    let mut reasoning = String::new();
+    let mut thinking_blocks = Vec::new();
+    let mut tool_calls = Vec::new();
+    let mut json_answer = None;
+    for block in msg
+        .get("content")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(block.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("thinking") => {
+                reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                thinking_blocks.push(block.clone());
+            }
+            Some("redacted_thinking") => thinking_blocks.push(block.clone()),
+            Some("tool_use") => {
+                let name = block.get("name").and_then(Value::as_str).unwrap_or("");
+                let input = block.get("input").cloned().unwrap_or(json!({}));
+                if name == RESPONSE_FORMAT_TOOL {
+                    json_answer = Some(input.to_string());
+                    continue;
+                }
+                tool_calls.push(json!({
+                    "id": block.get("id").cloned().unwrap_or(json!("")),
+                    "type": "function",
+                    "function": {"name": name, "arguments": input.to_string()},
+                }));
+            }
+            _ => {}
+        }
+    }
+    let mut finish =
+        finish_reason(msg.get("stop_reason").and_then(Value::as_str)).unwrap_or("stop");
+    if let Some(answer) = json_answer {
+        text.push_str(&answer);
+        finish = "stop";
+    }
+    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if !reasoning.is_empty() {
+        message["reasoning_content"] = json!(reasoning);
+    }
+    if !thinking_blocks.is_empty() {
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
+    }
+    let usage = msg.get("usage").map(usage).unwrap_or_default();
+    let out = json!({
+        "id": msg.get("id").cloned().unwrap_or(json!("")),
+        "object": "chat.completion",
+        "created": unix_now(),
+        "model": msg.get("model").cloned().unwrap_or(json!("")),
+        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
+        "usage": usage,
+    });
+    Ok((out, usage))
+}

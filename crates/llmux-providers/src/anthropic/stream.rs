@@ -1,0 +1,163 @@
+//! Anthropic Messages SSE → OpenAI chat completion chunks (pure, stateful per stream).
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use llmux_types::{ErrorKind, GatewayError, Usage};
+use serde_json::{json, Value};
+
+use super::request::RESPONSE_FORMAT_TOOL;
+use super::response::{finish_reason, usage};
+use crate::sse::parse_fields;
+use crate::{DecodedEvent, StreamDecoder};
+
+#[derive(Debug, Default)]
+pub struct AnthropicStreamDecoder {
+    id: String,
+    model: String,
+    created: u64,
+    /// Usage from `message_start` (input and cache tokens).
+    start_usage: Value,
+    /// Anthropic content-block index → OpenAI tool-call index.
+    tool_index: HashMap<u64, u32>,
+    /// The block carrying a `response_format` answer, streamed as text.
+    json_block: Option<u64>,
+}
+
+impl AnthropicStreamDecoder {
+    fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Bytes {
+        let mut c = json!({
+            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
+        });
+        if let Some(u) = usage {
+            c["usage"] = json!(u);
+        }
+        let mut out = b"data: ".to_vec();
+        out.extend_from_slice(&serde_json::to_vec(&c).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+        Bytes::from(out)
+    }
+
+    fn content(&self, delta: Value) -> DecodedEvent {
+        DecodedEvent::Chunk {
+            bytes: self.chunk(delta, None, None),
+            usage: None,
+        }
+    }
+}
+
+impl StreamDecoder for AnthropicStreamDecoder {
+    fn decode(&mut self, event: Bytes) -> DecodedEvent {
+        let fields = parse_fields(&event);
+        if !fields.has_data {
+            return DecodedEvent::KeepAlive(Bytes::from_static(b": keep-alive\n\n"));
+        }
+        let Ok(data) = serde_json::from_slice::<Value>(&fields.data) else {
+            return DecodedEvent::Error(GatewayError::new(
+                ErrorKind::UpstreamError,
+                "anthropic sent a malformed stream event",
+            ));
+        };
+        let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+        match data.get("type").and_then(Value::as_str).unwrap_or("") {
+            "message_start" => {
+                let message = data.get("message").cloned().unwrap_or_default();
+                self.id = message
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                self.model = message
+                    .get("model")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                self.created = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                self.start_usage = message.get("usage").cloned().unwrap_or_default();
+                self.content(json!({"role": "assistant", "content": ""}))
+            }
+            "content_block_start" => {
+                let block = data.get("content_block").cloned().unwrap_or_default();
+                match block.get("type").and_then(Value::as_str) {
+                    Some("tool_use")
+                        if block.get("name").and_then(Value::as_str)
+                            == Some(RESPONSE_FORMAT_TOOL) =>
+                    {
+                        self.json_block = Some(index);
+                        DecodedEvent::KeepAlive(Bytes::new())
+                    }
+                    Some("tool_use") => {
+                        let k = self.tool_index.len() as u32;
+                        self.tool_index.insert(index, k);
+                        self.content(json!({"tool_calls": [{"index": k, "id": block.get("id"), "type": "function",
+                            "function": {"name": block.get("name"), "arguments": ""}}]}))
+                    }
+                    Some("text") => match block.get("text").and_then(Value::as_str) {
+                        Some(t) if !t.is_empty() => self.content(json!({"content": t})),
+                        _ => DecodedEvent::KeepAlive(Bytes::new()),
+                    },
+                    _ => DecodedEvent::KeepAlive(Bytes::new()),
+                }
+            }
+            "content_block_delta" => {
+                let delta = data.get("delta").cloned().unwrap_or_default();
+                match delta.get("type").and_then(Value::as_str) {
+                    Some("text_delta") => self.content(json!({"content": delta.get("text")})),
+                    Some("thinking_delta") => {
+                        self.content(json!({"reasoning_content": delta.get("thinking")}))
+                    }
+                    Some("input_json_delta") => {
+                        let partial = delta
+                            .get("partial_json")
+                            .and_then(Value::as_str)
+                            .unwrap_or("");
+                        if partial.is_empty() {
+                            return DecodedEvent::KeepAlive(Bytes::new());
+                        }
+                        if self.json_block == Some(index) {
+                            return self.content(json!({"content": partial}));
+                        }
+                        let k = self.tool_index.get(&index).copied().unwrap_or(0);
+                        self.content(json!({"tool_calls": [{"index": k, "function": {"arguments": partial}}]}))
+                    }
+                    _ => DecodedEvent::KeepAlive(Bytes::new()),
+                }
+            }
+            "message_delta" => {
+                let stop = data.pointer("/delta/stop_reason").and_then(Value::as_str);
+                let mut finish = finish_reason(stop).unwrap_or("stop");
+                if self.json_block.is_some() && finish == "tool_calls" {
+                    finish = "stop";
+                }
+                // message_delta's usage has the output count; input counts come from message_start
+                // unless repeated here.
+                let mut merged = self.start_usage.clone();
+                if let (Some(m), Some(d)) = (
+                    merged.as_object_mut(),
+                    data.get("usage").and_then(Value::as_object),
+                ) {
+                    for (k, v) in d {
+                        if !v.is_null() {
+                            m.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+                let u = usage(&merged);
+                DecodedEvent::Chunk {
+                    bytes: self.chunk(json!({}), Some(finish), Some(&u)),
+                    usage: Some(u),
+                }
+            }
+            "message_stop" => DecodedEvent::Done(Bytes::from_static(b"data: [DONE]\n\n")),
+            "error" => {
+                DecodedEvent::Error(crate::errors::error_from_body(500, &fields.data, false))
+            }
+            // ping, content_block_stop, and event types added later.
+            _ => DecodedEvent::KeepAlive(Bytes::new()),
+        }
+    }
+}

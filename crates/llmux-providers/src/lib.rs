@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod errors;
+pub mod gemini;
 pub mod mock;
 pub mod openai_compat;
 pub mod registry;

@@ -310,11 +310,9 @@ pub static OPENAI_COMPATIBLE: &[ProviderSpec] = &[
 /// Providers that need a native adapter (their own wire format or auth). Deployments using them
 /// load with a warning and are not routed until their adapter lands.
 pub const NATIVE_PROVIDERS: &[&str] = &[
-    "anthropic",
     "azure",
     "azure_ai",
     "azure_text",
-    "gemini",
     "vertex_ai",
     "vertex_ai_beta",
     "bedrock",
@@ -356,6 +354,9 @@ pub enum ResolvedProvider {
         upstream_model: String,
     },
     Anthropic {
+        upstream_model: String,
+    },
+    Gemini {
         upstream_model: String,
     },
 }
@@ -403,6 +404,11 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
             upstream_model: rest,
         });
     }
+    if provider == "gemini" {
+        return Some(ResolvedProvider::Gemini {
+            upstream_model: rest,
+        });
+    }
     if let Some(spec) = lookup(provider) {
         let upstream_model = match spec.model_prefix {
             Some(prefix) if !rest.contains('/') && !rest.contains('*') => format!("{prefix}{rest}"),
@@ -430,6 +436,7 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
 fn is_known(prefix: &str) -> bool {
     prefix == MOCK_PROVIDER
         || prefix == "anthropic"
+        || prefix == "gemini"
         || lookup(prefix).is_some()
         || NATIVE_PROVIDERS.contains(&prefix)
 }

@@ -538,6 +538,16 @@ fn build_deployment(
             },
             upstream_model,
         ),
+        ResolvedProvider::Gemini { upstream_model } => {
+            let target = llmux_providers::gemini::GeminiTarget::new(
+                &upstream_model,
+                dep,
+                config,
+                env,
+                diags,
+            )?;
+            ("gemini", Backend::Http(Arc::new(target)), upstream_model)
+        }
         ResolvedProvider::Anthropic { upstream_model } => {
             let target = llmux_providers::anthropic::AnthropicTarget::new(
                 &upstream_model,

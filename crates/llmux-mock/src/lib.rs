@@ -127,6 +127,7 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1beta/models/{action}", post(gemini))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
@@ -569,6 +570,94 @@ async fn anthropic_messages(State(state): State<Arc<MockState>>, request: Reques
     events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": pieces.len()}})));
     events.push(event(json!({"type": "message_stop"})));
     let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+/// Gemini API emulation: `<model>:generateContent`, `:streamGenerateContent?alt=sse`,
+/// `:batchEmbedContents`, with a forced function call when `toolConfig` says `ANY`.
+async fn gemini(
+    State(state): State<Arc<MockState>>,
+    axum::extract::Path(action): axum::extract::Path<String>,
+    request: Request,
+) -> Response {
+    let (headers, body, knobs) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => {
+            let status = r.status().as_u16();
+            let name = match status {
+                429 => "RESOURCE_EXHAUSTED",
+                400 => "INVALID_ARGUMENT",
+                403 => "PERMISSION_DENIED",
+                503 => "UNAVAILABLE",
+                _ => "INTERNAL",
+            };
+            return error_response(
+                status,
+                &json!({"error": {"code": status, "message": "mock error", "status": name}})
+                    .to_string(),
+                None,
+            );
+        }
+    };
+    if headers.get("x-goog-api-key").is_none() {
+        return error_response(403, &json!({"error": {"code": 403, "message": "API key missing", "status": "PERMISSION_DENIED"}}).to_string(), None);
+    }
+    let Some((model, method)) = action.split_once(':') else {
+        return error_response(
+            404,
+            &json!({"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}})
+                .to_string(),
+            None,
+        );
+    };
+    if method == "batchEmbedContents" {
+        let n = body
+            .get("requests")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        let embeddings: Vec<Value> = (0..n)
+            .map(|i| json!({"values": [i as f64, 0.5, 0.25]}))
+            .collect();
+        return Json(json!({"embeddings": embeddings})).into_response();
+    }
+    let pieces = answer_pieces(&knobs);
+    let forced = body
+        .pointer("/toolConfig/functionCallingConfig/mode")
+        .and_then(Value::as_str)
+        == Some("ANY");
+    let tool = body
+        .pointer("/tools/0/functionDeclarations/0/name")
+        .and_then(Value::as_str)
+        .unwrap_or("get_weather")
+        .to_owned();
+    let usage = json!({"promptTokenCount": 7, "candidatesTokenCount": pieces.len(), "thoughtsTokenCount": 3, "totalTokenCount": 10 + pieces.len()});
+    let part_for = |text: &str| json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}], "modelVersion": model});
+    if method == "generateContent" {
+        let parts = if forced {
+            json!([{"functionCall": {"name": tool, "args": {"location": "Paris"}}, "thoughtSignature": "c2ln"}])
+        } else {
+            json!([{"text": pieces.concat()}])
+        };
+        return Json(json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": usage, "modelVersion": model, "responseId": "mock-gemini"})).into_response();
+    }
+    let mut events: Vec<Value> = Vec::new();
+    if forced {
+        events.push(json!({"candidates": [{"content": {"role": "model", "parts": [{"functionCall": {"name": tool, "args": {"location": "Paris"}}}]}, "index": 0}], "modelVersion": model}));
+    } else {
+        events.extend(pieces.iter().map(|p| part_for(p)));
+    }
+    events.push(json!({"candidates": [{"content": {"role": "model", "parts": [{"text": ""}]}, "finishReason": "STOP", "index": 0}], "usageMetadata": usage, "modelVersion": model}));
+    let stream = futures_util::stream::iter(
+        events
+            .into_iter()
+            .map(|e| Ok::<Bytes, std::io::Error>(Bytes::from(format!("data: {e}\r\n\r\n")))),
+    );
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(
         "content-type",

@@ -787,3 +787,81 @@ async fn anthropic_deployments_answer_in_openai_shape() {
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "rate_limit_error");
 }
+
+#[tokio::test]
+async fn gemini_deployments_answer_in_openai_shape() {
+    let yaml = r#"
+model_list:
+  - model_name: gem
+    litellm_params: {model: gemini/gemini-mock, api_base: "{mock}/..", api_key: g-key}
+  - model_name: gem-limited
+    litellm_params: {model: gemini/gemini-mock, api_base: "{mock}/..", api_key: g-key, extra_headers: {x-mock-status: "429"}}
+router_settings: {num_retries: 0}
+"#;
+    // The harness gives the mock's `/v1` URL; Gemini lives under the server root.
+    let h = start(yaml).await;
+    let r = h.post("/v1/chat/completions", &json!({"model": "gem", "messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "hi"}]})).await;
+    let v: Value = r.json().await.unwrap();
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok0"));
+    assert_eq!(
+        v["usage"]["completion_tokens_details"]["reasoning_tokens"],
+        3
+    );
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(sent.path, "/v1beta/models/gemini-mock:generateContent");
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "x-goog-api-key" && v == "g-key"));
+
+    let r = h.post("/v1/chat/completions", &json!({"model": "gem", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
+    let payloads = sse_data(&r.text().await.unwrap());
+    assert_eq!(
+        stream_text(&payloads),
+        (0..20).map(|i| format!("tok{i} ")).collect::<String>()
+    );
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let r = h.post("/v1/chat/completions", &json!({"model": "gem", "messages": [{"role": "user", "content": "w?"}], "tools": tools, "tool_choice": "required"})).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    let id = v["choices"][0]["message"]["tool_calls"][0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The next turn sends the thought signature back inside the functionCall part.
+    let r = h.post("/v1/chat/completions", &json!({"model": "gem", "messages": [
+        {"role": "user", "content": "w?"},
+        {"role": "assistant", "content": null, "tool_calls": [{"id": id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"location\":\"Paris\"}"}}]},
+        {"role": "tool", "tool_call_id": id, "content": "sunny"}]})).await;
+    assert_eq!(r.status(), 200);
+    let sent: Value = serde_json::from_str(&h.recorded().pop().unwrap().body).unwrap();
+    assert_eq!(sent["contents"][1]["parts"][0]["thoughtSignature"], "c2ln");
+    assert_eq!(
+        sent["contents"][2]["parts"][0]["functionResponse"]["name"],
+        "get_weather"
+    );
+
+    let r = h
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "gem", "input": ["a", "b"]}),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 2);
+
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "gem-limited", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 429);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "RESOURCE_EXHAUSTED");
+}

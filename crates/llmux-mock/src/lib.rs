@@ -128,6 +128,8 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{action}", post(gemini))
+        .route("/v2/chat", post(cohere_chat))
+        .route("/v2/embed", post(cohere_embed))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
@@ -664,6 +666,80 @@ async fn gemini(
         HeaderValue::from_static("text/event-stream"),
     );
     response
+}
+
+/// Cohere v2 chat emulation (JSON and SSE, forced tool call with `tool_choice: REQUIRED`).
+async fn cohere_chat(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (headers, body, knobs) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    if headers.get("authorization").is_none() {
+        return error_response(
+            401,
+            &json!({"message": "no api key supplied"}).to_string(),
+            None,
+        );
+    }
+    let pieces = answer_pieces(&knobs);
+    let forced = body.get("tool_choice").and_then(Value::as_str) == Some("REQUIRED");
+    let tool = body
+        .pointer("/tools/0/function/name")
+        .and_then(Value::as_str)
+        .unwrap_or("get_weather")
+        .to_owned();
+    let usage = json!({"billed_units": {"input_tokens": 5, "output_tokens": pieces.len()}, "tokens": {"input_tokens": 9, "output_tokens": pieces.len()}, "cached_tokens": 4});
+    if body.get("stream").and_then(Value::as_bool) != Some(true) {
+        let message = if forced {
+            json!({"role": "assistant", "tool_plan": "I will call the tool.", "tool_calls": [{"id": "call_c1", "type": "function", "function": {"name": tool, "arguments": "{\"location\":\"Paris\"}"}}]})
+        } else {
+            json!({"role": "assistant", "content": [{"type": "text", "text": pieces.concat()}]})
+        };
+        return Json(json!({"id": "cohere-mock", "message": message, "finish_reason": if forced { "TOOL_CALL" } else { "COMPLETE" }, "usage": usage})).into_response();
+    }
+    let event = |v: Value| {
+        Bytes::from(format!(
+            "event: {}\ndata: {v}\n\n",
+            v["type"].as_str().unwrap_or("")
+        ))
+    };
+    let mut events = vec![event(
+        json!({"id": "cohere-mock", "type": "message-start", "delta": {"message": {"role": "assistant"}}}),
+    )];
+    if forced {
+        events.push(event(json!({"type": "tool-call-start", "index": 0, "delta": {"message": {"tool_calls": {"id": "call_c1", "type": "function", "function": {"name": tool, "arguments": ""}}}}})));
+        for part in ["{\"location\":", "\"Paris\"}"] {
+            events.push(event(json!({"type": "tool-call-delta", "index": 0, "delta": {"message": {"tool_calls": {"function": {"arguments": part}}}}})));
+        }
+        events.push(event(json!({"type": "tool-call-end", "index": 0})));
+    } else {
+        events.push(event(json!({"type": "content-start", "index": 0, "delta": {"message": {"content": {"type": "text", "text": ""}}}})));
+        for p in &pieces {
+            events.push(event(json!({"type": "content-delta", "index": 0, "delta": {"message": {"content": {"text": p}}}})));
+        }
+        events.push(event(json!({"type": "content-end", "index": 0})));
+    }
+    events.push(event(json!({"type": "message-end", "delta": {"finish_reason": if forced { "TOOL_CALL" } else { "COMPLETE" }, "usage": usage}})));
+    let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::io::Error>));
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("text/event-stream"),
+    );
+    response
+}
+
+async fn cohere_embed(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, body, _) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let n = body
+        .get("texts")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let floats: Vec<Value> = (0..n).map(|i| json!([i as f64, 0.5])).collect();
+    Json(json!({"id": "e", "embeddings": {"float": floats}, "meta": {"billed_units": {"input_tokens": n * 2}}})).into_response()
 }
 
 /// The mock's error knob answers in OpenAI's shape; Anthropic clients expect theirs.

@@ -3,6 +3,7 @@
 //! builds and hands back what came over the wire.
 
 pub mod anthropic;
+pub mod cohere;
 pub mod errors;
 pub mod gemini;
 pub mod mock;

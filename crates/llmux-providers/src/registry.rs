@@ -318,8 +318,6 @@ pub const NATIVE_PROVIDERS: &[&str] = &[
     "bedrock",
     "bedrock_converse",
     "sagemaker",
-    "cohere",
-    "cohere_chat",
     "huggingface",
     "replicate",
     "watsonx",
@@ -353,13 +351,15 @@ pub enum ResolvedProvider {
     Mock {
         upstream_model: String,
     },
-    Anthropic {
-        upstream_model: String,
-    },
-    Gemini {
+    /// A provider with its own adapter (`native_target` builds it).
+    Native {
+        provider: &'static str,
         upstream_model: String,
     },
 }
+
+/// Providers with a native adapter in this crate.
+pub const NATIVE_ADAPTERS: &[&str] = &["anthropic", "gemini", "cohere", "cohere_chat"];
 
 pub fn lookup(name: &str) -> Option<&'static ProviderSpec> {
     OPENAI_COMPATIBLE.iter().find(|p| p.name == name)
@@ -399,13 +399,9 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
             upstream_model: rest,
         });
     }
-    if provider == "anthropic" {
-        return Some(ResolvedProvider::Anthropic {
-            upstream_model: rest,
-        });
-    }
-    if provider == "gemini" {
-        return Some(ResolvedProvider::Gemini {
+    if let Some(native) = NATIVE_ADAPTERS.iter().find(|n| **n == provider) {
+        return Some(ResolvedProvider::Native {
+            provider: native,
             upstream_model: rest,
         });
     }
@@ -435,8 +431,7 @@ pub fn resolve(dep: &DeploymentConfig, diags: &mut Vec<Diagnostic>) -> Option<Re
 
 fn is_known(prefix: &str) -> bool {
     prefix == MOCK_PROVIDER
-        || prefix == "anthropic"
-        || prefix == "gemini"
+        || NATIVE_ADAPTERS.contains(&prefix)
         || lookup(prefix).is_some()
         || NATIVE_PROVIDERS.contains(&prefix)
 }
@@ -544,4 +539,40 @@ mod tests {
         assert!(resolve(&dep("bedrock/claude"), &mut d).is_none());
         assert!(!d[1].is_error());
     }
+}
+
+/// Build the adapter for a native provider's deployment (`None`: the reason is in `diags`).
+pub fn native_target(
+    provider: &str,
+    upstream_model: &str,
+    dep: &llmux_config::DeploymentConfig,
+    config: &llmux_config::Config,
+    env: &dyn llmux_config::EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<std::sync::Arc<dyn crate::Provider>> {
+    use std::sync::Arc;
+    Some(match provider {
+        "anthropic" => Arc::new(crate::anthropic::AnthropicTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        "gemini" => Arc::new(crate::gemini::GeminiTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        "cohere" | "cohere_chat" => Arc::new(crate::cohere::CohereTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        _ => return None,
+    })
 }

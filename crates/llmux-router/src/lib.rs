@@ -538,25 +538,13 @@ fn build_deployment(
             },
             upstream_model,
         ),
-        ResolvedProvider::Gemini { upstream_model } => {
-            let target = llmux_providers::gemini::GeminiTarget::new(
-                &upstream_model,
-                dep,
-                config,
-                env,
-                diags,
-            )?;
-            ("gemini", Backend::Http(Arc::new(target)), upstream_model)
-        }
-        ResolvedProvider::Anthropic { upstream_model } => {
-            let target = llmux_providers::anthropic::AnthropicTarget::new(
-                &upstream_model,
-                dep,
-                config,
-                env,
-                diags,
-            )?;
-            ("anthropic", Backend::Http(Arc::new(target)), upstream_model)
+        ResolvedProvider::Native {
+            provider,
+            upstream_model,
+        } => {
+            let target =
+                registry::native_target(provider, &upstream_model, dep, config, env, diags)?;
+            (provider, Backend::Http(target), upstream_model)
         }
         ResolvedProvider::OpenAiCompatible {
             spec,

@@ -865,3 +865,70 @@ router_settings: {num_retries: 0}
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "RESOURCE_EXHAUSTED");
 }
+
+#[tokio::test]
+async fn cohere_deployments_answer_in_openai_shape() {
+    let h = start(
+        r#"
+model_list:
+  - model_name: co
+    litellm_params: {model: cohere/command-a, api_base: "{mock}/..", api_key: co-key}
+router_settings: {num_retries: 0}
+"#,
+    )
+    .await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "co", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("tok0"));
+    assert_eq!(v["usage"]["prompt_tokens_details"]["cached_tokens"], 4);
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(sent.path, "/v2/chat");
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v == "Bearer co-key"));
+
+    let r = h.post("/v1/chat/completions", &json!({"model": "co", "stream": true, "messages": [{"role": "user", "content": "hi"}]})).await;
+    let payloads = sse_data(&r.text().await.unwrap());
+    assert_eq!(
+        stream_text(&payloads),
+        (0..20).map(|i| format!("tok{i} ")).collect::<String>()
+    );
+    assert_eq!(payloads.last().unwrap(), "[DONE]");
+
+    let tools = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    let r = h.post("/v1/chat/completions", &json!({"model": "co", "stream": true, "messages": [{"role": "user", "content": "w?"}], "tools": tools, "tool_choice": "required"})).await;
+    let payloads = sse_data(&r.text().await.unwrap());
+    let args: String = payloads
+        .iter()
+        .filter_map(|p| serde_json::from_str::<Value>(p).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(
+        serde_json::from_str::<Value>(&args).unwrap(),
+        json!({"location": "Paris"})
+    );
+
+    let r = h
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "co", "input": ["a", "b", "c"]}),
+        )
+        .await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["data"].as_array().unwrap().len(), 3);
+    assert_eq!(v["usage"]["prompt_tokens"], 6);
+}

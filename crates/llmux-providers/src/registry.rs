@@ -436,6 +436,42 @@ fn is_known(prefix: &str) -> bool {
         || NATIVE_PROVIDERS.contains(&prefix)
 }
 
+/// Build the adapter for a native provider's deployment (`None`: the reason is in `diags`).
+pub fn native_target(
+    provider: &str,
+    upstream_model: &str,
+    dep: &llmux_config::DeploymentConfig,
+    config: &llmux_config::Config,
+    env: &dyn llmux_config::EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<std::sync::Arc<dyn crate::Provider>> {
+    use std::sync::Arc;
+    Some(match provider {
+        "anthropic" => Arc::new(crate::anthropic::AnthropicTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        "gemini" => Arc::new(crate::gemini::GeminiTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        "cohere" | "cohere_chat" => Arc::new(crate::cohere::CohereTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        _ => return None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,40 +575,4 @@ mod tests {
         assert!(resolve(&dep("bedrock/claude"), &mut d).is_none());
         assert!(!d[1].is_error());
     }
-}
-
-/// Build the adapter for a native provider's deployment (`None`: the reason is in `diags`).
-pub fn native_target(
-    provider: &str,
-    upstream_model: &str,
-    dep: &llmux_config::DeploymentConfig,
-    config: &llmux_config::Config,
-    env: &dyn llmux_config::EnvSource,
-    diags: &mut Vec<Diagnostic>,
-) -> Option<std::sync::Arc<dyn crate::Provider>> {
-    use std::sync::Arc;
-    Some(match provider {
-        "anthropic" => Arc::new(crate::anthropic::AnthropicTarget::new(
-            upstream_model,
-            dep,
-            config,
-            env,
-            diags,
-        )?),
-        "gemini" => Arc::new(crate::gemini::GeminiTarget::new(
-            upstream_model,
-            dep,
-            config,
-            env,
-            diags,
-        )?),
-        "cohere" | "cohere_chat" => Arc::new(crate::cohere::CohereTarget::new(
-            upstream_model,
-            dep,
-            config,
-            env,
-            diags,
-        )?),
-        _ => return None,
-    })
 }

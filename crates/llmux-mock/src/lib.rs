@@ -130,6 +130,7 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/v1beta/models/{action}", post(gemini))
         .route("/v2/chat", post(cohere_chat))
         .route("/v2/embed", post(cohere_embed))
+        .route("/v2/rerank", post(cohere_rerank))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))
         .route("/models", get(models))
@@ -727,6 +728,29 @@ async fn cohere_chat(State(state): State<Arc<MockState>>, request: Request) -> R
         HeaderValue::from_static("text/event-stream"),
     );
     response
+}
+
+async fn cohere_rerank(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (_, body, _) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let n = body
+        .get("documents")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let top_n = body
+        .get("top_n")
+        .and_then(Value::as_u64)
+        .map_or(n, |t| t as usize)
+        .min(n);
+    // Later documents rank higher, so a test can tell the order came from the upstream.
+    let results: Vec<Value> = (0..n)
+        .rev()
+        .take(top_n)
+        .map(|i| json!({"index": i, "relevance_score": (i + 1) as f64 / n as f64}))
+        .collect();
+    Json(json!({"id": "rerank-mock", "results": results, "meta": {"api_version": {"version": "2"}, "billed_units": {"search_units": 1}}})).into_response()
 }
 
 async fn cohere_embed(State(state): State<Arc<MockState>>, request: Request) -> Response {

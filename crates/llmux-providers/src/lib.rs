@@ -36,6 +36,8 @@ pub enum Operation {
     Chat,
     Completions,
     Embeddings,
+    /// `POST /v1/rerank` (Cohere's request and response shape, as LiteLLM exposes it).
+    Rerank,
 }
 
 impl Operation {
@@ -44,6 +46,7 @@ impl Operation {
             Operation::Chat => "chat",
             Operation::Completions => "completions",
             Operation::Embeddings => "embeddings",
+            Operation::Rerank => "rerank",
         }
     }
 
@@ -53,6 +56,7 @@ impl Operation {
             Operation::Chat => "chat",
             Operation::Completions => "completion",
             Operation::Embeddings => "embedding",
+            Operation::Rerank => "rerank",
         }
     }
 }
@@ -148,6 +152,7 @@ impl Provider for HttpTarget {
             Operation::Chat => true,
             Operation::Completions => self.supports_completions,
             Operation::Embeddings => self.supports_embeddings,
+            Operation::Rerank => false,
         }
     }
 

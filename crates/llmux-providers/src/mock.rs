@@ -106,6 +106,7 @@ pub fn respond(
     }
     match op {
         Operation::Embeddings => embeddings(request, model),
+        Operation::Rerank => rerank(request, model),
         Operation::Chat | Operation::Completions => {
             let prompt_text = match op {
                 Operation::Chat => last_user_text(request),
@@ -320,6 +321,55 @@ fn embeddings(request: &RawObject<'_>, model: &str) -> MockOutput {
     MockOutput::Json {
         status: 200,
         body: Bytes::from(body),
+    }
+}
+
+/// Rank documents by how many query words they contain (ties keep their order): a stable,
+/// explainable answer in Cohere's rerank shape.
+fn rerank(request: &RawObject<'_>, model: &str) -> MockOutput {
+    let query: String = request.decode("query").ok().flatten().unwrap_or_default();
+    let documents: Vec<Value> = request
+        .decode("documents")
+        .ok()
+        .flatten()
+        .unwrap_or_default();
+    let words: Vec<String> = query.split_whitespace().map(str::to_lowercase).collect();
+    let mut scored: Vec<(usize, f64)> = documents
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            let text = d
+                .as_str()
+                .map(str::to_owned)
+                .or_else(|| d.get("text").and_then(Value::as_str).map(str::to_owned))
+                .unwrap_or_else(|| d.to_string())
+                .to_lowercase();
+            let hits = words.iter().filter(|w| text.contains(w.as_str())).count();
+            (
+                i,
+                if words.is_empty() {
+                    0.0
+                } else {
+                    hits as f64 / words.len() as f64
+                },
+            )
+        })
+        .collect();
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let top_n = request
+        .decode::<usize>("top_n")
+        .ok()
+        .flatten()
+        .unwrap_or(scored.len());
+    let results: Vec<Value> = scored
+        .into_iter()
+        .take(top_n)
+        .map(|(index, score)| json!({"index": index, "relevance_score": score}))
+        .collect();
+    let body = json!({"id": format!("rerank-{}", rand_u64()), "results": results, "meta": {"billed_units": {"search_units": 1}}, "model": model});
+    MockOutput::Json {
+        status: 200,
+        body: Bytes::from(serde_json::to_vec(&body).unwrap_or_default()),
     }
 }
 

@@ -169,7 +169,7 @@ impl HttpTarget {
         match op {
             Operation::Chat => &self.chat_url,
             Operation::Completions => &self.completions_url,
-            Operation::Embeddings => &self.embeddings_url,
+            Operation::Embeddings | Operation::Rerank => &self.embeddings_url,
         }
     }
 

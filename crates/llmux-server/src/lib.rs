@@ -50,6 +50,9 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/rerank", post(rerank))
+        .route("/v2/rerank", post(rerank))
+        .route("/rerank", post(rerank))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
@@ -75,6 +78,10 @@ async fn completions(State(state): State<AppState>, request: Request) -> Respons
 
 async fn embeddings(State(state): State<AppState>, request: Request) -> Response {
     proxy(state, Operation::Embeddings, request).await
+}
+
+async fn rerank(State(state): State<AppState>, request: Request) -> Response {
+    proxy(state, Operation::Rerank, request).await
 }
 
 /// Auth → bounded body read → `Client::execute` → response with the gateway's headers.

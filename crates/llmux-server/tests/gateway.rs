@@ -932,3 +932,53 @@ router_settings: {num_retries: 0}
     assert_eq!(v["data"].as_array().unwrap().len(), 3);
     assert_eq!(v["usage"]["prompt_tokens"], 6);
 }
+
+#[tokio::test]
+async fn rerank_goes_to_cohere_and_the_demo_model_in_cohere_shape() {
+    let h = start(
+        r#"
+model_list:
+  - model_name: rr
+    litellm_params: {model: cohere/rerank-v3.5, api_base: "{mock}/..", api_key: co-key}
+  - model_name: demo-rerank
+    litellm_params: {model: mock/rerank}
+  - model_name: oai
+    litellm_params: {model: openai/x, api_base: "{mock}", api_key: k}
+router_settings: {num_retries: 0}
+"#,
+    )
+    .await;
+    for path in ["/v1/rerank", "/rerank", "/v2/rerank"] {
+        let r = h.post(path, &json!({"model": "rr", "query": "capital", "documents": ["a", "b", "c"], "top_n": 2})).await;
+        assert_eq!(r.status(), 200, "{path}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["results"],
+            json!([{"index": 2, "relevance_score": 1.0}, {"index": 1, "relevance_score": 2.0 / 3.0}])
+        );
+    }
+    let sent: Value = serde_json::from_str(&h.recorded().pop().unwrap().body).unwrap();
+    assert_eq!(sent["model"], "rerank-v3.5");
+    assert_eq!(sent["query"], "capital");
+
+    let r = h.post("/v1/rerank", &json!({"model": "demo-rerank", "query": "paris france", "documents": ["berlin", "paris is in france", {"text": "france"}]})).await;
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["results"][0]["index"], 1);
+    assert_eq!(v["results"][1]["index"], 2);
+
+    let r = h
+        .post("/v1/rerank", &json!({"model": "rr", "documents": ["a"]}))
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = h
+        .post(
+            "/v1/rerank",
+            &json!({"model": "oai", "query": "q", "documents": ["a"]}),
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        400,
+        "openai-compatible deployments do not rerank"
+    );
+}

@@ -147,7 +147,7 @@ async fn execute_traced(
     trace.requested_model.clone_from(&model);
     validate_fields(op, &request)?;
     let stream = match op {
-        Operation::Embeddings => false,
+        Operation::Embeddings | Operation::Rerank => false,
         Operation::Chat | Operation::Completions => request
             .decode::<bool>("stream")
             .map_err(|_| {
@@ -363,7 +363,9 @@ impl Run<'_> {
     /// Prompt tokens, when pre-call checks are on and some deployment of the group has a limit.
     fn prompt_tokens(&self, route: &RouteMatch<'_>) -> Option<u64> {
         let router = &self.snapshot.router;
-        if !router.settings().enable_pre_call_checks || self.op == Operation::Embeddings {
+        if !router.settings().enable_pre_call_checks
+            || matches!(self.op, Operation::Embeddings | Operation::Rerank)
+        {
             return None;
         }
         let smallest = route
@@ -690,6 +692,7 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
         Operation::Chat => ("messages", true),
         Operation::Completions => ("prompt", false),
         Operation::Embeddings => ("input", false),
+        Operation::Rerank => ("documents", true),
     };
     let missing = || {
         GatewayError::invalid_request(format!("Missing required parameter: '{field}'."))
@@ -701,6 +704,13 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
     if want_array && first != Some(b'[') {
         return Err(
             GatewayError::invalid_request(format!("`{field}` must be an array")).with_param(field),
+        );
+    }
+    if op == Operation::Rerank && !matches!(request.decode::<String>("query"), Ok(Some(_))) {
+        return Err(
+            GatewayError::invalid_request("Missing required parameter: 'query'.")
+                .with_param("query")
+                .with_code("missing_required_parameter"),
         );
     }
     if op == Operation::Embeddings && !matches!(first, Some(b'"') | Some(b'[')) {

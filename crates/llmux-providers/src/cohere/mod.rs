@@ -345,13 +345,30 @@ pub fn translate_embeddings(body: &[u8], model: &str) -> Result<(Value, Usage), 
     ))
 }
 
+/// The client's rerank request (Cohere's shape) with the deployment's model.
+pub fn build_rerank(request: &RawObject<'_>, model: &str) -> Value {
+    let mut body: Map<String, Value> = request
+        .iter()
+        .filter_map(|(k, v)| {
+            serde_json::from_str(v.get())
+                .ok()
+                .map(|v| (k.to_owned(), v))
+        })
+        .collect();
+    body.insert("model".into(), json!(model));
+    Value::Object(body)
+}
+
 impl Provider for CohereTarget {
     fn name(&self) -> &'static str {
         "cohere"
     }
 
     fn supports(&self, op: Operation) -> bool {
-        matches!(op, Operation::Chat | Operation::Embeddings)
+        matches!(
+            op,
+            Operation::Chat | Operation::Embeddings | Operation::Rerank
+        )
     }
 
     fn build_request(
@@ -366,6 +383,7 @@ impl Provider for CohereTarget {
         };
         let (path, body) = match op {
             Operation::Embeddings => ("/v2/embed", build_embeddings(request, &model)?),
+            Operation::Rerank => ("/v2/rerank", build_rerank(request, &model)),
             _ => (
                 "/v2/chat",
                 build_chat(request, &model, &self.defaults, ctx.drop_params)?,
@@ -386,6 +404,10 @@ impl Provider for CohereTarget {
     ) -> Result<TranslatedResponse, GatewayError> {
         let (mut value, usage) = match op {
             Operation::Embeddings => translate_embeddings(&body, &self.model_template)?,
+            // Rerank is Cohere's own shape on both sides: passed through unchanged.
+            Operation::Rerank => {
+                return Ok(TranslatedResponse { body, usage: None });
+            }
             _ => translate_chat(&body)?,
         };
         if value["model"] == "" {

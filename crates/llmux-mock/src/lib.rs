@@ -129,6 +129,14 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/v1/messages", post(anthropic_messages))
         .route("/v1beta/models/{action}", post(gemini))
         .route("/v2/chat", post(cohere_chat))
+        .route(
+            "/openai/deployments/{deployment}/chat/completions",
+            post(chat),
+        )
+        .route(
+            "/openai/deployments/{deployment}/embeddings",
+            post(embeddings),
+        )
         .route("/v2/embed", post(cohere_embed))
         .route("/v2/rerank", post(cohere_rerank))
         .route("/embeddings", post(embeddings))
@@ -159,7 +167,10 @@ async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, 
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
     if state.record {
         let recorded = RecordedRequest {
-            path: parts.uri.path().to_owned(),
+            path: parts
+                .uri
+                .path_and_query()
+                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
             headers: parts
                 .headers
                 .iter()

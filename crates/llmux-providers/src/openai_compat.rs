@@ -8,7 +8,10 @@ use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::raw::write_json_string;
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
-use crate::registry::{AuthStyle, ProviderSpec};
+use crate::registry::{AuthStyle, ProviderSpec, UrlStyle};
+
+/// `api-version` used for Azure OpenAI when neither the deployment nor AZURE_API_VERSION sets one.
+pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
 use crate::sse;
 use crate::Operation;
 
@@ -149,11 +152,40 @@ impl HttpTarget {
             .filter_map(|(k, v)| serde_json::to_vec(v).ok().map(|raw| (k.clone(), raw)))
             .collect();
         let model_json = (!upstream_model.contains('*')).then(|| json_string(upstream_model));
+        let api_version = dep
+            .api_version
+            .clone()
+            .or_else(|| config.env_var(env, "AZURE_API_VERSION"))
+            .unwrap_or_else(|| AZURE_DEFAULT_API_VERSION.to_owned());
+        let url = |path: &str| match spec.url_style {
+            UrlStyle::OpenAi => format!("{base}/{path}"),
+            UrlStyle::AzureDeployments => {
+                // Azure routes by deployment name in the path; the body's `model` is ignored.
+                let root = base.split("/openai").next().unwrap_or(&base);
+                format!(
+                    "{root}/openai/deployments/{upstream_model}/{path}?api-version={api_version}"
+                )
+            }
+            UrlStyle::OpenAiWithApiVersion => match &dep.api_version {
+                Some(v) => format!("{base}/{path}?api-version={v}"),
+                None => format!("{base}/{path}"),
+            },
+        };
+        if spec.url_style == UrlStyle::AzureDeployments {
+            for key in ["tenant_id", "client_id", "client_secret", "azure_ad_token"] {
+                if dep.provider_params.contains_key(key) {
+                    diags.push(Diagnostic::warning(
+                        format!("{params_path}.{key}"),
+                        "Entra ID (Azure AD) authentication is not supported yet; use api_key",
+                    ));
+                }
+            }
+        }
         Some(HttpTarget {
             provider: spec.name,
-            chat_url: format!("{base}/chat/completions"),
-            completions_url: format!("{base}/completions"),
-            embeddings_url: format!("{base}/embeddings"),
+            chat_url: url("chat/completions"),
+            completions_url: url("completions"),
+            embeddings_url: url("embeddings"),
             base_url: base,
             headers,
             model_template: upstream_model.to_owned(),

@@ -12,6 +12,17 @@ pub enum AuthStyle {
     Header(&'static str),
 }
 
+/// How a provider lays out its URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UrlStyle {
+    /// `{base}/chat/completions`, `{base}/completions`, `{base}/embeddings`.
+    OpenAi,
+    /// Azure OpenAI: `{base}/openai/deployments/{model}/chat/completions?api-version=...`.
+    AzureDeployments,
+    /// OpenAI paths with `?api-version=...` when the deployment sets one (Azure AI Foundry).
+    OpenAiWithApiVersion,
+}
+
 /// One OpenAI-compatible provider: where it lives and how to authenticate.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ProviderSpec {
@@ -34,6 +45,7 @@ pub struct ProviderSpec {
     pub unsupported_params: &'static [&'static str],
     pub supports_embeddings: bool,
     pub supports_completions: bool,
+    pub url_style: UrlStyle,
 }
 
 const fn row(
@@ -53,6 +65,7 @@ const fn row(
         unsupported_params: &[],
         supports_embeddings: false,
         supports_completions: false,
+        url_style: UrlStyle::OpenAi,
     }
 }
 
@@ -75,11 +88,29 @@ const fn local(
         unsupported_params: &[],
         supports_embeddings: true,
         supports_completions: true,
+        url_style: UrlStyle::OpenAi,
     }
 }
 
 /// Every OpenAI-compatible provider llmux knows by prefix.
 pub static OPENAI_COMPATIBLE: &[ProviderSpec] = &[
+    ProviderSpec {
+        default_base: None,
+        base_env: &["AZURE_API_BASE", "AZURE_OPENAI_ENDPOINT"],
+        auth: AuthStyle::Header("api-key"),
+        supports_embeddings: true,
+        supports_completions: true,
+        url_style: UrlStyle::AzureDeployments,
+        ..row("azure", "", &["AZURE_API_KEY", "AZURE_OPENAI_API_KEY"])
+    },
+    ProviderSpec {
+        default_base: None,
+        base_env: &["AZURE_AI_API_BASE"],
+        auth: AuthStyle::Header("api-key"),
+        supports_embeddings: true,
+        url_style: UrlStyle::OpenAiWithApiVersion,
+        ..row("azure_ai", "", &["AZURE_AI_API_KEY"])
+    },
     ProviderSpec {
         base_env: &["OPENAI_BASE_URL", "OPENAI_API_BASE"],
         supports_embeddings: true,
@@ -310,8 +341,6 @@ pub static OPENAI_COMPATIBLE: &[ProviderSpec] = &[
 /// Providers that need a native adapter (their own wire format or auth). Deployments using them
 /// load with a warning and are not routed until their adapter lands.
 pub const NATIVE_PROVIDERS: &[&str] = &[
-    "azure",
-    "azure_ai",
     "azure_text",
     "vertex_ai",
     "vertex_ai_beta",

@@ -982,3 +982,62 @@ router_settings: {num_retries: 0}
         "openai-compatible deployments do not rerank"
     );
 }
+
+#[tokio::test]
+async fn azure_openai_deployments_use_deployment_urls_and_api_key() {
+    let h = start(
+        r#"
+model_list:
+  - model_name: az
+    litellm_params: {model: azure/my-gpt4o, api_base: "{mock}/..", api_key: az-key, api_version: "2024-06-01"}
+  - model_name: az-default-version
+    litellm_params: {model: azure/other, api_base: "{mock}/..", api_key: az-key}
+router_settings: {num_retries: 0}
+"#,
+    )
+    .await;
+    let r = h
+        .post(
+            "/v1/chat/completions",
+            &json!({"model": "az", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmux-provider"], "azure");
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/openai/deployments/my-gpt4o/chat/completions?api-version=2024-06-01"
+    );
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "api-key" && v == "az-key"));
+    assert!(!sent.headers.iter().any(|(k, _)| k == "authorization"));
+
+    let r = h
+        .post(
+            "/v1/embeddings",
+            &json!({"model": "az-default-version", "input": "x"}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        format!(
+            "/openai/deployments/other/embeddings?api-version={}",
+            llmux_providers_default_azure_version()
+        )
+    );
+
+    let body = r#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400}}"#;
+    let r = h.post("/v1/chat/completions", &json!({"model": "az", "messages": [{"role": "user", "content": "x"}], "mock_options": {"status": 400, "error_body": body}})).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["code"], "content_filter");
+}
+
+fn llmux_providers_default_azure_version() -> &'static str {
+    "2024-10-21"
+}

@@ -63,10 +63,10 @@ impl HttpTarget {
                 .first()
                 .map(|e| format!(" (or set {e})"))
                 .unwrap_or_default();
-            diags.push(Diagnostic::error(
+            diags.push(Diagnostic::warning(
                 format!("{params_path}.api_base"),
                 format!(
-                    "provider `{}` has no default endpoint: set api_base{hint}",
+                    "provider `{}` has no default endpoint: set api_base{hint}; this deployment is not routed",
                     spec.name
                 ),
             ));

@@ -774,8 +774,10 @@ model_list:
             "{text:?}"
         );
         assert!(
-            text.iter()
-                .any(|t| t.starts_with("error: model_list[1].litellm_params.api_base")),
+            text.iter().any(
+                |t| t.starts_with("warning: model_list[1].litellm_params.api_base")
+                    && t.contains("not routed")
+            ),
             "{text:?}"
         );
         assert!(

@@ -4,6 +4,7 @@
 
 pub mod anthropic;
 pub mod cohere;
+pub mod common;
 pub mod errors;
 pub mod gemini;
 pub mod mock;

@@ -207,10 +207,7 @@ impl HttpTarget {
 
     /// The upstream model name for a request; `wildcard` is what the model group's `*` matched.
     pub fn upstream_model(&self, wildcard: Option<&str>) -> String {
-        match wildcard {
-            Some(w) if self.model_template.contains('*') => self.model_template.replacen('*', w, 1),
-            _ => self.model_template.clone(),
-        }
+        crate::common::model_for(&self.model_template, wildcard)
     }
 
     /// The upstream body: the client's JSON with `model` replaced, request defaults filled in, and

@@ -52,10 +52,7 @@ impl Attempt {
             }
             Backend::Mock { model, response } => {
                 self.sent_at = Instant::now();
-                let model = match ctx.wildcard {
-                    Some(w) if model.contains('*') => model.replacen('*', w, 1),
-                    _ => model.clone(),
-                };
+                let model = llmux_providers::common::model_for(model, ctx.wildcard);
                 Ok(
                     match mock::respond(op, request, &model, response.as_ref()) {
                         MockOutput::Json { status, body } => {

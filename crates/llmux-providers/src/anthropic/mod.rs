@@ -7,12 +7,14 @@ pub mod response;
 pub mod stream;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::{GatewayError, RawObject};
 use serde_json::{Map, Value};
 
+use crate::common::{endpoint, Endpoint};
+use crate::registry::AuthStyle;
 use crate::{
     Operation, Provider, RequestContext, StreamDecoder, TranslatedResponse, UpstreamRequest,
 };
@@ -37,57 +39,19 @@ impl AnthropicTarget {
         env: &dyn EnvSource,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Self> {
-        let params_path = format!("{}.litellm_params", dep.path());
-        let base = dep
-            .api_base
-            .clone()
-            .or_else(|| {
-                config
-                    .env_var(env, "ANTHROPIC_API_BASE")
-                    .or_else(|| config.env_var(env, "ANTHROPIC_BASE_URL"))
-            })
-            .unwrap_or_else(|| DEFAULT_BASE.to_owned());
-        let base = base.trim_end_matches('/');
-        let base = base.strip_suffix("/v1").unwrap_or(base);
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let spec = Endpoint {
+            provider: "anthropic",
+            default_base: DEFAULT_BASE,
+            base_env: &["ANTHROPIC_API_BASE", "ANTHROPIC_BASE_URL"],
+            key_env: &["ANTHROPIC_API_KEY"],
+            auth: AuthStyle::Header("x-api-key"),
+            strip_suffixes: &["/v1"],
+        };
+        let (base, mut headers) = endpoint(&spec, dep, config, env, diags)?;
         headers.insert(
             HeaderName::from_static("anthropic-version"),
             HeaderValue::from_static(API_VERSION),
         );
-        match dep.api_key.as_ref().map(|k| k.expose().to_owned()).or_else(|| config.env_var(env, "ANTHROPIC_API_KEY")) {
-            Some(key) => match HeaderValue::from_str(&key) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    headers.insert(HeaderName::from_static("x-api-key"), v);
-                }
-                Err(_) => {
-                    diags.push(Diagnostic::error(format!("{params_path}.api_key"), "contains characters not allowed in a header"));
-                    return None;
-                }
-            },
-            None => diags.push(Diagnostic::warning(
-                format!("{params_path}.api_key"),
-                "no API key for provider `anthropic` and ANTHROPIC_API_KEY is not set; requests will be sent without one",
-            )),
-        }
-        for (name, value) in &dep.extra_headers {
-            match (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::from_str(value),
-            ) {
-                (Ok(n), Ok(v)) => {
-                    headers.insert(n, v);
-                }
-                _ => {
-                    diags.push(Diagnostic::error(
-                        format!("{params_path}.extra_headers.{name}"),
-                        "not a valid HTTP header",
-                    ));
-                    return None;
-                }
-            }
-        }
         Some(AnthropicTarget {
             url: format!("{base}/v1/messages"),
             headers,
@@ -112,10 +76,7 @@ impl Provider for AnthropicTarget {
         request: &RawObject<'_>,
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let model = match ctx.wildcard {
-            Some(w) if self.model_template.contains('*') => self.model_template.replacen('*', w, 1),
-            _ => self.model_template.clone(),
-        };
+        let model = crate::common::model_for(&self.model_template, ctx.wildcard);
         let body = request::build_body(request, &model, &self.defaults, ctx.drop_params)?;
         let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
         Ok(UpstreamRequest {

@@ -252,19 +252,7 @@ pub fn build_body(
             .or_else(|| defaults.get(key).cloned())
             .filter(|v| !v.is_null())
     };
-    for key in UNSUPPORTED {
-        if request.get_non_null(key).is_some() && !drop_params {
-            // `n: 1` asks for nothing Anthropic cannot do.
-            if *key == "n" && get("n").and_then(|v| v.as_u64()) == Some(1) {
-                continue;
-            }
-            return Err(invalid(
-                format!("anthropic does not support parameter `{key}`; remove it or set `litellm_settings.drop_params: true`"),
-                key,
-            )
-            .with_code("unsupported_parameter"));
-        }
-    }
+    crate::common::refuse_unsupported(request, UNSUPPORTED, "anthropic", drop_params)?;
     let messages: Vec<Value> = request
         .decode("messages")
         .map_err(|_| invalid("`messages` must be an array", "messages"))?

@@ -5,13 +5,14 @@
 pub mod stream;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::usage::PromptTokensDetails;
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::{json, Map, Value};
 
+use crate::common::{endpoint, Endpoint};
+use crate::registry::AuthStyle;
 use crate::{
     Operation, Provider, RequestContext, StreamDecoder, TranslatedResponse, UpstreamRequest,
 };
@@ -46,56 +47,15 @@ impl CohereTarget {
         env: &dyn EnvSource,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Self> {
-        let params_path = format!("{}.litellm_params", dep.path());
-        let base = dep
-            .api_base
-            .clone()
-            .or_else(|| config.env_var(env, "COHERE_API_BASE"))
-            .unwrap_or_else(|| DEFAULT_BASE.to_owned());
-        let base = base.trim_end_matches('/');
-        let base = base
-            .strip_suffix("/v2")
-            .or_else(|| base.strip_suffix("/v1"))
-            .unwrap_or(base)
-            .to_owned();
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let key = dep
-            .api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned())
-            .or_else(|| config.env_var(env, "COHERE_API_KEY"))
-            .or_else(|| config.env_var(env, "CO_API_KEY"));
-        match key {
-            Some(key) => match HeaderValue::from_str(&format!("Bearer {key}")) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    headers.insert(AUTHORIZATION, v);
-                }
-                Err(_) => {
-                    diags.push(Diagnostic::error(format!("{params_path}.api_key"), "contains characters not allowed in a header"));
-                    return None;
-                }
-            },
-            None => diags.push(Diagnostic::warning(
-                format!("{params_path}.api_key"),
-                "no API key for provider `cohere` and COHERE_API_KEY is not set; requests will be sent without one",
-            )),
-        }
-        for (name, value) in &dep.extra_headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            } else {
-                diags.push(Diagnostic::error(
-                    format!("{params_path}.extra_headers.{name}"),
-                    "not a valid HTTP header",
-                ));
-                return None;
-            }
-        }
+        let spec = Endpoint {
+            provider: "cohere",
+            default_base: DEFAULT_BASE,
+            base_env: &["COHERE_API_BASE"],
+            key_env: &["COHERE_API_KEY", "CO_API_KEY"],
+            auth: AuthStyle::Bearer,
+            strip_suffixes: &["/v2", "/v1"],
+        };
+        let (base, headers) = endpoint(&spec, dep, config, env, diags)?;
         Some(CohereTarget {
             base,
             headers,
@@ -124,15 +84,7 @@ pub fn build_chat(
             .or_else(|| defaults.get(key).cloned())
             .filter(|v| !v.is_null())
     };
-    for key in UNSUPPORTED {
-        if request.get_non_null(key).is_some() && !drop_params {
-            if *key == "n" && get("n").and_then(|v| v.as_u64()) == Some(1) {
-                continue;
-            }
-            return Err(invalid(format!("cohere does not support parameter `{key}`; remove it or set `litellm_settings.drop_params: true`"), key)
-                .with_code("unsupported_parameter"));
-        }
-    }
+    crate::common::refuse_unsupported(request, UNSUPPORTED, "cohere", drop_params)?;
     let messages: Vec<Value> = request
         .decode("messages")
         .map_err(|_| invalid("`messages` must be an array", "messages"))?
@@ -377,10 +329,7 @@ impl Provider for CohereTarget {
         request: &RawObject<'_>,
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
-        let model = match ctx.wildcard {
-            Some(w) if self.model_template.contains('*') => self.model_template.replacen('*', w, 1),
-            _ => self.model_template.clone(),
-        };
+        let model = crate::common::model_for(&self.model_template, ctx.wildcard);
         let (path, body) = match op {
             Operation::Embeddings => ("/v2/embed", build_embeddings(request, &model)?),
             Operation::Rerank => ("/v2/rerank", build_rerank(request, &model)),

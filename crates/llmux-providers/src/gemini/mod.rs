@@ -8,12 +8,13 @@ pub mod response;
 pub mod stream;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::{GatewayError, RawObject};
 use serde_json::{Map, Value};
 
+use crate::common::{endpoint, Endpoint};
+use crate::registry::AuthStyle;
 use crate::{
     Operation, Provider, RequestContext, StreamDecoder, TranslatedResponse, UpstreamRequest,
 };
@@ -36,52 +37,15 @@ impl GeminiTarget {
         env: &dyn EnvSource,
         diags: &mut Vec<Diagnostic>,
     ) -> Option<Self> {
-        let params_path = format!("{}.litellm_params", dep.path());
-        let base = dep
-            .api_base
-            .clone()
-            .or_else(|| config.env_var(env, "GEMINI_API_BASE"))
-            .unwrap_or_else(|| DEFAULT_BASE.to_owned());
-        let base = base.trim_end_matches('/');
-        let base = base.strip_suffix("/v1beta").unwrap_or(base).to_owned();
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let key = dep
-            .api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned())
-            .or_else(|| config.env_var(env, "GEMINI_API_KEY"))
-            .or_else(|| config.env_var(env, "GOOGLE_API_KEY"));
-        match key {
-            Some(key) => match HeaderValue::from_str(&key) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    headers.insert(HeaderName::from_static("x-goog-api-key"), v);
-                }
-                Err(_) => {
-                    diags.push(Diagnostic::error(format!("{params_path}.api_key"), "contains characters not allowed in a header"));
-                    return None;
-                }
-            },
-            None => diags.push(Diagnostic::warning(
-                format!("{params_path}.api_key"),
-                "no API key for provider `gemini` and GEMINI_API_KEY is not set; requests will be sent without one",
-            )),
-        }
-        for (name, value) in &dep.extra_headers {
-            if let (Ok(n), Ok(v)) = (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::from_str(value),
-            ) {
-                headers.insert(n, v);
-            } else {
-                diags.push(Diagnostic::error(
-                    format!("{params_path}.extra_headers.{name}"),
-                    "not a valid HTTP header",
-                ));
-                return None;
-            }
-        }
+        let spec = Endpoint {
+            provider: "gemini",
+            default_base: DEFAULT_BASE,
+            base_env: &["GEMINI_API_BASE"],
+            key_env: &["GEMINI_API_KEY", "GOOGLE_API_KEY"],
+            auth: AuthStyle::Header("x-goog-api-key"),
+            strip_suffixes: &["/v1beta"],
+        };
+        let (base, headers) = endpoint(&spec, dep, config, env, diags)?;
         let mut defaults = dep.request_defaults.clone();
         if let Some(safety) = dep.provider_params.get("safety_settings") {
             defaults.insert("safety_settings".into(), safety.clone());
@@ -95,10 +59,7 @@ impl GeminiTarget {
     }
 
     fn model(&self, wildcard: Option<&str>) -> String {
-        match wildcard {
-            Some(w) if self.model_template.contains('*') => self.model_template.replacen('*', w, 1),
-            _ => self.model_template.clone(),
-        }
+        crate::common::model_for(&self.model_template, wildcard)
     }
 }
 

@@ -203,12 +203,7 @@ pub fn build_chat(
             .or_else(|| defaults.get(key).cloned())
             .filter(|v| !v.is_null())
     };
-    for key in UNSUPPORTED {
-        if request.get_non_null(key).is_some() && !drop_params {
-            return Err(invalid(format!("gemini does not support parameter `{key}`; remove it or set `litellm_settings.drop_params: true`"), key)
-                .with_code("unsupported_parameter"));
-        }
-    }
+    crate::common::refuse_unsupported(request, UNSUPPORTED, "gemini", drop_params)?;
     let messages: Vec<Value> = request
         .decode("messages")
         .map_err(|_| invalid("`messages` must be an array", "messages"))?

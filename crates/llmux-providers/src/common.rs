@@ -1,0 +1,153 @@
+//! Pieces every adapter needs: the deployment's endpoint and headers (key, `extra_headers`),
+//! refusing or dropping parameters a provider cannot take, and wildcard model substitution.
+
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
+use http::HeaderMap;
+use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
+use llmux_types::{GatewayError, RawObject};
+
+use crate::registry::AuthStyle;
+
+/// Where a native provider's key, endpoint and defaults come from.
+pub struct Endpoint<'a> {
+    pub provider: &'static str,
+    pub default_base: &'a str,
+    pub base_env: &'a [&'a str],
+    pub key_env: &'a [&'a str],
+    pub auth: AuthStyle,
+    /// Path suffixes users often include in `api_base` that the adapter adds itself.
+    pub strip_suffixes: &'a [&'a str],
+}
+
+/// The resolved base URL and ready-to-send headers (content type, auth, `extra_headers`).
+/// `None` when a header is invalid (reported in `diags`); a missing key is only a warning.
+pub fn endpoint(
+    spec: &Endpoint<'_>,
+    dep: &DeploymentConfig,
+    config: &Config,
+    env: &dyn EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<(String, HeaderMap)> {
+    let params_path = format!("{}.litellm_params", dep.path());
+    let base = dep
+        .api_base
+        .clone()
+        .or_else(|| {
+            spec.base_env
+                .iter()
+                .find_map(|name| config.env_var(env, name))
+        })
+        .unwrap_or_else(|| spec.default_base.to_owned());
+    let mut base = base.trim_end_matches('/');
+    for suffix in spec.strip_suffixes {
+        base = base.strip_suffix(suffix).unwrap_or(base);
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let key = dep
+        .api_key
+        .as_ref()
+        .map(|k| k.expose().to_owned())
+        .or_else(|| {
+            spec.key_env
+                .iter()
+                .find_map(|name| config.env_var(env, name))
+        });
+    match key {
+        Some(key) => {
+            let (name, value) = match spec.auth {
+                AuthStyle::Bearer => (http::header::AUTHORIZATION, format!("Bearer {key}")),
+                AuthStyle::Header(h) => (HeaderName::from_static(h), key),
+            };
+            let Ok(mut value) = HeaderValue::from_str(&value) else {
+                diags.push(Diagnostic::error(
+                    format!("{params_path}.api_key"),
+                    "contains characters not allowed in a header",
+                ));
+                return None;
+            };
+            value.set_sensitive(true);
+            headers.insert(name, value);
+        }
+        None => {
+            let hint = spec
+                .key_env
+                .first()
+                .map(|e| format!(" and {e} is not set"))
+                .unwrap_or_default();
+            diags.push(Diagnostic::warning(
+                format!("{params_path}.api_key"),
+                format!(
+                    "no API key for provider `{}`{hint}; requests will be sent without one",
+                    spec.provider
+                ),
+            ));
+        }
+    }
+    if !extra_headers(dep, &mut headers, diags) {
+        return None;
+    }
+    Some((base.to_owned(), headers))
+}
+
+/// Add the deployment's `extra_headers`; `false` (with a diagnostic) when one is invalid.
+pub fn extra_headers(
+    dep: &DeploymentConfig,
+    headers: &mut HeaderMap,
+    diags: &mut Vec<Diagnostic>,
+) -> bool {
+    for (name, value) in &dep.extra_headers {
+        match (
+            HeaderName::try_from(name.as_str()),
+            HeaderValue::from_str(value),
+        ) {
+            (Ok(n), Ok(v)) => {
+                headers.insert(n, v);
+            }
+            _ => {
+                diags.push(Diagnostic::error(
+                    format!("{}.litellm_params.extra_headers.{name}", dep.path()),
+                    "not a valid HTTP header",
+                ));
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Refuse (400 naming the parameter) OpenAI parameters `provider` cannot take, unless
+/// `drop_params` is on, in which case the adapter simply does not translate them. `n: 1` asks
+/// for nothing any provider lacks and is always accepted.
+pub fn refuse_unsupported(
+    request: &RawObject<'_>,
+    unsupported: &[&str],
+    provider: &str,
+    drop_params: bool,
+) -> Result<(), GatewayError> {
+    if drop_params {
+        return Ok(());
+    }
+    for key in unsupported {
+        if request.get_non_null(key).is_none() {
+            continue;
+        }
+        if *key == "n" && request.decode::<u64>("n").ok().flatten() == Some(1) {
+            continue;
+        }
+        return Err(GatewayError::invalid_request(format!(
+            "{provider} does not support parameter `{key}`; remove it or set `litellm_settings.drop_params: true`"
+        ))
+        .with_param(*key)
+        .with_code("unsupported_parameter"));
+    }
+    Ok(())
+}
+
+/// The upstream model for a request: the template with the group's `*` filled in.
+pub fn model_for(template: &str, wildcard: Option<&str>) -> String {
+    match wildcard {
+        Some(w) if template.contains('*') => template.replacen('*', w, 1),
+        _ => template.to_owned(),
+    }
+}

@@ -128,22 +128,8 @@ impl HttpTarget {
                 headers.insert(HeaderName::from_static("openai-organization"), v);
             }
         }
-        for (name, value) in &dep.extra_headers {
-            match (
-                HeaderName::try_from(name.as_str()),
-                HeaderValue::from_str(value),
-            ) {
-                (Ok(n), Ok(v)) => {
-                    headers.insert(n, v);
-                }
-                _ => {
-                    diags.push(Diagnostic::error(
-                        format!("{params_path}.extra_headers.{name}"),
-                        "not a valid HTTP header",
-                    ));
-                    return None;
-                }
-            }
+        if !crate::common::extra_headers(dep, &mut headers, diags) {
+            return None;
         }
 
         let request_defaults = dep

@@ -5,6 +5,7 @@ use http::header::{HeaderName, HeaderValue, CONTENT_TYPE};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::{GatewayError, RawObject};
+use serde_json::{Map, Value};
 
 use crate::registry::AuthStyle;
 
@@ -150,4 +151,27 @@ pub fn model_for(template: &str, wildcard: Option<&str>) -> String {
         Some(w) if template.contains('*') => template.replacen('*', w, 1),
         _ => template.to_owned(),
     }
+}
+
+/// A 400 naming the offending parameter.
+pub fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
+    GatewayError::invalid_request(message).with_param(param)
+}
+
+/// A request parameter, else the deployment's `litellm_params` default; `null` counts as absent.
+pub fn param(request: &RawObject<'_>, defaults: &Map<String, Value>, key: &str) -> Option<Value> {
+    request
+        .decode::<Value>(key)
+        .ok()
+        .flatten()
+        .or_else(|| defaults.get(key).cloned())
+        .filter(|v| !v.is_null())
+}
+
+/// The request's `messages`, decoded for translation.
+pub fn messages(request: &RawObject<'_>) -> Result<Vec<Value>, GatewayError> {
+    Ok(request
+        .decode("messages")
+        .map_err(|_| invalid("`messages` must be an array", "messages"))?
+        .unwrap_or_default())
 }

@@ -49,9 +49,7 @@ const HANDLED: &[&str] = &[
     "verbosity",
 ];
 
-fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
-    GatewayError::invalid_request(message).with_param(param)
-}
+use crate::common::invalid;
 
 /// A content part (OpenAI) as an Anthropic content block.
 fn content_block(part: &Value) -> Result<Value, GatewayError> {
@@ -244,19 +242,9 @@ pub fn build_body(
     defaults: &Map<String, Value>,
     drop_params: bool,
 ) -> Result<Value, GatewayError> {
-    let get = |key: &str| -> Option<Value> {
-        request
-            .decode::<Value>(key)
-            .ok()
-            .flatten()
-            .or_else(|| defaults.get(key).cloned())
-            .filter(|v| !v.is_null())
-    };
+    let get = |key: &str| crate::common::param(request, defaults, key);
     crate::common::refuse_unsupported(request, UNSUPPORTED, "anthropic", drop_params)?;
-    let messages: Vec<Value> = request
-        .decode("messages")
-        .map_err(|_| invalid("`messages` must be an array", "messages"))?
-        .unwrap_or_default();
+    let messages = crate::common::messages(request)?;
     let (system, messages) = translate_messages(&messages)?;
     let mut body = Map::new();
     body.insert("model".into(), json!(model));

@@ -65,9 +65,7 @@ impl CohereTarget {
     }
 }
 
-fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
-    GatewayError::invalid_request(message).with_param(param)
-}
+use crate::common::invalid;
 
 /// OpenAI chat request → Cohere `/v2/chat` body.
 pub fn build_chat(
@@ -76,19 +74,9 @@ pub fn build_chat(
     defaults: &Map<String, Value>,
     drop_params: bool,
 ) -> Result<Value, GatewayError> {
-    let get = |key: &str| {
-        request
-            .decode::<Value>(key)
-            .ok()
-            .flatten()
-            .or_else(|| defaults.get(key).cloned())
-            .filter(|v| !v.is_null())
-    };
+    let get = |key: &str| crate::common::param(request, defaults, key);
     crate::common::refuse_unsupported(request, UNSUPPORTED, "cohere", drop_params)?;
-    let messages: Vec<Value> = request
-        .decode("messages")
-        .map_err(|_| invalid("`messages` must be an array", "messages"))?
-        .unwrap_or_default();
+    let messages = crate::common::messages(request)?;
     let messages: Vec<Value> = messages
         .into_iter()
         .map(|mut m| {

@@ -20,9 +20,7 @@ const UNSUPPORTED: &[&str] = &[
     "store",
 ];
 
-fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
-    GatewayError::invalid_request(message).with_param(param)
-}
+use crate::common::invalid;
 
 fn part(content_part: &Value) -> Result<Value, GatewayError> {
     match content_part.get("type").and_then(Value::as_str) {
@@ -195,19 +193,9 @@ pub fn build_chat(
     defaults: &Map<String, Value>,
     drop_params: bool,
 ) -> Result<Value, GatewayError> {
-    let get = |key: &str| {
-        request
-            .decode::<Value>(key)
-            .ok()
-            .flatten()
-            .or_else(|| defaults.get(key).cloned())
-            .filter(|v| !v.is_null())
-    };
+    let get = |key: &str| crate::common::param(request, defaults, key);
     crate::common::refuse_unsupported(request, UNSUPPORTED, "gemini", drop_params)?;
-    let messages: Vec<Value> = request
-        .decode("messages")
-        .map_err(|_| invalid("`messages` must be an array", "messages"))?
-        .unwrap_or_default();
+    let messages = crate::common::messages(request)?;
     let (system, contents) = contents(&messages)?;
     let mut body = json!({"contents": contents});
     if !system.is_empty() {

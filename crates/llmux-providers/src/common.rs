@@ -29,7 +29,6 @@ pub fn endpoint(
     env: &dyn EnvSource,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<(String, HeaderMap)> {
-    let params_path = format!("{}.litellm_params", dep.path());
     let base = dep
         .api_base
         .clone()
@@ -43,20 +42,44 @@ pub fn endpoint(
     for suffix in spec.strip_suffixes {
         base = base.strip_suffix(suffix).unwrap_or(base);
     }
+    let headers = auth_headers(
+        dep,
+        config,
+        env,
+        spec.key_env,
+        spec.auth,
+        true,
+        spec.provider,
+        diags,
+    )?;
+    Some((base.to_owned(), headers))
+}
+
+/// Content type, the API key (deployment's, else the first set variable of `key_env`) in the
+/// provider's auth style, and `extra_headers`. A missing key is a warning when `key_required`;
+/// `None` (with an error diagnostic) when a header value is invalid.
+#[allow(clippy::too_many_arguments)]
+pub fn auth_headers(
+    dep: &DeploymentConfig,
+    config: &Config,
+    env: &dyn EnvSource,
+    key_env: &[&str],
+    auth: AuthStyle,
+    key_required: bool,
+    provider: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<HeaderMap> {
+    let params_path = format!("{}.litellm_params", dep.path());
     let mut headers = HeaderMap::new();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     let key = dep
         .api_key
         .as_ref()
         .map(|k| k.expose().to_owned())
-        .or_else(|| {
-            spec.key_env
-                .iter()
-                .find_map(|name| config.env_var(env, name))
-        });
+        .or_else(|| key_env.iter().find_map(|name| config.env_var(env, name)));
     match key {
         Some(key) => {
-            let (name, value) = match spec.auth {
+            let (name, value) = match auth {
                 AuthStyle::Bearer => (http::header::AUTHORIZATION, format!("Bearer {key}")),
                 AuthStyle::Header(h) => (HeaderName::from_static(h), key),
             };
@@ -70,25 +93,24 @@ pub fn endpoint(
             value.set_sensitive(true);
             headers.insert(name, value);
         }
-        None => {
-            let hint = spec
-                .key_env
+        None if key_required => {
+            let hint = key_env
                 .first()
                 .map(|e| format!(" and {e} is not set"))
                 .unwrap_or_default();
             diags.push(Diagnostic::warning(
                 format!("{params_path}.api_key"),
                 format!(
-                    "no API key for provider `{}`{hint}; requests will be sent without one",
-                    spec.provider
+                    "no API key for provider `{provider}`{hint}; requests will be sent without one"
                 ),
             ));
         }
+        None => {}
     }
     if !extra_headers(dep, &mut headers, diags) {
         return None;
     }
-    Some((base.to_owned(), headers))
+    Some(headers)
 }
 
 /// Add the deployment's `extra_headers`; `false` (with a diagnostic) when one is invalid.

@@ -2,13 +2,13 @@
 //! re-encode), relays responses and stream events as bytes, and reads only usage and errors.
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONTENT_TYPE};
+use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::raw::write_json_string;
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
-use crate::registry::{AuthStyle, ProviderSpec, UrlStyle};
+use crate::registry::{ProviderSpec, UrlStyle};
 
 /// `api-version` used for Azure OpenAI when neither the deployment nor AZURE_API_VERSION sets one.
 pub const AZURE_DEFAULT_API_VERSION: &str = "2024-10-21";
@@ -78,58 +78,20 @@ impl HttpTarget {
                 base.push_str(suffix);
             }
         }
-        let key = dep
-            .api_key
-            .as_ref()
-            .map(|k| k.expose().to_owned())
-            .or_else(|| {
-                spec.key_env
-                    .iter()
-                    .find_map(|name| config.env_var(env, name))
-            });
-        if key.is_none() && spec.key_required {
-            let hint = spec
-                .key_env
-                .first()
-                .map(|e| format!(" and {e} is not set"))
-                .unwrap_or_default();
-            diags.push(Diagnostic::warning(
-                format!("{params_path}.api_key"),
-                format!(
-                    "no API key for provider `{}`{hint}; requests will be sent without one",
-                    spec.name
-                ),
-            ));
-        }
-
-        let mut headers = HeaderMap::new();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        if let Some(key) = key {
-            let (name, value) = match spec.auth {
-                AuthStyle::Bearer => (AUTHORIZATION, format!("Bearer {key}")),
-                AuthStyle::Header(h) => (HeaderName::from_static(h), key),
-            };
-            match HeaderValue::from_str(&value) {
-                Ok(mut v) => {
-                    v.set_sensitive(true);
-                    headers.insert(name, v);
-                }
-                Err(_) => {
-                    diags.push(Diagnostic::error(
-                        format!("{params_path}.api_key"),
-                        "contains characters not allowed in a header",
-                    ));
-                    return None;
-                }
-            }
-        }
+        let mut headers = crate::common::auth_headers(
+            dep,
+            config,
+            env,
+            spec.key_env,
+            spec.auth,
+            spec.key_required,
+            spec.name,
+            diags,
+        )?;
         if let Some(org) = &dep.organization {
             if let Ok(v) = HeaderValue::from_str(org) {
                 headers.insert(HeaderName::from_static("openai-organization"), v);
             }
-        }
-        if !crate::common::extra_headers(dep, &mut headers, diags) {
-            return None;
         }
 
         let request_defaults = dep

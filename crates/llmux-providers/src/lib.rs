@@ -3,19 +3,24 @@
 //! builds and hands back what came over the wire.
 
 pub mod anthropic;
+pub mod auth;
+pub mod bedrock;
 pub mod cohere;
 pub mod common;
 pub mod errors;
+pub mod eventstream;
 pub mod gemini;
 pub mod mock;
 pub mod openai_compat;
 pub mod registry;
 pub mod sse;
+pub mod vertex;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use llmux_types::{GatewayError, RawObject, Usage};
 
+pub use auth::UpstreamAuth;
 pub use openai_compat::HttpTarget;
 pub use registry::{ProviderSpec, ResolvedProvider};
 
@@ -77,6 +82,18 @@ pub struct UpstreamRequest {
     pub url: String,
     pub headers: HeaderMap,
     pub body: Bytes,
+    /// Credentials the core applies when it sends (a minted bearer token, a SigV4 signature).
+    pub auth: Option<UpstreamAuth>,
+}
+
+/// How a provider frames its stream on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StreamFraming {
+    /// `text/event-stream`: the decoder gets one SSE event at a time.
+    Sse,
+    /// AWS event stream (`application/vnd.amazon.eventstream`): the decoder gets one binary
+    /// message at a time (prelude, headers, payload, CRCs).
+    AwsEventStream,
 }
 
 /// A translated non-streaming response: OpenAI-shaped bytes and the usage they report.
@@ -101,7 +118,8 @@ pub enum DecodedEvent {
 
 /// Stateful per-request translation of a provider's stream events.
 pub trait StreamDecoder: Send {
-    /// `event` is one complete SSE event as it arrived (terminator included).
+    /// `event` is one complete event as it arrived: an SSE event (terminator included), or one
+    /// binary message for [`StreamFraming::AwsEventStream`].
     fn decode(&mut self, event: Bytes) -> DecodedEvent;
 }
 
@@ -122,6 +140,10 @@ pub trait Provider: Send + Sync + 'static {
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError>;
     fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder>;
+    /// How this provider's streams are framed.
+    fn stream_framing(&self) -> StreamFraming {
+        StreamFraming::Sse
+    }
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError;
 }
 
@@ -167,6 +189,7 @@ impl Provider for HttpTarget {
             url: self.url(op).to_owned(),
             headers: self.headers.clone(),
             body: self.build_body(request, ctx.wildcard, ctx.drop_params)?,
+            auth: self.auth.clone(),
         })
     }
 

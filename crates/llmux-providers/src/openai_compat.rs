@@ -35,6 +35,81 @@ pub struct HttpTarget {
     pub unsupported_params: &'static [&'static str],
     pub supports_embeddings: bool,
     pub supports_completions: bool,
+    /// Entra ID client credentials for Azure (a bearer token minted and cached by the core).
+    pub auth: Option<crate::UpstreamAuth>,
+}
+
+/// How an Azure deployment authenticates when it does not use an API key.
+enum AzureEntra {
+    /// A static Entra ID token (`azure_ad_token`).
+    Token(String),
+    /// A service principal's client credentials (`tenant_id`, `client_id`, `client_secret`).
+    ClientCredentials(crate::auth::OAuthSource),
+}
+
+/// Entra ID settings of an Azure deployment, LiteLLM's way: the deployment's `api_key` wins;
+/// then `azure_ad_token`; then `tenant_id` + `client_id` + `client_secret` from `litellm_params`
+/// (or `AZURE_TENANT_ID` / `AZURE_CLIENT_ID` / `AZURE_CLIENT_SECRET` when no API key is set).
+fn azure_entra(
+    dep: &DeploymentConfig,
+    config: &Config,
+    env: &dyn EnvSource,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<AzureEntra> {
+    if dep.api_key.is_some() {
+        return None;
+    }
+    let param = |key: &str| {
+        dep.provider_params
+            .get(key)
+            .and_then(serde_json::Value::as_str)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+    };
+    if let Some(token) = param("azure_ad_token") {
+        return Some(AzureEntra::Token(token));
+    }
+    let in_params = ["tenant_id", "client_id", "client_secret"]
+        .iter()
+        .any(|k| param(k).is_some());
+    let env_key = ["AZURE_API_KEY", "AZURE_OPENAI_API_KEY", "AZURE_AI_API_KEY"]
+        .iter()
+        .any(|n| config.env_var(env, n).is_some());
+    if !in_params && env_key {
+        return None;
+    }
+    let tenant = param("tenant_id").or_else(|| config.env_var(env, "AZURE_TENANT_ID"));
+    let client_id = param("client_id").or_else(|| config.env_var(env, "AZURE_CLIENT_ID"));
+    let secret = param("client_secret").or_else(|| config.env_var(env, "AZURE_CLIENT_SECRET"));
+    match (tenant, client_id, secret) {
+        (Some(tenant), Some(client_id), Some(secret)) => {
+            let authority = config
+                .env_var(env, "AZURE_AUTHORITY_HOST")
+                .unwrap_or_else(|| crate::auth::AZURE_AUTHORITY_HOST.to_owned());
+            let scope = param("azure_scope")
+                .or_else(|| config.env_var(env, "AZURE_SCOPE"))
+                .unwrap_or_else(|| crate::auth::AZURE_COGNITIVE_SCOPE.to_owned());
+            Some(AzureEntra::ClientCredentials(crate::auth::OAuthSource {
+                token_url: format!(
+                    "{}/{tenant}/oauth2/v2.0/token",
+                    authority.trim_end_matches('/')
+                ),
+                scope,
+                grant: crate::auth::OAuthGrant::ClientCredentials {
+                    client_id,
+                    client_secret: llmux_config::Secret::new(secret),
+                },
+            }))
+        }
+        _ if in_params => {
+            diags.push(Diagnostic::warning(
+                format!("{}.litellm_params.tenant_id", dep.path()),
+                "Entra ID needs tenant_id, client_id and client_secret (or AZURE_TENANT_ID, AZURE_CLIENT_ID, AZURE_CLIENT_SECRET)",
+            ));
+            None
+        }
+        _ => None,
+    }
 }
 
 impl HttpTarget {
@@ -78,16 +153,37 @@ impl HttpTarget {
                 base.push_str(suffix);
             }
         }
+        let azure = spec.name.starts_with("azure");
+        let entra = if azure {
+            azure_entra(dep, config, env, diags)
+        } else {
+            None
+        };
         let mut headers = crate::common::auth_headers(
             dep,
             config,
             env,
             spec.key_env,
             spec.auth,
-            spec.key_required,
+            spec.key_required && entra.is_none(),
             spec.name,
             diags,
         )?;
+        let auth = match entra {
+            Some(AzureEntra::Token(token)) => {
+                headers.remove(HeaderName::from_static("api-key"));
+                if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}")) {
+                    v.set_sensitive(true);
+                    headers.insert(http::header::AUTHORIZATION, v);
+                }
+                None
+            }
+            Some(AzureEntra::ClientCredentials(source)) => {
+                headers.remove(HeaderName::from_static("api-key"));
+                Some(crate::UpstreamAuth::OAuth(std::sync::Arc::new(source)))
+            }
+            None => None,
+        };
         if let Some(org) = &dep.organization {
             if let Ok(v) = HeaderValue::from_str(org) {
                 headers.insert(HeaderName::from_static("openai-organization"), v);
@@ -119,16 +215,6 @@ impl HttpTarget {
                 None => format!("{base}/{path}"),
             },
         };
-        if spec.url_style == UrlStyle::AzureDeployments {
-            for key in ["tenant_id", "client_id", "client_secret", "azure_ad_token"] {
-                if dep.provider_params.contains_key(key) {
-                    diags.push(Diagnostic::warning(
-                        format!("{params_path}.{key}"),
-                        "Entra ID (Azure AD) authentication is not supported yet; use api_key",
-                    ));
-                }
-            }
-        }
         Some(HttpTarget {
             provider: spec.name,
             chat_url: url("chat/completions"),
@@ -142,6 +228,7 @@ impl HttpTarget {
             unsupported_params: spec.unsupported_params,
             supports_embeddings: spec.supports_embeddings,
             supports_completions: spec.supports_completions,
+            auth,
         })
     }
 

@@ -342,10 +342,6 @@ pub static OPENAI_COMPATIBLE: &[ProviderSpec] = &[
 /// load with a warning and are not routed until their adapter lands.
 pub const NATIVE_PROVIDERS: &[&str] = &[
     "azure_text",
-    "vertex_ai",
-    "vertex_ai_beta",
-    "bedrock",
-    "bedrock_converse",
     "sagemaker",
     "huggingface",
     "replicate",
@@ -388,7 +384,16 @@ pub enum ResolvedProvider {
 }
 
 /// Providers with a native adapter in this crate.
-pub const NATIVE_ADAPTERS: &[&str] = &["anthropic", "gemini", "cohere", "cohere_chat"];
+pub const NATIVE_ADAPTERS: &[&str] = &[
+    "anthropic",
+    "gemini",
+    "cohere",
+    "cohere_chat",
+    "bedrock",
+    "bedrock_converse",
+    "vertex_ai",
+    "vertex_ai_beta",
+];
 
 pub fn lookup(name: &str) -> Option<&'static ProviderSpec> {
     OPENAI_COMPATIBLE.iter().find(|p| p.name == name)
@@ -497,6 +502,16 @@ pub fn native_target(
             env,
             diags,
         )?),
+        "bedrock" | "bedrock_converse" => Arc::new(crate::bedrock::BedrockTarget::new(
+            upstream_model,
+            dep,
+            config,
+            env,
+            diags,
+        )?),
+        "vertex_ai" | "vertex_ai_beta" => {
+            crate::vertex::target(upstream_model, dep, config, env, diags)?
+        }
         _ => return None,
     })
 }
@@ -601,7 +616,15 @@ mod tests {
             matches!(r, ResolvedProvider::OpenAiCompatible { spec, .. } if spec.name == "openai")
         );
         assert_eq!(d.len(), 1);
-        assert!(resolve(&dep("bedrock/claude"), &mut d).is_none());
+        assert!(resolve(&dep("sagemaker/endpoint"), &mut d).is_none());
         assert!(!d[1].is_error());
+        assert!(matches!(
+            resolve(&dep("bedrock/anthropic.claude-3-haiku-20240307-v1:0"), &mut d).unwrap(),
+            ResolvedProvider::Native { provider: "bedrock", ref upstream_model } if upstream_model == "anthropic.claude-3-haiku-20240307-v1:0"
+        ));
+        assert!(matches!(
+            resolve(&dep("vertex_ai/gemini-2.5-pro"), &mut d).unwrap(),
+            ResolvedProvider::Native { provider: "vertex_ai", .. }
+        ));
     }
 }

@@ -83,6 +83,7 @@ impl Provider for AnthropicTarget {
             url: self.url.clone(),
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
+            auth: None,
         })
     }
 

@@ -331,6 +331,7 @@ impl Provider for CohereTarget {
             url: format!("{}{path}", self.base),
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
+            auth: None,
         })
     }
 

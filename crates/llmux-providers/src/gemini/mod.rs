@@ -109,6 +109,7 @@ impl Provider for GeminiTarget {
             url,
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
+            auth: None,
         })
     }
 

@@ -8,6 +8,8 @@
 //! (drop the connection after N chunks), `error_event_after` (an `{"error":...}` event after N
 //! chunks), `stall_after` (stop sending after N chunks), `text` (the answer).
 
+mod cloud;
+
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -32,6 +34,8 @@ pub struct Stats {
     pub streams_started: AtomicU64,
     pub streams_completed: AtomicU64,
     pub streams_cancelled: AtomicU64,
+    /// OAuth access tokens minted by the emulated token endpoints.
+    pub tokens_minted: AtomicU64,
 }
 
 /// A request as the mock received it.
@@ -138,6 +142,13 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
             post(embeddings),
         )
         .route("/v2/embed", post(cohere_embed))
+        .route("/model/{model}/{action}", post(cloud::bedrock))
+        .route(
+            "/v1/projects/{project}/locations/{location}/publishers/{publisher}/models/{action}",
+            post(cloud::vertex),
+        )
+        .route("/token", post(cloud::google_token))
+        .route("/{tenant}/oauth2/v2.0/token", post(cloud::entra_token))
         .route("/v2/rerank", post(cohere_rerank))
         .route("/embeddings", post(embeddings))
         .route("/v1/models", get(models))

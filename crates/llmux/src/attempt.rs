@@ -10,6 +10,7 @@ use http::HeaderMap;
 use llmux_providers::mock::{self, MockOutput};
 use llmux_providers::{
     openai_compat, DecodedEvent, OpenAiStreamDecoder, Operation, RequestContext, StreamDecoder,
+    StreamFraming,
 };
 use llmux_router::{Backend, Deployment};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
@@ -47,8 +48,7 @@ impl Attempt {
             Backend::Http(provider) => {
                 let upstream = provider.build_request(op, request, ctx)?;
                 self.sent_at = Instant::now();
-                http.send(&upstream.url, upstream.headers, upstream.body)
-                    .await
+                http.send_request(upstream).await
             }
             Backend::Mock { model, response } => {
                 self.sent_at = Instant::now();
@@ -156,7 +156,11 @@ impl Attempt {
         }
         let status = response.status;
         let headers = response.headers.clone();
-        let mut relay = Relay::new(response, self.stream_decoder(op), idle_timeout);
+        let framing = match &self.deployment.backend {
+            Backend::Http(provider) => provider.stream_framing(),
+            Backend::Mock { .. } => StreamFraming::Sse,
+        };
+        let mut relay = Relay::new(response, self.stream_decoder(op), framing, idle_timeout);
         let mut initial = Vec::new();
         let mut first_usage = None;
         // Peek: nothing is committed to the client until the upstream has produced real content,

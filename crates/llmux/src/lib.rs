@@ -17,6 +17,7 @@
 //! ```
 
 mod attempt;
+mod credentials;
 mod execute;
 mod log;
 mod relay;

@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
+use llmux_providers::eventstream::EventStreamSplitter;
 use llmux_providers::sse::{SseError, SseSplitter};
-use llmux_providers::{DecodedEvent, StreamDecoder};
+use llmux_providers::{DecodedEvent, StreamDecoder, StreamFraming};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 
 use crate::splice::{ContinuationRewriter, StreamTracker};
@@ -23,10 +24,56 @@ pub(crate) enum RelayItem {
     Failed(GatewayError),
 }
 
+/// Splits upstream bytes into the events a decoder takes.
+enum Framer {
+    Sse(SseSplitter),
+    EventStream(EventStreamSplitter),
+}
+
+impl Framer {
+    fn push(&mut self, bytes: &[u8]) {
+        match self {
+            Framer::Sse(s) => s.push(bytes),
+            Framer::EventStream(s) => s.push(bytes),
+        }
+    }
+
+    fn next_event(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        match self {
+            Framer::Sse(s) => s.next_event().map_err(|SseError::EventTooLarge| {
+                GatewayError::new(
+                    ErrorKind::UpstreamError,
+                    "upstream stream event exceeds the size limit",
+                )
+            }),
+            Framer::EventStream(s) => s.next_message().map_err(|e| {
+                GatewayError::new(ErrorKind::UpstreamError, format!("upstream stream: {e}"))
+            }),
+        }
+    }
+
+    /// What is left when the upstream closes: a last SSE event without its blank line still
+    /// counts; a partial binary message is a truncated stream.
+    fn finish(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        match self {
+            Framer::Sse(s) => Ok(s.take_remainder().map(|rest| {
+                let mut owned = rest.to_vec();
+                owned.extend_from_slice(b"\n\n");
+                Bytes::from(owned)
+            })),
+            Framer::EventStream(s) if s.has_remainder() => Err(GatewayError::new(
+                ErrorKind::UpstreamError,
+                "upstream closed the stream in the middle of a message",
+            )),
+            Framer::EventStream(_) => Ok(None),
+        }
+    }
+}
+
 /// Upstream stream state shared by the peek (before the 200 is committed) and the relay after it.
 pub(crate) struct Relay {
     upstream: UpstreamResponse,
-    splitter: SseSplitter,
+    framer: Framer,
     decoder: Box<dyn StreamDecoder>,
     idle_timeout: Duration,
     ended: bool,
@@ -36,11 +83,15 @@ impl Relay {
     pub(crate) fn new(
         upstream: UpstreamResponse,
         decoder: Box<dyn StreamDecoder>,
+        framing: StreamFraming,
         idle_timeout: Duration,
     ) -> Self {
         Relay {
             upstream,
-            splitter: SseSplitter::new(),
+            framer: match framing {
+                StreamFraming::Sse => Framer::Sse(SseSplitter::new()),
+                StreamFraming::AwsEventStream => Framer::EventStream(EventStreamSplitter::new()),
+            },
             decoder,
             idle_timeout,
             ended: false,
@@ -50,42 +101,29 @@ impl Relay {
     /// The next event if it is already in our buffer (several events in one upstream read),
     /// without waiting on the upstream, so events that arrived together leave together.
     pub(crate) fn next_buffered(&mut self) -> Option<RelayItem> {
-        match self.splitter.next_event() {
+        match self.framer.next_event() {
             Ok(Some(event)) => Some(RelayItem::Event(self.decoder.decode(event))),
             Ok(None) => None,
-            Err(SseError::EventTooLarge) => Some(RelayItem::Failed(GatewayError::new(
-                ErrorKind::UpstreamError,
-                "upstream stream event exceeds the size limit",
-            ))),
+            Err(e) => Some(RelayItem::Failed(e)),
         }
     }
 
     pub(crate) async fn next_item(&mut self) -> RelayItem {
         loop {
-            match self.splitter.next_event() {
+            match self.framer.next_event() {
                 Ok(Some(event)) => return RelayItem::Event(self.decoder.decode(event)),
                 Ok(None) => {}
-                Err(SseError::EventTooLarge) => {
-                    return RelayItem::Failed(GatewayError::new(
-                        ErrorKind::UpstreamError,
-                        "upstream stream event exceeds the size limit",
-                    ));
-                }
+                Err(e) => return RelayItem::Failed(e),
             }
             if self.ended {
-                // A last event without its blank line still counts.
-                return match self.splitter.take_remainder() {
-                    Some(mut rest) => {
-                        let mut owned = rest.to_vec();
-                        owned.extend_from_slice(b"\n\n");
-                        rest = Bytes::from(owned);
-                        RelayItem::Event(self.decoder.decode(rest))
-                    }
-                    None => RelayItem::End,
+                return match self.framer.finish() {
+                    Ok(Some(rest)) => RelayItem::Event(self.decoder.decode(rest)),
+                    Ok(None) => RelayItem::End,
+                    Err(e) => RelayItem::Failed(e),
                 };
             }
             match tokio::time::timeout(self.idle_timeout, self.upstream.next_bytes()).await {
-                Ok(Some(Ok(bytes))) => self.splitter.push(&bytes),
+                Ok(Some(Ok(bytes))) => self.framer.push(&bytes),
                 Ok(Some(Err(e))) => return RelayItem::Failed(e),
                 Ok(None) => self.ended = true,
                 Err(_) => {

@@ -7,7 +7,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::HeaderMap;
+use llmux_providers::UpstreamRequest;
 use llmux_types::{ErrorKind, GatewayError};
+
+use crate::credentials::Credentials;
 
 /// The shared upstream HTTP client.
 #[derive(Debug, Clone)]
@@ -15,10 +18,15 @@ pub(crate) struct HttpClient {
     client: reqwest::Client,
     /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
     urls: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
+    /// Minted tokens, shared by every client of the pool.
+    credentials: std::sync::Arc<Credentials>,
 }
 
 impl HttpClient {
-    pub(crate) fn new(connect_timeout: Duration) -> Result<HttpClient, GatewayError> {
+    pub(crate) fn new(
+        connect_timeout: Duration,
+        credentials: std::sync::Arc<Credentials>,
+    ) -> Result<HttpClient, GatewayError> {
         let client = reqwest::Client::builder()
             .connect_timeout(connect_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
@@ -32,7 +40,19 @@ impl HttpClient {
         Ok(HttpClient {
             client,
             urls: Default::default(),
+            credentials,
         })
+    }
+
+    /// Apply the request's credentials (token, signature) and send it.
+    pub(crate) async fn send_request(
+        &self,
+        mut request: UpstreamRequest,
+    ) -> Result<UpstreamResponse, GatewayError> {
+        if request.auth.is_some() {
+            self.credentials.apply(&self.client, &mut request).await?;
+        }
+        self.send(&request.url, request.headers, request.body).await
     }
 
     /// Send a request; resolves when the response headers have arrived.
@@ -81,6 +101,7 @@ impl HttpClient {
 #[derive(Debug, Default)]
 pub(crate) struct ClientPool {
     clients: std::sync::Mutex<std::collections::HashMap<Duration, HttpClient>>,
+    credentials: std::sync::Arc<Credentials>,
 }
 
 impl ClientPool {
@@ -92,7 +113,7 @@ impl ClientPool {
         if let Some(client) = clients.get(&connect_timeout) {
             return Ok(client.clone());
         }
-        let client = HttpClient::new(connect_timeout)?;
+        let client = HttpClient::new(connect_timeout, self.credentials.clone())?;
         clients.insert(connect_timeout, client.clone());
         Ok(client)
     }

@@ -79,7 +79,10 @@ fn oauth_error(status: u16, error: &str, description: &str) -> Response {
 
 /// Google's token endpoint (`token_uri` of a service-account file): checks the RS256 assertion's
 /// shape and claims (the signature itself is verified in llmux's unit tests).
-pub(super) async fn google_token(State(state): State<Arc<MockState>>, request: Request) -> Response {
+pub(super) async fn google_token(
+    State(state): State<Arc<MockState>>,
+    request: Request,
+) -> Response {
     let token_url = format!(
         "http://{}/token",
         request
@@ -93,14 +96,22 @@ pub(super) async fn google_token(State(state): State<Arc<MockState>>, request: R
         Some("urn:ietf:params:oauth:grant-type:jwt-bearer") => {}
         Some("refresh_token") => {
             if field(&form, "refresh_token").is_none() || field(&form, "client_id").is_none() {
-                return oauth_error(400, "invalid_request", "refresh_token and client_id are required");
+                return oauth_error(
+                    400,
+                    "invalid_request",
+                    "refresh_token and client_id are required",
+                );
             }
             return Json(state.mint(state.token_lifetime())).into_response();
         }
         _ => return oauth_error(400, "unsupported_grant_type", "Invalid grant_type"),
     }
     let Some(assertion) = field(&form, "assertion") else {
-        return oauth_error(400, "invalid_request", "Missing required parameter: assertion");
+        return oauth_error(
+            400,
+            "invalid_request",
+            "Missing required parameter: assertion",
+        );
     };
     let parts: Vec<&str> = assertion.split('.').collect();
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -117,10 +128,24 @@ pub(super) async fn google_token(State(state): State<Arc<MockState>>, request: R
         (header["alg"] == "RS256", "alg must be RS256"),
         (header.get("kid").is_some(), "kid missing"),
         (signature.len() == 256, "signature is not RSA-2048"),
-        (claims["aud"] == token_url.as_str(), "aud must be the token URL"),
-        (claims["iss"].as_str().is_some_and(|s| s.contains('@')), "iss must be the client email"),
-        (claims["scope"].as_str().is_some_and(|s| s.contains("cloud-platform")), "scope"),
-        (n("exp") > n("iat") && n("exp") - n("iat") <= 3600, "exp - iat must be at most 3600"),
+        (
+            claims["aud"] == token_url.as_str(),
+            "aud must be the token URL",
+        ),
+        (
+            claims["iss"].as_str().is_some_and(|s| s.contains('@')),
+            "iss must be the client email",
+        ),
+        (
+            claims["scope"]
+                .as_str()
+                .is_some_and(|s| s.contains("cloud-platform")),
+            "scope",
+        ),
+        (
+            n("exp") > n("iat") && n("exp") - n("iat") <= 3600,
+            "exp - iat must be at most 3600",
+        ),
     ];
     if let Some((_, why)) = checks.iter().find(|(ok, _)| !ok) {
         return oauth_error(400, "invalid_grant", &format!("Invalid JWT: {why}"));
@@ -137,7 +162,11 @@ pub(super) async fn entra_token(
 ) -> Response {
     let form = form(request).await;
     if field(&form, "grant_type") != Some("client_credentials") {
-        return oauth_error(400, "unsupported_grant_type", "AADSTS70003: unsupported grant type");
+        return oauth_error(
+            400,
+            "unsupported_grant_type",
+            "AADSTS70003: unsupported grant type",
+        );
     }
     if field(&form, "scope") != Some("https://cognitiveservices.azure.com/.default") {
         return oauth_error(400, "invalid_scope", "AADSTS70011: invalid scope");
@@ -175,21 +204,42 @@ pub(super) async fn vertex(
     match publisher.as_str() {
         "google" => {
             let Some((model, method)) = action.split_once(':') else {
-                return error_response(404, r#"{"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}"#, None);
+                return error_response(
+                    404,
+                    r#"{"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}"#,
+                    None,
+                );
             };
             if method == "predict" {
                 return vertex_predict(state, Request::from_parts(parts, body)).await;
             }
-            parts.headers.insert("x-goog-api-key", HeaderValue::from_static("vertex"));
-            super::gemini(State(state), Path(format!("{model}:{method}")), Request::from_parts(parts, body)).await
+            parts
+                .headers
+                .insert("x-goog-api-key", HeaderValue::from_static("vertex"));
+            super::gemini(
+                State(state),
+                Path(format!("{model}:{method}")),
+                Request::from_parts(parts, body),
+            )
+            .await
         }
         "anthropic" => {
             let Some((model, method)) = action.split_once(':') else {
-                return error_response(404, r#"{"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}"#, None);
+                return error_response(
+                    404,
+                    r#"{"error": {"code": 404, "message": "not found", "status": "NOT_FOUND"}}"#,
+                    None,
+                );
             };
-            let bytes = axum::body::to_bytes(body, 64 << 20).await.unwrap_or_default();
+            let bytes = axum::body::to_bytes(body, 64 << 20)
+                .await
+                .unwrap_or_default();
             let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
-                return error_response(400, r#"{"type": "error", "error": {"type": "invalid_request_error", "message": "invalid JSON"}}"#, None);
+                return error_response(
+                    400,
+                    r#"{"type": "error", "error": {"type": "invalid_request_error", "message": "invalid JSON"}}"#,
+                    None,
+                );
             };
             let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let problem = if v.get("model").is_some() {
@@ -206,13 +256,21 @@ pub(super) async fn vertex(
                 return error_response(400, &body.to_string(), None);
             }
             v["model"] = json!(model);
-            parts.headers.insert("x-api-key", HeaderValue::from_static("vertex"));
-            parts.headers.insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+            parts
+                .headers
+                .insert("x-api-key", HeaderValue::from_static("vertex"));
+            parts
+                .headers
+                .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
             parts.headers.remove("content-length");
             let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
             super::anthropic_messages(State(state), Request::from_parts(parts, body)).await
         }
-        _ => error_response(404, r#"{"error": {"code": 404, "message": "publisher not found", "status": "NOT_FOUND"}}"#, None),
+        _ => error_response(
+            404,
+            r#"{"error": {"code": 404, "message": "publisher not found", "status": "NOT_FOUND"}}"#,
+            None,
+        ),
     }
 }
 
@@ -235,6 +293,7 @@ async fn vertex_predict(state: Arc<MockState>, request: Request) -> Response {
 fn bedrock_error(status: u16, message: &str) -> Response {
     let kind = match status {
         400 => "ValidationException",
+        401 => "UnrecognizedClientException",
         403 => "AccessDeniedException",
         404 => "ResourceNotFoundException",
         408 => "ModelTimeoutException",
@@ -245,8 +304,10 @@ fn bedrock_error(status: u16, message: &str) -> Response {
     let mut response = error_response(status, &json!({"message": message}).to_string(), None);
     response.headers_mut().insert(
         "x-amzn-errortype",
-        HeaderValue::from_str(&format!("{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"))
-            .unwrap_or(HeaderValue::from_static("InternalServerException")),
+        HeaderValue::from_str(&format!(
+            "{kind}:http://internal.amazon.com/coral/com.amazon.bedrock/"
+        ))
+        .unwrap_or(HeaderValue::from_static("InternalServerException")),
     );
     response
 }
@@ -267,7 +328,7 @@ fn bedrock_authorized(headers: &HeaderMap) -> bool {
         .rsplit_once("Signature=")
         .is_some_and(|(_, s)| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()));
     rest.contains("/bedrock/aws4_request")
-        && rest.contains("SignedHeaders=") 
+        && rest.contains("SignedHeaders=")
         && rest.contains("x-amz-date")
         && headers.contains_key("x-amz-date")
         && signature_ok
@@ -280,15 +341,22 @@ pub(super) async fn bedrock(
     request: Request,
 ) -> Response {
     if !bedrock_authorized(request.headers()) {
-        let mut r = error_response(403, r#"{"message": "The security token included in the request is invalid."}"#, None);
-        r.headers_mut().insert("x-amzn-errortype", HeaderValue::from_static("UnrecognizedClientException"));
+        let mut r = error_response(
+            403,
+            r#"{"message": "The security token included in the request is invalid."}"#,
+            None,
+        );
+        r.headers_mut().insert(
+            "x-amzn-errortype",
+            HeaderValue::from_static("UnrecognizedClientException"),
+        );
         return r;
     }
     let (_, body, knobs) = match read(&state, request).await {
         Ok(v) => v,
         Err(r) => {
-            let status = r.status().as_u16();
-            return bedrock_error(status, "mock error");
+            let (status, message) = super::knob_error(r).await;
+            return bedrock_error(status, &message);
         }
     };
     match action.as_str() {
@@ -306,7 +374,10 @@ pub(super) async fn bedrock(
 fn bedrock_embed(model: &str, body: &Value) -> Response {
     if model.contains("titan-embed") {
         let Some(text) = body.get("inputText").and_then(Value::as_str) else {
-            return bedrock_error(400, "Malformed input request: required key [inputText] not found");
+            return bedrock_error(
+                400,
+                "Malformed input request: required key [inputText] not found",
+            );
         };
         let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(3) as usize;
         let embedding: Vec<f64> = (0..dims).map(|i| i as f64 / 10.0).collect();
@@ -314,10 +385,16 @@ fn bedrock_embed(model: &str, body: &Value) -> Response {
     }
     if model.contains("cohere.embed") {
         let Some(texts) = body.get("texts").and_then(Value::as_array) else {
-            return bedrock_error(400, "Malformed input request: required key [texts] not found");
+            return bedrock_error(
+                400,
+                "Malformed input request: required key [texts] not found",
+            );
         };
         if body.get("input_type").and_then(Value::as_str).is_none() {
-            return bedrock_error(400, "Malformed input request: required key [input_type] not found");
+            return bedrock_error(
+                400,
+                "Malformed input request: required key [input_type] not found",
+            );
         }
         let embeddings: Vec<Value> = (0..texts.len()).map(|i| json!([i as f64, 0.5])).collect();
         return Json(json!({"id": "mock", "embeddings": embeddings, "response_type": "embeddings_floats", "texts": texts})).into_response();
@@ -325,41 +402,62 @@ fn bedrock_embed(model: &str, body: &Value) -> Response {
     bedrock_error(400, "The provided model doesn't support embeddings")
 }
 
-fn converse(state: Arc<MockState>, model: &str, body: &Value, knobs: Knobs, stream: bool) -> Response {
+fn converse(
+    state: Arc<MockState>,
+    model: &str,
+    body: &Value,
+    knobs: Knobs,
+    stream: bool,
+) -> Response {
     let pieces = answer_pieces(&knobs);
     let choice = body.pointer("/toolConfig/toolChoice");
     let forced_tool = match choice {
-        Some(c) if c.get("tool").is_some() => c.pointer("/tool/name").and_then(Value::as_str).map(str::to_owned),
+        Some(c) if c.get("tool").is_some() => c
+            .pointer("/tool/name")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
         Some(c) if c.get("any").is_some() => body
             .pointer("/toolConfig/tools/0/toolSpec/name")
             .and_then(Value::as_str)
             .map(str::to_owned),
         _ => None,
     };
-    let thinking = body.pointer("/additionalModelRequestFields/thinking").is_some();
+    let thinking = body
+        .pointer("/additionalModelRequestFields/thinking")
+        .is_some();
     let input_tokens = prompt_tokens(body);
     let usage = json!({"inputTokens": input_tokens, "outputTokens": pieces.len(), "totalTokens": input_tokens + pieces.len(),
         "cacheReadInputTokens": 0, "cacheWriteInputTokens": 0});
     let tool_id = format!("tooluse_mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
-    let stop = if forced_tool.is_some() { "tool_use" } else { "end_turn" };
+    let stop = if forced_tool.is_some() {
+        "tool_use"
+    } else {
+        "end_turn"
+    };
     if !stream {
         let mut content = Vec::new();
         if thinking {
-            content.push(json!({"reasoningContent": {"reasoningText": {"text": "Thinking it over.", "signature": "c2ln"}}}));
+            content.push(json!({"reasoningContent": {"reasoningText": {"text": super::REASONING, "signature": "c2ln"}}}));
         }
         match &forced_tool {
             Some(name) => content.push(json!({"toolUse": {"toolUseId": tool_id, "name": name, "input": {"location": "Paris"}}})),
             None => content.push(json!({"text": pieces.concat()})),
         }
-        return Json(json!({"output": {"message": {"role": "assistant", "content": content}},
-            "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}, "x_model": model}))
+        return Json(
+            json!({"output": {"message": {"role": "assistant", "content": content}},
+            "stopReason": stop, "usage": usage, "metrics": {"latencyMs": 1}, "x_model": model}),
+        )
         .into_response();
     }
-    let mut events: Vec<(&'static str, Value)> = vec![("messageStart", json!({"role": "assistant"}))];
+    let mut events: Vec<(&'static str, Value)> =
+        vec![("messageStart", json!({"role": "assistant"}))];
     let mut block = 0;
     if thinking {
-        events.push(("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": "Thinking it over."}}})));
-        events.push(("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "c2ln"}}})));
+        events.push(("contentBlockDelta", json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": super::REASONING}}})));
+        events.push((
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": "c2ln"}}}),
+        ));
         events.push(("contentBlockStop", json!({"contentBlockIndex": 0})));
         block = 1;
     }
@@ -367,18 +465,27 @@ fn converse(state: Arc<MockState>, model: &str, body: &Value, knobs: Knobs, stre
         Some(name) => {
             events.push(("contentBlockStart", json!({"contentBlockIndex": block, "start": {"toolUse": {"toolUseId": tool_id, "name": name}}})));
             for part in ["{\"loc", "ation\": \"Par", "is\"}"] {
-                events.push(("contentBlockDelta", json!({"contentBlockIndex": block, "delta": {"toolUse": {"input": part}}})));
+                events.push((
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": block, "delta": {"toolUse": {"input": part}}}),
+                ));
             }
         }
         None => {
             for piece in &pieces {
-                events.push(("contentBlockDelta", json!({"contentBlockIndex": block, "delta": {"text": piece}})));
+                events.push((
+                    "contentBlockDelta",
+                    json!({"contentBlockIndex": block, "delta": {"text": piece}}),
+                ));
             }
         }
     }
     events.push(("contentBlockStop", json!({"contentBlockIndex": block})));
     events.push(("messageStop", json!({"stopReason": stop})));
-    events.push(("metadata", json!({"usage": usage, "metrics": {"latencyMs": 1}})));
+    events.push((
+        "metadata",
+        json!({"usage": usage, "metrics": {"latencyMs": 1}}),
+    ));
     state.stats.streams_started.fetch_add(1, Ordering::Relaxed);
     let frames = async_stream::stream! {
         let mut guard = StreamGuard { state: Arc::clone(&state), completed: false };
@@ -414,7 +521,9 @@ mod tests {
 
     #[test]
     fn form_bodies_decode() {
-        let f = form_urlencoded(b"grant_type=client_credentials&scope=https%3A%2F%2Fx.com%2F.default&a=b+c");
+        let f = form_urlencoded(
+            b"grant_type=client_credentials&scope=https%3A%2F%2Fx.com%2F.default&a=b+c",
+        );
         assert_eq!(field(&f, "scope"), Some("https://x.com/.default"));
         assert_eq!(field(&f, "a"), Some("b c"));
         assert_eq!(field(&f, "grant_type"), Some("client_credentials"));

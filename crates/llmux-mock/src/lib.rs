@@ -296,6 +296,30 @@ fn unix_now() -> u64 {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
+/// The answer to a request for JSON output (`response_format` or its provider equivalent).
+const JSON_ANSWER: &str = r#"{"location": "Paris"}"#;
+/// The reasoning text emulators return when a request asks for reasoning.
+const REASONING: &str = "Thinking it over.";
+
+/// The status and message of an error the knobs produced (OpenAI-shaped), so each emulation
+/// can answer in its provider's own error shape with the same message.
+async fn knob_error(response: Response) -> (u16, String) {
+    let status = response.status().as_u16();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap_or_default();
+    let message = serde_json::from_slice::<Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .or_else(|| v.get("message"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "mock error".to_owned());
+    (status, message)
+}
+
 fn answer_pieces(knobs: &Knobs) -> Vec<String> {
     match (&knobs.text, knobs.chunks) {
         (Some(text), None) => split_words(text),
@@ -393,6 +417,17 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
             pieces = continue_after(pieces, prefix);
         }
     }
+    let wants_json = matches!(
+        body.pointer("/response_format/type")
+            .and_then(Value::as_str),
+        Some("json_schema") | Some("json_object")
+    );
+    if wants_json {
+        pieces = vec![JSON_ANSWER.to_owned()];
+    }
+    // Reasoning models behind OpenAI-compatible servers (DeepSeek, vLLM, Groq) answer with
+    // `reasoning_content` when asked for reasoning.
+    let reasoning = body.get("reasoning_effort").is_some();
     let prompt = prompt_tokens(&body);
     let id = format!("chatcmpl-mock{}", NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
@@ -400,6 +435,9 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         let text: String = pieces.concat();
         let value = if chat {
             let mut message = json!({"role": "assistant", "content": text, "refusal": null});
+            if reasoning {
+                message["reasoning_content"] = json!(REASONING);
+            }
             if body.get("tools").is_some()
                 && body.get("tool_choice").and_then(Value::as_str) == Some("required")
             {
@@ -549,7 +587,7 @@ async fn anthropic_messages(State(state): State<Arc<MockState>>, request: Reques
     let input_tokens = prompt_tokens(&body);
     let stream = body.get("stream").and_then(Value::as_bool).unwrap_or(false);
     if !stream {
-        let (content, stop) = match &tool {
+        let (mut content, stop) = match &tool {
             Some(name) => (
                 json!([{"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {"location": "Paris"}}]),
                 "tool_use",
@@ -559,6 +597,14 @@ async fn anthropic_messages(State(state): State<Arc<MockState>>, request: Reques
                 "end_turn",
             ),
         };
+        if body.get("thinking").is_some() {
+            if let Some(blocks) = content.as_array_mut() {
+                blocks.insert(
+                    0,
+                    json!({"type": "thinking", "thinking": REASONING, "signature": "c2ln"}),
+                );
+            }
+        }
         return Json(json!({"id": id, "type": "message", "role": "assistant", "model": model, "content": content,
             "stop_reason": stop, "stop_sequence": null,
             "usage": {"input_tokens": input_tokens, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 2, "output_tokens": pieces.len()}}))
@@ -613,18 +659,19 @@ async fn gemini(
     let (headers, body, knobs) = match read(&state, request).await {
         Ok(v) => v,
         Err(r) => {
-            let status = r.status().as_u16();
+            let (status, message) = knob_error(r).await;
             let name = match status {
                 429 => "RESOURCE_EXHAUSTED",
                 400 => "INVALID_ARGUMENT",
+                401 => "UNAUTHENTICATED",
                 403 => "PERMISSION_DENIED",
+                404 => "NOT_FOUND",
                 503 => "UNAVAILABLE",
                 _ => "INTERNAL",
             };
             return error_response(
                 status,
-                &json!({"error": {"code": status, "message": "mock error", "status": name}})
-                    .to_string(),
+                &json!({"error": {"code": status, "message": message, "status": name}}).to_string(),
                 None,
             );
         }
@@ -650,7 +697,18 @@ async fn gemini(
             .collect();
         return Json(json!({"embeddings": embeddings})).into_response();
     }
-    let pieces = answer_pieces(&knobs);
+    let mut pieces = answer_pieces(&knobs);
+    if body
+        .pointer("/generationConfig/responseMimeType")
+        .and_then(Value::as_str)
+        == Some("application/json")
+    {
+        pieces = vec![JSON_ANSWER.to_owned()];
+    }
+    let thoughts = body
+        .pointer("/generationConfig/thinkingConfig/includeThoughts")
+        .and_then(Value::as_bool)
+        == Some(true);
     let forced = body
         .pointer("/toolConfig/functionCallingConfig/mode")
         .and_then(Value::as_str)
@@ -663,11 +721,16 @@ async fn gemini(
     let usage = json!({"promptTokenCount": 7, "candidatesTokenCount": pieces.len(), "thoughtsTokenCount": 3, "totalTokenCount": 10 + pieces.len()});
     let part_for = |text: &str| json!({"candidates": [{"content": {"role": "model", "parts": [{"text": text}]}, "index": 0}], "modelVersion": model});
     if method == "generateContent" {
-        let parts = if forced {
+        let mut parts = if forced {
             json!([{"functionCall": {"name": tool, "args": {"location": "Paris"}}, "thoughtSignature": "c2ln"}])
         } else {
             json!([{"text": pieces.concat()}])
         };
+        if thoughts {
+            if let Some(p) = parts.as_array_mut() {
+                p.insert(0, json!({"text": REASONING, "thought": true}));
+            }
+        }
         return Json(json!({"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
             "usageMetadata": usage, "modelVersion": model, "responseId": "mock-gemini"})).into_response();
     }
@@ -695,7 +758,10 @@ async fn gemini(
 async fn cohere_chat(State(state): State<Arc<MockState>>, request: Request) -> Response {
     let (headers, body, knobs) = match read(&state, request).await {
         Ok(v) => v,
-        Err(r) => return r,
+        Err(r) => {
+            let (status, message) = knob_error(r).await;
+            return error_response(status, &json!({"message": message}).to_string(), None);
+        }
     };
     if headers.get("authorization").is_none() {
         return error_response(
@@ -704,7 +770,11 @@ async fn cohere_chat(State(state): State<Arc<MockState>>, request: Request) -> R
             None,
         );
     }
-    let pieces = answer_pieces(&knobs);
+    let mut pieces = answer_pieces(&knobs);
+    if body.get("response_format").is_some() {
+        pieces = vec![JSON_ANSWER.to_owned()];
+    }
+    let thinking = body.get("thinking").is_some();
     let forced = body.get("tool_choice").and_then(Value::as_str) == Some("REQUIRED");
     let tool = body
         .pointer("/tools/0/function/name")
@@ -716,7 +786,11 @@ async fn cohere_chat(State(state): State<Arc<MockState>>, request: Request) -> R
         let message = if forced {
             json!({"role": "assistant", "tool_plan": "I will call the tool.", "tool_calls": [{"id": "call_c1", "type": "function", "function": {"name": tool, "arguments": "{\"location\":\"Paris\"}"}}]})
         } else {
-            json!({"role": "assistant", "content": [{"type": "text", "text": pieces.concat()}]})
+            let mut content = vec![json!({"type": "text", "text": pieces.concat()})];
+            if thinking {
+                content.insert(0, json!({"type": "thinking", "thinking": REASONING}));
+            }
+            json!({"role": "assistant", "content": content})
         };
         return Json(json!({"id": "cohere-mock", "message": message, "finish_reason": if forced { "TOOL_CALL" } else { "COMPLETE" }, "usage": usage})).into_response();
     }
@@ -790,7 +864,7 @@ async fn cohere_embed(State(state): State<Arc<MockState>>, request: Request) -> 
 
 /// The mock's error knob answers in OpenAI's shape; Anthropic clients expect theirs.
 async fn anthropic_error_rewrite(response: Response) -> Response {
-    let status = response.status().as_u16();
+    let (status, message) = knob_error(response).await;
     let kind = match status {
         400 => "invalid_request_error",
         401 => "authentication_error",
@@ -800,17 +874,6 @@ async fn anthropic_error_rewrite(response: Response) -> Response {
         529 => "overloaded_error",
         _ => "api_error",
     };
-    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap_or_default();
-    let message = serde_json::from_slice::<Value>(&body)
-        .ok()
-        .and_then(|v| {
-            v.pointer("/error/message")
-                .and_then(Value::as_str)
-                .map(str::to_owned)
-        })
-        .unwrap_or_else(|| "mock error".to_owned());
     error_response(
         status,
         &json!({"type": "error", "error": {"type": kind, "message": message}}).to_string(),

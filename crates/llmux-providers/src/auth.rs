@@ -56,14 +56,29 @@ pub enum OAuthGrant {
 }
 
 impl OAuthSource {
-    /// Identifies the token this source yields, so deployments sharing credentials share it.
+    /// Identifies the token this source yields, so deployments sharing credentials share it
+    /// (and the same client with another secret does not).
     pub fn cache_key(&self) -> String {
-        let who = match &self.grant {
-            OAuthGrant::JwtBearer { client_email, .. } => client_email.as_str(),
-            OAuthGrant::ClientCredentials { client_id, .. } => client_id.as_str(),
-            OAuthGrant::RefreshToken { client_id, .. } => client_id.as_str(),
+        use sha2::{Digest, Sha256};
+        let (who, secret) = match &self.grant {
+            OAuthGrant::JwtBearer {
+                client_email,
+                private_key_pem,
+                ..
+            } => (client_email.as_str(), private_key_pem.expose()),
+            OAuthGrant::ClientCredentials {
+                client_id,
+                client_secret,
+            } => (client_id.as_str(), client_secret.expose()),
+            OAuthGrant::RefreshToken {
+                client_id,
+                refresh_token,
+                ..
+            } => (client_id.as_str(), refresh_token.expose()),
         };
-        format!("{} {} {}", self.token_url, who, self.scope)
+        let digest = Sha256::digest(secret.as_bytes());
+        let fingerprint: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{} {who} {} {fingerprint}", self.token_url, self.scope)
     }
 }
 
@@ -147,7 +162,9 @@ mod tests {
             "client_email": "sa@p1.iam.gserviceaccount.com", "token_uri": "http://127.0.0.1:1/token"}"#;
         let source = google_credentials(sa, GOOGLE_CLOUD_SCOPE).unwrap();
         assert_eq!(source.token_url, "http://127.0.0.1:1/token");
-        assert!(matches!(source.grant, OAuthGrant::JwtBearer { ref client_email, .. } if client_email == "sa@p1.iam.gserviceaccount.com"));
+        assert!(
+            matches!(source.grant, OAuthGrant::JwtBearer { ref client_email, .. } if client_email == "sa@p1.iam.gserviceaccount.com")
+        );
         assert_eq!(google_project(sa).as_deref(), Some("p1"));
 
         let user = r#"{"type": "authorized_user", "client_id": "c", "client_secret": "s", "refresh_token": "r"}"#;
@@ -155,10 +172,27 @@ mod tests {
         assert_eq!(source.token_url, GOOGLE_TOKEN_URL);
         assert!(matches!(source.grant, OAuthGrant::RefreshToken { .. }));
 
+        let other = OAuthSource {
+            token_url: source.token_url.clone(),
+            scope: source.scope.clone(),
+            grant: OAuthGrant::RefreshToken {
+                client_id: "c".into(),
+                client_secret: Secret::new("s"),
+                refresh_token: Secret::new("another"),
+            },
+        };
+        assert_ne!(
+            source.cache_key(),
+            other.cache_key(),
+            "another secret, another token"
+        );
+
         assert!(google_credentials("{}", GOOGLE_CLOUD_SCOPE).is_err());
-        assert!(google_credentials(r#"{"type": "external_account"}"#, GOOGLE_CLOUD_SCOPE)
-            .unwrap_err()
-            .contains("external_account"));
+        assert!(
+            google_credentials(r#"{"type": "external_account"}"#, GOOGLE_CLOUD_SCOPE)
+                .unwrap_err()
+                .contains("external_account")
+        );
         assert!(google_credentials("not json", GOOGLE_CLOUD_SCOPE).is_err());
     }
 }

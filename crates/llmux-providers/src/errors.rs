@@ -139,6 +139,16 @@ pub(crate) fn error_from_body(status: u16, body: &[u8], inner: bool) -> GatewayE
     if let Some(t) = upstream_type.or(status_name) {
         error.body.error_type = t;
     }
+    // Google echoes the HTTP status as `code`; it names nothing. And a kind found in the message
+    // (context length, content filter) gets its stable code, which is what clients check.
+    let code = code
+        .filter(|c| !c.bytes().all(|b| b.is_ascii_digit()))
+        .filter(|c| {
+            !matches!(
+                kind,
+                ErrorKind::ContextLengthExceeded | ErrorKind::ContentFiltered
+            ) || by_name(c) == Some(kind)
+        });
     error.body.code = code.or_else(|| Some(kind.default_code().to_owned()));
     error.body.param = param;
     error.retry_after = retry_delay;
@@ -244,6 +254,10 @@ fn classify(
         Some(ErrorKind::InvalidRequest) if !(400..500).contains(&status) => {
             ErrorKind::from_upstream_status(status)
         }
+        // Likewise a generic server-error type ("api_error", "INTERNAL") next to a 503 or 504.
+        Some(ErrorKind::UpstreamError) if matches!(status, 503 | 504) => {
+            ErrorKind::from_upstream_status(status)
+        }
         Some(kind) => kind,
         None => ErrorKind::from_upstream_status(status),
     };
@@ -282,7 +296,7 @@ mod tests {
             (401, none(), br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#.to_vec(), ErrorKind::Authentication),
             (404, none(), br#"{"error":{"message":"The model `x` does not exist","type":"invalid_request_error","param":null,"code":"model_not_found"}}"#.to_vec(), ErrorKind::NotFound),
             (500, none(), br#"{"error":{"message":"The server had an error","type":"server_error","param":null,"code":null}}"#.to_vec(), ErrorKind::UpstreamError),
-            (503, none(), br#"{"error":{"message":"The engine is currently overloaded","type":"server_error","param":null,"code":null}}"#.to_vec(), ErrorKind::UpstreamError),
+            (503, none(), br#"{"error":{"message":"The engine is currently overloaded","type":"server_error","param":null,"code":null}}"#.to_vec(), ErrorKind::UpstreamUnavailable),
             // Azure OpenAI content filter.
             (400, none(), br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400}}"#.to_vec(), ErrorKind::ContentFiltered),
             // Anthropic.

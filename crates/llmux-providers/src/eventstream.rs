@@ -38,7 +38,8 @@ impl EventStreamSplitter {
         if self.buf.len() < 4 {
             return Ok(None);
         }
-        let total = u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
+        let total =
+            u32::from_be_bytes([self.buf[0], self.buf[1], self.buf[2], self.buf[3]]) as usize;
         if !(MIN_MESSAGE_BYTES..=MAX_MESSAGE_BYTES).contains(&total) {
             return Err(EventStreamError::BadLength(total));
         }
@@ -172,7 +173,10 @@ mod tests {
         let mut bytes = encode_event("messageStop", br#"{"stopReason":"end_turn"}"#).to_vec();
         let last = bytes.len() - 6;
         bytes[last] ^= 0xff;
-        assert!(decode_message(Bytes::from(bytes)).is_err(), "CRC catches a flipped byte");
+        assert!(
+            decode_message(Bytes::from(bytes)).is_err(),
+            "CRC catches a flipped byte"
+        );
 
         let mut s = EventStreamSplitter::new();
         s.push(&[0, 0, 0, 3, 1, 2, 3]);

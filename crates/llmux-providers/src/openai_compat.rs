@@ -86,8 +86,8 @@ fn azure_entra(
             let authority = config
                 .env_var(env, "AZURE_AUTHORITY_HOST")
                 .unwrap_or_else(|| crate::auth::AZURE_AUTHORITY_HOST.to_owned());
-            let scope = param("azure_scope")
-                .or_else(|| config.env_var(env, "AZURE_SCOPE"))
+            let scope = config
+                .env_var(env, "AZURE_SCOPE")
                 .unwrap_or_else(|| crate::auth::AZURE_COGNITIVE_SCOPE.to_owned());
             Some(AzureEntra::ClientCredentials(crate::auth::OAuthSource {
                 token_url: format!(
@@ -395,7 +395,11 @@ mod tests {
             ErrorKind::ContextLengthExceeded,
             "vLLM shape, classified by message"
         );
-        assert_eq!(e.body.code.as_deref(), Some("400"));
+        assert_eq!(
+            e.body.code.as_deref(),
+            Some("context_length_exceeded"),
+            "a numeric code names nothing; the kind's stable code replaces it"
+        );
         let e = parse_error(
             422,
             &HeaderMap::new(),

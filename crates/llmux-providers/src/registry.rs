@@ -470,6 +470,29 @@ fn is_known(prefix: &str) -> bool {
         || NATIVE_PROVIDERS.contains(&prefix)
 }
 
+/// The provider-specific `litellm_params` a provider's adapter reads (the router warns about
+/// the others).
+pub fn provider_params_used(provider: &str) -> &'static [&'static str] {
+    match provider {
+        "vertex_ai" | "vertex_ai_beta" => &[
+            "vertex_project",
+            "vertex_location",
+            "vertex_credentials",
+            "safety_settings",
+        ],
+        "gemini" => &["safety_settings"],
+        "bedrock" | "bedrock_converse" => &[
+            "aws_access_key_id",
+            "aws_secret_access_key",
+            "aws_session_token",
+            "aws_region_name",
+            "aws_bedrock_runtime_endpoint",
+        ],
+        "azure" | "azure_ai" => &["azure_ad_token", "tenant_id", "client_id", "client_secret"],
+        _ => &[],
+    }
+}
+
 /// Build the adapter for a native provider's deployment (`None`: the reason is in `diags`).
 pub fn native_target(
     provider: &str,
@@ -624,7 +647,10 @@ mod tests {
         ));
         assert!(matches!(
             resolve(&dep("vertex_ai/gemini-2.5-pro"), &mut d).unwrap(),
-            ResolvedProvider::Native { provider: "vertex_ai", .. }
+            ResolvedProvider::Native {
+                provider: "vertex_ai",
+                ..
+            }
         ));
     }
 }

@@ -564,6 +564,7 @@ fn build_deployment(
         .provider_params
         .keys()
         .filter(|k| !ROUTER_PARAMS.contains(&k.as_str()))
+        .filter(|k| !registry::provider_params_used(provider).contains(&k.as_str()))
     {
         let path = format!("{}.litellm_params.{key}", dep.path());
         let message = if PROVIDER_SPECIFIC_PARAMS.contains(&key.as_str()) {
@@ -758,7 +759,7 @@ model_list:
         let (r, diags) = router(
             r#"
 model_list:
-  - {model_name: c, litellm_params: {model: bedrock/claude}}
+  - {model_name: c, litellm_params: {model: sagemaker/endpoint}}
   - {model_name: v, litellm_params: {model: hosted_vllm/llama}}
   - {model_name: ok, litellm_params: {model: mock/x, vertex_project: p, frobnicate: 1}}
 "#,
@@ -790,6 +791,21 @@ model_list:
                 .any(|t| t.contains("frobnicate") && t.contains("unknown")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn provider_params_an_adapter_reads_are_not_reported() {
+        let (r, diags) = router(
+            r#"
+model_list:
+  - {model_name: b, litellm_params: {model: "bedrock/anthropic.claude-3-haiku-20240307-v1:0", aws_access_key_id: A, aws_secret_access_key: S, aws_region_name: us-east-1, aws_profile_name: dev}}
+  - {model_name: g, litellm_params: {model: gemini/gemini-2.5-flash, api_key: k, safety_settings: []}}
+"#,
+        );
+        assert!(r.route("b").is_some() && r.route("g").is_some());
+        let text: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        assert_eq!(text.len(), 1, "{text:?}");
+        assert!(text[0].contains("aws_profile_name") && text[0].contains("not supported yet"));
     }
 
     #[test]

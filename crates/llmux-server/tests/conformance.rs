@@ -1,56 +1,95 @@
 //! One conformance suite every provider adapter runs end to end (OpenAI-shaped request in, the
-//! provider's wire format to `llmux-mock`, OpenAI-shaped answer out): text, streamed text,
-//! tool calls, streamed tool calls, embeddings where the provider has them, and a rate-limit
-//! error. Adding a provider means adding a row here and passing it.
+//! provider's wire format to `llmux-mock`, OpenAI-shaped answer out): text, streamed text, tool
+//! calls, streamed tool calls, vision, JSON schema output, reasoning, embeddings where the
+//! provider has them, and every upstream error kind with its status kept. Adding a provider
+//! means adding a row here and passing it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
-use common::{sse_data, start, stream_text};
+use common::{sse_data, start, stream_text, vertex_credentials_yaml, Harness};
+use llmux::Outcome;
+use llmux_types::ErrorKind;
 use serde_json::{json, Value};
 
+enum Embed {
+    No,
+    /// The chat deployment also embeds.
+    Same,
+    /// Embeddings go to a deployment with these `litellm_params`.
+    Params(&'static str),
+}
+
 struct Row {
+    /// The provider the gateway reports (`x-llmux-provider`).
     provider: &'static str,
-    /// `litellm_params` for the deployment; `{mock}` is the mock's `/v1` base URL.
+    /// `litellm_params` for the deployment; `{mock}` is the mock's `/v1` base URL, `{mock_root}`
+    /// its root, `{sa}` the test service account with the mock as its token endpoint.
     params: &'static str,
-    embeddings: bool,
+    embed: Embed,
 }
 
 const ROWS: &[Row] = &[
     Row {
         provider: "openai",
         params: r#"{model: openai/gpt-mock, api_base: "{mock}", api_key: k}"#,
-        embeddings: true,
+        embed: Embed::Same,
     },
     Row {
         provider: "groq",
         params: r#"{model: groq/llama-mock, api_base: "{mock}", api_key: k}"#,
-        embeddings: false,
+        embed: Embed::No,
     },
     Row {
         provider: "azure",
         params: r#"{model: azure/dep, api_base: "{mock}/..", api_key: k, api_version: "2024-10-21"}"#,
-        embeddings: true,
+        embed: Embed::Same,
+    },
+    Row {
+        provider: "azure",
+        params: r#"{model: azure/dep, api_base: "{mock_root}", api_version: "2024-10-21", tenant_id: tenant-1, client_id: app-1, client_secret: s3cret}"#,
+        embed: Embed::Same,
     },
     Row {
         provider: "anthropic",
         params: r#"{model: anthropic/claude-mock, api_base: "{mock}", api_key: k}"#,
-        embeddings: false,
+        embed: Embed::No,
     },
     Row {
         provider: "gemini",
         params: r#"{model: gemini/gemini-mock, api_base: "{mock}/..", api_key: k}"#,
-        embeddings: true,
+        embed: Embed::Same,
+    },
+    Row {
+        provider: "vertex_ai",
+        params: r#"{model: vertex_ai/gemini-mock, api_base: "{mock_root}", vertex_project: proj-1, vertex_location: europe-west4, vertex_credentials: {sa}}"#,
+        embed: Embed::Params(
+            r#"{model: vertex_ai/text-embedding-005, api_base: "{mock_root}", vertex_project: proj-1, vertex_credentials: {sa}}"#,
+        ),
+    },
+    Row {
+        provider: "vertex_ai",
+        params: r#"{model: "vertex_ai/claude-mock@20250514", api_base: "{mock_root}", vertex_project: proj-1, vertex_location: us-east5, vertex_credentials: {sa}}"#,
+        embed: Embed::No,
+    },
+    Row {
+        provider: "bedrock",
+        params: r#"{model: "bedrock/anthropic.claude-mock-v1:0", api_base: "{mock_root}", aws_access_key_id: AKIDEXAMPLE, aws_secret_access_key: secret, aws_region_name: us-west-2}"#,
+        embed: Embed::Params(
+            r#"{model: bedrock/cohere.embed-english-v3, api_base: "{mock_root}", aws_access_key_id: AKIDEXAMPLE, aws_secret_access_key: secret, aws_region_name: us-west-2}"#,
+        ),
     },
     Row {
         provider: "cohere",
         params: r#"{model: cohere/command-mock, api_base: "{mock}/..", api_key: k}"#,
-        embeddings: true,
+        embed: Embed::Same,
     },
 ];
 
 const TOOLS: &str = r#"[{"type": "function", "function": {"name": "get_weather", "description": "weather", "parameters": {"type": "object", "properties": {"location": {"type": "string"}}}}}]"#;
+/// A 1x1 PNG.
+const PNG: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg==";
 
 fn expected_text() -> String {
     (0..20).map(|i| format!("tok{i} ")).collect()
@@ -70,14 +109,63 @@ fn tool_args(payloads: &[String]) -> String {
         .collect()
 }
 
+/// Each upstream failure the mock can produce (status, message) and the kind it must map to.
+/// The client sees the upstream's status.
+const ERRORS: &[(u16, &str, ErrorKind)] = &[
+    (400, "messages: field required", ErrorKind::InvalidRequest),
+    (
+        400,
+        "prompt is too long: 208310 tokens > 200000 maximum",
+        ErrorKind::ContextLengthExceeded,
+    ),
+    (401, "invalid credentials", ErrorKind::Authentication),
+    (
+        403,
+        "not allowed to use this model",
+        ErrorKind::PermissionDenied,
+    ),
+    (429, "slow down", ErrorKind::RateLimited),
+    (500, "internal failure", ErrorKind::UpstreamError),
+    (503, "overloaded, try later", ErrorKind::UpstreamUnavailable),
+];
+
+async fn check_errors(h: &Harness, p: &str, messages: &Value) {
+    let mut logs = h.client.subscribe();
+    for (status, message, kind) in ERRORS {
+        let body = json!({"error": {"message": message, "type": "x", "param": null, "code": null}});
+        h.mock
+            .set_defaults(json!({"status": status, "error_body": body.to_string()}));
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "messages": messages}),
+            )
+            .await;
+        assert_eq!(r.status(), *status, "{p}: {message}");
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(e["error"]["message"], *message, "{p}: message kept");
+        let log = logs.recv().await.unwrap();
+        assert_eq!(log.outcome, Outcome::Failed(*kind), "{p}: {message}");
+        if *kind == ErrorKind::ContextLengthExceeded {
+            assert_eq!(e["error"]["code"], "context_length_exceeded", "{p}");
+        }
+    }
+    h.mock.set_defaults(json!({}));
+}
+
 #[tokio::test]
 async fn every_provider_passes_the_conformance_suite() {
+    let sa = vertex_credentials_yaml();
     for row in ROWS {
         let p = row.provider;
+        let params = row.params.replace("{sa}", &sa);
+        let embed_params = match row.embed {
+            Embed::Params(e) => e.replace("{sa}", &sa),
+            _ => params.clone(),
+        };
         let yaml = format!(
-            "model_list:\n  - model_name: m\n    litellm_params: {}\n  - model_name: limited\n    litellm_params: {}\nrouter_settings: {{num_retries: 0}}\n",
-            row.params,
-            row.params.replacen('{', "{extra_headers: {x-mock-status: \"429\"}, ", 1)
+            "model_list:\n  - model_name: m\n    litellm_params: {params}\n  - model_name: e\n    litellm_params: {embed_params}\n  - model_name: limited\n    litellm_params: {}\nrouter_settings: {{num_retries: 0, disable_cooldowns: true}}\nenvironment_variables: {{AZURE_AUTHORITY_HOST: \"{{mock_root}}\"}}\n",
+            params.replacen('{', "{extra_headers: {x-mock-status: \"429\"}, ", 1)
         );
         let h = start(&yaml).await;
         let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello"}]);
@@ -147,16 +235,74 @@ async fn every_provider_passes_the_conformance_suite() {
             "{p}: streamed tools"
         );
 
-        if row.embeddings {
+        let image = json!([{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+            {"type": "image_url", "image_url": {"url": format!("data:image/png;base64,{PNG}")}}]}]);
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "messages": image}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{p}: vision");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            expected_text(),
+            "{p}: vision"
+        );
+        let sent = h.recorded().pop().unwrap().body;
+        assert!(sent.contains(PNG), "{p}: the image reached the upstream");
+
+        let schema = json!({"type": "json_schema", "json_schema": {"name": "place", "strict": true,
+            "schema": {"type": "object", "properties": {"location": {"type": "string"}}, "required": ["location"]}}});
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "messages": messages, "response_format": schema}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{p}: json schema");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{p}: json schema");
+        assert_eq!(
+            serde_json::from_str::<Value>(v["choices"][0]["message"]["content"].as_str().unwrap())
+                .unwrap(),
+            json!({"location": "Paris"}),
+            "{p}: json schema answer is the content"
+        );
+
+        let r = h
+            .post(
+                "/v1/chat/completions",
+                &json!({"model": "m", "messages": messages, "reasoning_effort": "low"}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{p}: reasoning");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["choices"][0]["message"]["reasoning_content"], "Thinking it over.",
+            "{p}: reasoning"
+        );
+        assert_eq!(
+            v["choices"][0]["message"]["content"],
+            expected_text(),
+            "{p}: reasoning"
+        );
+
+        if !matches!(row.embed, Embed::No) {
             let r = h
                 .post(
                     "/v1/embeddings",
-                    &json!({"model": "m", "input": ["a", "b"]}),
+                    &json!({"model": "e", "input": ["a", "b"]}),
                 )
                 .await;
             assert_eq!(r.status(), 200, "{p}: embeddings");
             let v: Value = r.json().await.unwrap();
             assert_eq!(v["data"].as_array().unwrap().len(), 2, "{p}: embeddings");
+            assert!(
+                v["data"][1]["embedding"].as_array().unwrap().len() > 1,
+                "{p}"
+            );
         }
 
         let r = h
@@ -168,5 +314,7 @@ async fn every_provider_passes_the_conformance_suite() {
         assert_eq!(r.status(), 429, "{p}: rate limit keeps its status");
         let e: Value = r.json().await.unwrap();
         assert!(e["error"]["message"].is_string(), "{p}: OpenAI error shape");
+
+        check_errors(&h, p, &messages).await;
     }
 }

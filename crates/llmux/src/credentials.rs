@@ -79,7 +79,11 @@ impl Credentials {
         }
         let (token, lifetime) = mint(client, source).await?;
         let mut header = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            token_error(ErrorKind::Authentication, source, "the token endpoint returned an unusable token")
+            token_error(
+                ErrorKind::Authentication,
+                source,
+                "the token endpoint returned an unusable token",
+            )
         })?;
         header.set_sensitive(true);
         let margin = REFRESH_MARGIN.min(lifetime / 2);
@@ -137,7 +141,8 @@ pub(crate) fn google_assertion(
         iat: now,
         exp: now + ASSERTION_LIFETIME,
     };
-    jsonwebtoken::encode(&header, &claims, &key).map_err(|e| format!("cannot sign the assertion: {e}"))
+    jsonwebtoken::encode(&header, &claims, &key)
+        .map_err(|e| format!("cannot sign the assertion: {e}"))
 }
 
 /// Ask the token endpoint for a token; returns it and its lifetime.
@@ -161,7 +166,10 @@ async fn mint(
             )
             .map_err(|e| token_error(ErrorKind::Authentication, source, &e))?;
             vec![
-                ("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned()),
+                (
+                    "grant_type",
+                    "urn:ietf:params:oauth:grant-type:jwt-bearer".to_owned(),
+                ),
                 ("assertion", assertion),
             ]
         }
@@ -210,12 +218,22 @@ async fn mint(
         } else {
             ErrorKind::Authentication
         };
-        return Err(token_error(kind, source, &format!("HTTP {status}: {detail}")));
+        return Err(token_error(
+            kind,
+            source,
+            &format!("HTTP {status}: {detail}"),
+        ));
     }
     let token = value
         .get("access_token")
         .and_then(Value::as_str)
-        .ok_or_else(|| token_error(ErrorKind::Authentication, source, "no access_token in the answer"))?;
+        .ok_or_else(|| {
+            token_error(
+                ErrorKind::Authentication,
+                source,
+                "no access_token in the answer",
+            )
+        })?;
     // `expires_in` is a number (Google, Entra v2) or a numeric string (older Entra endpoints).
     let lifetime = match value.get("expires_in") {
         Some(Value::Number(n)) => n.as_u64(),
@@ -236,12 +254,18 @@ pub(crate) fn sign_v4(
 ) -> Result<(), GatewayError> {
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     let fail = |e: &dyn std::fmt::Display| {
-        GatewayError::new(ErrorKind::InvalidRequest, format!("cannot sign the request for AWS: {e}"))
+        GatewayError::new(
+            ErrorKind::InvalidRequest,
+            format!("cannot sign the request for AWS: {e}"),
+        )
     };
     let identity = aws_credential_types::Credentials::new(
         &signing.access_key_id,
         signing.secret_access_key.expose(),
-        signing.session_token.as_ref().map(|t| t.expose().to_owned()),
+        signing
+            .session_token
+            .as_ref()
+            .map(|t| t.expose().to_owned()),
         None,
         "llmux",
     )
@@ -342,17 +366,37 @@ mod tests {
         let key = jsonwebtoken::DecodingKey::from_rsa_pem(public.as_bytes()).unwrap();
         let data = jsonwebtoken::decode::<Value>(&jwt, &key, &validation).unwrap();
         assert_eq!(data.header.kid.as_deref(), Some("kid-1"));
-        assert_eq!(data.claims["scope"], "https://www.googleapis.com/auth/cloud-platform");
-        let (iat, exp) = (data.claims["iat"].as_u64().unwrap(), data.claims["exp"].as_u64().unwrap());
+        assert_eq!(
+            data.claims["scope"],
+            "https://www.googleapis.com/auth/cloud-platform"
+        );
+        let (iat, exp) = (
+            data.claims["iat"].as_u64().unwrap(),
+            data.claims["exp"].as_u64().unwrap(),
+        );
         assert_eq!(exp - iat, 3600);
 
-        assert!(google_assertion("a", "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n", None, "u", "s", 0).is_err());
+        assert!(google_assertion(
+            "a",
+            "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+            None,
+            "u",
+            "s",
+            0
+        )
+        .is_err());
     }
 
     /// The test service account's key pair (generated for these tests, used nowhere else).
     fn test_keys() -> (String, String) {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/credentials");
-        let sa: Value = serde_json::from_str(&std::fs::read_to_string(format!("{dir}/vertex-service-account.json")).unwrap()).unwrap();
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/credentials"
+        );
+        let sa: Value = serde_json::from_str(
+            &std::fs::read_to_string(format!("{dir}/vertex-service-account.json")).unwrap(),
+        )
+        .unwrap();
         (
             sa["private_key"].as_str().unwrap().to_owned(),
             std::fs::read_to_string(format!("{dir}/vertex-service-account.pub.pem")).unwrap(),

@@ -37,7 +37,10 @@ fn inputs(request: &RawObject<'_>) -> Result<Vec<String>, GatewayError> {
                 )),
             })
             .collect(),
-        _ => Err(invalid("`input` must be a string or an array of strings", "input")),
+        _ => Err(invalid(
+            "`input` must be a string or an array of strings",
+            "input",
+        )),
     }
 }
 
@@ -82,7 +85,12 @@ pub fn build(family: Family, request: &RawObject<'_>) -> Result<Value, GatewayEr
 fn vector(v: &Value) -> Result<Value, GatewayError> {
     v.as_array()
         .map(|a| Value::Array(a.clone()))
-        .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamError, "bedrock embedding is not an array"))
+        .ok_or_else(|| {
+            GatewayError::new(
+                ErrorKind::UpstreamError,
+                "bedrock embedding is not an array",
+            )
+        })
 }
 
 /// The InvokeModel answer as an OpenAI embeddings list.
@@ -100,7 +108,9 @@ pub fn translate(
     let (vectors, tokens) = match family {
         Family::Titan => (
             vec![vector(v.get("embedding").unwrap_or(&Value::Null))?],
-            v.get("inputTextTokenCount").and_then(Value::as_u64).unwrap_or(0),
+            v.get("inputTextTokenCount")
+                .and_then(Value::as_u64)
+                .unwrap_or(0),
         ),
         Family::Cohere => {
             // `embeddings` is a list of vectors, or by type (`{"float": [...]}`) when
@@ -112,7 +122,9 @@ pub fn translate(
             };
             let vectors = list
                 .as_array()
-                .ok_or_else(|| GatewayError::new(ErrorKind::UpstreamError, "bedrock returned no embeddings"))?
+                .ok_or_else(|| {
+                    GatewayError::new(ErrorKind::UpstreamError, "bedrock returned no embeddings")
+                })?
                 .iter()
                 .map(vector)
                 .collect::<Result<Vec<_>, _>>()?;

@@ -97,22 +97,58 @@ impl BedrockTarget {
         let base = dep
             .api_base
             .clone()
-            .or_else(|| setting(dep, config, env, "aws_bedrock_runtime_endpoint", &["AWS_BEDROCK_RUNTIME_ENDPOINT"]))
+            .or_else(|| {
+                setting(
+                    dep,
+                    config,
+                    env,
+                    "aws_bedrock_runtime_endpoint",
+                    &["AWS_BEDROCK_RUNTIME_ENDPOINT"],
+                )
+            })
             .unwrap_or_else(|| format!("https://bedrock-runtime.{region}.amazonaws.com"));
-        let mut headers =
-            crate::common::auth_headers(dep, config, env, &[], crate::registry::AuthStyle::Bearer, false, "bedrock", diags)?;
-        let access_key = setting(dep, config, env, "aws_access_key_id", &["AWS_ACCESS_KEY_ID"]);
-        let secret_key = setting(dep, config, env, "aws_secret_access_key", &["AWS_SECRET_ACCESS_KEY"]);
+        let mut headers = crate::common::auth_headers(
+            dep,
+            config,
+            env,
+            &[],
+            crate::registry::AuthStyle::Bearer,
+            false,
+            "bedrock",
+            diags,
+        )?;
+        let access_key = setting(
+            dep,
+            config,
+            env,
+            "aws_access_key_id",
+            &["AWS_ACCESS_KEY_ID"],
+        );
+        let secret_key = setting(
+            dep,
+            config,
+            env,
+            "aws_secret_access_key",
+            &["AWS_SECRET_ACCESS_KEY"],
+        );
         let auth = match (access_key, secret_key) {
             _ if headers.contains_key(AUTHORIZATION) => None,
-            (Some(access_key_id), Some(secret)) => Some(UpstreamAuth::SigV4(Arc::new(AwsSigning {
-                access_key_id,
-                secret_access_key: Secret::new(secret),
-                session_token: setting(dep, config, env, "aws_session_token", &["AWS_SESSION_TOKEN"])
+            (Some(access_key_id), Some(secret)) => {
+                Some(UpstreamAuth::SigV4(Arc::new(AwsSigning {
+                    access_key_id,
+                    secret_access_key: Secret::new(secret),
+                    session_token: setting(
+                        dep,
+                        config,
+                        env,
+                        "aws_session_token",
+                        &["AWS_SESSION_TOKEN"],
+                    )
                     .map(Secret::new),
-                region,
-                service: "bedrock",
-            }))),
+                    region,
+                    service: "bedrock",
+                })))
+            }
             _ => {
                 if let Some(token) = config.env_var(env, "AWS_BEARER_TOKEN_BEDROCK") {
                     if let Ok(mut v) = HeaderValue::from_str(&format!("Bearer {token}")) {
@@ -120,14 +156,6 @@ impl BedrockTarget {
                         headers.insert(AUTHORIZATION, v);
                     }
                 } else {
-                    for key in ["aws_profile_name", "aws_role_name", "aws_web_identity_token"] {
-                        if dep.provider_params.contains_key(key) {
-                            diags.push(Diagnostic::warning(
-                                format!("{params_path}.{key}"),
-                                "not supported by llmux yet: give aws_access_key_id and aws_secret_access_key (or set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)",
-                            ));
-                        }
-                    }
                     diags.push(Diagnostic::warning(
                         format!("{params_path}.aws_access_key_id"),
                         "no AWS credentials (aws_access_key_id + aws_secret_access_key, AWS_ACCESS_KEY_ID + AWS_SECRET_ACCESS_KEY, or a Bedrock API key); requests will be sent unsigned",
@@ -181,8 +209,16 @@ impl Provider for BedrockTarget {
                     .ok()
                     .flatten()
                     .unwrap_or(false);
-                let body = request::build_converse(request, &model, &self.defaults, ctx.drop_params)?;
-                (if stream { "converse-stream" } else { "converse" }, body)
+                let body =
+                    request::build_converse(request, &model, &self.defaults, ctx.drop_params)?;
+                (
+                    if stream {
+                        "converse-stream"
+                    } else {
+                        "converse"
+                    },
+                    body,
+                )
             }
         };
         let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
@@ -201,8 +237,7 @@ impl Provider for BedrockTarget {
     ) -> Result<TranslatedResponse, GatewayError> {
         let (value, usage) = match op {
             Operation::Embeddings => {
-                let family = embed::family(&self.model_template)
-                    .unwrap_or(embed::Family::Titan);
+                let family = embed::family(&self.model_template).unwrap_or(embed::Family::Titan);
                 embed::translate(family, &body, &self.model_template)?
             }
             _ => {

@@ -105,7 +105,10 @@ fn request_translates_system_images_tools_results_and_params() {
     assert_eq!(out["additionalModelRequestFields"], json!({"top_k": 5}));
     let messages = out["messages"].as_array().unwrap();
     assert_eq!(messages.len(), 3, "tool result and next user turn merge");
-    assert_eq!(messages[0]["content"][1], json!({"cachePoint": {"type": "default"}}));
+    assert_eq!(
+        messages[0]["content"][1],
+        json!({"cachePoint": {"type": "default"}})
+    );
     assert_eq!(
         messages[0]["content"][2],
         json!({"image": {"format": "jpeg", "source": {"bytes": "/9j/4AAQ"}}})
@@ -129,9 +132,11 @@ fn request_translates_system_images_tools_results_and_params() {
 
 #[test]
 fn request_maps_reasoning_json_schema_and_refuses_what_bedrock_lacks() {
-    let out = converse(json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+    let out = converse(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
         "reasoning_effort": "low", "max_tokens": 100,
-        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}}));
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}}}),
+    );
     assert_eq!(
         out["additionalModelRequestFields"]["thinking"],
         json!({"type": "enabled", "budget_tokens": 1024})
@@ -148,8 +153,10 @@ fn request_maps_reasoning_json_schema_and_refuses_what_bedrock_lacks() {
     assert_eq!(err.body.param.as_deref(), Some("seed"));
     assert!(build_converse(&obj, CLAUDE, &Map::new(), true).is_ok());
 
-    let bytes = serde_json::to_vec(&json!({"model": "m", "messages": [{"role": "user", "content": [
-        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}))
+    let bytes = serde_json::to_vec(
+        &json!({"model": "m", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}}]}]}),
+    )
     .unwrap();
     let obj = RawObject::parse(&bytes).unwrap();
     let err = build_converse(&obj, CLAUDE, &Map::new(), false).unwrap_err();
@@ -159,7 +166,10 @@ fn request_maps_reasoning_json_schema_and_refuses_what_bedrock_lacks() {
 
 #[test]
 fn litellm_param_defaults_apply() {
-    let bytes = serde_json::to_vec(&json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1})).unwrap();
+    let bytes = serde_json::to_vec(
+        &json!({"model": "m", "messages": [{"role": "user", "content": "x"}], "temperature": 1}),
+    )
+    .unwrap();
     let obj = RawObject::parse(&bytes).unwrap();
     let mut defaults = Map::new();
     defaults.insert("temperature".into(), json!(0.1));
@@ -178,13 +188,29 @@ fn responses_translate_text_reasoning_and_tools() {
         .unwrap()
         .contains("**3**"));
     assert_eq!(v["choices"][0]["finish_reason"], "stop");
-    assert_eq!((usage.prompt_tokens, usage.completion_tokens, usage.total_tokens), (22, 57, 79));
+    assert_eq!(
+        (
+            usage.prompt_tokens,
+            usage.completion_tokens,
+            usage.total_tokens
+        ),
+        (22, 57, 79)
+    );
 
     let (v, _) = translate(fixture("amazon-bedrock-reasoning.json").as_bytes(), CLAUDE).unwrap();
     let message = &v["choices"][0]["message"];
-    assert!(message["reasoning_content"].as_str().unwrap().starts_with("Let me count"));
-    assert!(message["content"].as_str().unwrap().starts_with("There are **3**"));
-    assert!(message["thinking_blocks"][0]["signature"].as_str().unwrap().starts_with("EvYB"));
+    assert!(message["reasoning_content"]
+        .as_str()
+        .unwrap()
+        .starts_with("Let me count"));
+    assert!(message["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("There are **3**"));
+    assert!(message["thinking_blocks"][0]["signature"]
+        .as_str()
+        .unwrap()
+        .starts_with("EvYB"));
 
     let (v, usage) = translate(
         fixture("issue-11363-stop-sequence-null-tool-use.json").as_bytes(),
@@ -201,8 +227,15 @@ fn responses_translate_text_reasoning_and_tools() {
     );
     assert_eq!(usage.prompt_tokens, 407);
 
-    let (v, _) = translate(fixture("amazon-bedrock-tool-call.1.json").as_bytes(), CLAUDE).unwrap();
-    assert_eq!(v["choices"][0]["message"]["tool_calls"][0]["id"], "tool-use-id");
+    let (v, _) = translate(
+        fixture("amazon-bedrock-tool-call.1.json").as_bytes(),
+        CLAUDE,
+    )
+    .unwrap();
+    assert_eq!(
+        v["choices"][0]["message"]["tool_calls"][0]["id"],
+        "tool-use-id"
+    );
 }
 
 #[test]
@@ -233,7 +266,9 @@ fn recorded_text_stream_decodes() {
         .collect();
     assert_eq!(finish, ["stop"]);
     let last = events.last().unwrap();
-    let DecodedEvent::Chunk { bytes, usage } = last else { panic!("{last:?}") };
+    let DecodedEvent::Chunk { bytes, usage } = last else {
+        panic!("{last:?}")
+    };
     assert!(bytes.ends_with(b"data: [DONE]\n\n"));
     let usage = usage.as_ref().unwrap();
     assert_eq!((usage.prompt_tokens, usage.completion_tokens), (22, 55));
@@ -245,7 +280,9 @@ fn recorded_reasoning_and_tool_streams_decode() {
     assert!(joined(&chunks, "reasoning_content").contains("strawberry"));
     assert!(!joined(&chunks, "content").is_empty());
 
-    let chunks = payloads(&decode_all(&framed("amazon-bedrock-redacted-content.chunks.txt")));
+    let chunks = payloads(&decode_all(&framed(
+        "amazon-bedrock-redacted-content.chunks.txt",
+    )));
     let calls: Vec<&Value> = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
@@ -264,7 +301,9 @@ fn recorded_reasoning_and_tool_streams_decode() {
         .collect();
     assert_eq!(finish, ["tool_calls"]);
 
-    let chunks = payloads(&decode_all(&framed("amazon-bedrock-tool-call.1.chunks.txt")));
+    let chunks = payloads(&decode_all(&framed(
+        "amazon-bedrock-tool-call.1.chunks.txt",
+    )));
     let args: String = chunks
         .iter()
         .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
@@ -278,16 +317,23 @@ fn stream_exceptions_become_classified_errors() {
     let cases = [
         ("throttlingException", ErrorKind::RateLimited),
         ("validationException", ErrorKind::InvalidRequest),
-        ("serviceUnavailableException", ErrorKind::UpstreamUnavailable),
+        (
+            "serviceUnavailableException",
+            ErrorKind::UpstreamUnavailable,
+        ),
         ("modelStreamErrorException", ErrorKind::UpstreamError),
     ];
     for (name, kind) in cases {
         let message = encode_exception(name, br#"{"message":"it broke"}"#);
-        let DecodedEvent::Error(e) = decoder.decode(message) else { panic!("{name}") };
+        let DecodedEvent::Error(e) = decoder.decode(message) else {
+            panic!("{name}")
+        };
         assert_eq!(e.kind, kind, "{name}");
         assert_eq!(e.message(), "it broke");
     }
-    let DecodedEvent::Error(e) = decoder.decode(Bytes::from_static(&[0, 0, 0, 16, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8])) else {
+    let DecodedEvent::Error(e) = decoder.decode(Bytes::from_static(&[
+        0, 0, 0, 16, 0, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8,
+    ])) else {
         panic!("corrupt message")
     };
     assert_eq!(e.kind, ErrorKind::UpstreamError);
@@ -295,11 +341,18 @@ fn stream_exceptions_become_classified_errors() {
 
 #[test]
 fn embeddings_translate_for_titan_and_cohere() {
-    assert_eq!(embed::family("amazon.titan-embed-text-v2:0"), Some(Family::Titan));
-    assert_eq!(embed::family("cohere.embed-english-v3"), Some(Family::Cohere));
+    assert_eq!(
+        embed::family("amazon.titan-embed-text-v2:0"),
+        Some(Family::Titan)
+    );
+    assert_eq!(
+        embed::family("cohere.embed-english-v3"),
+        Some(Family::Cohere)
+    );
     assert_eq!(embed::family(CLAUDE), None);
 
-    let bytes = serde_json::to_vec(&json!({"model": "m", "input": "hello", "dimensions": 256})).unwrap();
+    let bytes =
+        serde_json::to_vec(&json!({"model": "m", "input": "hello", "dimensions": 256})).unwrap();
     let obj = RawObject::parse(&bytes).unwrap();
     assert_eq!(
         embed::build(Family::Titan, &obj).unwrap(),
@@ -314,12 +367,18 @@ fn embeddings_translate_for_titan_and_cohere() {
         json!({"texts": ["a", "b"], "input_type": "search_document"})
     );
 
-    let (v, usage) = embed::translate(Family::Titan, br#"{"embedding":[0.1,0.2],"inputTextTokenCount":3}"#, "t").unwrap();
+    let (v, usage) = embed::translate(
+        Family::Titan,
+        br#"{"embedding":[0.1,0.2],"inputTextTokenCount":3}"#,
+        "t",
+    )
+    .unwrap();
     assert_eq!(v["data"][0]["embedding"], json!([0.1, 0.2]));
     assert_eq!(usage.unwrap().prompt_tokens, 3);
     let (v, _) = embed::translate(Family::Cohere, br#"{"embeddings":[[1.0],[2.0]],"id":"x","response_type":"embeddings_floats","texts":["a","b"]}"#, "c").unwrap();
     assert_eq!(v["data"][1]["embedding"], json!([2.0]));
     assert_eq!(v["data"][1]["index"], 1);
-    let (v, _) = embed::translate(Family::Cohere, br#"{"embeddings":{"float":[[3.0]]}}"#, "c").unwrap();
+    let (v, _) =
+        embed::translate(Family::Cohere, br#"{"embeddings":{"float":[[3.0]]}}"#, "c").unwrap();
     assert_eq!(v["data"][0]["embedding"], json!([3.0]));
 }

@@ -247,7 +247,10 @@ fn translate_embeddings(body: &[u8], model: &str) -> Result<(Value, Option<Usage
                 .pointer("/embeddings/statistics/token_count")
                 .and_then(Value::as_f64)
                 .unwrap_or(0.0) as u64;
-            let values = p.pointer("/embeddings/values").cloned().unwrap_or(json!([]));
+            let values = p
+                .pointer("/embeddings/values")
+                .cloned()
+                .unwrap_or(json!([]));
             json!({"object": "embedding", "index": i, "embedding": values})
         })
         .collect();
@@ -303,7 +306,11 @@ impl Provider for VertexTarget {
                     map.insert("anthropic_version".into(), json!(ANTHROPIC_VERTEX_VERSION));
                 }
                 (
-                    if stream { "streamRawPredict" } else { "rawPredict" },
+                    if stream {
+                        "streamRawPredict"
+                    } else {
+                        "rawPredict"
+                    },
                     body,
                 )
             }

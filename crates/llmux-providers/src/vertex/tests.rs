@@ -68,14 +68,25 @@ fn gemini_on_vertex_uses_project_location_urls_and_gemini_bodies() {
         &[("GOOGLE_APPLICATION_CREDENTIALS", path.to_str().unwrap())],
     );
     let t = t.unwrap();
-    let messages = json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]);
-    let (url, body) = request(&t, Operation::Chat, json!({"model": "m", "messages": messages, "temperature": 0.3}));
+    let messages =
+        json!([{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hi"}]);
+    let (url, body) = request(
+        &t,
+        Operation::Chat,
+        json!({"model": "m", "messages": messages, "temperature": 0.3}),
+    );
     assert_eq!(url, "https://europe-west4-aiplatform.googleapis.com/v1/projects/p1/locations/europe-west4/publishers/google/models/gemini-2.5-pro:generateContent");
     assert_eq!(body["systemInstruction"]["parts"][0]["text"], "Be brief.");
     assert_eq!(body["generationConfig"]["temperature"], 0.3);
-    let (url, _) = request(&t, Operation::Chat, json!({"model": "m", "messages": messages, "stream": true}));
+    let (url, _) = request(
+        &t,
+        Operation::Chat,
+        json!({"model": "m", "messages": messages, "stream": true}),
+    );
     assert!(url.ends_with("gemini-2.5-pro:streamGenerateContent?alt=sse"));
-    let UpstreamAuth::OAuth(source) = t.auth.clone().unwrap() else { panic!() };
+    let UpstreamAuth::OAuth(source) = t.auth.clone().unwrap() else {
+        panic!()
+    };
     assert_eq!(source.token_url, "http://127.0.0.1:9/token");
     assert_eq!(source.scope, GOOGLE_CLOUD_SCOPE);
     assert!(matches!(source.grant, OAuthGrant::JwtBearer { .. }));
@@ -89,7 +100,11 @@ fn claude_on_vertex_uses_raw_predict_without_model_in_the_body() {
     );
     let t = t.unwrap();
     assert!(!t.supports(Operation::Embeddings));
-    let (url, body) = request(&t, Operation::Chat, json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}));
+    let (url, body) = request(
+        &t,
+        Operation::Chat,
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": true}),
+    );
     assert_eq!(url, "https://aiplatform.googleapis.com/v1/projects/proj-from-key/locations/global/publishers/anthropic/models/claude-sonnet-4@20250514:streamRawPredict");
     assert_eq!(body["anthropic_version"], ANTHROPIC_VERTEX_VERSION);
     assert!(body.get("model").is_none());
@@ -103,12 +118,21 @@ fn vertex_embeddings_use_predict_instances() {
         &[],
     );
     let t = t.unwrap();
-    let (url, body) = request(&t, Operation::Embeddings, json!({"model": "m", "input": ["a", "b"], "dimensions": 64}));
+    let (url, body) = request(
+        &t,
+        Operation::Embeddings,
+        json!({"model": "m", "input": ["a", "b"], "dimensions": 64}),
+    );
     assert_eq!(url, "http://localhost:1/v1/projects/p2/locations/us-central1/publishers/google/models/text-embedding-005:predict");
-    assert_eq!(body, json!({"instances": [{"content": "a"}, {"content": "b"}], "parameters": {"outputDimensionality": 64}}));
+    assert_eq!(
+        body,
+        json!({"instances": [{"content": "a"}, {"content": "b"}], "parameters": {"outputDimensionality": 64}})
+    );
     let answer = br#"{"predictions": [{"embeddings": {"values": [0.1], "statistics": {"token_count": 2, "truncated": false}}},
         {"embeddings": {"values": [0.2], "statistics": {"token_count": 3, "truncated": false}}}]}"#;
-    let out = t.parse_response(Operation::Embeddings, Bytes::from_static(answer)).unwrap();
+    let out = t
+        .parse_response(Operation::Embeddings, Bytes::from_static(answer))
+        .unwrap();
     let v: Value = serde_json::from_slice(&out.body).unwrap();
     assert_eq!(v["data"][1]["embedding"], json!([0.2]));
     assert_eq!(out.usage.unwrap().prompt_tokens, 5);
@@ -118,10 +142,17 @@ fn vertex_embeddings_use_predict_instances() {
 fn missing_project_is_an_error_and_missing_credentials_a_warning() {
     let (t, diags) = build(r#"{model: vertex_ai/gemini-2.5-flash}"#, &[]);
     assert!(t.is_none());
-    assert!(diags.iter().any(|d| d.message.contains("no Vertex AI project")));
-    let (t, diags) = build(r#"{model: vertex_ai/gemini-2.5-flash, vertex_project: p}"#, &[]);
+    assert!(diags
+        .iter()
+        .any(|d| d.message.contains("no Vertex AI project")));
+    let (t, diags) = build(
+        r#"{model: vertex_ai/gemini-2.5-flash, vertex_project: p}"#,
+        &[],
+    );
     assert!(t.unwrap().auth.is_none());
-    assert!(diags.iter().any(|d| d.message.contains("no Google credentials")));
+    assert!(diags
+        .iter()
+        .any(|d| d.message.contains("no Google credentials")));
     let (t, diags) = build(
         r#"{model: vertex_ai/gemini-2.5-flash, vertex_project: p, vertex_credentials: "{\"type\": \"service_account\"}"}"#,
         &[],
@@ -156,7 +187,11 @@ fn recorded_vertex_stream_decodes_through_the_vertex_target() {
                     continue;
                 }
                 let v: Value = serde_json::from_str(data).unwrap();
-                for call in v["choices"][0]["delta"]["tool_calls"].as_array().into_iter().flatten() {
+                for call in v["choices"][0]["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(n) = call["function"]["name"].as_str() {
                         names.push(n.to_owned());
                     }

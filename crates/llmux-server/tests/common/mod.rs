@@ -27,11 +27,14 @@ async fn spawn(router: axum::Router) -> String {
 }
 
 /// Start the mock and a gateway whose config is `yaml` with `{mock}` replaced by the mock's
-/// `/v1` base URL.
+/// `/v1` base URL and `{mock_root}` by its root URL.
 pub async fn start(yaml: &str) -> Harness {
     let (mock_router, mock) = llmux_mock::app(true);
-    let mock_url = format!("{}/v1", spawn(mock_router).await);
-    let yaml = yaml.replace("{mock}", &mock_url);
+    let mock_root = spawn(mock_router).await;
+    let mock_url = format!("{mock_root}/v1");
+    let yaml = yaml
+        .replace("{mock}", &mock_url)
+        .replace("{mock_root}", &mock_root);
     let env: HashMap<String, String> = HashMap::new();
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
     let (client, _) =
@@ -103,6 +106,7 @@ impl Harness {
             "streams_started" => s.streams_started.load(Relaxed),
             "streams_completed" => s.streams_completed.load(Relaxed),
             "streams_cancelled" => s.streams_cancelled.load(Relaxed),
+            "tokens_minted" => s.tokens_minted.load(Relaxed),
             _ => panic!("no stat {name}"),
         }
     }
@@ -133,4 +137,16 @@ pub fn stream_text(payloads: &[String]) -> String {
                 .map(str::to_owned)
         })
         .collect()
+}
+
+/// The test service account (`tests/fixtures/credentials`) as a YAML-quoted inline
+/// `vertex_credentials` value whose `token_uri` is the mock's Google token endpoint.
+pub fn vertex_credentials_yaml() -> String {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../tests/fixtures/credentials/vertex-service-account.json"
+    );
+    let mut sa: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    sa["token_uri"] = Value::String("{mock_root}/token".into());
+    serde_json::to_string(&sa.to_string()).unwrap()
 }

@@ -6,7 +6,8 @@
 //! (headers win): `latency_ms` (before the response starts), `ttfb_ms` (before the first stream
 //! chunk), `chunk_delay_ms`, `chunks`, `status` + `error_body`, `retry_after`, `cut_after`
 //! (drop the connection after N chunks), `error_event_after` (an `{"error":...}` event after N
-//! chunks), `stall_after` (stop sending after N chunks), `text` (the answer).
+//! chunks), `stall_after` (stop sending after N chunks), `text` (the answer), and
+//! `token_expires_in` (lifetime of the OAuth tokens the emulated token endpoints mint).
 
 mod cloud;
 

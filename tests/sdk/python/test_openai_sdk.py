@@ -21,13 +21,13 @@ TOOLS = [{
 
 
 @pytest.fixture
-def client(gateway):
-    return openai.OpenAI(base_url=f"{gateway}/v1", api_key=MASTER_KEY, max_retries=0)
+def client(gateway_url):
+    return openai.OpenAI(base_url=f"{gateway_url}/v1", api_key=MASTER_KEY, max_retries=0)
 
 
 @pytest.fixture
-def aclient(gateway):
-    return openai.AsyncOpenAI(base_url=f"{gateway}/v1", api_key=MASTER_KEY, max_retries=0)
+def aclient(gateway_url):
+    return openai.AsyncOpenAI(base_url=f"{gateway_url}/v1", api_key=MASTER_KEY, max_retries=0)
 
 
 def test_sync_chat(client):
@@ -188,8 +188,8 @@ def test_not_found(client):
         client.models.retrieve("no-such-model")
 
 
-def test_authentication_error(gateway):
-    bad = openai.OpenAI(base_url=f"{gateway}/v1", api_key="sk-wrong", max_retries=0)
+def test_authentication_error(gateway_url):
+    bad = openai.OpenAI(base_url=f"{gateway_url}/v1", api_key="sk-wrong", max_retries=0)
     with pytest.raises(openai.AuthenticationError) as e:
         bad.chat.completions.create(model="gpt-test", messages=MESSAGES)
     assert e.value.status_code == 401

@@ -293,7 +293,11 @@ pub fn build_converse(
     };
     let mut tool_choice = get("tool_choice").and_then(|c| translate_tool_choice(&c));
     if let Some(format) = get("response_format") {
-        if format.get("type").and_then(Value::as_str) == Some("json_schema") {
+        // JSON mode has no native equivalent: it becomes a forced tool taking any object.
+        if matches!(
+            format.get("type").and_then(Value::as_str),
+            Some("json_schema") | Some("json_object")
+        ) {
             let schema = format
                 .pointer("/json_schema/schema")
                 .cloned()

@@ -382,3 +382,56 @@ fn embeddings_translate_for_titan_and_cohere() {
         embed::translate(Family::Cohere, br#"{"embeddings":{"float":[[3.0]]}}"#, "c").unwrap();
     assert_eq!(v["data"][0]["embedding"], json!([3.0]));
 }
+
+#[test]
+fn parallel_tool_calls_stream_with_their_own_indices_and_json_mode_is_a_forced_tool() {
+    let mut bytes = Vec::new();
+    for (kind, payload) in [
+        ("messageStart", json!({"role": "assistant"})),
+        (
+            "contentBlockStart",
+            json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "t1", "name": "a"}}}),
+        ),
+        (
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": "{\"x\":1}"}}}),
+        ),
+        ("contentBlockStop", json!({"contentBlockIndex": 0})),
+        (
+            "contentBlockStart",
+            json!({"contentBlockIndex": 1, "start": {"toolUse": {"toolUseId": "t2", "name": "b"}}}),
+        ),
+        (
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 1, "delta": {"toolUse": {"input": "{\"y\":2}"}}}),
+        ),
+        ("contentBlockStop", json!({"contentBlockIndex": 1})),
+        ("messageStop", json!({"stopReason": "tool_use"})),
+    ] {
+        bytes.extend_from_slice(&encode_event(kind, payload.to_string().as_bytes()));
+    }
+    let chunks = payloads(&decode_all(&bytes));
+    let calls: Vec<&Value> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+        .collect();
+    assert_eq!(calls[0]["index"], 0);
+    assert_eq!(calls[0]["id"], "t1");
+    assert_eq!(calls[1]["function"]["arguments"], "{\"x\":1}");
+    assert_eq!(calls[2]["index"], 1);
+    assert_eq!(calls[2]["id"], "t2");
+    assert_eq!(calls[3]["index"], 1);
+
+    let out = converse(
+        json!({"model": "m", "messages": [{"role": "user", "content": "hi"}],
+        "response_format": {"type": "json_object"}}),
+    );
+    assert_eq!(
+        out["toolConfig"]["toolChoice"],
+        json!({"tool": {"name": RESPONSE_FORMAT_TOOL}})
+    );
+    assert_eq!(
+        out["toolConfig"]["tools"][0]["toolSpec"]["inputSchema"]["json"],
+        json!({"type": "object"})
+    );
+}

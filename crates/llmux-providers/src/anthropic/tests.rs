@@ -90,7 +90,10 @@ fn request_maps_reasoning_json_schema_and_refuses_unsupported_params() {
     let out = body(
         json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "response_format": {"type": "json_object"}}),
     );
-    assert_eq!(out["tool_choice"]["name"], RESPONSE_FORMAT_TOOL, "JSON mode");
+    assert_eq!(
+        out["tool_choice"]["name"], RESPONSE_FORMAT_TOOL,
+        "JSON mode"
+    );
     assert_eq!(out["tools"][0]["input_schema"], json!({"type": "object"}));
     let bytes = serde_json::to_vec(&json!({"model": "c", "messages": [{"role": "user", "content": "x"}], "logit_bias": {"1": 1}})).unwrap();
     let obj = RawObject::parse(&bytes).unwrap();

@@ -11,7 +11,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_llmux");
 fn shared(path: &str) -> String {
     format!(
         "{}/../../../shared/fixtures/configs/{path}",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
     )
 }
 
@@ -48,7 +48,7 @@ fn config_check_accepts_the_litellm_fixtures() {
     }
     let quickstart = format!(
         "{}/../../examples/quickstart.yaml",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
     );
     let out = Command::new(BIN)
         .args(["config", "check", "--config", &quickstart])

@@ -272,7 +272,7 @@ mod tests {
     fn fixture(path: &str) -> Vec<u8> {
         std::fs::read(format!(
             "{}/../../../shared/fixtures/providers/{path}",
-            env!("CARGO_MANIFEST_DIR")
+            std::env::var("CARGO_MANIFEST_DIR").unwrap()
         ))
         .unwrap()
     }

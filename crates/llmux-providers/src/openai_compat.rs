@@ -455,7 +455,7 @@ mod tests {
         ] {
             let path = format!(
                 "{}/../../../shared/fixtures/providers/{file}",
-                env!("CARGO_MANIFEST_DIR")
+                std::env::var("CARGO_MANIFEST_DIR").unwrap()
             );
             let text = std::fs::read_to_string(&path).unwrap();
             let mut usage = None;
@@ -484,7 +484,7 @@ mod tests {
     fn usage_is_read_from_json_bodies() {
         let body = std::fs::read(format!(
             "{}/../../../shared/fixtures/providers/mistral/mistral-text.json",
-            env!("CARGO_MANIFEST_DIR")
+            std::env::var("CARGO_MANIFEST_DIR").unwrap()
         ))
         .unwrap();
         let u = extract_usage(&body).unwrap();

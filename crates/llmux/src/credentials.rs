@@ -389,9 +389,9 @@ mod tests {
 
     /// The test service account's key pair (generated for these tests, used nowhere else).
     fn test_keys() -> (String, String) {
-        let dir = concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../tests/fixtures/credentials"
+        let dir = format!(
+            "{}/../../tests/fixtures/credentials",
+            std::env::var("CARGO_MANIFEST_DIR").unwrap()
         );
         let sa: Value = serde_json::from_str(
             &std::fs::read_to_string(format!("{dir}/vertex-service-account.json")).unwrap(),

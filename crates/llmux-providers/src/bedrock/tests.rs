@@ -18,7 +18,7 @@ const CLAUDE: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/../../../shared/fixtures/providers/bedrock/{name}",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()
 }

@@ -12,7 +12,7 @@ use llmux_types::RawObject;
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/../../../shared/fixtures/providers/google/{name}",
-        env!("CARGO_MANIFEST_DIR")
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()
 }

@@ -142,11 +142,11 @@ pub fn stream_text(payloads: &[String]) -> String {
 /// The test service account (`tests/fixtures/credentials`) as a YAML-quoted inline
 /// `vertex_credentials` value whose `token_uri` is the mock's Google token endpoint.
 pub fn vertex_credentials_yaml() -> String {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../../tests/fixtures/credentials/vertex-service-account.json"
+    let path = format!(
+        "{}/../../tests/fixtures/credentials/vertex-service-account.json",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
     );
-    let mut sa: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let mut sa: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     sa["token_uri"] = Value::String("{mock_root}/token".into());
     serde_json::to_string(&sa.to_string()).unwrap()
 }

@@ -21,6 +21,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --bins --locked
 
+step "postgresql (for the store tests on both backends)"
+eval "$(bash scripts/postgres.sh)"
+export LLMUX_TEST_POSTGRES_URL
+
 step "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast

@@ -1,0 +1,493 @@
+//! llmux's persistence: governance objects (virtual keys, users, teams, organizations, customers,
+//! budgets, database-stored models) and spend (one log row per request, daily rollups), on an
+//! embedded SQLite file or a shared PostgreSQL. One schema and one set of queries serve both
+//! (sqlx's `Any` driver, portable SQL, `?` placeholders rewritten to `$n` for PostgreSQL), so
+//! behaviour is identical; the test suite runs against both.
+//!
+//! Objects are LiteLLM-shaped JSON documents with the columns that are looked up (owner
+//! relations, alias) or updated atomically (spend, next budget reset) kept beside them: LiteLLM's
+//! objects have dozens of optional fields that the management API must round-trip, and only a
+//! handful drive queries.
+
+mod spend;
+
+use std::borrow::Cow;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value};
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row};
+
+pub use spend::{utc_day, DailySpend, SpendFilter, SpendRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unsupported database URL `{0}` (use sqlite://PATH or postgres://...)")]
+    BadUrl(String),
+    #[error("stored object {0} is corrupt: {1}")]
+    Corrupt(String, String),
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// What an object is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    Key,
+    User,
+    Team,
+    Organization,
+    Customer,
+    Budget,
+    Model,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Key => "key",
+            Kind::User => "user",
+            Kind::Team => "team",
+            Kind::Organization => "organization",
+            Kind::Customer => "customer",
+            Kind::Budget => "budget",
+            Kind::Model => "model",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Kind> {
+        Some(match s {
+            "key" => Kind::Key,
+            "user" => Kind::User,
+            "team" => Kind::Team,
+            "organization" => Kind::Organization,
+            "customer" => Kind::Customer,
+            "budget" => Kind::Budget,
+            "model" => Kind::Model,
+            _ => return None,
+        })
+    }
+}
+
+/// One stored object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Object {
+    pub kind: Kind,
+    /// For keys, the SHA-256 hex digest of the key; never the key itself.
+    pub id: String,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub alias: Option<String>,
+    /// The LiteLLM-shaped document (without `spend`, which is the column below).
+    pub data: Map<String, Value>,
+    pub spend: f64,
+    /// Unix ms of the next budget reset, when the object has a `budget_duration`.
+    pub budget_reset_at: Option<i64>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+impl Object {
+    pub fn new(kind: Kind, id: impl Into<String>, data: Map<String, Value>) -> Object {
+        let now = now_ms();
+        let text = |k: &str| data.get(k).and_then(Value::as_str).map(str::to_owned);
+        Object {
+            kind,
+            id: id.into(),
+            user_id: text("user_id"),
+            team_id: text("team_id"),
+            organization_id: text("organization_id"),
+            alias: text("key_alias")
+                .or_else(|| text("team_alias"))
+                .or_else(|| text("organization_alias"))
+                .or_else(|| text("budget_id"))
+                .or_else(|| text("model_name")),
+            data,
+            spend: 0.0,
+            budget_reset_at: None,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    /// Refresh the relation columns from the document after it changed.
+    pub fn sync_columns(&mut self) {
+        let fresh = Object::new(self.kind, self.id.clone(), self.data.clone());
+        self.user_id = fresh.user_id;
+        self.team_id = fresh.team_id;
+        self.organization_id = fresh.organization_id;
+        self.alias = fresh.alias;
+    }
+}
+
+/// Which objects a listing returns.
+#[derive(Debug, Clone, Default)]
+pub struct ListFilter {
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    pub organization_id: Option<String>,
+    pub alias: Option<String>,
+    /// Only these ids.
+    pub ids: Option<Vec<String>>,
+    pub offset: u64,
+    pub limit: Option<u64>,
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The database handle; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: AnyPool,
+    backend: Backend,
+}
+
+const OBJECT_COLUMNS: &str = "kind, id, user_id, team_id, organization_id, alias, data, spend, budget_reset_at, created_at, updated_at";
+
+impl Store {
+    /// Connect (creating a SQLite file if needed) and apply pending migrations.
+    /// `sqlite://PATH`, `sqlite:PATH`, or `postgres://USER@HOST:PORT/DB` (also `postgresql://`).
+    pub async fn open(url: &str) -> Result<Store> {
+        sqlx::any::install_default_drivers();
+        let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (Backend::Postgres, url.to_owned())
+        } else if let Some(path) = url
+            .strip_prefix("sqlite://")
+            .or_else(|| url.strip_prefix("sqlite:"))
+        {
+            let path = path.split('?').next().unwrap_or(path);
+            if path.is_empty() || path.contains(":memory:") {
+                return Err(StoreError::BadUrl(url.to_owned()));
+            }
+            if let Some(parent) = std::path::Path::new(path).parent() {
+                if !parent.as_os_str().is_empty() {
+                    let _ = std::fs::create_dir_all(parent);
+                }
+            }
+            (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
+        } else {
+            return Err(StoreError::BadUrl(url.to_owned()));
+        };
+        let options = AnyPoolOptions::new().max_connections(match backend {
+            // One writer at a time is SQLite's model; a few connections let reads proceed (WAL).
+            Backend::Sqlite => 4,
+            Backend::Postgres => 16,
+        });
+        let options = if backend == Backend::Sqlite {
+            options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    use sqlx::Executor;
+                    conn.execute("PRAGMA journal_mode = WAL").await?;
+                    conn.execute("PRAGMA busy_timeout = 10000").await?;
+                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    Ok(())
+                })
+            })
+        } else {
+            options
+        };
+        let pool = options.connect(&url).await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool, backend })
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// `?` placeholders as the backend wants them.
+    pub(crate) fn sql<'a>(&self, sql: &'a str) -> Cow<'a, str> {
+        match self.backend {
+            Backend::Sqlite => Cow::Borrowed(sql),
+            Backend::Postgres => {
+                let mut out = String::with_capacity(sql.len() + 16);
+                let mut n = 0;
+                for c in sql.chars() {
+                    if c == '?' {
+                        n += 1;
+                        out.push('$');
+                        out.push_str(&n.to_string());
+                    } else {
+                        out.push(c);
+                    }
+                }
+                Cow::Owned(out)
+            }
+        }
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    /// Insert a new object; `false` when one with this kind and id exists.
+    pub async fn insert(&self, obj: &Object) -> Result<bool> {
+        let sql = self.sql(
+            "INSERT INTO llmux_objects (kind, id, user_id, team_id, organization_id, alias, data, spend, budget_reset_at, created_at, updated_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (kind, id) DO NOTHING",
+        );
+        let done = sqlx::query(&sql)
+            .bind(obj.kind.as_str())
+            .bind(&obj.id)
+            .bind(&obj.user_id)
+            .bind(&obj.team_id)
+            .bind(&obj.organization_id)
+            .bind(&obj.alias)
+            .bind(Value::Object(obj.data.clone()).to_string())
+            .bind(obj.spend)
+            .bind(obj.budget_reset_at)
+            .bind(obj.created_at)
+            .bind(obj.updated_at)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Replace an object's document, relations and next reset (its spend is left alone unless
+    /// `set_spend`); `false` when it does not exist.
+    pub async fn update(&self, obj: &Object, set_spend: bool) -> Result<bool> {
+        let sql = if set_spend {
+            "UPDATE llmux_objects SET user_id = ?, team_id = ?, organization_id = ?, alias = ?, data = ?, budget_reset_at = ?, updated_at = ?, spend = ? WHERE kind = ? AND id = ?"
+        } else {
+            "UPDATE llmux_objects SET user_id = ?, team_id = ?, organization_id = ?, alias = ?, data = ?, budget_reset_at = ?, updated_at = ? WHERE kind = ? AND id = ?"
+        };
+        let sql = self.sql(sql);
+        let mut q = sqlx::query(&sql)
+            .bind(&obj.user_id)
+            .bind(&obj.team_id)
+            .bind(&obj.organization_id)
+            .bind(&obj.alias)
+            .bind(Value::Object(obj.data.clone()).to_string())
+            .bind(obj.budget_reset_at)
+            .bind(now_ms());
+        if set_spend {
+            q = q.bind(obj.spend);
+        }
+        let done = q
+            .bind(obj.kind.as_str())
+            .bind(&obj.id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    pub async fn get(&self, kind: Kind, id: &str) -> Result<Option<Object>> {
+        let sql = self
+            .sql(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM llmux_objects WHERE kind = ? AND id = ?"
+            ))
+            .into_owned();
+        let row = sqlx::query(&sql)
+            .bind(kind.as_str())
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| object_from_row(&r)).transpose()
+    }
+
+    /// Delete objects; returns how many existed.
+    pub async fn delete(&self, kind: Kind, ids: &[String]) -> Result<u64> {
+        let mut deleted = 0;
+        let mut tx = self.pool.begin().await?;
+        let sql = self.sql("DELETE FROM llmux_objects WHERE kind = ? AND id = ?");
+        for id in ids {
+            deleted += sqlx::query(&sql)
+                .bind(kind.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?
+                .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(deleted)
+    }
+
+    pub async fn list(&self, kind: Kind, filter: &ListFilter) -> Result<Vec<Object>> {
+        let (clause, binds) = where_clause(kind, filter);
+        let limit = filter.limit.unwrap_or(i64::MAX as u64).min(i64::MAX as u64);
+        let sql = self
+            .sql(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM llmux_objects WHERE {clause} ORDER BY created_at, id LIMIT ? OFFSET ?"
+            ))
+            .into_owned();
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q
+            .bind(limit as i64)
+            .bind(filter.offset as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(object_from_row).collect()
+    }
+
+    pub async fn count(&self, kind: Kind, filter: &ListFilter) -> Result<u64> {
+        let (clause, binds) = where_clause(kind, filter);
+        let sql = self
+            .sql(&format!(
+                "SELECT COUNT(*) AS n FROM llmux_objects WHERE {clause}"
+            ))
+            .into_owned();
+        let mut q = sqlx::query(&sql);
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let row = q.fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Objects whose budget period ended at or before `now` (unix ms).
+    pub async fn due_budget_resets(&self, now: i64) -> Result<Vec<Object>> {
+        let sql = self
+            .sql(&format!(
+                "SELECT {OBJECT_COLUMNS} FROM llmux_objects WHERE budget_reset_at IS NOT NULL AND budget_reset_at <= ?"
+            ))
+            .into_owned();
+        let rows = sqlx::query(&sql).bind(now).fetch_all(&self.pool).await?;
+        rows.iter().map(object_from_row).collect()
+    }
+
+    /// Start a new budget period: spend back to 0 and the next reset at `next_reset`, unless
+    /// another instance already did (the period's `budget_reset_at` is compared).
+    pub async fn reset_budget(
+        &self,
+        kind: Kind,
+        id: &str,
+        period_end: i64,
+        next_reset: i64,
+    ) -> Result<bool> {
+        let sql = self.sql(
+            "UPDATE llmux_objects SET spend = 0, budget_reset_at = ?, updated_at = ? WHERE kind = ? AND id = ? AND budget_reset_at = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(next_reset)
+            .bind(now_ms())
+            .bind(kind.as_str())
+            .bind(id)
+            .bind(period_end)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+}
+
+fn where_clause(kind: Kind, filter: &ListFilter) -> (String, Vec<String>) {
+    let mut clause = String::from("kind = ?");
+    let mut binds = vec![kind.as_str().to_owned()];
+    for (column, value) in [
+        ("user_id", &filter.user_id),
+        ("team_id", &filter.team_id),
+        ("organization_id", &filter.organization_id),
+        ("alias", &filter.alias),
+    ] {
+        if let Some(v) = value {
+            clause.push_str(&format!(" AND {column} = ?"));
+            binds.push(v.clone());
+        }
+    }
+    if let Some(ids) = &filter.ids {
+        if ids.is_empty() {
+            clause.push_str(" AND 1 = 0");
+        } else {
+            clause.push_str(" AND id IN (");
+            clause.push_str(&vec!["?"; ids.len()].join(", "));
+            clause.push(')');
+            binds.extend(ids.iter().cloned());
+        }
+    }
+    (clause, binds)
+}
+
+fn object_from_row(row: &AnyRow) -> Result<Object> {
+    let kind: String = row.try_get("kind")?;
+    let id: String = row.try_get("id")?;
+    let data: String = row.try_get("data")?;
+    let data = match serde_json::from_str::<Value>(&data) {
+        Ok(Value::Object(map)) => map,
+        Ok(_) => {
+            return Err(StoreError::Corrupt(
+                format!("{kind}/{id}"),
+                "data is not an object".into(),
+            ))
+        }
+        Err(e) => return Err(StoreError::Corrupt(format!("{kind}/{id}"), e.to_string())),
+    };
+    Ok(Object {
+        kind: Kind::parse(&kind)
+            .ok_or_else(|| StoreError::Corrupt(format!("{kind}/{id}"), "unknown kind".into()))?,
+        id,
+        user_id: row.try_get("user_id")?,
+        team_id: row.try_get("team_id")?,
+        organization_id: row.try_get("organization_id")?,
+        alias: row.try_get("alias")?,
+        data,
+        spend: row.try_get("spend")?,
+        budget_reset_at: row.try_get("budget_reset_at")?,
+        created_at: row.try_get("created_at")?,
+        updated_at: row.try_get("updated_at")?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
+
+/// Databases for tests: a fresh SQLite file and a fresh PostgreSQL database per call.
+pub mod testing {
+    use sqlx::Connection;
+
+    /// The PostgreSQL server the test suite uses (`LLMUX_TEST_POSTGRES_URL`, set by
+    /// `scripts/test.sh`, which installs and starts one). Tests that need it fail without it.
+    pub fn postgres_server_url() -> String {
+        std::env::var("LLMUX_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+            panic!("LLMUX_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, which starts PostgreSQL")
+        })
+    }
+
+    /// A new, empty database on the test server; its URL.
+    pub async fn fresh_postgres_url() -> String {
+        let server = postgres_server_url();
+        let name = format!(
+            "llmux_test_{}_{}",
+            std::process::id(),
+            super::now_ms() as u64 % 1_000_000_000 * 1000
+                + u64::from(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+        );
+        let mut conn = sqlx::PgConnection::connect(&server)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {server}: {e}"));
+        sqlx::query(&format!("CREATE DATABASE {name}"))
+            .execute(&mut conn)
+            .await
+            .unwrap_or_else(|e| panic!("cannot create database {name}: {e}"));
+        let base = server.rsplit_once('/').map_or(server.as_str(), |(b, _)| b);
+        format!("{base}/{name}")
+    }
+
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    /// A SQLite URL for a new file in `dir`.
+    pub fn sqlite_url(dir: &std::path::Path) -> String {
+        format!(
+            "sqlite://{}/llmux-{}.db",
+            dir.display(),
+            NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        )
+    }
+}

@@ -1,0 +1,324 @@
+//! Spend: one log row per request, the owners' spend counters and daily rollups, all written in
+//! one transaction per batch so a batch is either wholly counted or not at all. A request id
+//! already stored is skipped, so replaying a batch (after a crash between commit and ack) never
+//! counts twice.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+use sqlx::Row;
+
+use crate::{Kind, Result, Store};
+
+/// One request's spend record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct SpendRecord {
+    pub request_id: String,
+    /// SHA-256 hex of the virtual key (empty for the master key).
+    pub api_key: String,
+    pub user_id: String,
+    pub team_id: String,
+    pub organization_id: String,
+    pub end_user: String,
+    pub model_group: String,
+    /// The upstream model (`litellm_params.model`).
+    pub model: String,
+    pub deployment_id: String,
+    pub provider: String,
+    pub call_type: String,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub cached_tokens: i64,
+    pub reasoning_tokens: i64,
+    pub total_tokens: i64,
+    pub spend: f64,
+    /// Unix ms.
+    pub start_time: i64,
+    pub end_time: i64,
+    pub ttft_ms: Option<i64>,
+    /// `success` or `failure`.
+    pub status: String,
+    pub error_kind: String,
+    pub tags: Vec<String>,
+    pub cache_hit: bool,
+}
+
+/// A day's totals for one entity and model group.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DailySpend {
+    pub day: String,
+    pub kind: String,
+    pub entity_id: String,
+    pub model_group: String,
+    pub requests: i64,
+    pub prompt_tokens: i64,
+    pub completion_tokens: i64,
+    pub spend: f64,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct SpendFilter {
+    pub request_id: Option<String>,
+    pub api_key: Option<String>,
+    pub user_id: Option<String>,
+    pub team_id: Option<String>,
+    /// Unix ms, inclusive.
+    pub start: Option<i64>,
+    /// Unix ms, exclusive.
+    pub end: Option<i64>,
+    pub limit: Option<u64>,
+}
+
+/// `YYYY-MM-DD` (UTC) of a unix-ms time.
+pub fn utc_day(ms: i64) -> String {
+    let days = ms.div_euclid(86_400_000);
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+#[derive(Default)]
+struct Rollup {
+    requests: i64,
+    prompt: i64,
+    completion: i64,
+    spend: f64,
+}
+
+impl Store {
+    /// Store a batch of records and count their spend; returns how many were new.
+    pub async fn record_spend(&self, batch: &[SpendRecord]) -> Result<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let insert = self.sql(
+            "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
+             prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        );
+        let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
+        let mut rollups: HashMap<(String, &'static str, String, String), Rollup> = HashMap::new();
+        let mut new = 0;
+        let mut tx = self.pool().begin().await?;
+        for r in batch {
+            let inserted = sqlx::query(&insert)
+                .bind(&r.request_id)
+                .bind(&r.api_key)
+                .bind(&r.user_id)
+                .bind(&r.team_id)
+                .bind(&r.organization_id)
+                .bind(&r.end_user)
+                .bind(&r.model_group)
+                .bind(&r.model)
+                .bind(&r.deployment_id)
+                .bind(&r.provider)
+                .bind(&r.call_type)
+                .bind(r.prompt_tokens)
+                .bind(r.completion_tokens)
+                .bind(r.cached_tokens)
+                .bind(r.reasoning_tokens)
+                .bind(r.total_tokens)
+                .bind(r.spend)
+                .bind(r.start_time)
+                .bind(r.end_time)
+                .bind(r.ttft_ms)
+                .bind(&r.status)
+                .bind(&r.error_kind)
+                .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
+                .bind(i64::from(r.cache_hit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if !inserted {
+                continue;
+            }
+            new += 1;
+            for (kind, id) in [
+                (Kind::Key, &r.api_key),
+                (Kind::User, &r.user_id),
+                (Kind::Team, &r.team_id),
+                (Kind::Organization, &r.organization_id),
+                (Kind::Customer, &r.end_user),
+            ] {
+                if !id.is_empty() && r.spend != 0.0 {
+                    *owners.entry((kind, id.clone())).or_default() += r.spend;
+                }
+            }
+            let day = utc_day(r.start_time);
+            let mut entities: Vec<(&'static str, String)> = vec![
+                ("all", String::new()),
+                ("model", String::new()),
+                ("key", r.api_key.clone()),
+                ("user", r.user_id.clone()),
+                ("team", r.team_id.clone()),
+                ("organization", r.organization_id.clone()),
+                ("end_user", r.end_user.clone()),
+            ];
+            entities.extend(r.tags.iter().map(|t| ("tag", t.clone())));
+            for (kind, entity) in entities {
+                if kind != "all" && kind != "model" && entity.is_empty() {
+                    continue;
+                }
+                let e = rollups
+                    .entry((day.clone(), kind, entity, r.model_group.clone()))
+                    .or_default();
+                e.requests += 1;
+                e.prompt += r.prompt_tokens;
+                e.completion += r.completion_tokens;
+                e.spend += r.spend;
+            }
+        }
+        let bump = self.sql("UPDATE llmux_objects SET spend = spend + ? WHERE kind = ? AND id = ?");
+        for ((kind, id), amount) in &owners {
+            sqlx::query(&bump)
+                .bind(*amount)
+                .bind(kind.as_str())
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let upsert = self.sql(
+            "INSERT INTO llmux_daily_spend (day, kind, entity_id, model_group, requests, prompt_tokens, completion_tokens, spend) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+             ON CONFLICT (day, kind, entity_id, model_group) DO UPDATE SET \
+             requests = llmux_daily_spend.requests + excluded.requests, \
+             prompt_tokens = llmux_daily_spend.prompt_tokens + excluded.prompt_tokens, \
+             completion_tokens = llmux_daily_spend.completion_tokens + excluded.completion_tokens, \
+             spend = llmux_daily_spend.spend + excluded.spend",
+        );
+        for ((day, kind, entity, group), r) in &rollups {
+            sqlx::query(&upsert)
+                .bind(day)
+                .bind(*kind)
+                .bind(entity)
+                .bind(group)
+                .bind(r.requests)
+                .bind(r.prompt)
+                .bind(r.completion)
+                .bind(r.spend)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(new)
+    }
+
+    /// Spend log rows, newest first.
+    pub async fn spend_logs(&self, filter: &SpendFilter) -> Result<Vec<SpendRecord>> {
+        let mut clause = String::from("1 = 1");
+        let mut text: Vec<&str> = Vec::new();
+        for (column, value) in [
+            ("request_id", &filter.request_id),
+            ("api_key", &filter.api_key),
+            ("user_id", &filter.user_id),
+            ("team_id", &filter.team_id),
+        ] {
+            if let Some(v) = value {
+                clause.push_str(&format!(" AND {column} = ?"));
+                text.push(v);
+            }
+        }
+        let mut times = Vec::new();
+        if let Some(start) = filter.start {
+            clause.push_str(" AND start_time >= ?");
+            times.push(start);
+        }
+        if let Some(end) = filter.end {
+            clause.push_str(" AND start_time < ?");
+            times.push(end);
+        }
+        let limit = filter.limit.unwrap_or(1000).min(100_000) as i64;
+        let sql = self
+            .sql(&format!(
+                "SELECT * FROM llmux_spend_logs WHERE {clause} ORDER BY start_time DESC, request_id LIMIT ?"
+            ))
+            .into_owned();
+        let mut q = sqlx::query(&sql);
+        for t in text {
+            q = q.bind(t);
+        }
+        for t in times {
+            q = q.bind(t);
+        }
+        let rows = q.bind(limit).fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                let tags: String = row.try_get("tags")?;
+                Ok(SpendRecord {
+                    request_id: row.try_get("request_id")?,
+                    api_key: row.try_get("api_key")?,
+                    user_id: row.try_get("user_id")?,
+                    team_id: row.try_get("team_id")?,
+                    organization_id: row.try_get("organization_id")?,
+                    end_user: row.try_get("end_user")?,
+                    model_group: row.try_get("model_group")?,
+                    model: row.try_get("model")?,
+                    deployment_id: row.try_get("deployment_id")?,
+                    provider: row.try_get("provider")?,
+                    call_type: row.try_get("call_type")?,
+                    prompt_tokens: row.try_get("prompt_tokens")?,
+                    completion_tokens: row.try_get("completion_tokens")?,
+                    cached_tokens: row.try_get("cached_tokens")?,
+                    reasoning_tokens: row.try_get("reasoning_tokens")?,
+                    total_tokens: row.try_get("total_tokens")?,
+                    spend: row.try_get("spend")?,
+                    start_time: row.try_get("start_time")?,
+                    end_time: row.try_get("end_time")?,
+                    ttft_ms: row.try_get("ttft_ms")?,
+                    status: row.try_get("status")?,
+                    error_kind: row.try_get("error_kind")?,
+                    tags: serde_json::from_str(&tags).unwrap_or_default(),
+                    cache_hit: row.try_get::<i64, _>("cache_hit")? != 0,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+
+    /// Daily rollups of one kind (`all`, `model`, `key`, `user`, `team`, `organization`,
+    /// `end_user`, `tag`) between two days (inclusive, `YYYY-MM-DD`), optionally one entity.
+    pub async fn daily_spend(
+        &self,
+        kind: &str,
+        entity: Option<&str>,
+        start_day: &str,
+        end_day: &str,
+    ) -> Result<Vec<DailySpend>> {
+        let mut sql = String::from(
+            "SELECT day, kind, entity_id, model_group, requests, prompt_tokens, completion_tokens, spend FROM llmux_daily_spend WHERE kind = ? AND day >= ? AND day <= ?",
+        );
+        if entity.is_some() {
+            sql.push_str(" AND entity_id = ?");
+        }
+        sql.push_str(" ORDER BY day, entity_id, model_group");
+        let sql = self.sql(&sql).into_owned();
+        let mut q = sqlx::query(&sql).bind(kind).bind(start_day).bind(end_day);
+        if let Some(e) = entity {
+            q = q.bind(e);
+        }
+        let rows = q.fetch_all(self.pool()).await?;
+        rows.iter()
+            .map(|row| {
+                Ok(DailySpend {
+                    day: row.try_get("day")?,
+                    kind: row.try_get("kind")?,
+                    entity_id: row.try_get("entity_id")?,
+                    model_group: row.try_get("model_group")?,
+                    requests: row.try_get("requests")?,
+                    prompt_tokens: row.try_get("prompt_tokens")?,
+                    completion_tokens: row.try_get("completion_tokens")?,
+                    spend: row.try_get("spend")?,
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, sqlx::Error>>()
+            .map_err(Into::into)
+    }
+}

@@ -1,0 +1,233 @@
+//! The store on both backends: every test runs against a fresh SQLite file and a fresh
+//! PostgreSQL database.
+
+use serde_json::{json, Map, Value};
+
+use super::*;
+use crate::testing::{fresh_postgres_url, sqlite_url};
+
+async fn both(dir: &tempfile::TempDir) -> Vec<Store> {
+    vec![
+        Store::open(&sqlite_url(dir.path())).await.unwrap(),
+        Store::open(&fresh_postgres_url().await).await.unwrap(),
+    ]
+}
+
+fn doc(v: Value) -> Map<String, Value> {
+    match v {
+        Value::Object(m) => m,
+        _ => panic!("not an object"),
+    }
+}
+
+#[tokio::test]
+async fn objects_round_trip_list_and_delete_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in both(&dir).await {
+        let b = store.backend();
+        let key = Object::new(
+            Kind::Key,
+            "hash1",
+            doc(
+                json!({"key_alias": "ci", "user_id": "u1", "team_id": "t1", "models": ["gpt-4o"], "max_budget": 1.5}),
+            ),
+        );
+        assert!(store.insert(&key).await.unwrap(), "{b:?}");
+        assert!(!store.insert(&key).await.unwrap(), "{b:?}: duplicate");
+        let mut other = Object::new(Kind::Key, "hash2", doc(json!({"user_id": "u2"})));
+        other.created_at += 1;
+        store.insert(&other).await.unwrap();
+        store
+            .insert(&Object::new(
+                Kind::User,
+                "u1",
+                doc(json!({"user_email": "a@b.c"})),
+            ))
+            .await
+            .unwrap();
+
+        let got = store.get(Kind::Key, "hash1").await.unwrap().unwrap();
+        assert_eq!(got.data["models"], json!(["gpt-4o"]), "{b:?}");
+        assert_eq!(got.user_id.as_deref(), Some("u1"));
+        assert_eq!(got.alias.as_deref(), Some("ci"));
+        assert!(
+            store.get(Kind::User, "hash1").await.unwrap().is_none(),
+            "kinds are separate"
+        );
+
+        let all = store.list(Kind::Key, &ListFilter::default()).await.unwrap();
+        assert_eq!(
+            all.iter().map(|o| o.id.as_str()).collect::<Vec<_>>(),
+            ["hash1", "hash2"]
+        );
+        let mine = ListFilter {
+            user_id: Some("u2".into()),
+            ..Default::default()
+        };
+        assert_eq!(store.list(Kind::Key, &mine).await.unwrap().len(), 1);
+        assert_eq!(
+            store
+                .count(Kind::Key, &ListFilter::default())
+                .await
+                .unwrap(),
+            2
+        );
+        let page = ListFilter {
+            offset: 1,
+            limit: Some(1),
+            ..Default::default()
+        };
+        assert_eq!(store.list(Kind::Key, &page).await.unwrap()[0].id, "hash2");
+        let ids = ListFilter {
+            ids: Some(vec!["hash2".into(), "nope".into()]),
+            ..Default::default()
+        };
+        assert_eq!(store.list(Kind::Key, &ids).await.unwrap().len(), 1);
+
+        let mut changed = got.clone();
+        changed.data.insert("key_alias".into(), json!("renamed"));
+        changed.data.insert("team_id".into(), Value::Null);
+        changed.sync_columns();
+        assert!(store.update(&changed, false).await.unwrap());
+        let got = store.get(Kind::Key, "hash1").await.unwrap().unwrap();
+        assert_eq!(got.alias.as_deref(), Some("renamed"));
+        assert_eq!(got.team_id, None);
+
+        assert_eq!(
+            store
+                .delete(Kind::Key, &["hash1".into(), "zzz".into()])
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(store.get(Kind::Key, "hash1").await.unwrap().is_none());
+    }
+}
+
+fn record(id: &str, key: &str, spend: f64, day_ms: i64) -> SpendRecord {
+    SpendRecord {
+        request_id: id.into(),
+        api_key: key.into(),
+        user_id: "u1".into(),
+        team_id: "t1".into(),
+        model_group: "gpt".into(),
+        prompt_tokens: 10,
+        completion_tokens: 5,
+        total_tokens: 15,
+        spend,
+        start_time: day_ms,
+        end_time: day_ms + 10,
+        status: "success".into(),
+        tags: vec!["prod".into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn spend_is_counted_once_with_rollups_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    // 2026-11-23T10:00:00Z and the next day.
+    let day1 = 1_795_428_000_000;
+    let day2 = day1 + 86_400_000;
+    assert_eq!(utc_day(day1), "2026-11-23");
+    assert_eq!(utc_day(day2), "2026-11-24");
+    assert_eq!(utc_day(0), "1970-01-01");
+    for store in both(&dir).await {
+        let b = store.backend();
+        for (kind, id) in [(Kind::Key, "k1"), (Kind::User, "u1"), (Kind::Team, "t1")] {
+            store
+                .insert(&Object::new(kind, id, Map::new()))
+                .await
+                .unwrap();
+        }
+        let batch = vec![
+            record("r1", "k1", 0.25, day1),
+            record("r2", "k1", 0.5, day1 + 1000),
+            record("r3", "k1", 1.0, day2),
+        ];
+        assert_eq!(store.record_spend(&batch).await.unwrap(), 3, "{b:?}");
+        assert_eq!(
+            store.record_spend(&batch[..2]).await.unwrap(),
+            0,
+            "{b:?}: replay is a no-op"
+        );
+        for (kind, id) in [(Kind::Key, "k1"), (Kind::User, "u1"), (Kind::Team, "t1")] {
+            let o = store.get(kind, id).await.unwrap().unwrap();
+            assert!((o.spend - 1.75).abs() < 1e-9, "{b:?} {kind:?}: {}", o.spend);
+        }
+        let logs = store
+            .spend_logs(&SpendFilter {
+                api_key: Some("k1".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 3);
+        assert_eq!(logs[0].request_id, "r3", "newest first");
+        assert_eq!(logs[0].tags, vec!["prod".to_owned()]);
+        let window = SpendFilter {
+            start: Some(day1),
+            end: Some(day2),
+            ..Default::default()
+        };
+        assert_eq!(store.spend_logs(&window).await.unwrap().len(), 2);
+
+        let daily = store
+            .daily_spend("key", Some("k1"), "2026-11-23", "2026-11-24")
+            .await
+            .unwrap();
+        assert_eq!(daily.len(), 2, "{b:?}");
+        assert_eq!(daily[0].requests, 2);
+        assert!((daily[0].spend - 0.75).abs() < 1e-9);
+        assert_eq!(daily[0].prompt_tokens, 20);
+        let tags = store
+            .daily_spend("tag", None, "2026-11-01", "2026-11-30")
+            .await
+            .unwrap();
+        assert_eq!(tags.iter().map(|d| d.requests).sum::<i64>(), 3);
+        let all = store
+            .daily_spend("all", None, "2026-11-23", "2026-11-23")
+            .await
+            .unwrap();
+        assert_eq!(all.len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn budget_resets_happen_once_per_period_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in both(&dir).await {
+        let mut o = Object::new(Kind::Key, "k", Map::new());
+        o.spend = 3.0;
+        o.budget_reset_at = Some(1000);
+        store.insert(&o).await.unwrap();
+        assert!(store.due_budget_resets(999).await.unwrap().is_empty());
+        let due = store.due_budget_resets(1000).await.unwrap();
+        assert_eq!(due.len(), 1);
+        assert!(store
+            .reset_budget(Kind::Key, "k", 1000, 2000)
+            .await
+            .unwrap());
+        assert!(
+            !store
+                .reset_budget(Kind::Key, "k", 1000, 2000)
+                .await
+                .unwrap(),
+            "a second instance loses the race"
+        );
+        let o = store.get(Kind::Key, "k").await.unwrap().unwrap();
+        assert_eq!((o.spend, o.budget_reset_at), (0.0, Some(2000)));
+    }
+}
+
+#[tokio::test]
+async fn bad_urls_are_refused() {
+    assert!(matches!(
+        Store::open("mysql://x").await,
+        Err(StoreError::BadUrl(_))
+    ));
+    assert!(matches!(
+        Store::open("sqlite::memory:").await,
+        Err(StoreError::BadUrl(_))
+    ));
+}

@@ -448,7 +448,9 @@ fn object_from_row(row: &AnyRow) -> Result<Object> {
 #[cfg(test)]
 mod tests;
 
-/// Databases for tests: a fresh SQLite file and a fresh PostgreSQL database per call.
+/// Databases for tests: a fresh SQLite file and a fresh PostgreSQL database per call. Test
+/// support only: a missing test server must fail the test loudly, hence the panics.
+#[allow(clippy::panic)]
 pub mod testing {
     use sqlx::Connection;
 

@@ -4,9 +4,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use llmux_config::{Diagnostic, ProcessEnv};
+use llmux_server::governance::Governance;
 use llmux_server::{build_router, AppState};
 
 #[global_allocator]
@@ -164,6 +166,7 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         tracing::warn!(path = %d.path, "{}", d.message);
     }
     let drain_timeout = loaded.config.drain_timeout;
+    let config = loaded.config.clone();
     let (client, diags) = llmux::Client::new(loaded.config).map_err(|e| {
         print_diagnostics(&e.0);
         e.to_string()
@@ -171,7 +174,23 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     for d in &diags {
         tracing::warn!(path = %d.path, "{}", d.message);
     }
-    let state = AppState::new(client);
+    if let Some(source) = config.model_cost_map.clone() {
+        tokio::spawn(watch_prices(
+            client.clone(),
+            source,
+            config.model_cost_map_reload_interval,
+        ));
+    }
+    let mut state = AppState::new(client);
+    // Virtual keys, budgets and spend need the master key (as in LiteLLM) and the database.
+    let governance = match &config.master_key {
+        Some(_) => {
+            let gov = Governance::start(&config, std::env::var("DATABASE_URL").ok()).await?;
+            state = state.with_governance(Arc::clone(&gov)).await?;
+            Some(gov)
+        }
+        None => None,
+    };
     let draining = state.draining.clone();
     let app = build_router(state);
     let addr: SocketAddr = format!("{host}:{port}")
@@ -214,8 +233,64 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         result = server => result.map_err(|e| format!("server error: {e}"))?,
         () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    if let Some(gov) = governance {
+        gov.shutdown().await;
+        let (written, aggregated) = gov.writer.counts();
+        tracing::info!(written, aggregated, "spend records written");
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Load the configured cost map, then reload it when the file changes or on SIGHUP (URLs are
+/// fetched again on SIGHUP only). A bad map is reported and the previous prices stay.
+async fn watch_prices(client: llmux::Client, source: String, interval: std::time::Duration) {
+    let is_file = !(source.starts_with("http://") || source.starts_with("https://"));
+    let modified = |path: &str| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = if is_file { modified(&source) } else { None };
+    let load = |client: &llmux::Client, source: &str| {
+        let client = client.clone();
+        let source = source.to_owned();
+        async move {
+            match llmux::pricing::fetch_table(&source).await {
+                Ok(table) => {
+                    tracing::info!(source = %source, models = table.len(), "prices loaded");
+                    client.pricing().replace(table);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot load prices; keeping the previous ones")
+                }
+            }
+        }
+    };
+    load(&client, &source).await;
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        tokio::select! {
+            () = signalled => load(&client, &source).await,
+            () = tokio::time::sleep(interval) => {
+                if is_file {
+                    let now = modified(&source);
+                    if now != seen {
+                        seen = now;
+                        load(&client, &source).await;
+                    }
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

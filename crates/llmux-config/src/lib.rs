@@ -161,6 +161,21 @@ pub struct Config {
     pub router: RouterSettings,
     /// Variables from `environment_variables:`, overlaid on the process environment.
     pub environment_variables: Vec<(String, String)>,
+    /// `general_settings.database_url` (PostgreSQL); `DATABASE_URL` when unset.
+    pub database_url: Option<String>,
+    /// `llmux_settings.database_path`: the embedded SQLite file used without a `database_url`.
+    pub database_path: String,
+    /// `general_settings.disable_spend_logs`: keep counting spend, but write no per-request rows.
+    pub disable_spend_logs: bool,
+    /// `llmux_settings.model_cost_map`: a LiteLLM `model_prices_and_context_window.json` path or
+    /// URL; the built-in table when unset.
+    pub model_cost_map: Option<String>,
+    /// How often a `model_cost_map` file is checked for changes.
+    pub model_cost_map_reload_interval: Duration,
+    /// `llmux_settings.alert_webhook_url`: soft-budget alerts are POSTed here as JSON.
+    pub alert_webhook_url: Option<String>,
+    /// `llmux_settings.spend_queue_capacity`: spend records buffered before they are aggregated.
+    pub spend_queue_capacity: usize,
 }
 
 impl Default for Config {
@@ -173,6 +188,13 @@ impl Default for Config {
             max_request_body_bytes: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            database_url: None,
+            database_path: "llmux.db".to_owned(),
+            disable_spend_logs: false,
+            model_cost_map: None,
+            model_cost_map_reload_interval: Duration::from_secs(60),
+            alert_webhook_url: None,
+            spend_queue_capacity: 100_000,
             router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }

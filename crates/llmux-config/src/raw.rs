@@ -71,6 +71,10 @@ pub(crate) struct RawGeneralSettings {
     pub master_key: Option<String>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub max_request_size_mb: Option<f64>,
+    #[serde(default)]
+    pub database_url: Option<String>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub disable_spend_logs: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -79,4 +83,14 @@ pub(crate) struct RawLlmuxSettings {
     pub drain_timeout: Option<f64>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub connect_timeout: Option<f64>,
+    #[serde(default)]
+    pub database_path: Option<String>,
+    #[serde(default)]
+    pub model_cost_map: Option<String>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub model_cost_map_reload_interval: Option<f64>,
+    #[serde(default)]
+    pub alert_webhook_url: Option<String>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub spend_queue_capacity: Option<u64>,
 }

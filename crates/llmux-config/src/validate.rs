@@ -168,12 +168,10 @@ const KNOWN_LITELLM_SETTINGS: &[&str] = &[
 ];
 
 const KNOWN_GENERAL_SETTINGS: &[&str] = &[
-    "database_url",
     "database_connection_pool_limit",
     "database_connection_timeout",
     "allow_requests_on_db_unavailable",
     "proxy_batch_write_at",
-    "disable_spend_logs",
     "disable_master_key_return",
     "disable_retry_on_max_parallel_request_limit_error",
     "disable_reset_budget",
@@ -716,6 +714,10 @@ fn general_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
         return;
     };
     config.master_key = raw.master_key.filter(|k| !k.is_empty()).map(Secret::new);
+    config.database_url = raw.database_url.filter(|u| !u.is_empty());
+    if let Some(off) = raw.disable_spend_logs {
+        config.disable_spend_logs = off;
+    }
     if let Some(mb) = raw.max_request_size_mb {
         if mb > 0.0 && mb <= 4096.0 {
             config.max_request_body_bytes = (mb * 1024.0 * 1024.0) as usize;
@@ -748,6 +750,28 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         }
         if let Some(t) = seconds(raw.connect_timeout, "llmux_settings.connect_timeout", diags) {
             config.connect_timeout = t;
+        }
+        if let Some(p) = raw.database_path.filter(|p| !p.is_empty()) {
+            config.database_path = p;
+        }
+        config.model_cost_map = raw.model_cost_map.filter(|p| !p.is_empty());
+        if let Some(t) = seconds(
+            raw.model_cost_map_reload_interval,
+            "llmux_settings.model_cost_map_reload_interval",
+            diags,
+        ) {
+            config.model_cost_map_reload_interval = t;
+        }
+        config.alert_webhook_url = raw.alert_webhook_url.filter(|u| !u.is_empty());
+        if let Some(n) = raw.spend_queue_capacity {
+            if (1..=10_000_000).contains(&n) {
+                config.spend_queue_capacity = n as usize;
+            } else {
+                diags.push(Diagnostic::error(
+                    "llmux_settings.spend_queue_capacity",
+                    "must be between 1 and 10000000",
+                ));
+            }
         }
     }
 }

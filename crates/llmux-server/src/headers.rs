@@ -118,3 +118,24 @@ mod tests {
         assert_eq!(millis(Duration::ZERO), "0.000");
     }
 }
+
+/// The caller's own rate-limit state (its key's, user's or team's tightest window), which
+/// replaces any upstream `x-ratelimit-*` values of the same name.
+pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::Remaining) {
+    let reset = format!("{}s", (r.reset_in_ms as f64 / 1000.0).ceil() as u64);
+    let mut put = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            h.insert(name, v);
+        }
+    };
+    if let Some((limit, left)) = r.requests {
+        put("x-ratelimit-limit-requests", limit.to_string());
+        put("x-ratelimit-remaining-requests", left.to_string());
+        put("x-ratelimit-reset-requests", reset.clone());
+    }
+    if let Some((limit, left)) = r.tokens {
+        put("x-ratelimit-limit-tokens", limit.to_string());
+        put("x-ratelimit-remaining-tokens", left.to_string());
+        put("x-ratelimit-reset-tokens", reset);
+    }
+}

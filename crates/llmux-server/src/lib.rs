@@ -3,7 +3,9 @@
 //! returns the whole app so tests can drive it without a socket.
 
 mod auth;
+pub mod governance;
 mod headers;
+mod models;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +26,8 @@ use llmux_types::ErrorKind;
 use serde_json::json;
 
 pub use auth::constant_time_key_eq;
+use governance::keys::Principal;
+use governance::{Governance, RequestFacts};
 
 /// Shared state of the HTTP app.
 #[derive(Clone)]
@@ -31,20 +35,49 @@ pub struct AppState {
     pub client: Client,
     /// Set when a graceful stop begins: readiness turns 503 so balancers drain us.
     pub draining: Arc<AtomicBool>,
+    /// Keys, budgets, limits and spend; `None` without a master key.
+    pub governance: Option<Arc<Governance>>,
+    /// The configuration as loaded from the file (database models are merged over it).
+    pub base_config: Arc<llmux_config::Config>,
 }
 
 impl AppState {
     pub fn new(client: Client) -> Self {
+        let base_config = Arc::new(client.snapshot().config.clone());
         AppState {
             client,
             draining: Arc::new(AtomicBool::new(false)),
+            governance: None,
+            base_config,
         }
+    }
+
+    /// With governance, and the database's models applied.
+    pub async fn with_governance(mut self, governance: Arc<Governance>) -> Result<Self, String> {
+        self.governance = Some(governance);
+        models::apply_db_models(&self)
+            .await
+            .map_err(|e| e.message().to_owned())?;
+        Ok(self)
+    }
+}
+
+/// Who may call a model route: with governance any valid key (master or virtual); without it
+/// the master key when one is configured.
+async fn authenticate(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+) -> Result<Option<Principal>, GatewayError> {
+    match &state.governance {
+        Some(gov) => gov.authenticate(headers).await.map(Some),
+        None => auth::authorize(headers, &state.client.snapshot().config).map(|()| None),
     }
 }
 
 /// All routes of the gateway.
 pub fn build_router(state: AppState) -> Router {
     Router::new()
+        .merge(governance::api::routes())
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -89,16 +122,34 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = headers::request_id(&parts.headers);
-    let snapshot = state.client.snapshot();
-    if let Err(e) = auth::authorize(&parts.headers, &snapshot.config) {
-        return error_response(&e, &request_id);
-    }
-    let limit = snapshot.config.max_request_body_bytes;
-    drop(snapshot);
+    let principal = match authenticate(&state, &parts.headers).await {
+        Ok(p) => p,
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let limit = state.client.snapshot().config.max_request_body_bytes;
     let body = match read_body(&parts.headers, body, limit).await {
         Ok(b) => b,
         Err(e) => return error_response(&e, &request_id),
     };
+    let mut body = body;
+    let mut hook = None;
+    let mut remaining = None;
+    if let (Some(gov), Some(principal)) = (&state.governance, &principal) {
+        let facts = match request_facts(&parts.headers, &mut body, principal) {
+            Ok(f) => f,
+            Err(e) => return error_response(&e, &request_id),
+        };
+        match gov
+            .admit(principal, facts, &state.client, op.as_str())
+            .await
+        {
+            Ok(admission) => {
+                remaining = Some(admission.remaining.clone());
+                hook = Some(admission.into_hook());
+            }
+            Err(e) => return error_response(&e, &request_id),
+        }
+    }
     let options = RequestOptions {
         request_id: request_id.clone(),
         received_at,
@@ -107,11 +158,74 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
             .filter(|t| *t > 0.0 && *t < 1.0e6)
             .map(std::time::Duration::from_secs_f64),
         tags: headers::tags(&parts.headers),
+        hook,
     };
     match state.client.execute(op, body, options).await {
-        Ok(response) => success_response(response, received_at),
+        Ok(response) => {
+            let mut out = success_response(response, received_at);
+            if let Some(r) = remaining {
+                headers::add_rate_limits(out.headers_mut(), &r);
+            }
+            out
+        }
         Err(e) => error_response(&e, &request_id),
     }
+}
+
+/// What admission needs from the body; a key's model alias is applied here (the body's `model`
+/// is rewritten before routing).
+fn request_facts(
+    headers: &axum::http::HeaderMap,
+    body: &mut Bytes,
+    principal: &Principal,
+) -> Result<RequestFacts, GatewayError> {
+    let request = llmux_types::RawObject::parse(body).map_err(|e| {
+        GatewayError::invalid_request(format!(
+            "We could not parse the JSON body of your request: {e}"
+        ))
+        .with_code("invalid_json")
+    })?;
+    let model: String = request.decode("model").ok().flatten().ok_or_else(|| {
+        GatewayError::invalid_request("you must provide a model parameter").with_param("model")
+    })?;
+    let end_user = headers
+        .get("x-litellm-end-user-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| request.decode::<String>("user").ok().flatten())
+        .filter(|u| !u.is_empty());
+    let max_output_tokens = request
+        .decode::<u64>("max_completion_tokens")
+        .ok()
+        .flatten()
+        .or_else(|| request.decode::<u64>("max_tokens").ok().flatten());
+    let mut tags: Vec<String> = request.decode("tags").ok().flatten().unwrap_or_default();
+    if let Some(meta) = request
+        .decode::<serde_json::Value>("metadata")
+        .ok()
+        .flatten()
+    {
+        if let Some(t) = meta.get("tags").and_then(|t| t.as_array()) {
+            tags.extend(t.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+        }
+    }
+    tags.extend(headers::tags(headers));
+    let facts = RequestFacts {
+        prompt_tokens_estimate: (body.len() as u64) / 4,
+        max_output_tokens,
+        end_user,
+        tags,
+        model: model.clone(),
+    };
+    if let Some(target) = Governance::alias(principal, &model) {
+        let rewritten = Bytes::from(request.edit().set_str("model", &target).render());
+        *body = rewritten;
+        return Ok(RequestFacts {
+            model: target,
+            ..facts
+        });
+    }
+    Ok(facts)
 }
 
 async fn read_body(
@@ -168,6 +282,13 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
     }
     headers::add_forwarded(h, &meta.forwarded_headers);
     headers::add_gateway_headers(h, &meta, received_at.elapsed());
+    if let Some(cost) = meta.cost {
+        let text = format!("{cost}");
+        if let Ok(v) = HeaderValue::from_str(&text) {
+            h.insert("x-litellm-response-cost", v.clone());
+            h.insert("x-llmux-response-cost", v);
+        }
+    }
     out
 }
 
@@ -203,7 +324,7 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
 
 async fn list_models(State(state): State<AppState>, request: Request) -> Response {
     let request_id = headers::request_id(request.headers());
-    if let Err(e) = auth::authorize(request.headers(), &state.client.snapshot().config) {
+    if let Err(e) = authenticate(&state, request.headers()).await {
         return error_response(&e, &request_id);
     }
     let body = serde_json::to_vec(&state.client.models()).unwrap_or_default();
@@ -216,10 +337,10 @@ async fn get_model(
     request: Request,
 ) -> Response {
     let request_id = headers::request_id(request.headers());
-    let snapshot = state.client.snapshot();
-    if let Err(e) = auth::authorize(request.headers(), &snapshot.config) {
+    if let Err(e) = authenticate(&state, request.headers()).await {
         return error_response(&e, &request_id);
     }
+    let snapshot = state.client.snapshot();
     let Some(route) = snapshot.router.route(&id) else {
         let e = GatewayError::new(
             ErrorKind::NotFound,
@@ -241,10 +362,18 @@ async fn get_model(
 /// Admin view of every deployment's live routing state (health, cooldown, load, latency).
 async fn router_deployments(State(state): State<AppState>, request: Request) -> Response {
     let request_id = headers::request_id(request.headers());
-    let snapshot = state.client.snapshot();
-    if let Err(e) = auth::authorize(request.headers(), &snapshot.config) {
-        return error_response(&e, &request_id);
+    match authenticate(&state, request.headers()).await {
+        Ok(Some(p)) if !p.role.is_admin() => {
+            return error_response(
+                &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.")
+                    .with_code("forbidden"),
+                &request_id,
+            )
+        }
+        Err(e) => return error_response(&e, &request_id),
+        _ => {}
     }
+    let snapshot = state.client.snapshot();
     let router = &snapshot.router;
     let deployments: Vec<serde_json::Value> = router
         .deployments()
@@ -285,7 +414,7 @@ async fn readiness(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::Relaxed);
     let body = json!({
         "status": if draining { "draining" } else { "healthy" },
-        "db": "Not connected",
+        "db": if state.governance.is_some() { "connected" } else { "Not connected" },
         "cache": null,
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "llmux_version": env!("CARGO_PKG_VERSION"),
@@ -316,7 +445,7 @@ async fn method_not_allowed(method: Method, uri: Uri) -> Response {
     error_response(&e, &llmux::new_request_id())
 }
 
-fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
+pub(crate) fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut out = Response::new(Body::from(body));
     *out.status_mut() = status;
     out.headers_mut().insert(

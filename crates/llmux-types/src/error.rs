@@ -52,7 +52,8 @@ impl ErrorKind {
             ErrorKind::NotFound => 404,
             ErrorKind::PayloadTooLarge => 413,
             ErrorKind::RateLimited => 429,
-            ErrorKind::BudgetExceeded => 429,
+            // LiteLLM answers an exceeded budget with 400 (`type: budget_exceeded`); clients expect it.
+            ErrorKind::BudgetExceeded => 400,
             ErrorKind::ContextLengthExceeded => 400,
             ErrorKind::ContentFiltered => 400,
             ErrorKind::Timeout => 504,

@@ -27,6 +27,10 @@ pub struct Usage {
     pub prompt_tokens_details: Option<PromptTokensDetails>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub completion_tokens_details: Option<CompletionTokensDetails>,
+    /// Prompt tokens written to the provider's prompt cache (Anthropic, Bedrock), part of
+    /// `prompt_tokens`; LiteLLM's name for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_creation_input_tokens: Option<u64>,
 }
 
 impl Usage {
@@ -43,6 +47,10 @@ impl Usage {
         self.prompt_tokens_details
             .and_then(|d| d.cached_tokens)
             .unwrap_or(0)
+    }
+
+    pub fn cache_creation_tokens(&self) -> u64 {
+        self.cache_creation_input_tokens.unwrap_or(0)
     }
 
     pub fn reasoning_tokens(&self) -> u64 {

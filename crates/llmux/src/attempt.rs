@@ -109,6 +109,7 @@ impl Attempt {
             overhead: total.saturating_sub(upstream_latency),
             attempted_retries: 0,
             attempted_fallbacks: 0,
+            cost: None,
         }
     }
 

@@ -41,6 +41,8 @@ pub struct ResponseMeta {
     pub attempted_retries: u32,
     /// Fallback groups tried before this response.
     pub attempted_fallbacks: u32,
+    /// USD for a non-streaming response's usage (`x-litellm-response-cost`).
+    pub cost: Option<f64>,
 }
 
 #[derive(Debug)]
@@ -56,7 +58,7 @@ pub struct GatewayResponse {
 }
 
 /// What is known about a request so far, for its log record.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 struct Trace {
     request_id: String,
     received_at: Instant,
@@ -66,9 +68,36 @@ struct Trace {
     model_group: Option<String>,
     deployment_id: Option<String>,
     provider: Option<&'static str>,
+    /// The chosen deployment's upstream model and price.
+    model: Option<String>,
+    price: Option<Arc<crate::pricing::ModelPrice>>,
+    pricing: Option<Arc<crate::pricing::Pricing>>,
+    hook: Option<Arc<dyn crate::log::RequestHook>>,
 }
 
 impl Trace {
+    /// Someone will read this request's record.
+    fn wanted(&self, logs: &LogEmitter) -> bool {
+        self.hook.is_some() || logs.wanted()
+    }
+
+    fn cost(&self, usage: Option<&Usage>) -> Option<f64> {
+        let (usage, pricing) = (usage?, self.pricing.as_ref()?);
+        Some(pricing.cost_of(
+            self.price.as_deref(),
+            self.model.as_deref().unwrap_or(""),
+            usage,
+        ))
+    }
+
+    /// Hand the record to the hook, then to the broadcast.
+    fn emit(&self, logs: &LogEmitter, log: RequestLog) {
+        if let Some(hook) = &self.hook {
+            hook.finished(&log);
+        }
+        logs.emit(log);
+    }
+
     fn log(
         &self,
         status: u16,
@@ -94,6 +123,8 @@ impl Trace {
             time_to_first_chunk: ttfc,
             chunks,
             recoveries: 0,
+            model: self.model.clone(),
+            cost: self.cost(usage.as_ref()),
         }
     }
 }
@@ -114,17 +145,24 @@ pub(crate) async fn execute(
         model_group: None,
         deployment_id: None,
         provider: None,
+        model: None,
+        price: None,
+        pricing: Some(Arc::clone(&snapshot.pricing)),
+        hook: options.hook.clone(),
     };
     let result = execute_traced(logs, snapshot, body, &mut trace, &options).await;
-    if let (Err(e), true) = (&result, logs.wanted()) {
-        logs.emit(trace.log(
-            e.status,
-            Outcome::Failed(e.kind),
-            None,
-            Duration::ZERO,
-            None,
-            0,
-        ));
+    if let (Err(e), true) = (&result, trace.wanted(logs)) {
+        trace.emit(
+            logs,
+            trace.log(
+                e.status,
+                Outcome::Failed(e.kind),
+                None,
+                Duration::ZERO,
+                None,
+                0,
+            ),
+        );
     }
     result
 }
@@ -416,8 +454,14 @@ impl Run<'_> {
                 snapshot: Arc::clone(self.snapshot),
                 index,
             };
-            self.trace.deployment_id = Some(router.deployment(index).id.clone());
-            self.trace.provider = Some(router.deployment(index).provider);
+            let chosen = router.deployment(index);
+            self.trace.deployment_id = Some(chosen.id.clone());
+            self.trace.provider = Some(chosen.provider);
+            self.trace.model = Some(chosen.config.model.clone());
+            self.trace.price = self
+                .snapshot
+                .pricing
+                .deployment_price(&chosen.id, &chosen.config);
             let result = self.attempt(route, route_model, claim).await;
             let error = match result {
                 Ok(response) => return Ok(response),
@@ -511,15 +555,21 @@ impl Run<'_> {
             let completion = meta.usage.map_or(0, |u| u.completion_tokens);
             stats.record_latency(meta.upstream_latency, completion);
             stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
-            if self.logs.wanted() {
-                self.logs.emit(self.trace.log(
-                    meta.status,
-                    Outcome::Success,
-                    meta.usage,
-                    meta.overhead,
-                    None,
-                    0,
-                ));
+            let mut response = response;
+            response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
+            let meta = &response.meta;
+            if self.trace.wanted(self.logs) {
+                self.trace.emit(
+                    self.logs,
+                    self.trace.log(
+                        meta.status,
+                        Outcome::Success,
+                        meta.usage,
+                        meta.overhead,
+                        None,
+                        0,
+                    ),
+                );
             }
             drop(claim);
             return Ok(response);
@@ -561,7 +611,7 @@ impl Run<'_> {
                     usage.completion_tokens,
                 );
             }
-            if logs.wanted() {
+            if trace.wanted(&logs) {
                 let mut log = trace.log(
                     meta.status,
                     outcome,
@@ -571,7 +621,7 @@ impl Run<'_> {
                     summary.chunks,
                 );
                 log.recoveries = summary.recoveries;
-                logs.emit(log);
+                trace.emit(&logs, log);
             }
             // The in-flight slot is held until the stream ends.
             drop(claim);

@@ -20,6 +20,7 @@ mod attempt;
 mod credentials;
 mod execute;
 mod log;
+pub mod pricing;
 mod relay;
 mod resume;
 mod splice;
@@ -40,7 +41,7 @@ pub use llmux_config as config;
 pub use llmux_providers::Operation;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};
-pub use log::{Outcome, RequestLog};
+pub use log::{Outcome, RequestHook, RequestLog};
 pub use relay::{RelayStream, StreamSummary};
 pub use typed::ChatStream;
 
@@ -53,6 +54,8 @@ pub struct Snapshot {
     /// The HTTP client of each deployment (same index as `router.deployments()`); deployments
     /// with the same connect timeout share one pool.
     clients: Vec<upstream::HttpClient>,
+    /// The price registry (shared by every snapshot of a client).
+    pub pricing: Arc<pricing::Pricing>,
 }
 
 /// Errors that prevent building a client: every diagnostic, at least one of them an error.
@@ -74,7 +77,7 @@ impl std::fmt::Display for ConfigErrors {
 impl std::error::Error for ConfigErrors {}
 
 /// Per-request settings from the caller (the server passes the request id and arrival time).
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RequestOptions {
     pub request_id: String,
     /// When the request arrived, for the gateway-overhead measurement.
@@ -85,6 +88,20 @@ pub struct RequestOptions {
     pub timeout: Option<Duration>,
     /// `x-litellm-tags`: tags for tag-based routing (added to body `tags` / `metadata.tags`).
     pub tags: Vec<String>,
+    /// Told when the request is over (spend settlement).
+    pub hook: Option<Arc<dyn RequestHook>>,
+}
+
+impl std::fmt::Debug for RequestOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RequestOptions")
+            .field("request_id", &self.request_id)
+            .field("num_retries", &self.num_retries)
+            .field("timeout", &self.timeout)
+            .field("tags", &self.tags)
+            .field("hook", &self.hook.is_some())
+            .finish()
+    }
 }
 
 impl Default for RequestOptions {
@@ -95,6 +112,7 @@ impl Default for RequestOptions {
             num_retries: None,
             timeout: None,
             tags: Vec::new(),
+            hook: None,
         }
     }
 }
@@ -127,6 +145,7 @@ mod rand_like {
 
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
+    pricing: Arc<pricing::Pricing>,
     clients: upstream::ClientPool,
     stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
@@ -159,9 +178,11 @@ impl Client {
     ) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
         let clients = upstream::ClientPool::default();
         let stats: Arc<dyn StatsStore> = Arc::new(InMemoryStats::default());
-        let (snapshot, diags) = build_snapshot(config, env, &clients, stats.as_ref())?;
+        let pricing = Arc::new(pricing::Pricing::default());
+        let (snapshot, diags) = build_snapshot(config, env, &clients, stats.as_ref(), &pricing)?;
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
+            pricing,
             clients,
             stats,
             logs: log::LogEmitter::new(),
@@ -194,6 +215,11 @@ impl Client {
         Ok(client)
     }
 
+    /// The price registry; `pricing().replace(table)` swaps prices while requests run.
+    pub fn pricing(&self) -> &Arc<pricing::Pricing> {
+        &self.inner.pricing
+    }
+
     /// The current snapshot.
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.inner.snapshot.load_full()
@@ -206,6 +232,7 @@ impl Client {
             &ProcessEnv,
             &self.inner.clients,
             self.inner.stats.as_ref(),
+            &self.inner.pricing,
         )?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
@@ -234,6 +261,7 @@ fn build_snapshot(
     env: &dyn EnvSource,
     pool: &upstream::ClientPool,
     stats: &dyn StatsStore,
+    pricing: &Arc<pricing::Pricing>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
     let router = Router::build(&config, env, stats, &mut diags);
@@ -251,6 +279,7 @@ fn build_snapshot(
             config,
             router,
             clients,
+            pricing: Arc::clone(pricing),
         },
         diags,
     ))

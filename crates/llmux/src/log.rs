@@ -44,6 +44,17 @@ pub struct RequestLog {
     pub chunks: u64,
     /// Times a stream was continued on another deployment after failing mid-way.
     pub recoveries: u32,
+    /// The deployment's upstream model (`litellm_params.model`).
+    pub model: Option<String>,
+    /// USD, from usage and the price registry (0 for an unpriced model, `None` without usage).
+    pub cost: Option<f64>,
+}
+
+/// Told, synchronously and exactly once, that a request is over (for streams: when the stream
+/// ends, fails or the client leaves). Unlike the log broadcast it cannot lag or drop, so it is
+/// where spend is settled.
+pub trait RequestHook: Send + Sync {
+    fn finished(&self, log: &RequestLog);
 }
 
 #[derive(Debug, Clone)]

@@ -24,6 +24,10 @@ pub fn usage(u: &Value) -> Usage {
     let cache_read = n("cache_read_input_tokens");
     let prompt = n("input_tokens") + cache_read + n("cache_creation_input_tokens");
     let mut usage = Usage::new(prompt, n("output_tokens"));
+    let cache_write = n("cache_creation_input_tokens");
+    if cache_write > 0 {
+        usage.cache_creation_input_tokens = Some(cache_write);
+    }
     if cache_read > 0 {
         usage.prompt_tokens_details = Some(PromptTokensDetails {
             cached_tokens: Some(cache_read),

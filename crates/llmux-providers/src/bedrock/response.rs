@@ -23,6 +23,10 @@ pub fn usage(u: &Value) -> Usage {
     let cache_read = n("cacheReadInputTokens");
     let prompt = n("inputTokens") + cache_read + n("cacheWriteInputTokens");
     let mut usage = Usage::new(prompt, n("outputTokens"));
+    let cache_write = n("cacheWriteInputTokens");
+    if cache_write > 0 {
+        usage.cache_creation_input_tokens = Some(cache_write);
+    }
     if cache_read > 0 {
         usage.prompt_tokens_details = Some(PromptTokensDetails {
             cached_tokens: Some(cache_read),

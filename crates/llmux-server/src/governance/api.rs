@@ -1,0 +1,1948 @@
+//! LiteLLM's management API with its paths and field names: keys, users, teams, organizations,
+//! customers (end users), budgets, spend reports and database-stored models. Every route
+//! authenticates; writes need a writing role; users see and change only their own keys (team
+//! admins also their team's), viewers only read.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::routing::{delete, get, patch, post};
+use axum::Router;
+use llmux_store::{Kind, ListFilter, Object, SpendFilter};
+use llmux_types::{ErrorKind, GatewayError};
+use serde_json::{json, Map, Value};
+
+use super::budget::Period;
+use super::keys::{generate_key, hash_key, key_name, strings, Principal, Role};
+use super::{format_time, parse_time, store_error, Governance};
+use crate::AppState;
+
+type Params = Query<std::collections::HashMap<String, String>>;
+type ApiResult = Result<Value, GatewayError>;
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/key/generate", post(key_generate))
+        .route("/key/update", post(key_update))
+        .route("/key/delete", post(key_delete))
+        .route("/key/info", get(key_info))
+        .route("/key/list", get(key_list))
+        .route("/key/regenerate", post(key_regenerate))
+        .route("/key/{key}/regenerate", post(key_regenerate_path))
+        .route("/key/block", post(key_block))
+        .route("/key/unblock", post(key_unblock))
+        .route("/user/new", post(user_new))
+        .route("/user/update", post(user_update))
+        .route("/user/delete", post(user_delete))
+        .route("/user/info", get(user_info))
+        .route("/user/list", get(user_list))
+        .route("/team/new", post(team_new))
+        .route("/team/update", post(team_update))
+        .route("/team/delete", post(team_delete))
+        .route("/team/info", get(team_info))
+        .route("/team/list", get(team_list))
+        .route("/team/member_add", post(team_member_add))
+        .route("/team/member_delete", post(team_member_delete))
+        .route("/team/block", post(team_block))
+        .route("/team/unblock", post(team_unblock))
+        .route("/organization/new", post(org_new))
+        .route("/organization/update", patch(org_update).post(org_update))
+        .route("/organization/delete", delete(org_delete).post(org_delete))
+        .route("/organization/info", get(org_info).post(org_info_post))
+        .route("/organization/list", get(org_list))
+        .route("/customer/new", post(customer_new))
+        .route("/customer/update", post(customer_update))
+        .route("/customer/delete", post(customer_delete))
+        .route("/customer/info", get(customer_info))
+        .route("/customer/list", get(customer_list))
+        .route("/customer/block", post(customer_block))
+        .route("/customer/unblock", post(customer_unblock))
+        .route("/end_user/new", post(customer_new))
+        .route("/end_user/info", get(customer_info))
+        .route("/budget/new", post(budget_new))
+        .route("/budget/update", post(budget_update))
+        .route("/budget/delete", post(budget_delete))
+        .route("/budget/info", post(budget_info))
+        .route("/budget/list", get(budget_list))
+        .route("/spend/logs", get(spend_logs))
+        .route("/spend/keys", get(spend_keys))
+        .route("/spend/users", get(spend_users))
+        .route("/spend/tags", get(spend_tags))
+        .route("/global/spend", get(global_spend))
+        .route("/global/spend/keys", get(global_spend_keys))
+        .route("/global/spend/models", get(global_spend_models))
+        .route("/global/spend/teams", get(global_spend_teams))
+        .route("/model/new", post(model_new))
+        .route("/model/update", post(model_update))
+        .route("/model/delete", post(model_delete))
+        .route("/model/info", get(model_info))
+        .route("/v1/model/info", get(model_info))
+}
+
+// ---------- plumbing ----------
+
+fn respond(result: ApiResult) -> Response {
+    match result {
+        Ok(v) => crate::json_response(StatusCode::OK, v.to_string().into_bytes()),
+        Err(e) => crate::error_response(&e, &llmux::new_request_id()),
+    }
+}
+
+fn governance(state: &AppState) -> Result<Arc<Governance>, GatewayError> {
+    state.governance.clone().ok_or_else(|| {
+        GatewayError::new(
+            ErrorKind::NotFound,
+            "The management API needs `general_settings.master_key` (and a database: the embedded SQLite file by default).",
+        )
+        .with_code("governance_disabled")
+    })
+}
+
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<(Arc<Governance>, Principal), GatewayError> {
+    let gov = governance(state)?;
+    let principal = gov.authenticate(headers).await?;
+    Ok((gov, principal))
+}
+
+fn forbidden(what: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PermissionDenied,
+        format!("Your role may not {what}."),
+    )
+    .with_code("forbidden")
+}
+
+fn require_admin(p: &Principal, what: &str) -> Result<(), GatewayError> {
+    if p.role == Role::ProxyAdmin {
+        Ok(())
+    } else {
+        Err(forbidden(what))
+    }
+}
+
+fn require_reader(p: &Principal, what: &str) -> Result<(), GatewayError> {
+    if p.role.is_admin() {
+        Ok(())
+    } else {
+        Err(forbidden(what))
+    }
+}
+
+fn body(bytes: &Bytes) -> Result<Map<String, Value>, GatewayError> {
+    if bytes.is_empty() {
+        return Ok(Map::new());
+    }
+    match serde_json::from_slice::<Value>(bytes) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(GatewayError::invalid_request(
+            "The body must be a JSON object.",
+        )),
+        Err(e) => Err(
+            GatewayError::invalid_request(format!("Invalid JSON body: {e}"))
+                .with_code("invalid_json"),
+        ),
+    }
+}
+
+fn text(m: &Map<String, Value>, k: &str) -> Option<String> {
+    m.get(k)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+}
+
+fn id_list(m: &Map<String, Value>, k: &str) -> Vec<String> {
+    match m.get(k) {
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+fn missing(field: &str) -> GatewayError {
+    GatewayError::invalid_request(format!("`{field}` is required.")).with_param(field)
+}
+
+fn not_found(what: &str, id: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NotFound,
+        format!("{what} `{id}` does not exist."),
+    )
+    .with_code("not_found")
+}
+
+/// Fields clients may set on each kind (everything else in a body is ignored, as LiteLLM does
+/// for unknown fields).
+const BUDGET_FIELDS: &[&str] = &[
+    "max_budget",
+    "soft_budget",
+    "budget_duration",
+    "tpm_limit",
+    "rpm_limit",
+    "max_parallel_requests",
+    "model_max_budget",
+    "budget_id",
+];
+const KEY_FIELDS: &[&str] = &[
+    "key_alias",
+    "user_id",
+    "team_id",
+    "organization_id",
+    "models",
+    "aliases",
+    "config",
+    "metadata",
+    "tags",
+    "blocked",
+    "permissions",
+    "guardrails",
+    "model_rpm_limit",
+    "model_tpm_limit",
+    "allowed_routes",
+    "allowed_cache_controls",
+    "send_invite_email",
+    "object_permission",
+];
+const USER_FIELDS: &[&str] = &[
+    "user_email",
+    "user_alias",
+    "user_role",
+    "teams",
+    "models",
+    "metadata",
+    "organization_id",
+    "sso_user_id",
+];
+const TEAM_FIELDS: &[&str] = &[
+    "team_alias",
+    "organization_id",
+    "members_with_roles",
+    "admins",
+    "members",
+    "models",
+    "metadata",
+    "blocked",
+    "tags",
+    "guardrails",
+    "model_aliases",
+];
+const ORG_FIELDS: &[&str] = &["organization_alias", "models", "metadata"];
+const CUSTOMER_FIELDS: &[&str] = &[
+    "alias",
+    "blocked",
+    "allowed_model_region",
+    "default_model",
+    "metadata",
+];
+
+fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
+    let bad = |what: &str| {
+        GatewayError::invalid_request(format!("`{field}` must be {what}.")).with_param(field)
+    };
+    match field {
+        "max_budget" | "soft_budget" => {
+            if !(value.is_null() || value.as_f64().is_some_and(|v| v >= 0.0)) {
+                return Err(bad("a non-negative number"));
+            }
+        }
+        "tpm_limit" | "rpm_limit" | "max_parallel_requests" => {
+            if !(value.is_null() || value.as_u64().is_some()) {
+                return Err(bad("a non-negative integer"));
+            }
+        }
+        "budget_duration" => {
+            if !(value.is_null() || value.as_str().and_then(Period::parse).is_some()) {
+                return Err(bad("a duration such as 30s, 30m, 24h, 7d or 1mo"));
+            }
+        }
+        "models" | "tags" | "teams" | "admins" | "members" => {
+            if !(value.is_null()
+                || value
+                    .as_array()
+                    .is_some_and(|a| a.iter().all(Value::is_string)))
+            {
+                return Err(bad("a list of strings"));
+            }
+        }
+        "aliases" | "metadata" | "config" | "model_rpm_limit" | "model_tpm_limit"
+        | "model_max_budget" | "model_aliases" => {
+            if !(value.is_null() || value.is_object()) {
+                return Err(bad("an object"));
+            }
+        }
+        "blocked" => {
+            if !(value.is_null() || value.is_boolean()) {
+                return Err(bad("true or false"));
+            }
+        }
+        "user_role" => {
+            if !(value.is_null() || value.as_str().and_then(Role::parse).is_some()) {
+                return Err(bad(
+                    "one of proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer",
+                ));
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Copy the allowed fields of `from` into `doc` (null removes), validating them.
+fn apply(
+    doc: &mut Map<String, Value>,
+    from: &Map<String, Value>,
+    fields: &[&[&str]],
+) -> Result<(), GatewayError> {
+    for group in fields {
+        for field in *group {
+            if let Some(v) = from.get(*field) {
+                validate(field, v)?;
+                if v.is_null() {
+                    doc.remove(*field);
+                } else {
+                    doc.insert((*field).to_owned(), v.clone());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Set the next budget reset when the object has a period (or drop it when it has none).
+fn schedule_reset(obj: &mut Object, now: i64, changed: bool) {
+    let period = obj
+        .data
+        .get("budget_duration")
+        .and_then(Value::as_str)
+        .and_then(Period::parse);
+    match period {
+        Some(p) if changed || obj.budget_reset_at.is_none() => {
+            obj.budget_reset_at = Some(p.next_reset(now))
+        }
+        Some(_) => {}
+        None => obj.budget_reset_at = None,
+    }
+}
+
+/// The object as the API shows it: its document plus spend and times.
+fn view(o: &Object) -> Value {
+    let mut m = o.data.clone();
+    m.insert("spend".into(), json!(o.spend));
+    m.insert("created_at".into(), json!(format_time(o.created_at)));
+    m.insert("updated_at".into(), json!(format_time(o.updated_at)));
+    m.insert(
+        "budget_reset_at".into(),
+        o.budget_reset_at
+            .map_or(Value::Null, |t| json!(format_time(t))),
+    );
+    if o.kind == Kind::Key {
+        m.insert("token".into(), json!(o.id));
+    }
+    Value::Object(m)
+}
+
+/// With spend this instance settled but has not written yet, so a read right after a request
+/// shows it.
+fn live(gov: &Governance, mut o: Object) -> Object {
+    if let Some(s) = gov.ledger.spend(&(o.kind, o.id.clone())) {
+        if s > o.spend {
+            o.spend = s;
+        }
+    }
+    o
+}
+
+fn page(params: &Params) -> (u64, u64) {
+    let n = |k: &str, d: u64| {
+        params
+            .get(k)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(d)
+    };
+    let page = n("page", 1).max(1);
+    let size = n("size", n("page_size", 100)).clamp(1, 1000);
+    (page, size)
+}
+
+// ---------- keys ----------
+
+async fn key_generate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            create_key(&gov, &p, &req).await
+        }
+        .await,
+    )
+}
+
+/// Whether `p` may manage a key that belongs to `user_id` / `team_id`.
+async fn may_manage(
+    gov: &Governance,
+    p: &Principal,
+    user_id: Option<&str>,
+    team_id: Option<&str>,
+) -> Result<bool, GatewayError> {
+    if p.role == Role::ProxyAdmin {
+        return Ok(true);
+    }
+    if !p.role.can_write() {
+        return Ok(false);
+    }
+    if let Some(team) = team_id {
+        if let Some(t) = gov.object(Kind::Team, team).await? {
+            if p.is_team_admin(&t) {
+                return Ok(true);
+            }
+        }
+        return Ok(false);
+    }
+    Ok(user_id.is_some() && user_id == p.user_id())
+}
+
+async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -> ApiResult {
+    let mut req = req.clone();
+    if p.role != Role::ProxyAdmin {
+        // A user's keys are theirs: the owner is the caller unless a team admin names a team.
+        let me = p.user_id().map(str::to_owned);
+        if text(&req, "team_id").is_none() {
+            match me {
+                Some(me) => {
+                    req.insert("user_id".into(), json!(me));
+                }
+                None => return Err(forbidden("create keys")),
+            }
+        }
+    }
+    if !may_manage(
+        gov,
+        p,
+        text(&req, "user_id").as_deref(),
+        text(&req, "team_id").as_deref(),
+    )
+    .await?
+    {
+        return Err(forbidden("create keys for this user or team"));
+    }
+    if let Some(team) = text(&req, "team_id") {
+        if gov.object(Kind::Team, &team).await?.is_none() {
+            return Err(not_found("Team", &team));
+        }
+    }
+    let key = match text(&req, "key") {
+        Some(k) if p.role == Role::ProxyAdmin => {
+            if !k.starts_with("sk-") || k.len() < 8 {
+                return Err(GatewayError::invalid_request(
+                    "A custom `key` must start with `sk-` and be at least 8 characters.",
+                )
+                .with_param("key"));
+            }
+            k
+        }
+        Some(_) => return Err(forbidden("choose key values")),
+        None => generate_key(),
+    };
+    let now = gov.now();
+    let mut doc = Map::new();
+    apply(&mut doc, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
+    doc.insert("key_name".into(), json!(key_name(&key)));
+    let expires = match req.get("duration").and_then(Value::as_str) {
+        Some(d) => Some(Period::parse(d).ok_or_else(|| {
+            GatewayError::invalid_request("`duration` must be like 30s, 30m, 24h, 7d or 1mo.")
+                .with_param("duration")
+        })?),
+        None => None,
+    };
+    if let Some(period) = expires {
+        let at = match period {
+            Period::Millis(ms) => now + ms,
+            Period::Days(d) => now + d * 86_400_000,
+            Period::Months(_) => period.next_reset(now),
+        };
+        doc.insert("expires".into(), json!(format_time(at)));
+        doc.insert("duration".into(), req["duration"].clone());
+    }
+    doc.insert(
+        "created_by".into(),
+        json!(p.user_id().unwrap_or("master_key")),
+    );
+    let mut obj = Object::new(Kind::Key, hash_key(&key), doc);
+    obj.created_at = now;
+    obj.spend = req.get("spend").and_then(Value::as_f64).unwrap_or(0.0);
+    schedule_reset(&mut obj, now, true);
+    if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
+        return Err(
+            GatewayError::invalid_request("This key already exists.").with_code("key_exists")
+        );
+    }
+    gov.invalidate(Kind::Key, &obj.id);
+    let mut out = view(&obj);
+    out["key"] = json!(key);
+    out["token_id"] = json!(obj.id);
+    if out.get("expires").is_none() {
+        out["expires"] = Value::Null;
+    }
+    Ok(out)
+}
+
+/// The key a body or query names (`key`: a key or its hash), and the stored object.
+async fn named_key(gov: &Governance, name: Option<String>) -> Result<Object, GatewayError> {
+    let name = name.ok_or_else(|| missing("key"))?;
+    let id = hash_key(&name);
+    gov.store
+        .get(Kind::Key, &id)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(|| not_found("Key", &format!("{}...", &id[..8])))
+}
+
+async fn key_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            let mut obj = named_key(&gov, text(&req, "key")).await?;
+            if !may_manage(&gov, &p, obj.user_id.as_deref(), obj.team_id.as_deref()).await? {
+                return Err(forbidden("update this key"));
+            }
+            if p.role != Role::ProxyAdmin
+                && (req.contains_key("user_id") || req.contains_key("team_id"))
+                && !may_manage(
+                    &gov,
+                    &p,
+                    text(&req, "user_id").as_deref(),
+                    text(&req, "team_id").as_deref(),
+                )
+                .await?
+            {
+                return Err(forbidden("move this key"));
+            }
+            let now = gov.now();
+            apply(&mut obj.data, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
+            if let Some(d) = req.get("duration").and_then(Value::as_str) {
+                let period = Period::parse(d).ok_or_else(|| {
+                    GatewayError::invalid_request(
+                        "`duration` must be like 30s, 30m, 24h, 7d or 1mo.",
+                    )
+                    .with_param("duration")
+                })?;
+                let at = match period {
+                    Period::Millis(ms) => now + ms,
+                    Period::Days(days) => now + days * 86_400_000,
+                    Period::Months(_) => period.next_reset(now),
+                };
+                obj.data.insert("expires".into(), json!(format_time(at)));
+            }
+            let set_spend = req.get("spend").and_then(Value::as_f64);
+            if let Some(spend) = set_spend {
+                obj.spend = spend;
+            }
+            obj.sync_columns();
+            schedule_reset(&mut obj, now, req.contains_key("budget_duration"));
+            gov.store
+                .update(&obj, set_spend.is_some())
+                .await
+                .map_err(|e| store_error(&e))?;
+            gov.invalidate(Kind::Key, &obj.id);
+            if set_spend.is_some() || req.contains_key("budget_duration") {
+                gov.ledger
+                    .reset(&(Kind::Key, obj.id.clone()), obj.spend, obj.budget_reset_at);
+            }
+            let mut out = view(&obj);
+            out["key"] = json!(obj.id);
+            Ok(out)
+        }
+        .await,
+    )
+}
+
+async fn key_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        let req = body(&b)?;
+        let mut targets = Vec::new();
+        for k in id_list(&req, "keys") {
+            targets.push(named_key(&gov, Some(k)).await?);
+        }
+        for alias in id_list(&req, "key_aliases") {
+            let found = gov.store.list(Kind::Key, &ListFilter { alias: Some(alias.clone()), ..Default::default() }).await.map_err(|e| store_error(&e))?;
+            if found.is_empty() {
+                return Err(not_found("Key alias", &alias));
+            }
+            targets.extend(found);
+        }
+        if targets.is_empty() {
+            return Err(missing("keys"));
+        }
+        for t in &targets {
+            if !may_manage(&gov, &p, t.user_id.as_deref(), t.team_id.as_deref()).await? {
+                return Err(forbidden("delete this key"));
+            }
+        }
+        let ids: Vec<String> = targets.iter().map(|t| t.id.clone()).collect();
+        gov.store.delete(Kind::Key, &ids).await.map_err(|e| store_error(&e))?;
+        for id in &ids {
+            gov.invalidate(Kind::Key, id);
+        }
+        Ok(json!({"deleted_keys": id_list(&req, "keys").into_iter().chain(id_list(&req, "key_aliases")).collect::<Vec<_>>()}))
+    }.await)
+}
+
+async fn key_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        let obj = match params.get("key") {
+            Some(k) => named_key(&gov, Some(k.clone())).await?,
+            None => p.key.clone().ok_or_else(|| missing("key"))?,
+        };
+        let own = p.key.as_ref().is_some_and(|k| k.id == obj.id);
+        if !own && !p.role.is_admin() && !may_read_key(&gov, &p, &obj).await? {
+            return Err(forbidden("see this key"));
+        }
+        let obj = live(&gov, obj);
+        Ok(json!({"key": params.get("key").cloned().unwrap_or_else(|| obj.id.clone()), "info": view(&obj)}))
+    }.await)
+}
+
+async fn may_read_key(gov: &Governance, p: &Principal, key: &Object) -> Result<bool, GatewayError> {
+    if p.role.is_admin() {
+        return Ok(true);
+    }
+    if key.user_id.is_some() && key.user_id.as_deref() == p.user_id() {
+        return Ok(true);
+    }
+    if let Some(team) = &key.team_id {
+        if let Some(t) = gov.object(Kind::Team, team).await? {
+            return Ok(p.is_team_admin(&t));
+        }
+    }
+    Ok(false)
+}
+
+async fn key_list(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        let mut filter = ListFilter {
+            user_id: params.get("user_id").cloned(),
+            team_id: params.get("team_id").cloned(),
+            organization_id: params.get("organization_id").cloned(),
+            alias: params.get("key_alias").cloned(),
+            ..Default::default()
+        };
+        if !p.role.is_admin() {
+            let team_admin = match &filter.team_id {
+                Some(t) => gov.object(Kind::Team, t).await?.is_some_and(|t| p.is_team_admin(&t)),
+                None => false,
+            };
+            if !team_admin {
+                filter.user_id = Some(p.user_id().ok_or_else(|| forbidden("list keys"))?.to_owned());
+            }
+        }
+        let total = gov.store.count(Kind::Key, &filter).await.map_err(|e| store_error(&e))?;
+        let (page, size) = page(&params);
+        filter.offset = (page - 1) * size;
+        filter.limit = Some(size);
+        let keys = gov.store.list(Kind::Key, &filter).await.map_err(|e| store_error(&e))?;
+        let full = params.get("return_full_object").is_some_and(|v| v == "true");
+        let keys: Vec<Value> = keys
+            .into_iter()
+            .map(|k| if full { view(&live(&gov, k)) } else { json!(k.id) })
+            .collect();
+        Ok(json!({"keys": keys, "total_count": total, "current_page": page, "total_pages": total.div_ceil(size)}))
+    }.await)
+}
+
+async fn regenerate(
+    gov: &Governance,
+    p: &Principal,
+    name: Option<String>,
+    req: &Map<String, Value>,
+) -> ApiResult {
+    let old = named_key(gov, name).await?;
+    if !may_manage(gov, p, old.user_id.as_deref(), old.team_id.as_deref()).await? {
+        return Err(forbidden("regenerate this key"));
+    }
+    let key = match text(req, "new_key") {
+        Some(k) if p.role == Role::ProxyAdmin && k.starts_with("sk-") => k,
+        _ => generate_key(),
+    };
+    let mut obj = old.clone();
+    obj.id = hash_key(&key);
+    apply(&mut obj.data, req, &[KEY_FIELDS, BUDGET_FIELDS])?;
+    obj.data.insert("key_name".into(), json!(key_name(&key)));
+    obj.sync_columns();
+    obj.updated_at = gov.now();
+    if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
+        return Err(
+            GatewayError::invalid_request("This key already exists.").with_code("key_exists")
+        );
+    }
+    gov.store
+        .delete(Kind::Key, std::slice::from_ref(&old.id))
+        .await
+        .map_err(|e| store_error(&e))?;
+    gov.invalidate(Kind::Key, &old.id);
+    gov.invalidate(Kind::Key, &obj.id);
+    let mut out = view(&obj);
+    out["key"] = json!(key);
+    out["token_id"] = json!(obj.id);
+    Ok(out)
+}
+
+async fn key_regenerate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            regenerate(&gov, &p, text(&req, "key"), &req).await
+        }
+        .await,
+    )
+}
+
+async fn key_regenerate_path(
+    State(s): State<AppState>,
+    axum::extract::Path(key): axum::extract::Path<String>,
+    headers: HeaderMap,
+    b: Bytes,
+) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            regenerate(&gov, &p, Some(key), &req).await
+        }
+        .await,
+    )
+}
+
+async fn set_key_blocked(s: AppState, headers: HeaderMap, b: Bytes, blocked: bool) -> ApiResult {
+    let (gov, p) = caller(&s, &headers).await?;
+    let req = body(&b)?;
+    let mut obj = named_key(&gov, text(&req, "key")).await?;
+    if !may_manage(&gov, &p, obj.user_id.as_deref(), obj.team_id.as_deref()).await? {
+        return Err(forbidden("block this key"));
+    }
+    obj.data.insert("blocked".into(), json!(blocked));
+    gov.store
+        .update(&obj, false)
+        .await
+        .map_err(|e| store_error(&e))?;
+    gov.invalidate(Kind::Key, &obj.id);
+    Ok(view(&obj))
+}
+
+async fn key_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_key_blocked(s, headers, b, true).await)
+}
+
+async fn key_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_key_blocked(s, headers, b, false).await)
+}
+
+// ---------- generic owners: users, teams, organizations, customers, budgets ----------
+
+struct Spec {
+    kind: Kind,
+    id_field: &'static str,
+    label: &'static str,
+    fields: &'static [&'static str],
+}
+
+const USER: Spec = Spec {
+    kind: Kind::User,
+    id_field: "user_id",
+    label: "User",
+    fields: USER_FIELDS,
+};
+const TEAM: Spec = Spec {
+    kind: Kind::Team,
+    id_field: "team_id",
+    label: "Team",
+    fields: TEAM_FIELDS,
+};
+const ORG: Spec = Spec {
+    kind: Kind::Organization,
+    id_field: "organization_id",
+    label: "Organization",
+    fields: ORG_FIELDS,
+};
+const CUSTOMER: Spec = Spec {
+    kind: Kind::Customer,
+    id_field: "user_id",
+    label: "End user",
+    fields: CUSTOMER_FIELDS,
+};
+const BUDGET: Spec = Spec {
+    kind: Kind::Budget,
+    id_field: "budget_id",
+    label: "Budget",
+    fields: &[],
+};
+
+async fn create(
+    gov: &Governance,
+    spec: &Spec,
+    req: &Map<String, Value>,
+) -> Result<Object, GatewayError> {
+    let id = text(req, spec.id_field).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut doc = Map::new();
+    apply(&mut doc, req, &[spec.fields, BUDGET_FIELDS])?;
+    doc.insert(spec.id_field.to_owned(), json!(id));
+    let now = gov.now();
+    let mut obj = Object::new(spec.kind, id.clone(), doc);
+    if spec.kind == Kind::Customer {
+        // A customer's id column is its own; `user_id` in its document is not an owner.
+        obj.user_id = None;
+    }
+    obj.created_at = now;
+    obj.spend = req.get("spend").and_then(Value::as_f64).unwrap_or(0.0);
+    schedule_reset(&mut obj, now, true);
+    if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
+        return Err(GatewayError::invalid_request(format!(
+            "{} `{id}` already exists.",
+            spec.label
+        ))
+        .with_code("already_exists"));
+    }
+    gov.invalidate(spec.kind, &id);
+    Ok(obj)
+}
+
+async fn fetch(gov: &Governance, spec: &Spec, id: Option<String>) -> Result<Object, GatewayError> {
+    let id = id.ok_or_else(|| missing(spec.id_field))?;
+    gov.store
+        .get(spec.kind, &id)
+        .await
+        .map_err(|e| store_error(&e))?
+        .ok_or_else(|| not_found(spec.label, &id))
+}
+
+async fn update(
+    gov: &Governance,
+    spec: &Spec,
+    req: &Map<String, Value>,
+) -> Result<Object, GatewayError> {
+    let mut obj = fetch(gov, spec, text(req, spec.id_field)).await?;
+    apply(&mut obj.data, req, &[spec.fields, BUDGET_FIELDS])?;
+    let set_spend = req.get("spend").and_then(Value::as_f64);
+    if let Some(s) = set_spend {
+        obj.spend = s;
+    }
+    obj.sync_columns();
+    if spec.kind == Kind::Customer {
+        obj.user_id = None;
+    }
+    schedule_reset(&mut obj, gov.now(), req.contains_key("budget_duration"));
+    gov.store
+        .update(&obj, set_spend.is_some())
+        .await
+        .map_err(|e| store_error(&e))?;
+    gov.invalidate(spec.kind, &obj.id);
+    if set_spend.is_some() || req.contains_key("budget_duration") {
+        gov.ledger
+            .reset(&(spec.kind, obj.id.clone()), obj.spend, obj.budget_reset_at);
+    }
+    Ok(obj)
+}
+
+async fn remove(
+    gov: &Governance,
+    spec: &Spec,
+    ids: Vec<String>,
+    field: &str,
+) -> Result<Vec<String>, GatewayError> {
+    if ids.is_empty() {
+        return Err(missing(field));
+    }
+    for id in &ids {
+        fetch(gov, spec, Some(id.clone())).await?;
+    }
+    gov.store
+        .delete(spec.kind, &ids)
+        .await
+        .map_err(|e| store_error(&e))?;
+    for id in &ids {
+        gov.invalidate(spec.kind, id);
+        gov.ledger.forget(&(spec.kind, id.clone()));
+    }
+    Ok(ids)
+}
+
+async fn list_all(
+    gov: &Governance,
+    kind: Kind,
+    filter: ListFilter,
+) -> Result<Vec<Value>, GatewayError> {
+    Ok(gov
+        .store
+        .list(kind, &filter)
+        .await
+        .map_err(|e| store_error(&e))?
+        .into_iter()
+        .map(|o| view(&live(gov, o)))
+        .collect())
+}
+
+// users
+
+async fn user_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "create users")?;
+            let req = body(&b)?;
+            let mut req2 = req.clone();
+            if !req2.contains_key("user_role") {
+                req2.insert("user_role".into(), json!("internal_user"));
+            }
+            let user = create(&gov, &USER, &req2).await?;
+            for team in strings(&user.data, "teams") {
+                add_member(&gov, &team, json!({"user_id": user.id, "role": "user"})).await?;
+            }
+            let mut out = view(&user);
+            // LiteLLM creates a key for a new user unless told not to.
+            if req.get("auto_create_key").and_then(Value::as_bool) != Some(false) {
+                let mut key_req = Map::new();
+                key_req.insert("user_id".into(), json!(user.id));
+                for f in ["models", "key_alias", "duration", "aliases", "metadata"] {
+                    if let Some(v) = req.get(f) {
+                        key_req.insert(f.into(), v.clone());
+                    }
+                }
+                let key = create_key(&gov, &Principal::master(), &key_req).await?;
+                out["key"] = key["key"].clone();
+                out["expires"] = key.get("expires").cloned().unwrap_or(Value::Null);
+            }
+            Ok(out)
+        }
+        .await,
+    )
+}
+
+async fn user_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "update users")?;
+            Ok(view(&update(&gov, &USER, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn user_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete users")?;
+            let req = body(&b)?;
+            let ids = remove(&gov, &USER, id_list(&req, "user_ids"), "user_ids").await?;
+            // Their keys go with them.
+            for id in &ids {
+                let keys = gov
+                    .store
+                    .list(
+                        Kind::Key,
+                        &ListFilter {
+                            user_id: Some(id.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+                gov.store
+                    .delete(Kind::Key, &key_ids)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                for k in key_ids {
+                    gov.invalidate(Kind::Key, &k);
+                }
+            }
+            Ok(json!({"deleted_users": ids}))
+        }
+        .await,
+    )
+}
+
+async fn user_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        let id = params.get("user_id").cloned().or_else(|| p.user_id().map(str::to_owned)).ok_or_else(|| missing("user_id"))?;
+        if !p.role.is_admin() && p.user_id() != Some(id.as_str()) {
+            return Err(forbidden("see other users"));
+        }
+        let user = fetch(&gov, &USER, Some(id.clone())).await?;
+        let keys = list_all(&gov, Kind::Key, ListFilter { user_id: Some(id.clone()), ..Default::default() }).await?;
+        let mut teams = Vec::new();
+        for t in strings(&user.data, "teams") {
+            if let Some(team) = gov.store.get(Kind::Team, &t).await.map_err(|e| store_error(&e))? {
+                teams.push(view(&team));
+            }
+        }
+        Ok(json!({"user_id": id, "user_info": view(&live(&gov, user)), "keys": keys, "teams": teams}))
+    }.await)
+}
+
+async fn user_list(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        require_reader(&p, "list users")?;
+        let (page, size) = page(&params);
+        let total = gov.store.count(Kind::User, &ListFilter::default()).await.map_err(|e| store_error(&e))?;
+        let mut users = list_all(&gov, Kind::User, ListFilter { offset: (page - 1) * size, limit: Some(size), ..Default::default() }).await?;
+        if let Some(role) = params.get("role") {
+            users.retain(|u| u.get("user_role").and_then(Value::as_str) == Some(role));
+        }
+        Ok(json!({"users": users, "total": total, "page": page, "page_size": size, "total_pages": total.div_ceil(size)}))
+    }.await)
+}
+
+// teams
+
+async fn add_member(
+    gov: &Governance,
+    team_id: &str,
+    member: Value,
+) -> Result<Object, GatewayError> {
+    let mut team = fetch(gov, &TEAM, Some(team_id.to_owned())).await?;
+    let user_id = member
+        .get("user_id")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let role = member.get("role").and_then(Value::as_str).unwrap_or("user");
+    if role != "admin" && role != "user" {
+        return Err(
+            GatewayError::invalid_request("A member's `role` is `admin` or `user`.")
+                .with_param("member"),
+        );
+    }
+    let mut members: Vec<Value> = team
+        .data
+        .get("members_with_roles")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    members.retain(|m| m.get("user_id").and_then(Value::as_str) != user_id.as_deref());
+    members.push(json!({"user_id": user_id, "user_email": member.get("user_email"), "role": role}));
+    team.data
+        .insert("members_with_roles".into(), Value::Array(members));
+    gov.store
+        .update(&team, false)
+        .await
+        .map_err(|e| store_error(&e))?;
+    gov.invalidate(Kind::Team, team_id);
+    if let Some(uid) = user_id {
+        if let Some(mut user) = gov
+            .store
+            .get(Kind::User, &uid)
+            .await
+            .map_err(|e| store_error(&e))?
+        {
+            let mut teams = strings(&user.data, "teams");
+            if !teams.iter().any(|t| t == team_id) {
+                teams.push(team_id.to_owned());
+                user.data.insert("teams".into(), json!(teams));
+                gov.store
+                    .update(&user, false)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                gov.invalidate(Kind::User, &uid);
+            }
+        }
+    }
+    Ok(team)
+}
+
+async fn team_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "create teams")?;
+            let req = body(&b)?;
+            if let Some(org) = text(&req, "organization_id") {
+                fetch(&gov, &ORG, Some(org)).await?;
+            }
+            let team = create(&gov, &TEAM, &req).await?;
+            let mut team = team;
+            for m in team
+                .data
+                .get("members_with_roles")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default()
+            {
+                team = add_member(&gov, &team.id, m).await?;
+            }
+            Ok(view(&team))
+        }
+        .await,
+    )
+}
+
+async fn team_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            let team = fetch(&gov, &TEAM, text(&req, "team_id")).await?;
+            if p.role != Role::ProxyAdmin && !(p.role.can_write() && p.is_team_admin(&team)) {
+                return Err(forbidden("update this team"));
+            }
+            Ok(view(&update(&gov, &TEAM, &req).await?))
+        }
+        .await,
+    )
+}
+
+async fn team_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete teams")?;
+            let req = body(&b)?;
+            let ids = remove(&gov, &TEAM, id_list(&req, "team_ids"), "team_ids").await?;
+            for id in &ids {
+                let keys = gov
+                    .store
+                    .list(
+                        Kind::Key,
+                        &ListFilter {
+                            team_id: Some(id.clone()),
+                            ..Default::default()
+                        },
+                    )
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
+                gov.store
+                    .delete(Kind::Key, &key_ids)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                for k in key_ids {
+                    gov.invalidate(Kind::Key, &k);
+                }
+            }
+            Ok(json!({"deleted_teams": ids}))
+        }
+        .await,
+    )
+}
+
+async fn team_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        let team = fetch(&gov, &TEAM, params.get("team_id").cloned()).await?;
+        let member = team.data.get("members_with_roles").and_then(Value::as_array).is_some_and(|m| {
+            m.iter().any(|m| p.user_id().is_some() && m.get("user_id").and_then(Value::as_str) == p.user_id())
+        });
+        if !p.role.is_admin() && !member && p.team.as_ref().map(|t| &t.id) != Some(&team.id) {
+            return Err(forbidden("see this team"));
+        }
+        let keys = list_all(&gov, Kind::Key, ListFilter { team_id: Some(team.id.clone()), ..Default::default() }).await?;
+        Ok(json!({"team_id": team.id, "team_info": view(&live(&gov, team.clone())), "keys": keys, "team_memberships": []}))
+    }.await)
+}
+
+async fn team_list(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let mut teams = list_all(
+                &gov,
+                Kind::Team,
+                ListFilter {
+                    organization_id: params.get("organization_id").cloned(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            if !p.role.is_admin() {
+                let me = p.user_id().unwrap_or("");
+                teams.retain(|t| {
+                    t.get("members_with_roles")
+                        .and_then(Value::as_array)
+                        .is_some_and(|m| {
+                            m.iter()
+                                .any(|m| m.get("user_id").and_then(Value::as_str) == Some(me))
+                        })
+                });
+            }
+            Ok(Value::Array(teams))
+        }
+        .await,
+    )
+}
+
+async fn team_member_add(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            let team_id = text(&req, "team_id").ok_or_else(|| missing("team_id"))?;
+            let team = fetch(&gov, &TEAM, Some(team_id.clone())).await?;
+            if p.role != Role::ProxyAdmin && !(p.role.can_write() && p.is_team_admin(&team)) {
+                return Err(forbidden("add team members"));
+            }
+            let members = match req.get("member") {
+                Some(Value::Array(a)) => a.clone(),
+                Some(m @ Value::Object(_)) => vec![m.clone()],
+                _ => return Err(missing("member")),
+            };
+            let mut team = team;
+            for m in members {
+                team = add_member(&gov, &team_id, m).await?;
+            }
+            Ok(view(&team))
+        }
+        .await,
+    )
+}
+
+async fn team_member_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let req = body(&b)?;
+            let mut team = fetch(&gov, &TEAM, text(&req, "team_id")).await?;
+            if p.role != Role::ProxyAdmin && !(p.role.can_write() && p.is_team_admin(&team)) {
+                return Err(forbidden("remove team members"));
+            }
+            let user_id = text(&req, "user_id").ok_or_else(|| missing("user_id"))?;
+            let mut members: Vec<Value> = team
+                .data
+                .get("members_with_roles")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            let before = members.len();
+            members.retain(|m| m.get("user_id").and_then(Value::as_str) != Some(user_id.as_str()));
+            if members.len() == before {
+                return Err(not_found("Team member", &user_id));
+            }
+            team.data
+                .insert("members_with_roles".into(), Value::Array(members));
+            gov.store
+                .update(&team, false)
+                .await
+                .map_err(|e| store_error(&e))?;
+            gov.invalidate(Kind::Team, &team.id);
+            if let Some(mut user) = gov
+                .store
+                .get(Kind::User, &user_id)
+                .await
+                .map_err(|e| store_error(&e))?
+            {
+                let teams: Vec<String> = strings(&user.data, "teams")
+                    .into_iter()
+                    .filter(|t| *t != team.id)
+                    .collect();
+                user.data.insert("teams".into(), json!(teams));
+                gov.store
+                    .update(&user, false)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                gov.invalidate(Kind::User, &user_id);
+            }
+            Ok(view(&team))
+        }
+        .await,
+    )
+}
+
+async fn set_blocked(
+    s: AppState,
+    headers: HeaderMap,
+    b: Bytes,
+    spec: &Spec,
+    field: &str,
+    blocked: bool,
+) -> ApiResult {
+    let (gov, p) = caller(&s, &headers).await?;
+    require_admin(&p, "block or unblock")?;
+    let req = body(&b)?;
+    let ids = match id_list(&req, field) {
+        ids if !ids.is_empty() => ids,
+        _ => id_list(&req, spec.id_field),
+    };
+    if ids.is_empty() {
+        return Err(missing(field));
+    }
+    let mut out = Vec::new();
+    for id in ids {
+        let mut obj = fetch(&gov, spec, Some(id.clone())).await?;
+        obj.data.insert("blocked".into(), json!(blocked));
+        gov.store
+            .update(&obj, false)
+            .await
+            .map_err(|e| store_error(&e))?;
+        gov.invalidate(spec.kind, &id);
+        out.push(view(&obj));
+    }
+    Ok(if out.len() == 1 {
+        out.remove(0)
+    } else {
+        Value::Array(out)
+    })
+}
+
+async fn team_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_blocked(s, headers, b, &TEAM, "team_id", true).await)
+}
+
+async fn team_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_blocked(s, headers, b, &TEAM, "team_id", false).await)
+}
+
+// organizations
+
+async fn org_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "create organizations")?;
+            Ok(view(&create(&gov, &ORG, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn org_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "update organizations")?;
+            Ok(view(&update(&gov, &ORG, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn org_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete organizations")?;
+            let req = body(&b)?;
+            let ids = remove(
+                &gov,
+                &ORG,
+                id_list(&req, "organization_ids"),
+                "organization_ids",
+            )
+            .await?;
+            Ok(Value::Array(
+                ids.into_iter()
+                    .map(|id| json!({"organization_id": id}))
+                    .collect(),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn org_info_value(s: AppState, headers: HeaderMap, id: Option<String>) -> ApiResult {
+    let (gov, p) = caller(&s, &headers).await?;
+    let org = fetch(&gov, &ORG, id).await?;
+    if !p.role.is_admin() && p.organization.as_ref().map(|o| &o.id) != Some(&org.id) {
+        return Err(forbidden("see this organization"));
+    }
+    let teams = list_all(
+        &gov,
+        Kind::Team,
+        ListFilter {
+            organization_id: Some(org.id.clone()),
+            ..Default::default()
+        },
+    )
+    .await?;
+    let mut out = view(&live(&gov, org));
+    out["teams"] = Value::Array(teams);
+    Ok(out)
+}
+
+async fn org_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(org_info_value(s, headers, params.get("organization_id").cloned()).await)
+}
+
+async fn org_info_post(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let req = body(&b)?;
+            let id = text(&req, "organization_id")
+                .or_else(|| id_list(&req, "organizations").into_iter().next());
+            org_info_value(s, headers, id).await
+        }
+        .await,
+    )
+}
+
+async fn org_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "list organizations")?;
+            Ok(Value::Array(
+                list_all(&gov, Kind::Organization, ListFilter::default()).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+// customers (end users)
+
+async fn customer_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "create customers")?;
+            let req = body(&b)?;
+            if text(&req, "user_id").is_none() {
+                return Err(missing("user_id"));
+            }
+            if let Some(budget) = text(&req, "budget_id") {
+                fetch(&gov, &BUDGET, Some(budget)).await?;
+            }
+            Ok(view(&create(&gov, &CUSTOMER, &req).await?))
+        }
+        .await,
+    )
+}
+
+async fn customer_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "update customers")?;
+            Ok(view(&update(&gov, &CUSTOMER, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn customer_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete customers")?;
+            let req = body(&b)?;
+            let ids = remove(&gov, &CUSTOMER, id_list(&req, "user_ids"), "user_ids").await?;
+            Ok(json!({"deleted_customers": ids}))
+        }
+        .await,
+    )
+}
+
+async fn customer_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see customers")?;
+            let id = params
+                .get("end_user_id")
+                .or_else(|| params.get("user_id"))
+                .cloned();
+            Ok(view(&live(&gov, fetch(&gov, &CUSTOMER, id).await?)))
+        }
+        .await,
+    )
+}
+
+async fn customer_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "list customers")?;
+            Ok(Value::Array(
+                list_all(&gov, Kind::Customer, ListFilter::default()).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+async fn customer_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_blocked(s, headers, b, &CUSTOMER, "user_ids", true).await)
+}
+
+async fn customer_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(set_blocked(s, headers, b, &CUSTOMER, "user_ids", false).await)
+}
+
+// budgets
+
+async fn budget_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "create budgets")?;
+            Ok(view(&create(&gov, &BUDGET, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn budget_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "update budgets")?;
+            Ok(view(&update(&gov, &BUDGET, &body(&b)?).await?))
+        }
+        .await,
+    )
+}
+
+async fn budget_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete budgets")?;
+            let req = body(&b)?;
+            let ids = remove(&gov, &BUDGET, id_list(&req, "id"), "id").await?;
+            Ok(json!({"deleted_budgets": ids}))
+        }
+        .await,
+    )
+}
+
+async fn budget_info(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see budgets")?;
+            let req = body(&b)?;
+            let ids = id_list(&req, "budgets");
+            if ids.is_empty() {
+                return Err(missing("budgets"));
+            }
+            Ok(Value::Array(
+                list_all(
+                    &gov,
+                    Kind::Budget,
+                    ListFilter {
+                        ids: Some(ids),
+                        ..Default::default()
+                    },
+                )
+                .await?,
+            ))
+        }
+        .await,
+    )
+}
+
+async fn budget_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "list budgets")?;
+            Ok(Value::Array(
+                list_all(&gov, Kind::Budget, ListFilter::default()).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+// ---------- spend ----------
+
+/// `YYYY-MM-DD` (or RFC 3339) → unix ms at the start of that day / instant.
+fn date_ms(text: &str) -> Option<i64> {
+    parse_time(text).or_else(|| parse_time(&format!("{text}T00:00:00Z")))
+}
+
+fn day_range(params: &Params) -> (String, String) {
+    let now = llmux_store::now_ms();
+    let start = params
+        .get("start_date")
+        .and_then(|d| date_ms(d))
+        .unwrap_or(now - 30 * 86_400_000);
+    let end = params
+        .get("end_date")
+        .and_then(|d| date_ms(d))
+        .unwrap_or(now);
+    (llmux_store::utc_day(start), llmux_store::utc_day(end))
+}
+
+fn log_view(r: &llmux_store::SpendRecord) -> Value {
+    json!({
+        "request_id": r.request_id,
+        "call_type": r.call_type,
+        "api_key": r.api_key,
+        "spend": r.spend,
+        "total_tokens": r.total_tokens,
+        "prompt_tokens": r.prompt_tokens,
+        "completion_tokens": r.completion_tokens,
+        "cached_tokens": r.cached_tokens,
+        "reasoning_tokens": r.reasoning_tokens,
+        "startTime": format_time(r.start_time),
+        "endTime": format_time(r.end_time),
+        "completionStartTime": r.ttft_ms.map(|t| format_time(r.start_time + t)),
+        "model": r.model,
+        "model_group": r.model_group,
+        "model_id": r.deployment_id,
+        "custom_llm_provider": r.provider,
+        "user": r.user_id,
+        "team_id": r.team_id,
+        "organization_id": r.organization_id,
+        "end_user": r.end_user,
+        "request_tags": r.tags,
+        "cache_hit": r.cache_hit.to_string(),
+        "status": r.status,
+        "error_kind": r.error_kind,
+    })
+}
+
+async fn spend_logs(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let mut filter = SpendFilter {
+                request_id: params.get("request_id").cloned(),
+                api_key: params.get("api_key").map(|k| hash_key(k)),
+                user_id: params.get("user_id").cloned(),
+                team_id: params.get("team_id").cloned(),
+                start: params.get("start_date").and_then(|d| date_ms(d)),
+                end: params
+                    .get("end_date")
+                    .and_then(|d| date_ms(d))
+                    .map(|e| e + 86_400_000),
+                limit: params.get("limit").and_then(|l| l.parse().ok()),
+            };
+            if !p.role.is_admin() {
+                // Users see their own requests only.
+                let me = p.user_id().map(str::to_owned);
+                match me {
+                    Some(me) => filter.user_id = Some(me),
+                    None => filter.api_key = p.key.as_ref().map(|k| k.id.clone()),
+                }
+            }
+            let rows = gov
+                .store
+                .spend_logs(&filter)
+                .await
+                .map_err(|e| store_error(&e))?;
+            Ok(Value::Array(rows.iter().map(log_view).collect()))
+        }
+        .await,
+    )
+}
+
+async fn spend_keys(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see spend per key")?;
+            Ok(Value::Array(
+                list_all(&gov, Kind::Key, ListFilter::default()).await?,
+            ))
+        }
+        .await,
+    )
+}
+
+async fn spend_users(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            let filter = match params.get("user_id") {
+                Some(u) => ListFilter {
+                    ids: Some(vec![u.clone()]),
+                    ..Default::default()
+                },
+                None => ListFilter::default(),
+            };
+            if !p.role.is_admin() && params.get("user_id").map(String::as_str) != p.user_id() {
+                return Err(forbidden("see other users' spend"));
+            }
+            Ok(Value::Array(list_all(&gov, Kind::User, filter).await?))
+        }
+        .await,
+    )
+}
+
+/// Rollups of `kind` summed per entity (and optionally per model group).
+async fn totals(
+    gov: &Governance,
+    kind: &str,
+    params: &Params,
+) -> Result<Vec<(String, String, i64, f64)>, GatewayError> {
+    let (start, end) = day_range(params);
+    let rows = gov
+        .store
+        .daily_spend(kind, None, &start, &end)
+        .await
+        .map_err(|e| store_error(&e))?;
+    let mut by: std::collections::BTreeMap<(String, String), (i64, f64)> = Default::default();
+    for r in rows {
+        let e = by.entry((r.entity_id, r.model_group)).or_default();
+        e.0 += r.requests;
+        e.1 += r.spend;
+    }
+    Ok(by
+        .into_iter()
+        .map(|((e, m), (n, s))| (e, m, n, s))
+        .collect())
+}
+
+fn top(mut items: Vec<(String, i64, f64)>, params: &Params) -> Vec<(String, i64, f64)> {
+    items.sort_by(|a, b| b.2.partial_cmp(&a.2).unwrap_or(std::cmp::Ordering::Equal));
+    let limit = params
+        .get("limit")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(usize::MAX);
+    items.truncate(limit);
+    items
+}
+
+fn per_entity(rows: Vec<(String, String, i64, f64)>) -> Vec<(String, i64, f64)> {
+    let mut by: std::collections::BTreeMap<String, (i64, f64)> = Default::default();
+    for (e, _, n, s) in rows {
+        let x = by.entry(e).or_default();
+        x.0 += n;
+        x.1 += s;
+    }
+    by.into_iter().map(|(e, (n, s))| (e, n, s)).collect()
+}
+
+async fn spend_tags(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        require_reader(&p, "see spend per tag")?;
+        let rows = top(per_entity(totals(&gov, "tag", &params).await?), &params);
+        Ok(json!({"spend_per_tag": rows.iter().map(|(t, n, s)| json!({"individual_request_tag": t, "log_count": n, "total_spend": s})).collect::<Vec<_>>()}))
+    }.await)
+}
+
+async fn global_spend(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see global spend")?;
+            let rows = totals(&gov, "all", &params).await?;
+            let spend: f64 = rows.iter().map(|r| r.3).sum();
+            Ok(json!({"spend": spend, "max_budget": Value::Null}))
+        }
+        .await,
+    )
+}
+
+async fn global_spend_keys(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see spend per key")?;
+            let rows = top(per_entity(totals(&gov, "key", &params).await?), &params);
+            let mut out = Vec::new();
+            for (key, _, spend) in rows {
+                let stored = gov
+                    .store
+                    .get(Kind::Key, &key)
+                    .await
+                    .map_err(|e| store_error(&e))?;
+                out.push(json!({
+                    "api_key": key,
+                    "total_spend": spend,
+                    "key_alias": stored.as_ref().and_then(|k| k.data.get("key_alias").cloned()),
+                    "key_name": stored.as_ref().and_then(|k| k.data.get("key_name").cloned()),
+                }));
+            }
+            Ok(Value::Array(out))
+        }
+        .await,
+    )
+}
+
+async fn global_spend_models(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_reader(&p, "see spend per model")?;
+            let rows = totals(&gov, "model", &params).await?;
+            let per_model: Vec<(String, i64, f64)> = per_entity(
+                rows.into_iter()
+                    .map(|(_, m, n, s)| (m, String::new(), n, s))
+                    .collect(),
+            );
+            Ok(Value::Array(
+                top(per_model, &params)
+                    .into_iter()
+                    .map(|(m, n, s)| json!({"model": m, "total_spend": s, "requests": n}))
+                    .collect(),
+            ))
+        }
+        .await,
+    )
+}
+
+async fn global_spend_teams(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    params: Params,
+) -> Response {
+    respond(async {
+        let (gov, p) = caller(&s, &headers).await?;
+        require_reader(&p, "see spend per team")?;
+        let (start, end) = day_range(&params);
+        let rows = gov.store.daily_spend("team", None, &start, &end).await.map_err(|e| store_error(&e))?;
+        let mut daily: std::collections::BTreeMap<String, Map<String, Value>> = Default::default();
+        let mut totals_by: std::collections::BTreeMap<String, f64> = Default::default();
+        for r in rows {
+            let day = daily.entry(r.day.clone()).or_default();
+            let v = day.get(&r.entity_id).and_then(Value::as_f64).unwrap_or(0.0) + r.spend;
+            day.insert(r.entity_id.clone(), json!(v));
+            *totals_by.entry(r.entity_id).or_default() += r.spend;
+        }
+        Ok(json!({
+            "daily_spend": daily.into_iter().map(|(d, mut m)| { m.insert("date".into(), json!(d)); Value::Object(m) }).collect::<Vec<_>>(),
+            "teams": totals_by.keys().collect::<Vec<_>>(),
+            "total_spend_per_team": totals_by.iter().map(|(t, s)| json!({"team_id": t, "total_spend": s})).collect::<Vec<_>>(),
+        }))
+    }.await)
+}
+
+// ---------- models ----------
+
+async fn model_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "add models")?;
+            let req = body(&b)?;
+            let name = text(&req, "model_name").ok_or_else(|| missing("model_name"))?;
+            let params = req
+                .get("litellm_params")
+                .filter(|v| v.get("model").is_some())
+                .ok_or_else(|| missing("litellm_params.model"))?;
+            let id = req
+                .get("model_info")
+                .and_then(|m| m.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+            let mut info = req
+                .get("model_info")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            info.insert("id".into(), json!(id));
+            info.insert("db_model".into(), json!(true));
+            let mut doc = Map::new();
+            doc.insert("model_name".into(), json!(name));
+            doc.insert("litellm_params".into(), params.clone());
+            doc.insert("model_info".into(), Value::Object(info));
+            let obj = Object::new(Kind::Model, id.clone(), doc);
+            crate::models::check_model(&obj)?;
+            if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
+                return Err(
+                    GatewayError::invalid_request(format!("Model `{id}` already exists."))
+                        .with_code("already_exists"),
+                );
+            }
+            crate::models::apply_db_models(&s).await?;
+            Ok(crate::models::model_view(&obj.data))
+        }
+        .await,
+    )
+}
+
+async fn model_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "update models")?;
+            let req = body(&b)?;
+            let id = req
+                .get("model_info")
+                .and_then(|m| m.get("id"))
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .or_else(|| text(&req, "model_id"))
+                .ok_or_else(|| missing("model_info.id"))?;
+            let mut obj = gov
+                .store
+                .get(Kind::Model, &id)
+                .await
+                .map_err(|e| store_error(&e))?
+                .ok_or_else(|| not_found("Model", &id))?;
+            if let Some(n) = text(&req, "model_name") {
+                obj.data.insert("model_name".into(), json!(n));
+            }
+            for section in ["litellm_params", "model_info"] {
+                if let Some(Value::Object(changes)) = req.get(section) {
+                    let target = obj.data.entry(section).or_insert_with(|| json!({}));
+                    if let Some(t) = target.as_object_mut() {
+                        for (k, v) in changes {
+                            t.insert(k.clone(), v.clone());
+                        }
+                    }
+                }
+            }
+            obj.sync_columns();
+            crate::models::check_model(&obj)?;
+            gov.store
+                .update(&obj, false)
+                .await
+                .map_err(|e| store_error(&e))?;
+            crate::models::apply_db_models(&s).await?;
+            Ok(crate::models::model_view(&obj.data))
+        }
+        .await,
+    )
+}
+
+async fn model_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+    respond(
+        async {
+            let (gov, p) = caller(&s, &headers).await?;
+            require_admin(&p, "delete models")?;
+            let req = body(&b)?;
+            let id = text(&req, "id").ok_or_else(|| missing("id"))?;
+            if gov
+                .store
+                .delete(Kind::Model, std::slice::from_ref(&id))
+                .await
+                .map_err(|e| store_error(&e))?
+                == 0
+            {
+                return Err(not_found("Model", &id));
+            }
+            crate::models::apply_db_models(&s).await?;
+            Ok(json!({"message": format!("Model: {id} deleted successfully")}))
+        }
+        .await,
+    )
+}
+
+async fn model_info(State(s): State<AppState>, headers: HeaderMap) -> Response {
+    respond(
+        async {
+            let (_, p) = caller(&s, &headers).await?;
+            let _ = p;
+            Ok(json!({"data": crate::models::all_models(&s)}))
+        }
+        .await,
+    )
+}

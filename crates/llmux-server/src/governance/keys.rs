@@ -1,0 +1,195 @@
+//! Virtual keys and who holds them: keys are `sk-` + 32 random bytes from the OS CSPRNG,
+//! stored only as their SHA-256 hex digest; a request's key resolves to a `Principal` (the key,
+//! its user, team and organization, and the caller's role).
+
+use rand::TryRngCore;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use llmux_store::Object;
+
+/// A new virtual key.
+pub fn generate_key() -> String {
+    let mut bytes = [0u8; 32];
+    // The OS generator fails only on a broken system; a zeroed key would be predictable, so
+    // fall back to the thread generator (itself seeded from the OS) rather than use it.
+    if rand::rngs::OsRng.try_fill_bytes(&mut bytes).is_err() {
+        rand::Rng::fill(&mut rand::rng(), &mut bytes);
+    }
+    let mut key = String::with_capacity(3 + 43);
+    key.push_str("sk-");
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    // base64url without padding: 43 characters for 32 bytes.
+    let mut acc = 0u32;
+    let mut bits = 0;
+    for b in bytes {
+        acc = (acc << 8) | u32::from(b);
+        bits += 8;
+        while bits >= 6 {
+            bits -= 6;
+            key.push(ALPHABET[((acc >> bits) & 63) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        key.push(ALPHABET[((acc << (6 - bits)) & 63) as usize] as char);
+    }
+    key
+}
+
+/// The stored id of a key: SHA-256 hex. A value that already is a 64-hex digest (LiteLLM's
+/// `/key/info?key=<hash>`) is kept as it is.
+pub fn hash_key(key: &str) -> String {
+    if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return key.to_ascii_lowercase();
+    }
+    let digest = Sha256::digest(key.as_bytes());
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        out.push_str(&format!("{b:02x}"));
+    }
+    out
+}
+
+/// LiteLLM's abbreviated key for display: `sk-...` + the last four characters.
+pub fn key_name(key: &str) -> String {
+    let tail: String = key
+        .chars()
+        .rev()
+        .take(4)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("sk-...{tail}")
+}
+
+/// LiteLLM's roles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    ProxyAdmin,
+    ProxyAdminViewer,
+    InternalUser,
+    InternalUserViewer,
+}
+
+impl Role {
+    pub fn parse(s: &str) -> Option<Role> {
+        Some(match s {
+            "proxy_admin" => Role::ProxyAdmin,
+            "proxy_admin_viewer" => Role::ProxyAdminViewer,
+            "internal_user" => Role::InternalUser,
+            "internal_user_viewer" => Role::InternalUserViewer,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::ProxyAdmin => "proxy_admin",
+            Role::ProxyAdminViewer => "proxy_admin_viewer",
+            Role::InternalUser => "internal_user",
+            Role::InternalUserViewer => "internal_user_viewer",
+        }
+    }
+
+    /// Sees everything.
+    pub fn is_admin(self) -> bool {
+        matches!(self, Role::ProxyAdmin | Role::ProxyAdminViewer)
+    }
+
+    /// May change things (within what it may see).
+    pub fn can_write(self) -> bool {
+        matches!(self, Role::ProxyAdmin | Role::InternalUser)
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub role: Role,
+    /// The key used (`None` for the master key).
+    pub key: Option<Object>,
+    pub user: Option<Object>,
+    pub team: Option<Object>,
+    pub organization: Option<Object>,
+}
+
+impl Principal {
+    pub fn master() -> Principal {
+        Principal {
+            role: Role::ProxyAdmin,
+            key: None,
+            user: None,
+            team: None,
+            organization: None,
+        }
+    }
+
+    pub fn user_id(&self) -> Option<&str> {
+        self.key
+            .as_ref()
+            .and_then(|k| k.user_id.as_deref())
+            .or_else(|| self.user.as_ref().map(|u| u.id.as_str()))
+    }
+
+    /// Whether this caller administers `team` (a team admin may manage the team's keys).
+    pub fn is_team_admin(&self, team: &Object) -> bool {
+        let Some(me) = self.user_id() else {
+            return false;
+        };
+        let listed = |field: &str| {
+            team.data
+                .get(field)
+                .and_then(Value::as_array)
+                .is_some_and(|members| {
+                    members.iter().any(|m| {
+                        m.get("user_id").and_then(Value::as_str) == Some(me)
+                            && m.get("role").and_then(Value::as_str) == Some("admin")
+                    })
+                })
+        };
+        listed("members_with_roles")
+            || team
+                .data
+                .get("admins")
+                .and_then(Value::as_array)
+                .is_some_and(|a| a.iter().any(|v| v.as_str() == Some(me)))
+    }
+}
+
+/// A document field as a list of strings (`models`, `tags`, ...).
+pub fn strings(data: &Map<String, Value>, field: &str) -> Vec<String> {
+    data.get(field)
+        .and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_are_random_url_safe_and_hashed() {
+        let a = generate_key();
+        let b = generate_key();
+        assert_ne!(a, b);
+        assert!(a.starts_with("sk-") && a.len() == 46, "{a}");
+        assert!(a[3..]
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_'));
+        let h = hash_key(&a);
+        assert_eq!(h.len(), 64);
+        assert_eq!(hash_key(&h), h, "a digest is already an id");
+        assert_eq!(
+            hash_key("abc"),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(key_name("sk-abcdefgh"), "sk-...efgh");
+    }
+}

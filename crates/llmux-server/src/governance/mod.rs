@@ -1,0 +1,774 @@
+//! Governance: who may call, what they may spend and how fast. A request's key resolves to a
+//! `Principal` (cached briefly, invalidated on change); admission checks model access, blocks,
+//! expiry, every applicable budget (reserving an estimate in the `Ledger`) and rate limit; when the
+//! request is over a `RequestHook` settles it: actual cost into the ledger, tokens into the
+//! limiter, one spend record to the background writer. The management API (`api.rs`) edits
+//! the same objects in the store.
+
+pub mod api;
+pub mod budget;
+pub mod keys;
+pub mod limits;
+pub mod writer;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use llmux::{Client, RequestHook, RequestLog};
+use llmux_config::Config;
+use llmux_store::{Kind, Object, SpendRecord, Store};
+use llmux_types::{ErrorKind, GatewayError};
+use serde_json::{json, Value};
+
+use budget::{BudgetCheck, Ledger, Period, DEFAULT_OUTPUT_ESTIMATE};
+use keys::{hash_key, strings, Principal, Role};
+use limits::{InMemoryLimiter, LimitExceeded, Limits, RateLimiter, Remaining};
+use writer::SpendWriter;
+
+/// How long a key or owner lookup is trusted before it is read again (changes made through
+/// this instance invalidate at once; this bounds how stale another instance's changes can be).
+const LOOKUP_TTL: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for requests still running to settle.
+const SETTLE_GRACE: Duration = Duration::from_secs(3);
+
+/// The current time in unix ms; replaceable so tests can move budget periods.
+pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
+
+pub struct Governance {
+    pub store: Store,
+    pub ledger: Arc<Ledger>,
+    pub limiter: Arc<dyn RateLimiter>,
+    pub writer: SpendWriter,
+    master_key: Option<llmux_config::Secret>,
+    objects: moka::sync::Cache<(Kind, String), Option<Arc<Object>>>,
+    clock: Clock,
+    alert_webhook: Option<String>,
+    http: reqwest::Client,
+    alerted: Mutex<HashSet<(Kind, String, i64)>>,
+    stopping: AtomicBool,
+    /// Admitted requests not yet settled.
+    in_flight: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Governance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Governance")
+            .field("backend", &self.store.backend())
+            .finish()
+    }
+}
+
+/// What the request asked for, as far as admission cares.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFacts {
+    pub model: String,
+    pub end_user: Option<String>,
+    pub tags: Vec<String>,
+    /// Rough prompt size and the output cap, for the cost estimate.
+    pub prompt_tokens_estimate: u64,
+    pub max_output_tokens: Option<u64>,
+}
+
+/// An admitted request: what it reserved and must release.
+pub struct Admission {
+    gov: Arc<Governance>,
+    principal: Principal,
+    owners: Vec<(Kind, String)>,
+    scopes: Vec<Limits>,
+    estimate: f64,
+    pub remaining: Remaining,
+    facts: RequestFacts,
+    call_type: &'static str,
+    started_ms: i64,
+    settled: AtomicBool,
+}
+
+impl Governance {
+    /// Open the store the configuration names (PostgreSQL `database_url` / `DATABASE_URL`, else
+    /// the SQLite file) and start the spend writer and the budget-reset task.
+    pub async fn start(
+        config: &Config,
+        env_database_url: Option<String>,
+    ) -> Result<Arc<Governance>, String> {
+        let url = config
+            .database_url
+            .clone()
+            .or(env_database_url)
+            .unwrap_or_else(|| format!("sqlite://{}", config.database_path));
+        let store = Store::open(&url)
+            .await
+            .map_err(|e| format!("cannot open the database: {e}"))?;
+        tracing::info!(backend = ?store.backend(), "governance store ready");
+        let clock: Clock = Arc::new(llmux_store::now_ms);
+        let gov = Self::with_store(store, config, clock);
+        gov.spawn_budget_resets();
+        Ok(gov)
+    }
+
+    pub fn with_store(store: Store, config: &Config, clock: Clock) -> Arc<Governance> {
+        let ledger = Arc::new(Ledger::default());
+        let writer = SpendWriter::start(
+            store.clone(),
+            Arc::clone(&ledger),
+            config.spend_queue_capacity,
+            config.disable_spend_logs,
+        );
+        Arc::new(Governance {
+            store,
+            ledger,
+            limiter: Arc::new(InMemoryLimiter::default()),
+            writer,
+            master_key: config.master_key.clone(),
+            objects: moka::sync::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(LOOKUP_TTL)
+                .build(),
+            clock,
+            alert_webhook: config.alert_webhook_url.clone(),
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            alerted: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+            in_flight: std::sync::atomic::AtomicU64::new(0),
+        })
+    }
+
+    pub fn now(&self) -> i64 {
+        (self.clock)()
+    }
+
+    /// An object, through the short-lived cache.
+    pub async fn object(&self, kind: Kind, id: &str) -> Result<Option<Arc<Object>>, GatewayError> {
+        let cache_key = (kind, id.to_owned());
+        if let Some(hit) = self.objects.get(&cache_key) {
+            return Ok(hit);
+        }
+        let found = self
+            .store
+            .get(kind, id)
+            .await
+            .map_err(|e| store_error(&e))?
+            .map(Arc::new);
+        self.objects.insert(cache_key, found.clone());
+        Ok(found)
+    }
+
+    /// Forget cached copies after a change.
+    pub fn invalidate(&self, kind: Kind, id: &str) {
+        self.objects.invalidate(&(kind, id.to_owned()));
+    }
+
+    /// Who is calling: the master key, or a virtual key that is not blocked or expired and whose
+    /// team is not blocked.
+    pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
+        let Some(presented) = crate::auth::presented_key(headers) else {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                "No API key provided. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
+            )
+            .with_code("missing_api_key"));
+        };
+        if let Some(master) = &self.master_key {
+            if crate::auth::constant_time_key_eq(presented, master.expose()) {
+                return Ok(Principal::master());
+            }
+        }
+        let invalid = || {
+            GatewayError::new(ErrorKind::Authentication, "Invalid API key.")
+                .with_code("invalid_api_key")
+        };
+        let hash = hash_key(presented);
+        let key = self.object(Kind::Key, &hash).await?.ok_or_else(invalid)?;
+        if key.data.get("blocked").and_then(Value::as_bool) == Some(true) {
+            return Err(
+                GatewayError::new(ErrorKind::Authentication, "This key is blocked.")
+                    .with_code("key_blocked"),
+            );
+        }
+        if let Some(expires) = key.data.get("expires").and_then(Value::as_str) {
+            if parse_time(expires).is_some_and(|t| t <= self.now()) {
+                return Err(GatewayError::new(
+                    ErrorKind::Authentication,
+                    format!("This key expired at {expires}."),
+                )
+                .with_code("key_expired"));
+            }
+        }
+        let user = match &key.user_id {
+            Some(id) => self.object(Kind::User, id).await?,
+            None => None,
+        };
+        let team = match &key.team_id {
+            Some(id) => self.object(Kind::Team, id).await?,
+            None => None,
+        };
+        if team
+            .as_ref()
+            .is_some_and(|t| t.data.get("blocked").and_then(Value::as_bool) == Some(true))
+        {
+            return Err(GatewayError::new(
+                ErrorKind::Authentication,
+                "This key's team is blocked.",
+            )
+            .with_code("team_blocked"));
+        }
+        let org_id = key
+            .organization_id
+            .clone()
+            .or_else(|| team.as_ref().and_then(|t| t.organization_id.clone()));
+        let organization = match org_id {
+            Some(id) => self.object(Kind::Organization, &id).await?,
+            None => None,
+        };
+        let role = user
+            .as_ref()
+            .and_then(|u| u.data.get("user_role").and_then(Value::as_str))
+            .and_then(Role::parse)
+            .unwrap_or(Role::InternalUser);
+        Ok(Principal {
+            role,
+            key: Some((*key).clone()),
+            user: user.map(|u| (*u).clone()),
+            team: team.map(|t| (*t).clone()),
+            organization: organization.map(|o| (*o).clone()),
+        })
+    }
+
+    /// The model the key's `aliases` map the requested one to, if any.
+    pub fn alias(principal: &Principal, model: &str) -> Option<String> {
+        principal
+            .key
+            .as_ref()?
+            .data
+            .get("aliases")?
+            .get(model)?
+            .as_str()
+            .map(str::to_owned)
+    }
+
+    /// Admit a request or say why not; the admission must be turned into a hook and settled.
+    pub async fn admit(
+        self: &Arc<Self>,
+        principal: &Principal,
+        facts: RequestFacts,
+        client: &Client,
+        call_type: &'static str,
+    ) -> Result<Admission, GatewayError> {
+        let now = self.now();
+        if let Some(key) = &principal.key {
+            check_model_access(client, &key.data, principal.team.as_ref(), &facts.model)?;
+        }
+        let customer = match &facts.end_user {
+            Some(id) => self.object(Kind::Customer, id).await?,
+            None => None,
+        };
+        if let Some(c) = &customer {
+            if c.data.get("blocked").and_then(Value::as_bool) == Some(true) {
+                return Err(GatewayError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("End user `{}` is blocked.", c.id),
+                )
+                .with_code("end_user_blocked"));
+            }
+        }
+        let mut holders: Vec<&Object> = Vec::new();
+        holders.extend(principal.key.iter());
+        holders.extend(principal.user.iter());
+        holders.extend(principal.team.iter());
+        holders.extend(principal.organization.iter());
+        let customer_ref = customer.as_deref();
+        holders.extend(customer_ref);
+        let mut checks = Vec::new();
+        let mut budget_ids: Vec<Option<String>> = Vec::new();
+        for o in &holders {
+            let max = match o.data.get("max_budget").and_then(Value::as_f64) {
+                Some(m) => Some(m),
+                // Customers and others may point at a shared budget object.
+                None => match o.data.get("budget_id").and_then(Value::as_str) {
+                    Some(b) => {
+                        budget_ids.push(Some(b.to_owned()));
+                        self.object(Kind::Budget, b)
+                            .await?
+                            .and_then(|b| b.data.get("max_budget").and_then(Value::as_f64))
+                    }
+                    None => None,
+                },
+            };
+            if let Some(max) = max {
+                checks.push(BudgetCheck {
+                    kind: o.kind,
+                    id: o.id.clone(),
+                    max_budget: max,
+                    stored_spend: o.spend,
+                    reset_at: o.budget_reset_at,
+                });
+            }
+        }
+        let owners: Vec<(Kind, String)> = holders.iter().map(|o| (o.kind, o.id.clone())).collect();
+        let estimate = estimate_cost(client, &facts);
+        if let Err(e) = self.ledger.reserve(&checks, &owners, estimate, now) {
+            return Err(GatewayError::new(
+                ErrorKind::BudgetExceeded,
+                format!(
+                    "Budget has been exceeded! {} `{}`: current spend {:.6}, max budget {:.6}",
+                    kind_label(e.kind),
+                    short_id(e.kind, &e.id),
+                    e.current,
+                    e.max_budget
+                ),
+            )
+            .with_code("budget_exceeded"));
+        }
+        let scopes = rate_scopes(principal, &facts.model);
+        let remaining = match self.limiter.acquire(&scopes, now) {
+            Ok(r) => r,
+            Err(e) => {
+                self.ledger.settle(&owners, estimate, 0.0);
+                return Err(limit_error(&e));
+            }
+        };
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        Ok(Admission {
+            gov: Arc::clone(self),
+            principal: principal.clone(),
+            owners,
+            scopes,
+            estimate,
+            remaining,
+            facts,
+            call_type,
+            started_ms: now,
+            settled: AtomicBool::new(false),
+        })
+    }
+
+    /// Start the task that resets budgets whose period ended (every instance may run it; a
+    /// reset is applied once per period).
+    fn spawn_budget_resets(self: &Arc<Self>) {
+        let gov = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Some(gov) = gov.upgrade() else { return };
+                if gov.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                if let Err(e) = gov.run_budget_resets().await {
+                    tracing::warn!(error = %e.message(), "budget reset pass failed");
+                }
+            }
+        });
+    }
+
+    /// Reset every budget whose period has ended at `now`.
+    pub async fn run_budget_resets(&self) -> Result<usize, GatewayError> {
+        let now = self.now();
+        let due = self
+            .store
+            .due_budget_resets(now)
+            .await
+            .map_err(|e| store_error(&e))?;
+        let mut done = 0;
+        for o in due {
+            let Some(period) = o
+                .data
+                .get("budget_duration")
+                .and_then(Value::as_str)
+                .and_then(Period::parse)
+            else {
+                continue;
+            };
+            let Some(ended) = o.budget_reset_at else {
+                continue;
+            };
+            let next = period.next_reset(now);
+            if self
+                .store
+                .reset_budget(o.kind, &o.id, ended, next)
+                .await
+                .map_err(|e| store_error(&e))?
+            {
+                done += 1;
+                tracing::info!(kind = o.kind.as_str(), id = %short_id(o.kind, &o.id), "budget period reset");
+            }
+            self.ledger.reset(&(o.kind, o.id.clone()), 0.0, Some(next));
+            self.invalidate(o.kind, &o.id);
+        }
+        Ok(done)
+    }
+
+    /// Stop background work and write every queued spend record. Requests still running (past
+    /// the drain timeout) get a short grace to settle first.
+    pub async fn shutdown(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + SETTLE_GRACE;
+        while self.in_flight.load(Ordering::Acquire) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.in_flight.load(Ordering::Acquire);
+        if left > 0 {
+            tracing::warn!(
+                requests = left,
+                "requests still running at shutdown; their spend is not recorded"
+            );
+        }
+        self.writer.shutdown().await;
+    }
+
+    /// Admitted requests not yet settled.
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    fn soft_budget_alerts(&self, admission: &Admission) {
+        let holders = [
+            admission.principal.key.as_ref(),
+            admission.principal.user.as_ref(),
+            admission.principal.team.as_ref(),
+            admission.principal.organization.as_ref(),
+        ];
+        for o in holders.into_iter().flatten() {
+            let Some(soft) = o.data.get("soft_budget").and_then(Value::as_f64) else {
+                continue;
+            };
+            let owner = (o.kind, o.id.clone());
+            let Some(spend) = self.ledger.spend(&owner) else {
+                continue;
+            };
+            if spend < soft {
+                continue;
+            }
+            let period = o.budget_reset_at.unwrap_or(0);
+            let first = self
+                .alerted
+                .lock()
+                .map(|mut a| a.insert((o.kind, o.id.clone(), period)))
+                .unwrap_or(false);
+            if !first {
+                continue;
+            }
+            let id = short_id(o.kind, &o.id);
+            tracing::warn!(kind = o.kind.as_str(), id = %id, spend, soft_budget = soft, "soft budget crossed");
+            if let Some(url) = &self.alert_webhook {
+                let body = json!({
+                    "event": "soft_budget_crossed",
+                    "type": kind_label(o.kind),
+                    "id": id,
+                    "spend": spend,
+                    "soft_budget": soft,
+                    "max_budget": o.data.get("max_budget"),
+                });
+                let http = self.http.clone();
+                let url = url.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body.to_string())
+                        .send()
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot deliver the soft budget alert");
+                    }
+                });
+            }
+        }
+    }
+}
+
+impl Admission {
+    /// Turn into the hook `llmux::Client::execute` calls when the request is over.
+    pub fn into_hook(self) -> Arc<dyn RequestHook> {
+        Arc::new(self)
+    }
+
+    fn settle(&self, log: Option<&RequestLog>) {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let gov = &self.gov;
+        let cost = log.and_then(|l| l.cost).unwrap_or(0.0);
+        let usage = log.and_then(|l| l.usage);
+        let now = gov.now();
+        gov.ledger.settle(&self.owners, self.estimate, cost);
+        gov.limiter
+            .release(&self.scopes, usage.map_or(0, |u| u.total_tokens), now);
+        let p = &self.principal;
+        let id_of = |o: &Option<Object>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+        let (status, error_kind) = match log.map(|l| l.outcome) {
+            Some(llmux::Outcome::Success) => ("success", String::new()),
+            Some(llmux::Outcome::Failed(kind)) => ("failure", kind.as_str().to_owned()),
+            Some(llmux::Outcome::ClientDisconnected) | None => {
+                ("failure", "client_disconnected".to_owned())
+            }
+        };
+        let record = SpendRecord {
+            request_id: log
+                .map(|l| l.request_id.clone())
+                .unwrap_or_else(llmux::new_request_id),
+            api_key: id_of(&p.key),
+            user_id: p.user_id().map(str::to_owned).unwrap_or_default(),
+            team_id: id_of(&p.team),
+            organization_id: id_of(&p.organization),
+            end_user: self.facts.end_user.clone().unwrap_or_default(),
+            model_group: log
+                .and_then(|l| l.model_group.clone())
+                .unwrap_or_else(|| self.facts.model.clone()),
+            model: log.and_then(|l| l.model.clone()).unwrap_or_default(),
+            deployment_id: log
+                .and_then(|l| l.deployment_id.clone())
+                .unwrap_or_default(),
+            provider: log.and_then(|l| l.provider).unwrap_or("").to_owned(),
+            call_type: self.call_type.to_owned(),
+            prompt_tokens: usage.map_or(0, |u| u.prompt_tokens as i64),
+            completion_tokens: usage.map_or(0, |u| u.completion_tokens as i64),
+            cached_tokens: usage.map_or(0, |u| u.cached_tokens() as i64),
+            reasoning_tokens: usage.map_or(0, |u| u.reasoning_tokens() as i64),
+            total_tokens: usage.map_or(0, |u| u.total_tokens as i64),
+            spend: cost,
+            start_time: self.started_ms,
+            end_time: now,
+            ttft_ms: log
+                .and_then(|l| l.time_to_first_chunk)
+                .map(|d| d.as_millis() as i64),
+            status: status.to_owned(),
+            error_kind,
+            tags: self.facts.tags.clone(),
+            cache_hit: false,
+        };
+        gov.writer.submit(record);
+        if cost > 0.0 {
+            gov.soft_budget_alerts(self);
+        }
+        gov.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl RequestHook for Admission {
+    fn finished(&self, log: &RequestLog) {
+        self.settle(Some(log));
+    }
+}
+
+impl Drop for Admission {
+    /// A request dropped before it finished (the client left while waiting) still releases its
+    /// reservation and limits, and is recorded.
+    fn drop(&mut self) {
+        self.settle(None);
+    }
+}
+
+fn kind_label(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Key => "Key",
+        Kind::User => "User",
+        Kind::Team => "Team",
+        Kind::Organization => "Organization",
+        Kind::Customer => "End user",
+        Kind::Budget => "Budget",
+        Kind::Model => "Model",
+    }
+}
+
+/// Ids to show in messages: never a key's full hash.
+fn short_id(kind: Kind, id: &str) -> String {
+    if kind == Kind::Key {
+        format!("{}...", &id[..id.len().min(8)])
+    } else {
+        id.to_owned()
+    }
+}
+
+pub fn store_error(e: &llmux_store::StoreError) -> GatewayError {
+    tracing::error!(error = %e, "database error");
+    GatewayError::new(
+        ErrorKind::UpstreamUnavailable,
+        "The database is unavailable; try again.",
+    )
+    .with_code("database_unavailable")
+    .with_status(503)
+}
+
+fn limit_error(e: &LimitExceeded) -> GatewayError {
+    let mut err = GatewayError::new(
+        ErrorKind::RateLimited,
+        format!(
+            "Rate limit reached for {}: {} limit {} ({}).",
+            e.scope.split(':').next().unwrap_or("key"),
+            e.what,
+            e.limit,
+            if e.reset_in_ms > 0 {
+                "per minute"
+            } else {
+                "in parallel"
+            }
+        ),
+    )
+    .with_code("rate_limit_exceeded");
+    let reset_s = (e.reset_in_ms as f64 / 1000.0).ceil() as u64;
+    let (limit_header, remaining_header, reset_header) = match e.what {
+        "tokens" => (
+            "x-ratelimit-limit-tokens",
+            "x-ratelimit-remaining-tokens",
+            "x-ratelimit-reset-tokens",
+        ),
+        _ => (
+            "x-ratelimit-limit-requests",
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+    };
+    err.headers.push((limit_header.into(), e.limit.to_string()));
+    err.headers.push((remaining_header.into(), "0".into()));
+    err.headers
+        .push((reset_header.into(), format!("{reset_s}s")));
+    if reset_s > 0 {
+        err.retry_after = Some(Duration::from_secs(reset_s));
+    }
+    err
+}
+
+/// The rate-limit scopes of a principal for a model.
+fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
+    let num = |o: &Object, f: &str| o.data.get(f).and_then(Value::as_u64);
+    let mut scopes = Vec::new();
+    let mut push = |o: &Object, prefix: &str| {
+        scopes.push(Limits {
+            scope: format!("{prefix}:{}", o.id),
+            rpm: num(o, "rpm_limit"),
+            tpm: num(o, "tpm_limit"),
+            max_parallel: num(o, "max_parallel_requests"),
+        });
+    };
+    if let Some(k) = &p.key {
+        push(k, "key");
+    }
+    if let Some(u) = &p.user {
+        push(u, "user");
+    }
+    if let Some(t) = &p.team {
+        push(t, "team");
+    }
+    if let Some(k) = &p.key {
+        let per_model = |f: &str| {
+            k.data
+                .get(f)
+                .and_then(|m| m.get(model))
+                .and_then(Value::as_u64)
+        };
+        let (rpm, tpm) = (per_model("model_rpm_limit"), per_model("model_tpm_limit"));
+        if rpm.is_some() || tpm.is_some() {
+            scopes.push(Limits {
+                scope: format!("key:{}:model:{model}", k.id),
+                rpm,
+                tpm,
+                max_parallel: None,
+            });
+        }
+    }
+    scopes.retain(|l| !l.is_empty());
+    scopes
+}
+
+/// Whether a key may use `model`: the key's `models` (else its team's) list names it, a wildcard
+/// pattern matching it, or an access group one of its deployments is in. Empty lists and
+/// `all-proxy-models` allow everything.
+fn check_model_access(
+    client: &Client,
+    key: &serde_json::Map<String, Value>,
+    team: Option<&Object>,
+    model: &str,
+) -> Result<(), GatewayError> {
+    let mut allowed = strings(key, "models");
+    if allowed.is_empty() {
+        if let Some(t) = team {
+            allowed = strings(&t.data, "models");
+        }
+    }
+    if allowed.is_empty() || allowed.iter().any(|m| m == "all-proxy-models" || m == "*") {
+        return Ok(());
+    }
+    let matches = |pattern: &str| {
+        pattern == model
+            || pattern
+                .strip_suffix('*')
+                .is_some_and(|prefix| model.starts_with(prefix))
+    };
+    if allowed.iter().any(|m| matches(m)) {
+        return Ok(());
+    }
+    let snapshot = client.snapshot();
+    if let Some(route) = snapshot.router.route(model) {
+        let in_group = route.candidates.iter().any(|i| {
+            let groups = snapshot
+                .router
+                .deployment(*i)
+                .config
+                .model_info
+                .extra
+                .get("access_groups");
+            groups.and_then(Value::as_array).is_some_and(|g| {
+                g.iter()
+                    .any(|v| v.as_str().is_some_and(|g| allowed.iter().any(|a| a == g)))
+            })
+        });
+        if in_group {
+            return Ok(());
+        }
+    }
+    Err(GatewayError::new(
+        ErrorKind::PermissionDenied,
+        format!(
+            "This key is not allowed to use model `{model}`. Allowed: {}",
+            allowed.join(", ")
+        ),
+    )
+    .with_param("model")
+    .with_code("model_not_allowed"))
+}
+
+/// A pessimistic price for a request to `facts.model`: the dearest deployment of the group,
+/// the prompt estimate at its input price and the output cap at its output price.
+fn estimate_cost(client: &Client, facts: &RequestFacts) -> f64 {
+    let snapshot = client.snapshot();
+    let Some(route) = snapshot.router.route(&facts.model) else {
+        return 0.0;
+    };
+    let output = facts.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+    let usage = llmux_types::Usage::new(facts.prompt_tokens_estimate, output);
+    route
+        .candidates
+        .iter()
+        .filter_map(|i| {
+            let d = snapshot.router.deployment(*i);
+            snapshot.pricing.deployment_price(&d.id, &d.config)
+        })
+        .map(|p| p.cost(&usage))
+        .fold(0.0, f64::max)
+}
+
+/// RFC 3339 → unix ms.
+pub fn parse_time(text: &str) -> Option<i64> {
+    chrono::DateTime::parse_from_rfc3339(text)
+        .ok()
+        .map(|t| t.timestamp_millis())
+        .or_else(|| {
+            chrono::NaiveDateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%.f")
+                .ok()
+                .map(|t| t.and_utc().timestamp_millis())
+        })
+}
+
+/// Unix ms → RFC 3339 (UTC), the format LiteLLM returns.
+pub fn format_time(ms: i64) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}

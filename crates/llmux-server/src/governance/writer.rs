@@ -1,0 +1,239 @@
+//! The spend writer: spend records queue in memory and a background task writes them in
+//! batches (one transaction each: log rows, owner counters, daily rollups). The request path only
+//! enqueues. When the queue is full, records are folded into per-owner aggregates instead of
+//! blocking or being dropped; a failed write is retried until it succeeds; `shutdown` drains
+//! everything. Nothing a request settled is lost on a graceful stop.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use llmux_store::{Kind, SpendRecord, Store};
+use tokio::sync::mpsc;
+
+use super::budget::Ledger;
+
+/// Records per transaction.
+const BATCH: usize = 500;
+/// How long a partial batch waits for more.
+const LINGER: Duration = Duration::from_millis(200);
+
+type AggregateKey = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
+
+#[derive(Debug, Default)]
+struct Shared {
+    /// Records folded together while the queue was full (or spend logs are disabled).
+    aggregates: Mutex<HashMap<AggregateKey, SpendRecord>>,
+    written: AtomicU64,
+    aggregated: AtomicU64,
+}
+
+/// Handle to the writer task.
+#[derive(Debug)]
+pub struct SpendWriter {
+    tx: Mutex<Option<mpsc::Sender<SpendRecord>>>,
+    shared: Arc<Shared>,
+    aggregate_all: bool,
+    task: Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+fn aggregate_key(r: &SpendRecord) -> AggregateKey {
+    (
+        r.api_key.clone(),
+        r.user_id.clone(),
+        r.team_id.clone(),
+        r.organization_id.clone(),
+        r.end_user.clone(),
+        r.model_group.clone(),
+        r.model.clone(),
+        r.deployment_id.clone(),
+        r.status.clone(),
+        llmux_store::utc_day(r.start_time),
+    )
+}
+
+impl Shared {
+    fn fold(&self, r: SpendRecord) {
+        self.aggregated.fetch_add(1, Ordering::Relaxed);
+        let mut map = self
+            .aggregates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let entry = map.entry(aggregate_key(&r)).or_insert_with(|| SpendRecord {
+            request_id: String::new(),
+            call_type: "aggregated".into(),
+            start_time: r.start_time,
+            ..r.clone()
+        });
+        if entry.request_id.is_empty() {
+            entry.request_id = format!("agg-{}", uuid::Uuid::new_v4().simple());
+            entry.prompt_tokens = 0;
+            entry.completion_tokens = 0;
+            entry.cached_tokens = 0;
+            entry.reasoning_tokens = 0;
+            entry.total_tokens = 0;
+            entry.spend = 0.0;
+            entry.tags.clear();
+        }
+        entry.prompt_tokens += r.prompt_tokens;
+        entry.completion_tokens += r.completion_tokens;
+        entry.cached_tokens += r.cached_tokens;
+        entry.reasoning_tokens += r.reasoning_tokens;
+        entry.total_tokens += r.total_tokens;
+        entry.spend += r.spend;
+        entry.end_time = entry.end_time.max(r.end_time);
+    }
+
+    fn take_aggregates(&self) -> Vec<SpendRecord> {
+        let mut map = self
+            .aggregates
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.drain().map(|(_, r)| r).collect()
+    }
+}
+
+impl SpendWriter {
+    /// Start the writer. `aggregate_all` (spend logs disabled) keeps only aggregates.
+    pub fn start(
+        store: Store,
+        ledger: Arc<Ledger>,
+        capacity: usize,
+        aggregate_all: bool,
+    ) -> SpendWriter {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let shared = Arc::new(Shared::default());
+        let task = tokio::spawn(run(store, ledger, rx, Arc::clone(&shared)));
+        SpendWriter {
+            tx: Mutex::new(Some(tx)),
+            shared,
+            aggregate_all,
+            task: Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queue a record; never waits.
+    pub fn submit(&self, record: SpendRecord) {
+        if self.aggregate_all {
+            self.shared.fold(record);
+            return;
+        }
+        let tx = self.tx.lock().ok().and_then(|t| t.as_ref().cloned());
+        let Some(tx) = tx else {
+            // Already shutting down: the final drain still picks aggregates up.
+            self.shared.fold(record);
+            return;
+        };
+        if let Err(e) = tx.try_send(record) {
+            let record = match e {
+                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
+            };
+            self.shared.fold(record);
+        }
+    }
+
+    /// Records written so far, and records that were folded into aggregates.
+    pub fn counts(&self) -> (u64, u64) {
+        (
+            self.shared.written.load(Ordering::Relaxed),
+            self.shared.aggregated.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Stop accepting, write everything queued, and wait for it.
+    pub async fn shutdown(&self) {
+        if let Ok(mut tx) = self.tx.lock() {
+            tx.take();
+        }
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn run(
+    store: Store,
+    ledger: Arc<Ledger>,
+    mut rx: mpsc::Receiver<SpendRecord>,
+    shared: Arc<Shared>,
+) {
+    let mut open = true;
+    let mut tick = tokio::time::interval(LINGER);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let mut batch: Vec<SpendRecord> = Vec::new();
+        if open {
+            tokio::select! {
+                got = rx.recv() => match got {
+                    Some(r) => batch.push(r),
+                    None => open = false,
+                },
+                _ = tick.tick() => {}
+            }
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            }
+        }
+        batch.extend(shared.take_aggregates());
+        if !batch.is_empty() {
+            write(&store, &ledger, &batch).await;
+            shared
+                .written
+                .fetch_add(batch.len() as u64, Ordering::Relaxed);
+        } else if !open {
+            return;
+        }
+    }
+}
+
+/// Write one batch, retrying until the database takes it.
+async fn write(store: &Store, ledger: &Ledger, batch: &[SpendRecord]) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match store.record_spend(batch).await {
+            Ok(_) => break,
+            Err(e) => {
+                tracing::error!(error = %e, records = batch.len(), retry_in_ms = delay.as_millis() as u64, "cannot write spend; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+    let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
+    for r in batch {
+        for (kind, id) in [
+            (Kind::Key, &r.api_key),
+            (Kind::User, &r.user_id),
+            (Kind::Team, &r.team_id),
+            (Kind::Organization, &r.organization_id),
+            (Kind::Customer, &r.end_user),
+        ] {
+            if !id.is_empty() {
+                *owners.entry((kind, id.clone())).or_default() += r.spend;
+            }
+        }
+    }
+    for (owner, amount) in owners {
+        ledger.flushed(&owner, amount);
+    }
+}

@@ -107,18 +107,6 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     h.insert(X_LLMUX_FALLBACKS, fallbacks);
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn millis_formats_three_decimals() {
-        assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
-        assert_eq!(millis(Duration::from_micros(5)), "0.005");
-        assert_eq!(millis(Duration::ZERO), "0.000");
-    }
-}
-
 /// The caller's own rate-limit state (its key's, user's or team's tightest window), which
 /// replaces any upstream `x-ratelimit-*` values of the same name.
 pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::Remaining) {
@@ -137,5 +125,17 @@ pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::
         put("x-ratelimit-limit-tokens", limit.to_string());
         put("x-ratelimit-remaining-tokens", left.to_string());
         put("x-ratelimit-reset-tokens", reset);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn millis_formats_three_decimals() {
+        assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
+        assert_eq!(millis(Duration::from_micros(5)), "0.005");
+        assert_eq!(millis(Duration::ZERO), "0.000");
     }
 }

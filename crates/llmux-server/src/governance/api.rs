@@ -246,55 +246,44 @@ const CUSTOMER_FIELDS: &[&str] = &[
 ];
 
 fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
-    let bad = |what: &str| {
-        GatewayError::invalid_request(format!("`{field}` must be {what}.")).with_param(field)
-    };
-    match field {
-        "max_budget" | "soft_budget" => {
-            if !(value.is_null() || value.as_f64().is_some_and(|v| v >= 0.0)) {
-                return Err(bad("a non-negative number"));
-            }
-        }
-        "tpm_limit" | "rpm_limit" | "max_parallel_requests" => {
-            if !(value.is_null() || value.as_u64().is_some()) {
-                return Err(bad("a non-negative integer"));
-            }
-        }
-        "budget_duration" => {
-            if !(value.is_null() || value.as_str().and_then(Period::parse).is_some()) {
-                return Err(bad("a duration such as 30s, 30m, 24h, 7d or 1mo"));
-            }
-        }
-        "models" | "tags" | "teams" | "admins" | "members" => {
-            if !(value.is_null()
-                || value
-                    .as_array()
-                    .is_some_and(|a| a.iter().all(Value::is_string)))
-            {
-                return Err(bad("a list of strings"));
-            }
-        }
-        "aliases" | "metadata" | "config" | "model_rpm_limit" | "model_tpm_limit"
-        | "model_max_budget" | "model_aliases" => {
-            if !(value.is_null() || value.is_object()) {
-                return Err(bad("an object"));
-            }
-        }
-        "blocked" => {
-            if !(value.is_null() || value.is_boolean()) {
-                return Err(bad("true or false"));
-            }
-        }
-        "user_role" => {
-            if !(value.is_null() || value.as_str().and_then(Role::parse).is_some()) {
-                return Err(bad(
-                    "one of proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer",
-                ));
-            }
-        }
-        _ => {}
+    if value.is_null() {
+        return Ok(());
     }
-    Ok(())
+    let (ok, expected) = match field {
+        "max_budget" | "soft_budget" => (
+            value.as_f64().is_some_and(|v| v >= 0.0),
+            "a non-negative number",
+        ),
+        "tpm_limit" | "rpm_limit" | "max_parallel_requests" => {
+            (value.as_u64().is_some(), "a non-negative integer")
+        }
+        "budget_duration" => (
+            value.as_str().and_then(Period::parse).is_some(),
+            "a duration such as 30s, 30m, 24h, 7d or 1mo",
+        ),
+        "models" | "tags" | "teams" | "admins" | "members" => (
+            value
+                .as_array()
+                .is_some_and(|a| a.iter().all(Value::is_string)),
+            "a list of strings",
+        ),
+        "aliases" | "metadata" | "config" | "model_rpm_limit" | "model_tpm_limit"
+        | "model_max_budget" | "model_aliases" => (value.is_object(), "an object"),
+        "blocked" => (value.is_boolean(), "true or false"),
+        "user_role" => (
+            value.as_str().and_then(Role::parse).is_some(),
+            "one of proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer",
+        ),
+        _ => (true, ""),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(
+            GatewayError::invalid_request(format!("`{field}` must be {expected}."))
+                .with_param(field),
+        )
+    }
 }
 
 /// Copy the allowed fields of `from` into `doc` (null removes), validating them.

@@ -288,17 +288,17 @@ mod tests {
         assert!(ledger.reserve(&c, &owners, 0.4, 0).is_ok());
         let e = ledger.reserve(&c, &owners, 0.4, 0).unwrap_err();
         assert_eq!(e.current, 0.2, "reservations are not spend yet");
-        ledger.settle(&owners, 0.4, 0.1);
+        ledger.settle(&owners, 0.4, 0.0);
         assert!(
             ledger.reserve(&c, &owners, 0.4, 0).is_ok(),
-            "a cheaper answer frees budget"
+            "a free answer frees its reservation"
         );
         ledger.settle(&owners, 0.4, 0.4);
         ledger.settle(&owners, 0.4, 0.4);
-        assert!((ledger.spend(&owners[0]).unwrap() - 1.1).abs() < 1e-9);
+        assert!((ledger.spend(&owners[0]).unwrap() - 1.0).abs() < 1e-9);
         ledger.flushed(&owners[0], 0.9);
         assert!(
-            (ledger.spend(&owners[0]).unwrap() - 1.1).abs() < 1e-9,
+            (ledger.spend(&owners[0]).unwrap() - 1.0).abs() < 1e-9,
             "writing moves, not adds"
         );
         assert!(

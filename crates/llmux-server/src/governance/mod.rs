@@ -261,8 +261,14 @@ impl Governance {
         call_type: &'static str,
     ) -> Result<Admission, GatewayError> {
         let now = self.now();
+        let mut facts = facts;
         if let Some(key) = &principal.key {
             check_model_access(client, &key.data, principal.team.as_ref(), &facts.model)?;
+            for tag in strings(&key.data, "tags") {
+                if !facts.tags.contains(&tag) {
+                    facts.tags.push(tag);
+                }
+            }
         }
         let customer = match &facts.end_user {
             Some(id) => self.object(Kind::Customer, id).await?,

@@ -36,6 +36,8 @@ type AggregateKey = (
 struct Shared {
     /// Records folded together while the queue was full (or spend logs are disabled).
     aggregates: Mutex<HashMap<AggregateKey, SpendRecord>>,
+    /// Records accepted and not yet written (queued, aggregated, or in a batch being written).
+    pending: AtomicU64,
     written: AtomicU64,
     aggregated: AtomicU64,
 }
@@ -67,11 +69,17 @@ fn aggregate_key(r: &SpendRecord) -> AggregateKey {
 impl Shared {
     fn fold(&self, r: SpendRecord) {
         self.aggregated.fetch_add(1, Ordering::Relaxed);
+        self.pending.fetch_add(1, Ordering::AcqRel);
         let mut map = self
             .aggregates
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let entry = map.entry(aggregate_key(&r)).or_insert_with(|| SpendRecord {
+        let key = aggregate_key(&r);
+        if map.contains_key(&key) {
+            // Folded into a record already counted as pending.
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+        }
+        let entry = map.entry(key).or_insert_with(|| SpendRecord {
             request_id: String::new(),
             call_type: "aggregated".into(),
             start_time: r.start_time,
@@ -136,12 +144,19 @@ impl SpendWriter {
             self.shared.fold(record);
             return;
         };
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = tx.try_send(record) {
+            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
             let record = match e {
                 mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
             };
             self.shared.fold(record);
         }
+    }
+
+    /// Nothing accepted is waiting to be written.
+    pub fn idle(&self) -> bool {
+        self.shared.pending.load(Ordering::Acquire) == 0
     }
 
     /// Records written so far, and records that were folded into aggregates.
@@ -200,6 +215,9 @@ async fn run(
             shared
                 .written
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
+            shared
+                .pending
+                .fetch_sub(batch.len() as u64, Ordering::AcqRel);
         } else if !open {
             return;
         }

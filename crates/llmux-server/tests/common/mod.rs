@@ -12,6 +12,10 @@ use serde_json::Value;
 pub struct Harness {
     /// Gateway base URL, e.g. `http://127.0.0.1:1234`.
     pub url: String,
+    /// Keys, budgets and spend (`start_governed` only).
+    pub gov: Option<Arc<llmux_server::governance::Governance>>,
+    /// The governed harness's clock (unix ms), movable by tests.
+    pub clock: Arc<std::sync::atomic::AtomicI64>,
     /// Mock base URL including `/v1`.
     pub mock_url: String,
     pub mock: Arc<MockState>,
@@ -42,6 +46,8 @@ pub async fn start(yaml: &str) -> Harness {
     let url = spawn(build_router(AppState::new(client.clone()))).await;
     Harness {
         url,
+        gov: None,
+        clock: Arc::new(std::sync::atomic::AtomicI64::new(0)),
         mock_url,
         mock,
         client,
@@ -149,4 +155,118 @@ pub fn vertex_credentials_yaml() -> String {
     let mut sa: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     sa["token_uri"] = Value::String("{mock_root}/token".into());
     serde_json::to_string(&sa.to_string()).unwrap()
+}
+
+/// The store backends governance tests run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Db {
+    Sqlite,
+    Postgres,
+}
+
+pub const BACKENDS: [Db; 2] = [Db::Sqlite, Db::Postgres];
+
+pub const MASTER: &str = "sk-master-test";
+
+/// Like `start`, with governance on a fresh database of `db`, the master key `MASTER`, and a
+/// clock the test controls (starting at the real time).
+pub async fn start_governed(yaml: &str, db: Db) -> Harness {
+    let (mock_router, mock) = llmux_mock::app(true);
+    let mock_root = spawn(mock_router).await;
+    let mock_url = format!("{mock_root}/v1");
+    let yaml = yaml
+        .replace("{mock}", &mock_url)
+        .replace("{mock_root}", &mock_root);
+    let yaml = format!("{yaml}\ngeneral_settings: {{master_key: {MASTER}}}\n");
+    let env: HashMap<String, String> = HashMap::new();
+    let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
+    let config = loaded.config.clone();
+    let (client, _) =
+        llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
+    let dir = tempfile::tempdir().unwrap().keep();
+    let url = match db {
+        Db::Sqlite => llmux_store::testing::sqlite_url(&dir),
+        Db::Postgres => llmux_store::testing::fresh_postgres_url().await,
+    };
+    let store = llmux_store::Store::open(&url).await.unwrap();
+    let clock = Arc::new(std::sync::atomic::AtomicI64::new(llmux_store::now_ms()));
+    let c = Arc::clone(&clock);
+    let gov = llmux_server::governance::Governance::with_store(
+        store,
+        &config,
+        Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)),
+    );
+    let state = AppState::new(client.clone())
+        .with_governance(Arc::clone(&gov))
+        .await
+        .unwrap();
+    let url = spawn(build_router(state)).await;
+    Harness {
+        url,
+        gov: Some(gov),
+        clock,
+        mock_url,
+        mock,
+        client,
+        http: reqwest::Client::new(),
+    }
+}
+
+impl Harness {
+    /// POST JSON with a bearer key.
+    pub async fn post_as(&self, key: &str, path: &str, body: &Value) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// GET with a bearer key.
+    pub async fn get_as(&self, key: &str, path: &str) -> reqwest::Response {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(key)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST as the master key and return the JSON answer, asserting a 200.
+    pub async fn admin(&self, path: &str, body: Value) -> Value {
+        let r = self.post_as(MASTER, path, &body).await;
+        let status = r.status();
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(status, 200, "{path}: {v}");
+        v
+    }
+
+    /// A chat request with `key`.
+    pub async fn chat_as(&self, key: &str, model: &str) -> reqwest::Response {
+        self.post_as(
+            key,
+            "/v1/chat/completions",
+            &serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await
+    }
+
+    /// Wait until the spend writer has nothing queued (the writer lingers up to 200 ms).
+    pub async fn flush_spend(&self) {
+        let gov = self.gov.as_ref().expect("governed harness");
+        for _ in 0..200 {
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+            if gov.in_flight() == 0 && gov.writer.idle() {
+                return;
+            }
+        }
+        panic!(
+            "spend writer did not drain: in flight {}, writer idle {}, counts {:?}",
+            gov.in_flight(),
+            gov.writer.idle(),
+            gov.writer.counts()
+        );
+    }
 }

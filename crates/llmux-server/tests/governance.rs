@@ -1,0 +1,903 @@
+//! Governance end to end, on SQLite and on PostgreSQL: the management API driven the way
+//! LiteLLM's docs show, role checks, budgets under concurrency and across period boundaries, rate
+//! limits, spend accuracy against the pricing fixture, and database-stored models.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{start_governed, Db, Harness, BACKENDS, MASTER};
+use serde_json::{json, Value};
+
+/// gpt-4o (priced by the built-in table) and a deployment with its own prices.
+const MODELS: &str = r#"
+model_list:
+  - model_name: gpt-4o
+    litellm_params: {model: openai/gpt-4o, api_base: "{mock}", api_key: k}
+  - model_name: cheap
+    litellm_params: {model: openai/cheap, api_base: "{mock}", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}
+  - model_name: other
+    litellm_params: {model: openai/other, api_base: "{mock}", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}
+router_settings: {num_retries: 0}
+"#;
+
+async fn key(h: &Harness, body: Value) -> String {
+    h.admin("/key/generate", body).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn the_litellm_key_workflow_works_on_both_backends() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let generated = h
+            .admin(
+                "/key/generate",
+                json!({"models": ["gpt-4o", "cheap"], "key_alias": "ci-key", "max_budget": 10.0,
+                       "metadata": {"team": "core"}, "duration": "30d", "tags": ["ci"]}),
+            )
+            .await;
+        let sk = generated["key"].as_str().unwrap().to_owned();
+        assert!(sk.starts_with("sk-"), "{db:?}");
+        assert!(
+            generated["expires"].as_str().is_some(),
+            "{db:?}: duration sets expires"
+        );
+        assert_eq!(generated["key_alias"], "ci-key");
+
+        // Use the key.
+        let r = h.chat_as(&sk, "gpt-4o").await;
+        assert_eq!(r.status(), 200, "{db:?}");
+        let cost: f64 = r.headers()["x-litellm-response-cost"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(cost > 0.0, "{db:?}: gpt-4o is priced");
+        assert_eq!(
+            r.headers()["x-llmux-response-cost"],
+            r.headers()["x-litellm-response-cost"]
+        );
+        let v: Value = r.json().await.unwrap();
+        let usage = &v["usage"];
+        let expected = usage["prompt_tokens"].as_f64().unwrap() * 2.5e-6
+            + usage["completion_tokens"].as_f64().unwrap() * 1e-5;
+        assert!(
+            (cost - expected).abs() < 1e-12,
+            "{db:?}: {cost} vs {expected}"
+        );
+
+        // A model outside the key's list is refused.
+        let r = h.chat_as(&sk, "other").await;
+        assert_eq!(r.status(), 403, "{db:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "model_not_allowed"
+        );
+
+        // /key/info shows the spend at once; /spend/logs once written.
+        let info: Value = h
+            .get_as(MASTER, &format!("/key/info?key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            (info["info"]["spend"].as_f64().unwrap() - cost).abs() < 1e-12,
+            "{db:?}: {info}"
+        );
+        assert_eq!(info["info"]["key_alias"], "ci-key");
+        assert_eq!(info["info"]["metadata"]["team"], "core");
+        h.flush_spend().await;
+        let logs: Value = h
+            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let logs = logs.as_array().unwrap();
+        // One row per request that reached a model; a refusal at the gate spends nothing and is
+        // not logged.
+        assert_eq!(logs.len(), 1, "{db:?}: {logs:?}");
+        let ok = logs.iter().find(|l| l["status"] == "success").unwrap();
+        assert_eq!(ok["model_group"], "gpt-4o");
+        assert_eq!(
+            ok["request_tags"],
+            json!(["ci"]),
+            "the key's tags tag its requests"
+        );
+        assert!((ok["spend"].as_f64().unwrap() - cost).abs() < 1e-12);
+
+        // The key can read its own info without naming itself.
+        let own: Value = h.get_as(&sk, "/key/info").await.json().await.unwrap();
+        assert_eq!(own["info"]["key_alias"], "ci-key", "{db:?}");
+
+        // List, update, block, unblock, regenerate, delete.
+        let list: Value = h.get_as(MASTER, "/key/list").await.json().await.unwrap();
+        assert_eq!(list["total_count"], 1, "{db:?}");
+        h.admin(
+            "/key/update",
+            json!({"key": sk, "models": ["gpt-4o", "cheap", "other"], "max_budget": 20.0}),
+        )
+        .await;
+        assert_eq!(
+            h.chat_as(&sk, "other").await.status(),
+            200,
+            "{db:?}: update applies at once"
+        );
+        h.admin("/key/block", json!({"key": sk})).await;
+        let r = h.chat_as(&sk, "cheap").await;
+        assert_eq!(r.status(), 401, "{db:?}");
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "key_blocked"
+        );
+        h.admin("/key/unblock", json!({"key": sk})).await;
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+        let new_sk = h.admin("/key/regenerate", json!({"key": sk})).await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_ne!(new_sk, sk);
+        assert_eq!(
+            h.chat_as(&sk, "cheap").await.status(),
+            401,
+            "{db:?}: the old key is gone"
+        );
+        assert_eq!(h.chat_as(&new_sk, "cheap").await.status(), 200);
+        let deleted = h.admin("/key/delete", json!({"keys": [new_sk]})).await;
+        assert_eq!(deleted["deleted_keys"], json!([new_sk]));
+        assert_eq!(h.chat_as(&new_sk, "cheap").await.status(), 401);
+
+        // Bad input is a clear 400.
+        let r = h
+            .post_as(MASTER, "/key/generate", &json!({"max_budget": "lots"}))
+            .await;
+        assert_eq!(r.status(), 400);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["param"],
+            "max_budget"
+        );
+        let r = h
+            .post_as(
+                MASTER,
+                "/key/generate",
+                &json!({"budget_duration": "fortnight"}),
+            )
+            .await;
+        assert_eq!(r.status(), 400);
+        let r = h.post_as(MASTER, "/key/info", &json!({})).await;
+        assert_eq!(r.status(), 405);
+    }
+}
+
+#[tokio::test]
+async fn expired_keys_and_aliases() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let sk = key(
+        &h,
+        json!({"duration": "30s", "aliases": {"gpt-4": "cheap"}}),
+    )
+    .await;
+    let r = h.chat_as(&sk, "gpt-4").await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        r.headers()["x-llmux-model-group"],
+        "cheap",
+        "the key's alias routes gpt-4"
+    );
+    h.clock
+        .fetch_add(31_000, std::sync::atomic::Ordering::SeqCst);
+    let r = h.chat_as(&sk, "cheap").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "key_expired"
+    );
+}
+
+/// Each role against each route: (path, method, body, allowed for
+/// [proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer]).
+#[tokio::test]
+async fn roles_are_checked_on_every_management_route() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let team = h.admin("/team/new", json!({"team_alias": "t"})).await["team_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mut keys = Vec::new();
+        for role in [
+            "proxy_admin",
+            "proxy_admin_viewer",
+            "internal_user",
+            "internal_user_viewer",
+        ] {
+            let u = h
+                .admin(
+                    "/user/new",
+                    json!({"user_id": format!("u-{role}"), "user_role": role}),
+                )
+                .await;
+            keys.push(u["key"].as_str().unwrap().to_owned());
+        }
+        let cases: Vec<(&str, &str, Value, [bool; 4])> = vec![
+            (
+                "/key/generate",
+                "POST",
+                json!({}),
+                [true, false, true, false],
+            ),
+            (
+                "/user/new",
+                "POST",
+                json!({"auto_create_key": false}),
+                [true, false, false, false],
+            ),
+            ("/team/new", "POST", json!({}), [true, false, false, false]),
+            (
+                "/organization/new",
+                "POST",
+                json!({}),
+                [true, false, false, false],
+            ),
+            (
+                "/customer/new",
+                "POST",
+                json!({"user_id": "c"}),
+                [true, false, false, false],
+            ),
+            (
+                "/budget/new",
+                "POST",
+                json!({"max_budget": 1}),
+                [true, false, false, false],
+            ),
+            ("/user/list", "GET", json!(null), [true, true, false, false]),
+            (
+                "/global/spend",
+                "GET",
+                json!(null),
+                [true, true, false, false],
+            ),
+            (
+                "/global/spend/keys",
+                "GET",
+                json!(null),
+                [true, true, false, false],
+            ),
+            (
+                "/customer/list",
+                "GET",
+                json!(null),
+                [true, true, false, false],
+            ),
+            ("/key/list", "GET", json!(null), [true, true, true, true]),
+            ("/spend/logs", "GET", json!(null), [true, true, true, true]),
+            (
+                "/team/update",
+                "POST",
+                json!({"team_id": team, "team_alias": "t2"}),
+                [true, false, false, false],
+            ),
+            (
+                "/key/delete",
+                "POST",
+                json!({"keys": ["STRANGER"]}),
+                [true, false, false, false],
+            ),
+            (
+                "/key/info?key=STRANGER",
+                "GET",
+                json!(null),
+                [true, true, false, false],
+            ),
+            (
+                "/model/new",
+                "POST",
+                json!({"model_name": "x", "litellm_params": {"model": "mock/x"}}),
+                [true, false, false, false],
+            ),
+        ];
+        for (path, method, body, allowed) in &cases {
+            for (i, k) in keys.iter().enumerate() {
+                // Someone else's key, fresh for each attempt (an allowed delete removes it).
+                let stranger = key(&h, json!({"user_id": "someone-else"})).await;
+                let path = path.replace("STRANGER", &stranger);
+                let body: Value =
+                    serde_json::from_str(&body.to_string().replace("STRANGER", &stranger)).unwrap();
+                let body = match (path.as_str(), i) {
+                    // Unique ids so repeated admin creations do not collide.
+                    ("/customer/new", _) => json!({"user_id": format!("c{i}")}),
+                    ("/model/new", _) => {
+                        json!({"model_name": format!("x{i}"), "litellm_params": {"model": "mock/x"}})
+                    }
+                    _ => body.clone(),
+                };
+                let r = if *method == "GET" {
+                    h.get_as(k, &path).await
+                } else {
+                    h.post_as(k, &path, &body).await
+                };
+                let status = r.status().as_u16();
+                if allowed[i] {
+                    assert_eq!(
+                        status,
+                        200,
+                        "{db:?} role {i} {path}: {}",
+                        r.text().await.unwrap()
+                    );
+                } else {
+                    assert_eq!(status, 403, "{db:?} role {i} {path}");
+                }
+            }
+        }
+        // A user's listing holds only their own keys; its spend logs only their requests.
+        let mine: Value = h
+            .get_as(&keys[2], "/key/list?return_full_object=true")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            mine["keys"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|k| k["user_id"] == "u-internal_user"),
+            "{db:?}: {mine}"
+        );
+        assert!(
+            mine["total_count"].as_u64().unwrap() >= 2,
+            "their user key and the one they made"
+        );
+        // The key a user generated belongs to them even if they name someone else.
+        let r = h
+            .post_as(
+                &keys[2],
+                "/key/generate",
+                &json!({"user_id": "u-proxy_admin"}),
+            )
+            .await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["user_id"], "u-internal_user", "{db:?}");
+        // The master key can do anything; an unknown key nothing.
+        assert_eq!(h.get_as("sk-nope", "/key/list").await.status(), 401);
+    }
+}
+
+#[tokio::test]
+async fn a_hundred_concurrent_requests_cannot_overspend_a_small_budget() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        // Each request: 20 completion tokens at 0.002 and about 9 prompt tokens at 0.001, so about
+        // 0.05 (estimated at 0.065 before it runs); the budget admits a handful.
+        let sk = key(&h, json!({"max_budget": 0.25})).await;
+        let body = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20});
+        let answers = futures_util::future::join_all(
+            (0..100).map(|_| h.post_as(&sk, "/v1/chat/completions", &body)),
+        )
+        .await;
+        let mut ok = 0;
+        let mut spent_by_answers = 0.0;
+        for r in answers {
+            match r.status().as_u16() {
+                200 => {
+                    ok += 1;
+                    spent_by_answers += r.headers()["x-litellm-response-cost"]
+                        .to_str()
+                        .unwrap()
+                        .parse::<f64>()
+                        .unwrap();
+                }
+                400 => {
+                    let e: Value = r.json().await.unwrap();
+                    assert_eq!(e["error"]["type"], "budget_exceeded", "{db:?}");
+                }
+                other => panic!("{db:?}: unexpected status {other}"),
+            }
+        }
+        assert!(ok >= 1, "{db:?}");
+        assert!(
+            spent_by_answers <= 0.25 + 1e-9,
+            "{db:?}: {ok} answers spent {spent_by_answers}"
+        );
+        h.flush_spend().await;
+        let info: Value = h
+            .get_as(MASTER, &format!("/key/info?key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let stored = h
+            .gov
+            .as_ref()
+            .unwrap()
+            .store
+            .get(
+                llmux_store::Kind::Key,
+                info["info"]["token"].as_str().unwrap(),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(
+            (stored.spend - spent_by_answers).abs() < 1e-9,
+            "{db:?}: stored {} vs {}",
+            stored.spend,
+            spent_by_answers
+        );
+        // Nothing is left reserved: the budget's remainder is usable by a request that fits.
+        assert_eq!(h.gov.as_ref().unwrap().in_flight(), 0);
+    }
+}
+
+#[tokio::test]
+async fn budgets_reset_at_their_period_boundaries() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let sk = key(&h, json!({"max_budget": 0.1, "budget_duration": "30s"})).await;
+        let body = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20});
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &body).await.status(),
+            200,
+            "{db:?}"
+        );
+        let r = h.post_as(&sk, "/v1/chat/completions", &body).await;
+        assert_eq!(
+            r.status(),
+            400,
+            "{db:?}: the first request used most of the budget"
+        );
+        h.flush_spend().await;
+        let gov = h.gov.as_ref().unwrap();
+        // 29 s later: same period.
+        h.clock
+            .fetch_add(29_000, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(gov.run_budget_resets().await.unwrap(), 0);
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &body).await.status(),
+            400
+        );
+        // Past the boundary: a new period.
+        h.clock
+            .fetch_add(1_001, std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(gov.run_budget_resets().await.unwrap(), 1, "{db:?}");
+        let info: Value = h
+            .get_as(MASTER, &format!("/key/info?key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(info["info"]["spend"], 0.0, "{db:?}: {info}");
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &body).await.status(),
+            200,
+            "{db:?}"
+        );
+
+        // A monthly budget resets at 00:00 UTC on the 1st.
+        let monthly = h
+            .admin(
+                "/key/generate",
+                json!({"max_budget": 1, "budget_duration": "1mo"}),
+            )
+            .await;
+        let reset = monthly["budget_reset_at"].as_str().unwrap();
+        assert!(reset.ends_with("-01T00:00:00.000Z"), "{db:?}: {reset}");
+        // A daily team budget at the next UTC midnight.
+        let team = h
+            .admin(
+                "/team/new",
+                json!({"max_budget": 1, "budget_duration": "1d"}),
+            )
+            .await;
+        assert!(team["budget_reset_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("T00:00:00.000Z"));
+    }
+}
+
+#[tokio::test]
+async fn user_team_and_end_user_budgets_apply_to_keys() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let body = |user: Option<&str>| {
+            let mut b = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20});
+            if let Some(u) = user {
+                b["user"] = json!(u);
+            }
+            b
+        };
+        // Team budget.
+        let team = h
+            .admin("/team/new", json!({"team_alias": "t", "max_budget": 0.1}))
+            .await;
+        let team_id = team["team_id"].as_str().unwrap();
+        let sk = key(&h, json!({"team_id": team_id})).await;
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &body(None))
+                .await
+                .status(),
+            200
+        );
+        let r = h.post_as(&sk, "/v1/chat/completions", &body(None)).await;
+        assert_eq!(r.status(), 400, "{db:?}");
+        assert!(r.text().await.unwrap().contains("Team"));
+        // End-user (customer) budget and block.
+        h.admin(
+            "/customer/new",
+            json!({"user_id": "end-1", "max_budget": 0.1}),
+        )
+        .await;
+        let sk2 = key(&h, json!({})).await;
+        assert_eq!(
+            h.post_as(&sk2, "/v1/chat/completions", &body(Some("end-1")))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            h.post_as(&sk2, "/v1/chat/completions", &body(Some("end-1")))
+                .await
+                .status(),
+            400,
+            "{db:?}"
+        );
+        assert_eq!(
+            h.post_as(&sk2, "/v1/chat/completions", &body(Some("end-2")))
+                .await
+                .status(),
+            200,
+            "others are not limited"
+        );
+        let r = h
+            .post_as(MASTER, "/customer/block", &json!({"user_ids": ["end-2"]}))
+            .await;
+        assert_eq!(r.status(), 404, "{db:?}: end-2 was never created");
+        h.admin(
+            "/customer/new",
+            json!({"user_id": "end-3", "blocked": true}),
+        )
+        .await;
+        assert_eq!(
+            h.post_as(&sk2, "/v1/chat/completions", &body(Some("end-3")))
+                .await
+                .status(),
+            403
+        );
+        // User budget.
+        let user = h
+            .admin("/user/new", json!({"user_id": "ub", "max_budget": 0.1}))
+            .await;
+        let uk = user["key"].as_str().unwrap();
+        assert_eq!(
+            h.post_as(uk, "/v1/chat/completions", &body(None))
+                .await
+                .status(),
+            200
+        );
+        assert_eq!(
+            h.post_as(uk, "/v1/chat/completions", &body(None))
+                .await
+                .status(),
+            400,
+            "{db:?}"
+        );
+        // A blocked team blocks its keys.
+        h.admin("/team/block", json!({"team_id": team_id})).await;
+        let r = h.post_as(&sk, "/v1/chat/completions", &body(None)).await;
+        assert_eq!(r.status(), 401);
+        // Spend rolls up to the team and the user.
+        h.flush_spend().await;
+        let info: Value = h
+            .get_as(MASTER, &format!("/team/info?team_id={team_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            info["team_info"]["spend"].as_f64().unwrap() > 0.0,
+            "{db:?}: {info}"
+        );
+        let info: Value = h
+            .get_as(MASTER, "/user/info?user_id=ub")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(info["user_info"]["spend"].as_f64().unwrap() > 0.0);
+        assert_eq!(info["keys"].as_array().unwrap().len(), 1);
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_hold_under_concurrency_with_headers() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let sk = key(&h, json!({"rpm_limit": 5})).await;
+        let answers =
+            futures_util::future::join_all((0..20).map(|_| h.chat_as(&sk, "cheap"))).await;
+        let ok = answers.iter().filter(|r| r.status() == 200).count();
+        assert_eq!(ok, 5, "{db:?}");
+        let limited = answers.iter().find(|r| r.status() == 429).unwrap();
+        assert_eq!(limited.headers()["x-ratelimit-remaining-requests"], "0");
+        assert_eq!(limited.headers()["x-ratelimit-limit-requests"], "5");
+        assert!(limited.headers()["x-ratelimit-reset-requests"]
+            .to_str()
+            .unwrap()
+            .ends_with('s'));
+        assert!(limited.headers().contains_key("retry-after"));
+        let fine = answers.iter().find(|r| r.status() == 200).unwrap();
+        assert!(
+            fine.headers()["x-ratelimit-remaining-requests"]
+                .to_str()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+                < 5
+        );
+
+        // Parallel requests: slow answers, at most two at a time.
+        let sk = key(&h, json!({"max_parallel_requests": 2})).await;
+        h.mock.set_defaults(json!({"latency_ms": 300}));
+        let answers = futures_util::future::join_all((0..6).map(|_| h.chat_as(&sk, "cheap"))).await;
+        h.mock.set_defaults(json!({}));
+        assert_eq!(
+            answers.iter().filter(|r| r.status() == 200).count(),
+            2,
+            "{db:?}"
+        );
+        assert_eq!(
+            h.chat_as(&sk, "cheap").await.status(),
+            200,
+            "slots are released"
+        );
+
+        // Per-model limits on a key.
+        let sk = key(&h, json!({"model_rpm_limit": {"cheap": 1}})).await;
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 429, "{db:?}");
+        assert_eq!(
+            h.chat_as(&sk, "other").await.status(),
+            200,
+            "another model is not limited"
+        );
+
+        // Tokens per minute: the first request's tokens use up a tiny tpm.
+        let sk = key(&h, json!({"tpm_limit": 10})).await;
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+        let r = h.chat_as(&sk, "cheap").await;
+        assert_eq!(r.status(), 429, "{db:?}");
+        assert_eq!(r.headers()["x-ratelimit-remaining-tokens"], "0");
+    }
+}
+
+#[tokio::test]
+async fn spend_matches_the_pricing_fixture_and_rolls_up() {
+    let fixture = format!(
+        "{}/../../../shared/fixtures/pricing/model_prices_and_context_window.json",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    );
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let table = llmux::pricing::fetch_table(&fixture).await.unwrap();
+        h.client.pricing().replace(table);
+        let sk = key(&h, json!({"tags": ["x"]})).await;
+        let mut expected = 0.0;
+        for _ in 0..3 {
+            let r = h
+                .post_as(&sk, "/v1/chat/completions", &json!({"model": "gpt-4o", "messages": [{"role": "user", "content": "count to three"}], "metadata": {"tags": ["prod"]}}))
+                .await;
+            let v: Value = r.json().await.unwrap();
+            let u = &v["usage"];
+            // gpt-4o in the fixture: 2.5e-6 in, 1e-5 out.
+            expected += u["prompt_tokens"].as_f64().unwrap() * 2.5e-6
+                + u["completion_tokens"].as_f64().unwrap() * 1e-5;
+        }
+        h.flush_spend().await;
+        let logs: Value = h
+            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let total: f64 = logs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["spend"].as_f64().unwrap())
+            .sum();
+        assert!(
+            (total - expected).abs() < 1e-12,
+            "{db:?}: {total} vs {expected}"
+        );
+        let global: Value = h
+            .get_as(MASTER, "/global/spend")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            (global["spend"].as_f64().unwrap() - expected).abs() < 1e-12,
+            "{db:?}: {global}"
+        );
+        let models: Value = h
+            .get_as(MASTER, "/global/spend/models")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(models[0]["model"], "gpt-4o");
+        let tags: Value = h.get_as(MASTER, "/spend/tags").await.json().await.unwrap();
+        assert_eq!(
+            tags["spend_per_tag"][0]["individual_request_tag"], "prod",
+            "{db:?}: {tags}"
+        );
+        assert_eq!(tags["spend_per_tag"][0]["log_count"], 3);
+        let keys: Value = h
+            .get_as(MASTER, "/global/spend/keys?limit=5")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!((keys[0]["total_spend"].as_f64().unwrap() - expected).abs() < 1e-12);
+    }
+}
+
+#[tokio::test]
+async fn models_added_through_the_api_route_without_a_restart() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        assert_eq!(h.chat_as(MASTER, "fresh").await.status(), 404);
+        let added = h
+            .admin("/model/new", json!({"model_name": "fresh", "litellm_params": {"model": "openai/fresh", "api_base": h.mock_url, "api_key": "secret-upstream-key"}, "model_info": {"id": "fresh-1"}}))
+            .await;
+        assert!(
+            added["litellm_params"].get("api_key").is_none(),
+            "secrets are not returned"
+        );
+        assert_eq!(h.chat_as(MASTER, "fresh").await.status(), 200, "{db:?}");
+        let info: Value = h.get_as(MASTER, "/model/info").await.json().await.unwrap();
+        assert!(info["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["model_name"] == "fresh"));
+        assert!(!info.to_string().contains("secret-upstream-key"));
+        let bad = h
+            .post_as(MASTER, "/model/new", &json!({"model_name": "x"}))
+            .await;
+        assert_eq!(bad.status(), 400);
+        h.admin("/model/delete", json!({"id": "fresh-1"})).await;
+        assert_eq!(h.chat_as(MASTER, "fresh").await.status(), 404, "{db:?}");
+    }
+}
+
+#[tokio::test]
+async fn organizations_budgets_and_members() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let org = h
+            .admin(
+                "/organization/new",
+                json!({"organization_alias": "acme", "max_budget": 100}),
+            )
+            .await;
+        let org_id = org["organization_id"].as_str().unwrap().to_owned();
+        let team = h.admin("/team/new", json!({"team_alias": "t", "organization_id": org_id, "members_with_roles": [{"role": "admin", "user_id": "lead"}]})).await;
+        let team_id = team["team_id"].as_str().unwrap().to_owned();
+        h.admin(
+            "/user/new",
+            json!({"user_id": "dev", "auto_create_key": false}),
+        )
+        .await;
+        h.admin(
+            "/team/member_add",
+            json!({"team_id": team_id, "member": {"role": "user", "user_id": "dev"}}),
+        )
+        .await;
+        let info: Value = h
+            .get_as(MASTER, &format!("/team/info?team_id={team_id}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            info["team_info"]["members_with_roles"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2,
+            "{db:?}"
+        );
+        let user: Value = h
+            .get_as(MASTER, "/user/info?user_id=dev")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(user["user_info"]["teams"], json!([team_id]));
+        // The team admin manages the team's keys; a plain member does not.
+        let lead = h.admin("/user/new", json!({"user_id": "lead"})).await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let r = h
+            .post_as(&lead, "/key/generate", &json!({"team_id": team_id}))
+            .await;
+        assert_eq!(r.status(), 200, "{db:?}: {}", r.text().await.unwrap());
+        let dev_key = key(&h, json!({"user_id": "dev"})).await;
+        let r = h
+            .post_as(&dev_key, "/key/generate", &json!({"team_id": team_id}))
+            .await;
+        assert_eq!(r.status(), 403);
+        h.admin(
+            "/team/member_delete",
+            json!({"team_id": team_id, "user_id": "dev"}),
+        )
+        .await;
+        let org_info: Value = h
+            .get_as(
+                MASTER,
+                &format!("/organization/info?organization_id={org_id}"),
+            )
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(org_info["teams"].as_array().unwrap().len(), 1);
+        let r = h
+            .http
+            .patch(format!("{}/organization/update", h.url))
+            .bearer_auth(MASTER)
+            .json(&json!({"organization_id": org_id, "max_budget": 5}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let list: Value = h
+            .get_as(MASTER, "/organization/list")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(list[0]["max_budget"], 5);
+        // Shared budgets.
+        h.admin(
+            "/budget/new",
+            json!({"budget_id": "small", "max_budget": 0.1}),
+        )
+        .await;
+        h.admin(
+            "/customer/new",
+            json!({"user_id": "shared-end-user", "budget_id": "small"}),
+        )
+        .await;
+        let sk = key(&h, json!({})).await;
+        let b = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 20, "user": "shared-end-user"});
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &b).await.status(),
+            200
+        );
+        assert_eq!(
+            h.post_as(&sk, "/v1/chat/completions", &b).await.status(),
+            400,
+            "{db:?}: the shared budget applies"
+        );
+        let budgets: Value = h.get_as(MASTER, "/budget/list").await.json().await.unwrap();
+        assert_eq!(budgets.as_array().unwrap().len(), 1);
+        let deleted = h
+            .http
+            .delete(format!("{}/organization/delete", h.url))
+            .bearer_auth(MASTER)
+            .json(&json!({"organization_ids": [org_id]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(deleted.status(), 200);
+    }
+}

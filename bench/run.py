@@ -203,6 +203,8 @@ model_list:
     litellm_params: {{model: openai/bench, api_base: "http://127.0.0.1:{mock_port}/v1", api_key: sk-upstream}}
 general_settings:
   master_key: {master}
+llmux_settings:
+  database_path: "{db_path}"
 router_settings:
   num_retries: 2
 """
@@ -214,6 +216,15 @@ model_list:
 general_settings:
   master_key: {master}
 """
+
+
+def generate_key(base):
+    """A virtual key with a (large) budget and rpm limit, so every request is checked and priced."""
+    body = json.dumps({"key_alias": "bench", "max_budget": 1e9, "rpm_limit": 1_000_000_000}).encode()
+    request = urllib.request.Request(f"{base}/key/generate", data=body, method="POST",
+                                     headers={"authorization": f"Bearer {MASTER_KEY}", "content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as r:
+        return json.loads(r.read())["key"]
 
 
 def start_llmux(procs, llmux, config_path, port):
@@ -377,16 +388,18 @@ def main():
 
         llmux_port = free_port()
         config = work / "llmux.yaml"
-        config.write_text(LLMUX_CONFIG.format(mock_port=mock_port, master=MASTER_KEY))
+        config.write_text(LLMUX_CONFIG.format(mock_port=mock_port, master=MASTER_KEY, db_path=work / "llmux.db"))
         llmux_proc = start_llmux(procs, llmux, config, llmux_port)
         time.sleep(1)
         results["llmux_idle_rss_mib"] = rss_kib(llmux_proc.pid) / 1024
 
         auth = [f"authorization: Bearer {MASTER_KEY}"]
+        # The path users run: a virtual key with a budget and an rpm limit, spend logged.
+        virtual_key = generate_key(f"http://127.0.0.1:{llmux_port}")
         contenders = {
             "direct": (f"{mock_url}/v1/chat/completions", []),
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", []),
-            "llmux": (f"http://127.0.0.1:{llmux_port}/v1/chat/completions", auth),
+            "llmux": (f"http://127.0.0.1:{llmux_port}/v1/chat/completions", [f"authorization: Bearer {virtual_key}"]),
         }
         litellm_bin = os.environ.get("LITELLM_BIN") or shutil.which("litellm")
         if litellm_bin and not quick:

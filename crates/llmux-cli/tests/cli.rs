@@ -268,3 +268,120 @@ async fn drain_timeout_bounds_the_shutdown() {
         .await
         .is_err());
 }
+
+/// Spend survives a graceful stop under load: every request that was answered is in the spend
+/// logs after a restart, and the key's spend counter equals the sum of its rows.
+#[tokio::test]
+async fn no_spend_is_lost_across_a_graceful_restart_under_load() {
+    let postgres = llmux_store::testing::fresh_postgres_url().await;
+    for database in ["sqlite", "postgres"] {
+        let upstream = mock_upstream().await;
+        let dir = tempfile::tempdir().unwrap();
+        let db_setting = match database {
+            "sqlite" => format!(
+                "llmux_settings: {{database_path: \"{}/llmux.db\"}}",
+                dir.path().display()
+            ),
+            _ => {
+                format!("general_settings: {{master_key: sk-master, database_url: \"{postgres}\"}}")
+            }
+        };
+        let master = if database == "sqlite" {
+            "general_settings: {master_key: sk-master}\n"
+        } else {
+            ""
+        };
+        let config = write_config(&format!(
+            "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{upstream}\", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}}}]\n{master}{db_setting}\n"
+        ));
+        let mut server = start_server(config.path(), &[]).await;
+        let http = reqwest::Client::new();
+        let key: serde_json::Value = http
+            .post(format!("{}/key/generate", server.url))
+            .bearer_auth("sk-master")
+            .json(&serde_json::json!({"key_alias": "load"}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let key = key["key"].as_str().unwrap().to_owned();
+
+        let url = server.url.clone();
+        let run = |stream: bool| {
+            let (http, url, key) = (http.clone(), url.clone(), key.clone());
+            async move {
+                let body = serde_json::json!({
+                    "model": "m", "stream": stream, "messages": [{"role": "user", "content": "x"}],
+                    "mock_options": {"chunks": 10, "chunk_delay_ms": 30, "latency_ms": 100}
+                });
+                let Ok(r) = http
+                    .post(format!("{url}/v1/chat/completions"))
+                    .bearer_auth(&key)
+                    .json(&body)
+                    .send()
+                    .await
+                else {
+                    return false;
+                };
+                if r.status() != 200 {
+                    return false;
+                }
+                match r.text().await {
+                    Ok(t) => !stream || t.ends_with("data: [DONE]\n\n"),
+                    Err(_) => false,
+                }
+            }
+        };
+        let load = futures_util::future::join_all((0..80).map(|i| run(i % 2 == 0)));
+        let stop = async {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            sigterm(&server.child);
+        };
+        let (answered, ()) = tokio::join!(load, stop);
+        let answered = answered.iter().filter(|ok| **ok).count();
+        let status = wait_exit(&mut server.child, Duration::from_secs(20));
+        assert!(status.success(), "{database}: {status:?}");
+        assert!(
+            answered > 0,
+            "{database}: some requests were in flight at the stop"
+        );
+
+        let server = start_server(config.path(), &[]).await;
+        let logs: serde_json::Value = http
+            .get(format!(
+                "{}/spend/logs?api_key={key}&limit=1000",
+                server.url
+            ))
+            .bearer_auth("sk-master")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let logs = logs.as_array().unwrap();
+        let succeeded = logs.iter().filter(|l| l["status"] == "success").count();
+        assert_eq!(
+            succeeded, answered,
+            "{database}: every answered request is logged"
+        );
+        let total: f64 = logs.iter().map(|l| l["spend"].as_f64().unwrap()).sum();
+        assert!(total > 0.0);
+        let info: serde_json::Value = http
+            .get(format!("{}/key/info?key={key}", server.url))
+            .bearer_auth("sk-master")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let counted = info["info"]["spend"].as_f64().unwrap();
+        assert!(
+            (counted - total).abs() < 1e-9,
+            "{database}: counter {counted} vs rows {total}"
+        );
+    }
+}

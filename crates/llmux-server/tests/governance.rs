@@ -901,3 +901,43 @@ async fn organizations_budgets_and_members() {
         assert_eq!(deleted.status(), 200);
     }
 }
+
+#[tokio::test]
+async fn crossing_a_soft_budget_alerts_once() {
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::<Value>::new()));
+    let sink = {
+        let received = std::sync::Arc::clone(&received);
+        axum::Router::new().route(
+            "/hook",
+            axum::routing::post(move |axum::Json(v): axum::Json<Value>| {
+                let received = std::sync::Arc::clone(&received);
+                async move {
+                    received.lock().unwrap().push(v);
+                    "ok"
+                }
+            }),
+        )
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, sink).await.unwrap() });
+    let yaml = format!("{MODELS}llmux_settings: {{alert_webhook_url: \"http://{addr}/hook\"}}\n");
+    let h = start_governed(&yaml, Db::Sqlite).await;
+    let sk = key(&h, json!({"soft_budget": 0.01, "max_budget": 10, "key_alias": "soft"})).await;
+    for _ in 0..3 {
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+    }
+    for _ in 0..100 {
+        if !received.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let got = received.lock().unwrap().clone();
+    assert_eq!(got.len(), 1, "one alert per period: {got:?}");
+    assert_eq!(got[0]["event"], "soft_budget_crossed");
+    assert_eq!(got[0]["type"], "Key");
+    assert_eq!(got[0]["soft_budget"], 0.01);
+    assert!(got[0]["spend"].as_f64().unwrap() >= 0.01);
+}

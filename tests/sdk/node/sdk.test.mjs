@@ -57,6 +57,7 @@ before(async () => {
     router_settings: { num_retries: 0, disable_cooldowns: true },
   };
   const dir = mkdtempSync(join(tmpdir(), 'llmux-node-'));
+  config.llmux_settings = { database_path: join(dir, 'llmux.db') };
   const path = join(dir, 'config.yaml');
   writeFileSync(path, JSON.stringify(config));
   processes.push(spawn(llmuxBin, ['serve', '--host', '127.0.0.1', '--port', String(port), '--config', path], { stdio: 'ignore' }));

@@ -103,6 +103,8 @@ def gateway():
         ],
         "environment_variables": {"AZURE_AUTHORITY_HOST": root},
         "general_settings": {"master_key": MASTER_KEY},
+        # Virtual keys and spend live in a throwaway SQLite file.
+        "llmux_settings": {"database_path": os.path.join(tempfile.mkdtemp(prefix="llmux-sdk-"), "llmux.db")},
         # The SDK's own error handling is under test here, not the router's retries.
         "router_settings": {"num_retries": 0, "disable_cooldowns": True},
     }

@@ -46,6 +46,8 @@ struct Shared {
 #[derive(Debug)]
 pub struct SpendWriter {
     tx: Mutex<Option<mpsc::Sender<SpendRecord>>>,
+    store: Store,
+    ledger: Arc<Ledger>,
     shared: Arc<Shared>,
     aggregate_all: bool,
     task: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -123,9 +125,16 @@ impl SpendWriter {
     ) -> SpendWriter {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let shared = Arc::new(Shared::default());
-        let task = tokio::spawn(run(store, ledger, rx, Arc::clone(&shared)));
+        let task = tokio::spawn(run(
+            store.clone(),
+            Arc::clone(&ledger),
+            rx,
+            Arc::clone(&shared),
+        ));
         SpendWriter {
             tx: Mutex::new(Some(tx)),
+            store,
+            ledger,
             shared,
             aggregate_all,
             task: Mutex::new(Some(task)),
@@ -140,8 +149,18 @@ impl SpendWriter {
         }
         let tx = self.tx.lock().ok().and_then(|t| t.as_ref().cloned());
         let Some(tx) = tx else {
-            // Already shutting down: the final drain still picks aggregates up.
-            self.shared.fold(record);
+            // The writer has stopped (a request outlived the drain): write this one directly.
+            self.shared.pending.fetch_add(1, Ordering::AcqRel);
+            let (store, ledger, shared) = (
+                self.store.clone(),
+                Arc::clone(&self.ledger),
+                Arc::clone(&self.shared),
+            );
+            tokio::spawn(async move {
+                write(&store, &ledger, std::slice::from_ref(&record)).await;
+                shared.written.fetch_add(1, Ordering::Relaxed);
+                shared.pending.fetch_sub(1, Ordering::AcqRel);
+            });
             return;
         };
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
@@ -253,5 +272,74 @@ async fn write(store: &Store, ledger: &Ledger, batch: &[SpendRecord]) {
     }
     for (owner, amount) in owners {
         ledger.flushed(&owner, amount);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use llmux_store::Object;
+
+    #[tokio::test]
+    async fn a_full_queue_aggregates_and_shutdown_writes_everything() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&llmux_store::testing::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        store
+            .insert(&Object::new(Kind::Key, "k", Default::default()))
+            .await
+            .unwrap();
+        let ledger = Arc::new(Ledger::default());
+        let writer = SpendWriter::start(store.clone(), Arc::clone(&ledger), 1, false);
+        // The writer task cannot run while this loop holds the (single) test thread, so the
+        // one-slot queue fills at once and the rest is folded.
+        for i in 0..1000 {
+            writer.submit(SpendRecord {
+                request_id: format!("r{i}"),
+                api_key: "k".into(),
+                model_group: if i % 2 == 0 { "a" } else { "b" }.into(),
+                prompt_tokens: 1,
+                total_tokens: 1,
+                spend: 0.001,
+                start_time: 1_795_392_000_000,
+                end_time: 1_795_392_000_001,
+                status: "success".into(),
+                ..Default::default()
+            });
+        }
+        let (_, aggregated) = writer.counts();
+        assert_eq!(aggregated, 999);
+        assert!(!writer.idle());
+        writer.shutdown().await;
+        assert!(writer.idle());
+        let key = store.get(Kind::Key, "k").await.unwrap().unwrap();
+        assert!((key.spend - 1.0).abs() < 1e-9, "{}", key.spend);
+        let rows = store
+            .spend_logs(&llmux_store::SpendFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 3, "one record and an aggregate per model group");
+        assert_eq!(rows.iter().map(|r| r.prompt_tokens).sum::<i64>(), 1000);
+        assert!(rows
+            .iter()
+            .any(|r| r.call_type == "aggregated" && r.request_id.starts_with("agg-")));
+        // A record that arrives after shutdown is still written.
+        writer.submit(SpendRecord {
+            request_id: "late".into(),
+            api_key: "k".into(),
+            spend: 0.5,
+            start_time: 1,
+            end_time: 2,
+            ..Default::default()
+        });
+        for _ in 0..100 {
+            if writer.idle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let key = store.get(Kind::Key, "k").await.unwrap().unwrap();
+        assert!((key.spend - 1.5).abs() < 1e-9, "{}", key.spend);
     }
 }

@@ -385,3 +385,63 @@ async fn no_spend_is_lost_across_a_graceful_restart_under_load() {
         );
     }
 }
+
+fn prices(input: f64, output: f64) -> String {
+    format!("{{\"m\": {{\"input_cost_per_token\": {input}, \"output_cost_per_token\": {output}, \"mode\": \"chat\"}}, \"sample_spec\": {{\"mode\": \"chat\"}}}}")
+}
+
+async fn cost(http: &reqwest::Client, url: &str) -> f64 {
+    let r = http
+        .post(format!("{url}/v1/chat/completions"))
+        .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    r.headers()["x-litellm-response-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// The cost map is read at start, re-read when the file changes, and on SIGHUP.
+#[tokio::test]
+async fn prices_reload_when_the_cost_map_changes_or_on_sighup() {
+    let upstream = mock_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let map = dir.path().join("prices.json");
+    std::fs::write(&map, prices(0.001, 0.002)).unwrap();
+    for (interval, signal) in [(0.1, false), (3600.0, true)] {
+        std::fs::write(&map, prices(0.001, 0.002)).unwrap();
+        let config = write_config(&format!(
+            "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{upstream}\", api_key: k}}}}]\nllmux_settings: {{model_cost_map: \"{}\", model_cost_map_reload_interval: {interval}}}\n",
+            map.display()
+        ));
+        let server = start_server(config.path(), &[]).await;
+        let http = reqwest::Client::new();
+        let first = cost(&http, &server.url).await;
+        assert!(first > 0.0);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        std::fs::write(&map, prices(0.002, 0.004)).unwrap();
+        if signal {
+            let status = Command::new("kill")
+                .args(["-HUP", &server.child.id().to_string()])
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let now = cost(&http, &server.url).await;
+            if (now - 2.0 * first).abs() < 1e-12 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "prices did not reload (signal: {signal}): {now} vs {first}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}

@@ -923,7 +923,11 @@ async fn crossing_a_soft_budget_alerts_once() {
     tokio::spawn(async move { axum::serve(listener, sink).await.unwrap() });
     let yaml = format!("{MODELS}llmux_settings: {{alert_webhook_url: \"http://{addr}/hook\"}}\n");
     let h = start_governed(&yaml, Db::Sqlite).await;
-    let sk = key(&h, json!({"soft_budget": 0.01, "max_budget": 10, "key_alias": "soft"})).await;
+    let sk = key(
+        &h,
+        json!({"soft_budget": 0.01, "max_budget": 10, "key_alias": "soft"}),
+    )
+    .await;
     for _ in 0..3 {
         assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
     }

@@ -85,9 +85,6 @@ pub fn utc_day(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
-/// Records per multi-row INSERT (24 parameters each: within SQLite's and PostgreSQL's limits).
-const ROWS_PER_INSERT: usize = 200;
-
 #[derive(Default)]
 struct Rollup {
     requests: i64,
@@ -102,60 +99,46 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
+        let insert = self.sql(
+            "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
+             prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
+        );
         let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
         let mut rollups: HashMap<(String, &'static str, String, String), Rollup> = HashMap::new();
         let mut new = 0;
         let mut tx = self.pool().begin().await?;
-        // Multi-row inserts (a statement per `ROWS_PER_INSERT` records); `RETURNING` names the
-        // rows that were new, so a replayed record is neither stored nor counted twice.
-        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
-        for chunk in batch.chunks(ROWS_PER_INSERT) {
-            let mut sql = String::from(
-                "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
-                 prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) VALUES ",
-            );
-            for i in 0..chunk.len() {
-                if i > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
-            }
-            sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
-            let sql = self.sql(&sql).into_owned();
-            let mut q = sqlx::query(&sql);
-            for r in chunk {
-                q = q
-                    .bind(&r.request_id)
-                    .bind(&r.api_key)
-                    .bind(&r.user_id)
-                    .bind(&r.team_id)
-                    .bind(&r.organization_id)
-                    .bind(&r.end_user)
-                    .bind(&r.model_group)
-                    .bind(&r.model)
-                    .bind(&r.deployment_id)
-                    .bind(&r.provider)
-                    .bind(&r.call_type)
-                    .bind(r.prompt_tokens)
-                    .bind(r.completion_tokens)
-                    .bind(r.cached_tokens)
-                    .bind(r.reasoning_tokens)
-                    .bind(r.total_tokens)
-                    .bind(r.spend)
-                    .bind(r.start_time)
-                    .bind(r.end_time)
-                    .bind(r.ttft_ms)
-                    .bind(&r.status)
-                    .bind(&r.error_kind)
-                    .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
-                    .bind(i64::from(r.cache_hit));
-            }
-            for row in q.fetch_all(&mut *tx).await? {
-                inserted.insert(row.try_get::<String, _>("request_id")?);
-            }
-        }
         for r in batch {
-            if !inserted.remove(&r.request_id) {
+            let inserted = sqlx::query(&insert)
+                .bind(&r.request_id)
+                .bind(&r.api_key)
+                .bind(&r.user_id)
+                .bind(&r.team_id)
+                .bind(&r.organization_id)
+                .bind(&r.end_user)
+                .bind(&r.model_group)
+                .bind(&r.model)
+                .bind(&r.deployment_id)
+                .bind(&r.provider)
+                .bind(&r.call_type)
+                .bind(r.prompt_tokens)
+                .bind(r.completion_tokens)
+                .bind(r.cached_tokens)
+                .bind(r.reasoning_tokens)
+                .bind(r.total_tokens)
+                .bind(r.spend)
+                .bind(r.start_time)
+                .bind(r.end_time)
+                .bind(r.ttft_ms)
+                .bind(&r.status)
+                .bind(&r.error_kind)
+                .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
+                .bind(i64::from(r.cache_hit))
+                .execute(&mut *tx)
+                .await?
+                .rows_affected()
+                == 1;
+            if !inserted {
                 continue;
             }
             new += 1;

@@ -593,7 +593,7 @@ async fn key_info(State(s): State<AppState>, headers: HeaderMap, params: Params)
         let (gov, p) = caller(&s, &headers).await?;
         let obj = match params.get("key") {
             Some(k) => named_key(&gov, Some(k.clone())).await?,
-            None => p.key.clone().ok_or_else(|| missing("key"))?,
+            None => p.key.as_deref().cloned().ok_or_else(|| missing("key"))?,
         };
         let own = p.key.as_ref().is_some_and(|k| k.id == obj.id);
         if !own && !p.role.is_admin() && !may_read_key(&gov, &p, &obj).await? {

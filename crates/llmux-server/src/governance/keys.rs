@@ -2,6 +2,8 @@
 //! stored only as their SHA-256 hex digest; a request's key resolves to a `Principal` (the key,
 //! its user, team and organization, and the caller's role).
 
+use std::sync::Arc;
+
 use rand::TryRngCore;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -42,10 +44,12 @@ pub fn hash_key(key: &str) -> String {
     if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return key.to_ascii_lowercase();
     }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
-        out.push_str(&format!("{b:02x}"));
+        out.push(HEX[usize::from(b >> 4)] as char);
+        out.push(HEX[usize::from(b & 15)] as char);
     }
     out
 }
@@ -108,10 +112,10 @@ impl Role {
 pub struct Principal {
     pub role: Role,
     /// The key used (`None` for the master key).
-    pub key: Option<Object>,
-    pub user: Option<Object>,
-    pub team: Option<Object>,
-    pub organization: Option<Object>,
+    pub key: Option<Arc<Object>>,
+    pub user: Option<Arc<Object>>,
+    pub team: Option<Arc<Object>>,
+    pub organization: Option<Arc<Object>>,
 }
 
 impl Principal {

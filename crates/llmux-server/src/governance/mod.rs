@@ -233,10 +233,10 @@ impl Governance {
             .unwrap_or(Role::InternalUser);
         Ok(Principal {
             role,
-            key: Some((*key).clone()),
-            user: user.map(|u| (*u).clone()),
-            team: team.map(|t| (*t).clone()),
-            organization: organization.map(|o| (*o).clone()),
+            key: Some(key),
+            user,
+            team,
+            organization,
         })
     }
 
@@ -263,7 +263,7 @@ impl Governance {
         let now = self.now();
         let mut facts = facts;
         if let Some(key) = &principal.key {
-            check_model_access(client, &key.data, principal.team.as_ref(), &facts.model)?;
+            check_model_access(client, &key.data, principal.team.as_deref(), &facts.model)?;
             for tag in strings(&key.data, "tags") {
                 if !facts.tags.contains(&tag) {
                     facts.tags.push(tag);
@@ -284,10 +284,10 @@ impl Governance {
             }
         }
         let mut holders: Vec<&Object> = Vec::new();
-        holders.extend(principal.key.iter());
-        holders.extend(principal.user.iter());
-        holders.extend(principal.team.iter());
-        holders.extend(principal.organization.iter());
+        holders.extend(principal.key.as_deref());
+        holders.extend(principal.user.as_deref());
+        holders.extend(principal.team.as_deref());
+        holders.extend(principal.organization.as_deref());
         let customer_ref = customer.as_deref();
         holders.extend(customer_ref);
         let mut checks = Vec::new();
@@ -507,7 +507,7 @@ impl Admission {
         gov.limiter
             .release(&self.scopes, usage.map_or(0, |u| u.total_tokens), now);
         let p = &self.principal;
-        let id_of = |o: &Option<Object>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+        let id_of = |o: &Option<Arc<Object>>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
         let (status, error_kind) = match log.map(|l| l.outcome) {
             Some(llmux::Outcome::Success) => ("success", String::new()),
             Some(llmux::Outcome::Failed(kind)) => ("failure", kind.as_str().to_owned()),

@@ -5,6 +5,7 @@
 mod auth;
 pub mod governance;
 mod headers;
+mod metrics;
 mod models;
 
 use std::convert::Infallible;
@@ -92,6 +93,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v1/models/{*id}", get(get_model))
         .route("/models/{*id}", get(get_model))
         .route("/router/deployments", get(router_deployments))
+        .route("/metrics", get(metrics_text))
         .route("/health/liveliness", get(liveliness))
         .route("/health/live", get(liveliness))
         .route("/health/readiness", get(readiness))
@@ -404,6 +406,15 @@ async fn router_deployments(State(state): State<AppState>, request: Request) -> 
         .collect();
     let body = json!({"routing_strategy": router.settings().strategy.as_str(), "deployments": deployments});
     json_response(StatusCode::OK, body.to_string().into_bytes())
+}
+
+async fn metrics_text(State(state): State<AppState>) -> Response {
+    let mut out = Response::new(Body::from(metrics::render(&state)));
+    out.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    out
 }
 
 async fn liveliness() -> Response {

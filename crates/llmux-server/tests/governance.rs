@@ -945,3 +945,35 @@ async fn crossing_a_soft_budget_alerts_once() {
     assert_eq!(got[0]["soft_budget"], 0.01);
     assert!(got[0]["spend"].as_f64().unwrap() >= 0.01);
 }
+
+#[tokio::test]
+async fn an_unpriced_model_costs_zero_and_is_counted() {
+    let yaml = MODELS.replace(
+        "router_settings:",
+        "  - model_name: unpriced\n    litellm_params: {model: openai/no-price-for-this, api_base: \"{mock}\", api_key: k}\nrouter_settings:",
+    );
+    let h = start_governed(&yaml, Db::Sqlite).await;
+    let r = h.chat_as(MASTER, "unpriced").await;
+    assert_eq!(r.status(), 200, "never an error");
+    assert_eq!(r.headers()["x-litellm-response-cost"], "0");
+    assert_eq!(h.chat_as(MASTER, "unpriced").await.status(), 200);
+    h.flush_spend().await;
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("llmux_unpriced_requests_total 2"), "{text}");
+    assert!(
+        text.contains("llmux_spend_records_written_total 2"),
+        "{text}"
+    );
+    assert!(
+        text.contains("llmux_governed_requests_in_flight 0"),
+        "{text}"
+    );
+}

@@ -85,6 +85,58 @@ pub fn utc_day(ms: i64) -> String {
     format!("{y:04}-{m:02}-{d:02}")
 }
 
+/// Records per multi-row INSERT (24 parameters each, well within SQLite's and PostgreSQL's
+/// limits).
+const ROWS_PER_INSERT: usize = 64;
+
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::from(
+        "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
+         prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) VALUES ",
+    );
+    for i in 0..rows {
+        if i > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(" ON CONFLICT (request_id) DO NOTHING RETURNING request_id");
+    sql
+}
+
+type AnyQuery<'q> = sqlx::query::Query<'q, sqlx::Any, sqlx::any::AnyArguments<'q>>;
+
+fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &'q [SpendRecord]) -> AnyQuery<'q> {
+    for r in rows {
+        q = q
+            .bind(&r.request_id)
+            .bind(&r.api_key)
+            .bind(&r.user_id)
+            .bind(&r.team_id)
+            .bind(&r.organization_id)
+            .bind(&r.end_user)
+            .bind(&r.model_group)
+            .bind(&r.model)
+            .bind(&r.deployment_id)
+            .bind(&r.provider)
+            .bind(&r.call_type)
+            .bind(r.prompt_tokens)
+            .bind(r.completion_tokens)
+            .bind(r.cached_tokens)
+            .bind(r.reasoning_tokens)
+            .bind(r.total_tokens)
+            .bind(r.spend)
+            .bind(r.start_time)
+            .bind(r.end_time)
+            .bind(r.ttft_ms)
+            .bind(&r.status)
+            .bind(&r.error_kind)
+            .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
+            .bind(i64::from(r.cache_hit));
+    }
+    q
+}
+
 #[derive(Default)]
 struct Rollup {
     requests: i64,
@@ -99,46 +151,36 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let insert = self.sql(
-            "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
-             prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING",
-        );
         let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
         let mut rollups: HashMap<(String, &'static str, String, String), Rollup> = HashMap::new();
         let mut new = 0;
         let mut tx = self.pool().begin().await?;
-        for r in batch {
-            let inserted = sqlx::query(&insert)
-                .bind(&r.request_id)
-                .bind(&r.api_key)
-                .bind(&r.user_id)
-                .bind(&r.team_id)
-                .bind(&r.organization_id)
-                .bind(&r.end_user)
-                .bind(&r.model_group)
-                .bind(&r.model)
-                .bind(&r.deployment_id)
-                .bind(&r.provider)
-                .bind(&r.call_type)
-                .bind(r.prompt_tokens)
-                .bind(r.completion_tokens)
-                .bind(r.cached_tokens)
-                .bind(r.reasoning_tokens)
-                .bind(r.total_tokens)
-                .bind(r.spend)
-                .bind(r.start_time)
-                .bind(r.end_time)
-                .bind(r.ttft_ms)
-                .bind(&r.status)
-                .bind(&r.error_kind)
-                .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
-                .bind(i64::from(r.cache_hit))
-                .execute(&mut *tx)
+        // Rows go in fixed-size multi-row statements (one statement per `ROWS_PER_INSERT`, the
+        // remainder one row at a time), so there are few round trips to the database and every
+        // statement text repeats and stays prepared. `RETURNING` names the new rows: a replayed
+        // record is neither stored nor counted twice.
+        let mut inserted: std::collections::HashSet<String> = std::collections::HashSet::new();
+        let many = self.sql(&insert_sql(ROWS_PER_INSERT)).into_owned();
+        let one = self.sql(&insert_sql(1)).into_owned();
+        let mut chunks = batch.chunks_exact(ROWS_PER_INSERT);
+        for chunk in chunks.by_ref() {
+            for row in bind_rows(sqlx::query(&many), chunk)
+                .fetch_all(&mut *tx)
                 .await?
-                .rows_affected()
-                == 1;
-            if !inserted {
+            {
+                inserted.insert(row.try_get::<String, _>("request_id")?);
+            }
+        }
+        for r in chunks.remainder() {
+            for row in bind_rows(sqlx::query(&one), std::slice::from_ref(r))
+                .fetch_all(&mut *tx)
+                .await?
+            {
+                inserted.insert(row.try_get::<String, _>("request_id")?);
+            }
+        }
+        for r in batch {
+            if !inserted.remove(&r.request_id) {
                 continue;
             }
             new += 1;

@@ -231,3 +231,46 @@ async fn bad_urls_are_refused() {
         Err(StoreError::BadUrl(_))
     ));
 }
+
+#[tokio::test]
+async fn large_batches_use_multi_row_inserts_and_stay_idempotent() {
+    let dir = tempfile::tempdir().unwrap();
+    for store in both(&dir).await {
+        store
+            .insert(&Object::new(Kind::Key, "k1", Map::new()))
+            .await
+            .unwrap();
+        let day = 1_795_428_000_000;
+        let batch: Vec<SpendRecord> = (0..200)
+            .map(|i| record(&format!("r{i}"), "k1", 0.01, day + i))
+            .collect();
+        assert_eq!(store.record_spend(&batch[..150]).await.unwrap(), 150);
+        // 50 replayed, 50 new: only the new ones count.
+        assert_eq!(
+            store.record_spend(&batch[100..]).await.unwrap(),
+            50,
+            "{:?}",
+            store.backend()
+        );
+        let key = store.get(Kind::Key, "k1").await.unwrap().unwrap();
+        assert!(
+            (key.spend - 2.0).abs() < 1e-9,
+            "{:?}: {}",
+            store.backend(),
+            key.spend
+        );
+        let logs = store
+            .spend_logs(&SpendFilter {
+                limit: Some(1000),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(logs.len(), 200);
+        let daily = store
+            .daily_spend("key", Some("k1"), "2026-11-23", "2026-11-23")
+            .await
+            .unwrap();
+        assert_eq!(daily[0].requests, 200);
+    }
+}

@@ -124,7 +124,8 @@ impl Trace {
             chunks,
             recoveries: 0,
             model: self.model.clone(),
-            cost: self.cost(usage.as_ref()),
+            // Callers price the record (once: pricing counts unpriced requests).
+            cost: None,
         }
     }
 }
@@ -559,17 +560,16 @@ impl Run<'_> {
             response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
             let meta = &response.meta;
             if self.trace.wanted(self.logs) {
-                self.trace.emit(
-                    self.logs,
-                    self.trace.log(
-                        meta.status,
-                        Outcome::Success,
-                        meta.usage,
-                        meta.overhead,
-                        None,
-                        0,
-                    ),
+                let mut log = self.trace.log(
+                    meta.status,
+                    Outcome::Success,
+                    meta.usage,
+                    meta.overhead,
+                    None,
+                    0,
                 );
+                log.cost = meta.cost;
+                self.trace.emit(self.logs, log);
             }
             drop(claim);
             return Ok(response);
@@ -621,6 +621,7 @@ impl Run<'_> {
                     summary.chunks,
                 );
                 log.recoveries = summary.recoveries;
+                log.cost = trace.cost(summary.usage.as_ref());
                 trace.emit(&logs, log);
             }
             // The in-flight slot is held until the stream ends.

@@ -84,6 +84,9 @@ pub struct UpstreamRequest {
     pub body: Bytes,
     /// Credentials the core applies when it sends (a minted bearer token, a SigV4 signature).
     pub auth: Option<UpstreamAuth>,
+    /// The adapter asked the upstream for a usage chunk the client did not request: the core
+    /// counts it and does not forward it.
+    pub hide_usage_chunk: bool,
 }
 
 /// How a provider frames its stream on the wire.
@@ -185,11 +188,14 @@ impl Provider for HttpTarget {
         request: &RawObject<'_>,
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
+        let (body, hide_usage_chunk) =
+            self.build_body_for(op, request, ctx.wildcard, ctx.drop_params)?;
         Ok(UpstreamRequest {
             url: self.url(op).to_owned(),
             headers: self.headers.clone(),
-            body: self.build_body(request, ctx.wildcard, ctx.drop_params)?,
+            body,
             auth: self.auth.clone(),
+            hide_usage_chunk,
         })
     }
 

@@ -37,6 +37,8 @@ pub struct HttpTarget {
     pub supports_completions: bool,
     /// Entra ID client credentials for Azure (a bearer token minted and cached by the core).
     pub auth: Option<crate::UpstreamAuth>,
+    /// The provider takes `stream_options.include_usage` (see `STREAM_USAGE_PROVIDERS`).
+    pub stream_usage: bool,
 }
 
 /// How an Azure deployment authenticates when it does not use an API key.
@@ -229,6 +231,7 @@ impl HttpTarget {
             supports_embeddings: spec.supports_embeddings,
             supports_completions: spec.supports_completions,
             auth,
+            stream_usage: crate::registry::STREAM_USAGE_PROVIDERS.contains(&spec.name),
         })
     }
 
@@ -253,6 +256,19 @@ impl HttpTarget {
         wildcard: Option<&str>,
         drop_params: bool,
     ) -> Result<Bytes, GatewayError> {
+        self.build_body_for(Operation::Embeddings, request, wildcard, drop_params)
+            .map(|(body, _)| body)
+    }
+
+    /// The upstream body, and whether a usage chunk was requested that the client did not ask
+    /// for (streamed chat and completions from providers that take `stream_options`).
+    pub fn build_body_for(
+        &self,
+        op: Operation,
+        request: &RawObject<'_>,
+        wildcard: Option<&str>,
+        drop_params: bool,
+    ) -> Result<(Bytes, bool), GatewayError> {
         let model_json = match (&self.model_json, wildcard) {
             (Some(json), _) => std::borrow::Cow::Borrowed(json.as_slice()),
             (None, w) => std::borrow::Cow::Owned(json_string(&self.upstream_model(w))),
@@ -279,7 +295,32 @@ impl HttpTarget {
         for (key, raw) in &self.request_defaults {
             edit = edit.default(key, raw.as_slice());
         }
-        Ok(Bytes::from(edit.render()))
+        let mut injected = false;
+        let streaming = matches!(op, Operation::Chat | Operation::Completions)
+            && request.decode::<bool>("stream").ok().flatten() == Some(true);
+        if self.stream_usage && streaming {
+            let options = request
+                .decode::<serde_json::Value>("stream_options")
+                .ok()
+                .flatten();
+            let asked = options
+                .as_ref()
+                .and_then(|o| o.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                == Some(true);
+            if !asked {
+                let mut merged = match options {
+                    Some(serde_json::Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                merged.insert("include_usage".into(), serde_json::Value::Bool(true));
+                let raw = serde_json::to_vec(&serde_json::Value::Object(merged))
+                    .map_err(|e| GatewayError::internal(e.to_string()))?;
+                edit = edit.set("stream_options", raw);
+                injected = true;
+            }
+        }
+        Ok((Bytes::from(edit.render()), injected))
     }
 }
 

@@ -363,6 +363,29 @@ pub const NATIVE_PROVIDERS: &[&str] = &[
     "oci",
 ];
 
+/// OpenAI-compatible providers known to accept `stream_options.include_usage`: llmux asks them
+/// for usage on every stream (so spend and token limits count streamed requests) and hides the
+/// usage chunk from clients that did not ask for it.
+pub const STREAM_USAGE_PROVIDERS: &[&str] = &[
+    "openai",
+    "custom_openai",
+    "openai_like",
+    "azure",
+    "azure_ai",
+    "groq",
+    "deepseek",
+    "together_ai",
+    "fireworks_ai",
+    "openrouter",
+    "xai",
+    "deepinfra",
+    "cerebras",
+    "nvidia_nim",
+    "hosted_vllm",
+    "vllm",
+    "lm_studio",
+];
+
 /// `mock/`: answered in-process, like LiteLLM's `mock_response`.
 pub const MOCK_PROVIDER: &str = "mock";
 

@@ -1041,3 +1041,48 @@ router_settings: {num_retries: 0}
 fn llmux_providers_default_azure_version() -> &'static str {
     "2024-10-21"
 }
+
+#[tokio::test]
+async fn streams_are_always_metered_and_the_usage_chunk_shows_only_when_asked() {
+    let h = start(BASIC).await;
+    let mut logs = h.client.subscribe();
+    let body = json!({"model": "gpt-test", "stream": true, "messages": [{"role": "user", "content": "hi"}]});
+    let r = h.post("/v1/chat/completions", &body).await;
+    let text = r.text().await.unwrap();
+    assert!(text.ends_with("data: [DONE]\n\n"));
+    assert!(!text.contains("\"usage\""), "not asked for: {text}");
+    let sent = h.last_upstream_body();
+    assert_eq!(
+        sent["stream_options"],
+        json!({"include_usage": true}),
+        "llmux asks for it"
+    );
+    let log = logs.recv().await.unwrap();
+    assert!(
+        log.usage.unwrap().completion_tokens > 0,
+        "the usage was counted"
+    );
+
+    let mut asked = body.clone();
+    asked["stream_options"] = json!({"include_usage": true});
+    let text = h
+        .post("/v1/chat/completions", &asked)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains("\"usage\""), "asked for: {text}");
+    let mut declined = body.clone();
+    declined["stream_options"] = json!({"include_usage": false});
+    let text = h
+        .post("/v1/chat/completions", &declined)
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("\"usage\""));
+    assert_eq!(
+        h.last_upstream_body()["stream_options"],
+        json!({"include_usage": true})
+    );
+}

@@ -977,3 +977,35 @@ async fn an_unpriced_model_costs_zero_and_is_counted() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn streamed_requests_are_charged() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let sk = key(&h, json!({"max_budget": 10})).await;
+        let r = h
+            .post_as(&sk, "/v1/chat/completions", &json!({"model": "cheap", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .await;
+        assert_eq!(r.status(), 200);
+        let text = r.text().await.unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\""));
+        h.flush_spend().await;
+        let logs: Value = h
+            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let row = &logs[0];
+        assert_eq!(row["completion_tokens"], 20, "{db:?}: {row}");
+        let expected = row["prompt_tokens"].as_f64().unwrap() * 0.001 + 20.0 * 0.002;
+        assert!(
+            (row["spend"].as_f64().unwrap() - expected).abs() < 1e-12,
+            "{db:?}"
+        );
+        assert!(
+            row["completionStartTime"].is_string(),
+            "time to first token is recorded"
+        );
+    }
+}

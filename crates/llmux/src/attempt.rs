@@ -33,6 +33,8 @@ pub(crate) struct Attempt {
     pub(crate) model_group: String,
     pub(crate) deployment: Arc<Deployment>,
     pub(crate) sent_at: Instant,
+    /// The upstream was asked for a usage chunk the client did not request.
+    pub(crate) hide_usage_chunk: bool,
 }
 
 impl Attempt {
@@ -47,6 +49,7 @@ impl Attempt {
         match &self.deployment.backend {
             Backend::Http(provider) => {
                 let upstream = provider.build_request(op, request, ctx)?;
+                self.hide_usage_chunk = upstream.hide_usage_chunk;
                 self.sent_at = Instant::now();
                 http.send_request(upstream).await
             }
@@ -73,9 +76,14 @@ impl Attempt {
     }
 
     fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder> {
-        match &self.deployment.backend {
+        let decoder = match &self.deployment.backend {
             Backend::Http(provider) => provider.stream_decoder(op),
             Backend::Mock { .. } => Box::new(OpenAiStreamDecoder),
+        };
+        if self.hide_usage_chunk {
+            Box::new(HideUsageChunk(decoder))
+        } else {
+            decoder
         }
     }
 
@@ -216,4 +224,23 @@ pub(crate) struct Peeked {
     pub(crate) first_usage: Option<Usage>,
     pub(crate) relay: Relay,
     pub(crate) finished: bool,
+}
+
+/// Counts the usage-only chunk (`"choices": []`) llmux asked for, without forwarding it to a
+/// client that did not request usage.
+struct HideUsageChunk(Box<dyn StreamDecoder>);
+
+impl StreamDecoder for HideUsageChunk {
+    fn decode(&mut self, event: Bytes) -> DecodedEvent {
+        match self.0.decode(event) {
+            DecodedEvent::Chunk {
+                bytes,
+                usage: Some(usage),
+            } if memchr::memmem::find(&bytes, b"\"choices\":[]").is_some() => DecodedEvent::Chunk {
+                bytes: Bytes::new(),
+                usage: Some(usage),
+            },
+            other => other,
+        }
+    }
 }

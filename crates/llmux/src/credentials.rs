@@ -318,6 +318,7 @@ mod tests {
             headers: HeaderMap::new(),
             body: Bytes::new(),
             auth: None,
+            hide_usage_chunk: false,
         };
         let signing = AwsSigning {
             access_key_id: "AKIDEXAMPLE".into(),

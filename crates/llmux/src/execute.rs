@@ -542,6 +542,7 @@ impl Run<'_> {
             model_group: route.group.to_owned(),
             deployment,
             sent_at: Instant::now(),
+            hide_usage_chunk: false,
         };
         let stats = Arc::clone(snapshot.router.stats(index));
         if !self.stream {

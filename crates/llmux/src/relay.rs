@@ -221,6 +221,14 @@ fn deliver(
     tracker: &mut Option<StreamTracker>,
     rewriter: &mut Option<ContinuationRewriter>,
 ) -> Option<Bytes> {
+    if bytes.is_empty() {
+        // A hidden event (the usage chunk the client did not ask for): counted, not sent. An
+        // empty write could also end a chunked response early.
+        if let Some(t) = tracker.as_mut() {
+            t.observe(&bytes, usage);
+        }
+        return None;
+    }
     match (tracker.as_mut(), rewriter.as_mut()) {
         (Some(t), Some(r)) => r.rewrite(&bytes, t),
         (Some(t), None) => {

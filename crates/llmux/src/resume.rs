@@ -119,6 +119,7 @@ impl Resume for Resumer {
                 model_group: route.group.to_owned(),
                 deployment,
                 sent_at: Instant::now(),
+                hide_usage_chunk: false,
             };
             let outcome = async {
                 let response = tokio::time::timeout(

@@ -84,6 +84,7 @@ impl Provider for AnthropicTarget {
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
             auth: None,
+            hide_usage_chunk: false,
         })
     }
 

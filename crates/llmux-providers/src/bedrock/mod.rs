@@ -227,6 +227,7 @@ impl Provider for BedrockTarget {
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
             auth: self.auth.clone(),
+            hide_usage_chunk: false,
         })
     }
 

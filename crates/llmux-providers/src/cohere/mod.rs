@@ -332,6 +332,7 @@ impl Provider for CohereTarget {
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
             auth: None,
+            hide_usage_chunk: false,
         })
     }
 

@@ -110,6 +110,7 @@ impl Provider for GeminiTarget {
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
             auth: None,
+            hide_usage_chunk: false,
         })
     }
 

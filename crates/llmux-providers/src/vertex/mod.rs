@@ -321,6 +321,7 @@ impl Provider for VertexTarget {
             headers: self.headers.clone(),
             body: Bytes::from(bytes),
             auth: self.auth.clone(),
+            hide_usage_chunk: false,
         })
     }
 

@@ -256,7 +256,7 @@ def ready_time_ms(llmux, config_path, samples):
     return times[len(times) // 2]
 
 
-def callgrind_instructions(llmux, config_path, body, requests):
+def callgrind_instructions(llmux, config_path, body, requests, key):
     """User-space instructions per request of llmux under callgrind (stable on a noisy machine)."""
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         return None
@@ -268,7 +268,7 @@ def callgrind_instructions(llmux, config_path, body, requests):
     try:
         wait_http(f"http://127.0.0.1:{port}/health/readiness", timeout=120)
         url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        hdr = ["-H", f"authorization: Bearer {MASTER_KEY}"]
+        hdr = ["-H", f"authorization: Bearer {key}"]
         base = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-c", "4", "-m", "POST",
                 "-H", "content-type: application/json", *hdr, "-d", json.dumps(body)]
         subprocess.run(base + ["-n", "200", url], check=True, capture_output=True)  # warm up pools and caches
@@ -432,13 +432,13 @@ def main():
 
         set_mock_defaults(mock_url, {})
         results["instructions_per_request"] = {} if quick else {
-            "chat": callgrind_instructions(llmux, config, CHAT_BODY, 2000),
+            "chat": callgrind_instructions(llmux, config, CHAT_BODY, 2000, virtual_key),
         }
 
         # Memory with many concurrent slow streams (100 chunks, 100 ms apart: 10 s each).
         streams = 200 if quick else 1000
         set_mock_defaults(mock_url, {"chunks": 100, "chunk_delay_ms": 100})
-        peak, ok = memory_under_streams(llmux_proc.pid, contenders["llmux"][0], streams, auth)
+        peak, ok = memory_under_streams(llmux_proc.pid, contenders["llmux"][0], streams, contenders["llmux"][1])
         results["streams_rss"] = {"streams": streams, "peak_rss_mib": peak / 1024, "completed": ok}
         set_mock_defaults(mock_url, {})
         procs.stop(llmux_proc)

@@ -197,3 +197,88 @@ pub fn messages(request: &RawObject<'_>) -> Result<Vec<Value>, GatewayError> {
         .map_err(|_| invalid("`messages` must be an array", "messages"))?
         .unwrap_or_default())
 }
+
+/// The text of an OpenAI message `content` (a string, or the text parts joined by newlines).
+pub fn text_of(content: Option<&Value>) -> String {
+    match content {
+        Some(Value::String(s)) => s.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect::<Vec<_>>()
+            .join("\n"),
+        _ => String::new(),
+    }
+}
+
+/// Append `{"role", "content": blocks}` to a conversation, merging into the previous message when
+/// the role repeats (Anthropic and Bedrock require alternating roles).
+pub fn push_merged(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if blocks.is_empty() {
+        return;
+    }
+    if let Some(last) = messages.last_mut() {
+        if last["role"] == role {
+            if let Some(existing) = last["content"].as_array_mut() {
+                existing.extend(blocks);
+                return;
+            }
+        }
+    }
+    messages.push(serde_json::json!({"role": role, "content": blocks}));
+}
+
+/// Claude's thinking budget for an OpenAI `reasoning_effort` (Anthropic, Bedrock, Vertex).
+pub fn claude_thinking_budget(effort: &str) -> Option<u64> {
+    match effort {
+        "minimal" | "low" => Some(1024),
+        "medium" => Some(4096),
+        "high" => Some(16384),
+        _ => None,
+    }
+}
+
+/// A JSON request to `url`.
+pub fn json_request(
+    url: String,
+    headers: &HeaderMap,
+    body: &Value,
+    auth: Option<crate::UpstreamAuth>,
+) -> Result<crate::UpstreamRequest, GatewayError> {
+    let bytes = serde_json::to_vec(body).map_err(|e| GatewayError::internal(e.to_string()))?;
+    Ok(crate::UpstreamRequest {
+        url,
+        headers: headers.clone(),
+        body: bytes::Bytes::from(bytes),
+        auth,
+        hide_usage_chunk: false,
+    })
+}
+
+/// A translated (OpenAI-shaped) response body.
+pub fn json_response(
+    value: &Value,
+    usage: Option<llmux_types::Usage>,
+) -> Result<crate::TranslatedResponse, GatewayError> {
+    let bytes = serde_json::to_vec(value).map_err(|e| GatewayError::internal(e.to_string()))?;
+    Ok(crate::TranslatedResponse {
+        body: bytes::Bytes::from(bytes),
+        usage,
+    })
+}
+
+/// A `litellm_params` string of the deployment, else the first set environment variable.
+pub fn setting(
+    dep: &DeploymentConfig,
+    config: &Config,
+    env: &dyn EnvSource,
+    key: &str,
+    env_names: &[&str],
+) -> Option<String> {
+    dep.provider_params
+        .get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .or_else(|| env_names.iter().find_map(|n| config.env_var(env, n)))
+}

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use spend::{utc_day, DailySpend, SpendFilter, SpendRecord};
+pub use spend::{civil_from_days, days_from_civil, utc_day, DailySpend, SpendFilter, SpendRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -71,8 +71,13 @@ pub struct SpendFilter {
 
 /// `YYYY-MM-DD` (UTC) of a unix-ms time.
 pub fn utc_day(ms: i64) -> String {
-    let days = ms.div_euclid(86_400_000);
-    // Howard Hinnant's civil_from_days.
+    let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
+    format!("{y:04}-{m:02}-{d:02}")
+}
+
+/// (year, month, day) of a day number (days since 1970-01-01), proleptic Gregorian (Howard
+/// Hinnant's `civil_from_days`).
+pub fn civil_from_days(days: i64) -> (i64, i64, i64) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -81,8 +86,31 @@ pub fn utc_day(ms: i64) -> String {
     let mp = (5 * doy + 2) / 153;
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}")
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// The day number of a date (the inverse of `civil_from_days`).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+impl SpendRecord {
+    /// The objects whose spend this record adds to (empty ids are none).
+    pub fn owners(&self) -> [(Kind, &str); 5] {
+        [
+            (Kind::Key, &self.api_key),
+            (Kind::User, &self.user_id),
+            (Kind::Team, &self.team_id),
+            (Kind::Organization, &self.organization_id),
+            (Kind::Customer, &self.end_user),
+        ]
+    }
 }
 
 /// Records per multi-row INSERT (24 parameters each, well within SQLite's and PostgreSQL's
@@ -184,15 +212,9 @@ impl Store {
                 continue;
             }
             new += 1;
-            for (kind, id) in [
-                (Kind::Key, &r.api_key),
-                (Kind::User, &r.user_id),
-                (Kind::Team, &r.team_id),
-                (Kind::Organization, &r.organization_id),
-                (Kind::Customer, &r.end_user),
-            ] {
+            for (kind, id) in r.owners() {
                 if !id.is_empty() && r.spend != 0.0 {
-                    *owners.entry((kind, id.clone())).or_default() += r.spend;
+                    *owners.entry((kind, id.to_owned())).or_default() += r.spend;
                 }
             }
             let day = utc_day(r.start_time);

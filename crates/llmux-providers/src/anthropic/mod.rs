@@ -78,14 +78,7 @@ impl Provider for AnthropicTarget {
     ) -> Result<UpstreamRequest, GatewayError> {
         let model = crate::common::model_for(&self.model_template, ctx.wildcard);
         let body = request::build_body(request, &model, &self.defaults, ctx.drop_params)?;
-        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(UpstreamRequest {
-            url: self.url.clone(),
-            headers: self.headers.clone(),
-            body: Bytes::from(bytes),
-            auth: None,
-            hide_usage_chunk: false,
-        })
+        crate::common::json_request(self.url.clone(), &self.headers, &body, None)
     }
 
     fn parse_response(
@@ -94,12 +87,7 @@ impl Provider for AnthropicTarget {
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
         let (value, usage) = response::translate(&body)?;
-        let bytes =
-            serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(TranslatedResponse {
-            body: Bytes::from(bytes),
-            usage: Some(usage),
-        })
+        crate::common::json_response(&value, Some(usage))
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

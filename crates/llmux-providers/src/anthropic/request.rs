@@ -101,35 +101,6 @@ fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
     }
 }
 
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// Append blocks to the conversation, merging into the previous message when the role repeats
-/// (Anthropic requires alternating roles).
-fn push(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["content"].as_array_mut() {
-                existing.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
-}
-
 fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), GatewayError> {
     let mut system: Vec<Value> = Vec::new();
     let mut out: Vec<Value> = Vec::new();
@@ -137,7 +108,11 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Ga
         let role = message.get("role").and_then(Value::as_str).unwrap_or("");
         match role {
             "system" | "developer" => system.extend(content_blocks(message.get("content"))?),
-            "user" => push(&mut out, "user", content_blocks(message.get("content"))?),
+            "user" => crate::common::push_merged(
+                &mut out,
+                "user",
+                content_blocks(message.get("content"))?,
+            ),
             "assistant" => {
                 let mut blocks = content_blocks(message.get("content"))?;
                 for call in message
@@ -163,12 +138,12 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Ga
                         "input": input,
                     }));
                 }
-                push(&mut out, "assistant", blocks);
+                crate::common::push_merged(&mut out, "assistant", blocks);
             }
             "tool" | "function" => {
                 let id = message.get("tool_call_id").cloned().unwrap_or(json!(""));
-                let result = json!({"type": "tool_result", "tool_use_id": id, "content": text_of(message.get("content"))});
-                push(&mut out, "user", vec![result]);
+                let result = json!({"type": "tool_result", "tool_use_id": id, "content": crate::common::text_of(message.get("content"))});
+                crate::common::push_merged(&mut out, "user", vec![result]);
             }
             other => {
                 return Err(invalid(
@@ -226,15 +201,6 @@ fn translate_tool_choice(choice: &Value, parallel: Option<bool>) -> Option<Value
 }
 
 /// Thinking budget for an OpenAI `reasoning_effort`.
-fn thinking_budget(effort: &str) -> Option<u64> {
-    match effort {
-        "minimal" | "low" => Some(1024),
-        "medium" => Some(4096),
-        "high" => Some(16384),
-        _ => None,
-    }
-}
-
 /// Build the Anthropic request body. `defaults` are `litellm_params` request defaults.
 pub fn build_body(
     request: &RawObject<'_>,
@@ -313,8 +279,8 @@ pub fn build_body(
     }
     if let Some(thinking) = get("thinking") {
         body.insert("thinking".into(), thinking);
-    } else if let Some(budget) =
-        get("reasoning_effort").and_then(|v| v.as_str().and_then(thinking_budget))
+    } else if let Some(budget) = get("reasoning_effort")
+        .and_then(|v| v.as_str().and_then(crate::common::claude_thinking_budget))
     {
         body.insert(
             "thinking".into(),

@@ -18,6 +18,7 @@ use llmux_types::{GatewayError, RawObject};
 use serde_json::{Map, Value};
 
 use crate::auth::{AwsSigning, UpstreamAuth};
+use crate::common::setting;
 use crate::{
     Operation, Provider, RequestContext, StreamDecoder, StreamFraming, TranslatedResponse,
     UpstreamRequest,
@@ -31,22 +32,6 @@ pub struct BedrockTarget {
     model_template: String,
     defaults: Map<String, Value>,
     auth: Option<UpstreamAuth>,
-}
-
-/// A `litellm_params` string, else the first set environment variable.
-fn setting(
-    dep: &DeploymentConfig,
-    config: &Config,
-    env: &dyn EnvSource,
-    key: &str,
-    env_names: &[&str],
-) -> Option<String> {
-    dep.provider_params
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .or_else(|| env_names.iter().find_map(|n| config.env_var(env, n)))
 }
 
 /// Percent-encode a model id or ARN as one path segment (`:` and `/` included), as the AWS SDKs do.
@@ -221,14 +206,12 @@ impl Provider for BedrockTarget {
                 )
             }
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(UpstreamRequest {
-            url: format!("{}/model/{}/{action}", self.base, path_segment(&model)),
-            headers: self.headers.clone(),
-            body: Bytes::from(bytes),
-            auth: self.auth.clone(),
-            hide_usage_chunk: false,
-        })
+        crate::common::json_request(
+            format!("{}/model/{}/{action}", self.base, path_segment(&model)),
+            &self.headers,
+            &body,
+            self.auth.clone(),
+        )
     }
 
     fn parse_response(
@@ -246,12 +229,7 @@ impl Provider for BedrockTarget {
                 (v, Some(u))
             }
         };
-        let bytes =
-            serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(TranslatedResponse {
-            body: Bytes::from(bytes),
-            usage,
-        })
+        crate::common::json_response(&value, usage)
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

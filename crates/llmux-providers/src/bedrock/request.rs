@@ -131,41 +131,17 @@ fn content_blocks(content: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
     }
 }
 
-fn text_of(content: Option<&Value>) -> String {
-    match content {
-        Some(Value::String(s)) => s.clone(),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect::<Vec<_>>()
-            .join("\n"),
-        _ => String::new(),
-    }
-}
-
-/// Converse requires alternating roles: consecutive messages of one role are merged.
-fn push(messages: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
-    }
-    if let Some(last) = messages.last_mut() {
-        if last["role"] == role {
-            if let Some(existing) = last["content"].as_array_mut() {
-                existing.extend(blocks);
-                return;
-            }
-        }
-    }
-    messages.push(json!({"role": role, "content": blocks}));
-}
-
 fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), GatewayError> {
     let mut system = Vec::new();
     let mut out = Vec::new();
     for message in messages {
         match message.get("role").and_then(Value::as_str).unwrap_or("") {
             "system" | "developer" => system.extend(content_blocks(message.get("content"))?),
-            "user" => push(&mut out, "user", content_blocks(message.get("content"))?),
+            "user" => crate::common::push_merged(
+                &mut out,
+                "user",
+                content_blocks(message.get("content"))?,
+            ),
             "assistant" => {
                 let mut blocks = content_blocks(message.get("content"))?;
                 for call in message
@@ -190,13 +166,13 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Ga
                         "input": input,
                     }}));
                 }
-                push(&mut out, "assistant", blocks);
+                crate::common::push_merged(&mut out, "assistant", blocks);
             }
             "tool" | "function" => {
                 let id = message.get("tool_call_id").cloned().unwrap_or(json!(""));
-                let text = text_of(message.get("content"));
+                let text = crate::common::text_of(message.get("content"));
                 let result = json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}});
-                push(&mut out, "user", vec![result]);
+                crate::common::push_merged(&mut out, "user", vec![result]);
             }
             other => {
                 return Err(invalid(
@@ -238,15 +214,6 @@ fn translate_tool_choice(choice: &Value) -> Option<Value> {
             .and_then(|f| f.get("name"))
             .or_else(|| o.get("name"))
             .map(|name| json!({"tool": {"name": name}})),
-        _ => None,
-    }
-}
-
-fn thinking_budget(effort: &str) -> Option<u64> {
-    match effort {
-        "minimal" | "low" => Some(1024),
-        "medium" => Some(4096),
-        "high" => Some(16384),
         _ => None,
     }
 }
@@ -323,8 +290,8 @@ pub fn build_converse(
     let claude = model.contains("anthropic.");
     if let Some(thinking) = get("thinking") {
         additional.insert("thinking".into(), thinking);
-    } else if let Some(budget) =
-        get("reasoning_effort").and_then(|v| v.as_str().and_then(thinking_budget))
+    } else if let Some(budget) = get("reasoning_effort")
+        .and_then(|v| v.as_str().and_then(crate::common::claude_thinking_budget))
     {
         if claude {
             additional.insert(

@@ -326,14 +326,7 @@ impl Provider for CohereTarget {
                 build_chat(request, &model, &self.defaults, ctx.drop_params)?,
             ),
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(UpstreamRequest {
-            url: format!("{}{path}", self.base),
-            headers: self.headers.clone(),
-            body: Bytes::from(bytes),
-            auth: None,
-            hide_usage_chunk: false,
-        })
+        crate::common::json_request(format!("{}{path}", self.base), &self.headers, &body, None)
     }
 
     fn parse_response(
@@ -352,12 +345,7 @@ impl Provider for CohereTarget {
         if value["model"] == "" {
             value["model"] = json!(self.model_template);
         }
-        let bytes =
-            serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(TranslatedResponse {
-            body: Bytes::from(bytes),
-            usage: Some(usage),
-        })
+        crate::common::json_response(&value, Some(usage))
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

@@ -104,14 +104,7 @@ impl Provider for GeminiTarget {
                 )
             }
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(UpstreamRequest {
-            url,
-            headers: self.headers.clone(),
-            body: Bytes::from(bytes),
-            auth: None,
-            hide_usage_chunk: false,
-        })
+        crate::common::json_request(url, &self.headers, &body, None)
     }
 
     fn parse_response(
@@ -126,12 +119,7 @@ impl Provider for GeminiTarget {
             ),
             _ => response::translate_chat(&body, &self.model_template)?,
         };
-        let bytes =
-            serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(TranslatedResponse {
-            body: Bytes::from(bytes),
-            usage,
-        })
+        crate::common::json_response(&value, usage)
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

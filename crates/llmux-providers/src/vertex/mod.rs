@@ -16,6 +16,7 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::{json, Map, Value};
 
 use crate::auth::{google_credentials, google_project, UpstreamAuth, GOOGLE_CLOUD_SCOPE};
+use crate::common::setting;
 use crate::{
     anthropic, gemini, Operation, Provider, RequestContext, StreamDecoder, TranslatedResponse,
     UpstreamRequest,
@@ -39,21 +40,6 @@ pub struct VertexTarget {
     model_template: String,
     defaults: Map<String, Value>,
     auth: Option<UpstreamAuth>,
-}
-
-fn setting(
-    dep: &DeploymentConfig,
-    config: &Config,
-    env: &dyn EnvSource,
-    key: &str,
-    env_names: &[&str],
-) -> Option<String> {
-    dep.provider_params
-        .get(key)
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .or_else(|| env_names.iter().find_map(|n| config.env_var(env, n)))
 }
 
 /// The credentials JSON: `vertex_credentials` (inline JSON, a mapping, or a file path), else the
@@ -315,14 +301,12 @@ impl Provider for VertexTarget {
                 )
             }
         };
-        let bytes = serde_json::to_vec(&body).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(UpstreamRequest {
-            url: format!("{}/{model}:{action}", self.models_url),
-            headers: self.headers.clone(),
-            body: Bytes::from(bytes),
-            auth: self.auth.clone(),
-            hide_usage_chunk: false,
-        })
+        crate::common::json_request(
+            format!("{}/{model}:{action}", self.models_url),
+            &self.headers,
+            &body,
+            self.auth.clone(),
+        )
     }
 
     fn parse_response(
@@ -340,12 +324,7 @@ impl Provider for VertexTarget {
                 (v, Some(u))
             }
         };
-        let bytes =
-            serde_json::to_vec(&value).map_err(|e| GatewayError::internal(e.to_string()))?;
-        Ok(TranslatedResponse {
-            body: Bytes::from(bytes),
-            usage,
-        })
+        crate::common::json_response(&value, usage)
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

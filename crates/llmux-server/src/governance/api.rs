@@ -869,6 +869,24 @@ async fn remove(
     Ok(ids)
 }
 
+/// Delete every key the filter matches (a deleted user's or team's keys).
+async fn delete_keys_where(gov: &Governance, filter: ListFilter) -> Result<(), GatewayError> {
+    let keys = gov
+        .store
+        .list(Kind::Key, &filter)
+        .await
+        .map_err(|e| store_error(&e))?;
+    let ids: Vec<String> = keys.into_iter().map(|k| k.id).collect();
+    gov.store
+        .delete(Kind::Key, &ids)
+        .await
+        .map_err(|e| store_error(&e))?;
+    for id in ids {
+        gov.invalidate(Kind::Key, &id);
+    }
+    Ok(())
+}
+
 async fn list_all(
     gov: &Governance,
     kind: Kind,
@@ -940,25 +958,14 @@ async fn user_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
             let ids = remove(&gov, &USER, id_list(&req, "user_ids"), "user_ids").await?;
             // Their keys go with them.
             for id in &ids {
-                let keys = gov
-                    .store
-                    .list(
-                        Kind::Key,
-                        &ListFilter {
-                            user_id: Some(id.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-                gov.store
-                    .delete(Kind::Key, &key_ids)
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                for k in key_ids {
-                    gov.invalidate(Kind::Key, &k);
-                }
+                delete_keys_where(
+                    &gov,
+                    ListFilter {
+                        user_id: Some(id.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
             }
             Ok(json!({"deleted_users": ids}))
         }
@@ -1104,25 +1111,14 @@ async fn team_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
             let req = body(&b)?;
             let ids = remove(&gov, &TEAM, id_list(&req, "team_ids"), "team_ids").await?;
             for id in &ids {
-                let keys = gov
-                    .store
-                    .list(
-                        Kind::Key,
-                        &ListFilter {
-                            team_id: Some(id.clone()),
-                            ..Default::default()
-                        },
-                    )
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                let key_ids: Vec<String> = keys.iter().map(|k| k.id.clone()).collect();
-                gov.store
-                    .delete(Kind::Key, &key_ids)
-                    .await
-                    .map_err(|e| store_error(&e))?;
-                for k in key_ids {
-                    gov.invalidate(Kind::Key, &k);
-                }
+                delete_keys_where(
+                    &gov,
+                    ListFilter {
+                        team_id: Some(id.clone()),
+                        ..Default::default()
+                    },
+                )
+                .await?;
             }
             Ok(json!({"deleted_teams": ids}))
         }

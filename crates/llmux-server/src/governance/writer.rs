@@ -258,15 +258,9 @@ async fn write(store: &Store, ledger: &Ledger, batch: &[SpendRecord]) {
     }
     let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
     for r in batch {
-        for (kind, id) in [
-            (Kind::Key, &r.api_key),
-            (Kind::User, &r.user_id),
-            (Kind::Team, &r.team_id),
-            (Kind::Organization, &r.organization_id),
-            (Kind::Customer, &r.end_user),
-        ] {
+        for (kind, id) in r.owners() {
             if !id.is_empty() {
-                *owners.entry((kind, id.clone())).or_default() += r.spend;
+                *owners.entry((kind, id.to_owned())).or_default() += r.spend;
             }
         }
     }

@@ -9,7 +9,10 @@ use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use axum::routing::{delete, get, patch, post};
+use axum::routing::{delete, get, on, post, MethodFilter, MethodRouter};
+
+const POST: MethodFilter = MethodFilter::POST;
+const PATCH: MethodFilter = MethodFilter::PATCH;
 use axum::Router;
 use llmux_store::{Kind, ListFilter, Object, SpendFilter};
 use llmux_types::{ErrorKind, GatewayError};
@@ -35,7 +38,7 @@ pub fn routes() -> Router<AppState> {
         .route("/key/block", post(key_block))
         .route("/key/unblock", post(key_unblock))
         .route("/user/new", post(user_new))
-        .route("/user/update", post(user_update))
+        .route("/user/update", admin_update(POST, &USER, "update users"))
         .route("/user/delete", post(user_delete))
         .route("/user/info", get(user_info))
         .route("/user/list", get(user_list))
@@ -48,25 +51,43 @@ pub fn routes() -> Router<AppState> {
         .route("/team/member_delete", post(team_member_delete))
         .route("/team/block", post(team_block))
         .route("/team/unblock", post(team_unblock))
-        .route("/organization/new", post(org_new))
-        .route("/organization/update", patch(org_update).post(org_update))
+        .route(
+            "/organization/new",
+            admin_create(&ORG, "create organizations"),
+        )
+        .route(
+            "/organization/update",
+            admin_update(POST.or(PATCH), &ORG, "update organizations"),
+        )
         .route("/organization/delete", delete(org_delete).post(org_delete))
         .route("/organization/info", get(org_info).post(org_info_post))
-        .route("/organization/list", get(org_list))
+        .route(
+            "/organization/list",
+            reader_list(Kind::Organization, "list organizations"),
+        )
         .route("/customer/new", post(customer_new))
-        .route("/customer/update", post(customer_update))
+        .route(
+            "/customer/update",
+            admin_update(POST, &CUSTOMER, "update customers"),
+        )
         .route("/customer/delete", post(customer_delete))
         .route("/customer/info", get(customer_info))
-        .route("/customer/list", get(customer_list))
+        .route(
+            "/customer/list",
+            reader_list(Kind::Customer, "list customers"),
+        )
         .route("/customer/block", post(customer_block))
         .route("/customer/unblock", post(customer_unblock))
         .route("/end_user/new", post(customer_new))
         .route("/end_user/info", get(customer_info))
-        .route("/budget/new", post(budget_new))
-        .route("/budget/update", post(budget_update))
+        .route("/budget/new", admin_create(&BUDGET, "create budgets"))
+        .route(
+            "/budget/update",
+            admin_update(POST, &BUDGET, "update budgets"),
+        )
         .route("/budget/delete", post(budget_delete))
         .route("/budget/info", post(budget_info))
-        .route("/budget/list", get(budget_list))
+        .route("/budget/list", reader_list(Kind::Budget, "list budgets"))
         .route("/spend/logs", get(spend_logs))
         .route("/spend/keys", get(spend_keys))
         .route("/spend/users", get(spend_users))
@@ -83,6 +104,61 @@ pub fn routes() -> Router<AppState> {
 }
 
 // ---------- plumbing ----------
+
+/// `POST` an object of `spec` into existence (admins only).
+fn admin_create(spec: &'static Spec, what: &'static str) -> MethodRouter<AppState> {
+    post(
+        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+            respond(
+                async {
+                    let (gov, p) = caller(&s, &headers).await?;
+                    require_admin(&p, what)?;
+                    Ok(view(&create(&gov, spec, &body(&b)?).await?))
+                }
+                .await,
+            )
+        },
+    )
+}
+
+/// Update an object of `spec` (admins only).
+fn admin_update(
+    methods: MethodFilter,
+    spec: &'static Spec,
+    what: &'static str,
+) -> MethodRouter<AppState> {
+    on(
+        methods,
+        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+            respond(
+                async {
+                    let (gov, p) = caller(&s, &headers).await?;
+                    require_admin(&p, what)?;
+                    Ok(view(&update(&gov, spec, &body(&b)?).await?))
+                }
+                .await,
+            )
+        },
+    )
+}
+
+/// `GET` every object of `kind` (admins and admin viewers).
+fn reader_list(kind: Kind, what: &'static str) -> MethodRouter<AppState> {
+    get(
+        move |State(s): State<AppState>, headers: HeaderMap| async move {
+            respond(
+                async {
+                    let (gov, p) = caller(&s, &headers).await?;
+                    require_reader(&p, what)?;
+                    Ok(Value::Array(
+                        list_all(&gov, kind, ListFilter::default()).await?,
+                    ))
+                }
+                .await,
+            )
+        },
+    )
+}
 
 fn respond(result: ApiResult) -> Response {
     match result {
@@ -938,17 +1014,6 @@ async fn user_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Re
     )
 }
 
-async fn user_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "update users")?;
-            Ok(view(&update(&gov, &USER, &body(&b)?).await?))
-        }
-        .await,
-    )
-}
-
 async fn user_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(
         async {
@@ -1293,28 +1358,6 @@ async fn team_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
 
 // organizations
 
-async fn org_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "create organizations")?;
-            Ok(view(&create(&gov, &ORG, &body(&b)?).await?))
-        }
-        .await,
-    )
-}
-
-async fn org_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "update organizations")?;
-            Ok(view(&update(&gov, &ORG, &body(&b)?).await?))
-        }
-        .await,
-    )
-}
-
 async fn org_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(
         async {
@@ -1374,19 +1417,6 @@ async fn org_info_post(State(s): State<AppState>, headers: HeaderMap, b: Bytes) 
     )
 }
 
-async fn org_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_reader(&p, "list organizations")?;
-            Ok(Value::Array(
-                list_all(&gov, Kind::Organization, ListFilter::default()).await?,
-            ))
-        }
-        .await,
-    )
-}
-
 // customers (end users)
 
 async fn customer_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
@@ -1402,17 +1432,6 @@ async fn customer_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
                 fetch(&gov, &BUDGET, Some(budget)).await?;
             }
             Ok(view(&create(&gov, &CUSTOMER, &req).await?))
-        }
-        .await,
-    )
-}
-
-async fn customer_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "update customers")?;
-            Ok(view(&update(&gov, &CUSTOMER, &body(&b)?).await?))
         }
         .await,
     )
@@ -1446,19 +1465,6 @@ async fn customer_info(State(s): State<AppState>, headers: HeaderMap, params: Pa
     )
 }
 
-async fn customer_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_reader(&p, "list customers")?;
-            Ok(Value::Array(
-                list_all(&gov, Kind::Customer, ListFilter::default()).await?,
-            ))
-        }
-        .await,
-    )
-}
-
 async fn customer_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(set_blocked(s, headers, b, &CUSTOMER, "user_ids", true).await)
 }
@@ -1468,28 +1474,6 @@ async fn customer_unblock(State(s): State<AppState>, headers: HeaderMap, b: Byte
 }
 
 // budgets
-
-async fn budget_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "create budgets")?;
-            Ok(view(&create(&gov, &BUDGET, &body(&b)?).await?))
-        }
-        .await,
-    )
-}
-
-async fn budget_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "update budgets")?;
-            Ok(view(&update(&gov, &BUDGET, &body(&b)?).await?))
-        }
-        .await,
-    )
-}
 
 async fn budget_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(
@@ -1524,19 +1508,6 @@ async fn budget_info(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
                     },
                 )
                 .await?,
-            ))
-        }
-        .await,
-    )
-}
-
-async fn budget_list(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_reader(&p, "list budgets")?;
-            Ok(Value::Array(
-                list_all(&gov, Kind::Budget, ListFilter::default()).await?,
             ))
         }
         .await,

@@ -218,6 +218,19 @@ impl Router {
         &self.deployments[index]
     }
 
+    /// Give deployments without their own price one from `price` (the pricing registry), for
+    /// cost-based routing. Call right after `build`, before the router is shared.
+    pub fn fill_costs(&mut self, price: impl Fn(&Deployment) -> Option<f64>) {
+        for d in &mut self.deployments {
+            if d.cost_per_token.is_none() {
+                let cost = price(d);
+                if let Some(d) = Arc::get_mut(d) {
+                    d.cost_per_token = cost;
+                }
+            }
+        }
+    }
+
     /// Model group names clients can ask for: groups and visible aliases (wildcards are not listed).
     pub fn model_names(&self) -> impl Iterator<Item = &str> {
         let mut aliases: Vec<&str> = self

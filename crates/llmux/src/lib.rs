@@ -264,10 +264,12 @@ fn build_snapshot(
     pricing: &Arc<pricing::Pricing>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
-    let router = Router::build(&config, env, stats, &mut diags);
+    let mut router = Router::build(&config, env, stats, &mut diags);
     if diags.iter().any(Diagnostic::is_error) {
         return Err(ConfigErrors(diags));
     }
+    // Cost-based routing ranks by the registry's prices where a deployment sets none itself.
+    router.fill_costs(|d| pricing.price_for(&d.config).map(|p| p.input + p.output));
     let clients = router
         .deployments()
         .iter()

@@ -209,3 +209,38 @@ async fn reload_swaps_the_model_list_and_in_flight_streams_finish() {
         "the stream that started before the reload completed"
     );
 }
+
+/// Cost-based routing ranks by the price registry when deployments set no price themselves.
+#[tokio::test]
+async fn cost_based_routing_uses_registry_prices() {
+    let yaml = r#"
+model_list:
+  - model_name: g
+    litellm_params: {model: mock/gpt-4o}
+    model_info: {id: dear}
+  - model_name: g
+    litellm_params: {model: mock/gpt-4o-mini}
+    model_info: {id: cheap}
+router_settings: {routing_strategy: cost-based-routing}
+"#;
+    let env: HashMap<String, String> = HashMap::new();
+    let loaded = llmux::config::load_str(yaml, &env).unwrap();
+    let client = Client::with_env(loaded.config, &env).unwrap().0;
+    for _ in 0..5 {
+        let r = client
+            .execute(
+                llmux::Operation::Chat,
+                bytes::Bytes::from_static(
+                    br#"{"model": "g", "messages": [{"role": "user", "content": "hi"}]}"#,
+                ),
+                llmux::RequestOptions::default(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(r.meta.deployment_id, "cheap");
+        assert!(
+            r.meta.cost.unwrap() > 0.0,
+            "gpt-4o-mini is priced by the built-in table"
+        );
+    }
+}

@@ -217,13 +217,19 @@ async fn run(
                 },
                 _ = tick.tick() => {}
             }
-            while batch.len() < BATCH {
-                match rx.try_recv() {
-                    Ok(r) => batch.push(r),
-                    Err(mpsc::error::TryRecvError::Empty) => break,
-                    Err(mpsc::error::TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
+            // Gather for up to `LINGER` (or a full batch) before writing: one transaction per
+            // batch, not per request, whatever the arrival rate.
+            if !batch.is_empty() {
+                let deadline = tokio::time::Instant::now() + LINGER;
+                while open && batch.len() < BATCH {
+                    let room = BATCH - batch.len();
+                    tokio::select! {
+                        n = rx.recv_many(&mut batch, room) => {
+                            if n == 0 {
+                                open = false;
+                            }
+                        }
+                        () = tokio::time::sleep_until(deadline) => break,
                     }
                 }
             }

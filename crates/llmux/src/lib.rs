@@ -117,10 +117,18 @@ impl Default for RequestOptions {
     }
 }
 
-/// A random request id (`req-` + 32 hex digits).
+/// A request id: `req-` + 32 hex digits, the first 12 the time in milliseconds and the rest
+/// random. Time-ordered ids keep the spend log's request-id index appending at its end instead of
+/// touching a random page per insert (measured: ~700 pages written per 500-row batch before).
 pub fn new_request_id() -> String {
     use rand_like::next_u128;
-    format!("req-{:032x}", next_u128())
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+        & 0xffff_ffff_ffff;
+    let random = next_u128() & ((1u128 << 80) - 1);
+    format!("req-{ms:012x}{random:020x}")
 }
 
 mod rand_like {

@@ -282,3 +282,24 @@ pub fn setting(
         .map(str::to_owned)
         .or_else(|| env_names.iter().find_map(|n| config.env_var(env, n)))
 }
+
+/// Usage from an API that reports uncached input, cache reads and cache writes apart (Anthropic,
+/// Bedrock): prompt tokens are their sum, reads are also `cached_tokens`, writes
+/// `cache_creation_input_tokens`.
+pub fn cache_aware_usage(
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_write: u64,
+) -> llmux_types::Usage {
+    let mut usage = llmux_types::Usage::new(input + cache_read + cache_write, output);
+    if cache_write > 0 {
+        usage.cache_creation_input_tokens = Some(cache_write);
+    }
+    if cache_read > 0 {
+        usage.prompt_tokens_details = Some(llmux_types::usage::PromptTokensDetails {
+            cached_tokens: Some(cache_read),
+        });
+    }
+    usage
+}

@@ -1,6 +1,5 @@
 //! Anthropic Messages response → OpenAI chat completion (pure).
 
-use llmux_types::usage::PromptTokensDetails;
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
 
@@ -21,19 +20,12 @@ pub fn finish_reason(stop_reason: Option<&str>) -> Option<&'static str> {
 /// reported as `cached_tokens` (reads).
 pub fn usage(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cache_read = n("cache_read_input_tokens");
-    let prompt = n("input_tokens") + cache_read + n("cache_creation_input_tokens");
-    let mut usage = Usage::new(prompt, n("output_tokens"));
-    let cache_write = n("cache_creation_input_tokens");
-    if cache_write > 0 {
-        usage.cache_creation_input_tokens = Some(cache_write);
-    }
-    if cache_read > 0 {
-        usage.prompt_tokens_details = Some(PromptTokensDetails {
-            cached_tokens: Some(cache_read),
-        });
-    }
-    usage
+    crate::common::cache_aware_usage(
+        n("input_tokens"),
+        n("output_tokens"),
+        n("cache_read_input_tokens"),
+        n("cache_creation_input_tokens"),
+    )
 }
 
 fn unix_now() -> u64 {

@@ -1,6 +1,5 @@
 //! Bedrock Converse response → OpenAI chat completion (pure).
 
-use llmux_types::usage::PromptTokensDetails;
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
 
@@ -20,19 +19,12 @@ pub fn finish_reason(stop_reason: Option<&str>) -> &'static str {
 /// added back (the same convention as Anthropic's own API), reads also as `cached_tokens`.
 pub fn usage(u: &Value) -> Usage {
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cache_read = n("cacheReadInputTokens");
-    let prompt = n("inputTokens") + cache_read + n("cacheWriteInputTokens");
-    let mut usage = Usage::new(prompt, n("outputTokens"));
-    let cache_write = n("cacheWriteInputTokens");
-    if cache_write > 0 {
-        usage.cache_creation_input_tokens = Some(cache_write);
-    }
-    if cache_read > 0 {
-        usage.prompt_tokens_details = Some(PromptTokensDetails {
-            cached_tokens: Some(cache_read),
-        });
-    }
-    usage
+    crate::common::cache_aware_usage(
+        n("inputTokens"),
+        n("outputTokens"),
+        n("cacheReadInputTokens"),
+        n("cacheWriteInputTokens"),
+    )
 }
 
 /// A response id: Converse sends none in the body, so one is made up like LiteLLM does.

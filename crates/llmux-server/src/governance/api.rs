@@ -1015,27 +1015,7 @@ async fn user_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Re
 }
 
 async fn user_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "delete users")?;
-            let req = body(&b)?;
-            let ids = remove(&gov, &USER, id_list(&req, "user_ids"), "user_ids").await?;
-            // Their keys go with them.
-            for id in &ids {
-                delete_keys_where(
-                    &gov,
-                    ListFilter {
-                        user_id: Some(id.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
-            Ok(json!({"deleted_users": ids}))
-        }
-        .await,
-    )
+    respond(delete_owners(s, headers, b, &USER, "user_ids", "deleted_users").await)
 }
 
 async fn user_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
@@ -1169,26 +1149,36 @@ async fn team_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
 }
 
 async fn team_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "delete teams")?;
-            let req = body(&b)?;
-            let ids = remove(&gov, &TEAM, id_list(&req, "team_ids"), "team_ids").await?;
-            for id in &ids {
-                delete_keys_where(
-                    &gov,
-                    ListFilter {
-                        team_id: Some(id.clone()),
-                        ..Default::default()
-                    },
-                )
-                .await?;
-            }
-            Ok(json!({"deleted_teams": ids}))
-        }
-        .await,
-    )
+    respond(delete_owners(s, headers, b, &TEAM, "team_ids", "deleted_teams").await)
+}
+
+/// Delete users or teams (admins only), and the keys they own.
+async fn delete_owners(
+    s: AppState,
+    headers: HeaderMap,
+    b: Bytes,
+    spec: &Spec,
+    ids_field: &str,
+    answer: &str,
+) -> ApiResult {
+    let (gov, p) = caller(&s, &headers).await?;
+    require_admin(&p, &format!("delete {}s", spec.label.to_lowercase()))?;
+    let req = body(&b)?;
+    let ids = remove(&gov, spec, id_list(&req, ids_field), ids_field).await?;
+    for id in &ids {
+        let filter = match spec.kind {
+            Kind::Team => ListFilter {
+                team_id: Some(id.clone()),
+                ..Default::default()
+            },
+            _ => ListFilter {
+                user_id: Some(id.clone()),
+                ..Default::default()
+            },
+        };
+        delete_keys_where(&gov, filter).await?;
+    }
+    Ok(json!({ answer: ids }))
 }
 
 async fn team_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {

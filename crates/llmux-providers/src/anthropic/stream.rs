@@ -26,17 +26,14 @@ pub struct AnthropicStreamDecoder {
 
 impl AnthropicStreamDecoder {
     fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Bytes {
-        let mut c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if let Some(u) = usage {
-            c["usage"] = json!(u);
-        }
-        let mut out = b"data: ".to_vec();
-        out.extend_from_slice(&serde_json::to_vec(&c).unwrap_or_default());
-        out.extend_from_slice(b"\n\n");
-        Bytes::from(out)
+        Bytes::from(crate::sse::chat_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+            usage,
+        ))
     }
 
     fn content(&self, delta: Value) -> DecodedEvent {

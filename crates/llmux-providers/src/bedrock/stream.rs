@@ -37,17 +37,7 @@ impl BedrockStreamDecoder {
     }
 
     fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Vec<u8> {
-        let mut c = json!({
-            "id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        });
-        if let Some(u) = usage {
-            c["usage"] = json!(u);
-        }
-        let mut out = b"data: ".to_vec();
-        out.extend_from_slice(&serde_json::to_vec(&c).unwrap_or_default());
-        out.extend_from_slice(b"\n\n");
-        out
+        crate::sse::chat_chunk(&self.id, self.created, &self.model, delta, finish, usage)
     }
 
     fn content(&self, delta: Value) -> DecodedEvent {

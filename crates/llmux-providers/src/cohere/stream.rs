@@ -29,12 +29,14 @@ impl CohereStreamDecoder {
         finish: Option<&str>,
         usage: Option<&llmux_types::Usage>,
     ) -> Bytes {
-        let mut c = json!({"id": self.id, "object": "chat.completion.chunk", "created": self.created, "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-        if let Some(u) = usage {
-            c["usage"] = json!(u);
-        }
-        Bytes::from(format!("data: {c}\n\n"))
+        Bytes::from(crate::sse::chat_chunk(
+            &self.id,
+            self.created,
+            &self.model,
+            delta,
+            finish,
+            usage,
+        ))
     }
 
     fn content(&self, delta: Value) -> DecodedEvent {

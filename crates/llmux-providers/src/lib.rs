@@ -189,7 +189,7 @@ impl Provider for HttpTarget {
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         let (body, hide_usage_chunk) =
-            self.build_body_for(op, request, ctx.wildcard, ctx.drop_params)?;
+            self.build_body(op, request, ctx.wildcard, ctx.drop_params)?;
         Ok(UpstreamRequest {
             url: self.url(op).to_owned(),
             headers: self.headers.clone(),

@@ -249,20 +249,10 @@ impl HttpTarget {
     }
 
     /// The upstream body: the client's JSON with `model` replaced, request defaults filled in, and
-    /// parameters the provider rejects dropped (with `drop_params`) or refused.
+    /// parameters the provider rejects dropped (with `drop_params`) or refused. Also says whether
+    /// a usage chunk was requested that the client did not ask for (streamed chat and completions
+    /// from providers that take `stream_options`).
     pub fn build_body(
-        &self,
-        request: &RawObject<'_>,
-        wildcard: Option<&str>,
-        drop_params: bool,
-    ) -> Result<Bytes, GatewayError> {
-        self.build_body_for(Operation::Embeddings, request, wildcard, drop_params)
-            .map(|(body, _)| body)
-    }
-
-    /// The upstream body, and whether a usage chunk was requested that the client did not ask
-    /// for (streamed chat and completions from providers that take `stream_options`).
-    pub fn build_body_for(
         &self,
         op: Operation,
         request: &RawObject<'_>,

@@ -71,7 +71,7 @@ struct Trace {
     /// The chosen deployment's upstream model and price.
     model: Option<String>,
     price: Option<Arc<crate::pricing::ModelPrice>>,
-    pricing: Option<Arc<crate::pricing::Pricing>>,
+    pricing: Arc<crate::pricing::Pricing>,
     hook: Option<Arc<dyn crate::log::RequestHook>>,
 }
 
@@ -81,9 +81,10 @@ impl Trace {
         self.hook.is_some() || logs.wanted()
     }
 
+    /// USD for this usage at the chosen deployment's price (`None` without usage).
     fn cost(&self, usage: Option<&Usage>) -> Option<f64> {
-        let (usage, pricing) = (usage?, self.pricing.as_ref()?);
-        Some(pricing.cost_of(
+        let usage = usage?;
+        Some(self.pricing.cost_of(
             self.price.as_deref(),
             self.model.as_deref().unwrap_or(""),
             usage,
@@ -148,7 +149,7 @@ pub(crate) async fn execute(
         provider: None,
         model: None,
         price: None,
-        pricing: Some(Arc::clone(&snapshot.pricing)),
+        pricing: Arc::clone(&snapshot.pricing),
         hook: options.hook.clone(),
     };
     let result = execute_traced(logs, snapshot, body, &mut trace, &options).await;

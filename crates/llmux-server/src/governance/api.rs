@@ -70,7 +70,10 @@ pub fn routes() -> Router<AppState> {
             "/customer/update",
             admin_update(POST, &CUSTOMER, "update customers"),
         )
-        .route("/customer/delete", post(customer_delete))
+        .route(
+            "/customer/delete",
+            admin_delete(&CUSTOMER, "user_ids", "deleted_customers"),
+        )
         .route("/customer/info", get(customer_info))
         .route(
             "/customer/list",
@@ -85,7 +88,10 @@ pub fn routes() -> Router<AppState> {
             "/budget/update",
             admin_update(POST, &BUDGET, "update budgets"),
         )
-        .route("/budget/delete", post(budget_delete))
+        .route(
+            "/budget/delete",
+            admin_delete(&BUDGET, "id", "deleted_budgets"),
+        )
         .route("/budget/info", post(budget_info))
         .route("/budget/list", reader_list(Kind::Budget, "list budgets"))
         .route("/spend/logs", get(spend_logs))
@@ -135,6 +141,28 @@ fn admin_update(
                     let (gov, p) = caller(&s, &headers).await?;
                     require_admin(&p, what)?;
                     Ok(view(&update(&gov, spec, &body(&b)?).await?))
+                }
+                .await,
+            )
+        },
+    )
+}
+
+/// `POST {ids_field: [...]}` deletes objects of `spec` (admins only); answers `{answer: ids}`.
+fn admin_delete(
+    spec: &'static Spec,
+    ids_field: &'static str,
+    answer: &'static str,
+) -> MethodRouter<AppState> {
+    post(
+        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+            respond(
+                async {
+                    let (gov, p) = caller(&s, &headers).await?;
+                    require_admin(&p, &format!("delete {}s", spec.label.to_lowercase()))?;
+                    let req = body(&b)?;
+                    let ids = remove(&gov, spec, id_list(&req, ids_field), ids_field).await?;
+                    Ok(json!({ answer: ids }))
                 }
                 .await,
             )
@@ -522,19 +550,7 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
     let mut doc = Map::new();
     apply(&mut doc, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
     doc.insert("key_name".into(), json!(key_name(&key)));
-    let expires = match req.get("duration").and_then(Value::as_str) {
-        Some(d) => Some(Period::parse(d).ok_or_else(|| {
-            GatewayError::invalid_request("`duration` must be like 30s, 30m, 24h, 7d or 1mo.")
-                .with_param("duration")
-        })?),
-        None => None,
-    };
-    if let Some(period) = expires {
-        let at = match period {
-            Period::Millis(ms) => now + ms,
-            Period::Days(d) => now + d * 86_400_000,
-            Period::Months(_) => period.next_reset(now),
-        };
+    if let Some(at) = expiry(&req, now)? {
         doc.insert("expires".into(), json!(format_time(at)));
         doc.insert("duration".into(), req["duration"].clone());
     }
@@ -559,6 +575,18 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         out["expires"] = Value::Null;
     }
     Ok(out)
+}
+
+/// When a key created or updated now with the body's `duration` expires.
+fn expiry(req: &Map<String, Value>, now: i64) -> Result<Option<i64>, GatewayError> {
+    let Some(d) = req.get("duration").and_then(Value::as_str) else {
+        return Ok(None);
+    };
+    let period = Period::parse(d).ok_or_else(|| {
+        GatewayError::invalid_request("`duration` must be like 30s, 30m, 24h, 7d or 1mo.")
+            .with_param("duration")
+    })?;
+    Ok(Some(period.expires_at(now)))
 }
 
 /// The key a body or query names (`key`: a key or its hash), and the stored object.
@@ -595,18 +623,7 @@ async fn key_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> 
             }
             let now = gov.now();
             apply(&mut obj.data, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
-            if let Some(d) = req.get("duration").and_then(Value::as_str) {
-                let period = Period::parse(d).ok_or_else(|| {
-                    GatewayError::invalid_request(
-                        "`duration` must be like 30s, 30m, 24h, 7d or 1mo.",
-                    )
-                    .with_param("duration")
-                })?;
-                let at = match period {
-                    Period::Millis(ms) => now + ms,
-                    Period::Days(days) => now + days * 86_400_000,
-                    Period::Months(_) => period.next_reset(now),
-                };
+            if let Some(at) = expiry(&req, now)? {
                 obj.data.insert("expires".into(), json!(format_time(at)));
             }
             let set_spend = req.get("spend").and_then(Value::as_f64);
@@ -1427,19 +1444,6 @@ async fn customer_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
     )
 }
 
-async fn customer_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "delete customers")?;
-            let req = body(&b)?;
-            let ids = remove(&gov, &CUSTOMER, id_list(&req, "user_ids"), "user_ids").await?;
-            Ok(json!({"deleted_customers": ids}))
-        }
-        .await,
-    )
-}
-
 async fn customer_info(State(s): State<AppState>, headers: HeaderMap, params: Params) -> Response {
     respond(
         async {
@@ -1464,19 +1468,6 @@ async fn customer_unblock(State(s): State<AppState>, headers: HeaderMap, b: Byte
 }
 
 // budgets
-
-async fn budget_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
-    respond(
-        async {
-            let (gov, p) = caller(&s, &headers).await?;
-            require_admin(&p, "delete budgets")?;
-            let req = body(&b)?;
-            let ids = remove(&gov, &BUDGET, id_list(&req, "id"), "id").await?;
-            Ok(json!({"deleted_budgets": ids}))
-        }
-        .await,
-    )
-}
 
 async fn budget_info(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(

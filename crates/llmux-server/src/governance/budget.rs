@@ -45,6 +45,16 @@ impl Period {
         })
     }
 
+    /// When a key with this `duration` expires: `now` plus the duration (months: at the start
+    /// of the month it ends in, like budget periods).
+    pub fn expires_at(self, now: i64) -> i64 {
+        match self {
+            Period::Millis(ms) => now + ms,
+            Period::Days(d) => now + d * DAY_MS,
+            Period::Months(_) => self.next_reset(now),
+        }
+    }
+
     /// When a period that starts at `now` (unix ms) ends. Seconds, minutes and hours count from
     /// now; days end at a UTC midnight (`1d` = the next one); months at 00:00 UTC on the 1st.
     pub fn next_reset(self, now: i64) -> i64 {
@@ -108,6 +118,9 @@ impl Ledger {
         estimate: f64,
         now: i64,
     ) -> Result<(), Exceeded> {
+        if owners.is_empty() {
+            return Ok(());
+        }
         let mut entries = self
             .entries
             .lock()
@@ -148,6 +161,9 @@ impl Ledger {
 
     /// A request is over: drop its reservation and count what it cost.
     pub fn settle(&self, owners: &[(Kind, String)], estimate: f64, cost: f64) {
+        if owners.is_empty() {
+            return;
+        }
         let mut entries = self
             .entries
             .lock()

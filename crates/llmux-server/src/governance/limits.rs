@@ -78,11 +78,17 @@ impl InMemoryLimiter {
 
 impl RateLimiter for InMemoryLimiter {
     fn acquire(&self, scopes: &[Limits], now: i64) -> Result<Remaining, LimitExceeded> {
+        let reset_in_ms = WINDOW_MS - now.rem_euclid(WINDOW_MS);
+        if scopes.iter().all(Limits::is_empty) {
+            return Ok(Remaining {
+                reset_in_ms,
+                ..Remaining::default()
+            });
+        }
         let mut map = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let reset_in_ms = WINDOW_MS - now.rem_euclid(WINDOW_MS);
         let mut remaining = Remaining {
             reset_in_ms,
             ..Remaining::default()
@@ -130,6 +136,9 @@ impl RateLimiter for InMemoryLimiter {
     }
 
     fn release(&self, scopes: &[Limits], tokens: u64, now: i64) {
+        if scopes.iter().all(Limits::is_empty) {
+            return;
+        }
         let mut map = self
             .windows
             .lock()

@@ -288,21 +288,17 @@ impl Governance {
         holders.extend(principal.user.as_deref());
         holders.extend(principal.team.as_deref());
         holders.extend(principal.organization.as_deref());
-        let customer_ref = customer.as_deref();
-        holders.extend(customer_ref);
+        holders.extend(customer.as_deref());
         let mut checks = Vec::new();
-        let mut budget_ids: Vec<Option<String>> = Vec::new();
         for o in &holders {
             let max = match o.data.get("max_budget").and_then(Value::as_f64) {
                 Some(m) => Some(m),
                 // Customers and others may point at a shared budget object.
                 None => match o.data.get("budget_id").and_then(Value::as_str) {
-                    Some(b) => {
-                        budget_ids.push(Some(b.to_owned()));
-                        self.object(Kind::Budget, b)
-                            .await?
-                            .and_then(|b| b.data.get("max_budget").and_then(Value::as_f64))
-                    }
+                    Some(b) => self
+                        .object(Kind::Budget, b)
+                        .await?
+                        .and_then(|b| b.data.get("max_budget").and_then(Value::as_f64)),
                     None => None,
                 },
             };
@@ -317,7 +313,12 @@ impl Governance {
             }
         }
         let owners: Vec<(Kind, String)> = holders.iter().map(|o| (o.kind, o.id.clone())).collect();
-        let estimate = estimate_cost(client, &facts);
+        // Only a budget needs the estimate (it prices the request against every deployment).
+        let estimate = if checks.is_empty() {
+            0.0
+        } else {
+            estimate_cost(client, &facts)
+        };
         if let Err(e) = self.ledger.reserve(&checks, &owners, estimate, now) {
             return Err(GatewayError::new(
                 ErrorKind::BudgetExceeded,

@@ -199,6 +199,24 @@ async fn expired_keys_and_aliases() {
 }
 
 /// Each role against each route: (path, method, body, allowed for
+
+/// A key's stored id (its SHA-256, shown by `/key/list` and in spend logs) opens the
+/// management lookups but is not itself a credential.
+#[tokio::test]
+async fn a_key_digest_is_not_a_credential() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let generated = h.admin("/key/generate", json!({})).await;
+    let sk = generated["key"].as_str().unwrap().to_owned();
+    let digest = generated["token_id"].as_str().unwrap().to_owned();
+    assert_eq!(digest.len(), 64, "{generated}");
+    assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+    let r = h.chat_as(&digest, "cheap").await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["error"]["code"],
+        "invalid_api_key"
+    );
+}
 /// [proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer]).
 #[tokio::test]
 async fn roles_are_checked_on_every_management_route() {

@@ -39,13 +39,23 @@ pub fn generate_key() -> String {
 }
 
 /// The stored id of a key: SHA-256 hex. A value that already is a 64-hex digest (LiteLLM's
-/// `/key/info?key=<hash>`) is kept as it is.
+/// `/key/info?key=<hash>`) is kept as it is; authentication never takes that shortcut (see
+/// `key_digest`), so knowing a key's id is not knowing the key.
 pub fn hash_key(key: &str) -> String {
     if key.len() == 64 && key.bytes().all(|b| b.is_ascii_hexdigit()) {
         return key.to_ascii_lowercase();
     }
+    digest_hex(&key_digest(key))
+}
+
+/// SHA-256 of a presented key.
+pub fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A digest as the lowercase hex the store keys objects by.
+pub fn digest_hex(digest: &[u8; 32]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let digest = Sha256::digest(key.as_bytes());
     let mut out = String::with_capacity(64);
     for b in digest {
         out.push(HEX[usize::from(b >> 4)] as char);

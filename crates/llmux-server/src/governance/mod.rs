@@ -22,9 +22,10 @@ use llmux_config::Config;
 use llmux_store::{Kind, Object, SpendRecord, Store};
 use llmux_types::{ErrorKind, GatewayError};
 use serde_json::{json, Value};
+use subtle::ConstantTimeEq;
 
 use budget::{BudgetCheck, Ledger, Period, DEFAULT_OUTPUT_ESTIMATE};
-use keys::{hash_key, strings, Principal, Role};
+use keys::{digest_hex, key_digest, strings, Principal, Role};
 use limits::{InMemoryLimiter, LimitExceeded, Limits, RateLimiter, Remaining};
 use writer::SpendWriter;
 
@@ -43,7 +44,8 @@ pub struct Governance {
     pub ledger: Arc<Ledger>,
     pub limiter: Arc<dyn RateLimiter>,
     pub writer: SpendWriter,
-    master_key: Option<llmux_config::Secret>,
+    /// SHA-256 of the master key, computed once.
+    master_digest: Option<[u8; 32]>,
     objects: moka::sync::Cache<(Kind, String), Option<Arc<Object>>>,
     clock: Clock,
     alert_webhook: Option<String>,
@@ -122,7 +124,7 @@ impl Governance {
             ledger,
             limiter: Arc::new(InMemoryLimiter::default()),
             writer,
-            master_key: config.master_key.clone(),
+            master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
             objects: moka::sync::Cache::builder()
                 .max_capacity(100_000)
                 .time_to_live(LOOKUP_TTL)
@@ -174,8 +176,10 @@ impl Governance {
             )
             .with_code("missing_api_key"));
         };
-        if let Some(master) = &self.master_key {
-            if crate::auth::constant_time_key_eq(presented, master.expose()) {
+        // One digest serves both the constant-time master-key comparison and the key lookup.
+        let digest = key_digest(presented);
+        if let Some(master) = &self.master_digest {
+            if bool::from(digest.ct_eq(master)) {
                 return Ok(Principal::master());
             }
         }
@@ -183,8 +187,10 @@ impl Governance {
             GatewayError::new(ErrorKind::Authentication, "Invalid API key.")
                 .with_code("invalid_api_key")
         };
-        let hash = hash_key(presented);
-        let key = self.object(Kind::Key, &hash).await?.ok_or_else(invalid)?;
+        let key = self
+            .object(Kind::Key, &digest_hex(&digest))
+            .await?
+            .ok_or_else(invalid)?;
         if key.data.get("blocked").and_then(Value::as_bool) == Some(true) {
             return Err(
                 GatewayError::new(ErrorKind::Authentication, "This key is blocked.")

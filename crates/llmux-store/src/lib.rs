@@ -152,10 +152,21 @@ pub fn now_ms() -> i64 {
 }
 
 /// The database handle; cheap to clone.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// The normalised connection URL, for `connect_again`.
+    url: std::sync::Arc<str>,
+}
+
+impl std::fmt::Debug for Store {
+    /// The URL is left out: it may carry a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
 }
 
 const OBJECT_COLUMNS: &str = "kind, id, user_id, team_id, organization_id, alias, data, spend, budget_reset_at, created_at, updated_at";
@@ -164,6 +175,19 @@ impl Store {
     /// Connect (creating a SQLite file if needed) and apply pending migrations.
     /// `sqlite://PATH`, `sqlite:PATH`, or `postgres://USER@HOST:PORT/DB` (also `postgresql://`).
     pub async fn open(url: &str) -> Result<Store> {
+        let store = Store::connect(url, None).await?;
+        sqlx::migrate!("./migrations").run(&store.pool).await?;
+        Ok(store)
+    }
+
+    /// A second handle on the same database with its own pool of at most `max_connections`,
+    /// bound to the runtime it is created on (the spend writer runs on its own thread and
+    /// runtime). Migrations are not run again.
+    pub async fn connect_again(&self, max_connections: u32) -> Result<Store> {
+        Store::connect(&self.url, Some(max_connections)).await
+    }
+
+    async fn connect(url: &str, max_connections: Option<u32>) -> Result<Store> {
         sqlx::any::install_default_drivers();
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
@@ -184,11 +208,13 @@ impl Store {
         } else {
             return Err(StoreError::BadUrl(url.to_owned()));
         };
-        let options = AnyPoolOptions::new().max_connections(match backend {
-            // One writer at a time is SQLite's model; a few connections let reads proceed (WAL).
-            Backend::Sqlite => 4,
-            Backend::Postgres => 16,
-        });
+        let options =
+            AnyPoolOptions::new().max_connections(max_connections.unwrap_or(match backend {
+                // One writer at a time is SQLite's model; a few connections let reads proceed
+                // (WAL).
+                Backend::Sqlite => 4,
+                Backend::Postgres => 16,
+            }));
         let options = if backend == Backend::Sqlite {
             options.after_connect(|conn, _| {
                 Box::pin(async move {
@@ -203,8 +229,11 @@ impl Store {
             options
         };
         let pool = options.connect(&url).await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
-        Ok(Store { pool, backend })
+        Ok(Store {
+            pool,
+            backend,
+            url: url.into(),
+        })
     }
 
     pub fn backend(&self) -> Backend {

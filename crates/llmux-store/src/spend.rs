@@ -71,7 +71,14 @@ pub struct SpendFilter {
 
 /// `YYYY-MM-DD` (UTC) of a unix-ms time.
 pub fn utc_day(ms: i64) -> String {
-    let (y, m, d) = civil_from_days(ms.div_euclid(86_400_000));
+    day_text(ms.div_euclid(DAY_MS))
+}
+
+const DAY_MS: i64 = 86_400_000;
+
+/// `YYYY-MM-DD` of a day number.
+fn day_text(days: i64) -> String {
+    let (y, m, d) = civil_from_days(days);
     format!("{y:04}-{m:02}-{d:02}")
 }
 
@@ -179,8 +186,10 @@ impl Store {
         if batch.is_empty() {
             return Ok(0);
         }
-        let mut owners: HashMap<(Kind, String), f64> = HashMap::new();
-        let mut rollups: HashMap<(String, &'static str, String, String), Rollup> = HashMap::new();
+        // Both maps borrow their keys from the batch: a batch of hundreds of rows touches a
+        // handful of owners and rollup rows, so nothing per row is allocated here.
+        let mut owners: HashMap<(Kind, &str), f64> = HashMap::new();
+        let mut rollups: HashMap<(i64, &'static str, &str, &str), Rollup> = HashMap::new();
         let mut new = 0;
         let mut tx = self.pool().begin().await?;
         // Rows go in fixed-size multi-row statements (one statement per `ROWS_PER_INSERT`, the
@@ -214,26 +223,26 @@ impl Store {
             new += 1;
             for (kind, id) in r.owners() {
                 if !id.is_empty() && r.spend != 0.0 {
-                    *owners.entry((kind, id.to_owned())).or_default() += r.spend;
+                    *owners.entry((kind, id)).or_default() += r.spend;
                 }
             }
-            let day = utc_day(r.start_time);
-            let mut entities: Vec<(&'static str, String)> = vec![
-                ("all", String::new()),
-                ("model", String::new()),
-                ("key", r.api_key.clone()),
-                ("user", r.user_id.clone()),
-                ("team", r.team_id.clone()),
-                ("organization", r.organization_id.clone()),
-                ("end_user", r.end_user.clone()),
+            let day = r.start_time.div_euclid(DAY_MS);
+            let entities = [
+                ("all", ""),
+                ("model", ""),
+                ("key", r.api_key.as_str()),
+                ("user", r.user_id.as_str()),
+                ("team", r.team_id.as_str()),
+                ("organization", r.organization_id.as_str()),
+                ("end_user", r.end_user.as_str()),
             ];
-            entities.extend(r.tags.iter().map(|t| ("tag", t.clone())));
-            for (kind, entity) in entities {
+            let tags = r.tags.iter().map(|t| ("tag", t.as_str()));
+            for (kind, entity) in entities.into_iter().chain(tags) {
                 if kind != "all" && kind != "model" && entity.is_empty() {
                     continue;
                 }
                 let e = rollups
-                    .entry((day.clone(), kind, entity, r.model_group.clone()))
+                    .entry((day, kind, entity, r.model_group.as_str()))
                     .or_default();
                 e.requests += 1;
                 e.prompt += r.prompt_tokens;
@@ -246,7 +255,7 @@ impl Store {
             sqlx::query(&bump)
                 .bind(*amount)
                 .bind(kind.as_str())
-                .bind(id)
+                .bind(*id)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -260,7 +269,7 @@ impl Store {
         );
         for ((day, kind, entity, group), r) in &rollups {
             sqlx::query(&upsert)
-                .bind(day)
+                .bind(day_text(*day))
                 .bind(*kind)
                 .bind(entity)
                 .bind(group)

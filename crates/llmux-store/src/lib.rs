@@ -18,12 +18,17 @@ use serde_json::{Map, Value};
 use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row};
 
-pub use spend::{civil_from_days, days_from_civil, utc_day, DailySpend, SpendFilter, SpendRecord};
+pub use spend::{
+    civil_from_days, days_from_civil, utc_day, DailySpend, SpendFilter, SpendRecord,
+    SqliteSpendWriter,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("database migration failed: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("unsupported database URL `{0}` (use sqlite://PATH or postgres://...)")]
@@ -158,6 +163,8 @@ pub struct Store {
     backend: Backend,
     /// The normalised connection URL, for `connect_again`.
     url: std::sync::Arc<str>,
+    /// The database file (SQLite), for `SqliteSpendWriter`.
+    sqlite_path: Option<std::sync::Arc<std::path::Path>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -168,6 +175,12 @@ impl std::fmt::Debug for Store {
             .finish_non_exhaustive()
     }
 }
+
+/// Every SQLite connection's settings: WAL (readers never wait for the writer), a generous busy
+/// timeout (the spend writer and management writes take turns), and `synchronous = NORMAL`
+/// (durable at checkpoints; a power cut may lose the last transactions, never corrupt).
+const SQLITE_PRAGMAS: &str =
+    "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; PRAGMA synchronous = NORMAL;";
 
 const OBJECT_COLUMNS: &str = "kind, id, user_id, team_id, organization_id, alias, data, spend, budget_reset_at, created_at, updated_at";
 
@@ -189,6 +202,7 @@ impl Store {
 
     async fn connect(url: &str, max_connections: Option<u32>) -> Result<Store> {
         sqlx::any::install_default_drivers();
+        let mut sqlite_path = None;
         let (backend, url) = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             (Backend::Postgres, url.to_owned())
         } else if let Some(path) = url
@@ -204,6 +218,7 @@ impl Store {
                     let _ = std::fs::create_dir_all(parent);
                 }
             }
+            sqlite_path = Some(std::path::Path::new(path).into());
             (Backend::Sqlite, format!("sqlite://{path}?mode=rwc"))
         } else {
             return Err(StoreError::BadUrl(url.to_owned()));
@@ -219,9 +234,7 @@ impl Store {
             options.after_connect(|conn, _| {
                 Box::pin(async move {
                     use sqlx::Executor;
-                    conn.execute("PRAGMA journal_mode = WAL").await?;
-                    conn.execute("PRAGMA busy_timeout = 10000").await?;
-                    conn.execute("PRAGMA synchronous = NORMAL").await?;
+                    conn.execute(SQLITE_PRAGMAS).await?;
                     Ok(())
                 })
             })
@@ -233,6 +246,7 @@ impl Store {
             pool,
             backend,
             url: url.into(),
+            sqlite_path,
         })
     }
 

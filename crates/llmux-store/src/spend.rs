@@ -166,7 +166,7 @@ fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &'q [SpendRecord]) -> AnyQuery<'q> {
             .bind(r.ttft_ms)
             .bind(&r.status)
             .bind(&r.error_kind)
-            .bind(serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into()))
+            .bind(tags_json(r))
             .bind(i64::from(r.cache_hit));
     }
     q
@@ -180,16 +180,168 @@ struct Rollup {
     spend: f64,
 }
 
+/// What a batch's new records add to their owners' spend and to the daily rollups. Keys borrow
+/// from the batch: hundreds of rows touch a handful of owners and rollup rows, so nothing per
+/// row is allocated.
+#[derive(Default)]
+struct Totals<'a> {
+    owners: HashMap<(Kind, &'a str), f64>,
+    rollups: HashMap<(i64, &'static str, &'a str, &'a str), Rollup>,
+}
+
+impl<'a> Totals<'a> {
+    fn add(&mut self, r: &'a SpendRecord) {
+        for (kind, id) in r.owners() {
+            if !id.is_empty() && r.spend != 0.0 {
+                *self.owners.entry((kind, id)).or_default() += r.spend;
+            }
+        }
+        let day = r.start_time.div_euclid(DAY_MS);
+        let entities = [
+            ("all", ""),
+            ("model", ""),
+            ("key", r.api_key.as_str()),
+            ("user", r.user_id.as_str()),
+            ("team", r.team_id.as_str()),
+            ("organization", r.organization_id.as_str()),
+            ("end_user", r.end_user.as_str()),
+        ];
+        let tags = r.tags.iter().map(|t| ("tag", t.as_str()));
+        for (kind, entity) in entities.into_iter().chain(tags) {
+            if kind != "all" && kind != "model" && entity.is_empty() {
+                continue;
+            }
+            let e = self
+                .rollups
+                .entry((day, kind, entity, r.model_group.as_str()))
+                .or_default();
+            e.requests += 1;
+            e.prompt += r.prompt_tokens;
+            e.completion += r.completion_tokens;
+            e.spend += r.spend;
+        }
+    }
+}
+
+const BUMP_SQL: &str = "UPDATE llmux_objects SET spend = spend + ? WHERE kind = ? AND id = ?";
+
+const ROLLUP_SQL: &str = "INSERT INTO llmux_daily_spend (day, kind, entity_id, model_group, requests, prompt_tokens, completion_tokens, spend) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
+     ON CONFLICT (day, kind, entity_id, model_group) DO UPDATE SET \
+     requests = llmux_daily_spend.requests + excluded.requests, \
+     prompt_tokens = llmux_daily_spend.prompt_tokens + excluded.prompt_tokens, \
+     completion_tokens = llmux_daily_spend.completion_tokens + excluded.completion_tokens, \
+     spend = llmux_daily_spend.spend + excluded.spend";
+
+fn tags_json(r: &SpendRecord) -> String {
+    serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into())
+}
+
+/// The spend writer's own SQLite connection: the same batch transaction as
+/// `Store::record_spend`, run synchronously with prepared statements on the writer's thread.
+/// sqlx's `Any` layer (values converted per bind, every statement a message to a worker thread)
+/// cost as much per row as SQLite's own insert.
+pub struct SqliteSpendWriter {
+    conn: rusqlite::Connection,
+}
+
+impl std::fmt::Debug for SqliteSpendWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteSpendWriter").finish_non_exhaustive()
+    }
+}
+
+impl SqliteSpendWriter {
+    /// Store a batch of records and count their spend; returns how many were new. Same
+    /// semantics as `Store::record_spend`.
+    pub fn record_spend(&mut self, batch: &[SpendRecord]) -> Result<u64> {
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let tx = self.conn.transaction()?;
+        let mut totals = Totals::default();
+        let mut new = 0;
+        {
+            let mut insert = tx.prepare_cached(&insert_sql(1))?;
+            for r in batch {
+                if insert_new(&mut insert, r)? {
+                    new += 1;
+                    totals.add(r);
+                }
+            }
+            let mut bump = tx.prepare_cached(BUMP_SQL)?;
+            for ((kind, id), amount) in &totals.owners {
+                bump.execute(rusqlite::params![amount, kind.as_str(), id])?;
+            }
+            let mut upsert = tx.prepare_cached(ROLLUP_SQL)?;
+            for ((day, kind, entity, group), r) in &totals.rollups {
+                upsert.execute(rusqlite::params![
+                    day_text(*day),
+                    kind,
+                    entity,
+                    group,
+                    r.requests,
+                    r.prompt,
+                    r.completion,
+                    r.spend
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(new)
+    }
+}
+
+/// Run the single-row insert for one record; `true` when it was new (the statement's
+/// `RETURNING` yields a row only then).
+fn insert_new(insert: &mut rusqlite::CachedStatement<'_>, r: &SpendRecord) -> Result<bool> {
+    let mut rows = insert.query(rusqlite::params![
+        r.request_id,
+        r.api_key,
+        r.user_id,
+        r.team_id,
+        r.organization_id,
+        r.end_user,
+        r.model_group,
+        r.model,
+        r.deployment_id,
+        r.provider,
+        r.call_type,
+        r.prompt_tokens,
+        r.completion_tokens,
+        r.cached_tokens,
+        r.reasoning_tokens,
+        r.total_tokens,
+        r.spend,
+        r.start_time,
+        r.end_time,
+        r.ttft_ms,
+        r.status,
+        r.error_kind,
+        tags_json(r),
+        i64::from(r.cache_hit),
+    ])?;
+    Ok(rows.next()?.is_some())
+}
+
 impl Store {
+    /// For SQLite, a connection of the spend writer's own (`None` on PostgreSQL, whose writer
+    /// uses `record_spend`).
+    pub fn sqlite_spend_writer(&self) -> Result<Option<SqliteSpendWriter>> {
+        let Some(path) = &self.sqlite_path else {
+            return Ok(None);
+        };
+        let conn = rusqlite::Connection::open(path)?;
+        conn.execute_batch(crate::SQLITE_PRAGMAS)?;
+        conn.set_prepared_statement_cache_capacity(8);
+        Ok(Some(SqliteSpendWriter { conn }))
+    }
+
     /// Store a batch of records and count their spend; returns how many were new.
     pub async fn record_spend(&self, batch: &[SpendRecord]) -> Result<u64> {
         if batch.is_empty() {
             return Ok(0);
         }
-        // Both maps borrow their keys from the batch: a batch of hundreds of rows touches a
-        // handful of owners and rollup rows, so nothing per row is allocated here.
-        let mut owners: HashMap<(Kind, &str), f64> = HashMap::new();
-        let mut rollups: HashMap<(i64, &'static str, &str, &str), Rollup> = HashMap::new();
+        let mut totals = Totals::default();
         let mut new = 0;
         let mut tx = self.pool().begin().await?;
         // Rows go in fixed-size multi-row statements (one statement per `ROWS_PER_INSERT`, the
@@ -217,41 +369,13 @@ impl Store {
             }
         }
         for r in batch {
-            if !inserted.remove(&r.request_id) {
-                continue;
-            }
-            new += 1;
-            for (kind, id) in r.owners() {
-                if !id.is_empty() && r.spend != 0.0 {
-                    *owners.entry((kind, id)).or_default() += r.spend;
-                }
-            }
-            let day = r.start_time.div_euclid(DAY_MS);
-            let entities = [
-                ("all", ""),
-                ("model", ""),
-                ("key", r.api_key.as_str()),
-                ("user", r.user_id.as_str()),
-                ("team", r.team_id.as_str()),
-                ("organization", r.organization_id.as_str()),
-                ("end_user", r.end_user.as_str()),
-            ];
-            let tags = r.tags.iter().map(|t| ("tag", t.as_str()));
-            for (kind, entity) in entities.into_iter().chain(tags) {
-                if kind != "all" && kind != "model" && entity.is_empty() {
-                    continue;
-                }
-                let e = rollups
-                    .entry((day, kind, entity, r.model_group.as_str()))
-                    .or_default();
-                e.requests += 1;
-                e.prompt += r.prompt_tokens;
-                e.completion += r.completion_tokens;
-                e.spend += r.spend;
+            if inserted.remove(&r.request_id) {
+                new += 1;
+                totals.add(r);
             }
         }
-        let bump = self.sql("UPDATE llmux_objects SET spend = spend + ? WHERE kind = ? AND id = ?");
-        for ((kind, id), amount) in &owners {
+        let bump = self.sql(BUMP_SQL);
+        for ((kind, id), amount) in &totals.owners {
             sqlx::query(&bump)
                 .bind(*amount)
                 .bind(kind.as_str())
@@ -259,20 +383,13 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
-        let upsert = self.sql(
-            "INSERT INTO llmux_daily_spend (day, kind, entity_id, model_group, requests, prompt_tokens, completion_tokens, spend) VALUES (?, ?, ?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (day, kind, entity_id, model_group) DO UPDATE SET \
-             requests = llmux_daily_spend.requests + excluded.requests, \
-             prompt_tokens = llmux_daily_spend.prompt_tokens + excluded.prompt_tokens, \
-             completion_tokens = llmux_daily_spend.completion_tokens + excluded.completion_tokens, \
-             spend = llmux_daily_spend.spend + excluded.spend",
-        );
-        for ((day, kind, entity, group), r) in &rollups {
+        let upsert = self.sql(ROLLUP_SQL);
+        for ((day, kind, entity, group), r) in &totals.rollups {
             sqlx::query(&upsert)
                 .bind(day_text(*day))
                 .bind(*kind)
-                .bind(entity)
-                .bind(group)
+                .bind(*entity)
+                .bind(*group)
                 .bind(r.requests)
                 .bind(r.prompt)
                 .bind(r.completion)

@@ -13,6 +13,30 @@ async fn both(dir: &tempfile::TempDir) -> Vec<Store> {
     ]
 }
 
+/// Each way spend is written: SQLite through sqlx, SQLite through the spend writer's own
+/// connection, PostgreSQL.
+async fn spend_paths(dir: &tempfile::TempDir) -> Vec<(Store, Option<SqliteSpendWriter>)> {
+    let direct = Store::open(&sqlite_url(&dir.path().join("direct")))
+        .await
+        .unwrap();
+    let writer = direct.sqlite_spend_writer().unwrap();
+    assert!(writer.is_some());
+    let mut paths: Vec<_> = both(dir).await.into_iter().map(|s| (s, None)).collect();
+    paths.push((direct, writer));
+    paths
+}
+
+async fn write(
+    store: &Store,
+    direct: &mut Option<SqliteSpendWriter>,
+    batch: &[SpendRecord],
+) -> u64 {
+    match direct {
+        Some(w) => w.record_spend(batch).unwrap(),
+        None => store.record_spend(batch).await.unwrap(),
+    }
+}
+
 fn doc(v: Value) -> Map<String, Value> {
     match v {
         Value::Object(m) => m,
@@ -132,7 +156,7 @@ async fn spend_is_counted_once_with_rollups_on_both_backends() {
     assert_eq!(utc_day(day1), "2026-11-23");
     assert_eq!(utc_day(day2), "2026-11-24");
     assert_eq!(utc_day(0), "1970-01-01");
-    for store in both(&dir).await {
+    for (store, mut direct) in spend_paths(&dir).await {
         let b = store.backend();
         for (kind, id) in [(Kind::Key, "k1"), (Kind::User, "u1"), (Kind::Team, "t1")] {
             store
@@ -145,9 +169,9 @@ async fn spend_is_counted_once_with_rollups_on_both_backends() {
             record("r2", "k1", 0.5, day1 + 1000),
             record("r3", "k1", 1.0, day2),
         ];
-        assert_eq!(store.record_spend(&batch).await.unwrap(), 3, "{b:?}");
+        assert_eq!(write(&store, &mut direct, &batch).await, 3, "{b:?}");
         assert_eq!(
-            store.record_spend(&batch[..2]).await.unwrap(),
+            write(&store, &mut direct, &batch[..2]).await,
             0,
             "{b:?}: replay is a no-op"
         );
@@ -235,7 +259,7 @@ async fn bad_urls_are_refused() {
 #[tokio::test]
 async fn large_batches_use_multi_row_inserts_and_stay_idempotent() {
     let dir = tempfile::tempdir().unwrap();
-    for store in both(&dir).await {
+    for (store, mut direct) in spend_paths(&dir).await {
         store
             .insert(&Object::new(Kind::Key, "k1", Map::new()))
             .await
@@ -244,10 +268,10 @@ async fn large_batches_use_multi_row_inserts_and_stay_idempotent() {
         let batch: Vec<SpendRecord> = (0..200)
             .map(|i| record(&format!("r{i}"), "k1", 0.01, day + i))
             .collect();
-        assert_eq!(store.record_spend(&batch[..150]).await.unwrap(), 150);
+        assert_eq!(write(&store, &mut direct, &batch[..150]).await, 150);
         // 50 replayed, 50 new: only the new ones count.
         assert_eq!(
-            store.record_spend(&batch[100..]).await.unwrap(),
+            write(&store, &mut direct, &batch[100..]).await,
             50,
             "{:?}",
             store.backend()

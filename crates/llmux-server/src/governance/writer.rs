@@ -139,17 +139,8 @@ impl SpendWriter {
                     .build()
                 {
                     Ok(runtime) => runtime.block_on(async move {
-                        // A pool of its own, bound to this runtime; the shared one still works
-                        // (sqlx pools are runtime-agnostic while the main runtime runs) if a
-                        // second connection cannot be opened.
-                        let store = match thread_store.connect_again(1).await {
-                            Ok(own) => own,
-                            Err(e) => {
-                                tracing::warn!(error = %e, "spend writer: using the shared pool");
-                                thread_store
-                            }
-                        };
-                        run(store, thread_ledger, rx, thread_shared).await;
+                        let sink = Sink::open(thread_store).await;
+                        run(sink, thread_ledger, rx, thread_shared).await;
                     }),
                     Err(e) => tracing::error!(error = %e, "spend writer: cannot start a runtime"),
                 }
@@ -184,7 +175,8 @@ impl SpendWriter {
                 Arc::clone(&self.shared),
             );
             tokio::spawn(async move {
-                write(&store, &ledger, std::slice::from_ref(&record)).await;
+                let mut sink = Sink::Pool(store);
+                write(&mut sink, &ledger, std::slice::from_ref(&record)).await;
                 shared.written.fetch_add(1, Ordering::Relaxed);
                 shared.pending.fetch_sub(1, Ordering::AcqRel);
             });
@@ -225,8 +217,41 @@ impl SpendWriter {
     }
 }
 
+/// Where the writer thread writes: SQLite through a connection of its own (synchronously: the
+/// thread has nothing else to do), PostgreSQL through a pool bound to the writer's runtime.
+enum Sink {
+    Sqlite(llmux_store::SqliteSpendWriter),
+    Pool(Store),
+}
+
+impl Sink {
+    async fn open(store: Store) -> Sink {
+        match store.sqlite_spend_writer() {
+            Ok(Some(conn)) => return Sink::Sqlite(conn),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "spend writer: using the shared pool"),
+        }
+        // The shared pool still works from this runtime (while the main one runs) if a second
+        // connection cannot be opened.
+        match store.connect_again(1).await {
+            Ok(own) => Sink::Pool(own),
+            Err(e) => {
+                tracing::warn!(error = %e, "spend writer: using the shared pool");
+                Sink::Pool(store)
+            }
+        }
+    }
+
+    async fn record(&mut self, batch: &[SpendRecord]) -> llmux_store::Result<u64> {
+        match self {
+            Sink::Sqlite(conn) => conn.record_spend(batch),
+            Sink::Pool(store) => store.record_spend(batch).await,
+        }
+    }
+}
+
 async fn run(
-    store: Store,
+    mut sink: Sink,
     ledger: Arc<Ledger>,
     mut rx: mpsc::Receiver<SpendRecord>,
     shared: Arc<Shared>,
@@ -263,7 +288,7 @@ async fn run(
         }
         batch.extend(shared.take_aggregates());
         if !batch.is_empty() {
-            write(&store, &ledger, &batch).await;
+            write(&mut sink, &ledger, &batch).await;
             shared
                 .written
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
@@ -277,10 +302,10 @@ async fn run(
 }
 
 /// Write one batch, retrying until the database takes it.
-async fn write(store: &Store, ledger: &Ledger, batch: &[SpendRecord]) {
+async fn write(sink: &mut Sink, ledger: &Ledger, batch: &[SpendRecord]) {
     let mut delay = Duration::from_millis(100);
     loop {
-        match store.record_spend(batch).await {
+        match sink.record(batch).await {
             Ok(_) => break,
             Err(e) => {
                 tracing::error!(error = %e, records = batch.len(), retry_in_ms = delay.as_millis() as u64, "cannot write spend; retrying");

@@ -12,13 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use llmux_store::{Kind, SpendRecord, Store};
-use tokio::sync::mpsc;
 
 use super::budget::Ledger;
 
-/// Records per transaction.
+/// Records per transaction; a queue this long wakes the writer before `LINGER` is up.
 const BATCH: usize = 500;
-/// How long a partial batch waits for more.
+/// How long the writer sleeps between batches when the queue stays short.
 const LINGER: Duration = Duration::from_millis(200);
 
 type AggregateKey = (
@@ -36,6 +35,16 @@ type AggregateKey = (
 
 #[derive(Debug, Default)]
 struct Shared {
+    /// Records waiting for the writer. A plain locked vector, not a channel: the request path
+    /// pushes without waking anyone, and the writer takes the whole queue every `LINGER` (or
+    /// when it reaches `BATCH`), so there is one cross-thread wake-up per batch instead of one
+    /// per request.
+    queue: Mutex<Vec<SpendRecord>>,
+    /// Wakes the writer early (a full batch, or shutdown).
+    wake: tokio::sync::Notify,
+    /// No more records are taken from the request path.
+    closed: std::sync::atomic::AtomicBool,
+    capacity: usize,
     /// Records folded together while the queue was full (or spend logs are disabled).
     aggregates: Mutex<HashMap<AggregateKey, SpendRecord>>,
     /// Records accepted and not yet written (queued, aggregated, or in a batch being written).
@@ -47,7 +56,6 @@ struct Shared {
 /// Handle to the writer task.
 #[derive(Debug)]
 pub struct SpendWriter {
-    tx: Mutex<Option<mpsc::Sender<SpendRecord>>>,
     store: Store,
     ledger: Arc<Ledger>,
     shared: Arc<Shared>,
@@ -126,8 +134,10 @@ impl SpendWriter {
         capacity: usize,
         aggregate_all: bool,
     ) -> SpendWriter {
-        let (tx, rx) = mpsc::channel(capacity.max(1));
-        let shared = Arc::new(Shared::default());
+        let shared = Arc::new(Shared {
+            capacity: capacity.max(1),
+            ..Shared::default()
+        });
         let (done_tx, done_rx) = tokio::sync::oneshot::channel();
         let (thread_store, thread_ledger, thread_shared) =
             (store.clone(), Arc::clone(&ledger), Arc::clone(&shared));
@@ -140,7 +150,7 @@ impl SpendWriter {
                 {
                     Ok(runtime) => runtime.block_on(async move {
                         let sink = Sink::open(thread_store).await;
-                        run(sink, thread_ledger, rx, thread_shared).await;
+                        run(sink, thread_ledger, thread_shared).await;
                     }),
                     Err(e) => tracing::error!(error = %e, "spend writer: cannot start a runtime"),
                 }
@@ -150,7 +160,6 @@ impl SpendWriter {
             tracing::error!(error = %e, "cannot start the spend writer thread: spend logs and counters will not be written");
         }
         SpendWriter {
-            tx: Mutex::new(Some(tx)),
             store,
             ledger,
             shared,
@@ -165,8 +174,15 @@ impl SpendWriter {
             self.shared.fold(record);
             return;
         }
-        let tx = self.tx.lock().ok().and_then(|t| t.as_ref().cloned());
-        let Some(tx) = tx else {
+        let mut queue = self
+            .shared
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Read under the queue's lock, which `shutdown` takes to set it: a record pushed here
+        // is always in the writer's final take.
+        if self.shared.closed.load(Ordering::Acquire) {
+            drop(queue);
             // The writer has stopped (a request outlived the drain): write this one directly.
             self.shared.pending.fetch_add(1, Ordering::AcqRel);
             let (store, ledger, shared) = (
@@ -181,14 +197,18 @@ impl SpendWriter {
                 shared.pending.fetch_sub(1, Ordering::AcqRel);
             });
             return;
-        };
-        self.shared.pending.fetch_add(1, Ordering::AcqRel);
-        if let Err(e) = tx.try_send(record) {
-            self.shared.pending.fetch_sub(1, Ordering::AcqRel);
-            let record = match e {
-                mpsc::error::TrySendError::Full(r) | mpsc::error::TrySendError::Closed(r) => r,
-            };
+        }
+        if queue.len() >= self.shared.capacity {
+            drop(queue);
             self.shared.fold(record);
+            return;
+        }
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        queue.push(record);
+        let full = queue.len() == BATCH;
+        drop(queue);
+        if full {
+            self.shared.wake.notify_one();
         }
     }
 
@@ -207,9 +227,15 @@ impl SpendWriter {
 
     /// Stop accepting, write everything queued, and wait for it.
     pub async fn shutdown(&self) {
-        if let Ok(mut tx) = self.tx.lock() {
-            tx.take();
+        {
+            let _queue = self
+                .shared
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.shared.closed.store(true, Ordering::Release);
         }
+        self.shared.wake.notify_one();
         let done = self.done.lock().ok().and_then(|mut d| d.take());
         if let Some(done) = done {
             let _ = done.await;
@@ -250,52 +276,39 @@ impl Sink {
     }
 }
 
-async fn run(
-    mut sink: Sink,
-    ledger: Arc<Ledger>,
-    mut rx: mpsc::Receiver<SpendRecord>,
-    shared: Arc<Shared>,
-) {
-    let mut open = true;
-    let mut tick = tokio::time::interval(LINGER);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>) {
     loop {
-        let mut batch: Vec<SpendRecord> = Vec::new();
-        if open {
+        // `closed` is read before the queue is taken: a record queued before shutdown is in
+        // this take or an earlier one (records submitted after it are written directly).
+        let closed = shared.closed.load(Ordering::Acquire);
+        let queued = shared
+            .queue
+            .lock()
+            .map(|q| q.len())
+            .unwrap_or_else(|e| e.into_inner().len());
+        if !closed && queued < BATCH {
             tokio::select! {
-                got = rx.recv() => match got {
-                    Some(r) => batch.push(r),
-                    None => open = false,
-                },
-                _ = tick.tick() => {}
-            }
-            // Gather for up to `LINGER` (or a full batch) before writing: one transaction per
-            // batch, not per request, whatever the arrival rate.
-            if !batch.is_empty() {
-                let deadline = tokio::time::Instant::now() + LINGER;
-                while open && batch.len() < BATCH {
-                    let room = BATCH - batch.len();
-                    tokio::select! {
-                        n = rx.recv_many(&mut batch, room) => {
-                            if n == 0 {
-                                open = false;
-                            }
-                        }
-                        () = tokio::time::sleep_until(deadline) => break,
-                    }
-                }
+                () = shared.wake.notified() => {}
+                () = tokio::time::sleep(LINGER) => {}
             }
         }
-        batch.extend(shared.take_aggregates());
-        if !batch.is_empty() {
-            write(&mut sink, &ledger, &batch).await;
+        let mut records = std::mem::take(
+            &mut *shared
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        records.extend(shared.take_aggregates());
+        for batch in records.chunks(BATCH) {
+            write(&mut sink, &ledger, batch).await;
             shared
                 .written
                 .fetch_add(batch.len() as u64, Ordering::Relaxed);
             shared
                 .pending
                 .fetch_sub(batch.len() as u64, Ordering::AcqRel);
-        } else if !open {
+        }
+        if closed && records.is_empty() {
             return;
         }
     }

@@ -15,8 +15,12 @@ use llmux_store::{Kind, SpendRecord, Store};
 
 use super::budget::Ledger;
 
-/// Records per transaction; a queue this long wakes the writer before `LINGER` is up.
+/// A queue this long wakes the writer before `LINGER` is up.
 const BATCH: usize = 500;
+/// Records per transaction. The writer shares the request path's core(s): a transaction is a
+/// few milliseconds of CPU at most, and the writer yields between transactions, so a burst of
+/// spend writing delays requests by at most about one transaction.
+const PER_TRANSACTION: usize = 100;
 /// How long the writer sleeps between batches when the queue stays short.
 const LINGER: Duration = Duration::from_millis(200);
 
@@ -299,7 +303,10 @@ async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>) {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         records.extend(shared.take_aggregates());
-        for batch in records.chunks(BATCH) {
+        for (i, batch) in records.chunks(PER_TRANSACTION).enumerate() {
+            if i > 0 {
+                std::thread::yield_now();
+            }
             write(&mut sink, &ledger, batch).await;
             shared
                 .written

@@ -198,8 +198,6 @@ async fn expired_keys_and_aliases() {
     );
 }
 
-/// Each role against each route: (path, method, body, allowed for
-
 /// A key's stored id (its SHA-256, shown by `/key/list` and in spend logs) opens the
 /// management lookups but is not itself a credential.
 #[tokio::test]
@@ -217,6 +215,8 @@ async fn a_key_digest_is_not_a_credential() {
         "invalid_api_key"
     );
 }
+
+/// Each role against each route: (path, method, body, allowed for
 /// [proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer]).
 #[tokio::test]
 async fn roles_are_checked_on_every_management_route() {

@@ -13,6 +13,8 @@ use llmux_providers::{UpstreamAuth, UpstreamRequest};
 use llmux_types::{ErrorKind, GatewayError};
 use serde_json::Value;
 
+use crate::upstream::MintingClient;
+
 /// Refresh this long before a token's stated expiry (clock skew, requests in flight).
 const REFRESH_MARGIN: Duration = Duration::from_secs(120);
 /// Lifetime of the JWT assertion sent to Google (the maximum Google accepts).
@@ -44,13 +46,13 @@ impl Credentials {
     /// Add what `request.auth` asks for to its headers.
     pub(crate) async fn apply(
         &self,
-        client: &reqwest::Client,
+        client: &MintingClient,
         request: &mut UpstreamRequest,
     ) -> Result<(), GatewayError> {
         match request.auth.take() {
             None => Ok(()),
             Some(UpstreamAuth::OAuth(source)) => {
-                let header = self.token(client, &source).await?;
+                let header = self.token(client.get()?, &source).await?;
                 request.headers.insert(AUTHORIZATION, header);
                 Ok(())
             }

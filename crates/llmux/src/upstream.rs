@@ -1,46 +1,156 @@
 //! Sending to upstreams: one pooled HTTP client (keep-alive, HTTP/2 by ALPN, rustls), and the
 //! in-process mock, both seen by the rest of the core as an `UpstreamResponse` of bytes.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::HeaderMap;
+use http::header::{HeaderValue, ACCEPT, USER_AGENT};
+use http::{HeaderMap, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client as HyperClient;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use llmux_providers::UpstreamRequest;
 use llmux_types::{ErrorKind, GatewayError};
 
 use crate::credentials::Credentials;
 
+const USER_AGENT_VALUE: &str = concat!("llmux/", env!("CARGO_PKG_VERSION"));
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_MAX_IDLE_PER_HOST: usize = 1024;
+const TCP_KEEPALIVE: Duration = Duration::from_secs(30);
+
+type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+
+/// How requests leave the process.
+#[derive(Debug, Clone)]
+enum Transport {
+    /// hyper-util's pooled client, straight: reqwest's layers (URL re-parsing for its redirect
+    /// policy, tower retry and redirect services) cost about 26k instructions per request, and
+    /// a gateway must not follow an upstream's redirects anyway.
+    Direct(Box<HyperClient<Connector, Full<Bytes>>>),
+    /// An HTTP proxy is configured in the environment (`HTTPS_PROXY`, `HTTP_PROXY`,
+    /// `ALL_PROXY`): reqwest, which implements proxies and `NO_PROXY`.
+    Proxied(reqwest::Client),
+}
+
 /// The shared upstream HTTP client.
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
-    client: reqwest::Client,
+    transport: Transport,
     /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
-    urls: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, reqwest::Url>>>,
+    uris: Arc<RwLock<HashMap<String, Uri>>>,
     /// Minted tokens, shared by every client of the pool.
-    credentials: std::sync::Arc<Credentials>,
+    credentials: Arc<Credentials>,
+    /// For token endpoints: built on first use, most deployments never mint a token.
+    minting: Arc<MintingClient>,
+}
+
+/// A reqwest client built on first use.
+#[derive(Debug)]
+pub(crate) struct MintingClient {
+    connect_timeout: Duration,
+    client: OnceLock<reqwest::Client>,
+}
+
+impl MintingClient {
+    pub(crate) fn get(&self) -> Result<&reqwest::Client, GatewayError> {
+        if let Some(client) = self.client.get() {
+            return Ok(client);
+        }
+        let client = reqwest_client(self.connect_timeout)?;
+        Ok(self.client.get_or_init(|| client))
+    }
+}
+
+fn reqwest_client(connect_timeout: Duration) -> Result<reqwest::Client, GatewayError> {
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .tcp_nodelay(true)
+        .tcp_keepalive(TCP_KEEPALIVE)
+        .http2_adaptive_window(true)
+        .redirect(reqwest::redirect::Policy::limited(MAX_REDIRECTS))
+        .user_agent(USER_AGENT_VALUE)
+        .build()
+        .map_err(|e| GatewayError::internal(format!("cannot build the HTTP client: {e}")))
+}
+
+/// An HTTP proxy named in the environment, the variables reqwest reads.
+fn proxy_configured() -> bool {
+    [
+        "HTTPS_PROXY",
+        "https_proxy",
+        "HTTP_PROXY",
+        "http_proxy",
+        "ALL_PROXY",
+        "all_proxy",
+    ]
+    .iter()
+    .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// TLS settings shared by every client: the root store is parsed once.
+fn tls_config() -> Result<rustls::ClientConfig, GatewayError> {
+    static CONFIG: OnceLock<rustls::ClientConfig> = OnceLock::new();
+    if let Some(config) = CONFIG.get() {
+        return Ok(config.clone());
+    }
+    use hyper_rustls::ConfigBuilderExt;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| GatewayError::internal(format!("cannot set up TLS: {e}")))?
+        .with_webpki_roots()
+        .with_no_client_auth();
+    Ok(CONFIG.get_or_init(|| config).clone())
+}
+
+fn direct_client(
+    connect_timeout: Duration,
+) -> Result<HyperClient<Connector, Full<Bytes>>, GatewayError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_nodelay(true);
+    http.set_keepalive(Some(TCP_KEEPALIVE));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config()?)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+    Ok(HyperClient::builder(TokioExecutor::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .http2_adaptive_window(true)
+        .build(https))
 }
 
 impl HttpClient {
     pub(crate) fn new(
         connect_timeout: Duration,
-        credentials: std::sync::Arc<Credentials>,
+        credentials: Arc<Credentials>,
     ) -> Result<HttpClient, GatewayError> {
-        let client = reqwest::Client::builder()
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .tcp_keepalive(Duration::from_secs(30))
-            .http2_adaptive_window(true)
-            .user_agent(concat!("llmux/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| GatewayError::internal(format!("cannot build the HTTP client: {e}")))?;
+        let transport = if proxy_configured() {
+            Transport::Proxied(reqwest_client(connect_timeout)?)
+        } else {
+            Transport::Direct(Box::new(direct_client(connect_timeout)?))
+        };
         Ok(HttpClient {
-            client,
-            urls: Default::default(),
+            transport,
+            uris: Default::default(),
             credentials,
+            minting: Arc::new(MintingClient {
+                connect_timeout,
+                client: OnceLock::new(),
+            }),
         })
     }
 
@@ -50,58 +160,175 @@ impl HttpClient {
         mut request: UpstreamRequest,
     ) -> Result<UpstreamResponse, GatewayError> {
         if request.auth.is_some() {
-            self.credentials.apply(&self.client, &mut request).await?;
+            self.credentials.apply(&self.minting, &mut request).await?;
         }
         self.send(&request.url, request.headers, request.body).await
     }
 
-    /// Send a request; resolves when the response headers have arrived.
+    fn uri(&self, url: &str) -> Result<Uri, GatewayError> {
+        if let Some(uri) = self
+            .uris
+            .read()
+            .ok()
+            .and_then(|uris| uris.get(url).cloned())
+        {
+            return Ok(uri);
+        }
+        // Through `url::Url` first (once per URL, then cached): it normalizes what a base URL
+        // may carry (`/v1/../openai`, IDNA hosts, spaces), as reqwest did.
+        let invalid = |e: &dyn std::fmt::Display| {
+            GatewayError::internal(format!("invalid upstream URL {url}: {e}"))
+        };
+        let parsed = url::Url::parse(url).map_err(|e| invalid(&e))?;
+        if !matches!(parsed.scheme(), "http" | "https") || !parsed.has_host() {
+            return Err(invalid(&"not an http(s) URL"));
+        }
+        let uri: Uri = parsed.as_str().parse().map_err(|e| invalid(&e))?;
+        if let Ok(mut uris) = self.uris.write() {
+            if uris.len() < 4096 {
+                uris.insert(url.to_owned(), uri.clone());
+            }
+        }
+        Ok(uri)
+    }
+
+    /// Send a POST; resolves when the response headers have arrived.
     pub(crate) async fn send(
         &self,
         url: &str,
-        headers: HeaderMap,
+        mut headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, GatewayError> {
-        let parsed = self
-            .urls
-            .read()
-            .ok()
-            .and_then(|urls| urls.get(url).cloned());
-        let parsed = match parsed {
-            Some(u) => u,
-            None => {
-                let u = reqwest::Url::parse(url).map_err(|e| {
-                    GatewayError::internal(format!("invalid upstream URL {url}: {e}"))
-                })?;
-                if let Ok(mut urls) = self.urls.write() {
-                    if urls.len() < 4096 {
-                        urls.insert(url.to_owned(), u.clone());
+        let client = match &self.transport {
+            Transport::Direct(client) => client,
+            Transport::Proxied(client) => return send_proxied(client, url, headers, body).await,
+        };
+        let mut uri = self.uri(url)?;
+        headers
+            .entry(USER_AGENT)
+            .or_insert(HeaderValue::from_static(USER_AGENT_VALUE));
+        headers
+            .entry(ACCEPT)
+            .or_insert(HeaderValue::from_static("*/*"));
+        let mut hops = 0;
+        let response = loop {
+            let mut request = http::Request::new(Full::new(body.clone()));
+            *request.method_mut() = http::Method::POST;
+            *request.uri_mut() = uri.clone();
+            *request.headers_mut() = headers.clone();
+            let response = client
+                .request(request)
+                .await
+                .map_err(|e| transport_error(&e, e.is_connect()))?;
+            match redirect(&uri, &response, hops)? {
+                None => break response,
+                Some(next) => {
+                    if next.authority() != uri.authority() || next.scheme() != uri.scheme() {
+                        for name in CREDENTIAL_HEADERS {
+                            headers.remove(name);
+                        }
                     }
+                    tracing::debug!(from = %uri, to = %next, "following the upstream's redirect");
+                    uri = next;
+                    hops += 1;
                 }
-                u
             }
         };
-        let response = self
-            .client
-            .post(parsed)
-            .headers(headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| transport_error(&e))?;
+        let (parts, body) = response.into_parts();
         Ok(UpstreamResponse {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            body: UpstreamBody::Http(Box::pin(response.bytes_stream())),
+            status: parts.status.as_u16(),
+            headers: parts.headers,
+            body: UpstreamBody::Http(Box::pin(
+                body.into_data_stream()
+                    .map(|r| r.map_err(|e| transport_error(&e, false))),
+            )),
         })
     }
+}
+
+/// Redirects followed per request: 307 and 308 only, which keep the method and body.
+const MAX_REDIRECTS: usize = 5;
+
+/// Headers that carry an upstream credential: not sent on to another origin.
+const CREDENTIAL_HEADERS: [&str; 6] = [
+    "authorization",
+    "api-key",
+    "x-api-key",
+    "x-goog-api-key",
+    "cookie",
+    "proxy-authorization",
+];
+
+/// Where a 307/308 answer sends the request next; `None` for any other answer. A 301/302/303
+/// would turn the POST into a GET without its body, which no model API answers usefully: it is
+/// reported with its target instead.
+fn redirect<B>(
+    from: &Uri,
+    response: &http::Response<B>,
+    hops: usize,
+) -> Result<Option<Uri>, GatewayError> {
+    let status = response.status();
+    if !status.is_redirection() || status == http::StatusCode::NOT_MODIFIED {
+        return Ok(None);
+    }
+    let location = response
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok());
+    let Some(location) = location else {
+        return Ok(None);
+    };
+    let fail = |why: String| Err(GatewayError::new(ErrorKind::UpstreamError, why));
+    if !matches!(status.as_u16(), 307 | 308) {
+        return fail(format!(
+            "upstream answered {status} redirecting to {location}: set api_base to the final URL"
+        ));
+    }
+    if hops >= MAX_REDIRECTS {
+        return fail(format!(
+            "upstream redirected more than {MAX_REDIRECTS} times"
+        ));
+    }
+    let next = url::Url::parse(&from.to_string())
+        .and_then(|base| base.join(location))
+        .ok()
+        .filter(|next| matches!(next.scheme(), "http" | "https"))
+        .and_then(|next| next.as_str().parse::<Uri>().ok());
+    match next {
+        Some(next) => Ok(Some(next)),
+        None => fail(format!("upstream redirected to an invalid URL: {location}")),
+    }
+}
+
+async fn send_proxied(
+    client: &reqwest::Client,
+    url: &str,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<UpstreamResponse, GatewayError> {
+    let response = client
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| transport_error(&e, e.is_connect()))?;
+    Ok(UpstreamResponse {
+        status: response.status().as_u16(),
+        headers: response.headers().clone(),
+        body: UpstreamBody::Http(Box::pin(
+            response
+                .bytes_stream()
+                .map(|r| r.map_err(|e| transport_error(&e, false))),
+        )),
+    })
 }
 
 /// HTTP clients by connect timeout, reused across reloads so connection pools stay warm.
 #[derive(Debug, Default)]
 pub(crate) struct ClientPool {
-    clients: std::sync::Mutex<std::collections::HashMap<Duration, HttpClient>>,
-    credentials: std::sync::Arc<Credentials>,
+    clients: std::sync::Mutex<HashMap<Duration, HttpClient>>,
+    credentials: Arc<Credentials>,
 }
 
 impl ClientPool {
@@ -119,12 +346,16 @@ impl ClientPool {
     }
 }
 
-/// Classify a transport failure (no HTTP response, or a broken body).
-pub(crate) fn transport_error(e: &reqwest::Error) -> GatewayError {
+/// Classify a transport failure (no HTTP response, or a broken body): timeouts anywhere in the
+/// error's causes, then failures to connect, then the rest.
+pub(crate) fn transport_error(
+    e: &(dyn std::error::Error + 'static),
+    connect: bool,
+) -> GatewayError {
     let detail = error_chain(e);
-    if e.is_timeout() {
+    if timed_out(e) {
         GatewayError::new(ErrorKind::Timeout, format!("upstream timed out: {detail}"))
-    } else if e.is_connect() {
+    } else if connect {
         GatewayError::new(
             ErrorKind::UpstreamUnavailable,
             format!("cannot connect to upstream: {detail}"),
@@ -135,6 +366,26 @@ pub(crate) fn transport_error(e: &reqwest::Error) -> GatewayError {
             format!("upstream connection failed: {detail}"),
         )
     }
+}
+
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        if c.downcast_ref::<reqwest::Error>()
+            .is_some_and(reqwest::Error::is_timeout)
+            || c.downcast_ref::<hyper::Error>()
+                .is_some_and(hyper::Error::is_timeout)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
@@ -149,7 +400,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 type ByteStream =
-    std::pin::Pin<Box<dyn futures_util::Stream<Item = reqwest::Result<Bytes>> + Send>>;
+    std::pin::Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, GatewayError>> + Send>>;
 
 pub(crate) enum UpstreamBody {
     Http(ByteStream),
@@ -176,10 +427,7 @@ impl UpstreamResponse {
     /// The next piece of the body; `None` at the end.
     pub(crate) async fn next_bytes(&mut self) -> Option<Result<Bytes, GatewayError>> {
         match &mut self.body {
-            UpstreamBody::Http(stream) => stream
-                .next()
-                .await
-                .map(|r| r.map_err(|e| transport_error(&e))),
+            UpstreamBody::Http(stream) => stream.next().await,
             UpstreamBody::Local(parts) => parts.pop_front().map(Ok),
         }
     }

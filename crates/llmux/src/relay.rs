@@ -502,9 +502,27 @@ mod tests {
         ))
     }
 
-    /// An upstream body handed over one chunk at a time by another task through a one-slot
-    /// channel, the way the HTTP client's connection task hands over a response body.
-    fn handed_over(chunks: Vec<Bytes>) -> UpstreamResponse {
+    /// An upstream body read from a one-slot channel: the way the HTTP client's connection task
+    /// hands over a response body, one chunk per wake-up.
+    fn channel_upstream(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Relay {
+        let body = futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|chunk| (Ok(chunk), rx))
+        });
+        let upstream = UpstreamResponse {
+            status: 200,
+            headers: HeaderMap::new(),
+            body: UpstreamBody::Http(Box::pin(body)),
+        };
+        Relay::new(
+            upstream,
+            Box::new(OpenAiStreamDecoder),
+            StreamFraming::Sse,
+            Duration::from_secs(5),
+        )
+    }
+
+    /// The same, fed by another task as fast as the relay takes the chunks.
+    fn handed_over(chunks: Vec<Bytes>) -> Relay {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         tokio::spawn(async move {
             for chunk in chunks {
@@ -513,26 +531,7 @@ mod tests {
                 }
             }
         });
-        let body = futures_util::stream::unfold(rx, |mut rx| async move {
-            rx.recv().await.map(|chunk| (Ok(chunk), rx))
-        });
-        UpstreamResponse {
-            status: 200,
-            headers: HeaderMap::new(),
-            body: UpstreamBody::Http(Box::pin(body)),
-        }
-    }
-
-    async fn relay_all(upstream: UpstreamResponse) -> Vec<Bytes> {
-        let relay = Relay::new(
-            upstream,
-            Box::new(OpenAiStreamDecoder),
-            StreamFraming::Sse,
-            Duration::from_secs(5),
-        );
-        relay_stream(Vec::new(), None, relay, false, None, |_| {})
-            .collect()
-            .await
+        channel_upstream(rx)
     }
 
     #[tokio::test]
@@ -541,7 +540,10 @@ mod tests {
         chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
 
-        let writes = relay_all(handed_over(chunks)).await;
+        let writes: Vec<Bytes> =
+            relay_stream(Vec::new(), None, handed_over(chunks), false, None, |_| {})
+                .collect()
+                .await;
 
         let relayed: Vec<u8> = writes.iter().flat_map(|c| c.to_vec()).collect();
         assert_eq!(relayed, expected);
@@ -552,20 +554,7 @@ mod tests {
     #[tokio::test]
     async fn a_slow_upstream_is_relayed_event_by_event() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
-        let upstream = UpstreamResponse {
-            status: 200,
-            headers: HeaderMap::new(),
-            body: UpstreamBody::Http(Box::pin(futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|chunk| (Ok(chunk), rx)) },
-            ))),
-        };
-        let relay = Relay::new(
-            upstream,
-            Box::new(OpenAiStreamDecoder),
-            StreamFraming::Sse,
-            Duration::from_secs(5),
-        );
+        let relay = channel_upstream(rx);
         let mut stream = relay_stream(Vec::new(), None, relay, false, None, |_| {});
         // Each event reaches the client while the upstream has not sent the next one yet.
         for n in 0..3 {

@@ -1,28 +1,49 @@
-//! The spend writer: spend records queue in memory and a background thread writes them in
+//! The spend writer: spend records queue in memory and background threads write them in
 //! batches (one transaction each: log rows, owner counters, daily rollups). The request path only
-//! enqueues. The writer has its own OS thread, runtime and database connection, so building
+//! enqueues. The writers have their own OS threads, runtimes and database connection, so building
 //! and running a batch never holds up the request runtime (with `--workers 1` that runtime is a
-//! single thread: a batch written there stalled every request for milliseconds). When the queue is full, records are folded into per-owner aggregates instead of
-//! blocking or being dropped; a failed write is retried until it succeeds; `shutdown` drains
-//! everything. Nothing a request settled is lost on a graceful stop.
+//! single thread: a batch written there stalled every request for milliseconds). On SQLite two
+//! threads share the connection (see `Role`): one that yields the CPU to requests and one that
+//! keeps up when the CPU is saturated. When the queue is full, records are folded into per-owner
+//! aggregates instead of blocking or being dropped; a failed write is retried until it succeeds;
+//! `shutdown` drains everything. Nothing a request settled is lost on a graceful stop.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llmux_store::{Kind, SpendRecord, Store};
+use llmux_store::{Kind, SpendRecord, SqliteSpendWriter, Store};
 
 use super::budget::Ledger;
 
-/// A queue this long wakes the writer before `LINGER` is up.
+/// A queue this long wakes the background writer before `LINGER` is up.
 const BATCH: usize = 500;
+/// A queue this long wakes the catch-up writer: the background writer is not getting the CPU.
+const BEHIND: usize = 4 * BATCH;
 /// Records per transaction. The writer shares the request path's core(s): a transaction is a
 /// few milliseconds of CPU at most, and the writer yields between transactions, so a burst of
 /// spend writing delays requests by at most about one transaction.
 const PER_TRANSACTION: usize = 100;
 /// How long the writer sleeps between batches when the queue stays short.
 const LINGER: Duration = Duration::from_millis(200);
+
+/// What a writer thread waits for.
+///
+/// With the gateway on one core, a writer at normal priority preempts the request thread when it
+/// wakes (measured at 50% load: +0.6 ms on the request p99). So on SQLite the regular writing is
+/// done by a `Background` thread at `SCHED_IDLE` (Linux), which runs only on CPU time requests
+/// leave unused. When the core is saturated that thread gets almost nothing, so a `CatchUp`
+/// thread at normal priority wakes once the queue passes `BEHIND` and writes until it is short
+/// again: under full load spend logs keep up as they did with one writer, instead of being folded
+/// into aggregates. The two share one connection, one transaction at a time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// Wakes every `LINGER`, or when the queue reaches `BATCH`.
+    Background,
+    /// Wakes when the queue reaches `BEHIND`.
+    CatchUp,
+}
 
 type AggregateKey = (
     String,
@@ -44,8 +65,11 @@ struct Shared {
     /// when it reaches `BATCH`), so there is one cross-thread wake-up per batch instead of one
     /// per request.
     queue: Mutex<Vec<SpendRecord>>,
-    /// Wakes the writer early (a full batch, or shutdown).
+    /// Wakes the background writer early (a full batch, or shutdown).
     wake: tokio::sync::Notify,
+    /// Wakes the catch-up writer (the queue reached `behind_at`, or shutdown).
+    behind: tokio::sync::Notify,
+    behind_at: usize,
     /// No more records are taken from the request path.
     closed: std::sync::atomic::AtomicBool,
     capacity: usize,
@@ -64,8 +88,8 @@ pub struct SpendWriter {
     ledger: Arc<Ledger>,
     shared: Arc<Shared>,
     aggregate_all: bool,
-    /// Fires when the writer thread has written everything and stopped.
-    done: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
+    /// Each fires when its writer thread has written everything and stopped.
+    done: Mutex<Vec<tokio::sync::oneshot::Receiver<()>>>,
 }
 
 fn aggregate_key(r: &SpendRecord) -> AggregateKey {
@@ -138,37 +162,37 @@ impl SpendWriter {
         capacity: usize,
         aggregate_all: bool,
     ) -> SpendWriter {
+        let capacity = capacity.max(1);
         let shared = Arc::new(Shared {
-            capacity: capacity.max(1),
+            capacity,
+            behind_at: BEHIND.min(capacity),
             ..Shared::default()
         });
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
-        let (thread_store, thread_ledger, thread_shared) =
-            (store.clone(), Arc::clone(&ledger), Arc::clone(&shared));
-        let spawned = std::thread::Builder::new()
-            .name("llmux-spend".into())
-            .spawn(move || {
-                match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime.block_on(async move {
-                        let sink = Sink::open(thread_store).await;
-                        run(sink, thread_ledger, thread_shared).await;
-                    }),
-                    Err(e) => tracing::error!(error = %e, "spend writer: cannot start a runtime"),
+        let mut done = Vec::new();
+        match store.sqlite_spend_writer() {
+            Ok(Some(conn)) => {
+                let conn = Arc::new(Mutex::new(conn));
+                for role in [Role::Background, Role::CatchUp] {
+                    let sink = Sink::Sqlite(Arc::clone(&conn));
+                    done.extend(spawn(role, sink, &ledger, &shared));
                 }
-                let _ = done_tx.send(());
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "cannot start the spend writer thread: spend logs and counters will not be written");
+            }
+            other => {
+                if let Err(e) = other {
+                    tracing::warn!(error = %e, "spend writer: using the shared pool");
+                }
+                // PostgreSQL: one writer at normal priority. Its pool is bound to the writer's
+                // runtime, and the database does the heavy part elsewhere.
+                let sink = Sink::Pool(store.clone());
+                done.extend(spawn(Role::Background, sink, &ledger, &shared));
+            }
         }
         SpendWriter {
             store,
             ledger,
             shared,
             aggregate_all,
-            done: Mutex::new(Some(done_rx)),
+            done: Mutex::new(done),
         }
     }
 
@@ -209,10 +233,13 @@ impl SpendWriter {
         }
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
         queue.push(record);
-        let full = queue.len() == BATCH;
+        let queued = queue.len();
         drop(queue);
-        if full {
+        if queued == BATCH {
             self.shared.wake.notify_one();
+        }
+        if queued == self.shared.behind_at {
+            self.shared.behind.notify_one();
         }
     }
 
@@ -240,60 +267,134 @@ impl SpendWriter {
             self.shared.closed.store(true, Ordering::Release);
         }
         self.shared.wake.notify_one();
-        let done = self.done.lock().ok().and_then(|mut d| d.take());
-        if let Some(done) = done {
-            let _ = done.await;
+        self.shared.behind.notify_one();
+        let done = std::mem::take(
+            &mut *self
+                .done
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        for writer in done {
+            let _ = writer.await;
         }
     }
 }
 
-/// Where the writer thread writes: SQLite through a connection of its own (synchronously: the
+/// Start one writer thread with its own runtime; `None` if the thread cannot be started.
+fn spawn(
+    role: Role,
+    mut sink: Sink,
+    ledger: &Arc<Ledger>,
+    shared: &Arc<Shared>,
+) -> Option<tokio::sync::oneshot::Receiver<()>> {
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let (ledger, shared) = (Arc::clone(ledger), Arc::clone(shared));
+    let name = match role {
+        Role::Background => "llmux-spend",
+        // Linux keeps 15 bytes of a thread's name (longer ones are not set at all).
+        Role::CatchUp => "llmux-catch-up",
+    };
+    let spawned = std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            if role == Role::Background && matches!(sink, Sink::Sqlite(_)) {
+                yield_cpu_to_requests();
+            }
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime.block_on(async move {
+                    if let Sink::Pool(store) = &sink {
+                        sink = Sink::Pool(own_pool(store).await);
+                    }
+                    run(sink, ledger, shared, role).await;
+                }),
+                Err(e) => tracing::error!(error = %e, "spend writer: cannot start a runtime"),
+            }
+            let _ = done_tx.send(());
+        });
+    match spawned {
+        Ok(_) => Some(done_rx),
+        Err(e) => {
+            tracing::error!(error = %e, thread = name, "cannot start a spend writer thread: spend logs and counters will not be written");
+            None
+        }
+    }
+}
+
+/// Put the calling thread at `SCHED_IDLE`: it runs only when nothing else on its core wants to.
+#[cfg(target_os = "linux")]
+fn yield_cpu_to_requests() {
+    use thread_priority::unix::{
+        set_thread_priority_and_policy, thread_native_id, NormalThreadSchedulePolicy,
+        ThreadSchedulePolicy,
+    };
+    let idle = ThreadSchedulePolicy::Normal(NormalThreadSchedulePolicy::Idle);
+    if let Err(e) = set_thread_priority_and_policy(
+        thread_native_id(),
+        thread_priority::ThreadPriority::Min,
+        idle,
+    ) {
+        tracing::warn!(error = ?e, "spend writer: cannot lower its scheduling priority; it competes with requests for the CPU");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn yield_cpu_to_requests() {}
+
+/// A pool of the writer's own on its runtime; the shared pool still works from this runtime
+/// (while the main one runs) if a second connection cannot be opened.
+async fn own_pool(store: &Store) -> Store {
+    match store.connect_again(1).await {
+        Ok(own) => own,
+        Err(e) => {
+            tracing::warn!(error = %e, "spend writer: using the shared pool");
+            store.clone()
+        }
+    }
+}
+
+/// Where a writer thread writes: SQLite through the writers' own connection (synchronously: the
 /// thread has nothing else to do), PostgreSQL through a pool bound to the writer's runtime.
 enum Sink {
-    Sqlite(llmux_store::SqliteSpendWriter),
+    Sqlite(Arc<Mutex<SqliteSpendWriter>>),
     Pool(Store),
 }
 
 impl Sink {
-    async fn open(store: Store) -> Sink {
-        match store.sqlite_spend_writer() {
-            Ok(Some(conn)) => return Sink::Sqlite(conn),
-            Ok(None) => {}
-            Err(e) => tracing::warn!(error = %e, "spend writer: using the shared pool"),
-        }
-        // The shared pool still works from this runtime (while the main one runs) if a second
-        // connection cannot be opened.
-        match store.connect_again(1).await {
-            Ok(own) => Sink::Pool(own),
-            Err(e) => {
-                tracing::warn!(error = %e, "spend writer: using the shared pool");
-                Sink::Pool(store)
-            }
-        }
-    }
-
     async fn record(&mut self, batch: &[SpendRecord]) -> llmux_store::Result<u64> {
         match self {
-            Sink::Sqlite(conn) => conn.record_spend(batch),
+            Sink::Sqlite(conn) => conn
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .record_spend(batch),
             Sink::Pool(store) => store.record_spend(batch).await,
         }
     }
 }
 
-async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>) {
+async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>, role: Role) {
     loop {
         // `closed` is read before the queue is taken: a record queued before shutdown is in
-        // this take or an earlier one (records submitted after it are written directly).
+        // this take or an earlier one, of this writer or the other (records submitted after it
+        // are written directly).
         let closed = shared.closed.load(Ordering::Acquire);
         let queued = shared
             .queue
             .lock()
             .map(|q| q.len())
             .unwrap_or_else(|e| e.into_inner().len());
-        if !closed && queued < BATCH {
-            tokio::select! {
-                () = shared.wake.notified() => {}
-                () = tokio::time::sleep(LINGER) => {}
+        if !closed {
+            match role {
+                Role::Background if queued < BATCH => {
+                    tokio::select! {
+                        () = shared.wake.notified() => {}
+                        () = tokio::time::sleep(LINGER) => {}
+                    }
+                }
+                Role::CatchUp if queued < shared.behind_at => shared.behind.notified().await,
+                _ => {}
             }
         }
         let mut records = std::mem::take(
@@ -352,6 +453,125 @@ mod tests {
     use super::*;
     use llmux_store::Object;
 
+    fn record(i: usize) -> SpendRecord {
+        SpendRecord {
+            request_id: format!("r{i}"),
+            api_key: "k".into(),
+            prompt_tokens: 1,
+            total_tokens: 1,
+            spend: 0.001,
+            start_time: 1_795_392_000_000 + i as i64,
+            end_time: 1_795_392_000_001 + i as i64,
+            status: "success".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn sqlite_store(dir: &std::path::Path) -> Store {
+        let store = Store::open(&llmux_store::testing::sqlite_url(dir))
+            .await
+            .unwrap();
+        store
+            .insert(&Object::new(Kind::Key, "k", Default::default()))
+            .await
+            .unwrap();
+        store
+    }
+
+    /// The catch-up writer alone (as when the background writer gets no CPU): it leaves a short
+    /// queue alone and writes the whole queue once it reaches `BEHIND`.
+    #[tokio::test]
+    async fn the_catch_up_writer_wakes_when_the_queue_falls_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(dir.path()).await;
+        let ledger = Arc::new(Ledger::default());
+        let shared = Arc::new(Shared {
+            capacity: 100_000,
+            behind_at: BEHIND,
+            ..Shared::default()
+        });
+        let conn = store.sqlite_spend_writer().unwrap().unwrap();
+        let sink = Sink::Sqlite(Arc::new(Mutex::new(conn)));
+        let done = spawn(Role::CatchUp, sink, &ledger, &shared).unwrap();
+        let writer = SpendWriter {
+            store: store.clone(),
+            ledger,
+            shared,
+            aggregate_all: false,
+            done: Mutex::new(vec![done]),
+        };
+        for i in 0..BEHIND - 1 {
+            writer.submit(record(i));
+        }
+        tokio::time::sleep(LINGER + Duration::from_millis(100)).await;
+        assert_eq!(writer.counts(), (0, 0), "a short queue waits");
+        writer.submit(record(BEHIND - 1));
+        for _ in 0..500 {
+            if writer.idle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(writer.counts(), (BEHIND as u64, 0));
+        let key = store.get(Kind::Key, "k").await.unwrap().unwrap();
+        assert!(
+            (key.spend - BEHIND as f64 * 0.001).abs() < 1e-9,
+            "{}",
+            key.spend
+        );
+        // Shutdown wakes it and drains what is left below the mark.
+        writer.submit(record(BEHIND));
+        writer.shutdown().await;
+        assert!(writer.idle());
+        assert_eq!(writer.counts(), (BEHIND as u64 + 1, 0));
+    }
+
+    /// Scheduling policy of this process's threads with the given name (`/proc`, field 41).
+    #[cfg(target_os = "linux")]
+    fn thread_policies(name: &str) -> Vec<u32> {
+        let mut policies = Vec::new();
+        for task in std::fs::read_dir("/proc/self/task").unwrap() {
+            let path = task.unwrap().path();
+            let comm = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+            if comm.trim_end() != name {
+                continue;
+            }
+            let stat = std::fs::read_to_string(path.join("stat")).unwrap_or_default();
+            // Fields after the parenthesized name start at field 3.
+            let Some((_, rest)) = stat.rsplit_once(") ") else {
+                continue;
+            };
+            if let Some(policy) = rest.split(' ').nth(41 - 3) {
+                policies.push(policy.parse().unwrap());
+            }
+        }
+        policies
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn on_sqlite_the_background_writer_yields_the_cpu_and_the_catch_up_writer_does_not() {
+        const SCHED_OTHER: u32 = 0;
+        const SCHED_IDLE: u32 = 5;
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store(dir.path()).await;
+        let writer = SpendWriter::start(store, Arc::new(Ledger::default()), 1000, false);
+        let mut background = Vec::new();
+        for _ in 0..200 {
+            background = thread_policies("llmux-spend");
+            if background.contains(&SCHED_IDLE) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(background.contains(&SCHED_IDLE), "{background:?}");
+        let catch_up = thread_policies("llmux-catch-up");
+        assert!(catch_up.contains(&SCHED_OTHER), "{catch_up:?}");
+        writer.submit(record(1));
+        writer.shutdown().await;
+        assert_eq!(writer.counts(), (1, 0));
+    }
+
     #[tokio::test]
     async fn a_full_queue_aggregates_and_shutdown_writes_everything() {
         let dir = tempfile::tempdir().unwrap();
@@ -364,7 +584,7 @@ mod tests {
             .unwrap();
         let ledger = Arc::new(Ledger::default());
         let writer = SpendWriter::start(store.clone(), Arc::clone(&ledger), 1, false);
-        // The writer thread takes one record per wake-up from a one-slot queue; this loop
+        // The writers take a few records per wake-up from a one-slot queue; this loop
         // submits far faster, so most records are folded.
         for i in 0..1000 {
             writer.submit(SpendRecord {
@@ -391,9 +611,10 @@ mod tests {
             .spend_logs(&llmux_store::SpendFilter::default())
             .await
             .unwrap();
-        // Each record is a row of its own or part of its model group's aggregate.
+        // Each record is a row of its own or part of an aggregate (one per model group per take
+        // of the aggregates; with a one-slot queue the catch-up writer takes them often).
         let aggregates = rows.iter().filter(|r| r.call_type == "aggregated").count();
-        assert!((1..=2).contains(&aggregates), "{rows:?}");
+        assert!(aggregates >= 1, "{rows:?}");
         assert_eq!(rows.len() as u64, written, "every written record is a row");
         assert_eq!(rows.iter().map(|r| r.prompt_tokens).sum::<i64>(), 1000);
         assert!(rows

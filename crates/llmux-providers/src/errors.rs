@@ -10,13 +10,26 @@ use llmux_types::{ErrorKind, GatewayError};
 use serde_json::Value;
 
 /// Upstream headers a client should see: rate-limit state and retry hints.
+fn is_forwarded(name: &http::HeaderName) -> bool {
+    let n = name.as_str();
+    n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
+}
+
+/// The forwarded headers of a successful response, as header values: copied to the client's
+/// response without being parsed again.
+pub fn forwarded_header_values(headers: &HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    headers
+        .iter()
+        .filter(|(name, _)| is_forwarded(name))
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect()
+}
+
+/// The forwarded headers as text (an error's headers).
 pub fn forwarded_headers(headers: &HeaderMap) -> Vec<(String, String)> {
     headers
         .iter()
-        .filter(|(name, _)| {
-            let n = name.as_str();
-            n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
-        })
+        .filter(|(name, _)| is_forwarded(name))
         .filter_map(|(name, value)| {
             value
                 .to_str()

@@ -10,6 +10,7 @@ pub mod common;
 pub mod errors;
 pub mod eventstream;
 pub mod gemini;
+pub mod json_scan;
 pub mod mock;
 pub mod openai_compat;
 pub mod registry;

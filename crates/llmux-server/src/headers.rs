@@ -58,7 +58,14 @@ pub(crate) fn add_request_id(h: &mut HeaderMap, request_id: &str) {
     }
 }
 
-pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: &[(String, String)]) {
+pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: &[(HeaderName, HeaderValue)]) {
+    for (name, value) in forwarded {
+        h.insert(name.clone(), value.clone());
+    }
+}
+
+/// An error's forwarded headers, kept as text in `GatewayError`.
+pub(crate) fn add_forwarded_text(h: &mut HeaderMap, forwarded: &[(String, String)]) {
     for (name, value) in forwarded {
         if let (Ok(n), Ok(v)) = (
             HeaderName::try_from(name.as_str()),

@@ -271,6 +271,9 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
     let mut out = Response::new(body);
     *out.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
     let h = out.headers_mut();
+    // Room for the gateway's ~20 headers at once, instead of growing (and rehashing) the map
+    // several times while they are added.
+    let _ = h.try_reserve(24 + meta.forwarded_headers.len());
     h.insert(
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
@@ -312,7 +315,7 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    headers::add_forwarded(h, &error.headers);
+    headers::add_forwarded_text(h, &error.headers);
     if let Some(after) = error.retry_after {
         if !h.contains_key("retry-after") {
             if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {

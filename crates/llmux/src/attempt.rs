@@ -111,7 +111,7 @@ impl Attempt {
             deployment_id: self.deployment.id.clone(),
             provider: self.deployment.provider,
             status,
-            forwarded_headers: openai_compat::forwarded_headers(headers),
+            forwarded_headers: openai_compat::forwarded_header_values(headers),
             usage,
             upstream_latency,
             overhead: total.saturating_sub(upstream_latency),

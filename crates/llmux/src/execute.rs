@@ -30,7 +30,7 @@ pub struct ResponseMeta {
     /// The upstream's HTTP status (a 2xx).
     pub status: u16,
     /// Upstream headers to pass on (rate-limit state).
-    pub forwarded_headers: Vec<(String, String)>,
+    pub forwarded_headers: Vec<(http::HeaderName, http::HeaderValue)>,
     /// Usage of a non-streaming response (streams report theirs when they finish).
     pub usage: Option<Usage>,
     /// Time spent waiting on the upstream (to the full body, or to the first stream event).

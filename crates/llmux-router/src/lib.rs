@@ -6,7 +6,7 @@
 pub mod stats;
 pub mod strategy;
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;

@@ -148,7 +148,7 @@ impl ModelPrice {
 /// Prices by model name.
 #[derive(Debug, Clone, Default)]
 pub struct PriceTable {
-    models: HashMap<String, ModelPrice>,
+    models: foldhash::HashMap<String, ModelPrice>,
 }
 
 impl PriceTable {
@@ -164,7 +164,7 @@ impl PriceTable {
         let Value::Object(entries) = v else {
             return Err("expected an object of models".into());
         };
-        let models: HashMap<String, ModelPrice> = entries
+        let models: foldhash::HashMap<String, ModelPrice> = entries
             .iter()
             .filter_map(|(name, entry)| {
                 Some((name.clone(), ModelPrice::from_entry(entry.as_object()?)?))
@@ -226,7 +226,7 @@ pub struct Pricing {
     table: ArcSwap<PriceTable>,
     /// Resolved prices by deployment id (cleared when the table changes), so a request does one
     /// map lookup instead of building price keys.
-    resolved: std::sync::RwLock<HashMap<String, Option<Arc<ModelPrice>>>>,
+    resolved: std::sync::RwLock<foldhash::HashMap<String, Option<Arc<ModelPrice>>>>,
     warned: Mutex<HashSet<String>>,
     unpriced: AtomicU64,
 }

@@ -42,7 +42,7 @@ enum Transport {
 pub(crate) struct HttpClient {
     transport: Transport,
     /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
-    uris: Arc<RwLock<HashMap<String, Uri>>>,
+    uris: Arc<RwLock<foldhash::HashMap<String, Uri>>>,
     /// Minted tokens, shared by every client of the pool.
     credentials: Arc<Credentials>,
     /// For token endpoints: built on first use, most deployments never mint a token.

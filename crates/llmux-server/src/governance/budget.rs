@@ -10,7 +10,7 @@
 //! the request's `max_tokens` (else `DEFAULT_OUTPUT_ESTIMATE` tokens) of output, so with
 //! `max_tokens` set the overspend is zero.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 use llmux_store::{civil_from_days as civil, days_from_civil, Kind};

@@ -3,7 +3,7 @@
 //! `x-ratelimit-*` headers mean the same thing. In-process here; `RateLimiter` is the seam a
 //! shared (Redis) limiter implements for a fleet.
 
-use std::collections::HashMap;
+use foldhash::HashMap;
 use std::sync::Mutex;
 
 const WINDOW_MS: i64 = 60_000;

@@ -21,10 +21,15 @@ use super::budget::Ledger;
 const BATCH: usize = 500;
 /// A queue this long wakes the catch-up writer: the background writer is not getting the CPU.
 const BEHIND: usize = 4 * BATCH;
-/// Records per transaction. The writer shares the request path's core(s): a transaction is a
-/// few milliseconds of CPU at most, and the writer yields between transactions, so a burst of
-/// spend writing delays requests by at most about one transaction.
+/// Records per transaction on PostgreSQL. Its one writer runs at normal priority on the request
+/// path's core(s): a transaction is a few milliseconds of CPU at most, and the writer yields
+/// between transactions, so a burst of spend writing delays requests by at most about one.
 const PER_TRANSACTION: usize = 100;
+/// Records per transaction on SQLite, where the background writer yields the CPU to requests
+/// whatever it is doing and the catch-up writer runs only when the core is saturated anyway.
+/// Larger transactions rewrite the B-trees' last pages and the rollup rows less often: WAL
+/// writes per record 0.46 -> 0.29 and closed-loop chat +6% against 100 (measured on one core).
+const PER_SQLITE_TRANSACTION: usize = 500;
 /// How long the writer sleeps between batches when the queue stays short.
 const LINGER: Duration = Duration::from_millis(200);
 
@@ -363,6 +368,13 @@ enum Sink {
 }
 
 impl Sink {
+    fn per_transaction(&self) -> usize {
+        match self {
+            Sink::Sqlite(_) => PER_SQLITE_TRANSACTION,
+            Sink::Pool(_) => PER_TRANSACTION,
+        }
+    }
+
     async fn record(&mut self, batch: &[SpendRecord]) -> llmux_store::Result<u64> {
         match self {
             Sink::Sqlite(conn) => conn
@@ -404,7 +416,7 @@ async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>, role: Rol
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         records.extend(shared.take_aggregates());
-        for (i, batch) in records.chunks(PER_TRANSACTION).enumerate() {
+        for (i, batch) in records.chunks(sink.per_transaction()).enumerate() {
             if i > 0 {
                 std::thread::yield_now();
             }

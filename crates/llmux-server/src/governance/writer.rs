@@ -587,13 +587,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_aggregates_and_shutdown_writes_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&llmux_store::testing::sqlite_url(dir.path()))
-            .await
-            .unwrap();
-        store
-            .insert(&Object::new(Kind::Key, "k", Default::default()))
-            .await
-            .unwrap();
+        let store = sqlite_store(dir.path()).await;
         let ledger = Arc::new(Ledger::default());
         let writer = SpendWriter::start(store.clone(), Arc::clone(&ledger), 1, false);
         // The writers take a few records per wake-up from a one-slot queue; this loop

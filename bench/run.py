@@ -279,6 +279,9 @@ def callgrind_instructions(llmux, config_path, body, requests, key):
         subprocess.run(base + ["-n", "200", url], check=True, capture_output=True)  # warm up pools and caches
         run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
         subprocess.run(base + ["-n", str(requests), url], check=True, capture_output=True)
+        # The spend writer flushes at least every 200 ms, and under valgrind the request thread
+        # keeps it off the CPU while the load runs: give it time to write these requests' spend.
+        time.sleep(2)
         run(["callgrind_control", "-d", str(p.pid)], capture_output=True)
         time.sleep(1)
         dumps = sorted(out_dir.glob("cg.out*"))

@@ -47,6 +47,12 @@ impl Collector for Counters {
             )?;
             counter(
                 &mut encoder,
+                "llmux_governance_lookups",
+                "Key, user, team and other object lookups that read the database (cache misses; concurrent misses share one read)",
+                gov.lookups(),
+            )?;
+            counter(
+                &mut encoder,
                 "llmux_spend_records_aggregated",
                 "Spend records folded into aggregates because the queue was full",
                 aggregated,

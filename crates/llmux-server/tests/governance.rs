@@ -994,6 +994,8 @@ async fn an_unpriced_model_costs_zero_and_is_counted() {
         text.contains("llmux_governed_requests_in_flight 0"),
         "{text}"
     );
+    // The master key is checked without reading the database.
+    assert!(text.contains("llmux_governance_lookups_total 0"), "{text}");
 }
 
 #[tokio::test]

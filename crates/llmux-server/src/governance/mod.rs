@@ -33,6 +33,9 @@ use writer::SpendWriter;
 /// this instance invalidate at once; this bounds how stale another instance's changes can be).
 const LOOKUP_TTL: Duration = Duration::from_secs(5);
 
+/// One database read of an object, shared by the lookups that wait for it.
+type Lookup = tokio::sync::OnceCell<Option<Arc<Object>>>;
+
 /// How long shutdown waits for requests still running to settle.
 const SETTLE_GRACE: Duration = Duration::from_secs(3);
 
@@ -47,6 +50,12 @@ pub struct Governance {
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
     objects: moka::sync::Cache<(Kind, String), Option<Arc<Object>>>,
+    /// Lookups reading the database right now: concurrent misses for one object (a burst of
+    /// requests with one key when its entry has expired) share one read instead of queueing one
+    /// each on the pool.
+    loading: Mutex<foldhash::HashMap<(Kind, String), Arc<Lookup>>>,
+    /// Object lookups that read the database (cache misses, shared reads counted once).
+    lookups: std::sync::atomic::AtomicU64,
     clock: Clock,
     alert_webhook: Option<String>,
     http: reqwest::Client,
@@ -129,6 +138,8 @@ impl Governance {
                 .max_capacity(100_000)
                 .time_to_live(LOOKUP_TTL)
                 .build(),
+            loading: Mutex::default(),
+            lookups: std::sync::atomic::AtomicU64::new(0),
             clock,
             alert_webhook: config.alert_webhook_url.clone(),
             http: reqwest::Client::builder()
@@ -151,19 +162,59 @@ impl Governance {
         if let Some(hit) = self.objects.get(&cache_key) {
             return Ok(hit);
         }
-        let found = self
-            .store
-            .get(kind, id)
+        let load = Arc::clone(
+            self.loading
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .entry(cache_key.clone())
+                .or_default(),
+        );
+        // The first caller reads; the others wait for that read (a failed read is retried by
+        // the next waiter).
+        let found = load
+            .get_or_try_init(|| async {
+                self.lookups.fetch_add(1, Ordering::Relaxed);
+                Ok::<_, GatewayError>(
+                    self.store
+                        .get(kind, id)
+                        .await
+                        .map_err(|e| store_error(&e))?
+                        .map(Arc::new),
+                )
+            })
             .await
-            .map_err(|e| store_error(&e))?
-            .map(Arc::new);
-        self.objects.insert(cache_key, found.clone());
-        Ok(found)
+            .cloned();
+        let mut loading = self
+            .loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Cached by the first to get here, unless the object was invalidated during the read.
+        if loading
+            .get(&cache_key)
+            .is_some_and(|l| Arc::ptr_eq(l, &load))
+        {
+            loading.remove(&cache_key);
+            if let Ok(found) = &found {
+                self.objects.insert(cache_key, found.clone());
+            }
+        }
+        found
+    }
+
+    /// Database reads made by object lookups so far.
+    pub fn lookups(&self) -> u64 {
+        self.lookups.load(Ordering::Relaxed)
     }
 
     /// Forget cached copies after a change.
     pub fn invalidate(&self, kind: Kind, id: &str) {
-        self.objects.invalidate(&(kind, id.to_owned()));
+        let key = (kind, id.to_owned());
+        // A read already under way may have fetched the old object: later lookups start anew.
+        self.loading
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&key);
+        self.objects.invalidate(&key);
     }
 
     /// Who is calling: the master key, or a virtual key that is not blocked or expired and whose
@@ -784,4 +835,37 @@ pub fn format_time(ms: i64) -> String {
     chrono::DateTime::from_timestamp_millis(ms)
         .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_object_share_one_database_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&llmux_store::testing::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        store
+            .insert(&Object::new(Kind::Key, "k", Default::default()))
+            .await
+            .unwrap();
+        let gov = Governance::with_store(store, &Config::default(), Arc::new(|| 0));
+        let burst = || futures_util::future::join_all((0..50).map(|_| gov.object(Kind::Key, "k")));
+        for found in burst().await {
+            assert_eq!(found.unwrap().unwrap().id, "k");
+        }
+        assert_eq!(gov.lookups(), 1, "one read for 50 concurrent misses");
+        // Cached now; after an invalidation one read again.
+        burst().await;
+        assert_eq!(gov.lookups(), 1);
+        gov.invalidate(Kind::Key, "k");
+        burst().await;
+        assert_eq!(gov.lookups(), 2);
+        // An object that does not exist is looked up once too, and remembered as absent.
+        let missing = futures_util::future::join_all((0..50).map(|_| gov.object(Kind::Key, "no")));
+        assert!(missing.await.iter().all(|r| matches!(r, Ok(None))));
+        assert_eq!(gov.lookups(), 3);
+    }
 }

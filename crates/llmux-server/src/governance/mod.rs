@@ -841,16 +841,22 @@ pub fn format_time(ms: i64) -> String {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn concurrent_misses_for_one_object_share_one_database_read() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&llmux_store::testing::sqlite_url(dir.path()))
+    /// A SQLite store in `dir` holding one key, `k`.
+    pub(super) async fn sqlite_store_with_key(dir: &std::path::Path) -> Store {
+        let store = Store::open(&llmux_store::testing::sqlite_url(dir))
             .await
             .unwrap();
         store
             .insert(&Object::new(Kind::Key, "k", Default::default()))
             .await
             .unwrap();
+        store
+    }
+
+    #[tokio::test]
+    async fn concurrent_misses_for_one_object_share_one_database_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store_with_key(dir.path()).await;
         let gov = Governance::with_store(store, &Config::default(), Arc::new(|| 0));
         let burst = || futures_util::future::join_all((0..50).map(|_| gov.object(Kind::Key, "k")));
         for found in burst().await {

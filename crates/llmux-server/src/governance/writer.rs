@@ -467,7 +467,7 @@ async fn write(sink: &mut Sink, ledger: &Ledger, batch: &[SpendRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use llmux_store::Object;
+    use crate::governance::tests::sqlite_store_with_key;
 
     fn record(i: usize) -> SpendRecord {
         SpendRecord {
@@ -483,23 +483,12 @@ mod tests {
         }
     }
 
-    async fn sqlite_store(dir: &std::path::Path) -> Store {
-        let store = Store::open(&llmux_store::testing::sqlite_url(dir))
-            .await
-            .unwrap();
-        store
-            .insert(&Object::new(Kind::Key, "k", Default::default()))
-            .await
-            .unwrap();
-        store
-    }
-
     /// The catch-up writer alone (as when the background writer gets no CPU): it leaves a short
     /// queue alone and writes the whole queue once it reaches `BEHIND`.
     #[tokio::test]
     async fn the_catch_up_writer_wakes_when_the_queue_falls_behind() {
         let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(dir.path()).await;
+        let store = sqlite_store_with_key(dir.path()).await;
         let ledger = Arc::new(Ledger::default());
         let shared = Arc::new(Shared {
             capacity: 100_000,
@@ -570,7 +559,7 @@ mod tests {
         const SCHED_OTHER: u32 = 0;
         const SCHED_IDLE: u32 = 5;
         let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(dir.path()).await;
+        let store = sqlite_store_with_key(dir.path()).await;
         let writer = SpendWriter::start(store, Arc::new(Ledger::default()), 1000, false);
         // A thread names itself (and the background one sets its policy) once it runs.
         let (mut background, mut catch_up) = (Vec::new(), Vec::new());
@@ -592,7 +581,7 @@ mod tests {
     #[tokio::test]
     async fn a_full_queue_aggregates_and_shutdown_writes_everything() {
         let dir = tempfile::tempdir().unwrap();
-        let store = sqlite_store(dir.path()).await;
+        let store = sqlite_store_with_key(dir.path()).await;
         let ledger = Arc::new(Ledger::default());
         let writer = SpendWriter::start(store.clone(), Arc::clone(&ledger), 1, false);
         // The writers take a few records per wake-up from a one-slot queue; this loop

@@ -202,6 +202,16 @@ pub struct StreamSummary {
     pub recoveries: u32,
 }
 
+impl StreamSummary {
+    /// One more chunk relayed; the last usage reported is the stream's.
+    fn count_chunk(&mut self, usage: Option<Usage>) {
+        if usage.is_some() {
+            self.usage = usage;
+        }
+        self.chunks += 1;
+    }
+}
+
 /// The body of a streamed response: SSE bytes, each item one or more complete events.
 pub struct RelayStream {
     inner: std::pin::Pin<Box<dyn Stream<Item = Bytes> + Send>>,
@@ -329,10 +339,7 @@ pub(crate) fn relay_stream(
                 };
                 let failure = match item {
                     RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
-                        if usage.is_some() {
-                            guard.summary.usage = usage;
-                        }
-                        guard.summary.chunks += 1;
+                        guard.summary.count_chunk(usage);
                         let first = deliver(bytes, usage, &mut tracker, &mut rewriter);
                         // Events that arrived together leave together: one write, not one per event.
                         let mut batch: Option<BytesMut> = None;
@@ -341,10 +348,7 @@ pub(crate) fn relay_stream(
                             let Some(next) = relay.next_ready().await else { break };
                             match next {
                                 RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
-                                    if usage.is_some() {
-                                        guard.summary.usage = usage;
-                                    }
-                                    guard.summary.chunks += 1;
+                                    guard.summary.count_chunk(usage);
                                     if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
                                         gather(&mut batch, first.as_ref(), &b);
                                     }

@@ -46,7 +46,7 @@ pub enum Backend {
 }
 
 /// What an object is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
     Key,
     User,

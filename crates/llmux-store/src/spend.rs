@@ -3,8 +3,6 @@
 //! already stored is skipped, so replaying a batch (after a crash between commit and ack) never
 //! counts twice.
 
-use std::collections::HashMap;
-
 use serde::Serialize;
 use sqlx::Row;
 
@@ -196,9 +194,12 @@ struct Rollup {
 /// row is allocated.
 #[derive(Default)]
 struct Totals<'a> {
-    owners: HashMap<(Kind, &'a str), f64>,
-    rollups: HashMap<(i64, &'static str, &'a str, &'a str), Rollup>,
+    owners: foldhash::HashMap<(Kind, &'a str), f64>,
+    rollups: foldhash::HashMap<RollupKey<'a>, Rollup>,
 }
+
+/// (day, entity kind, entity id, model group) of a daily rollup row.
+type RollupKey<'a> = (i64, &'static str, &'a str, &'a str);
 
 impl<'a> Totals<'a> {
     fn add(&mut self, r: &'a SpendRecord) {
@@ -232,6 +233,22 @@ impl<'a> Totals<'a> {
             e.spend += r.spend;
         }
     }
+
+    /// The owners' increments in one fixed order. Each row update holds that row's lock until
+    /// the transaction ends; instances sharing PostgreSQL that took their locks in map order
+    /// (a different order in every process) deadlocked on each other's rows.
+    fn owners_in_lock_order(&self) -> Vec<(&(Kind, &'a str), &f64)> {
+        let mut owners: Vec<_> = self.owners.iter().collect();
+        owners.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        owners
+    }
+
+    /// The rollup upserts in one fixed order, for the same reason.
+    fn rollups_in_lock_order(&self) -> Vec<(&RollupKey<'a>, &Rollup)> {
+        let mut rollups: Vec<_> = self.rollups.iter().collect();
+        rollups.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        rollups
+    }
 }
 
 const BUMP_SQL: &str = "UPDATE llmux_objects SET spend = spend + ? WHERE kind = ? AND id = ?";
@@ -244,6 +261,9 @@ const ROLLUP_SQL: &str = "INSERT INTO llmux_daily_spend (day, kind, entity_id, m
      spend = llmux_daily_spend.spend + excluded.spend";
 
 fn tags_json(r: &SpendRecord) -> String {
+    if r.tags.is_empty() {
+        return "[]".to_owned();
+    }
     serde_json::to_string(&r.tags).unwrap_or_else(|_| "[]".into())
 }
 
@@ -280,11 +300,11 @@ impl SqliteSpendWriter {
                 }
             }
             let mut bump = tx.prepare_cached(BUMP_SQL)?;
-            for ((kind, id), amount) in &totals.owners {
+            for ((kind, id), amount) in totals.owners_in_lock_order() {
                 bump.execute(rusqlite::params![amount, kind.as_str(), id])?;
             }
             let mut upsert = tx.prepare_cached(ROLLUP_SQL)?;
-            for ((day, kind, entity, group), r) in &totals.rollups {
+            for ((day, kind, entity, group), r) in totals.rollups_in_lock_order() {
                 upsert.execute(rusqlite::params![
                     day_text(*day),
                     kind,
@@ -389,7 +409,7 @@ impl Store {
             }
         }
         let bump = self.sql(BUMP_SQL);
-        for ((kind, id), amount) in &totals.owners {
+        for ((kind, id), amount) in totals.owners_in_lock_order() {
             sqlx::query(&bump)
                 .bind(*amount)
                 .bind(kind.as_str())
@@ -398,7 +418,7 @@ impl Store {
                 .await?;
         }
         let upsert = self.sql(ROLLUP_SQL);
-        for ((day, kind, entity, group), r) in &totals.rollups {
+        for ((day, kind, entity, group), r) in totals.rollups_in_lock_order() {
             sqlx::query(&upsert)
                 .bind(day_text(*day))
                 .bind(*kind)

@@ -3,7 +3,8 @@
 //! `x-ratelimit-*` headers mean the same thing. In-process here; `RateLimiter` is the seam a
 //! shared (Redis) limiter implements for a fleet.
 
-use foldhash::HashMap;
+// hashbrown for `entry_ref`: a scope's name is copied into the map only when first seen.
+use hashbrown::HashMap;
 use std::sync::Mutex;
 
 const WINDOW_MS: i64 = 60_000;
@@ -64,15 +65,16 @@ pub struct InMemoryLimiter {
 }
 
 impl InMemoryLimiter {
-    fn window(map: &mut HashMap<String, Window>, scope: &str, now: i64) -> Window {
+    /// The scope's counters, reset when a new window has begun.
+    fn window<'m>(map: &'m mut HashMap<String, Window>, scope: &str, now: i64) -> &'m mut Window {
         let start = now - now.rem_euclid(WINDOW_MS);
-        let w = map.entry(scope.to_owned()).or_default();
+        let w = map.entry_ref(scope).or_default();
         if w.start != start {
             w.start = start;
             w.requests = 0;
             w.tokens = 0;
         }
-        *w
+        w
     }
 }
 
@@ -94,7 +96,7 @@ impl RateLimiter for InMemoryLimiter {
             ..Remaining::default()
         };
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            let w = Self::window(&mut map, &l.scope, now);
+            let w = *Self::window(&mut map, &l.scope, now);
             let refuse = |what, limit| LimitExceeded {
                 scope: l.scope.clone(),
                 what,
@@ -116,7 +118,7 @@ impl RateLimiter for InMemoryLimiter {
             }
         }
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            let w = map.entry(l.scope.clone()).or_default();
+            let w = Self::window(&mut map, &l.scope, now);
             w.requests += 1;
             w.in_flight += 1;
             if let Some(rpm) = l.rpm {
@@ -144,11 +146,9 @@ impl RateLimiter for InMemoryLimiter {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            Self::window(&mut map, &l.scope, now);
-            if let Some(w) = map.get_mut(&l.scope) {
-                w.in_flight = w.in_flight.saturating_sub(1);
-                w.tokens += tokens;
-            }
+            let w = Self::window(&mut map, &l.scope, now);
+            w.in_flight = w.in_flight.saturating_sub(1);
+            w.tokens += tokens;
         }
     }
 }

@@ -10,7 +10,7 @@ use llmux::ResponseMeta;
 /// The client's `x-request-id` when it is sane (printable ASCII, at most 128 bytes), else a new id.
 pub(crate) fn request_id(headers: &HeaderMap) -> String {
     headers
-        .get("x-request-id")
+        .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
@@ -18,14 +18,17 @@ pub(crate) fn request_id(headers: &HeaderMap) -> String {
 }
 
 /// A header parsed as `T`, ignored when absent or malformed.
-pub(crate) fn parse_header<T: std::str::FromStr>(headers: &HeaderMap, name: &str) -> Option<T> {
+pub(crate) fn parse_header<T: std::str::FromStr>(
+    headers: &HeaderMap,
+    name: &HeaderName,
+) -> Option<T> {
     headers.get(name)?.to_str().ok()?.trim().parse().ok()
 }
 
 /// `x-litellm-tags: a,b` (LiteLLM's tag header).
 pub(crate) fn tags(headers: &HeaderMap) -> Vec<String> {
     headers
-        .get_all("x-litellm-tags")
+        .get_all(X_LITELLM_TAGS)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
@@ -35,8 +38,25 @@ pub(crate) fn tags(headers: &HeaderMap) -> Vec<String> {
         .collect()
 }
 
-// Header names are built once: inserting by `&str` would parse and validate them per request.
+// Header names are built once: looking up or inserting by `&str` parses and validates the name
+// on every call.
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_LITELLM_TAGS: HeaderName = HeaderName::from_static("x-litellm-tags");
+pub(crate) const X_LITELLM_END_USER_ID: HeaderName =
+    HeaderName::from_static("x-litellm-end-user-id");
+pub(crate) const X_LITELLM_NUM_RETRIES: HeaderName =
+    HeaderName::from_static("x-litellm-num-retries");
+pub(crate) const X_LITELLM_TIMEOUT: HeaderName = HeaderName::from_static("x-litellm-timeout");
+const X_RATELIMIT_LIMIT_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-limit-requests");
+const X_RATELIMIT_REMAINING_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-requests");
+const X_RATELIMIT_RESET_REQUESTS: HeaderName =
+    HeaderName::from_static("x-ratelimit-reset-requests");
+const X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-limit-tokens");
+const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
+    HeaderName::from_static("x-ratelimit-remaining-tokens");
+const X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 const X_LITELLM_CALL_ID: HeaderName = HeaderName::from_static("x-litellm-call-id");
 const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-model-group");
 const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
@@ -117,22 +137,26 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
 /// The caller's own rate-limit state (its key's, user's or team's tightest window), which
 /// replaces any upstream `x-ratelimit-*` values of the same name.
 pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::Remaining) {
-    let reset = format!("{}s", (r.reset_in_ms as f64 / 1000.0).ceil() as u64);
-    let mut put = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            h.insert(name, v);
-        }
-    };
+    let reset = seconds(r.reset_in_ms);
     if let Some((limit, left)) = r.requests {
-        put("x-ratelimit-limit-requests", limit.to_string());
-        put("x-ratelimit-remaining-requests", left.to_string());
-        put("x-ratelimit-reset-requests", reset.clone());
+        h.insert(X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(limit));
+        h.insert(X_RATELIMIT_REMAINING_REQUESTS, HeaderValue::from(left));
+        h.insert(X_RATELIMIT_RESET_REQUESTS, reset.clone());
     }
     if let Some((limit, left)) = r.tokens {
-        put("x-ratelimit-limit-tokens", limit.to_string());
-        put("x-ratelimit-remaining-tokens", left.to_string());
-        put("x-ratelimit-reset-tokens", reset);
+        h.insert(X_RATELIMIT_LIMIT_TOKENS, HeaderValue::from(limit));
+        h.insert(X_RATELIMIT_REMAINING_TOKENS, HeaderValue::from(left));
+        h.insert(X_RATELIMIT_RESET_TOKENS, reset);
     }
+}
+
+/// Whole seconds, rounded up, as OpenAI writes a reset time (`"34s"`); a time already past is 0.
+fn seconds(ms: i64) -> HeaderValue {
+    let mut buf = itoa::Buffer::new();
+    let mut text = String::with_capacity(21);
+    text.push_str(buf.format(u64::try_from(ms).unwrap_or(0).div_ceil(1000)));
+    text.push('s');
+    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0s"))
 }
 
 #[cfg(test)]
@@ -144,5 +168,14 @@ mod tests {
         assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
         assert_eq!(millis(Duration::from_micros(5)), "0.005");
         assert_eq!(millis(Duration::ZERO), "0.000");
+    }
+
+    #[test]
+    fn reset_rounds_up_to_whole_seconds() {
+        assert_eq!(seconds(0), "0s");
+        assert_eq!(seconds(1), "1s");
+        assert_eq!(seconds(1000), "1s");
+        assert_eq!(seconds(34_001), "35s");
+        assert_eq!(seconds(-5), "0s");
     }
 }

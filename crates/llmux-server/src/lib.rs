@@ -155,8 +155,8 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
     let options = RequestOptions {
         request_id: request_id.clone(),
         received_at,
-        num_retries: headers::parse_header(&parts.headers, "x-litellm-num-retries"),
-        timeout: headers::parse_header::<f64>(&parts.headers, "x-litellm-timeout")
+        num_retries: headers::parse_header(&parts.headers, &headers::X_LITELLM_NUM_RETRIES),
+        timeout: headers::parse_header::<f64>(&parts.headers, &headers::X_LITELLM_TIMEOUT)
             .filter(|t| *t > 0.0 && *t < 1.0e6)
             .map(std::time::Duration::from_secs_f64),
         tags: headers::tags(&parts.headers),
@@ -191,7 +191,7 @@ fn request_facts(
         GatewayError::invalid_request("you must provide a model parameter").with_param("model")
     })?;
     let end_user = headers
-        .get("x-litellm-end-user-id")
+        .get(headers::X_LITELLM_END_USER_ID)
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned)
         .or_else(|| request.decode::<String>("user").ok().flatten())

@@ -36,6 +36,17 @@ async fn chat_passthrough_rewrites_only_the_model() {
         .headers
         .iter()
         .any(|(k, v)| k == "authorization" && v == "Bearer sk-upstream"));
+    let mock_authority = h
+        .mock_url
+        .trim_start_matches("http://")
+        .trim_end_matches("/v1");
+    assert!(
+        sent.headers
+            .iter()
+            .any(|(k, v)| k == "host" && v == mock_authority),
+        "the upstream's Host header names its authority: {:?}",
+        sent.headers
+    );
 
     assert_eq!(
         headers["x-ratelimit-remaining-requests"], "9999",

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::header::{HeaderValue, ACCEPT, USER_AGENT};
+use http::header::{HeaderValue, ACCEPT, HOST, USER_AGENT};
 use http::{HeaderMap, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -42,7 +42,8 @@ enum Transport {
 pub(crate) struct HttpClient {
     transport: Transport,
     /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
-    uris: Arc<RwLock<foldhash::HashMap<String, Uri>>>,
+    /// Parsed upstream URLs with their `Host` header, per URL text.
+    uris: Arc<RwLock<foldhash::HashMap<String, Target>>>,
     /// Minted tokens, shared by every client of the pool.
     credentials: Arc<Credentials>,
     /// For token endpoints: built on first use, most deployments never mint a token.
@@ -165,7 +166,7 @@ impl HttpClient {
         self.send(&request.url, request.headers, request.body).await
     }
 
-    fn uri(&self, url: &str) -> Result<Uri, GatewayError> {
+    fn uri(&self, url: &str) -> Result<Target, GatewayError> {
         if let Some(uri) = self
             .uris
             .read()
@@ -184,12 +185,13 @@ impl HttpClient {
             return Err(invalid(&"not an http(s) URL"));
         }
         let uri: Uri = parsed.as_str().parse().map_err(|e| invalid(&e))?;
+        let entry = (uri.clone(), host_header(&uri));
         if let Ok(mut uris) = self.uris.write() {
             if uris.len() < 4096 {
-                uris.insert(url.to_owned(), uri.clone());
+                uris.insert(url.to_owned(), entry.clone());
             }
         }
-        Ok(uri)
+        Ok(entry)
     }
 
     /// Send a POST; resolves when the response headers have arrived.
@@ -203,7 +205,11 @@ impl HttpClient {
             Transport::Direct(client) => client,
             Transport::Proxied(client) => return send_proxied(client, url, headers, body).await,
         };
-        let mut uri = self.uri(url)?;
+        let (mut uri, host) = self.uri(url)?;
+        // Set here from the cache; hyper's client would build it with `format!` per request.
+        if let Some(host) = host {
+            headers.entry(HOST).or_insert(host);
+        }
         headers
             .entry(USER_AGENT)
             .or_insert(HeaderValue::from_static(USER_AGENT_VALUE));
@@ -227,6 +233,10 @@ impl HttpClient {
                         for name in CREDENTIAL_HEADERS {
                             headers.remove(name);
                         }
+                        match host_header(&next) {
+                            Some(host) => headers.insert(HOST, host),
+                            None => headers.remove(HOST),
+                        };
                     }
                     tracing::debug!(from = %uri, to = %next, "following the upstream's redirect");
                     uri = next;
@@ -243,6 +253,24 @@ impl HttpClient {
                     .map(|r| r.map_err(|e| transport_error(&e, false))),
             )),
         })
+    }
+}
+
+/// A parsed upstream URL and the `Host` header it implies.
+type Target = (Uri, Option<HeaderValue>);
+
+/// The `Host` header for a URI: its host, and its port when not the scheme's default (what
+/// hyper's client sends when the request has none).
+fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    let host = uri.host()?;
+    let default_port = match uri.scheme_str() {
+        Some("https") => Some(443),
+        Some("http") => Some(80),
+        _ => None,
+    };
+    match uri.port_u16().filter(|p| Some(*p) != default_port) {
+        Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
+        None => HeaderValue::from_str(host).ok(),
     }
 }
 
@@ -457,5 +485,25 @@ impl UpstreamResponse {
             Some(f) => f,
             None => Bytes::from(buf),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn host_header_names_the_port_only_when_not_the_default() {
+        let host = |u: &str| host_header(&u.parse::<Uri>().unwrap()).unwrap();
+        assert_eq!(host("http://127.0.0.1:18001/v1"), "127.0.0.1:18001");
+        assert_eq!(host("http://api.example.com/v1"), "api.example.com");
+        assert_eq!(host("http://api.example.com:80/v1"), "api.example.com");
+        assert_eq!(host("https://api.example.com:443/v1"), "api.example.com");
+        assert_eq!(
+            host("https://api.example.com:8443/v1"),
+            "api.example.com:8443"
+        );
+        assert_eq!(host("http://[::1]:8080/v1"), "[::1]:8080");
     }
 }

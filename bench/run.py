@@ -95,6 +95,22 @@ def tree_rss_kib(pid):
     return total
 
 
+def tree_cpu_seconds(pid):
+    """(user, kernel) CPU seconds used so far by a process, its threads and its children."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    user = kernel = 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        user, kernel = int(fields[11]) / ticks, int(fields[12]) / ticks
+        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+        for child in out.split():
+            u, k = tree_cpu_seconds(int(child))
+            user, kernel = user + u, kernel + k
+    except (OSError, IndexError, ValueError):
+        pass
+    return user, kernel
+
+
 def ensure_tools():
     # `cargo install` puts oha here; the shell that runs us may not have it on PATH.
     cargo_bin = Path(os.environ.get("CARGO_HOME", Path.home() / ".cargo")) / "bin"
@@ -405,6 +421,7 @@ def main():
         auth = [f"authorization: Bearer {MASTER_KEY}"]
         # The path users run: a virtual key with a budget and an rpm limit, spend logged.
         virtual_key = generate_key(f"http://127.0.0.1:{llmux_port}")
+        pids = {"nginx": nginx.pid, "llmux": llmux_proc.pid}
         contenders = {
             "direct": (f"{mock_url}/v1/chat/completions", []),
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", []),
@@ -448,7 +465,13 @@ def main():
                 for rep in range(reps):
                     for name in measured:
                         url, headers = contenders[name]
-                        measured[name].append(oha(url, body, duration, rate=rate, headers=headers))
+                        before = tree_cpu_seconds(pids[name]) if name in pids else None
+                        got = oha(url, body, duration, rate=rate, headers=headers)
+                        if before is not None:
+                            after = tree_cpu_seconds(pids[name])
+                            requests = max(got["rps"] * duration, 1)
+                            got["cpu_us"] = [(a - b) / requests * 1e6 for a, b in zip(after, before)]
+                        measured[name].append(got)
                 sweep[str(fraction)] = {"rate": rate}
                 for name, got in measured.items():
                     sweep[str(fraction)][name] = {
@@ -458,6 +481,9 @@ def main():
                         "p99_runs_ms": [round(r["p99_ms"], 3) for r in got],
                         "success": min(r["success"] for r in got),
                     }
+                    if all("cpu_us" in r for r in got):
+                        # Per run: the contender's CPU time (user, kernel) over the requests served.
+                        sweep[str(fraction)][name]["cpu_us"] = [median([r["cpu_us"][i] for r in got]) for i in (0, 1)]
                 row = sweep[str(fraction)]
                 log(f"{scenario:6} {fraction:.0%} ({rate} req/s): p99 direct {row['direct']['p99_runs_ms']} "
                     f"nginx {row['nginx']['p99_runs_ms']} llmux {row['llmux']['p99_runs_ms']} ms")
@@ -515,6 +541,13 @@ def render(r):
                          f"{row['llmux']['p50_ms']-d['p50_ms']:+.3f} ms | {row['llmux']['p99_ms']-d['p99_ms']:+.3f} ms | "
                          + " / ".join(", ".join(f"{v:.2f}" for v in row[n].get("p99_runs_ms", [row[n]["p99_ms"]])) for n in ("direct", "nginx", "llmux"))
                          + " |")
+        cpu = [(fraction, row) for fraction, row in data["fixed_rate"].items()
+               if all("cpu_us" in row[n] for n in ("nginx", "llmux"))]
+        if cpu:
+            lines += ["", f"CPU time of the process under test per request, user + kernel (µs; /proc, 10 ms ticks), {scenario}:", ""]
+            for fraction, row in cpu:
+                n, m = row["nginx"]["cpu_us"], row["llmux"]["cpu_us"]
+                lines.append(f"- at {float(fraction):.0%}: nginx {n[0]:.1f} + {n[1]:.1f} = {sum(n):.1f}; llmux {m[0]:.1f} + {m[1]:.1f} = {sum(m):.1f}")
         lines.append("")
     ipr = r.get("instructions_per_request", {})
     if ipr.get("chat"):

@@ -206,7 +206,7 @@ impl HttpClient {
             Transport::Proxied(client) => return send_proxied(client, url, headers, body).await,
         };
         let (mut uri, host) = self.uri(url)?;
-        // Set here from the cache; hyper's client would build it with `format!` per request.
+        // Set here from the cache; hyper's client would build it per request.
         if let Some(host) = host {
             headers.entry(HOST).or_insert(host);
         }
@@ -259,16 +259,16 @@ impl HttpClient {
 /// A parsed upstream URL and the `Host` header it implies.
 type Target = (Uri, Option<HeaderValue>);
 
-/// The `Host` header for a URI: its host, and its port when not the scheme's default (what
-/// hyper's client sends when the request has none).
+/// The `Host` header for a plain-HTTP URI: its host, and its port when not 80 (what hyper's
+/// client writes when a request has none, with a `format!` per request). Plain HTTP is always
+/// HTTP/1 here; an https upstream may negotiate HTTP/2, which carries `:authority` instead, so
+/// those are left to hyper.
 fn host_header(uri: &Uri) -> Option<HeaderValue> {
+    if uri.scheme_str() != Some("http") {
+        return None;
+    }
     let host = uri.host()?;
-    let default_port = match uri.scheme_str() {
-        Some("https") => Some(443),
-        Some("http") => Some(80),
-        _ => None,
-    };
-    match uri.port_u16().filter(|p| Some(*p) != default_port) {
+    match uri.port_u16().filter(|p| *p != 80) {
         Some(port) => HeaderValue::from_str(&format!("{host}:{port}")).ok(),
         None => HeaderValue::from_str(host).ok(),
     }
@@ -494,16 +494,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn host_header_names_the_port_only_when_not_the_default() {
-        let host = |u: &str| host_header(&u.parse::<Uri>().unwrap()).unwrap();
-        assert_eq!(host("http://127.0.0.1:18001/v1"), "127.0.0.1:18001");
-        assert_eq!(host("http://api.example.com/v1"), "api.example.com");
-        assert_eq!(host("http://api.example.com:80/v1"), "api.example.com");
-        assert_eq!(host("https://api.example.com:443/v1"), "api.example.com");
+    fn host_header_is_set_for_plain_http_with_the_port_when_not_80() {
+        let host = |u: &str| host_header(&u.parse::<Uri>().unwrap());
         assert_eq!(
-            host("https://api.example.com:8443/v1"),
-            "api.example.com:8443"
+            host("http://127.0.0.1:18001/v1").unwrap(),
+            "127.0.0.1:18001"
         );
-        assert_eq!(host("http://[::1]:8080/v1"), "[::1]:8080");
+        assert_eq!(
+            host("http://api.example.com/v1").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(
+            host("http://api.example.com:80/v1").unwrap(),
+            "api.example.com"
+        );
+        assert_eq!(host("http://[::1]:8080/v1").unwrap(), "[::1]:8080");
+        // https may be HTTP/2 (`:authority`): hyper decides.
+        assert_eq!(host("https://api.example.com:8443/v1"), None);
     }
 }

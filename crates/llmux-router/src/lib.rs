@@ -18,9 +18,13 @@ use llmux_config::{
 use llmux_providers::registry::{self, ResolvedProvider};
 use llmux_providers::{HttpTarget, Operation, Provider};
 use serde_json::Value;
+use smallvec::SmallVec;
 
 pub use stats::{Availability, DeploymentStats, HealthSnapshot, InMemoryStats, StatsStore};
 use strategy::CandidateView;
+
+/// Deployment indices of one selection: a group has a handful, so they stay on the stack.
+type Indices = SmallVec<[usize; 8]>;
 
 /// `litellm_params` the router itself reads (so they are not reported as unused).
 const ROUTER_PARAMS: &[&str] = &[
@@ -287,7 +291,7 @@ impl Router {
         input: &SelectionInput<'_>,
     ) -> Result<usize, NoDeployment> {
         let settings = &self.settings;
-        let supported: Vec<usize> = route
+        let supported: Indices = route
             .candidates
             .iter()
             .copied()
@@ -304,7 +308,7 @@ impl Router {
         if tagged.is_empty() {
             return Err(NoDeployment::NoTagMatch);
         }
-        let fitting: Vec<usize> = match input.prompt_tokens {
+        let fitting: Indices = match input.prompt_tokens {
             Some(tokens) => tagged
                 .iter()
                 .copied()
@@ -322,7 +326,7 @@ impl Router {
             return Err(NoDeployment::ContextWindow);
         }
         // Prefer deployments this request has not failed on; fall back to them when none is left.
-        let fresh: Vec<usize> = fitting
+        let fresh: Indices = fitting
             .iter()
             .copied()
             .filter(|i| !input.exclude.contains(i))
@@ -336,7 +340,8 @@ impl Router {
             fitting
         };
 
-        let mut tiers: Vec<u32> = pool.iter().map(|i| self.deployments[*i].order).collect();
+        let mut tiers: SmallVec<[u32; 4]> =
+            pool.iter().map(|i| self.deployments[*i].order).collect();
         tiers.sort_unstable();
         tiers.dedup();
         let mut soonest: Option<Duration> = None;
@@ -345,7 +350,7 @@ impl Router {
         let mut over_limits = false;
         let counter = self.counters.get(route.group).cloned().unwrap_or_default();
         for tier in tiers {
-            let mut views = Vec::new();
+            let mut views: SmallVec<[CandidateView; 8]> = SmallVec::new();
             for &i in pool.iter().filter(|i| self.deployments[**i].order == tier) {
                 let stats = &self.stats[i];
                 if let Availability::Cooling(left) = stats.availability() {
@@ -382,7 +387,7 @@ impl Router {
                 &views
                     .iter()
                     .map(|v| &self.deployments[v.index].config)
-                    .collect::<Vec<_>>(),
+                    .collect::<SmallVec<[_; 8]>>(),
             );
             for (view, w) in views.iter_mut().zip(weights) {
                 view.weight = w;
@@ -472,14 +477,10 @@ pub struct SelectionInput<'a> {
 
 /// LiteLLM's tag routing: a tagged request goes to deployments sharing a tag, else to `default`
 /// ones; an untagged request goes to `default` deployments when there are any, else anywhere.
-fn filter_tags(
-    candidates: &[usize],
-    deployments: &[Arc<Deployment>],
-    tags: &[String],
-) -> Vec<usize> {
+fn filter_tags(candidates: &[usize], deployments: &[Arc<Deployment>], tags: &[String]) -> Indices {
     let has = |i: &usize, tag: &str| deployments[*i].tags.iter().any(|t| t == tag);
     if !tags.is_empty() {
-        let matching: Vec<usize> = candidates
+        let matching: Indices = candidates
             .iter()
             .copied()
             .filter(|i| tags.iter().any(|t| has(i, t)))
@@ -493,13 +494,13 @@ fn filter_tags(
             .filter(|i| has(i, "default"))
             .collect();
     }
-    let defaults: Vec<usize> = candidates
+    let defaults: Indices = candidates
         .iter()
         .copied()
         .filter(|i| has(i, "default"))
         .collect();
     if defaults.is_empty() {
-        candidates.to_vec()
+        SmallVec::from_slice(candidates)
     } else {
         defaults
     }
@@ -518,21 +519,26 @@ fn over_usage_limits(
             .is_some_and(|tpm| tokens + prompt_tokens.unwrap_or(0) > tpm)
 }
 
-fn tier_weights(configs: &[&DeploymentConfig]) -> Vec<f64> {
-    let pick_basis = |get: &dyn Fn(&DeploymentConfig) -> Option<f64>| -> Option<Vec<f64>> {
-        let values: Vec<Option<f64>> = configs.iter().map(|c| get(c)).collect();
-        let present: Vec<f64> = values.iter().flatten().copied().collect();
-        if present.is_empty() {
-            return None;
+/// Each config's weight for simple-shuffle: its `weight`, else `rpm`, else `tpm` (the first
+/// basis any config of the tier sets; a config without a value in it gets the tier's average),
+/// else 1.
+fn tier_weights(configs: &[&DeploymentConfig]) -> SmallVec<[f64; 8]> {
+    let bases: [fn(&DeploymentConfig) -> Option<f64>; 3] = [
+        |c| c.weight,
+        |c| c.rpm.map(|v| v as f64),
+        |c| c.tpm.map(|v| v as f64),
+    ];
+    for get in bases {
+        let (sum, count) = configs
+            .iter()
+            .filter_map(|c| get(c))
+            .fold((0.0, 0usize), |(sum, n), v| (sum + v, n + 1));
+        if count > 0 {
+            let fallback = sum / count as f64;
+            return configs.iter().map(|c| get(c).unwrap_or(fallback)).collect();
         }
-        // A deployment without a value in the chosen basis gets the group's average.
-        let fallback = present.iter().sum::<f64>() / present.len() as f64;
-        Some(values.into_iter().map(|v| v.unwrap_or(fallback)).collect())
-    };
-    pick_basis(&|c| c.weight)
-        .or_else(|| pick_basis(&|c| c.rpm.map(|v| v as f64)))
-        .or_else(|| pick_basis(&|c| c.tpm.map(|v| v as f64)))
-        .unwrap_or_else(|| vec![1.0; configs.len()])
+    }
+    configs.iter().map(|_| 1.0).collect()
 }
 
 fn build_deployment(
@@ -764,7 +770,7 @@ model_list:
             .config
             .deployments[0],
         ]);
-        assert_eq!(w, vec![30.0, 30.0]);
+        assert_eq!(w.as_slice(), [30.0, 30.0]);
     }
 
     #[test]

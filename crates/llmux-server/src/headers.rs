@@ -96,19 +96,37 @@ pub(crate) fn add_forwarded_text(h: &mut HeaderMap, forwarded: &[(String, String
     }
 }
 
-/// Milliseconds with microsecond precision, formatted without going through `format!`.
+/// Milliseconds with microsecond precision, written into a stack buffer: one allocation (the
+/// value's own bytes) where `format!` and a `String` took three.
 fn millis(d: Duration) -> HeaderValue {
     let micros = d.as_micros().min(u128::from(u64::MAX)) as u64;
-    let mut buf = itoa::Buffer::new();
-    let whole = buf.format(micros / 1000).to_owned();
+    let mut digits = itoa::Buffer::new();
+    let whole = digits.format(micros / 1000).as_bytes();
     let frac = micros % 1000;
-    let mut text = String::with_capacity(whole.len() + 4);
-    text.push_str(&whole);
-    text.push('.');
-    text.push(char::from(b'0' + (frac / 100) as u8));
-    text.push(char::from(b'0' + (frac / 10 % 10) as u8));
-    text.push(char::from(b'0' + (frac % 10) as u8));
-    HeaderValue::from_str(&text).unwrap_or(HeaderValue::from_static("0"))
+    let mut text = [0u8; 24];
+    text[..whole.len()].copy_from_slice(whole);
+    let mut end = whole.len();
+    for b in [
+        b'.',
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ] {
+        text[end] = b;
+        end += 1;
+    }
+    HeaderValue::from_bytes(&text[..end]).unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A count as a header value. The small counts that retries and fallbacks take are static
+/// values (no allocation; `HeaderValue::from(n)` makes two), others take one.
+fn number(n: u64) -> HeaderValue {
+    const SMALL: [&str; 10] = ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"];
+    match usize::try_from(n).ok().and_then(|i| SMALL.get(i)) {
+        Some(digit) => HeaderValue::from_static(digit),
+        None => HeaderValue::from_str(itoa::Buffer::new().format(n))
+            .unwrap_or(HeaderValue::from_static("0")),
+    }
 }
 
 pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapsed: Duration) {
@@ -126,10 +144,10 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     h.insert(X_LITELLM_OVERHEAD, overhead.clone());
     h.insert(X_LLMUX_OVERHEAD, overhead);
     h.insert(X_LITELLM_DURATION, millis(elapsed));
-    let retries = HeaderValue::from(meta.attempted_retries);
+    let retries = number(u64::from(meta.attempted_retries));
     h.insert(X_LITELLM_RETRIES, retries.clone());
     h.insert(X_LLMUX_RETRIES, retries);
-    let fallbacks = HeaderValue::from(meta.attempted_fallbacks);
+    let fallbacks = number(u64::from(meta.attempted_fallbacks));
     h.insert(X_LITELLM_FALLBACKS, fallbacks.clone());
     h.insert(X_LLMUX_FALLBACKS, fallbacks);
 }
@@ -139,13 +157,13 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
 pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::Remaining) {
     let reset = seconds(r.reset_in_ms);
     if let Some((limit, left)) = r.requests {
-        h.insert(X_RATELIMIT_LIMIT_REQUESTS, HeaderValue::from(limit));
-        h.insert(X_RATELIMIT_REMAINING_REQUESTS, HeaderValue::from(left));
+        h.insert(X_RATELIMIT_LIMIT_REQUESTS, number(limit));
+        h.insert(X_RATELIMIT_REMAINING_REQUESTS, number(left));
         h.insert(X_RATELIMIT_RESET_REQUESTS, reset.clone());
     }
     if let Some((limit, left)) = r.tokens {
-        h.insert(X_RATELIMIT_LIMIT_TOKENS, HeaderValue::from(limit));
-        h.insert(X_RATELIMIT_REMAINING_TOKENS, HeaderValue::from(left));
+        h.insert(X_RATELIMIT_LIMIT_TOKENS, number(limit));
+        h.insert(X_RATELIMIT_REMAINING_TOKENS, number(left));
         h.insert(X_RATELIMIT_RESET_TOKENS, reset);
     }
 }
@@ -168,6 +186,18 @@ mod tests {
         assert_eq!(millis(Duration::from_micros(1_234_567)), "1234.567");
         assert_eq!(millis(Duration::from_micros(5)), "0.005");
         assert_eq!(millis(Duration::ZERO), "0.000");
+        assert_eq!(millis(Duration::from_millis(7)), "7.000");
+        assert_eq!(
+            millis(Duration::from_secs(u64::MAX)),
+            "18446744073709551.615"
+        );
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 9, 10, 42, 999_816_096, u64::MAX] {
+            assert_eq!(number(n), n.to_string().as_str());
+        }
     }
 
     #[test]

@@ -346,6 +346,11 @@ impl Store {
 
     /// Delete objects; returns how many existed.
     pub async fn delete(&self, kind: Kind, ids: &[String]) -> Result<u64> {
+        // Row locks in one order (sorted ids), as the spend writer takes them: two deletes of
+        // overlapping lists could otherwise each hold a row the other waits for.
+        let mut ids: Vec<&String> = ids.iter().collect();
+        ids.sort_unstable();
+        ids.dedup();
         let mut deleted = 0;
         let mut tx = self.pool.begin().await?;
         let sql = self.sql("DELETE FROM llmux_objects WHERE kind = ? AND id = ?");

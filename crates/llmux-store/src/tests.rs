@@ -356,3 +356,28 @@ async fn concurrent_instances_write_overlapping_spend_without_deadlocks() {
         }
     }
 }
+
+/// Two instances deleting the same objects, listed in opposite orders, at once: both succeed
+/// (one deletes, the other finds them gone) instead of one being refused as a deadlock.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_deletes_of_overlapping_lists_do_not_deadlock() {
+    let url = fresh_postgres_url().await;
+    let first = Store::open(&url).await.unwrap();
+    let second = first.connect_again(2).await.unwrap();
+    for round in 0..5 {
+        let ids: Vec<String> = (0..200).map(|i| format!("r{round}-o{i}")).collect();
+        for id in &ids {
+            first
+                .insert(&Object::new(Kind::Team, id, Map::new()))
+                .await
+                .unwrap();
+        }
+        let reversed: Vec<String> = ids.iter().rev().cloned().collect();
+        let (a, b) = tokio::join!(
+            first.delete(Kind::Team, &ids),
+            second.delete(Kind::Team, &reversed)
+        );
+        let (a, b) = (a.expect("first delete"), b.expect("second delete"));
+        assert_eq!(a + b, 200, "round {round}: every object deleted once");
+    }
+}

@@ -15,14 +15,34 @@ fn is_forwarded(name: &http::HeaderName) -> bool {
     n.starts_with("x-ratelimit-") || n == "retry-after" || n == "retry-after-ms"
 }
 
-/// The forwarded headers of a successful response, as header values: copied to the client's
-/// response without being parsed again.
-pub fn forwarded_header_values(headers: &HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
-    headers
-        .iter()
-        .filter(|(name, _)| is_forwarded(name))
-        .map(|(name, value)| (name.clone(), value.clone()))
-        .collect()
+/// The forwarded headers of a successful response, taken out of the upstream's header map
+/// (which the caller is done with): names and values move to the client's response, nothing is
+/// copied or parsed again. A custom name's first clone would allocate (its bytes become shared).
+pub fn take_forwarded_headers(headers: HeaderMap) -> Vec<(http::HeaderName, http::HeaderValue)> {
+    let count = headers.keys().filter(|name| is_forwarded(name)).count();
+    if count == 0 {
+        return Vec::new();
+    }
+    let mut out: Vec<(http::HeaderName, http::HeaderValue)> = Vec::with_capacity(count);
+    let mut keep = false;
+    // `into_iter` names a header once, before its first value; later values come with `None`.
+    for (name, value) in headers {
+        match name {
+            Some(name) => {
+                keep = is_forwarded(&name);
+                if keep {
+                    out.push((name, value));
+                }
+            }
+            None if keep => {
+                if let Some(name) = out.last().map(|(name, _)| name.clone()) {
+                    out.push((name, value));
+                }
+            }
+            None => {}
+        }
+    }
+    out
 }
 
 /// The forwarded headers as text (an error's headers).
@@ -396,5 +416,34 @@ mod tests {
             );
             assert_eq!(retry, expected, "{kind}");
         }
+    }
+
+    #[test]
+    fn forwarded_headers_are_taken_with_every_value_and_nothing_else() {
+        let mut h = HeaderMap::new();
+        h.insert("content-type", "application/json".parse().unwrap());
+        h.insert("x-ratelimit-remaining-requests", "9".parse().unwrap());
+        h.append("x-ratelimit-limit-tokens", "100".parse().unwrap());
+        h.append("x-ratelimit-limit-tokens", "200".parse().unwrap());
+        h.insert("x-request-id", "abc".parse().unwrap());
+        h.insert("retry-after-ms", "5".parse().unwrap());
+        let mut taken: Vec<(String, String)> = take_forwarded_headers(h)
+            .into_iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap().to_owned()))
+            .collect();
+        taken.sort();
+        let pair = |n: &str, v: &str| (n.to_owned(), v.to_owned());
+        assert_eq!(
+            taken,
+            vec![
+                pair("retry-after-ms", "5"),
+                pair("x-ratelimit-limit-tokens", "100"),
+                pair("x-ratelimit-limit-tokens", "200"),
+                pair("x-ratelimit-remaining-requests", "9"),
+            ]
+        );
+        let mut none = HeaderMap::new();
+        none.insert("content-type", "application/json".parse().unwrap());
+        assert!(take_forwarded_headers(none).is_empty());
     }
 }

@@ -381,7 +381,7 @@ pub fn inspect_event(event: &[u8]) -> StreamEvent {
     }
 }
 
-pub use crate::errors::{forwarded_header_values, forwarded_headers, parse_error, retry_after};
+pub use crate::errors::{forwarded_headers, parse_error, retry_after, take_forwarded_headers};
 
 #[cfg(test)]
 mod tests {

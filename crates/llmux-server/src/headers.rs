@@ -57,6 +57,11 @@ const X_RATELIMIT_LIMIT_TOKENS: HeaderName = HeaderName::from_static("x-ratelimi
 const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
     HeaderName::from_static("x-ratelimit-remaining-tokens");
 const X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
+pub(crate) const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
+pub(crate) const X_LITELLM_RESPONSE_COST: HeaderName =
+    HeaderName::from_static("x-litellm-response-cost");
+pub(crate) const X_LLMUX_RESPONSE_COST: HeaderName =
+    HeaderName::from_static("x-llmux-response-cost");
 const X_LITELLM_CALL_ID: HeaderName = HeaderName::from_static("x-litellm-call-id");
 const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-model-group");
 const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
@@ -78,9 +83,10 @@ pub(crate) fn add_request_id(h: &mut HeaderMap, request_id: &str) {
     }
 }
 
-pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: &[(HeaderName, HeaderValue)]) {
+/// The upstream's forwarded headers, moved (a clone of a custom name or value would allocate).
+pub(crate) fn add_forwarded(h: &mut HeaderMap, forwarded: Vec<(HeaderName, HeaderValue)>) {
     for (name, value) in forwarded {
-        h.insert(name.clone(), value.clone());
+        h.insert(name, value);
     }
 }
 

@@ -260,7 +260,7 @@ async fn read_body(
 }
 
 fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> Response {
-    let meta = response.meta;
+    let mut meta = response.meta;
     let (body, content_type) = match response.body {
         ResponseBody::Json(bytes) => (Body::from(bytes), "application/json"),
         ResponseBody::Stream(stream) => (
@@ -283,15 +283,15 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
             axum::http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),
         );
-        h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        h.insert(headers::X_ACCEL_BUFFERING, HeaderValue::from_static("no"));
     }
-    headers::add_forwarded(h, &meta.forwarded_headers);
+    headers::add_forwarded(h, std::mem::take(&mut meta.forwarded_headers));
     headers::add_gateway_headers(h, &meta, received_at.elapsed());
     if let Some(cost) = meta.cost {
         let text = format!("{cost}");
         if let Ok(v) = HeaderValue::from_str(&text) {
-            h.insert("x-litellm-response-cost", v.clone());
-            h.insert("x-llmux-response-cost", v);
+            h.insert(headers::X_LITELLM_RESPONSE_COST, v.clone());
+            h.insert(headers::X_LLMUX_RESPONSE_COST, v);
         }
     }
     out

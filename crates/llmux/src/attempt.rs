@@ -100,7 +100,7 @@ impl Attempt {
     fn meta(
         &self,
         status: u16,
-        headers: &HeaderMap,
+        headers: HeaderMap,
         usage: Option<Usage>,
         upstream_latency: Duration,
     ) -> ResponseMeta {
@@ -111,7 +111,7 @@ impl Attempt {
             deployment_id: self.deployment.id.clone(),
             provider: self.deployment.provider,
             status,
-            forwarded_headers: openai_compat::forwarded_header_values(headers),
+            forwarded_headers: openai_compat::take_forwarded_headers(headers),
             usage,
             upstream_latency,
             overhead: total.saturating_sub(upstream_latency),
@@ -143,7 +143,7 @@ impl Attempt {
         };
         let meta = self.meta(
             response.status,
-            &response.headers,
+            std::mem::take(&mut response.headers),
             translated.usage,
             upstream_latency,
         );
@@ -157,14 +157,14 @@ impl Attempt {
     pub(crate) async fn peek(
         &self,
         op: Operation,
-        response: UpstreamResponse,
+        mut response: UpstreamResponse,
         idle_timeout: Duration,
     ) -> Result<Peeked, GatewayError> {
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
         }
         let status = response.status;
-        let headers = response.headers.clone();
+        let headers = std::mem::take(&mut response.headers);
         let framing = match &self.deployment.backend {
             Backend::Http(provider) => provider.stream_framing(),
             Backend::Mock { .. } => StreamFraming::Sse,
@@ -206,7 +206,7 @@ impl Attempt {
             }
         };
         let upstream_latency = self.sent_at.elapsed();
-        let meta = self.meta(status, &headers, None, upstream_latency);
+        let meta = self.meta(status, headers, None, upstream_latency);
         Ok(Peeked {
             meta,
             initial,

@@ -1,6 +1,7 @@
 //! How the upstream client treats redirects: 307/308 are followed with the method and body
 //! kept, credentials are not sent on to another origin, and a 301/302/303 (which would turn the
-//! POST into a body-less GET) is reported with its target.
+//! POST into a body-less GET) is reported with its target. The `Host` header names the origin
+//! each hop goes to.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -16,8 +17,12 @@ use llmux::{Client, ErrorKind};
 async fn answer(headers: HeaderMap, body: String) -> Response {
     let request: serde_json::Value = serde_json::from_str(&body).unwrap();
     let text = format!(
-        "auth={} question={}",
+        "auth={} host={} question={}",
         headers.contains_key("authorization"),
+        headers
+            .get("host")
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("-"),
         request["messages"][0]["content"].as_str().unwrap_or("")
     );
     axum::Json(serde_json::json!({
@@ -44,8 +49,10 @@ async fn serve(router: axum::Router) -> String {
     format!("http://{addr}")
 }
 
-async fn client() -> Client {
+/// The client, the redirecting upstream's authority and the other origin's.
+async fn client() -> (Client, String, String) {
     let other = serve(axum::Router::new().route("/final/chat/completions", post(answer))).await;
+    let other_authority = other.trim_start_matches("http://").to_owned();
     let app = axum::Router::new()
         .route("/final/chat/completions", post(answer))
         .route(
@@ -85,7 +92,9 @@ async fn client() -> Client {
     );
     let env: HashMap<String, String> = HashMap::new();
     let loaded = llmux::config::load_str(&yaml, &env).unwrap();
-    Client::with_env(loaded.config, &env).unwrap().0
+    let client = Client::with_env(loaded.config, &env).unwrap().0;
+    let authority = base.trim_start_matches("http://").to_owned();
+    (client, authority, other_authority)
 }
 
 async fn ask(client: &Client, model: &str) -> Result<String, llmux::GatewayError> {
@@ -95,30 +104,30 @@ async fn ask(client: &Client, model: &str) -> Result<String, llmux::GatewayError
 
 #[tokio::test]
 async fn temporary_and_permanent_redirects_keep_the_post_and_its_body() {
-    let client = client().await;
+    let (client, authority, _) = client().await;
     assert_eq!(
         ask(&client, "same").await.unwrap(),
-        "auth=true question=what is 6x7"
+        format!("auth=true host={authority} question=what is 6x7")
     );
     // 308 to a relative path, then 307 to the final URL.
     assert_eq!(
         ask(&client, "twice").await.unwrap(),
-        "auth=true question=what is 6x7"
+        format!("auth=true host={authority} question=what is 6x7")
     );
 }
 
 #[tokio::test]
 async fn credentials_are_not_sent_to_another_origin() {
-    let client = client().await;
+    let (client, _, other) = client().await;
     assert_eq!(
         ask(&client, "elsewhere").await.unwrap(),
-        "auth=false question=what is 6x7"
+        format!("auth=false host={other} question=what is 6x7")
     );
 }
 
 #[tokio::test]
 async fn redirects_that_would_drop_the_body_or_never_end_are_errors() {
-    let client = client().await;
+    let (client, _, _) = client().await;
     let error = ask(&client, "found").await.unwrap_err();
     assert_eq!(error.kind, ErrorKind::UpstreamError);
     assert!(

@@ -61,7 +61,28 @@ struct Window {
 /// One process's counters.
 #[derive(Debug, Default)]
 pub struct InMemoryLimiter {
-    windows: Mutex<HashMap<String, Window>>,
+    windows: Mutex<Windows>,
+}
+
+#[derive(Debug, Default)]
+struct Windows {
+    by_scope: HashMap<String, Window>,
+    /// Start of the window in which stale entries were last dropped.
+    swept_at: i64,
+}
+
+impl Windows {
+    /// Once per window, drop the scopes whose window is over and that have nothing in flight:
+    /// they count nothing any more (a new window starts from zero), and without this every key,
+    /// user, team and key-model pair ever seen would stay in the map until restart.
+    fn sweep(&mut self, now: i64) {
+        let start = now - now.rem_euclid(WINDOW_MS);
+        if start > self.swept_at {
+            self.by_scope
+                .retain(|_, w| w.start == start || w.in_flight > 0);
+            self.swept_at = start;
+        }
+    }
 }
 
 impl InMemoryLimiter {
@@ -87,16 +108,18 @@ impl RateLimiter for InMemoryLimiter {
                 ..Remaining::default()
             });
         }
-        let mut map = self
+        let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        windows.sweep(now);
+        let map = &mut windows.by_scope;
         let mut remaining = Remaining {
             reset_in_ms,
             ..Remaining::default()
         };
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            let w = *Self::window(&mut map, &l.scope, now);
+            let w = *Self::window(map, &l.scope, now);
             let refuse = |what, limit| LimitExceeded {
                 scope: l.scope.clone(),
                 what,
@@ -118,7 +141,7 @@ impl RateLimiter for InMemoryLimiter {
             }
         }
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            let w = Self::window(&mut map, &l.scope, now);
+            let w = Self::window(map, &l.scope, now);
             w.requests += 1;
             w.in_flight += 1;
             if let Some(rpm) = l.rpm {
@@ -141,12 +164,12 @@ impl RateLimiter for InMemoryLimiter {
         if scopes.iter().all(Limits::is_empty) {
             return;
         }
-        let mut map = self
+        let mut windows = self
             .windows
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         for l in scopes.iter().filter(|l| !l.is_empty()) {
-            let w = Self::window(&mut map, &l.scope, now);
+            let w = Self::window(&mut windows.by_scope, &l.scope, now);
             w.in_flight = w.in_flight.saturating_sub(1);
             w.tokens += tokens;
         }
@@ -219,5 +242,33 @@ mod tests {
         assert!(l.acquire(&s, 0).is_err());
         let key_only = &s[..1];
         assert_eq!(l.acquire(key_only, 0).unwrap().requests, Some((10, 8)));
+    }
+
+    #[test]
+    fn scopes_of_a_past_window_are_dropped_unless_in_flight() {
+        let l = InMemoryLimiter::default();
+        let scope = |name: &str| {
+            vec![Limits {
+                scope: name.into(),
+                rpm: Some(100),
+                tpm: None,
+                max_parallel: None,
+            }]
+        };
+        for i in 0..50 {
+            let s = scope(&format!("key:{i}"));
+            l.acquire(&s, 1_000).unwrap();
+            l.release(&s, 0, 1_000);
+        }
+        let busy = scope("key:busy");
+        l.acquire(&busy, 1_000).unwrap(); // still in flight in the next minute
+        let size = |l: &InMemoryLimiter| l.windows.lock().unwrap().by_scope.len();
+        assert_eq!(size(&l), 51);
+        l.acquire(&scope("key:new"), 61_000).unwrap();
+        assert_eq!(size(&l), 2, "the busy scope and the new one");
+        l.release(&busy, 10, 61_000);
+        // The one in flight was kept, so its release still counted (tokens, parallel).
+        let w = l.windows.lock().unwrap().by_scope["key:busy"];
+        assert_eq!((w.in_flight, w.tokens), (0, 10));
     }
 }

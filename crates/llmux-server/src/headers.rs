@@ -1,6 +1,6 @@
 //! Response headers: request id, the deployment and model group that answered (LiteLLM's
-//! `x-litellm-*` names and our `x-llmux-*` ones), the gateway's overhead, and upstream rate-limit
-//! headers passed through.
+//! `x-litellm-*` names and our `x-llmux-*` ones), the gateway's overhead, the response cost, and
+//! upstream rate-limit headers passed through.
 
 use std::time::Duration;
 
@@ -58,10 +58,8 @@ const X_RATELIMIT_REMAINING_TOKENS: HeaderName =
     HeaderName::from_static("x-ratelimit-remaining-tokens");
 const X_RATELIMIT_RESET_TOKENS: HeaderName = HeaderName::from_static("x-ratelimit-reset-tokens");
 pub(crate) const X_ACCEL_BUFFERING: HeaderName = HeaderName::from_static("x-accel-buffering");
-pub(crate) const X_LITELLM_RESPONSE_COST: HeaderName =
-    HeaderName::from_static("x-litellm-response-cost");
-pub(crate) const X_LLMUX_RESPONSE_COST: HeaderName =
-    HeaderName::from_static("x-llmux-response-cost");
+const X_LITELLM_RESPONSE_COST: HeaderName = HeaderName::from_static("x-litellm-response-cost");
+const X_LLMUX_RESPONSE_COST: HeaderName = HeaderName::from_static("x-llmux-response-cost");
 const X_LITELLM_CALL_ID: HeaderName = HeaderName::from_static("x-litellm-call-id");
 const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-model-group");
 const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
@@ -156,6 +154,12 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     let fallbacks = number(u64::from(meta.attempted_fallbacks));
     h.insert(X_LITELLM_FALLBACKS, fallbacks.clone());
     h.insert(X_LLMUX_FALLBACKS, fallbacks);
+    if let Some(cost) = meta.cost {
+        if let Ok(v) = HeaderValue::from_str(&cost.to_string()) {
+            h.insert(X_LITELLM_RESPONSE_COST, v.clone());
+            h.insert(X_LLMUX_RESPONSE_COST, v);
+        }
+    }
 }
 
 /// The caller's own rate-limit state (its key's, user's or team's tightest window), which

@@ -287,13 +287,6 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
     }
     headers::add_forwarded(h, std::mem::take(&mut meta.forwarded_headers));
     headers::add_gateway_headers(h, &meta, received_at.elapsed());
-    if let Some(cost) = meta.cost {
-        let text = format!("{cost}");
-        if let Ok(v) = HeaderValue::from_str(&text) {
-            h.insert(headers::X_LITELLM_RESPONSE_COST, v.clone());
-            h.insert(headers::X_LLMUX_RESPONSE_COST, v);
-        }
-    }
     out
 }
 
@@ -317,9 +310,9 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
     );
     headers::add_forwarded_text(h, &error.headers);
     if let Some(after) = error.retry_after {
-        if !h.contains_key("retry-after") {
+        if !h.contains_key(axum::http::header::RETRY_AFTER) {
             if let Ok(v) = HeaderValue::from_str(&after.as_secs().max(1).to_string()) {
-                h.insert("retry-after", v);
+                h.insert(axum::http::header::RETRY_AFTER, v);
             }
         }
     }

@@ -9,6 +9,11 @@ use std::sync::Mutex;
 
 const WINDOW_MS: i64 = 60_000;
 
+/// Start of the one-minute window `now` falls in.
+fn window_start(now: i64) -> i64 {
+    now - now.rem_euclid(WINDOW_MS)
+}
+
 /// The limits of one scope (`key:<hash>`, `user:<id>`, `team:<id>`, `key:<hash>:model:<m>`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limits {
@@ -76,7 +81,7 @@ impl Windows {
     /// they count nothing any more (a new window starts from zero), and without this every key,
     /// user, team and key-model pair ever seen would stay in the map until restart.
     fn sweep(&mut self, now: i64) {
-        let start = now - now.rem_euclid(WINDOW_MS);
+        let start = window_start(now);
         if start > self.swept_at {
             self.by_scope
                 .retain(|_, w| w.start == start || w.in_flight > 0);
@@ -88,7 +93,7 @@ impl Windows {
 impl InMemoryLimiter {
     /// The scope's counters, reset when a new window has begun.
     fn window<'m>(map: &'m mut HashMap<String, Window>, scope: &str, now: i64) -> &'m mut Window {
-        let start = now - now.rem_euclid(WINDOW_MS);
+        let start = window_start(now);
         let w = map.entry_ref(scope).or_default();
         if w.start != start {
             w.start = start;
@@ -101,7 +106,7 @@ impl InMemoryLimiter {
 
 impl RateLimiter for InMemoryLimiter {
     fn acquire(&self, scopes: &[Limits], now: i64) -> Result<Remaining, LimitExceeded> {
-        let reset_in_ms = WINDOW_MS - now.rem_euclid(WINDOW_MS);
+        let reset_in_ms = window_start(now) + WINDOW_MS - now;
         if scopes.iter().all(Limits::is_empty) {
             return Ok(Remaining {
                 reset_in_ms,

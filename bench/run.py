@@ -83,32 +83,37 @@ def rss_kib(pid):
     return 0
 
 
-def tree_rss_kib(pid):
-    """RSS of a process and its children (LiteLLM and nginx fork workers)."""
-    total = rss_kib(pid)
+def tree_pids(pid):
+    """A process and its descendants (LiteLLM and nginx fork workers)."""
+    pids = [pid]
     try:
         out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
         for child in out.split():
-            total += tree_rss_kib(int(child))
+            pids += tree_pids(int(child))
     except OSError:
         pass
-    return total
+    return pids
+
+
+def tree_rss_kib(pid):
+    """RSS of a process and its children."""
+    return sum(rss_kib(p) for p in tree_pids(pid))
+
+
+def cpu_seconds(pid):
+    """(user, kernel) CPU seconds used so far by a process, all its threads."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / ticks, int(fields[12]) / ticks
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0.0
 
 
 def tree_cpu_seconds(pid):
     """(user, kernel) CPU seconds used so far by a process, its threads and its children."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    user = kernel = 0.0
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        user, kernel = int(fields[11]) / ticks, int(fields[12]) / ticks
-        out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-        for child in out.split():
-            u, k = tree_cpu_seconds(int(child))
-            user, kernel = user + u, kernel + k
-    except (OSError, IndexError, ValueError):
-        pass
-    return user, kernel
+    times = [cpu_seconds(p) for p in tree_pids(pid)]
+    return sum(u for u, _ in times), sum(k for _, k in times)
 
 
 def ensure_tools():

@@ -133,14 +133,34 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
         Ok(b) => b,
         Err(e) => return error_response(&e, &request_id),
     };
-    let mut body = body;
     let mut hook = None;
     let mut remaining = None;
+    // With governance the body is parsed here, once: admission reads its facts and the core
+    // routes on the same parse. A key's model alias rewrites the body, which is parsed again.
+    let parsed;
+    let aliased;
+    let reparsed;
+    let mut input = None;
     if let (Some(gov), Some(principal)) = (&state.governance, &principal) {
-        let facts = match request_facts(&parts.headers, &mut body, principal) {
+        parsed = match llmux::ParsedBody::parse(&body) {
+            Ok(p) => p,
+            Err(e) => return error_response(&e, &request_id),
+        };
+        let (facts, rewritten) = match request_facts(&parts.headers, &parsed, principal) {
             Ok(f) => f,
             Err(e) => return error_response(&e, &request_id),
         };
+        input = Some(match rewritten {
+            None => &parsed,
+            Some(bytes) => {
+                aliased = bytes;
+                reparsed = match llmux::ParsedBody::parse(&aliased) {
+                    Ok(p) => p,
+                    Err(e) => return error_response(&e, &request_id),
+                };
+                &reparsed
+            }
+        });
         match gov
             .admit(principal, facts, &state.client, op.as_str())
             .await
@@ -162,7 +182,11 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
         tags: headers::tags(&parts.headers),
         hook,
     };
-    match state.client.execute(op, body, options).await {
+    let result = match input {
+        Some(parsed) => state.client.execute_parsed(op, parsed, options).await,
+        None => state.client.execute(op, body.clone(), options).await,
+    };
+    match result {
         Ok(response) => {
             let mut out = success_response(response, received_at);
             if let Some(r) = remaining {
@@ -174,19 +198,14 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
     }
 }
 
-/// What admission needs from the body; a key's model alias is applied here (the body's `model`
-/// is rewritten before routing).
+/// What admission needs from the body, and the body rewritten when the key aliases its `model`
+/// (the alias applies before routing).
 fn request_facts(
     headers: &axum::http::HeaderMap,
-    body: &mut Bytes,
+    body: &llmux::ParsedBody<'_>,
     principal: &Principal,
-) -> Result<RequestFacts, GatewayError> {
-    let request = llmux_types::RawObject::parse(body).map_err(|e| {
-        GatewayError::invalid_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-        .with_code("invalid_json")
-    })?;
+) -> Result<(RequestFacts, Option<Bytes>), GatewayError> {
+    let request = body.object();
     let model: String = request.decode("model").ok().flatten().ok_or_else(|| {
         GatewayError::invalid_request("you must provide a model parameter").with_param("model")
     })?;
@@ -213,7 +232,7 @@ fn request_facts(
     }
     tags.extend(headers::tags(headers));
     let facts = RequestFacts {
-        prompt_tokens_estimate: (body.len() as u64) / 4,
+        prompt_tokens_estimate: (body.bytes().len() as u64) / 4,
         max_output_tokens,
         end_user,
         tags,
@@ -221,13 +240,13 @@ fn request_facts(
     };
     if let Some(target) = Governance::alias(principal, &model) {
         let rewritten = Bytes::from(request.edit().set_str("model", &target).render());
-        *body = rewritten;
-        return Ok(RequestFacts {
+        let facts = RequestFacts {
             model: target,
             ..facts
-        });
+        };
+        return Ok((facts, Some(rewritten)));
     }
-    Ok(facts)
+    Ok((facts, None))
 }
 
 async fn read_body(

@@ -181,13 +181,40 @@ async fn expired_keys_and_aliases() {
         json!({"duration": "30s", "aliases": {"gpt-4": "cheap"}}),
     )
     .await;
-    let r = h.chat_as(&sk, "gpt-4").await;
+    let r = h
+        .post_as(
+            &sk,
+            "/v1/chat/completions",
+            &json!({"model": "gpt-4", "messages": [{"role": "user", "content": "hi"}], "x_extra": {"kept": [1, 2]}}),
+        )
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(
         r.headers()["x-llmux-model-group"],
         "cheap",
         "the key's alias routes gpt-4"
     );
+    let upstream = h.last_upstream_body();
+    assert_eq!(upstream["x_extra"], json!({"kept": [1, 2]}), "{upstream}");
+    assert_eq!(upstream["messages"][0]["content"], "hi", "{upstream}");
+    // The governed path parses the body itself: a body that is not a JSON object is the
+    // client's 400, as without governance.
+    for bad in [&b"{not json"[..], b"[1,2]", b""] {
+        let r = h
+            .http
+            .post(format!("{}/v1/chat/completions", h.url))
+            .bearer_auth(&sk)
+            .header("content-type", "application/json")
+            .body(bad.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        assert_eq!(
+            r.json::<Value>().await.unwrap()["error"]["code"],
+            "invalid_json"
+        );
+    }
     h.clock
         .fetch_add(31_000, std::sync::atomic::Ordering::SeqCst);
     let r = h.chat_as(&sk, "cheap").await;

@@ -131,11 +131,48 @@ impl Trace {
     }
 }
 
+/// A request body and its top-level members, parsed once: the server reads admission facts from
+/// the same parse the core routes on (a second parse validated every byte of the body again).
+/// Only [`ParsedBody::parse`] makes one, so the members always belong to the bytes.
+#[derive(Debug)]
+pub struct ParsedBody<'a> {
+    bytes: &'a Bytes,
+    object: RawObject<'a>,
+}
+
+impl<'a> ParsedBody<'a> {
+    /// Parse `bytes` as a JSON object; an `invalid_json` error otherwise.
+    pub fn parse(bytes: &'a Bytes) -> Result<Self, GatewayError> {
+        let object = RawObject::parse(bytes).map_err(|e| {
+            GatewayError::invalid_request(format!(
+                "We could not parse the JSON body of your request: {e}"
+            ))
+            .with_code("invalid_json")
+        })?;
+        Ok(ParsedBody { bytes, object })
+    }
+
+    pub fn object(&self) -> &RawObject<'a> {
+        &self.object
+    }
+
+    pub fn bytes(&self) -> &Bytes {
+        self.bytes
+    }
+}
+
+/// A body to run: raw bytes (parsed inside, so a parse failure is logged like any other), or
+/// one the caller already parsed.
+pub(crate) enum Input<'a> {
+    Raw(Bytes),
+    Parsed(&'a ParsedBody<'a>),
+}
+
 pub(crate) async fn execute(
     logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
     op: Operation,
-    body: Bytes,
+    body: Input<'_>,
     options: RequestOptions,
 ) -> Result<GatewayResponse, GatewayError> {
     let mut trace = Trace {
@@ -152,7 +189,13 @@ pub(crate) async fn execute(
         pricing: Arc::clone(&snapshot.pricing),
         hook: options.hook.clone(),
     };
-    let result = execute_traced(logs, snapshot, body, &mut trace, &options).await;
+    let result = match body {
+        Input::Parsed(parsed) => execute_traced(logs, snapshot, parsed, &mut trace, &options).await,
+        Input::Raw(bytes) => match ParsedBody::parse(&bytes) {
+            Ok(parsed) => execute_traced(logs, snapshot, &parsed, &mut trace, &options).await,
+            Err(e) => Err(e),
+        },
+    };
     if let (Err(e), true) = (&result, trace.wanted(logs)) {
         trace.emit(
             logs,
@@ -172,20 +215,15 @@ pub(crate) async fn execute(
 async fn execute_traced(
     logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
-    body: Bytes,
+    body: &ParsedBody<'_>,
     trace: &mut Trace,
     options: &RequestOptions,
 ) -> Result<GatewayResponse, GatewayError> {
     let op = trace.op;
-    let request = RawObject::parse(&body).map_err(|e| {
-        GatewayError::invalid_request(format!(
-            "We could not parse the JSON body of your request: {e}"
-        ))
-        .with_code("invalid_json")
-    })?;
-    let model = requested_model(&request)?;
+    let request = body.object();
+    let model = requested_model(request)?;
     trace.requested_model.clone_from(&model);
-    validate_fields(op, &request)?;
+    validate_fields(op, request)?;
     let stream = match op {
         Operation::Embeddings | Operation::Rerank => false,
         Operation::Chat | Operation::Completions => request
@@ -196,7 +234,7 @@ async fn execute_traced(
             .unwrap_or(false),
     };
     trace.stream = stream;
-    let controls = Controls::read(&request, options)?;
+    let controls = Controls::read(request, options)?;
 
     let router = &snapshot.router;
     let settings = router.settings();
@@ -210,8 +248,8 @@ async fn execute_traced(
         logs,
         op,
         stream,
-        request: &request,
-        body: body.clone(),
+        request,
+        body: body.bytes().clone(),
         controls: &controls,
         trace,
         retries: 0,

@@ -36,7 +36,7 @@ use arc_swap::ArcSwap;
 use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
 use llmux_router::{InMemoryStats, Router, StatsStore};
 
-pub use execute::{GatewayResponse, ResponseBody, ResponseMeta};
+pub use execute::{GatewayResponse, ParsedBody, ResponseBody, ResponseMeta};
 pub use llmux_config as config;
 pub use llmux_providers::Operation;
 pub use llmux_types as types;
@@ -270,7 +270,21 @@ impl Client {
         options: RequestOptions,
     ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = self.snapshot();
-        execute::execute(&self.inner.logs, snapshot, op, body, options).await
+        let input = execute::Input::Raw(body);
+        execute::execute(&self.inner.logs, snapshot, op, input, options).await
+    }
+
+    /// [`Client::execute`] for a body the caller has already parsed (to read fields of its own
+    /// first): the body is not parsed a second time.
+    pub async fn execute_parsed(
+        &self,
+        op: Operation,
+        body: &ParsedBody<'_>,
+        options: RequestOptions,
+    ) -> Result<GatewayResponse, GatewayError> {
+        let snapshot = self.snapshot();
+        let input = execute::Input::Parsed(body);
+        execute::execute(&self.inner.logs, snapshot, op, input, options).await
     }
 
     /// Every finished request's log record, for sinks and tests. Records are dropped for a

@@ -244,3 +244,50 @@ router_settings: {routing_strategy: cost-based-routing}
         );
     }
 }
+
+/// A body the caller parsed runs like the raw bytes; the parse error is the same `invalid_json`.
+#[tokio::test]
+async fn a_parsed_body_runs_like_the_raw_one() {
+    let client = Client::from_yaml(
+        "model_list: [{model_name: m, litellm_params: {model: mock/m, mock_response: pong}}]",
+    )
+    .unwrap();
+    let bytes = bytes::Bytes::from_static(
+        br#"{"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}"#,
+    );
+    let parsed = llmux::ParsedBody::parse(&bytes).unwrap();
+    assert_eq!(
+        parsed.object().decode::<u64>("max_tokens").unwrap(),
+        Some(3)
+    );
+    let from_parsed = client
+        .execute_parsed(
+            llmux::Operation::Chat,
+            &parsed,
+            llmux::RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    let from_raw = client
+        .execute(
+            llmux::Operation::Chat,
+            bytes.clone(),
+            llmux::RequestOptions::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(from_parsed.meta.model_group, "m");
+    assert_eq!(from_parsed.meta.model_group, from_raw.meta.model_group);
+    let text = |r: llmux::GatewayResponse| match r.body {
+        llmux::ResponseBody::Json(b) => serde_json::from_slice::<serde_json::Value>(&b).unwrap()
+            ["choices"][0]["message"]["content"]
+            .clone(),
+        llmux::ResponseBody::Stream(_) => panic!("asked for JSON"),
+    };
+    assert_eq!(text(from_parsed), "pong");
+    assert_eq!(text(from_raw), "pong");
+    let bad = bytes::Bytes::from_static(b"[1]");
+    let e = llmux::ParsedBody::parse(&bad).unwrap_err();
+    assert_eq!(e.status, 400);
+    assert_eq!(e.envelope().error.code.as_deref(), Some("invalid_json"));
+}

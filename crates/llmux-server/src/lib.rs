@@ -30,9 +30,13 @@ pub use auth::constant_time_key_eq;
 use governance::keys::Principal;
 use governance::{Governance, RequestFacts};
 
-/// Shared state of the HTTP app.
+/// Shared state of the HTTP app: one `Arc`, because axum clones the state for every request
+/// (four reference counts up and down per request when it was four fields).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<SharedState>);
+
+/// What [`AppState`] holds.
+pub struct SharedState {
     pub client: Client,
     /// Set when a graceful stop begins: readiness turns 503 so balancers drain us.
     pub draining: Arc<AtomicBool>,
@@ -42,24 +46,36 @@ pub struct AppState {
     pub base_config: Arc<llmux_config::Config>,
 }
 
+impl std::ops::Deref for AppState {
+    type Target = SharedState;
+    fn deref(&self) -> &SharedState {
+        &self.0
+    }
+}
+
 impl AppState {
     pub fn new(client: Client) -> Self {
         let base_config = Arc::new(client.snapshot().config.clone());
-        AppState {
+        AppState(Arc::new(SharedState {
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
             base_config,
-        }
+        }))
     }
 
     /// With governance, and the database's models applied.
-    pub async fn with_governance(mut self, governance: Arc<Governance>) -> Result<Self, String> {
-        self.governance = Some(governance);
-        models::apply_db_models(&self)
+    pub async fn with_governance(self, governance: Arc<Governance>) -> Result<Self, String> {
+        let state = AppState(Arc::new(SharedState {
+            client: self.client.clone(),
+            draining: Arc::clone(&self.draining),
+            governance: Some(governance),
+            base_config: Arc::clone(&self.base_config),
+        }));
+        models::apply_db_models(&state)
             .await
             .map_err(|e| e.message().to_owned())?;
-        Ok(self)
+        Ok(state)
     }
 }
 

@@ -1,12 +1,15 @@
 //! The OpenAI-compatible adapter: forwards the client's body with `model` rewritten (no full
 //! re-encode), relays responses and stream events as bytes, and reads only usage and errors.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::raw::write_json_string;
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
+use memchr::memmem::Finder;
 
 use crate::registry::{ProviderSpec, UrlStyle};
 
@@ -340,6 +343,11 @@ pub enum StreamEvent {
     KeepAlive,
 }
 
+// Built once: `memmem::find` builds its searcher on every call, which cost more than the
+// search itself on a chunk of a few hundred bytes (two calls per streamed event).
+static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+
 /// Classify one complete SSE event from an OpenAI-compatible upstream.
 pub fn inspect_event(event: &[u8]) -> StreamEvent {
     let fields = sse::parse_fields(event);
@@ -352,8 +360,8 @@ pub fn inspect_event(event: &[u8]) -> StreamEvent {
         return StreamEvent::Done;
     }
     let named_error = fields.event == Some(b"error".as_slice());
-    let may_have_error = named_error || memchr::memmem::find(data, b"\"error\"").is_some();
-    let may_have_usage = memchr::memmem::find(data, b"\"usage\"").is_some();
+    let may_have_error = named_error || ERROR_KEY.find(data).is_some();
+    let may_have_usage = USAGE_KEY.find(data).is_some();
     if !may_have_error && !may_have_usage {
         return StreamEvent::Data { usage: None };
     }

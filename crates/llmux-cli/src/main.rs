@@ -166,6 +166,7 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         tracing::warn!(path = %d.path, "{}", d.message);
     }
     let drain_timeout = loaded.config.drain_timeout;
+    let header_timeout = loaded.config.client_header_timeout;
     let config = loaded.config.clone();
     let (client, diags) = llmux::Client::new(loaded.config).map_err(|e| {
         print_diagnostics(&e.0);
@@ -219,18 +220,14 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         draining.store(true, Ordering::Relaxed);
         let _ = stop_tx.send(true);
     });
-    // Stream chunks must leave as soon as they are written: no Nagle delay on client sockets.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+    let server = llmux_server::serve(listener, app, header_timeout, shutdown);
     let mut stop_rx = stop_rx;
     let drain_deadline = async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
         tokio::time::sleep(drain_timeout).await;
     };
     tokio::select! {
-        result = server => result.map_err(|e| format!("server error: {e}"))?,
+        () = server => {}
         () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
     if let Some(gov) = governance {

@@ -157,6 +157,10 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// `llmux_settings.connect_timeout`: TCP + TLS connect limit for upstreams.
     pub connect_timeout: Duration,
+    /// `llmux_settings.client_header_timeout`: how long a client connection may take to send a
+    /// request's headers, counted from when the gateway starts waiting for them (so an idle
+    /// keep-alive connection is closed after it too).
+    pub client_header_timeout: Duration,
     /// `router_settings`, with the router keys LiteLLM also reads from `litellm_settings`.
     pub router: RouterSettings,
     /// Variables from `environment_variables:`, overlaid on the process environment.
@@ -187,6 +191,7 @@ impl Default for Config {
             request_timeout: Duration::from_secs(600),
             max_request_body_bytes: 32 * 1024 * 1024,
             drain_timeout: Duration::from_secs(30),
+            client_header_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
             database_url: None,
             database_path: "llmux.db".to_owned(),

@@ -83,6 +83,8 @@ pub(crate) struct RawLlmuxSettings {
     pub drain_timeout: Option<f64>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub connect_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub client_header_timeout: Option<f64>,
     #[serde(default)]
     pub database_path: Option<String>,
     #[serde(default)]

@@ -751,6 +751,13 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         if let Some(t) = seconds(raw.connect_timeout, "llmux_settings.connect_timeout", diags) {
             config.connect_timeout = t;
         }
+        if let Some(t) = seconds(
+            raw.client_header_timeout,
+            "llmux_settings.client_header_timeout",
+            diags,
+        ) {
+            config.client_header_timeout = t;
+        }
         if let Some(p) = raw.database_path.filter(|p| !p.is_empty()) {
             config.database_path = p;
         }

@@ -153,7 +153,7 @@ model_list:
 litellm_settings: {drop_params: false, mystery: 2}
 general_settings: {master_key: sk-1}
 mystery_section: {}
-llmux_settings: {drain_timeout: 5, nope: 1}
+llmux_settings: {drain_timeout: 5, client_header_timeout: 2.5, nope: 1}
 "#;
     let mut loaded = load_str(text, &env(&[])).unwrap();
     let paths: Vec<_> = loaded.diagnostics.iter().map(|d| d.path.clone()).collect();
@@ -169,6 +169,10 @@ llmux_settings: {drain_timeout: 5, nope: 1}
         );
     }
     assert_eq!(loaded.config.drain_timeout, Duration::from_secs(5));
+    assert_eq!(
+        loaded.config.client_header_timeout,
+        Duration::from_millis(2500)
+    );
     llmux_config::strict(&mut loaded.diagnostics);
     assert!(loaded.diagnostics.iter().all(Diagnostic::is_error));
 }

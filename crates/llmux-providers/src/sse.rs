@@ -238,7 +238,16 @@ mod tests {
     }
 
     const LINE_PIECES: &[&[u8]] = &[
-        b"data", b"event", b":", b": ", b"\n", b"\r\n", b"\r", b"x", b"{\"a\":1}", b"id",
+        b"data",
+        b"event",
+        b":",
+        b": ",
+        b"\n",
+        b"\r\n",
+        b"\r",
+        b"x",
+        b"{\"a\":1}",
+        b"id",
     ];
 
     /// `parse_fields` as first written: `split` with a per-byte closure.

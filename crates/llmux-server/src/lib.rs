@@ -7,6 +7,9 @@ pub mod governance;
 mod headers;
 mod metrics;
 mod models;
+mod serve;
+
+pub use serve::serve;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, Ordering};

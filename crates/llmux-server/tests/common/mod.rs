@@ -30,6 +30,20 @@ async fn spawn(router: axum::Router) -> String {
     format!("http://{addr}")
 }
 
+/// The gateway's app served as the binary serves it (`llmux_server::serve`).
+async fn spawn_gateway(router: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let timeout = std::time::Duration::from_secs(30);
+    tokio::spawn(llmux_server::serve(
+        listener,
+        router,
+        timeout,
+        std::future::pending(),
+    ));
+    format!("http://{addr}")
+}
+
 /// Start the mock and a gateway whose config is `yaml` with `{mock}` replaced by the mock's
 /// `/v1` base URL and `{mock_root}` by its root URL.
 pub async fn start(yaml: &str) -> Harness {
@@ -43,7 +57,7 @@ pub async fn start(yaml: &str) -> Harness {
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
     let (client, _) =
         llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
-    let url = spawn(build_router(AppState::new(client.clone()))).await;
+    let url = spawn_gateway(build_router(AppState::new(client.clone()))).await;
     Harness {
         url,
         gov: None,
@@ -200,7 +214,7 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
         .with_governance(Arc::clone(&gov))
         .await
         .unwrap();
-    let url = spawn(build_router(state)).await;
+    let url = spawn_gateway(build_router(state)).await;
     Harness {
         url,
         gov: Some(gov),

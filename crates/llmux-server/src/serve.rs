@@ -1,0 +1,82 @@
+//! Accepting client connections: HTTP/1.1 and h2c on one listener, no Nagle delay, a deadline
+//! for each request's headers, and a graceful drain on shutdown.
+//!
+//! Written over hyper-util instead of `axum::serve` because that sets no timer on hyper's
+//! connection builder, so a client could hold a connection (and its file descriptor) forever by
+//! sending headers a byte at a time, or by never sending the next request on a keep-alive
+//! connection.
+
+use std::future::Future;
+use std::time::Duration;
+
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+
+/// Serve `app` on `listener` until `shutdown` completes, then stop accepting, let open
+/// connections finish their requests (idle ones close at once), and return when all are closed.
+///
+/// `header_timeout` bounds how long a connection may take to deliver a request's headers,
+/// counted from when the server starts waiting for them: an idle keep-alive connection is
+/// closed after it too (hyper's `header_read_timeout`).
+pub async fn serve(
+    listener: TcpListener,
+    app: Router,
+    header_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_timeout);
+    // HTTP/2 over cleartext: the CONNECT protocol as axum enables it (WebSockets over h2).
+    builder.http2().enable_connect_protocol();
+    let graceful = GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        let tcp = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _peer)) => tcp,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        // Stream chunks must leave as soon as they are written.
+        let _ = tcp.set_nodelay(true);
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(tcp),
+                TowerToHyperService::new(app.clone()),
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "client connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+/// A failed accept: a connection reset before it was taken is nothing; anything else (out of
+/// file descriptors, above all) is logged and accepting pauses for a second instead of spinning.
+async fn accept_failed(e: std::io::Error) {
+    use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        e.kind(),
+        ConnectionAborted | ConnectionRefused | ConnectionReset
+    ) {
+        return;
+    }
+    tracing::error!(error = %e, "accepting a connection failed; retrying in 1 s");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+}

@@ -33,6 +33,10 @@ use writer::SpendWriter;
 /// this instance invalidate at once; this bounds how stale another instance's changes can be).
 const LOOKUP_TTL: Duration = Duration::from_secs(5);
 
+/// One object cache (see `Governance::objects`); `KINDS` is the number of `Kind`s.
+type ObjectCache = moka::sync::Cache<String, Option<Arc<Object>>, foldhash::fast::RandomState>;
+const KINDS: usize = 7;
+
 /// One database read of an object, shared by the lookups that wait for it.
 type Lookup = tokio::sync::OnceCell<Option<Arc<Object>>>;
 
@@ -49,7 +53,10 @@ pub struct Governance {
     pub writer: SpendWriter,
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
-    objects: moka::sync::Cache<(Kind, String), Option<Arc<Object>>>,
+    /// Objects by id, one cache per kind: a lookup borrows the id (a `(Kind, String)` key had
+    /// to be allocated for every lookup, hit or miss), hashed with foldhash (moka's default
+    /// SipHash cost more than the lookup's other work).
+    objects: [ObjectCache; KINDS],
     /// Lookups reading the database right now: concurrent misses for one object (a burst of
     /// requests with one key when its entry has expired) share one read instead of queueing one
     /// each on the pool.
@@ -134,10 +141,12 @@ impl Governance {
             limiter: Arc::new(InMemoryLimiter::default()),
             writer,
             master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
-            objects: moka::sync::Cache::builder()
-                .max_capacity(100_000)
-                .time_to_live(LOOKUP_TTL)
-                .build(),
+            objects: std::array::from_fn(|_| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(LOOKUP_TTL)
+                    .build_with_hasher(foldhash::fast::RandomState::default())
+            }),
             loading: Mutex::default(),
             lookups: std::sync::atomic::AtomicU64::new(0),
             clock,
@@ -158,10 +167,10 @@ impl Governance {
 
     /// An object, through the short-lived cache.
     pub async fn object(&self, kind: Kind, id: &str) -> Result<Option<Arc<Object>>, GatewayError> {
-        let cache_key = (kind, id.to_owned());
-        if let Some(hit) = self.objects.get(&cache_key) {
+        if let Some(hit) = self.cache(kind).get(id) {
             return Ok(hit);
         }
+        let cache_key = (kind, id.to_owned());
         let load = Arc::clone(
             self.loading
                 .lock()
@@ -195,7 +204,7 @@ impl Governance {
         {
             loading.remove(&cache_key);
             if let Ok(found) = &found {
-                self.objects.insert(cache_key, found.clone());
+                self.cache(kind).insert(cache_key.1, found.clone());
             }
         }
         found
@@ -214,7 +223,20 @@ impl Governance {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .remove(&key);
-        self.objects.invalidate(&key);
+        self.cache(kind).invalidate(id);
+    }
+
+    fn cache(&self, kind: Kind) -> &ObjectCache {
+        let slot = match kind {
+            Kind::Key => 0,
+            Kind::User => 1,
+            Kind::Team => 2,
+            Kind::Organization => 3,
+            Kind::Customer => 4,
+            Kind::Budget => 5,
+            Kind::Model => 6,
+        };
+        &self.objects[slot]
     }
 
     /// Who is calling: the master key, or a virtual key that is not blocked or expired and whose
@@ -703,22 +725,35 @@ fn limit_error(e: &LimitExceeded) -> GatewayError {
 fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
     let num = |o: &Object, f: &str| o.data.get(f).and_then(Value::as_u64);
     let mut scopes = Vec::new();
+    // Names concatenated directly: `format!` cost more than the limiter's own work.
+    let name = |parts: &[&str]| {
+        let mut name = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+        parts.iter().for_each(|p| name.push_str(p));
+        name
+    };
     let mut push = |o: &Object, prefix: &str| {
-        scopes.push(Limits {
-            scope: format!("{prefix}:{}", o.id),
+        let limits = Limits {
+            scope: String::new(),
             rpm: num(o, "rpm_limit"),
             tpm: num(o, "tpm_limit"),
             max_parallel: num(o, "max_parallel_requests"),
-        });
+        };
+        // A scope without limits is not named (nor counted).
+        if !limits.is_empty() {
+            scopes.push(Limits {
+                scope: name(&[prefix, &o.id]),
+                ..limits
+            });
+        }
     };
     if let Some(k) = &p.key {
-        push(k, "key");
+        push(k, "key:");
     }
     if let Some(u) = &p.user {
-        push(u, "user");
+        push(u, "user:");
     }
     if let Some(t) = &p.team {
-        push(t, "team");
+        push(t, "team:");
     }
     if let Some(k) = &p.key {
         let per_model = |f: &str| {
@@ -730,14 +765,13 @@ fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
         let (rpm, tpm) = (per_model("model_rpm_limit"), per_model("model_tpm_limit"));
         if rpm.is_some() || tpm.is_some() {
             scopes.push(Limits {
-                scope: format!("key:{}:model:{model}", k.id),
+                scope: name(&["key:", &k.id, ":model:", model]),
                 rpm,
                 tpm,
                 max_parallel: None,
             });
         }
     }
-    scopes.retain(|l| !l.is_empty());
     scopes
 }
 

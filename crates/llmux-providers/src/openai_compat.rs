@@ -365,6 +365,12 @@ pub fn inspect_event(event: &[u8]) -> StreamEvent {
     if !may_have_error && !may_have_usage {
         return StreamEvent::Data { usage: None };
     }
+    if !may_have_error {
+        // The usage chunk: its member found as in a JSON body, without a full parse.
+        return StreamEvent::Data {
+            usage: extract_usage(trimmed),
+        };
+    }
     let Ok(object) = RawObject::parse(trimmed) else {
         if named_error {
             return StreamEvent::Error(GatewayError::new(

@@ -908,4 +908,44 @@ mod tests {
         assert!(missing.await.iter().all(|r| matches!(r, Ok(None))));
         assert_eq!(gov.lookups(), 3);
     }
+
+    /// Each kind has its own cache: one id under every kind is seven objects, and invalidating
+    /// one leaves the others cached.
+    #[tokio::test]
+    async fn objects_of_different_kinds_with_one_id_are_cached_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&llmux_store::testing::sqlite_url(dir.path()))
+            .await
+            .unwrap();
+        let kinds = [
+            Kind::Key,
+            Kind::User,
+            Kind::Team,
+            Kind::Organization,
+            Kind::Customer,
+            Kind::Budget,
+            Kind::Model,
+        ];
+        for kind in kinds {
+            let mut data = serde_json::Map::new();
+            data.insert("label".into(), kind.as_str().into());
+            store
+                .insert(&Object::new(kind, "same", data))
+                .await
+                .unwrap();
+        }
+        let gov = Governance::with_store(store, &Config::default(), Arc::new(|| 0));
+        for _ in 0..2 {
+            for kind in kinds {
+                let o = gov.object(kind, "same").await.unwrap().unwrap();
+                assert_eq!((o.kind, &o.data["label"]), (kind, &kind.as_str().into()));
+            }
+        }
+        assert_eq!(gov.lookups(), 7, "one read per kind, then cached");
+        gov.invalidate(Kind::Team, "same");
+        for kind in kinds {
+            gov.object(kind, "same").await.unwrap().unwrap();
+        }
+        assert_eq!(gov.lookups(), 8, "only the team was read again");
+    }
 }

@@ -47,6 +47,35 @@ async fn read_to_close(tcp: &mut TcpStream, limit: Duration) -> (Vec<u8>, Option
     }
 }
 
+/// One whole response (its head, then `content-length` bytes of body), within 5 s.
+async fn read_response(tcp: &mut TcpStream) -> String {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(head_end) = text.find("\r\n\r\n") {
+                let length = text[..head_end]
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().parse::<usize>().unwrap())
+                    })
+                    .expect("a content-length");
+                if got.len() >= head_end + 4 + length {
+                    return text;
+                }
+            }
+            let n = tcp.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed mid-response: {text}");
+            got.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .expect("a response within 5 s")
+}
+
 const CHAT: &str = r#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
 
 fn chat_request() -> String {
@@ -91,14 +120,9 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     // Requests 250 ms apart (each under the limit) are all served on one connection.
     for _ in 0..3 {
         tcp.write_all(chat_request().as_bytes()).await.unwrap();
-        let mut buf = vec![0u8; 8192];
-        let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        let head = String::from_utf8_lossy(&buf[..n]);
-        assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-        assert!(head.contains("pong"), "{head}");
+        let response = read_response(&mut tcp).await;
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains("pong"), "{response}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let idle_from = Instant::now();
@@ -121,13 +145,8 @@ async fn headers_sent_slowly_within_the_limit_are_served() {
     tcp.write_all(first.as_bytes()).await.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
     tcp.write_all(rest.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 8192];
-    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let head = String::from_utf8_lossy(&buf[..n]);
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let response = read_response(&mut tcp).await;
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 #[tokio::test]
@@ -136,9 +155,7 @@ async fn shutdown_stops_accepting_and_returns_once_connections_close() {
     // An idle keep-alive connection does not hold the shutdown up.
     let mut idle = TcpStream::connect(addr).await.unwrap();
     idle.write_all(chat_request().as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 8192];
-    let n = idle.read(&mut buf).await.unwrap();
-    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut idle).await.starts_with("HTTP/1.1 200"));
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(5), server)
         .await

@@ -1,17 +1,19 @@
-//! Accepting client connections: HTTP/1.1 and h2c on one listener, no Nagle delay, a deadline
-//! for each request's headers, and a graceful drain on shutdown.
+//! Accepting client connections: HTTP/1.1, no Nagle delay, a deadline for each request's
+//! headers, and a graceful drain on shutdown.
 //!
-//! Written over hyper-util instead of `axum::serve` because that sets no timer on hyper's
-//! connection builder, so a client could hold a connection (and its file descriptor) forever by
-//! sending headers a byte at a time, or by never sending the next request on a keep-alive
-//! connection.
+//! Written over hyper instead of `axum::serve` because that sets no timer on hyper's connection
+//! builder, so a client could hold a connection (and its file descriptor) forever by sending
+//! nothing, by sending headers a byte at a time, or by never sending the next request on a
+//! keep-alive connection. HTTP/1.1 only: `axum::serve` also took cleartext HTTP/2 (h2c), whose
+//! version sniffing waits for the first bytes with no deadline and whose idle connections hyper
+//! never closes; LiteLLM's server (uvicorn) speaks HTTP/1.1 only too.
 
 use std::future::Future;
 use std::time::Duration;
 
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto::Builder;
+use hyper::server::conn::http1;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
@@ -28,13 +30,10 @@ pub async fn serve(
     header_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = Builder::new(TokioExecutor::new());
+    let mut builder = http1::Builder::new();
     builder
-        .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(header_timeout);
-    // HTTP/2 over cleartext: the CONNECT protocol as axum enables it (WebSockets over h2).
-    builder.http2().enable_connect_protocol();
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {
@@ -50,12 +49,8 @@ pub async fn serve(
         };
         // Stream chunks must leave as soon as they are written.
         let _ = tcp.set_nodelay(true);
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(tcp),
-                TowerToHyperService::new(app.clone()),
-            )
-            .into_owned();
+        let connection =
+            builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

@@ -1,6 +1,6 @@
-//! Client connections as `llmux_server::serve` handles them: a client that sends its headers
-//! too slowly, or keeps a connection idle, is disconnected; a slow one within the limit is
-//! served; shutdown closes idle connections and stops accepting.
+//! Client connections as `llmux_server::serve` handles them: a client that sends nothing, sends
+//! its headers too slowly, or keeps a connection idle, is disconnected; a slow one within the
+//! limit is served; shutdown closes idle connections and stops accepting.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -167,4 +167,14 @@ async fn shutdown_stops_accepting_and_returns_once_connections_close() {
         TcpStream::connect(addr).await.is_err(),
         "no longer accepting"
     );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_cut_off_at_the_timeout() {
+    let (addr, _stop, _server) = gateway(Duration::from_millis(300)).await;
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let started = Instant::now();
+    let (_, closed) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+    let closed = closed.expect("the gateway closed the silent connection");
+    assert!(closed - started >= Duration::from_millis(250));
 }

@@ -41,8 +41,8 @@ enum Transport {
 #[derive(Debug, Clone)]
 pub(crate) struct HttpClient {
     transport: Transport,
-    /// Parsed upstream URLs: a deployment's few URLs never change, parsing them per request would.
-    /// Parsed upstream URLs with their `Host` header, per URL text.
+    /// Parsed upstream URLs with their `Host` header, per URL text: a deployment's few URLs
+    /// never change, parsing them per request would.
     uris: Arc<RwLock<foldhash::HashMap<String, Target>>>,
     /// Minted tokens, shared by every client of the pool.
     credentials: Arc<Credentials>,

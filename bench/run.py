@@ -1,12 +1,12 @@
 #!/usr/bin/env python3
-"""llmux side-by-side benchmark: direct mock vs nginx reverse proxy vs llmux (vs LiteLLM when
+"""llmux side-by-side benchmark: direct mock vs nginx reverse proxy vs a bare hyper proxy vs llmux (vs LiteLLM when
 installed), on one machine, in one run.
 
-Pinning: the process under test (nginx, llmux, LiteLLM) runs alone on core 0; the mock upstream
+Pinning: the process under test (nginx, hyper, llmux, LiteLLM) runs alone on core 0; the mock upstream
 and the load generator (oha) share core 1, so every contender gets the same CPU.
 
 Usage:
-    python3 bench/run.py            # full run (about 10 minutes), updates bench/BENCHMARKS.md
+    python3 bench/run.py            # full run (about 20 minutes), updates bench/BENCHMARKS.md
     python3 bench/run.py --quick    # smoke test (about 30 s): checks the harness works and that
                                     # llmux is within a generous factor of nginx (>= 0.3x)
 
@@ -41,6 +41,14 @@ CONTENDER_CORE = "0"
 LOAD_CORE = "1"
 CONNECTIONS = 64
 MASTER_KEY = "sk-bench-master"
+
+# The proxies measured at fixed rates and plotted (LiteLLM is two orders of magnitude away).
+# `hyper` is `llmux-bare-proxy`: hyper's server and pooled client on the runtime llmux uses, with
+# nothing else, so the cost of the Rust stack without llmux. It forwards each upstream chunk as
+# its own write, which makes it a slow streamer (llmux batches events): it joins the fixed-rate
+# runs for chat only, where at llmux's rates it would be past its own maximum.
+PROXIES = ("nginx", "hyper", "llmux")
+FIXED_RATE_PROXIES = {"chat": PROXIES, "stream": ("nginx", "llmux")}
 
 CHAT_BODY = {"model": "bench", "messages": [{"role": "user", "content": "Hello! How are you today?"}], "max_tokens": 20}
 STREAM_BODY = dict(CHAT_BODY, stream=True)
@@ -137,7 +145,8 @@ def ensure_tools():
 def build():
     log("building release binaries")
     run(["cargo", "build", "--release", "-p", "llmux-cli", "-p", "llmux-mock"], cwd=ROOT)
-    return TARGET / "release" / "llmux", TARGET / "release" / "llmux-mock"
+    release = TARGET / "release"
+    return release / "llmux", release / "llmux-mock", release / "llmux-bare-proxy"
 
 
 def set_mock_defaults(mock_url, knobs):
@@ -282,26 +291,27 @@ def ready_time_ms(llmux, config_path, samples):
     return times[len(times) // 2]
 
 
-def callgrind_instructions(llmux, config_path, body, requests, key):
-    """User-space instructions per request of llmux under callgrind (stable on a noisy machine)."""
+def callgrind_instructions(cmd, ready_url, url, body, requests, headers=(), env=None):
+    """User-space instructions per request of a server under callgrind (stable on a noisy
+    machine): `cmd` started under valgrind on the contender's core, warmed up, then the counters
+    zeroed around `requests` requests from 4 connections."""
     if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
         return None
-    port = free_port()
     out_dir = Path(tempfile.mkdtemp())
     p = subprocess.Popen(["taskset", "-c", CONTENDER_CORE, "valgrind", "--tool=callgrind", f"--callgrind-out-file={out_dir}/cg.out",
-                          str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--config", str(config_path)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ, LLMUX_LOG="info"))
+                          *cmd], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     try:
-        wait_http(f"http://127.0.0.1:{port}/health/readiness", timeout=120)
-        url = f"http://127.0.0.1:{port}/v1/chat/completions"
-        hdr = ["-H", f"authorization: Bearer {key}"]
+        wait_http(ready_url, timeout=120)
         base = ["taskset", "-c", LOAD_CORE, "oha", "--no-tui", "--output-format", "json", "-c", "4", "-m", "POST",
-                "-H", "content-type: application/json", *hdr, "-d", json.dumps(body)]
+                "-H", "content-type: application/json", "-d", json.dumps(body)]
+        for h in headers:
+            base += ["-H", h]
         subprocess.run(base + ["-n", "200", url], check=True, capture_output=True)  # warm up pools and caches
         run(["callgrind_control", "-z", str(p.pid)], capture_output=True)
         subprocess.run(base + ["-n", str(requests), url], check=True, capture_output=True)
-        # The spend writer flushes at least every 200 ms, and under valgrind the request thread
-        # keeps it off the CPU while the load runs: give it time to write these requests' spend.
+        # llmux's spend writer flushes at least every 200 ms, and under valgrind the request
+        # thread keeps it off the CPU while the load runs: give it time to write these requests'
+        # spend, so the count includes it.
         time.sleep(2)
         run(["callgrind_control", "-d", str(p.pid)], capture_output=True)
         time.sleep(1)
@@ -319,6 +329,33 @@ def callgrind_instructions(llmux, config_path, body, requests, key):
         except subprocess.TimeoutExpired:
             p.kill()
         shutil.rmtree(out_dir, ignore_errors=True)
+
+
+def instructions(llmux, bare_proxy, llmux_config, work, mock_url, mock_port, key):
+    """Instructions per request, chat and 20-chunk stream, for llmux (the harness's full path), the
+    bare hyper proxy, and nginx (one process, `master_process off`, so valgrind sees the worker)."""
+    counts = {}
+    for scenario, body, knobs, requests in (("chat", CHAT_BODY, {}, 2000), ("stream", STREAM_BODY, {"chunks": 20}, 500)):
+        set_mock_defaults(mock_url, knobs)
+        port = free_port()
+        llmux_cmd = [str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--config", str(llmux_config)]
+        got = {"llmux": callgrind_instructions(llmux_cmd, f"http://127.0.0.1:{port}/health/readiness",
+                                               f"http://127.0.0.1:{port}/v1/chat/completions", body, requests,
+                                               [f"authorization: Bearer {key}"], dict(os.environ, LLMUX_LOG="info"))}
+        port = free_port()
+        conf = work / f"nginx-callgrind-{scenario}.conf"
+        conf.write_text("master_process off;\n" + NGINX_CONF.format(dir=work, mock_port=mock_port, port=port)
+                        .replace("nginx.pid", f"nginx-callgrind-{scenario}.pid"))
+        got["nginx"] = callgrind_instructions(["nginx", "-c", str(conf), "-e", str(work / "error.log")],
+                                              f"http://127.0.0.1:{port}/v1/models",
+                                              f"http://127.0.0.1:{port}/v1/chat/completions", body, requests)
+        port = free_port()
+        got["hyper"] = callgrind_instructions([str(bare_proxy), "--listen", f"127.0.0.1:{port}", "--upstream", f"127.0.0.1:{mock_port}"],
+                                              f"http://127.0.0.1:{port}/v1/models",
+                                              f"http://127.0.0.1:{port}/v1/chat/completions", body, requests)
+        counts[scenario] = got
+    set_mock_defaults(mock_url, {})
+    return counts
 
 
 def memory_under_streams(pid, url, streams, headers):
@@ -347,7 +384,7 @@ def svg_plot(series, path):
         return
     max_x = max(x for x, _ in points) * 1.05 or 1
     max_y = max(max(y for _, y in points) * 1.15, 0.1)
-    colors = {"llmux": "#d62728", "nginx": "#1f77b4", "direct": "#2ca02c", "litellm": "#9467bd"}
+    colors = {"llmux": "#d62728", "nginx": "#1f77b4", "direct": "#2ca02c", "hyper": "#ff7f0e", "litellm": "#9467bd"}
     sx = lambda x: pad + x / max_x * (width - 2 * pad)
     sy = lambda y: height - pad - y / max_y * (height - 2 * pad)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12">',
@@ -398,7 +435,7 @@ def main():
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 65536), hard))
 
     ensure_tools()
-    llmux, mock = build()
+    llmux, mock, bare_proxy = build()
     RESULTS.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="llmux-bench-"))
     procs = Procs()
@@ -416,6 +453,11 @@ def main():
         nginx = procs.start(["nginx", "-c", str(work / "nginx.conf"), "-e", str(work / "error.log")], CONTENDER_CORE)
         wait_http(f"http://127.0.0.1:{nginx_port}/v1/models")
 
+        hyper_port = free_port()
+        hyper_proc = procs.start([str(bare_proxy), "--listen", f"127.0.0.1:{hyper_port}", "--upstream", f"127.0.0.1:{mock_port}"],
+                                 CONTENDER_CORE)
+        wait_http(f"http://127.0.0.1:{hyper_port}/v1/models")
+
         llmux_port = free_port()
         config = work / "llmux.yaml"
         config.write_text(LLMUX_CONFIG.format(mock_port=mock_port, master=MASTER_KEY, db_path=work / "llmux.db"))
@@ -426,10 +468,11 @@ def main():
         auth = [f"authorization: Bearer {MASTER_KEY}"]
         # The path users run: a virtual key with a budget and an rpm limit, spend logged.
         virtual_key = generate_key(f"http://127.0.0.1:{llmux_port}")
-        pids = {"nginx": nginx.pid, "llmux": llmux_proc.pid}
+        pids = {"nginx": nginx.pid, "hyper": hyper_proc.pid, "llmux": llmux_proc.pid}
         contenders = {
             "direct": (f"{mock_url}/v1/chat/completions", []),
             "nginx": (f"http://127.0.0.1:{nginx_port}/v1/chat/completions", []),
+            "hyper": (f"http://127.0.0.1:{hyper_port}/v1/chat/completions", []),
             "llmux": (f"http://127.0.0.1:{llmux_port}/v1/chat/completions", [f"authorization: Bearer {virtual_key}"]),
         }
         litellm_bin = os.environ.get("LITELLM_BIN") or shutil.which("litellm")
@@ -466,7 +509,7 @@ def main():
             sweep = {}
             for fraction in fractions:
                 rate = max(int(rows["llmux"]["rps"] * fraction), 10)
-                measured = {name: [] for name in ("direct", "nginx", "llmux")}
+                measured = {name: [] for name in ("direct", *FIXED_RATE_PROXIES[scenario])}
                 for rep in range(reps):
                     for name in measured:
                         url, headers = contenders[name]
@@ -490,14 +533,11 @@ def main():
                         # Per run: the contender's CPU time (user, kernel) over the requests served.
                         sweep[str(fraction)][name]["cpu_us"] = [median([r["cpu_us"][i] for r in got]) for i in (0, 1)]
                 row = sweep[str(fraction)]
-                log(f"{scenario:6} {fraction:.0%} ({rate} req/s): p99 direct {row['direct']['p99_runs_ms']} "
-                    f"nginx {row['nginx']['p99_runs_ms']} llmux {row['llmux']['p99_runs_ms']} ms")
+                log(f"{scenario:6} {fraction:.0%} ({rate} req/s): p99 " + "  ".join(f"{n} {row[n]['p99_runs_ms']}" for n in measured) + " ms")
             results["scenarios"][scenario]["fixed_rate"] = sweep
 
         set_mock_defaults(mock_url, {})
-        results["instructions_per_request"] = {} if quick else {
-            "chat": callgrind_instructions(llmux, config, CHAT_BODY, 2000, virtual_key),
-        }
+        results["instructions_per_request"] = {} if quick else instructions(llmux, bare_proxy, config, work, mock_url, mock_port, virtual_key)
 
         # Memory with many concurrent slow streams (100 chunks, 100 ms apart: 10 s each).
         streams = 200 if quick else 1000
@@ -517,7 +557,7 @@ def main():
     (RESULTS / f"{name}.json").write_text(json.dumps(results, indent=2))
     if "chat" in results["scenarios"]:
         series = {}
-        for contender in ("direct", "nginx", "llmux"):
+        for contender in ("direct", *PROXIES):
             series[contender] = [(v["rate"], v[contender]["p99_ms"]) for v in results["scenarios"]["chat"]["fixed_rate"].values()]
         svg_plot(series, RESULTS / f"{name}-latency.svg")
     report = render(results)
@@ -537,31 +577,63 @@ def render(r):
                   "| contender | req/s | p50 ms | p99 ms | vs nginx | success |", "|---|---:|---:|---:|---:|---:|"]
         for name, row in rows.items():
             lines.append(f"| {name} | {row['rps']:.0f} | {row['p50_ms']:.3f} | {row['p99_ms']:.3f} | {row['rps']/nginx:.2f}x | {row['success']:.1%} |")
+        proxies = [n for n in PROXIES if all(n in row for row in data["fixed_rate"].values())]
         lines += ["", f"#### {scenario}: latency added over direct at fixed offered load (medians of interleaved runs)", "",
-                  "| load (of llmux max) | req/s | nginx +p50 | nginx +p99 | llmux +p50 | llmux +p99 | p99 per run: direct / nginx / llmux (ms) |",
-                  "|---|---:|---:|---:|---:|---:|---|"]
+                  "| load (of llmux max) | req/s | " + " | ".join(f"{n} +p50 | {n} +p99" for n in proxies)
+                  + " | p99 per run: " + " / ".join(["direct", *proxies]) + " (ms) |",
+                  "|---|---:|" + "---:|---:|" * len(proxies) + "---|"]
         for fraction, row in data["fixed_rate"].items():
             d = row["direct"]
-            lines.append(f"| {float(fraction):.0%} | {row['rate']} | {row['nginx']['p50_ms']-d['p50_ms']:+.3f} ms | {row['nginx']['p99_ms']-d['p99_ms']:+.3f} ms | "
-                         f"{row['llmux']['p50_ms']-d['p50_ms']:+.3f} ms | {row['llmux']['p99_ms']-d['p99_ms']:+.3f} ms | "
-                         + " / ".join(", ".join(f"{v:.2f}" for v in row[n].get("p99_runs_ms", [row[n]["p99_ms"]])) for n in ("direct", "nginx", "llmux"))
-                         + " |")
+            added = " | ".join(f"{row[n]['p50_ms']-d['p50_ms']:+.3f} ms | {row[n]['p99_ms']-d['p99_ms']:+.3f} ms" for n in proxies)
+            runs = " / ".join(", ".join(f"{v:.2f}" for v in row[n].get("p99_runs_ms", [row[n]["p99_ms"]])) for n in ("direct", *proxies))
+            lines.append(f"| {float(fraction):.0%} | {row['rate']} | {added} | {runs} |")
         cpu = [(fraction, row) for fraction, row in data["fixed_rate"].items()
-               if all("cpu_us" in row[n] for n in ("nginx", "llmux"))]
+               if all("cpu_us" in row[n] for n in proxies)]
         if cpu:
             lines += ["", f"CPU time of the process under test per request, user + kernel (µs; /proc, 10 ms ticks), {scenario}:", ""]
             for fraction, row in cpu:
-                n, m = row["nginx"]["cpu_us"], row["llmux"]["cpu_us"]
-                lines.append(f"- at {float(fraction):.0%}: nginx {n[0]:.1f} + {n[1]:.1f} = {sum(n):.1f}; llmux {m[0]:.1f} + {m[1]:.1f} = {sum(m):.1f}")
+                lines.append(f"- at {float(fraction):.0%}: " + "; ".join(
+                    f"{n} {row[n]['cpu_us'][0]:.1f} + {row[n]['cpu_us'][1]:.1f} = {sum(row[n]['cpu_us']):.1f}" for n in proxies))
         lines.append("")
-    ipr = r.get("instructions_per_request", {})
-    if ipr.get("chat"):
-        lines.append(f"- CPU cost (callgrind, user space, non-streaming chat): {ipr['chat']:,.0f} instructions per request")
+    for scenario, counts in r.get("instructions_per_request", {}).items():
+        if isinstance(counts, dict) and counts.get("llmux"):
+            others = [f"{n} {counts[n]:,.0f}" for n in ("hyper", "nginx") if counts.get(n)]
+            lines.append(f"- CPU cost, {scenario} (callgrind, user space, per request): llmux {counts['llmux']:,.0f} instructions"
+                         + (f"; {', '.join(others)}" if others else ""))
     lines.append(f"- RSS idle: {r['llmux_idle_rss_mib']:.1f} MiB")
     s = r["streams_rss"]
     lines.append(f"- RSS with {s['streams']} concurrent slow streams: {s['peak_rss_mib']:.1f} MiB peak ({s['completed']} of {s['streams']} completed)")
     lines.append(f"- Ready after start: {r['ready_ms']:.1f} ms (median)")
+    if not r["quick"]:
+        lines += ["", "#### Targets (issue 6), from this run", "", "| target | measured | met |", "|---|---|---|"]
+        for name, measured, met in targets(r):
+            lines.append(f"| {name} | {measured} | {'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
+
+
+def targets(r):
+    """(target, what this run measured, met) for each of issue 6's targets this run measured."""
+    rows = []
+    mb = lambda mib: mib * 1024 * 1024 / 1e6
+    for scenario, data in r["scenarios"].items():
+        closed = data["closed_loop"]
+        ratio = closed["llmux"]["rps"] / max(closed["nginx"]["rps"], 1)
+        rows.append((f"throughput >= 0.8x nginx, {scenario}", f"{ratio:.2f}x ({closed['llmux']['rps']:,.0f} vs {closed['nginx']['rps']:,.0f} req/s)", ratio >= 0.8))
+        half = data["fixed_rate"].get("0.5")
+        if half:
+            added = half["llmux"]["p99_ms"] - half["direct"]["p99_ms"]
+            nginx_added = half["nginx"]["p99_ms"] - half["direct"]["p99_ms"]
+            rows.append((f"added p99 <= 1 ms at 50% of llmux's max, {scenario}",
+                         f"{added:+.2f} ms at {half['rate']:,} req/s (nginx {nginx_added:+.2f} ms)", added <= 1.0))
+        if "litellm" in closed:
+            times = closed["llmux"]["rps"] / max(closed["litellm"]["rps"], 1e-9)
+            rows.append((f">= 100x LiteLLM's throughput, {scenario}", f"{times:,.0f}x", times >= 100))
+    rows.append(("RSS <= 30 MB idle", f"{mb(r['llmux_idle_rss_mib']):.1f} MB", mb(r["llmux_idle_rss_mib"]) <= 30))
+    s = r["streams_rss"]
+    rows.append((f"RSS <= 150 MB with {s['streams']} concurrent streams", f"{mb(s['peak_rss_mib']):.1f} MB, {s['completed']} completed",
+                 mb(s["peak_rss_mib"]) <= 150 and s["completed"] == s["streams"]))
+    rows.append(("ready <= 100 ms after start", f"{r['ready_ms']:.1f} ms", r["ready_ms"] <= 100))
+    return rows
 
 
 def update_benchmarks_md(report):
@@ -576,22 +648,21 @@ def update_benchmarks_md(report):
 
 
 def check(r, quick):
+    """The quick run fails (exit 1) below 0.3x nginx or on dropped requests; the full run is a
+    measurement: it reports what missed on stderr and exits 0."""
     problems = []
     for scenario, data in r["scenarios"].items():
         rows = data["closed_loop"]
         ratio = rows["llmux"]["rps"] / max(rows["nginx"]["rps"], 1)
-        floor = 0.3 if quick else 0.8
-        if ratio < floor:
-            problems.append(f"{scenario}: llmux at {ratio:.2f}x nginx (< {floor}x)")
+        if quick and ratio < 0.3:
+            problems.append(f"{scenario}: llmux at {ratio:.2f}x nginx (< 0.3x)")
         if rows["llmux"]["success"] < 0.999:
             problems.append(f"{scenario}: llmux success rate {rows['llmux']['success']:.3%}")
-    if quick:
-        for p in problems:
-            log("FAIL:", p)
-        return 1 if problems else 0
+    if not quick:
+        problems += [f"target missed: {name}: {measured}" for name, measured, met in targets(r) if not met]
     for p in problems:
-        log("target missed:", p)
-    return 0
+        log(f"FAIL: {p}" if quick else p)
+    return 1 if quick and problems else 0
 
 
 if __name__ == "__main__":

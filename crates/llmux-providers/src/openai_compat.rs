@@ -9,7 +9,7 @@ use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
 use llmux_types::raw::write_json_string;
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
-use memchr::memmem::Finder;
+use memchr::memmem::{Finder, FinderRev};
 
 use crate::registry::{ProviderSpec, UrlStyle};
 
@@ -326,7 +326,7 @@ fn json_string(s: &str) -> Vec<u8> {
 /// Usage from an OpenAI-shaped JSON body, if it reports one: the top-level `usage` member,
 /// found without parsing the rest of the body (see `json_scan`).
 pub fn extract_usage(body: &[u8]) -> Option<Usage> {
-    let usage = crate::json_scan::top_level_member(body, b"usage")?;
+    let usage = crate::json_scan::top_level_member(body, b"usage", &USAGE_KEY_FROM_END)?;
     serde_json::from_slice::<Option<Usage>>(usage).ok()?
 }
 
@@ -347,6 +347,8 @@ pub enum StreamEvent {
 // search itself on a chunk of a few hundred bytes (two calls per streamed event).
 static ERROR_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"error\""));
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\""));
+static USAGE_KEY_FROM_END: LazyLock<FinderRev<'static>> =
+    LazyLock::new(|| FinderRev::new(b"\"usage\""));
 
 /// Classify one complete SSE event from an OpenAI-compatible upstream.
 pub fn inspect_event(event: &[u8]) -> StreamEvent {

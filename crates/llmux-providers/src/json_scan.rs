@@ -181,7 +181,8 @@ mod tests {
             (r#"{"usage":1,"o":{"usage":2}}"#, Some("1")),
             (r#"{"usage":1,"o":[{"usage":2}]}"#, Some("1")),
             (r#"{"usage":1,"s":"usage"}"#, Some("1")),
-            (r#"{"usage":1,"say "usage":2}"#, Some("1")),
+            (r#"{"usage":1,"say \"usage":2}"#, Some("1")),
+            (r#"{"say \"usage": {"n":2}}"#, None),
             (r#"{"usage":1,"a":["usage"]}"#, Some("1")),
             (r#"{"o":{"usage":2}}"#, None),
             (r#"[{"usage":2}]"#, None),
@@ -241,12 +242,23 @@ mod tests {
         }
     }
 
+    fn top_level_name() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        prop_oneof![
+            Just("usage".to_string()),
+            Just("say \"usage".to_string()),
+            "[a-z\"]{0,3}",
+        ]
+    }
+
     fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
         use proptest::prelude::*;
         use serde_json::Value;
         let text = prop_oneof![
             Just("usage".to_string()),
             Just("say \"usage\": {".to_string()),
+            // Serialized as `"say \"usage"`: the needle `"usage"` inside a name.
+            Just("say \"usage".to_string()),
             "[a-z\"\\\\{}\\[\\],: ]{0,8}",
         ];
         let leaf = prop_oneof![
@@ -271,7 +283,7 @@ mod tests {
         #[test]
         fn looking_from_the_end_agrees_with_the_walk_from_the_start(
             members in proptest::collection::vec(
-                (proptest::prop_oneof![proptest::strategy::Just("usage".to_string()), "[a-z\"]{0,3}"], json_value()),
+                (top_level_name(), json_value()),
                 0..5,
             ),
         ) {

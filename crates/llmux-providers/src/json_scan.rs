@@ -13,7 +13,7 @@
 ///
 /// `quoted_key` finds `"key"` (the caller builds it once). Members the gateway reads (`usage`)
 /// come last or nearly so in provider responses, so the last occurrence is tried first and
-/// checked by walking only what follows it ([`member_before_end`]); the walk from the start
+/// checked by walking only what follows it (`member_before_end`); the walk from the start
 /// is the fallback. Both agree on valid JSON without duplicate members (a property test holds
 /// them to it); a duplicated member yields its last occurrence when that one is last.
 pub fn top_level_member<'a>(
@@ -22,30 +22,25 @@ pub fn top_level_member<'a>(
     quoted_key: &memchr::memmem::FinderRev<'_>,
 ) -> Option<&'a [u8]> {
     if let Some(at) = quoted_key.rfind(json) {
-        if let Some(value) = member_before_end(json, at, key.len() + 2) {
+        if let Some(value) = member_before_end(json, at) {
             return Some(value);
         }
     }
     first_top_level_member(json, key)
 }
 
-/// The value of the member whose name (quotes included, `name_len` bytes) starts at `at`, when
-/// that member belongs to the outermost object: everything after its value, walked as members,
-/// ends with the `}` that is the document's last byte but whitespace. A member nested deeper
-/// would leave at least one more closing bracket after that `}`, so it is refused, as is a name
-/// not preceded by `{` or `,` (an escaped quote inside a string).
-fn member_before_end(json: &[u8], at: usize, name_len: usize) -> Option<&[u8]> {
+/// The value of the member whose name's opening quote is at `at`, when that member belongs to
+/// the outermost object: everything after its value, walked as members, ends with the `}` that
+/// is the document's last byte but whitespace. A member nested deeper would leave at least one
+/// more closing bracket after that `}`, so it is refused, as is a name not preceded by `{` or
+/// `,` (an escaped quote inside a string).
+fn member_before_end(json: &[u8], at: usize) -> Option<&[u8]> {
     let before = json.get(..at)?.trim_ascii_end();
     if !matches!(before.last(), Some(b'{' | b',')) || !json.trim_ascii_start().starts_with(b"{") {
         return None;
     }
-    let mut i = skip_whitespace(json, at + name_len);
-    if json.get(i) != Some(&b':') {
-        return None;
-    }
-    let value_start = skip_whitespace(json, i + 1);
-    let member_end = value_end(json, value_start)?;
-    i = skip_whitespace(json, member_end);
+    let (_, value_start, member_end) = member_at(json, at)?;
+    let mut i = skip_whitespace(json, member_end);
     loop {
         match json.get(i)? {
             b'}' => {
@@ -54,15 +49,8 @@ fn member_before_end(json: &[u8], at: usize, name_len: usize) -> Option<&[u8]> {
                     .flatten();
             }
             b',' => {
-                i = skip_whitespace(json, i + 1);
-                if json.get(i) != Some(&b'"') {
-                    return None;
-                }
-                i = skip_whitespace(json, string_end(json, i + 1)? + 1);
-                if json.get(i) != Some(&b':') {
-                    return None;
-                }
-                i = skip_whitespace(json, value_end(json, skip_whitespace(json, i + 1))?);
+                let (_, _, next_end) = member_at(json, skip_whitespace(json, i + 1))?;
+                i = skip_whitespace(json, next_end);
             }
             _ => return None,
         }
@@ -75,20 +63,9 @@ fn first_top_level_member<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
     if json.get(i) != Some(&b'{') {
         return None;
     }
-    i += 1;
     loop {
-        i = skip_whitespace(json, i);
-        if json.get(i) != Some(&b'"') {
-            return None; // `}` (no more members) or not JSON
-        }
-        let name_end = string_end(json, i + 1)?;
-        let name = json.get(i + 1..name_end)?;
-        i = skip_whitespace(json, name_end + 1);
-        if json.get(i) != Some(&b':') {
-            return None;
-        }
-        let value_start = skip_whitespace(json, i + 1);
-        let value_end = value_end(json, value_start)?;
+        // `}` (no more members) or not JSON: no name where one belongs.
+        let (name, value_start, value_end) = member_at(json, skip_whitespace(json, i + 1))?;
         if name == key {
             return json.get(value_start..value_end);
         }
@@ -96,8 +73,23 @@ fn first_top_level_member<'a>(json: &'a [u8], key: &[u8]) -> Option<&'a [u8]> {
         if json.get(i) != Some(&b',') {
             return None;
         }
-        i += 1;
     }
+}
+
+/// The member whose name's opening quote is at `i`: its name as written, and where its value
+/// starts and ends.
+fn member_at(json: &[u8], i: usize) -> Option<(&[u8], usize, usize)> {
+    if json.get(i) != Some(&b'"') {
+        return None;
+    }
+    let name_end = string_end(json, i + 1)?;
+    let name = json.get(i + 1..name_end)?;
+    let colon = skip_whitespace(json, name_end + 1);
+    if json.get(colon) != Some(&b':') {
+        return None;
+    }
+    let value_start = skip_whitespace(json, colon + 1);
+    Some((name, value_start, value_end(json, value_start)?))
 }
 
 fn skip_whitespace(json: &[u8], mut i: usize) -> usize {

@@ -178,6 +178,11 @@ class Procs:
             self.stop(p)
 
 
+# The percentiles kept at each fixed rate: where a proxy's added latency starts to grow says
+# whether it is the proxy's own cost (every percentile) or stalls of the machine (the last few).
+TAIL = ("p50_ms", "p90_ms", "p95_ms", "p99_ms", "p99.9_ms")
+
+
 def median(values):
     values = sorted(values)
     return values[len(values) // 2]
@@ -201,7 +206,10 @@ def oha(url, body, duration, connections=CONNECTIONS, rate=None, headers=()):
     return {
         "rps": summary["requestsPerSec"],
         "p50_ms": (pct.get("p50") or 0) * 1000,
+        "p90_ms": (pct.get("p90") or 0) * 1000,
+        "p95_ms": (pct.get("p95") or 0) * 1000,
         "p99_ms": (pct.get("p99") or 0) * 1000,
+        "p99.9_ms": (pct.get("p99.9") or 0) * 1000,
         "success": ok / total,
     }
 
@@ -527,8 +535,7 @@ def main():
                 for name, got in measured.items():
                     sweep[str(fraction)][name] = {
                         "rps": median([r["rps"] for r in got]),
-                        "p50_ms": median([r["p50_ms"] for r in got]),
-                        "p99_ms": median([r["p99_ms"] for r in got]),
+                        **{k: median([r[k] for r in got]) for k in TAIL},
                         "p99_runs_ms": [round(r["p99_ms"], 3) for r in got],
                         "success": min(r["success"] for r in got),
                     }
@@ -590,6 +597,14 @@ def render(r):
             added = " | ".join(f"{row[n]['p50_ms']-d['p50_ms']:+.3f} ms | {row[n]['p99_ms']-d['p99_ms']:+.3f} ms" for n in proxies)
             runs = " / ".join(", ".join(f"{v:.2f}" for v in row[n].get("p99_runs_ms", [row[n]["p99_ms"]])) for n in ("direct", *proxies))
             lines.append(f"| {float(fraction):.0%} | {row['rate']} | {added} | {runs} |")
+        half = data["fixed_rate"].get("0.5")
+        if half and all(k in half["direct"] for k in TAIL):
+            names = [k.removesuffix("_ms") for k in TAIL]
+            lines += ["", f"#### {scenario}: latency added over direct by percentile at 50% ({half['rate']} req/s, medians of runs)", "",
+                      "| contender | " + " | ".join(f"+{n}" for n in names) + " |", "|---|" + "---:|" * len(names)]
+            lines.append("| direct (absolute) | " + " | ".join(f"{half['direct'][k]:.3f} ms" for k in TAIL) + " |")
+            for n in proxies:
+                lines.append(f"| {n} | " + " | ".join(f"{half[n][k]-half['direct'][k]:+.3f} ms" for k in TAIL) + " |")
         cpu = [(fraction, row) for fraction, row in data["fixed_rate"].items()
                if all("cpu_us" in row[n] for n in proxies)]
         if cpu:

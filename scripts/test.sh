@@ -1,56 +1,101 @@
 #!/usr/bin/env bash
 # Runs every test llmux has, installing what they need: formatting, lints, the Rust unit,
 # integration and doc tests, and the official OpenAI SDK conformance suites (Python and Node)
-# against the real binaries. Usage: bash scripts/test.sh
-set -euo pipefail
+# against the real binaries. Every step runs even when an earlier one failed; the script exits
+# non-zero if any did, and stops the PostgreSQL it started. Usage: bash scripts/test.sh
+set -uo pipefail
 cd "$(dirname "$0")/.."
+REPO="$(pwd)"
+
+# Tests read nothing outside the clone. Where this runs as root with unshare (CI does), the whole
+# run happens in a private mount namespace in which the team's ../shared folder, if present, is an
+# empty read-only directory, so a test that still reads it fails here rather than on a user's clone.
+SHARED="$(dirname "$REPO")/shared"
+if [ -z "${LLMUX_TEST_ISOLATED:-}" ] && [ -d "$SHARED" ] && [ "$(id -u)" = 0 ] \
+  && command -v unshare >/dev/null 2>&1 \
+  && unshare --mount --propagation private true 2>/dev/null; then
+  export LLMUX_TEST_ISOLATED=1
+  exec unshare --mount --propagation private bash -c \
+    'mount -t tmpfs -o ro,size=4k llmux-no-shared "$1" && exec bash "$2"' _ "$SHARED" "$0"
+fi
 
 CACHE="${LLMUX_TEST_CACHE:-$HOME/.cache/llmux}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$CACHE/target}"
 export CARGO_TERM_COLOR=never
 mkdir -p "$CACHE"
 
-step() { printf '\n==> %s\n' "$*"; }
+FAILED=()
+step() { printf '\n==> %s\n' "$*"; CURRENT="$*"; }
+fail() { printf '!!! step failed: %s\n' "$CURRENT"; FAILED+=("$CURRENT"); }
+run() { "$@" || fail; }
+
+cleanup() {
+  if [ "${LLMUX_TEST_POSTGRES_STARTED:-}" = 1 ]; then
+    bash scripts/postgres.sh stop
+  fi
+}
+trap cleanup EXIT
+
+step "no test reads outside the clone"
+if [ "${LLMUX_TEST_ISOLATED:-}" = 1 ]; then
+  echo "running with $SHARED hidden"
+else
+  echo "not root or no unshare: relying on the source check alone"
+fi
+# Paths that climb out of the repository from a crate (../../../) or name the team's folder.
+if git grep -n -E '\.\./\.\./\.\./|\.\./shared/(fixtures|specs)' -- \
+  'crates/**.rs' 'tests/**.py' 'tests/**.mjs' 'bench/*.py' 'scripts/*.sh' ':!scripts/test.sh'; then
+  echo "the lines above read files outside the repository; copy the fixture into tests/fixtures/"
+  fail
+fi
 
 step "rustfmt"
-cargo fmt --all --check
+run cargo fmt --all --check
 
 step "clippy (warnings are errors)"
-cargo clippy --workspace --all-targets --locked -- -D warnings
+run cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "build"
-cargo build --workspace --bins --locked
+run cargo build --workspace --bins --locked
 
 step "postgresql (for the store tests on both backends)"
-eval "$(bash scripts/postgres.sh)"
-export LLMUX_TEST_POSTGRES_URL
+if PG_ENV="$(bash scripts/postgres.sh)"; then
+  eval "$PG_ENV"
+  export LLMUX_TEST_POSTGRES_URL
+else
+  fail
+fi
 
 step "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
-  cargo nextest run --workspace --locked --no-fail-fast
+  run cargo nextest run --workspace --locked --no-fail-fast
 else
-  cargo test --workspace --locked --no-fail-fast
+  run cargo test --workspace --locked --no-fail-fast
 fi
-cargo test --workspace --doc --locked
+run cargo test --workspace --doc --locked
 
 export LLMUX_BIN="$CARGO_TARGET_DIR/debug/llmux"
 export LLMUX_MOCK_BIN="$CARGO_TARGET_DIR/debug/llmux-mock"
 
-step "python SDK conformance (openai)"
+step "python SDK conformance (openai, anthropic)"
 if [ ! -x "$CACHE/venv/bin/python" ]; then
-  python3 -m venv "$CACHE/venv"
+  python3 -m venv "$CACHE/venv" || fail
 fi
-"$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/python/requirements.txt
-"$CACHE/venv/bin/python" -m pytest -q -p no:cacheprovider tests/sdk/python
+run "$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/python/requirements.txt
+run "$CACHE/venv/bin/python" -m pytest -q -p no:cacheprovider tests/sdk/python
 
 step "node SDK conformance (openai)"
 (
   cd tests/sdk/node
-  npm ci --no-audit --no-fund --loglevel=error
-  node --test
-)
+  npm ci --no-audit --no-fund --loglevel=error && node --test
+) || fail
 
 step "benchmark smoke test (bench/run.py --quick: nginx and oha are installed if missing)"
-python3 bench/run.py --quick --no-update > /dev/null
+run bash -c 'python3 bench/run.py --quick --no-update > /dev/null'
 
+if [ "${#FAILED[@]}" -ne 0 ]; then
+  printf '\n==> %d step(s) failed:\n' "${#FAILED[@]}"
+  printf '    %s\n' "${FAILED[@]}"
+  exit 1
+fi
 step "all tests passed"

@@ -10,7 +10,7 @@ const BIN: &str = env!("CARGO_BIN_EXE_llmux");
 
 fn shared(path: &str) -> String {
     format!(
-        "{}/../../../shared/fixtures/configs/{path}",
+        "{}/../../tests/fixtures/configs/{path}",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     )
 }

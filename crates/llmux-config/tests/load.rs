@@ -17,7 +17,7 @@ fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
 
 fn shared_config(name: &str) -> PathBuf {
     PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap())
-        .join("../../../shared/fixtures/configs")
+        .join("../../tests/fixtures/configs")
         .join(name)
 }
 

@@ -304,7 +304,7 @@ mod tests {
 
     fn fixture(path: &str) -> Vec<u8> {
         std::fs::read(format!(
-            "{}/../../../shared/fixtures/providers/{path}",
+            "{}/../../tests/fixtures/providers/{path}",
             std::env::var("CARGO_MANIFEST_DIR").unwrap()
         ))
         .unwrap()
@@ -317,7 +317,7 @@ mod tests {
         let none = Vec::new;
         type Case = (u16, Vec<(&'static str, String)>, Vec<u8>, ErrorKind);
         let cases: Vec<Case> = vec![
-            // Recorded (../shared/fixtures/providers).
+            // Recorded (tests/fixtures/providers).
             (400, none(), fixture("anthropic/anthropic-issue-17366-error.json"), ErrorKind::InvalidRequest),
             (400, aws("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/"), fixture("bedrock/bedrock-invalid-tool-name-validation-error.json"), ErrorKind::InvalidRequest),
             (429, none(), fixture("google/google-429-retry-info.json"), ErrorKind::RateLimited),

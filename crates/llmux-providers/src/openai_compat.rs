@@ -497,7 +497,7 @@ mod tests {
             ("mistral/mistral-usage-raw-live.chunks.txt", None),
         ] {
             let path = format!(
-                "{}/../../../shared/fixtures/providers/{file}",
+                "{}/../../tests/fixtures/providers/{file}",
                 std::env::var("CARGO_MANIFEST_DIR").unwrap()
             );
             let text = std::fs::read_to_string(&path).unwrap();
@@ -526,7 +526,7 @@ mod tests {
     #[test]
     fn usage_is_read_from_json_bodies() {
         let body = std::fs::read(format!(
-            "{}/../../../shared/fixtures/providers/mistral/mistral-text.json",
+            "{}/../../tests/fixtures/providers/mistral/mistral-text.json",
             std::env::var("CARGO_MANIFEST_DIR").unwrap()
         ))
         .unwrap();
@@ -556,7 +556,7 @@ mod tests {
             usage: Option<Usage>,
         }
         let root = format!(
-            "{}/../../../shared/fixtures/providers",
+            "{}/../../tests/fixtures/providers",
             std::env::var("CARGO_MANIFEST_DIR").unwrap()
         );
         let mut documents = Vec::new();

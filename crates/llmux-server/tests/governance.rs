@@ -724,7 +724,7 @@ async fn rate_limits_hold_under_concurrency_with_headers() {
 #[tokio::test]
 async fn spend_matches_the_pricing_fixture_and_rolls_up() {
     let fixture = format!(
-        "{}/../../../shared/fixtures/pricing/model_prices_and_context_window.json",
+        "{}/../../tests/fixtures/pricing/model_prices_and_context_window.json",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     );
     for db in BACKENDS {

@@ -377,7 +377,7 @@ mod tests {
 
     fn spec() -> Option<Value> {
         let path = format!(
-            "{}/../../../shared/specs/openai-openapi.json",
+            "{}/../../tests/fixtures/specs/openai-openapi.json",
             std::env::var("CARGO_MANIFEST_DIR").unwrap()
         );
         let text = std::fs::read_to_string(&path).ok()?;
@@ -440,7 +440,7 @@ mod tests {
     #[test]
     fn types_match_the_openai_spec() {
         let Some(spec) = spec() else {
-            panic!("../shared/specs/openai-openapi.json is required for this test");
+            panic!("tests/fixtures/specs/openai-openapi.json is required for this test");
         };
         let mut request = ChatCompletionRequest::new("gpt-4o", vec![ChatMessage::user("hi")]);
         request.stream = Some(true);

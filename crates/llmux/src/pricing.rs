@@ -349,7 +349,7 @@ mod tests {
 
     fn fixture() -> PriceTable {
         let path = format!(
-            "{}/../../../shared/fixtures/pricing/model_prices_and_context_window.json",
+            "{}/../../tests/fixtures/pricing/model_prices_and_context_window.json",
             std::env::var("CARGO_MANIFEST_DIR").unwrap()
         );
         PriceTable::parse(&std::fs::read_to_string(path).unwrap()).unwrap()

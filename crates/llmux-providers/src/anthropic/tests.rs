@@ -1,4 +1,4 @@
-//! Anthropic translation against recorded traffic (`../shared/fixtures/providers/anthropic/`)
+//! Anthropic translation against recorded traffic (`tests/fixtures/providers/anthropic/`)
 //! and documented request shapes.
 
 use bytes::Bytes;
@@ -12,7 +12,7 @@ use llmux_types::RawObject;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/providers/anthropic/{name}",
+        "{}/../../tests/fixtures/providers/anthropic/{name}",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()

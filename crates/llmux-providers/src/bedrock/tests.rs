@@ -1,4 +1,4 @@
-//! Bedrock translation against recorded traffic (`../shared/fixtures/providers/bedrock/`): the
+//! Bedrock translation against recorded traffic (`tests/fixtures/providers/bedrock/`): the
 //! stream fixtures are re-framed as AWS event-stream messages, exactly as ConverseStream sends
 //! them, before they reach the decoder.
 
@@ -17,7 +17,7 @@ const CLAUDE: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/providers/bedrock/{name}",
+        "{}/../../tests/fixtures/providers/bedrock/{name}",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()

@@ -1,4 +1,4 @@
-//! Cohere translation against recorded traffic (`../shared/fixtures/providers/cohere/`).
+//! Cohere translation against recorded traffic (`tests/fixtures/providers/cohere/`).
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -10,7 +10,7 @@ use llmux_types::RawObject;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/providers/cohere/{name}",
+        "{}/../../tests/fixtures/providers/cohere/{name}",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()

@@ -1,4 +1,4 @@
-//! Gemini translation against recorded traffic (`../shared/fixtures/providers/google/`).
+//! Gemini translation against recorded traffic (`tests/fixtures/providers/google/`).
 
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
@@ -11,7 +11,7 @@ use llmux_types::RawObject;
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/providers/google/{name}",
+        "{}/../../tests/fixtures/providers/google/{name}",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap()

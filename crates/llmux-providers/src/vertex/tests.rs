@@ -169,7 +169,7 @@ fn recorded_vertex_stream_decodes_through_the_vertex_target() {
     );
     let t = t.unwrap();
     let text = std::fs::read_to_string(format!(
-        "{}/../../../shared/fixtures/providers/google/google-stream-no-args-tool-call.chunks.txt",
+        "{}/../../tests/fixtures/providers/google/google-stream-no-args-tool-call.chunks.txt",
         std::env::var("CARGO_MANIFEST_DIR").unwrap()
     ))
     .unwrap();

@@ -190,7 +190,13 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
             state = state.with_governance(Arc::clone(&gov)).await?;
             Some(gov)
         }
-        None => None,
+        None => {
+            tracing::warn!(
+                "authentication is OFF: no general_settings.master_key is configured, so every \
+                 client may call every model and the management API is disabled"
+            );
+            None
+        }
     };
     let draining = state.draining.clone();
     let app = build_router(state);

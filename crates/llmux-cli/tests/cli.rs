@@ -40,6 +40,7 @@ fn config_check_accepts_the_litellm_fixtures() {
     ] {
         let out = Command::new(BIN)
             .args(["config", "check", "--config", &shared(name)])
+            .env("LITELLM_MASTER_KEY", "sk-master")
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -55,6 +56,38 @@ fn config_check_accepts_the_litellm_fixtures() {
         .output()
         .unwrap();
     assert!(out.status.success());
+}
+
+#[test]
+fn a_master_key_that_resolves_to_nothing_stops_the_start() {
+    for value in ["os.environ/LLMUX_TEST_UNSET_MASTER_KEY", "\"\"", "\"  \""] {
+        let file = write_config(&format!(
+            "model_list: [{{model_name: m, litellm_params: {{model: mock/m}}}}]\ngeneral_settings: {{master_key: {value}}}\n"
+        ));
+        let out = Command::new(BIN)
+            .args(["serve", "--host", "127.0.0.1", "--port", "0", "--config"])
+            .arg(file.path())
+            .env_remove("LLMUX_TEST_UNSET_MASTER_KEY")
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{value}: llmux started");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains("general_settings.master_key: is configured but empty"),
+            "{value}: {stderr}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_a_master_key_the_start_says_authentication_is_off() {
+    let file = write_config("model_list: [{model_name: m, litellm_params: {model: mock/m}}]\n");
+    let mut server = start_server(file.path(), &[]).await;
+    sigterm(&server.child);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(stderr.contains("authentication is OFF"), "{stderr}");
 }
 
 #[test]

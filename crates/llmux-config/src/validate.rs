@@ -708,12 +708,28 @@ fn general_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
     if value.is_null() {
         return;
     }
+    // A master key that is configured but resolves to nothing (an unset `os.environ/` variable,
+    // an empty string) must not switch authentication off: that would serve every request
+    // without a key while the operator believes the gateway is locked.
+    let master_key_named = value
+        .get("master_key")
+        .is_some_and(|k| k.as_str().is_none_or(|k| k.trim().is_empty()));
+    if master_key_named {
+        diags.push(Diagnostic::error(
+            "general_settings.master_key",
+            "is configured but empty (is its environment variable set?); set it, or remove \
+             `master_key` to run without authentication",
+        ));
+    }
     let (raw, ignored) = deserialize_at::<RawGeneralSettings>(value, "general_settings", diags);
     report_ignored("general_settings", KNOWN_GENERAL_SETTINGS, ignored, diags);
     let Some(raw): Option<RawGeneralSettings> = raw else {
         return;
     };
-    config.master_key = raw.master_key.filter(|k| !k.is_empty()).map(Secret::new);
+    config.master_key = raw
+        .master_key
+        .filter(|k| !k.trim().is_empty())
+        .map(Secret::new);
     config.database_url = raw.database_url.filter(|u| !u.is_empty());
     if let Some(off) = raw.disable_spend_logs {
         config.disable_spend_logs = off;

@@ -236,3 +236,31 @@ fn secrets_are_not_printed_by_debug() {
     let loaded = load_str("general_settings: {master_key: sk-very-secret}", &env(&[])).unwrap();
     assert!(!format!("{:?}", loaded.config).contains("sk-very-secret"));
 }
+
+#[test]
+fn a_configured_master_key_that_resolves_to_nothing_is_an_error() {
+    for text in [
+        "general_settings: {master_key: os.environ/UNSET_MASTER}",
+        "general_settings: {master_key: \"\"}",
+        "general_settings: {master_key: }",
+        "general_settings: {master_key: \"${UNSET_MASTER}\"}",
+    ] {
+        let diags = load_str(text, &env(&[]))
+            .err()
+            .unwrap_or_else(|| panic!("{text}: loaded"));
+        assert!(
+            diags
+                .iter()
+                .any(|d| d.is_error() && d.path == "general_settings.master_key"),
+            "{text}: {diags:?}"
+        );
+    }
+    let loaded = load_str(
+        "general_settings: {master_key: os.environ/SET_MASTER}",
+        &env(&[("SET_MASTER", "sk-x")]),
+    )
+    .unwrap();
+    assert_eq!(loaded.config.master_key.unwrap().expose(), "sk-x");
+    let loaded = load_str("general_settings: {database_url: x}", &env(&[])).unwrap();
+    assert!(loaded.config.master_key.is_none());
+}

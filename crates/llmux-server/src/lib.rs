@@ -360,10 +360,18 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
 
 async fn list_models(State(state): State<AppState>, request: Request) -> Response {
     let request_id = headers::request_id(request.headers());
-    if let Err(e) = authenticate(&state, request.headers()).await {
-        return error_response(&e, &request_id);
+    let principal = match authenticate(&state, request.headers()).await {
+        Ok(p) => p,
+        Err(e) => return error_response(&e, &request_id),
+    };
+    let mut models = state.client.models();
+    if let Some(p) = &principal {
+        // A key sees the models it may use, nothing else.
+        models
+            .data
+            .retain(|m| governance::may_use_model(&state.client, p, &m.id));
     }
-    let body = serde_json::to_vec(&state.client.models()).unwrap_or_default();
+    let body = serde_json::to_vec(&models).unwrap_or_default();
     json_response(StatusCode::OK, body)
 }
 
@@ -373,11 +381,15 @@ async fn get_model(
     request: Request,
 ) -> Response {
     let request_id = headers::request_id(request.headers());
-    if let Err(e) = authenticate(&state, request.headers()).await {
-        return error_response(&e, &request_id);
-    }
+    let principal = match authenticate(&state, request.headers()).await {
+        Ok(p) => p,
+        Err(e) => return error_response(&e, &request_id),
+    };
     let snapshot = state.client.snapshot();
-    let Some(route) = snapshot.router.route(&id) else {
+    let allowed = principal
+        .as_ref()
+        .is_none_or(|p| governance::may_use_model(&state.client, p, &id));
+    let Some(route) = snapshot.router.route(&id).filter(|_| allowed) else {
         let e = GatewayError::new(
             ErrorKind::NotFound,
             format!("The model `{id}` does not exist or you do not have access to it."),

@@ -19,94 +19,142 @@ use llmux_types::{ErrorKind, GatewayError};
 use serde_json::{json, Map, Value};
 
 use super::budget::Period;
-use super::keys::{generate_key, hash_key, key_name, strings, Principal, Role};
+use super::keys::{generate_key, hash_key, key_name, strings, Authority, Principal, Role};
 use super::{format_time, parse_time, store_error, Governance};
 use crate::AppState;
 
 type Params = Query<std::collections::HashMap<String, String>>;
 type ApiResult = Result<Value, GatewayError>;
 
+/// Every management route and its methods. The router is built from this table (a route not
+/// listed here does not exist), so the authorization matrix test that walks it covers them all.
+pub const ROUTES: &[(&str, &[&str])] = &[
+    ("/key/generate", &["POST"]),
+    ("/key/update", &["POST"]),
+    ("/key/delete", &["POST"]),
+    ("/key/info", &["GET"]),
+    ("/key/list", &["GET"]),
+    ("/key/regenerate", &["POST"]),
+    ("/key/{key}/regenerate", &["POST"]),
+    ("/key/block", &["POST"]),
+    ("/key/unblock", &["POST"]),
+    ("/user/new", &["POST"]),
+    ("/user/update", &["POST"]),
+    ("/user/delete", &["POST"]),
+    ("/user/info", &["GET"]),
+    ("/user/list", &["GET"]),
+    ("/team/new", &["POST"]),
+    ("/team/update", &["POST"]),
+    ("/team/delete", &["POST"]),
+    ("/team/info", &["GET"]),
+    ("/team/list", &["GET"]),
+    ("/team/member_add", &["POST"]),
+    ("/team/member_delete", &["POST"]),
+    ("/team/block", &["POST"]),
+    ("/team/unblock", &["POST"]),
+    ("/organization/new", &["POST"]),
+    ("/organization/update", &["POST", "PATCH"]),
+    ("/organization/delete", &["DELETE", "POST"]),
+    ("/organization/info", &["GET", "POST"]),
+    ("/organization/list", &["GET"]),
+    ("/customer/new", &["POST"]),
+    ("/customer/update", &["POST"]),
+    ("/customer/delete", &["POST"]),
+    ("/customer/info", &["GET"]),
+    ("/customer/list", &["GET"]),
+    ("/customer/block", &["POST"]),
+    ("/customer/unblock", &["POST"]),
+    ("/end_user/new", &["POST"]),
+    ("/end_user/info", &["GET"]),
+    ("/budget/new", &["POST"]),
+    ("/budget/update", &["POST"]),
+    ("/budget/delete", &["POST"]),
+    ("/budget/info", &["POST"]),
+    ("/budget/list", &["GET"]),
+    ("/spend/logs", &["GET"]),
+    ("/spend/keys", &["GET"]),
+    ("/spend/users", &["GET"]),
+    ("/spend/tags", &["GET"]),
+    ("/global/spend", &["GET"]),
+    ("/global/spend/keys", &["GET"]),
+    ("/global/spend/models", &["GET"]),
+    ("/global/spend/teams", &["GET"]),
+    ("/model/new", &["POST"]),
+    ("/model/update", &["POST"]),
+    ("/model/delete", &["POST"]),
+    ("/model/info", &["GET"]),
+    ("/v1/model/info", &["GET"]),
+];
+
 pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/key/generate", post(key_generate))
-        .route("/key/update", post(key_update))
-        .route("/key/delete", post(key_delete))
-        .route("/key/info", get(key_info))
-        .route("/key/list", get(key_list))
-        .route("/key/regenerate", post(key_regenerate))
-        .route("/key/{key}/regenerate", post(key_regenerate_path))
-        .route("/key/block", post(key_block))
-        .route("/key/unblock", post(key_unblock))
-        .route("/user/new", post(user_new))
-        .route("/user/update", admin_update(POST, &USER, "update users"))
-        .route("/user/delete", post(user_delete))
-        .route("/user/info", get(user_info))
-        .route("/user/list", get(user_list))
-        .route("/team/new", post(team_new))
-        .route("/team/update", post(team_update))
-        .route("/team/delete", post(team_delete))
-        .route("/team/info", get(team_info))
-        .route("/team/list", get(team_list))
-        .route("/team/member_add", post(team_member_add))
-        .route("/team/member_delete", post(team_member_delete))
-        .route("/team/block", post(team_block))
-        .route("/team/unblock", post(team_unblock))
-        .route(
-            "/organization/new",
-            admin_create(&ORG, "create organizations"),
-        )
-        .route(
-            "/organization/update",
-            admin_update(POST.or(PATCH), &ORG, "update organizations"),
-        )
-        .route("/organization/delete", delete(org_delete).post(org_delete))
-        .route("/organization/info", get(org_info).post(org_info_post))
-        .route(
-            "/organization/list",
-            reader_list(Kind::Organization, "list organizations"),
-        )
-        .route("/customer/new", post(customer_new))
-        .route(
-            "/customer/update",
-            admin_update(POST, &CUSTOMER, "update customers"),
-        )
-        .route(
-            "/customer/delete",
-            admin_delete(&CUSTOMER, "user_ids", "deleted_customers"),
-        )
-        .route("/customer/info", get(customer_info))
-        .route(
-            "/customer/list",
-            reader_list(Kind::Customer, "list customers"),
-        )
-        .route("/customer/block", post(customer_block))
-        .route("/customer/unblock", post(customer_unblock))
-        .route("/end_user/new", post(customer_new))
-        .route("/end_user/info", get(customer_info))
-        .route("/budget/new", admin_create(&BUDGET, "create budgets"))
-        .route(
-            "/budget/update",
-            admin_update(POST, &BUDGET, "update budgets"),
-        )
-        .route(
-            "/budget/delete",
-            admin_delete(&BUDGET, "id", "deleted_budgets"),
-        )
-        .route("/budget/info", post(budget_info))
-        .route("/budget/list", reader_list(Kind::Budget, "list budgets"))
-        .route("/spend/logs", get(spend_logs))
-        .route("/spend/keys", get(spend_keys))
-        .route("/spend/users", get(spend_users))
-        .route("/spend/tags", get(spend_tags))
-        .route("/global/spend", get(global_spend))
-        .route("/global/spend/keys", get(global_spend_keys))
-        .route("/global/spend/models", get(global_spend_models))
-        .route("/global/spend/teams", get(global_spend_teams))
-        .route("/model/new", post(model_new))
-        .route("/model/update", post(model_update))
-        .route("/model/delete", post(model_delete))
-        .route("/model/info", get(model_info))
-        .route("/v1/model/info", get(model_info))
+    ROUTES
+        .iter()
+        .fold(Router::new(), |router, (path, _)| match handler(path) {
+            Some(h) => router.route(path, h),
+            None => router,
+        })
+}
+
+/// The handler of a path in `ROUTES`.
+fn handler(path: &str) -> Option<MethodRouter<AppState>> {
+    Some(match path {
+        "/key/generate" => post(key_generate),
+        "/key/update" => post(key_update),
+        "/key/delete" => post(key_delete),
+        "/key/info" => get(key_info),
+        "/key/list" => get(key_list),
+        "/key/regenerate" => post(key_regenerate),
+        "/key/{key}/regenerate" => post(key_regenerate_path),
+        "/key/block" => post(key_block),
+        "/key/unblock" => post(key_unblock),
+        "/user/new" => post(user_new),
+        "/user/update" => admin_update(POST, &USER, "update users"),
+        "/user/delete" => post(user_delete),
+        "/user/info" => get(user_info),
+        "/user/list" => get(user_list),
+        "/team/new" => post(team_new),
+        "/team/update" => post(team_update),
+        "/team/delete" => post(team_delete),
+        "/team/info" => get(team_info),
+        "/team/list" => get(team_list),
+        "/team/member_add" => post(team_member_add),
+        "/team/member_delete" => post(team_member_delete),
+        "/team/block" => post(team_block),
+        "/team/unblock" => post(team_unblock),
+        "/organization/new" => admin_create(&ORG, "create organizations"),
+        "/organization/update" => admin_update(POST.or(PATCH), &ORG, "update organizations"),
+        "/organization/delete" => delete(org_delete).post(org_delete),
+        "/organization/info" => get(org_info).post(org_info_post),
+        "/organization/list" => reader_list(Kind::Organization, "list organizations"),
+        "/customer/new" => post(customer_new),
+        "/customer/update" => admin_update(POST, &CUSTOMER, "update customers"),
+        "/customer/delete" => admin_delete(&CUSTOMER, "user_ids", "deleted_customers"),
+        "/customer/info" => get(customer_info),
+        "/customer/list" => reader_list(Kind::Customer, "list customers"),
+        "/customer/block" => post(customer_block),
+        "/customer/unblock" => post(customer_unblock),
+        "/end_user/new" => post(customer_new),
+        "/end_user/info" => get(customer_info),
+        "/budget/new" => admin_create(&BUDGET, "create budgets"),
+        "/budget/update" => admin_update(POST, &BUDGET, "update budgets"),
+        "/budget/delete" => admin_delete(&BUDGET, "id", "deleted_budgets"),
+        "/budget/info" => post(budget_info),
+        "/budget/list" => reader_list(Kind::Budget, "list budgets"),
+        "/spend/logs" => get(spend_logs),
+        "/spend/keys" => get(spend_keys),
+        "/spend/users" => get(spend_users),
+        "/spend/tags" => get(spend_tags),
+        "/global/spend" => get(global_spend),
+        "/global/spend/keys" => get(global_spend_keys),
+        "/global/spend/models" => get(global_spend_models),
+        "/global/spend/teams" => get(global_spend_teams),
+        "/model/new" => post(model_new),
+        "/model/update" => post(model_update),
+        "/model/delete" => post(model_delete),
+        "/model/info" => get(model_info),
+        "/v1/model/info" => get(model_info),
+        _ => return None,
+    })
 }
 
 // ---------- plumbing ----------
@@ -270,6 +318,21 @@ fn id_list(m: &Map<String, Value>, k: &str) -> Vec<String> {
             .map(str::to_owned)
             .collect(),
         _ => Vec::new(),
+    }
+}
+
+/// `spend` in a body, when present, is a finite non-negative number (a negative one would lift
+/// every budget of the object).
+fn spend_field(req: &Map<String, Value>) -> Result<Option<f64>, GatewayError> {
+    match req.get("spend") {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => match v.as_f64() {
+            Some(s) if s >= 0.0 && s.is_finite() => Ok(Some(s)),
+            _ => Err(
+                GatewayError::invalid_request("`spend` must be a non-negative number.")
+                    .with_param("spend"),
+            ),
+        },
     }
 }
 
@@ -480,58 +543,236 @@ async fn key_generate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
     )
 }
 
-/// Whether `p` may manage a key that belongs to `user_id` / `team_id`.
-async fn may_manage(
+/// The caller's authority over a key that belongs to `user_id` / `team_id`: a proxy admin over
+/// every key, a team admin over the team's keys, a user over their own; viewers over none.
+async fn authority_over(
     gov: &Governance,
     p: &Principal,
     user_id: Option<&str>,
     team_id: Option<&str>,
-) -> Result<bool, GatewayError> {
+) -> Result<Option<Authority>, GatewayError> {
     if p.role == Role::ProxyAdmin {
-        return Ok(true);
+        return Ok(Some(Authority::ProxyAdmin));
     }
     if !p.role.can_write() {
-        return Ok(false);
+        return Ok(None);
     }
     if let Some(team) = team_id {
         if let Some(t) = gov.object(Kind::Team, team).await? {
             if p.is_team_admin(&t) {
-                return Ok(true);
+                return Ok(Some(Authority::TeamAdmin));
             }
         }
-        return Ok(false);
     }
-    Ok(user_id.is_some() && user_id == p.user_id())
+    Ok((user_id.is_some() && user_id == p.user_id()).then_some(Authority::Owner))
+}
+
+/// Whether `user_id` is listed among `team`'s members.
+fn is_member(team: &Object, user_id: &str) -> bool {
+    team.data
+        .get("members_with_roles")
+        .and_then(Value::as_array)
+        .is_some_and(|m| {
+            m.iter()
+                .any(|m| m.get("user_id").and_then(Value::as_str) == Some(user_id))
+        })
+        || strings(&team.data, "members").iter().any(|m| m == user_id)
+        || strings(&team.data, "admins").iter().any(|m| m == user_id)
+}
+
+/// The authority with which a non-admin caller may own a key for `user_id` in `team_id`: their
+/// own keys, or (team admins) keys of the team for the team's members. Never anyone else's.
+async fn owner_authority(
+    gov: &Governance,
+    p: &Principal,
+    user_id: Option<&str>,
+    team_id: Option<&str>,
+) -> Result<Authority, GatewayError> {
+    if p.role == Role::ProxyAdmin {
+        return Ok(Authority::ProxyAdmin);
+    }
+    if !p.role.can_write() {
+        return Err(forbidden("create or change keys"));
+    }
+    let me = p.user_id();
+    match team_id {
+        Some(team_id) => {
+            let team = gov
+                .object(Kind::Team, team_id)
+                .await?
+                .ok_or_else(|| not_found("Team", team_id))?;
+            if !p.is_team_admin(&team) {
+                return Err(forbidden("create or change keys of this team"));
+            }
+            match user_id {
+                Some(u) if Some(u) != me && !is_member(&team, u) => Err(forbidden(
+                    "create or change keys for a user outside the team",
+                )),
+                _ => Ok(Authority::TeamAdmin),
+            }
+        }
+        None => match (user_id, me) {
+            (Some(u), Some(me)) if u == me => Ok(Authority::Owner),
+            _ => Err(forbidden("create or change keys for other users")),
+        },
+    }
+}
+
+/// Key fields that set what a key may do (limits, budgets, models, expiry, owner, routes):
+/// changing one needs at least the authority that last set them.
+fn governs(field: &str) -> bool {
+    !matches!(
+        field,
+        "key" | "key_alias" | "metadata" | "send_invite_email" | "new_key" | "blocked"
+    ) && (KEY_FIELDS.contains(&field)
+        || BUDGET_FIELDS.contains(&field)
+        || matches!(field, "duration" | "spend"))
+}
+
+/// A non-admin caller's key K bounds every key minted with it when K's limits were set from
+/// above: the new key inherits K's models, rate limits and expiry (it may ask for less, never
+/// more), and a budget is carved out of K's remaining budget (K's max_budget drops by as much),
+/// so minting keys never multiplies what the caller may spend or use. Returns whether K has any
+/// ceiling, and K updated (to store once the new key exists) when a budget was carved from it.
+fn inherit_ceilings(
+    gov: &Governance,
+    parent: &Object,
+    doc: &mut Map<String, Value>,
+) -> Result<(bool, Option<Object>), GatewayError> {
+    const CEILINGS: &[&str] = &[
+        "models",
+        "rpm_limit",
+        "tpm_limit",
+        "max_parallel_requests",
+        "model_rpm_limit",
+        "model_tpm_limit",
+        "aliases",
+        "allowed_routes",
+        "expires",
+        "max_budget",
+    ];
+    let bounded = CEILINGS.iter().any(|f| match parent.data.get(*f) {
+        None | Some(Value::Null) => false,
+        Some(Value::Array(a)) => !a.is_empty(),
+        Some(Value::Object(o)) => !o.is_empty(),
+        Some(_) => true,
+    });
+    if !bounded {
+        return Ok((false, None));
+    }
+    let exceeds = |field: &str, detail: String| {
+        GatewayError::new(
+            ErrorKind::PermissionDenied,
+            format!("A key cannot get more than the key that creates it: `{field}` {detail}."),
+        )
+        .with_param(field)
+        .with_code("exceeds_creating_key")
+    };
+    let parent_models = strings(&parent.data, "models");
+    if !parent_models.is_empty() {
+        let asked = strings(doc, "models");
+        if asked.is_empty() {
+            doc.insert("models".into(), json!(parent_models));
+        } else if let Some(extra) = asked.iter().find(|m| !parent_models.contains(m)) {
+            return Err(exceeds(
+                "models",
+                format!("names `{extra}`, which the creating key may not use"),
+            ));
+        }
+    }
+    for field in ["rpm_limit", "tpm_limit", "max_parallel_requests"] {
+        let Some(cap) = parent.data.get(field).and_then(Value::as_u64) else {
+            continue;
+        };
+        match doc.get(field).and_then(Value::as_u64) {
+            None => {
+                doc.insert(field.into(), json!(cap));
+            }
+            Some(asked) if asked > cap => {
+                return Err(exceeds(field, format!("{asked} is above its {cap}")));
+            }
+            Some(_) => {}
+        }
+    }
+    for field in [
+        "model_rpm_limit",
+        "model_tpm_limit",
+        "aliases",
+        "allowed_routes",
+    ] {
+        if let Some(v) = parent.data.get(field) {
+            if doc.get(field).is_some_and(|asked| asked != v) {
+                return Err(exceeds(field, "differs from the creating key's".into()));
+            }
+            doc.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(cap) = parent.data.get("expires").and_then(Value::as_str) {
+        let cap_at = parse_time(cap).unwrap_or(0);
+        let asked = doc
+            .get("expires")
+            .and_then(Value::as_str)
+            .and_then(parse_time);
+        if asked.is_none_or(|t| t > cap_at) {
+            doc.insert("expires".into(), json!(cap));
+        }
+    }
+    let Some(parent_max) = parent.data.get("max_budget").and_then(Value::as_f64) else {
+        return Ok((true, None));
+    };
+    let spent = gov
+        .ledger
+        .spend(&(Kind::Key, parent.id.clone()))
+        .unwrap_or(parent.spend)
+        .max(parent.spend);
+    let remaining = (parent_max - spent).max(0.0);
+    let share = match doc.get("max_budget").and_then(Value::as_f64) {
+        None => remaining,
+        Some(asked) if asked > remaining => {
+            return Err(exceeds(
+                "max_budget",
+                format!("{asked} is above the {remaining:.6} it has left"),
+            ))
+        }
+        Some(asked) => asked,
+    };
+    doc.insert("max_budget".into(), json!(share));
+    if let Some(period) = parent.data.get("budget_duration") {
+        doc.insert("budget_duration".into(), period.clone());
+    }
+    let mut parent = parent.clone();
+    parent
+        .data
+        .insert("max_budget".into(), json!(parent_max - share));
+    Ok((true, Some(parent)))
 }
 
 async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -> ApiResult {
     let mut req = req.clone();
-    if p.role != Role::ProxyAdmin {
-        // A user's keys are theirs: the owner is the caller unless a team admin names a team.
-        let me = p.user_id().map(str::to_owned);
-        if text(&req, "team_id").is_none() {
-            match me {
-                Some(me) => {
-                    req.insert("user_id".into(), json!(me));
-                }
-                None => return Err(forbidden("create keys")),
+    if p.role != Role::ProxyAdmin && text(&req, "user_id").is_none() {
+        // A user's keys are theirs: the owner is the caller unless named otherwise.
+        match p.user_id() {
+            Some(me) => {
+                req.insert("user_id".into(), json!(me));
             }
+            None if text(&req, "team_id").is_none() => return Err(forbidden("create keys")),
+            None => {}
         }
     }
-    if !may_manage(
+    let authority = owner_authority(
         gov,
         p,
         text(&req, "user_id").as_deref(),
         text(&req, "team_id").as_deref(),
     )
-    .await?
-    {
-        return Err(forbidden("create keys for this user or team"));
-    }
+    .await?;
     if let Some(team) = text(&req, "team_id") {
         if gov.object(Kind::Team, &team).await?.is_none() {
             return Err(not_found("Team", &team));
         }
+    }
+    if authority != Authority::ProxyAdmin && req.contains_key("spend") {
+        return Err(forbidden("set a key's spend"));
     }
     let key = match text(&req, "key") {
         Some(k) if p.role == Role::ProxyAdmin => {
@@ -554,13 +795,33 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         doc.insert("expires".into(), json!(format_time(at)));
         doc.insert("duration".into(), req["duration"].clone());
     }
+    let mut limits_set_by = authority;
+    let mut carved_parent = None;
+    if authority != Authority::ProxyAdmin {
+        // Never more than the caller's own rights: the role, and the calling key's ceilings.
+        doc.insert("max_role".into(), json!(p.role.as_str()));
+        if let Some(parent) = p.key.as_deref() {
+            let parent_set_by = Authority::stored(&parent.data, "limits_set_by");
+            if parent_set_by > Authority::Owner {
+                let (bounded, carved) = inherit_ceilings(gov, parent, &mut doc)?;
+                carved_parent = carved;
+                if bounded {
+                    limits_set_by = limits_set_by.max(parent_set_by);
+                }
+            }
+        }
+    }
+    doc.insert("limits_set_by".into(), json!(limits_set_by.as_str()));
+    if doc.get("blocked").and_then(Value::as_bool) == Some(true) {
+        doc.insert("blocked_by".into(), json!(authority.as_str()));
+    }
     doc.insert(
         "created_by".into(),
         json!(p.user_id().unwrap_or("master_key")),
     );
     let mut obj = Object::new(Kind::Key, hash_key(&key), doc);
     obj.created_at = now;
-    obj.spend = req.get("spend").and_then(Value::as_f64).unwrap_or(0.0);
+    obj.spend = spend_field(&req)?.unwrap_or(0.0);
     schedule_reset(&mut obj, now, true);
     if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
         return Err(
@@ -568,6 +829,13 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         );
     }
     gov.invalidate(Kind::Key, &obj.id);
+    if let Some(parent) = carved_parent {
+        gov.store
+            .update(&parent, false)
+            .await
+            .map_err(|e| store_error(&e))?;
+        gov.invalidate(Kind::Key, &parent.id);
+    }
     let mut out = view(&obj);
     out["key"] = json!(key);
     out["token_id"] = json!(obj.id);
@@ -600,33 +868,113 @@ async fn named_key(gov: &Governance, name: Option<String>) -> Result<Object, Gat
         .ok_or_else(|| not_found("Key", &format!("{}...", &id[..8])))
 }
 
+/// Whether `p` may make the changes `req` asks of key `obj`, and with what authority. Limits,
+/// budgets, models, expiry and the owner need the authority that set them; a block needs the
+/// authority that placed it to lift; a key moves only to an owner the caller may mint for.
+async fn check_key_change(
+    gov: &Governance,
+    p: &Principal,
+    obj: &Object,
+    req: &Map<String, Value>,
+) -> Result<Authority, GatewayError> {
+    let authority = authority_over(gov, p, obj.user_id.as_deref(), obj.team_id.as_deref())
+        .await?
+        .ok_or_else(|| forbidden("change this key"))?;
+    let set_by = Authority::stored(&obj.data, "limits_set_by");
+    if let Some(field) = req.keys().find(|f| governs(f)) {
+        if authority < set_by {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "`{field}` of this key was set by a {}; only that role or above may change it \
+                     (a key's holder may change its key_alias and metadata).",
+                    set_by.as_str().replace('_', " ")
+                ),
+            )
+            .with_param(field)
+            .with_code("forbidden"));
+        }
+    }
+    if req.get("blocked").and_then(Value::as_bool) == Some(false)
+        && obj.data.get("blocked").and_then(Value::as_bool) == Some(true)
+        && authority < Authority::stored(&obj.data, "blocked_by")
+    {
+        return Err(GatewayError::new(
+            ErrorKind::PermissionDenied,
+            "This key was blocked by a higher role; only that role or above may unblock it.",
+        )
+        .with_param("blocked")
+        .with_code("forbidden"));
+    }
+    if authority != Authority::ProxyAdmin
+        && (req.contains_key("user_id") || req.contains_key("team_id"))
+    {
+        let user = if req.contains_key("user_id") {
+            text(req, "user_id")
+        } else {
+            obj.user_id.clone()
+        };
+        let team = if req.contains_key("team_id") {
+            text(req, "team_id")
+        } else {
+            obj.team_id.clone()
+        };
+        owner_authority(gov, p, user.as_deref(), team.as_deref()).await?;
+    }
+    spend_field(req)?;
+    Ok(authority)
+}
+
+/// Record who set what after `req` changed key `obj` with `authority` from principal `p`.
+fn record_key_authority(
+    p: &Principal,
+    obj: &mut Object,
+    req: &Map<String, Value>,
+    authority: Authority,
+) {
+    if req.keys().any(|f| governs(f)) {
+        obj.data
+            .insert("limits_set_by".into(), json!(authority.as_str()));
+    }
+    match req.get("blocked").and_then(Value::as_bool) {
+        Some(true) => {
+            let before = obj
+                .data
+                .get("blocked_by")
+                .map(|_| Authority::stored(&obj.data, "blocked_by"));
+            let by = before.map_or(authority, |b| b.max(authority));
+            obj.data.insert("blocked_by".into(), json!(by.as_str()));
+        }
+        Some(false) => {
+            obj.data.remove("blocked_by");
+        }
+        None => {}
+    }
+    if authority != Authority::ProxyAdmin && req.contains_key("user_id") {
+        let cap = obj
+            .data
+            .get("max_role")
+            .and_then(Value::as_str)
+            .and_then(Role::parse)
+            .map_or(p.role, |c| c.meet(p.role));
+        obj.data.insert("max_role".into(), json!(cap.as_str()));
+    }
+}
+
 async fn key_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
             let req = body(&b)?;
             let mut obj = named_key(&gov, text(&req, "key")).await?;
-            if !may_manage(&gov, &p, obj.user_id.as_deref(), obj.team_id.as_deref()).await? {
-                return Err(forbidden("update this key"));
-            }
-            if p.role != Role::ProxyAdmin
-                && (req.contains_key("user_id") || req.contains_key("team_id"))
-                && !may_manage(
-                    &gov,
-                    &p,
-                    text(&req, "user_id").as_deref(),
-                    text(&req, "team_id").as_deref(),
-                )
-                .await?
-            {
-                return Err(forbidden("move this key"));
-            }
+            let authority = check_key_change(&gov, &p, &obj, &req).await?;
             let now = gov.now();
             apply(&mut obj.data, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
             if let Some(at) = expiry(&req, now)? {
                 obj.data.insert("expires".into(), json!(format_time(at)));
             }
-            let set_spend = req.get("spend").and_then(Value::as_f64);
+            record_key_authority(&p, &mut obj, &req, authority);
+            let set_spend = spend_field(&req)?;
             if let Some(spend) = set_spend {
                 obj.spend = spend;
             }
@@ -668,7 +1016,7 @@ async fn key_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> 
             return Err(missing("keys"));
         }
         for t in &targets {
-            if !may_manage(&gov, &p, t.user_id.as_deref(), t.team_id.as_deref()).await? {
+            if authority_over(&gov, &p, t.user_id.as_deref(), t.team_id.as_deref()).await?.is_none() {
                 return Err(forbidden("delete this key"));
             }
         }
@@ -752,16 +1100,17 @@ async fn regenerate(
     req: &Map<String, Value>,
 ) -> ApiResult {
     let old = named_key(gov, name).await?;
-    if !may_manage(gov, p, old.user_id.as_deref(), old.team_id.as_deref()).await? {
-        return Err(forbidden("regenerate this key"));
-    }
+    let mut changes = req.clone();
+    changes.remove("key");
+    let authority = check_key_change(gov, p, &old, &changes).await?;
     let key = match text(req, "new_key") {
         Some(k) if p.role == Role::ProxyAdmin && k.starts_with("sk-") => k,
         _ => generate_key(),
     };
     let mut obj = old.clone();
     obj.id = hash_key(&key);
-    apply(&mut obj.data, req, &[KEY_FIELDS, BUDGET_FIELDS])?;
+    apply(&mut obj.data, &changes, &[KEY_FIELDS, BUDGET_FIELDS])?;
+    record_key_authority(p, &mut obj, &changes, authority);
     obj.data.insert("key_name".into(), json!(key_name(&key)));
     obj.sync_columns();
     obj.updated_at = gov.now();
@@ -813,9 +1162,10 @@ async fn set_key_blocked(s: AppState, headers: HeaderMap, b: Bytes, blocked: boo
     let (gov, p) = caller(&s, &headers).await?;
     let req = body(&b)?;
     let mut obj = named_key(&gov, text(&req, "key")).await?;
-    if !may_manage(&gov, &p, obj.user_id.as_deref(), obj.team_id.as_deref()).await? {
-        return Err(forbidden("block this key"));
-    }
+    let mut change = Map::new();
+    change.insert("blocked".into(), json!(blocked));
+    let authority = check_key_change(&gov, &p, &obj, &change).await?;
+    record_key_authority(&p, &mut obj, &change, authority);
     obj.data.insert("blocked".into(), json!(blocked));
     gov.store
         .update(&obj, false)
@@ -889,7 +1239,7 @@ async fn create(
         obj.user_id = None;
     }
     obj.created_at = now;
-    obj.spend = req.get("spend").and_then(Value::as_f64).unwrap_or(0.0);
+    obj.spend = spend_field(req)?.unwrap_or(0.0);
     schedule_reset(&mut obj, now, true);
     if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
         return Err(GatewayError::invalid_request(format!(
@@ -918,7 +1268,7 @@ async fn update(
 ) -> Result<Object, GatewayError> {
     let mut obj = fetch(gov, spec, text(req, spec.id_field)).await?;
     apply(&mut obj.data, req, &[spec.fields, BUDGET_FIELDS])?;
-    let set_spend = req.get("spend").and_then(Value::as_f64);
+    let set_spend = spend_field(req)?;
     if let Some(s) = set_spend {
         obj.spend = s;
     }
@@ -1156,8 +1506,23 @@ async fn team_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
             let (gov, p) = caller(&s, &headers).await?;
             let req = body(&b)?;
             let team = fetch(&gov, &TEAM, text(&req, "team_id")).await?;
-            if p.role != Role::ProxyAdmin && !(p.role.can_write() && p.is_team_admin(&team)) {
-                return Err(forbidden("update this team"));
+            if p.role != Role::ProxyAdmin {
+                if !(p.role.can_write() && p.is_team_admin(&team)) {
+                    return Err(forbidden("update this team"));
+                }
+                // A team admin names and describes the team; its budget, limits, models,
+                // members and blocks are a proxy admin's.
+                if let Some(field) = req
+                    .keys()
+                    .find(|f| !matches!(f.as_str(), "team_id" | "team_alias" | "metadata"))
+                {
+                    return Err(GatewayError::new(
+                        ErrorKind::PermissionDenied,
+                        format!("Only a proxy admin may change a team's `{field}`."),
+                    )
+                    .with_param(field)
+                    .with_code("forbidden"));
+                }
             }
             Ok(view(&update(&gov, &TEAM, &req).await?))
         }
@@ -1877,8 +2242,23 @@ async fn model_info(State(s): State<AppState>, headers: HeaderMap) -> Response {
     respond(
         async {
             let (_, p) = caller(&s, &headers).await?;
-            let _ = p;
-            Ok(json!({"data": crate::models::all_models(&s)}))
+            let mut models = crate::models::all_models(&s);
+            if !p.role.is_admin() {
+                // A user sees the deployments of the models they may use, without where
+                // they are served from or how.
+                models.retain(|m| {
+                    m.get("model_name")
+                        .and_then(Value::as_str)
+                        .is_some_and(|name| super::may_use_model(&s.client, &p, name))
+                });
+                for m in &mut models {
+                    if let Some(params) = m.get_mut("litellm_params").and_then(Value::as_object_mut)
+                    {
+                        params.retain(|k, _| k == "model");
+                    }
+                }
+            }
+            Ok(json!({"data": models}))
         }
         .await,
     )

@@ -115,6 +115,54 @@ impl Role {
     pub fn can_write(self) -> bool {
         matches!(self, Role::ProxyAdmin | Role::InternalUser)
     }
+
+    /// The rights both roles have: a key minted by `other` for a user with `self` acts with
+    /// no more than the minter could (the roles form a lattice of "sees all" x "may write").
+    pub fn meet(self, other: Role) -> Role {
+        match (
+            self.is_admin() && other.is_admin(),
+            self.can_write() && other.can_write(),
+        ) {
+            (true, true) => Role::ProxyAdmin,
+            (true, false) => Role::ProxyAdminViewer,
+            (false, true) => Role::InternalUser,
+            (false, false) => Role::InternalUserViewer,
+        }
+    }
+}
+
+/// How much say a caller has over a key, lowest first. Limits, budgets, models, expiry, owner
+/// and blocks on a key record the authority that set them (`limits_set_by`, `blocked_by`), and
+/// only a caller with at least that authority may change them: a key's holder cannot lift what
+/// a team admin or proxy admin put on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Authority {
+    /// The key's own user.
+    Owner,
+    /// An admin of the key's team.
+    TeamAdmin,
+    /// A proxy admin (the master key included).
+    ProxyAdmin,
+}
+
+impl Authority {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Authority::Owner => "owner",
+            Authority::TeamAdmin => "team_admin",
+            Authority::ProxyAdmin => "proxy_admin",
+        }
+    }
+
+    /// The authority stored in `field` of a key; a key written before authorities were
+    /// recorded counts as set by a proxy admin (the safe reading).
+    pub fn stored(data: &Map<String, Value>, field: &str) -> Authority {
+        match data.get(field).and_then(Value::as_str) {
+            Some("owner") => Authority::Owner,
+            Some("team_admin") => Authority::TeamAdmin,
+            _ => Authority::ProxyAdmin,
+        }
+    }
 }
 
 /// Who is calling.
@@ -205,5 +253,28 @@ mod tests {
             "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
         );
         assert_eq!(key_name("sk-abcdefgh"), "sk-...efgh");
+    }
+
+    #[test]
+    fn meet_keeps_only_the_rights_both_roles_have() {
+        use Role::*;
+        let all = [
+            ProxyAdmin,
+            ProxyAdminViewer,
+            InternalUser,
+            InternalUserViewer,
+        ];
+        for a in all {
+            assert_eq!(a.meet(a), a);
+            assert_eq!(a.meet(ProxyAdmin), a);
+            for b in all {
+                let m = a.meet(b);
+                assert_eq!(m, b.meet(a));
+                assert_eq!(m.is_admin(), a.is_admin() && b.is_admin());
+                assert_eq!(m.can_write(), a.can_write() && b.can_write());
+            }
+        }
+        assert_eq!(ProxyAdminViewer.meet(InternalUser), InternalUserViewer);
+        assert_eq!(ProxyAdmin.meet(InternalUser), InternalUser);
     }
 }

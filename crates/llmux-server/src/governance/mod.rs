@@ -305,11 +305,16 @@ impl Governance {
             Some(id) => self.object(Kind::Organization, &id).await?,
             None => None,
         };
-        let role = user
+        let user_role = user
             .as_ref()
             .and_then(|u| u.data.get("user_role").and_then(Value::as_str))
             .and_then(Role::parse)
             .unwrap_or(Role::InternalUser);
+        // A key minted by someone below its user's role acts with the minter's rights at most.
+        let role = match key.data.get("max_role").and_then(Value::as_str) {
+            Some(cap) => user_role.meet(Role::parse(cap).unwrap_or(Role::InternalUserViewer)),
+            None => user_role,
+        };
         Ok(Principal {
             role,
             key: Some(key),
@@ -341,8 +346,8 @@ impl Governance {
     ) -> Result<Admission, GatewayError> {
         let now = self.now();
         let mut facts = facts;
+        check_model_access(client, principal, &facts.model)?;
         if let Some(key) = &principal.key {
-            check_model_access(client, &key.data, principal.team.as_deref(), &facts.model)?;
             for tag in strings(&key.data, "tags") {
                 if !facts.tags.contains(&tag) {
                     facts.tags.push(tag);
@@ -775,23 +780,42 @@ fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
     scopes
 }
 
-/// Whether a key may use `model`: the key's `models` (else its team's) list names it, a wildcard
-/// pattern matching it, or an access group one of its deployments is in. Empty lists and
-/// `all-proxy-models` allow everything.
-fn check_model_access(
-    client: &Client,
-    key: &serde_json::Map<String, Value>,
-    team: Option<&Object>,
-    model: &str,
-) -> Result<(), GatewayError> {
-    let mut allowed = strings(key, "models");
-    if allowed.is_empty() {
-        if let Some(t) = team {
-            allowed = strings(&t.data, "models");
+/// Whether `p` may use `model`: every model list that restricts it (its key's, its team's and
+/// its user's) names the model, a wildcard pattern matching it, or an access group one of its
+/// deployments is in. Empty lists and `all-proxy-models` restrict nothing; the master key and
+/// callers without a key are not restricted.
+pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result<(), GatewayError> {
+    let lists = [
+        ("key", p.key.as_deref()),
+        ("team", p.team.as_deref()),
+        ("user", p.user.as_deref()),
+    ];
+    for (whose, holder) in lists {
+        let Some(holder) = holder else { continue };
+        let allowed = strings(&holder.data, "models");
+        if !list_allows(client, &allowed, model) {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                format!(
+                    "This key is not allowed to use model `{model}` (its {whose} allows: {}).",
+                    allowed.join(", ")
+                ),
+            )
+            .with_param("model")
+            .with_code("model_not_allowed"));
         }
     }
+    Ok(())
+}
+
+/// Whether `p` may use `model` (what the model listings show).
+pub fn may_use_model(client: &Client, p: &Principal, model: &str) -> bool {
+    check_model_access(client, p, model).is_ok()
+}
+
+fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
     if allowed.is_empty() || allowed.iter().any(|m| m == "all-proxy-models" || m == "*") {
-        return Ok(());
+        return true;
     }
     let matches = |pattern: &str| {
         pattern == model
@@ -800,36 +824,25 @@ fn check_model_access(
                 .is_some_and(|prefix| model.starts_with(prefix))
     };
     if allowed.iter().any(|m| matches(m)) {
-        return Ok(());
+        return true;
     }
     let snapshot = client.snapshot();
-    if let Some(route) = snapshot.router.route(model) {
-        let in_group = route.candidates.iter().any(|i| {
-            let groups = snapshot
-                .router
-                .deployment(*i)
-                .config
-                .model_info
-                .extra
-                .get("access_groups");
-            groups.and_then(Value::as_array).is_some_and(|g| {
-                g.iter()
-                    .any(|v| v.as_str().is_some_and(|g| allowed.iter().any(|a| a == g)))
-            })
-        });
-        if in_group {
-            return Ok(());
-        }
-    }
-    Err(GatewayError::new(
-        ErrorKind::PermissionDenied,
-        format!(
-            "This key is not allowed to use model `{model}`. Allowed: {}",
-            allowed.join(", ")
-        ),
-    )
-    .with_param("model")
-    .with_code("model_not_allowed"))
+    let Some(route) = snapshot.router.route(model) else {
+        return false;
+    };
+    route.candidates.iter().any(|i| {
+        let groups = snapshot
+            .router
+            .deployment(*i)
+            .config
+            .model_info
+            .extra
+            .get("access_groups");
+        groups.and_then(Value::as_array).is_some_and(|g| {
+            g.iter()
+                .any(|v| v.as_str().is_some_and(|g| allowed.iter().any(|a| a == g)))
+        })
+    })
 }
 
 /// A pessimistic price for a request to `facts.model`: the dearest deployment of the group,

@@ -7,14 +7,22 @@ use std::time::Duration;
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use llmux::ResponseMeta;
 
-/// The client's `x-request-id` when it is sane (printable ASCII, at most 128 bytes), else a new id.
-pub(crate) fn request_id(headers: &HeaderMap) -> String {
+/// The client's `x-request-id` when it is sane (printable ASCII, at most 128 bytes). It is kept
+/// beside llmux's own id (spend logs' `client_request_id`) and echoed back, never used as the
+/// request's key: clients reuse ids, and two requests must never share a spend-log row.
+pub(crate) fn client_request_id(headers: &HeaderMap) -> Option<String> {
     headers
         .get(X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(llmux::new_request_id)
+}
+
+/// Echo the client's id as `x-request-id` (llmux's own stays in `x-litellm-call-id`).
+pub(crate) fn echo_client_request_id(h: &mut HeaderMap, client: Option<&str>) {
+    if let Some(v) = client.and_then(|c| HeaderValue::from_str(c).ok()) {
+        h.insert(X_REQUEST_ID, v);
+    }
 }
 
 /// A header parsed as `T`, ignored when absent or malformed.

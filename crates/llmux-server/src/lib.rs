@@ -140,9 +140,21 @@ async fn rerank(State(state): State<AppState>, request: Request) -> Response {
 
 /// Auth → bounded body read → `Client::execute` → response with the gateway's headers.
 async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
+    let client_id = headers::client_request_id(request.headers());
+    let mut response = proxy_inner(state, op, request, client_id.clone()).await;
+    headers::echo_client_request_id(response.headers_mut(), client_id.as_deref());
+    response
+}
+
+async fn proxy_inner(
+    state: AppState,
+    op: Operation,
+    request: Request,
+    client_request_id: Option<String>,
+) -> Response {
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
-    let request_id = headers::request_id(&parts.headers);
+    let request_id = llmux::new_request_id();
     let principal = match authenticate(&state, &parts.headers).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
@@ -165,10 +177,11 @@ async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
             Ok(p) => p,
             Err(e) => return error_response(&e, &request_id),
         };
-        let (facts, rewritten) = match request_facts(&parts.headers, &parsed, principal) {
+        let (mut facts, rewritten) = match request_facts(&parts.headers, &parsed, principal) {
             Ok(f) => f,
             Err(e) => return error_response(&e, &request_id),
         };
+        facts.client_request_id = client_request_id;
         input = Some(match rewritten {
             None => &parsed,
             Some(bytes) => {
@@ -251,6 +264,7 @@ fn request_facts(
     }
     tags.extend(headers::tags(headers));
     let facts = RequestFacts {
+        client_request_id: None,
         prompt_tokens_estimate: (body.bytes().len() as u64) / 4,
         max_output_tokens,
         end_user,
@@ -359,7 +373,7 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
 }
 
 async fn list_models(State(state): State<AppState>, request: Request) -> Response {
-    let request_id = headers::request_id(request.headers());
+    let request_id = llmux::new_request_id();
     let principal = match authenticate(&state, request.headers()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
@@ -380,7 +394,7 @@ async fn get_model(
     Path(id): Path<String>,
     request: Request,
 ) -> Response {
-    let request_id = headers::request_id(request.headers());
+    let request_id = llmux::new_request_id();
     let principal = match authenticate(&state, request.headers()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
@@ -409,7 +423,7 @@ async fn get_model(
 
 /// Admin view of every deployment's live routing state (health, cooldown, load, latency).
 async fn router_deployments(State(state): State<AppState>, request: Request) -> Response {
-    let request_id = headers::request_id(request.headers());
+    let request_id = llmux::new_request_id();
     match authenticate(&state, request.headers()).await {
         Ok(Some(p)) if !p.role.is_admin() => {
             return error_response(

@@ -605,6 +605,8 @@ async fn request_ids_are_echoed_or_generated() {
         .await
         .unwrap();
     assert_eq!(r.headers()["x-request-id"], "trace-123");
+    let own = r.headers()["x-litellm-call-id"].to_str().unwrap();
+    assert_ne!(own, "trace-123", "llmux keys requests by its own id");
     let r = h
         .http
         .post(format!("{}/v1/chat/completions", h.url))

@@ -1056,3 +1056,66 @@ async fn streamed_requests_are_charged() {
         );
     }
 }
+
+/// Issue 17, finding 5: ten requests reusing one `x-request-id` left one spend-log row and a
+/// tenth of the spend, and another key's request with the same id vanished from its logs.
+#[tokio::test]
+async fn reused_client_request_ids_never_collapse_spend_logs() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let a = key(&h, json!({})).await;
+        let b = key(&h, json!({})).await;
+        let body = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]});
+        let mut total = 0.0;
+        let mut own_ids = std::collections::HashSet::new();
+        for sk in std::iter::repeat_n(&a, 10).chain([&b]) {
+            let r = h
+                .http
+                .post(format!("{}/v1/chat/completions", h.url))
+                .bearer_auth(sk)
+                .header("x-request-id", "reused-id")
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-request-id"], "reused-id");
+            own_ids.insert(
+                r.headers()["x-litellm-call-id"]
+                    .to_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+            total += r.headers()["x-litellm-response-cost"]
+                .to_str()
+                .unwrap()
+                .parse::<f64>()
+                .unwrap();
+        }
+        assert_eq!(own_ids.len(), 11, "{db:?}");
+        h.flush_spend().await;
+        let rows: Value = h
+            .get_as(MASTER, "/spend/logs?client_request_id=reused-id")
+            .await
+            .json()
+            .await
+            .unwrap();
+        let rows = rows.as_array().unwrap();
+        assert_eq!(rows.len(), 11, "{db:?}: {rows:?}");
+        let logged: f64 = rows.iter().map(|r| r["spend"].as_f64().unwrap()).sum();
+        assert!((logged - total).abs() < 1e-9, "{db:?}: {logged} vs {total}");
+        let b_rows: Value = h.get_as(&b, "/spend/logs").await.json().await.unwrap();
+        assert_eq!(b_rows.as_array().unwrap().len(), 1, "{db:?}: {b_rows}");
+        assert_eq!(b_rows[0]["client_request_id"], "reused-id");
+        let global: Value = h
+            .get_as(MASTER, "/global/spend")
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            (global["spend"].as_f64().unwrap() - total).abs() < 1e-9,
+            "{db:?}: {global}"
+        );
+    }
+}

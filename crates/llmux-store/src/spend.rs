@@ -11,7 +11,10 @@ use crate::{Kind, Result, Store};
 /// One request's spend record.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct SpendRecord {
+    /// llmux's own id for the request (the row's key).
     pub request_id: String,
+    /// The `x-request-id` the client sent, if any (not unique: clients reuse them).
+    pub client_request_id: String,
     /// SHA-256 hex of the virtual key (empty for the master key).
     pub api_key: String,
     pub user_id: String,
@@ -57,6 +60,7 @@ pub struct DailySpend {
 #[derive(Debug, Clone, Default)]
 pub struct SpendFilter {
     pub request_id: Option<String>,
+    pub client_request_id: Option<String>,
     pub api_key: Option<String>,
     pub user_id: Option<String>,
     pub team_id: Option<String>,
@@ -118,7 +122,7 @@ impl SpendRecord {
     }
 }
 
-/// Records per multi-row INSERT (24 parameters each, well within SQLite's and PostgreSQL's
+/// Records per multi-row INSERT (25 parameters each, well within SQLite's and PostgreSQL's
 /// limits).
 const ROWS_PER_INSERT: usize = 64;
 
@@ -135,14 +139,14 @@ fn insert_sql(rows: usize) -> String {
 /// table opened and closed per statement (about 10k instructions per row, measured).
 fn insert_sql_silent(rows: usize) -> String {
     let mut sql = String::from(
-        "INSERT INTO llmux_spend_logs (request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
+        "INSERT INTO llmux_spend_logs (request_id, client_request_id, api_key, user_id, team_id, organization_id, end_user, model_group, model, deployment_id, provider, call_type, \
          prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, total_tokens, spend, start_time, end_time, ttft_ms, status, error_kind, tags, cache_hit) VALUES ",
     );
     for i in 0..rows {
         if i > 0 {
             sql.push_str(", ");
         }
-        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)");
     }
     sql.push_str(" ON CONFLICT (request_id) DO NOTHING");
     sql
@@ -154,6 +158,7 @@ fn bind_rows<'q>(mut q: AnyQuery<'q>, rows: &'q [SpendRecord]) -> AnyQuery<'q> {
     for r in rows {
         q = q
             .bind(&r.request_id)
+            .bind(&r.client_request_id)
             .bind(&r.api_key)
             .bind(&r.user_id)
             .bind(&r.team_id)
@@ -327,6 +332,7 @@ impl SqliteSpendWriter {
 fn insert_new(insert: &mut rusqlite::CachedStatement<'_>, r: &SpendRecord) -> Result<bool> {
     let changed = insert.execute(rusqlite::params![
         r.request_id,
+        r.client_request_id,
         r.api_key,
         r.user_id,
         r.team_id,
@@ -441,6 +447,7 @@ impl Store {
         let mut text: Vec<&str> = Vec::new();
         for (column, value) in [
             ("request_id", &filter.request_id),
+            ("client_request_id", &filter.client_request_id),
             ("api_key", &filter.api_key),
             ("user_id", &filter.user_id),
             ("team_id", &filter.team_id),
@@ -478,6 +485,7 @@ impl Store {
                 let tags: String = row.try_get("tags")?;
                 Ok(SpendRecord {
                     request_id: row.try_get("request_id")?,
+                    client_request_id: row.try_get("client_request_id")?,
                     api_key: row.try_get("api_key")?,
                     user_id: row.try_get("user_id")?,
                     team_id: row.try_get("team_id")?,

@@ -1883,6 +1883,7 @@ fn day_range(params: &Params) -> (String, String) {
 fn log_view(r: &llmux_store::SpendRecord) -> Value {
     json!({
         "request_id": r.request_id,
+        "client_request_id": r.client_request_id,
         "call_type": r.call_type,
         "api_key": r.api_key,
         "spend": r.spend,
@@ -1915,6 +1916,7 @@ async fn spend_logs(State(s): State<AppState>, headers: HeaderMap, params: Param
             let (gov, p) = caller(&s, &headers).await?;
             let mut filter = SpendFilter {
                 request_id: params.get("request_id").cloned(),
+                client_request_id: params.get("client_request_id").cloned(),
                 api_key: params.get("api_key").map(|k| hash_key(k)),
                 user_id: params.get("user_id").cloned(),
                 team_id: params.get("team_id").cloned(),

@@ -84,6 +84,8 @@ impl std::fmt::Debug for Governance {
 #[derive(Debug, Clone, Default)]
 pub struct RequestFacts {
     pub model: String,
+    /// The client's `x-request-id`, stored beside llmux's own id.
+    pub client_request_id: Option<String>,
     pub end_user: Option<String>,
     pub tags: Vec<String>,
     /// Rough prompt size and the output cap, for the cost estimate.
@@ -604,6 +606,7 @@ impl Admission {
             request_id: log
                 .map(|l| l.request_id.clone())
                 .unwrap_or_else(llmux::new_request_id),
+            client_request_id: self.facts.client_request_id.clone().unwrap_or_default(),
             api_key: id_of(&p.key),
             user_id: p.user_id().map(str::to_owned).unwrap_or_default(),
             team_id: id_of(&p.team),

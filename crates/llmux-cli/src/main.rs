@@ -11,6 +11,8 @@ use llmux_config::{Diagnostic, ProcessEnv};
 use llmux_server::governance::Governance;
 use llmux_server::{build_router, AppState};
 
+mod log_escape;
+
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -112,7 +114,9 @@ fn main() -> ExitCode {
 fn init_logging(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     use tracing_subscriber::EnvFilter;
     // Logs go through a background writer so a slow stderr never stalls a request.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // Control characters in logged fields are escaped: a client's text cannot forge a line.
+    let (writer, guard) =
+        tracing_appender::non_blocking(log_escape::EscapeControl(std::io::stderr()));
     let filter = EnvFilter::try_from_env("LLMUX_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

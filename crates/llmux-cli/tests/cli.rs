@@ -90,6 +90,33 @@ async fn without_a_master_key_the_start_says_authentication_is_off() {
     assert!(stderr.contains("authentication is OFF"), "{stderr}");
 }
 
+/// Issue 17, finding 10: a model name with a newline wrote a line that looked like an entry.
+#[tokio::test]
+async fn a_client_cannot_forge_a_log_line() {
+    let file = write_config("model_list: [{model_name: m, litellm_params: {model: mock/m}}]\n");
+    let mut server = start_server(file.path(), &[]).await;
+    let forged = "nope\n2020-01-01T00:00:00.000000Z  INFO llmux: admin login ok\r\u{1b}[2K";
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", server.url))
+        .json(&serde_json::json!({"model": forged, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    sigterm(&server.child);
+    wait_exit(&mut server.child, Duration::from_secs(10));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(server.child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("admin login ok"),
+        "the rejection is logged: {stderr}"
+    );
+    for line in stderr.lines() {
+        assert!(!line.starts_with("2020-01-01"), "forged line: {line}");
+        assert!(!line.contains('\r') && !line.contains('\u{1b}'), "{line:?}");
+    }
+}
+
 #[test]
 fn config_check_lists_every_problem_with_its_path_and_fails() {
     let file = write_config(

@@ -180,6 +180,14 @@ pub struct Config {
     pub alert_webhook_url: Option<String>,
     /// `llmux_settings.spend_queue_capacity`: spend records buffered before they are aggregated.
     pub spend_queue_capacity: usize,
+    /// `llmux_settings.client_body_timeout`: how long a client may take to send a request's
+    /// body once its headers arrived (408 past it).
+    pub client_body_timeout: Duration,
+    /// `llmux_settings.api_model_env_allowlist`: the environment variables a model added through
+    /// the API (`/model/new`, `/model/update`) may name with `os.environ/` or `${...}`; a name
+    /// ending in `*` allows a prefix. Empty (the default): such models name none, so an admin
+    /// key cannot send the gateway's own secrets to a URL of its choosing.
+    pub api_model_env_allowlist: Vec<String>,
 }
 
 impl Default for Config {
@@ -200,6 +208,8 @@ impl Default for Config {
             model_cost_map_reload_interval: Duration::from_secs(60),
             alert_webhook_url: None,
             spend_queue_capacity: 100_000,
+            client_body_timeout: Duration::from_secs(30),
+            api_model_env_allowlist: Vec::new(),
             router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }

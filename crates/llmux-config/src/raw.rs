@@ -95,4 +95,8 @@ pub(crate) struct RawLlmuxSettings {
     pub alert_webhook_url: Option<String>,
     #[serde(default, deserialize_with = "opt_u64")]
     pub spend_queue_capacity: Option<u64>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub client_body_timeout: Option<f64>,
+    #[serde(default)]
+    pub api_model_env_allowlist: Option<Vec<String>>,
 }

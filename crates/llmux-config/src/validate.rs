@@ -774,6 +774,16 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         ) {
             config.client_header_timeout = t;
         }
+        if let Some(t) = seconds(
+            raw.client_body_timeout,
+            "llmux_settings.client_body_timeout",
+            diags,
+        ) {
+            config.client_body_timeout = t;
+        }
+        if let Some(names) = raw.api_model_env_allowlist {
+            config.api_model_env_allowlist = names.into_iter().filter(|n| !n.is_empty()).collect();
+        }
         if let Some(p) = raw.database_path.filter(|p| !p.is_empty()) {
             config.database_path = p;
         }

@@ -33,9 +33,67 @@ fn model_list(objects: &[&Map<String, Value>]) -> String {
     json!({"model_list": list}).to_string()
 }
 
-/// Refuse a model the configuration loader would reject.
-pub fn check_model(obj: &Object) -> Result<(), GatewayError> {
-    match llmux_config::load_str(&model_list(&[&obj.data]), &ProcessEnv) {
+/// The environment as a model stored through the API sees it: only the variables
+/// `llmux_settings.api_model_env_allowlist` names (a trailing `*` allows a prefix). It remembers
+/// the names it refused, so `/model/new` can say which.
+struct AllowListedEnv<'a> {
+    allowed: &'a [String],
+    refused: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> AllowListedEnv<'a> {
+    fn new(allowed: &'a [String]) -> Self {
+        AllowListedEnv {
+            allowed,
+            refused: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    fn allows(&self, name: &str) -> bool {
+        self.allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => a == name,
+        })
+    }
+
+    fn refused(&self) -> Vec<String> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl llmux_config::EnvSource for AllowListedEnv<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        if self.allows(name) {
+            return ProcessEnv.var(name);
+        }
+        if let Ok(mut refused) = self.refused.lock() {
+            if !refused.iter().any(|r| r == name) {
+                refused.push(name.to_owned());
+            }
+        }
+        None
+    }
+}
+
+/// Refuse a model the configuration loader would reject, or one naming an environment variable
+/// outside `llmux_settings.api_model_env_allowlist`.
+pub fn check_model(obj: &Object, base: &Config) -> Result<(), GatewayError> {
+    let env = AllowListedEnv::new(&base.api_model_env_allowlist);
+    let loaded = llmux_config::load_str(&model_list(&[&obj.data]), &env);
+    let refused = env.refused();
+    if !refused.is_empty() {
+        return Err(GatewayError::new(
+            llmux_types::ErrorKind::PermissionDenied,
+            format!(
+                "Models added through the API may read only the environment variables listed in \
+                 llmux_settings.api_model_env_allowlist; not: {}",
+                refused.join(", ")
+            ),
+        )
+        .with_param("litellm_params")
+        .with_code("env_not_allowed"));
+    }
+    match loaded {
         Ok(loaded) if loaded.config.deployments.len() == 1 => Ok(()),
         Ok(_) => Err(GatewayError::invalid_request(
             "The model could not be read.",
@@ -57,7 +115,10 @@ pub fn merged(base: &Config, stored: &[Object]) -> Result<Config, GatewayError> 
         return Ok(config);
     }
     let docs: Vec<&Map<String, Value>> = stored.iter().map(|o| &o.data).collect();
-    let loaded = llmux_config::load_str(&model_list(&docs), &ProcessEnv).map_err(|diags| {
+    // Stored rows resolve through the same allow-list: a row written before the list changed
+    // (or straight into the database) reads nothing else.
+    let env = AllowListedEnv::new(&base.api_model_env_allowlist);
+    let loaded = llmux_config::load_str(&model_list(&docs), &env).map_err(|diags| {
         GatewayError::invalid_request(
             diags
                 .iter()

@@ -1119,3 +1119,67 @@ async fn reused_client_request_ids_never_collapse_spend_logs() {
         );
     }
 }
+
+/// Issue 17, finding 13: an admin could point a model at any URL with any of the gateway's
+/// environment variables as its key.
+#[tokio::test]
+async fn api_models_read_only_allow_listed_environment_variables() {
+    // Set once for this test process: names unique to this test.
+    std::env::set_var("LLMUX_TEST_ALLOWED_UPSTREAM_KEY", "allowed-secret");
+    std::env::set_var("LLMUX_TEST_GATEWAY_SECRET", "gateway-secret");
+    let yaml =
+        format!("{MODELS}\nllmux_settings: {{api_model_env_allowlist: [LLMUX_TEST_ALLOWED_*]}}\n");
+    let h = start_governed(&yaml, Db::Sqlite).await;
+    for reference in [
+        "os.environ/LLMUX_TEST_GATEWAY_SECRET",
+        "${LLMUX_TEST_GATEWAY_SECRET}",
+        "Bearer ${LLMUX_TEST_GATEWAY_SECRET}",
+    ] {
+        let r = h
+            .post_as(
+                MASTER,
+                "/model/new",
+                &json!({"model_name": "exfil", "litellm_params": {"model": "openai/x", "api_base": h.mock_url, "api_key": reference}}),
+            )
+            .await;
+        assert_eq!(r.status(), 403, "{reference}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["code"], "env_not_allowed", "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("LLMUX_TEST_GATEWAY_SECRET"));
+    }
+    let r = h
+        .post_as(
+            MASTER,
+            "/model/update",
+            &json!({"model_info": {"id": "nope"}, "litellm_params": {"api_key": "os.environ/LLMUX_TEST_GATEWAY_SECRET"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 404, "an unknown model is not found first");
+    h.admin(
+        "/model/new",
+        json!({"model_name": "allowed", "litellm_params": {"model": "openai/allowed", "api_base": h.mock_url, "api_key": "os.environ/LLMUX_TEST_ALLOWED_UPSTREAM_KEY"}, "model_info": {"id": "allowed-1"}}),
+    )
+    .await;
+    assert_eq!(h.chat_as(MASTER, "allowed").await.status(), 200);
+    let sent = h.recorded();
+    let last = sent.last().unwrap();
+    assert!(
+        last.headers
+            .iter()
+            .any(|(k, v)| k == "authorization" && v == "Bearer allowed-secret"),
+        "{:?}",
+        last.headers
+    );
+    // Changing the model to read a secret is refused too.
+    let r = h
+        .post_as(
+            MASTER,
+            "/model/update",
+            &json!({"model_info": {"id": "allowed-1"}, "litellm_params": {"api_key": "os.environ/LLMUX_TEST_GATEWAY_SECRET"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+}

@@ -2158,7 +2158,7 @@ async fn model_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> R
             doc.insert("litellm_params".into(), params.clone());
             doc.insert("model_info".into(), Value::Object(info));
             let obj = Object::new(Kind::Model, id.clone(), doc);
-            crate::models::check_model(&obj)?;
+            crate::models::check_model(&obj, &s.base_config)?;
             if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
                 return Err(
                     GatewayError::invalid_request(format!("Model `{id}` already exists."))
@@ -2205,7 +2205,7 @@ async fn model_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
                 }
             }
             obj.sync_columns();
-            crate::models::check_model(&obj)?;
+            crate::models::check_model(&obj, &s.base_config)?;
             gov.store
                 .update(&obj, false)
                 .await

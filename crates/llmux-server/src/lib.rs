@@ -87,9 +87,10 @@ impl AppState {
 async fn authenticate(
     state: &AppState,
     headers: &axum::http::HeaderMap,
+    path: &str,
 ) -> Result<Option<Principal>, GatewayError> {
     match &state.governance {
-        Some(gov) => gov.authenticate(headers).await.map(Some),
+        Some(gov) => gov.authenticate_for(headers, path).await.map(Some),
         None => auth::authorize(headers, &state.client.snapshot().config).map(|()| None),
     }
 }
@@ -155,7 +156,7 @@ async fn proxy_inner(
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = llmux::new_request_id();
-    let principal = match authenticate(&state, &parts.headers).await {
+    let principal = match authenticate(&state, &parts.headers, parts.uri.path()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
     };
@@ -374,7 +375,7 @@ pub fn error_response(error: &GatewayError, request_id: &str) -> Response {
 
 async fn list_models(State(state): State<AppState>, request: Request) -> Response {
     let request_id = llmux::new_request_id();
-    let principal = match authenticate(&state, request.headers()).await {
+    let principal = match authenticate(&state, request.headers(), request.uri().path()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
     };
@@ -395,7 +396,7 @@ async fn get_model(
     request: Request,
 ) -> Response {
     let request_id = llmux::new_request_id();
-    let principal = match authenticate(&state, request.headers()).await {
+    let principal = match authenticate(&state, request.headers(), request.uri().path()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
     };
@@ -424,7 +425,7 @@ async fn get_model(
 /// Admin view of every deployment's live routing state (health, cooldown, load, latency).
 async fn router_deployments(State(state): State<AppState>, request: Request) -> Response {
     let request_id = llmux::new_request_id();
-    match authenticate(&state, request.headers()).await {
+    match authenticate(&state, request.headers(), request.uri().path()).await {
         Ok(Some(p)) if !p.role.is_admin() => {
             return error_response(
                 &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.")

@@ -23,7 +23,7 @@ router_settings: {num_retries: 0}
 "#;
 
 /// The callers, in the order of a row's expectation string.
-const ACTORS: [&str; 7] = [
+const ACTORS: [&str; 8] = [
     "master",
     "proxy_admin",
     "proxy_admin_viewer",
@@ -31,6 +31,9 @@ const ACTORS: [&str; 7] = [
     "member",
     "outsider",
     "internal_user_viewer",
+    // A key the team admin minted for `member` in the world's own team: it reaches only that
+    // team (every row's objects are in fresh teams, so it reaches none of them).
+    "delegated",
 ];
 
 /// What a request acts on, made fresh for every (row, caller) so destructive rows do not
@@ -96,103 +99,112 @@ const fn row(
 
 use Target::*;
 
-//                                                                    callers: M A V T U O W
+//                                                                    callers: M A V T U O W D
 #[rustfmt::skip]
 const TABLE: &[Row] = &[
-    row("POST", "/key/generate", "/key/generate", Nothing, "{}", "yynyyyn"),
-    row("POST", "/key/generate", "/key/generate", MemberKey, r#"{"user_id": "member", "team_id": "{team}"}"#, "yynynnn"),
-    row("POST", "/key/generate", "/key/generate", StrangerKey, r#"{"user_id": "{user}"}"#, "yynnnnn"),
-    row("POST", "/key/generate", "/key/generate", StrangerKey, r#"{"user_id": "{user}", "team_id": "{team}"}"#, "yynnnnn"),
-    row("POST", "/key/generate", "/key/generate", Nothing, r#"{"user_id": "admin1", "team_id": "{team}"}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "key_alias": "{fresh}", "metadata": {"a": 1}}"#, "yynyyyn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "rpm_limit": 100000}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "max_budget": 1000000}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "models": []}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "duration": "3650d"}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "spend": 0}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", SelfMintedKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynyyyn"),
-    row("POST", "/key/update", "/key/update", MemberKey, r#"{"key": "{key}", "key_alias": "{fresh}"}"#, "yynyynn"),
-    row("POST", "/key/update", "/key/update", MemberKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", TeamMintedKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynynnn"),
-    row("POST", "/key/update", "/key/update", TeamMintedKey, r#"{"key": "{key}", "user_id": "admin1"}"#, "yynnnnn"),
-    row("POST", "/key/update", "/key/update", StrangerKey, r#"{"key": "{key}", "key_alias": "{fresh}"}"#, "yynnnnn"),
-    row("POST", "/key/delete", "/key/delete", OwnKey, r#"{"keys": ["{key}"]}"#, "yynyyyn"),
-    row("POST", "/key/delete", "/key/delete", MemberKey, r#"{"keys": ["{key}"]}"#, "yynyynn"),
-    row("POST", "/key/delete", "/key/delete", StrangerKey, r#"{"keys": ["{key}"]}"#, "yynnnnn"),
-    row("GET", "/key/info", "/key/info?key={key}", OwnKey, "", "yyyyyyy"),
-    row("GET", "/key/info", "/key/info?key={key}", MemberKey, "", "yyyyynn"),
-    row("GET", "/key/info", "/key/info?key={key}", StrangerKey, "", "yyynnnn"),
-    row("GET", "/key/list", "/key/list", Nothing, "", "yyyyyyy"),
-    row("GET", "/key/list", "/key/list?team_id={team}", Team, "", "yyyyyyy"),
-    row("POST", "/key/regenerate", "/key/regenerate", OwnKey, r#"{"key": "{key}"}"#, "yynyyyn"),
-    row("POST", "/key/regenerate", "/key/regenerate", OwnKey, r#"{"key": "{key}", "max_budget": 1000}"#, "yynnnnn"),
-    row("POST", "/key/regenerate", "/key/regenerate", MemberKey, r#"{"key": "{key}"}"#, "yynyynn"),
-    row("POST", "/key/regenerate", "/key/regenerate", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnn"),
-    row("POST", "/key/{key}/regenerate", "/key/{key}/regenerate", OwnKey, "{}", "yynyyyn"),
-    row("POST", "/key/{key}/regenerate", "/key/{key}/regenerate", StrangerKey, "{}", "yynnnnn"),
-    row("POST", "/key/block", "/key/block", OwnKey, r#"{"key": "{key}"}"#, "yynyyyn"),
-    row("POST", "/key/block", "/key/block", MemberKey, r#"{"key": "{key}"}"#, "yynyynn"),
-    row("POST", "/key/block", "/key/block", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnn"),
-    row("POST", "/key/unblock", "/key/unblock", BlockedOwnKey, r#"{"key": "{key}"}"#, "yynnnnn"),
-    row("POST", "/key/unblock", "/key/unblock", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnn"),
-    row("POST", "/user/new", "/user/new", Nothing, r#"{"user_id": "{fresh}", "auto_create_key": false}"#, "yynnnnn"),
-    row("POST", "/user/new", "/user/new", Nothing, r#"{"user_id": "{fresh}", "user_role": "proxy_admin", "auto_create_key": false}"#, "yynnnnn"),
-    row("POST", "/user/update", "/user/update", OwnUser, r#"{"user_id": "{user}", "user_role": "proxy_admin"}"#, "-ynnnnn"),
-    row("POST", "/user/update", "/user/update", StrangerUser, r#"{"user_id": "{user}", "max_budget": 5}"#, "yynnnnn"),
-    row("POST", "/user/delete", "/user/delete", StrangerUser, r#"{"user_ids": ["{user}"]}"#, "yynnnnn"),
-    row("GET", "/user/info", "/user/info?user_id={user}", OwnUser, "", "-yyyyyy"),
-    row("GET", "/user/info", "/user/info?user_id={user}", StrangerUser, "", "yyynnnn"),
-    row("GET", "/user/list", "/user/list", Nothing, "", "yyynnnn"),
-    row("POST", "/team/new", "/team/new", Nothing, r#"{"team_alias": "{fresh}"}"#, "yynnnnn"),
-    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "team_alias": "{fresh}", "metadata": {"a": 1}}"#, "yynynnn"),
-    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "max_budget": 1000000}"#, "yynnnnn"),
-    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "models": []}"#, "yynnnnn"),
-    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "blocked": false}"#, "yynnnnn"),
-    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "rpm_limit": 100000}"#, "yynnnnn"),
-    row("POST", "/team/delete", "/team/delete", Team, r#"{"team_ids": ["{team}"]}"#, "yynnnnn"),
-    row("GET", "/team/info", "/team/info?team_id={team}", Team, "", "yyyyynn"),
-    row("GET", "/team/list", "/team/list", Nothing, "", "yyyyyyy"),
-    row("POST", "/team/member_add", "/team/member_add", Team, r#"{"team_id": "{team}", "member": {"user_id": "{fresh}", "role": "user"}}"#, "yynynnn"),
-    row("POST", "/team/member_delete", "/team/member_delete", Team, r#"{"team_id": "{team}", "user_id": "member"}"#, "yynynnn"),
-    row("POST", "/team/block", "/team/block", Team, r#"{"team_id": "{team}"}"#, "yynnnnn"),
-    row("POST", "/team/unblock", "/team/unblock", Team, r#"{"team_id": "{team}"}"#, "yynnnnn"),
-    row("POST", "/organization/new", "/organization/new", Nothing, r#"{"organization_alias": "{fresh}"}"#, "yynnnnn"),
-    row("POST", "/organization/update", "/organization/update", Org, r#"{"organization_id": "{id}", "max_budget": 9}"#, "yynnnnn"),
-    row("PATCH", "/organization/update", "/organization/update", Org, r#"{"organization_id": "{id}", "max_budget": 9}"#, "yynnnnn"),
-    row("DELETE", "/organization/delete", "/organization/delete", Org, r#"{"organization_ids": ["{id}"]}"#, "yynnnnn"),
-    row("POST", "/organization/delete", "/organization/delete", Org, r#"{"organization_ids": ["{id}"]}"#, "yynnnnn"),
-    row("GET", "/organization/info", "/organization/info?organization_id={id}", Org, "", "yyynnnn"),
-    row("POST", "/organization/info", "/organization/info", Org, r#"{"organization_id": "{id}"}"#, "yyynnnn"),
-    row("GET", "/organization/list", "/organization/list", Nothing, "", "yyynnnn"),
-    row("POST", "/customer/new", "/customer/new", Nothing, r#"{"user_id": "{fresh}"}"#, "yynnnnn"),
-    row("POST", "/customer/update", "/customer/update", Customer, r#"{"user_id": "{id}", "max_budget": 3}"#, "yynnnnn"),
-    row("POST", "/customer/delete", "/customer/delete", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnn"),
-    row("GET", "/customer/info", "/customer/info?end_user_id={id}", Customer, "", "yyynnnn"),
-    row("GET", "/customer/list", "/customer/list", Nothing, "", "yyynnnn"),
-    row("POST", "/customer/block", "/customer/block", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnn"),
-    row("POST", "/customer/unblock", "/customer/unblock", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnn"),
-    row("POST", "/end_user/new", "/end_user/new", Nothing, r#"{"user_id": "{fresh}"}"#, "yynnnnn"),
-    row("GET", "/end_user/info", "/end_user/info?end_user_id={id}", Customer, "", "yyynnnn"),
-    row("POST", "/budget/new", "/budget/new", Nothing, r#"{"budget_id": "{fresh}", "max_budget": 1}"#, "yynnnnn"),
-    row("POST", "/budget/update", "/budget/update", Budget, r#"{"budget_id": "{id}", "max_budget": 2}"#, "yynnnnn"),
-    row("POST", "/budget/delete", "/budget/delete", Budget, r#"{"id": ["{id}"]}"#, "yynnnnn"),
-    row("POST", "/budget/info", "/budget/info", Budget, r#"{"budgets": ["{id}"]}"#, "yyynnnn"),
-    row("GET", "/budget/list", "/budget/list", Nothing, "", "yyynnnn"),
-    row("GET", "/spend/logs", "/spend/logs", Nothing, "", "yyyyyyy"),
-    row("GET", "/spend/keys", "/spend/keys", Nothing, "", "yyynnnn"),
-    row("GET", "/spend/users", "/spend/users", Nothing, "", "yyynnnn"),
-    row("GET", "/spend/users", "/spend/users?user_id={user}", OwnUser, "", "-yyyyyy"),
-    row("GET", "/spend/users", "/spend/users?user_id={user}", StrangerUser, "", "yyynnnn"),
-    row("GET", "/spend/tags", "/spend/tags", Nothing, "", "yyynnnn"),
-    row("GET", "/global/spend", "/global/spend", Nothing, "", "yyynnnn"),
-    row("GET", "/global/spend/keys", "/global/spend/keys", Nothing, "", "yyynnnn"),
-    row("GET", "/global/spend/models", "/global/spend/models", Nothing, "", "yyynnnn"),
-    row("GET", "/global/spend/teams", "/global/spend/teams", Nothing, "", "yyynnnn"),
-    row("POST", "/model/new", "/model/new", Nothing, r#"{"model_name": "{fresh}", "litellm_params": {"model": "mock/x"}}"#, "yynnnnn"),
-    row("POST", "/model/update", "/model/update", Model, r#"{"model_info": {"id": "{id}"}, "model_name": "{fresh}"}"#, "yynnnnn"),
-    row("POST", "/model/delete", "/model/delete", Model, r#"{"id": "{id}"}"#, "yynnnnn"),
-    row("GET", "/model/info", "/model/info", Nothing, "", "yyyyyyy"),
-    row("GET", "/v1/model/info", "/v1/model/info", Nothing, "", "yyyyyyy"),
+    row("POST", "/key/generate", "/key/generate", Nothing, "{}", "yynyyynn"),
+    row("POST", "/key/generate", "/key/generate", MemberKey, r#"{"user_id": "member", "team_id": "{team}"}"#, "yynynnnn"),
+    row("POST", "/key/generate", "/key/generate", StrangerKey, r#"{"user_id": "{user}"}"#, "yynnnnnn"),
+    row("POST", "/key/generate", "/key/generate", StrangerKey, r#"{"user_id": "{user}", "team_id": "{team}"}"#, "yynnnnnn"),
+    row("POST", "/key/generate", "/key/generate", Nothing, r#"{"user_id": "admin1", "team_id": "{team}"}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "key_alias": "{fresh}", "metadata": {"a": 1}}"#, "yynyyynn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "rpm_limit": 100000}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "max_budget": 1000000}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "models": []}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "duration": "3650d"}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", OwnKey, r#"{"key": "{key}", "spend": 0}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", SelfMintedKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynyyynn"),
+    row("POST", "/key/update", "/key/update", MemberKey, r#"{"key": "{key}", "key_alias": "{fresh}"}"#, "yynyynnn"),
+    row("POST", "/key/update", "/key/update", MemberKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", TeamMintedKey, r#"{"key": "{key}", "rpm_limit": 5}"#, "yynynnnn"),
+    row("POST", "/key/update", "/key/update", TeamMintedKey, r#"{"key": "{key}", "user_id": "admin1"}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", StrangerKey, r#"{"key": "{key}", "key_alias": "{fresh}"}"#, "yynnnnnn"),
+    row("POST", "/key/delete", "/key/delete", OwnKey, r#"{"keys": ["{key}"]}"#, "yynyyynn"),
+    row("POST", "/key/delete", "/key/delete", MemberKey, r#"{"keys": ["{key}"]}"#, "yynyynnn"),
+    row("POST", "/key/delete", "/key/delete", StrangerKey, r#"{"keys": ["{key}"]}"#, "yynnnnnn"),
+    row("GET", "/key/info", "/key/info?key={key}", OwnKey, "", "yyyyyyyn"),
+    row("GET", "/key/info", "/key/info?key={key}", MemberKey, "", "yyyyynnn"),
+    row("GET", "/key/info", "/key/info?key={key}", StrangerKey, "", "yyynnnnn"),
+    row("GET", "/key/list", "/key/list", Nothing, "", "yyyyyyyy"),
+    row("GET", "/key/list", "/key/list?team_id={team}", Team, "", "yyyyyyyy"),
+    row("POST", "/key/regenerate", "/key/regenerate", OwnKey, r#"{"key": "{key}"}"#, "yynyyynn"),
+    row("POST", "/key/regenerate", "/key/regenerate", OwnKey, r#"{"key": "{key}", "max_budget": 1000}"#, "yynnnnnn"),
+    row("POST", "/key/regenerate", "/key/regenerate", MemberKey, r#"{"key": "{key}"}"#, "yynyynnn"),
+    row("POST", "/key/regenerate", "/key/regenerate", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnnn"),
+    row("POST", "/key/{key}/regenerate", "/key/{key}/regenerate", OwnKey, "{}", "yynyyynn"),
+    row("POST", "/key/{key}/regenerate", "/key/{key}/regenerate", StrangerKey, "{}", "yynnnnnn"),
+    row("POST", "/key/block", "/key/block", OwnKey, r#"{"key": "{key}"}"#, "yynyyynn"),
+    row("POST", "/key/block", "/key/block", MemberKey, r#"{"key": "{key}"}"#, "yynyynnn"),
+    row("POST", "/key/block", "/key/block", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnnn"),
+    row("POST", "/key/unblock", "/key/unblock", BlockedOwnKey, r#"{"key": "{key}"}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", BlockedOwnKey, r#"{"key": "{key}", "blocked": null}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", BlockedOwnKey, r#"{"key": "{key}", "blocked": false}"#, "yynnnnnn"),
+    row("POST", "/key/regenerate", "/key/regenerate", BlockedOwnKey, r#"{"key": "{key}", "blocked": null}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", SelfMintedKey, r#"{"key": "{key}", "user_id": null}"#, "yynnnnnn"),
+    row("POST", "/key/update", "/key/update", SelfMintedKey, r#"{"key": "{key}", "organization_id": "some-org"}"#, "yynnnnnn"),
+    row("POST", "/key/generate", "/key/generate", Org, r#"{"organization_id": "{id}"}"#, "yynnnnnn"),
+    row("POST", "/key/unblock", "/key/unblock", StrangerKey, r#"{"key": "{key}"}"#, "yynnnnnn"),
+    row("POST", "/user/new", "/user/new", Nothing, r#"{"user_id": "{fresh}", "auto_create_key": false}"#, "yynnnnnn"),
+    row("POST", "/user/new", "/user/new", Nothing, r#"{"user_id": "{fresh}", "user_role": "proxy_admin", "auto_create_key": false}"#, "yynnnnnn"),
+    row("POST", "/user/update", "/user/update", OwnUser, r#"{"user_id": "{user}", "user_role": "proxy_admin"}"#, "-ynnnnnn"),
+    row("POST", "/user/update", "/user/update", StrangerUser, r#"{"user_id": "{user}", "max_budget": 5}"#, "yynnnnnn"),
+    row("POST", "/user/delete", "/user/delete", StrangerUser, r#"{"user_ids": ["{user}"]}"#, "yynnnnnn"),
+    row("GET", "/user/info", "/user/info?user_id={user}", OwnUser, "", "-yyyyyyy"),
+    row("GET", "/user/info", "/user/info?user_id={user}", StrangerUser, "", "yyynnnnn"),
+    row("GET", "/user/list", "/user/list", Nothing, "", "yyynnnnn"),
+    row("POST", "/team/new", "/team/new", Nothing, r#"{"team_alias": "{fresh}"}"#, "yynnnnnn"),
+    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "team_alias": "{fresh}", "metadata": {"a": 1}}"#, "yynynnnn"),
+    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "max_budget": 1000000}"#, "yynnnnnn"),
+    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "models": []}"#, "yynnnnnn"),
+    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "blocked": false}"#, "yynnnnnn"),
+    row("POST", "/team/update", "/team/update", Team, r#"{"team_id": "{team}", "rpm_limit": 100000}"#, "yynnnnnn"),
+    row("POST", "/team/delete", "/team/delete", Team, r#"{"team_ids": ["{team}"]}"#, "yynnnnnn"),
+    row("GET", "/team/info", "/team/info?team_id={team}", Team, "", "yyyyynnn"),
+    row("GET", "/team/list", "/team/list", Nothing, "", "yyyyyyyy"),
+    row("POST", "/team/member_add", "/team/member_add", Team, r#"{"team_id": "{team}", "member": {"user_id": "outsider", "role": "user"}}"#, "yynynnnn"),
+    row("POST", "/team/member_add", "/team/member_add", Team, r#"{"team_id": "{team}", "member": {"user_id": "outsider", "role": "admin"}}"#, "yynnnnnn"),
+    row("POST", "/team/member_add", "/team/member_add", Team, r#"{"team_id": "{team}", "member": [{"user_id": "outsider"}, {"user_id": "admin1", "role": "admin"}]}"#, "yynnnnnn"),
+    row("POST", "/team/member_delete", "/team/member_delete", Team, r#"{"team_id": "{team}", "user_id": "member"}"#, "yynynnnn"),
+    row("POST", "/team/member_delete", "/team/member_delete", Team, r#"{"team_id": "{team}", "user_id": "team_admin"}"#, "yynnnnnn"),
+    row("POST", "/team/block", "/team/block", Team, r#"{"team_id": "{team}"}"#, "yynnnnnn"),
+    row("POST", "/team/unblock", "/team/unblock", Team, r#"{"team_id": "{team}"}"#, "yynnnnnn"),
+    row("POST", "/organization/new", "/organization/new", Nothing, r#"{"organization_alias": "{fresh}"}"#, "yynnnnnn"),
+    row("POST", "/organization/update", "/organization/update", Org, r#"{"organization_id": "{id}", "max_budget": 9}"#, "yynnnnnn"),
+    row("PATCH", "/organization/update", "/organization/update", Org, r#"{"organization_id": "{id}", "max_budget": 9}"#, "yynnnnnn"),
+    row("DELETE", "/organization/delete", "/organization/delete", Org, r#"{"organization_ids": ["{id}"]}"#, "yynnnnnn"),
+    row("POST", "/organization/delete", "/organization/delete", Org, r#"{"organization_ids": ["{id}"]}"#, "yynnnnnn"),
+    row("GET", "/organization/info", "/organization/info?organization_id={id}", Org, "", "yyynnnnn"),
+    row("POST", "/organization/info", "/organization/info", Org, r#"{"organization_id": "{id}"}"#, "yyynnnnn"),
+    row("GET", "/organization/list", "/organization/list", Nothing, "", "yyynnnnn"),
+    row("POST", "/customer/new", "/customer/new", Nothing, r#"{"user_id": "{fresh}"}"#, "yynnnnnn"),
+    row("POST", "/customer/update", "/customer/update", Customer, r#"{"user_id": "{id}", "max_budget": 3}"#, "yynnnnnn"),
+    row("POST", "/customer/delete", "/customer/delete", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnnn"),
+    row("GET", "/customer/info", "/customer/info?end_user_id={id}", Customer, "", "yyynnnnn"),
+    row("GET", "/customer/list", "/customer/list", Nothing, "", "yyynnnnn"),
+    row("POST", "/customer/block", "/customer/block", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnnn"),
+    row("POST", "/customer/unblock", "/customer/unblock", Customer, r#"{"user_ids": ["{id}"]}"#, "yynnnnnn"),
+    row("POST", "/end_user/new", "/end_user/new", Nothing, r#"{"user_id": "{fresh}"}"#, "yynnnnnn"),
+    row("GET", "/end_user/info", "/end_user/info?end_user_id={id}", Customer, "", "yyynnnnn"),
+    row("POST", "/budget/new", "/budget/new", Nothing, r#"{"budget_id": "{fresh}", "max_budget": 1}"#, "yynnnnnn"),
+    row("POST", "/budget/update", "/budget/update", Budget, r#"{"budget_id": "{id}", "max_budget": 2}"#, "yynnnnnn"),
+    row("POST", "/budget/delete", "/budget/delete", Budget, r#"{"id": ["{id}"]}"#, "yynnnnnn"),
+    row("POST", "/budget/info", "/budget/info", Budget, r#"{"budgets": ["{id}"]}"#, "yyynnnnn"),
+    row("GET", "/budget/list", "/budget/list", Nothing, "", "yyynnnnn"),
+    row("GET", "/spend/logs", "/spend/logs", Nothing, "", "yyyyyyyy"),
+    row("GET", "/spend/keys", "/spend/keys", Nothing, "", "yyynnnnn"),
+    row("GET", "/spend/users", "/spend/users", Nothing, "", "yyynnnnn"),
+    row("GET", "/spend/users", "/spend/users?user_id={user}", OwnUser, "", "-yyyyyyy"),
+    row("GET", "/spend/users", "/spend/users?user_id={user}", StrangerUser, "", "yyynnnnn"),
+    row("GET", "/spend/tags", "/spend/tags", Nothing, "", "yyynnnnn"),
+    row("GET", "/global/spend", "/global/spend", Nothing, "", "yyynnnnn"),
+    row("GET", "/global/spend/keys", "/global/spend/keys", Nothing, "", "yyynnnnn"),
+    row("GET", "/global/spend/models", "/global/spend/models", Nothing, "", "yyynnnnn"),
+    row("GET", "/global/spend/teams", "/global/spend/teams", Nothing, "", "yyynnnnn"),
+    row("POST", "/model/new", "/model/new", Nothing, r#"{"model_name": "{fresh}", "litellm_params": {"model": "mock/x"}}"#, "yynnnnnn"),
+    row("POST", "/model/update", "/model/update", Model, r#"{"model_info": {"id": "{id}"}, "model_name": "{fresh}"}"#, "yynnnnnn"),
+    row("POST", "/model/delete", "/model/delete", Model, r#"{"id": "{id}"}"#, "yynnnnnn"),
+    row("GET", "/model/info", "/model/info", Nothing, "", "yyyyyyyy"),
+    row("GET", "/v1/model/info", "/v1/model/info", Nothing, "", "yyyyyyyy"),
 ];
 
 static FRESH: AtomicU64 = AtomicU64::new(0);
@@ -231,6 +243,20 @@ async fn world(db: Db) -> World {
             Some(actor.to_owned()),
         ));
     }
+    let own_team = team(&h).await;
+    let r = h
+        .post_as(
+            &keys[3].0,
+            "/key/generate",
+            &json!({"user_id": "member", "team_id": own_team}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let delegated = r.json::<Value>().await.unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    keys.push((delegated, Some("member".to_owned())));
     World { h, keys }
 }
 
@@ -514,7 +540,8 @@ async fn a_team_admin_cannot_mint_rights_above_their_own() {
         .await;
         assert_eq!(s, 403, "{who}: {v}");
     }
-    // Inside the team, the key acts with no more than the team admin's role.
+    // Inside the team, a member whose role is above the team admin's gets no key from them
+    // (not even a capped one: it would read that member's keys and logs).
     h.admin(
         "/team/member_add",
         json!({"team_id": t, "member": [{"user_id": "admin1", "role": "user"}, {"user_id": "viewer1", "role": "user"}]}),
@@ -526,37 +553,74 @@ async fn a_team_admin_cannot_mint_rights_above_their_own() {
                 .await,
         )
         .await;
-        assert_eq!(s, 200, "{who}: {v}");
-        let minted = v["key"].as_str().unwrap();
-        assert_eq!(v["max_role"], "internal_user");
-        let (s, _) = status_of(h.get_as(minted, "/user/list").await).await;
-        assert_eq!(s, 403, "{who}'s team key lists users");
-        let (s, _) = status_of(
-            h.post_as(
-                minted,
-                "/user/update",
-                &json!({"user_id": "team_admin", "user_role": "proxy_admin"}),
-            )
-            .await,
-        )
-        .await;
-        assert_eq!(s, 403, "{who}'s team key promotes the team admin");
-        let (s, _) = status_of(
-            h.post_as(
-                minted,
-                "/model/new",
-                &json!({"model_name": "x", "litellm_params": {"model": "mock/x"}}),
-            )
-            .await,
-        )
-        .await;
-        assert_eq!(s, 403);
-        let listed: Value = h.get_as(minted, "/key/list").await.json().await.unwrap();
-        assert!(
-            listed["keys"].as_array().unwrap().len() <= 2,
-            "sees only its user's keys: {listed}"
-        );
+        assert_eq!(s, 403, "{who}: {v}");
     }
+    // A member's key made by the team admin acts as an internal user, within the team only.
+    let admin1_key = h.admin("/key/generate", json!({"user_id": "member"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (s, v) = status_of(
+        h.post_as(
+            tl,
+            "/key/generate",
+            &json!({"team_id": t, "user_id": "member"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["max_role"], "internal_user");
+    assert_eq!(v["delegated"], true);
+    let minted = v["key"].as_str().unwrap().to_owned();
+    for (method, path, body) in [
+        ("GET", "/user/list", json!(null)),
+        (
+            "POST",
+            "/user/update",
+            json!({"user_id": "team_admin", "user_role": "proxy_admin"}),
+        ),
+        (
+            "POST",
+            "/model/new",
+            json!({"model_name": "x", "litellm_params": {"model": "mock/x"}}),
+        ),
+        ("POST", "/key/regenerate", json!({"key": admin1_key})),
+        ("POST", "/key/delete", json!({"keys": [admin1_key]})),
+        ("POST", "/key/block", json!({"key": admin1_key})),
+        ("GET", "/key/info?key=ADMIN1", json!(null)),
+        ("POST", "/key/generate", json!({})),
+    ] {
+        let path = path.replace("ADMIN1", &admin1_key);
+        let r = if method == "GET" {
+            h.get_as(&minted, &path).await
+        } else {
+            h.post_as(&minted, &path, &body).await
+        };
+        assert_eq!(r.status(), 403, "{method} {path}");
+    }
+    // The member's personal key still works: the team admin's key took nothing over.
+    assert_eq!(h.chat_as(&admin1_key, "mock-model").await.status(), 200);
+    let listed: Value = h
+        .get_as(&minted, "/key/list?return_full_object=true")
+        .await
+        .json()
+        .await
+        .unwrap();
+    let listed = listed["keys"].as_array().unwrap();
+    assert!(
+        !listed.is_empty() && listed.iter().all(|k| k["team_id"] == json!(t)),
+        "sees only the team's keys: {listed:?}"
+    );
+    let info: Value = h.get_as(&minted, "/user/info").await.json().await.unwrap();
+    assert!(
+        info["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k["team_id"] == json!(t)),
+        "{info}"
+    );
     // The team admin is still an internal user.
     let me: Value = h
         .get_as(MASTER, "/user/info?user_id=team_admin")
@@ -809,4 +873,263 @@ async fn model_access_is_the_intersection_and_listings_follow_it() {
     assert!(all["data"][0]["litellm_params"]["api_base"].is_string());
     let all: Value = h.get_as(MASTER, "/v1/models").await.json().await.unwrap();
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
+}
+
+/// Keys minted with a limited key share its windows and carve its budget atomically; a
+/// regenerated key keeps its windows and spend; route lists and per-model budgets.
+#[tokio::test]
+async fn minted_and_regenerated_keys_keep_every_limit() {
+    let w = world(Db::Sqlite).await;
+    let h = &w.h;
+    h.admin(
+        "/user/new",
+        json!({"user_id": "bob", "auto_create_key": false}),
+    )
+    .await;
+    // Twenty concurrent mints from a key with 10 to spend never hand out more than 10.
+    let parent = h
+        .admin(
+            "/key/generate",
+            json!({"user_id": "bob", "max_budget": 10.0}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let ask = json!({"max_budget": 1.5});
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| h.post_as(&parent, "/key/generate", &ask)))
+            .await;
+    let mut granted = 0.0;
+    for r in answers {
+        let (s, v) = status_of(r).await;
+        if s == 200 {
+            granted += v["max_budget"].as_f64().unwrap();
+        } else {
+            assert!(s == 403 || s == 429, "{s} {v}");
+        }
+    }
+    let left: Value = h
+        .get_as(MASTER, &format!("/key/info?key={parent}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let left = left["info"]["max_budget"].as_f64().unwrap();
+    assert!(granted > 0.0);
+    assert!(
+        (granted + left - 10.0).abs() < 1e-9,
+        "carved {granted} + left {left} must be the 10 there was"
+    );
+    assert!(granted <= 10.0 + 1e-9);
+
+    // A child shares its parent's rpm window.
+    let limited = h
+        .admin("/key/generate", json!({"user_id": "bob", "rpm_limit": 2}))
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let child = h
+        .post_as(&limited, "/key/generate", &json!({}))
+        .await
+        .json::<Value>()
+        .await
+        .unwrap()["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let codes = [
+        h.chat_as(&limited, "mock-model").await.status().as_u16(),
+        h.chat_as(&child, "mock-model").await.status().as_u16(),
+        h.chat_as(&child, "mock-model").await.status().as_u16(),
+        h.chat_as(&limited, "mock-model").await.status().as_u16(),
+    ];
+    assert_eq!(codes.iter().filter(|c| **c == 200).count(), 2, "{codes:?}");
+    assert_eq!(codes.iter().filter(|c| **c == 429).count(), 2, "{codes:?}");
+
+    // Regenerating keeps the window and the spend.
+    let one = h
+        .admin("/key/generate", json!({"user_id": "bob", "rpm_limit": 1}))
+        .await;
+    let one_key = one["key"].as_str().unwrap().to_owned();
+    let r = h.chat_as(&one_key, "mock-model").await;
+    assert_eq!(r.status(), 200);
+    let cost: f64 = r.headers()["x-litellm-response-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (s, fresh) = status_of(
+        h.post_as(&one_key, "/key/regenerate", &json!({"key": one_key}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 200, "{fresh}");
+    let fresh_key = fresh["key"].as_str().unwrap();
+    assert!(
+        (fresh["spend"].as_f64().unwrap() - cost).abs() < 1e-12,
+        "{fresh}"
+    );
+    assert_eq!(h.chat_as(fresh_key, "mock-model").await.status(), 429);
+    assert_eq!(h.chat_as(&one_key, "mock-model").await.status(), 401);
+
+    // allowed_routes narrows what a key may call.
+    let llm_only = h
+        .admin(
+            "/key/generate",
+            json!({"user_id": "bob", "allowed_routes": ["llm_api_routes"]}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.chat_as(&llm_only, "mock-model").await.status(), 200);
+    assert_eq!(h.get_as(&llm_only, "/v1/models").await.status(), 200);
+    let (s, v) = status_of(h.get_as(&llm_only, "/key/info").await).await;
+    assert_eq!(s, 403, "{v}");
+    assert_eq!(v["error"]["code"], "route_not_allowed");
+    let info_only = h
+        .admin(
+            "/key/generate",
+            json!({"user_id": "bob", "allowed_routes": ["/key/info"]}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.get_as(&info_only, "/key/info").await.status(), 200);
+    assert_eq!(h.chat_as(&info_only, "mock-model").await.status(), 403);
+    // Listing a management route never lifts the role's own rules.
+    let listed = h
+        .admin(
+            "/key/generate",
+            json!({"user_id": "bob", "allowed_routes": ["/user/list", "management_routes"]}),
+        )
+        .await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.get_as(&listed, "/user/list").await.status(), 403);
+
+    // A per-model budget is refused rather than stored and ignored.
+    let (s, v) = status_of(
+        h.post_as(
+            MASTER,
+            "/key/generate",
+            &json!({"model_max_budget": {"mock-model": {"budget_limit": 1}}}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "unsupported_field");
+}
+
+#[tokio::test]
+async fn smaller_holes_stay_closed() {
+    let w = world(Db::Sqlite).await;
+    let h = &w.h;
+    // A key without a user cannot list users' spend.
+    let service = h.admin("/key/generate", json!({})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.get_as(&service, "/spend/users").await.status(), 403);
+    // An organization's model list restricts its teams' keys.
+    let org = h
+        .admin("/organization/new", json!({"models": ["mock-model"]}))
+        .await["organization_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let t = h.admin("/team/new", json!({"organization_id": org})).await["team_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let in_org = h.admin("/key/generate", json!({"team_id": t})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(h.chat_as(&in_org, "mock-model").await.status(), 200);
+    assert_eq!(h.chat_as(&in_org, "other-model").await.status(), 403);
+    // A plain member sees the team but only their own keys in it.
+    let team_id = team(h).await;
+    h.admin(
+        "/key/generate",
+        json!({"team_id": team_id, "user_id": "team_admin"}),
+    )
+    .await;
+    h.admin(
+        "/key/generate",
+        json!({"team_id": team_id, "user_id": "member"}),
+    )
+    .await;
+    let info: Value = h
+        .get_as(&w.keys[4].0, &format!("/team/info?team_id={team_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let keys = info["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1, "{info}");
+    assert_eq!(keys[0]["user_id"], "member");
+    let info: Value = h
+        .get_as(&w.keys[3].0, &format!("/team/info?team_id={team_id}"))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        info["keys"].as_array().unwrap().len(),
+        2,
+        "the team admin sees all"
+    );
+    // A member removed from a team loses its keys in that team.
+    h.admin(
+        "/team/member_delete",
+        json!({"team_id": team_id, "user_id": "member"}),
+    )
+    .await;
+    let left: Value = h
+        .get_as(
+            MASTER,
+            &format!("/key/list?team_id={team_id}&user_id=member"),
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(left["total_count"], 0, "{left}");
+    // A role llmux does not know reads at most.
+    h.admin(
+        "/user/new",
+        json!({"user_id": "odd", "auto_create_key": false}),
+    )
+    .await;
+    let odd = h.admin("/key/generate", json!({"user_id": "odd"})).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gov = h.gov.as_ref().unwrap();
+    let mut user = gov
+        .store
+        .get(llmux_store::Kind::User, "odd")
+        .await
+        .unwrap()
+        .unwrap();
+    user.data.insert("user_role".into(), json!("super_admin"));
+    gov.store.update(&user, false).await.unwrap();
+    gov.invalidate(llmux_store::Kind::User, "odd");
+    assert_eq!(
+        h.post_as(&odd, "/key/generate", &json!({})).await.status(),
+        403
+    );
+    // Absurd pages are answered, not overflowed.
+    assert_eq!(
+        h.get_as(MASTER, "/key/list?page=18446744073709551615&size=1000")
+            .await
+            .status(),
+        200
+    );
 }

@@ -330,6 +330,28 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Replace an object's document only if it still holds `expected` (the document as read):
+    /// a compare-and-set for changes that must not race, such as carving a budget. `false`
+    /// when the document changed meanwhile (read again and retry) or the object is gone.
+    pub async fn update_if_unchanged(
+        &self,
+        obj: &Object,
+        expected: &serde_json::Map<String, Value>,
+    ) -> Result<bool> {
+        let sql = self.sql(
+            "UPDATE llmux_objects SET data = ?, updated_at = ? WHERE kind = ? AND id = ? AND data = ?",
+        );
+        let done = sqlx::query(&sql)
+            .bind(Value::Object(obj.data.clone()).to_string())
+            .bind(now_ms())
+            .bind(obj.kind.as_str())
+            .bind(&obj.id)
+            .bind(Value::Object(expected.clone()).to_string())
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
     pub async fn get(&self, kind: Kind, id: &str) -> Result<Option<Object>> {
         let sql = self
             .sql(&format!(

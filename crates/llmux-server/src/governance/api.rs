@@ -93,6 +93,17 @@ pub fn routes() -> Router<AppState> {
             Some(h) => router.route(path, h),
             None => router,
         })
+        .route_layer(axum::middleware::from_fn(remember_path))
+}
+
+tokio::task_local! {
+    /// The path of the management request being served, for the key's `allowed_routes`.
+    static REQUEST_PATH: String;
+}
+
+async fn remember_path(request: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let path = request.uri().path().to_owned();
+    REQUEST_PATH.scope(path, next.run(request)).await
 }
 
 /// The handler of a path in `ROUTES`.
@@ -258,7 +269,10 @@ async fn caller(
     headers: &HeaderMap,
 ) -> Result<(Arc<Governance>, Principal), GatewayError> {
     let gov = governance(state)?;
-    let principal = gov.authenticate(headers).await?;
+    let path = REQUEST_PATH
+        .try_with(String::clone)
+        .unwrap_or_else(|_| "/".to_owned());
+    let principal = gov.authenticate_for(headers, &path).await?;
     Ok((gov, principal))
 }
 
@@ -416,6 +430,15 @@ fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
     if value.is_null() {
         return Ok(());
     }
+    if field == "model_max_budget" {
+        // Refused rather than stored: a limit that is kept but not enforced is worse than none.
+        return Err(GatewayError::invalid_request(
+            "`model_max_budget` (per-model budgets) is not supported yet; use `max_budget`, or a \
+             key per model.",
+        )
+        .with_param(field)
+        .with_code("unsupported_field"));
+    }
     let (ok, expected) = match field {
         "max_budget" | "soft_budget" => (
             value.as_f64().is_some_and(|v| v >= 0.0),
@@ -437,6 +460,12 @@ fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
         "aliases" | "metadata" | "config" | "model_rpm_limit" | "model_tpm_limit"
         | "model_max_budget" | "model_aliases" => (value.is_object(), "an object"),
         "blocked" => (value.is_boolean(), "true or false"),
+        "user_id" | "team_id" | "organization_id" | "key_alias" | "budget_id" => (
+            value
+                .as_str()
+                .is_some_and(|v| !v.is_empty() && v.len() <= 256),
+            "a non-empty string of at most 256 characters",
+        ),
         "user_role" => (
             value.as_str().and_then(Role::parse).is_some(),
             "one of proxy_admin, proxy_admin_viewer, internal_user, internal_user_viewer",
@@ -525,7 +554,7 @@ fn page(params: &Params) -> (u64, u64) {
             .and_then(|v| v.parse::<u64>().ok())
             .unwrap_or(d)
     };
-    let page = n("page", 1).max(1);
+    let page = n("page", 1).clamp(1, 1_000_000);
     let size = n("size", n("page_size", 100)).clamp(1, 1000);
     (page, size)
 }
@@ -543,13 +572,35 @@ async fn key_generate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
     )
 }
 
-/// The caller's authority over a key that belongs to `user_id` / `team_id`: a proxy admin over
-/// every key, a team admin over the team's keys, a user over their own; viewers over none.
+/// The role a key acts with: its user's role, capped by the key's `max_role`.
+async fn key_role(gov: &Governance, key: &Object) -> Result<Role, GatewayError> {
+    let user_role = match &key.user_id {
+        Some(u) => gov
+            .object(Kind::User, u)
+            .await?
+            .and_then(|u| {
+                u.data
+                    .get("user_role")
+                    .and_then(Value::as_str)
+                    .and_then(Role::parse)
+            })
+            .unwrap_or(Role::InternalUser),
+        None => Role::InternalUser,
+    };
+    Ok(match key.data.get("max_role").and_then(Value::as_str) {
+        Some(cap) => user_role.meet(Role::parse(cap).unwrap_or(Role::InternalUserViewer)),
+        None => user_role,
+    })
+}
+
+/// The caller's authority over `key`: a proxy admin over every key, a team admin over the team's
+/// keys, a user over their own; viewers over none. Never over a key that acts with more rights
+/// than the caller (a capped key cannot take over its user's stronger keys), and a key a team
+/// admin minted for a member reaches only that team's keys.
 async fn authority_over(
     gov: &Governance,
     p: &Principal,
-    user_id: Option<&str>,
-    team_id: Option<&str>,
+    key: &Object,
 ) -> Result<Option<Authority>, GatewayError> {
     if p.role == Role::ProxyAdmin {
         return Ok(Some(Authority::ProxyAdmin));
@@ -557,14 +608,26 @@ async fn authority_over(
     if !p.role.can_write() {
         return Ok(None);
     }
-    if let Some(team) = team_id {
+    if let Some(team) = p.delegated_team() {
+        if key.team_id.as_deref() != Some(team) {
+            return Ok(None);
+        }
+    }
+    let target = key_role(gov, key).await?;
+    if p.role.meet(target) != target {
+        return Ok(None);
+    }
+    if let Some(team) = &key.team_id {
         if let Some(t) = gov.object(Kind::Team, team).await? {
             if p.is_team_admin(&t) {
                 return Ok(Some(Authority::TeamAdmin));
             }
         }
     }
-    Ok((user_id.is_some() && user_id == p.user_id()).then_some(Authority::Owner))
+    Ok(
+        (key.user_id.is_some() && key.user_id.as_deref() == p.user_id())
+            .then_some(Authority::Owner),
+    )
 }
 
 /// Whether `user_id` is listed among `team`'s members.
@@ -581,7 +644,9 @@ fn is_member(team: &Object, user_id: &str) -> bool {
 }
 
 /// The authority with which a non-admin caller may own a key for `user_id` in `team_id`: their
-/// own keys, or (team admins) keys of the team for the team's members. Never anyone else's.
+/// own keys, or (team admins) keys of the team for existing members whose role is not above
+/// the caller's. Never anyone else's, never without a user, never outside a delegated key's
+/// team.
 async fn owner_authority(
     gov: &Governance,
     p: &Principal,
@@ -594,28 +659,52 @@ async fn owner_authority(
     if !p.role.can_write() {
         return Err(forbidden("create or change keys"));
     }
-    let me = p.user_id();
-    match team_id {
-        Some(team_id) => {
-            let team = gov
-                .object(Kind::Team, team_id)
-                .await?
-                .ok_or_else(|| not_found("Team", team_id))?;
-            if !p.is_team_admin(&team) {
-                return Err(forbidden("create or change keys of this team"));
-            }
-            match user_id {
-                Some(u) if Some(u) != me && !is_member(&team, u) => Err(forbidden(
-                    "create or change keys for a user outside the team",
-                )),
-                _ => Ok(Authority::TeamAdmin),
-            }
+    let Some(user_id) = user_id else {
+        return Err(forbidden("create or change keys without a user"));
+    };
+    if let Some(own_team) = p.delegated_team() {
+        if team_id != Some(own_team) {
+            return Err(forbidden("create or change keys outside this key's team"));
         }
-        None => match (user_id, me) {
-            (Some(u), Some(me)) if u == me => Ok(Authority::Owner),
-            _ => Err(forbidden("create or change keys for other users")),
-        },
     }
+    let me = p.user_id();
+    let Some(team_id) = team_id else {
+        return if me == Some(user_id) {
+            Ok(Authority::Owner)
+        } else {
+            Err(forbidden("create or change keys for other users"))
+        };
+    };
+    let team = gov
+        .object(Kind::Team, team_id)
+        .await?
+        .ok_or_else(|| not_found("Team", team_id))?;
+    if !p.is_team_admin(&team) {
+        return Err(forbidden("create or change keys of this team"));
+    }
+    if me != Some(user_id) {
+        if !is_member(&team, user_id) {
+            return Err(forbidden(
+                "create or change keys for a user outside the team",
+            ));
+        }
+        let user = gov
+            .object(Kind::User, user_id)
+            .await?
+            .ok_or_else(|| not_found("User", user_id))?;
+        let role = user
+            .data
+            .get("user_role")
+            .and_then(Value::as_str)
+            .and_then(Role::parse)
+            .unwrap_or(Role::InternalUser);
+        if p.role.meet(role) != role {
+            return Err(forbidden(
+                "create or change keys for a member whose role is above your own",
+            ));
+        }
+    }
+    Ok(Authority::TeamAdmin)
 }
 
 /// Key fields that set what a key may do (limits, budgets, models, expiry, owner, routes):
@@ -631,14 +720,14 @@ fn governs(field: &str) -> bool {
 
 /// A non-admin caller's key K bounds every key minted with it when K's limits were set from
 /// above: the new key inherits K's models, rate limits and expiry (it may ask for less, never
-/// more), and a budget is carved out of K's remaining budget (K's max_budget drops by as much),
-/// so minting keys never multiplies what the caller may spend or use. Returns whether K has any
-/// ceiling, and K updated (to store once the new key exists) when a budget was carved from it.
-fn inherit_ceilings(
+/// more) and shares K's rate windows (`parent_limits`), and a budget is carved out of K's
+/// remaining budget (K's max_budget drops by as much, atomically), so minting keys never
+/// multiplies what the caller may spend or use. Returns whether K has any ceiling.
+async fn inherit_ceilings(
     gov: &Governance,
-    parent: &Object,
+    parent_id: &str,
     doc: &mut Map<String, Value>,
-) -> Result<(bool, Option<Object>), GatewayError> {
+) -> Result<bool, GatewayError> {
     const CEILINGS: &[&str] = &[
         "models",
         "rpm_limit",
@@ -651,15 +740,6 @@ fn inherit_ceilings(
         "expires",
         "max_budget",
     ];
-    let bounded = CEILINGS.iter().any(|f| match parent.data.get(*f) {
-        None | Some(Value::Null) => false,
-        Some(Value::Array(a)) => !a.is_empty(),
-        Some(Value::Object(o)) => !o.is_empty(),
-        Some(_) => true,
-    });
-    if !bounded {
-        return Ok((false, None));
-    }
     let exceeds = |field: &str, detail: String| {
         GatewayError::new(
             ErrorKind::PermissionDenied,
@@ -668,95 +748,144 @@ fn inherit_ceilings(
         .with_param(field)
         .with_code("exceeds_creating_key")
     };
-    let parent_models = strings(&parent.data, "models");
-    if !parent_models.is_empty() {
-        let asked = strings(doc, "models");
-        if asked.is_empty() {
-            doc.insert("models".into(), json!(parent_models));
-        } else if let Some(extra) = asked.iter().find(|m| !parent_models.contains(m)) {
-            return Err(exceeds(
-                "models",
-                format!("names `{extra}`, which the creating key may not use"),
-            ));
+    // The stored key, not the cached one: a budget is carved from what is there now.
+    for _attempt in 0..8 {
+        let parent = gov
+            .store
+            .get(Kind::Key, parent_id)
+            .await
+            .map_err(|e| store_error(&e))?
+            .ok_or_else(|| forbidden("create keys with a deleted key"))?;
+        let bounded = CEILINGS.iter().any(|f| match parent.data.get(*f) {
+            None | Some(Value::Null) => false,
+            Some(Value::Array(a)) => !a.is_empty(),
+            Some(Value::Object(o)) => !o.is_empty(),
+            Some(_) => true,
+        });
+        if !bounded {
+            return Ok(false);
         }
-    }
-    for field in ["rpm_limit", "tpm_limit", "max_parallel_requests"] {
-        let Some(cap) = parent.data.get(field).and_then(Value::as_u64) else {
-            continue;
+        let parent_models = strings(&parent.data, "models");
+        if !parent_models.is_empty() {
+            let asked = strings(doc, "models");
+            if asked.is_empty() {
+                doc.insert("models".into(), json!(parent_models));
+            } else if let Some(extra) = asked.iter().find(|m| !parent_models.contains(m)) {
+                return Err(exceeds(
+                    "models",
+                    format!("names `{extra}`, which the creating key may not use"),
+                ));
+            }
+        }
+        let mut shared = Map::new();
+        for field in ["rpm_limit", "tpm_limit", "max_parallel_requests"] {
+            let Some(cap) = parent.data.get(field).and_then(Value::as_u64) else {
+                continue;
+            };
+            shared.insert(field.into(), json!(cap));
+            match doc.get(field).and_then(Value::as_u64) {
+                None => {
+                    doc.insert(field.into(), json!(cap));
+                }
+                Some(asked) if asked > cap => {
+                    return Err(exceeds(field, format!("{asked} is above its {cap}")));
+                }
+                Some(_) => {}
+            }
+        }
+        if !shared.is_empty() {
+            let uid = parent
+                .data
+                .get("token_uid")
+                .and_then(Value::as_str)
+                .unwrap_or(&parent.id);
+            shared.insert("uid".into(), json!(uid));
+            doc.insert("parent_limits".into(), Value::Object(shared));
+        }
+        for field in [
+            "model_rpm_limit",
+            "model_tpm_limit",
+            "aliases",
+            "allowed_routes",
+        ] {
+            if let Some(v) = parent.data.get(field) {
+                if doc.get(field).is_some_and(|asked| asked != v) {
+                    return Err(exceeds(field, "differs from the creating key's".into()));
+                }
+                doc.insert(field.into(), v.clone());
+            }
+        }
+        if let Some(cap) = parent.data.get("expires").and_then(Value::as_str) {
+            let cap_at = parse_time(cap).unwrap_or(0);
+            let asked = doc
+                .get("expires")
+                .and_then(Value::as_str)
+                .and_then(parse_time);
+            if asked.is_none_or(|t| t > cap_at) {
+                doc.insert("expires".into(), json!(cap));
+                doc.remove("duration");
+            }
+        }
+        let Some(parent_max) = parent.data.get("max_budget").and_then(Value::as_f64) else {
+            return Ok(true);
         };
-        match doc.get(field).and_then(Value::as_u64) {
-            None => {
-                doc.insert(field.into(), json!(cap));
+        let owner = (Kind::Key, parent.id.clone());
+        let (live, in_flight) = gov.ledger.spend_and_reserved(&owner);
+        let remaining = (parent_max - live.max(parent.spend) - in_flight).max(0.0);
+        let share = match doc.get("max_budget").and_then(Value::as_f64) {
+            None => remaining,
+            Some(asked) if asked > remaining => {
+                return Err(exceeds(
+                    "max_budget",
+                    format!("{asked} is above the {remaining:.6} it has left"),
+                ))
             }
-            Some(asked) if asked > cap => {
-                return Err(exceeds(field, format!("{asked} is above its {cap}")));
-            }
-            Some(_) => {}
+            Some(asked) => asked,
+        };
+        doc.insert("max_budget".into(), json!(share));
+        if let Some(period) = parent.data.get("budget_duration") {
+            doc.insert("budget_duration".into(), period.clone());
         }
-    }
-    for field in [
-        "model_rpm_limit",
-        "model_tpm_limit",
-        "aliases",
-        "allowed_routes",
-    ] {
-        if let Some(v) = parent.data.get(field) {
-            if doc.get(field).is_some_and(|asked| asked != v) {
-                return Err(exceeds(field, "differs from the creating key's".into()));
-            }
-            doc.insert(field.into(), v.clone());
+        let mut carved = parent.clone();
+        carved
+            .data
+            .insert("max_budget".into(), json!(parent_max - share));
+        if gov
+            .store
+            .update_if_unchanged(&carved, &parent.data)
+            .await
+            .map_err(|e| store_error(&e))?
+        {
+            gov.invalidate(Kind::Key, &parent.id);
+            return Ok(true);
         }
+        // Another change to the creating key landed first: read it again.
     }
-    if let Some(cap) = parent.data.get("expires").and_then(Value::as_str) {
-        let cap_at = parse_time(cap).unwrap_or(0);
-        let asked = doc
-            .get("expires")
-            .and_then(Value::as_str)
-            .and_then(parse_time);
-        if asked.is_none_or(|t| t > cap_at) {
-            doc.insert("expires".into(), json!(cap));
-        }
-    }
-    let Some(parent_max) = parent.data.get("max_budget").and_then(Value::as_f64) else {
-        return Ok((true, None));
-    };
-    let spent = gov
-        .ledger
-        .spend(&(Kind::Key, parent.id.clone()))
-        .unwrap_or(parent.spend)
-        .max(parent.spend);
-    let remaining = (parent_max - spent).max(0.0);
-    let share = match doc.get("max_budget").and_then(Value::as_f64) {
-        None => remaining,
-        Some(asked) if asked > remaining => {
-            return Err(exceeds(
-                "max_budget",
-                format!("{asked} is above the {remaining:.6} it has left"),
-            ))
-        }
-        Some(asked) => asked,
-    };
-    doc.insert("max_budget".into(), json!(share));
-    if let Some(period) = parent.data.get("budget_duration") {
-        doc.insert("budget_duration".into(), period.clone());
-    }
-    let mut parent = parent.clone();
-    parent
-        .data
-        .insert("max_budget".into(), json!(parent_max - share));
-    Ok((true, Some(parent)))
+    Err(GatewayError::new(
+        ErrorKind::RateLimited,
+        "The creating key is changing too often to carve a budget from it; try again.",
+    )
+    .with_code("concurrent_update"))
 }
 
 async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -> ApiResult {
     let mut req = req.clone();
-    if p.role != Role::ProxyAdmin && text(&req, "user_id").is_none() {
-        // A user's keys are theirs: the owner is the caller unless named otherwise.
-        match p.user_id() {
-            Some(me) => {
+    if p.role != Role::ProxyAdmin {
+        // A user's keys are theirs: the owner is the caller unless named otherwise, and a key
+        // made with a team key stays in that team (it cannot escape the team's models and
+        // budget by leaving it).
+        if text(&req, "user_id").is_none() {
+            if let Some(me) = p.user_id() {
                 req.insert("user_id".into(), json!(me));
             }
-            None if text(&req, "team_id").is_none() => return Err(forbidden("create keys")),
-            None => {}
+        }
+        if text(&req, "team_id").is_none() {
+            if let Some(team) = p.key.as_ref().and_then(|k| k.team_id.clone()) {
+                req.insert("team_id".into(), json!(team));
+            }
+        }
+        if req.contains_key("organization_id") {
+            return Err(forbidden("set a key's organization"));
         }
     }
     let authority = owner_authority(
@@ -796,22 +925,24 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         doc.insert("duration".into(), req["duration"].clone());
     }
     let mut limits_set_by = authority;
-    let mut carved_parent = None;
     if authority != Authority::ProxyAdmin {
         // Never more than the caller's own rights: the role, and the calling key's ceilings.
         doc.insert("max_role".into(), json!(p.role.as_str()));
         if let Some(parent) = p.key.as_deref() {
             let parent_set_by = Authority::stored(&parent.data, "limits_set_by");
-            if parent_set_by > Authority::Owner {
-                let (bounded, carved) = inherit_ceilings(gov, parent, &mut doc)?;
-                carved_parent = carved;
-                if bounded {
-                    limits_set_by = limits_set_by.max(parent_set_by);
-                }
+            if parent_set_by > Authority::Owner
+                && inherit_ceilings(gov, &parent.id, &mut doc).await?
+            {
+                limits_set_by = limits_set_by.max(parent_set_by);
             }
         }
     }
     doc.insert("limits_set_by".into(), json!(limits_set_by.as_str()));
+    if authority == Authority::TeamAdmin && text(&req, "user_id").as_deref() != p.user_id() {
+        // Made by a team admin for a member: it acts only within that team.
+        doc.insert("delegated".into(), json!(true));
+    }
+    doc.insert("token_uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     if doc.get("blocked").and_then(Value::as_bool) == Some(true) {
         doc.insert("blocked_by".into(), json!(authority.as_str()));
     }
@@ -829,13 +960,6 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         );
     }
     gov.invalidate(Kind::Key, &obj.id);
-    if let Some(parent) = carved_parent {
-        gov.store
-            .update(&parent, false)
-            .await
-            .map_err(|e| store_error(&e))?;
-        gov.invalidate(Kind::Key, &parent.id);
-    }
     let mut out = view(&obj);
     out["key"] = json!(key);
     out["token_id"] = json!(obj.id);
@@ -877,9 +1001,12 @@ async fn check_key_change(
     obj: &Object,
     req: &Map<String, Value>,
 ) -> Result<Authority, GatewayError> {
-    let authority = authority_over(gov, p, obj.user_id.as_deref(), obj.team_id.as_deref())
+    let authority = authority_over(gov, p, obj)
         .await?
         .ok_or_else(|| forbidden("change this key"))?;
+    if authority != Authority::ProxyAdmin && req.contains_key("organization_id") {
+        return Err(forbidden("set a key's organization"));
+    }
     let set_by = Authority::stored(&obj.data, "limits_set_by");
     if let Some(field) = req.keys().find(|f| governs(f)) {
         if authority < set_by {
@@ -895,7 +1022,10 @@ async fn check_key_change(
             .with_code("forbidden"));
         }
     }
-    if req.get("blocked").and_then(Value::as_bool) == Some(false)
+    // Anything but `true` (false, null) lifts a block.
+    if req
+        .get("blocked")
+        .is_some_and(|b| b.as_bool() != Some(true))
         && obj.data.get("blocked").and_then(Value::as_bool) == Some(true)
         && authority < Authority::stored(&obj.data, "blocked_by")
     {
@@ -936,7 +1066,7 @@ fn record_key_authority(
         obj.data
             .insert("limits_set_by".into(), json!(authority.as_str()));
     }
-    match req.get("blocked").and_then(Value::as_bool) {
+    match req.get("blocked").map(|b| b.as_bool() == Some(true)) {
         Some(true) => {
             let before = obj
                 .data
@@ -1016,7 +1146,7 @@ async fn key_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> 
             return Err(missing("keys"));
         }
         for t in &targets {
-            if authority_over(&gov, &p, t.user_id.as_deref(), t.team_id.as_deref()).await?.is_none() {
+            if authority_over(&gov, &p, t).await?.is_none() {
                 return Err(forbidden("delete this key"));
             }
         }
@@ -1049,6 +1179,11 @@ async fn may_read_key(gov: &Governance, p: &Principal, key: &Object) -> Result<b
     if p.role.is_admin() {
         return Ok(true);
     }
+    if let Some(team) = p.delegated_team() {
+        if key.team_id.as_deref() != Some(team) {
+            return Ok(false);
+        }
+    }
     if key.user_id.is_some() && key.user_id.as_deref() == p.user_id() {
         return Ok(true);
     }
@@ -1078,10 +1213,13 @@ async fn key_list(State(s): State<AppState>, headers: HeaderMap, params: Params)
             if !team_admin {
                 filter.user_id = Some(p.user_id().ok_or_else(|| forbidden("list keys"))?.to_owned());
             }
+            if let Some(team) = p.delegated_team() {
+                filter.team_id = Some(team.to_owned());
+            }
         }
         let total = gov.store.count(Kind::Key, &filter).await.map_err(|e| store_error(&e))?;
         let (page, size) = page(&params);
-        filter.offset = (page - 1) * size;
+        filter.offset = (page - 1).saturating_mul(size);
         filter.limit = Some(size);
         let keys = gov.store.list(Kind::Key, &filter).await.map_err(|e| store_error(&e))?;
         let full = params.get("return_full_object").is_some_and(|v| v == "true");
@@ -1111,6 +1249,21 @@ async fn regenerate(
     obj.id = hash_key(&key);
     apply(&mut obj.data, &changes, &[KEY_FIELDS, BUDGET_FIELDS])?;
     record_key_authority(p, &mut obj, &changes, authority);
+    if authority != Authority::ProxyAdmin {
+        let role = key_role(gov, &old).await?;
+        obj.data
+            .insert("max_role".into(), json!(role.meet(p.role).as_str()));
+    }
+    // The new secret is the same key: its rate windows continue (they are named by the stable
+    // token_uid) and its spend carries over, counting requests still in flight on the old
+    // secret at their reserved estimate (they settle on the old id), so rotating a key never
+    // forgets what it spent.
+    if !obj.data.contains_key("token_uid") {
+        obj.data.insert("token_uid".into(), json!(old.id));
+    }
+    let owner = (Kind::Key, old.id.clone());
+    let (live_spend, in_flight) = gov.ledger.spend_and_reserved(&owner);
+    obj.spend = obj.spend.max(live_spend) + in_flight;
     obj.data.insert("key_name".into(), json!(key_name(&key)));
     obj.sync_columns();
     obj.updated_at = gov.now();
@@ -1125,6 +1278,8 @@ async fn regenerate(
         .map_err(|e| store_error(&e))?;
     gov.invalidate(Kind::Key, &old.id);
     gov.invalidate(Kind::Key, &obj.id);
+    gov.ledger
+        .reset(&(Kind::Key, obj.id.clone()), obj.spend, obj.budget_reset_at);
     let mut out = view(&obj);
     out["key"] = json!(key);
     out["token_id"] = json!(obj.id);
@@ -1393,7 +1548,9 @@ async fn user_info(State(s): State<AppState>, headers: HeaderMap, params: Params
             return Err(forbidden("see other users"));
         }
         let user = fetch(&gov, &USER, Some(id.clone())).await?;
-        let keys = list_all(&gov, Kind::Key, ListFilter { user_id: Some(id.clone()), ..Default::default() }).await?;
+        // A key a team admin made for this user shows only that team's keys.
+        let team_id = p.delegated_team().map(str::to_owned);
+        let keys = list_all(&gov, Kind::Key, ListFilter { user_id: Some(id.clone()), team_id, ..Default::default() }).await?;
         let mut teams = Vec::new();
         for t in strings(&user.data, "teams") {
             if let Some(team) = gov.store.get(Kind::Team, &t).await.map_err(|e| store_error(&e))? {
@@ -1573,7 +1730,15 @@ async fn team_info(State(s): State<AppState>, headers: HeaderMap, params: Params
         if !p.role.is_admin() && !member && p.team.as_ref().map(|t| &t.id) != Some(&team.id) {
             return Err(forbidden("see this team"));
         }
-        let keys = list_all(&gov, Kind::Key, ListFilter { team_id: Some(team.id.clone()), ..Default::default() }).await?;
+        if p.delegated_team().is_some_and(|t| t != team.id) {
+            return Err(forbidden("see teams other than this key's"));
+        }
+        // A plain member sees the team, and only their own keys in it.
+        let mut filter = ListFilter { team_id: Some(team.id.clone()), ..Default::default() };
+        if !p.role.is_admin() && !p.is_team_admin(&team) {
+            filter.user_id = Some(p.user_id().unwrap_or("").to_owned());
+        }
+        let keys = list_all(&gov, Kind::Key, filter).await?;
         Ok(json!({"team_id": team.id, "team_info": view(&live(&gov, team.clone())), "keys": keys, "team_memberships": []}))
     }.await)
 }
@@ -1623,6 +1788,25 @@ async fn team_member_add(State(s): State<AppState>, headers: HeaderMap, b: Bytes
                 Some(m @ Value::Object(_)) => vec![m.clone()],
                 _ => return Err(missing("member")),
             };
+            if p.role != Role::ProxyAdmin {
+                // A team admin adds existing users as plain members; admins are a proxy
+                // admin's to appoint.
+                for m in &members {
+                    if m.get("role")
+                        .and_then(Value::as_str)
+                        .is_some_and(|r| r != "user")
+                    {
+                        return Err(forbidden("add team admins"));
+                    }
+                    let id = m
+                        .get("user_id")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| missing("member.user_id"))?;
+                    if gov.object(Kind::User, id).await?.is_none() {
+                        return Err(not_found("User", id));
+                    }
+                }
+            }
             let mut team = team;
             for m in members {
                 team = add_member(&gov, &team_id, m).await?;
@@ -1643,6 +1827,22 @@ async fn team_member_delete(State(s): State<AppState>, headers: HeaderMap, b: By
                 return Err(forbidden("remove team members"));
             }
             let user_id = text(&req, "user_id").ok_or_else(|| missing("user_id"))?;
+            if p.role != Role::ProxyAdmin {
+                let admin_listed = strings(&team.data, "admins").contains(&user_id)
+                    || team
+                        .data
+                        .get("members_with_roles")
+                        .and_then(Value::as_array)
+                        .is_some_and(|m| {
+                            m.iter().any(|m| {
+                                m.get("user_id").and_then(Value::as_str) == Some(user_id.as_str())
+                                    && m.get("role").and_then(Value::as_str) == Some("admin")
+                            })
+                        });
+                if admin_listed {
+                    return Err(forbidden("remove team admins"));
+                }
+            }
             let mut members: Vec<Value> = team
                 .data
                 .get("members_with_roles")
@@ -1651,9 +1851,31 @@ async fn team_member_delete(State(s): State<AppState>, headers: HeaderMap, b: By
                 .unwrap_or_default();
             let before = members.len();
             members.retain(|m| m.get("user_id").and_then(Value::as_str) != Some(user_id.as_str()));
-            if members.len() == before {
+            let listed = ["members", "admins"]
+                .iter()
+                .any(|f| strings(&team.data, f).contains(&user_id));
+            if members.len() == before && !listed {
                 return Err(not_found("Team member", &user_id));
             }
+            for field in ["members", "admins"] {
+                if team.data.contains_key(field) {
+                    let kept: Vec<String> = strings(&team.data, field)
+                        .into_iter()
+                        .filter(|m| *m != user_id)
+                        .collect();
+                    team.data.insert(field.into(), json!(kept));
+                }
+            }
+            // A member who left holds no key of the team any more.
+            delete_keys_where(
+                &gov,
+                ListFilter {
+                    user_id: Some(user_id.clone()),
+                    team_id: Some(team.id.clone()),
+                    ..Default::default()
+                },
+            )
+            .await?;
             team.data
                 .insert("members_with_roles".into(), Value::Array(members));
             gov.store
@@ -1970,7 +2192,10 @@ async fn spend_users(State(s): State<AppState>, headers: HeaderMap, params: Para
                 },
                 None => ListFilter::default(),
             };
-            if !p.role.is_admin() && params.get("user_id").map(String::as_str) != p.user_id() {
+            if !p.role.is_admin()
+                && (p.user_id().is_none()
+                    || params.get("user_id").map(String::as_str) != p.user_id())
+            {
                 return Err(forbidden("see other users' spend"));
             }
             Ok(Value::Array(list_all(&gov, Kind::User, filter).await?))

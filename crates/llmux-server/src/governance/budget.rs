@@ -214,6 +214,17 @@ impl Ledger {
         }
     }
 
+    /// Settled spend (including unwritten) and what requests in flight have reserved.
+    pub fn spend_and_reserved(&self, owner: &(Kind, String)) -> (f64, f64) {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(owner)
+            .map_or((0.0, 0.0), |e| (e.base + e.unflushed, e.reserved))
+    }
+
     /// Current spend (settled, including unwritten) of an owner this instance tracks.
     pub fn spend(&self, owner: &(Kind, String)) -> Option<f64> {
         let entries = self

@@ -194,6 +194,17 @@ impl Principal {
             .or_else(|| self.user.as_ref().map(|u| u.id.as_str()))
     }
 
+    /// The team a key made by a team admin for a member is confined to: with it, the member
+    /// reaches that team's keys and logs, not the rest of their own.
+    pub fn delegated_team(&self) -> Option<&str> {
+        let key = self.key.as_ref()?;
+        if key.data.get("delegated").and_then(Value::as_bool) == Some(true) {
+            // A delegated key without a team reaches nothing.
+            return Some(key.team_id.as_deref().unwrap_or(""));
+        }
+        None
+    }
+
     /// Whether this caller administers `team` (a team admin may manage the team's keys).
     pub fn is_team_admin(&self, team: &Object) -> bool {
         let Some(me) = self.user_id() else {

@@ -307,11 +307,15 @@ impl Governance {
             Some(id) => self.object(Kind::Organization, &id).await?,
             None => None,
         };
-        let user_role = user
-            .as_ref()
-            .and_then(|u| u.data.get("user_role").and_then(Value::as_str))
-            .and_then(Role::parse)
-            .unwrap_or(Role::InternalUser);
+        // A user without a role is an internal user; one with a role llmux does not know gets
+        // the least one, not a writing one.
+        let user_role = match user.as_ref().and_then(|u| u.data.get("user_role")) {
+            None | Some(Value::Null) => Role::InternalUser,
+            Some(r) => r
+                .as_str()
+                .and_then(Role::parse)
+                .unwrap_or(Role::InternalUserViewer),
+        };
         // A key minted by someone below its user's role acts with the minter's rights at most.
         let role = match key.data.get("max_role").and_then(Value::as_str) {
             Some(cap) => user_role.meet(Role::parse(cap).unwrap_or(Role::InternalUserViewer)),
@@ -324,6 +328,34 @@ impl Governance {
             team,
             organization,
         })
+    }
+
+    /// Authenticate, then hold the key to its `allowed_routes` (which narrow, never widen, what
+    /// its role may call).
+    pub async fn authenticate_for(
+        &self,
+        headers: &HeaderMap,
+        path: &str,
+    ) -> Result<Principal, GatewayError> {
+        let principal = self.authenticate(headers).await?;
+        // Most keys have no route list: nothing is allocated for them.
+        let restricted = principal.key.as_ref().filter(|k| {
+            k.data
+                .get("allowed_routes")
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        });
+        if let Some(key) = restricted {
+            let allowed = strings(&key.data, "allowed_routes");
+            if !route_allowed(&allowed, path) {
+                return Err(GatewayError::new(
+                    ErrorKind::PermissionDenied,
+                    format!("This key may not call `{path}` (its allowed_routes do not list it)."),
+                )
+                .with_code("route_not_allowed"));
+            }
+        }
+        Ok(principal)
     }
 
     /// The model the key's `aliases` map the requested one to, if any.
@@ -731,37 +763,49 @@ fn limit_error(e: &LimitExceeded) -> GatewayError {
 
 /// The rate-limit scopes of a principal for a model.
 fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
-    let num = |o: &Object, f: &str| o.data.get(f).and_then(Value::as_u64);
-    let mut scopes = Vec::new();
     // Names concatenated directly: `format!` cost more than the limiter's own work.
     let name = |parts: &[&str]| {
         let mut name = String::with_capacity(parts.iter().map(|p| p.len()).sum());
         parts.iter().for_each(|p| name.push_str(p));
         name
     };
-    let mut push = |o: &Object, prefix: &str| {
-        let limits = Limits {
-            scope: String::new(),
-            rpm: num(o, "rpm_limit"),
-            tpm: num(o, "tpm_limit"),
-            max_parallel: num(o, "max_parallel_requests"),
-        };
-        // A scope without limits is not named (nor counted).
+    let limits_of = |data: &serde_json::Map<String, Value>| Limits {
+        scope: String::new(),
+        rpm: data.get("rpm_limit").and_then(Value::as_u64),
+        tpm: data.get("tpm_limit").and_then(Value::as_u64),
+        max_parallel: data.get("max_parallel_requests").and_then(Value::as_u64),
+    };
+    let mut scopes = Vec::new();
+    // A scope without limits is not named (nor counted).
+    let mut push = |limits: Limits, scope: &dyn Fn() -> String| {
         if !limits.is_empty() {
             scopes.push(Limits {
-                scope: name(&[prefix, &o.id]),
+                scope: scope(),
                 ..limits
             });
         }
     };
     if let Some(k) = &p.key {
-        push(k, "key:");
+        // Named by the key's stable uid, so a regenerated secret continues the same windows.
+        let uid = k
+            .data
+            .get("token_uid")
+            .and_then(Value::as_str)
+            .unwrap_or(&k.id);
+        push(limits_of(&k.data), &|| name(&["key:", uid]));
+        // A key minted with a limited key shares that key's windows: minting never multiplies
+        // a rate limit.
+        if let Some(parent) = k.data.get("parent_limits").and_then(Value::as_object) {
+            if let Some(parent_uid) = parent.get("uid").and_then(Value::as_str) {
+                push(limits_of(parent), &|| name(&["key:", parent_uid]));
+            }
+        }
     }
     if let Some(u) = &p.user {
-        push(u, "user:");
+        push(limits_of(&u.data), &|| name(&["user:", &u.id]));
     }
     if let Some(t) = &p.team {
-        push(t, "team:");
+        push(limits_of(&t.data), &|| name(&["team:", &t.id]));
     }
     if let Some(k) = &p.key {
         let per_model = |f: &str| {
@@ -770,21 +814,84 @@ fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
                 .and_then(|m| m.get(model))
                 .and_then(Value::as_u64)
         };
-        let (rpm, tpm) = (per_model("model_rpm_limit"), per_model("model_tpm_limit"));
-        if rpm.is_some() || tpm.is_some() {
-            scopes.push(Limits {
-                scope: name(&["key:", &k.id, ":model:", model]),
-                rpm,
-                tpm,
-                max_parallel: None,
-            });
-        }
+        let uid = k
+            .data
+            .get("token_uid")
+            .and_then(Value::as_str)
+            .unwrap_or(&k.id);
+        let limits = Limits {
+            scope: String::new(),
+            rpm: per_model("model_rpm_limit"),
+            tpm: per_model("model_tpm_limit"),
+            max_parallel: None,
+        };
+        push(limits, &|| name(&["key:", uid, ":model:", model]));
     }
     scopes
 }
 
-/// Whether `p` may use `model`: every model list that restricts it (its key's, its team's and
-/// its user's) names the model, a wildcard pattern matching it, or an access group one of its
+/// The model-calling routes (LiteLLM's `llm_api_routes`).
+const LLM_API_ROUTES: &[&str] = &[
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/rerank",
+    "/v2/rerank",
+    "/models",
+    "/models/*",
+];
+
+/// Routes that only read (LiteLLM's `info_routes`).
+const INFO_ROUTES: &[&str] = &[
+    "/key/info",
+    "/user/info",
+    "/team/info",
+    "/organization/info",
+    "/customer/info",
+    "/end_user/info",
+    "/budget/info",
+    "/model/info",
+    "/models",
+    "/models/*",
+];
+
+/// Whether a key whose `allowed_routes` are `allowed` may call `path`. An entry is a path (with
+/// or without `/v1`), a prefix ending in `*`, or a group: `llm_api_routes`, `info_routes`,
+/// `management_routes` (LiteLLM's names, also as `LiteLLMRoutes.<name>`).
+pub fn route_allowed(allowed: &[String], path: &str) -> bool {
+    let bare = path
+        .strip_prefix("/v1")
+        .filter(|p| p.starts_with('/'))
+        .unwrap_or(path);
+    let matches = |pattern: &str| {
+        let pattern = pattern
+            .strip_prefix("/v1")
+            .filter(|p| p.starts_with('/'))
+            .unwrap_or(pattern);
+        match pattern.strip_suffix('*') {
+            Some(prefix) => bare.starts_with(prefix),
+            None => pattern == bare,
+        }
+    };
+    allowed.iter().any(|entry| {
+        let group = entry.strip_prefix("LiteLLMRoutes.").unwrap_or(entry);
+        match group {
+            "llm_api_routes" | "openai_routes" => LLM_API_ROUTES.iter().any(|r| matches(r)),
+            "info_routes" => INFO_ROUTES.iter().any(|r| matches(r)),
+            "management_routes" => api::ROUTES.iter().any(|(r, _)| {
+                let r = r.replace("{key}", "*");
+                match r.split_once('*') {
+                    Some((head, tail)) => bare.starts_with(head) && bare.ends_with(tail),
+                    None => r == bare,
+                }
+            }),
+            _ => matches(entry),
+        }
+    })
+}
+
+/// Whether `p` may use `model`: every model list that restricts it (its key's, its team's, its
+/// user's and its organization's) names the model, a wildcard pattern matching it, or an access group one of its
 /// deployments is in. Empty lists and `all-proxy-models` restrict nothing; the master key and
 /// callers without a key are not restricted.
 pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result<(), GatewayError> {
@@ -792,6 +899,7 @@ pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result
         ("key", p.key.as_deref()),
         ("team", p.team.as_deref()),
         ("user", p.user.as_deref()),
+        ("organization", p.organization.as_deref()),
     ];
     for (whose, holder) in lists {
         let Some(holder) = holder else { continue };

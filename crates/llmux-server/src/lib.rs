@@ -3,6 +3,7 @@
 //! returns the whole app so tests can drive it without a socket.
 
 mod auth;
+pub mod body;
 pub mod governance;
 mod headers;
 mod metrics;
@@ -24,7 +25,6 @@ use axum::routing::{get, post};
 use axum::Router;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http_body_util::{BodyExt, Limited};
 use llmux::{Client, GatewayError, Operation, RequestOptions, ResponseBody};
 use llmux_types::ErrorKind;
 use serde_json::json;
@@ -97,8 +97,18 @@ async fn authenticate(
 
 /// All routes of the gateway.
 pub fn build_router(state: AppState) -> Router {
-    Router::new()
+    // Off the model routes (which check headers inline and answer in the shape themselves),
+    // every error leaves in the OpenAI shape, extractor rejections included.
+    let shaped = Router::new()
         .merge(governance::api::routes())
+        .route("/v1/models", get(list_models))
+        .route("/models", get(list_models))
+        .route("/v1/models/{*id}", get(get_model))
+        .route("/models/{*id}", get(get_model))
+        .route("/router/deployments", get(router_deployments))
+        .layer(axum::middleware::from_fn(body::shape));
+    Router::new()
+        .merge(shaped)
         .route("/v1/chat/completions", post(chat_completions))
         .route("/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
@@ -108,11 +118,6 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v2/rerank", post(rerank))
         .route("/rerank", post(rerank))
         .route("/embeddings", post(embeddings))
-        .route("/v1/models", get(list_models))
-        .route("/models", get(list_models))
-        .route("/v1/models/{*id}", get(get_model))
-        .route("/models/{*id}", get(get_model))
-        .route("/router/deployments", get(router_deployments))
         .route("/metrics", get(metrics_text))
         .route("/health/liveliness", get(liveliness))
         .route("/health/live", get(liveliness))
@@ -156,14 +161,23 @@ async fn proxy_inner(
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = llmux::new_request_id();
+    if let Err(e) = body::check_headers(&parts.headers) {
+        return body::close(error_response(&e, &request_id));
+    }
     let principal = match authenticate(&state, &parts.headers, parts.uri.path()).await {
         Ok(p) => p,
         Err(e) => return error_response(&e, &request_id),
     };
-    let limit = state.client.snapshot().config.max_request_body_bytes;
-    let body = match read_body(&parts.headers, body, limit).await {
+    let (limit, timeout) = {
+        let snapshot = state.client.snapshot();
+        (
+            snapshot.config.max_request_body_bytes,
+            snapshot.config.client_body_timeout,
+        )
+    };
+    let body = match body::read_body(&parts.headers, body, limit, timeout).await {
         Ok(b) => b,
-        Err(e) => return error_response(&e, &request_id),
+        Err(e) => return body::close(error_response(&e, &request_id)),
     };
     let mut hook = None;
     let mut remaining = None;
@@ -281,35 +295,6 @@ fn request_facts(
         return Ok((facts, Some(rewritten)));
     }
     Ok((facts, None))
-}
-
-async fn read_body(
-    headers: &axum::http::HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(ErrorKind::PayloadTooLarge, format!("request body exceeds the limit of {limit} bytes (general_settings.max_request_size_mb)"))
-    };
-    let declared = headers
-        .get(axum::http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e)
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(too_large())
-        }
-        Err(e) => Err(GatewayError::invalid_request(format!(
-            "could not read the request body: {e}"
-        ))),
-    }
 }
 
 fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> Response {

@@ -31,9 +31,13 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let mut builder = http1::Builder::new();
+    // hyper's own header limits answer with an empty body; they sit above ours
+    // (`body::MAX_HEADERS`, `MAX_HEADER_BYTES`), which answer in the OpenAI shape.
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_timeout);
+        .header_read_timeout(header_timeout)
+        .max_headers(crate::body::MAX_HEADERS * 4)
+        .max_buf_size(crate::body::MAX_HEADER_BYTES * 16);
     let graceful = GracefulShutdown::new();
     let mut shutdown = std::pin::pin!(shutdown);
     loop {

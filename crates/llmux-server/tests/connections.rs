@@ -178,3 +178,147 @@ async fn a_connection_that_sends_nothing_is_cut_off_at_the_timeout() {
     let closed = closed.expect("the gateway closed the silent connection");
     assert!(closed - started >= Duration::from_millis(250));
 }
+
+/// A gateway whose clients get `body_timeout` to send a body.
+async fn gateway_with_body_timeout(
+    body_timeout: f64,
+) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let yaml = format!("{MODELS}\nllmux_settings: {{client_body_timeout: {body_timeout}}}\n");
+    let client = llmux::Client::from_yaml(&yaml).unwrap();
+    let app = llmux_server::build_router(llmux_server::AppState::new(client));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(llmux_server::serve(
+        listener,
+        app,
+        Duration::from_secs(30),
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    (addr, stop)
+}
+
+fn json_body(response: &str) -> serde_json::Value {
+    let body = &response[response.find("\r\n\r\n").unwrap() + 4..];
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {response}"))
+}
+
+/// Issue 17, finding 8: `Content-Length: 1000` and 4 bytes held a connection (and a file
+/// descriptor) forever, on the model routes and the management API alike.
+#[tokio::test]
+async fn a_body_that_never_arrives_is_answered_408_and_closed() {
+    let (addr, _stop) = gateway_with_body_timeout(0.3).await;
+    let mut stalled = Vec::new();
+    for i in 0..60 {
+        let path = if i % 2 == 0 {
+            "/v1/chat/completions"
+        } else {
+            "/key/generate"
+        };
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(
+            format!("POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{{\"a\"")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        stalled.push((path, tcp));
+    }
+    let started = Instant::now();
+    for (path, mut tcp) in stalled {
+        let (got, closed) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(text.starts_with("HTTP/1.1 408"), "{path}: {text}");
+        assert!(closed.is_some(), "{path}: the connection stays open");
+        let v = json_body(&text);
+        assert_eq!(v["error"]["code"], "request_body_timeout", "{path}: {text}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A slow body within the limit is served.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+            CHAT.len()
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tcp.write_all(CHAT.as_bytes()).await.unwrap();
+    let text = read_response(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+}
+
+/// Issue 17, finding 12: every refusal in the OpenAI shape: 413 on management routes, 431 for
+/// header floods, and the rejections axum's extractors make themselves.
+#[tokio::test]
+async fn http_level_refusals_have_the_openai_shape() {
+    let (addr, _stop) = gateway_with_body_timeout(5.0).await;
+    let send = |request: Vec<u8>| async move {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(&request).await.unwrap();
+        let (got, _) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+        String::from_utf8_lossy(&got).into_owned()
+    };
+    // 2 MiB to a management route (its cap is 1 MiB), declared and streamed.
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let mut request = format!(
+        "POST /key/generate HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    request.extend_from_slice(&big);
+    let text = send(request).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    assert_eq!(json_body(&text)["error"]["code"], "request_too_large");
+    let mut request =
+        b"POST /key/update HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for chunk in big.chunks(64 * 1024) {
+        request.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        request.extend_from_slice(chunk);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    let text = send(request).await;
+    assert!(
+        text.starts_with("HTTP/1.1 413"),
+        "{}",
+        &text[..text.len().min(300)]
+    );
+    json_body(&text);
+    // 150 headers, on a model route and a management route.
+    for path in ["/v1/chat/completions", "/key/info"] {
+        let method = if path == "/key/info" { "GET" } else { "POST" };
+        let mut request = format!("{method} {path} HTTP/1.1\r\nhost: x\r\n");
+        for i in 0..150 {
+            request.push_str(&format!("x-filler-{i}: {i}\r\n"));
+        }
+        request.push_str("content-length: 0\r\n\r\n");
+        let text = send(request.into_bytes()).await;
+        assert!(text.starts_with("HTTP/1.1 431"), "{path}: {text}");
+        assert_eq!(
+            json_body(&text)["error"]["code"],
+            "request_header_fields_too_large"
+        );
+    }
+    // A query string axum cannot decode.
+    let text =
+        send(b"GET /key/info?key=%ff%fe HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n".to_vec())
+            .await;
+    assert!(text.starts_with("HTTP/1.1 4"), "{text}");
+    let v = json_body(&text);
+    assert!(v["error"]["message"].as_str().is_some(), "{text}");
+}

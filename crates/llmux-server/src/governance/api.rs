@@ -6,6 +6,8 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+
+use crate::body::ApiBody;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -173,7 +175,7 @@ fn handler(path: &str) -> Option<MethodRouter<AppState>> {
 /// `POST` an object of `spec` into existence (admins only).
 fn admin_create(spec: &'static Spec, what: &'static str) -> MethodRouter<AppState> {
     post(
-        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+        move |State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody| async move {
             respond(
                 async {
                     let (gov, p) = caller(&s, &headers).await?;
@@ -194,7 +196,7 @@ fn admin_update(
 ) -> MethodRouter<AppState> {
     on(
         methods,
-        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+        move |State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody| async move {
             respond(
                 async {
                     let (gov, p) = caller(&s, &headers).await?;
@@ -214,7 +216,7 @@ fn admin_delete(
     answer: &'static str,
 ) -> MethodRouter<AppState> {
     post(
-        move |State(s): State<AppState>, headers: HeaderMap, b: Bytes| async move {
+        move |State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody| async move {
             respond(
                 async {
                     let (gov, p) = caller(&s, &headers).await?;
@@ -561,7 +563,11 @@ fn page(params: &Params) -> (u64, u64) {
 
 // ---------- keys ----------
 
-async fn key_generate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_generate(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1091,7 +1097,11 @@ fn record_key_authority(
     }
 }
 
-async fn key_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_update(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1127,7 +1137,11 @@ async fn key_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> 
     )
 }
 
-async fn key_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(async {
         let (gov, p) = caller(&s, &headers).await?;
         let req = body(&b)?;
@@ -1286,7 +1300,11 @@ async fn regenerate(
     Ok(out)
 }
 
-async fn key_regenerate(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_regenerate(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1301,7 +1319,7 @@ async fn key_regenerate_path(
     State(s): State<AppState>,
     axum::extract::Path(key): axum::extract::Path<String>,
     headers: HeaderMap,
-    b: Bytes,
+    ApiBody(b): ApiBody,
 ) -> Response {
     respond(
         async {
@@ -1330,11 +1348,15 @@ async fn set_key_blocked(s: AppState, headers: HeaderMap, b: Bytes, blocked: boo
     Ok(view(&obj))
 }
 
-async fn key_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_block(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody) -> Response {
     respond(set_key_blocked(s, headers, b, true).await)
 }
 
-async fn key_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn key_unblock(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(set_key_blocked(s, headers, b, false).await)
 }
 
@@ -1502,7 +1524,7 @@ async fn list_all(
 
 // users
 
-async fn user_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn user_new(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1536,7 +1558,11 @@ async fn user_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Re
     )
 }
 
-async fn user_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn user_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(delete_owners(s, headers, b, &USER, "user_ids", "deleted_users").await)
 }
 
@@ -1631,7 +1657,7 @@ async fn add_member(
     Ok(team)
 }
 
-async fn team_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_new(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1657,7 +1683,11 @@ async fn team_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Re
     )
 }
 
-async fn team_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_update(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1687,7 +1717,11 @@ async fn team_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) ->
     )
 }
 
-async fn team_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(delete_owners(s, headers, b, &TEAM, "team_ids", "deleted_teams").await)
 }
 
@@ -1773,7 +1807,11 @@ async fn team_list(State(s): State<AppState>, headers: HeaderMap, params: Params
     )
 }
 
-async fn team_member_add(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_member_add(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1817,7 +1855,11 @@ async fn team_member_add(State(s): State<AppState>, headers: HeaderMap, b: Bytes
     )
 }
 
-async fn team_member_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_member_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1942,17 +1984,29 @@ async fn set_blocked(
     })
 }
 
-async fn team_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_block(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(set_blocked(s, headers, b, &TEAM, "team_id", true).await)
 }
 
-async fn team_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn team_unblock(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(set_blocked(s, headers, b, &TEAM, "team_id", false).await)
 }
 
 // organizations
 
-async fn org_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn org_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -1999,7 +2053,11 @@ async fn org_info(State(s): State<AppState>, headers: HeaderMap, params: Params)
     respond(org_info_value(s, headers, params.get("organization_id").cloned()).await)
 }
 
-async fn org_info_post(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn org_info_post(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let req = body(&b)?;
@@ -2013,7 +2071,11 @@ async fn org_info_post(State(s): State<AppState>, headers: HeaderMap, b: Bytes) 
 
 // customers (end users)
 
-async fn customer_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn customer_new(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -2046,17 +2108,29 @@ async fn customer_info(State(s): State<AppState>, headers: HeaderMap, params: Pa
     )
 }
 
-async fn customer_block(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn customer_block(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(set_blocked(s, headers, b, &CUSTOMER, "user_ids", true).await)
 }
 
-async fn customer_unblock(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn customer_unblock(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(set_blocked(s, headers, b, &CUSTOMER, "user_ids", false).await)
 }
 
 // budgets
 
-async fn budget_info(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn budget_info(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -2354,7 +2428,7 @@ async fn global_spend_teams(
 
 // ---------- models ----------
 
-async fn model_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn model_new(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): ApiBody) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -2397,7 +2471,11 @@ async fn model_new(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> R
     )
 }
 
-async fn model_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn model_update(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;
@@ -2442,7 +2520,11 @@ async fn model_update(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -
     )
 }
 
-async fn model_delete(State(s): State<AppState>, headers: HeaderMap, b: Bytes) -> Response {
+async fn model_delete(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    ApiBody(b): ApiBody,
+) -> Response {
     respond(
         async {
             let (gov, p) = caller(&s, &headers).await?;

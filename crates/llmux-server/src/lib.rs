@@ -278,6 +278,18 @@ fn request_facts(
         }
     }
     tags.extend(headers::tags(headers));
+    // What a request writes into the spend log is bounded like everything else stored.
+    if tags.len() > 64 || tags.iter().any(|t| t.len() > 256) {
+        return Err(GatewayError::invalid_request(
+            "at most 64 tags of at most 256 bytes each (metadata.tags, tags, x-litellm-tags)",
+        )
+        .with_param("tags"));
+    }
+    if end_user.as_ref().is_some_and(|u| u.len() > 256) {
+        return Err(
+            GatewayError::invalid_request("`user` must be at most 256 bytes").with_param("user"),
+        );
+    }
     let facts = RequestFacts {
         client_request_id: None,
         prompt_tokens_estimate: (body.bytes().len() as u64) / 4,

@@ -1133,3 +1133,70 @@ async fn smaller_holes_stay_closed() {
         200
     );
 }
+
+/// Issue 17, finding 12: stored strings are bounded and key aliases unique.
+#[tokio::test]
+async fn stored_values_are_bounded_and_aliases_unique() {
+    let w = world(Db::Sqlite).await;
+    let h = &w.h;
+    let long = "x".repeat(257);
+    let huge: serde_json::Map<String, Value> =
+        (0..2000).map(|i| (format!("k{i}"), json!("v"))).collect();
+    for (path, body) in [
+        ("/key/generate", json!({"key_alias": long})),
+        ("/key/generate", json!({"metadata": huge})),
+        ("/key/generate", json!({"tags": vec!["t"; 1001]})),
+        ("/key/generate", json!({"models": [long]})),
+        ("/team/new", json!({"team_alias": long})),
+        ("/user/new", json!({"user_id": long})),
+        ("/user/new", json!({"user_email": long})),
+    ] {
+        let (s, v) = status_of(h.post_as(MASTER, path, &body).await).await;
+        assert_eq!(s, 400, "{path}: {v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    let a = h
+        .admin("/key/generate", json!({"key_alias": "unique-one"}))
+        .await;
+    let (s, v) = status_of(
+        h.post_as(MASTER, "/key/generate", &json!({"key_alias": "unique-one"}))
+            .await,
+    )
+    .await;
+    assert_eq!(s, 400, "{v}");
+    assert_eq!(v["error"]["code"], "key_alias_exists");
+    let b = h.admin("/key/generate", json!({})).await;
+    let (s, _) = status_of(
+        h.post_as(
+            MASTER,
+            "/key/update",
+            &json!({"key": b["key"], "key_alias": "unique-one"}),
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(s, 400);
+    // Its own alias, set again, is fine.
+    h.admin(
+        "/key/update",
+        json!({"key": a["key"], "key_alias": "unique-one", "metadata": {"n": 1}}),
+    )
+    .await;
+    // Tags and end users a request would write into the spend log are bounded too.
+    let r = h
+        .post_as(
+            MASTER,
+            "/v1/chat/completions",
+            &json!({"model": "mock-model", "messages": [{"role": "user", "content": "x"}], "user": long}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = h
+        .post_as(
+            MASTER,
+            "/v1/chat/completions",
+            &json!({"model": "mock-model", "messages": [{"role": "user", "content": "x"}], "metadata": {"tags": vec!["t"; 65]}}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+}

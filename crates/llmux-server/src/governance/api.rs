@@ -428,6 +428,11 @@ const CUSTOMER_FIELDS: &[&str] = &[
     "metadata",
 ];
 
+/// Bounds on what a client may store: names and ids, list lengths, JSON documents.
+const MAX_NAME_BYTES: usize = 256;
+const MAX_LIST_ITEMS: usize = 1000;
+const MAX_DOCUMENT_BYTES: usize = 16 * 1024;
+
 fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
     if value.is_null() {
         return Ok(());
@@ -453,20 +458,49 @@ fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
             value.as_str().and_then(Period::parse).is_some(),
             "a duration such as 30s, 30m, 24h, 7d or 1mo",
         ),
-        "models" | "tags" | "teams" | "admins" | "members" => (
-            value
-                .as_array()
-                .is_some_and(|a| a.iter().all(Value::is_string)),
-            "a list of strings",
+        "models"
+        | "tags"
+        | "teams"
+        | "admins"
+        | "members"
+        | "allowed_routes"
+        | "guardrails"
+        | "allowed_cache_controls" => (
+            value.as_array().is_some_and(|a| {
+                a.len() <= MAX_LIST_ITEMS
+                    && a.iter()
+                        .all(|v| v.as_str().is_some_and(|v| v.len() <= MAX_NAME_BYTES))
+            }),
+            "a list of at most 1000 strings of at most 256 bytes",
         ),
         "aliases" | "metadata" | "config" | "model_rpm_limit" | "model_tpm_limit"
-        | "model_max_budget" | "model_aliases" => (value.is_object(), "an object"),
+        | "model_aliases" | "permissions" | "object_permission" => (
+            value.is_object() && value.to_string().len() <= MAX_DOCUMENT_BYTES,
+            "an object of at most 16 KiB",
+        ),
+        "members_with_roles" => (
+            value.as_array().is_some_and(|a| a.len() <= MAX_LIST_ITEMS)
+                && value.to_string().len() <= 16 * MAX_DOCUMENT_BYTES,
+            "a list of at most 1000 members",
+        ),
         "blocked" => (value.is_boolean(), "true or false"),
-        "user_id" | "team_id" | "organization_id" | "key_alias" | "budget_id" => (
+        "user_id"
+        | "team_id"
+        | "organization_id"
+        | "key_alias"
+        | "budget_id"
+        | "team_alias"
+        | "user_alias"
+        | "organization_alias"
+        | "alias"
+        | "user_email"
+        | "sso_user_id"
+        | "default_model"
+        | "allowed_model_region" => (
             value
                 .as_str()
-                .is_some_and(|v| !v.is_empty() && v.len() <= 256),
-            "a non-empty string of at most 256 characters",
+                .is_some_and(|v| !v.is_empty() && v.len() <= MAX_NAME_BYTES),
+            "a non-empty string of at most 256 bytes",
         ),
         "user_role" => (
             value.as_str().and_then(Role::parse).is_some(),
@@ -925,6 +959,7 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
     let now = gov.now();
     let mut doc = Map::new();
     apply(&mut doc, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
+    ensure_alias_free(gov, text(&req, "key_alias"), None).await?;
     doc.insert("key_name".into(), json!(key_name(&key)));
     if let Some(at) = expiry(&req, now)? {
         doc.insert("expires".into(), json!(format_time(at)));
@@ -973,6 +1008,35 @@ async fn create_key(gov: &Governance, p: &Principal, req: &Map<String, Value>) -
         out["expires"] = Value::Null;
     }
     Ok(out)
+}
+
+/// LiteLLM's rule: a key alias names one key.
+async fn ensure_alias_free(
+    gov: &Governance,
+    alias: Option<String>,
+    this_key: Option<&str>,
+) -> Result<(), GatewayError> {
+    let Some(alias) = alias else { return Ok(()) };
+    let holders = gov
+        .store
+        .list(
+            Kind::Key,
+            &ListFilter {
+                alias: Some(alias.clone()),
+                limit: Some(2),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| store_error(&e))?;
+    if holders.iter().any(|k| Some(k.id.as_str()) != this_key) {
+        return Err(GatewayError::invalid_request(format!(
+            "Another key already has the alias `{alias}`; key aliases are unique."
+        ))
+        .with_param("key_alias")
+        .with_code("key_alias_exists"));
+    }
+    Ok(())
 }
 
 /// When a key created or updated now with the body's `duration` expires.
@@ -1108,6 +1172,7 @@ async fn key_update(
             let req = body(&b)?;
             let mut obj = named_key(&gov, text(&req, "key")).await?;
             let authority = check_key_change(&gov, &p, &obj, &req).await?;
+            ensure_alias_free(&gov, text(&req, "key_alias"), Some(&obj.id)).await?;
             let now = gov.now();
             apply(&mut obj.data, &req, &[KEY_FIELDS, BUDGET_FIELDS])?;
             if let Some(at) = expiry(&req, now)? {
@@ -1255,6 +1320,7 @@ async fn regenerate(
     let mut changes = req.clone();
     changes.remove("key");
     let authority = check_key_change(gov, p, &old, &changes).await?;
+    ensure_alias_free(gov, text(&changes, "key_alias"), Some(&old.id)).await?;
     let key = match text(req, "new_key") {
         Some(k) if p.role == Role::ProxyAdmin && k.starts_with("sk-") => k,
         _ => generate_key(),

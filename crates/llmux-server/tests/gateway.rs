@@ -344,7 +344,7 @@ async fn bad_requests_get_clear_400s_and_unknown_models_404() {
         (
             br#"{"model":"gpt-test","messages":[{"role":"user","content":"x"}],"stream":"yes"}"#,
             400,
-            "invalid_request",
+            "invalid_value",
         ),
         (
             br#"{"model":"nope","messages":[{"role":"user","content":"x"}]}"#,
@@ -1098,4 +1098,60 @@ async fn streams_are_always_metered_and_the_usage_chunk_shows_only_when_asked() 
         h.last_upstream_body()["stream_options"],
         json!({"include_usage": true})
     );
+}
+
+/// Issue 17, finding 9: `max_tokens` of -1, "10", 1.5 and 1e30 reached the upstream.
+#[tokio::test]
+async fn invalid_typed_parameters_are_refused_before_the_upstream() {
+    let h = start(BASIC).await;
+    let cases: Vec<(&str, Value)> = vec![
+        ("max_tokens", json!(-1)),
+        ("max_tokens", json!("10")),
+        ("max_tokens", json!(1.5)),
+        ("max_tokens", json!(1e30)),
+        ("max_tokens", json!(0)),
+        ("max_completion_tokens", json!(-5)),
+        ("n", json!(0)),
+        ("n", json!(1000)),
+        ("temperature", json!(3)),
+        ("temperature", json!("0.5")),
+        ("top_p", json!(-0.1)),
+        ("presence_penalty", json!(9)),
+        ("frequency_penalty", json!(-2.5)),
+        ("logprobs", json!(1)),
+        ("top_logprobs", json!(50)),
+        ("seed", json!(1.5)),
+        ("stream", json!("yes")),
+        ("stop", json!(5)),
+        ("stop", json!([1, 2])),
+        ("user", json!(5)),
+        ("tools", json!({"a": 1})),
+        ("tool_choice", json!(3)),
+        ("response_format", json!("json")),
+        ("logit_bias", json!([1])),
+    ];
+    for (param, value) in &cases {
+        let mut body = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x"}]});
+        body[*param] = value.clone();
+        let r = h.post("/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 400, "{param}: {value}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        assert_eq!(v["error"]["param"], *param, "{v}");
+        assert_eq!(v["error"]["code"], "invalid_value", "{v}");
+    }
+    assert!(h.recorded().is_empty(), "nothing reached the upstream");
+    // Completions take an integer logprobs; valid values pass, nulls too.
+    let r = h
+        .post(
+            "/v1/completions",
+            &json!({"model": "gpt-test", "prompt": "x", "logprobs": true}),
+        )
+        .await;
+    assert_eq!(r.status(), 400);
+    let ok = json!({"model": "gpt-test", "messages": [{"role": "user", "content": "x"}],
+        "max_tokens": 10, "temperature": 0, "top_p": 1, "n": 1, "seed": -3, "stop": ["a", "b"],
+        "logprobs": true, "top_logprobs": 2, "presence_penalty": -2, "user": "u", "tool_choice": "auto",
+        "frequency_penalty": null, "max_completion_tokens": null});
+    assert_eq!(h.post("/v1/chat/completions", &ok).await.status(), 200);
 }

@@ -823,7 +823,98 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
                 .with_code("empty_array"),
         );
     }
+    validate_params(op, request)
+}
+
+/// The typed OpenAI parameters a request sets hold values of their type and range, so a value
+/// no provider accepts (`max_tokens: -1`, `"10"`, `1.5`, `1e30`) is refused here, naming the
+/// parameter, instead of travelling upstream. One pass over the top-level keys; unknown keys
+/// and nulls pass (providers have their own).
+fn validate_params(op: Operation, request: &RawObject<'_>) -> Result<(), GatewayError> {
+    for (key, value) in request.iter() {
+        let text = value.get();
+        if text == "null" {
+            continue;
+        }
+        let ok = match key {
+            "max_tokens" | "max_completion_tokens" => int_in(text, 1, i64::from(i32::MAX)),
+            "n" => int_in(text, 1, 128),
+            "best_of" => int_in(text, 1, 128),
+            "top_logprobs" => int_in(text, 0, 20),
+            "dimensions" | "top_n" => int_in(text, 1, i64::from(i32::MAX)),
+            "seed" => text.parse::<i64>().is_ok(),
+            "temperature" => num_in(text, 0.0, 2.0),
+            "top_p" => num_in(text, 0.0, 1.0),
+            "presence_penalty" | "frequency_penalty" => num_in(text, -2.0, 2.0),
+            "logprobs" => match op {
+                Operation::Completions => int_in(text, 0, 5),
+                _ => text == "true" || text == "false",
+            },
+            "stream" | "parallel_tool_calls" | "echo" | "store" => {
+                text == "true" || text == "false"
+            }
+            "stop" => {
+                text.starts_with('"')
+                    || serde_json::from_str::<Vec<String>>(text).is_ok_and(|v| v.len() <= 16)
+            }
+            "user" => text.starts_with('"'),
+            "logit_bias" | "response_format" | "stream_options" | "metadata" => {
+                text.starts_with('{')
+            }
+            "tools" | "functions" => text.starts_with('['),
+            "tool_choice" | "function_call" => text.starts_with('"') || text.starts_with('{'),
+            _ => true,
+        };
+        if !ok {
+            return Err(GatewayError::invalid_request(format!(
+                "Invalid value for '{key}': {} is not {}.",
+                shorten(text),
+                expected_type(op, key)
+            ))
+            .with_param(key)
+            .with_code("invalid_value"));
+        }
+    }
     Ok(())
+}
+
+fn int_in(text: &str, min: i64, max: i64) -> bool {
+    text.parse::<i64>().is_ok_and(|v| (min..=max).contains(&v))
+}
+
+fn num_in(text: &str, min: f64, max: f64) -> bool {
+    text.parse::<f64>()
+        .is_ok_and(|v| v.is_finite() && (min..=max).contains(&v))
+        && !text.starts_with('"')
+}
+
+fn expected_type(op: Operation, key: &str) -> &'static str {
+    match key {
+        "max_tokens" | "max_completion_tokens" | "dimensions" | "top_n" => {
+            "an integer of at least 1"
+        }
+        "n" | "best_of" => "an integer from 1 to 128",
+        "top_logprobs" => "an integer from 0 to 20",
+        "seed" => "an integer",
+        "temperature" => "a number from 0 to 2",
+        "top_p" => "a number from 0 to 1",
+        "presence_penalty" | "frequency_penalty" => "a number from -2 to 2",
+        "logprobs" if op == Operation::Completions => "an integer from 0 to 5",
+        "logprobs" | "stream" | "parallel_tool_calls" | "echo" | "store" => "a boolean",
+        "stop" => "a string or a list of up to 16 strings",
+        "user" => "a string",
+        "tools" | "functions" => "an array",
+        "tool_choice" | "function_call" => "a string or an object",
+        _ => "an object",
+    }
+}
+
+/// A value as quoted in an error: at most 40 characters of it.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(40) {
+        Some((i, _)) => format!("{}...", &text[..i]),
+        None => text.to_owned(),
+    }
 }
 
 #[cfg(test)]

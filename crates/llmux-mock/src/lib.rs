@@ -6,7 +6,8 @@
 //! (headers win): `latency_ms` (before the response starts), `ttfb_ms` (before the first stream
 //! chunk), `chunk_delay_ms`, `chunks`, `status` + `error_body`, `retry_after`, `cut_after`
 //! (drop the connection after N chunks), `error_event_after` (an `{"error":...}` event after N
-//! chunks), `stall_after` (stop sending after N chunks), `text` (the answer), and
+//! chunks), `stall_after` (stop sending after N chunks), `usage_delay_ms` (a pause before the
+//! usage chunk), `text` (the answer), and
 //! `token_expires_in` (lifetime of the OAuth tokens the emulated token endpoints mint).
 
 mod cloud;
@@ -80,6 +81,8 @@ struct Knobs {
     cut_after: Option<usize>,
     error_event_after: Option<usize>,
     stall_after: Option<usize>,
+    /// Wait before the usage chunk (after the finish chunk), as a slow provider may.
+    usage_delay_ms: u64,
     text: Option<String>,
     /// How to answer a conversation ending in a partial assistant message: `prefix` (default)
     /// continues after it, `restart` answers from the beginning.
@@ -113,6 +116,7 @@ impl Knobs {
             cut_after: num("cut_after").map(|n| n as usize),
             error_event_after: num("error_event_after").map(|n| n as usize),
             stall_after: num("stall_after").map(|n| n as usize),
+            usage_delay_ms: num("usage_delay_ms").unwrap_or(0),
             text: get("text"),
             continue_mode: get("continue_mode"),
         }
@@ -526,6 +530,9 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         }
         let finish = if tool_call { "tool_calls" } else { "stop" };
         yield Ok(chunk(json!({}), json!(finish)));
+        if knobs.usage_delay_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(knobs.usage_delay_ms)).await;
+        }
         if include_usage {
             let v = json!({"id": "usage", "object": object, "created": created, "model": "mock", "choices": [], "usage": usage_json(prompt, total)});
             yield Ok(Bytes::from(format!("data: {v}\n\n")));

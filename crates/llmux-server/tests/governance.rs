@@ -1183,3 +1183,64 @@ async fn api_models_read_only_allow_listed_environment_variables() {
         .await;
     assert_eq!(r.status(), 403);
 }
+
+/// Issue 17, finding 4: a client that read every content chunk and left before the usage chunk
+/// was billed nothing.
+#[tokio::test]
+async fn abandoned_streams_are_billed_for_what_was_delivered() {
+    use futures_util::StreamExt;
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        h.admin(
+            "/user/new",
+            json!({"user_id": "leaver", "auto_create_key": false}),
+        )
+        .await;
+        let t = h.admin("/team/new", json!({})).await["team_id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let sk = key(&h, json!({"user_id": "leaver", "team_id": t})).await;
+        let body = json!({"model": "cheap", "stream": true,
+            "messages": [{"role": "user", "content": "tell me a long story about the sea"}],
+            "mock_options": {"chunks": 8, "usage_delay_ms": 3000}});
+        let r = h.post_as(&sk, "/v1/chat/completions", &body).await;
+        assert_eq!(r.status(), 200);
+        let mut stream = r.bytes_stream();
+        let mut seen = String::new();
+        while let Some(chunk) = stream.next().await {
+            seen.push_str(&String::from_utf8_lossy(&chunk.unwrap()));
+            if seen.contains("\"finish_reason\":\"stop\"") {
+                break;
+            }
+        }
+        drop(stream);
+        assert!(!seen.contains("\"usage\""), "left before the usage chunk");
+        h.flush_spend().await;
+        let logs: Value = h
+            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        let row = &logs[0];
+        assert_eq!(row["error_kind"], "client_disconnected", "{db:?}: {row}");
+        let prompt = row["prompt_tokens"].as_u64().unwrap();
+        let completion = row["completion_tokens"].as_u64().unwrap();
+        assert!(prompt >= 8, "{db:?}: {row}");
+        assert!((8..=24).contains(&completion), "{db:?}: {row}");
+        let expected = prompt as f64 * 0.001 + completion as f64 * 0.002;
+        let spend = row["spend"].as_f64().unwrap();
+        assert!((spend - expected).abs() < 1e-12, "{db:?}: {row}");
+        // Key, user and team are billed alike.
+        for (path, pick) in [
+            (format!("/key/info?key={sk}"), "/info/spend"),
+            ("/user/info?user_id=leaver".to_owned(), "/user_info/spend"),
+            (format!("/team/info?team_id={t}"), "/team_info/spend"),
+        ] {
+            let v: Value = h.get_as(MASTER, &path).await.json().await.unwrap();
+            let got = v.pointer(pick).and_then(Value::as_f64).unwrap();
+            assert!((got - spend).abs() < 1e-12, "{db:?} {path}: {v}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::attempt::Attempt;
+use crate::delivered::DeliveredText;
 use crate::log::{LogEmitter, Outcome, RequestLog};
 use crate::relay::{relay_stream, RecoveryPlan, RelayStream, StreamSummary};
 use crate::resume::Resumer;
@@ -634,12 +635,19 @@ impl Run<'_> {
         let trace = self.trace.clone();
         let settings = snapshot.router.settings().clone();
         let group_size = route.candidates.len();
-        let on_finish = move |summary: StreamSummary| {
+        let body = self.body.clone();
+        let on_finish = move |mut summary: StreamSummary| {
             let outcome = match (&summary.error, summary.completed) {
                 (Some(e), _) => Outcome::Failed(e.kind),
                 (None, true) => Outcome::Success,
                 (None, false) => Outcome::ClientDisconnected,
             };
+            if summary.usage.is_none() && summary.chunks > 0 {
+                // The usage never arrived (the client left first, or the upstream broke off):
+                // what was sent is still billed, counted here.
+                let model = trace.model.as_deref().unwrap_or(&trace.requested_model);
+                summary.usage = Some(estimate_usage(&body, model, &summary.delivered));
+            }
             // After a recovery the resumer has already recorded this deployment's failure.
             if let Some(e) = summary.error.as_ref().filter(|_| summary.recoveries == 0) {
                 stats.record_failure(e.kind, &settings, group_size, e.retry_after);
@@ -824,6 +832,19 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
         );
     }
     validate_params(op, request)
+}
+
+/// Usage counted locally for a stream whose provider never reported it: the prompt as the
+/// pre-call checks count it, and the generated text the client received with the model's
+/// tokenizer (text past the kept cap at four bytes a token).
+fn estimate_usage(body: &Bytes, model: &str, delivered: &DeliveredText) -> Usage {
+    let prompt = RawObject::parse(body)
+        .map(|request| tokens::count_prompt_tokens(&request, model))
+        .unwrap_or(0);
+    let bpe = tokens::encoding_for(model);
+    let completion = bpe.encode_with_special_tokens(&delivered.text()).len() as u64
+        + delivered.dropped_bytes().div_ceil(4);
+    Usage::new(prompt, completion)
 }
 
 /// The typed OpenAI parameters a request sets hold values of their type and range, so a value

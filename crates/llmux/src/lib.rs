@@ -18,6 +18,7 @@
 
 mod attempt;
 mod credentials;
+mod delivered;
 mod execute;
 mod log;
 pub mod pricing;
@@ -36,6 +37,7 @@ use arc_swap::ArcSwap;
 use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
 use llmux_router::{InMemoryStats, Router, StatsStore};
 
+pub use delivered::DeliveredText;
 pub use execute::{GatewayResponse, ParsedBody, ResponseBody, ResponseMeta};
 pub use llmux_config as config;
 pub use llmux_providers::Operation;

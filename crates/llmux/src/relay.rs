@@ -12,6 +12,7 @@ use llmux_providers::sse::{SseError, SseSplitter};
 use llmux_providers::{DecodedEvent, StreamDecoder, StreamFraming};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 
+use crate::delivered::DeliveredText;
 use crate::splice::{ContinuationRewriter, StreamTracker};
 
 use crate::upstream::UpstreamResponse;
@@ -200,6 +201,8 @@ pub struct StreamSummary {
     pub completed: bool,
     /// Times the stream was continued on another deployment after a failure.
     pub recoveries: u32,
+    /// The generated text the client received (for billing when no usage arrives).
+    pub delivered: DeliveredText,
 }
 
 impl StreamSummary {
@@ -283,6 +286,20 @@ fn deliver(
     usage: Option<Usage>,
     tracker: &mut Option<StreamTracker>,
     rewriter: &mut Option<ContinuationRewriter>,
+    delivered: &mut DeliveredText,
+) -> Option<Bytes> {
+    let out = deliver_event(bytes, usage, tracker, rewriter);
+    if let Some(b) = &out {
+        delivered.observe(b);
+    }
+    out
+}
+
+fn deliver_event(
+    bytes: Bytes,
+    usage: Option<Usage>,
+    tracker: &mut Option<StreamTracker>,
+    rewriter: &mut Option<ContinuationRewriter>,
 ) -> Option<Bytes> {
     if bytes.is_empty() {
         // A hidden event (the usage chunk the client did not ask for): counted, not sent. An
@@ -317,7 +334,7 @@ pub(crate) fn relay_stream(
     let started = Instant::now();
     let stream = async_stream::stream! {
         let mut guard = FinishGuard {
-            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0 },
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, delivered: DeliveredText::default() },
             started,
             on_finish: Some(on_finish),
         };
@@ -326,7 +343,7 @@ pub(crate) fn relay_stream(
         let mut rewriter: Option<ContinuationRewriter> = None;
         for (n, bytes) in initial.into_iter().enumerate() {
             let usage = if n == 0 { first_usage } else { None };
-            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter, &mut guard.summary.delivered) {
                 yield b;
             }
         }
@@ -340,7 +357,7 @@ pub(crate) fn relay_stream(
                 let failure = match item {
                     RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
                         guard.summary.count_chunk(usage);
-                        let first = deliver(bytes, usage, &mut tracker, &mut rewriter);
+                        let first = deliver(bytes, usage, &mut tracker, &mut rewriter, &mut guard.summary.delivered);
                         // Events that arrived together leave together: one write, not one per event.
                         let mut batch: Option<BytesMut> = None;
                         let mut done = false;
@@ -349,13 +366,13 @@ pub(crate) fn relay_stream(
                             match next {
                                 RelayItem::Event(DecodedEvent::Chunk { bytes, usage }) => {
                                     guard.summary.count_chunk(usage);
-                                    if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                                    if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter, &mut guard.summary.delivered) {
                                         gather(&mut batch, first.as_ref(), &b);
                                     }
                                 }
                                 RelayItem::Event(DecodedEvent::Done(bytes)) => {
                                     // The end usually arrives with the last events: same write.
-                                    if let Some(b) = deliver(bytes, None, &mut tracker, &mut rewriter) {
+                                    if let Some(b) = deliver(bytes, None, &mut tracker, &mut rewriter, &mut guard.summary.delivered) {
                                         gather(&mut batch, first.as_ref(), &b);
                                     }
                                     done = true;
@@ -385,7 +402,7 @@ pub(crate) fn relay_stream(
                         continue;
                     }
                     RelayItem::Event(DecodedEvent::Done(bytes)) => {
-                        if let Some(b) = deliver(bytes, None, &mut tracker, &mut rewriter) {
+                        if let Some(b) = deliver(bytes, None, &mut tracker, &mut rewriter, &mut guard.summary.delivered) {
                             yield b;
                         }
                         guard.summary.completed = true;
@@ -427,7 +444,7 @@ pub(crate) fn relay_stream(
                         }
                         relay = resumed.relay;
                         for (bytes, usage) in resumed.initial {
-                            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter) {
+                            if let Some(b) = deliver(bytes, usage, &mut tracker, &mut rewriter, &mut guard.summary.delivered) {
                                 yield b;
                             }
                         }
@@ -482,6 +499,7 @@ impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
                     duration: Duration::ZERO,
                     completed: false,
                     recoveries: 0,
+                    delivered: DeliveredText::default(),
                 },
             );
             summary.duration = self.started.elapsed();

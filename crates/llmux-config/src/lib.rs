@@ -188,6 +188,10 @@ pub struct Config {
     /// ending in `*` allows a prefix. Empty (the default): such models name none, so an admin
     /// key cannot send the gateway's own secrets to a URL of its choosing.
     pub api_model_env_allowlist: Vec<String>,
+    /// `llmux_settings.budget_stream_cutoff`: end a stream with a `budget_exceeded` error event
+    /// once its running cost passes what it reserved and a budget it counts against is spent
+    /// (for upstreams that ignore `max_tokens`). Off by default: a stream then runs to its end.
+    pub budget_stream_cutoff: bool,
 }
 
 impl Default for Config {
@@ -210,6 +214,7 @@ impl Default for Config {
             spend_queue_capacity: 100_000,
             client_body_timeout: Duration::from_secs(30),
             api_model_env_allowlist: Vec::new(),
+            budget_stream_cutoff: false,
             router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }

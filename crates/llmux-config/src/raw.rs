@@ -99,4 +99,6 @@ pub(crate) struct RawLlmuxSettings {
     pub client_body_timeout: Option<f64>,
     #[serde(default)]
     pub api_model_env_allowlist: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub budget_stream_cutoff: Option<bool>,
 }

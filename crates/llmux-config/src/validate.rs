@@ -781,6 +781,9 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         ) {
             config.client_body_timeout = t;
         }
+        if let Some(cutoff) = raw.budget_stream_cutoff {
+            config.budget_stream_cutoff = cutoff;
+        }
         if let Some(names) = raw.api_model_env_allowlist {
             config.api_model_env_allowlist = names.into_iter().filter(|n| !n.is_empty()).collect();
         }

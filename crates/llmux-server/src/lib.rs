@@ -290,8 +290,15 @@ fn request_facts(
             GatewayError::invalid_request("`user` must be at most 256 bytes").with_param("user"),
         );
     }
+    let choices = request
+        .decode::<u64>("n")
+        .ok()
+        .flatten()
+        .max(request.decode::<u64>("best_of").ok().flatten())
+        .unwrap_or(1);
     let facts = RequestFacts {
         client_request_id: None,
+        choices,
         prompt_tokens_estimate: (body.bytes().len() as u64) / 4,
         max_output_tokens,
         end_user,

@@ -1244,3 +1244,85 @@ async fn abandoned_streams_are_billed_for_what_was_delivered() {
         }
     }
 }
+
+/// Issue 17, finding 7: 50 concurrent streams on a 0.5 budget with `max_tokens: 5`, from an
+/// upstream that ignores it, spent 50.04. The reservation covers `n`, and with
+/// `budget_stream_cutoff` a stream past its reservation reserves more as it runs and ends with
+/// a budget error event when there is no room.
+#[tokio::test]
+async fn budgets_hold_when_the_upstream_ignores_max_tokens() {
+    use futures_util::StreamExt;
+    async fn run(cutoff: bool, db: Db) -> (f64, usize, usize) {
+        let yaml = format!("{MODELS}\nllmux_settings: {{budget_stream_cutoff: {cutoff}}}\n");
+        let h = start_governed(&yaml, db).await;
+        let sk = key(&h, json!({"max_budget": 0.5})).await;
+        let body = json!({"model": "cheap", "stream": true, "max_tokens": 5,
+            "messages": [{"role": "user", "content": "hi"}],
+            "mock_options": {"chunks": 100, "chunk_delay_ms": 2}});
+        let answers = futures_util::future::join_all((0..50).map(|_| async {
+            let r = h.post_as(&sk, "/v1/chat/completions", &body).await;
+            if r.status() != 200 {
+                return (false, false);
+            }
+            let mut text = String::new();
+            let mut s = r.bytes_stream();
+            while let Some(c) = s.next().await {
+                text.push_str(&String::from_utf8_lossy(&c.unwrap()));
+            }
+            (true, text.contains("budget_exceeded"))
+        }))
+        .await;
+        let admitted = answers.iter().filter(|a| a.0).count();
+        let cut = answers.iter().filter(|a| a.1).count();
+        h.flush_spend().await;
+        let info: Value = h
+            .get_as(MASTER, &format!("/key/info?key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        (info["info"]["spend"].as_f64().unwrap(), admitted, cut)
+    }
+    for db in BACKENDS {
+        let (uncut, admitted, _) = run(false, db).await;
+        assert!(admitted > 1, "{db:?}");
+        assert!(
+            uncut > 1.0,
+            "{db:?}: without the cutoff the upstream overspends ({uncut})"
+        );
+        let (spent, admitted, cut) = run(true, db).await;
+        eprintln!(
+            "{db:?}: without cutoff {uncut:.4}, with {spent:.4} ({admitted} admitted, {cut} cut)"
+        );
+        assert!(
+            admitted > 1 && cut > 0,
+            "{db:?}: {admitted} admitted, {cut} cut"
+        );
+        assert!(spent <= 0.5 * 1.1, "{db:?}: spent {spent} of 0.5");
+        assert!(
+            spent >= 0.4,
+            "{db:?}: the budget is used, not refused: {spent}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn the_reservation_covers_every_choice_asked_for() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let sk = key(&h, json!({"max_budget": 1.0})).await;
+    let ask = |n: u64| json!({"model": "cheap", "max_tokens": 100, "n": n, "messages": [{"role": "user", "content": "hi"}]});
+    let r = h.post_as(&sk, "/v1/chat/completions", &ask(10)).await;
+    assert_eq!(
+        r.status(),
+        400,
+        "ten choices of 100 tokens at 0.002 do not fit in 1.0"
+    );
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "budget_exceeded");
+    assert_eq!(
+        h.post_as(&sk, "/v1/chat/completions", &ask(1))
+            .await
+            .status(),
+        200
+    );
+}

@@ -60,6 +60,11 @@ impl DeliveredText {
             .unwrap_or_else(|_| String::from_utf8_lossy(&self.escaped).into_owned())
     }
 
+    /// A cheap running estimate: about four bytes of generated text a token.
+    pub fn approx_tokens(&self) -> u64 {
+        (self.escaped.len() as u64 + self.dropped).div_ceil(4)
+    }
+
     /// Bytes past what was kept (counted at about four per token).
     pub fn dropped_bytes(&self) -> u64 {
         self.dropped

@@ -693,12 +693,14 @@ impl Run<'_> {
                 max_attempts: recovery_settings.max_attempts,
                 max_buffered_bytes: recovery_settings.max_buffered_bytes,
             });
+        let watch = self.trace.hook.clone().filter(|h| h.watches_stream());
         let stream = relay_stream(
             peeked.initial,
             peeked.first_usage,
             peeked.relay,
             peeked.finished,
             recovery,
+            watch,
             on_finish,
         );
         Ok(GatewayResponse {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use llmux_providers::Operation;
-use llmux_types::{ErrorKind, Usage};
+use llmux_types::{ErrorKind, GatewayError, Usage};
 use tokio::sync::broadcast;
 
 /// Records a lagging subscriber may fall behind before it loses the oldest.
@@ -55,6 +55,19 @@ pub struct RequestLog {
 /// where spend is settled.
 pub trait RequestHook: Send + Sync {
     fn finished(&self, log: &RequestLog);
+
+    /// Whether `stream_progress` should be called as a stream is relayed (off by default, so
+    /// a stream pays nothing for it).
+    fn watches_stream(&self) -> bool {
+        false
+    }
+
+    /// A stream has delivered about `completion_tokens` so far; an error ends it there with
+    /// that error as its last event (a budget that ran out while it ran).
+    fn stream_progress(&self, completion_tokens: u64) -> Result<(), GatewayError> {
+        let _ = completion_tokens;
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone)]

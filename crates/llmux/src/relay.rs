@@ -3,6 +3,7 @@
 //! failure (error event, broken connection, idle past `stream_timeout`) into one final OpenAI
 //! error event instead of a silently truncated stream.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -13,6 +14,7 @@ use llmux_providers::{DecodedEvent, StreamDecoder, StreamFraming};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 
 use crate::delivered::DeliveredText;
+use crate::log::RequestHook;
 use crate::splice::{ContinuationRewriter, StreamTracker};
 
 use crate::upstream::UpstreamResponse;
@@ -329,6 +331,7 @@ pub(crate) fn relay_stream(
     mut relay: Relay,
     finished: bool,
     mut recovery: Option<RecoveryPlan>,
+    watch: Option<Arc<dyn RequestHook>>,
     on_finish: impl FnOnce(StreamSummary) + Send + 'static,
 ) -> RelayStream {
     let started = Instant::now();
@@ -392,6 +395,16 @@ pub(crate) fn relay_stream(
                         if done {
                             guard.summary.completed = true;
                             break;
+                        }
+                        if let Some(hook) = &watch {
+                            // At least a token per chunk; about four bytes a token of text.
+                            let tokens = guard.summary.chunks.max(guard.summary.delivered.approx_tokens());
+                            if let Err(e) = hook.stream_progress(tokens) {
+                                tracing::info!(kind = %e.kind, "stream ended by its hook: {}", e.message());
+                                yield error_event(&e);
+                                guard.summary.error = Some(e);
+                                break;
+                            }
                         }
                         continue;
                     }
@@ -562,10 +575,17 @@ mod tests {
         chunks.push(Bytes::from_static(b"data: [DONE]\n\n"));
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
 
-        let writes: Vec<Bytes> =
-            relay_stream(Vec::new(), None, handed_over(chunks), false, None, |_| {})
-                .collect()
-                .await;
+        let writes: Vec<Bytes> = relay_stream(
+            Vec::new(),
+            None,
+            handed_over(chunks),
+            false,
+            None,
+            None,
+            |_| {},
+        )
+        .collect()
+        .await;
 
         let relayed: Vec<u8> = writes.iter().flat_map(|c| c.to_vec()).collect();
         assert_eq!(relayed, expected);
@@ -577,7 +597,7 @@ mod tests {
     async fn a_slow_upstream_is_relayed_event_by_event() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let relay = channel_upstream(rx);
-        let mut stream = relay_stream(Vec::new(), None, relay, false, None, |_| {});
+        let mut stream = relay_stream(Vec::new(), None, relay, false, None, None, |_| {});
         // Each event reaches the client while the upstream has not sent the next one yet.
         for n in 0..3 {
             tx.send(event(n)).await.unwrap();

@@ -214,6 +214,32 @@ impl Ledger {
         }
     }
 
+    /// Grow a running request's reservation by `delta` on every owner, if every budget in
+    /// `budgets` (owner, max) has room for it on top of its settled spend and all reservations;
+    /// `false` (and nothing reserved) otherwise.
+    pub fn extend(
+        &self,
+        budgets: &[((Kind, String), f64)],
+        owners: &[(Kind, String)],
+        delta: f64,
+    ) -> bool {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let fits = budgets.iter().all(|(owner, max)| {
+            entries
+                .get(owner)
+                .is_none_or(|e| e.base + e.unflushed + e.reserved + delta <= max + 1e-12)
+        });
+        if fits {
+            for owner in owners {
+                entries.entry(owner.clone()).or_default().reserved += delta;
+            }
+        }
+        fits
+    }
+
     /// Settled spend (including unwritten) and what requests in flight have reserved.
     pub fn spend_and_reserved(&self, owner: &(Kind, String)) -> (f64, f64) {
         let entries = self

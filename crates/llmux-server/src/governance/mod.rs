@@ -12,7 +12,7 @@ pub mod limits;
 pub mod writer;
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -65,6 +65,8 @@ pub struct Governance {
     lookups: std::sync::atomic::AtomicU64,
     clock: Clock,
     alert_webhook: Option<String>,
+    /// `llmux_settings.budget_stream_cutoff`.
+    stream_cutoff: bool,
     http: reqwest::Client,
     alerted: Mutex<HashSet<(Kind, String, i64)>>,
     stopping: AtomicBool,
@@ -91,6 +93,8 @@ pub struct RequestFacts {
     /// Rough prompt size and the output cap, for the cost estimate.
     pub prompt_tokens_estimate: u64,
     pub max_output_tokens: Option<u64>,
+    /// Completions asked for (`n`, `best_of`): the output estimate covers each.
+    pub choices: u64,
 }
 
 /// An admitted request: what it reserved and must release.
@@ -100,6 +104,11 @@ pub struct Admission {
     owners: Vec<(Kind, String)>,
     scopes: Vec<Limits>,
     estimate: f64,
+    /// The budgets this request counts against, and its price, for `budget_stream_cutoff`.
+    stream_budgets: Vec<((Kind, String), f64)>,
+    price: EstimatePrice,
+    /// Reserved while streaming beyond `estimate` (bits of an f64).
+    extra_reserved: AtomicU64,
     pub remaining: Remaining,
     facts: RequestFacts,
     call_type: &'static str,
@@ -153,6 +162,7 @@ impl Governance {
             lookups: std::sync::atomic::AtomicU64::new(0),
             clock,
             alert_webhook: config.alert_webhook_url.clone(),
+            stream_cutoff: config.budget_stream_cutoff,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -432,10 +442,18 @@ impl Governance {
         }
         let owners: Vec<(Kind, String)> = holders.iter().map(|o| (o.kind, o.id.clone())).collect();
         // Only a budget needs the estimate (it prices the request against every deployment).
-        let estimate = if checks.is_empty() {
-            0.0
+        let (estimate, price) = if checks.is_empty() {
+            (0.0, EstimatePrice::default())
         } else {
             estimate_cost(client, &facts)
+        };
+        let stream_budgets = if self.stream_cutoff {
+            checks
+                .iter()
+                .map(|c| ((c.kind, c.id.clone()), c.max_budget))
+                .collect()
+        } else {
+            Vec::new()
         };
         if let Err(e) = self.ledger.reserve(&checks, &owners, estimate, now) {
             return Err(GatewayError::new(
@@ -465,6 +483,9 @@ impl Governance {
             owners,
             scopes,
             estimate,
+            stream_budgets,
+            price,
+            extra_reserved: AtomicU64::new(0),
             remaining,
             facts,
             call_type,
@@ -622,7 +643,8 @@ impl Admission {
         let cost = log.and_then(|l| l.cost).unwrap_or(0.0);
         let usage = log.and_then(|l| l.usage);
         let now = gov.now();
-        gov.ledger.settle(&self.owners, self.estimate, cost);
+        let reserved = self.estimate + f64::from_bits(self.extra_reserved.load(Ordering::Acquire));
+        gov.ledger.settle(&self.owners, reserved, cost);
         gov.limiter
             .release(&self.scopes, usage.map_or(0, |u| u.total_tokens), now);
         let p = &self.principal;
@@ -680,6 +702,47 @@ impl Admission {
 impl RequestHook for Admission {
     fn finished(&self, log: &RequestLog) {
         self.settle(Some(log));
+    }
+
+    fn watches_stream(&self) -> bool {
+        !self.stream_budgets.is_empty()
+    }
+
+    /// Past its reservation, a stream reserves more as it runs (sixteen tokens' worth at a
+    /// time), and ends when a budget it counts against has no room left: every budget then
+    /// holds to its limit within a step per stream, however much the upstream ignores
+    /// `max_tokens`.
+    fn stream_progress(&self, completion_tokens: u64) -> Result<(), GatewayError> {
+        let running = self.price.prompt + completion_tokens as f64 * self.price.per_output_token;
+        let extra = f64::from_bits(self.extra_reserved.load(Ordering::Acquire));
+        let needed = running - self.estimate - extra;
+        if needed <= 0.0 {
+            return Ok(());
+        }
+        let step = needed.max(16.0 * self.price.per_output_token);
+        if self
+            .gov
+            .ledger
+            .extend(&self.stream_budgets, &self.owners, step)
+        {
+            self.extra_reserved
+                .store((extra + step).to_bits(), Ordering::Release);
+            return Ok(());
+        }
+        let (kind, id) = self
+            .stream_budgets
+            .first()
+            .map_or((Kind::Key, ""), |((k, id), _)| (*k, id.as_str()));
+        Err(GatewayError::new(
+            ErrorKind::BudgetExceeded,
+            format!(
+                "Budget has been exceeded while streaming: no room left past this answer's \
+                 reserved cost ({} `{}` or another budget it counts against).",
+                kind_label(kind),
+                short_id(kind, id)
+            ),
+        )
+        .with_code("budget_exceeded"))
     }
 }
 
@@ -958,22 +1021,39 @@ fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
 
 /// A pessimistic price for a request to `facts.model`: the dearest deployment of the group,
 /// the prompt estimate at its input price and the output cap at its output price.
-fn estimate_cost(client: &Client, facts: &RequestFacts) -> f64 {
+/// The dearest deployment's cost of the prompt and of one output token (for a stream's running
+/// cost).
+#[derive(Debug, Clone, Copy, Default)]
+struct EstimatePrice {
+    prompt: f64,
+    per_output_token: f64,
+}
+
+/// A pessimistic price for a request: the dearest deployment of the group, its prompt plus
+/// the output cap (or a default) for every completion asked for (`n`).
+fn estimate_cost(client: &Client, facts: &RequestFacts) -> (f64, EstimatePrice) {
     let snapshot = client.snapshot();
     let Some(route) = snapshot.router.route(&facts.model) else {
-        return 0.0;
+        return (0.0, EstimatePrice::default());
     };
-    let output = facts.max_output_tokens.unwrap_or(DEFAULT_OUTPUT_ESTIMATE);
+    let output = facts
+        .max_output_tokens
+        .unwrap_or(DEFAULT_OUTPUT_ESTIMATE)
+        .saturating_mul(facts.choices.max(1));
     let usage = llmux_types::Usage::new(facts.prompt_tokens_estimate, output);
-    route
-        .candidates
-        .iter()
-        .filter_map(|i| {
-            let d = snapshot.router.deployment(*i);
-            snapshot.pricing.deployment_price(&d.id, &d.config)
-        })
-        .map(|p| p.cost(&usage))
-        .fold(0.0, f64::max)
+    let prompt_only = llmux_types::Usage::new(facts.prompt_tokens_estimate, 0);
+    let one_token = llmux_types::Usage::new(0, 1);
+    let mut estimate = 0.0_f64;
+    let mut price = EstimatePrice::default();
+    for i in route.candidates {
+        let d = snapshot.router.deployment(*i);
+        if let Some(p) = snapshot.pricing.deployment_price(&d.id, &d.config) {
+            estimate = estimate.max(p.cost(&usage));
+            price.prompt = price.prompt.max(p.cost(&prompt_only));
+            price.per_output_token = price.per_output_token.max(p.cost(&one_token));
+        }
+    }
+    (estimate, price)
 }
 
 /// RFC 3339 → unix ms.

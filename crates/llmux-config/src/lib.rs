@@ -192,6 +192,18 @@ pub struct Config {
     /// once its running cost passes what it reserved and a budget it counts against is spent
     /// (for upstreams that ignore `max_tokens`). Off by default: a stream then runs to its end.
     pub budget_stream_cutoff: bool,
+    /// `llmux_settings.spend_log_durability`: `batched` (default: spend rows are written in the
+    /// background; a crash loses under 250 ms of traffic) or `sync` (a response completes only
+    /// once its spend row is committed; concurrent requests share commits).
+    pub spend_log_durability: SpendDurability,
+}
+
+/// When a request's spend row is committed relative to its response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SpendDurability {
+    #[default]
+    Batched,
+    Sync,
 }
 
 impl Default for Config {
@@ -215,6 +227,7 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(30),
             api_model_env_allowlist: Vec::new(),
             budget_stream_cutoff: false,
+            spend_log_durability: SpendDurability::Batched,
             router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }

@@ -101,4 +101,6 @@ pub(crate) struct RawLlmuxSettings {
     pub api_model_env_allowlist: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_bool")]
     pub budget_stream_cutoff: Option<bool>,
+    #[serde(default)]
+    pub spend_log_durability: Option<String>,
 }

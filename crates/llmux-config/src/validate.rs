@@ -781,6 +781,14 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         ) {
             config.client_body_timeout = t;
         }
+        match raw.spend_log_durability.as_deref() {
+            None | Some("batched") => {}
+            Some("sync") => config.spend_log_durability = crate::SpendDurability::Sync,
+            Some(other) => diags.push(Diagnostic::error(
+                "llmux_settings.spend_log_durability",
+                format!("must be `batched` or `sync`, got `{other}`"),
+            )),
+        }
         if let Some(cutoff) = raw.budget_stream_cutoff {
             config.budget_stream_cutoff = cutoff;
         }

@@ -181,6 +181,7 @@ async fn proxy_inner(
     };
     let mut hook = None;
     let mut remaining = None;
+    let mut durable: Option<Arc<governance::Admission>> = None;
     // With governance the body is parsed here, once: admission reads its facts and the core
     // routes on the same parse. A key's model alias rewrites the body, which is parsed again.
     let parsed;
@@ -214,7 +215,11 @@ async fn proxy_inner(
         {
             Ok(admission) => {
                 remaining = Some(admission.remaining.clone());
-                hook = Some(admission.into_hook());
+                let admission = Arc::new(admission);
+                if admission.durable() {
+                    durable = Some(Arc::clone(&admission));
+                }
+                hook = Some(admission as Arc<dyn llmux::RequestHook>);
             }
             Err(e) => return error_response(&e, &request_id),
         }
@@ -233,13 +238,31 @@ async fn proxy_inner(
         Some(parsed) => state.client.execute_parsed(op, parsed, options).await,
         None => state.client.execute(op, body.clone(), options).await,
     };
+    // With `spend_log_durability: sync` a response completes only once its spend row is
+    // committed: a JSON answer waits here, a stream's body ends after its last event once the
+    // row is in.
+    let streamed = matches!(&result, Ok(r) if matches!(r.body, ResponseBody::Stream(_)));
+    if let Some(admission) = durable.as_ref().filter(|_| !streamed) {
+        admission.committed().await;
+    }
     match result {
         Ok(response) => {
             let mut out = success_response(response, received_at);
             if let Some(r) = remaining {
                 headers::add_rate_limits(out.headers_mut(), &r);
             }
-            out
+            match durable.filter(|_| streamed) {
+                Some(admission) => {
+                    let (parts, body) = out.into_parts();
+                    let commit = futures_util::stream::once(async move {
+                        admission.committed().await;
+                    })
+                    .filter_map(|()| std::future::ready(None::<Result<Bytes, axum::Error>>));
+                    let body = Body::from_stream(body.into_data_stream().chain(commit));
+                    Response::from_parts(parts, body)
+                }
+                None => out,
+            }
         }
         Err(e) => error_response(&e, &request_id),
     }

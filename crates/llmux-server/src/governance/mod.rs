@@ -67,6 +67,8 @@ pub struct Governance {
     alert_webhook: Option<String>,
     /// `llmux_settings.budget_stream_cutoff`.
     stream_cutoff: bool,
+    /// `llmux_settings.spend_log_durability: sync`.
+    durable: bool,
     http: reqwest::Client,
     alerted: Mutex<HashSet<(Kind, String, i64)>>,
     stopping: AtomicBool,
@@ -109,6 +111,8 @@ pub struct Admission {
     price: EstimatePrice,
     /// Reserved while streaming beyond `estimate` (bits of an f64).
     extra_reserved: AtomicU64,
+    /// With `sync` durability: fires when this request's spend row is committed.
+    committed: Mutex<Option<tokio::sync::oneshot::Receiver<()>>>,
     pub remaining: Remaining,
     facts: RequestFacts,
     call_type: &'static str,
@@ -140,11 +144,13 @@ impl Governance {
 
     pub fn with_store(store: Store, config: &Config, clock: Clock) -> Arc<Governance> {
         let ledger = Arc::new(Ledger::default());
-        let writer = SpendWriter::start(
+        let durable = config.spend_log_durability == llmux_config::SpendDurability::Sync;
+        let writer = SpendWriter::start_with(
             store.clone(),
             Arc::clone(&ledger),
             config.spend_queue_capacity,
             config.disable_spend_logs,
+            durable,
         );
         Arc::new(Governance {
             store,
@@ -163,6 +169,7 @@ impl Governance {
             clock,
             alert_webhook: config.alert_webhook_url.clone(),
             stream_cutoff: config.budget_stream_cutoff,
+            durable,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -486,6 +493,7 @@ impl Governance {
             stream_budgets,
             price,
             extra_reserved: AtomicU64::new(0),
+            committed: Mutex::new(None),
             remaining,
             facts,
             call_type,
@@ -635,6 +643,20 @@ impl Admission {
         Arc::new(self)
     }
 
+    /// Whether the response must wait for `committed` (`spend_log_durability: sync`).
+    pub fn durable(&self) -> bool {
+        self.gov.durable
+    }
+
+    /// Wait until this request's spend row is committed (at once without `sync` durability, or
+    /// before the request settled).
+    pub async fn committed(&self) {
+        let receiver = self.committed.lock().ok().and_then(|mut slot| slot.take());
+        if let Some(r) = receiver {
+            let _ = r.await;
+        }
+    }
+
     fn settle(&self, log: Option<&RequestLog>) {
         if self.settled.swap(true, Ordering::AcqRel) {
             return;
@@ -691,7 +713,14 @@ impl Admission {
             tags: self.facts.tags.clone(),
             cache_hit: false,
         };
-        gov.writer.submit(record);
+        if gov.durable {
+            let committed = gov.writer.submit_durable(record);
+            if let Ok(mut slot) = self.committed.lock() {
+                *slot = Some(committed);
+            }
+        } else {
+            gov.writer.submit(record);
+        }
         if cost > 0.0 {
             gov.soft_budget_alerts(self);
         }

@@ -267,7 +267,7 @@ impl Harness {
         .await
     }
 
-    /// Wait until the spend writer has nothing queued (the writer lingers up to 200 ms).
+    /// Wait until the spend writer has nothing queued (the writer lingers up to 100 ms).
     pub async fn flush_spend(&self) {
         let gov = self.gov.as_ref().expect("governed harness");
         for _ in 0..200 {

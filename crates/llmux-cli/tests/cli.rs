@@ -631,3 +631,128 @@ async fn a_kill_9_under_load_loses_no_spend_in_sync_mode_and_under_250_ms_batche
         }
     }
 }
+
+/// An upstream answering every chat request with the same `size`-byte completion (with a
+/// `content-length`, or chunked without one).
+async fn big_answer_upstream(size: usize, chunked: bool) -> String {
+    let mut body = br#"{"id":"big","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":""#.to_vec();
+    body.resize(size - 100, b'a');
+    body.extend_from_slice(br#""},"finish_reason":"stop"}],"usage":{"prompt_tokens":1,"completion_tokens":1,"total_tokens":2}}"#);
+    let body = axum::body::Bytes::from(body);
+    let app = axum::Router::new().route(
+        "/v1/chat/completions",
+        axum::routing::post(move || {
+            let body = body.clone();
+            async move {
+                let out = if chunked {
+                    let pieces: Vec<Result<axum::body::Bytes, std::io::Error>> = body
+                        .chunks(1 << 20)
+                        .map(|c| Ok(axum::body::Bytes::copy_from_slice(c)))
+                        .collect();
+                    axum::body::Body::from_stream(futures_util::stream::iter(pieces))
+                } else {
+                    axum::body::Body::from(body)
+                };
+                axum::response::Response::builder()
+                    .header("content-type", "application/json")
+                    .body(out)
+                    .unwrap()
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    format!("http://{addr}/v1")
+}
+
+/// (current, peak) resident memory of a process, in MiB.
+fn rss_mib(pid: u32) -> (f64, f64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .unwrap()
+            / 1024.0
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Issue 17, finding 14: one 300 MB answer peaked at 770 MB; five concurrent 100 MB answers at
+/// 821 MB, kept after they finished. A body's peak stays near its size, the bytes held across
+/// requests are bounded (503 past it), and memory is given back after a burst.
+#[tokio::test]
+async fn large_upstream_answers_cost_about_their_size_and_are_given_back() {
+    const MIB: usize = 1 << 20;
+    for chunked in [false, true] {
+        let upstream = big_answer_upstream(100 * MIB, chunked).await;
+        let config = write_config(&format!(
+            "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{upstream}\", api_key: k}}}}]\nllmux_settings: {{max_buffered_response_mb: 250}}\nrouter_settings: {{num_retries: 0}}\n"
+        ));
+        let server = start_server(config.path(), &[]).await;
+        let pid = server.child.id();
+        let http = reqwest::Client::new();
+        let ask = || async {
+            let r = http
+                .post(format!("{}/v1/chat/completions", server.url))
+                .json(&serde_json::json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body = r.bytes().await.unwrap();
+            (status, body)
+        };
+        let (baseline, _) = rss_mib(pid);
+        let (status, body) = ask().await;
+        assert_eq!(status, 200, "chunked {chunked}");
+        assert!(body.len() > 99 * MIB);
+        drop(body);
+        let (_, peak) = rss_mib(pid);
+        eprintln!("chunked {chunked}: baseline {baseline:.0} MiB, one 100 MiB answer peaks at {peak:.0} MiB");
+        let one_answer_limit = if chunked { 2.3 } else { 1.4 };
+        assert!(
+            peak - baseline < one_answer_limit * 100.0,
+            "chunked {chunked}: peak {peak:.0} MiB from {baseline:.0}"
+        );
+        // Five at once against a 250 MiB bound: at most two are held, the rest are 503s.
+        let answers = futures_util::future::join_all((0..5).map(|_| ask())).await;
+        let ok = answers.iter().filter(|(s, _)| *s == 200).count();
+        let refused: Vec<&axum::body::Bytes> = answers
+            .iter()
+            .filter(|(s, _)| *s == 503)
+            .map(|(_, b)| b)
+            .collect();
+        assert!(
+            ok >= 1 && ok + refused.len() == 5,
+            "chunked {chunked}: {ok} ok"
+        );
+        assert!(
+            !refused.is_empty(),
+            "chunked {chunked}: the bound held none back"
+        );
+        let e: serde_json::Value = serde_json::from_slice(refused[0]).unwrap();
+        assert_eq!(e["error"]["code"], "response_buffer_full");
+        drop(answers);
+        let (_, burst_peak) = rss_mib(pid);
+        eprintln!("chunked {chunked}: five at once ({ok} served) peak {burst_peak:.0} MiB");
+        assert!(
+            burst_peak - baseline < 250.0 * if chunked { 2.3 } else { 1.4 },
+            "chunked {chunked}: burst peak {burst_peak:.0} MiB"
+        );
+        // Given back once the burst is over.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut after = rss_mib(pid).0;
+        while after - baseline > 40.0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            after = rss_mib(pid).0;
+        }
+        eprintln!("chunked {chunked}: after the burst {after:.0} MiB");
+        assert!(
+            after - baseline < 40.0,
+            "chunked {chunked}: {after:.0} MiB kept after the burst"
+        );
+    }
+}

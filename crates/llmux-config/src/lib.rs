@@ -196,6 +196,9 @@ pub struct Config {
     /// background; a crash loses under 250 ms of traffic) or `sync` (a response completes only
     /// once its spend row is committed; concurrent requests share commits).
     pub spend_log_durability: SpendDurability,
+    /// `llmux_settings.max_buffered_response_mb`, in bytes: upstream answers held in memory at
+    /// once across all requests (non-streamed bodies); past it requests get a 503.
+    pub max_buffered_response_bytes: usize,
 }
 
 /// When a request's spend row is committed relative to its response.
@@ -228,6 +231,7 @@ impl Default for Config {
             api_model_env_allowlist: Vec::new(),
             budget_stream_cutoff: false,
             spend_log_durability: SpendDurability::Batched,
+            max_buffered_response_bytes: 1024 * 1024 * 1024,
             router: RouterSettings::default(),
             environment_variables: Vec::new(),
         }

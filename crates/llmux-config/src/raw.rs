@@ -103,4 +103,6 @@ pub(crate) struct RawLlmuxSettings {
     pub budget_stream_cutoff: Option<bool>,
     #[serde(default)]
     pub spend_log_durability: Option<String>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub max_buffered_response_mb: Option<f64>,
 }

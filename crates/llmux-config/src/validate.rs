@@ -781,6 +781,16 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         ) {
             config.client_body_timeout = t;
         }
+        if let Some(mb) = raw.max_buffered_response_mb {
+            if (1.0..=1_048_576.0).contains(&mb) {
+                config.max_buffered_response_bytes = (mb * 1024.0 * 1024.0) as usize;
+            } else {
+                diags.push(Diagnostic::error(
+                    "llmux_settings.max_buffered_response_mb",
+                    "must be between 1 and 1048576",
+                ));
+            }
+        }
         match raw.spend_log_durability.as_deref() {
             None | Some("batched") => {}
             Some("sync") => config.spend_log_durability = crate::SpendDurability::Sync,

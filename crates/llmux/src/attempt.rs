@@ -17,7 +17,7 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
 use crate::execute::{GatewayResponse, ResponseBody, ResponseMeta};
 use crate::relay::{Relay, RelayItem};
-use crate::upstream::{HttpClient, UpstreamResponse};
+use crate::upstream::{BufferBudget, HttpClient, UpstreamResponse};
 
 /// Upper bound on a buffered (non-streaming) upstream response: large embedding batches fit.
 const MAX_UPSTREAM_BODY: usize = 256 * 1024 * 1024;
@@ -127,12 +127,15 @@ impl Attempt {
         op: Operation,
         request: &RawObject<'_>,
         ctx: RequestContext<'_>,
+        buffers: (&Arc<BufferBudget>, usize),
     ) -> Result<GatewayResponse, GatewayError> {
         let mut response = self.send(http, op, request, ctx).await?;
         if !(200..300).contains(&response.status) {
             return Err(self.error_response(response).await);
         }
-        let body = response.collect(MAX_UPSTREAM_BODY).await?;
+        let body = response
+            .collect_within(MAX_UPSTREAM_BODY, Some(buffers))
+            .await?;
         let upstream_latency = self.sent_at.elapsed();
         let translated = match &self.deployment.backend {
             Backend::Http(provider) => provider.parse_response(op, body)?,

@@ -588,7 +588,16 @@ impl Run<'_> {
         if !self.stream {
             let response = tokio::time::timeout(
                 total_timeout,
-                attempt.unary(http, self.op, self.request, ctx),
+                attempt.unary(
+                    http,
+                    self.op,
+                    self.request,
+                    ctx,
+                    (
+                        &snapshot.buffers,
+                        snapshot.config.max_buffered_response_bytes,
+                    ),
+                ),
             )
             .await
             .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;

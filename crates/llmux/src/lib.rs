@@ -46,6 +46,7 @@ pub use llmux_types::{ErrorKind, GatewayError};
 pub use log::{Outcome, RequestHook, RequestLog};
 pub use relay::{RelayStream, StreamSummary};
 pub use typed::ChatStream;
+pub use upstream::BufferBudget;
 
 /// A configuration and the routing table built from it; requests finish on the snapshot they
 /// started with.
@@ -58,6 +59,8 @@ pub struct Snapshot {
     clients: Vec<upstream::HttpClient>,
     /// The price registry (shared by every snapshot of a client).
     pub pricing: Arc<pricing::Pricing>,
+    /// Upstream answer bytes held in memory (shared by every snapshot of a client).
+    pub buffers: Arc<upstream::BufferBudget>,
 }
 
 /// Errors that prevent building a client: every diagnostic, at least one of them an error.
@@ -172,6 +175,7 @@ mod rand_like {
 struct Inner {
     snapshot: ArcSwap<Snapshot>,
     pricing: Arc<pricing::Pricing>,
+    buffers: Arc<upstream::BufferBudget>,
     clients: upstream::ClientPool,
     stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
@@ -205,10 +209,13 @@ impl Client {
         let clients = upstream::ClientPool::default();
         let stats: Arc<dyn StatsStore> = Arc::new(InMemoryStats::default());
         let pricing = Arc::new(pricing::Pricing::default());
-        let (snapshot, diags) = build_snapshot(config, env, &clients, stats.as_ref(), &pricing)?;
+        let buffers = Arc::new(upstream::BufferBudget::default());
+        let (snapshot, diags) =
+            build_snapshot(config, env, &clients, stats.as_ref(), &pricing, &buffers)?;
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             pricing,
+            buffers,
             clients,
             stats,
             logs: log::LogEmitter::new(),
@@ -259,6 +266,7 @@ impl Client {
             &self.inner.clients,
             self.inner.stats.as_ref(),
             &self.inner.pricing,
+            &self.inner.buffers,
         )?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
@@ -302,6 +310,7 @@ fn build_snapshot(
     pool: &upstream::ClientPool,
     stats: &dyn StatsStore,
     pricing: &Arc<pricing::Pricing>,
+    buffers: &Arc<upstream::BufferBudget>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
     let mut router = Router::build(&config, env, stats, &mut diags);
@@ -322,6 +331,7 @@ fn build_snapshot(
             router,
             clients,
             pricing: Arc::clone(pricing),
+            buffers: Arc::clone(buffers),
         },
         diags,
     ))

@@ -2,6 +2,7 @@
 //! in-process mock, both seen by the rest of the core as an `UpstreamResponse` of bytes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -460,31 +461,277 @@ impl UpstreamResponse {
         }
     }
 
-    /// The whole body, bounded by `limit` bytes.
+    /// The whole body, bounded by `limit` bytes, for error bodies and other small reads.
     pub(crate) async fn collect(&mut self, limit: usize) -> Result<Bytes, GatewayError> {
-        let mut first: Option<Bytes> = None;
-        let mut buf: Vec<u8> = Vec::new();
+        self.collect_within(limit, None).await
+    }
+
+    /// The whole body, bounded by `limit` bytes and counted against `budget` (the bytes every
+    /// request holds at once) until the returned `Bytes` and all its clones are dropped. A body
+    /// with a `content-length` is read into one buffer of exactly its size (a doubling `Vec`
+    /// peaked at three times a large body); one without is kept as its pieces and joined once.
+    pub(crate) async fn collect_within(
+        &mut self,
+        limit: usize,
+        budget: Option<(&Arc<BufferBudget>, usize)>,
+    ) -> Result<Bytes, GatewayError> {
+        let too_large = || {
+            GatewayError::new(
+                ErrorKind::UpstreamError,
+                format!("upstream response exceeds {limit} bytes"),
+            )
+        };
+        let declared = self
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<usize>().ok());
+        if declared.is_some_and(|n| n > limit) {
+            return Err(too_large());
+        }
+        let mut claim = match budget {
+            Some((budget, cap)) => Some(BufferClaim::new(budget, cap)),
+            None => None,
+        };
+        if let (Some(c), Some(n)) = (claim.as_mut(), declared) {
+            c.grow(n)?;
+        }
+        // With a declared length, one buffer of exactly that size; without, one that grows
+        // (mapped, and so returned to the OS as it grows, once past `MAPPED_FROM`). Each piece
+        // is copied in and dropped at once.
+        let mut buf: Option<BodyBuffer> = None;
+        let mut only: Option<Bytes> = None;
+        let mut total = 0usize;
         while let Some(piece) = self.next_bytes().await {
             let piece = piece?;
-            if first.is_none() && buf.is_empty() {
-                first = Some(piece);
+            total += piece.len();
+            if total > limit {
+                return Err(too_large());
+            }
+            if let Some(c) = claim.as_mut() {
+                c.grow(total)?;
+            }
+            // A body that comes in one piece is kept as that piece: no copy at all.
+            if buf.is_none() && only.is_none() {
+                only = Some(piece);
                 continue;
             }
-            if let Some(f) = first.take() {
-                buf.extend_from_slice(&f);
+            let b = match &mut buf {
+                Some(b) => b,
+                None => buf.insert(BodyBuffer::with_capacity(declared.unwrap_or(0).max(total))?),
+            };
+            if let Some(first) = only.take() {
+                b.push(&first)?;
             }
-            buf.extend_from_slice(&piece);
-            if buf.len() > limit {
-                return Err(GatewayError::new(
-                    ErrorKind::UpstreamError,
-                    format!("upstream response exceeds {limit} bytes"),
-                ));
+            b.push(&piece)?;
+        }
+        let joined = match (buf, only) {
+            (Some(mut b), Some(first)) => {
+                b.push(&first)?;
+                b.freeze()
+            }
+            (Some(b), None) => b.freeze(),
+            (None, Some(first)) => first,
+            (None, None) => Bytes::new(),
+        };
+        Ok(match claim {
+            Some(mut c) => {
+                c.shrink_to(joined.len());
+                Bytes::from_owner(ClaimedBytes {
+                    bytes: joined,
+                    _claim: c,
+                })
+            }
+            None => joined,
+        })
+    }
+}
+
+/// Bodies from this size on are held in memory mapped for them alone: a `Vec` from the
+/// allocator was kept by it after the request (mimalloc purges lazily, so an idle gateway held
+/// a burst's peak), while a mapping is returned to the OS the moment its last `Bytes` drops.
+const MAPPED_FROM: usize = 1 << 20;
+
+/// A body being assembled into a buffer of a size known up front.
+enum BodyBuffer {
+    Heap(Vec<u8>),
+    Mapped { map: memmap2::MmapMut, len: usize },
+}
+
+impl BodyBuffer {
+    fn with_capacity(n: usize) -> Result<Self, GatewayError> {
+        if n < MAPPED_FROM {
+            return Ok(BodyBuffer::Heap(Vec::with_capacity(n)));
+        }
+        memmap2::MmapOptions::new()
+            .len(n)
+            .map_anon()
+            .map(|map| BodyBuffer::Mapped { map, len: 0 })
+            .map_err(|e| {
+                GatewayError::new(
+                    ErrorKind::Internal,
+                    format!("cannot hold an upstream answer of {n} bytes: {e}"),
+                )
+                .with_status(503)
+            })
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            BodyBuffer::Heap(v) => v.len(),
+            BodyBuffer::Mapped { len, .. } => *len,
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        match self {
+            BodyBuffer::Heap(v) => v.capacity(),
+            BodyBuffer::Mapped { map, .. } => map.len(),
+        }
+    }
+
+    fn push(&mut self, piece: &[u8]) -> Result<(), GatewayError> {
+        let needed = self.len() + piece.len();
+        if needed > self.capacity() {
+            // Grow by doubling into a fresh buffer (a mapping past `MAPPED_FROM`); the old one
+            // is freed, a mapping straight back to the OS.
+            let mut bigger = BodyBuffer::with_capacity(needed.max(2 * self.capacity()))?;
+            bigger.push(self.as_slice())?;
+            *self = bigger;
+        }
+        match self {
+            BodyBuffer::Heap(v) => v.extend_from_slice(piece),
+            BodyBuffer::Mapped { map, len } => {
+                let end = *len + piece.len();
+                let Some(room) = map.get_mut(*len..end) else {
+                    return Err(GatewayError::new(
+                        ErrorKind::Internal,
+                        "an upstream answer outgrew its buffer",
+                    ));
+                };
+                room.copy_from_slice(piece);
+                *len = end;
             }
         }
-        Ok(match first {
-            Some(f) => f,
-            None => Bytes::from(buf),
-        })
+        Ok(())
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            BodyBuffer::Heap(v) => v,
+            BodyBuffer::Mapped { map, len } => &map[..*len],
+        }
+    }
+
+    fn freeze(self) -> Bytes {
+        match self {
+            BodyBuffer::Heap(v) => Bytes::from(v),
+            BodyBuffer::Mapped { map, len } => Bytes::from_owner(MappedBody { map, len }),
+        }
+    }
+}
+
+struct MappedBody {
+    map: memmap2::MmapMut,
+    len: usize,
+}
+
+impl AsRef<[u8]> for MappedBody {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[..self.len]
+    }
+}
+
+/// The bytes of upstream answers held in memory at once, across every request of a client
+/// (`llmux_settings.max_buffered_response_mb`): past it a request is refused with a 503 rather
+/// than let a few large answers take the process's memory.
+#[derive(Debug, Default)]
+pub struct BufferBudget {
+    used: AtomicUsize,
+}
+
+impl BufferBudget {
+    /// Bytes held now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Acquire)
+    }
+
+    fn take(&self, n: usize, cap: usize) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                (used + n <= cap).then_some(used + n)
+            })
+            .is_ok()
+    }
+
+    fn give(&self, n: usize) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// A request's share of the buffer budget, returned when dropped.
+#[derive(Debug)]
+struct BufferClaim {
+    budget: Arc<BufferBudget>,
+    cap: usize,
+    held: usize,
+}
+
+impl BufferClaim {
+    fn new(budget: &Arc<BufferBudget>, cap: usize) -> Self {
+        BufferClaim {
+            budget: Arc::clone(budget),
+            cap,
+            held: 0,
+        }
+    }
+
+    /// Hold `total` bytes (more than now), or refuse the request.
+    fn grow(&mut self, total: usize) -> Result<(), GatewayError> {
+        if total <= self.held {
+            return Ok(());
+        }
+        if !self.budget.take(total - self.held, self.cap) {
+            let mut e = GatewayError::new(
+                ErrorKind::Internal,
+                format!(
+                    "the gateway is holding its limit of upstream answers in memory ({} MiB, \
+                     llmux_settings.max_buffered_response_mb); retry shortly",
+                    self.cap >> 20
+                ),
+            )
+            .with_code("response_buffer_full")
+            .with_status(503);
+            e.retry_after = Some(Duration::from_secs(1));
+            return Err(e);
+        }
+        self.held = total;
+        Ok(())
+    }
+
+    fn shrink_to(&mut self, total: usize) {
+        if total < self.held {
+            self.budget.give(self.held - total);
+            self.held = total;
+        }
+    }
+}
+
+impl Drop for BufferClaim {
+    fn drop(&mut self) {
+        self.budget.give(self.held);
+    }
+}
+
+/// An answer's bytes with the budget they hold (released when the last clone is dropped).
+struct ClaimedBytes {
+    bytes: Bytes,
+    _claim: BufferClaim,
+}
+
+impl AsRef<[u8]> for ClaimedBytes {
+    fn as_ref(&self) -> &[u8] {
+        &self.bytes
     }
 }
 
@@ -492,6 +739,49 @@ impl UpstreamResponse {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[tokio::test]
+    async fn answers_hold_the_buffer_budget_until_their_last_bytes_drop() {
+        let budget = Arc::new(BufferBudget::default());
+        let pieces = |n: usize| {
+            let parts: VecDeque<Bytes> =
+                (0..n).map(|_| Bytes::from(vec![7u8; 600 * 1024])).collect();
+            UpstreamResponse::local(200, parts)
+        };
+        // Two pieces of 600 KiB: a mapped buffer past 1 MiB, counted while held.
+        let body = pieces(2)
+            .collect_within(usize::MAX, Some((&budget, 4 << 20)))
+            .await
+            .unwrap();
+        assert_eq!(body.len(), 1200 * 1024);
+        assert!(body.iter().all(|b| *b == 7));
+        assert_eq!(budget.used(), body.len());
+        let clone = body.clone();
+        drop(body);
+        assert_eq!(budget.used(), clone.len(), "a clone still holds it");
+        drop(clone);
+        assert_eq!(budget.used(), 0);
+        // Past the budget: refused with a 503, and nothing stays counted.
+        let held = pieces(6)
+            .collect_within(usize::MAX, Some((&budget, 4 << 20)))
+            .await
+            .unwrap();
+        let e = pieces(6)
+            .collect_within(usize::MAX, Some((&budget, 4 << 20)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.status, 503);
+        assert_eq!(budget.used(), held.len());
+        drop(held);
+        assert_eq!(budget.used(), 0);
+        // A declared length past the limit is refused before reading.
+        let mut r = pieces(1);
+        r.headers.insert(
+            http::header::CONTENT_LENGTH,
+            HeaderValue::from_static("999999999"),
+        );
+        assert!(r.collect_within(1000, None).await.is_err());
+    }
 
     #[test]
     fn host_header_is_set_for_plain_http_with_the_port_when_not_80() {

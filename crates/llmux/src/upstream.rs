@@ -489,10 +489,7 @@ impl UpstreamResponse {
         if declared.is_some_and(|n| n > limit) {
             return Err(too_large());
         }
-        let mut claim = match budget {
-            Some((budget, cap)) => Some(BufferClaim::new(budget, cap)),
-            None => None,
-        };
+        let mut claim = budget.map(|(budget, cap)| BufferClaim::new(budget, cap));
         if let (Some(c), Some(n)) = (claim.as_mut(), declared) {
             c.grow(n)?;
         }

@@ -74,6 +74,11 @@ else
 fi
 run cargo test --workspace --doc --locked
 
+step "fuzz: the parsers, adapters, config loader and management API, by property at scale"
+run env LLMUX_FUZZ_CASES=5000 cargo test --locked -p llmux-providers --test fuzz
+run env LLMUX_FUZZ_CASES=1000 cargo test --locked -p llmux-config --test fuzz
+run env LLMUX_FUZZ_CASES=5000 cargo test --locked -p llmux-server --test fuzz
+
 export LLMUX_BIN="$CARGO_TARGET_DIR/debug/llmux"
 export LLMUX_MOCK_BIN="$CARGO_TARGET_DIR/debug/llmux-mock"
 

@@ -105,7 +105,9 @@ pub fn parse_error(status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayErro
         }
         error.body.error_type = name.to_owned();
     }
-    error.status = status;
+    // An upstream answering with a status that is not an error (a 1xx, or a 3xx that was not
+    // followed) failed all the same: the client sees a 502, never a non-error status.
+    error.status = if status >= 400 { status } else { 502 };
     if let Some(after) = retry_after(headers) {
         error.retry_after = Some(after);
     }

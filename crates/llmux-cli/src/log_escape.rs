@@ -25,11 +25,22 @@ pub fn escape_event(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         Some(body) => (body, true),
         None => (event, false),
     };
-    if !body.iter().any(|b| b.is_ascii_control() && *b != b'\t') {
+    let clean = !body.iter().any(|b| b.is_ascii_control() && *b != b'\t')
+        && !(0..body.len()).any(|i| unicode_break(&body[i..]).is_some());
+    if clean {
         return std::borrow::Cow::Borrowed(event);
     }
     let mut out = Vec::with_capacity(event.len() + 16);
-    for &b in body {
+    let mut i = 0;
+    while i < body.len() {
+        if let Some((len, code)) = unicode_break(&body[i..]) {
+            out.extend_from_slice(b"\\u");
+            out.extend_from_slice(code.as_bytes());
+            i += len;
+            continue;
+        }
+        let b = body[i];
+        i += 1;
         match b {
             b'\n' => out.extend_from_slice(b"\\n"),
             b'\r' => out.extend_from_slice(b"\\r"),
@@ -47,6 +58,18 @@ pub fn escape_event(event: &[u8]) -> std::borrow::Cow<'_, [u8]> {
         out.push(b'\n');
     }
     std::borrow::Cow::Owned(out)
+}
+
+/// Unicode's line breaks outside ASCII (NEL U+0085, LINE and PARAGRAPH SEPARATOR U+2028/9),
+/// which some log viewers also break on: their UTF-8 length and code point, if `at` starts
+/// with one.
+fn unicode_break(at: &[u8]) -> Option<(usize, &'static str)> {
+    match at {
+        [0xc2, 0x85, ..] => Some((2, "0085")),
+        [0xe2, 0x80, 0xa8, ..] => Some((3, "2028")),
+        [0xe2, 0x80, 0xa9, ..] => Some((3, "2029")),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -67,6 +90,10 @@ mod tests {
         assert_eq!(
             &*escape_event(b"no newline\nat end"),
             b"no newline\\nat end"
+        );
+        assert_eq!(
+            &*escape_event("a\u{2028}b\u{85}c\u{2029}\n".as_bytes()),
+            b"a\\u2028b\\u0085c\\u2029\n"
         );
     }
 

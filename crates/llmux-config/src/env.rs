@@ -27,6 +27,54 @@ impl EnvSource for HashMap<String, String> {
     }
 }
 
+/// An environment that shows only the variables an allow-list names (a trailing `*` allows a
+/// prefix), remembering the names it hid. Deployments added through the management API see
+/// the environment through one (`llmux_settings.api_model_env_allowlist`), both where their
+/// values name variables and where a provider falls back to one (`OPENAI_API_KEY`,
+/// `GOOGLE_APPLICATION_CREDENTIALS`, ...): an admin key cannot point a model at its own URL
+/// and have the gateway send it the operator's keys.
+pub struct AllowListedEnv<'a> {
+    pub inner: &'a dyn EnvSource,
+    pub allowed: &'a [String],
+    refused: std::sync::Mutex<Vec<String>>,
+}
+
+impl<'a> AllowListedEnv<'a> {
+    pub fn new(inner: &'a dyn EnvSource, allowed: &'a [String]) -> Self {
+        AllowListedEnv {
+            inner,
+            allowed,
+            refused: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn allows(&self, name: &str) -> bool {
+        self.allowed.iter().any(|a| match a.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => a == name,
+        })
+    }
+
+    /// The names asked for and hidden, in first-asked order.
+    pub fn refused(&self) -> Vec<String> {
+        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
+    }
+}
+
+impl EnvSource for AllowListedEnv<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        if self.allows(name) {
+            return self.inner.var(name);
+        }
+        if let Ok(mut refused) = self.refused.lock() {
+            if !refused.iter().any(|r| r == name) {
+                refused.push(name.to_owned());
+            }
+        }
+        None
+    }
+}
+
 /// The process environment with the file's `environment_variables:` laid over it (LiteLLM sets
 /// those into `os.environ`, so they win).
 pub(crate) struct Overlay<'a> {

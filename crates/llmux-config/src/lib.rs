@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
-pub use env::{EnvSource, ProcessEnv};
+pub use env::{AllowListedEnv, EnvSource, ProcessEnv};
 pub use router::{RecoveryMode, RouterSettings, StrategyKind, StreamRecovery};
 pub use validate::{OPENAI_REQUEST_PARAMS, PROVIDER_SPECIFIC_PARAMS};
 
@@ -134,6 +134,10 @@ pub struct DeploymentConfig {
     /// Other `litellm_params` (provider-specific settings later adapters read).
     pub provider_params: Map<String, Value>,
     pub model_info: ModelInfo,
+    /// Set on deployments added through the management API: the environment variables it may
+    /// read (`llmux_settings.api_model_env_allowlist`), explicitly or through a provider's
+    /// fallbacks. `None` for the configuration file's own.
+    pub env_allowlist: Option<Vec<String>>,
 }
 
 impl DeploymentConfig {

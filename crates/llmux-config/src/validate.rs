@@ -635,6 +635,7 @@ fn deployment(
         mock_response,
         provider_params,
         model_info,
+        env_allowlist: None,
     })
 }
 

@@ -131,8 +131,23 @@ impl Router {
             settings: config.router.clone(),
             ..Router::default()
         };
+        // Deployments added through the API see the environment through their allow-list,
+        // and not the file's `environment_variables` (one such config, built once).
+        let mut restricted: Option<Config> = None;
         for dep in &config.deployments {
-            let Some(deployment) = build_deployment(dep, config, env, diags) else {
+            let built = match &dep.env_allowlist {
+                None => build_deployment(dep, config, env, diags),
+                Some(allowed) => {
+                    let limited = restricted.get_or_insert_with(|| Config {
+                        deployments: Vec::new(),
+                        environment_variables: Vec::new(),
+                        ..config.clone()
+                    });
+                    let env = llmux_config::AllowListedEnv::new(env, allowed);
+                    build_deployment(dep, limited, &env, diags)
+                }
+            };
+            let Some(deployment) = built else {
                 continue;
             };
             let index = router.deployments.len();

@@ -76,6 +76,15 @@ impl FromRequest<AppState> for ApiBody {
 
     async fn from_request(request: Request, state: &AppState) -> Result<Self, Response> {
         let (parts, body) = request.into_parts();
+        // Nobody makes the gateway hold a body before proving who they are: the caller is
+        // authenticated first (the handler's own lookup then hits the cache). Without
+        // governance the handler refuses anyway, so nothing is read.
+        let Some(gov) = &state.governance else {
+            return Ok(ApiBody(Bytes::new()));
+        };
+        if let Err(e) = gov.authenticate_for(&parts.headers, parts.uri.path()).await {
+            return Err(crate::error_response(&e, &llmux::new_request_id()));
+        }
         let timeout = state.client.snapshot().config.client_body_timeout;
         read_body(&parts.headers, body, MAX_MANAGEMENT_BODY, timeout)
             .await

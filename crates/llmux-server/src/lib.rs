@@ -193,6 +193,10 @@ async fn proxy_inner(
             Ok(p) => p,
             Err(e) => return error_response(&e, &request_id),
         };
+        // A malformed request is refused before it counts against budgets and limits.
+        if let Err(e) = parsed.validate(op) {
+            return error_response(&e, &request_id);
+        }
         let (mut facts, rewritten) = match request_facts(&parts.headers, &parsed, principal) {
             Ok(f) => f,
             Err(e) => return error_response(&e, &request_id),
@@ -302,16 +306,21 @@ fn request_facts(
     }
     tags.extend(headers::tags(headers));
     // What a request writes into the spend log is bounded like everything else stored.
-    if tags.len() > 64 || tags.iter().any(|t| t.len() > 256) {
+    let control = |t: &str| t.chars().any(char::is_control);
+    if tags.len() > 64 || tags.iter().any(|t| t.len() > 256 || control(t)) {
         return Err(GatewayError::invalid_request(
-            "at most 64 tags of at most 256 bytes each (metadata.tags, tags, x-litellm-tags)",
+            "at most 64 tags of at most 256 bytes each, without control characters (metadata.tags, tags, x-litellm-tags)",
         )
         .with_param("tags"));
     }
-    if end_user.as_ref().is_some_and(|u| u.len() > 256) {
-        return Err(
-            GatewayError::invalid_request("`user` must be at most 256 bytes").with_param("user"),
-        );
+    if end_user
+        .as_ref()
+        .is_some_and(|u| u.len() > 256 || control(u))
+    {
+        return Err(GatewayError::invalid_request(
+            "`user` must be at most 256 bytes, without control characters",
+        )
+        .with_param("user"));
     }
     let choices = request
         .decode::<u64>("n")

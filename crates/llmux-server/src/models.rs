@@ -1,7 +1,7 @@
 //! Deployments stored in the database (`/model/new|update|delete`): merged with the config
 //! file's and applied with `Client::reload`, so they route at once, no restart.
 
-use llmux_config::{Config, ProcessEnv};
+use llmux_config::{AllowListedEnv, Config, ProcessEnv};
 use llmux_store::{Kind, ListFilter, Object};
 use llmux_types::GatewayError;
 use serde_json::{json, Map, Value};
@@ -33,52 +33,27 @@ fn model_list(objects: &[&Map<String, Value>]) -> String {
     json!({"model_list": list}).to_string()
 }
 
-/// The environment as a model stored through the API sees it: only the variables
-/// `llmux_settings.api_model_env_allowlist` names (a trailing `*` allows a prefix). It remembers
-/// the names it refused, so `/model/new` can say which.
-struct AllowListedEnv<'a> {
-    allowed: &'a [String],
-    refused: std::sync::Mutex<Vec<String>>,
-}
-
-impl<'a> AllowListedEnv<'a> {
-    fn new(allowed: &'a [String]) -> Self {
-        AllowListedEnv {
-            allowed,
-            refused: std::sync::Mutex::new(Vec::new()),
-        }
-    }
-
-    fn allows(&self, name: &str) -> bool {
-        self.allowed.iter().any(|a| match a.strip_suffix('*') {
-            Some(prefix) => name.starts_with(prefix),
-            None => a == name,
-        })
-    }
-
-    fn refused(&self) -> Vec<String> {
-        self.refused.lock().map(|r| r.clone()).unwrap_or_default()
-    }
-}
-
-impl llmux_config::EnvSource for AllowListedEnv<'_> {
-    fn var(&self, name: &str) -> Option<String> {
-        if self.allows(name) {
-            return ProcessEnv.var(name);
-        }
-        if let Ok(mut refused) = self.refused.lock() {
-            if !refused.iter().any(|r| r == name) {
-                refused.push(name.to_owned());
-            }
-        }
-        None
-    }
-}
-
 /// Refuse a model the configuration loader would reject, or one naming an environment variable
 /// outside `llmux_settings.api_model_env_allowlist`.
 pub fn check_model(obj: &Object, base: &Config) -> Result<(), GatewayError> {
-    let env = AllowListedEnv::new(&base.api_model_env_allowlist);
+    // Credentials files are named by path: an API model gives them inline, or reads the
+    // gateway's files through nothing.
+    let params = obj.data.get("litellm_params");
+    for field in ["vertex_credentials", "aws_web_identity_token"] {
+        let path_like = params
+            .and_then(|p| p.get(field))
+            .and_then(Value::as_str)
+            .is_some_and(|v| !v.trim_start().starts_with('{') && !v.starts_with("os.environ/"));
+        if path_like {
+            return Err(GatewayError::new(
+                llmux_types::ErrorKind::PermissionDenied,
+                format!("A model added through the API gives `{field}` inline (JSON), not as a file path."),
+            )
+            .with_param(format!("litellm_params.{field}"))
+            .with_code("file_not_allowed"));
+        }
+    }
+    let env = AllowListedEnv::new(&ProcessEnv, &base.api_model_env_allowlist);
     let loaded = llmux_config::load_str(&model_list(&[&obj.data]), &env);
     let refused = env.refused();
     if !refused.is_empty() {
@@ -117,7 +92,7 @@ pub fn merged(base: &Config, stored: &[Object]) -> Result<Config, GatewayError> 
     let docs: Vec<&Map<String, Value>> = stored.iter().map(|o| &o.data).collect();
     // Stored rows resolve through the same allow-list: a row written before the list changed
     // (or straight into the database) reads nothing else.
-    let env = AllowListedEnv::new(&base.api_model_env_allowlist);
+    let env = AllowListedEnv::new(&ProcessEnv, &base.api_model_env_allowlist);
     let loaded = llmux_config::load_str(&model_list(&docs), &env).map_err(|diags| {
         GatewayError::invalid_request(
             diags
@@ -130,6 +105,7 @@ pub fn merged(base: &Config, stored: &[Object]) -> Result<Config, GatewayError> 
     let offset = config.deployments.len();
     for mut d in loaded.config.deployments {
         d.index += offset;
+        d.env_allowlist = Some(base.api_model_env_allowlist.clone());
         config.deployments.push(d);
     }
     Ok(config)

@@ -1326,3 +1326,152 @@ async fn the_reservation_covers_every_choice_asked_for() {
         200
     );
 }
+
+/// A management body is read only after its caller authenticated; a governed gateway answers a
+/// stalled body from a stranger at once.
+#[tokio::test]
+async fn management_bodies_are_read_only_for_authenticated_callers() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let addr = h.url.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"POST /key/generate HTTP/1.1\r\nhost: x\r\ncontent-length: 100000\r\n\r\n{")
+        .await
+        .unwrap();
+    let mut got = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(2), tcp.read(&mut got))
+        .await
+        .expect("answered before the body")
+        .unwrap();
+    let text = String::from_utf8_lossy(&got[..n]);
+    assert!(text.starts_with("HTTP/1.1 401"), "{text}");
+}
+
+/// A client's text with a NUL reaches no database row that could wedge the spend writer
+/// (PostgreSQL refuses NUL in text).
+#[tokio::test]
+async fn control_characters_never_wedge_the_spend_writer() {
+    for db in BACKENDS {
+        let h = start_governed(MODELS, db).await;
+        let sk = key(&h, json!({})).await;
+        for body in [
+            json!({"model": "cheap", "messages": [{"role": "user", "content": "x"}], "user": "a\u{0}b"}),
+            json!({"model": "cheap", "messages": [{"role": "user", "content": "x"}], "metadata": {"tags": ["t\u{0}"]}}),
+        ] {
+            assert_eq!(
+                h.post_as(&sk, "/v1/chat/completions", &body).await.status(),
+                400
+            );
+        }
+        // A model name with a NUL fails to route and is logged with the NUL removed.
+        let r = h
+            .post_as(
+                &sk,
+                "/v1/chat/completions",
+                &json!({"model": "ch\u{0}eap", "messages": [{"role": "user", "content": "x"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 404);
+        assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
+        h.flush_spend().await;
+        let rows: Value = h
+            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            rows.as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["status"] == "success"),
+            "{db:?}: {rows}"
+        );
+        // Names with control characters are refused by the management API.
+        let r = h
+            .post_as(MASTER, "/key/generate", &json!({"key_alias": "a\u{0}b"}))
+            .await;
+        assert_eq!(r.status(), 400, "{db:?}");
+        let r = h
+            .post_as(MASTER, "/user/new", &json!({"user_id": "u\u{1b}[2K"}))
+            .await;
+        assert_eq!(r.status(), 400, "{db:?}");
+    }
+}
+
+/// A model added through the API does not fall back on the operator's provider keys (nor read
+/// credentials files): pointed at an address of the admin's choosing, it sends nothing secret.
+#[tokio::test]
+async fn api_models_do_not_fall_back_on_the_operators_keys() {
+    std::env::set_var("DEEPSEEK_API_KEY", "operator-secret");
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    h.admin(
+        "/model/new",
+        json!({"model_name": "exfil", "litellm_params": {"model": "deepseek/x", "api_base": h.mock_url}, "model_info": {"id": "exfil-1"}}),
+    )
+    .await;
+    let _ = h.chat_as(MASTER, "exfil").await;
+    let sent = h.recorded();
+    assert!(!sent.is_empty(), "the model was called");
+    assert!(
+        sent.iter().all(|r| r
+            .headers
+            .iter()
+            .all(|(_, v)| !v.contains("operator-secret"))),
+        "the operator's key went out: {:?}",
+        sent.last().map(|r| &r.headers)
+    );
+    let r = h
+        .post_as(
+            MASTER,
+            "/model/new",
+            &json!({"model_name": "v", "litellm_params": {"model": "vertex_ai/gemini-2.5-flash", "vertex_project": "p", "vertex_location": "us-central1", "vertex_credentials": "/etc/passwd"}}),
+        )
+        .await;
+    assert_eq!(r.status(), 403);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "file_not_allowed");
+}
+
+/// Issue 17, finding 12: a body past the management API's 1 MiB cap is a 413 in the OpenAI
+/// shape (plain text before), declared or streamed.
+#[tokio::test]
+async fn oversized_management_bodies_are_413_in_the_openai_shape() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let addr = h.url.trim_start_matches("http://").to_owned();
+    let big = vec![b' '; 2 * 1024 * 1024];
+    let mut declared = format!(
+        "POST /key/generate HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\ncontent-length: {}\r\n\r\n",
+        big.len()
+    )
+    .into_bytes();
+    declared.extend_from_slice(&big);
+    let mut chunked = format!(
+        "POST /key/update HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {MASTER}\r\ntransfer-encoding: chunked\r\n\r\n"
+    )
+    .into_bytes();
+    for chunk in big.chunks(64 * 1024) {
+        chunked.extend_from_slice(format!("{:x}\r\n", chunk.len()).as_bytes());
+        chunked.extend_from_slice(chunk);
+        chunked.extend_from_slice(b"\r\n");
+    }
+    chunked.extend_from_slice(b"0\r\n\r\n");
+    for request in [declared, chunked] {
+        let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        // The server may answer and close before it read everything: a failed write is fine.
+        let _ = tcp.write_all(&request).await;
+        let mut got = Vec::new();
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), tcp.read_to_end(&mut got))
+            .await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "{}",
+            &text[..text.len().min(300)]
+        );
+        let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+        let v: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+    }
+}

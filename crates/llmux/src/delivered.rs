@@ -6,16 +6,19 @@
 use memchr::memmem::Finder;
 use std::sync::LazyLock;
 
-/// Text kept per stream at most; past it only the byte count grows (and tokens are estimated
-/// from it).
-const MAX_KEPT_BYTES: usize = 1 << 20;
+/// Text kept per stream at most (32 KiB: a thousand long streams hold 32 MiB at worst); past it
+/// only the byte count grows, and is counted at about four bytes a token.
+const MAX_KEPT_BYTES: usize = 32 * 1024;
 
-/// The members whose string values are generated output: `content` (also matching
-/// `reasoning_content`) and tool-call `arguments`.
-static NEEDLES: LazyLock<[Finder<'static>; 2]> = LazyLock::new(|| {
+/// The members whose string values are generated output: chat `content`, `reasoning_content`
+/// and `refusal`, tool-call `arguments`, and completions' `text`.
+static NEEDLES: LazyLock<[Finder<'static>; 5]> = LazyLock::new(|| {
     [
-        Finder::new(b"content\":\""),
-        Finder::new(b"\"arguments\":\""),
+        Finder::new(b"\"content\""),
+        Finder::new(b"\"reasoning_content\""),
+        Finder::new(b"\"refusal\""),
+        Finder::new(b"\"arguments\""),
+        Finder::new(b"\"text\""),
     ]
 });
 
@@ -33,7 +36,13 @@ impl DeliveredText {
         for needle in NEEDLES.iter() {
             let mut from = 0;
             while let Some(at) = needle.find(&bytes[from..]) {
-                let start = from + at + needle.needle().len();
+                let after_name = from + at + needle.needle().len();
+                from = after_name;
+                // A member name, then (whitespace) `:` (whitespace) and a string value; a name
+                // that is not a member with a string value (`"content": null`) is skipped.
+                let Some(start) = string_value_start(bytes, after_name) else {
+                    continue;
+                };
                 let end = string_end(bytes, start);
                 let piece = &bytes[start..end];
                 if self.escaped.len() + piece.len() <= MAX_KEPT_BYTES {
@@ -69,6 +78,23 @@ impl DeliveredText {
     pub fn dropped_bytes(&self) -> u64 {
         self.dropped
     }
+}
+
+/// After a member name at `at`: where its string value's text starts, if it has one.
+fn string_value_start(bytes: &[u8], at: usize) -> Option<usize> {
+    let mut i = at;
+    let skip = |i: &mut usize| {
+        while bytes.get(*i).is_some_and(u8::is_ascii_whitespace) {
+            *i += 1;
+        }
+    };
+    skip(&mut i);
+    if bytes.get(i) != Some(&b':') {
+        return None;
+    }
+    i += 1;
+    skip(&mut i);
+    (bytes.get(i) == Some(&b'"')).then_some(i + 1)
 }
 
 /// Where the JSON string starting at `start` ends (its closing quote, or the end of `bytes`).
@@ -109,6 +135,17 @@ mod tests {
         assert_eq!(string_end(br#"ab\\"cd"#, 0), 4);
         assert_eq!(string_end(br#"ab\"cd"e"#, 0), 6);
         assert_eq!(string_end(b"abc", 0), 3);
+    }
+
+    #[test]
+    fn spaced_members_completions_text_and_refusals_count_too() {
+        let mut d = DeliveredText::default();
+        d.observe(
+            b"data: {\"choices\": [{\"delta\": {\"content\" : \"a b\", \"refusal\": \"no\"}}]}\n\n",
+        );
+        d.observe(b"data: {\"choices\":[{\"text\":\"!\",\"index\":0}]}\n\n");
+        d.observe(b"data: {\"choices\":[{\"delta\":{\"content\": null, \"text\": 5}}]}\n\n");
+        assert_eq!(d.text(), "a bno!");
     }
 
     #[test]

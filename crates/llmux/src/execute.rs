@@ -139,6 +139,8 @@ impl Trace {
 pub struct ParsedBody<'a> {
     bytes: &'a Bytes,
     object: RawObject<'a>,
+    /// `validate` passed (for the operation it was run for): `execute` does not check again.
+    validated: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> ParsedBody<'a> {
@@ -150,7 +152,21 @@ impl<'a> ParsedBody<'a> {
             ))
             .with_code("invalid_json")
         })?;
-        Ok(ParsedBody { bytes, object })
+        Ok(ParsedBody {
+            bytes,
+            object,
+            validated: std::sync::atomic::AtomicBool::new(false),
+        })
+    }
+
+    /// Check the body for `op` (required fields, typed parameters) as `execute` would; a
+    /// server checks first so that a malformed request is refused before it is admitted
+    /// (counted against budgets and limits).
+    pub fn validate(&self, op: Operation) -> Result<(), GatewayError> {
+        validate_fields(op, &self.object)?;
+        self.validated
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
     }
 
     pub fn object(&self) -> &RawObject<'a> {
@@ -224,7 +240,9 @@ async fn execute_traced(
     let request = body.object();
     let model = requested_model(request)?;
     trace.requested_model.clone_from(&model);
-    validate_fields(op, request)?;
+    if !body.validated.load(std::sync::atomic::Ordering::Relaxed) {
+        validate_fields(op, request)?;
+    }
     let stream = match op {
         Operation::Embeddings | Operation::Rerank => false,
         Operation::Chat | Operation::Completions => request
@@ -658,7 +676,12 @@ impl Run<'_> {
                 summary.usage = Some(estimate_usage(&body, model, &summary.delivered));
             }
             // After a recovery the resumer has already recorded this deployment's failure.
-            if let Some(e) = summary.error.as_ref().filter(|_| summary.recoveries == 0) {
+            // A budget that ran out (the hook ended the stream) is no fault of the deployment.
+            if let Some(e) = summary
+                .error
+                .as_ref()
+                .filter(|e| summary.recoveries == 0 && e.kind != ErrorKind::BudgetExceeded)
+            {
                 stats.record_failure(e.kind, &settings, group_size, e.retry_after);
             }
             if let Some(usage) = summary.usage {
@@ -849,9 +872,16 @@ fn validate_fields(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
 /// pre-call checks count it, and the generated text the client received with the model's
 /// tokenizer (text past the kept cap at four bytes a token).
 fn estimate_usage(body: &Bytes, model: &str, delivered: &DeliveredText) -> Usage {
-    let prompt = RawObject::parse(body)
-        .map(|request| tokens::count_prompt_tokens(&request, model))
-        .unwrap_or(0);
+    // Counted exactly up to a size that takes a few milliseconds, estimated past it: a client
+    // that repeats "huge prompt, leave after the first chunk" must not tie up the runtime.
+    const EXACT_PROMPT_UP_TO: usize = 256 * 1024;
+    let prompt = if body.len() <= EXACT_PROMPT_UP_TO {
+        RawObject::parse(body)
+            .map(|request| tokens::count_prompt_tokens(&request, model))
+            .unwrap_or(0)
+    } else {
+        (body.len() as u64).div_ceil(4)
+    };
     let bpe = tokens::encoding_for(model);
     let completion = bpe.encode_with_special_tokens(&delivered.text()).len() as u64
         + delivered.dropped_bytes().div_ceil(4);
@@ -869,17 +899,19 @@ fn validate_params(op: Operation, request: &RawObject<'_>) -> Result<(), Gateway
             continue;
         }
         let ok = match key {
-            "max_tokens" | "max_completion_tokens" => int_in(text, 1, i64::from(i32::MAX)),
+            // Types everywhere; ranges only where no provider reads them differently (vLLM,
+            // Ollama and others take temperatures above 2 and more logprobs than OpenAI).
+            "max_tokens" | "max_completion_tokens" => int_in(text, 0, i64::from(i32::MAX)),
             "n" => int_in(text, 1, 128),
-            "best_of" => int_in(text, 1, 128),
-            "top_logprobs" => int_in(text, 0, 20),
+            "best_of" => int_in(text, 0, 128),
+            "top_logprobs" => int_in(text, 0, 1000),
             "dimensions" | "top_n" => int_in(text, 1, i64::from(i32::MAX)),
             "seed" => text.parse::<i64>().is_ok(),
-            "temperature" => num_in(text, 0.0, 2.0),
+            "temperature" => num_in(text, 0.0, f64::MAX),
             "top_p" => num_in(text, 0.0, 1.0),
             "presence_penalty" | "frequency_penalty" => num_in(text, -2.0, 2.0),
             "logprobs" => match op {
-                Operation::Completions => int_in(text, 0, 5),
+                Operation::Completions => int_in(text, 0, 1000),
                 _ => text == "true" || text == "false",
             },
             "stream" | "parallel_tool_calls" | "echo" | "store" => {
@@ -922,16 +954,16 @@ fn num_in(text: &str, min: f64, max: f64) -> bool {
 
 fn expected_type(op: Operation, key: &str) -> &'static str {
     match key {
-        "max_tokens" | "max_completion_tokens" | "dimensions" | "top_n" => {
-            "an integer of at least 1"
-        }
-        "n" | "best_of" => "an integer from 1 to 128",
-        "top_logprobs" => "an integer from 0 to 20",
+        "max_tokens" | "max_completion_tokens" => "a non-negative integer",
+        "dimensions" | "top_n" => "an integer of at least 1",
+        "n" => "an integer from 1 to 128",
+        "best_of" => "an integer from 0 to 128",
+        "top_logprobs" => "a non-negative integer",
         "seed" => "an integer",
-        "temperature" => "a number from 0 to 2",
+        "temperature" => "a non-negative number",
         "top_p" => "a number from 0 to 1",
         "presence_penalty" | "frequency_penalty" => "a number from -2 to 2",
-        "logprobs" if op == Operation::Completions => "an integer from 0 to 5",
+        "logprobs" if op == Operation::Completions => "a non-negative integer",
         "logprobs" | "stream" | "parallel_tool_calls" | "echo" | "store" => "a boolean",
         "stop" => "a string or a list of up to 16 strings",
         "user" => "a string",

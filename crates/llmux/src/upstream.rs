@@ -468,8 +468,10 @@ impl UpstreamResponse {
 
     /// The whole body, bounded by `limit` bytes and counted against `budget` (the bytes every
     /// request holds at once) until the returned `Bytes` and all its clones are dropped. A body
-    /// with a `content-length` is read into one buffer of exactly its size (a doubling `Vec`
-    /// peaked at three times a large body); one without is kept as its pieces and joined once.
+    /// that arrives in one piece is kept as that piece; one with a `content-length` is read into
+    /// one buffer of exactly its size (a doubling `Vec` peaked at three times a large body); one
+    /// without grows by doubling (the old and new buffers coexist during each copy; only the
+    /// body's length is counted against the budget).
     pub(crate) async fn collect_within(
         &mut self,
         limit: usize,

@@ -468,8 +468,11 @@ fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
         | "allowed_cache_controls" => (
             value.as_array().is_some_and(|a| {
                 a.len() <= MAX_LIST_ITEMS
-                    && a.iter()
-                        .all(|v| v.as_str().is_some_and(|v| v.len() <= MAX_NAME_BYTES))
+                    && a.iter().all(|v| {
+                        v.as_str().is_some_and(|v| {
+                            v.len() <= MAX_NAME_BYTES && !v.chars().any(char::is_control)
+                        })
+                    })
             }),
             "a list of at most 1000 strings of at most 256 bytes",
         ),
@@ -497,10 +500,10 @@ fn validate(field: &str, value: &Value) -> Result<(), GatewayError> {
         | "sso_user_id"
         | "default_model"
         | "allowed_model_region" => (
-            value
-                .as_str()
-                .is_some_and(|v| !v.is_empty() && v.len() <= MAX_NAME_BYTES),
-            "a non-empty string of at most 256 bytes",
+            value.as_str().is_some_and(|v| {
+                !v.is_empty() && v.len() <= MAX_NAME_BYTES && !v.chars().any(char::is_control)
+            }),
+            "a non-empty string of at most 256 bytes, without control characters",
         ),
         "user_role" => (
             value.as_str().and_then(Role::parse).is_some(),
@@ -1471,6 +1474,9 @@ async fn create(
     spec: &Spec,
     req: &Map<String, Value>,
 ) -> Result<Object, GatewayError> {
+    if let Some(v) = req.get(spec.id_field) {
+        validate(spec.id_field, v)?;
+    }
     let id = text(req, spec.id_field).unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     let mut doc = Map::new();
     apply(&mut doc, req, &[spec.fields, BUDGET_FIELDS])?;

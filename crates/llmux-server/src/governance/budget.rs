@@ -222,15 +222,22 @@ impl Ledger {
         budgets: &[((Kind, String), f64)],
         owners: &[(Kind, String)],
         delta: f64,
+        now: i64,
     ) -> bool {
         let mut entries = self
             .entries
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let fits = budgets.iter().all(|(owner, max)| {
-            entries
-                .get(owner)
-                .is_none_or(|e| e.base + e.unflushed + e.reserved + delta <= max + 1e-12)
+            entries.get(owner).is_none_or(|e| {
+                // A period that ended while the stream ran counts from zero, as at admission.
+                let settled = if e.reset_at.is_some_and(|r| r <= now) {
+                    0.0
+                } else {
+                    e.base + e.unflushed
+                };
+                settled + e.reserved + delta <= max + 1e-12
+            })
         });
         if fits {
             for owner in owners {

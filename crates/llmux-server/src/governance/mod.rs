@@ -649,11 +649,18 @@ impl Admission {
     }
 
     /// Wait until this request's spend row is committed (at once without `sync` durability, or
-    /// before the request settled).
+    /// before the request settled). A database that does not commit within
+    /// `COMMIT_WAIT` (it is down, the writer is retrying) does not hold the answer for ever:
+    /// the wait ends with an error logged, the record stays queued and is written when it can.
     pub async fn committed(&self) {
         let receiver = self.committed.lock().ok().and_then(|mut slot| slot.take());
         if let Some(r) = receiver {
-            let _ = r.await;
+            if tokio::time::timeout(COMMIT_WAIT, r).await.is_err() {
+                tracing::error!(
+                    wait_s = COMMIT_WAIT.as_secs(),
+                    "spend row not committed in time (spend_log_durability: sync); answering anyway"
+                );
+            }
         }
     }
 
@@ -713,6 +720,9 @@ impl Admission {
             tags: self.facts.tags.clone(),
             cache_hit: false,
         };
+        // PostgreSQL refuses NUL in text: a record carrying one (a model name a client sent)
+        // would fail its batch for ever. Whatever else arrives is stored as sent.
+        let record = without_nul(record);
         if gov.durable {
             let committed = gov.writer.submit_durable(record);
             if let Ok(mut slot) = self.committed.lock() {
@@ -752,7 +762,7 @@ impl RequestHook for Admission {
         if self
             .gov
             .ledger
-            .extend(&self.stream_budgets, &self.owners, step)
+            .extend(&self.stream_budgets, &self.owners, step, self.gov.now())
         {
             self.extra_reserved
                 .store((extra + step).to_bits(), Ordering::Release);
@@ -783,6 +793,37 @@ impl Drop for Admission {
     }
 }
 
+/// The record with NUL characters removed from its text (they reach it only from client input
+/// that was not refused first, such as the model name of a request that failed to route).
+fn without_nul(mut r: SpendRecord) -> SpendRecord {
+    for field in [
+        &mut r.request_id,
+        &mut r.client_request_id,
+        &mut r.api_key,
+        &mut r.user_id,
+        &mut r.team_id,
+        &mut r.organization_id,
+        &mut r.end_user,
+        &mut r.model_group,
+        &mut r.model,
+        &mut r.deployment_id,
+        &mut r.provider,
+        &mut r.call_type,
+        &mut r.status,
+        &mut r.error_kind,
+    ] {
+        if field.contains('\0') {
+            field.retain(|c| c != '\0');
+        }
+    }
+    for tag in &mut r.tags {
+        if tag.contains('\0') {
+            tag.retain(|c| c != '\0');
+        }
+    }
+    r
+}
+
 fn kind_label(kind: Kind) -> &'static str {
     match kind {
         Kind::Key => "Key",
@@ -794,6 +835,9 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::Model => "Model",
     }
 }
+
+/// How long a response waits for its spend row in `sync` durability before answering anyway.
+const COMMIT_WAIT: Duration = Duration::from_secs(10);
 
 /// Ids to show in messages: never a key's full hash.
 fn short_id(kind: Kind, id: &str) -> String {

@@ -90,6 +90,10 @@ struct Shared {
     epoch: Option<std::time::Instant>,
     /// `sync` durability: requests wait on commits, so no writer runs at idle priority.
     durable: bool,
+    /// Writer threads that started (none: records are written directly).
+    writers: AtomicU64,
+    /// Wakes the catch-up writer when the queue gets its first record, to watch its age.
+    first: tokio::sync::Notify,
     /// Wakes the background writer early (a full batch, or shutdown).
     wake: tokio::sync::Notify,
     /// Wakes the catch-up writer (the queue reached `behind_at`, or shutdown).
@@ -239,6 +243,7 @@ impl SpendWriter {
                 done.extend(spawn(Role::Background, sink, &ledger, &shared));
             }
         }
+        shared.writers.store(done.len() as u64, Ordering::Release);
         SpendWriter {
             store,
             ledger,
@@ -290,6 +295,7 @@ impl SpendWriter {
             self.shared
                 .oldest_ms
                 .store(self.shared.elapsed_ms(), Ordering::Release);
+            self.shared.first.notify_one();
         }
         drop(queue);
         if queued == BATCH {
@@ -317,7 +323,9 @@ impl SpendWriter {
             .queue
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if self.shared.closed.load(Ordering::Acquire) {
+        if self.shared.closed.load(Ordering::Acquire)
+            || self.shared.writers.load(Ordering::Acquire) == 0
+        {
             drop(queue);
             self.shared.pending.fetch_add(1, Ordering::AcqRel);
             let (store, ledger, shared) = (
@@ -378,6 +386,7 @@ impl SpendWriter {
         }
         self.shared.wake.notify_one();
         self.shared.behind.notify_one();
+        self.shared.first.notify_one();
         let done = std::mem::take(
             &mut *self
                 .done
@@ -514,17 +523,24 @@ async fn run(mut sink: Sink, ledger: Arc<Ledger>, shared: Arc<Shared>, role: Rol
                 Role::CatchUp if queued < shared.behind_at => {
                     // Woken for a backlog or a waiting request, or, when the background writer
                     // is starved, once the queue's oldest record is about to outlive the loss
-                    // window.
+                    // window. An empty queue is not watched (no wake-ups while idle).
                     loop {
+                        let queued = shared.queue.lock().map(|q| q.len()).unwrap_or(0);
+                        if shared.closed.load(Ordering::Acquire) {
+                            break;
+                        }
+                        if queued == 0 {
+                            tokio::select! {
+                                () = shared.behind.notified() => break,
+                                () = shared.first.notified() => continue,
+                            }
+                        }
+                        if shared.queue_age(queued) >= MAX_QUEUE_AGE {
+                            break;
+                        }
                         tokio::select! {
                             () = shared.behind.notified() => break,
                             () = tokio::time::sleep(CATCH_UP_POLL) => {}
-                        }
-                        let queued = shared.queue.lock().map(|q| q.len()).unwrap_or(0);
-                        if shared.queue_age(queued) >= MAX_QUEUE_AGE
-                            || shared.closed.load(Ordering::Acquire)
-                        {
-                            break;
                         }
                     }
                 }

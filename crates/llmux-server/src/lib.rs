@@ -4,6 +4,7 @@
 
 mod auth;
 pub mod body;
+mod canned;
 pub mod governance;
 mod headers;
 mod metrics;

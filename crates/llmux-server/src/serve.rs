@@ -53,6 +53,7 @@ pub async fn serve(
         };
         // Stream chunks must leave as soon as they are written.
         let _ = tcp.set_nodelay(true);
+        let tcp = crate::canned::ShapeCanned::new(tcp);
         let connection =
             builder.serve_connection(TokioIo::new(tcp), TowerToHyperService::new(app.clone()));
         let connection = graceful.watch(connection);

@@ -300,3 +300,33 @@ async fn http_level_refusals_have_the_openai_shape() {
     let v = json_body(&text);
     assert!(v["error"]["message"].as_str().is_some(), "{text}");
 }
+
+/// Issue 17, finding 12: what hyper answers by itself (a message that is not HTTP) has the
+/// OpenAI error body too (it had none).
+#[tokio::test]
+async fn malformed_http_is_answered_in_the_openai_shape() {
+    let (addr, _stop) = gateway_with_body_timeout(5.0).await;
+    for request in [
+        &b"GET /v1/models HTTP/1.1\r\nhost: x\r\nno colon here\r\n\r\n"[..],
+        b"BAD\x01 / HTTP/1.1\r\nhost: x\r\n\r\n",
+        b"GET / HTTP/9.9\r\nhost: x\r\n\r\n",
+    ] {
+        let mut tcp = TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(request).await.unwrap();
+        let (got, closed) = read_to_close(&mut tcp, Duration::from_secs(5)).await;
+        let text = String::from_utf8_lossy(&got).into_owned();
+        assert!(closed.is_some());
+        assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+        let v = json_body(&text);
+        assert_eq!(v["error"]["code"], "malformed_request", "{text}");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+    }
+    // Well-formed requests on the same server are untouched.
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /v1/nope HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let text = read_response(&mut tcp).await;
+    assert!(text.starts_with("HTTP/1.1 404"), "{text}");
+    assert_eq!(json_body(&text)["error"]["code"], "unknown_route");
+}

@@ -883,8 +883,8 @@ fn estimate_usage(body: &Bytes, model: &str, delivered: &DeliveredText) -> Usage
         (body.len() as u64).div_ceil(4)
     };
     let bpe = tokens::encoding_for(model);
-    let completion = bpe.encode_with_special_tokens(&delivered.text()).len() as u64
-        + delivered.dropped_bytes().div_ceil(4);
+    let (text, beyond) = delivered.text();
+    let completion = bpe.encode_with_special_tokens(&text).len() as u64 + beyond.div_ceil(4);
     Usage::new(prompt, completion)
 }
 

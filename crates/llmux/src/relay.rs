@@ -337,7 +337,7 @@ pub(crate) fn relay_stream(
     let started = Instant::now();
     let stream = async_stream::stream! {
         let mut guard = FinishGuard {
-            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, delivered: DeliveredText::default() },
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, delivered: if watch.is_some() { DeliveredText::scanning() } else { DeliveredText::default() } },
             started,
             on_finish: Some(on_finish),
         };

@@ -33,6 +33,9 @@ cleanup() {
   if [ "${LLMUX_TEST_POSTGRES_STARTED:-}" = 1 ]; then
     bash scripts/postgres.sh stop
   fi
+  if [ "${LLMUX_TEST_REDIS_STARTED:-}" = 1 ]; then
+    bash scripts/redis.sh stop
+  fi
 }
 trap cleanup EXIT
 
@@ -62,6 +65,14 @@ step "postgresql (for the store tests on both backends)"
 if PG_ENV="$(bash scripts/postgres.sh)"; then
   eval "$PG_ENV"
   export LLMUX_TEST_POSTGRES_URL
+else
+  fail
+fi
+
+step "redis (for the fleet tests: shared rate limits)"
+if REDIS_ENV="$(bash scripts/redis.sh)"; then
+  eval "$REDIS_ENV"
+  export LLMUX_TEST_REDIS_URL
 else
   fail
 fi

@@ -17,7 +17,7 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 pub use env::{AllowListedEnv, EnvSource, ProcessEnv};
-pub use router::{RecoveryMode, RouterSettings, StrategyKind, StreamRecovery};
+pub use router::{RecoveryMode, RedisSettings, RouterSettings, StrategyKind, StreamRecovery};
 pub use validate::{OPENAI_REQUEST_PARAMS, PROVIDER_SPECIFIC_PARAMS};
 
 /// How serious a configuration problem is.
@@ -245,6 +245,32 @@ impl Default for Config {
 impl Config {
     /// Look a variable up the way the config file sees it: `environment_variables:` first, then
     /// the process environment.
+    /// The shared Redis to use, if any: `router_settings.redis_url`, else one built from
+    /// `redis_host` / `redis_port` / `redis_password`, each falling back on `REDIS_URL`,
+    /// `REDIS_HOST`, `REDIS_PORT`, `REDIS_PASSWORD` as LiteLLM does. `rediss://` is TLS.
+    pub fn redis_url(&self, env: &dyn EnvSource) -> Option<String> {
+        let r = &self.router.redis;
+        if let Some(url) = r.url.clone().or_else(|| self.env_var(env, "REDIS_URL")) {
+            return Some(url);
+        }
+        let host = r.host.clone().or_else(|| self.env_var(env, "REDIS_HOST"))?;
+        let port = r
+            .port
+            .or_else(|| {
+                self.env_var(env, "REDIS_PORT")
+                    .and_then(|p| p.trim().parse().ok())
+            })
+            .unwrap_or(6379);
+        let password = r
+            .password
+            .clone()
+            .or_else(|| self.env_var(env, "REDIS_PASSWORD"));
+        Some(match password {
+            Some(pw) => format!("redis://:{}@{host}:{port}", url_escape(&pw)),
+            None => format!("redis://{host}:{port}"),
+        })
+    }
+
     pub fn env_var(&self, env: &dyn EnvSource, name: &str) -> Option<String> {
         self.environment_variables
             .iter()
@@ -300,4 +326,17 @@ pub fn strict(diagnostics: &mut [Diagnostic]) {
     for d in diagnostics {
         d.severity = Severity::Error;
     }
+}
+
+/// Percent-encode what a URL's userinfo cannot hold as is.
+fn url_escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -107,6 +107,19 @@ pub struct RouterSettings {
     pub hidden_aliases: Vec<String>,
     pub enable_tag_filtering: bool,
     pub stream_recovery: StreamRecovery,
+    /// `redis_url`, or `redis_host` / `redis_port` / `redis_password`: the Redis a fleet of
+    /// instances shares its rate limits through (`REDIS_URL`, `REDIS_HOST`, ... when unset;
+    /// see `Config::redis_url`).
+    pub redis: RedisSettings,
+}
+
+/// Where the shared Redis is, as configured (the environment fills what is missing).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RedisSettings {
+    pub url: Option<String>,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub password: Option<String>,
 }
 
 impl Default for RouterSettings {
@@ -128,6 +141,7 @@ impl Default for RouterSettings {
             max_fallbacks: 5,
             enable_pre_call_checks: false,
             model_group_alias: HashMap::new(),
+            redis: RedisSettings::default(),
             hidden_aliases: Vec::new(),
             enable_tag_filtering: false,
             stream_recovery: StreamRecovery::default(),
@@ -195,10 +209,6 @@ pub(crate) const LITELLM_SETTINGS_ROUTER_KEYS: &[&str] = &[
 
 /// Router keys LiteLLM has that llmux does not act on yet (they need shared state or are Python-only).
 const UNSUPPORTED_ROUTER_KEYS: &[&str] = &[
-    "redis_host",
-    "redis_port",
-    "redis_password",
-    "redis_url",
     "cache_responses",
     "cache_kwargs",
     "polling_interval",
@@ -372,6 +382,29 @@ pub(crate) fn parse(map: &Map<String, Value>, diags: &mut Vec<Diagnostic>) -> Ro
             continue;
         }
         match key.as_str() {
+            "redis_url" | "redis_host" | "redis_password" => {
+                let text = v
+                    .as_str()
+                    .map(str::to_owned)
+                    .or_else(|| v.is_number().then(|| v.to_string()))
+                    .filter(|t| !t.is_empty());
+                match key.as_str() {
+                    "redis_url" => s.redis.url = text,
+                    "redis_host" => s.redis.host = text,
+                    _ => s.redis.password = text,
+                }
+            }
+            "redis_port" => match v
+                .as_u64()
+                .or_else(|| v.as_str().and_then(|t| t.trim().parse().ok()))
+                .and_then(|p| u16::try_from(p).ok())
+            {
+                Some(p) => s.redis.port = Some(p),
+                None => r.diags.push(Diagnostic::error(
+                    Reader::path(key),
+                    "must be a port number".to_owned(),
+                )),
+            },
             "routing_strategy" => match v.as_str().and_then(StrategyKind::parse) {
                 Some(kind) => s.strategy = kind,
                 None => r.diags.push(Diagnostic::error(
@@ -518,6 +551,7 @@ mod tests {
             "model_group_alias": {"gpt-4": "gpt-4o", "secret": {"model": "gpt-4o", "hidden": true}},
             "stream_recovery": {"mode": "continue", "max_attempts": 1},
             "redis_host": "localhost",
+            "caching_groups": [],
         }));
         assert_eq!(s.strategy, StrategyKind::LatencyBased);
         assert_eq!(s.lowest_latency_buffer, 0.5);
@@ -538,7 +572,8 @@ mod tests {
         assert_eq!(s.stream_recovery.mode, RecoveryMode::Continue);
         assert_eq!(s.stream_recovery.max_attempts, 1);
         assert_eq!(diags.len(), 1, "{diags:?}");
-        assert_eq!(diags[0].path, "router_settings.redis_host");
+        assert_eq!(diags[0].path, "router_settings.caching_groups");
+        assert_eq!(s.redis.host.as_deref(), Some("localhost"));
     }
 
     #[test]

@@ -84,9 +84,12 @@ fn docs_example_reports_unsupported_settings_by_path() {
     assert_eq!(c.router.cooldown_time, Duration::from_secs(30));
     assert_eq!(c.router.fallbacks["gpt-4o"], vec!["claude".to_owned()]);
     assert!(c.router.enable_pre_call_checks);
-    assert!(warnings_at(d, "router_settings.redis_host")
-        .iter()
-        .any(|w| w.message.contains("does not support yet")));
+    assert!(
+        !warnings_at(d, "router_settings.redis_host")
+            .iter()
+            .any(|w| w.message.contains("does not support yet")),
+        "redis is read now (shared rate limits)"
+    );
     assert_eq!(warnings_at(d, "litellm_settings.callbacks").len(), 1);
     assert!(warnings_at(d, "litellm_settings.callbacks")[0]
         .message
@@ -263,4 +266,42 @@ fn a_configured_master_key_that_resolves_to_nothing_is_an_error() {
     assert_eq!(loaded.config.master_key.unwrap().expose(), "sk-x");
     let loaded = load_str("general_settings: {database_url: x}", &env(&[])).unwrap();
     assert!(loaded.config.master_key.is_none());
+}
+
+#[test]
+fn redis_comes_from_router_settings_or_the_environment() {
+    let url = |text: &str, vars: &[(&str, &str)]| {
+        let loaded = load_str(text, &env(vars)).unwrap();
+        loaded.config.redis_url(&env(vars))
+    };
+    assert_eq!(url("model_list: []", &[]), None);
+    assert_eq!(
+        url(
+            "router_settings: {redis_host: r1, redis_port: 6380, redis_password: \"p@ss word\"}",
+            &[]
+        ),
+        Some("redis://:p%40ss%20word@r1:6380".to_owned())
+    );
+    assert_eq!(
+        url(
+            "router_settings: {redis_url: \"rediss://x:1\"}",
+            &[("REDIS_HOST", "ignored")]
+        ),
+        Some("rediss://x:1".to_owned())
+    );
+    assert_eq!(
+        url(
+            "model_list: []",
+            &[("REDIS_HOST", "h"), ("REDIS_PORT", "7000")]
+        ),
+        Some("redis://h:7000".to_owned())
+    );
+    assert_eq!(
+        url(
+            "router_settings: {redis_host: os.environ/RH}",
+            &[("RH", "from-env")]
+        ),
+        Some("redis://from-env:6379".to_owned())
+    );
+    assert!(load_str("router_settings: {redis_port: nope}", &env(&[])).is_err());
 }

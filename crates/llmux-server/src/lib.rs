@@ -528,6 +528,11 @@ async fn readiness(State(state): State<AppState>) -> Response {
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "llmux_version": env!("CARGO_PKG_VERSION"),
         "models": state.client.snapshot().router.deployments().len(),
+        // The fleet's shared rate limits: `shared`, or `degraded` (counted per instance while
+        // Redis does not answer); null without Redis.
+        "redis": state.governance.as_ref().and_then(|g| g.shared_limiter()).map(|l| {
+            if l.degraded() { "degraded" } else { "shared" }
+        }),
     });
     let status = if draining {
         StatusCode::SERVICE_UNAVAILABLE

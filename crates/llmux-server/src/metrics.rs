@@ -37,6 +37,22 @@ impl Collector for Counters {
             "Requests priced at 0 because their model has no price",
             self.client.pricing().unpriced_requests(),
         )?;
+        if let Some(limiter) = self.governance.as_ref().and_then(|g| g.shared_limiter()) {
+            counter(
+                &mut encoder,
+                "llmux_redis_fallbacks",
+                "Shared rate-limit calls counted on this instance because Redis did not answer in time",
+                limiter.fallbacks.load(std::sync::atomic::Ordering::Relaxed),
+            )?;
+            let gauge = ConstGauge::new(i64::from(limiter.degraded()));
+            let e = encoder.encode_descriptor(
+                "llmux_redis_degraded",
+                "1 while Redis is not answering and rate limits are counted per instance",
+                None,
+                gauge.metric_type(),
+            )?;
+            gauge.encode(e)?;
+        }
         if let Some(gov) = &self.governance {
             let (written, aggregated) = gov.writer.counts();
             counter(

@@ -9,6 +9,7 @@ pub mod api;
 pub mod budget;
 pub mod keys;
 pub mod limits;
+pub mod shared;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -50,6 +51,9 @@ pub struct Governance {
     pub store: Store,
     pub ledger: Arc<Ledger>,
     pub limiter: Arc<dyn RateLimiter>,
+    /// The fleet's Redis limiter, when one is configured (`router_settings.redis_*`); the
+    /// in-process `limiter` counts when it is not, or while Redis does not answer.
+    shared: std::sync::OnceLock<Arc<shared::SharedLimiter>>,
     pub writer: SpendWriter,
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
@@ -105,6 +109,8 @@ pub struct Admission {
     principal: Principal,
     owners: Vec<(Kind, String)>,
     scopes: Vec<Limits>,
+    /// The id its limits were counted under in Redis (`None`: counted in this process).
+    shared_id: Option<String>,
     estimate: f64,
     /// The budgets this request counts against, and its price, for `budget_stream_cutoff`.
     stream_budgets: Vec<((Kind, String), f64)>,
@@ -138,8 +144,23 @@ impl Governance {
         tracing::info!(backend = ?store.backend(), "governance store ready");
         let clock: Clock = Arc::new(llmux_store::now_ms);
         let gov = Self::with_store(store, config, clock);
+        if let Some(url) = config.redis_url(&llmux_config::ProcessEnv) {
+            let limiter = shared::SharedLimiter::connect(&url, SHARED_DEADLINE).await?;
+            tracing::info!("rate limits are shared through redis");
+            gov.use_shared_limiter(limiter);
+        }
         gov.spawn_budget_resets();
         Ok(gov)
+    }
+
+    /// Count rate limits through the fleet's Redis from now on.
+    pub fn use_shared_limiter(&self, limiter: Arc<shared::SharedLimiter>) {
+        let _ = self.shared.set(limiter);
+    }
+
+    /// The fleet's limiter, if one is in use.
+    pub fn shared_limiter(&self) -> Option<&Arc<shared::SharedLimiter>> {
+        self.shared.get()
     }
 
     pub fn with_store(store: Store, config: &Config, clock: Clock) -> Arc<Governance> {
@@ -156,6 +177,7 @@ impl Governance {
             store,
             ledger,
             limiter: Arc::new(InMemoryLimiter::default()),
+            shared: std::sync::OnceLock::new(),
             writer,
             master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
             objects: std::array::from_fn(|_| {
@@ -476,7 +498,23 @@ impl Governance {
             .with_code("budget_exceeded"));
         }
         let scopes = rate_scopes(principal, &facts.model);
-        let remaining = match self.limiter.acquire(&scopes, now) {
+        // Shared through Redis when a fleet has one (one round trip for every scope); counted
+        // here when it has none, or when Redis does not answer in time.
+        let mut shared_id = None;
+        let counted = match self.shared.get().filter(|_| !scopes.is_empty()) {
+            Some(limiter) => {
+                let id = llmux::new_request_id();
+                match limiter.acquire(&scopes, &id, now).await {
+                    Ok(answer) => {
+                        shared_id = Some(id);
+                        answer
+                    }
+                    Err(shared::Unavailable) => self.limiter.acquire(&scopes, now),
+                }
+            }
+            None => self.limiter.acquire(&scopes, now),
+        };
+        let remaining = match counted {
             Ok(r) => r,
             Err(e) => {
                 self.ledger.settle(&owners, estimate, 0.0);
@@ -489,6 +527,7 @@ impl Governance {
             principal: principal.clone(),
             owners,
             scopes,
+            shared_id,
             estimate,
             stream_budgets,
             price,
@@ -674,8 +713,11 @@ impl Admission {
         let now = gov.now();
         let reserved = self.estimate + f64::from_bits(self.extra_reserved.load(Ordering::Acquire));
         gov.ledger.settle(&self.owners, reserved, cost);
-        gov.limiter
-            .release(&self.scopes, usage.map_or(0, |u| u.total_tokens), now);
+        let tokens = usage.map_or(0, |u| u.total_tokens);
+        match (&self.shared_id, gov.shared.get()) {
+            (Some(id), Some(limiter)) => limiter.release(&self.scopes, id, tokens, self.started_ms),
+            _ => gov.limiter.release(&self.scopes, tokens, now),
+        }
         let p = &self.principal;
         let id_of = |o: &Option<Arc<Object>>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
         let (status, error_kind) = match log.map(|l| l.outcome) {
@@ -835,6 +877,9 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::Model => "Model",
     }
 }
+
+/// How long the request path waits for the fleet's Redis before counting locally.
+const SHARED_DEADLINE: Duration = Duration::from_millis(50);
 
 /// How long a response waits for its spend row in `sync` durability before answering anyway.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);

@@ -1,14 +1,18 @@
 //! Budgets: `budget_duration` periods and their reset boundaries, and the in-memory ledger that
 //! makes enforcement hold under concurrency. Each owner's current spend is what the database
 //! had when it was loaded, plus what this instance settled since (written or not), plus what
-//! in-flight requests have reserved. A request is admitted only if its estimated cost fits under
-//! every budget that applies, and its estimate stays reserved until it settles.
+//! in-flight requests have reserved. A request is admitted while that total is below every
+//! budget that applies (LiteLLM's rule, which its users rely on: a fresh key with a budget
+//! smaller than one request's estimate still answers its first request, and a budget's last
+//! cents are usable), and its estimate stays reserved until it settles, so concurrent requests
+//! see each other.
 //!
-//! Worst-case overspend (one instance): requests admitted together can each cost more than their
-//! estimate, so a budget can be exceeded by at most the sum, over requests in flight at the
-//! moment it runs out, of (actual cost − estimated cost). The estimate prices the prompt plus
-//! the request's `max_tokens` (else `DEFAULT_OUTPUT_ESTIMATE` tokens) of output, so with
-//! `max_tokens` set the overspend is zero.
+//! Worst-case overspend (one instance): the last request admitted before the total reaches the
+//! budget (its cost), plus, over requests in flight at that moment, what each costs beyond its
+//! estimate. The estimate prices the prompt plus the request's `max_tokens` (else
+//! `DEFAULT_OUTPUT_ESTIMATE` tokens) of output for every choice asked for, so with `max_tokens`
+//! set and honoured that second part is zero (`budget_stream_cutoff` bounds it when upstreams
+//! ignore `max_tokens`).
 
 use foldhash::HashMap;
 use std::sync::Mutex;
@@ -109,8 +113,8 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// Reserve `estimate` against every budget in `checks`, or none of them if one would be
-    /// exceeded. `now` decides whether a period has ended (its spend then counts as 0).
+    /// Reserve `estimate` against every budget in `checks`, or none of them if one is already
+    /// spent or reserved to its limit. `now` decides whether a period has ended (its spend then counts as 0).
     pub fn reserve(
         &self,
         checks: &[BudgetCheck],
@@ -144,7 +148,7 @@ impl Ledger {
                 e.reset_at = check.reset_at.filter(|r| *r > now);
             }
             let current = e.base + e.unflushed + e.reserved;
-            if current + estimate > check.max_budget + 1e-12 || current >= check.max_budget {
+            if current >= check.max_budget {
                 return Err(Exceeded {
                     kind: check.kind,
                     id: check.id.clone(),
@@ -342,6 +346,27 @@ mod tests {
             ledger.reserve(&c, &owners, 0.0, 0).is_err(),
             "at or over budget"
         );
+    }
+
+    #[test]
+    fn a_request_is_admitted_while_the_budget_has_room_even_if_its_estimate_does_not_fit() {
+        let ledger = Ledger::default();
+        let owners = vec![(Kind::Key, "k".to_owned())];
+        let c = [check(0.0005, 0.0, None)];
+        assert!(
+            ledger.reserve(&c, &owners, 0.01, 0).is_ok(),
+            "a fresh small budget answers"
+        );
+        let e = ledger.reserve(&c, &owners, 0.01, 0).unwrap_err();
+        assert_eq!(e.current, 0.0, "the message states the real spend");
+        assert_eq!(e.max_budget, 0.0005);
+        ledger.settle(&owners, 0.01, 0.0003);
+        assert!(
+            ledger.reserve(&c, &owners, 0.01, 0).is_ok(),
+            "the last cents are usable"
+        );
+        ledger.settle(&owners, 0.01, 0.0003);
+        assert!(ledger.reserve(&c, &owners, 0.01, 0).is_err(), "spent");
     }
 
     #[test]

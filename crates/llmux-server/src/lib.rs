@@ -79,6 +79,19 @@ impl AppState {
         models::apply_db_models(&state)
             .await
             .map_err(|e| e.message().to_owned())?;
+        // Models another instance of the fleet changed are loaded here too.
+        if let Some(gov) = &state.governance {
+            let weak = Arc::downgrade(&state.0);
+            gov.on_models_changed(move || {
+                let Some(inner) = weak.upgrade() else { return };
+                let state = AppState(inner);
+                tokio::spawn(async move {
+                    if let Err(e) = models::apply_db_models(&state).await {
+                        tracing::warn!(error = %e.message(), "cannot load the fleet's changed models");
+                    }
+                });
+            });
+        }
         Ok(state)
     }
 }

@@ -234,3 +234,105 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
     let _ = redis.kill();
     let _ = redis.wait();
 }
+
+/// Issue 18: a revoked key kept working on the other instances for the cache's 5 s. Changes
+/// made on one instance (a key blocked, a team blocked, a model added) hold on every other
+/// within a second.
+#[tokio::test]
+async fn changes_on_one_instance_hold_on_the_others_within_a_second() {
+    let (fleet, http) = fleet(3, &redis_url()).await;
+    let within_a_second = |at: usize, sk: String, want: u16| {
+        let (http, fleet) = (&http, &fleet);
+        async move {
+            let deadline = std::time::Instant::now() + Duration::from_secs(1);
+            loop {
+                let got = chat(http, &fleet[at], &sk).await;
+                if got == want {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "instance {at}: still {got}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let sk = key(&http, &fleet[0], json!({})).await;
+    for at in &fleet {
+        assert_eq!(chat(&http, at, &sk).await, 200, "cached everywhere");
+    }
+    let r = http
+        .post(format!("{}/key/block", fleet[0].url))
+        .bearer_auth(MASTER)
+        .json(&json!({"key": sk}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    within_a_second(1, sk.clone(), 401).await;
+    within_a_second(2, sk.clone(), 401).await;
+
+    let team = http
+        .post(format!("{}/team/new", fleet[1].url))
+        .bearer_auth(MASTER)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap()["team_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tk = key(&http, &fleet[1], json!({"team_id": team})).await;
+    assert_eq!(chat(&http, &fleet[2], &tk).await, 200);
+    let r = http
+        .post(format!("{}/team/block", fleet[1].url))
+        .bearer_auth(MASTER)
+        .json(&json!({"team_id": team}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    within_a_second(2, tk.clone(), 401).await;
+
+    // A model added on one instance is served by another.
+    let ok_key = key(&http, &fleet[0], json!({})).await;
+    let upstream = {
+        let (mock_router, _) = llmux_mock::app(false);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, mock_router).await.unwrap() });
+        format!("http://{addr}/v1")
+    };
+    let r = http
+        .post(format!("{}/model/new", fleet[0].url))
+        .bearer_auth(MASTER)
+        .json(&json!({"model_name": "added", "litellm_params": {"model": "openai/added", "api_base": upstream, "api_key": "k"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    loop {
+        let status = http
+            .post(format!("{}/v1/chat/completions", fleet[2].url))
+            .bearer_auth(&ok_key)
+            .json(&json!({"model": "added", "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if status == 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "instance 2 does not serve the model: {status}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

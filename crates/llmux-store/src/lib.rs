@@ -70,7 +70,7 @@ impl Kind {
         }
     }
 
-    fn parse(s: &str) -> Option<Kind> {
+    pub fn parse(s: &str) -> Option<Kind> {
         Some(match s {
             "key" => Kind::Key,
             "user" => Kind::User,

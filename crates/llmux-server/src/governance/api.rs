@@ -2537,6 +2537,7 @@ async fn model_new(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): Ap
                 );
             }
             crate::models::apply_db_models(&s).await?;
+            gov.invalidate(Kind::Model, &obj.id);
             Ok(crate::models::model_view(&obj.data))
         }
         .await,
@@ -2586,6 +2587,7 @@ async fn model_update(
                 .await
                 .map_err(|e| store_error(&e))?;
             crate::models::apply_db_models(&s).await?;
+            gov.invalidate(Kind::Model, &obj.id);
             Ok(crate::models::model_view(&obj.data))
         }
         .await,
@@ -2613,6 +2615,7 @@ async fn model_delete(
                 return Err(not_found("Model", &id));
             }
             crate::models::apply_db_models(&s).await?;
+            gov.invalidate(Kind::Model, &id);
             Ok(json!({"message": format!("Model: {id} deleted successfully")}))
         }
         .await,

@@ -54,6 +54,7 @@ pub struct Governance {
     /// The fleet's Redis limiter, when one is configured (`router_settings.redis_*`); the
     /// in-process `limiter` counts when it is not, or while Redis does not answer.
     shared: std::sync::OnceLock<Arc<shared::SharedLimiter>>,
+    on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     pub writer: SpendWriter,
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
@@ -153,9 +154,34 @@ impl Governance {
         Ok(gov)
     }
 
-    /// Count rate limits through the fleet's Redis from now on.
-    pub fn use_shared_limiter(&self, limiter: Arc<shared::SharedLimiter>) {
-        let _ = self.shared.set(limiter);
+    /// Count rate limits through the fleet's Redis from now on, and hear about the objects
+    /// other instances change. `on_models_changed` runs when another instance changed the
+    /// database's models (the server reloads its routing table then).
+    pub fn use_shared_limiter(self: &Arc<Self>, limiter: Arc<shared::SharedLimiter>) {
+        if self.shared.set(Arc::clone(&limiter)).is_err() {
+            return;
+        }
+        let gov = Arc::downgrade(self);
+        limiter.listen(move |message| {
+            let Some(gov) = gov.upgrade() else { return };
+            let Some((kind, id)) = message.split_once(':') else {
+                return;
+            };
+            match Kind::parse(kind) {
+                Some(Kind::Model) => {
+                    if let Some(reload) = gov.on_models_changed.get() {
+                        reload();
+                    }
+                }
+                Some(kind) => gov.forget_cached(kind, id),
+                None => {}
+            }
+        });
+    }
+
+    /// What to run when another instance changed the database's models.
+    pub fn on_models_changed(&self, reload: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_models_changed.set(Box::new(reload));
     }
 
     /// The fleet's limiter, if one is in use.
@@ -178,6 +204,7 @@ impl Governance {
             ledger,
             limiter: Arc::new(InMemoryLimiter::default()),
             shared: std::sync::OnceLock::new(),
+            on_models_changed: std::sync::OnceLock::new(),
             writer,
             master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
             objects: std::array::from_fn(|_| {
@@ -258,6 +285,14 @@ impl Governance {
 
     /// Forget cached copies after a change.
     pub fn invalidate(&self, kind: Kind, id: &str) {
+        self.forget_cached(kind, id);
+        if let Some(shared) = self.shared.get() {
+            shared.publish_invalidation(format!("{}:{id}", kind.as_str()));
+        }
+    }
+
+    /// Drop this instance's cached copy of an object (another instance changed it).
+    fn forget_cached(&self, kind: Kind, id: &str) {
         let key = (kind, id.to_owned());
         // A read already under way may have fetched the old object: later lookups start anew.
         self.loading

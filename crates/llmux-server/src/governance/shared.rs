@@ -6,6 +6,10 @@
 //! each call has a short deadline, and past it the instance counts locally (a warning once, a
 //! counter, `/health/readiness` says so) until Redis answers again.
 //!
+//! Changes travel the same way: an instance that changes an object (a key blocked, a team
+//! updated, a model added) publishes its kind and id on `llmux:invalidate`, and every instance
+//! drops its cached copy at once instead of serving it for the cache's 5 s.
+//!
 //! Keys: `llmux:rl:{scope}:{window}` (a hash of requests `r` and tokens `t` for one minute,
 //! expiring after two) and `llmux:par:{scope}` (a sorted set of the requests in flight scored
 //! by their start, so an instance that died mid-request frees its slots after `PARALLEL_TTL`).
@@ -77,8 +81,12 @@ end
 return 1
 "#;
 
+/// The channel object changes are announced on.
+pub const INVALIDATE_CHANNEL: &str = "llmux:invalidate";
+
 /// The Redis-backed limiter of a fleet.
 pub struct SharedLimiter {
+    client: redis::Client,
     conn: ConnectionManager,
     acquire: redis::Script,
     release: redis::Script,
@@ -112,12 +120,13 @@ impl SharedLimiter {
             .set_response_timeout(Some(Duration::from_secs(2)));
         let conn = tokio::time::timeout(
             Duration::from_secs(5),
-            ConnectionManager::new_with_config(client, config),
+            ConnectionManager::new_with_config(client.clone(), config),
         )
         .await
         .map_err(|_| "redis: no connection within 5 s".to_owned())?
         .map_err(|e| format!("redis: {e}"))?;
         Ok(Arc::new(SharedLimiter {
+            client,
             conn,
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
@@ -125,6 +134,54 @@ impl SharedLimiter {
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
         }))
+    }
+
+    /// Announce a change to every instance (off the caller's path; a lost message leaves the
+    /// other instances on their cached copy for at most the cache's 5 s).
+    pub fn publish_invalidation(self: &Arc<Self>, message: String) {
+        let me = Arc::clone(self);
+        tokio::spawn(async move {
+            let mut conn = me.conn.clone();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(2),
+                redis::cmd("PUBLISH")
+                    .arg(INVALIDATE_CHANNEL)
+                    .arg(&message)
+                    .query_async::<i64>(&mut conn),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(_))) {
+                tracing::warn!(change = %message, "could not announce a change to the fleet");
+            }
+        });
+    }
+
+    /// Listen for the fleet's changes for as long as the process runs, calling `on_change` with
+    /// each message; reconnects after a loss.
+    pub fn listen(self: &Arc<Self>, on_change: impl Fn(&str) + Send + Sync + 'static) {
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            use futures_util::StreamExt;
+            loop {
+                match client.get_async_pubsub().await {
+                    Ok(mut pubsub) => {
+                        if pubsub.subscribe(INVALIDATE_CHANNEL).await.is_ok() {
+                            let mut messages = pubsub.on_message();
+                            while let Some(m) = messages.next().await {
+                                if let Ok(text) = m.get_payload::<String>() {
+                                    on_change(&text);
+                                }
+                            }
+                        }
+                        tracing::warn!("lost the fleet's change channel; reconnecting");
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "cannot subscribe to the fleet's changes")
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        });
     }
 
     /// Whether the last call found Redis unavailable.

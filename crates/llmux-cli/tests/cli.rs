@@ -59,6 +59,26 @@ fn config_check_accepts_the_litellm_fixtures() {
 }
 
 #[test]
+fn the_fleet_example_passes_a_strict_check() {
+    let fleet = format!(
+        "{}/../../examples/fleet/config.yaml",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    );
+    let out = Command::new(BIN)
+        .args(["config", "check", "--strict", "--config", &fleet])
+        .env("OPENAI_API_KEY", "sk-x")
+        .env("LLMUX_MASTER_KEY", "sk-m")
+        .env("DATABASE_URL", "postgres://llmux@db/llmux")
+        .env("REDIS_HOST", "redis")
+        .env("REDIS_PORT", "6379")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains(": ok (0 warning(s))"), "{stderr}");
+}
+
+#[test]
 fn a_master_key_that_resolves_to_nothing_stops_the_start() {
     for value in ["os.environ/LLMUX_TEST_UNSET_MASTER_KEY", "\"\"", "\"  \""] {
         let file = write_config(&format!(

@@ -65,18 +65,18 @@ return out
 "#;
 
 const RELEASE: &str = r#"
--- ARGV: window start, request id, tokens, scope count, then per scope: name, counts tokens (0/1),
--- has parallel (0/1)
-local window, id, tokens, n = ARGV[1], ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
+-- ARGV: entry count, then per entry: scope, window start, request id, tokens (0: none),
+-- holds a parallel slot (0/1). Many requests' releases go in one call.
+local n = tonumber(ARGV[1])
 for i = 1, n do
-  local b = 4 + (i - 1) * 3
-  local scope = ARGV[b + 1]
-  if ARGV[b + 2] == '1' and tokens > 0 then
+  local b = 1 + (i - 1) * 5
+  local scope, window, id, tokens, par = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5]
+  if tokens > 0 then
     local w = 'llmux:rl:' .. scope .. ':' .. window
     redis.call('HINCRBY', w, 't', tokens)
     redis.call('PEXPIRE', w, 120000)
   end
-  if ARGV[b + 3] == '1' then redis.call('ZREM', 'llmux:par:' .. scope, id) end
+  if par == '1' then redis.call('ZREM', 'llmux:par:' .. scope, id) end
 end
 return 1
 "#;
@@ -96,7 +96,26 @@ pub struct SharedLimiter {
     degraded: AtomicBool,
     /// Calls that fell back on local counting.
     pub fallbacks: AtomicU64,
+    /// Releases waiting to be sent: one call carries every release of the last few
+    /// milliseconds, so a request costs one round trip (its admission), not two.
+    releases: std::sync::Mutex<Vec<ReleaseEntry>>,
+    flush: tokio::sync::Notify,
+    /// A queued release frees a parallel slot: send without waiting for the batch.
+    urgent: AtomicBool,
 }
+
+/// One scope's share of a finished request.
+struct ReleaseEntry {
+    scope: String,
+    window: i64,
+    id: String,
+    tokens: u64,
+    parallel: bool,
+}
+
+/// How long releases gather before they are sent (and the most a tpm count or a parallel slot
+/// lags behind the request that used it).
+const RELEASE_BATCH: Duration = Duration::from_millis(5);
 
 impl std::fmt::Debug for SharedLimiter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -125,7 +144,7 @@ impl SharedLimiter {
         .await
         .map_err(|_| "redis: no connection within 5 s".to_owned())?
         .map_err(|e| format!("redis: {e}"))?;
-        Ok(Arc::new(SharedLimiter {
+        let limiter = Arc::new(SharedLimiter {
             client,
             conn,
             acquire: redis::Script::new(ACQUIRE),
@@ -133,7 +152,12 @@ impl SharedLimiter {
             deadline,
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
-        }))
+            releases: std::sync::Mutex::new(Vec::new()),
+            flush: tokio::sync::Notify::new(),
+            urgent: AtomicBool::new(false),
+        });
+        limiter.spawn_release_sender();
+        Ok(limiter)
     }
 
     /// Announce a change to every instance (off the caller's path; a lost message leaves the
@@ -294,8 +318,9 @@ impl SharedLimiter {
         }
     }
 
-    /// The request is over: count its tokens and free its parallel slots. Sent off the request
-    /// path; a failure is logged and the slot expires with `PARALLEL_TTL_MS`.
+    /// The request is over: count its tokens and free its parallel slots. Queued for the
+    /// release sender (off the request path); a failure is logged and a slot expires with
+    /// `PARALLEL_TTL_MS`.
     pub fn release(
         self: &Arc<Self>,
         scopes: &[Limits],
@@ -303,38 +328,85 @@ impl SharedLimiter {
         tokens: u64,
         started: i64,
     ) {
-        let counted: Vec<(String, bool, bool)> = scopes
-            .iter()
-            .filter(|s| s.tpm.is_some() || s.max_parallel.is_some())
-            .map(|s| (s.scope.clone(), s.tpm.is_some(), s.max_parallel.is_some()))
-            .collect();
-        if counted.is_empty() {
-            return;
-        }
-        let me = Arc::clone(self);
-        let id = request_id.to_owned();
         // Tokens count in the window the request was admitted in, as the local limiter does.
         let window = started - started.rem_euclid(WINDOW_MS);
-        tokio::spawn(async move {
-            let mut invocation = me.release.prepare_invoke();
-            invocation
-                .arg(window)
-                .arg(&id)
-                .arg(tokens)
-                .arg(counted.len());
-            for (scope, tpm, par) in &counted {
-                invocation
-                    .arg(scope)
-                    .arg(if *tpm { "1" } else { "0" })
-                    .arg(if *par { "1" } else { "0" });
+        let mut queue = self
+            .releases
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = queue.len();
+        for s in scopes {
+            let tokens = if s.tpm.is_some() { tokens } else { 0 };
+            let parallel = s.max_parallel.is_some();
+            if tokens > 0 || parallel {
+                queue.push(ReleaseEntry {
+                    scope: s.scope.clone(),
+                    window,
+                    id: request_id.to_owned(),
+                    tokens,
+                    parallel,
+                });
             }
-            let mut conn = me.conn.clone();
-            let done = tokio::time::timeout(
-                Duration::from_secs(2),
-                invocation.invoke_async::<i64>(&mut conn),
-            )
-            .await;
-            me.note(matches!(done, Ok(Ok(_))), "release");
+        }
+        // A parallel slot is freed at once (a client sending its next request right after an
+        // answer must find it free); token counts may wait for the next batch.
+        let urgent = scopes.iter().any(|s| s.max_parallel.is_some());
+        if (before == 0 && !queue.is_empty()) || urgent {
+            drop(queue);
+            if urgent {
+                self.urgent.store(true, Ordering::Release);
+            }
+            self.flush.notify_one();
+        }
+    }
+
+    /// Send queued releases, a batch every `RELEASE_BATCH`, for as long as the limiter lives.
+    fn spawn_release_sender(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let Some(limiter) = me.upgrade() else { return };
+                let notified = limiter.flush.notified();
+                let empty = limiter
+                    .releases
+                    .lock()
+                    .map(|q| q.is_empty())
+                    .unwrap_or(true);
+                if empty {
+                    // Woken by the first release queued, or every second to see whether the
+                    // limiter is still used.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
+                    continue;
+                }
+                if !limiter.urgent.swap(false, Ordering::AcqRel) {
+                    tokio::time::sleep(RELEASE_BATCH).await;
+                }
+                let batch = std::mem::take(
+                    &mut *limiter
+                        .releases
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner),
+                );
+                for chunk in batch.chunks(500) {
+                    let mut invocation = limiter.release.prepare_invoke();
+                    invocation.arg(chunk.len());
+                    for e in chunk {
+                        invocation
+                            .arg(&e.scope)
+                            .arg(e.window)
+                            .arg(&e.id)
+                            .arg(e.tokens)
+                            .arg(if e.parallel { "1" } else { "0" });
+                    }
+                    let mut conn = limiter.conn.clone();
+                    let done = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        invocation.invoke_async::<i64>(&mut conn),
+                    )
+                    .await;
+                    limiter.note(matches!(done, Ok(Ok(_))), "release");
+                }
+            }
         });
     }
 }

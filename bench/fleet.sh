@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Shared rate limits (issue 18): one llmux instance (release, pinned to core 0) with governance
+# on SQLite and a virtual key with rpm and tpm limits, counting them in process (`local`) or
+# through Redis (`redis`); llmux-mock (one thread), Redis and oha on core 1.
+# Usage: bash bench/fleet.sh local|redis [connections]
+#   (build first: cargo build --release -p llmux-cli -p llmux-mock; redis-server from
+#    `bash scripts/redis.sh`'s install; oha from `cargo install oha`)
+set -u
+BIN=${CARGO_TARGET_DIR:-$HOME/.cache/llmux/target}/release
+MODE=$1; CONN=${2:-64}
+cd "$(mktemp -d)"
+taskset -c 1 "$BIN/llmux-mock" --port 18301 --threads 1 >/dev/null 2>&1 &
+MOCK=$!
+REDIS_LINE=""
+if [ "$MODE" = redis ]; then
+  taskset -c 1 redis-server --port 18379 --bind 127.0.0.1 --save '' --appendonly no >/dev/null 2>&1 &
+  REDIS=$!
+  REDIS_LINE="  redis_url: redis://127.0.0.1:18379"
+fi
+sleep 0.5
+cat > cfg.yaml <<YAML
+model_list: [{model_name: m, litellm_params: {model: openai/m, api_base: "http://127.0.0.1:18301/v1", api_key: k}}]
+router_settings:
+  num_retries: 0
+$REDIS_LINE
+general_settings: {master_key: sk-m}
+llmux_settings: {database_path: $PWD/llmux.db}
+YAML
+LLMUX_LOG=warn taskset -c 0 "$BIN/llmux" serve --port 18300 --config cfg.yaml >llmux.log 2>&1 &
+LL=$!
+for _ in $(seq 50); do curl -sf localhost:18300/health/readiness >/dev/null && break; sleep 0.1; done
+KEY=$(curl -s localhost:18300/key/generate -H 'authorization: Bearer sk-m' \
+  -d '{"rpm_limit": 1000000000, "tpm_limit": 1000000000000}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["key"])')
+BODY='{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
+load() {
+  taskset -c 1 oha "$@" -c "$CONN" --no-tui -m POST -H "authorization: Bearer $KEY" \
+    -H 'content-type: application/json' -d "$BODY" http://127.0.0.1:18300/v1/chat/completions
+}
+load -z 3s >/dev/null 2>&1
+load -z 10s > max.txt 2>&1
+RATE=$(awk '/Requests\/sec/ {print $2}' max.txt)
+HALF=$(python3 -c "print(int(float('$RATE')/2))")
+load -z 10s -q "$HALF" > half.txt 2>&1
+pct() { awk -v p="$1" '$1 == p {print $3}' "$2"; }
+echo "$MODE: max $(printf %.0f "$RATE") req/s (p50 $(pct 50.00% max.txt) ms); at $HALF req/s: p50 $(pct 50.00% half.txt) ms, p99 $(pct 99.00% half.txt) ms; $(grep -E '\[200\]' max.txt | tr -s ' ')"
+if [ "$MODE" = redis ]; then
+  echo "redis fallbacks: $(curl -s localhost:18300/metrics -H 'authorization: Bearer sk-m' | grep '^llmux_redis_fallbacks' )"
+  kill "$REDIS"
+fi
+kill "$LL" "$MOCK"; wait 2>/dev/null

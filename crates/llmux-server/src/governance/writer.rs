@@ -269,18 +269,7 @@ impl SpendWriter {
         if self.shared.closed.load(Ordering::Acquire) {
             drop(queue);
             // The writer has stopped (a request outlived the drain): write this one directly.
-            self.shared.pending.fetch_add(1, Ordering::AcqRel);
-            let (store, ledger, shared) = (
-                self.store.clone(),
-                Arc::clone(&self.ledger),
-                Arc::clone(&self.shared),
-            );
-            tokio::spawn(async move {
-                let mut sink = Sink::Pool(store);
-                write(&mut sink, &ledger, std::slice::from_ref(&record)).await;
-                shared.written.fetch_add(1, Ordering::Relaxed);
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
-            });
+            self.write_directly(record, None);
             return;
         }
         if queue.len() >= self.shared.capacity {
@@ -327,19 +316,7 @@ impl SpendWriter {
             || self.shared.writers.load(Ordering::Acquire) == 0
         {
             drop(queue);
-            self.shared.pending.fetch_add(1, Ordering::AcqRel);
-            let (store, ledger, shared) = (
-                self.store.clone(),
-                Arc::clone(&self.ledger),
-                Arc::clone(&self.shared),
-            );
-            tokio::spawn(async move {
-                let mut sink = Sink::Pool(store);
-                write(&mut sink, &ledger, std::slice::from_ref(&record)).await;
-                shared.written.fetch_add(1, Ordering::Relaxed);
-                shared.pending.fetch_sub(1, Ordering::AcqRel);
-                let _ = ack.send(());
-            });
+            self.write_directly(record, Some(ack));
             return committed;
         }
         self.shared.pending.fetch_add(1, Ordering::AcqRel);
@@ -359,6 +336,26 @@ impl SpendWriter {
         self.shared.behind.notify_one();
         self.shared.wake.notify_one();
         committed
+    }
+
+    /// Write one record on its own, through the shared pool (no writer thread takes it: they
+    /// stopped, or never started), and acknowledge it once committed.
+    fn write_directly(&self, record: SpendRecord, ack: Option<tokio::sync::oneshot::Sender<()>>) {
+        self.shared.pending.fetch_add(1, Ordering::AcqRel);
+        let (store, ledger, shared) = (
+            self.store.clone(),
+            Arc::clone(&self.ledger),
+            Arc::clone(&self.shared),
+        );
+        tokio::spawn(async move {
+            let mut sink = Sink::Pool(store);
+            write(&mut sink, &ledger, std::slice::from_ref(&record)).await;
+            shared.written.fetch_add(1, Ordering::Relaxed);
+            shared.pending.fetch_sub(1, Ordering::AcqRel);
+            if let Some(ack) = ack {
+                let _ = ack.send(());
+            }
+        });
     }
 
     /// Nothing accepted is waiting to be written.

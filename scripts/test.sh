@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 REPO="$(pwd)"
 
 # Tests read nothing outside the clone. Where this runs as root with unshare (CI does), the whole
-# run happens in a private mount namespace in which the team's ../shared folder, if present, is an
+# run happens in a private mount namespace in which the team's shared folder beside the clone, if present, is an
 # empty read-only directory, so a test that still reads it fails here rather than on a user's clone.
 SHARED="$(dirname "$REPO")/shared"
 if [ -z "${LLMUX_TEST_ISOLATED:-}" ] && [ -d "$SHARED" ] && [ "$(id -u)" = 0 ] \

@@ -115,7 +115,7 @@ async fn parallel_and_token_limits_are_exact_across_instances() {
     let (fleet, http) = fleet(3, &redis_url()).await;
     let sk = key(&http, &fleet[0], json!({"max_parallel_requests": 2})).await;
     let answers = futures_util::future::join_all(
-        (0..9).map(|i| chat_with(&http, &fleet[i % 3], &sk, json!({"latency_ms": 300}))),
+        (0..9).map(|i| chat_with(&http, &fleet[i % 3], &sk, json!({"latency_ms": 1500}))),
     )
     .await;
     let ok = answers.iter().filter(|s| **s == 200).count();

@@ -1316,7 +1316,7 @@ async fn the_reservation_covers_every_choice_asked_for() {
     let h = start_governed(MODELS, Db::Sqlite).await;
     let ask = |n: u64, slow: bool| {
         json!({"model": "cheap", "max_tokens": 100, "n": n, "messages": [{"role": "user", "content": "hi"}],
-               "mock_options": {"latency_ms": if slow { 400 } else { 0 }}})
+               "mock_options": {"latency_ms": if slow { 1500 } else { 0 }}})
     };
     for (n, room) in [(10, false), (1, true)] {
         let sk = key(&h, json!({"max_budget": 1.0})).await;
@@ -1324,7 +1324,7 @@ async fn the_reservation_covers_every_choice_asked_for() {
         let fast_body = ask(1, false);
         let slow = h.post_as(&sk, "/v1/chat/completions", &slow_body);
         let second = async {
-            tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
             h.post_as(&sk, "/v1/chat/completions", &fast_body).await
         };
         let (first, second) = tokio::join!(slow, second);

@@ -360,6 +360,14 @@ impl DeploymentStats {
         Some(duration)
     }
 
+    /// Cool this deployment for `duration` (another instance of the fleet saw it fail); a
+    /// longer cooldown already under way is kept.
+    pub fn cool_for(&self, duration: Duration) {
+        let until = self.now_ms() + duration.as_millis() as u64;
+        self.cooling_until_ms.fetch_max(until, Ordering::AcqRel);
+        self.state.store(COOLING, Ordering::Release);
+    }
+
     /// Release a probe without a verdict (e.g. the client went away).
     pub fn release_probe(&self) {
         self.probe_in_flight.store(false, Ordering::Release);

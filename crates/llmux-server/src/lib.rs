@@ -79,6 +79,19 @@ impl AppState {
         models::apply_db_models(&state)
             .await
             .map_err(|e| e.message().to_owned())?;
+        // A deployment one instance cools down is cooled on every other (fleet-wide cooldowns).
+        if let Some(gov) = &state.governance {
+            if let Some(limiter) = gov.shared_limiter() {
+                let limiter = Arc::clone(limiter);
+                state.client.on_cooldown(move |id, duration| {
+                    limiter.publish_invalidation(format!("cooldown:{}:{id}", duration.as_millis()));
+                });
+                let client = state.client.clone();
+                gov.on_remote_cooldown(move |id, duration| {
+                    client.cool_down(id, duration);
+                });
+            }
+        }
         // Models another instance of the fleet changed are loaded here too.
         if let Some(gov) = &state.governance {
             let weak = Arc::downgrade(&state.0);

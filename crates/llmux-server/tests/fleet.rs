@@ -25,15 +25,27 @@ struct Instance {
     gov: Arc<Governance>,
 }
 
+/// A mock upstream; its state counts (and can steer) what it answers.
+async fn upstream() -> (String, Arc<llmux_mock::MockState>) {
+    let (mock_router, mock) = llmux_mock::app(false);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, mock_router).await.unwrap() });
+    (format!("http://{addr}/v1"), mock)
+}
+
 /// `n` instances of one config, on one database, their limits shared through `redis`.
 async fn fleet(n: usize, redis: &str) -> (Vec<Instance>, reqwest::Client) {
-    let (mock_router, _mock) = llmux_mock::app(false);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let mock_addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, mock_router).await.unwrap() });
-    let yaml = format!(
-        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"http://{mock_addr}/v1\", api_key: k}}}}]\nrouter_settings: {{num_retries: 0}}\ngeneral_settings: {{master_key: {MASTER}}}\n"
+    let (mock_url, _mock) = upstream().await;
+    let models = format!(
+        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{mock_url}\", api_key: k}}}}]\nrouter_settings: {{num_retries: 0}}\n"
     );
+    fleet_of(n, redis, &models).await
+}
+
+/// `n` instances of `models` (a model_list and router_settings).
+async fn fleet_of(n: usize, redis: &str, models: &str) -> (Vec<Instance>, reqwest::Client) {
+    let yaml = format!("{models}\ngeneral_settings: {{master_key: {MASTER}}}\n");
     let env = std::collections::HashMap::<String, String>::new();
     let db = llmux_store::testing::fresh_postgres_url().await;
     let mut instances = Vec::new();
@@ -335,4 +347,49 @@ async fn changes_on_one_instance_hold_on_the_others_within_a_second() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Issue 18: a deployment one instance cooled down was hammered by the others. A cooldown is
+/// now taken by every instance.
+#[tokio::test]
+async fn a_cooldown_taken_by_one_instance_holds_on_the_others() {
+    let (failing_url, failing) = upstream().await;
+    let (healthy_url, healthy) = upstream().await;
+    failing.set_defaults(json!({"status": 429}));
+    let models = format!(
+        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{failing_url}\", api_key: k}}, model_info: {{id: failing}}}}\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{healthy_url}\", api_key: k}}, model_info: {{id: healthy}}}}\nrouter_settings: {{num_retries: 1, cooldown_time: 30}}\n"
+    );
+    let (fleet, http) = fleet_of(3, &redis_url(), &models).await;
+    let sk = key(&http, &fleet[0], json!({})).await;
+    // Instance 0 meets the rate-limited deployment (retrying on the other) and cools it down.
+    let calls = || {
+        failing
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    for _ in 0..20 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+        if calls() > 0 {
+            break;
+        }
+    }
+    assert!(calls() > 0, "the failing deployment was tried");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the cooldown travels
+    let before = calls();
+    for i in 0..30 {
+        assert_eq!(chat(&http, &fleet[1 + i % 2], &sk).await, 200);
+    }
+    assert_eq!(
+        calls(),
+        before,
+        "the other instances sent nothing to the deployment instance 0 cooled down"
+    );
+    assert!(
+        healthy
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 30
+    );
 }

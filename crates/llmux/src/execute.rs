@@ -534,6 +534,8 @@ impl Run<'_> {
                 error.retry_after,
             ) {
                 tracing::warn!(deployment = %router.deployment(index).id, kind = %error.kind, cooldown_s = cooldown.as_secs_f64(), "deployment cooling down");
+                self.snapshot
+                    .announce_cooldown(&router.deployment(index).id, cooldown);
             }
             let allowed = match self.controls.num_retries {
                 Some(n)

@@ -61,6 +61,35 @@ pub struct Snapshot {
     pub pricing: Arc<pricing::Pricing>,
     /// Upstream answer bytes held in memory (shared by every snapshot of a client).
     pub buffers: Arc<upstream::BufferBudget>,
+    /// Told when a deployment starts cooling down (shared by every snapshot of a client).
+    cooldowns: Arc<Cooldowns>,
+}
+
+/// Told, with the deployment's id and the cooldown's length, when this client starts cooling a
+/// deployment down (a fleet passes it on to its other instances).
+pub type CooldownObserver = Box<dyn Fn(&str, Duration) + Send + Sync>;
+
+/// Where a client's cooldown observer is kept (set at most once).
+#[derive(Default)]
+pub(crate) struct Cooldowns(std::sync::OnceLock<CooldownObserver>);
+
+impl std::fmt::Debug for Cooldowns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.get().is_some() {
+            "Cooldowns(observed)"
+        } else {
+            "Cooldowns"
+        })
+    }
+}
+
+impl Snapshot {
+    /// Tell the cooldown observer, if any, that `deployment` cools for `duration`.
+    pub(crate) fn announce_cooldown(&self, deployment: &str, duration: Duration) {
+        if let Some(observe) = self.cooldowns.0.get() {
+            observe(deployment, duration);
+        }
+    }
 }
 
 /// Errors that prevent building a client: every diagnostic, at least one of them an error.
@@ -176,6 +205,7 @@ struct Inner {
     snapshot: ArcSwap<Snapshot>,
     pricing: Arc<pricing::Pricing>,
     buffers: Arc<upstream::BufferBudget>,
+    cooldowns: Arc<Cooldowns>,
     clients: upstream::ClientPool,
     stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
@@ -210,12 +240,21 @@ impl Client {
         let stats: Arc<dyn StatsStore> = Arc::new(InMemoryStats::default());
         let pricing = Arc::new(pricing::Pricing::default());
         let buffers = Arc::new(upstream::BufferBudget::default());
-        let (snapshot, diags) =
-            build_snapshot(config, env, &clients, stats.as_ref(), &pricing, &buffers)?;
+        let cooldowns = Arc::new(Cooldowns::default());
+        let (snapshot, diags) = build_snapshot(
+            config,
+            env,
+            &clients,
+            stats.as_ref(),
+            &pricing,
+            &buffers,
+            &cooldowns,
+        )?;
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             pricing,
             buffers,
+            cooldowns,
             clients,
             stats,
             logs: log::LogEmitter::new(),
@@ -267,6 +306,7 @@ impl Client {
             self.inner.stats.as_ref(),
             &self.inner.pricing,
             &self.inner.buffers,
+            &self.inner.cooldowns,
         )?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
@@ -297,6 +337,26 @@ impl Client {
         execute::execute(&self.inner.logs, snapshot, op, input, options).await
     }
 
+    /// Be told when this client starts cooling a deployment down (set once; a fleet passes it
+    /// on to its other instances).
+    pub fn on_cooldown(&self, observe: impl Fn(&str, Duration) + Send + Sync + 'static) {
+        let _ = self.inner.cooldowns.0.set(Box::new(observe));
+    }
+
+    /// Cool deployment `id` for `duration` (another instance of the fleet saw it fail), without
+    /// telling the observer again. `false` when no deployment has that id.
+    pub fn cool_down(&self, id: &str, duration: Duration) -> bool {
+        let snapshot = self.snapshot();
+        let router = &snapshot.router;
+        match router.deployments().iter().position(|d| d.id == id) {
+            Some(index) => {
+                router.stats(index).cool_for(duration);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Every finished request's log record, for sinks and tests. Records are dropped for a
     /// receiver that falls more than a few thousand behind; the request path never waits on it.
     pub fn subscribe(&self) -> tokio::sync::broadcast::Receiver<Arc<RequestLog>> {
@@ -311,6 +371,7 @@ fn build_snapshot(
     stats: &dyn StatsStore,
     pricing: &Arc<pricing::Pricing>,
     buffers: &Arc<upstream::BufferBudget>,
+    cooldowns: &Arc<Cooldowns>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
     let mut diags = Vec::new();
     let mut router = Router::build(&config, env, stats, &mut diags);
@@ -332,6 +393,7 @@ fn build_snapshot(
             clients,
             pricing: Arc::clone(pricing),
             buffers: Arc::clone(buffers),
+            cooldowns: Arc::clone(cooldowns),
         },
         diags,
     ))

@@ -55,6 +55,7 @@ pub struct Governance {
     /// in-process `limiter` counts when it is not, or while Redis does not answer.
     shared: std::sync::OnceLock<Arc<shared::SharedLimiter>>,
     on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
+    on_cooldown: std::sync::OnceLock<llmux::CooldownObserver>,
     pub writer: SpendWriter,
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
@@ -164,6 +165,16 @@ impl Governance {
         let gov = Arc::downgrade(self);
         limiter.listen(move |message| {
             let Some(gov) = gov.upgrade() else { return };
+            // `cooldown:<ms>:<deployment id>`: another instance cooled a deployment down.
+            if let Some(rest) = message.strip_prefix("cooldown:") {
+                if let (Some((ms, id)), Some(cool)) = (rest.split_once(':'), gov.on_cooldown.get())
+                {
+                    if let Ok(ms) = ms.parse::<u64>() {
+                        cool(id, Duration::from_millis(ms));
+                    }
+                }
+                return;
+            }
             let Some((kind, id)) = message.split_once(':') else {
                 return;
             };
@@ -182,6 +193,11 @@ impl Governance {
     /// What to run when another instance changed the database's models.
     pub fn on_models_changed(&self, reload: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_models_changed.set(Box::new(reload));
+    }
+
+    /// What to run when another instance cooled a deployment down (id, for how long).
+    pub fn on_remote_cooldown(&self, cool: impl Fn(&str, Duration) + Send + Sync + 'static) {
+        let _ = self.on_cooldown.set(Box::new(cool));
     }
 
     /// The fleet's limiter, if one is in use.
@@ -205,6 +221,7 @@ impl Governance {
             limiter: Arc::new(InMemoryLimiter::default()),
             shared: std::sync::OnceLock::new(),
             on_models_changed: std::sync::OnceLock::new(),
+            on_cooldown: std::sync::OnceLock::new(),
             writer,
             master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
             objects: std::array::from_fn(|_| {

@@ -1135,14 +1135,21 @@ pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result
         ("organization", p.organization.as_deref()),
     ];
     for (whose, holder) in lists {
-        let Some(holder) = holder else { continue };
-        let allowed = strings(&holder.data, "models");
-        if !list_allows(client, &allowed, model) {
+        // Most holders restrict nothing: their list is looked at in place, not copied.
+        let Some(allowed) = holder
+            .and_then(|h| h.data.get("models"))
+            .and_then(Value::as_array)
+            .filter(|a| !a.is_empty())
+        else {
+            continue;
+        };
+        if !list_allows(client, allowed, model) {
+            let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
             return Err(GatewayError::new(
                 ErrorKind::PermissionDenied,
                 format!(
                     "This key is not allowed to use model `{model}` (its {whose} allows: {}).",
-                    allowed.join(", ")
+                    names.join(", ")
                 ),
             )
             .with_param("model")
@@ -1157,8 +1164,9 @@ pub fn may_use_model(client: &Client, p: &Principal, model: &str) -> bool {
     check_model_access(client, p, model).is_ok()
 }
 
-fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
-    if allowed.is_empty() || allowed.iter().any(|m| m == "all-proxy-models" || m == "*") {
+fn list_allows(client: &Client, allowed: &[Value], model: &str) -> bool {
+    let allowed = || allowed.iter().filter_map(Value::as_str);
+    if allowed().any(|m| m == "all-proxy-models" || m == "*") {
         return true;
     }
     let matches = |pattern: &str| {
@@ -1167,7 +1175,7 @@ fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
                 .strip_suffix('*')
                 .is_some_and(|prefix| model.starts_with(prefix))
     };
-    if allowed.iter().any(|m| matches(m)) {
+    if allowed().any(matches) {
         return true;
     }
     let snapshot = client.snapshot();
@@ -1184,7 +1192,7 @@ fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
             .get("access_groups");
         groups.and_then(Value::as_array).is_some_and(|g| {
             g.iter()
-                .any(|v| v.as_str().is_some_and(|g| allowed.iter().any(|a| a == g)))
+                .any(|v| v.as_str().is_some_and(|g| allowed().any(|a| a == g)))
         })
     })
 }

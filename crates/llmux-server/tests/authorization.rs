@@ -556,10 +556,7 @@ async fn a_team_admin_cannot_mint_rights_above_their_own() {
         assert_eq!(s, 403, "{who}: {v}");
     }
     // A member's key made by the team admin acts as an internal user, within the team only.
-    let admin1_key = h.admin("/key/generate", json!({"user_id": "member"})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let admin1_key = h.new_key(json!({"user_id": "member"})).await;
     let (s, v) = status_of(
         h.post_as(
             tl,
@@ -602,17 +599,14 @@ async fn a_team_admin_cannot_mint_rights_above_their_own() {
     // The member's personal key still works: the team admin's key took nothing over.
     assert_eq!(h.chat_as(&admin1_key, "mock-model").await.status(), 200);
     let listed: Value = h
-        .get_as(&minted, "/key/list?return_full_object=true")
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&minted, "/key/list?return_full_object=true")
+        .await;
     let listed = listed["keys"].as_array().unwrap();
     assert!(
         !listed.is_empty() && listed.iter().all(|k| k["team_id"] == json!(t)),
         "sees only the team's keys: {listed:?}"
     );
-    let info: Value = h.get_as(&minted, "/user/info").await.json().await.unwrap();
+    let info: Value = h.get_json(&minted, "/user/info").await;
     assert!(
         info["keys"]
             .as_array()
@@ -622,12 +616,7 @@ async fn a_team_admin_cannot_mint_rights_above_their_own() {
         "{info}"
     );
     // The team admin is still an internal user.
-    let me: Value = h
-        .get_as(MASTER, "/user/info?user_id=team_admin")
-        .await
-        .json()
-        .await
-        .unwrap();
+    let me: Value = h.get_json(MASTER, "/user/info?user_id=team_admin").await;
     assert_eq!(me["user_info"]["user_role"], "internal_user");
 }
 
@@ -677,12 +666,7 @@ async fn a_keys_holder_cannot_lift_what_a_higher_role_set() {
     .await;
     assert_eq!(s, 200, "{v}");
     // Nothing changed the limits.
-    let info: Value = h
-        .get_as(MASTER, &format!("/key/info?key={sk}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let info: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
     assert_eq!(info["info"]["max_budget"], 0.01);
     assert_eq!(info["info"]["rpm_limit"], 1);
     assert_eq!(info["info"]["models"], json!(["mock-model"]));
@@ -726,12 +710,7 @@ async fn a_keys_holder_cannot_lift_what_a_higher_role_set() {
         "never outlives the creating key"
     );
     assert_eq!(child["limits_set_by"], "proxy_admin");
-    let parent: Value = h
-        .get_as(MASTER, &format!("/key/info?key={sk}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let parent: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
     assert!(
         (parent["info"]["max_budget"].as_f64().unwrap() - 0.006).abs() < 1e-12,
         "{parent}"
@@ -750,10 +729,7 @@ async fn a_keys_holder_cannot_lift_what_a_higher_role_set() {
     assert_eq!(s, 403);
 
     // Blocked by the master key: another of alice's keys cannot unblock it.
-    let other = h.admin("/key/generate", json!({"user_id": "alice"})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let other = h.new_key(json!({"user_id": "alice"})).await;
     h.admin("/key/block", json!({"key": sk})).await;
     let (s, v) = status_of(h.post_as(&sk, "/key/unblock", &json!({"key": sk})).await).await;
     assert_eq!(s, 401, "a blocked key does not authenticate: {v}");
@@ -811,12 +787,7 @@ async fn a_keys_holder_cannot_lift_what_a_higher_role_set() {
             "{change}"
         );
     }
-    let team: Value = h
-        .get_as(MASTER, &format!("/team/info?team_id={t}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let team: Value = h.get_json(MASTER, &format!("/team/info?team_id={t}")).await;
     assert_eq!(team["team_info"]["max_budget"], 1);
     assert_eq!(team["team_info"]["blocked"], true);
 }
@@ -833,23 +804,12 @@ async fn model_access_is_the_intersection_and_listings_follow_it() {
         .unwrap()
         .to_owned();
     let sk = h
-        .admin(
-            "/key/generate",
-            json!({"team_id": t, "models": ["other-model"]}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .new_key(json!({"team_id": t, "models": ["other-model"]}))
+        .await;
     let (s, v) = status_of(h.chat_as(&sk, "other-model").await).await;
     assert_eq!(s, 403, "the team does not allow it: {v}");
-    let one = h
-        .admin("/key/generate", json!({"models": ["mock-model"]}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let listed: Value = h.get_as(&one, "/v1/models").await.json().await.unwrap();
+    let one = h.new_key(json!({"models": ["mock-model"]})).await;
+    let listed: Value = h.get_json(&one, "/v1/models").await;
     let ids: Vec<&str> = listed["data"]
         .as_array()
         .unwrap()
@@ -859,7 +819,7 @@ async fn model_access_is_the_intersection_and_listings_follow_it() {
     assert_eq!(ids, vec!["mock-model"]);
     assert_eq!(h.get_as(&one, "/v1/models/mock-model").await.status(), 200);
     assert_eq!(h.get_as(&one, "/v1/models/other-model").await.status(), 404);
-    let info: Value = h.get_as(&one, "/model/info").await.json().await.unwrap();
+    let info: Value = h.get_json(&one, "/model/info").await;
     let data = info["data"].as_array().unwrap();
     assert_eq!(data.len(), 1, "{info}");
     assert_eq!(data[0]["model_name"], "mock-model");
@@ -868,10 +828,10 @@ async fn model_access_is_the_intersection_and_listings_follow_it() {
         "where a model is served is an admin's business: {info}"
     );
     // Admins see everything, with api_base.
-    let all: Value = h.get_as(MASTER, "/model/info").await.json().await.unwrap();
+    let all: Value = h.get_json(MASTER, "/model/info").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
     assert!(all["data"][0]["litellm_params"]["api_base"].is_string());
-    let all: Value = h.get_as(MASTER, "/v1/models").await.json().await.unwrap();
+    let all: Value = h.get_json(MASTER, "/v1/models").await;
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
 }
 
@@ -888,14 +848,8 @@ async fn minted_and_regenerated_keys_keep_every_limit() {
     .await;
     // Twenty concurrent mints from a key with 10 to spend never hand out more than 10.
     let parent = h
-        .admin(
-            "/key/generate",
-            json!({"user_id": "bob", "max_budget": 10.0}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .new_key(json!({"user_id": "bob", "max_budget": 10.0}))
+        .await;
     let ask = json!({"max_budget": 1.5});
     let answers =
         futures_util::future::join_all((0..20).map(|_| h.post_as(&parent, "/key/generate", &ask)))
@@ -909,12 +863,7 @@ async fn minted_and_regenerated_keys_keep_every_limit() {
             assert!(s == 403 || s == 429, "{s} {v}");
         }
     }
-    let left: Value = h
-        .get_as(MASTER, &format!("/key/info?key={parent}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+    let left: Value = h.get_json(MASTER, &format!("/key/info?key={parent}")).await;
     let left = left["info"]["max_budget"].as_f64().unwrap();
     assert!(granted > 0.0);
     assert!(
@@ -924,12 +873,7 @@ async fn minted_and_regenerated_keys_keep_every_limit() {
     assert!(granted <= 10.0 + 1e-9);
 
     // A child shares its parent's rpm window.
-    let limited = h
-        .admin("/key/generate", json!({"user_id": "bob", "rpm_limit": 2}))
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let limited = h.new_key(json!({"user_id": "bob", "rpm_limit": 2})).await;
     let child = h
         .post_as(&limited, "/key/generate", &json!({}))
         .await
@@ -976,40 +920,22 @@ async fn minted_and_regenerated_keys_keep_every_limit() {
 
     // allowed_routes narrows what a key may call.
     let llm_only = h
-        .admin(
-            "/key/generate",
-            json!({"user_id": "bob", "allowed_routes": ["llm_api_routes"]}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .new_key(json!({"user_id": "bob", "allowed_routes": ["llm_api_routes"]}))
+        .await;
     assert_eq!(h.chat_as(&llm_only, "mock-model").await.status(), 200);
     assert_eq!(h.get_as(&llm_only, "/v1/models").await.status(), 200);
     let (s, v) = status_of(h.get_as(&llm_only, "/key/info").await).await;
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["error"]["code"], "route_not_allowed");
     let info_only = h
-        .admin(
-            "/key/generate",
-            json!({"user_id": "bob", "allowed_routes": ["/key/info"]}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .new_key(json!({"user_id": "bob", "allowed_routes": ["/key/info"]}))
+        .await;
     assert_eq!(h.get_as(&info_only, "/key/info").await.status(), 200);
     assert_eq!(h.chat_as(&info_only, "mock-model").await.status(), 403);
     // Listing a management route never lifts the role's own rules.
     let listed = h
-        .admin(
-            "/key/generate",
-            json!({"user_id": "bob", "allowed_routes": ["/user/list", "management_routes"]}),
-        )
-        .await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        .new_key(json!({"user_id": "bob", "allowed_routes": ["/user/list", "management_routes"]}))
+        .await;
     assert_eq!(h.get_as(&listed, "/user/list").await.status(), 403);
 
     // A per-model budget is refused rather than stored and ignored.
@@ -1031,10 +957,7 @@ async fn smaller_holes_stay_closed() {
     let w = world(Db::Sqlite).await;
     let h = &w.h;
     // A key without a user cannot list users' spend.
-    let service = h.admin("/key/generate", json!({})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let service = h.new_key(json!({})).await;
     assert_eq!(h.get_as(&service, "/spend/users").await.status(), 403);
     // An organization's model list restricts its teams' keys.
     let org = h
@@ -1047,10 +970,7 @@ async fn smaller_holes_stay_closed() {
         .as_str()
         .unwrap()
         .to_owned();
-    let in_org = h.admin("/key/generate", json!({"team_id": t})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let in_org = h.new_key(json!({"team_id": t})).await;
     assert_eq!(h.chat_as(&in_org, "mock-model").await.status(), 200);
     assert_eq!(h.chat_as(&in_org, "other-model").await.status(), 403);
     // A plain member sees the team but only their own keys in it.
@@ -1066,20 +986,14 @@ async fn smaller_holes_stay_closed() {
     )
     .await;
     let info: Value = h
-        .get_as(&w.keys[4].0, &format!("/team/info?team_id={team_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&w.keys[4].0, &format!("/team/info?team_id={team_id}"))
+        .await;
     let keys = info["keys"].as_array().unwrap();
     assert_eq!(keys.len(), 1, "{info}");
     assert_eq!(keys[0]["user_id"], "member");
     let info: Value = h
-        .get_as(&w.keys[3].0, &format!("/team/info?team_id={team_id}"))
-        .await
-        .json()
-        .await
-        .unwrap();
+        .get_json(&w.keys[3].0, &format!("/team/info?team_id={team_id}"))
+        .await;
     assert_eq!(
         info["keys"].as_array().unwrap().len(),
         2,
@@ -1092,14 +1006,11 @@ async fn smaller_holes_stay_closed() {
     )
     .await;
     let left: Value = h
-        .get_as(
+        .get_json(
             MASTER,
             &format!("/key/list?team_id={team_id}&user_id=member"),
         )
-        .await
-        .json()
-        .await
-        .unwrap();
+        .await;
     assert_eq!(left["total_count"], 0, "{left}");
     // A role llmux does not know reads at most.
     h.admin(
@@ -1107,10 +1018,7 @@ async fn smaller_holes_stay_closed() {
         json!({"user_id": "odd", "auto_create_key": false}),
     )
     .await;
-    let odd = h.admin("/key/generate", json!({"user_id": "odd"})).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let odd = h.new_key(json!({"user_id": "odd"})).await;
     let gov = h.gov.as_ref().unwrap();
     let mut user = gov
         .store

@@ -22,10 +22,7 @@ router_settings: {num_retries: 0}
 "#;
 
 async fn key(h: &Harness, body: Value) -> String {
-    h.admin("/key/generate", body).await["key"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    h.new_key(body).await
 }
 
 #[tokio::test]
@@ -78,12 +75,7 @@ async fn the_litellm_key_workflow_works_on_both_backends() {
         );
 
         // /key/info shows the spend at once; /spend/logs once written.
-        let info: Value = h
-            .get_as(MASTER, &format!("/key/info?key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
         assert!(
             (info["info"]["spend"].as_f64().unwrap() - cost).abs() < 1e-12,
             "{db:?}: {info}"
@@ -92,11 +84,8 @@ async fn the_litellm_key_workflow_works_on_both_backends() {
         assert_eq!(info["info"]["metadata"]["team"], "core");
         h.flush_spend().await;
         let logs: Value = h
-            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await;
         let logs = logs.as_array().unwrap();
         // One row per request that reached a model; a refusal at the gate spends nothing and is
         // not logged.
@@ -111,11 +100,11 @@ async fn the_litellm_key_workflow_works_on_both_backends() {
         assert!((ok["spend"].as_f64().unwrap() - cost).abs() < 1e-12);
 
         // The key can read its own info without naming itself.
-        let own: Value = h.get_as(&sk, "/key/info").await.json().await.unwrap();
+        let own: Value = h.get_json(&sk, "/key/info").await;
         assert_eq!(own["info"]["key_alias"], "ci-key", "{db:?}");
 
         // List, update, block, unblock, regenerate, delete.
-        let list: Value = h.get_as(MASTER, "/key/list").await.json().await.unwrap();
+        let list: Value = h.get_json(MASTER, "/key/list").await;
         assert_eq!(list["total_count"], 1, "{db:?}");
         h.admin(
             "/key/update",
@@ -381,11 +370,8 @@ async fn roles_are_checked_on_every_management_route() {
         }
         // A user's listing holds only their own keys; its spend logs only their requests.
         let mine: Value = h
-            .get_as(&keys[2], "/key/list?return_full_object=true")
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(&keys[2], "/key/list?return_full_object=true")
+            .await;
         assert!(
             mine["keys"]
                 .as_array()
@@ -452,12 +438,7 @@ async fn a_hundred_concurrent_requests_cannot_overspend_a_small_budget() {
             "{db:?}: {ok} answers spent {spent_by_answers}"
         );
         h.flush_spend().await;
-        let info: Value = h
-            .get_as(MASTER, &format!("/key/info?key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
         let stored = h
             .gov
             .as_ref()
@@ -512,12 +493,7 @@ async fn budgets_reset_at_their_period_boundaries() {
         h.clock
             .fetch_add(1_001, std::sync::atomic::Ordering::SeqCst);
         assert_eq!(gov.run_budget_resets().await.unwrap(), 1, "{db:?}");
-        let info: Value = h
-            .get_as(MASTER, &format!("/key/info?key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
         assert_eq!(info["info"]["spend"], 0.0, "{db:?}: {info}");
         assert_eq!(
             h.post_as(&sk, "/v1/chat/completions", &body).await.status(),
@@ -641,21 +617,13 @@ async fn user_team_and_end_user_budgets_apply_to_keys() {
         // Spend rolls up to the team and the user.
         h.flush_spend().await;
         let info: Value = h
-            .get_as(MASTER, &format!("/team/info?team_id={team_id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/team/info?team_id={team_id}"))
+            .await;
         assert!(
             info["team_info"]["spend"].as_f64().unwrap() > 0.0,
             "{db:?}: {info}"
         );
-        let info: Value = h
-            .get_as(MASTER, "/user/info?user_id=ub")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(MASTER, "/user/info?user_id=ub").await;
         assert!(info["user_info"]["spend"].as_f64().unwrap() > 0.0);
         assert_eq!(info["keys"].as_array().unwrap().len(), 1);
     }
@@ -747,11 +715,8 @@ async fn spend_matches_the_pricing_fixture_and_rolls_up() {
         }
         h.flush_spend().await;
         let logs: Value = h
-            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await;
         let total: f64 = logs
             .as_array()
             .unwrap()
@@ -762,35 +727,20 @@ async fn spend_matches_the_pricing_fixture_and_rolls_up() {
             (total - expected).abs() < 1e-12,
             "{db:?}: {total} vs {expected}"
         );
-        let global: Value = h
-            .get_as(MASTER, "/global/spend")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let global: Value = h.get_json(MASTER, "/global/spend").await;
         assert!(
             (global["spend"].as_f64().unwrap() - expected).abs() < 1e-12,
             "{db:?}: {global}"
         );
-        let models: Value = h
-            .get_as(MASTER, "/global/spend/models")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let models: Value = h.get_json(MASTER, "/global/spend/models").await;
         assert_eq!(models[0]["model"], "gpt-4o");
-        let tags: Value = h.get_as(MASTER, "/spend/tags").await.json().await.unwrap();
+        let tags: Value = h.get_json(MASTER, "/spend/tags").await;
         assert_eq!(
             tags["spend_per_tag"][0]["individual_request_tag"], "prod",
             "{db:?}: {tags}"
         );
         assert_eq!(tags["spend_per_tag"][0]["log_count"], 3);
-        let keys: Value = h
-            .get_as(MASTER, "/global/spend/keys?limit=5")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let keys: Value = h.get_json(MASTER, "/global/spend/keys?limit=5").await;
         assert!((keys[0]["total_spend"].as_f64().unwrap() - expected).abs() < 1e-12);
     }
 }
@@ -808,7 +758,7 @@ async fn models_added_through_the_api_route_without_a_restart() {
             "secrets are not returned"
         );
         assert_eq!(h.chat_as(MASTER, "fresh").await.status(), 200, "{db:?}");
-        let info: Value = h.get_as(MASTER, "/model/info").await.json().await.unwrap();
+        let info: Value = h.get_json(MASTER, "/model/info").await;
         assert!(info["data"]
             .as_array()
             .unwrap()
@@ -848,11 +798,8 @@ async fn organizations_budgets_and_members() {
         )
         .await;
         let info: Value = h
-            .get_as(MASTER, &format!("/team/info?team_id={team_id}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/team/info?team_id={team_id}"))
+            .await;
         assert_eq!(
             info["team_info"]["members_with_roles"]
                 .as_array()
@@ -861,12 +808,7 @@ async fn organizations_budgets_and_members() {
             2,
             "{db:?}"
         );
-        let user: Value = h
-            .get_as(MASTER, "/user/info?user_id=dev")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let user: Value = h.get_json(MASTER, "/user/info?user_id=dev").await;
         assert_eq!(user["user_info"]["teams"], json!([team_id]));
         // The team admin manages the team's keys; a plain member does not.
         let lead = h.admin("/user/new", json!({"user_id": "lead"})).await["key"]
@@ -888,14 +830,11 @@ async fn organizations_budgets_and_members() {
         )
         .await;
         let org_info: Value = h
-            .get_as(
+            .get_json(
                 MASTER,
                 &format!("/organization/info?organization_id={org_id}"),
             )
-            .await
-            .json()
-            .await
-            .unwrap();
+            .await;
         assert_eq!(org_info["teams"].as_array().unwrap().len(), 1);
         let r = h
             .http
@@ -906,12 +845,7 @@ async fn organizations_budgets_and_members() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let list: Value = h
-            .get_as(MASTER, "/organization/list")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let list: Value = h.get_json(MASTER, "/organization/list").await;
         assert_eq!(list[0]["max_budget"], 5);
         // Shared budgets.
         h.admin(
@@ -935,7 +869,7 @@ async fn organizations_budgets_and_members() {
             400,
             "{db:?}: the shared budget applies"
         );
-        let budgets: Value = h.get_as(MASTER, "/budget/list").await.json().await.unwrap();
+        let budgets: Value = h.get_json(MASTER, "/budget/list").await;
         assert_eq!(budgets.as_array().unwrap().len(), 1);
         let deleted = h
             .http
@@ -1040,11 +974,8 @@ async fn streamed_requests_are_charged() {
         assert!(text.ends_with("data: [DONE]\n\n") && !text.contains("\"usage\""));
         h.flush_spend().await;
         let logs: Value = h
-            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await;
         let row = &logs[0];
         assert_eq!(row["completion_tokens"], 20, "{db:?}: {row}");
         let expected = row["prompt_tokens"].as_f64().unwrap() * 0.001 + 20.0 * 0.002;
@@ -1097,24 +1028,16 @@ async fn reused_client_request_ids_never_collapse_spend_logs() {
         assert_eq!(own_ids.len(), 11, "{db:?}");
         h.flush_spend().await;
         let rows: Value = h
-            .get_as(MASTER, "/spend/logs?client_request_id=reused-id")
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, "/spend/logs?client_request_id=reused-id")
+            .await;
         let rows = rows.as_array().unwrap();
         assert_eq!(rows.len(), 11, "{db:?}: {rows:?}");
         let logged: f64 = rows.iter().map(|r| r["spend"].as_f64().unwrap()).sum();
         assert!((logged - total).abs() < 1e-9, "{db:?}: {logged} vs {total}");
-        let b_rows: Value = h.get_as(&b, "/spend/logs").await.json().await.unwrap();
+        let b_rows: Value = h.get_json(&b, "/spend/logs").await;
         assert_eq!(b_rows.as_array().unwrap().len(), 1, "{db:?}: {b_rows}");
         assert_eq!(b_rows[0]["client_request_id"], "reused-id");
-        let global: Value = h
-            .get_as(MASTER, "/global/spend")
-            .await
-            .json()
-            .await
-            .unwrap();
+        let global: Value = h.get_json(MASTER, "/global/spend").await;
         assert!(
             (global["spend"].as_f64().unwrap() - total).abs() < 1e-9,
             "{db:?}: {global}"
@@ -1220,11 +1143,8 @@ async fn abandoned_streams_are_billed_for_what_was_delivered() {
         assert!(!seen.contains("\"usage\""), "left before the usage chunk");
         h.flush_spend().await;
         let logs: Value = h
-            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await;
         let row = &logs[0];
         assert_eq!(row["error_kind"], "client_disconnected", "{db:?}: {row}");
         let prompt = row["prompt_tokens"].as_u64().unwrap();
@@ -1240,7 +1160,7 @@ async fn abandoned_streams_are_billed_for_what_was_delivered() {
             ("/user/info?user_id=leaver".to_owned(), "/user_info/spend"),
             (format!("/team/info?team_id={t}"), "/team_info/spend"),
         ] {
-            let v: Value = h.get_as(MASTER, &path).await.json().await.unwrap();
+            let v: Value = h.get_json(MASTER, &path).await;
             let got = v.pointer(pick).and_then(Value::as_f64).unwrap();
             assert!((got - spend).abs() < 1e-12, "{db:?} {path}: {v}");
         }
@@ -1277,12 +1197,7 @@ async fn budgets_hold_when_the_upstream_ignores_max_tokens() {
         let admitted = answers.iter().filter(|a| a.0).count();
         let cut = answers.iter().filter(|a| a.1).count();
         h.flush_spend().await;
-        let info: Value = h
-            .get_as(MASTER, &format!("/key/info?key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+        let info: Value = h.get_json(MASTER, &format!("/key/info?key={sk}")).await;
         (info["info"]["spend"].as_f64().unwrap(), admitted, cut)
     }
     for db in BACKENDS {
@@ -1406,11 +1321,8 @@ async fn control_characters_never_wedge_the_spend_writer() {
         assert_eq!(h.chat_as(&sk, "cheap").await.status(), 200);
         h.flush_spend().await;
         let rows: Value = h
-            .get_as(MASTER, &format!("/spend/logs?api_key={sk}"))
-            .await
-            .json()
-            .await
-            .unwrap();
+            .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+            .await;
         assert!(
             rows.as_array()
                 .unwrap()

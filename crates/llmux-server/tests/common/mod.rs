@@ -248,6 +248,19 @@ impl Harness {
             .unwrap()
     }
 
+    /// GET with a bearer key; the answer's JSON.
+    pub async fn get_json(&self, key: &str, path: &str) -> Value {
+        self.get_as(key, path).await.json().await.unwrap()
+    }
+
+    /// A new key made by the master key (its secret).
+    pub async fn new_key(&self, body: Value) -> String {
+        self.admin("/key/generate", body).await["key"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// POST as the master key and return the JSON answer, asserting a 200.
     pub async fn admin(&self, path: &str, body: Value) -> Value {
         let r = self.post_as(MASTER, path, &body).await;

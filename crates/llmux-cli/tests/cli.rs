@@ -15,6 +15,18 @@ fn shared(path: &str) -> String {
     )
 }
 
+/// The spend-log rows of `key`, read through the management API as the master key.
+async fn spend_logs(http: &reqwest::Client, url: &str, key: &str, limit: u32) -> serde_json::Value {
+    http.get(format!("{url}/spend/logs?api_key={key}&limit={limit}"))
+        .bearer_auth("sk-master")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn write_config(text: &str) -> tempfile::NamedTempFile {
     let mut file = tempfile::Builder::new().suffix(".yaml").tempfile().unwrap();
     file.write_all(text.as_bytes()).unwrap();
@@ -429,18 +441,7 @@ async fn no_spend_is_lost_across_a_graceful_restart_under_load() {
         );
 
         let server = start_server(config.path(), &[]).await;
-        let logs: serde_json::Value = http
-            .get(format!(
-                "{}/spend/logs?api_key={key}&limit=1000",
-                server.url
-            ))
-            .bearer_auth("sk-master")
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let logs: serde_json::Value = spend_logs(&http, &server.url, &key, 1000).await;
         let logs = logs.as_array().unwrap();
         let succeeded = logs.iter().filter(|l| l["status"] == "success").count();
         assert_eq!(
@@ -604,18 +605,7 @@ async fn crash_under_load(
     server.child.wait().unwrap();
     let answered: std::collections::HashSet<String> = answered.into_iter().flatten().collect();
     let server = start_server(config.path(), &[]).await;
-    let logs: serde_json::Value = http
-        .get(format!(
-            "{}/spend/logs?api_key={key}&limit=100000",
-            server.url
-        ))
-        .bearer_auth("sk-master")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let logs: serde_json::Value = spend_logs(&http, &server.url, &key, 100000).await;
     let rows = logs
         .as_array()
         .unwrap()

@@ -81,7 +81,7 @@ impl AppState {
             .map_err(|e| e.message().to_owned())?;
         // A deployment one instance cools down is cooled on every other (fleet-wide cooldowns).
         if let Some(gov) = &state.governance {
-            if let Some(limiter) = gov.shared_limiter() {
+            if let Some(limiter) = gov.shared_state() {
                 let limiter = Arc::clone(limiter);
                 state.client.on_cooldown(move |id, duration| {
                     limiter.publish_invalidation(format!("cooldown:{}:{id}", duration.as_millis()));
@@ -556,7 +556,7 @@ async fn readiness(State(state): State<AppState>) -> Response {
         "models": state.client.snapshot().router.deployments().len(),
         // The fleet's shared rate limits: `shared`, or `degraded` (counted per instance while
         // Redis does not answer); null without Redis.
-        "redis": state.governance.as_ref().and_then(|g| g.shared_limiter()).map(|l| {
+        "redis": state.governance.as_ref().and_then(|g| g.shared_state()).map(|l| {
             if l.degraded() { "degraded" } else { "shared" }
         }),
     });

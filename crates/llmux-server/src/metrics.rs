@@ -37,7 +37,7 @@ impl Collector for Counters {
             "Requests priced at 0 because their model has no price",
             self.client.pricing().unpriced_requests(),
         )?;
-        if let Some(limiter) = self.governance.as_ref().and_then(|g| g.shared_limiter()) {
+        if let Some(limiter) = self.governance.as_ref().and_then(|g| g.shared_state()) {
             counter(
                 &mut encoder,
                 "llmux_redis_fallbacks",

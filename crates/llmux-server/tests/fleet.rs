@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmux_server::governance::shared::SharedLimiter;
+use llmux_server::governance::shared::SharedState;
 use llmux_server::governance::Governance;
 use llmux_server::{build_router, AppState};
 use serde_json::{json, Value};
@@ -55,8 +55,8 @@ async fn fleet_of(n: usize, redis: &str, models: &str) -> (Vec<Instance>, reqwes
         let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap();
         let store = llmux_store::Store::open(&db).await.unwrap();
         let gov = Governance::with_store(store, &config, Arc::new(llmux_store::now_ms));
-        gov.use_shared_limiter(
-            SharedLimiter::connect(redis, Duration::from_millis(50))
+        gov.use_shared_state(
+            SharedState::connect(redis, Duration::from_millis(50))
                 .await
                 .unwrap(),
         );
@@ -200,7 +200,7 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
         "each request waited at most the deadline: {:?}",
         started.elapsed()
     );
-    let limiter = fleet[0].gov.shared_limiter().unwrap();
+    let limiter = fleet[0].gov.shared_state().unwrap();
     assert!(limiter.degraded());
     assert!(limiter.fallbacks.load(std::sync::atomic::Ordering::Relaxed) > 0);
     let ready: Value = http
@@ -392,4 +392,305 @@ async fn a_cooldown_taken_by_one_instance_holds_on_the_others() {
             .load(std::sync::atomic::Ordering::Relaxed)
             >= 30
     );
+}
+
+/// A fleet whose model has a price (input $0.001, output $0.002 a token).
+async fn priced_fleet(n: usize) -> (Vec<Instance>, reqwest::Client) {
+    let (mock_url, _mock) = upstream().await;
+    let models = format!(
+        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{mock_url}\", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}}}]\nrouter_settings: {{num_retries: 0}}\n"
+    );
+    fleet_of(n, &redis_url(), &models).await
+}
+
+/// A capped chat request: its status, what it cost (`x-litellm-response-cost`) and its body.
+async fn priced_chat(http: &reqwest::Client, at: &Instance, key: &str) -> (u16, f64, Value) {
+    let r = http
+        .post(format!("{}/v1/chat/completions", at.url))
+        .bearer_auth(key)
+        .json(&json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let cost = r
+        .headers()
+        .get("x-litellm-response-cost")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    (status, cost, r.json().await.unwrap_or(Value::Null))
+}
+
+async fn key_spend(http: &reqwest::Client, at: &Instance, sk: &str) -> f64 {
+    let info: Value = http
+        .get(format!("{}/key/info", at.url))
+        .bearer_auth(MASTER)
+        .query(&[("key", sk)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    info["info"]["spend"].as_f64().unwrap_or(-1.0)
+}
+
+/// Issue 18: each instance kept its own budget reservations, so three instances could spend a
+/// budget three times over. Spent through all three at once, a budget holds as it does on one
+/// instance: admitted while spend plus reservations are below it, so the overspend is at most
+/// one request's cost; then every instance refuses, stating the real spend, and `/key/info`
+/// on any instance shows the fleet's exact spend.
+#[tokio::test]
+async fn a_budget_spent_through_three_instances_holds_as_on_one() {
+    let (fleet, http) = priced_fleet(3).await;
+    let probe = key(&http, &fleet[0], json!({})).await;
+    let (status, one, _) = priced_chat(&http, &fleet[0], &probe).await;
+    assert_eq!(status, 200);
+    assert!(one > 0.0, "the model is priced");
+    let max = one * 6.5;
+    let sk = key(&http, &fleet[0], json!({"max_budget": max})).await;
+    let answers =
+        futures_util::future::join_all((0..30).map(|i| priced_chat(&http, &fleet[i % 3], &sk)))
+            .await;
+    let admitted: Vec<&(u16, f64, Value)> = answers.iter().filter(|a| a.0 == 200).collect();
+    let spent: f64 = admitted.iter().map(|a| a.1).sum();
+    assert!(
+        spent <= max + one + 1e-9,
+        "{} admitted, {spent} spent of {max} (one request costs {one}): one instance's overspend at most",
+        admitted.len()
+    );
+    assert!(
+        admitted.len() >= 2,
+        "reservations of the estimate still let the budget be used: {answers:?}"
+    );
+    for a in answers.iter().filter(|a| a.0 != 200) {
+        assert_eq!(a.0, 400, "{a:?}");
+        assert_eq!(a.2["error"]["code"], "budget_exceeded", "{a:?}");
+    }
+    // Spend until the budget is gone, one request at a time around the fleet.
+    let mut spent = spent;
+    for i in 0..20 {
+        let (status, cost, body) = priced_chat(&http, &fleet[i % 3], &sk).await;
+        if status != 200 {
+            assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+            break;
+        }
+        spent += cost;
+    }
+    assert!(
+        spent >= max - 1e-9,
+        "the whole budget was usable: {spent} of {max}"
+    );
+    assert!(spent <= max + one + 1e-9, "{spent} of {max}");
+    for at in &fleet {
+        let (status, _, body) = priced_chat(&http, at, &sk).await;
+        assert_eq!(status, 400, "{body}");
+        let message = body["error"]["message"].as_str().unwrap_or("");
+        assert!(
+            message.contains(&format!("current spend {spent:.6}"))
+                && message.contains(&format!("max budget {max:.6}")),
+            "the real spend and budget: {message} (spent {spent})"
+        );
+    }
+    for at in &fleet {
+        let seen = key_spend(&http, at, &sk).await;
+        assert!(
+            (seen - spent).abs() < 1e-9,
+            "/key/info at {} says {seen}, the fleet spent {spent}",
+            at.url
+        );
+    }
+}
+
+/// Issue 18: a fresh key with a budget smaller than one request's estimate refused its very
+/// first request. Through a fleet it answers it (on any instance), the next is refused on
+/// every instance, and an administrator setting the spend back on one instance reopens it on
+/// the others at once.
+#[tokio::test]
+async fn a_small_budget_answers_its_first_request_and_a_reset_reaches_every_instance() {
+    let (fleet, http) = priced_fleet(3).await;
+    let sk = key(&http, &fleet[0], json!({"max_budget": 0.0005})).await;
+    let (status, cost, body) = priced_chat(&http, &fleet[1], &sk).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        cost > 0.0005,
+        "this request costs more than the whole budget: {cost}"
+    );
+    for at in &fleet {
+        let (status, _, body) = priced_chat(&http, at, &sk).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains(&format!("current spend {cost:.6}, max budget 0.000500")),
+            "{body}"
+        );
+    }
+    let r = http
+        .post(format!("{}/key/update", fleet[2].url))
+        .bearer_auth(MASTER)
+        .json(&json!({"key": sk, "spend": 0.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (status, _, body) = priced_chat(&http, &fleet[0], &sk).await;
+    assert_eq!(
+        status, 200,
+        "the reset holds on another instance at once: {body}"
+    );
+}
+
+/// A request that fails upstream, or whose client leaves mid-stream, gives its reservation
+/// back fleet-wide: a budget with room for one request at a time serves the next one.
+#[tokio::test]
+async fn reservations_are_released_on_failure_and_on_client_disconnect() {
+    let (fleet, http) = priced_fleet(2).await;
+    let sk = key(&http, &fleet[0], json!({"max_budget": 1.0})).await;
+    // Fails upstream: nothing spent, nothing left reserved.
+    let failed = http
+        .post(format!("{}/v1/chat/completions", fleet[0].url))
+        .bearer_auth(&sk)
+        .json(&json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}], "mock_options": {"status": 500}}))
+        .send()
+        .await
+        .unwrap();
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+    // A stream the client leaves after its first chunk.
+    let mut stream = http
+        .post(format!("{}/v1/chat/completions", fleet[1].url))
+        .bearer_auth(&sk)
+        .json(&json!({"model": "m", "max_tokens": 16, "stream": true, "messages": [{"role": "user", "content": "hi"}], "mock_options": {"stall_after": 1}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    let _ = stream.chunk().await;
+    let state = fleet[0].gov.shared_state().unwrap();
+    let owner = (
+        llmux_store::Kind::Key,
+        llmux_server::governance::keys::hash_key(&sk),
+    );
+    let reserved = || async {
+        state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].map_or(0.0, |(_, r)| r)
+    };
+    assert!(reserved().await > 0.0, "the stream holds a reservation");
+    drop(stream);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while reserved().await > 1e-12 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "reservation still held: {}",
+            reserved().await
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The admission script's edges, against the real Redis: one-minute window boundaries, a
+/// budget period that ended before the database was reset, a new period seeded from the
+/// database, spend the database holds above Redis's count, and reservations of an instance
+/// that died, which expire.
+#[tokio::test]
+async fn the_admission_script_handles_windows_periods_and_dead_instances() {
+    use llmux_server::governance::budget::BudgetCheck;
+    use llmux_server::governance::limits::Limits;
+    use llmux_server::governance::shared::{Refusal, SharedState};
+    use llmux_store::Kind;
+    let state = SharedState::connect(&redis_url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let unique = llmux::new_request_id();
+    let minute = 1_800_000_000_000_i64 - 1_800_000_000_000_i64.rem_euclid(60_000);
+    let rpm = [Limits {
+        scope: format!("test:{unique}"),
+        rpm: Some(1),
+        tpm: None,
+        max_parallel: None,
+    }];
+    let admitted = |r: &Result<Result<_, Refusal>, _>| matches!(r, Ok(Ok(_)));
+    let last_ms = minute + 59_999;
+    assert!(admitted(&state.acquire(&rpm, &[], 0.0, "a", last_ms).await));
+    let refused = state.acquire(&rpm, &[], 0.0, "b", last_ms).await;
+    assert!(
+        matches!(&refused, Ok(Err(Refusal::Limit(l))) if l.what == "requests" && l.reset_in_ms == 1),
+        "{refused:?}"
+    );
+    assert!(
+        admitted(&state.acquire(&rpm, &[], 0.0, "c", minute + 60_000).await),
+        "a new window"
+    );
+
+    let budget = |id: &str, stored: f64, reset_at: Option<i64>| BudgetCheck {
+        kind: Kind::Key,
+        id: format!("{unique}-{id}"),
+        max_budget: 1.0,
+        stored_spend: stored,
+        reset_at,
+    };
+    let now = minute;
+    // A period ending at now + 1000 with 0.9 spent: one request fits, its reservation fills it.
+    let p = [budget("period", 0.9, Some(now + 1000))];
+    assert!(admitted(&state.acquire(&[], &p, 0.5, "p1", now).await));
+    match state.acquire(&[], &p, 0.5, "p2", now).await {
+        Ok(Err(Refusal::Budget(e))) => assert!((e.current - 0.9).abs() < 1e-9, "{e:?}"),
+        other => panic!("{other:?}"),
+    }
+    // The period is over, the database not reset yet: its spend no longer counts (p1's 0.5
+    // reservation still does), and the stale database value does not come back.
+    assert!(admitted(
+        &state.acquire(&[], &p, 0.1, "p3", now + 1000).await
+    ));
+    assert!(admitted(
+        &state.acquire(&[], &p, 0.1, "p4", now + 1001).await
+    ));
+    // The database reset it: the new period starts from what the database holds for it.
+    let next = [budget("period", 0.95, Some(now + 90_000))];
+    match state.acquire(&[], &next, 0.1, "p5", now + 1002).await {
+        Ok(Err(Refusal::Budget(e))) => assert!((e.current - 0.95).abs() < 1e-9, "{e:?}"),
+        other => panic!("0.95 + 0.7 reserved is over 1.0: {other:?}"),
+    }
+
+    // Spend the database holds above Redis's count (written by an instance whose increment
+    // Redis lost) raises it.
+    let low = [budget("raise", 0.2, None)];
+    assert!(admitted(&state.acquire(&[], &low, 0.0, "r1", now).await));
+    let high = [budget("raise", 1.0, None)];
+    for (check, id) in [(&high, "r2"), (&low, "r3")] {
+        match state.acquire(&[], check, 0.0, id, now).await {
+            Ok(Err(Refusal::Budget(e))) => assert!((e.current - 1.0).abs() < 1e-9, "{e:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    // An instance that died holding reservations: they stop counting after 15 minutes.
+    let dead = [budget("dead", 0.0, None)];
+    assert!(admitted(&state.acquire(&[], &dead, 0.6, "d1", now).await));
+    assert!(admitted(&state.acquire(&[], &dead, 0.6, "d2", now).await));
+    assert!(!admitted(
+        &state.acquire(&[], &dead, 0.6, "d3", now + 1).await
+    ));
+    assert!(admitted(
+        &state
+            .acquire(&[], &dead, 0.6, "d4", now + 15 * 60_000 + 1)
+            .await
+    ));
+    let owner = (Kind::Key, format!("{unique}-dead"));
+    let (spent, reserved) = state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].unwrap();
+    assert_eq!(spent, 0.0);
+    assert!((reserved - 0.6).abs() < 1e-9, "only d4's: {reserved}");
+    // Settling it: the reservation goes, the cost counts.
+    state.release(&[], std::slice::from_ref(&owner), "d4", 0, 0.25, now);
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let (spent, reserved) =
+            state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].unwrap();
+        if (spent - 0.25).abs() < 1e-9 && reserved.abs() < 1e-9 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{spent} {reserved}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
 }

@@ -575,15 +575,25 @@ fn view(o: &Object) -> Value {
     Value::Object(m)
 }
 
-/// With spend this instance settled but has not written yet, so a read right after a request
-/// shows it.
-fn live(gov: &Governance, mut o: Object) -> Object {
-    if let Some(s) = gov.ledger.spend(&(o.kind, o.id.clone())) {
-        if s > o.spend {
-            o.spend = s;
-        }
+/// With spend settled but not written yet (by this instance, or by any in a fleet sharing
+/// Redis), so a read right after a request shows it.
+async fn live(gov: &Governance, mut o: Object) -> Object {
+    let owner = [(o.kind, o.id.clone())];
+    if let Some(Some(s)) = gov.live_spend(&owner).await.first() {
+        o.spend = o.spend.max(*s);
     }
     o
+}
+
+/// `live` for a page of objects (one Redis round trip for all of them).
+async fn live_all(gov: &Governance, mut objects: Vec<Object>) -> Vec<Object> {
+    let owners: Vec<(Kind, String)> = objects.iter().map(|o| (o.kind, o.id.clone())).collect();
+    for (o, spend) in objects.iter_mut().zip(gov.live_spend(&owners).await) {
+        if let Some(s) = spend {
+            o.spend = o.spend.max(s);
+        }
+    }
+    objects
 }
 
 fn page(params: &Params) -> (u64, u64) {
@@ -873,7 +883,7 @@ async fn inherit_ceilings(
             return Ok(true);
         };
         let owner = (Kind::Key, parent.id.clone());
-        let (live, in_flight) = gov.ledger.spend_and_reserved(&owner);
+        let (live, in_flight) = gov.spend_and_reserved(&owner).await;
         let remaining = (parent_max - live.max(parent.spend) - in_flight).max(0.0);
         let share = match doc.get("max_budget").and_then(Value::as_f64) {
             None => remaining,
@@ -1194,8 +1204,8 @@ async fn key_update(
                 .map_err(|e| store_error(&e))?;
             gov.invalidate(Kind::Key, &obj.id);
             if set_spend.is_some() || req.contains_key("budget_duration") {
-                gov.ledger
-                    .reset(&(Kind::Key, obj.id.clone()), obj.spend, obj.budget_reset_at);
+                gov.set_spend(Kind::Key, &obj.id, obj.spend, obj.budget_reset_at)
+                    .await;
             }
             let mut out = view(&obj);
             out["key"] = json!(obj.id);
@@ -1252,7 +1262,7 @@ async fn key_info(State(s): State<AppState>, headers: HeaderMap, params: Params)
         if !own && !p.role.is_admin() && !may_read_key(&gov, &p, &obj).await? {
             return Err(forbidden("see this key"));
         }
-        let obj = live(&gov, obj);
+        let obj = live(&gov, obj).await;
         Ok(json!({"key": params.get("key").cloned().unwrap_or_else(|| obj.id.clone()), "info": view(&obj)}))
     }.await)
 }
@@ -1305,10 +1315,11 @@ async fn key_list(State(s): State<AppState>, headers: HeaderMap, params: Params)
         filter.limit = Some(size);
         let keys = gov.store.list(Kind::Key, &filter).await.map_err(|e| store_error(&e))?;
         let full = params.get("return_full_object").is_some_and(|v| v == "true");
-        let keys: Vec<Value> = keys
-            .into_iter()
-            .map(|k| if full { view(&live(&gov, k)) } else { json!(k.id) })
-            .collect();
+        let keys: Vec<Value> = if full {
+            live_all(&gov, keys).await.iter().map(view).collect()
+        } else {
+            keys.into_iter().map(|k| json!(k.id)).collect()
+        };
         Ok(json!({"keys": keys, "total_count": total, "current_page": page, "total_pages": total.div_ceil(size)}))
     }.await)
 }
@@ -1345,7 +1356,7 @@ async fn regenerate(
         obj.data.insert("token_uid".into(), json!(old.id));
     }
     let owner = (Kind::Key, old.id.clone());
-    let (live_spend, in_flight) = gov.ledger.spend_and_reserved(&owner);
+    let (live_spend, in_flight) = gov.spend_and_reserved(&owner).await;
     obj.spend = obj.spend.max(live_spend) + in_flight;
     obj.data.insert("key_name".into(), json!(key_name(&key)));
     obj.sync_columns();
@@ -1361,8 +1372,8 @@ async fn regenerate(
         .map_err(|e| store_error(&e))?;
     gov.invalidate(Kind::Key, &old.id);
     gov.invalidate(Kind::Key, &obj.id);
-    gov.ledger
-        .reset(&(Kind::Key, obj.id.clone()), obj.spend, obj.budget_reset_at);
+    gov.set_spend(Kind::Key, &obj.id, obj.spend, obj.budget_reset_at)
+        .await;
     let mut out = view(&obj);
     out["key"] = json!(key);
     out["token_id"] = json!(obj.id);
@@ -1532,8 +1543,8 @@ async fn update(
         .map_err(|e| store_error(&e))?;
     gov.invalidate(spec.kind, &obj.id);
     if set_spend.is_some() || req.contains_key("budget_duration") {
-        gov.ledger
-            .reset(&(spec.kind, obj.id.clone()), obj.spend, obj.budget_reset_at);
+        gov.set_spend(spec.kind, &obj.id, obj.spend, obj.budget_reset_at)
+            .await;
     }
     Ok(obj)
 }
@@ -1556,7 +1567,7 @@ async fn remove(
         .map_err(|e| store_error(&e))?;
     for id in &ids {
         gov.invalidate(spec.kind, id);
-        gov.ledger.forget(&(spec.kind, id.clone()));
+        gov.forget_spend(spec.kind, id).await;
     }
     Ok(ids)
 }
@@ -1584,14 +1595,12 @@ async fn list_all(
     kind: Kind,
     filter: ListFilter,
 ) -> Result<Vec<Value>, GatewayError> {
-    Ok(gov
+    let objects = gov
         .store
         .list(kind, &filter)
         .await
-        .map_err(|e| store_error(&e))?
-        .into_iter()
-        .map(|o| view(&live(gov, o)))
-        .collect())
+        .map_err(|e| store_error(&e))?;
+    Ok(live_all(gov, objects).await.iter().map(view).collect())
 }
 
 // users
@@ -1655,7 +1664,7 @@ async fn user_info(State(s): State<AppState>, headers: HeaderMap, params: Params
                 teams.push(view(&team));
             }
         }
-        Ok(json!({"user_id": id, "user_info": view(&live(&gov, user)), "keys": keys, "teams": teams}))
+        Ok(json!({"user_id": id, "user_info": view(&live(&gov, user).await), "keys": keys, "teams": teams}))
     }.await)
 }
 
@@ -1845,7 +1854,7 @@ async fn team_info(State(s): State<AppState>, headers: HeaderMap, params: Params
             filter.user_id = Some(p.user_id().unwrap_or("").to_owned());
         }
         let keys = list_all(&gov, Kind::Key, filter).await?;
-        Ok(json!({"team_id": team.id, "team_info": view(&live(&gov, team.clone())), "keys": keys, "team_memberships": []}))
+        Ok(json!({"team_id": team.id, "team_info": view(&live(&gov, team.clone()).await), "keys": keys, "team_memberships": []}))
     }.await)
 }
 
@@ -2116,7 +2125,7 @@ async fn org_info_value(s: AppState, headers: HeaderMap, id: Option<String>) -> 
         },
     )
     .await?;
-    let mut out = view(&live(&gov, org));
+    let mut out = view(&live(&gov, org).await);
     out["teams"] = Value::Array(teams);
     Ok(out)
 }
@@ -2174,7 +2183,7 @@ async fn customer_info(State(s): State<AppState>, headers: HeaderMap, params: Pa
                 .get("end_user_id")
                 .or_else(|| params.get("user_id"))
                 .cloned();
-            Ok(view(&live(&gov, fetch(&gov, &CUSTOMER, id).await?)))
+            Ok(view(&live(&gov, fetch(&gov, &CUSTOMER, id).await?).await))
         }
         .await,
     )

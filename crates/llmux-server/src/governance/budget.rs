@@ -7,7 +7,11 @@
 //! cents are usable), and its estimate stays reserved until it settles, so concurrent requests
 //! see each other.
 //!
-//! Worst-case overspend (one instance): the last request admitted before the total reaches the
+//! A fleet sharing Redis keeps the same ledger in Redis (`shared.rs`), so the rule and the
+//! bound below hold fleet-wide; this ledger then mirrors the instance's own share, for the time
+//! Redis does not answer.
+//!
+//! Worst-case overspend (one instance, or a fleet on Redis): the last request admitted before the total reaches the
 //! budget (its cost), plus, over requests in flight at that moment, what each costs beyond its
 //! estimate. The estimate prices the prompt plus the request's `max_tokens` (else
 //! `DEFAULT_OUTPUT_ESTIMATE` tokens) of output for every choice asked for, so with `max_tokens`
@@ -122,6 +126,30 @@ impl Ledger {
         estimate: f64,
         now: i64,
     ) -> Result<(), Exceeded> {
+        self.reserve_checked(checks, owners, estimate, now, true)
+    }
+
+    /// Reserve `estimate` as `reserve` does without refusing: the fleet's shared state admitted
+    /// the request, and this instance keeps its own view current (its settled spend and
+    /// requests in flight) for the time Redis does not answer.
+    pub fn track(
+        &self,
+        checks: &[BudgetCheck],
+        owners: &[(Kind, String)],
+        estimate: f64,
+        now: i64,
+    ) {
+        let _ = self.reserve_checked(checks, owners, estimate, now, false);
+    }
+
+    fn reserve_checked(
+        &self,
+        checks: &[BudgetCheck],
+        owners: &[(Kind, String)],
+        estimate: f64,
+        now: i64,
+        refuse: bool,
+    ) -> Result<(), Exceeded> {
         if owners.is_empty() {
             return Ok(());
         }
@@ -148,7 +176,7 @@ impl Ledger {
                 e.reset_at = check.reset_at.filter(|r| *r > now);
             }
             let current = e.base + e.unflushed + e.reserved;
-            if current >= check.max_budget {
+            if refuse && current >= check.max_budget {
                 return Err(Exceeded {
                     kind: check.kind,
                     id: check.id.clone(),

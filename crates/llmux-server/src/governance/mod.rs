@@ -51,9 +51,10 @@ pub struct Governance {
     pub store: Store,
     pub ledger: Arc<Ledger>,
     pub limiter: Arc<dyn RateLimiter>,
-    /// The fleet's Redis limiter, when one is configured (`router_settings.redis_*`); the
-    /// in-process `limiter` counts when it is not, or while Redis does not answer.
-    shared: std::sync::OnceLock<Arc<shared::SharedLimiter>>,
+    /// The fleet's Redis state (rate limits and budgets), when one is configured
+    /// (`router_settings.redis_*`); the in-process `limiter` and `ledger` count when it is
+    /// not, or while Redis does not answer.
+    shared: std::sync::OnceLock<Arc<shared::SharedState>>,
     on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     on_cooldown: std::sync::OnceLock<llmux::CooldownObserver>,
     pub writer: SpendWriter,
@@ -114,8 +115,10 @@ pub struct Admission {
     /// The id its limits were counted under in Redis (`None`: counted in this process).
     shared_id: Option<String>,
     estimate: f64,
-    /// The budgets this request counts against, and its price, for `budget_stream_cutoff`.
-    stream_budgets: Vec<((Kind, String), f64)>,
+    /// The budgets this request counts against (owner, max budget).
+    budgets: Vec<((Kind, String), f64)>,
+    /// Redis refused to grow this stream's reservation: the next step ends it.
+    fleet_refused_more: Arc<AtomicBool>,
     price: EstimatePrice,
     /// Reserved while streaming beyond `estimate` (bits of an f64).
     extra_reserved: AtomicU64,
@@ -147,23 +150,23 @@ impl Governance {
         let clock: Clock = Arc::new(llmux_store::now_ms);
         let gov = Self::with_store(store, config, clock);
         if let Some(url) = config.redis_url(&llmux_config::ProcessEnv) {
-            let limiter = shared::SharedLimiter::connect(&url, SHARED_DEADLINE).await?;
-            tracing::info!("rate limits are shared through redis");
-            gov.use_shared_limiter(limiter);
+            let state = shared::SharedState::connect(&url, SHARED_DEADLINE).await?;
+            tracing::info!("rate limits and budgets are shared through redis");
+            gov.use_shared_state(state);
         }
         gov.spawn_budget_resets();
         Ok(gov)
     }
 
-    /// Count rate limits through the fleet's Redis from now on, and hear about the objects
+    /// Count rate limits and budgets through the fleet's Redis from now on, and hear about the objects
     /// other instances change. `on_models_changed` runs when another instance changed the
     /// database's models (the server reloads its routing table then).
-    pub fn use_shared_limiter(self: &Arc<Self>, limiter: Arc<shared::SharedLimiter>) {
-        if self.shared.set(Arc::clone(&limiter)).is_err() {
+    pub fn use_shared_state(self: &Arc<Self>, state: Arc<shared::SharedState>) {
+        if self.shared.set(Arc::clone(&state)).is_err() {
             return;
         }
         let gov = Arc::downgrade(self);
-        limiter.listen(move |message| {
+        state.listen(move |message| {
             let Some(gov) = gov.upgrade() else { return };
             // `cooldown:<ms>:<deployment id>`: another instance cooled a deployment down.
             if let Some(rest) = message.strip_prefix("cooldown:") {
@@ -200,9 +203,56 @@ impl Governance {
         let _ = self.on_cooldown.set(Box::new(cool));
     }
 
-    /// The fleet's limiter, if one is in use.
-    pub fn shared_limiter(&self) -> Option<&Arc<shared::SharedLimiter>> {
+    /// The fleet's shared state, if one is in use.
+    pub fn shared_state(&self) -> Option<&Arc<shared::SharedState>> {
         self.shared.get()
+    }
+
+    /// An owner's settled spend (the fleet's, with Redis) and what its requests in flight
+    /// have reserved; this instance's view when Redis does not answer.
+    pub async fn spend_and_reserved(&self, owner: &(Kind, String)) -> (f64, f64) {
+        let local = self.ledger.spend_and_reserved(owner);
+        if let Some(state) = self.shared.get() {
+            if let Ok(rows) = state.spend(std::slice::from_ref(owner)).await {
+                if let Some(Some((spend, reserved))) = rows.first() {
+                    return (spend.max(local.0), *reserved);
+                }
+            }
+        }
+        local
+    }
+
+    /// The settled spend of each owner as the fleet counts it (Redis), else as this instance
+    /// does; `None` where neither tracks it (the database's value stands).
+    pub async fn live_spend(&self, owners: &[(Kind, String)]) -> Vec<Option<f64>> {
+        let mut out: Vec<Option<f64>> = owners.iter().map(|o| self.ledger.spend(o)).collect();
+        if let Some(state) = self.shared.get() {
+            if let Ok(rows) = state.spend(owners).await {
+                for (slot, row) in out.iter_mut().zip(rows) {
+                    if let Some((spend, _)) = row {
+                        *slot = Some(slot.map_or(spend, |s| s.max(spend)));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// An administrator set an owner's spend, or its budget period changed: every instance
+    /// counts from `spend` now.
+    pub async fn set_spend(&self, kind: Kind, id: &str, spend: f64, reset_at: Option<i64>) {
+        self.ledger.reset(&(kind, id.to_owned()), spend, reset_at);
+        if let Some(state) = self.shared.get() {
+            state.set_spend(kind, id, spend, reset_at).await;
+        }
+    }
+
+    /// An owner was deleted: forget what this instance and the fleet counted for it.
+    pub async fn forget_spend(&self, kind: Kind, id: &str) {
+        self.ledger.forget(&(kind, id.to_owned()));
+        if let Some(state) = self.shared.get() {
+            state.forget(kind, id).await;
+        }
     }
 
     pub fn with_store(store: Store, config: &Config, clock: Clock) -> Arc<Governance> {
@@ -528,50 +578,35 @@ impl Governance {
         } else {
             estimate_cost(client, &facts)
         };
-        let stream_budgets = if self.stream_cutoff {
-            checks
-                .iter()
-                .map(|c| ((c.kind, c.id.clone()), c.max_budget))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        if let Err(e) = self.ledger.reserve(&checks, &owners, estimate, now) {
-            return Err(GatewayError::new(
-                ErrorKind::BudgetExceeded,
-                format!(
-                    "Budget has been exceeded! {} `{}`: current spend {:.6}, max budget {:.6}",
-                    kind_label(e.kind),
-                    short_id(e.kind, &e.id),
-                    e.current,
-                    e.max_budget
-                ),
-            )
-            .with_code("budget_exceeded"));
-        }
+        let budgets: Vec<((Kind, String), f64)> = checks
+            .iter()
+            .map(|c| ((c.kind, c.id.clone()), c.max_budget))
+            .collect();
         let scopes = rate_scopes(principal, &facts.model);
-        // Shared through Redis when a fleet has one (one round trip for every scope); counted
-        // here when it has none, or when Redis does not answer in time.
+        // Shared through Redis when a fleet has one (one round trip for every budget and
+        // scope); counted here when it has none, or when Redis does not answer in time.
         let mut shared_id = None;
-        let counted = match self.shared.get().filter(|_| !scopes.is_empty()) {
-            Some(limiter) => {
+        let fleet = self
+            .shared
+            .get()
+            .filter(|_| !scopes.is_empty() || !checks.is_empty());
+        let remaining = match fleet {
+            Some(state) => {
                 let id = llmux::new_request_id();
-                match limiter.acquire(&scopes, &id, now).await {
-                    Ok(answer) => {
+                match state.acquire(&scopes, &checks, estimate, &id, now).await {
+                    Ok(Ok(remaining)) => {
                         shared_id = Some(id);
-                        answer
+                        self.ledger.track(&checks, &owners, estimate, now);
+                        remaining
                     }
-                    Err(shared::Unavailable) => self.limiter.acquire(&scopes, now),
+                    Ok(Err(shared::Refusal::Budget(e))) => return Err(budget_error(&e)),
+                    Ok(Err(shared::Refusal::Limit(e))) => return Err(limit_error(&e)),
+                    Err(shared::Unavailable) => {
+                        self.admit_locally(&checks, &owners, &scopes, estimate, now)?
+                    }
                 }
             }
-            None => self.limiter.acquire(&scopes, now),
-        };
-        let remaining = match counted {
-            Ok(r) => r,
-            Err(e) => {
-                self.ledger.settle(&owners, estimate, 0.0);
-                return Err(limit_error(&e));
-            }
+            None => self.admit_locally(&checks, &owners, &scopes, estimate, now)?,
         };
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Admission {
@@ -581,7 +616,8 @@ impl Governance {
             scopes,
             shared_id,
             estimate,
-            stream_budgets,
+            budgets,
+            fleet_refused_more: Arc::new(AtomicBool::new(false)),
             price,
             extra_reserved: AtomicU64::new(0),
             committed: Mutex::new(None),
@@ -590,6 +626,24 @@ impl Governance {
             call_type,
             started_ms: now,
             settled: AtomicBool::new(false),
+        })
+    }
+
+    /// Check budgets and count limits in this process (no fleet, or Redis not answering).
+    fn admit_locally(
+        &self,
+        checks: &[BudgetCheck],
+        owners: &[(Kind, String)],
+        scopes: &[Limits],
+        estimate: f64,
+        now: i64,
+    ) -> Result<Remaining, GatewayError> {
+        self.ledger
+            .reserve(checks, owners, estimate, now)
+            .map_err(|e| budget_error(&e))?;
+        self.limiter.acquire(scopes, now).map_err(|e| {
+            self.ledger.settle(owners, estimate, 0.0);
+            limit_error(&e)
         })
     }
 
@@ -642,6 +696,11 @@ impl Governance {
             {
                 done += 1;
                 tracing::info!(kind = o.kind.as_str(), id = %short_id(o.kind, &o.id), "budget period reset");
+                // The instance that reset it tells the fleet's counter (the others would also
+                // find the period over by themselves, at their next request).
+                if let Some(state) = self.shared.get() {
+                    state.set_spend(o.kind, &o.id, 0.0, Some(next)).await;
+                }
             }
             self.ledger.reset(&(o.kind, o.id.clone()), 0.0, Some(next));
             self.invalidate(o.kind, &o.id);
@@ -767,7 +826,18 @@ impl Admission {
         gov.ledger.settle(&self.owners, reserved, cost);
         let tokens = usage.map_or(0, |u| u.total_tokens);
         match (&self.shared_id, gov.shared.get()) {
-            (Some(id), Some(limiter)) => limiter.release(&self.scopes, id, tokens, self.started_ms),
+            (Some(id), Some(state)) => {
+                let budget_owners: Vec<(Kind, String)> =
+                    self.budgets.iter().map(|(o, _)| o.clone()).collect();
+                state.release(
+                    &self.scopes,
+                    &budget_owners,
+                    id,
+                    tokens,
+                    cost,
+                    self.started_ms,
+                );
+            }
             _ => gov.limiter.release(&self.scopes, tokens, now),
         }
         let p = &self.principal;
@@ -838,7 +908,7 @@ impl RequestHook for Admission {
     }
 
     fn watches_stream(&self) -> bool {
-        !self.stream_budgets.is_empty()
+        self.gov.stream_cutoff && !self.budgets.is_empty()
     }
 
     /// Past its reservation, a stream reserves more as it runs (sixteen tokens' worth at a
@@ -853,17 +923,29 @@ impl RequestHook for Admission {
             return Ok(());
         }
         let step = needed.max(16.0 * self.price.per_output_token);
-        if self
-            .gov
-            .ledger
-            .extend(&self.stream_budgets, &self.owners, step, self.gov.now())
-        {
+        let fits_here = !self.fleet_refused_more.load(Ordering::Acquire)
+            && self
+                .gov
+                .ledger
+                .extend(&self.budgets, &self.owners, step, self.gov.now());
+        if fits_here {
             self.extra_reserved
                 .store((extra + step).to_bits(), Ordering::Release);
+            // With a fleet, the step is reserved in Redis too, off the stream's path: when the
+            // fleet has no room for it, the stream ends at its next step (one step late).
+            if let (Some(id), Some(state)) = (&self.shared_id, self.gov.shared.get()) {
+                let (state, id, budgets) = (Arc::clone(state), id.clone(), self.budgets.clone());
+                let refused = Arc::clone(&self.fleet_refused_more);
+                tokio::spawn(async move {
+                    if let Ok(false) = state.extend(&budgets, &id, step).await {
+                        refused.store(true, Ordering::Release);
+                    }
+                });
+            }
             return Ok(());
         }
         let (kind, id) = self
-            .stream_budgets
+            .budgets
             .first()
             .map_or((Kind::Key, ""), |((k, id), _)| (*k, id.as_str()));
         Err(GatewayError::new(
@@ -953,6 +1035,20 @@ pub fn store_error(e: &llmux_store::StoreError) -> GatewayError {
     )
     .with_code("database_unavailable")
     .with_status(503)
+}
+
+fn budget_error(e: &budget::Exceeded) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::BudgetExceeded,
+        format!(
+            "Budget has been exceeded! {} `{}`: current spend {:.6}, max budget {:.6}",
+            kind_label(e.kind),
+            short_id(e.kind, &e.id),
+            e.current,
+            e.max_budget
+        ),
+    )
+    .with_code("budget_exceeded")
 }
 
 fn limit_error(e: &LimitExceeded) -> GatewayError {

@@ -1,18 +1,27 @@
-//! Rate limits shared by a fleet through Redis: every instance counts the same windows, so N
-//! instances together admit exactly a limit. One request costs one round trip: a Lua script
-//! checks every scope's rpm, tpm and parallel limit and, only if all pass, counts the request
-//! in all of them (atomic on the Redis server). Releasing (tokens used, the parallel slot) is a
-//! second script sent off the request path. Redis that is slow or gone never stops traffic:
-//! each call has a short deadline, and past it the instance counts locally (a warning once, a
-//! counter, `/health/readiness` says so) until Redis answers again.
+//! The state a fleet shares through Redis: rate limits and budgets. Every instance counts the
+//! same windows and the same spend, so N instances together admit exactly a limit and spend a
+//! budget as one. One request costs one round trip: a Lua script checks every budget (settled
+//! spend plus reservations of requests in flight, fleet-wide) and every scope's rpm, tpm and
+//! parallel limit and, only if all pass, reserves the request's estimate and counts it in all
+//! of them (atomic on the Redis server). Settling (the cost, tokens used, the parallel slot)
+//! is a second script sent in batches off the request path. Redis that is slow or gone never
+//! stops traffic: each call has a short deadline, and past it the instance counts locally (a
+//! warning once, a counter, `/health/readiness` says so) until Redis answers again.
+//!
+//! PostgreSQL stays the truth for spend: a budget counter Redis does not hold (first use, or
+//! Redis lost it) is seeded from the database's spend, and one below the database's is raised
+//! to it.
 //!
 //! Changes travel the same way: an instance that changes an object (a key blocked, a team
 //! updated, a model added) publishes its kind and id on `llmux:invalidate`, and every instance
 //! drops its cached copy at once instead of serving it for the cache's 5 s.
 //!
 //! Keys: `llmux:rl:{scope}:{window}` (a hash of requests `r` and tokens `t` for one minute,
-//! expiring after two) and `llmux:par:{scope}` (a sorted set of the requests in flight scored
-//! by their start, so an instance that died mid-request frees its slots after `PARALLEL_TTL`).
+//! expiring after two); `llmux:par:{scope}` (a sorted set of the requests in flight scored by
+//! their start, so an instance that died mid-request frees its slots after `IN_FLIGHT_TTL_MS`);
+//! `llmux:bud:{kind}:{id}` (a budget: spend `s` of the period ending at `p`, `e` once that
+//! period is over, reservations `r` and each request's `q:{id}`) with `llmux:bq:{kind}:{id}`
+//! (its reservations by start, expired like parallel slots).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -20,16 +29,65 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+use llmux_store::Kind;
+
+use super::budget::{BudgetCheck, Exceeded};
 use super::limits::{LimitExceeded, Limits, Remaining};
 
 const WINDOW_MS: i64 = 60_000;
-/// A request in flight longer than this no longer holds a parallel slot (its instance died).
-const PARALLEL_TTL_MS: i64 = 15 * 60_000;
+/// A request in flight longer than this no longer holds a parallel slot or a budget reservation
+/// (its instance died without settling it).
+const IN_FLIGHT_TTL_MS: i64 = 15 * 60_000;
 
 const ACQUIRE: &str = r#"
--- ARGV: window start, now (ms), request id, parallel ttl (ms), scope count, then per scope:
--- name, rpm, tpm, parallel (-1: no limit)
+-- ARGV: window start, now (ms), request id, ttl of a reservation or parallel slot (ms), scope
+-- count, then per scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the
+-- request's estimate, and per budget: owner, max budget, spend in the database, end of its
+-- period (0: none). Budgets are checked first, then limits; the request is counted in all of
+-- them only if every one has room.
 local window, now, id, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
+local nb_at = 6 + n * 4
+local nb, estimate = tonumber(ARGV[nb_at]), ARGV[nb_at + 1]
+for j = 1, nb do
+  local b = nb_at + 1 + (j - 1) * 4
+  local owner, max, stored, period = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
+  local bk, bq = 'llmux:bud:' .. owner, 'llmux:bq:' .. owner
+  local s = redis.call('HGET', bk, 's')
+  if not s then
+    -- Not known (first use, or Redis lost it): the database is the truth.
+    s = stored
+    redis.call('HSET', bk, 's', tostring(stored), 'p', tostring(period), 'e', '0')
+  else
+    s = tonumber(s)
+    local p = tonumber(redis.call('HGET', bk, 'p') or '0')
+    if period > p then
+      -- A new period (the database reset it): start from what the database holds for it.
+      s = stored
+      redis.call('HSET', bk, 's', tostring(s), 'p', tostring(period), 'e', '0')
+    elseif period == p and stored > s and redis.call('HGET', bk, 'e') ~= '1' then
+      -- Spend written by a path that did not pass here (a restart lost an increment).
+      s = stored
+      redis.call('HSET', bk, 's', tostring(s))
+    end
+  end
+  local p = tonumber(redis.call('HGET', bk, 'p') or '0')
+  if p > 0 and p <= now and redis.call('HGET', bk, 'e') ~= '1' then
+    -- The period is over, though the database has not been reset yet: its spend no longer counts.
+    s = 0
+    redis.call('HSET', bk, 's', '0', 'e', '1')
+  end
+  -- Reservations of requests whose instance died without settling them.
+  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', bq, '-inf', now - ttl)) do
+    local q = redis.call('HGET', bk, 'q:' .. rid)
+    if q then
+      redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(q))
+      redis.call('HDEL', bk, 'q:' .. rid)
+    end
+    redis.call('ZREM', bq, rid)
+  end
+  local r = math.max(tonumber(redis.call('HGET', bk, 'r') or '0'), 0)
+  if s + r >= max then return {tostring(j), '4', tostring(s), tostring(max)} end
+end
 local counts = {}
 for i = 1, n do
   local b = 5 + (i - 1) * 4
@@ -37,16 +95,25 @@ for i = 1, n do
   local w = 'llmux:rl:' .. scope .. ':' .. window
   local r = tonumber(redis.call('HGET', w, 'r') or '0')
   local t = tonumber(redis.call('HGET', w, 't') or '0')
-  if rpm >= 0 and r >= rpm then return {i, 1, rpm} end
-  if tpm >= 0 and t >= tpm then return {i, 2, tpm} end
+  if rpm >= 0 and r >= rpm then return {tostring(i), '1', tostring(rpm)} end
+  if tpm >= 0 and t >= tpm then return {tostring(i), '2', tostring(tpm)} end
   if par >= 0 then
     local p = 'llmux:par:' .. scope
     redis.call('ZREMRANGEBYSCORE', p, '-inf', now - ttl)
-    if redis.call('ZCARD', p) >= par then return {i, 3, par} end
+    if redis.call('ZCARD', p) >= par then return {tostring(i), '3', tostring(par)} end
   end
   counts[i] = {r, t}
 end
-local out = {0}
+for j = 1, nb do
+  local owner = ARGV[nb_at + 1 + (j - 1) * 4 + 1]
+  local bk, bq = 'llmux:bud:' .. owner, 'llmux:bq:' .. owner
+  redis.call('HINCRBYFLOAT', bk, 'r', estimate)
+  redis.call('HSET', bk, 'q:' .. id, estimate)
+  redis.call('PEXPIRE', bk, 86400000)
+  redis.call('ZADD', bq, now, id)
+  redis.call('PEXPIRE', bq, ttl)
+end
+local out = {'0'}
 for i = 1, n do
   local b = 5 + (i - 1) * 4
   local scope, par = ARGV[b + 1], tonumber(ARGV[b + 4])
@@ -58,15 +125,16 @@ for i = 1, n do
     redis.call('ZADD', p, now, id)
     redis.call('PEXPIRE', p, ttl)
   end
-  out[#out + 1] = counts[i][1] + 1
-  out[#out + 1] = counts[i][2]
+  out[#out + 1] = tostring(counts[i][1] + 1)
+  out[#out + 1] = tostring(counts[i][2])
 end
 return out
 "#;
 
 const RELEASE: &str = r#"
--- ARGV: entry count, then per entry: scope, window start, request id, tokens (0: none),
--- holds a parallel slot (0/1). Many requests' releases go in one call.
+-- ARGV: scope entry count, then per entry: scope, window start, request id, tokens (0: none),
+-- holds a parallel slot (0/1); then budget entry count, and per entry: owner, request id, cost.
+-- Many requests' releases go in one call.
 local n = tonumber(ARGV[1])
 for i = 1, n do
   local b = 1 + (i - 1) * 5
@@ -78,30 +146,76 @@ for i = 1, n do
   end
   if par == '1' then redis.call('ZREM', 'llmux:par:' .. scope, id) end
 end
+local at = 2 + n * 5
+local m = tonumber(ARGV[at] or '0')
+for j = 1, m do
+  local b = at + (j - 1) * 3
+  local owner, id, cost = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local bk = 'llmux:bud:' .. owner
+  local q = redis.call('HGET', bk, 'q:' .. id)
+  if q then
+    redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(q))
+    redis.call('HDEL', bk, 'q:' .. id)
+    redis.call('ZREM', 'llmux:bq:' .. owner, id)
+  end
+  -- Counted only where the counter exists: one Redis lost is rebuilt from the database.
+  if tonumber(cost) > 0 and redis.call('EXISTS', bk) == 1 then
+    redis.call('HINCRBYFLOAT', bk, 's', cost)
+  end
+end
+return 1
+"#;
+
+const EXTEND: &str = r#"
+-- ARGV: request id, delta, budget count, then per budget: owner, max budget. Grows the
+-- request's reservation on every budget if each has room for it; 1 if it did, 0 if not.
+local id, delta, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+for j = 1, nb do
+  local bk = 'llmux:bud:' .. ARGV[3 + (j - 1) * 2 + 1]
+  local max = tonumber(ARGV[3 + (j - 1) * 2 + 2])
+  local s = tonumber(redis.call('HGET', bk, 's') or '0')
+  local r = math.max(tonumber(redis.call('HGET', bk, 'r') or '0'), 0)
+  if s + r + delta > max + 1e-12 then return 0 end
+end
+for j = 1, nb do
+  local bk = 'llmux:bud:' .. ARGV[3 + (j - 1) * 2 + 1]
+  if redis.call('HEXISTS', bk, 'q:' .. id) == 1 then
+    redis.call('HINCRBYFLOAT', bk, 'r', delta)
+    redis.call('HINCRBYFLOAT', bk, 'q:' .. id, delta)
+  end
+end
 return 1
 "#;
 
 /// The channel object changes are announced on.
 pub const INVALIDATE_CHANNEL: &str = "llmux:invalidate";
 
-/// The Redis-backed limiter of a fleet.
-pub struct SharedLimiter {
+/// The Redis-backed state of a fleet: rate limits and budgets.
+pub struct SharedState {
     client: redis::Client,
     conn: ConnectionManager,
     acquire: redis::Script,
     release: redis::Script,
+    extend: redis::Script,
     /// How long the request path waits for Redis before counting locally.
     deadline: Duration,
     /// Redis is not answering: counting locally (logged once per outage).
     degraded: AtomicBool,
     /// Calls that fell back on local counting.
     pub fallbacks: AtomicU64,
-    /// Releases waiting to be sent: one call carries every release of the last few
-    /// milliseconds, so a request costs one round trip (its admission), not two.
-    releases: std::sync::Mutex<Vec<ReleaseEntry>>,
+    /// Settlements waiting to be sent: one call carries every one of the last few
+    /// milliseconds, so a request costs one round trip on its path (its admission), not two.
+    releases: std::sync::Mutex<Batch>,
     flush: tokio::sync::Notify,
-    /// A queued release frees a parallel slot: send without waiting for the batch.
+    /// A queued settlement frees a parallel slot or a budget reservation: send without waiting
+    /// for the batch.
     urgent: AtomicBool,
+}
+
+#[derive(Default)]
+struct Batch {
+    scopes: Vec<ReleaseEntry>,
+    budgets: Vec<BudgetSettle>,
 }
 
 /// One scope's share of a finished request.
@@ -113,13 +227,20 @@ struct ReleaseEntry {
     parallel: bool,
 }
 
-/// How long releases gather before they are sent (and the most a tpm count or a parallel slot
-/// lags behind the request that used it).
+/// One budget's share of a finished request: its reservation goes, its cost counts.
+struct BudgetSettle {
+    owner: String,
+    id: String,
+    cost: f64,
+}
+
+/// How long settlements gather before they are sent (and the most a tpm count lags behind the
+/// request that used it).
 const RELEASE_BATCH: Duration = Duration::from_millis(5);
 
-impl std::fmt::Debug for SharedLimiter {
+impl std::fmt::Debug for SharedState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SharedLimiter")
+        f.debug_struct("SharedState")
             .field("degraded", &self.degraded)
             .finish()
     }
@@ -129,10 +250,36 @@ impl std::fmt::Debug for SharedLimiter {
 #[derive(Debug)]
 pub struct Unavailable;
 
-impl SharedLimiter {
+/// Why the fleet refused a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    Budget(Exceeded),
+    Limit(LimitExceeded),
+}
+
+/// A budget owner's name in Redis keys: `key:<hash>`, `team:<id>`, ...
+pub fn owner_name(kind: Kind, id: &str) -> String {
+    let kind = kind.as_str();
+    let mut name = String::with_capacity(kind.len() + 1 + id.len());
+    name.push_str(kind);
+    name.push(':');
+    name.push_str(id);
+    name
+}
+
+/// An amount of dollars as Redis and Lua read it (Rust never writes an exponent).
+fn dollars(v: f64) -> String {
+    if v.is_finite() {
+        v.to_string()
+    } else {
+        "0".to_owned()
+    }
+}
+
+impl SharedState {
     /// Connect to `url` (`redis://`, `rediss://` for TLS). The connection manager reconnects by
     /// itself after a loss.
-    pub async fn connect(url: &str, deadline: Duration) -> Result<Arc<SharedLimiter>, String> {
+    pub async fn connect(url: &str, deadline: Duration) -> Result<Arc<SharedState>, String> {
         let client = redis::Client::open(url).map_err(|e| format!("redis url: {e}"))?;
         let config = redis::aio::ConnectionManagerConfig::new()
             .set_connection_timeout(Some(Duration::from_secs(2)))
@@ -144,20 +291,21 @@ impl SharedLimiter {
         .await
         .map_err(|_| "redis: no connection within 5 s".to_owned())?
         .map_err(|e| format!("redis: {e}"))?;
-        let limiter = Arc::new(SharedLimiter {
+        let state = Arc::new(SharedState {
             client,
             conn,
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
+            extend: redis::Script::new(EXTEND),
             deadline,
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
-            releases: std::sync::Mutex::new(Vec::new()),
+            releases: std::sync::Mutex::new(Batch::default()),
             flush: tokio::sync::Notify::new(),
             urgent: AtomicBool::new(false),
         });
-        limiter.spawn_release_sender();
-        Ok(limiter)
+        state.spawn_release_sender();
+        Ok(state)
     }
 
     /// Announce a change to every instance (off the caller's path; a lost message leaves the
@@ -216,27 +364,55 @@ impl SharedLimiter {
     fn note(&self, ok: bool, what: &str) {
         if ok {
             if self.degraded.swap(false, Ordering::Relaxed) {
-                tracing::warn!("redis answers again: rate limits are shared across the fleet");
+                tracing::warn!(
+                    "redis answers again: rate limits and budgets are shared across the fleet"
+                );
             }
         } else {
             self.fallbacks.fetch_add(1, Ordering::Relaxed);
             if !self.degraded.swap(true, Ordering::Relaxed) {
                 tracing::warn!(
                     call = what,
-                    "redis is not answering: counting rate limits on this instance until it does"
+                    "redis is not answering: counting rate limits and budgets on this instance until it does"
                 );
             }
         }
     }
 
-    /// Count one request against every scope (one round trip), or say which limit refused
-    /// it; `Err(Unavailable)` when Redis did not answer within the deadline.
+    /// Run a call on the request path within the deadline; `Unavailable` past it or on error.
+    async fn within_deadline<T>(
+        &self,
+        what: &str,
+        call: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Unavailable> {
+        match tokio::time::timeout(self.deadline, call).await {
+            Ok(Ok(out)) => {
+                self.note(true, what);
+                Ok(out)
+            }
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, call = what, "redis call failed");
+                self.note(false, what);
+                Err(Unavailable)
+            }
+            Err(_) => {
+                self.note(false, what);
+                Err(Unavailable)
+            }
+        }
+    }
+
+    /// Check every budget and count one request against every scope (one round trip),
+    /// reserving `estimate` on each budget, or say which budget or limit refused it;
+    /// `Err(Unavailable)` when Redis did not answer within the deadline.
     pub async fn acquire(
         &self,
         scopes: &[Limits],
+        budgets: &[BudgetCheck],
+        estimate: f64,
         request_id: &str,
         now: i64,
-    ) -> Result<Result<Remaining, LimitExceeded>, Unavailable> {
+    ) -> Result<Result<Remaining, Refusal>, Unavailable> {
         let window = now - now.rem_euclid(WINDOW_MS);
         let reset_in_ms = window + WINDOW_MS - now;
         let limit = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
@@ -245,7 +421,7 @@ impl SharedLimiter {
             .arg(window)
             .arg(now)
             .arg(request_id)
-            .arg(PARALLEL_TTL_MS)
+            .arg(IN_FLIGHT_TTL_MS)
             .arg(scopes.len());
         for s in scopes {
             invocation
@@ -254,34 +430,33 @@ impl SharedLimiter {
                 .arg(limit(s.tpm))
                 .arg(limit(s.max_parallel));
         }
+        invocation.arg(budgets.len()).arg(dollars(estimate));
+        for b in budgets {
+            invocation
+                .arg(owner_name(b.kind, &b.id))
+                .arg(dollars(b.max_budget))
+                .arg(dollars(b.stored_spend))
+                .arg(b.reset_at.unwrap_or(0));
+        }
         let mut conn = self.conn.clone();
-        let answer = tokio::time::timeout(
-            self.deadline,
-            invocation.invoke_async::<Vec<i64>>(&mut conn),
-        )
-        .await;
-        let out = match answer {
-            Ok(Ok(out)) => out,
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "redis acquire failed");
-                self.note(false, "acquire");
-                return Err(Unavailable);
-            }
-            Err(_) => {
-                self.note(false, "acquire");
-                return Err(Unavailable);
-            }
+        let out: Vec<String> = self
+            .within_deadline("acquire", invocation.invoke_async(&mut conn))
+            .await?;
+        let int = |i: usize| out.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        let number = |i: usize| {
+            out.get(i)
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
         };
-        self.note(true, "acquire");
-        match out.first().copied() {
-            Some(0) => {
+        match out.first().map(String::as_str) {
+            Some("0") => {
                 let mut remaining = Remaining {
                     reset_in_ms,
                     ..Remaining::default()
                 };
                 for (i, s) in scopes.iter().enumerate() {
-                    let requests = out.get(1 + 2 * i).copied().unwrap_or(0).max(0) as u64;
-                    let tokens = out.get(2 + 2 * i).copied().unwrap_or(0).max(0) as u64;
+                    let requests = int(1 + 2 * i).max(0) as u64;
+                    let tokens = int(2 + 2 * i).max(0) as u64;
                     if let Some(rpm) = s.rpm {
                         let left = rpm.saturating_sub(requests);
                         if remaining.requests.is_none_or(|(_, l)| left < l) {
@@ -297,35 +472,46 @@ impl SharedLimiter {
                 }
                 Ok(Ok(remaining))
             }
-            Some(i) => {
-                let scope = scopes
-                    .get((i - 1).max(0) as usize)
-                    .map(|s| s.scope.clone())
-                    .unwrap_or_default();
-                let (what, reset) = match out.get(1).copied() {
-                    Some(1) => ("requests", reset_in_ms),
-                    Some(2) => ("tokens", reset_in_ms),
+            Some(_) => {
+                let at = (int(0) - 1).max(0) as usize;
+                if int(1) == 4 {
+                    let Some(b) = budgets.get(at) else {
+                        return Err(Unavailable);
+                    };
+                    return Ok(Err(Refusal::Budget(Exceeded {
+                        kind: b.kind,
+                        id: b.id.clone(),
+                        max_budget: b.max_budget,
+                        current: number(2),
+                    })));
+                }
+                let scope = scopes.get(at).map(|s| s.scope.clone()).unwrap_or_default();
+                let (what, reset) = match int(1) {
+                    1 => ("requests", reset_in_ms),
+                    2 => ("tokens", reset_in_ms),
                     _ => ("parallel_requests", 0),
                 };
-                Ok(Err(LimitExceeded {
+                Ok(Err(Refusal::Limit(LimitExceeded {
                     scope,
                     what,
-                    limit: out.get(2).copied().unwrap_or(0).max(0) as u64,
+                    limit: int(2).max(0) as u64,
                     reset_in_ms: reset,
-                }))
+                })))
             }
             None => Err(Unavailable),
         }
     }
 
-    /// The request is over: count its tokens and free its parallel slots. Queued for the
-    /// release sender (off the request path); a failure is logged and a slot expires with
-    /// `PARALLEL_TTL_MS`.
+    /// The request is over: count its tokens, free its parallel slots, drop its budget
+    /// reservations and count its cost. Queued for the release sender (off the request path);
+    /// a failure is logged, and slots and reservations expire with `IN_FLIGHT_TTL_MS`.
     pub fn release(
         self: &Arc<Self>,
         scopes: &[Limits],
+        budget_owners: &[(Kind, String)],
         request_id: &str,
         tokens: u64,
+        cost: f64,
         started: i64,
     ) {
         // Tokens count in the window the request was admitted in, as the local limiter does.
@@ -334,12 +520,12 @@ impl SharedLimiter {
             .releases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = queue.len();
+        let before = queue.scopes.len() + queue.budgets.len();
         for s in scopes {
             let tokens = if s.tpm.is_some() { tokens } else { 0 };
             let parallel = s.max_parallel.is_some();
             if tokens > 0 || parallel {
-                queue.push(ReleaseEntry {
+                queue.scopes.push(ReleaseEntry {
                     scope: s.scope.clone(),
                     window,
                     id: request_id.to_owned(),
@@ -348,10 +534,19 @@ impl SharedLimiter {
                 });
             }
         }
-        // A parallel slot is freed at once (a client sending its next request right after an
-        // answer must find it free); token counts may wait for the next batch.
-        let urgent = scopes.iter().any(|s| s.max_parallel.is_some());
-        if (before == 0 && !queue.is_empty()) || urgent {
+        for (kind, id) in budget_owners {
+            queue.budgets.push(BudgetSettle {
+                owner: owner_name(*kind, id),
+                id: request_id.to_owned(),
+                cost,
+            });
+        }
+        // A parallel slot or a budget's reservation is freed at once (a client sending its next
+        // request right after an answer must find it free, and the spend counted); token
+        // counts may wait for the next batch.
+        let urgent = !budget_owners.is_empty() || scopes.iter().any(|s| s.max_parallel.is_some());
+        let queued = queue.scopes.len() + queue.budgets.len();
+        if (before == 0 && queued > 0) || urgent {
             drop(queue);
             if urgent {
                 self.urgent.store(true, Ordering::Release);
@@ -360,53 +555,160 @@ impl SharedLimiter {
         }
     }
 
-    /// Send queued releases, a batch every `RELEASE_BATCH`, for as long as the limiter lives.
+    /// Grow a running request's reservation by `delta` on every budget if each has room for it
+    /// fleet-wide: `Ok(true)` if it did, `Ok(false)` if one has no room.
+    pub async fn extend(
+        &self,
+        budgets: &[((Kind, String), f64)],
+        request_id: &str,
+        delta: f64,
+    ) -> Result<bool, Unavailable> {
+        let mut invocation = self.extend.prepare_invoke();
+        invocation
+            .arg(request_id)
+            .arg(dollars(delta))
+            .arg(budgets.len());
+        for ((kind, id), max) in budgets {
+            invocation.arg(owner_name(*kind, id)).arg(dollars(*max));
+        }
+        let mut conn = self.conn.clone();
+        let fit: i64 = self
+            .within_deadline("extend", invocation.invoke_async(&mut conn))
+            .await?;
+        Ok(fit == 1)
+    }
+
+    /// The fleet's spend and reservations of each owner, `None` for an owner Redis does not
+    /// track (its spend is the database's). An owner whose period ended before the database
+    /// was reset has spent nothing in the new one.
+    pub async fn spend(
+        &self,
+        owners: &[(Kind, String)],
+    ) -> Result<Vec<Option<(f64, f64)>>, Unavailable> {
+        let mut pipe = redis::pipe();
+        for (kind, id) in owners {
+            pipe.cmd("HMGET")
+                .arg(format!("llmux:bud:{}", owner_name(*kind, id)))
+                .arg("s")
+                .arg("r")
+                .arg("e");
+        }
+        let mut conn = self.conn.clone();
+        let rows: Vec<(Option<f64>, Option<f64>, Option<String>)> = self
+            .within_deadline("spend", pipe.query_async(&mut conn))
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(s, r, ended)| {
+                let spend = if ended.as_deref() == Some("1") {
+                    0.0
+                } else {
+                    s?
+                };
+                Some((spend, r.unwrap_or(0.0).max(0.0)))
+            })
+            .collect())
+    }
+
+    /// An administrator set an owner's spend, or its period was reset: the fleet's counter
+    /// starts from `spend` (reservations in flight stay).
+    pub async fn set_spend(&self, kind: Kind, id: &str, spend: f64, period_end: Option<i64>) {
+        let mut conn = self.conn.clone();
+        let mut command = redis::cmd("HSET");
+        command
+            .arg(format!("llmux:bud:{}", owner_name(kind, id)))
+            .arg("s")
+            .arg(dollars(spend))
+            .arg("p")
+            .arg(period_end.unwrap_or(0))
+            .arg("e")
+            .arg("0");
+        let set = command.query_async::<i64>(&mut conn);
+        if !matches!(
+            tokio::time::timeout(Duration::from_secs(2), set).await,
+            Ok(Ok(_))
+        ) {
+            tracing::warn!(
+                kind = kind.as_str(),
+                "could not set a budget's spend in redis; it follows the database once the counter expires"
+            );
+        }
+    }
+
+    /// An owner was deleted: drop its counters.
+    pub async fn forget(&self, kind: Kind, id: &str) {
+        let name = owner_name(kind, id);
+        let mut conn = self.conn.clone();
+        let mut command = redis::cmd("DEL");
+        command
+            .arg(format!("llmux:bud:{name}"))
+            .arg(format!("llmux:bq:{name}"));
+        let deleted = command.query_async::<i64>(&mut conn);
+        let _ = tokio::time::timeout(Duration::from_secs(2), deleted).await;
+    }
+
+    /// Send queued settlements, a batch every `RELEASE_BATCH`, for as long as the state lives.
     fn spawn_release_sender(self: &Arc<Self>) {
         let me = Arc::downgrade(self);
         tokio::spawn(async move {
             loop {
-                let Some(limiter) = me.upgrade() else { return };
-                let notified = limiter.flush.notified();
-                let empty = limiter
+                let Some(state) = me.upgrade() else { return };
+                let notified = state.flush.notified();
+                let empty = state
                     .releases
                     .lock()
-                    .map(|q| q.is_empty())
+                    .map(|q| q.scopes.is_empty() && q.budgets.is_empty())
                     .unwrap_or(true);
                 if empty {
-                    // Woken by the first release queued, or every second to see whether the
-                    // limiter is still used.
+                    // Woken by the first settlement queued, or every second to see whether the
+                    // state is still used.
                     let _ = tokio::time::timeout(Duration::from_secs(1), notified).await;
                     continue;
                 }
-                if !limiter.urgent.swap(false, Ordering::AcqRel) {
+                if !state.urgent.swap(false, Ordering::AcqRel) {
                     tokio::time::sleep(RELEASE_BATCH).await;
                 }
                 let batch = std::mem::take(
-                    &mut *limiter
+                    &mut *state
                         .releases
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner),
                 );
-                for chunk in batch.chunks(500) {
-                    let mut invocation = limiter.release.prepare_invoke();
-                    invocation.arg(chunk.len());
-                    for e in chunk {
-                        invocation
-                            .arg(&e.scope)
-                            .arg(e.window)
-                            .arg(&e.id)
-                            .arg(e.tokens)
-                            .arg(if e.parallel { "1" } else { "0" });
-                    }
-                    let mut conn = limiter.conn.clone();
-                    let done = tokio::time::timeout(
-                        Duration::from_secs(2),
-                        invocation.invoke_async::<i64>(&mut conn),
-                    )
-                    .await;
-                    limiter.note(matches!(done, Ok(Ok(_))), "release");
-                }
+                state.send(batch).await;
             }
         });
+    }
+
+    async fn send(&self, batch: Batch) {
+        const PER_CALL: usize = 500;
+        let mut scopes = batch.scopes.chunks(PER_CALL);
+        let mut budgets = batch.budgets.chunks(PER_CALL);
+        loop {
+            let (s, b) = (scopes.next().unwrap_or(&[]), budgets.next().unwrap_or(&[]));
+            if s.is_empty() && b.is_empty() {
+                return;
+            }
+            let mut invocation = self.release.prepare_invoke();
+            invocation.arg(s.len());
+            for e in s {
+                invocation
+                    .arg(&e.scope)
+                    .arg(e.window)
+                    .arg(&e.id)
+                    .arg(e.tokens)
+                    .arg(if e.parallel { "1" } else { "0" });
+            }
+            invocation.arg(b.len());
+            for e in b {
+                invocation.arg(&e.owner).arg(&e.id).arg(dollars(e.cost));
+            }
+            let mut conn = self.conn.clone();
+            let done = tokio::time::timeout(
+                Duration::from_secs(2),
+                invocation.invoke_async::<i64>(&mut conn),
+            )
+            .await;
+            self.note(matches!(done, Ok(Ok(_))), "release");
+        }
     }
 }

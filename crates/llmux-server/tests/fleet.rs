@@ -43,8 +43,13 @@ async fn fleet(n: usize, redis: &str) -> (Vec<Instance>, reqwest::Client) {
     fleet_of(n, redis, &models).await
 }
 
-/// `n` instances of `models` (a model_list and router_settings).
+/// `n` instances of `models` (a model_list and router_settings), sharing `redis`.
 async fn fleet_of(n: usize, redis: &str, models: &str) -> (Vec<Instance>, reqwest::Client) {
+    fleet_on(n, Some(redis), models).await
+}
+
+/// `n` instances of `models` on one PostgreSQL database, sharing `redis` if given.
+async fn fleet_on(n: usize, redis: Option<&str>, models: &str) -> (Vec<Instance>, reqwest::Client) {
     let yaml = format!("{models}\ngeneral_settings: {{master_key: {MASTER}}}\n");
     let env = std::collections::HashMap::<String, String>::new();
     let db = llmux_store::testing::fresh_postgres_url().await;
@@ -55,11 +60,14 @@ async fn fleet_of(n: usize, redis: &str, models: &str) -> (Vec<Instance>, reqwes
         let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap();
         let store = llmux_store::Store::open(&db).await.unwrap();
         let gov = Governance::with_store(store, &config, Arc::new(llmux_store::now_ms));
-        gov.use_shared_state(
-            SharedState::connect(redis, Duration::from_millis(50))
-                .await
-                .unwrap(),
-        );
+        if let Some(redis) = redis {
+            gov.use_shared_state(
+                SharedState::connect(redis, Duration::from_millis(50))
+                    .await
+                    .unwrap(),
+            );
+        }
+        gov.follow_changes();
         let state = AppState::new(client)
             .with_governance(Arc::clone(&gov))
             .await
@@ -212,6 +220,26 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
         .await
         .unwrap();
     assert_eq!(ready["redis"], "degraded", "{ready}");
+    // Changes still travel, through the database: a key blocked on one instance is refused by
+    // the other within a second.
+    let revoked = key(&http, &fleet[0], json!({})).await;
+    assert_eq!(chat(&http, &fleet[1], &revoked).await, 200);
+    let r = http
+        .post(format!("{}/key/block", fleet[0].url))
+        .bearer_auth(MASTER)
+        .json(&json!({"key": revoked}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let deadline = std::time::Instant::now() + Duration::from_secs(1);
+    while chat(&http, &fleet[1], &revoked).await != 401 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the block did not reach instance 1"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let metrics = http
         .get(format!("{}/metrics", fleet[0].url))
         .bearer_auth(MASTER)
@@ -253,26 +281,39 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
 #[tokio::test]
 async fn changes_on_one_instance_hold_on_the_others_within_a_second() {
     let (fleet, http) = fleet(3, &redis_url()).await;
-    let within_a_second = |at: usize, sk: String, want: u16| {
-        let (http, fleet) = (&http, &fleet);
-        async move {
-            let deadline = std::time::Instant::now() + Duration::from_secs(1);
-            loop {
-                let got = chat(http, &fleet[at], &sk).await;
-                if got == want {
-                    return;
-                }
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "instance {at}: still {got}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
+    changes_hold_everywhere_within_a_second(&fleet, &http).await;
+}
+
+/// The same without Redis: a fleet on PostgreSQL alone hears of changes through the changes
+/// every instance records there (and so does one whose Redis is down).
+#[tokio::test]
+async fn without_redis_changes_still_hold_everywhere_within_a_second() {
+    let (mock_url, _mock) = upstream().await;
+    let models = format!(
+        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{mock_url}\", api_key: k}}}}]\nrouter_settings: {{num_retries: 0}}\n"
+    );
+    let (fleet, http) = fleet_on(3, None, &models).await;
+    changes_hold_everywhere_within_a_second(&fleet, &http).await;
+}
+
+async fn changes_hold_everywhere_within_a_second(fleet: &[Instance], http: &reqwest::Client) {
+    let within_a_second = |at: usize, sk: String, want: u16| async move {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        loop {
+            let got = chat(http, &fleet[at], &sk).await;
+            if got == want {
+                return;
             }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "instance {at}: still {got}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     };
-    let sk = key(&http, &fleet[0], json!({})).await;
-    for at in &fleet {
-        assert_eq!(chat(&http, at, &sk).await, 200, "cached everywhere");
+    let sk = key(http, &fleet[0], json!({})).await;
+    for at in fleet {
+        assert_eq!(chat(http, at, &sk).await, 200, "cached everywhere");
     }
     let r = http
         .post(format!("{}/key/block", fleet[0].url))
@@ -298,8 +339,8 @@ async fn changes_on_one_instance_hold_on_the_others_within_a_second() {
         .as_str()
         .unwrap()
         .to_owned();
-    let tk = key(&http, &fleet[1], json!({"team_id": team})).await;
-    assert_eq!(chat(&http, &fleet[2], &tk).await, 200);
+    let tk = key(http, &fleet[1], json!({"team_id": team})).await;
+    assert_eq!(chat(http, &fleet[2], &tk).await, 200);
     let r = http
         .post(format!("{}/team/block", fleet[1].url))
         .bearer_auth(MASTER)
@@ -311,7 +352,7 @@ async fn changes_on_one_instance_hold_on_the_others_within_a_second() {
     within_a_second(2, tk.clone(), 401).await;
 
     // A model added on one instance is served by another.
-    let ok_key = key(&http, &fleet[0], json!({})).await;
+    let ok_key = key(http, &fleet[0], json!({})).await;
     let upstream = {
         let (mock_router, _) = llmux_mock::app(false);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

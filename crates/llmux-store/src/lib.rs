@@ -35,6 +35,8 @@ pub enum StoreError {
     BadUrl(String),
     #[error("stored object {0} is corrupt: {1}")]
     Corrupt(String, String),
+    #[error("database contention: could not write to {0}")]
+    Contention(&'static str),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -421,6 +423,65 @@ impl Store {
         }
         let row = q.fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Record that an object changed, for the other instances polling `changes_since`.
+    pub async fn record_change(&self, kind: Kind, id: &str) -> Result<i64> {
+        // `WHERE 1 = 1`: SQLite reads `ON CONFLICT` right after `FROM` as part of the join.
+        let sql = self.sql(
+            "INSERT INTO llmux_changes (seq, kind, id, at) \
+             SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM llmux_changes WHERE 1 = 1 \
+             ON CONFLICT (seq) DO NOTHING RETURNING seq",
+        );
+        // Two instances recording at once compute the same number: one of them tries again.
+        for _ in 0..20 {
+            let row = sqlx::query(&sql)
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(now_ms())
+                .fetch_optional(&self.pool)
+                .await?;
+            if let Some(row) = row {
+                return Ok(row.try_get::<i64, _>("seq")?);
+            }
+        }
+        Err(StoreError::Contention("llmux_changes"))
+    }
+
+    /// Changes recorded after `seq`, oldest first (at most `limit`).
+    pub async fn changes_since(&self, seq: i64, limit: i64) -> Result<Vec<(i64, Kind, String)>> {
+        let sql =
+            self.sql("SELECT seq, kind, id FROM llmux_changes WHERE seq > ? ORDER BY seq LIMIT ?");
+        let rows = sqlx::query(&sql)
+            .bind(seq)
+            .bind(limit)
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            let kind: String = row.try_get("kind")?;
+            if let Some(kind) = Kind::parse(&kind) {
+                out.push((row.try_get("seq")?, kind, row.try_get("id")?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// The number of the last change recorded (0: none).
+    pub async fn last_change(&self) -> Result<i64> {
+        let sql = "SELECT COALESCE(MAX(seq), 0) AS seq FROM llmux_changes";
+        let row = sqlx::query(sql).fetch_one(&self.pool).await?;
+        Ok(row.try_get::<i64, _>("seq")?)
+    }
+
+    /// Forget changes recorded before `before` (unix ms), keeping the last one (its number
+    /// is where the next starts).
+    pub async fn prune_changes(&self, before: i64) -> Result<u64> {
+        let sql = self.sql(
+            "DELETE FROM llmux_changes WHERE at < ? AND seq < (SELECT MAX(seq) FROM llmux_changes)",
+        );
+        let done = sqlx::query(&sql).bind(before).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     /// Objects whose budget period ended at or before `now` (unix ms).

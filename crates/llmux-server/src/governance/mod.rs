@@ -20,7 +20,7 @@ use std::time::Duration;
 use axum::http::HeaderMap;
 use llmux::{Client, RequestHook, RequestLog};
 use llmux_config::Config;
-use llmux_store::{Kind, Object, SpendRecord, Store};
+use llmux_store::{Backend, Kind, Object, SpendRecord, Store};
 use llmux_types::{ErrorKind, GatewayError};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
@@ -155,6 +155,7 @@ impl Governance {
             gov.use_shared_state(state);
         }
         gov.spawn_budget_resets();
+        gov.follow_changes();
         Ok(gov)
     }
 
@@ -181,14 +182,59 @@ impl Governance {
             let Some((kind, id)) = message.split_once(':') else {
                 return;
             };
-            match Kind::parse(kind) {
-                Some(Kind::Model) => {
-                    if let Some(reload) = gov.on_models_changed.get() {
-                        reload();
+            if let Some(kind) = Kind::parse(kind) {
+                gov.changed_elsewhere(kind, id);
+            }
+        });
+    }
+
+    /// Another instance changed an object: drop the cached copy (or reload the models).
+    fn changed_elsewhere(&self, kind: Kind, id: &str) {
+        match kind {
+            Kind::Model => {
+                if let Some(reload) = self.on_models_changed.get() {
+                    reload();
+                }
+            }
+            kind => self.forget_cached(kind, id),
+        }
+    }
+
+    /// On PostgreSQL, follow the changes every instance records (`llmux_changes`), a poll every
+    /// `CHANGE_POLL`: a fleet without Redis, or whose Redis is down or lost a message, still
+    /// sees every change within a second. Pruned to the last hour.
+    pub fn follow_changes(self: &Arc<Self>) {
+        if self.store.backend() != Backend::Postgres {
+            return;
+        }
+        let gov = Arc::downgrade(self);
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            let mut last = store.last_change().await.unwrap_or(0);
+            let mut tick = tokio::time::interval(CHANGE_POLL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut pruned = tokio::time::Instant::now();
+            loop {
+                tick.tick().await;
+                let Some(gov) = gov.upgrade() else { return };
+                if gov.stopping.load(Ordering::Relaxed) {
+                    return;
+                }
+                match store.changes_since(last, 1000).await {
+                    Ok(changes) => {
+                        for (seq, kind, id) in changes {
+                            last = seq;
+                            gov.changed_elsewhere(kind, &id);
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "cannot read the fleet's changes"),
+                }
+                if pruned.elapsed() > Duration::from_secs(600) {
+                    pruned = tokio::time::Instant::now();
+                    if let Err(e) = store.prune_changes(gov.now() - 3_600_000).await {
+                        tracing::debug!(error = %e, "cannot prune the fleet's changes");
                     }
                 }
-                Some(kind) => gov.forget_cached(kind, id),
-                None => {}
             }
         });
     }
@@ -355,6 +401,14 @@ impl Governance {
         self.forget_cached(kind, id);
         if let Some(shared) = self.shared.get() {
             shared.publish_invalidation(format!("{}:{id}", kind.as_str()));
+        }
+        if self.store.backend() == Backend::Postgres {
+            let (store, id) = (self.store.clone(), id.to_owned());
+            tokio::spawn(async move {
+                if let Err(e) = store.record_change(kind, &id).await {
+                    tracing::warn!(error = %e, kind = kind.as_str(), "cannot record a change for the fleet");
+                }
+            });
         }
     }
 
@@ -1014,6 +1068,9 @@ fn kind_label(kind: Kind) -> &'static str {
 
 /// How long the request path waits for the fleet's Redis before counting locally.
 const SHARED_DEADLINE: Duration = Duration::from_millis(50);
+
+/// How often an instance on PostgreSQL reads the changes others recorded.
+const CHANGE_POLL: Duration = Duration::from_millis(250);
 
 /// How long a response waits for its spend row in `sync` durability before answering anyway.
 const COMMIT_WAIT: Duration = Duration::from_secs(10);

@@ -275,18 +275,27 @@ impl DeploymentStats {
         );
     }
 
-    /// A successful attempt: a half-open probe closes the circuit.
-    pub fn record_success(&self) {
+    /// A successful attempt: a half-open probe closes the circuit. `true` when this answer
+    /// ended a cooldown (the deployment was cooling or probed).
+    pub fn record_success(&self) -> bool {
         self.window().successes.fetch_add(1, Ordering::Relaxed);
-        if self.state.load(Ordering::Acquire) != HEALTHY {
-            self.state.store(HEALTHY, Ordering::Release);
-            self.cooling_until_ms.store(0, Ordering::Release);
-            self.window.failures.store(0, Ordering::Relaxed);
-            for counter in &self.window.failures_by_kind {
-                counter.store(0, Ordering::Relaxed);
-            }
+        let recovered = self.state.load(Ordering::Acquire) != HEALTHY;
+        if recovered {
+            self.recover();
         }
         self.probe_in_flight.store(false, Ordering::Release);
+        recovered
+    }
+
+    /// Healthy again (a probe, here or on another instance of a fleet, was answered): the
+    /// cooldown and this minute's failures are forgotten.
+    pub fn recover(&self) {
+        self.state.store(HEALTHY, Ordering::Release);
+        self.cooling_until_ms.store(0, Ordering::Release);
+        self.window.failures.store(0, Ordering::Relaxed);
+        for counter in &self.window.failures_by_kind {
+            counter.store(0, Ordering::Relaxed);
+        }
     }
 
     /// A failed attempt; returns the cooldown it started, if any.

@@ -34,6 +34,10 @@ pub use auth::constant_time_key_eq;
 use governance::keys::Principal;
 use governance::{Governance, RequestFacts};
 
+/// How much longer than a cooldown another instance announced this one waits for that
+/// instance's probe verdict before probing the deployment itself.
+const FLEET_PROBE_GRACE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared state of the HTTP app: one `Arc`, because axum clones the state for every request
 /// (four reference counts up and down per request when it was four fields).
 #[derive(Clone)]
@@ -79,16 +83,27 @@ impl AppState {
         models::apply_db_models(&state)
             .await
             .map_err(|e| e.message().to_owned())?;
-        // A deployment one instance cools down is cooled on every other (fleet-wide cooldowns).
+        // A deployment one instance cools down is cooled on every other (fleet-wide cooldowns),
+        // and only that instance probes it when the cooldown ends: the others wait for its
+        // verdict (`recovered`, or a new cooldown) for up to `FLEET_PROBE_GRACE` more, after
+        // which they probe themselves (the prober may have died or seen no traffic).
         if let Some(gov) = &state.governance {
-            if let Some(limiter) = gov.shared_state() {
-                let limiter = Arc::clone(limiter);
-                state.client.on_cooldown(move |id, duration| {
-                    limiter.publish_invalidation(format!("cooldown:{}:{id}", duration.as_millis()));
-                });
+            if let Some(shared) = gov.shared_state() {
+                let publisher = Arc::clone(shared);
+                state
+                    .client
+                    .on_cooldown(move |id, duration| publisher.publish_cooldown(id, duration));
+                let publisher = Arc::clone(shared);
+                state
+                    .client
+                    .on_recovery(move |id| publisher.publish_recovery(id));
                 let client = state.client.clone();
                 gov.on_remote_cooldown(move |id, duration| {
-                    client.cool_down(id, duration);
+                    client.cool_down(id, duration + FLEET_PROBE_GRACE);
+                });
+                let client = state.client.clone();
+                gov.on_remote_recovery(move |id| {
+                    client.recover(id);
                 });
             }
         }

@@ -43,13 +43,21 @@ async fn fleet(n: usize, redis: &str) -> (Vec<Instance>, reqwest::Client) {
     fleet_of(n, redis, &models).await
 }
 
+/// The deadline on Redis calls of fleets whose tests count exactly: a loaded test machine can
+/// take longer than production's 50 ms, and the instance would then count locally.
+const PATIENT: Duration = Duration::from_secs(1);
+
 /// `n` instances of `models` (a model_list and router_settings), sharing `redis`.
 async fn fleet_of(n: usize, redis: &str, models: &str) -> (Vec<Instance>, reqwest::Client) {
-    fleet_on(n, Some(redis), models).await
+    fleet_on(n, Some((redis, PATIENT)), models).await
 }
 
 /// `n` instances of `models` on one PostgreSQL database, sharing `redis` if given.
-async fn fleet_on(n: usize, redis: Option<&str>, models: &str) -> (Vec<Instance>, reqwest::Client) {
+async fn fleet_on(
+    n: usize,
+    redis: Option<(&str, Duration)>,
+    models: &str,
+) -> (Vec<Instance>, reqwest::Client) {
     let yaml = format!("{models}\ngeneral_settings: {{master_key: {MASTER}}}\n");
     let env = std::collections::HashMap::<String, String>::new();
     let db = llmux_store::testing::fresh_postgres_url().await;
@@ -60,12 +68,8 @@ async fn fleet_on(n: usize, redis: Option<&str>, models: &str) -> (Vec<Instance>
         let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap();
         let store = llmux_store::Store::open(&db).await.unwrap();
         let gov = Governance::with_store(store, &config, Arc::new(llmux_store::now_ms));
-        if let Some(redis) = redis {
-            gov.use_shared_state(
-                SharedState::connect(redis, Duration::from_millis(50))
-                    .await
-                    .unwrap(),
-            );
+        if let Some((redis, deadline)) = redis {
+            gov.use_shared_state(SharedState::connect(redis, deadline).await.unwrap());
         }
         gov.follow_changes();
         let state = AppState::new(client)
@@ -190,7 +194,13 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
     };
     let mut redis = start();
     wait_up().await;
-    let (fleet, http) = fleet(2, &format!("redis://127.0.0.1:{port}")).await;
+    let (mock_url, _mock) = upstream().await;
+    let models = format!(
+        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{mock_url}\", api_key: k}}}}]\nrouter_settings: {{num_retries: 0}}\n"
+    );
+    // Production's deadline: requests with Redis gone wait at most this.
+    let redis_at = format!("redis://127.0.0.1:{port}");
+    let (fleet, http) = fleet_on(2, Some((&redis_at, Duration::from_millis(50))), &models).await;
     let sk = key(&http, &fleet[0], json!({"rpm_limit": 1000})).await;
     assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
     let _ = redis.kill();
@@ -397,8 +407,10 @@ async fn a_cooldown_taken_by_one_instance_holds_on_the_others() {
     let (failing_url, failing) = upstream().await;
     let (healthy_url, healthy) = upstream().await;
     failing.set_defaults(json!({"status": 429}));
+    // Deployment ids of this test alone: cooldowns travel on a channel every test's fleet hears.
+    let unique = llmux::new_request_id();
     let models = format!(
-        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{failing_url}\", api_key: k}}, model_info: {{id: failing}}}}\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{healthy_url}\", api_key: k}}, model_info: {{id: healthy}}}}\nrouter_settings: {{num_retries: 1, cooldown_time: 30}}\n"
+        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{failing_url}\", api_key: k}}, model_info: {{id: failing-{unique}}}}}\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{healthy_url}\", api_key: k}}, model_info: {{id: healthy-{unique}}}}}\nrouter_settings: {{num_retries: 1, cooldown_time: 30}}\n"
     );
     let (fleet, http) = fleet_of(3, &redis_url(), &models).await;
     let sk = key(&http, &fleet[0], json!({})).await;
@@ -609,7 +621,10 @@ async fn reservations_are_released_on_failure_and_on_client_disconnect() {
         .unwrap();
     assert_eq!(stream.status(), 200);
     let _ = stream.chunk().await;
-    let state = fleet[0].gov.shared_state().unwrap();
+    // Read with a patient deadline (the instances' 50 ms can pass on a loaded test machine).
+    let state = SharedState::connect(&redis_url(), Duration::from_secs(2))
+        .await
+        .unwrap();
     let owner = (
         llmux_store::Kind::Key,
         llmux_server::governance::keys::hash_key(&sk),
@@ -734,4 +749,69 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         assert!(std::time::Instant::now() < deadline, "{spent} {reserved}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+/// When a cooldown ends, one instance of the fleet probes the deployment (the one that cooled
+/// it), not every instance: the others wait for its verdict. A failed probe cools it again
+/// everywhere; a successful one brings it back everywhere at once.
+#[tokio::test]
+async fn one_probe_serves_the_whole_fleet_when_a_cooldown_ends() {
+    let (failing_url, failing) = upstream().await;
+    let (healthy_url, _healthy) = upstream().await;
+    failing.set_defaults(json!({"status": 429}));
+    // Deployment ids of this test alone: cooldowns travel on a channel every test's fleet hears.
+    let unique = llmux::new_request_id();
+    let models = format!(
+        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{failing_url}\", api_key: k}}, model_info: {{id: failing-{unique}}}}}\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{healthy_url}\", api_key: k}}, model_info: {{id: healthy-{unique}}}}}\nrouter_settings: {{num_retries: 1, cooldown_time: 1}}\n"
+    );
+    let (fleet, http) = fleet_of(3, &redis_url(), &models).await;
+    let sk = key(&http, &fleet[0], json!({})).await;
+    let calls = || {
+        failing
+            .stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Instance 0 cools the deployment down; the cooldown reaches the others.
+    while calls() == 0 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await; // instance 0's cooldown is over
+    let before = calls();
+    for i in 0..20 {
+        assert_eq!(chat(&http, &fleet[1 + i % 2], &sk).await, 200);
+    }
+    assert_eq!(
+        calls(),
+        before,
+        "instances 1 and 2 leave the probe to instance 0 (and wait for its verdict)"
+    );
+    // Instance 0 probes; the deployment still fails, so it cools again everywhere.
+    for _ in 0..100 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+        if calls() > before {
+            break;
+        }
+    }
+    assert_eq!(calls(), before + 1, "one probe");
+    // Healthy again: instance 0's next probe succeeds, and every instance uses it at once.
+    failing.set_defaults(json!({}));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = calls();
+    for _ in 0..100 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+        if calls() > before {
+            break;
+        }
+    }
+    assert!(calls() > before, "instance 0 probed the deployment");
+    tokio::time::sleep(Duration::from_millis(300)).await; // the verdict travels
+    let before = calls();
+    for i in 0..30 {
+        assert_eq!(chat(&http, &fleet[1 + i % 2], &sk).await, 200);
+    }
+    assert!(
+        calls() > before,
+        "instances 1 and 2 use the recovered deployment (their own cooldown has 10 s left)"
+    );
 }

@@ -622,7 +622,9 @@ impl Run<'_> {
             .await
             .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
             let meta = &response.meta;
-            stats.record_success();
+            if stats.record_success() {
+                snapshot.announce_recovery(&snapshot.router.deployment(index).id);
+            }
             let completion = meta.usage.map_or(0, |u| u.completion_tokens);
             stats.record_latency(meta.upstream_latency, completion);
             stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
@@ -656,7 +658,9 @@ impl Run<'_> {
             )
         })??;
         let peeked = attempt.peek(self.op, response, stream_timeout).await?;
-        stats.record_success();
+        if stats.record_success() {
+            snapshot.announce_recovery(&snapshot.router.deployment(index).id);
+        }
         stats.record_ttft(peeked.meta.upstream_latency);
         let meta = peeked.meta.clone();
         let time_to_first_chunk = self.trace.received_at.elapsed();

@@ -69,9 +69,16 @@ pub struct Snapshot {
 /// deployment down (a fleet passes it on to its other instances).
 pub type CooldownObserver = Box<dyn Fn(&str, Duration) + Send + Sync>;
 
-/// Where a client's cooldown observer is kept (set at most once).
+/// Told, with the deployment's id, when a half-open probe found a cooled deployment healthy
+/// again (a fleet passes it on, so one probe serves every instance).
+pub type RecoveryObserver = Box<dyn Fn(&str) + Send + Sync>;
+
+/// Where a client's cooldown and recovery observers are kept (each set at most once).
 #[derive(Default)]
-pub(crate) struct Cooldowns(std::sync::OnceLock<CooldownObserver>);
+pub(crate) struct Cooldowns(
+    std::sync::OnceLock<CooldownObserver>,
+    std::sync::OnceLock<RecoveryObserver>,
+);
 
 impl std::fmt::Debug for Cooldowns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -88,6 +95,13 @@ impl Snapshot {
     pub(crate) fn announce_cooldown(&self, deployment: &str, duration: Duration) {
         if let Some(observe) = self.cooldowns.0.get() {
             observe(deployment, duration);
+        }
+    }
+
+    /// Tell the recovery observer, if any, that `deployment` answered its probe.
+    pub(crate) fn announce_recovery(&self, deployment: &str) {
+        if let Some(observe) = self.cooldowns.1.get() {
+            observe(deployment);
         }
     }
 }
@@ -341,6 +355,26 @@ impl Client {
     /// on to its other instances).
     pub fn on_cooldown(&self, observe: impl Fn(&str, Duration) + Send + Sync + 'static) {
         let _ = self.inner.cooldowns.0.set(Box::new(observe));
+    }
+
+    /// Be told when a half-open probe of this client finds a cooled deployment healthy again
+    /// (set once; a fleet passes it on, so the other instances need not probe it themselves).
+    pub fn on_recovery(&self, observe: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.inner.cooldowns.1.set(Box::new(observe));
+    }
+
+    /// Deployment `id` is healthy again (another instance's probe found it so): end its
+    /// cooldown. `false` when no deployment has that id.
+    pub fn recover(&self, id: &str) -> bool {
+        let snapshot = self.snapshot();
+        let router = &snapshot.router;
+        match router.deployments().iter().position(|d| d.id == id) {
+            Some(index) => {
+                router.stats(index).recover();
+                true
+            }
+            None => false,
+        }
     }
 
     /// Cool deployment `id` for `duration` (another instance of the fleet saw it fail), without

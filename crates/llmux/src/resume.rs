@@ -134,7 +134,9 @@ impl Resume for Resumer {
             let stats = router.stats(index);
             match outcome {
                 Ok(peeked) => {
-                    stats.record_success();
+                    if stats.record_success() {
+                        snapshot.announce_recovery(&router.deployment(index).id);
+                    }
                     self.claims.push(claim);
                     let mut initial: Vec<(Bytes, Option<Usage>)> =
                         peeked.initial.into_iter().map(|b| (b, None)).collect();

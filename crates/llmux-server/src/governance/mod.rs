@@ -57,6 +57,7 @@ pub struct Governance {
     shared: std::sync::OnceLock<Arc<shared::SharedState>>,
     on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     on_cooldown: std::sync::OnceLock<llmux::CooldownObserver>,
+    on_recovery: std::sync::OnceLock<llmux::RecoveryObserver>,
     pub writer: SpendWriter,
     /// SHA-256 of the master key, computed once.
     master_digest: Option<[u8; 32]>,
@@ -167,15 +168,32 @@ impl Governance {
             return;
         }
         let gov = Arc::downgrade(self);
+        let shared = Arc::downgrade(&state);
         state.listen(move |message| {
-            let Some(gov) = gov.upgrade() else { return };
-            // `cooldown:<ms>:<deployment id>`: another instance cooled a deployment down.
-            if let Some(rest) = message.strip_prefix("cooldown:") {
-                if let (Some((ms, id)), Some(cool)) = (rest.split_once(':'), gov.on_cooldown.get())
+            let (Some(gov), Some(state)) = (gov.upgrade(), shared.upgrade()) else {
+                return;
+            };
+            // `recovered:<instance>:<deployment id>`: another instance's probe found it
+            // healthy.
+            if let Some(rest) = message.strip_prefix("recovered:") {
+                if let (Some(id), Some(recover)) = (state.from_another(rest), gov.on_recovery.get())
                 {
-                    if let Ok(ms) = ms.parse::<u64>() {
-                        cool(id, Duration::from_millis(ms));
-                    }
+                    recover(id);
+                }
+                return;
+            }
+            // `cooldown:<ms>:<instance>:<deployment id>`: another instance cooled a deployment
+            // down.
+            if let Some(rest) = message.strip_prefix("cooldown:") {
+                let Some((ms, rest)) = rest.split_once(':') else {
+                    return;
+                };
+                if let (Some(id), Some(cool), Ok(ms)) = (
+                    state.from_another(rest),
+                    gov.on_cooldown.get(),
+                    ms.parse::<u64>(),
+                ) {
+                    cool(id, Duration::from_millis(ms));
                 }
                 return;
             }
@@ -242,6 +260,11 @@ impl Governance {
     /// What to run when another instance changed the database's models.
     pub fn on_models_changed(&self, reload: impl Fn() + Send + Sync + 'static) {
         let _ = self.on_models_changed.set(Box::new(reload));
+    }
+
+    /// What to run when another instance's probe found a cooled deployment healthy (its id).
+    pub fn on_remote_recovery(&self, recover: impl Fn(&str) + Send + Sync + 'static) {
+        let _ = self.on_recovery.set(Box::new(recover));
     }
 
     /// What to run when another instance cooled a deployment down (id, for how long).
@@ -318,6 +341,7 @@ impl Governance {
             shared: std::sync::OnceLock::new(),
             on_models_changed: std::sync::OnceLock::new(),
             on_cooldown: std::sync::OnceLock::new(),
+            on_recovery: std::sync::OnceLock::new(),
             writer,
             master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
             objects: std::array::from_fn(|_| {

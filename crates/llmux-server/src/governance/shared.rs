@@ -192,6 +192,8 @@ pub const INVALIDATE_CHANNEL: &str = "llmux:invalidate";
 
 /// The Redis-backed state of a fleet: rate limits and budgets.
 pub struct SharedState {
+    /// This instance's name on the fleet's channel: it ignores its own announcements.
+    instance: String,
     client: redis::Client,
     conn: ConnectionManager,
     acquire: redis::Script,
@@ -292,6 +294,7 @@ impl SharedState {
         .map_err(|_| "redis: no connection within 5 s".to_owned())?
         .map_err(|e| format!("redis: {e}"))?;
         let state = Arc::new(SharedState {
+            instance: uuid::Uuid::new_v4().simple().to_string(),
             client,
             conn,
             acquire: redis::Script::new(ACQUIRE),
@@ -326,6 +329,27 @@ impl SharedState {
                 tracing::warn!(change = %message, "could not announce a change to the fleet");
             }
         });
+    }
+
+    /// Tell the fleet this instance started cooling deployment `id` down for `duration`.
+    pub fn publish_cooldown(self: &Arc<Self>, id: &str, duration: Duration) {
+        self.publish_invalidation(format!(
+            "cooldown:{}:{}:{id}",
+            duration.as_millis(),
+            self.instance
+        ));
+    }
+
+    /// Tell the fleet this instance's probe found deployment `id` healthy again.
+    pub fn publish_recovery(self: &Arc<Self>, id: &str) {
+        self.publish_invalidation(format!("recovered:{}:{id}", self.instance));
+    }
+
+    /// Whether an announcement (`cooldown:` / `recovered:` body after its prefix) came from
+    /// another instance; with the rest of it (the message without the instance's name).
+    pub fn from_another<'m>(&self, rest: &'m str) -> Option<&'m str> {
+        let (origin, rest) = rest.split_once(':')?;
+        (origin != self.instance).then_some(rest)
     }
 
     /// Listen for the fleet's changes for as long as the process runs, calling `on_change` with

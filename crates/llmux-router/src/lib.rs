@@ -20,7 +20,10 @@ use llmux_providers::{HttpTarget, Operation, Provider};
 use serde_json::Value;
 use smallvec::SmallVec;
 
-pub use stats::{Availability, DeploymentStats, HealthSnapshot, InMemoryStats, StatsStore};
+pub use stats::{
+    Availability, DeploymentStats, FleetReport, HealthSnapshot, InMemoryStats, LocalReport,
+    StatsStore,
+};
 use strategy::CandidateView;
 
 /// Deployment indices of one selection: a group has a handful, so they stay on the stack.
@@ -385,7 +388,7 @@ impl Router {
                 views.push(CandidateView {
                     index: i,
                     weight: 0.0,
-                    in_flight: stats.in_flight(),
+                    in_flight: stats.fleet_in_flight(),
                     latency_ms: if input.stream {
                         ttft.or(per_token)
                     } else {

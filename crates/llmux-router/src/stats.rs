@@ -1,9 +1,13 @@
 //! Per-deployment runtime state that strategies read and the attempt loop writes: in-flight
 //! requests, per-minute usage and failures, latency windows, and cooldown (circuit breaker).
 //!
-//! State lives behind `StatsStore` so that a shared (Redis) store can replace the in-memory one;
-//! the router resolves each deployment's `DeploymentStats` once per snapshot, so the hot path only
-//! touches atomics. Time comes from tokio's clock, so tests can pause and advance it.
+//! State lives behind `StatsStore`; the router resolves each deployment's `DeploymentStats` once
+//! per snapshot, so the hot path only touches atomics. A fleet shares it without adding work to
+//! that path: a background task reports each instance's own numbers (`local_report`) and hands
+//! back what the other instances reported (`set_fleet`), which the readers strategies use
+//! (usage this minute, requests in flight, latency) add in. Minutes are wall-clock minutes, so
+//! instances count the same ones. Time comes from tokio's clock, so tests can pause and advance
+//! it.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -130,10 +134,53 @@ fn mean(window: &VecDeque<f64>) -> Option<f64> {
     (!window.is_empty()).then(|| window.iter().sum::<f64>() / window.len() as f64)
 }
 
+/// What the fleet's other instances last reported for a deployment (none without a fleet).
+#[derive(Debug, Default)]
+struct FleetShare {
+    /// The wall-clock minute `requests` and `tokens` count.
+    minute: AtomicU64,
+    requests: AtomicU64,
+    tokens: AtomicU64,
+    in_flight: AtomicU64,
+    /// Means over the reporting instances (bits of an f64; 0 bits: no data).
+    per_token_ms: AtomicU64,
+    ttft_ms: AtomicU64,
+    /// Instances whose latency means went into those.
+    latency_reporters: AtomicU64,
+}
+
+/// One instance's own numbers for a deployment, as it reports them to the fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct LocalReport {
+    /// Wall-clock minute (unix ms / 60,000).
+    pub minute: u64,
+    pub requests: u64,
+    pub tokens: u64,
+    pub in_flight: u64,
+    pub per_token_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+}
+
+/// What the other instances of a fleet reported for a deployment, summed (usage, in flight) and
+/// averaged (latency means, `latency_reporters` of them).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct FleetReport {
+    pub minute: u64,
+    pub requests: u64,
+    pub tokens: u64,
+    pub in_flight: u64,
+    pub per_token_ms: Option<f64>,
+    pub ttft_ms: Option<f64>,
+    pub latency_reporters: u64,
+}
+
 /// Runtime state of one deployment.
 #[derive(Debug)]
 pub struct DeploymentStats {
     epoch: Instant,
+    /// Unix ms at `epoch`, so minutes are the wall clock's (the same on every instance).
+    epoch_unix_ms: u64,
+    fleet: FleetShare,
     in_flight: AtomicU64,
     state: AtomicU8,
     cooling_until_ms: AtomicU64,
@@ -160,8 +207,14 @@ pub struct HealthSnapshot {
 
 impl DeploymentStats {
     pub fn new(epoch: Instant) -> Self {
+        let unix_now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let since_epoch = Instant::now().saturating_duration_since(epoch).as_millis() as u64;
         DeploymentStats {
             epoch,
+            epoch_unix_ms: unix_now.saturating_sub(since_epoch),
+            fleet: FleetShare::default(),
             in_flight: AtomicU64::new(0),
             state: AtomicU8::new(HEALTHY),
             cooling_until_ms: AtomicU64::new(0),
@@ -178,26 +231,68 @@ impl DeploymentStats {
             .as_millis() as u64
     }
 
+    /// The wall-clock minute now.
+    fn minute(&self) -> u64 {
+        (self.epoch_unix_ms + self.now_ms()) / 60_000
+    }
+
     fn window(&self) -> &MinuteWindow {
-        self.window.roll(self.now_ms() / 60_000);
+        self.window.roll(self.minute());
         &self.window
     }
 
+    /// Requests in flight on this instance.
     pub fn in_flight(&self) -> u64 {
         self.in_flight.load(Ordering::Relaxed)
     }
 
-    /// Count a request as started, unless `limit` requests are already in flight.
+    /// Requests in flight on every instance of the fleet (as last reported by the others).
+    pub fn fleet_in_flight(&self) -> u64 {
+        self.in_flight() + self.fleet.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Count a request as started, unless `limit` requests are already in flight (on the whole
+    /// fleet, as far as this instance knows).
     pub fn try_begin(&self, limit: Option<u64>) -> bool {
         let Some(limit) = limit else {
             self.in_flight.fetch_add(1, Ordering::Relaxed);
             return true;
         };
+        let others = self.fleet.in_flight.load(Ordering::Relaxed);
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < limit).then_some(n + 1)
+                (n + others < limit).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// This instance's own numbers, for the fleet.
+    pub fn local_report(&self) -> LocalReport {
+        let w = self.window();
+        let l = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+        LocalReport {
+            minute: w.minute.load(Ordering::Acquire),
+            requests: w.requests.load(Ordering::Relaxed),
+            tokens: w.tokens.load(Ordering::Relaxed),
+            in_flight: self.in_flight(),
+            per_token_ms: mean(&l.per_token_ms),
+            ttft_ms: mean(&l.ttft_ms),
+        }
+    }
+
+    /// What the fleet's other instances reported (replaces the last report).
+    pub fn set_fleet(&self, report: FleetReport) {
+        let f = &self.fleet;
+        f.minute.store(report.minute, Ordering::Relaxed);
+        f.requests.store(report.requests, Ordering::Relaxed);
+        f.tokens.store(report.tokens, Ordering::Relaxed);
+        f.in_flight.store(report.in_flight, Ordering::Relaxed);
+        let bits = |v: Option<f64>| v.filter(|v| v.is_finite()).map_or(0, f64::to_bits);
+        f.per_token_ms
+            .store(bits(report.per_token_ms), Ordering::Relaxed);
+        f.ttft_ms.store(bits(report.ttft_ms), Ordering::Relaxed);
+        f.latency_reporters
+            .store(report.latency_reporters, Ordering::Relaxed);
     }
 
     pub fn end(&self) {
@@ -229,13 +324,18 @@ impl DeploymentStats {
             .is_ok()
     }
 
-    /// Usage this minute: (requests, tokens).
+    /// Usage this minute, fleet-wide: (requests, tokens).
     pub fn minute_usage(&self) -> (u64, u64) {
         let w = self.window();
-        (
+        let (mut requests, mut tokens) = (
             w.requests.load(Ordering::Relaxed),
             w.tokens.load(Ordering::Relaxed),
-        )
+        );
+        if self.fleet.minute.load(Ordering::Relaxed) == w.minute.load(Ordering::Relaxed) {
+            requests += self.fleet.requests.load(Ordering::Relaxed);
+            tokens += self.fleet.tokens.load(Ordering::Relaxed);
+        }
+        (requests, tokens)
     }
 
     pub fn record_request(&self) {
@@ -246,10 +346,29 @@ impl DeploymentStats {
         self.window().tokens.fetch_add(tokens, Ordering::Relaxed);
     }
 
-    /// Moving average of latency per output token (ms), and of time to first token (ms).
+    /// Moving average of latency per output token (ms), and of time to first token (ms): this
+    /// instance's, averaged with the fleet's other instances' (each instance counting once).
     pub fn latency(&self) -> (Option<f64>, Option<f64>) {
-        let l = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
-        (mean(&l.per_token_ms), mean(&l.ttft_ms))
+        let (per_token, ttft) = {
+            let l = self.latency.lock().unwrap_or_else(PoisonError::into_inner);
+            (mean(&l.per_token_ms), mean(&l.ttft_ms))
+        };
+        let others = self.fleet.latency_reporters.load(Ordering::Relaxed);
+        if others == 0 {
+            return (per_token, ttft);
+        }
+        let combine = |mine: Option<f64>, theirs: &AtomicU64| {
+            let bits = theirs.load(Ordering::Relaxed);
+            let theirs = (bits != 0).then(|| f64::from_bits(bits));
+            match (mine, theirs) {
+                (Some(m), Some(t)) => Some((m + t * others as f64) / (1 + others) as f64),
+                (m, t) => m.or(t),
+            }
+        };
+        (
+            combine(per_token, &self.fleet.per_token_ms),
+            combine(ttft, &self.fleet.ttft_ms),
+        )
     }
 
     pub fn record_latency(&self, total: Duration, output_tokens: u64) {
@@ -450,6 +569,52 @@ mod tests {
         );
         s.record_success();
         assert_eq!(s.availability(), Availability::Healthy);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn what_the_fleet_reports_adds_to_usage_in_flight_and_latency() {
+        let s = DeploymentStats::new(Instant::now());
+        s.record_request();
+        s.record_tokens(100);
+        s.record_latency(Duration::from_millis(100), 10); // 10 ms a token
+        assert!(s.try_begin(Some(3)));
+        let mine = s.local_report();
+        assert_eq!(
+            (
+                mine.requests,
+                mine.tokens,
+                mine.in_flight,
+                mine.per_token_ms
+            ),
+            (1, 100, 1, Some(10.0))
+        );
+        s.set_fleet(FleetReport {
+            minute: mine.minute,
+            requests: 4,
+            tokens: 400,
+            in_flight: 1,
+            per_token_ms: Some(40.0),
+            ttft_ms: None,
+            latency_reporters: 2,
+        });
+        assert_eq!(s.minute_usage(), (5, 500), "this minute, fleet-wide");
+        assert_eq!(s.fleet_in_flight(), 2);
+        assert!(s.try_begin(Some(3)), "2 in flight of 3");
+        assert!(!s.try_begin(Some(3)), "the fleet's third is the limit");
+        let (per_token, _) = s.latency();
+        assert_eq!(
+            per_token,
+            Some(30.0),
+            "each instance counts once: (10 + 2 x 40) / 3"
+        );
+        assert_eq!(
+            s.local_report().requests,
+            1,
+            "the report carries this instance's own numbers only"
+        );
+        // The fleet's numbers were for a minute that has passed: only this instance's count.
+        tokio::time::advance(Duration::from_secs(61)).await;
+        assert_eq!(s.minute_usage(), (0, 0));
     }
 
     #[tokio::test(start_paused = true)]

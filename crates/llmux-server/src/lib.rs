@@ -105,6 +105,18 @@ impl AppState {
                 gov.on_remote_recovery(move |id| {
                     client.recover(id);
                 });
+                // Usage, latency and in-flight counts of deployments, shared every 500 ms.
+                let client = state.client.clone();
+                shared.share_router_stats(move || {
+                    let snapshot = client.snapshot();
+                    let router = &snapshot.router;
+                    router
+                        .deployments()
+                        .iter()
+                        .enumerate()
+                        .map(|(i, d)| (d.id.clone(), Arc::clone(router.stats(i))))
+                        .collect()
+                });
             }
         }
         // Models another instance of the fleet changed are loaded here too.

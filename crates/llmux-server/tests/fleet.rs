@@ -815,3 +815,61 @@ async fn one_probe_serves_the_whole_fleet_when_a_cooldown_ends() {
         "instances 1 and 2 use the recovered deployment (their own cooldown has 10 s left)"
     );
 }
+
+/// Routing reads the fleet's numbers: a deployment that reached its `rpm` through one instance
+/// is full for the others too (usage-based routing), and a deployment one instance measured as
+/// slow is avoided by another that never called it (latency-based routing).
+#[tokio::test]
+async fn routing_reads_the_usage_and_latency_the_fleet_measured() {
+    let unique = llmux::new_request_id();
+    let (full_url, full) = upstream().await;
+    let models = format!(
+        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{full_url}\", api_key: k, rpm: 4}}, model_info: {{id: full-{unique}}}}}\nrouter_settings: {{num_retries: 0, routing_strategy: usage-based-routing}}\n"
+    );
+    let (fleet, http) = fleet_of(2, &redis_url(), &models).await;
+    let sk = key(&http, &fleet[0], json!({})).await;
+    for _ in 0..4 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+    }
+    tokio::time::sleep(Duration::from_millis(1200)).await; // two exchanges with the fleet
+    assert_eq!(
+        chat(&http, &fleet[1], &sk).await,
+        429,
+        "the deployment's rpm of 4 is used up fleet-wide"
+    );
+    assert_eq!(
+        full.stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed),
+        4
+    );
+
+    let (slow_url, slow) = upstream().await;
+    let (fast_url, _fast) = upstream().await;
+    slow.set_defaults(json!({"latency_ms": 150}));
+    let models = format!(
+        "model_list:\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{slow_url}\", api_key: k}}, model_info: {{id: slow-{unique}}}}}\n  - {{model_name: m, litellm_params: {{model: openai/m, api_base: \"{fast_url}\", api_key: k}}, model_info: {{id: fast-{unique}}}}}\nrouter_settings: {{num_retries: 0, routing_strategy: latency-based-routing}}\n"
+    );
+    let (fleet, http) = fleet_of(2, &redis_url(), &models).await;
+    let sk = key(&http, &fleet[0], json!({})).await;
+    let slow_calls = || {
+        slow.stats
+            .requests
+            .load(std::sync::atomic::Ordering::Relaxed)
+    };
+    // Instance 0 measures both (no data counts as fastest, so each gets tried).
+    for _ in 0..10 {
+        assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
+    }
+    assert!(slow_calls() > 0, "instance 0 measured the slow deployment");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = slow_calls();
+    for _ in 0..10 {
+        assert_eq!(chat(&http, &fleet[1], &sk).await, 200);
+    }
+    assert_eq!(
+        slow_calls(),
+        before,
+        "instance 1 never called the slow deployment: it knows instance 0's measurements"
+    );
+}

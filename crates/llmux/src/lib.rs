@@ -41,6 +41,7 @@ pub use delivered::DeliveredText;
 pub use execute::{GatewayResponse, ParsedBody, ResponseBody, ResponseMeta};
 pub use llmux_config as config;
 pub use llmux_providers::Operation;
+pub use llmux_router as router;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};
 pub use log::{Outcome, RequestHook, RequestLog};

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use redis::aio::ConnectionManager;
 
+use llmux::router::{DeploymentStats, FleetReport, LocalReport};
 use llmux_store::Kind;
 
 use super::budget::{BudgetCheck, Exceeded};
@@ -235,6 +236,11 @@ struct BudgetSettle {
     id: String,
     cost: f64,
 }
+
+/// How often an instance reports its deployments' numbers to the fleet and reads the others'.
+const STATS_SYNC: Duration = Duration::from_millis(500);
+/// A report older than this no longer counts for requests in flight (its instance stopped).
+const REPORT_FRESH_MS: i64 = 3_000;
 
 /// How long settlements gather before they are sent (and the most a tpm count lags behind the
 /// request that used it).
@@ -703,6 +709,72 @@ impl SharedState {
         });
     }
 
+    /// Share the router's per-deployment state with the fleet for as long as this lives: every
+    /// `STATS_SYNC`, report each deployment's usage this minute, requests in flight and latency
+    /// means (one pipelined call for all of them), and hand what the other instances reported to
+    /// the deployment's stats, which usage-, latency- and least-busy routing read. Off the
+    /// request path; while Redis does not answer, each instance routes on its own numbers.
+    pub fn share_router_stats(
+        self: &Arc<Self>,
+        deployments: impl Fn() -> Vec<(String, Arc<DeploymentStats>)> + Send + 'static,
+    ) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(STATS_SYNC);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = me.upgrade() else { return };
+                let deployments = deployments();
+                if !deployments.is_empty() {
+                    state.sync_router_stats(&deployments).await;
+                }
+            }
+        });
+    }
+
+    /// One exchange of router state with the fleet (see `share_router_stats`).
+    pub async fn sync_router_stats(&self, deployments: &[(String, Arc<DeploymentStats>)]) {
+        let now = llmux_store::now_ms();
+        let reports: Vec<LocalReport> = deployments.iter().map(|(_, s)| s.local_report()).collect();
+        let number = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.3}"));
+        let mut pipe = redis::pipe();
+        for ((id, _), r) in deployments.iter().zip(&reports) {
+            let key = format!("llmux:dep:{id}:{}", r.minute);
+            pipe.cmd("HSET")
+                .arg(&key)
+                .arg(&self.instance)
+                .arg(format!(
+                    "{now} {} {} {} {} {}",
+                    r.requests,
+                    r.tokens,
+                    r.in_flight,
+                    number(r.per_token_ms),
+                    number(r.ttft_ms)
+                ))
+                .ignore();
+            pipe.cmd("PEXPIRE").arg(&key).arg(120_000).ignore();
+            pipe.cmd("HGETALL").arg(&key);
+        }
+        let mut conn = self.conn.clone();
+        let answer = tokio::time::timeout(
+            Duration::from_secs(2),
+            pipe.query_async::<Vec<std::collections::HashMap<String, String>>>(&mut conn),
+        )
+        .await;
+        let Ok(Ok(rows)) = answer else {
+            // Routing falls back on this instance's own numbers: stale counts of the others
+            // (requests in flight above all) must not keep steering it.
+            for (_, stats) in deployments {
+                stats.set_fleet(FleetReport::default());
+            }
+            return;
+        };
+        for (((_, stats), mine), row) in deployments.iter().zip(&reports).zip(rows) {
+            stats.set_fleet(fleet_report(mine.minute, &self.instance, &row, now));
+        }
+    }
+
     async fn send(&self, batch: Batch) {
         const PER_CALL: usize = 500;
         let mut scopes = batch.scopes.chunks(PER_CALL);
@@ -734,5 +806,74 @@ impl SharedState {
             .await;
             self.note(matches!(done, Ok(Ok(_))), "release");
         }
+    }
+}
+
+/// Sum (usage, fresh in-flight counts) and average (latency means) what the other instances
+/// reported in `row` (instance -> `unix_ms requests tokens in_flight per_token_ms ttft_ms`,
+/// `-` for a mean without data).
+fn fleet_report(
+    minute: u64,
+    me: &str,
+    row: &std::collections::HashMap<String, String>,
+    now: i64,
+) -> FleetReport {
+    let mut report = FleetReport {
+        minute,
+        ..FleetReport::default()
+    };
+    let (mut per_token, mut ttft) = ((0.0, 0u64), (0.0, 0u64));
+    for (instance, value) in row {
+        if instance == me {
+            continue;
+        }
+        let fields: Vec<&str> = value.split(' ').collect();
+        let [at, requests, tokens, in_flight, pt, ft] = fields[..] else {
+            continue;
+        };
+        let int = |v: &str| v.parse::<u64>().unwrap_or(0);
+        report.requests += int(requests);
+        report.tokens += int(tokens);
+        if now - at.parse::<i64>().unwrap_or(0) <= REPORT_FRESH_MS {
+            report.in_flight += int(in_flight);
+        }
+        if let Ok(v) = pt.parse::<f64>() {
+            per_token = (per_token.0 + v, per_token.1 + 1);
+        }
+        if let Ok(v) = ft.parse::<f64>() {
+            ttft = (ttft.0 + v, ttft.1 + 1);
+        }
+    }
+    let mean = |(sum, n): (f64, u64)| (n > 0).then(|| sum / n as f64);
+    report.per_token_ms = mean(per_token);
+    report.ttft_ms = mean(ttft);
+    report.latency_reporters = per_token.1.max(ttft.1);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_report_sums_the_others_and_skips_stale_in_flight_counts() {
+        let row: std::collections::HashMap<String, String> = [
+            ("me", "1000 9 900 9 1.0 2.0"),
+            ("a", "1000 3 300 2 10.0 -"),
+            ("b", "-5000 4 400 5 20.0 100.0"),
+            ("broken", "1000 nonsense"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        let r = fleet_report(7, "me", &row, 1500);
+        assert_eq!((r.minute, r.requests, r.tokens), (7, 7, 700));
+        assert_eq!(
+            r.in_flight, 2,
+            "b's report is 6.5 s old: its instance stopped"
+        );
+        assert_eq!(r.per_token_ms, Some(15.0));
+        assert_eq!(r.ttft_ms, Some(100.0));
+        assert_eq!(r.latency_reporters, 2);
     }
 }

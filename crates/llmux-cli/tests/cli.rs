@@ -766,3 +766,146 @@ async fn large_upstream_answers_cost_about_their_size_and_are_given_back() {
         );
     }
 }
+
+/// Issue 18: three `llmux` processes on one PostgreSQL and one Redis act as one gateway: an
+/// rpm limit holds across them exactly, a budget spent through all three stops all three
+/// within one request's cost, a key blocked on one is refused by the others within a second,
+/// and each reports the same spend and the same spend log.
+#[tokio::test]
+async fn three_processes_on_one_postgres_and_one_redis_act_as_one_gateway() {
+    let postgres = llmux_store::testing::fresh_postgres_url().await;
+    let redis = std::env::var("LLMUX_TEST_REDIS_URL")
+        .expect("LLMUX_TEST_REDIS_URL (scripts/test.sh starts Redis)");
+    let upstream = mock_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(&format!(
+        "model_list: [{{model_name: m, litellm_params: {{model: openai/m, api_base: \"{upstream}\", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}}}]\nrouter_settings: {{num_retries: 0, redis_url: \"{redis}\"}}\ngeneral_settings: {{master_key: sk-master, database_url: \"{postgres}\"}}\nllmux_settings: {{database_path: \"{}/unused.db\"}}\n",
+        dir.path().display()
+    ));
+    let mut fleet = Vec::new();
+    for _ in 0..3 {
+        fleet.push(start_server(config.path(), &[]).await);
+    }
+    let http = reqwest::Client::new();
+    let new_key = |body: serde_json::Value| {
+        let (http, url) = (&http, &fleet[0].url);
+        async move {
+            let r: serde_json::Value = http
+                .post(format!("{url}/key/generate"))
+                .bearer_auth("sk-master")
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            r["key"].as_str().unwrap().to_owned()
+        }
+    };
+    let chat = |at: usize, key: String| {
+        let (http, url) = (&http, fleet[at].url.clone());
+        async move {
+            let r = http
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth(&key)
+                .json(&serde_json::json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap();
+            let cost: f64 = r
+                .headers()
+                .get("x-litellm-response-cost")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0.0);
+            (r.status().as_u16(), cost)
+        }
+    };
+
+    let limited = new_key(serde_json::json!({"rpm_limit": 5})).await;
+    let answers =
+        futures_util::future::join_all((0..15).map(|i| chat(i % 3, limited.clone()))).await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.0).collect();
+    assert_eq!(
+        (
+            statuses.iter().filter(|s| **s == 200).count(),
+            statuses.iter().filter(|s| **s == 429).count()
+        ),
+        (5, 10),
+        "{statuses:?}"
+    );
+
+    let (status, one) = chat(0, new_key(serde_json::json!({})).await).await;
+    assert_eq!(status, 200);
+    let max = one * 3.5;
+    let budgeted = new_key(serde_json::json!({"max_budget": max})).await;
+    let answers =
+        futures_util::future::join_all((0..15).map(|i| chat(i % 3, budgeted.clone()))).await;
+    let mut spent: f64 = answers.iter().filter(|a| a.0 == 200).map(|a| a.1).sum();
+    let mut admitted = answers.iter().filter(|a| a.0 == 200).count();
+    for i in 0..10 {
+        let (status, cost) = chat(i % 3, budgeted.clone()).await;
+        if status != 200 {
+            break;
+        }
+        spent += cost;
+        admitted += 1;
+    }
+    assert!(
+        spent >= max - 1e-9 && spent <= max + one + 1e-9,
+        "{admitted} admitted, {spent} spent of {max} (one request: {one})"
+    );
+    for at in 0..3 {
+        assert_eq!(chat(at, budgeted.clone()).await.0, 400, "instance {at}");
+    }
+    // Every instance reports the fleet's spend, and the same rows.
+    for server in &fleet {
+        let info: serde_json::Value = http
+            .get(format!("{}/key/info?key={budgeted}", server.url))
+            .bearer_auth("sk-master")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let seen = info["info"]["spend"].as_f64().unwrap();
+        assert!(
+            (seen - spent).abs() < 1e-9,
+            "{} says {seen}, spent {spent}",
+            server.url
+        );
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let rows = spend_logs(&http, &server.url, &budgeted, 100).await;
+            let rows = rows.as_array().map_or(0, Vec::len);
+            if rows == admitted {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {rows} spend rows, {admitted} answered",
+                server.url
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    let revoked = new_key(serde_json::json!({})).await;
+    for at in 0..3 {
+        assert_eq!(chat(at, revoked.clone()).await.0, 200);
+    }
+    let r = http
+        .post(format!("{}/key/block", fleet[0].url))
+        .bearer_auth("sk-master")
+        .json(&serde_json::json!({"key": revoked}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for at in 1..3 {
+        assert_eq!(chat(at, revoked.clone()).await.0, 401, "instance {at}");
+    }
+}

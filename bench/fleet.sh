@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Shared rate limits (issue 18): one llmux instance (release, pinned to core 0) with governance
-# on SQLite and a virtual key with rpm and tpm limits, counting them in process (`local`) or
-# through Redis (`redis`); llmux-mock (one thread), Redis and oha on core 1.
+# Shared limits and budgets (issue 18): one llmux instance (release, pinned to core 0) with
+# governance on SQLite and a virtual key with rpm and tpm limits and a budget, counting them in
+# process (`local`) or through Redis (`redis`); llmux-mock (one thread), Redis and oha on core 1.
 # Usage: bash bench/fleet.sh local|redis [connections]
 #   (build first: cargo build --release -p llmux-cli -p llmux-mock; redis-server from
 #    `bash scripts/redis.sh`'s install; oha from `cargo install oha`)
@@ -19,7 +19,7 @@ if [ "$MODE" = redis ]; then
 fi
 sleep 0.5
 cat > cfg.yaml <<YAML
-model_list: [{model_name: m, litellm_params: {model: openai/m, api_base: "http://127.0.0.1:18301/v1", api_key: k}}]
+model_list: [{model_name: m, litellm_params: {model: openai/m, api_base: "http://127.0.0.1:18301/v1", api_key: k, input_cost_per_token: 0.000001, output_cost_per_token: 0.000002}}]
 router_settings:
   num_retries: 0
 $REDIS_LINE
@@ -30,7 +30,7 @@ LLMUX_LOG=warn taskset -c 0 "$BIN/llmux" serve --port 18300 --config cfg.yaml >l
 LL=$!
 for _ in $(seq 50); do curl -sf localhost:18300/health/readiness >/dev/null && break; sleep 0.1; done
 KEY=$(curl -s localhost:18300/key/generate -H 'authorization: Bearer sk-m' \
-  -d '{"rpm_limit": 1000000000, "tpm_limit": 1000000000000}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["key"])')
+  -d '{"rpm_limit": 1000000000, "tpm_limit": 1000000000000, "max_budget": 1000000000}' | python3 -c 'import sys,json;print(json.load(sys.stdin)["key"])')
 BODY='{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5}'
 load() {
   taskset -c 1 oha "$@" -c "$CONN" --no-tui -m POST -H "authorization: Bearer $KEY" \

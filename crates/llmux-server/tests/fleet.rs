@@ -686,7 +686,8 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         stored_spend: stored,
         reset_at,
     };
-    let now = minute;
+    // Budgets at the real time: an instance's heartbeat (real time) says it is alive.
+    let now = llmux_store::now_ms();
     // A period ending at now + 1000 with 0.9 spent: one request fits, its reservation fills it.
     let p = [budget("period", 0.9, Some(now + 1000))];
     assert!(admitted(&state.acquire(&[], &p, 0.5, "p1", now).await));
@@ -721,24 +722,40 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         }
     }
 
-    // An instance that died holding reservations: they stop counting after 15 minutes.
+    // An instance that stopped holding reservations: once its heartbeat is 10 s old, what it
+    // reserved stops counting (checked when the budget would otherwise refuse).
     let dead = [budget("dead", 0.0, None)];
-    assert!(admitted(&state.acquire(&[], &dead, 0.6, "d1", now).await));
-    assert!(admitted(&state.acquire(&[], &dead, 0.6, "d2", now).await));
-    assert!(!admitted(
-        &state.acquire(&[], &dead, 0.6, "d3", now + 1).await
-    ));
-    assert!(admitted(
-        &state
-            .acquire(&[], &dead, 0.6, "d4", now + 15 * 60_000 + 1)
-            .await
-    ));
+    let ghost = SharedState::connect(&redis_url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(admitted(&ghost.acquire(&[], &dead, 0.6, "d1", now).await));
+    assert!(admitted(&ghost.acquire(&[], &dead, 0.6, "d2", now).await));
+    drop(ghost);
+    assert!(
+        !admitted(&state.acquire(&[], &dead, 0.6, "d3", now + 1).await),
+        "the ghost was alive a moment ago: its 1.2 reserved still counts"
+    );
+    let later = now + 11_000;
+    let d4 = match state.acquire(&[], &dead, 0.6, "d4", later).await {
+        Ok(Ok(admitted)) => admitted,
+        other => panic!("the stopped instance's reservations no longer count: {other:?}"),
+    };
     let owner = (Kind::Key, format!("{unique}-dead"));
     let (spent, reserved) = state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].unwrap();
     assert_eq!(spent, 0.0);
     assert!((reserved - 0.6).abs() < 1e-9, "only d4's: {reserved}");
     // Settling it: the reservation goes, the cost counts.
-    state.release(&[], std::slice::from_ref(&owner), "d4", 0, 0.25, now);
+    let budgets = [(owner.clone(), d4.generations[0].clone())];
+    state.release(llmux_server::governance::shared::Settlement {
+        scopes: &[],
+        budgets: &budgets,
+        request_id: "d4",
+        tokens: 0,
+        estimate: 0.6,
+        cost: 0.25,
+        started: later,
+        urgent: true,
+    });
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         let (spent, reserved) =
@@ -749,6 +766,37 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         assert!(std::time::Instant::now() < deadline, "{spent} {reserved}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+    // A settlement for a counter Redis lost and rebuilt (another generation) gives nothing back
+    // to the new one.
+    let lost = [budget("lost", 0.0, None)];
+    let first = match state.acquire(&[], &lost, 0.5, "l1", now).await {
+        Ok(Ok(a)) => a,
+        other => panic!("{other:?}"),
+    };
+    let lost_owner = (Kind::Key, format!("{unique}-lost"));
+    state.forget(Kind::Key, &lost_owner.1).await; // Redis lost it
+    assert!(admitted(&state.acquire(&[], &lost, 0.3, "l2", now).await));
+    let budgets = [(lost_owner.clone(), first.generations[0].clone())];
+    state.release(llmux_server::governance::shared::Settlement {
+        scopes: &[],
+        budgets: &budgets,
+        request_id: "l1",
+        tokens: 0,
+        estimate: 0.5,
+        cost: 0.0,
+        started: now,
+        urgent: true,
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (_, reserved) = state
+        .spend(std::slice::from_ref(&lost_owner))
+        .await
+        .unwrap()[0]
+        .unwrap();
+    assert!(
+        (reserved - 0.3).abs() < 1e-9,
+        "l2's reservation stands: {reserved}"
+    );
 }
 
 /// When a cooldown ends, one instance of the fleet probes the deployment (the one that cooled

@@ -120,6 +120,11 @@ pub struct Admission {
     budgets: Vec<((Kind, String), f64)>,
     /// Redis refused to grow this stream's reservation: the next step ends it.
     fleet_refused_more: Arc<AtomicBool>,
+    /// A budget it counts against was near its end at admission: settle in Redis at once.
+    settle_urgently: bool,
+    /// The generation of each budget's counter in Redis it reserved in (same order as
+    /// `budgets`).
+    generations: Vec<String>,
     price: EstimatePrice,
     /// Reserved while streaming beyond `estimate` (bits of an f64).
     extra_reserved: AtomicU64,
@@ -664,6 +669,8 @@ impl Governance {
         // Shared through Redis when a fleet has one (one round trip for every budget and
         // scope); counted here when it has none, or when Redis does not answer in time.
         let mut shared_id = None;
+        let mut settle_urgently = false;
+        let mut generations = Vec::new();
         let fleet = self
             .shared
             .get()
@@ -672,10 +679,16 @@ impl Governance {
             Some(state) => {
                 let id = llmux::new_request_id();
                 match state.acquire(&scopes, &checks, estimate, &id, now).await {
-                    Ok(Ok(remaining)) => {
+                    Ok(Ok(admitted)) => {
                         shared_id = Some(id);
+                        // Near a budget's end (room for fewer than ten such requests), the
+                        // settlement goes out at once so the next request sees it.
+                        settle_urgently = admitted
+                            .budget_room
+                            .is_some_and(|room| room < 10.0 * estimate.max(1e-9));
                         self.ledger.track(&checks, &owners, estimate, now);
-                        remaining
+                        generations = admitted.generations;
+                        admitted.remaining
                     }
                     Ok(Err(shared::Refusal::Budget(e))) => return Err(budget_error(&e)),
                     Ok(Err(shared::Refusal::Limit(e))) => return Err(limit_error(&e)),
@@ -696,6 +709,8 @@ impl Governance {
             estimate,
             budgets,
             fleet_refused_more: Arc::new(AtomicBool::new(false)),
+            settle_urgently,
+            generations,
             price,
             extra_reserved: AtomicU64::new(0),
             committed: Mutex::new(None),
@@ -905,16 +920,22 @@ impl Admission {
         let tokens = usage.map_or(0, |u| u.total_tokens);
         match (&self.shared_id, gov.shared.get()) {
             (Some(id), Some(state)) => {
-                let budget_owners: Vec<(Kind, String)> =
-                    self.budgets.iter().map(|(o, _)| o.clone()).collect();
-                state.release(
-                    &self.scopes,
-                    &budget_owners,
-                    id,
+                let budget_owners: Vec<((Kind, String), String)> = self
+                    .budgets
+                    .iter()
+                    .zip(&self.generations)
+                    .map(|((owner, _), generation)| (owner.clone(), generation.clone()))
+                    .collect();
+                state.release(shared::Settlement {
+                    scopes: &self.scopes,
+                    budgets: &budget_owners,
+                    request_id: id,
                     tokens,
+                    estimate: self.estimate,
                     cost,
-                    self.started_ms,
-                );
+                    started: self.started_ms,
+                    urgent: self.settle_urgently,
+                });
             }
             _ => gov.limiter.release(&self.scopes, tokens, now),
         }
@@ -1012,7 +1033,13 @@ impl RequestHook for Admission {
             // With a fleet, the step is reserved in Redis too, off the stream's path: when the
             // fleet has no room for it, the stream ends at its next step (one step late).
             if let (Some(id), Some(state)) = (&self.shared_id, self.gov.shared.get()) {
-                let (state, id, budgets) = (Arc::clone(state), id.clone(), self.budgets.clone());
+                let budgets: Vec<((Kind, String), f64, String)> = self
+                    .budgets
+                    .iter()
+                    .zip(&self.generations)
+                    .map(|((owner, max), generation)| (owner.clone(), *max, generation.clone()))
+                    .collect();
+                let (state, id) = (Arc::clone(state), id.clone());
                 let refused = Arc::clone(&self.fleet_refused_more);
                 tokio::spawn(async move {
                     if let Ok(false) = state.extend(&budgets, &id, step).await {

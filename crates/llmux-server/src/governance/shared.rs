@@ -20,8 +20,11 @@
 //! expiring after two); `llmux:par:{scope}` (a sorted set of the requests in flight scored by
 //! their start, so an instance that died mid-request frees its slots after `IN_FLIGHT_TTL_MS`);
 //! `llmux:bud:{kind}:{id}` (a budget: spend `s` of the period ending at `p`, `e` once that
-//! period is over, reservations `r` and each request's `q:{id}`) with `llmux:bq:{kind}:{id}`
-//! (its reservations by start, expired like parallel slots).
+//! period is over, the generation `g` of the counter, reservations `r` in all and `r:{instance}`
+//! per instance, and `x:{id}` what a running stream reserved past its estimate); `llmux:alive`
+//! (instances by last heartbeat: what a silent one reserved stops counting). A request's
+//! reservation is not recorded by itself: its instance gives back the estimate it reserved,
+//! which keeps a request's Redis work to a few commands.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -36,66 +39,85 @@ use super::budget::{BudgetCheck, Exceeded};
 use super::limits::{LimitExceeded, Limits, Remaining};
 
 const WINDOW_MS: i64 = 60_000;
-/// A request in flight longer than this no longer holds a parallel slot or a budget reservation
-/// (its instance died without settling it).
+/// A request in flight longer than this no longer holds a parallel slot (its instance died
+/// without settling it).
 const IN_FLIGHT_TTL_MS: i64 = 15 * 60_000;
+/// Each instance says it is alive this often (`llmux:alive`, a sorted set by last heartbeat).
+const HEARTBEAT: Duration = Duration::from_secs(1);
+/// An instance silent this long has stopped: what it still reserves on a budget stops counting
+/// (checked when a budget is about to refuse).
+const DEAD_AFTER_MS: i64 = 10_000;
 
 const ACQUIRE: &str = r#"
--- ARGV: window start, now (ms), request id, ttl of a reservation or parallel slot (ms), scope
--- count, then per scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the
--- request's estimate, and per budget: owner, max budget, spend in the database, end of its
--- period (0: none). Budgets are checked first, then limits; the request is counted in all of
--- them only if every one has room.
+-- ARGV: window start, now (ms), request id, ttl of a parallel slot (ms), scope count, then per
+-- scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the request's estimate,
+-- this instance's name, how long an instance may go without a heartbeat before its
+-- reservations stop counting (ms), and per budget: owner, max budget, spend in the database,
+-- end of its period (0: none). Budgets are checked first, then limits; the request is counted
+-- in all of them only if every one has room.
 local window, now, id, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local nb_at = 6 + n * 4
-local nb, estimate = tonumber(ARGV[nb_at]), ARGV[nb_at + 1]
+local nb, estimate, instance, dead = tonumber(ARGV[nb_at]), ARGV[nb_at + 1], ARGV[nb_at + 2], tonumber(ARGV[nb_at + 3])
+local room = nil
+local generations = {}
 for j = 1, nb do
-  local b = nb_at + 1 + (j - 1) * 4
+  local b = nb_at + 3 + (j - 1) * 4
   local owner, max, stored, period = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  local bk, bq = 'llmux:bud:' .. owner, 'llmux:bq:' .. owner
-  local s = redis.call('HGET', bk, 's')
+  local bk = 'llmux:bud:' .. owner
+  local got = redis.call('HMGET', bk, 's', 'p', 'e', 'r', 'g')
+  local s, p, ended = tonumber(got[1]), tonumber(got[2] or '0'), got[3] == '1'
   if not s then
-    -- Not known (first use, or Redis lost it): the database is the truth.
-    s = stored
-    redis.call('HSET', bk, 's', tostring(stored), 'p', tostring(period), 'e', '0')
-  else
-    s = tonumber(s)
-    local p = tonumber(redis.call('HGET', bk, 'p') or '0')
-    if period > p then
-      -- A new period (the database reset it): start from what the database holds for it.
-      s = stored
-      redis.call('HSET', bk, 's', tostring(s), 'p', tostring(period), 'e', '0')
-    elseif period == p and stored > s and redis.call('HGET', bk, 'e') ~= '1' then
-      -- Spend written by a path that did not pass here (a restart lost an increment).
-      s = stored
-      redis.call('HSET', bk, 's', tostring(s))
-    end
+    -- Not known (first use, or Redis lost it): the database is the truth. A new generation:
+    -- requests reserved in a lost one do not give their reservations back to this one.
+    s, p, ended = stored, period, false
+    got[5] = now .. ':' .. id
+    redis.call('HSET', bk, 's', tostring(s), 'p', tostring(p), 'e', '0', 'g', got[5])
+    redis.call('PEXPIRE', bk, 86400000)
+  elseif not got[5] then
+    got[5] = now .. ':' .. id
+    redis.call('HSET', bk, 'g', got[5])
   end
-  local p = tonumber(redis.call('HGET', bk, 'p') or '0')
-  if p > 0 and p <= now and redis.call('HGET', bk, 'e') ~= '1' then
+  if period > p then
+    -- A new period (the database reset it): start from what the database holds for it.
+    s, p, ended = stored, period, false
+    redis.call('HSET', bk, 's', tostring(s), 'p', tostring(p), 'e', '0')
+  elseif period == p and stored > s and not ended then
+    -- Spend written by a path that did not pass here (a restart lost an increment).
+    s = stored
+    redis.call('HSET', bk, 's', tostring(s))
+  end
+  if p > 0 and p <= now and not ended then
     -- The period is over, though the database has not been reset yet: its spend no longer counts.
     s = 0
     redis.call('HSET', bk, 's', '0', 'e', '1')
   end
-  -- Reservations of requests whose instance died without settling them.
-  for _, rid in ipairs(redis.call('ZRANGEBYSCORE', bq, '-inf', now - ttl)) do
-    local q = redis.call('HGET', bk, 'q:' .. rid)
-    if q then
-      redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(q))
-      redis.call('HDEL', bk, 'q:' .. rid)
+  local r = math.max(tonumber(got[4] or '0'), 0)
+  if s + r >= max and r > 0 then
+    -- About to refuse: first drop what instances that stopped (no heartbeat) still reserve.
+    local fields = redis.call('HGETALL', bk)
+    for k = 1, #fields, 2 do
+      local name = fields[k]
+      if string.sub(name, 1, 2) == 'r:' then
+        local seen = tonumber(redis.call('ZSCORE', 'llmux:alive', string.sub(name, 3)) or '0')
+        if seen < now - dead then
+          r = tonumber(redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(fields[k + 1])))
+          redis.call('HDEL', bk, name)
+        end
+      end
     end
-    redis.call('ZREM', bq, rid)
+    r = math.max(r, 0)
   end
-  local r = math.max(tonumber(redis.call('HGET', bk, 'r') or '0'), 0)
   if s + r >= max then return {tostring(j), '4', tostring(s), tostring(max)} end
+  if room == nil or max - s - r < room then room = max - s - r end
+  generations[j] = got[5] or ''
 end
 local counts = {}
 for i = 1, n do
   local b = 5 + (i - 1) * 4
   local scope, rpm, tpm, par = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local w = 'llmux:rl:' .. scope .. ':' .. window
-  local r = tonumber(redis.call('HGET', w, 'r') or '0')
-  local t = tonumber(redis.call('HGET', w, 't') or '0')
+  local rt = redis.call('HMGET', w, 'r', 't')
+  local r, t = tonumber(rt[1] or '0'), tonumber(rt[2] or '0')
   if rpm >= 0 and r >= rpm then return {tostring(i), '1', tostring(rpm)} end
   if tpm >= 0 and t >= tpm then return {tostring(i), '2', tostring(tpm)} end
   if par >= 0 then
@@ -106,21 +128,16 @@ for i = 1, n do
   counts[i] = {r, t}
 end
 for j = 1, nb do
-  local owner = ARGV[nb_at + 1 + (j - 1) * 4 + 1]
-  local bk, bq = 'llmux:bud:' .. owner, 'llmux:bq:' .. owner
+  local bk = 'llmux:bud:' .. ARGV[nb_at + 3 + (j - 1) * 4 + 1]
   redis.call('HINCRBYFLOAT', bk, 'r', estimate)
-  redis.call('HSET', bk, 'q:' .. id, estimate)
-  redis.call('PEXPIRE', bk, 86400000)
-  redis.call('ZADD', bq, now, id)
-  redis.call('PEXPIRE', bq, ttl)
+  redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, estimate)
 end
 local out = {'0'}
 for i = 1, n do
   local b = 5 + (i - 1) * 4
   local scope, par = ARGV[b + 1], tonumber(ARGV[b + 4])
   local w = 'llmux:rl:' .. scope .. ':' .. window
-  redis.call('HINCRBY', w, 'r', 1)
-  redis.call('PEXPIRE', w, 120000)
+  if redis.call('HINCRBY', w, 'r', 1) == 1 then redis.call('PEXPIRE', w, 120000) end
   if par >= 0 then
     local p = 'llmux:par:' .. scope
     redis.call('ZADD', p, now, id)
@@ -129,63 +146,87 @@ for i = 1, n do
   out[#out + 1] = tostring(counts[i][1] + 1)
   out[#out + 1] = tostring(counts[i][2])
 end
+-- The least room any budget had left (so a request near a budget's end settles at once), and
+-- each budget's generation (its settlement names it).
+if room ~= nil then out[#out + 1] = tostring(room) end
+for j = 1, nb do out[#out + 1] = generations[j] end
 return out
 "#;
 
 const RELEASE: &str = r#"
--- ARGV: scope entry count, then per entry: scope, window start, request id, tokens (0: none),
--- holds a parallel slot (0/1); then budget entry count, and per entry: owner, request id, cost.
--- Many requests' releases go in one call.
-local n = tonumber(ARGV[1])
+-- ARGV: this instance's name; then extension count, and per extension: request id, delta,
+-- budget count, and per budget: owner, max budget, generation; then scope entry count, and
+-- per entry: scope, window start, request id, tokens (0: none), holds a parallel slot (0/1);
+-- then budget entry count, and per entry: owner, generation, request id, estimate reserved at
+-- admission, cost. A reservation is given back only to the generation it was made in (a
+-- counter Redis lost and rebuilt does not count what it never held).
+-- Many requests' settlements go in one call, extensions first (a stream's extension is queued
+-- before its settlement). Returns 1/0 per extension: whether every budget had room for it.
+local instance = ARGV[1]
+local at = 2
+local fits = {}
+local nx = tonumber(ARGV[at])
+at = at + 1
+for i = 1, nx do
+  local id, delta, nb = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  at = at + 3
+  local fit = 1
+  local same = {}
+  for j = 0, nb - 1 do
+    local got = redis.call('HMGET', 'llmux:bud:' .. ARGV[at + j * 3], 's', 'r', 'g')
+    local s, r = tonumber(got[1] or '0'), math.max(tonumber(got[2] or '0'), 0)
+    if s + r + delta > tonumber(ARGV[at + j * 3 + 1]) + 1e-12 then fit = 0 end
+    same[j] = got[3] == ARGV[at + j * 3 + 2]
+  end
+  if fit == 1 then
+    for j = 0, nb - 1 do
+      if same[j] then
+        local bk = 'llmux:bud:' .. ARGV[at + j * 3]
+        redis.call('HINCRBYFLOAT', bk, 'r', delta)
+        redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, delta)
+        redis.call('HINCRBYFLOAT', bk, 'x:' .. id, delta)
+      end
+    end
+  end
+  fits[#fits + 1] = fit
+  at = at + nb * 3
+end
+local n = tonumber(ARGV[at])
+at = at + 1
 for i = 1, n do
-  local b = 1 + (i - 1) * 5
-  local scope, window, id, tokens, par = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], tonumber(ARGV[b + 4]), ARGV[b + 5]
+  local scope, window, id, tokens, par = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
+  at = at + 5
   if tokens > 0 then
     local w = 'llmux:rl:' .. scope .. ':' .. window
-    redis.call('HINCRBY', w, 't', tokens)
-    redis.call('PEXPIRE', w, 120000)
+    if redis.call('HINCRBY', w, 't', tokens) == tokens then redis.call('PEXPIRE', w, 120000) end
   end
   if par == '1' then redis.call('ZREM', 'llmux:par:' .. scope, id) end
 end
-local at = 2 + n * 5
-local m = tonumber(ARGV[at] or '0')
+local m = tonumber(ARGV[at])
+at = at + 1
 for j = 1, m do
-  local b = at + (j - 1) * 3
-  local owner, id, cost = ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
+  local owner, generation, id, estimate, cost = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
+  at = at + 5
   local bk = 'llmux:bud:' .. owner
-  local q = redis.call('HGET', bk, 'q:' .. id)
-  if q then
-    redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(q))
-    redis.call('HDEL', bk, 'q:' .. id)
-    redis.call('ZREM', 'llmux:bq:' .. owner, id)
-  end
-  -- Counted only where the counter exists: one Redis lost is rebuilt from the database.
-  if tonumber(cost) > 0 and redis.call('EXISTS', bk) == 1 then
-    redis.call('HINCRBYFLOAT', bk, 's', cost)
-  end
-end
-return 1
-"#;
-
-const EXTEND: &str = r#"
--- ARGV: request id, delta, budget count, then per budget: owner, max budget. Grows the
--- request's reservation on every budget if each has room for it; 1 if it did, 0 if not.
-local id, delta, nb = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
-for j = 1, nb do
-  local bk = 'llmux:bud:' .. ARGV[3 + (j - 1) * 2 + 1]
-  local max = tonumber(ARGV[3 + (j - 1) * 2 + 2])
-  local s = tonumber(redis.call('HGET', bk, 's') or '0')
-  local r = math.max(tonumber(redis.call('HGET', bk, 'r') or '0'), 0)
-  if s + r + delta > max + 1e-12 then return 0 end
-end
-for j = 1, nb do
-  local bk = 'llmux:bud:' .. ARGV[3 + (j - 1) * 2 + 1]
-  if redis.call('HEXISTS', bk, 'q:' .. id) == 1 then
-    redis.call('HINCRBYFLOAT', bk, 'r', delta)
-    redis.call('HINCRBYFLOAT', bk, 'q:' .. id, delta)
+  local got = redis.call('HMGET', bk, 'g', 'x:' .. id)
+  -- Only where the counter exists: one Redis lost is rebuilt from the database.
+  if got[1] then
+    if got[1] == generation then
+      local held = estimate
+      if got[2] then
+        held = held + tonumber(got[2])
+        redis.call('HDEL', bk, 'x:' .. id)
+      end
+      redis.call('HINCRBYFLOAT', bk, 'r', -held)
+      redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, -held)
+    end
+    if cost > 0 then
+      redis.call('HINCRBYFLOAT', bk, 's', cost)
+      redis.call('PEXPIRE', bk, 86400000)
+    end
   end
 end
-return 1
+return fits
 "#;
 
 /// The channel object changes are announced on.
@@ -199,7 +240,6 @@ pub struct SharedState {
     conn: ConnectionManager,
     acquire: redis::Script,
     release: redis::Script,
-    extend: redis::Script,
     /// How long the request path waits for Redis before counting locally.
     deadline: Duration,
     /// Redis is not answering: counting locally (logged once per outage).
@@ -217,8 +257,24 @@ pub struct SharedState {
 
 #[derive(Default)]
 struct Batch {
+    extends: Vec<ExtendEntry>,
     scopes: Vec<ReleaseEntry>,
     budgets: Vec<BudgetSettle>,
+}
+
+impl Batch {
+    fn is_empty(&self) -> bool {
+        self.extends.is_empty() && self.scopes.is_empty() && self.budgets.is_empty()
+    }
+}
+
+/// A running stream asks to reserve more on its budgets; told whether they had room.
+struct ExtendEntry {
+    id: String,
+    delta: f64,
+    /// Owner, max budget, generation.
+    budgets: Vec<(String, f64, String)>,
+    reply: tokio::sync::oneshot::Sender<bool>,
 }
 
 /// One scope's share of a finished request.
@@ -233,8 +289,27 @@ struct ReleaseEntry {
 /// One budget's share of a finished request: its reservation goes, its cost counts.
 struct BudgetSettle {
     owner: String,
+    generation: String,
     id: String,
+    estimate: f64,
     cost: f64,
+}
+
+/// What a finished request gives back and counts (see `SharedState::release`).
+#[derive(Debug, Clone, Copy)]
+pub struct Settlement<'a> {
+    pub scopes: &'a [Limits],
+    /// Each budget's owner and the generation of its counter the request reserved in.
+    pub budgets: &'a [((Kind, String), String)],
+    pub request_id: &'a str,
+    pub tokens: u64,
+    /// Reserved on each budget at admission (extensions while streaming are known to Redis).
+    pub estimate: f64,
+    pub cost: f64,
+    /// Admission time (its rate windows).
+    pub started: i64,
+    /// A budget it counts against is near its end: send at once rather than with the batch.
+    pub urgent: bool,
 }
 
 /// How often an instance reports its deployments' numbers to the fleet and reads the others'.
@@ -257,6 +332,16 @@ impl std::fmt::Debug for SharedState {
 /// A shared call that could not be made (Redis slow or gone): count locally instead.
 #[derive(Debug)]
 pub struct Unavailable;
+
+/// The fleet admitted a request: what its limits have left, and the least room (dollars) any
+/// of its budgets had left before it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Admitted {
+    pub remaining: Remaining,
+    pub budget_room: Option<f64>,
+    /// Each budget's counter generation (its settlement names it).
+    pub generations: Vec<String>,
+}
 
 /// Why the fleet refused a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,7 +390,6 @@ impl SharedState {
             conn,
             acquire: redis::Script::new(ACQUIRE),
             release: redis::Script::new(RELEASE),
-            extend: redis::Script::new(EXTEND),
             deadline,
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
@@ -313,8 +397,46 @@ impl SharedState {
             flush: tokio::sync::Notify::new(),
             urgent: AtomicBool::new(false),
         });
+        state.heartbeat().await;
         state.spawn_release_sender();
+        state.spawn_heartbeat();
         Ok(state)
+    }
+
+    /// Say this instance is alive (its budget reservations count while it is).
+    async fn heartbeat(&self) {
+        let now = llmux_store::now_ms();
+        let mut pipe = redis::pipe();
+        pipe.cmd("ZADD")
+            .arg("llmux:alive")
+            .arg(now)
+            .arg(&self.instance)
+            .ignore();
+        // Instances gone for an hour are forgotten.
+        pipe.cmd("ZREMRANGEBYSCORE")
+            .arg("llmux:alive")
+            .arg("-inf")
+            .arg(now - 3_600_000)
+            .ignore();
+        let mut conn = self.conn.clone();
+        let sent =
+            tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn)).await;
+        if !matches!(sent, Ok(Ok(()))) {
+            tracing::debug!("redis heartbeat not sent");
+        }
+    }
+
+    fn spawn_heartbeat(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(HEARTBEAT);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(state) = me.upgrade() else { return };
+                state.heartbeat().await;
+            }
+        });
     }
 
     /// Announce a change to every instance (off the caller's path; a lost message leaves the
@@ -442,7 +564,7 @@ impl SharedState {
         estimate: f64,
         request_id: &str,
         now: i64,
-    ) -> Result<Result<Remaining, Refusal>, Unavailable> {
+    ) -> Result<Result<Admitted, Refusal>, Unavailable> {
         let window = now - now.rem_euclid(WINDOW_MS);
         let reset_in_ms = window + WINDOW_MS - now;
         let limit = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
@@ -460,7 +582,11 @@ impl SharedState {
                 .arg(limit(s.tpm))
                 .arg(limit(s.max_parallel));
         }
-        invocation.arg(budgets.len()).arg(dollars(estimate));
+        invocation
+            .arg(budgets.len())
+            .arg(dollars(estimate))
+            .arg(&self.instance)
+            .arg(DEAD_AFTER_MS);
         for b in budgets {
             invocation
                 .arg(owner_name(b.kind, &b.id))
@@ -500,7 +626,18 @@ impl SharedState {
                         }
                     }
                 }
-                Ok(Ok(remaining))
+                let at = 1 + 2 * scopes.len();
+                let budget_room = (!budgets.is_empty())
+                    .then(|| out.get(at)?.parse::<f64>().ok())
+                    .flatten();
+                let generations = (0..budgets.len())
+                    .map(|j| out.get(at + 1 + j).cloned().unwrap_or_default())
+                    .collect();
+                Ok(Ok(Admitted {
+                    remaining,
+                    budget_room,
+                    generations,
+                }))
             }
             Some(_) => {
                 let at = (int(0) - 1).max(0) as usize;
@@ -532,51 +669,46 @@ impl SharedState {
         }
     }
 
-    /// The request is over: count its tokens, free its parallel slots, drop its budget
+    /// The request is over: count its tokens, free its parallel slots, give back its budget
     /// reservations and count its cost. Queued for the release sender (off the request path);
-    /// a failure is logged, and slots and reservations expire with `IN_FLIGHT_TTL_MS`.
-    pub fn release(
-        self: &Arc<Self>,
-        scopes: &[Limits],
-        budget_owners: &[(Kind, String)],
-        request_id: &str,
-        tokens: u64,
-        cost: f64,
-        started: i64,
-    ) {
+    /// a failure is logged, slots expire with `IN_FLIGHT_TTL_MS`, and what a stopped instance
+    /// reserved stops counting once its heartbeat is `DEAD_AFTER_MS` old.
+    pub fn release(self: &Arc<Self>, settled: Settlement<'_>) {
         // Tokens count in the window the request was admitted in, as the local limiter does.
-        let window = started - started.rem_euclid(WINDOW_MS);
+        let window = settled.started - settled.started.rem_euclid(WINDOW_MS);
         let mut queue = self
             .releases
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let before = queue.scopes.len() + queue.budgets.len();
-        for s in scopes {
-            let tokens = if s.tpm.is_some() { tokens } else { 0 };
+        let was_empty = queue.is_empty();
+        for s in settled.scopes {
+            let tokens = if s.tpm.is_some() { settled.tokens } else { 0 };
             let parallel = s.max_parallel.is_some();
             if tokens > 0 || parallel {
                 queue.scopes.push(ReleaseEntry {
                     scope: s.scope.clone(),
                     window,
-                    id: request_id.to_owned(),
+                    id: settled.request_id.to_owned(),
                     tokens,
                     parallel,
                 });
             }
         }
-        for (kind, id) in budget_owners {
+        for ((kind, id), generation) in settled.budgets {
             queue.budgets.push(BudgetSettle {
                 owner: owner_name(*kind, id),
-                id: request_id.to_owned(),
-                cost,
+                generation: generation.clone(),
+                id: settled.request_id.to_owned(),
+                estimate: settled.estimate,
+                cost: settled.cost,
             });
         }
-        // A parallel slot or a budget's reservation is freed at once (a client sending its next
-        // request right after an answer must find it free, and the spend counted); token
-        // counts may wait for the next batch.
-        let urgent = !budget_owners.is_empty() || scopes.iter().any(|s| s.max_parallel.is_some());
-        let queued = queue.scopes.len() + queue.budgets.len();
-        if (before == 0 && queued > 0) || urgent {
+        // A parallel slot, or a budget's reservation near its end, is freed at once (a client
+        // sending its next request right after an answer must find it free, and the spend
+        // counted); token counts and roomy budgets may wait for the next batch.
+        let urgent = (settled.urgent && !settled.budgets.is_empty())
+            || settled.scopes.iter().any(|s| s.max_parallel.is_some());
+        if (was_empty && !queue.is_empty()) || urgent {
             drop(queue);
             if urgent {
                 self.urgent.store(true, Ordering::Release);
@@ -585,27 +717,39 @@ impl SharedState {
         }
     }
 
-    /// Grow a running request's reservation by `delta` on every budget if each has room for it
-    /// fleet-wide: `Ok(true)` if it did, `Ok(false)` if one has no room.
+    /// Grow a running request's reservation by `delta` on every budget (owner, max budget,
+    /// generation) if each has room for it fleet-wide: `Ok(true)` if it did, `Ok(false)` if one
+    /// has no room. Sent with the settlements, in order, so it never lands after its own.
     pub async fn extend(
         &self,
-        budgets: &[((Kind, String), f64)],
+        budgets: &[((Kind, String), f64, String)],
         request_id: &str,
         delta: f64,
     ) -> Result<bool, Unavailable> {
-        let mut invocation = self.extend.prepare_invoke();
-        invocation
-            .arg(request_id)
-            .arg(dollars(delta))
-            .arg(budgets.len());
-        for ((kind, id), max) in budgets {
-            invocation.arg(owner_name(*kind, id)).arg(dollars(*max));
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        {
+            let mut queue = self
+                .releases
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            queue.extends.push(ExtendEntry {
+                id: request_id.to_owned(),
+                delta,
+                budgets: budgets
+                    .iter()
+                    .map(|((kind, id), max, generation)| {
+                        (owner_name(*kind, id), *max, generation.clone())
+                    })
+                    .collect(),
+                reply,
+            });
         }
-        let mut conn = self.conn.clone();
-        let fit: i64 = self
-            .within_deadline("extend", invocation.invoke_async(&mut conn))
-            .await?;
-        Ok(fit == 1)
+        self.urgent.store(true, Ordering::Release);
+        self.flush.notify_one();
+        match tokio::time::timeout(Duration::from_secs(2), answer).await {
+            Ok(Ok(fit)) => Ok(fit),
+            _ => Err(Unavailable),
+        }
     }
 
     /// The fleet's spend and reservations of each owner, `None` for an owner Redis does not
@@ -670,9 +814,7 @@ impl SharedState {
         let name = owner_name(kind, id);
         let mut conn = self.conn.clone();
         let mut command = redis::cmd("DEL");
-        command
-            .arg(format!("llmux:bud:{name}"))
-            .arg(format!("llmux:bq:{name}"));
+        command.arg(format!("llmux:bud:{name}"));
         let deleted = command.query_async::<i64>(&mut conn);
         let _ = tokio::time::timeout(Duration::from_secs(2), deleted).await;
     }
@@ -684,11 +826,7 @@ impl SharedState {
             loop {
                 let Some(state) = me.upgrade() else { return };
                 let notified = state.flush.notified();
-                let empty = state
-                    .releases
-                    .lock()
-                    .map(|q| q.scopes.is_empty() && q.budgets.is_empty())
-                    .unwrap_or(true);
+                let empty = state.releases.lock().map(|q| q.is_empty()).unwrap_or(true);
                 if empty {
                     // Woken by the first settlement queued, or every second to see whether the
                     // state is still used.
@@ -777,14 +915,37 @@ impl SharedState {
 
     async fn send(&self, batch: Batch) {
         const PER_CALL: usize = 500;
-        let mut scopes = batch.scopes.chunks(PER_CALL);
-        let mut budgets = batch.budgets.chunks(PER_CALL);
+        let Batch {
+            extends,
+            scopes,
+            budgets,
+        } = batch;
+        let mut extends = extends.into_iter().peekable();
+        let mut scopes = scopes.chunks(PER_CALL);
+        let mut budgets = budgets.chunks(PER_CALL);
         loop {
+            let mut replies = Vec::new();
+            while replies.len() < PER_CALL {
+                match extends.next() {
+                    Some(e) => replies.push(e),
+                    None => break,
+                }
+            }
             let (s, b) = (scopes.next().unwrap_or(&[]), budgets.next().unwrap_or(&[]));
-            if s.is_empty() && b.is_empty() {
+            if replies.is_empty() && s.is_empty() && b.is_empty() {
                 return;
             }
             let mut invocation = self.release.prepare_invoke();
+            invocation.arg(&self.instance).arg(replies.len());
+            for e in &replies {
+                invocation
+                    .arg(&e.id)
+                    .arg(dollars(e.delta))
+                    .arg(e.budgets.len());
+                for (owner, max, generation) in &e.budgets {
+                    invocation.arg(owner).arg(dollars(*max)).arg(generation);
+                }
+            }
             invocation.arg(s.len());
             for e in s {
                 invocation
@@ -796,15 +957,25 @@ impl SharedState {
             }
             invocation.arg(b.len());
             for e in b {
-                invocation.arg(&e.owner).arg(&e.id).arg(dollars(e.cost));
+                invocation
+                    .arg(&e.owner)
+                    .arg(&e.generation)
+                    .arg(&e.id)
+                    .arg(dollars(e.estimate))
+                    .arg(dollars(e.cost));
             }
             let mut conn = self.conn.clone();
             let done = tokio::time::timeout(
                 Duration::from_secs(2),
-                invocation.invoke_async::<i64>(&mut conn),
+                invocation.invoke_async::<Vec<i64>>(&mut conn),
             )
             .await;
             self.note(matches!(done, Ok(Ok(_))), "release");
+            if let Ok(Ok(fits)) = done {
+                for (e, fit) in replies.into_iter().zip(fits) {
+                    let _ = e.reply.send(fit == 1);
+                }
+            }
         }
     }
 }

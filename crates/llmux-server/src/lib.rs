@@ -7,6 +7,7 @@ pub mod body;
 mod canned;
 pub mod governance;
 mod headers;
+mod messages;
 mod metrics;
 mod models;
 mod serve;
@@ -168,6 +169,8 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/rerank", post(rerank))
         .route("/v2/rerank", post(rerank))
         .route("/rerank", post(rerank))
@@ -215,13 +218,49 @@ async fn proxy_inner(
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = llmux::new_request_id();
-    if let Err(e) = body::check_headers(&parts.headers) {
-        return body::close(error_response(&e, &request_id));
-    }
-    let principal = match authenticate(&state, &parts.headers, parts.uri.path()).await {
+    let (principal, body) = match authorized_body(&state, &parts, body).await {
         Ok(p) => p,
-        Err(e) => return error_response(&e, &request_id),
+        Err((e, close)) => return closing(error_response(&e, &request_id), close),
     };
+    let call = Call {
+        op,
+        call_type: op.as_str(),
+        headers: &parts.headers,
+        principal: principal.as_ref(),
+        client_request_id,
+        request_id: &request_id,
+        received_at,
+    };
+    match execute(&state, call, body)
+        .await
+        .and_then(|e| e.respond(openai_body))
+    {
+        Ok(response) => response,
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
+/// `response` with `Connection: close` when the request's body was not read to its end.
+fn closing(response: Response, close: bool) -> Response {
+    if close {
+        body::close(response)
+    } else {
+        response
+    }
+}
+
+/// The checks every model route makes before the body is used: header limits, who calls, the
+/// body read within its size and time limits. An error says whether the connection must close
+/// (the body was not read).
+async fn authorized_body(
+    state: &AppState,
+    parts: &axum::http::request::Parts,
+    body: Body,
+) -> Result<(Option<Principal>, Bytes), (GatewayError, bool)> {
+    body::check_headers(&parts.headers).map_err(|e| (e, true))?;
+    let principal = authenticate(state, &parts.headers, parts.uri.path())
+        .await
+        .map_err(|e| (e, false))?;
     let (limit, timeout) = {
         let snapshot = state.client.snapshot();
         (
@@ -229,10 +268,48 @@ async fn proxy_inner(
             snapshot.config.client_body_timeout,
         )
     };
-    let body = match body::read_body(&parts.headers, body, limit, timeout).await {
-        Ok(b) => b,
-        Err(e) => return body::close(error_response(&e, &request_id)),
-    };
+    let body = body::read_body(&parts.headers, body, limit, timeout)
+        .await
+        .map_err(|e| (e, true))?;
+    Ok((principal, body))
+}
+
+/// One model call through the gateway, whatever dialect the client spoke.
+pub(crate) struct Call<'a> {
+    pub op: Operation,
+    /// What the spend log calls it (`chat`, ..., `anthropic_messages`).
+    pub call_type: &'static str,
+    pub headers: &'a axum::http::HeaderMap,
+    pub principal: Option<&'a Principal>,
+    pub client_request_id: Option<String>,
+    pub request_id: &'a str,
+    pub received_at: Instant,
+}
+
+/// What the core answered, with what the response still needs from governance.
+pub(crate) struct Executed {
+    response: llmux::GatewayResponse,
+    received_at: Instant,
+    remaining: Option<governance::limits::Remaining>,
+    /// With `spend_log_durability: sync`: a stream's body ends once its spend row is in.
+    durable_stream: Option<Arc<governance::Admission>>,
+}
+
+/// Admission (with governance), then `Client::execute` on an internal (OpenAI-shaped) body.
+pub(crate) async fn execute(
+    state: &AppState,
+    call: Call<'_>,
+    body: Bytes,
+) -> Result<Executed, GatewayError> {
+    let Call {
+        op,
+        call_type,
+        headers: request_headers,
+        principal,
+        client_request_id,
+        request_id,
+        received_at,
+    } = call;
     let mut hook = None;
     let mut remaining = None;
     let mut durable: Option<Arc<governance::Admission>> = None;
@@ -242,54 +319,38 @@ async fn proxy_inner(
     let aliased;
     let reparsed;
     let mut input = None;
-    if let (Some(gov), Some(principal)) = (&state.governance, &principal) {
-        parsed = match llmux::ParsedBody::parse(&body) {
-            Ok(p) => p,
-            Err(e) => return error_response(&e, &request_id),
-        };
+    if let (Some(gov), Some(principal)) = (&state.governance, principal) {
+        parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
-        if let Err(e) = parsed.validate(op) {
-            return error_response(&e, &request_id);
-        }
-        let (mut facts, rewritten) = match request_facts(&parts.headers, &parsed, principal) {
-            Ok(f) => f,
-            Err(e) => return error_response(&e, &request_id),
-        };
+        parsed.validate(op)?;
+        let (mut facts, rewritten) = request_facts(request_headers, &parsed, principal)?;
         facts.client_request_id = client_request_id;
         input = Some(match rewritten {
             None => &parsed,
             Some(bytes) => {
                 aliased = bytes;
-                reparsed = match llmux::ParsedBody::parse(&aliased) {
-                    Ok(p) => p,
-                    Err(e) => return error_response(&e, &request_id),
-                };
+                reparsed = llmux::ParsedBody::parse(&aliased)?;
                 &reparsed
             }
         });
-        match gov
-            .admit(principal, facts, &state.client, op.as_str())
-            .await
-        {
-            Ok(admission) => {
-                remaining = Some(admission.remaining.clone());
-                let admission = Arc::new(admission);
-                if admission.durable() {
-                    durable = Some(Arc::clone(&admission));
-                }
-                hook = Some(admission as Arc<dyn llmux::RequestHook>);
-            }
-            Err(e) => return error_response(&e, &request_id),
+        let admission = gov
+            .admit(principal, facts, &state.client, call_type)
+            .await?;
+        remaining = Some(admission.remaining.clone());
+        let admission = Arc::new(admission);
+        if admission.durable() {
+            durable = Some(Arc::clone(&admission));
         }
+        hook = Some(admission as Arc<dyn llmux::RequestHook>);
     }
     let options = RequestOptions {
-        request_id: request_id.clone(),
+        request_id: request_id.to_owned(),
         received_at,
-        num_retries: headers::parse_header(&parts.headers, &headers::X_LITELLM_NUM_RETRIES),
-        timeout: headers::parse_header::<f64>(&parts.headers, &headers::X_LITELLM_TIMEOUT)
+        num_retries: headers::parse_header(request_headers, &headers::X_LITELLM_NUM_RETRIES),
+        timeout: headers::parse_header::<f64>(request_headers, &headers::X_LITELLM_TIMEOUT)
             .filter(|t| *t > 0.0 && *t < 1.0e6)
             .map(std::time::Duration::from_secs_f64),
-        tags: headers::tags(&parts.headers),
+        tags: headers::tags(request_headers),
         hook,
     };
     let result = match input {
@@ -303,26 +364,55 @@ async fn proxy_inner(
     if let Some(admission) = durable.as_ref().filter(|_| !streamed) {
         admission.committed().await;
     }
-    match result {
-        Ok(response) => {
-            let mut out = success_response(response, received_at);
-            if let Some(r) = remaining {
-                headers::add_rate_limits(out.headers_mut(), &r);
-            }
-            match durable.filter(|_| streamed) {
-                Some(admission) => {
-                    let (parts, body) = out.into_parts();
-                    let commit = futures_util::stream::once(async move {
-                        admission.committed().await;
-                    })
-                    .filter_map(|()| std::future::ready(None::<Result<Bytes, axum::Error>>));
-                    let body = Body::from_stream(body.into_data_stream().chain(commit));
-                    Response::from_parts(parts, body)
-                }
-                None => out,
-            }
+    Ok(Executed {
+        response: result?,
+        received_at,
+        remaining,
+        durable_stream: durable.filter(|_| streamed),
+    })
+}
+
+/// The core's answer as an OpenAI client reads it: as it is.
+fn openai_body(body: ResponseBody) -> Result<(Body, &'static str), GatewayError> {
+    Ok(match body {
+        ResponseBody::Json(bytes) => (Body::from(bytes), "application/json"),
+        ResponseBody::Stream(stream) => (
+            Body::from_stream(stream.map(Ok::<Bytes, Infallible>)),
+            "text/event-stream",
+        ),
+    })
+}
+
+impl Executed {
+    /// The HTTP response: the body and its content type as `shape` makes them (as they are
+    /// for OpenAI clients, a dialect's conversion for others), with the gateway's headers.
+    pub(crate) fn respond(
+        self,
+        shape: impl FnOnce(ResponseBody) -> Result<(Body, &'static str), GatewayError>,
+    ) -> Result<Response, GatewayError> {
+        let Executed {
+            response,
+            received_at,
+            remaining,
+            durable_stream,
+        } = self;
+        let (body, content_type) = shape(response.body)?;
+        let mut out = success_response(response.meta, body, content_type, received_at);
+        if let Some(r) = remaining {
+            headers::add_rate_limits(out.headers_mut(), &r);
         }
-        Err(e) => error_response(&e, &request_id),
+        Ok(match durable_stream {
+            Some(admission) => {
+                let (parts, body) = out.into_parts();
+                let commit = futures_util::stream::once(async move {
+                    admission.committed().await;
+                })
+                .filter_map(|()| std::future::ready(None::<Result<Bytes, axum::Error>>));
+                let body = Body::from_stream(body.into_data_stream().chain(commit));
+                Response::from_parts(parts, body)
+            }
+            None => out,
+        })
     }
 }
 
@@ -402,15 +492,12 @@ fn request_facts(
     Ok((facts, None))
 }
 
-fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> Response {
-    let mut meta = response.meta;
-    let (body, content_type) = match response.body {
-        ResponseBody::Json(bytes) => (Body::from(bytes), "application/json"),
-        ResponseBody::Stream(stream) => (
-            Body::from_stream(stream.map(Ok::<Bytes, Infallible>)),
-            "text/event-stream",
-        ),
-    };
+fn success_response(
+    mut meta: llmux::ResponseMeta,
+    body: Body,
+    content_type: &'static str,
+    received_at: Instant,
+) -> Response {
     let mut out = Response::new(body);
     *out.status_mut() = StatusCode::from_u16(meta.status).unwrap_or(StatusCode::OK);
     let h = out.headers_mut();
@@ -421,7 +508,7 @@ fn success_response(response: llmux::GatewayResponse, received_at: Instant) -> R
         axum::http::header::CONTENT_TYPE,
         HeaderValue::from_static(content_type),
     );
-    if content_type == "text/event-stream" {
+    if content_type != "application/json" {
         h.insert(
             axum::http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-cache"),

@@ -318,3 +318,189 @@ async fn every_provider_passes_the_conformance_suite() {
         check_errors(&h, p, &messages).await;
     }
 }
+
+/// An Anthropic event stream's events (the `data:` payloads, each naming its `type`, which the
+/// SSE `event:` line repeats).
+fn anthropic_events(body: &str) -> Vec<Value> {
+    body.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|event| {
+            let name = event
+                .lines()
+                .find_map(|l| l.strip_prefix("event: "))
+                .expect("every event is named");
+            let data: Value = serde_json::from_str(
+                event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .expect("every event has data"),
+            )
+            .unwrap();
+            assert_eq!(data["type"], name);
+            data
+        })
+        .collect()
+}
+
+/// The Anthropic Messages API (`/v1/messages`) in front of every provider: text, streams (the
+/// documented event order), tool use (forced, streamed), images, thinking, count_tokens, and
+/// each upstream failure as the Anthropic error type its status means.
+#[tokio::test]
+async fn every_provider_answers_the_messages_api() {
+    let sa = vertex_credentials_yaml();
+    let tools = json!([{"name": "get_weather", "description": "weather", "input_schema": {"type": "object", "properties": {"location": {"type": "string"}}}}]);
+    for row in ROWS {
+        let p = row.provider;
+        let params = row.params.replace("{sa}", &sa);
+        let yaml = format!(
+            "model_list:\n  - model_name: m\n    litellm_params: {params}\nrouter_settings: {{num_retries: 0, disable_cooldowns: true}}\nenvironment_variables: {{AZURE_AUTHORITY_HOST: \"{{mock_root}}\"}}\n"
+        );
+        let h = start(&yaml).await;
+        let base = json!({"model": "m", "max_tokens": 256, "system": [{"type": "text", "text": "Be brief.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "Hello"}]});
+
+        let r = h.post("/v1/messages", &base).await;
+        assert_eq!(r.status(), 200, "{p}: text");
+        assert_eq!(r.headers()["x-llmux-provider"], p, "{p}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["type"], "message", "{p}");
+        assert_eq!(v["role"], "assistant", "{p}");
+        assert!(v["id"].as_str().unwrap().starts_with("msg_"), "{p}: {v}");
+        assert_eq!(v["content"][0]["type"], "text", "{p}");
+        assert_eq!(v["content"][0]["text"], expected_text(), "{p}");
+        assert_eq!(v["stop_reason"], "end_turn", "{p}");
+        assert!(v["usage"]["input_tokens"].as_u64().unwrap() > 0, "{p}: {v}");
+        assert!(
+            v["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{p}: {v}"
+        );
+
+        let mut stream = base.clone();
+        stream["stream"] = json!(true);
+        let r = h.post("/v1/messages", &stream).await;
+        assert_eq!(r.status(), 200, "{p}: stream");
+        assert_eq!(r.headers()["content-type"], "text/event-stream", "{p}");
+        let events = anthropic_events(&r.text().await.unwrap());
+        let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(names[..2], ["message_start", "ping"], "{p}: {names:?}");
+        assert_eq!(
+            names[names.len() - 2..],
+            ["message_delta", "message_stop"],
+            "{p}"
+        );
+        let text: String = events
+            .iter()
+            .filter_map(|e| e["delta"]["text"].as_str())
+            .collect();
+        assert_eq!(text, expected_text(), "{p}: streamed text");
+        let end = &events[events.len() - 2];
+        assert_eq!(end["delta"]["stop_reason"], "end_turn", "{p}");
+        assert!(
+            end["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{p}: {end}"
+        );
+
+        let mut forced = base.clone();
+        forced["tools"] = tools.clone();
+        forced["tool_choice"] = json!({"type": "any"});
+        let r = h.post("/v1/messages", &forced).await;
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["stop_reason"], "tool_use", "{p}: {v}");
+        let call = v["content"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|b| b["type"] == "tool_use")
+            .unwrap_or_else(|| panic!("{p}: {v}"));
+        assert_eq!(call["name"], "get_weather", "{p}");
+        assert_eq!(call["input"], json!({"location": "Paris"}), "{p}");
+        // The answer goes back with the result, as the SDKs send it.
+        let mut turn = base.clone();
+        turn["tools"] = tools.clone();
+        turn["messages"] = json!([
+            {"role": "user", "content": "Weather?"},
+            {"role": "assistant", "content": [call]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call["id"], "content": "Sunny"}]}
+        ]);
+        let r = h.post("/v1/messages", &turn).await;
+        assert_eq!(r.status(), 200, "{p}: tool result turn");
+        assert!(
+            h.recorded().pop().unwrap().body.contains("Sunny"),
+            "{p}: the result reached the upstream"
+        );
+
+        forced["stream"] = json!(true);
+        let r = h.post("/v1/messages", &forced).await;
+        let events = anthropic_events(&r.text().await.unwrap());
+        let start = events
+            .iter()
+            .find(|e| {
+                e["type"] == "content_block_start" && e["content_block"]["type"] == "tool_use"
+            })
+            .unwrap_or_else(|| panic!("{p}: {events:?}"));
+        assert_eq!(start["content_block"]["name"], "get_weather", "{p}");
+        let json: String = events
+            .iter()
+            .filter_map(|e| e["delta"]["partial_json"].as_str())
+            .collect();
+        assert_eq!(
+            serde_json::from_str::<Value>(&json).unwrap(),
+            json!({"location": "Paris"}),
+            "{p}"
+        );
+        assert_eq!(
+            events[events.len() - 2]["delta"]["stop_reason"],
+            "tool_use",
+            "{p}"
+        );
+
+        let mut image = base.clone();
+        image["messages"] = json!([{"role": "user", "content": [{"type": "text", "text": "What is this?"},
+            {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}]}]);
+        let r = h.post("/v1/messages", &image).await;
+        assert_eq!(r.status(), 200, "{p}: vision");
+        assert!(
+            h.recorded().pop().unwrap().body.contains(PNG),
+            "{p}: the image reached the upstream"
+        );
+
+        let mut thinking = base.clone();
+        thinking["thinking"] = json!({"type": "enabled", "budget_tokens": 1024});
+        let r = h.post("/v1/messages", &thinking).await;
+        assert_eq!(r.status(), 200, "{p}: thinking");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["content"][0]["type"], "thinking", "{p}: {v}");
+        assert_eq!(v["content"][0]["thinking"], "Thinking it over.", "{p}");
+        assert_eq!(v["content"][1]["text"], expected_text(), "{p}");
+
+        let r = h
+            .post(
+                "/v1/messages/count_tokens",
+                &json!({"model": "m", "messages": [{"role": "user", "content": "Hello there"}]}),
+            )
+            .await;
+        assert_eq!(r.status(), 200, "{p}: count_tokens");
+        let v: Value = r.json().await.unwrap();
+        assert!(v["input_tokens"].as_u64().unwrap() > 0, "{p}: {v}");
+
+        for (status, expected) in [
+            (400, "invalid_request_error"),
+            (401, "authentication_error"),
+            (403, "permission_error"),
+            (429, "rate_limit_error"),
+            (500, "api_error"),
+            (503, "overloaded_error"),
+        ] {
+            let body = json!({"error": {"message": "upstream says no", "type": "x", "param": null, "code": null}});
+            h.mock
+                .set_defaults(json!({"status": status, "error_body": body.to_string()}));
+            let r = h.post("/v1/messages", &base).await;
+            assert_eq!(r.status(), status, "{p}: {expected}");
+            let e: Value = r.json().await.unwrap();
+            assert_eq!(e["type"], "error", "{p}");
+            assert_eq!(e["error"]["type"], expected, "{p}: {status}");
+            assert!(e["error"]["message"].is_string(), "{p}");
+        }
+        h.mock.set_defaults(json!({}));
+    }
+}

@@ -1418,3 +1418,68 @@ async fn oversized_management_bodies_are_413_in_the_openai_shape() {
         assert_eq!(v["error"]["code"], "request_too_large", "{v}");
     }
 }
+
+/// `/v1/messages` is governed like chat completions: a virtual key (sent as `x-api-key`, as the
+/// Anthropic SDKs do) is charged the exact cost, its spend log row says `anthropic_messages`, a
+/// budget refuses the next request in Anthropic's error shape, and a key's model list holds.
+#[tokio::test]
+async fn the_messages_api_is_governed_like_chat_completions() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let sk = key(&h, json!({"max_budget": 0.0005, "models": ["cheap"]})).await;
+    let send = |model: &'static str, stream: bool| {
+        let (h, sk) = (&h, sk.clone());
+        async move {
+            h.http
+                .post(format!("{}/v1/messages", h.url))
+                .header("x-api-key", sk)
+                .header("anthropic-version", "2023-06-01")
+                .json(&json!({"model": model, "max_tokens": 16, "stream": stream, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let r = send("cheap", false).await;
+    assert_eq!(r.status(), 200);
+    let cost: f64 = r.headers()["x-litellm-response-cost"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let m: Value = r.json().await.unwrap();
+    let usage = &m["usage"];
+    let expected = usage["input_tokens"].as_f64().unwrap() * 0.001
+        + usage["output_tokens"].as_f64().unwrap() * 0.002;
+    assert!((cost - expected).abs() < 1e-9, "{cost} vs {expected}: {m}");
+    h.flush_spend().await;
+    let logs = h
+        .get_json(MASTER, &format!("/spend/logs?api_key={sk}"))
+        .await;
+    assert_eq!(logs[0]["call_type"], "anthropic_messages", "{logs}");
+    assert!((logs[0]["spend"].as_f64().unwrap() - cost).abs() < 1e-12);
+
+    let r = send("cheap", true).await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    assert!(
+        e["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Budget has been exceeded"),
+        "{e}"
+    );
+    let other = key(&h, json!({"models": ["cheap"]})).await;
+    let r = h
+        .http
+        .post(format!("{}/v1/messages", h.url))
+        .header("x-api-key", other)
+        .json(&json!({"model": "other", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403, "a model the key may not use");
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "permission_error", "{e}");
+}

@@ -19,6 +19,7 @@
 mod attempt;
 mod credentials;
 mod delivered;
+pub mod dialect;
 mod execute;
 mod log;
 pub mod pricing;
@@ -164,6 +165,15 @@ impl Default for RequestOptions {
             hook: None,
         }
     }
+}
+
+/// Tokens of an OpenAI chat (`messages`, `tools`) or completion (`prompt`) request body as
+/// `model`'s tokenizer counts them (the gateway's local estimate).
+pub fn count_prompt_tokens(body: &[u8], model: &str) -> Result<u64, GatewayError> {
+    let request = llmux_types::RawObject::parse(body).map_err(|e| {
+        GatewayError::invalid_request(format!("the body is not a JSON object: {e}"))
+    })?;
+    Ok(tokens::count_prompt_tokens(&request, model))
 }
 
 /// A request id: `req-` + 32 hex digits, the first 12 the time in milliseconds and the rest

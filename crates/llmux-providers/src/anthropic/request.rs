@@ -114,7 +114,21 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Ga
                 content_blocks(message.get("content"))?,
             ),
             "assistant" => {
-                let mut blocks = content_blocks(message.get("content"))?;
+                // Thinking blocks (with their signatures) go first, as Anthropic sent them.
+                let mut blocks: Vec<Value> = message
+                    .get("thinking_blocks")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| {
+                        matches!(
+                            b.get("type").and_then(Value::as_str),
+                            Some("thinking" | "redacted_thinking")
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                blocks.extend(content_blocks(message.get("content"))?);
                 for call in message
                     .get("tool_calls")
                     .and_then(Value::as_array)
@@ -142,7 +156,23 @@ fn translate_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Value>), Ga
             }
             "tool" | "function" => {
                 let id = message.get("tool_call_id").cloned().unwrap_or(json!(""));
-                let result = json!({"type": "tool_result", "tool_use_id": id, "content": crate::common::text_of(message.get("content"))});
+                // Text stays text; a result with images (or cache_control) keeps its blocks.
+                let content = match message.get("content") {
+                    Some(Value::Array(parts))
+                        if parts.iter().any(|p| {
+                            p.get("type").and_then(Value::as_str) != Some("text")
+                                || p.get("cache_control").is_some()
+                        }) =>
+                    {
+                        Value::Array(content_blocks(message.get("content"))?)
+                    }
+                    other => json!(crate::common::text_of(other)),
+                };
+                let mut result =
+                    json!({"type": "tool_result", "tool_use_id": id, "content": content});
+                if let Some(cache) = message.get("cache_control") {
+                    result["cache_control"] = cache.clone();
+                }
                 crate::common::push_merged(&mut out, "user", vec![result]);
             }
             other => {

@@ -93,6 +93,8 @@ impl StreamDecoder for AnthropicStreamDecoder {
                         self.content(json!({"tool_calls": [{"index": k, "id": block.get("id"), "type": "function",
                             "function": {"name": block.get("name"), "arguments": ""}}]}))
                     }
+                    // Redacted thinking arrives whole; the client must send it back as is.
+                    Some("redacted_thinking") => self.content(json!({"thinking_blocks": [block]})),
                     Some("text") => match block.get("text").and_then(Value::as_str) {
                         Some(t) if !t.is_empty() => self.content(json!({"content": t})),
                         _ => DecodedEvent::KeepAlive(Bytes::new()),
@@ -107,6 +109,11 @@ impl StreamDecoder for AnthropicStreamDecoder {
                     Some("thinking_delta") => {
                         self.content(json!({"reasoning_content": delta.get("thinking")}))
                     }
+                    // The thinking block's signature (LiteLLM's `thinking_blocks` delta), which
+                    // a client must send back with the block in its next turn.
+                    Some("signature_delta") => self.content(json!({"thinking_blocks": [{
+                        "type": "thinking", "thinking": "", "signature": delta.get("signature"),
+                    }]})),
                     Some("input_json_delta") => {
                         let partial = delta
                             .get("partial_json")

@@ -1,0 +1,126 @@
+//! The Anthropic Messages API routes (`POST /v1/messages`, `POST /v1/messages/count_tokens`):
+//! the request goes through the Anthropic dialect (`llmux::dialect::anthropic`) into the same
+//! path as a chat completion (auth, admission, routing, retries, fallbacks, spend), and the
+//! answer, its stream and every error come back in Anthropic's shapes, so the Anthropic SDKs
+//! and Claude Code work unchanged against any provider.
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::HeaderValue;
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use llmux::dialect::anthropic;
+use llmux::{GatewayError, Operation, ResponseBody};
+
+use crate::{authorized_body, closing, error_response, execute, headers, AppState, Call};
+
+/// `POST /v1/messages`.
+pub async fn messages(State(state): State<AppState>, request: Request) -> Response {
+    let client_request_id = headers::client_request_id(request.headers());
+    let received_at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request_id = llmux::new_request_id();
+    let mut response = match authorized_body(&state, &parts, body).await {
+        Err((e, close)) => closing(error(&e, &request_id), close),
+        Ok((principal, body)) => {
+            let answer = async {
+                let converted = anthropic::chat_request(&body)?;
+                let call = Call {
+                    op: Operation::Chat,
+                    call_type: "anthropic_messages",
+                    headers: &parts.headers,
+                    principal: principal.as_ref(),
+                    client_request_id: client_request_id.clone(),
+                    request_id: &request_id,
+                    received_at,
+                };
+                execute(&state, call, converted.body)
+                    .await?
+                    .respond(anthropic_body)
+            };
+            answer.await.unwrap_or_else(|e| error(&e, &request_id))
+        }
+    };
+    headers::echo_client_request_id(response.headers_mut(), client_request_id.as_deref());
+    response
+}
+
+/// `POST /v1/messages/count_tokens`: the request's input tokens as the gateway counts them
+/// (`{"input_tokens": n}`), for a model the caller may use.
+pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let request_id = llmux::new_request_id();
+    let (principal, body) = match authorized_body(&state, &parts, body).await {
+        Ok(p) => p,
+        Err((e, close)) => return closing(error(&e, &request_id), close),
+    };
+    let counted = (|| {
+        // count_tokens bodies carry no max_tokens; the dialect wants one.
+        let mut request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
+        })?;
+        if let Some(o) = request.as_object_mut() {
+            o.entry("max_tokens").or_insert(serde_json::json!(1));
+            o.remove("stream");
+        }
+        let converted = anthropic::chat_request(request.to_string().as_bytes())?;
+        if let Some(p) = &principal {
+            crate::governance::check_model_access(&state.client, p, &converted.model)?;
+        }
+        llmux::count_prompt_tokens(&converted.body, &converted.model)
+    })();
+    match counted {
+        Ok(n) => {
+            let mut out = Response::new(Body::from(
+                serde_json::json!({"input_tokens": n}).to_string(),
+            ));
+            out.headers_mut().insert(
+                axum::http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            out
+        }
+        Err(e) => error(&e, &request_id),
+    }
+}
+
+/// The internal answer as a Messages response or event stream.
+fn anthropic_body(body: ResponseBody) -> Result<(Body, &'static str), GatewayError> {
+    Ok(match body {
+        ResponseBody::Json(bytes) => (Body::from(anthropic::message(&bytes)?), "application/json"),
+        ResponseBody::Stream(stream) => {
+            let events = futures_util::stream::unfold(
+                (stream, anthropic::StreamTranslator::new(), false),
+                |(mut inner, mut translator, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    match inner.next().await {
+                        Some(chunk) => {
+                            let out = translator.feed(&chunk);
+                            Some((out, (inner, translator, false)))
+                        }
+                        None => {
+                            let out = translator.finish();
+                            Some((out, (inner, translator, true)))
+                        }
+                    }
+                },
+            )
+            .filter(|b: &Bytes| std::future::ready(!b.is_empty()))
+            .map(Ok::<Bytes, Infallible>);
+            (Body::from_stream(events), "text/event-stream")
+        }
+    })
+}
+
+/// An error in Anthropic's shape, with the gateway's error headers (request id, retry-after).
+fn error(e: &GatewayError, request_id: &str) -> Response {
+    let mut out = error_response(e, request_id);
+    *out.body_mut() = Body::from(anthropic::error_body(e));
+    out
+}

@@ -1,0 +1,947 @@
+//! The Anthropic Messages API (`POST /v1/messages`) as an inbound dialect: its request into the
+//! internal (OpenAI chat) request, and the internal response, stream and errors back into
+//! Anthropic's message, events and error shapes, as Anthropic documents them.
+//!
+//! Content the internal request can carry goes through unchanged: `cache_control` on system
+//! blocks, text and tools, thinking blocks with their signatures (as `thinking_blocks` on the
+//! assistant message), Anthropic's own server tools. The Anthropic adapter turns all of it back
+//! into the same blocks for an Anthropic deployment; other providers get their own translation
+//! of the internal request.
+
+use bytes::{Bytes, BytesMut};
+use llmux_types::{ErrorKind, GatewayError, Usage};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// The internal request made from a Messages request.
+#[derive(Debug, Clone)]
+pub struct ChatRequest {
+    /// The OpenAI chat request body.
+    pub body: Bytes,
+    /// The model the client asked for.
+    pub model: String,
+    pub stream: bool,
+}
+
+fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
+    GatewayError::invalid_request(message).with_param(param)
+}
+
+/// Convert a Messages request body into the internal chat request.
+pub fn chat_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
+    let request: Value = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::invalid_request(format!("the body is not valid JSON: {e}")))?;
+    let Value::Object(request) = request else {
+        return Err(GatewayError::invalid_request(
+            "the body must be a JSON object",
+        ));
+    };
+    let model = match request.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        _ => return Err(invalid("model: Field required", "model")),
+    };
+    let max_tokens = match request.get("max_tokens") {
+        Some(v) => v
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid("max_tokens: must be a positive integer", "max_tokens"))?,
+        None => return Err(invalid("max_tokens: Field required", "max_tokens")),
+    };
+    let Some(Value::Array(messages)) = request.get("messages") else {
+        return Err(invalid("messages: Field required (an array)", "messages"));
+    };
+    let stream = match request.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream: must be a boolean", "stream")),
+    };
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(model));
+    let mut chat_messages = Vec::new();
+    if let Some(system) = request.get("system") {
+        if let Some(content) = system_content(system)? {
+            chat_messages.push(json!({"role": "system", "content": content}));
+        }
+    }
+    for (i, message) in messages.iter().enumerate() {
+        convert_message(message, i, &mut chat_messages)?;
+    }
+    out.insert("messages".into(), Value::Array(chat_messages));
+    out.insert("max_tokens".into(), json!(max_tokens));
+    for field in ["temperature", "top_p", "top_k"] {
+        if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
+            if !v.is_number() {
+                return Err(invalid(format!("{field}: must be a number"), field));
+            }
+            out.insert(field.into(), v.clone());
+        }
+    }
+    if let Some(stops) = request.get("stop_sequences").filter(|v| !v.is_null()) {
+        let valid = stops
+            .as_array()
+            .is_some_and(|a| a.iter().all(Value::is_string));
+        if !valid {
+            return Err(invalid(
+                "stop_sequences: must be an array of strings",
+                "stop_sequences",
+            ));
+        }
+        if stops.as_array().is_some_and(|a| !a.is_empty()) {
+            out.insert("stop".into(), stops.clone());
+        }
+    }
+    if let Some(user) = request
+        .get("metadata")
+        .and_then(|m| m.get("user_id"))
+        .and_then(Value::as_str)
+    {
+        out.insert("user".into(), json!(user));
+    }
+    if let Some(tools) = request.get("tools").filter(|v| !v.is_null()) {
+        let Value::Array(tools) = tools else {
+            return Err(invalid("tools: must be an array", "tools"));
+        };
+        if !tools.is_empty() {
+            out.insert(
+                "tools".into(),
+                Value::Array(tools.iter().map(convert_tool).collect::<Result<_, _>>()?),
+            );
+        }
+    }
+    if let Some(choice) = request.get("tool_choice").filter(|v| !v.is_null()) {
+        let (choice, parallel) = convert_tool_choice(choice)?;
+        out.insert("tool_choice".into(), choice);
+        if let Some(p) = parallel {
+            out.insert("parallel_tool_calls".into(), json!(p));
+        }
+    }
+    if let Some(thinking) = request.get("thinking").filter(|v| !v.is_null()) {
+        match thinking.get("type").and_then(Value::as_str) {
+            Some("enabled") => {
+                let budget = thinking
+                    .get("budget_tokens")
+                    .and_then(Value::as_u64)
+                    .ok_or_else(|| {
+                        invalid(
+                            "thinking.budget_tokens: required with thinking enabled",
+                            "thinking",
+                        )
+                    })?;
+                // `thinking` reaches Anthropic-family deployments as sent; every other
+                // provider reads the effort it corresponds to.
+                out.insert("thinking".into(), thinking.clone());
+                out.insert("reasoning_effort".into(), json!(effort_for_budget(budget)));
+            }
+            Some("disabled") => {}
+            Some("adaptive") => {
+                out.insert("thinking".into(), thinking.clone());
+            }
+            _ => {
+                return Err(invalid(
+                    "thinking.type: must be `enabled` or `disabled`",
+                    "thinking",
+                ))
+            }
+        }
+    }
+    // The gateway's own controls (LiteLLM's names: fallbacks, num_retries, timeout, tags, ...)
+    // work here as on chat completions; tags may also come in `metadata.tags`.
+    for field in llmux_providers::GATEWAY_PARAMS {
+        if let Some(v) = request.get(*field) {
+            out.insert((*field).into(), v.clone());
+        }
+    }
+    if let Some(tags) = request.get("metadata").and_then(|m| m.get("tags")) {
+        out.entry("tags").or_insert_with(|| tags.clone());
+    }
+    if stream {
+        out.insert("stream".into(), json!(true));
+        out.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(ChatRequest {
+        body: Bytes::from(Value::Object(out).to_string()),
+        model,
+        stream,
+    })
+}
+
+/// The OpenAI `reasoning_effort` closest to an Anthropic thinking budget.
+fn effort_for_budget(budget: u64) -> &'static str {
+    match budget {
+        0..=2048 => "low",
+        2049..=8192 => "medium",
+        _ => "high",
+    }
+}
+
+/// `system`: a string, or text blocks (with `cache_control`, kept on each part).
+fn system_content(system: &Value) -> Result<Option<Value>, GatewayError> {
+    match system {
+        Value::Null => Ok(None),
+        Value::String(s) if s.is_empty() => Ok(None),
+        Value::String(s) => Ok(Some(json!(s))),
+        Value::Array(blocks) => {
+            let mut parts = Vec::new();
+            for block in blocks {
+                if block.get("type").and_then(Value::as_str) != Some("text") {
+                    return Err(invalid("system: only text blocks are allowed", "system"));
+                }
+                parts.push(text_part(block));
+            }
+            Ok((!parts.is_empty()).then_some(Value::Array(parts)))
+        }
+        _ => Err(invalid(
+            "system: must be a string or an array of text blocks",
+            "system",
+        )),
+    }
+}
+
+/// A text block as an OpenAI text part (its `cache_control` kept).
+fn text_part(block: &Value) -> Value {
+    let mut part = json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))});
+    if let Some(cache) = block.get("cache_control") {
+        part["cache_control"] = cache.clone();
+    }
+    part
+}
+
+/// An image or document block as an OpenAI content part.
+fn media_part(block: &Value, at: &str) -> Result<Value, GatewayError> {
+    let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+    let source = block
+        .get("source")
+        .ok_or_else(|| invalid(format!("{at}.source: Field required"), "messages"))?;
+    let mut part = match (kind, source.get("type").and_then(Value::as_str)) {
+        ("image", Some("base64")) => {
+            let media_type = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("image/png");
+            let data = source.get("data").and_then(Value::as_str).unwrap_or("");
+            json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}})
+        }
+        ("image", Some("url")) => {
+            json!({"type": "image_url", "image_url": {"url": source.get("url").cloned().unwrap_or(json!(""))}})
+        }
+        ("document", Some("base64")) => {
+            let media_type = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("application/pdf");
+            let data = source.get("data").and_then(Value::as_str).unwrap_or("");
+            let mut file = json!({"file_data": format!("data:{media_type};base64,{data}")});
+            if let Some(title) = block.get("title") {
+                file["filename"] = title.clone();
+            }
+            json!({"type": "file", "file": file})
+        }
+        ("document", Some("text")) => {
+            json!({"type": "text", "text": source.get("data").cloned().unwrap_or(json!(""))})
+        }
+        (_, other) => {
+            return Err(invalid(
+                format!(
+                    "{at}: a {kind} source of type `{}` is not supported here",
+                    other.unwrap_or("?")
+                ),
+                "messages",
+            ))
+        }
+    };
+    if let Some(cache) = block.get("cache_control") {
+        part["cache_control"] = cache.clone();
+    }
+    Ok(part)
+}
+
+/// The content of a `tool_result` block: a string, or text and image parts.
+fn tool_result_content(block: &Value, at: &str) -> Result<Value, GatewayError> {
+    match block.get("content") {
+        None | Some(Value::Null) => Ok(json!("")),
+        Some(Value::String(s)) => Ok(json!(s)),
+        Some(Value::Array(parts)) => {
+            let mut out = Vec::new();
+            for part in parts {
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => out.push(text_part(part)),
+                    Some("image") | Some("document") => out.push(media_part(part, at)?),
+                    _ => {
+                        return Err(invalid(
+                            format!(
+                                "{at}.content: only text, image and document blocks are allowed"
+                            ),
+                            "messages",
+                        ))
+                    }
+                }
+            }
+            // A result of text alone reads as a string everywhere.
+            if out
+                .iter()
+                .all(|p| p["type"] == "text" && p.get("cache_control").is_none())
+            {
+                let text: Vec<&str> = out.iter().filter_map(|p| p["text"].as_str()).collect();
+                return Ok(json!(text.join("\n")));
+            }
+            Ok(Value::Array(out))
+        }
+        Some(_) => Err(invalid(
+            format!("{at}.content: must be a string or an array"),
+            "messages",
+        )),
+    }
+}
+
+fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), GatewayError> {
+    let at = format!("messages.{i}");
+    let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+    let content = message
+        .get("content")
+        .ok_or_else(|| invalid(format!("{at}.content: Field required"), "messages"))?;
+    match role {
+        "user" => {
+            let blocks = match content {
+                Value::String(s) => {
+                    out.push(json!({"role": "user", "content": s}));
+                    return Ok(());
+                }
+                Value::Array(blocks) => blocks,
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.content: must be a string or an array"),
+                        "messages",
+                    ))
+                }
+            };
+            let mut parts = Vec::new();
+            for (k, block) in blocks.iter().enumerate() {
+                let at = format!("{at}.content.{k}");
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => parts.push(text_part(block)),
+                    Some("image") | Some("document") => parts.push(media_part(block, &at)?),
+                    Some("tool_result") => {
+                        let id = block
+                            .get("tool_use_id")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| {
+                                invalid(format!("{at}.tool_use_id: Field required"), "messages")
+                            })?;
+                        let mut content = tool_result_content(block, &at)?;
+                        if block.get("is_error").and_then(Value::as_bool) == Some(true) {
+                            if let Value::String(text) = &content {
+                                content = json!(format!("Error: {text}"));
+                            }
+                        }
+                        let mut tool =
+                            json!({"role": "tool", "tool_call_id": id, "content": content});
+                        if let Some(cache) = block.get("cache_control") {
+                            tool["cache_control"] = cache.clone();
+                        }
+                        out.push(tool);
+                    }
+                    Some(other) => {
+                        return Err(invalid(
+                            format!(
+                                "{at}.type: `{other}` blocks are not supported in user messages"
+                            ),
+                            "messages",
+                        ))
+                    }
+                    None => return Err(invalid(format!("{at}.type: Field required"), "messages")),
+                }
+            }
+            if !parts.is_empty() {
+                out.push(json!({"role": "user", "content": parts}));
+            }
+        }
+        "assistant" => {
+            let blocks = match content {
+                Value::String(s) => {
+                    out.push(json!({"role": "assistant", "content": s}));
+                    return Ok(());
+                }
+                Value::Array(blocks) => blocks,
+                _ => {
+                    return Err(invalid(
+                        format!("{at}.content: must be a string or an array"),
+                        "messages",
+                    ))
+                }
+            };
+            let mut parts: Vec<Value> = Vec::new();
+            let mut tool_calls = Vec::new();
+            let mut thinking_blocks = Vec::new();
+            let mut reasoning = String::new();
+            for (k, block) in blocks.iter().enumerate() {
+                let at = format!("{at}.content.{k}");
+                match block.get("type").and_then(Value::as_str) {
+                    Some("text") => parts.push(text_part(block)),
+                    Some("tool_use") | Some("server_tool_use") => {
+                        let input = block.get("input").cloned().unwrap_or(json!({}));
+                        tool_calls.push(json!({
+                            "id": block.get("id").cloned().unwrap_or(json!("")),
+                            "type": "function",
+                            "function": {
+                                "name": block.get("name").cloned().unwrap_or(json!("")),
+                                "arguments": input.to_string(),
+                            },
+                        }));
+                    }
+                    Some("thinking") => {
+                        reasoning
+                            .push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                        thinking_blocks.push(block.clone());
+                    }
+                    Some("redacted_thinking") => thinking_blocks.push(block.clone()),
+                    Some(other) => {
+                        return Err(invalid(
+                            format!(
+                            "{at}.type: `{other}` blocks are not supported in assistant messages"
+                        ),
+                            "messages",
+                        ))
+                    }
+                    None => return Err(invalid(format!("{at}.type: Field required"), "messages")),
+                }
+            }
+            let plain = parts.iter().all(|p| p.get("cache_control").is_none());
+            let content = if parts.is_empty() {
+                Value::Null
+            } else if plain {
+                let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
+                json!(text.concat())
+            } else {
+                Value::Array(parts)
+            };
+            let mut message = json!({"role": "assistant", "content": content});
+            if !tool_calls.is_empty() {
+                message["tool_calls"] = Value::Array(tool_calls);
+            }
+            if !thinking_blocks.is_empty() {
+                message["thinking_blocks"] = Value::Array(thinking_blocks);
+                message["reasoning_content"] = json!(reasoning);
+            }
+            out.push(message);
+        }
+        other => {
+            return Err(invalid(
+                format!("{at}.role: must be `user` or `assistant`, not `{other}`"),
+                "messages",
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A tool: a client tool (`input_schema`) as an OpenAI function; Anthropic's own server tools
+/// (web search, code execution, ...) pass as they are, for Anthropic deployments.
+fn convert_tool(tool: &Value) -> Result<Value, GatewayError> {
+    let kind = tool.get("type").and_then(Value::as_str);
+    if tool.get("input_schema").is_none() || !matches!(kind, None | Some("custom")) {
+        if kind.is_none() {
+            return Err(invalid(
+                "tools: a tool needs `input_schema` or a `type`",
+                "tools",
+            ));
+        }
+        return Ok(tool.clone());
+    }
+    let name = tool
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| invalid("tools: a tool needs a `name`", "tools"))?;
+    let mut function = json!({"name": name, "parameters": tool["input_schema"].clone()});
+    if let Some(d) = tool.get("description") {
+        function["description"] = d.clone();
+    }
+    let mut out = json!({"type": "function", "function": function});
+    if let Some(cache) = tool.get("cache_control") {
+        out["cache_control"] = cache.clone();
+    }
+    Ok(out)
+}
+
+/// `tool_choice` and whether parallel tool use was disabled.
+fn convert_tool_choice(choice: &Value) -> Result<(Value, Option<bool>), GatewayError> {
+    let parallel = choice
+        .get("disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        .map(|disabled| !disabled);
+    let out = match choice.get("type").and_then(Value::as_str) {
+        Some("auto") => json!("auto"),
+        Some("any") => json!("required"),
+        Some("none") => json!("none"),
+        Some("tool") => {
+            let name = choice
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| invalid("tool_choice.name: Field required", "tool_choice"))?;
+            json!({"type": "function", "function": {"name": name}})
+        }
+        _ => {
+            return Err(invalid(
+                "tool_choice.type: must be `auto`, `any`, `tool` or `none`",
+                "tool_choice",
+            ))
+        }
+    };
+    Ok((out, parallel))
+}
+
+/// Anthropic's `usage` from the internal one: `input_tokens` excludes what was read from or
+/// written to the prompt cache.
+#[derive(Debug, Clone, Copy, Default, Serialize, PartialEq)]
+pub struct MessageUsage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+impl From<&Usage> for MessageUsage {
+    fn from(u: &Usage) -> Self {
+        let read = u.cached_tokens();
+        let written = u.cache_creation_input_tokens.unwrap_or(0);
+        MessageUsage {
+            input_tokens: u.prompt_tokens.saturating_sub(read + written),
+            output_tokens: u.completion_tokens,
+            cache_creation_input_tokens: written,
+            cache_read_input_tokens: read,
+        }
+    }
+}
+
+/// A Messages API response.
+#[derive(Debug, Serialize)]
+pub struct Message {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub role: &'static str,
+    pub model: String,
+    pub content: Vec<Value>,
+    pub stop_reason: Option<&'static str>,
+    pub stop_sequence: Option<String>,
+    pub usage: MessageUsage,
+}
+
+/// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
+fn stop_reason(finish: Option<&str>) -> &'static str {
+    match finish {
+        Some("length") => "max_tokens",
+        Some("tool_calls") | Some("function_call") => "tool_use",
+        Some("content_filter") => "refusal",
+        _ => "end_turn",
+    }
+}
+
+/// A message id in Anthropic's form (`msg_...`).
+fn message_id(id: Option<&str>) -> String {
+    match id {
+        Some(id) if id.starts_with("msg_") => id.to_owned(),
+        Some(id) if !id.is_empty() => format!("msg_{}", id.trim_start_matches("chatcmpl-")),
+        _ => format!("msg_{}", crate::new_request_id()),
+    }
+}
+
+fn tool_input(arguments: &str) -> Value {
+    if arguments.trim().is_empty() {
+        return json!({});
+    }
+    serde_json::from_str(arguments).unwrap_or_else(|_| json!({"_raw": arguments}))
+}
+
+/// Convert an internal (OpenAI chat completion) response body into a Messages response.
+pub fn message(chat: &[u8]) -> Result<Bytes, GatewayError> {
+    let chat: Value = serde_json::from_slice(chat).map_err(|e| {
+        GatewayError::new(
+            ErrorKind::UpstreamError,
+            format!("the answer is not JSON: {e}"),
+        )
+    })?;
+    let choice = chat.pointer("/choices/0").cloned().unwrap_or_default();
+    let msg = choice.get("message").cloned().unwrap_or_default();
+    let mut content = Vec::new();
+    match msg.get("thinking_blocks").and_then(Value::as_array) {
+        Some(blocks) if !blocks.is_empty() => content.extend(blocks.iter().cloned()),
+        _ => {
+            if let Some(r) = msg
+                .get("reasoning_content")
+                .and_then(Value::as_str)
+                .filter(|r| !r.is_empty())
+            {
+                content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+            }
+        }
+    }
+    match msg.get("content") {
+        Some(Value::String(text)) if !text.is_empty() => {
+            content.push(json!({"type": "text", "text": text}))
+        }
+        Some(Value::Array(parts)) => {
+            for p in parts {
+                if let Some(text) = p.get("text").and_then(Value::as_str) {
+                    content.push(json!({"type": "text", "text": text}));
+                }
+            }
+        }
+        _ => {}
+    }
+    for call in msg
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        content.push(json!({
+            "type": "tool_use",
+            "id": call.get("id").cloned().unwrap_or(json!("")),
+            "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
+            "input": tool_input(call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("")),
+        }));
+    }
+    let usage: Usage = chat
+        .get("usage")
+        .and_then(|u| serde_json::from_value(u.clone()).ok())
+        .unwrap_or_default();
+    let message = Message {
+        id: message_id(chat.get("id").and_then(Value::as_str)),
+        kind: "message",
+        role: "assistant",
+        model: chat
+            .get("model")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned(),
+        content,
+        stop_reason: Some(stop_reason(
+            choice.get("finish_reason").and_then(Value::as_str),
+        )),
+        stop_sequence: None,
+        usage: MessageUsage::from(&usage),
+    };
+    serde_json::to_vec(&message)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::new(ErrorKind::Internal, e.to_string()))
+}
+
+/// Anthropic's error `type` for a gateway error.
+pub fn error_type(e: &GatewayError) -> &'static str {
+    match e.kind {
+        ErrorKind::Authentication => "authentication_error",
+        ErrorKind::PermissionDenied => "permission_error",
+        ErrorKind::NotFound => "not_found_error",
+        ErrorKind::PayloadTooLarge => "request_too_large",
+        ErrorKind::RateLimited => "rate_limit_error",
+        ErrorKind::UpstreamUnavailable if e.status == 529 || e.status == 503 => "overloaded_error",
+        ErrorKind::Timeout => "timeout_error",
+        ErrorKind::InvalidRequest
+        | ErrorKind::BudgetExceeded
+        | ErrorKind::ContextLengthExceeded
+        | ErrorKind::ContentFiltered => "invalid_request_error",
+        _ => match e.status {
+            400 => "invalid_request_error",
+            401 => "authentication_error",
+            403 => "permission_error",
+            404 => "not_found_error",
+            413 => "request_too_large",
+            429 => "rate_limit_error",
+            529 => "overloaded_error",
+            _ => "api_error",
+        },
+    }
+}
+
+/// An error body in Anthropic's shape.
+pub fn error_body(e: &GatewayError) -> Bytes {
+    Bytes::from(
+        json!({"type": "error", "error": {"type": error_type(e), "message": e.message()}})
+            .to_string(),
+    )
+}
+
+/// Turns the internal SSE stream (OpenAI chat chunks) into Anthropic's event stream:
+/// `message_start`, `ping`, per block `content_block_start` / `_delta` / `_stop` (thinking,
+/// text, tool use), `message_delta` with the stop reason and usage, `message_stop`; an error
+/// mid-stream becomes an `error` event.
+#[derive(Debug, Default)]
+pub struct StreamTranslator {
+    pending: BytesMut,
+    started: bool,
+    finished: bool,
+    /// The open block: its index and kind (`thinking`, `text`, `tool_use`).
+    open: Option<(usize, &'static str)>,
+    next_index: usize,
+    /// OpenAI tool-call index -> Anthropic block index.
+    tools: Vec<(u64, usize)>,
+    stop_reason: Option<&'static str>,
+    usage: Option<Usage>,
+}
+
+fn event(out: &mut BytesMut, name: &str, data: &Value) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.to_string().as_bytes());
+    out.extend_from_slice(b"\n\n");
+}
+
+impl StreamTranslator {
+    pub fn new() -> Self {
+        StreamTranslator::default()
+    }
+
+    /// Feed bytes of the internal stream; returns the Anthropic events they complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Bytes {
+        self.pending.extend_from_slice(bytes);
+        let mut out = BytesMut::new();
+        while let Some(end) = find_event_end(&self.pending) {
+            let raw = self.pending.split_to(end.0 + end.1);
+            let text = String::from_utf8_lossy(&raw[..end.0]).into_owned();
+            for line in text.lines() {
+                if let Some(data) = line.strip_prefix("data:") {
+                    self.data(data.trim(), &mut out);
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// The internal stream ended: close what is open and end the message (if it did not end
+    /// already).
+    pub fn finish(&mut self) -> Bytes {
+        let mut out = BytesMut::new();
+        if !self.finished {
+            self.end_message(&mut out);
+        }
+        out.freeze()
+    }
+
+    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let message = Message {
+            id: message_id(chunk.get("id").and_then(Value::as_str)),
+            kind: "message",
+            role: "assistant",
+            model: chunk
+                .get("model")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_owned(),
+            content: Vec::new(),
+            stop_reason: None,
+            stop_sequence: None,
+            usage: MessageUsage::default(),
+        };
+        event(
+            out,
+            "message_start",
+            &json!({"type": "message_start", "message": message}),
+        );
+        event(out, "ping", &json!({"type": "ping"}));
+    }
+
+    fn close_block(&mut self, out: &mut BytesMut) {
+        if let Some((index, _)) = self.open.take() {
+            event(
+                out,
+                "content_block_stop",
+                &json!({"type": "content_block_stop", "index": index}),
+            );
+        }
+    }
+
+    /// Make sure a block of `kind` is open (a new one unless the open one is of that kind).
+    fn block(&mut self, kind: &'static str, start: Value, out: &mut BytesMut) -> usize {
+        if let Some((index, open)) = self.open {
+            if open == kind && kind != "tool_use" {
+                return index;
+            }
+        }
+        self.close_block(out);
+        let index = self.next_index;
+        self.next_index += 1;
+        self.open = Some((index, kind));
+        event(
+            out,
+            "content_block_start",
+            &json!({"type": "content_block_start", "index": index, "content_block": start}),
+        );
+        index
+    }
+
+    fn delta(out: &mut BytesMut, index: usize, delta: Value) {
+        event(
+            out,
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        );
+    }
+
+    fn data(&mut self, data: &str, out: &mut BytesMut) {
+        if self.finished {
+            return;
+        }
+        if data == "[DONE]" {
+            self.end_message(out);
+            return;
+        }
+        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+            return;
+        };
+        if let Some(error) = chunk.get("error") {
+            self.start(&chunk, out);
+            let message = error
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("upstream error");
+            let kind = match error.get("type").and_then(Value::as_str) {
+                Some("rate_limit_error") | Some("rate_limit_exceeded") => "rate_limit_error",
+                Some("overloaded_error") => "overloaded_error",
+                _ => "api_error",
+            };
+            event(
+                out,
+                "error",
+                &json!({"type": "error", "error": {"type": kind, "message": message}}),
+            );
+            self.finished = true;
+            return;
+        }
+        self.start(&chunk, out);
+        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
+            if let Ok(u) = serde_json::from_value::<Usage>(u.clone()) {
+                self.usage = Some(u);
+            }
+        }
+        let Some(choice) = chunk.pointer("/choices/0") else {
+            return;
+        };
+        let delta = choice.get("delta").cloned().unwrap_or_default();
+        if let Some(r) = delta
+            .get("reasoning_content")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
+            let index = self.block(
+                "thinking",
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                out,
+            );
+            Self::delta(out, index, json!({"type": "thinking_delta", "thinking": r}));
+        }
+        for block in delta
+            .get("thinking_blocks")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let Some(signature) = block
+                .get("signature")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
+                let index = self.block(
+                    "thinking",
+                    json!({"type": "thinking", "thinking": "", "signature": ""}),
+                    out,
+                );
+                Self::delta(
+                    out,
+                    index,
+                    json!({"type": "signature_delta", "signature": signature}),
+                );
+            }
+        }
+        if let Some(text) = delta
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            let index = self.block("text", json!({"type": "text", "text": ""}), out);
+            Self::delta(out, index, json!({"type": "text_delta", "text": text}));
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let known = self.tools.iter().find(|(t, _)| *t == k).map(|(_, i)| *i);
+            let index = match known {
+                Some(i) => i,
+                None => {
+                    let start = json!({
+                        "type": "tool_use",
+                        "id": call.get("id").cloned().unwrap_or(json!(format!("toolu_{}", crate::new_request_id()))),
+                        "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
+                        "input": {},
+                    });
+                    let i = self.block("tool_use", start, out);
+                    self.tools.push((k, i));
+                    i
+                }
+            };
+            if let Some(args) = call
+                .pointer("/function/arguments")
+                .and_then(Value::as_str)
+                .filter(|a| !a.is_empty())
+            {
+                Self::delta(
+                    out,
+                    index,
+                    json!({"type": "input_json_delta", "partial_json": args}),
+                );
+            }
+        }
+        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+            self.stop_reason = Some(stop_reason(Some(finish)));
+        }
+    }
+
+    fn end_message(&mut self, out: &mut BytesMut) {
+        if !self.started {
+            self.start(&Value::Null, out);
+        }
+        self.close_block(out);
+        let usage = self
+            .usage
+            .as_ref()
+            .map(MessageUsage::from)
+            .unwrap_or_default();
+        event(
+            out,
+            "message_delta",
+            &json!({
+                "type": "message_delta",
+                "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
+                "usage": usage,
+            }),
+        );
+        event(out, "message_stop", &json!({"type": "message_stop"}));
+        self.finished = true;
+    }
+}
+
+/// Where the first complete SSE event in `buf` ends: (length before the blank line, length of
+/// the blank line).
+fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
+    let crlf = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| (i, 4));
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(if a.0 <= b.0 { a } else { b }),
+        (a, b) => a.or(b),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -196,6 +196,9 @@ pub struct Config {
     /// once its running cost passes what it reserved and a budget it counts against is spent
     /// (for upstreams that ignore `max_tokens`). Off by default: a stream then runs to its end.
     pub budget_stream_cutoff: bool,
+    /// `llmux_settings.redis_deadline_ms`: how long a request waits for the fleet's Redis
+    /// (admission) before counting on this instance instead (default 50).
+    pub redis_deadline: std::time::Duration,
     /// `llmux_settings.spend_log_durability`: `batched` (default: spend rows are written in the
     /// background; a crash loses under 250 ms of traffic) or `sync` (a response completes only
     /// once its spend row is committed; concurrent requests share commits).
@@ -234,6 +237,7 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(30),
             api_model_env_allowlist: Vec::new(),
             budget_stream_cutoff: false,
+            redis_deadline: std::time::Duration::from_millis(50),
             spend_log_durability: SpendDurability::Batched,
             max_buffered_response_bytes: 1024 * 1024 * 1024,
             router: RouterSettings::default(),

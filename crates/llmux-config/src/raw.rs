@@ -101,6 +101,8 @@ pub(crate) struct RawLlmuxSettings {
     pub api_model_env_allowlist: Option<Vec<String>>,
     #[serde(default, deserialize_with = "opt_bool")]
     pub budget_stream_cutoff: Option<bool>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub redis_deadline_ms: Option<u64>,
     #[serde(default)]
     pub spend_log_durability: Option<String>,
     #[serde(default, deserialize_with = "opt_f64")]

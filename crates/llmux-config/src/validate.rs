@@ -803,6 +803,16 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
         if let Some(cutoff) = raw.budget_stream_cutoff {
             config.budget_stream_cutoff = cutoff;
         }
+        match raw.redis_deadline_ms {
+            None => {}
+            Some(ms) if (1..=10_000).contains(&ms) => {
+                config.redis_deadline = std::time::Duration::from_millis(ms);
+            }
+            Some(ms) => diags.push(Diagnostic::error(
+                "llmux_settings.redis_deadline_ms",
+                format!("must be between 1 and 10000 (milliseconds), got {ms}"),
+            )),
+        }
         if let Some(names) = raw.api_model_env_allowlist {
             config.api_model_env_allowlist = names.into_iter().filter(|n| !n.is_empty()).collect();
         }

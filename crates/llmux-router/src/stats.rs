@@ -185,6 +185,8 @@ pub struct DeploymentStats {
     state: AtomicU8,
     cooling_until_ms: AtomicU64,
     probe_in_flight: AtomicBool,
+    /// The current cooldown was taken here (not announced by another instance).
+    cooled_here: AtomicBool,
     last_failure: AtomicU8,
     window: MinuteWindow,
     latency: Mutex<Latency>,
@@ -219,6 +221,7 @@ impl DeploymentStats {
             state: AtomicU8::new(HEALTHY),
             cooling_until_ms: AtomicU64::new(0),
             probe_in_flight: AtomicBool::new(false),
+            cooled_here: AtomicBool::new(false),
             last_failure: AtomicU8::new(u8::MAX),
             window: MinuteWindow::default(),
             latency: Mutex::default(),
@@ -394,21 +397,33 @@ impl DeploymentStats {
         );
     }
 
-    /// A successful attempt: a half-open probe closes the circuit. `true` when this answer
-    /// ended a cooldown (the deployment was cooling or probed).
+    /// A successful attempt: a half-open probe closes the circuit (so does any answer while
+    /// cooling). `true` when this answer was the half-open probe that closed it (what a fleet
+    /// announces; a request that was already under way when the cooldown began proves little).
     pub fn record_success(&self) -> bool {
         self.window().successes.fetch_add(1, Ordering::Relaxed);
-        let recovered = self.state.load(Ordering::Acquire) != HEALTHY;
-        if recovered {
+        let was_probe = self.probe_in_flight.swap(false, Ordering::AcqRel);
+        let cooling = self.state.load(Ordering::Acquire) != HEALTHY;
+        if cooling {
             self.recover();
         }
-        self.probe_in_flight.store(false, Ordering::Release);
-        recovered
+        cooling && was_probe
     }
 
-    /// Healthy again (a probe, here or on another instance of a fleet, was answered): the
-    /// cooldown and this minute's failures are forgotten.
+    /// Another instance's probe found the deployment healthy: end a cooldown that came from
+    /// the fleet, but not one this instance took itself and that still runs (its own
+    /// `Retry-After`, say).
+    pub fn recover_remote(&self) {
+        let own_still_running = self.cooled_here.load(Ordering::Acquire)
+            && self.now_ms() < self.cooling_until_ms.load(Ordering::Acquire);
+        if !own_still_running {
+            self.recover();
+        }
+    }
+
+    /// Healthy again: the cooldown and this minute's failures are forgotten.
     pub fn recover(&self) {
+        self.cooled_here.store(false, Ordering::Release);
         self.state.store(HEALTHY, Ordering::Release);
         self.cooling_until_ms.store(0, Ordering::Release);
         self.window.failures.store(0, Ordering::Relaxed);
@@ -484,6 +499,7 @@ impl DeploymentStats {
             self.now_ms() + duration.as_millis() as u64,
             Ordering::Release,
         );
+        self.cooled_here.store(true, Ordering::Release);
         self.state.store(COOLING, Ordering::Release);
         Some(duration)
     }
@@ -492,7 +508,11 @@ impl DeploymentStats {
     /// longer cooldown already under way is kept.
     pub fn cool_for(&self, duration: Duration) {
         let until = self.now_ms() + duration.as_millis() as u64;
-        self.cooling_until_ms.fetch_max(until, Ordering::AcqRel);
+        let before = self.cooling_until_ms.fetch_max(until, Ordering::AcqRel);
+        if until > before {
+            // The fleet's cooldown outlasts any of this instance's own.
+            self.cooled_here.store(false, Ordering::Release);
+        }
         self.state.store(COOLING, Ordering::Release);
     }
 
@@ -615,6 +635,41 @@ mod tests {
         // The fleet's numbers were for a minute that has passed: only this instance's count.
         tokio::time::advance(Duration::from_secs(61)).await;
         assert_eq!(s.minute_usage(), (0, 0));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn only_a_probe_announces_recovery_and_a_remote_one_keeps_an_own_cooldown() {
+        let s = DeploymentStats::new(Instant::now());
+        s.record_failure(ErrorKind::RateLimited, &settings(), 2, None);
+        assert!(
+            !s.record_success(),
+            "a request already under way when the cooldown began is no probe"
+        );
+        s.record_failure(ErrorKind::RateLimited, &settings(), 2, None);
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(s.try_acquire_probe());
+        assert!(s.record_success(), "the probe closed the circuit");
+        assert_eq!(s.availability(), Availability::Healthy);
+
+        s.record_failure(
+            ErrorKind::RateLimited,
+            &settings(),
+            2,
+            Some(Duration::from_secs(60)),
+        );
+        s.recover_remote();
+        assert!(
+            matches!(s.availability(), Availability::Cooling(_)),
+            "its own Retry-After still runs"
+        );
+        tokio::time::advance(Duration::from_secs(61)).await;
+        s.cool_for(Duration::from_secs(30));
+        s.recover_remote();
+        assert_eq!(
+            s.availability(),
+            Availability::Healthy,
+            "the fleet's cooldown ends"
+        );
     }
 
     #[tokio::test(start_paused = true)]

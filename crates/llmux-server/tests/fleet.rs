@@ -25,6 +25,15 @@ struct Instance {
     gov: Arc<Governance>,
 }
 
+/// Wait out the last seconds of a wall-clock minute: rate windows are those minutes, and a
+/// burst that straddles a boundary is counted in two windows.
+async fn away_from_a_minute_boundary() {
+    let into_minute = llmux_store::now_ms().rem_euclid(60_000);
+    if into_minute > 55_000 {
+        tokio::time::sleep(Duration::from_millis((60_100 - into_minute) as u64)).await;
+    }
+}
+
 /// A mock upstream; its state counts (and can steer) what it answers.
 async fn upstream() -> (String, Arc<llmux_mock::MockState>) {
     let (mock_router, mock) = llmux_mock::app(false);
@@ -127,6 +136,7 @@ async fn chat_with(http: &reqwest::Client, at: &Instance, key: &str, mock_option
 async fn rpm_is_exact_across_three_instances() {
     let (fleet, http) = fleet(3, &redis_url()).await;
     let sk = key(&http, &fleet[0], json!({"rpm_limit": 6})).await;
+    away_from_a_minute_boundary().await;
     let answers =
         futures_util::future::join_all((0..18).map(|i| chat(&http, &fleet[i % 3], &sk))).await;
     let ok = answers.iter().filter(|s| **s == 200).count();
@@ -149,6 +159,7 @@ async fn parallel_and_token_limits_are_exact_across_instances() {
 
     // Tokens: the first answer's usage fills a small tpm; every instance then refuses.
     let tk = key(&http, &fleet[0], json!({"tpm_limit": 5})).await;
+    away_from_a_minute_boundary().await;
     assert_eq!(chat(&http, &fleet[0], &tk).await, 200);
     tokio::time::sleep(Duration::from_millis(200)).await; // the release is sent off the path
     for at in &fleet {
@@ -273,14 +284,29 @@ async fn redis_going_away_fails_no_request_and_sharing_resumes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(back, "still counting locally after redis came back");
-    let limited = key(&http, &fleet[0], json!({"rpm_limit": 2})).await;
-    let answers =
-        futures_util::future::join_all((0..6).map(|i| chat(&http, &fleet[i % 2], &limited))).await;
-    assert_eq!(
-        answers.iter().filter(|s| **s == 200).count(),
-        2,
-        "{answers:?}"
-    );
+    // Exact again once Redis answers (production's 50 ms deadline here: a round that fell back
+    // on local counting on a loaded machine is run again with a fresh key).
+    let fallbacks = || limiter.fallbacks.load(std::sync::atomic::Ordering::Relaxed);
+    let mut exact = false;
+    for _ in 0..5 {
+        away_from_a_minute_boundary().await;
+        let before = fallbacks();
+        let limited = key(&http, &fleet[0], json!({"rpm_limit": 2})).await;
+        let answers =
+            futures_util::future::join_all((0..6).map(|i| chat(&http, &fleet[i % 2], &limited)))
+                .await;
+        if fallbacks() != before {
+            continue;
+        }
+        assert_eq!(
+            answers.iter().filter(|s| **s == 200).count(),
+            2,
+            "{answers:?}"
+        );
+        exact = true;
+        break;
+    }
+    assert!(exact, "every round fell back on local counting");
     let _ = redis.kill();
     let _ = redis.wait();
 }
@@ -523,12 +549,21 @@ async fn a_budget_spent_through_three_instances_holds_as_on_one() {
     }
     // Spend until the budget is gone, one request at a time around the fleet.
     let mut spent = spent;
-    for i in 0..20 {
+    let mut refused = 0;
+    for i in 0..40 {
         let (status, cost, body) = priced_chat(&http, &fleet[i % 3], &sk).await;
         if status != 200 {
             assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
-            break;
+            // The previous answer's settlement may still be on its way to Redis: a budget
+            // refuses for good once it refuses twice, 100 ms apart.
+            refused += 1;
+            if refused == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
         }
+        refused = 0;
         spent += cost;
     }
     assert!(
@@ -735,7 +770,7 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         !admitted(&state.acquire(&[], &dead, 0.6, "d3", now + 1).await),
         "the ghost was alive a moment ago: its 1.2 reserved still counts"
     );
-    let later = now + 11_000;
+    let later = now + 13_000;
     let d4 = match state.acquire(&[], &dead, 0.6, "d4", later).await {
         Ok(Ok(admitted)) => admitted,
         other => panic!("the stopped instance's reservations no longer count: {other:?}"),
@@ -876,6 +911,7 @@ async fn routing_reads_the_usage_and_latency_the_fleet_measured() {
     );
     let (fleet, http) = fleet_of(2, &redis_url(), &models).await;
     let sk = key(&http, &fleet[0], json!({})).await;
+    away_from_a_minute_boundary().await;
     for _ in 0..4 {
         assert_eq!(chat(&http, &fleet[0], &sk).await, 200);
     }

@@ -433,7 +433,27 @@ impl Store {
              SELECT COALESCE(MAX(seq), 0) + 1, ?, ?, ? FROM llmux_changes WHERE 1 = 1 \
              ON CONFLICT (seq) DO NOTHING RETURNING seq",
         );
-        // Two instances recording at once compute the same number: one of them tries again.
+        if self.backend == Backend::Postgres {
+            // Writers take turns (a transaction-scoped advisory lock), so each insert sees the
+            // last number and none has to try again, however many record at once.
+            let mut tx = self.pool.begin().await?;
+            sqlx::query("SELECT pg_advisory_xact_lock(7245001)")
+                .execute(&mut *tx)
+                .await?;
+            let row = sqlx::query(&sql)
+                .bind(kind.as_str())
+                .bind(id)
+                .bind(now_ms())
+                .fetch_optional(&mut *tx)
+                .await?;
+            tx.commit().await?;
+            return match row {
+                Some(row) => Ok(row.try_get::<i64, _>("seq")?),
+                None => Err(StoreError::Contention("llmux_changes")),
+            };
+        }
+        // SQLite has one writer at a time; a conflict can only come from another process on
+        // the same file, which tries again.
         for _ in 0..20 {
             let row = sqlx::query(&sql)
                 .bind(kind.as_str())
@@ -448,8 +468,13 @@ impl Store {
         Err(StoreError::Contention("llmux_changes"))
     }
 
-    /// Changes recorded after `seq`, oldest first (at most `limit`).
-    pub async fn changes_since(&self, seq: i64, limit: i64) -> Result<Vec<(i64, Kind, String)>> {
+    /// Changes recorded after `seq`, oldest first (at most `limit`); a kind this version does
+    /// not know comes with `None` (its number still moves the reader on).
+    pub async fn changes_since(
+        &self,
+        seq: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, Option<Kind>, String)>> {
         let sql =
             self.sql("SELECT seq, kind, id FROM llmux_changes WHERE seq > ? ORDER BY seq LIMIT ?");
         let rows = sqlx::query(&sql)
@@ -460,9 +485,7 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
             let kind: String = row.try_get("kind")?;
-            if let Some(kind) = Kind::parse(&kind) {
-                out.push((row.try_get("seq")?, kind, row.try_get("id")?));
-            }
+            out.push((row.try_get("seq")?, Kind::parse(&kind), row.try_get("id")?));
         }
         Ok(out)
     }

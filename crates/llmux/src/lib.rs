@@ -381,7 +381,7 @@ impl Client {
         let router = &snapshot.router;
         match router.deployments().iter().position(|d| d.id == id) {
             Some(index) => {
-                router.stats(index).recover();
+                router.stats(index).recover_remote();
                 true
             }
             None => false,

@@ -156,7 +156,7 @@ impl Governance {
         let clock: Clock = Arc::new(llmux_store::now_ms);
         let gov = Self::with_store(store, config, clock);
         if let Some(url) = config.redis_url(&llmux_config::ProcessEnv) {
-            let state = shared::SharedState::connect(&url, SHARED_DEADLINE).await?;
+            let state = shared::SharedState::connect(&url, config.redis_deadline).await?;
             tracing::info!("rate limits and budgets are shared through redis");
             gov.use_shared_state(state);
         }
@@ -247,7 +247,9 @@ impl Governance {
                     Ok(changes) => {
                         for (seq, kind, id) in changes {
                             last = seq;
-                            gov.changed_elsewhere(kind, &id);
+                            if let Some(kind) = kind {
+                                gov.changed_elsewhere(kind, &id);
+                            }
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "cannot read the fleet's changes"),
@@ -289,7 +291,7 @@ impl Governance {
         if let Some(state) = self.shared.get() {
             if let Ok(rows) = state.spend(std::slice::from_ref(owner)).await {
                 if let Some(Some((spend, reserved))) = rows.first() {
-                    return (spend.max(local.0), *reserved);
+                    return (spend.max(local.0), reserved.max(0.0));
                 }
             }
         }
@@ -816,6 +818,9 @@ impl Governance {
                 "requests still running at shutdown; their spend is not recorded"
             );
         }
+        if let Some(state) = self.shared.get() {
+            state.flush_now().await;
+        }
         self.writer.shutdown().await;
     }
 
@@ -1039,10 +1044,10 @@ impl RequestHook for Admission {
                     .zip(&self.generations)
                     .map(|((owner, max), generation)| (owner.clone(), *max, generation.clone()))
                     .collect();
-                let (state, id) = (Arc::clone(state), id.clone());
+                let answer = state.extend(&budgets, id, step);
                 let refused = Arc::clone(&self.fleet_refused_more);
                 tokio::spawn(async move {
-                    if let Ok(false) = state.extend(&budgets, &id, step).await {
+                    if let Ok(false) = answer.await {
                         refused.store(true, Ordering::Release);
                     }
                 });
@@ -1116,9 +1121,6 @@ fn kind_label(kind: Kind) -> &'static str {
         Kind::Model => "Model",
     }
 }
-
-/// How long the request path waits for the fleet's Redis before counting locally.
-const SHARED_DEADLINE: Duration = Duration::from_millis(50);
 
 /// How often an instance on PostgreSQL reads the changes others recorded.
 const CHANGE_POLL: Duration = Duration::from_millis(250);

@@ -34,6 +34,42 @@ async fn away_from_a_minute_boundary() {
     }
 }
 
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+/// A Redis of the test's own (for what would disturb the other tests sharing the common one).
+fn start_redis(port: u16) -> std::process::Child {
+    std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server (scripts/test.sh installs it)")
+}
+
+async fn wait_for_redis(port: u16) {
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("redis did not start");
+}
+
 /// A mock upstream; its state counts (and can steer) what it answers.
 async fn upstream() -> (String, Arc<llmux_mock::MockState>) {
     let (mock_router, mock) = llmux_mock::app(false);
@@ -171,38 +207,9 @@ async fn parallel_and_token_limits_are_exact_across_instances() {
 /// once it is back the limits are shared again.
 #[tokio::test]
 async fn redis_going_away_fails_no_request_and_sharing_resumes() {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap().port()
-    };
-    let start = || {
-        std::process::Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (scripts/test.sh installs it)")
-    };
-    let wait_up = || async {
-        for _ in 0..100 {
-            if tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("redis did not start");
-    };
+    let port = free_port();
+    let start = || start_redis(port);
+    let wait_up = || wait_for_redis(port);
     let mut redis = start();
     wait_up().await;
     let (mock_url, _mock) = upstream().await;
@@ -757,10 +764,19 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
         }
     }
 
-    // An instance that stopped holding reservations: once its heartbeat is 10 s old, what it
-    // reserved stops counting (checked when the budget would otherwise refuse).
+    // An instance that stopped holding reservations: once its heartbeat is 10 s old (by the
+    // time a heartbeat is given), any instance's heartbeat gives back what it held, once. On a
+    // Redis of its own: reaping at a time 13 s ahead reaps every instance it knows.
+    let port = free_port();
+    let mut private = start_redis(port);
+    wait_for_redis(port).await;
+    let private_url = format!("redis://127.0.0.1:{port}");
+    let state = SharedState::connect(&private_url, Duration::from_secs(2))
+        .await
+        .unwrap();
     let dead = [budget("dead", 0.0, None)];
-    let ghost = SharedState::connect(&redis_url(), Duration::from_secs(2))
+    let owner = (Kind::Key, format!("{unique}-dead"));
+    let ghost = SharedState::connect(&private_url, Duration::from_secs(2))
         .await
         .unwrap();
     assert!(admitted(&ghost.acquire(&[], &dead, 0.6, "d1", now).await));
@@ -768,70 +784,129 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     drop(ghost);
     assert!(
         !admitted(&state.acquire(&[], &dead, 0.6, "d3", now + 1).await),
-        "the ghost was alive a moment ago: its 1.2 reserved still counts"
+        "the ghost's 1.2 reserved counts"
     );
-    let later = now + 13_000;
-    let d4 = match state.acquire(&[], &dead, 0.6, "d4", later).await {
-        Ok(Ok(admitted)) => admitted,
-        other => panic!("the stopped instance's reservations no longer count: {other:?}"),
+    let reaped = state.reap_at(llmux_store::now_ms() + 13_000).await.unwrap();
+    assert!(reaped >= 2, "the ghost's two reservations: {reaped}");
+    let reserved = |state: Arc<SharedState>, owner: (Kind, String)| async move {
+        state.spend(std::slice::from_ref(&owner)).await.unwrap()[0]
+            .unwrap()
+            .1
     };
-    let owner = (Kind::Key, format!("{unique}-dead"));
-    let (spent, reserved) = state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].unwrap();
-    assert_eq!(spent, 0.0);
-    assert!((reserved - 0.6).abs() < 1e-9, "only d4's: {reserved}");
-    // Settling it: the reservation goes, the cost counts.
-    let budgets = [(owner.clone(), d4.generations[0].clone())];
-    state.release(llmux_server::governance::shared::Settlement {
-        scopes: &[],
-        budgets: &budgets,
-        request_id: "d4",
-        tokens: 0,
-        estimate: 0.6,
-        cost: 0.25,
-        started: later,
-        urgent: true,
-    });
+    assert!(reserved(Arc::clone(&state), owner.clone()).await.abs() < 1e-9);
+    assert!(admitted(&state.acquire(&[], &dead, 0.6, "d4", now).await));
+    assert!((reserved(Arc::clone(&state), owner.clone()).await - 0.6).abs() < 1e-9);
+    // Settling it: the reservation goes, the cost counts; settling it again gives nothing more.
+    for _ in 0..2 {
+        state.release(llmux_server::governance::shared::Settlement {
+            scopes: &[],
+            budgets: std::slice::from_ref(&owner),
+            request_id: "d4",
+            tokens: 0,
+            cost: 0.25,
+            started: now,
+            urgent: true,
+        });
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
     loop {
         let (spent, reserved) =
             state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].unwrap();
-        if (spent - 0.25).abs() < 1e-9 && reserved.abs() < 1e-9 {
+        if (spent - 0.5).abs() < 1e-9 {
+            assert!(reserved.abs() < 1e-9, "given back once: {reserved}");
             break;
         }
         assert!(std::time::Instant::now() < deadline, "{spent} {reserved}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+
     // A settlement for a counter Redis lost and rebuilt (another generation) gives nothing back
     // to the new one.
     let lost = [budget("lost", 0.0, None)];
-    let first = match state.acquire(&[], &lost, 0.5, "l1", now).await {
-        Ok(Ok(a)) => a,
-        other => panic!("{other:?}"),
-    };
     let lost_owner = (Kind::Key, format!("{unique}-lost"));
+    assert!(admitted(&state.acquire(&[], &lost, 0.5, "l1", now).await));
     state.forget(Kind::Key, &lost_owner.1).await; // Redis lost it
     assert!(admitted(&state.acquire(&[], &lost, 0.3, "l2", now).await));
-    let budgets = [(lost_owner.clone(), first.generations[0].clone())];
     state.release(llmux_server::governance::shared::Settlement {
         scopes: &[],
-        budgets: &budgets,
+        budgets: std::slice::from_ref(&lost_owner),
         request_id: "l1",
         tokens: 0,
-        estimate: 0.5,
         cost: 0.0,
         started: now,
         urgent: true,
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let (_, reserved) = state
-        .spend(std::slice::from_ref(&lost_owner))
+    state.flush_now().await;
+    assert!(
+        (reserved(Arc::clone(&state), lost_owner.clone()).await - 0.3).abs() < 1e-9,
+        "l2's reservation stands"
+    );
+
+    // An admission whose answer this instance never saw (it came after the deadline): the
+    // sweep gives back what it holds for requests it does not have, once they are old enough.
+    let orphan = [budget("orphan", 0.0, None)];
+    let orphan_owner = (Kind::Key, format!("{unique}-orphan"));
+    let other = SharedState::connect(&redis_url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    assert!(admitted(&other.acquire(&[], &orphan, 0.4, "o1", now).await));
+    assert!(admitted(&other.acquire(&[], &orphan, 0.4, "o2", now).await));
+    // o1 settles normally; o2 is still in flight.
+    other.release(llmux_server::governance::shared::Settlement {
+        scopes: &[],
+        budgets: std::slice::from_ref(&orphan_owner),
+        request_id: "o1",
+        tokens: 0,
+        cost: 0.0,
+        started: now,
+        urgent: true,
+    });
+    other.flush_now().await;
+    assert_eq!(other.held_requests(), ["o2".to_owned()]);
+    assert_eq!(
+        other
+            .sweep_before(now + 1, &other.held_requests())
+            .await
+            .unwrap(),
+        0,
+        "o2 is in flight"
+    );
+    assert!((reserved(Arc::clone(&other), orphan_owner.clone()).await - 0.4).abs() < 1e-9);
+    assert_eq!(
+        other.sweep_before(now, &[]).await.unwrap(),
+        0,
+        "admitted at `now`: not older than the cutoff"
+    );
+    // Had its answer never arrived, the instance would not have it: the sweep gives it back.
+    assert_eq!(other.sweep_before(now + 1, &[]).await.unwrap(), 1);
+    assert!(
+        reserved(Arc::clone(&other), orphan_owner.clone())
+            .await
+            .abs()
+            < 1e-9
+    );
+    // Its settlement, when it comes, gives nothing back twice.
+    other.release(llmux_server::governance::shared::Settlement {
+        scopes: &[],
+        budgets: std::slice::from_ref(&orphan_owner),
+        request_id: "o2",
+        tokens: 0,
+        cost: 0.1,
+        started: now,
+        urgent: true,
+    });
+    other.flush_now().await;
+    let (spent, reserved) = other
+        .spend(std::slice::from_ref(&orphan_owner))
         .await
         .unwrap()[0]
         .unwrap();
     assert!(
-        (reserved - 0.3).abs() < 1e-9,
-        "l2's reservation stands: {reserved}"
+        (spent - 0.1).abs() < 1e-9 && reserved.abs() < 1e-9,
+        "{spent} {reserved}"
     );
+    let _ = private.kill();
+    let _ = private.wait();
 }
 
 /// When a cooldown ends, one instance of the fleet probes the deployment (the one that cooled

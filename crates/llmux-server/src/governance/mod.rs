@@ -122,9 +122,6 @@ pub struct Admission {
     fleet_refused_more: Arc<AtomicBool>,
     /// A budget it counts against was near its end at admission: settle in Redis at once.
     settle_urgently: bool,
-    /// The generation of each budget's counter in Redis it reserved in (same order as
-    /// `budgets`).
-    generations: Vec<String>,
     price: EstimatePrice,
     /// Reserved while streaming beyond `estimate` (bits of an f64).
     extra_reserved: AtomicU64,
@@ -672,7 +669,6 @@ impl Governance {
         // scope); counted here when it has none, or when Redis does not answer in time.
         let mut shared_id = None;
         let mut settle_urgently = false;
-        let mut generations = Vec::new();
         let fleet = self
             .shared
             .get()
@@ -689,7 +685,6 @@ impl Governance {
                             .budget_room
                             .is_some_and(|room| room < 10.0 * estimate.max(1e-9));
                         self.ledger.track(&checks, &owners, estimate, now);
-                        generations = admitted.generations;
                         admitted.remaining
                     }
                     Ok(Err(shared::Refusal::Budget(e))) => return Err(budget_error(&e)),
@@ -712,7 +707,6 @@ impl Governance {
             budgets,
             fleet_refused_more: Arc::new(AtomicBool::new(false)),
             settle_urgently,
-            generations,
             price,
             extra_reserved: AtomicU64::new(0),
             committed: Mutex::new(None),
@@ -925,18 +919,16 @@ impl Admission {
         let tokens = usage.map_or(0, |u| u.total_tokens);
         match (&self.shared_id, gov.shared.get()) {
             (Some(id), Some(state)) => {
-                let budget_owners: Vec<((Kind, String), String)> = self
+                let budget_owners: Vec<(Kind, String)> = self
                     .budgets
                     .iter()
-                    .zip(&self.generations)
-                    .map(|((owner, _), generation)| (owner.clone(), generation.clone()))
+                    .map(|(owner, _)| owner.clone())
                     .collect();
                 state.release(shared::Settlement {
                     scopes: &self.scopes,
                     budgets: &budget_owners,
                     request_id: id,
                     tokens,
-                    estimate: self.estimate,
                     cost,
                     started: self.started_ms,
                     urgent: self.settle_urgently,
@@ -1038,13 +1030,7 @@ impl RequestHook for Admission {
             // With a fleet, the step is reserved in Redis too, off the stream's path: when the
             // fleet has no room for it, the stream ends at its next step (one step late).
             if let (Some(id), Some(state)) = (&self.shared_id, self.gov.shared.get()) {
-                let budgets: Vec<((Kind, String), f64, String)> = self
-                    .budgets
-                    .iter()
-                    .zip(&self.generations)
-                    .map(|((owner, max), generation)| (owner.clone(), *max, generation.clone()))
-                    .collect();
-                let answer = state.extend(&budgets, id, step);
+                let answer = state.extend(&self.budgets, id, step);
                 let refused = Arc::clone(&self.fleet_refused_more);
                 tokio::spawn(async move {
                     if let Ok(false) = answer.await {

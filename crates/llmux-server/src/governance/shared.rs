@@ -12,13 +12,6 @@
 //! Redis lost it) is seeded from the database's spend, and one below the database's is raised
 //! to it.
 //!
-//! Known gaps (issue 18): an admission that times out after the script ran, or a settlement
-//! batch lost to a Redis error, leaves its budget reservation counted until the instance stops
-//! (the reserved total then reads high: the budget refuses early, never overspends); an
-//! instance cut off from Redis for over 10 s has its reservations reclaimed and then gives
-//! them back again, which reads low. The cure for both is a periodic reconciliation of each
-//! instance's `r:{instance}` with what it knows it holds.
-//!
 //! Changes travel the same way: an instance that changes an object (a key blocked, a team
 //! updated, a model added) publishes its kind and id on `llmux:invalidate`, and every instance
 //! drops its cached copy at once instead of serving it for the cache's 5 s.
@@ -27,11 +20,14 @@
 //! expiring after two); `llmux:par:{scope}` (a sorted set of the requests in flight scored by
 //! their start, so an instance that died mid-request frees its slots after `IN_FLIGHT_TTL_MS`);
 //! `llmux:bud:{kind}:{id}` (a budget: spend `s` of the period ending at `p`, `e` once that
-//! period is over, the generation `g` of the counter, reservations `r` in all and `r:{instance}`
-//! per instance, and `x:{id}` what a running stream reserved past its estimate); `llmux:alive`
-//! (instances by last heartbeat: what a silent one reserved stops counting). A request's
-//! reservation is not recorded by itself: its instance gives back the estimate it reserved,
-//! which keeps a request's Redis work to a few commands.
+//! period is over, the generation `g` of the counter, reservations `r`);
+//! `llmux:held:{instance}` (each request the instance has reserved for: admission time, amount,
+//! and the budgets and counter generations it is held on); `llmux:alive` (instances by last
+//! heartbeat). A reservation is given back exactly once, by whichever comes first of its
+//! settlement, the instance's sweep of requests it no longer has (an admission answered after
+//! its deadline, a settlement lost to a Redis error), or any instance's heartbeat reaping a
+//! stopped instance's entries; and only to the counter generation it was made in (a counter
+//! Redis lost and rebuilt from the database is not given back what it never held).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -51,24 +47,28 @@ const WINDOW_MS: i64 = 60_000;
 const IN_FLIGHT_TTL_MS: i64 = 15 * 60_000;
 /// Each instance says it is alive this often (`llmux:alive`, a sorted set by last heartbeat).
 const HEARTBEAT: Duration = Duration::from_secs(1);
-/// An instance silent this long has stopped: what it still reserves on a budget stops counting
-/// (checked when a budget is about to refuse).
+/// An instance silent this long has stopped: any instance's heartbeat gives back what it held.
 const DEAD_AFTER_MS: i64 = 10_000;
+/// How often an instance gives back what it holds for requests it no longer knows, and how old
+/// such a request's admission must be.
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
+const SWEEP_AFTER_MS: i64 = 30_000;
 
 const ACQUIRE: &str = r#"
 -- ARGV: window start, now (ms), request id, ttl of a parallel slot (ms), scope count, then per
 -- scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the request's estimate,
--- this instance's name, how long an instance may go without a heartbeat before its
--- reservations stop counting (ms), and per budget: owner, max budget, spend in the database,
--- end of its period (0: none). Budgets are checked first, then limits; the request is counted
--- in all of them only if every one has room.
+-- this instance's name, and per budget: owner, max budget, spend in the database, end of its
+-- period (0: none). Budgets are checked first, then limits; the request is counted in all of
+-- them only if every one has room. Its reservation is held under this instance's name
+-- (`llmux:held:{instance}`), which is how it is given back: once, by its settlement, by the
+-- instance's sweep of requests it no longer knows, or by any instance reaping a stopped one.
 local window, now, id, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
 local nb_at = 6 + n * 4
-local nb, estimate, instance, dead = tonumber(ARGV[nb_at]), ARGV[nb_at + 1], ARGV[nb_at + 2], tonumber(ARGV[nb_at + 3])
+local nb, estimate, instance = tonumber(ARGV[nb_at]), ARGV[nb_at + 1], ARGV[nb_at + 2]
 local room = nil
 local generations = {}
 for j = 1, nb do
-  local b = nb_at + 3 + (j - 1) * 4
+  local b = nb_at + 2 + (j - 1) * 4
   local owner, max, stored, period = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
   local bk = 'llmux:bud:' .. owner
   local got = redis.call('HMGET', bk, 's', 'p', 'e', 'r', 'g')
@@ -99,21 +99,6 @@ for j = 1, nb do
     redis.call('HSET', bk, 's', '0', 'e', '1')
   end
   local r = math.max(tonumber(got[4] or '0'), 0)
-  if s + r >= max and r > 0 then
-    -- About to refuse: first drop what instances that stopped (no heartbeat) still reserve.
-    local fields = redis.call('HGETALL', bk)
-    for k = 1, #fields, 2 do
-      local name = fields[k]
-      if string.sub(name, 1, 2) == 'r:' then
-        local seen = tonumber(redis.call('ZSCORE', 'llmux:alive', string.sub(name, 3)) or '0')
-        if seen < now - dead then
-          r = tonumber(redis.call('HINCRBYFLOAT', bk, 'r', -tonumber(fields[k + 1])))
-          redis.call('HDEL', bk, name)
-        end
-      end
-    end
-    r = math.max(r, 0)
-  end
   if s + r >= max then return {tostring(j), '4', string.format('%.17g', s), tostring(max)} end
   if room == nil or max - s - r < room then room = max - s - r end
   generations[j] = got[5] or ''
@@ -134,10 +119,15 @@ for i = 1, n do
   end
   counts[i] = {r, t}
 end
-for j = 1, nb do
-  local bk = 'llmux:bud:' .. ARGV[nb_at + 3 + (j - 1) * 4 + 1]
-  redis.call('HINCRBYFLOAT', bk, 'r', estimate)
-  redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, estimate)
+if nb > 0 then
+  -- The entry: admission time, amount, then each budget's owner and generation.
+  local entry = now .. '\30' .. estimate
+  for j = 1, nb do
+    local owner = ARGV[nb_at + 2 + (j - 1) * 4 + 1]
+    redis.call('HINCRBYFLOAT', 'llmux:bud:' .. owner, 'r', estimate)
+    entry = entry .. '\30' .. owner .. '\31' .. generations[j]
+  end
+  redis.call('HSET', 'llmux:held:' .. instance, id, entry)
 end
 local out = {'0'}
 for i = 1, n do
@@ -153,23 +143,39 @@ for i = 1, n do
   out[#out + 1] = tostring(counts[i][1] + 1)
   out[#out + 1] = tostring(counts[i][2])
 end
--- The least room any budget had left (so a request near a budget's end settles at once), and
--- each budget's generation (its settlement names it).
+-- The least room any budget had left (so a request near a budget's end settles at once).
 if room ~= nil then out[#out + 1] = tostring(room) end
-for j = 1, nb do out[#out + 1] = generations[j] end
 return out
+"#;
+
+/// Lua shared by the scripts that give reservations back: `release_held(entry)` subtracts a held
+/// entry's amount from each budget it names, in the generation it was made in (a counter Redis
+/// lost and rebuilt is not given back what it never held).
+const HELD: &str = r#"
+local function release_held(entry)
+  local parts = {}
+  for part in string.gmatch(entry, '[^\30]+') do parts[#parts + 1] = part end
+  local amount = tonumber(parts[2]) or 0
+  for k = 3, #parts do
+    local owner, generation = string.match(parts[k], '^(.*)\31(.*)$')
+    if owner then
+      local bk = 'llmux:bud:' .. owner
+      if redis.call('HGET', bk, 'g') == generation then
+        redis.call('HINCRBYFLOAT', bk, 'r', -amount)
+      end
+    end
+  end
+end
 "#;
 
 const RELEASE: &str = r#"
 -- ARGV: this instance's name; then extension count, and per extension: request id, delta,
--- budget count, and per budget: owner, max budget, generation; then scope entry count, and
--- per entry: scope, window start, request id, tokens (0: none), holds a parallel slot (0/1);
--- then budget entry count, and per entry: owner, generation, request id, estimate reserved at
--- admission, cost. A reservation is given back only to the generation it was made in (a
--- counter Redis lost and rebuilt does not count what it never held).
+-- budget count, and per budget: owner, max budget; then scope entry count, and per entry:
+-- scope, window start, request id, tokens (0: none), holds a parallel slot (0/1); then budget
+-- settlement count, and per settlement: request id, cost, owner count, owners.
 -- Many requests' settlements go in one call, extensions first (a stream's extension is queued
 -- before its settlement). Returns 1/0 per extension: whether every budget had room for it.
-local instance = ARGV[1]
+local held = 'llmux:held:' .. ARGV[1]
 local at = 2
 local fits = {}
 local nx = tonumber(ARGV[at])
@@ -178,25 +184,26 @@ for i = 1, nx do
   local id, delta, nb = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   at = at + 3
   local fit = 1
-  local same = {}
   for j = 0, nb - 1 do
-    local got = redis.call('HMGET', 'llmux:bud:' .. ARGV[at + j * 3], 's', 'r', 'g')
+    local got = redis.call('HMGET', 'llmux:bud:' .. ARGV[at + j * 2], 's', 'r')
     local s, r = tonumber(got[1] or '0'), math.max(tonumber(got[2] or '0'), 0)
-    if s + r + delta > tonumber(ARGV[at + j * 3 + 1]) + 1e-12 then fit = 0 end
-    same[j] = got[3] == ARGV[at + j * 3 + 2]
+    if s + r + delta > tonumber(ARGV[at + j * 2 + 1]) + 1e-12 then fit = 0 end
   end
-  if fit == 1 then
-    for j = 0, nb - 1 do
-      if same[j] then
-        local bk = 'llmux:bud:' .. ARGV[at + j * 3]
+  local entry = redis.call('HGET', held, id)
+  -- Only a request still held grows (one already given back stays given back).
+  if fit == 1 and entry then
+    local since, amount, rest = string.match(entry, '^([^\30]*)\30([^\30]*)(.*)$')
+    for part in string.gmatch(rest, '[^\30]+') do
+      local owner, generation = string.match(part, '^(.*)\31(.*)$')
+      local bk = 'llmux:bud:' .. owner
+      if redis.call('HGET', bk, 'g') == generation then
         redis.call('HINCRBYFLOAT', bk, 'r', delta)
-        redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, delta)
-        redis.call('HINCRBYFLOAT', bk, 'x:' .. id, delta)
       end
     end
+    redis.call('HSET', held, id, since .. '\30' .. string.format('%.17g', tonumber(amount) + delta) .. rest)
   end
   fits[#fits + 1] = fit
-  at = at + nb * 3
+  at = at + nb * 2
 end
 local n = tonumber(ARGV[at])
 at = at + 1
@@ -212,28 +219,72 @@ end
 local m = tonumber(ARGV[at])
 at = at + 1
 for j = 1, m do
-  local owner, generation, id, estimate, cost = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
-  at = at + 5
-  local bk = 'llmux:bud:' .. owner
-  local got = redis.call('HMGET', bk, 'g', 'x:' .. id)
-  -- Only where the counter exists: one Redis lost is rebuilt from the database.
-  if got[1] then
-    if got[1] == generation then
-      local held = estimate
-      if got[2] then
-        held = held + tonumber(got[2])
-        redis.call('HDEL', bk, 'x:' .. id)
+  local id, cost, no = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
+  at = at + 3
+  local entry = redis.call('HGET', held, id)
+  if entry then
+    release_held(entry)
+    redis.call('HDEL', held, id)
+  end
+  -- The cost counts whether or not the reservation was still held; only where the counter
+  -- exists (one Redis lost is rebuilt from the database).
+  if cost > 0 then
+    for k = 0, no - 1 do
+      local bk = 'llmux:bud:' .. ARGV[at + k]
+      if redis.call('EXISTS', bk) == 1 then
+        redis.call('HINCRBYFLOAT', bk, 's', cost)
+        redis.call('PEXPIRE', bk, 86400000)
       end
-      redis.call('HINCRBYFLOAT', bk, 'r', -held)
-      redis.call('HINCRBYFLOAT', bk, 'r:' .. instance, -held)
-    end
-    if cost > 0 then
-      redis.call('HINCRBYFLOAT', bk, 's', cost)
-      redis.call('PEXPIRE', bk, 86400000)
     end
   end
+  at = at + no
 end
 return fits
+"#;
+
+const HEARTBEAT_AND_REAP: &str = r#"
+-- ARGV: this instance's name, how long an instance may be silent (ms), and a time to use
+-- instead of Redis's clock (0: Redis's, which every instance shares whatever its own says).
+-- Says this instance is alive, and gives back everything held by instances silent longer.
+local now = tonumber(ARGV[3])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+redis.call('ZADD', 'llmux:alive', now, ARGV[1])
+local reaped = 0
+for _, other in ipairs(redis.call('ZRANGEBYSCORE', 'llmux:alive', '-inf', now - tonumber(ARGV[2]))) do
+  local key = 'llmux:held:' .. other
+  for _, entry in ipairs(redis.call('HVALS', key)) do
+    release_held(entry)
+    reaped = reaped + 1
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', 'llmux:alive', other)
+end
+return reaped
+"#;
+
+const SWEEP: &str = r#"
+-- ARGV: this instance's name, an admission time, then the ids of the requests this instance
+-- still has in flight. Gives back what this instance holds for requests admitted before that
+-- time that it no longer knows (an admission whose answer came too late, a lost settlement).
+local key = 'llmux:held:' .. ARGV[1]
+local cutoff = tonumber(ARGV[2])
+local live = {}
+for i = 3, #ARGV do live[ARGV[i]] = true end
+local fields = redis.call('HGETALL', key)
+local swept = 0
+for k = 1, #fields, 2 do
+  local id, entry = fields[k], fields[k + 1]
+  local since = tonumber(string.match(entry, '^([^\30]*)'))
+  if not live[id] and since and since < cutoff then
+    release_held(entry)
+    redis.call('HDEL', key, id)
+    swept = swept + 1
+  end
+end
+return swept
 "#;
 
 /// The channel object changes are announced on.
@@ -256,6 +307,10 @@ pub struct SharedState {
     /// Settlements waiting to be sent: one call carries every one of the last few
     /// milliseconds, so a request costs one round trip on its path (its admission), not two.
     releases: std::sync::Mutex<Batch>,
+    /// Requests admitted here with a budget reservation held in Redis, not yet settled.
+    held: std::sync::Mutex<foldhash::HashSet<String>>,
+    reap: redis::Script,
+    sweep: redis::Script,
     flush: tokio::sync::Notify,
     /// A queued settlement frees a parallel slot or a budget reservation: send without waiting
     /// for the batch.
@@ -279,8 +334,8 @@ impl Batch {
 struct ExtendEntry {
     id: String,
     delta: f64,
-    /// Owner, max budget, generation.
-    budgets: Vec<(String, f64, String)>,
+    /// Owner, max budget.
+    budgets: Vec<(String, f64)>,
     reply: tokio::sync::oneshot::Sender<bool>,
 }
 
@@ -293,25 +348,21 @@ struct ReleaseEntry {
     parallel: bool,
 }
 
-/// One budget's share of a finished request: its reservation goes, its cost counts.
+/// A finished request's budgets: its held reservation goes, its cost counts on each owner.
 struct BudgetSettle {
-    owner: String,
-    generation: String,
     id: String,
-    estimate: f64,
     cost: f64,
+    owners: Vec<String>,
 }
 
 /// What a finished request gives back and counts (see `SharedState::release`).
 #[derive(Debug, Clone, Copy)]
 pub struct Settlement<'a> {
     pub scopes: &'a [Limits],
-    /// Each budget's owner and the generation of its counter the request reserved in.
-    pub budgets: &'a [((Kind, String), String)],
+    /// The owners of the budgets it counts against.
+    pub budgets: &'a [(Kind, String)],
     pub request_id: &'a str,
     pub tokens: u64,
-    /// Reserved on each budget at admission (extensions while streaming are known to Redis).
-    pub estimate: f64,
     pub cost: f64,
     /// Admission time (its rate windows).
     pub started: i64,
@@ -346,8 +397,6 @@ pub struct Unavailable;
 pub struct Admitted {
     pub remaining: Remaining,
     pub budget_room: Option<f64>,
-    /// Each budget's counter generation (its settlement names it).
-    pub generations: Vec<String>,
 }
 
 /// Why the fleet refused a request.
@@ -396,11 +445,14 @@ impl SharedState {
             client,
             conn,
             acquire: redis::Script::new(ACQUIRE),
-            release: redis::Script::new(RELEASE),
+            release: redis::Script::new(&format!("{HELD}{RELEASE}")),
             deadline,
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
             releases: std::sync::Mutex::new(Batch::default()),
+            held: std::sync::Mutex::default(),
+            reap: redis::Script::new(&format!("{HELD}{HEARTBEAT_AND_REAP}")),
+            sweep: redis::Script::new(&format!("{HELD}{SWEEP}")),
             flush: tokio::sync::Notify::new(),
             urgent: AtomicBool::new(false),
         });
@@ -410,26 +462,50 @@ impl SharedState {
         Ok(state)
     }
 
-    /// Say this instance is alive (its budget reservations count while it is).
+    /// Say this instance is alive, and give back what instances silent for `DEAD_AFTER_MS`
+    /// held (by Redis's clock, which every instance shares).
     async fn heartbeat(&self) {
-        let now = llmux_store::now_ms();
-        let mut pipe = redis::pipe();
-        pipe.cmd("ZADD")
-            .arg("llmux:alive")
-            .arg(now)
-            .arg(&self.instance)
-            .ignore();
-        // Instances gone for an hour are forgotten.
-        pipe.cmd("ZREMRANGEBYSCORE")
-            .arg("llmux:alive")
-            .arg("-inf")
-            .arg(now - 3_600_000)
-            .ignore();
-        let mut conn = self.conn.clone();
-        let sent =
-            tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<()>(&mut conn)).await;
-        if !matches!(sent, Ok(Ok(()))) {
+        if self.reap_at(0).await.is_err() {
             tracing::debug!("redis heartbeat not sent");
+        }
+    }
+
+    /// The heartbeat at `now` (unix ms; 0: Redis's clock): the number of reservations given
+    /// back for instances that stopped.
+    pub async fn reap_at(&self, now: i64) -> Result<i64, Unavailable> {
+        let mut invocation = self.reap.prepare_invoke();
+        invocation.arg(&self.instance).arg(DEAD_AFTER_MS).arg(now);
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(Duration::from_secs(2), invocation.invoke_async(&mut conn)).await
+        {
+            Ok(Ok(reaped)) => Ok(reaped),
+            _ => Err(Unavailable),
+        }
+    }
+
+    /// The requests this instance holds a budget reservation for (admitted, not settled).
+    pub fn held_requests(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .map(|h| h.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// Give back what this instance holds in Redis for requests admitted before `cutoff` (unix
+    /// ms) that are not in `live` (what it has in flight, `held_requests`): an admission whose
+    /// answer came after its deadline, a settlement lost to a Redis error. The number given
+    /// back.
+    pub async fn sweep_before(&self, cutoff: i64, live: &[String]) -> Result<i64, Unavailable> {
+        let mut invocation = self.sweep.prepare_invoke();
+        invocation.arg(&self.instance).arg(cutoff);
+        for id in live {
+            invocation.arg(id);
+        }
+        let mut conn = self.conn.clone();
+        match tokio::time::timeout(Duration::from_secs(5), invocation.invoke_async(&mut conn)).await
+        {
+            Ok(Ok(swept)) => Ok(swept),
+            _ => Err(Unavailable),
         }
     }
 
@@ -438,10 +514,23 @@ impl SharedState {
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(HEARTBEAT);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut swept = tokio::time::Instant::now();
             loop {
                 tick.tick().await;
                 let Some(state) = me.upgrade() else { return };
                 state.heartbeat().await;
+                if swept.elapsed() >= SWEEP_EVERY {
+                    swept = tokio::time::Instant::now();
+                    let live = state.held_requests();
+                    let cutoff = llmux_store::now_ms() - SWEEP_AFTER_MS;
+                    match state.sweep_before(cutoff, &live).await {
+                        Ok(0) | Err(_) => {}
+                        Ok(n) => tracing::info!(
+                            requests = n,
+                            "gave back budget reservations of requests this instance no longer has"
+                        ),
+                    }
+                }
             }
         });
     }
@@ -592,8 +681,7 @@ impl SharedState {
         invocation
             .arg(budgets.len())
             .arg(dollars(estimate))
-            .arg(&self.instance)
-            .arg(DEAD_AFTER_MS);
+            .arg(&self.instance);
         for b in budgets {
             invocation
                 .arg(owner_name(b.kind, &b.id))
@@ -647,13 +735,14 @@ impl SharedState {
                 let budget_room = (!budgets.is_empty())
                     .then(|| out.get(at)?.parse::<f64>().ok())
                     .flatten();
-                let generations = (0..budgets.len())
-                    .map(|j| out.get(at + 1 + j).cloned().unwrap_or_default())
-                    .collect();
+                if !budgets.is_empty() {
+                    if let Ok(mut held) = self.held.lock() {
+                        held.insert(request_id.to_owned());
+                    }
+                }
                 Ok(Ok(Admitted {
                     remaining,
                     budget_room,
-                    generations,
                 }))
             }
             Some(_) => {
@@ -688,8 +777,8 @@ impl SharedState {
 
     /// The request is over: count its tokens, free its parallel slots, give back its budget
     /// reservations and count its cost. Queued for the release sender (off the request path);
-    /// a failure is logged, slots expire with `IN_FLIGHT_TTL_MS`, and what a stopped instance
-    /// reserved stops counting once its heartbeat is `DEAD_AFTER_MS` old.
+    /// a failure is logged, slots expire with `IN_FLIGHT_TTL_MS`, and a reservation whose
+    /// settlement was lost is given back by this instance's next sweep.
     pub fn release(self: &Arc<Self>, settled: Settlement<'_>) {
         // Tokens count in the window the request was admitted in, as the local limiter does.
         let window = settled.started - settled.started.rem_euclid(WINDOW_MS);
@@ -698,6 +787,11 @@ impl SharedState {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let was_empty = queue.is_empty();
+        if !settled.budgets.is_empty() {
+            if let Ok(mut held) = self.held.lock() {
+                held.remove(settled.request_id);
+            }
+        }
         for s in settled.scopes {
             let tokens = if s.tpm.is_some() { settled.tokens } else { 0 };
             let parallel = s.max_parallel.is_some();
@@ -711,13 +805,15 @@ impl SharedState {
                 });
             }
         }
-        for ((kind, id), generation) in settled.budgets {
+        if !settled.budgets.is_empty() {
             queue.budgets.push(BudgetSettle {
-                owner: owner_name(*kind, id),
-                generation: generation.clone(),
                 id: settled.request_id.to_owned(),
-                estimate: settled.estimate,
                 cost: settled.cost,
+                owners: settled
+                    .budgets
+                    .iter()
+                    .map(|(kind, id)| owner_name(*kind, id))
+                    .collect(),
             });
         }
         // A parallel slot, or a budget's reservation near its end, is freed at once (a client
@@ -753,13 +849,13 @@ impl SharedState {
         self.flush.notify_one();
     }
 
-    /// Grow a running request's reservation by `delta` on every budget (owner, max budget,
-    /// generation) if each has room for it fleet-wide: `Ok(true)` if it did, `Ok(false)` if one
+    /// Grow a running request's reservation by `delta` on every budget (owner, max budget) if
+    /// each has room for it fleet-wide: `Ok(true)` if it did, `Ok(false)` if one
     /// has no room. Queued with the settlements before the call returns and sent ahead of them,
     /// so it never lands after its own request's settlement.
     pub fn extend(
         &self,
-        budgets: &[((Kind, String), f64, String)],
+        budgets: &[((Kind, String), f64)],
         request_id: &str,
         delta: f64,
     ) -> impl std::future::Future<Output = Result<bool, Unavailable>> + Send + 'static {
@@ -775,9 +871,7 @@ impl SharedState {
                 delta,
                 budgets: budgets
                     .iter()
-                    .map(|((kind, id), max, generation)| {
-                        (owner_name(*kind, id), *max, generation.clone())
-                    })
+                    .map(|((kind, id), max)| (owner_name(*kind, id), *max))
                     .collect(),
                 reply,
             });
@@ -1009,8 +1103,8 @@ impl SharedState {
                     .arg(&e.id)
                     .arg(dollars(e.delta))
                     .arg(e.budgets.len());
-                for (owner, max, generation) in &e.budgets {
-                    invocation.arg(owner).arg(dollars(*max)).arg(generation);
+                for (owner, max) in &e.budgets {
+                    invocation.arg(owner).arg(dollars(*max));
                 }
             }
             invocation.arg(s.len());
@@ -1025,11 +1119,12 @@ impl SharedState {
             invocation.arg(b.len());
             for e in b {
                 invocation
-                    .arg(&e.owner)
-                    .arg(&e.generation)
                     .arg(&e.id)
-                    .arg(dollars(e.estimate))
-                    .arg(dollars(e.cost));
+                    .arg(dollars(e.cost))
+                    .arg(e.owners.len());
+                for owner in &e.owners {
+                    invocation.arg(owner);
+                }
             }
             let mut conn = self.conn.clone();
             let done = tokio::time::timeout(

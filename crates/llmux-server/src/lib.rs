@@ -10,6 +10,7 @@ mod headers;
 mod messages;
 mod metrics;
 mod models;
+mod responses;
 mod serve;
 
 pub use serve::serve;
@@ -169,6 +170,15 @@ pub fn build_router(state: AppState) -> Router {
         .route("/v1/completions", post(completions))
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses::create))
+        .route(
+            "/v1/responses/{id}",
+            get(responses::get).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{id}/input_items",
+            get(responses::input_items),
+        )
         .route("/v1/messages", post(messages::messages))
         .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route("/v1/rerank", post(rerank))
@@ -390,18 +400,58 @@ impl Executed {
         self,
         shape: impl FnOnce(ResponseBody) -> Result<(Body, &'static str), GatewayError>,
     ) -> Result<Response, GatewayError> {
+        let (body, rest) = self.split();
+        let (body, content_type) = shape(body)?;
+        Ok(rest.finish(body, content_type))
+    }
+
+    /// `respond` with a shaper that awaits (a dialect that stores the answer first).
+    pub(crate) async fn respond_async<F>(
+        self,
+        shape: impl FnOnce(ResponseBody) -> F,
+    ) -> Result<Response, GatewayError>
+    where
+        F: std::future::Future<Output = Result<(Body, &'static str), GatewayError>>,
+    {
+        let (body, rest) = self.split();
+        let (body, content_type) = shape(body).await?;
+        Ok(rest.finish(body, content_type))
+    }
+
+    fn split(self) -> (ResponseBody, Finishing) {
         let Executed {
             response,
             received_at,
             remaining,
             durable_stream,
         } = self;
-        let (body, content_type) = shape(response.body)?;
-        let mut out = success_response(response.meta, body, content_type, received_at);
-        if let Some(r) = remaining {
+        (
+            response.body,
+            Finishing {
+                meta: response.meta,
+                received_at,
+                remaining,
+                durable_stream,
+            },
+        )
+    }
+}
+
+/// What a response needs besides its body.
+struct Finishing {
+    meta: llmux::ResponseMeta,
+    received_at: Instant,
+    remaining: Option<governance::limits::Remaining>,
+    durable_stream: Option<Arc<governance::Admission>>,
+}
+
+impl Finishing {
+    fn finish(self, body: Body, content_type: &'static str) -> Response {
+        let mut out = success_response(self.meta, body, content_type, self.received_at);
+        if let Some(r) = self.remaining {
             headers::add_rate_limits(out.headers_mut(), &r);
         }
-        Ok(match durable_stream {
+        match self.durable_stream {
             Some(admission) => {
                 let (parts, body) = out.into_parts();
                 let commit = futures_util::stream::once(async move {
@@ -412,7 +462,7 @@ impl Executed {
                 Response::from_parts(parts, body)
             }
             None => out,
-        })
+        }
     }
 }
 

@@ -41,6 +41,22 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`; the
+/// JSON documents as text.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredResponse {
+    pub id: String,
+    /// The hash of the key that made it (empty: the master key).
+    pub owner: String,
+    pub created_at: i64,
+    /// The Response object.
+    pub response: String,
+    /// This request's input items (a JSON array).
+    pub input_items: String,
+    /// Every item of the conversation up to and including this answer's output (a JSON array).
+    pub conversation: String,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
@@ -423,6 +439,53 @@ impl Store {
         }
         let row = q.fetch_one(&self.pool).await?;
         Ok(row.try_get::<i64, _>("n")?.max(0) as u64)
+    }
+
+    /// Keep a Responses API answer (see `StoredResponse`).
+    pub async fn insert_response(&self, r: &StoredResponse) -> Result<()> {
+        let sql = self.sql(
+            "INSERT INTO llmux_responses (id, owner, created_at, response, input_items, conversation) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+        );
+        sqlx::query(&sql)
+            .bind(&r.id)
+            .bind(&r.owner)
+            .bind(r.created_at)
+            .bind(&r.response)
+            .bind(&r.input_items)
+            .bind(&r.conversation)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// A kept Responses API answer.
+    pub async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
+        let sql = self.sql(
+            "SELECT id, owner, created_at, response, input_items, conversation FROM llmux_responses WHERE id = ?",
+        );
+        let row = sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|row| {
+            Ok(StoredResponse {
+                id: row.try_get("id")?,
+                owner: row.try_get("owner")?,
+                created_at: row.try_get("created_at")?,
+                response: row.try_get("response")?,
+                input_items: row.try_get("input_items")?,
+                conversation: row.try_get("conversation")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// Forget a kept Responses API answer; `false` when there was none.
+    pub async fn delete_response(&self, id: &str) -> Result<bool> {
+        let sql = self.sql("DELETE FROM llmux_responses WHERE id = ?");
+        let done = sqlx::query(&sql).bind(id).execute(&self.pool).await?;
+        Ok(done.rows_affected() == 1)
     }
 
     /// Record that an object changed, for the other instances polling `changes_since`.

@@ -4,3 +4,4 @@
 //! spend, logs) is the same for every dialect.
 
 pub mod anthropic;
+pub mod responses;

@@ -1,0 +1,301 @@
+//! The OpenAI Responses API routes: `POST /v1/responses` through the Responses dialect
+//! (`llmux::dialect::responses`) into the chat path, and the stored responses (`store`, on by
+//! default): `GET` and `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items`, and
+//! `previous_response_id`, which continues a stored conversation. A stored response belongs to
+//! the key that made it; another key is told it does not exist (proxy admins may read any).
+
+use std::convert::Infallible;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
+use axum::response::Response;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use llmux::dialect::responses;
+use llmux::{ErrorKind, GatewayError, Operation, ResponseBody};
+use llmux_store::{Store, StoredResponse};
+use serde_json::{json, Value};
+
+use crate::governance::keys::{Principal, Role};
+use crate::{authorized_body, closing, error_response, execute, headers, AppState, Call};
+
+/// Who owns what a caller stores: its key's hash (empty for the master key).
+fn owner_of(principal: Option<&Principal>) -> String {
+    principal
+        .and_then(|p| p.key.as_ref())
+        .map(|k| k.id.clone())
+        .unwrap_or_default()
+}
+
+fn not_found(id: &str) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::NotFound,
+        format!("Response with id '{id}' not found."),
+    )
+    .with_param("response_id")
+}
+
+fn store_of(state: &AppState) -> Option<&Store> {
+    state.governance.as_ref().map(|g| &g.store)
+}
+
+/// A stored response the caller may see.
+async fn load(
+    state: &AppState,
+    principal: Option<&Principal>,
+    id: &str,
+) -> Result<StoredResponse, GatewayError> {
+    let store = store_of(state).ok_or_else(|| {
+        GatewayError::invalid_request(
+            "Stored responses need the gateway's database (set a master key).",
+        )
+    })?;
+    let stored = store
+        .get_response(id)
+        .await
+        .map_err(|e| crate::governance::store_error(&e))?
+        .ok_or_else(|| not_found(id))?;
+    let admin = principal.is_some_and(|p| p.role == Role::ProxyAdmin);
+    if stored.owner != owner_of(principal) && !admin {
+        return Err(not_found(id));
+    }
+    Ok(stored)
+}
+
+fn json_array(text: &str) -> Vec<Value> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
+/// What is kept of an answer: the conversation before it, its input and, once known, its output.
+struct Keeper {
+    store: Option<Store>,
+    owner: String,
+    history: Vec<Value>,
+    input_items: Vec<Value>,
+}
+
+impl Keeper {
+    async fn keep(&self, response: &Value, output: &[Value]) {
+        let Some(store) = &self.store else { return };
+        // Input items get ids, as the API lists them.
+        let input: Vec<Value> = self
+            .input_items
+            .iter()
+            .map(|item| {
+                let mut item = item.clone();
+                if item.get("id").is_none() {
+                    item["id"] = json!(format!("msg_{}", llmux::new_request_id()));
+                }
+                if item.get("type").is_none() {
+                    item["type"] = json!("message");
+                }
+                item
+            })
+            .collect();
+        let mut conversation = self.history.clone();
+        conversation.extend(input.iter().cloned());
+        conversation.extend(output.iter().cloned());
+        let record = StoredResponse {
+            id: response["id"].as_str().unwrap_or("").to_owned(),
+            owner: self.owner.clone(),
+            created_at: llmux_store::now_ms(),
+            response: response.to_string(),
+            input_items: Value::Array(input).to_string(),
+            conversation: Value::Array(conversation).to_string(),
+        };
+        if let Err(e) = store.insert_response(&record).await {
+            tracing::warn!(error = %e, "cannot store a response");
+        }
+    }
+}
+
+/// `POST /v1/responses`.
+pub async fn create(State(state): State<AppState>, request: Request) -> Response {
+    let client_request_id = headers::client_request_id(request.headers());
+    let received_at = Instant::now();
+    let (parts, body) = request.into_parts();
+    let request_id = llmux::new_request_id();
+    let mut response = match authorized_body(&state, &parts, body).await {
+        Err((e, close)) => closing(error_response(&e, &request_id), close),
+        Ok((principal, body)) => {
+            let answer = async {
+                let history = match responses::previous_response_id(&body) {
+                    Some(id) => {
+                        json_array(&load(&state, principal.as_ref(), &id).await?.conversation)
+                    }
+                    None => Vec::new(),
+                };
+                let mut converted = responses::chat_request(&body, &history)?;
+                if store_of(&state).is_none() {
+                    converted.store = false;
+                }
+                let shell = responses::Shell::new(&converted);
+                let keeper = Keeper {
+                    store: store_of(&state).filter(|_| converted.store).cloned(),
+                    owner: owner_of(principal.as_ref()),
+                    history,
+                    input_items: converted.input_items.clone(),
+                };
+                let call = Call {
+                    op: Operation::Chat,
+                    call_type: "responses",
+                    headers: &parts.headers,
+                    principal: principal.as_ref(),
+                    client_request_id: client_request_id.clone(),
+                    request_id: &request_id,
+                    received_at,
+                };
+                execute(&state, call, converted.body)
+                    .await?
+                    .respond_async(|body| shape(body, shell, keeper))
+                    .await
+            };
+            answer
+                .await
+                .unwrap_or_else(|e| error_response(&e, &request_id))
+        }
+    };
+    headers::echo_client_request_id(response.headers_mut(), client_request_id.as_deref());
+    response
+}
+
+/// The internal answer as a Response object or its event stream, kept first when stored.
+async fn shape(
+    body: ResponseBody,
+    shell: responses::Shell,
+    keeper: Keeper,
+) -> Result<(Body, &'static str), GatewayError> {
+    Ok(match body {
+        ResponseBody::Json(bytes) => {
+            let (out, output) = responses::response(&bytes, &shell)?;
+            let object: Value = serde_json::from_slice(&out).unwrap_or_default();
+            keeper.keep(&object, &output).await;
+            (Body::from(out), "application/json")
+        }
+        ResponseBody::Stream(stream) => {
+            let translator = responses::StreamTranslator::new(shell);
+            let events = futures_util::stream::unfold(
+                (stream, translator, keeper, false),
+                |(mut inner, mut translator, keeper, done)| async move {
+                    if done {
+                        return None;
+                    }
+                    match inner.next().await {
+                        Some(chunk) => {
+                            let out = translator.feed(&chunk);
+                            Some((out, (inner, translator, keeper, false)))
+                        }
+                        None => {
+                            let out = translator.finish();
+                            // Kept before the last event leaves, so a client chaining on it
+                            // finds it.
+                            let response = translator.final_response();
+                            if response["status"] != "in_progress" {
+                                keeper.keep(&response, translator.output()).await;
+                            }
+                            Some((out, (inner, translator, keeper, true)))
+                        }
+                    }
+                },
+            )
+            .filter(|b: &Bytes| std::future::ready(!b.is_empty()))
+            .map(Ok::<Bytes, Infallible>);
+            (Body::from_stream(events), "text/event-stream")
+        }
+    })
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    let mut out = Response::new(Body::from(body.to_string()));
+    *out.status_mut() = status;
+    out.headers_mut().insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out
+}
+
+/// Who calls a stored-response route (auth only; these routes take no body).
+async fn caller(
+    state: &AppState,
+    headers: &HeaderMap,
+    uri: &Uri,
+) -> Result<Option<Principal>, GatewayError> {
+    crate::authenticate(state, headers, uri.path()).await
+}
+
+/// `GET /v1/responses/{id}`.
+pub async fn get(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let request_id = llmux::new_request_id();
+    let answer = async {
+        let principal = caller(&state, &headers, &uri).await?;
+        let stored = load(&state, principal.as_ref(), &id).await?;
+        let body: Value = serde_json::from_str(&stored.response).unwrap_or_default();
+        Ok::<_, GatewayError>(json_response(StatusCode::OK, body))
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| error_response(&e, &request_id))
+}
+
+/// `DELETE /v1/responses/{id}`.
+pub async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let request_id = llmux::new_request_id();
+    let answer = async {
+        let principal = caller(&state, &headers, &uri).await?;
+        load(&state, principal.as_ref(), &id).await?;
+        if let Some(store) = store_of(&state) {
+            store
+                .delete_response(&id)
+                .await
+                .map_err(|e| crate::governance::store_error(&e))?;
+        }
+        Ok::<_, GatewayError>(json_response(
+            StatusCode::OK,
+            json!({"id": id, "object": "response.deleted", "deleted": true}),
+        ))
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| error_response(&e, &request_id))
+}
+
+/// `GET /v1/responses/{id}/input_items`.
+pub async fn input_items(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Response {
+    let request_id = llmux::new_request_id();
+    let answer = async {
+        let principal = caller(&state, &headers, &uri).await?;
+        let stored = load(&state, principal.as_ref(), &id).await?;
+        let items = json_array(&stored.input_items);
+        let id_of = |item: Option<&Value>| {
+            item.and_then(|i| i.get("id"))
+                .cloned()
+                .unwrap_or(Value::Null)
+        };
+        Ok::<_, GatewayError>(json_response(
+            StatusCode::OK,
+            json!({"object": "list", "first_id": id_of(items.first()), "last_id": id_of(items.last()),
+                   "has_more": false, "data": items}),
+        ))
+    };
+    answer
+        .await
+        .unwrap_or_else(|e| error_response(&e, &request_id))
+}

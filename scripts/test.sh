@@ -100,7 +100,7 @@ fi
 run "$CACHE/venv/bin/pip" install --quiet --disable-pip-version-check -r tests/sdk/python/requirements.txt
 run "$CACHE/venv/bin/python" -m pytest -q -p no:cacheprovider tests/sdk/python
 
-step "node SDK conformance (openai)"
+step "node SDK conformance (openai, anthropic)"
 (
   cd tests/sdk/node
   npm ci --no-audit --no-fund --loglevel=error && node --test

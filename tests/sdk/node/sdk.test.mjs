@@ -1,4 +1,5 @@
-// The official OpenAI Node SDK against llmux: streaming chat and tools, plus error classes.
+// The official OpenAI and Anthropic Node SDKs against llmux: streaming chat and tools, error
+// classes, the Anthropic Messages API and the OpenAI Responses API.
 // Starts llmux-mock and llmux (the real binaries) on free ports.
 
 import { test, before, after } from 'node:test';
@@ -10,6 +11,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import OpenAI from 'openai';
+import Anthropic from '@anthropic-ai/sdk';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const target = process.env.CARGO_TARGET_DIR ?? join(root, 'target');
@@ -42,6 +44,7 @@ async function waitReady(url) {
 
 let processes = [];
 let client;
+let anthropic;
 
 before(async () => {
   const mockPort = await freePort();
@@ -52,6 +55,7 @@ before(async () => {
     model_list: [
       { model_name: 'gpt-test', litellm_params: { model: 'openai/mock-gpt', api_base: upstream, api_key: 'sk-up' } },
       { model_name: 'demo', litellm_params: { model: 'mock/demo' } },
+      { model_name: 'claude-test', litellm_params: { model: 'anthropic/claude-mock', api_base: upstream, api_key: 'sk-ant' } },
     ],
     general_settings: { master_key: MASTER_KEY },
     router_settings: { num_retries: 0, disable_cooldowns: true },
@@ -64,6 +68,7 @@ before(async () => {
   await waitReady(`http://127.0.0.1:${mockPort}/v1/models`);
   await waitReady(`http://127.0.0.1:${port}/health/readiness`);
   client = new OpenAI({ baseURL: `http://127.0.0.1:${port}/v1`, apiKey: MASTER_KEY, maxRetries: 0 });
+  anthropic = new Anthropic({ baseURL: `http://127.0.0.1:${port}`, apiKey: MASTER_KEY, maxRetries: 0 });
 });
 
 after(() => {
@@ -157,3 +162,54 @@ test('an error event inside a stream rejects the iteration', async () => {
   }, /mock error inside the stream/);
   assert.equal(text, 'tok0 tok1 ');
 });
+
+const TEXT = Array.from({ length: 20 }, (_, i) => `tok${i} `).join('');
+const weather = { name: 'get_weather', description: 'Weather', input_schema: { type: 'object', properties: { location: { type: 'string' } } } };
+
+for (const model of ['gpt-test', 'claude-test']) {
+  test(`the Anthropic SDK's messages, streamed and with tools (${model})`, async () => {
+    const m = await anthropic.messages.create({ model, max_tokens: 256, messages: [{ role: 'user', content: 'Hello' }] });
+    assert.equal(m.content[0].text, TEXT);
+    assert.equal(m.stop_reason, 'end_turn');
+
+    const stream = anthropic.messages.stream({ model, max_tokens: 256, messages: [{ role: 'user', content: 'Hello' }] });
+    let text = '';
+    stream.on('text', (t) => { text += t; });
+    const final = await stream.finalMessage();
+    assert.equal(text, TEXT);
+    assert.equal(final.content[0].text, TEXT);
+
+    const tools = await anthropic.messages.stream({ model, max_tokens: 256, tools: [weather], tool_choice: { type: 'any' },
+      messages: [{ role: 'user', content: 'Weather?' }] }).finalMessage();
+    const call = tools.content.find((b) => b.type === 'tool_use');
+    assert.deepEqual(call.input, { location: 'Paris' });
+    assert.equal(tools.stop_reason, 'tool_use');
+
+    await assert.rejects(
+      anthropic.messages.create({ model: 'no-such-model', max_tokens: 8, messages: [{ role: 'user', content: 'x' }] }),
+      Anthropic.NotFoundError,
+    );
+  });
+
+  test(`the OpenAI SDK's Responses API, streamed, with tools and a chain (${model})`, async () => {
+    const r = await client.responses.create({ model, input: 'Hello', instructions: 'Be brief.' });
+    assert.equal(r.output_text, TEXT);
+
+    const stream = client.responses.stream({ model, input: 'Hello' });
+    let text = '';
+    stream.on('response.output_text.delta', (e) => { text += e.delta; });
+    const final = await stream.finalResponse();
+    assert.equal(text, TEXT);
+    assert.equal(final.output_text, TEXT);
+
+    const called = await client.responses.create({ model, input: 'Weather?', tool_choice: 'required',
+      tools: [{ type: 'function', name: 'get_weather', parameters: weather.input_schema }] });
+    const call = called.output.find((o) => o.type === 'function_call');
+    assert.deepEqual(JSON.parse(call.arguments), { location: 'Paris' });
+    const next = await client.responses.create({ model, previous_response_id: called.id,
+      input: [{ type: 'function_call_output', call_id: call.call_id, output: 'Sunny' }] });
+    assert.equal(next.output_text, TEXT);
+    const stored = await client.responses.retrieve(called.id);
+    assert.equal(stored.id, called.id);
+  });
+}

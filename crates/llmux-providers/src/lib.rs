@@ -35,7 +35,15 @@ pub const GATEWAY_PARAMS: &[&str] = &[
     "context_window_fallbacks",
     "content_policy_fallbacks",
     "mock_testing_fallbacks",
+    NATIVE_ANTHROPIC,
 ];
+
+/// The internal request's field carrying a client's own Anthropic Messages request (the
+/// Anthropic dialect sets it): `{"body": <the request as sent>, "beta": <anthropic-beta>}`. An
+/// Anthropic deployment sends that body on with only the model changed, and hands its answer
+/// back as sent too (`parse_response_native`, `stream_decoder_native`); every other provider
+/// ignores it and translates the internal request.
+pub const NATIVE_ANTHROPIC: &str = "_llmux_anthropic";
 
 /// The OpenAI operation a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -144,6 +152,19 @@ pub trait Provider: Send + Sync + 'static {
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError>;
     fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder>;
+    /// `parse_response` for a request the client sent in this provider's own dialect: the
+    /// provider's answer is kept beside the translation (see `NATIVE_ANTHROPIC`).
+    fn parse_response_native(
+        &self,
+        op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError> {
+        self.parse_response(op, body)
+    }
+    /// `stream_decoder` for a request the client sent in this provider's own dialect.
+    fn stream_decoder_native(&self, op: Operation) -> Box<dyn StreamDecoder> {
+        self.stream_decoder(op)
+    }
     /// How this provider's streams are framed.
     fn stream_framing(&self) -> StreamFraming {
         StreamFraming::Sse

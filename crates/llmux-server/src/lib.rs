@@ -525,7 +525,13 @@ fn request_facts(
     let facts = RequestFacts {
         client_request_id: None,
         choices,
-        prompt_tokens_estimate: (body.bytes().len() as u64) / 4,
+        // A client's own Anthropic body riding along (`/v1/messages`) is the same prompt again.
+        prompt_tokens_estimate: (body.bytes().len().saturating_sub(
+            request
+                .get(llmux::NATIVE_ANTHROPIC)
+                .map_or(0, |raw| raw.get().len()),
+        ) as u64)
+            / 4,
         max_output_tokens,
         end_user,
         tags,

@@ -28,7 +28,11 @@ pub async fn messages(State(state): State<AppState>, request: Request) -> Respon
         Err((e, close)) => closing(error(&e, &request_id), close),
         Ok((principal, body)) => {
             let answer = async {
-                let converted = anthropic::chat_request(&body)?;
+                let beta = parts
+                    .headers
+                    .get("anthropic-beta")
+                    .and_then(|v| v.to_str().ok());
+                let converted = anthropic::chat_request(&body, beta)?;
                 let call = Call {
                     op: Operation::Chat,
                     call_type: "anthropic_messages",
@@ -67,7 +71,7 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
             o.entry("max_tokens").or_insert(serde_json::json!(1));
             o.remove("stream");
         }
-        let converted = anthropic::chat_request(request.to_string().as_bytes())?;
+        let converted = anthropic::chat_request(request.to_string().as_bytes(), None)?;
         if let Some(p) = &principal {
             crate::governance::check_model_access(&state.client, p, &converted.model)?;
         }

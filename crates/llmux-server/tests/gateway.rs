@@ -1154,3 +1154,77 @@ async fn invalid_typed_parameters_are_refused_before_the_upstream() {
         "frequency_penalty": null, "max_completion_tokens": null});
     assert_eq!(h.post("/v1/chat/completions", &ok).await.status(), 200);
 }
+
+/// `/v1/messages` to an Anthropic deployment sends the client's body on as it is, with only the
+/// model changed (fields the internal request does not model, cache_control on any block, the
+/// client's `anthropic-beta` beside the deployment's), and answers with what Anthropic sent:
+/// every event of the stream, in order, as it came.
+#[tokio::test]
+async fn the_messages_api_passes_through_to_anthropic_deployments() {
+    let h = start(ANTHROPIC).await;
+    let body = json!({
+        "model": "claude", "max_tokens": 64, "service_tier": "auto", "container": "c-1",
+        "system": [{"type": "text", "text": "Be brief", "cache_control": {"type": "ephemeral", "ttl": "1h"}}],
+        "messages": [{"role": "user", "content": [
+            {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Doc."}, "citations": {"enabled": true}, "title": "t"},
+            {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}],
+        "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "fallbacks": ["other"]
+    });
+    let r = h
+        .http
+        .post(format!("{}/v1/messages", h.url))
+        .header("anthropic-beta", "context-1m-2025-08-07")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let sent = h.recorded().pop().unwrap();
+    let mut expected = body.clone();
+    expected["model"] = json!("claude-mock");
+    expected.as_object_mut().unwrap().remove("fallbacks");
+    assert_eq!(
+        serde_json::from_str::<Value>(&sent.body).unwrap(),
+        expected,
+        "the body as sent, but for the model and the gateway's own controls"
+    );
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "anthropic-beta"
+            && v == "prompt-caching-2024-07-31,context-1m-2025-08-07"));
+
+    // A stream comes back event for event: the upstream's own events, names and payloads.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let ours = h.post("/v1/messages", &stream).await.text().await.unwrap();
+    let sent = h.recorded().pop().unwrap();
+    let upstream = h
+        .http
+        .post(format!("{}/messages", h.mock_url))
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .body(sent.body)
+        .header("content-type", "application/json")
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let payloads = |text: &str| -> Vec<Value> {
+        text.split("\n\n")
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(|d| {
+                let mut v: Value = serde_json::from_str(d).unwrap();
+                if let Some(m) = v.get_mut("message") {
+                    m["id"] = json!("");
+                }
+                v
+            })
+            .collect()
+    };
+    assert!(!payloads(&upstream).is_empty(), "{upstream}");
+    assert_eq!(payloads(&ours), payloads(&upstream));
+}

@@ -35,6 +35,9 @@ pub(crate) struct Attempt {
     pub(crate) sent_at: Instant,
     /// The upstream was asked for a usage chunk the client did not request.
     pub(crate) hide_usage_chunk: bool,
+    /// The client spoke the provider's own dialect (`NATIVE_ANTHROPIC`): its answer is kept as
+    /// the provider sent it, beside the translation.
+    pub(crate) native: bool,
 }
 
 impl Attempt {
@@ -77,6 +80,7 @@ impl Attempt {
 
     fn stream_decoder(&self, op: Operation) -> Box<dyn StreamDecoder> {
         let decoder = match &self.deployment.backend {
+            Backend::Http(provider) if self.native => provider.stream_decoder_native(op),
             Backend::Http(provider) => provider.stream_decoder(op),
             Backend::Mock { .. } => Box::new(OpenAiStreamDecoder),
         };
@@ -138,6 +142,7 @@ impl Attempt {
             .await?;
         let upstream_latency = self.sent_at.elapsed();
         let translated = match &self.deployment.backend {
+            Backend::Http(provider) if self.native => provider.parse_response_native(op, body)?,
             Backend::Http(provider) => provider.parse_response(op, body)?,
             Backend::Mock { .. } => llmux_providers::TranslatedResponse {
                 usage: openai_compat::extract_usage(&body),

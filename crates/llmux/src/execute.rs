@@ -603,6 +603,10 @@ impl Run<'_> {
             deployment,
             sent_at: Instant::now(),
             hide_usage_chunk: false,
+            native: self
+                .request
+                .get(llmux_providers::NATIVE_ANTHROPIC)
+                .is_some(),
         };
         let stats = Arc::clone(snapshot.router.stats(index));
         if !self.stream {

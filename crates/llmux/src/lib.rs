@@ -41,7 +41,7 @@ use llmux_router::{InMemoryStats, Router, StatsStore};
 pub use delivered::DeliveredText;
 pub use execute::{GatewayResponse, ParsedBody, ResponseBody, ResponseMeta};
 pub use llmux_config as config;
-pub use llmux_providers::Operation;
+pub use llmux_providers::{Operation, NATIVE_ANTHROPIC};
 pub use llmux_router as router;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};

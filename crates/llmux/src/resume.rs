@@ -51,8 +51,14 @@ fn continuation_body(
     messages.push(partial);
     let encoded =
         serde_json::to_vec(&messages).map_err(|e| GatewayError::internal(e.to_string()))?;
+    // A continuation is the translated conversation plus what was delivered: a client's own
+    // Anthropic body (which lacks the delivered part) is not sent on.
     Ok(Bytes::from(
-        request.edit().set("messages", encoded).render(),
+        request
+            .edit()
+            .set("messages", encoded)
+            .remove(llmux_providers::NATIVE_ANTHROPIC)
+            .render(),
     ))
 }
 
@@ -120,6 +126,7 @@ impl Resume for Resumer {
                 deployment,
                 sent_at: Instant::now(),
                 hide_usage_chunk: false,
+                native: false,
             };
             let outcome = async {
                 let response = tokio::time::timeout(

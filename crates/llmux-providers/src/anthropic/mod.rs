@@ -77,6 +77,21 @@ impl Provider for AnthropicTarget {
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         let model = crate::common::model_for(&self.model_template, ctx.wildcard);
+        if let Some(native) = request::native_body(request, &model, &self.defaults)? {
+            let mut headers = self.headers.clone();
+            if let Some(beta) = native.beta.as_deref().filter(|b| !b.is_empty()) {
+                // The client's betas join the deployment's own (`extra_headers`).
+                let name = HeaderName::from_static("anthropic-beta");
+                let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+                    Some(own) if !own.is_empty() => format!("{own},{beta}"),
+                    _ => beta.to_owned(),
+                };
+                if let Ok(value) = HeaderValue::from_str(&joined) {
+                    headers.insert(name, value);
+                }
+            }
+            return crate::common::json_request(self.url.clone(), &headers, &native.body, None);
+        }
         let body = request::build_body(request, &model, &self.defaults, ctx.drop_params)?;
         crate::common::json_request(self.url.clone(), &self.headers, &body, None)
     }
@@ -92,6 +107,25 @@ impl Provider for AnthropicTarget {
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {
         Box::new(stream::AnthropicStreamDecoder::default())
+    }
+
+    fn parse_response_native(
+        &self,
+        _op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError> {
+        let (mut value, usage) = response::translate(&body)?;
+        if let (Some(object), Ok(raw)) = (
+            value.as_object_mut(),
+            serde_json::from_slice::<Value>(&body),
+        ) {
+            object.insert(crate::NATIVE_ANTHROPIC.into(), raw);
+        }
+        crate::common::json_response(&value, Some(usage))
+    }
+
+    fn stream_decoder_native(&self, _op: Operation) -> Box<dyn StreamDecoder> {
+        Box::new(stream::AnthropicStreamDecoder::native())
     }
 
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {

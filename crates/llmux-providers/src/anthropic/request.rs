@@ -230,6 +230,52 @@ fn translate_tool_choice(choice: &Value, parallel: Option<bool>) -> Option<Value
     Some(out)
 }
 
+/// A client's own Anthropic request (`NATIVE_ANTHROPIC`), to send on as it is.
+pub struct NativeBody {
+    pub body: Value,
+    pub beta: Option<String>,
+}
+
+/// The client's own Anthropic request carried by the internal one, with the deployment's model
+/// and its `litellm_params` defaults for what the client did not set; `None` when there is
+/// none (the internal request is translated).
+pub fn native_body(
+    request: &RawObject<'_>,
+    model: &str,
+    defaults: &Map<String, Value>,
+) -> Result<Option<NativeBody>, GatewayError> {
+    let Some(native) = request
+        .decode::<Value>(crate::NATIVE_ANTHROPIC)
+        .map_err(|e| {
+            invalid(
+                format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
+                "body",
+            )
+        })?
+    else {
+        return Ok(None);
+    };
+    let Some(Value::Object(mut body)) = native.get("body").cloned() else {
+        return Ok(None);
+    };
+    body.insert("model".into(), json!(model));
+    for (key, value) in defaults {
+        if matches!(
+            key.as_str(),
+            "max_tokens" | "temperature" | "top_p" | "top_k" | "metadata"
+        ) {
+            body.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+    }
+    Ok(Some(NativeBody {
+        body: Value::Object(body),
+        beta: native
+            .get("beta")
+            .and_then(Value::as_str)
+            .map(str::to_owned),
+    }))
+}
+
 /// Thinking budget for an OpenAI `reasoning_effort`.
 /// Build the Anthropic request body. `defaults` are `litellm_params` request defaults.
 pub fn build_body(

@@ -11,8 +11,18 @@ use super::response::{finish_reason, usage};
 use crate::sse::parse_fields;
 use crate::{DecodedEvent, StreamDecoder};
 
+/// Marks, in the internal stream, an Anthropic event as the upstream sent it, ahead of the
+/// translated chunk made from it (`NATIVE_MARK`) or alone (`NATIVE_ONLY_MARK`, for events with
+/// no translation: ping, block stops, message stop). SSE comments, so a client reading the
+/// internal stream as OpenAI chunks skips them; the Anthropic dialect sends them on instead of
+/// its own translation.
+pub const NATIVE_MARK: &str = ": llmux-anthropic ";
+pub const NATIVE_ONLY_MARK: &str = ": llmux-anthropic-only ";
+
 #[derive(Debug, Default)]
 pub struct AnthropicStreamDecoder {
+    /// Mark each event as the upstream sent it (a client speaking Anthropic's dialect).
+    native: bool,
     id: String,
     model: String,
     created: u64,
@@ -44,8 +54,52 @@ impl AnthropicStreamDecoder {
     }
 }
 
+impl AnthropicStreamDecoder {
+    /// A decoder that also marks every event as the upstream sent it.
+    pub fn native() -> Self {
+        AnthropicStreamDecoder {
+            native: true,
+            ..AnthropicStreamDecoder::default()
+        }
+    }
+}
+
+fn marked(mark: &str, raw: &Value, rest: &[u8]) -> Bytes {
+    let raw = raw.to_string();
+    let mut out = Vec::with_capacity(mark.len() + raw.len() + 2 + rest.len());
+    out.extend_from_slice(mark.as_bytes());
+    out.extend_from_slice(raw.as_bytes());
+    out.extend_from_slice(b"\n\n");
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 impl StreamDecoder for AnthropicStreamDecoder {
     fn decode(&mut self, event: Bytes) -> DecodedEvent {
+        if !self.native {
+            return self.translate(event);
+        }
+        let raw = serde_json::from_slice::<Value>(&parse_fields(&event).data).ok();
+        let translated = self.translate(event);
+        let Some(raw) = raw else {
+            return translated;
+        };
+        match translated {
+            DecodedEvent::Chunk { bytes, usage } => DecodedEvent::Chunk {
+                bytes: marked(NATIVE_MARK, &raw, &bytes),
+                usage,
+            },
+            DecodedEvent::KeepAlive(_) => {
+                DecodedEvent::KeepAlive(marked(NATIVE_ONLY_MARK, &raw, b""))
+            }
+            DecodedEvent::Done(bytes) => DecodedEvent::Done(marked(NATIVE_ONLY_MARK, &raw, &bytes)),
+            error @ DecodedEvent::Error(_) => error,
+        }
+    }
+}
+
+impl AnthropicStreamDecoder {
+    fn translate(&mut self, event: Bytes) -> DecodedEvent {
         let fields = parse_fields(&event);
         if !fields.has_data {
             return DecodedEvent::KeepAlive(Bytes::from_static(b": keep-alive\n\n"));

@@ -9,6 +9,7 @@
 //! of the internal request.
 
 use bytes::{Bytes, BytesMut};
+use llmux_providers::anthropic::stream::{NATIVE_MARK, NATIVE_ONLY_MARK};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -27,8 +28,10 @@ fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
     GatewayError::invalid_request(message).with_param(param)
 }
 
-/// Convert a Messages request body into the internal chat request.
-pub fn chat_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
+/// Convert a Messages request body into the internal chat request. The body itself rides
+/// along (`NATIVE_ANTHROPIC`, with the client's `anthropic-beta`): an Anthropic deployment is
+/// sent it as it is, with only the model changed, and its answer comes back as it sent it.
+pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, GatewayError> {
     let request: Value = serde_json::from_slice(body)
         .map_err(|e| GatewayError::invalid_request(format!("the body is not valid JSON: {e}")))?;
     let Value::Object(request) = request else {
@@ -159,6 +162,17 @@ pub fn chat_request(body: &[u8]) -> Result<ChatRequest, GatewayError> {
         out.insert("stream".into(), json!(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
+    let mut native = Map::new();
+    for (k, v) in &request {
+        // The gateway's own controls are not Anthropic's.
+        if !llmux_providers::GATEWAY_PARAMS.contains(&k.as_str()) {
+            native.insert(k.clone(), v.clone());
+        }
+    }
+    out.insert(
+        llmux_providers::NATIVE_ANTHROPIC.into(),
+        json!({"body": native, "beta": beta}),
+    );
     Ok(ChatRequest {
         body: Bytes::from(Value::Object(out).to_string()),
         model,
@@ -561,6 +575,10 @@ pub fn message(chat: &[u8]) -> Result<Bytes, GatewayError> {
             format!("the answer is not JSON: {e}"),
         )
     })?;
+    // An Anthropic deployment's answer, as it sent it.
+    if let Some(native) = chat.get(llmux_providers::NATIVE_ANTHROPIC) {
+        return Ok(Bytes::from(native.to_string()));
+    }
     let choice = chat.pointer("/choices/0").cloned().unwrap_or_default();
     let msg = choice.get("message").cloned().unwrap_or_default();
     let mut content = Vec::new();
@@ -678,6 +696,16 @@ pub struct StreamTranslator {
     tools: Vec<(u64, usize)>,
     stop_reason: Option<&'static str>,
     usage: Option<Usage>,
+    /// The next data event is the translation of a native event already sent.
+    skip_translation: bool,
+}
+
+fn event_raw(out: &mut BytesMut, name: &str, data: &str) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data.as_bytes());
+    out.extend_from_slice(b"\n\n");
 }
 
 fn event(out: &mut BytesMut, name: &str, data: &Value) {
@@ -700,8 +728,20 @@ impl StreamTranslator {
         while let Some(end) = find_event_end(&self.pending) {
             let raw = self.pending.split_to(end.0 + end.1);
             let text = String::from_utf8_lossy(&raw[..end.0]).into_owned();
+            if let Some(native) = text.strip_prefix(NATIVE_MARK) {
+                self.native(native, &mut out);
+                self.skip_translation = true;
+                continue;
+            }
+            if let Some(native) = text.strip_prefix(NATIVE_ONLY_MARK) {
+                self.native(native, &mut out);
+                continue;
+            }
             for line in text.lines() {
                 if let Some(data) = line.strip_prefix("data:") {
+                    if std::mem::take(&mut self.skip_translation) {
+                        continue;
+                    }
                     self.data(data.trim(), &mut out);
                 }
             }
@@ -717,6 +757,39 @@ impl StreamTranslator {
             self.end_message(&mut out);
         }
         out.freeze()
+    }
+
+    /// An event as an Anthropic deployment sent it: sent on as it is, with the translator's
+    /// state kept in step (a fallback to another provider mid-stream continues from it).
+    fn native(&mut self, event: &str, out: &mut BytesMut) {
+        if self.finished {
+            return;
+        }
+        let Ok(data) = serde_json::from_str::<Value>(event.trim()) else {
+            return;
+        };
+        let kind = data
+            .get("type")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let index = data
+            .get("index")
+            .and_then(Value::as_u64)
+            .map(|i| i as usize);
+        match kind.as_str() {
+            "message_start" => self.started = true,
+            "content_block_start" => {
+                if let Some(i) = index {
+                    self.open = Some((i, "native"));
+                    self.next_index = self.next_index.max(i + 1);
+                }
+            }
+            "content_block_stop" => self.open = None,
+            "message_stop" | "error" => self.finished = true,
+            _ => {}
+        }
+        event_raw(out, &kind, event.trim());
     }
 
     fn start(&mut self, chunk: &Value, out: &mut BytesMut) {

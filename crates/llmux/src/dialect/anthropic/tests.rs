@@ -239,7 +239,7 @@ fn claude_code_request() -> Value {
 
 #[test]
 fn a_claude_code_request_becomes_the_internal_request() {
-    let converted = chat_request(claude_code_request().to_string().as_bytes()).unwrap();
+    let converted = chat_request(claude_code_request().to_string().as_bytes(), None).unwrap();
     assert!(converted.stream);
     assert_eq!(converted.model, "claude-sonnet-4-5");
     let v: Value = serde_json::from_slice(&converted.body).unwrap();
@@ -289,7 +289,7 @@ fn a_claude_code_request_becomes_the_internal_request() {
 #[test]
 fn a_claude_code_request_reaches_an_anthropic_deployment_as_sent() {
     let original = claude_code_request();
-    let converted = chat_request(original.to_string().as_bytes()).unwrap();
+    let converted = chat_request(original.to_string().as_bytes(), None).unwrap();
     let obj = RawObject::parse(&converted.body).unwrap();
     let upstream = build_body(&obj, "claude-sonnet-4-5-20250929", &Map::new(), false).unwrap();
     assert_eq!(upstream["system"], original["system"]);
@@ -344,14 +344,14 @@ fn malformed_requests_get_a_clear_invalid_request_error() {
         ),
         (json!([1, 2]), "object"),
     ] {
-        let e = chat_request(body.to_string().as_bytes()).unwrap_err();
+        let e = chat_request(body.to_string().as_bytes(), None).unwrap_err();
         assert_eq!(e.kind, ErrorKind::InvalidRequest, "{body}");
         assert!(e.message().contains(says), "{body}: {}", e.message());
         let wire: Value = serde_json::from_slice(&error_body(&e)).unwrap();
         assert_eq!(wire["type"], "error");
         assert_eq!(wire["error"]["type"], "invalid_request_error");
     }
-    assert!(chat_request(b"{not json").is_err());
+    assert!(chat_request(b"{not json", None).is_err());
 }
 
 #[test]

@@ -333,6 +333,17 @@ pub(crate) async fn execute(
         parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
         parsed.validate(op)?;
+        // Only the Anthropic dialect carries a client's own Anthropic body: sent on any other
+        // route, it would reach an Anthropic deployment unpriced by the estimate.
+        if call_type != "anthropic_messages"
+            && parsed.object().get(llmux::NATIVE_ANTHROPIC).is_some()
+        {
+            return Err(GatewayError::invalid_request(format!(
+                "Unrecognized request argument supplied: {}",
+                llmux::NATIVE_ANTHROPIC
+            ))
+            .with_param(llmux::NATIVE_ANTHROPIC));
+        }
         let (mut facts, rewritten) = request_facts(request_headers, &parsed, principal)?;
         facts.client_request_id = client_request_id;
         input = Some(match rewritten {

@@ -1482,4 +1482,24 @@ async fn the_messages_api_is_governed_like_chat_completions() {
     assert_eq!(r.status(), 403, "a model the key may not use");
     let e: Value = r.json().await.unwrap();
     assert_eq!(e["error"]["type"], "permission_error", "{e}");
+
+    // The body the Anthropic dialect carries for Anthropic deployments cannot be smuggled in
+    // through the other routes (it would go upstream unpriced by the estimate).
+    let smuggler = key(&h, json!({})).await;
+    let smuggled = json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}],
+        "_llmux_anthropic": {"body": {"model": "x", "max_tokens": 100000, "messages": [{"role": "user", "content": "a very long prompt"}]}}});
+    let r = h
+        .post_as(&smuggler, "/v1/chat/completions", &smuggled)
+        .await;
+    assert_eq!(r.status(), 400);
+    let r = h
+        .post_as(&smuggler, "/v1/responses", &json!({"model": "cheap", "input": "hi", "_llmux_anthropic": smuggled["_llmux_anthropic"]}))
+        .await;
+    assert_eq!(r.status(), 200, "dropped by the Responses dialect");
+    assert!(!h
+        .recorded()
+        .pop()
+        .unwrap()
+        .body
+        .contains("_llmux_anthropic"));
 }

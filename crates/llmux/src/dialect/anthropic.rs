@@ -150,7 +150,10 @@ pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, Gate
     }
     // The gateway's own controls (LiteLLM's names: fallbacks, num_retries, timeout, tags, ...)
     // work here as on chat completions; tags may also come in `metadata.tags`.
-    for field in llmux_providers::GATEWAY_PARAMS {
+    for field in llmux_providers::GATEWAY_PARAMS
+        .iter()
+        .filter(|f| **f != llmux_providers::NATIVE_ANTHROPIC)
+    {
         if let Some(v) = request.get(*field) {
             out.insert((*field).into(), v.clone());
         }

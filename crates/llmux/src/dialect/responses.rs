@@ -156,7 +156,10 @@ pub fn chat_request(body: &[u8], history: &[Value]) -> Result<ChatRequest, Gatew
     {
         out.insert("reasoning_effort".into(), json!(effort));
     }
-    for field in llmux_providers::GATEWAY_PARAMS {
+    for field in llmux_providers::GATEWAY_PARAMS
+        .iter()
+        .filter(|f| **f != llmux_providers::NATIVE_ANTHROPIC)
+    {
         if let Some(v) = request.get(*field) {
             out.insert((*field).into(), v.clone());
         }

@@ -191,8 +191,9 @@ async fn shape(
                             let out = translator.finish();
                             // Kept before the last event leaves, so a client chaining on it
                             // finds it.
-                            let response = translator.final_response();
-                            if response["status"] != "in_progress" {
+                            // A failed stream is not kept: nothing continues from half an answer.
+                            if translator.completed() {
+                                let response = translator.final_response();
                                 keeper.keep(&response, translator.output()).await;
                             }
                             Some((out, (inner, translator, keeper, true)))

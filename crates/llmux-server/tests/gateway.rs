@@ -1169,6 +1169,7 @@ async fn the_messages_api_passes_through_to_anthropic_deployments() {
             {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Doc."}, "citations": {"enabled": true}, "title": "t"},
             {"type": "text", "text": "hi", "cache_control": {"type": "ephemeral"}}]}],
         "tools": [{"type": "web_search_20250305", "name": "web_search", "max_uses": 2}],
+        "metadata": {"user_id": "u-1", "tags": ["team-a"]},
         "fallbacks": ["other"]
     });
     let r = h
@@ -1184,6 +1185,7 @@ async fn the_messages_api_passes_through_to_anthropic_deployments() {
     let mut expected = body.clone();
     expected["model"] = json!("claude-mock");
     expected.as_object_mut().unwrap().remove("fallbacks");
+    expected["metadata"] = json!({"user_id": "u-1"});
     assert_eq!(
         serde_json::from_str::<Value>(&sent.body).unwrap(),
         expected,
@@ -1194,6 +1196,27 @@ async fn the_messages_api_passes_through_to_anthropic_deployments() {
         .iter()
         .any(|(k, v)| k == "anthropic-beta"
             && v == "prompt-caching-2024-07-31,context-1m-2025-08-07"));
+
+    // Keys keep the client's order (a schema's property order steers what a model writes).
+    let ordered = r#"{"model":"claude","max_tokens":16,"messages":[{"role":"user","content":"hi"}],"tools":[{"name":"answer","input_schema":{"type":"object","properties":{"zeta":{"type":"string"},"alpha":{"type":"string"}}}}]}"#;
+    let r = h
+        .http
+        .post(format!("{}/v1/messages", h.url))
+        .header("content-type", "application/json")
+        .body(ordered)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let sent = h.recorded().pop().unwrap().body;
+    assert!(
+        sent.find("zeta").unwrap() < sent.find("alpha").unwrap(),
+        "{sent}"
+    );
+    assert!(
+        sent.find("\"messages\"").unwrap() < sent.find("\"tools\"").unwrap(),
+        "{sent}"
+    );
 
     // A stream comes back event for event: the upstream's own events, names and payloads.
     let mut stream = body.clone();

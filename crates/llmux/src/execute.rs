@@ -885,12 +885,16 @@ fn estimate_usage(body: &Bytes, model: &str, delivered: &DeliveredText) -> Usage
     // Counted exactly up to a size that takes a few milliseconds, estimated past it: a client
     // that repeats "huge prompt, leave after the first chunk" must not tie up the runtime.
     const EXACT_PROMPT_UP_TO: usize = 256 * 1024;
-    let prompt = if body.len() <= EXACT_PROMPT_UP_TO {
-        RawObject::parse(body)
-            .map(|request| tokens::count_prompt_tokens(&request, model))
-            .unwrap_or(0)
-    } else {
-        (body.len() as u64).div_ceil(4)
+    let request = RawObject::parse(body).ok();
+    // A client's own Anthropic body riding along (`/v1/messages`) is the same prompt again.
+    let carried = request
+        .as_ref()
+        .and_then(|r| r.get(llmux_providers::NATIVE_ANTHROPIC))
+        .map_or(0, |raw| raw.get().len());
+    let size = body.len().saturating_sub(carried);
+    let prompt = match &request {
+        Some(request) if size <= EXACT_PROMPT_UP_TO => tokens::count_prompt_tokens(request, model),
+        _ => (size as u64).div_ceil(4),
     };
     let bpe = tokens::encoding_for(model);
     let (text, beyond) = delivered.text();

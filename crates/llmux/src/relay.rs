@@ -292,9 +292,21 @@ fn deliver(
 ) -> Option<Bytes> {
     let out = deliver_event(bytes, usage, tracker, rewriter);
     if let Some(b) = &out {
-        delivered.observe(b);
+        delivered.observe(without_native_marks(b));
     }
     out
+}
+
+/// The chunk without the Anthropic events marked ahead of it (`NATIVE_ANTHROPIC` streams): the
+/// text they carry is also in the translated chunk, and must be counted once.
+fn without_native_marks(mut bytes: &[u8]) -> &[u8] {
+    while bytes.starts_with(b": llmux-anthropic") {
+        match bytes.windows(2).position(|w| w == b"\n\n") {
+            Some(end) => bytes = &bytes[end + 2..],
+            None => return &[],
+        }
+    }
+    bytes
 }
 
 fn deliver_event(

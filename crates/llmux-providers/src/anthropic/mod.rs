@@ -90,7 +90,13 @@ impl Provider for AnthropicTarget {
                     headers.insert(name, value);
                 }
             }
-            return crate::common::json_request(self.url.clone(), &headers, &native.body, None);
+            return Ok(UpstreamRequest {
+                url: self.url.clone(),
+                headers,
+                body: Bytes::from(native.body),
+                auth: None,
+                hide_usage_chunk: false,
+            });
         }
         let body = request::build_body(request, &model, &self.defaults, ctx.drop_params)?;
         crate::common::json_request(self.url.clone(), &self.headers, &body, None)

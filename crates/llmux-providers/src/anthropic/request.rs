@@ -232,47 +232,68 @@ fn translate_tool_choice(choice: &Value, parallel: Option<bool>) -> Option<Value
 
 /// A client's own Anthropic request (`NATIVE_ANTHROPIC`), to send on as it is.
 pub struct NativeBody {
-    pub body: Value,
+    /// The JSON body, its keys in the client's order (JSON schema `properties` order steers
+    /// what a model writes first).
+    pub body: Vec<u8>,
     pub beta: Option<String>,
 }
 
-/// The client's own Anthropic request carried by the internal one, with the deployment's model
-/// and its `litellm_params` defaults for what the client did not set; `None` when there is
-/// none (the internal request is translated).
+/// Parameters a deployment's `litellm_params` may set on a client's own Anthropic request when
+/// the client did not.
+const NATIVE_DEFAULTS: &[&str] = &["max_tokens", "temperature", "top_p", "top_k"];
+
+/// The client's own Anthropic request carried by the internal one, edited in place (never
+/// re-encoded): the deployment's model, its defaults for what the client did not set, the
+/// gateway's own controls removed, and `metadata` cut to the `user_id` Anthropic accepts (tags
+/// there are the gateway's). `None` when there is none (the internal request is translated).
 pub fn native_body(
     request: &RawObject<'_>,
     model: &str,
     defaults: &Map<String, Value>,
 ) -> Result<Option<NativeBody>, GatewayError> {
-    let Some(native) = request
-        .decode::<Value>(crate::NATIVE_ANTHROPIC)
-        .map_err(|e| {
-            invalid(
-                format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
-                "body",
-            )
-        })?
-    else {
+    let malformed = |e: llmux_types::RawObjectError| {
+        invalid(
+            format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
+            "body",
+        )
+    };
+    let Some(carried) = request.get(crate::NATIVE_ANTHROPIC) else {
         return Ok(None);
     };
-    let Some(Value::Object(mut body)) = native.get("body").cloned() else {
+    let carried = RawObject::parse(carried.get().as_bytes()).map_err(malformed)?;
+    let Some(raw_body) = carried.get("body") else {
         return Ok(None);
     };
-    body.insert("model".into(), json!(model));
-    for (key, value) in defaults {
-        if matches!(
-            key.as_str(),
-            "max_tokens" | "temperature" | "top_p" | "top_k" | "metadata"
-        ) {
-            body.entry(key.clone()).or_insert_with(|| value.clone());
+    let beta = carried.decode::<String>("beta").ok().flatten();
+    let body = RawObject::parse(raw_body.get().as_bytes()).map_err(malformed)?;
+    let model_json =
+        serde_json::to_vec(model).map_err(|e| GatewayError::internal(e.to_string()))?;
+    let mut edit = body.edit().set("model", model_json);
+    for param in crate::GATEWAY_PARAMS {
+        edit = edit.remove(param);
+    }
+    if body.get("metadata").is_some() {
+        let user = body
+            .decode::<Value>("metadata")
+            .ok()
+            .flatten()
+            .and_then(|m| m.get("user_id").cloned());
+        edit = match user {
+            Some(user) => edit.set(
+                "metadata",
+                json!({"user_id": user}).to_string().into_bytes(),
+            ),
+            None => edit.remove("metadata"),
+        };
+    }
+    for key in NATIVE_DEFAULTS {
+        if let Some(value) = defaults.get(*key) {
+            edit = edit.default(key, value.to_string().into_bytes());
         }
     }
     Ok(Some(NativeBody {
-        body: Value::Object(body),
-        beta: native
-            .get("beta")
-            .and_then(Value::as_str)
-            .map(str::to_owned),
+        body: edit.render(),
+        beta,
     }))
 }
 

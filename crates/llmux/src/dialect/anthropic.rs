@@ -165,19 +165,19 @@ pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, Gate
         out.insert("stream".into(), json!(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    let mut native = Map::new();
-    for (k, v) in &request {
-        // The gateway's own controls are not Anthropic's.
-        if !llmux_providers::GATEWAY_PARAMS.contains(&k.as_str()) {
-            native.insert(k.clone(), v.clone());
-        }
-    }
-    out.insert(
-        llmux_providers::NATIVE_ANTHROPIC.into(),
-        json!({"body": native, "beta": beta}),
-    );
+    // The client's body rides along byte for byte (its key order matters to a model, and
+    // re-encoding would sort it); the Anthropic adapter edits it in place.
+    let mut internal = Value::Object(out).to_string();
+    internal.pop(); // the closing brace
+    internal.push_str(",\"");
+    internal.push_str(llmux_providers::NATIVE_ANTHROPIC);
+    internal.push_str("\":{\"beta\":");
+    internal.push_str(&json!(beta).to_string());
+    internal.push_str(",\"body\":");
+    internal.push_str(std::str::from_utf8(body).unwrap_or("{}"));
+    internal.push_str("}}");
     Ok(ChatRequest {
-        body: Bytes::from(Value::Object(out).to_string()),
+        body: Bytes::from(internal),
         model,
         stream,
     })
@@ -701,6 +701,8 @@ pub struct StreamTranslator {
     usage: Option<Usage>,
     /// The next data event is the translation of a native event already sent.
     skip_translation: bool,
+    /// The upstream's own `message_delta` was sent: the end of the message is only its stop.
+    native_delta_sent: bool,
 }
 
 fn event_raw(out: &mut BytesMut, name: &str, data: &str) {
@@ -789,6 +791,7 @@ impl StreamTranslator {
                 }
             }
             "content_block_stop" => self.open = None,
+            "message_delta" => self.native_delta_sent = true,
             "message_stop" | "error" => self.finished = true,
             _ => {}
         }
@@ -986,6 +989,12 @@ impl StreamTranslator {
             self.start(&Value::Null, out);
         }
         self.close_block(out);
+        if self.native_delta_sent {
+            // The upstream's own message_delta (stop reason, usage) went out already.
+            event(out, "message_stop", &json!({"type": "message_stop"}));
+            self.finished = true;
+            return;
+        }
         let usage = self
             .usage
             .as_ref()
@@ -1007,7 +1016,7 @@ impl StreamTranslator {
 
 /// Where the first complete SSE event in `buf` ends: (length before the blank line, length of
 /// the blank line).
-fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn find_event_end(buf: &[u8]) -> Option<(usize, usize)> {
     let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| (i, 2));
     let crlf = buf
         .windows(4)

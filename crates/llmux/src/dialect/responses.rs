@@ -551,6 +551,8 @@ pub struct StreamTranslator {
     done_items: Vec<Value>,
     finish: Option<String>,
     usage: Option<Usage>,
+    /// The stream failed (an error event): the response is `failed`, not completed.
+    failed: Option<Value>,
 }
 
 impl StreamTranslator {
@@ -565,6 +567,7 @@ impl StreamTranslator {
             done_items: Vec::new(),
             finish: None,
             usage: None,
+            failed: None,
         }
     }
 
@@ -575,6 +578,13 @@ impl StreamTranslator {
 
     /// The Response object as the stream ended.
     pub fn final_response(&self) -> Value {
+        if let Some(error) = &self.failed {
+            let mut r =
+                self.shell
+                    .response("failed", self.done_items.clone(), self.usage.as_ref(), None);
+            r["error"] = error.clone();
+            return r;
+        }
         let (status, incomplete) = status_for(self.finish.as_deref());
         self.shell.response(
             status,
@@ -582,6 +592,11 @@ impl StreamTranslator {
             self.usage.as_ref(),
             incomplete,
         )
+    }
+
+    /// Whether the stream ended with a whole answer (what may be stored and continued).
+    pub fn completed(&self) -> bool {
+        self.finished && self.failed.is_none()
     }
 
     fn event(&mut self, out: &mut BytesMut, kind: &str, mut data: Value) {
@@ -599,8 +614,8 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> Bytes {
         self.pending.extend_from_slice(bytes);
         let mut out = BytesMut::new();
-        while let Some(end) = self.pending.windows(2).position(|w| w == b"\n\n") {
-            let raw = self.pending.split_to(end + 2);
+        while let Some((end, gap)) = super::anthropic::find_event_end(&self.pending) {
+            let raw = self.pending.split_to(end + gap);
             let text = String::from_utf8_lossy(&raw[..end]).into_owned();
             for line in text.lines() {
                 if let Some(data) = line.strip_prefix("data:") {
@@ -693,8 +708,17 @@ impl StreamTranslator {
             let message = error
                 .get("message")
                 .and_then(Value::as_str)
-                .unwrap_or("upstream error");
-            self.event(out, "error", json!({"code": error.get("code").cloned().unwrap_or(Value::Null), "message": message, "param": null}));
+                .unwrap_or("upstream error")
+                .to_owned();
+            let code = error.get("code").cloned().unwrap_or(json!("server_error"));
+            self.event(
+                out,
+                "error",
+                json!({"code": code, "message": message, "param": null}),
+            );
+            self.failed = Some(json!({"code": code, "message": message}));
+            let response = self.final_response();
+            self.event(out, "response.failed", json!({"response": response}));
             self.finished = true;
             return;
         }

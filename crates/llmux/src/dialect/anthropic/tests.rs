@@ -395,3 +395,85 @@ fn an_error_mid_stream_becomes_an_error_event() {
     );
     assert_eq!(events[4]["error"]["message"], "upstream went away");
 }
+
+/// Events an Anthropic deployment sent (marked by the adapter in native mode) go out as they
+/// are, whatever the feed's splits; an upstream that closes after its `message_delta` gets only
+/// the `message_stop` added (not a second, wrong `message_delta`); and a stream that falls over
+/// to another provider mid-way continues in translation with the next block index.
+#[test]
+fn native_events_pass_as_sent_and_endings_are_not_doubled() {
+    let mark = |e: &Value| format!("{}{e}\n\n", llmux_providers::anthropic::stream::NATIVE_MARK);
+    let only = |e: &Value| {
+        format!(
+            "{}{e}\n\n",
+            llmux_providers::anthropic::stream::NATIVE_ONLY_MARK
+        )
+    };
+    let start = json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "usage": {"input_tokens": 9, "output_tokens": 1}}});
+    let block = json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}});
+    let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}});
+    let stop = json!({"type": "content_block_stop", "index": 0});
+    let end = json!({"type": "message_delta", "delta": {"stop_reason": "max_tokens", "stop_sequence": null}, "usage": {"output_tokens": 7}});
+    let translated = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+    let stream = [
+        mark(&start) + "data: {\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\"}}]}\n\n",
+        only(&json!({"type": "ping"})),
+        only(&block),
+        mark(&delta) + translated,
+        only(&stop),
+        mark(&end)
+            + "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"length\"}]}\n\n",
+    ]
+    .concat();
+    let mut t = StreamTranslator::new();
+    let mut out = BytesMut::new();
+    for piece in stream.as_bytes().chunks(7) {
+        out.extend_from_slice(&t.feed(piece));
+    }
+    out.extend_from_slice(&t.finish());
+    let events = sse_events(&out);
+    let sent = [
+        start,
+        json!({"type": "ping"}),
+        block,
+        delta,
+        stop,
+        end,
+        json!({"type": "message_stop"}),
+    ];
+    assert_eq!(events, sent, "as sent, with only the stop added");
+
+    // Falling over mid-way: native events, then translated chunks from another provider.
+    let mut t = StreamTranslator::new();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&t.feed(mark(&sent[0]).as_bytes()));
+    out.extend_from_slice(&t.feed(only(&sent[2]).as_bytes()));
+    out.extend_from_slice(&t.feed(mark(&sent[3]).as_bytes()));
+    out.extend_from_slice(
+        &t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n"),
+    );
+    out.extend_from_slice(
+        &t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\" there\"}}]}\n\n"),
+    );
+    out.extend_from_slice(&t.feed(b"data: [DONE]\n\n"));
+    out.extend_from_slice(&t.finish());
+    let events = sse_events(&out);
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ],
+        "{events:?}"
+    );
+    assert_eq!(events[4]["index"], 1, "the next block index");
+    assert_eq!(events[5]["delta"]["text"], " there");
+}

@@ -237,3 +237,39 @@ fn a_recorded_chat_stream_becomes_typed_events() {
     assert!(done["usage"]["output_tokens"].as_u64().unwrap() > 0);
     assert_eq!(t.output().len(), 2);
 }
+
+#[test]
+fn a_stream_that_fails_ends_failed_and_crlf_framing_is_read() {
+    let mut t = StreamTranslator::new(shell());
+    let mut out = Vec::new();
+    out.extend_from_slice(
+        &t.feed(b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"}}]}\r\n\r\n"),
+    );
+    out.extend_from_slice(&t.feed(
+        b"data: {\"error\":{\"message\":\"upstream went away\",\"code\":\"server_error\"}}\r\n\r\n",
+    ));
+    out.extend_from_slice(&t.finish());
+    let events = events(
+        &String::from_utf8(out)
+            .unwrap()
+            .replace("\r\n", "\n")
+            .into_bytes(),
+    );
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "response.created",
+            "response.in_progress",
+            "response.output_item.added",
+            "response.content_part.added",
+            "response.output_text.delta",
+            "error",
+            "response.failed"
+        ]
+    );
+    let failed = &events[6]["response"];
+    assert_eq!(failed["status"], "failed");
+    assert_eq!(failed["error"]["message"], "upstream went away");
+    assert!(!t.completed(), "a failed stream is not stored or continued");
+}

@@ -68,13 +68,62 @@ fn json_array(text: &str) -> Vec<Value> {
     serde_json::from_str(text).unwrap_or_default()
 }
 
-/// What is kept of an answer: the conversation before it, its input and, once known, its output.
+/// How long a stored response is kept (OpenAI keeps them 30 days).
+const KEEP_MS: i64 = 30 * 86_400_000;
+/// The longest chain of responses `previous_response_id` follows.
+const MAX_CHAIN: usize = 1000;
+
+/// The conversation a response ends: its turns and those of the responses it continues, oldest
+/// first, bounded like a request body (it becomes part of one).
+async fn conversation(
+    state: &AppState,
+    principal: Option<&Principal>,
+    id: &str,
+) -> Result<Vec<Value>, GatewayError> {
+    let limit = state.client.snapshot().config.max_request_body_bytes;
+    let mut stored = load(state, principal, id).await?;
+    let owner = stored.owner.clone();
+    let mut turns = Vec::new();
+    let mut size = 0usize;
+    loop {
+        size += stored.conversation.len();
+        if size > limit || turns.len() >= MAX_CHAIN {
+            return Err(GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("The conversation that response '{id}' ends is too long to continue."),
+            )
+            .with_param("previous_response_id"));
+        }
+        let previous = std::mem::take(&mut stored.previous_id);
+        turns.push(json_array(&stored.conversation));
+        if previous.is_empty() {
+            break;
+        }
+        let Some(store) = store_of(state) else { break };
+        // An expired or deleted earlier turn ends the history there.
+        match store
+            .get_response(&previous)
+            .await
+            .map_err(|e| crate::governance::store_error(&e))?
+        {
+            Some(next) if next.owner == owner => stored = next,
+            _ => break,
+        }
+    }
+    Ok(turns.into_iter().rev().flatten().collect())
+}
+
+/// What is kept of an answer: its input and, once known, its output, linked to the response it
+/// continues.
 struct Keeper {
     store: Option<Store>,
     owner: String,
-    history: Vec<Value>,
+    previous_id: Option<String>,
     input_items: Vec<Value>,
 }
+
+/// Answers kept since start, to prune the expired ones every so often.
+static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Keeper {
     async fn keep(&self, response: &Value, output: &[Value]) {
@@ -94,19 +143,26 @@ impl Keeper {
                 item
             })
             .collect();
-        let mut conversation = self.history.clone();
-        conversation.extend(input.iter().cloned());
-        conversation.extend(output.iter().cloned());
+        let mut turn = input.clone();
+        turn.extend(output.iter().cloned());
+        let now = llmux_store::now_ms();
         let record = StoredResponse {
             id: response["id"].as_str().unwrap_or("").to_owned(),
             owner: self.owner.clone(),
-            created_at: llmux_store::now_ms(),
+            created_at: now,
             response: response.to_string(),
             input_items: Value::Array(input).to_string(),
-            conversation: Value::Array(conversation).to_string(),
+            conversation: Value::Array(turn).to_string(),
+            previous_id: self.previous_id.clone().unwrap_or_default(),
+            expires_at: now + KEEP_MS,
         };
         if let Err(e) = store.insert_response(&record).await {
             tracing::warn!(error = %e, "cannot store a response");
+        }
+        if KEPT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 100 == 99 {
+            if let Err(e) = store.prune_responses(now).await {
+                tracing::warn!(error = %e, "cannot prune expired responses");
+            }
         }
     }
 }
@@ -122,9 +178,7 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Response
         Ok((principal, body)) => {
             let answer = async {
                 let history = match responses::previous_response_id(&body) {
-                    Some(id) => {
-                        json_array(&load(&state, principal.as_ref(), &id).await?.conversation)
-                    }
+                    Some(id) => conversation(&state, principal.as_ref(), &id).await?,
                     None => Vec::new(),
                 };
                 let mut converted = responses::chat_request(&body, &history)?;
@@ -135,7 +189,7 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Response
                 let keeper = Keeper {
                     store: store_of(&state).filter(|_| converted.store).cloned(),
                     owner: owner_of(principal.as_ref()),
-                    history,
+                    previous_id: converted.previous_response_id.clone(),
                     input_items: converted.input_items.clone(),
                 };
                 let call = Call {

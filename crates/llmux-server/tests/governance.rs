@@ -1503,3 +1503,133 @@ async fn the_messages_api_is_governed_like_chat_completions() {
         .body
         .contains("_llmux_anthropic"));
 }
+
+/// Stored Responses API answers: `previous_response_id` sends the whole conversation upstream
+/// (each stored response keeps only its own turn and a link), a response belongs to its key
+/// (another key can neither read, continue nor delete it), and an expired one is gone.
+#[tokio::test]
+async fn stored_responses_chain_belong_to_their_key_and_expire() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let ada = key(&h, json!({})).await;
+    let eve = key(&h, json!({})).await;
+    let create = |k: String, body: Value| {
+        let h = &h;
+        async move {
+            let r = h.post_as(&k, "/v1/responses", &body).await;
+            let status = r.status().as_u16();
+            (status, r.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, first) = create(
+        ada.clone(),
+        json!({"model": "cheap", "input": "My name is Ada."}),
+    )
+    .await;
+    assert_eq!(status, 200, "{first}");
+    let (_, second) = create(
+        ada.clone(),
+        json!({"model": "cheap", "input": "What is my name?", "previous_response_id": first["id"]}),
+    )
+    .await;
+    let (_, third) = create(
+        ada.clone(),
+        json!({"model": "cheap", "input": "And again?", "previous_response_id": second["id"]}),
+    )
+    .await;
+    assert_eq!(third["previous_response_id"], second["id"]);
+    let sent: Value = serde_json::from_str(&h.recorded().pop().unwrap().body).unwrap();
+    let users: Vec<&str> = sent["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["role"] == "user")
+        .map(|m| m["content"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["My name is Ada.", "What is my name?", "And again?"]);
+    assert_eq!(
+        sent["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["role"] == "assistant")
+            .count(),
+        2,
+        "the earlier answers too"
+    );
+    let gov = h.gov.as_ref().unwrap();
+    let stored = gov
+        .store
+        .get_response(second["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        !stored.conversation.contains("My name is Ada."),
+        "its own turn only"
+    );
+    assert_eq!(stored.previous_id, first["id"].as_str().unwrap());
+
+    let id = first["id"].as_str().unwrap();
+    assert_eq!(
+        h.get_as(&eve, &format!("/v1/responses/{id}"))
+            .await
+            .status(),
+        404
+    );
+    assert_eq!(
+        h.get_as(&eve, &format!("/v1/responses/{id}/input_items"))
+            .await
+            .status(),
+        404
+    );
+    let (status, _) = create(
+        eve.clone(),
+        json!({"model": "cheap", "input": "hi", "previous_response_id": id}),
+    )
+    .await;
+    assert_eq!(status, 404, "no continuing another key's conversation");
+    let r = h
+        .http
+        .delete(format!("{}/v1/responses/{id}", h.url))
+        .bearer_auth(&eve)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        h.get_as(&ada, &format!("/v1/responses/{id}"))
+            .await
+            .status(),
+        200
+    );
+    let r = h
+        .http
+        .delete(format!("{}/v1/responses/{id}", h.url))
+        .bearer_auth(&ada)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        h.get_as(&ada, &format!("/v1/responses/{id}"))
+            .await
+            .status(),
+        404
+    );
+
+    let mut expired = stored.clone();
+    expired.id = "resp_expired".into();
+    expired.expires_at = 1;
+    gov.store.insert_response(&expired).await.unwrap();
+    assert_eq!(
+        h.get_as(&ada, "/v1/responses/resp_expired").await.status(),
+        404
+    );
+    assert_eq!(
+        gov.store
+            .prune_responses(llmux_store::now_ms())
+            .await
+            .unwrap(),
+        1
+    );
+}

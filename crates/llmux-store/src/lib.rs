@@ -53,8 +53,13 @@ pub struct StoredResponse {
     pub response: String,
     /// This request's input items (a JSON array).
     pub input_items: String,
-    /// Every item of the conversation up to and including this answer's output (a JSON array).
+    /// This turn's items: its input and its output (a JSON array; rows written before
+    /// migration 0006 hold the whole conversation and no `previous_id`).
     pub conversation: String,
+    /// The response this one continues (`previous_response_id`), empty when none.
+    pub previous_id: String,
+    /// Unix ms after which it is gone (0: never).
+    pub expires_at: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -444,8 +449,8 @@ impl Store {
     /// Keep a Responses API answer (see `StoredResponse`).
     pub async fn insert_response(&self, r: &StoredResponse) -> Result<()> {
         let sql = self.sql(
-            "INSERT INTO llmux_responses (id, owner, created_at, response, input_items, conversation) \
-             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
+            "INSERT INTO llmux_responses (id, owner, created_at, response, input_items, conversation, previous_id, expires_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING",
         );
         sqlx::query(&sql)
             .bind(&r.id)
@@ -454,6 +459,8 @@ impl Store {
             .bind(&r.response)
             .bind(&r.input_items)
             .bind(&r.conversation)
+            .bind(&r.previous_id)
+            .bind(r.expires_at)
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -462,10 +469,12 @@ impl Store {
     /// A kept Responses API answer.
     pub async fn get_response(&self, id: &str) -> Result<Option<StoredResponse>> {
         let sql = self.sql(
-            "SELECT id, owner, created_at, response, input_items, conversation FROM llmux_responses WHERE id = ?",
+            "SELECT id, owner, created_at, response, input_items, conversation, previous_id, expires_at \
+             FROM llmux_responses WHERE id = ? AND (expires_at = 0 OR expires_at > ?)",
         );
         let row = sqlx::query(&sql)
             .bind(id)
+            .bind(now_ms())
             .fetch_optional(&self.pool)
             .await?;
         row.map(|row| {
@@ -476,9 +485,18 @@ impl Store {
                 response: row.try_get("response")?,
                 input_items: row.try_get("input_items")?,
                 conversation: row.try_get("conversation")?,
+                previous_id: row.try_get("previous_id")?,
+                expires_at: row.try_get("expires_at")?,
             })
         })
         .transpose()
+    }
+
+    /// Forget kept Responses API answers that expired before `now`; how many.
+    pub async fn prune_responses(&self, now: i64) -> Result<u64> {
+        let sql = self.sql("DELETE FROM llmux_responses WHERE expires_at > 0 AND expires_at < ?");
+        let done = sqlx::query(&sql).bind(now).execute(&self.pool).await?;
+        Ok(done.rows_affected())
     }
 
     /// Forget a kept Responses API answer; `false` when there was none.

@@ -333,17 +333,6 @@ pub(crate) async fn execute(
         parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
         parsed.validate(op)?;
-        // Only the Anthropic dialect carries a client's own Anthropic body: sent on any other
-        // route, it would reach an Anthropic deployment unpriced by the estimate.
-        if call_type != "anthropic_messages"
-            && parsed.object().get(llmux::NATIVE_ANTHROPIC).is_some()
-        {
-            return Err(GatewayError::invalid_request(format!(
-                "Unrecognized request argument supplied: {}",
-                llmux::NATIVE_ANTHROPIC
-            ))
-            .with_param(llmux::NATIVE_ANTHROPIC));
-        }
         let (mut facts, rewritten) = request_facts(request_headers, &parsed, principal)?;
         facts.client_request_id = client_request_id;
         input = Some(match rewritten {
@@ -373,6 +362,8 @@ pub(crate) async fn execute(
             .map(std::time::Duration::from_secs_f64),
         tags: headers::tags(request_headers),
         hook,
+        // Only the Anthropic dialect carries a client's own Anthropic body.
+        native_dialect: call_type == "anthropic_messages",
     };
     let result = match input {
         Some(parsed) => state.client.execute_parsed(op, parsed, options).await,

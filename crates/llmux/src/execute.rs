@@ -243,6 +243,13 @@ async fn execute_traced(
     if !body.validated.load(std::sync::atomic::Ordering::Relaxed) {
         validate_fields(op, request)?;
     }
+    if !options.native_dialect && request.get(llmux_providers::NATIVE_ANTHROPIC).is_some() {
+        return Err(GatewayError::invalid_request(format!(
+            "Unrecognized request argument supplied: {}",
+            llmux_providers::NATIVE_ANTHROPIC
+        ))
+        .with_param(llmux_providers::NATIVE_ANTHROPIC));
+    }
     let stream = match op {
         Operation::Embeddings | Operation::Rerank => false,
         Operation::Chat | Operation::Completions => request

@@ -140,6 +140,10 @@ pub struct RequestOptions {
     pub tags: Vec<String>,
     /// Told when the request is over (spend settlement).
     pub hook: Option<Arc<dyn RequestHook>>,
+    /// The body carries a client's own Anthropic request (`NATIVE_ANTHROPIC`), put there by the
+    /// Anthropic dialect; any other request carrying one is refused (it would reach an
+    /// Anthropic deployment past the checks made on the internal request).
+    pub native_dialect: bool,
 }
 
 impl std::fmt::Debug for RequestOptions {
@@ -163,6 +167,7 @@ impl Default for RequestOptions {
             timeout: None,
             tags: Vec::new(),
             hook: None,
+            native_dialect: false,
         }
     }
 }
@@ -484,5 +489,35 @@ mod tests {
                 "random part repeated: {id}"
             );
         }
+    }
+
+    /// A client's own Anthropic body rides only in requests the Anthropic dialect made: anyone
+    /// else sending one (through the library too, or a gateway without keys) is refused.
+    #[tokio::test]
+    async fn a_carried_anthropic_body_is_refused_unless_the_dialect_put_it_there() {
+        let client = super::Client::from_yaml(
+            "model_list: [{model_name: m, litellm_params: {model: mock/demo}}]",
+        )
+        .unwrap();
+        let body = bytes::Bytes::from_static(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"_llmux_anthropic":{"body":{}}}"#,
+        );
+        let e = client
+            .execute(
+                super::Operation::Chat,
+                body.clone(),
+                super::RequestOptions::default(),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind, super::ErrorKind::InvalidRequest);
+        let allowed = super::RequestOptions {
+            native_dialect: true,
+            ..super::RequestOptions::default()
+        };
+        assert!(client
+            .execute(super::Operation::Chat, body, allowed)
+            .await
+            .is_ok());
     }
 }

@@ -20,6 +20,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,6 +53,18 @@ def main():
             {"model_name": "openai", "litellm_params": {"model": "openai/gpt-mock", "api_base": upstream, "api_key": "k"}},
             {"model_name": "anthropic", "litellm_params": {"model": "anthropic/claude-mock", "api_base": upstream, "api_key": "k"}},
         ], "router_settings": {"num_retries": 0}}))
+        # Every case must answer 200 first: a failing request is cheap, and would pass for a
+        # fast one under callgrind.
+        port = harness.free_port()
+        plain = procs.start([str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--config", str(config)],
+                            harness.CONTENDER_CORE)
+        harness.wait_http(f"http://127.0.0.1:{port}/health/readiness")
+        for name, path, body in CASES:
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
+                                             headers={"content-type": "application/json"}, method="POST")
+            with urllib.request.urlopen(request, timeout=10) as r:
+                assert r.status == 200, f"{name}: {r.status}"
+        procs.stop(plain)
         counts = {}
         for name, path, body in CASES:
             port = harness.free_port()

@@ -243,7 +243,7 @@ async fn proxy_inner(
     };
     match execute(&state, call, body)
         .await
-        .and_then(|e| e.respond(openai_body))
+        .and_then(|e| e.respond(|body, _| openai_body(body)))
     {
         Ok(response) => response,
         Err(e) => error_response(&e, &request_id),
@@ -400,10 +400,13 @@ impl Executed {
     /// for OpenAI clients, a dialect's conversion for others), with the gateway's headers.
     pub(crate) fn respond(
         self,
-        shape: impl FnOnce(ResponseBody) -> Result<(Body, &'static str), GatewayError>,
+        shape: impl FnOnce(
+            ResponseBody,
+            &llmux::ResponseMeta,
+        ) -> Result<(Body, &'static str), GatewayError>,
     ) -> Result<Response, GatewayError> {
         let (body, rest) = self.split();
-        let (body, content_type) = shape(body)?;
+        let (body, content_type) = shape(body, &rest.meta)?;
         Ok(rest.finish(body, content_type))
     }
 

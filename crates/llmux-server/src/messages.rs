@@ -93,8 +93,15 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
 }
 
 /// The internal answer as a Messages response or event stream.
-fn anthropic_body(body: ResponseBody) -> Result<(Body, &'static str), GatewayError> {
+fn anthropic_body(
+    body: ResponseBody,
+    meta: &llmux::ResponseMeta,
+) -> Result<(Body, &'static str), GatewayError> {
     Ok(match body {
+        // An Anthropic deployment's answer is already the client's (passed through as sent).
+        ResponseBody::Json(bytes) if meta.provider == "anthropic" => {
+            (Body::from(bytes), "application/json")
+        }
         ResponseBody::Json(bytes) => (Body::from(anthropic::message(&bytes)?), "application/json"),
         ResponseBody::Stream(stream) => {
             let events = futures_util::stream::unfold(

@@ -1218,6 +1218,28 @@ async fn the_messages_api_passes_through_to_anthropic_deployments() {
         "{sent}"
     );
 
+    // The answer is the upstream's, as it sent it (asked again directly: the same but its id).
+    let ours: Value = h.post("/v1/messages", &body).await.json().await.unwrap();
+    let sent = h.recorded().pop().unwrap();
+    let direct: Value = h
+        .http
+        .post(format!("{}/messages", h.mock_url))
+        .header("x-api-key", "sk-ant-test")
+        .header("anthropic-version", "2023-06-01")
+        .header("content-type", "application/json")
+        .body(sent.body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let without_id = |mut v: Value| {
+        v["id"] = json!("");
+        v
+    };
+    assert_eq!(without_id(ours), without_id(direct));
+
     // A stream comes back event for event: the upstream's own events, names and payloads.
     let mut stream = body.clone();
     stream["stream"] = json!(true);

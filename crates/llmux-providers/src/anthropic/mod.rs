@@ -115,19 +115,27 @@ impl Provider for AnthropicTarget {
         Box::new(stream::AnthropicStreamDecoder::default())
     }
 
+    /// The answer as Anthropic sent it (the client speaks Anthropic's dialect), with its usage
+    /// read for billing: no translation.
     fn parse_response_native(
         &self,
         _op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (mut value, usage) = response::translate(&body)?;
-        if let (Some(object), Ok(raw)) = (
-            value.as_object_mut(),
-            serde_json::from_slice::<Value>(&body),
-        ) {
-            object.insert(crate::NATIVE_ANTHROPIC.into(), raw);
+        #[derive(serde::Deserialize)]
+        struct UsageOnly {
+            usage: Option<Value>,
         }
-        crate::common::json_response(&value, Some(usage))
+        let read: UsageOnly = serde_json::from_slice(&body).map_err(|e| {
+            GatewayError::new(
+                llmux_types::ErrorKind::UpstreamError,
+                format!("anthropic returned invalid JSON: {e}"),
+            )
+        })?;
+        Ok(TranslatedResponse {
+            usage: read.usage.as_ref().map(response::usage),
+            body,
+        })
     }
 
     fn stream_decoder_native(&self, _op: Operation) -> Box<dyn StreamDecoder> {

@@ -62,7 +62,9 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
         Ok(p) => p,
         Err((e, close)) => return closing(error(&e, &request_id), close),
     };
-    let counted = (|| {
+    // Tokenizing a large body takes milliseconds: off the runtime's threads.
+    let client = state.client.clone();
+    let counted = tokio::task::spawn_blocking(move || {
         // count_tokens bodies carry no max_tokens; the dialect wants one.
         let mut request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
@@ -73,10 +75,16 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
         }
         let converted = anthropic::chat_request(request.to_string().as_bytes(), None)?;
         if let Some(p) = &principal {
-            crate::governance::check_model_access(&state.client, p, &converted.model)?;
+            crate::governance::check_model_access(&client, p, &converted.model)?;
         }
         llmux::count_prompt_tokens(&converted.body, &converted.model)
-    })();
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(GatewayError::internal(format!(
+            "token counting failed: {e}"
+        )))
+    });
     match counted {
         Ok(n) => {
             let mut out = Response::new(Body::from(

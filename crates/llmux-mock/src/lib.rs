@@ -499,6 +499,9 @@ fn generate(state: Arc<MockState>, body: Value, knobs: Knobs, chat: bool) -> Res
         }
         if chat {
             yield Ok::<Bytes, std::io::Error>(chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+            if reasoning {
+                yield Ok(chunk(json!({"reasoning_content": REASONING}), Value::Null));
+            }
         }
         let pieces_iter: Vec<Value> = if tool_call {
             let args = ["{\"loc", "ation\":", "\"Paris\"}"];

@@ -56,6 +56,15 @@ def test_text_stream_tools_schema_and_chains(client, provider):
 
     r = client.responses.create(model=model, input="Hello", reasoning={"effort": "low"})
     assert r.output_text == TEXT
+    assert r.output[0].type == "reasoning"
+    assert r.output[0].summary[0].text == "Thinking it over."
+    if provider in ("openai", "azure", "azure-entra"):
+        # The mock streams reasoning deltas on its OpenAI emulation.
+        with client.responses.stream(model=model, input="Hello", reasoning={"effort": "low"}) as stream:
+            final = stream.get_final_response()
+        assert final.output_text == TEXT
+        assert final.output[0].type == "reasoning"
+        assert final.output[0].summary[0].text == "Thinking it over."
 
 
 def test_stored_responses_chain_and_belong_to_their_key(client, gateway_url):

@@ -524,6 +524,11 @@ pub fn error_body(e: &GatewayError) -> Bytes {
 /// An item being streamed.
 #[derive(Debug)]
 enum Open {
+    Reasoning {
+        index: usize,
+        id: String,
+        text: String,
+    },
     Message {
         index: usize,
         id: String,
@@ -652,6 +657,26 @@ impl StreamTranslator {
     fn close(&mut self, out: &mut BytesMut) {
         match self.open.take() {
             None => {}
+            Some(Open::Reasoning { index, id, text }) => {
+                self.event(
+                    out,
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                );
+                self.event(
+                    out,
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0,
+                    "part": {"type": "summary_text", "text": text}}),
+                );
+                let item = json!({"id": id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]});
+                self.event(
+                    out,
+                    "response.output_item.done",
+                    json!({"output_index": index, "item": item.clone()}),
+                );
+                self.done_items.push(item);
+            }
             Some(Open::Message { index, id, text }) => {
                 self.event(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
                 self.event(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0,
@@ -731,6 +756,49 @@ impl StreamTranslator {
             return;
         };
         let delta = choice.get("delta").cloned().unwrap_or_default();
+        if let Some(text) = delta
+            .get("reasoning_content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+        {
+            if !matches!(self.open, Some(Open::Reasoning { .. })) {
+                self.close(out);
+                let index = self.next_index();
+                let id = item_id("rs");
+                self.event(
+                    out,
+                    "response.output_item.added",
+                    json!({"output_index": index,
+                    "item": {"id": id, "type": "reasoning", "summary": []}}),
+                );
+                self.event(
+                    out,
+                    "response.reasoning_summary_part.added",
+                    json!({"item_id": id, "output_index": index,
+                    "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
+                );
+                self.open = Some(Open::Reasoning {
+                    index,
+                    id,
+                    text: String::new(),
+                });
+            }
+            if let Some(Open::Reasoning {
+                index,
+                id,
+                text: all,
+            }) = &mut self.open
+            {
+                all.push_str(text);
+                let (index, id) = (*index, id.clone());
+                self.event(
+                    out,
+                    "response.reasoning_summary_text.delta",
+                    json!({"item_id": id, "output_index": index,
+                    "summary_index": 0, "delta": text}),
+                );
+            }
+        }
         if let Some(text) = delta
             .get("content")
             .and_then(Value::as_str)

@@ -273,3 +273,29 @@ fn a_stream_that_fails_ends_failed_and_crlf_framing_is_read() {
     assert_eq!(failed["error"]["message"], "upstream went away");
     assert!(!t.completed(), "a failed stream is not stored or continued");
 }
+
+#[test]
+fn streamed_reasoning_becomes_a_reasoning_item_as_in_the_json_answer() {
+    let mut t = StreamTranslator::new(shell());
+    let mut out = Vec::new();
+    for delta in [
+        json!({"reasoning_content": "Think"}),
+        json!({"reasoning_content": "ing."}),
+        json!({"content": "Answer"}),
+    ] {
+        let chunk = json!({"choices": [{"index": 0, "delta": delta}]});
+        out.extend_from_slice(&t.feed(format!("data: {chunk}\n\n").as_bytes()));
+    }
+    out.extend_from_slice(&t.feed(b"data: [DONE]\n\n"));
+    let events = events(&out);
+    let done = &events.last().unwrap()["response"];
+    assert_eq!(done["output"][0]["type"], "reasoning");
+    assert_eq!(done["output"][0]["summary"][0]["text"], "Thinking.");
+    assert_eq!(done["output"][1]["content"][0]["text"], "Answer");
+    let added: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_item.added")
+        .collect();
+    assert_eq!(added[0]["item"]["id"], done["output"][0]["id"]);
+    assert_eq!(added[1]["output_index"], 1);
+}

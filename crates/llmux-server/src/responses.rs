@@ -223,8 +223,7 @@ async fn shape(
 ) -> Result<(Body, &'static str), GatewayError> {
     Ok(match body {
         ResponseBody::Json(bytes) => {
-            let (out, output) = responses::response(&bytes, &shell)?;
-            let object: Value = serde_json::from_slice(&out).unwrap_or_default();
+            let (out, object, output) = responses::response(&bytes, &shell)?;
             keeper.keep(&object, &output).await;
             (Body::from(out), "application/json")
         }

@@ -32,11 +32,14 @@ fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
 /// The `previous_response_id` of a Responses request body, if any (read before the history it
 /// names is loaded).
 pub fn previous_response_id(body: &[u8]) -> Option<String> {
-    serde_json::from_slice::<Value>(body)
+    // Only the one field is read (the rest of the body is skipped, not built).
+    #[derive(serde::Deserialize)]
+    struct Previous {
+        previous_response_id: Option<String>,
+    }
+    serde_json::from_slice::<Previous>(body)
         .ok()?
-        .get("previous_response_id")?
-        .as_str()
-        .map(str::to_owned)
+        .previous_response_id
 }
 
 /// Convert a Responses request body into the internal chat request; `history` holds the items of
@@ -463,9 +466,9 @@ fn status_for(finish: Option<&str>) -> (&'static str, Option<&'static str>) {
     }
 }
 
-/// Convert an internal (chat completion) response body into a Response object; also returns
-/// its output items (for storing).
-pub fn response(chat: &[u8], shell: &Shell) -> Result<(Bytes, Vec<Value>), GatewayError> {
+/// Convert an internal (chat completion) response body into a Response object: its bytes, and
+/// the object itself with its output items (for storing).
+pub fn response(chat: &[u8], shell: &Shell) -> Result<(Bytes, Value, Vec<Value>), GatewayError> {
     let chat: Value = serde_json::from_slice(chat).map_err(|e| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -513,7 +516,7 @@ pub fn response(chat: &[u8], shell: &Shell) -> Result<(Bytes, Vec<Value>), Gatew
         .and_then(|u| serde_json::from_value(u.clone()).ok());
     let (status, incomplete) = status_for(choice.get("finish_reason").and_then(Value::as_str));
     let body = shell.response(status, output.clone(), usage.as_ref(), incomplete);
-    Ok((Bytes::from(body.to_string()), output))
+    Ok((Bytes::from(body.to_string()), body, output))
 }
 
 /// An error body in the Responses API's shape (the OpenAI error envelope).

@@ -280,6 +280,30 @@ async fn caller(
     crate::authenticate(state, headers, uri.path()).await
 }
 
+/// A stored-response route: the response `id` names, for a caller who may see it, turned into
+/// the route's answer by `answer`; or the error.
+async fn stored_route<F, Fut>(
+    state: &AppState,
+    id: &str,
+    headers: &HeaderMap,
+    uri: &Uri,
+    answer: F,
+) -> Response
+where
+    F: FnOnce(StoredResponse) -> Fut,
+    Fut: std::future::Future<Output = Result<Value, GatewayError>>,
+{
+    let request_id = llmux::new_request_id();
+    let result = async {
+        let principal = caller(state, headers, uri).await?;
+        answer(load(state, principal.as_ref(), id).await?).await
+    };
+    match result.await {
+        Ok(body) => json_response(StatusCode::OK, body),
+        Err(e) => error_response(&e, &request_id),
+    }
+}
+
 /// `GET /v1/responses/{id}`.
 pub async fn get(
     State(state): State<AppState>,
@@ -287,16 +311,10 @@ pub async fn get(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let request_id = llmux::new_request_id();
-    let answer = async {
-        let principal = caller(&state, &headers, &uri).await?;
-        let stored = load(&state, principal.as_ref(), &id).await?;
-        let body: Value = serde_json::from_str(&stored.response).unwrap_or_default();
-        Ok::<_, GatewayError>(json_response(StatusCode::OK, body))
-    };
-    answer
-        .await
-        .unwrap_or_else(|e| error_response(&e, &request_id))
+    stored_route(&state, &id, &headers, &uri, |stored| async move {
+        Ok(serde_json::from_str(&stored.response).unwrap_or_default())
+    })
+    .await
 }
 
 /// `DELETE /v1/responses/{id}`.
@@ -306,24 +324,16 @@ pub async fn delete(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let request_id = llmux::new_request_id();
-    let answer = async {
-        let principal = caller(&state, &headers, &uri).await?;
-        load(&state, principal.as_ref(), &id).await?;
+    stored_route(&state, &id, &headers, &uri, |_| async {
         if let Some(store) = store_of(&state) {
             store
                 .delete_response(&id)
                 .await
                 .map_err(|e| crate::governance::store_error(&e))?;
         }
-        Ok::<_, GatewayError>(json_response(
-            StatusCode::OK,
-            json!({"id": id, "object": "response.deleted", "deleted": true}),
-        ))
-    };
-    answer
-        .await
-        .unwrap_or_else(|e| error_response(&e, &request_id))
+        Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))
+    })
+    .await
 }
 
 /// `GET /v1/responses/{id}/input_items`.
@@ -333,23 +343,15 @@ pub async fn input_items(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let request_id = llmux::new_request_id();
-    let answer = async {
-        let principal = caller(&state, &headers, &uri).await?;
-        let stored = load(&state, principal.as_ref(), &id).await?;
+    stored_route(&state, &id, &headers, &uri, |stored| async move {
         let items = json_array(&stored.input_items);
         let id_of = |item: Option<&Value>| {
             item.and_then(|i| i.get("id"))
                 .cloned()
                 .unwrap_or(Value::Null)
         };
-        Ok::<_, GatewayError>(json_response(
-            StatusCode::OK,
-            json!({"object": "list", "first_id": id_of(items.first()), "last_id": id_of(items.last()),
-                   "has_more": false, "data": items}),
-        ))
-    };
-    answer
-        .await
-        .unwrap_or_else(|e| error_response(&e, &request_id))
+        Ok(json!({"object": "list", "first_id": id_of(items.first()), "last_id": id_of(items.last()),
+                  "has_more": false, "data": items}))
+    })
+    .await
 }

@@ -730,9 +730,7 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> Bytes {
         self.pending.extend_from_slice(bytes);
         let mut out = BytesMut::new();
-        while let Some(end) = find_event_end(&self.pending) {
-            let raw = self.pending.split_to(end.0 + end.1);
-            let text = String::from_utf8_lossy(&raw[..end.0]).into_owned();
+        for text in super::take_events(&mut self.pending) {
             if let Some(native) = text.strip_prefix(NATIVE_MARK) {
                 self.native(native, &mut out);
                 self.skip_translation = true;

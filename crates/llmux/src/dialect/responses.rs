@@ -622,9 +622,7 @@ impl StreamTranslator {
     pub fn feed(&mut self, bytes: &[u8]) -> Bytes {
         self.pending.extend_from_slice(bytes);
         let mut out = BytesMut::new();
-        while let Some((end, gap)) = super::anthropic::find_event_end(&self.pending) {
-            let raw = self.pending.split_to(end + gap);
-            let text = String::from_utf8_lossy(&raw[..end]).into_owned();
+        for text in super::take_events(&mut self.pending) {
             for line in text.lines() {
                 if let Some(data) = line.strip_prefix("data:") {
                     self.data(data.trim(), &mut out);

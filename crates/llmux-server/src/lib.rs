@@ -213,41 +213,74 @@ async fn rerank(State(state): State<AppState>, request: Request) -> Response {
 
 /// Auth → bounded body read → `Client::execute` → response with the gateway's headers.
 async fn proxy(state: AppState, op: Operation, request: Request) -> Response {
-    let client_id = headers::client_request_id(request.headers());
-    let mut response = proxy_inner(state, op, request, client_id.clone()).await;
-    headers::echo_client_request_id(response.headers_mut(), client_id.as_deref());
-    response
+    let state = &state;
+    model_route(state, request, error_response, |checked| async move {
+        execute(state, checked.call(op, op.as_str()), checked.body.clone())
+            .await?
+            .respond(|body, _| openai_body(body))
+    })
+    .await
 }
 
-async fn proxy_inner(
-    state: AppState,
-    op: Operation,
+/// A model route's request once its headers, caller and body have been checked.
+pub(crate) struct Checked {
+    pub parts: axum::http::request::Parts,
+    pub principal: Option<Principal>,
+    pub body: Bytes,
+    pub request_id: String,
+    pub received_at: Instant,
+    pub client_request_id: Option<String>,
+}
+
+impl Checked {
+    /// The model call this request makes (`call_type` names it in the spend log).
+    pub(crate) fn call(&self, op: Operation, call_type: &'static str) -> Call<'_> {
+        Call {
+            op,
+            call_type,
+            headers: &self.parts.headers,
+            principal: self.principal.as_ref(),
+            client_request_id: self.client_request_id.clone(),
+            request_id: &self.request_id,
+            received_at: self.received_at,
+        }
+    }
+}
+
+/// The frame every model route shares, whatever its dialect: headers, caller and body checked
+/// (`authorized_body`), then `handle`; an error answered in the dialect's shape by `render`;
+/// the client's request id echoed either way.
+pub(crate) async fn model_route<F, Fut>(
+    state: &AppState,
     request: Request,
-    client_request_id: Option<String>,
-) -> Response {
+    render: fn(&GatewayError, &str) -> Response,
+    handle: F,
+) -> Response
+where
+    F: FnOnce(Checked) -> Fut,
+    Fut: std::future::Future<Output = Result<Response, GatewayError>>,
+{
+    let client_request_id = headers::client_request_id(request.headers());
     let received_at = Instant::now();
     let (parts, body) = request.into_parts();
     let request_id = llmux::new_request_id();
-    let (principal, body) = match authorized_body(&state, &parts, body).await {
-        Ok(p) => p,
-        Err((e, close)) => return closing(error_response(&e, &request_id), close),
+    let mut response = match authorized_body(state, &parts, body).await {
+        Err((e, close)) => closing(render(&e, &request_id), close),
+        Ok((principal, body)) => {
+            let id = request_id.clone();
+            let checked = Checked {
+                parts,
+                principal,
+                body,
+                request_id,
+                received_at,
+                client_request_id: client_request_id.clone(),
+            };
+            handle(checked).await.unwrap_or_else(|e| render(&e, &id))
+        }
     };
-    let call = Call {
-        op,
-        call_type: op.as_str(),
-        headers: &parts.headers,
-        principal: principal.as_ref(),
-        client_request_id,
-        request_id: &request_id,
-        received_at,
-    };
-    match execute(&state, call, body)
-        .await
-        .and_then(|e| e.respond(|body, _| openai_body(body)))
-    {
-        Ok(response) => response,
-        Err(e) => error_response(&e, &request_id),
-    }
+    headers::echo_client_request_id(response.headers_mut(), client_request_id.as_deref());
+    response
 }
 
 /// `response` with `Connection: close` when the request's body was not read to its end.

@@ -5,7 +5,6 @@
 //! and Claude Code work unchanged against any provider.
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -16,41 +15,27 @@ use futures_util::StreamExt;
 use llmux::dialect::anthropic;
 use llmux::{GatewayError, Operation, ResponseBody};
 
-use crate::{authorized_body, closing, error_response, execute, headers, AppState, Call};
+use crate::{authorized_body, closing, error_response, execute, model_route, AppState};
 
 /// `POST /v1/messages`.
 pub async fn messages(State(state): State<AppState>, request: Request) -> Response {
-    let client_request_id = headers::client_request_id(request.headers());
-    let received_at = Instant::now();
-    let (parts, body) = request.into_parts();
-    let request_id = llmux::new_request_id();
-    let mut response = match authorized_body(&state, &parts, body).await {
-        Err((e, close)) => closing(error(&e, &request_id), close),
-        Ok((principal, body)) => {
-            let answer = async {
-                let beta = parts
-                    .headers
-                    .get("anthropic-beta")
-                    .and_then(|v| v.to_str().ok());
-                let converted = anthropic::chat_request(&body, beta)?;
-                let call = Call {
-                    op: Operation::Chat,
-                    call_type: "anthropic_messages",
-                    headers: &parts.headers,
-                    principal: principal.as_ref(),
-                    client_request_id: client_request_id.clone(),
-                    request_id: &request_id,
-                    received_at,
-                };
-                execute(&state, call, converted.body)
-                    .await?
-                    .respond(anthropic_body)
-            };
-            answer.await.unwrap_or_else(|e| error(&e, &request_id))
-        }
-    };
-    headers::echo_client_request_id(response.headers_mut(), client_request_id.as_deref());
-    response
+    let state = &state;
+    model_route(state, request, error, |checked| async move {
+        let beta = checked
+            .parts
+            .headers
+            .get("anthropic-beta")
+            .and_then(|v| v.to_str().ok());
+        let converted = anthropic::chat_request(&checked.body, beta)?;
+        execute(
+            state,
+            checked.call(Operation::Chat, "anthropic_messages"),
+            converted.body,
+        )
+        .await?
+        .respond(anthropic_body)
+    })
+    .await
 }
 
 /// `POST /v1/messages/count_tokens`: the request's input tokens as the gateway counts them

@@ -5,7 +5,6 @@
 //! the key that made it; another key is told it does not exist (proxy admins may read any).
 
 use std::convert::Infallible;
-use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -19,7 +18,7 @@ use llmux_store::{Store, StoredResponse};
 use serde_json::{json, Value};
 
 use crate::governance::keys::{Principal, Role};
-use crate::{authorized_body, closing, error_response, execute, headers, AppState, Call};
+use crate::{error_response, execute, model_route, AppState};
 
 /// Who owns what a caller stores: its key's hash (empty for the master key).
 fn owner_of(principal: Option<&Principal>) -> String {
@@ -169,50 +168,34 @@ impl Keeper {
 
 /// `POST /v1/responses`.
 pub async fn create(State(state): State<AppState>, request: Request) -> Response {
-    let client_request_id = headers::client_request_id(request.headers());
-    let received_at = Instant::now();
-    let (parts, body) = request.into_parts();
-    let request_id = llmux::new_request_id();
-    let mut response = match authorized_body(&state, &parts, body).await {
-        Err((e, close)) => closing(error_response(&e, &request_id), close),
-        Ok((principal, body)) => {
-            let answer = async {
-                let history = match responses::previous_response_id(&body) {
-                    Some(id) => conversation(&state, principal.as_ref(), &id).await?,
-                    None => Vec::new(),
-                };
-                let mut converted = responses::chat_request(&body, &history)?;
-                if store_of(&state).is_none() {
-                    converted.store = false;
-                }
-                let shell = responses::Shell::new(&converted);
-                let keeper = Keeper {
-                    store: store_of(&state).filter(|_| converted.store).cloned(),
-                    owner: owner_of(principal.as_ref()),
-                    previous_id: converted.previous_response_id.clone(),
-                    input_items: converted.input_items.clone(),
-                };
-                let call = Call {
-                    op: Operation::Chat,
-                    call_type: "responses",
-                    headers: &parts.headers,
-                    principal: principal.as_ref(),
-                    client_request_id: client_request_id.clone(),
-                    request_id: &request_id,
-                    received_at,
-                };
-                execute(&state, call, converted.body)
-                    .await?
-                    .respond_async(|body| shape(body, shell, keeper))
-                    .await
-            };
-            answer
-                .await
-                .unwrap_or_else(|e| error_response(&e, &request_id))
+    let state = &state;
+    model_route(state, request, error_response, |checked| async move {
+        let principal = checked.principal.as_ref();
+        let history = match responses::previous_response_id(&checked.body) {
+            Some(id) => conversation(state, principal, &id).await?,
+            None => Vec::new(),
+        };
+        let mut converted = responses::chat_request(&checked.body, &history)?;
+        if store_of(state).is_none() {
+            converted.store = false;
         }
-    };
-    headers::echo_client_request_id(response.headers_mut(), client_request_id.as_deref());
-    response
+        let shell = responses::Shell::new(&converted);
+        let keeper = Keeper {
+            store: store_of(state).filter(|_| converted.store).cloned(),
+            owner: owner_of(principal),
+            previous_id: converted.previous_response_id.clone(),
+            input_items: converted.input_items.clone(),
+        };
+        execute(
+            state,
+            checked.call(Operation::Chat, "responses"),
+            converted.body,
+        )
+        .await?
+        .respond_async(|body| shape(body, shell, keeper))
+        .await
+    })
+    .await
 }
 
 /// The internal answer as a Response object or its event stream, kept first when stored.

@@ -1,5 +1,6 @@
 //! Cloud-provider emulation: AWS Bedrock (Converse JSON, ConverseStream as a binary AWS event
-//! stream, InvokeModel embeddings for Titan and Cohere; SigV4 or bearer auth required), Vertex AI
+//! stream, InvokeModel for Claude's own Messages body and for Titan and Cohere embeddings; SigV4
+//! or bearer auth required), Vertex AI
 //! (Gemini and Claude under `projects/.../publishers/...`, bearer tokens required), and the OAuth2
 //! token endpoints that mint those tokens (Google's JWT bearer and refresh-token grants, Entra
 //! ID's client credentials), which check what they are sent and count what they mint.
@@ -234,6 +235,8 @@ pub(super) async fn vertex(
             let bytes = axum::body::to_bytes(body, 64 << 20)
                 .await
                 .unwrap_or_default();
+            super::record(&state, &parts, &bytes);
+            parts.extensions.insert(super::Rewritten);
             let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
                 return error_response(
                     400,
@@ -334,7 +337,8 @@ fn bedrock_authorized(headers: &HeaderMap) -> bool {
         && signature_ok
 }
 
-/// Bedrock runtime: `/model/{modelId}/converse`, `/converse-stream`, `/invoke`.
+/// Bedrock runtime: `/model/{modelId}/converse`, `/converse-stream`, `/invoke`,
+/// `/invoke-with-response-stream`.
 pub(super) async fn bedrock(
     State(state): State<Arc<MockState>>,
     Path((model, action)): Path<(String, String)>,
@@ -351,6 +355,15 @@ pub(super) async fn bedrock(
             HeaderValue::from_static("UnrecognizedClientException"),
         );
         return r;
+    }
+    if model.contains("anthropic.") && action.starts_with("invoke") {
+        return bedrock_claude(
+            state,
+            &model,
+            action == "invoke-with-response-stream",
+            request,
+        )
+        .await;
     }
     let (_, body, knobs) = match read(&state, request).await {
         Ok(v) => v,
@@ -369,6 +382,97 @@ pub(super) async fn bedrock(
         }
         _ => bedrock_error(404, "unknown operation"),
     }
+}
+
+/// Claude through InvokeModel / InvokeModelWithResponseStream: Anthropic's Messages body with
+/// Bedrock's rules (no `model`, no `stream`, `anthropic_version: bedrock-2023-05-31`, betas as
+/// an `anthropic_beta` list), answered by the Anthropic emulation; a stream comes back as
+/// `chunk` event-stream messages each carrying one Anthropic event (`{"bytes": base64}`).
+async fn bedrock_claude(
+    state: Arc<MockState>,
+    model: &str,
+    stream: bool,
+    request: Request,
+) -> Response {
+    let (mut parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    super::record(&state, &parts, &bytes);
+    parts.extensions.insert(super::Rewritten);
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return bedrock_error(
+            400,
+            "Malformed input request, please reformat your input and try again.",
+        );
+    };
+    let problem = if v.get("model").is_some() {
+        Some("Malformed input request: #: extraneous key [model] is not permitted")
+    } else if v.get("stream").is_some() {
+        Some("Malformed input request: #: extraneous key [stream] is not permitted")
+    } else if v["anthropic_version"] != "bedrock-2023-05-31" {
+        Some("Malformed input request: #/anthropic_version: bedrock-2023-05-31 expected")
+    } else if v.get("anthropic_beta").is_some_and(|b| !b.is_array()) {
+        Some("Malformed input request: #/anthropic_beta: expected type: JSONArray")
+    } else {
+        None
+    };
+    if let Some(message) = problem {
+        return bedrock_error(400, message);
+    }
+    if let Some(o) = v.as_object_mut() {
+        o.remove("anthropic_version");
+        o.remove("anthropic_beta");
+        o.insert("model".into(), json!(model));
+        o.insert("stream".into(), json!(stream));
+    }
+    parts
+        .headers
+        .insert("x-api-key", HeaderValue::from_static("bedrock"));
+    parts
+        .headers
+        .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    parts.headers.remove("content-length");
+    let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
+    let answer = super::anthropic_messages(State(state), Request::from_parts(parts, body)).await;
+    if !answer.status().is_success() {
+        let (status, message) = super::knob_error(answer).await;
+        return bedrock_error(status, &message);
+    }
+    if !stream {
+        return answer;
+    }
+    let mut sse = answer.into_body().into_data_stream();
+    let frames = async_stream::stream! {
+        let mut pending: Vec<u8> = Vec::new();
+        while let Some(piece) = futures_util::StreamExt::next(&mut sse).await {
+            let Ok(piece) = piece else {
+                yield Err(std::io::Error::other("mock: connection cut"));
+                return;
+            };
+            pending.extend_from_slice(&piece);
+            while let Some(end) = pending.windows(2).position(|w| w == b"\n\n") {
+                let event: Vec<u8> = pending.drain(..end + 2).collect();
+                let text = String::from_utf8_lossy(&event);
+                let Some(data) = text.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                    continue;
+                };
+                let Ok(parsed) = serde_json::from_str::<Value>(data) else { continue };
+                if parsed["type"] == "error" {
+                    yield Ok(encode_exception("throttlingException", br#"{"message":"Too many requests, please wait before trying again."}"#));
+                    return;
+                }
+                let payload = json!({"bytes": base64::engine::general_purpose::STANDARD.encode(data), "p": "abcdefghij"});
+                yield Ok::<Bytes, std::io::Error>(encode_event("chunk", payload.to_string().as_bytes()));
+            }
+        }
+    };
+    let mut response = Response::new(Body::from_stream(frames));
+    response.headers_mut().insert(
+        "content-type",
+        HeaderValue::from_static("application/vnd.amazon.eventstream"),
+    );
+    response
 }
 
 fn bedrock_embed(model: &str, body: &Value) -> Response {

@@ -175,36 +175,49 @@ pub async fn serve(listener: tokio::net::TcpListener, record: bool) -> std::io::
     axum::serve(listener, router).await
 }
 
+/// Marks a request a cloud emulation rewrote and handed to another emulation: it was recorded as
+/// the gateway sent it, not as rewritten.
+#[derive(Debug, Clone, Copy)]
+struct Rewritten;
+
+/// Keep the request as it arrived, for `/__mock/requests`.
+fn record(state: &MockState, parts: &axum::http::request::Parts, bytes: &[u8]) {
+    if !state.record {
+        return;
+    }
+    let recorded = RecordedRequest {
+        path: parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_owned(),
+                    String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                )
+            })
+            .collect(),
+        body: String::from_utf8_lossy(bytes).into_owned(),
+    };
+    if let Ok(mut log) = state.recorded.lock() {
+        if log.len() == RECORDED_REQUESTS {
+            log.pop_front();
+        }
+        log.push_back(recorded);
+    }
+}
+
 async fn read(state: &MockState, request: Request) -> Result<(HeaderMap, Value, Knobs), Response> {
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, 512 * 1024 * 1024)
         .await
         .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()).into_response())?;
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if state.record {
-        let recorded = RecordedRequest {
-            path: parts
-                .uri
-                .path_and_query()
-                .map_or_else(|| parts.uri.path().to_owned(), |p| p.as_str().to_owned()),
-            headers: parts
-                .headers
-                .iter()
-                .map(|(k, v)| {
-                    (
-                        k.as_str().to_owned(),
-                        String::from_utf8_lossy(v.as_bytes()).into_owned(),
-                    )
-                })
-                .collect(),
-            body: String::from_utf8_lossy(&bytes).into_owned(),
-        };
-        if let Ok(mut log) = state.recorded.lock() {
-            if log.len() == RECORDED_REQUESTS {
-                log.pop_front();
-            }
-            log.push_back(recorded);
-        }
+    if parts.extensions.get::<Rewritten>().is_none() {
+        record(state, &parts, &bytes);
     }
     let body: Value = serde_json::from_slice(&bytes).map_err(|e| {
         error_response(400, &json!({"error": {"message": format!("invalid JSON: {e}"), "type": "invalid_request_error", "param": null, "code": null}}).to_string(), None)
@@ -632,23 +645,32 @@ async fn anthropic_messages(State(state): State<Arc<MockState>>, request: Reques
         "content": [], "stop_reason": null, "usage": {"input_tokens": input_tokens, "cache_read_input_tokens": 2, "output_tokens": 1}}}),
     )];
     events.push(event(json!({"type": "ping"})));
+    // With `thinking` asked for, a thinking block (text, then its signature) comes first.
+    let mut index = 0;
+    if body.get("thinking").is_some() {
+        events.push(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}})));
+        events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": REASONING}})));
+        events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": "c2ln"}})));
+        events.push(event(json!({"type": "content_block_stop", "index": 0})));
+        index = 1;
+    }
     let stop = match &tool {
         Some(name) => {
-            events.push(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}})));
+            events.push(event(json!({"type": "content_block_start", "index": index, "content_block": {"type": "tool_use", "id": "toolu_mock1", "name": name, "input": {}}})));
             for part in ["{\"loc", "ation\": \"Par", "is\"}"] {
-                events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": part}})));
+                events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "input_json_delta", "partial_json": part}})));
             }
             "tool_use"
         }
         None => {
-            events.push(event(json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})));
+            events.push(event(json!({"type": "content_block_start", "index": index, "content_block": {"type": "text", "text": ""}})));
             for piece in &pieces {
-                events.push(event(json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": piece}})));
+                events.push(event(json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": piece}})));
             }
             "end_turn"
         }
     };
-    events.push(event(json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(json!({"type": "content_block_stop", "index": index})));
     events.push(event(json!({"type": "message_delta", "delta": {"stop_reason": stop, "stop_sequence": null}, "usage": {"output_tokens": pieces.len()}})));
     events.push(event(json!({"type": "message_stop"})));
     let stream = futures_util::stream::iter(events.into_iter().map(Ok::<Bytes, std::io::Error>));

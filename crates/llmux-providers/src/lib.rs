@@ -40,9 +40,10 @@ pub const GATEWAY_PARAMS: &[&str] = &[
 
 /// The internal request's field carrying a client's own Anthropic Messages request (the
 /// Anthropic dialect sets it): `{"body": <the request as sent>, "beta": <anthropic-beta>}`. An
-/// Anthropic deployment sends that body on with only the model changed, and hands its answer
-/// back as sent too (`parse_response_native`, `stream_decoder_native`); every other provider
-/// ignores it and translates the internal request.
+/// Anthropic deployment (`Provider::speaks_anthropic`: Anthropic, Claude on Vertex AI or Bedrock)
+/// sends that body on with only the model changed, and hands its answer back as sent too
+/// (`parse_response_native`, `stream_decoder_native`); every other provider ignores it and
+/// translates the internal request.
 pub const NATIVE_ANTHROPIC: &str = "_llmux_anthropic";
 
 /// The OpenAI operation a request asks for.
@@ -164,6 +165,12 @@ pub trait Provider: Send + Sync + 'static {
     /// `stream_decoder` for a request the client sent in this provider's own dialect.
     fn stream_decoder_native(&self, op: Operation) -> Box<dyn StreamDecoder> {
         self.stream_decoder(op)
+    }
+    /// This deployment serves Anthropic's Messages API itself (Anthropic, Claude on Vertex AI
+    /// or Bedrock): a request carrying `NATIVE_ANTHROPIC` is sent on as the client wrote it and
+    /// answered through `parse_response_native` / `stream_decoder_native`.
+    fn speaks_anthropic(&self) -> bool {
+        false
     }
     /// How this provider's streams are framed.
     fn stream_framing(&self) -> StreamFraming {

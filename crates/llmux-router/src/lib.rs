@@ -85,6 +85,11 @@ impl Deployment {
             Backend::Mock { .. } => true,
         }
     }
+
+    /// The deployment serves Anthropic's Messages API itself (`Provider::speaks_anthropic`).
+    pub fn speaks_anthropic(&self) -> bool {
+        matches!(&self.backend, Backend::Http(p) if p.speaks_anthropic())
+    }
 }
 
 /// The result of matching a requested model name.

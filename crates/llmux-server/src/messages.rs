@@ -91,10 +91,8 @@ fn anthropic_body(
     meta: &llmux::ResponseMeta,
 ) -> Result<(Body, &'static str), GatewayError> {
     Ok(match body {
-        // An Anthropic deployment's answer is already the client's (passed through as sent).
-        ResponseBody::Json(bytes) if meta.provider == "anthropic" => {
-            (Body::from(bytes), "application/json")
-        }
+        // A deployment speaking Anthropic's API answered as the client asked (passed through).
+        ResponseBody::Json(bytes) if meta.native => (Body::from(bytes), "application/json"),
         ResponseBody::Json(bytes) => (Body::from(anthropic::message(&bytes)?), "application/json"),
         ResponseBody::Stream(stream) => {
             let events = futures_util::stream::unfold(

@@ -222,3 +222,132 @@ async fn a_bedrock_stream_exception_after_content_ends_the_stream_with_an_error_
         .unwrap()
         .contains("Too many requests"));
 }
+
+/// `/v1/messages` to Claude on Vertex AI and on Bedrock: the client's own Messages body goes
+/// through as written (cache_control, thinking, betas, key order), placed as each cloud wants it
+/// (Vertex: model in the URL, `anthropic_version` in the body, betas as a header; Bedrock:
+/// InvokeModel with `anthropic_version` and `anthropic_beta` in the body, no `model` or
+/// `stream`), and the answer and every stream event come back as the cloud sent them.
+#[tokio::test]
+async fn the_messages_api_passes_through_to_claude_on_vertex_and_bedrock() {
+    let yaml = format!(
+        "model_list:
+  - model_name: vc
+    litellm_params: {{model: \"vertex_ai/claude-mock@1\", api_base: \"{{mock_root}}\", vertex_project: p, vertex_location: us-east5, vertex_credentials: {}}}
+  - model_name: bc
+    litellm_params: {{model: \"bedrock/us.anthropic.claude-mock-v1:0\", api_base: \"{{mock_root}}\", aws_access_key_id: AKIDEXAMPLE, aws_secret_access_key: secret, aws_region_name: us-west-2}}
+router_settings: {{num_retries: 0}}
+",
+        vertex_credentials_yaml()
+    );
+    let h = start(&yaml).await;
+    let ordered = |model: &str, stream: bool| {
+        format!(
+            r#"{{"model":"{model}","max_tokens":64,"stream":{stream},"thinking":{{"type":"enabled","budget_tokens":1024}},"system":[{{"type":"text","text":"Be brief","cache_control":{{"type":"ephemeral"}}}}],"messages":[{{"role":"user","content":[{{"type":"text","text":"hi","cache_control":{{"type":"ephemeral","ttl":"1h"}}}}]}}],"tools":[{{"name":"answer","input_schema":{{"type":"object","properties":{{"zeta":{{"type":"string"}},"alpha":{{"type":"string"}}}}}}}}],"metadata":{{"user_id":"u-1","tags":["x"]}}}}"#
+        )
+    };
+    let send = |body: String| {
+        h.http
+            .post(format!("{}/v1/messages", h.url))
+            .header("content-type", "application/json")
+            .header("anthropic-version", "2023-06-01")
+            .header(
+                "anthropic-beta",
+                "interleaved-thinking-2025-05-14, context-1m-2025-08-07",
+            )
+            .body(body)
+            .send()
+    };
+
+    // Vertex: the body minus `model`, plus Vertex's version; the betas in the header.
+    let r = send(ordered("vc", false)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmux-provider"], "vertex_ai");
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(
+        answer["type"], "message",
+        "Anthropic's own answer: {answer}"
+    );
+    assert!(answer["id"].as_str().unwrap().starts_with("msg_mock"));
+    let sent = h.recorded().pop().unwrap();
+    assert!(sent
+        .path
+        .ends_with("/publishers/anthropic/models/claude-mock@1:rawPredict"));
+    let mut expected: Value = serde_json::from_str(&ordered("vc", false)).unwrap();
+    let o = expected.as_object_mut().unwrap();
+    o.remove("model");
+    o.insert("anthropic_version".into(), json!("vertex-2023-10-16"));
+    o.insert("metadata".into(), json!({"user_id": "u-1"}));
+    assert_eq!(serde_json::from_str::<Value>(&sent.body).unwrap(), expected);
+    assert!(sent.body.find("zeta").unwrap() < sent.body.find("alpha").unwrap());
+    assert_eq!(
+        header(&sent, "anthropic-beta"),
+        Some("interleaved-thinking-2025-05-14, context-1m-2025-08-07")
+    );
+
+    // Bedrock: InvokeModel, the version and the betas (a list) in the body.
+    let r = send(ordered("bc", false)).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let answer: Value = r.json().await.unwrap();
+    assert_eq!(answer["type"], "message", "{answer}");
+    assert!(answer["content"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|b| b["type"] == "thinking" && b["signature"].is_string()));
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(sent.path, "/model/us.anthropic.claude-mock-v1%3A0/invoke");
+    assert!(header(&sent, "authorization")
+        .unwrap()
+        .starts_with("AWS4-HMAC-SHA256"));
+    let mut expected: Value = serde_json::from_str(&ordered("bc", false)).unwrap();
+    let o = expected.as_object_mut().unwrap();
+    o.remove("model");
+    o.remove("stream");
+    o.insert("anthropic_version".into(), json!("bedrock-2023-05-31"));
+    o.insert(
+        "anthropic_beta".into(),
+        json!(["interleaved-thinking-2025-05-14", "context-1m-2025-08-07"]),
+    );
+    o.insert("metadata".into(), json!({"user_id": "u-1"}));
+    assert_eq!(serde_json::from_str::<Value>(&sent.body).unwrap(), expected);
+    assert_eq!(header(&sent, "anthropic-beta"), None);
+
+    // Streams: every Anthropic event as the cloud sent it, named, in order, with thinking
+    // signatures; Bedrock's event-stream frames unwrapped.
+    for (model, path_end) in [
+        ("vc", ":streamRawPredict"),
+        ("bc", "/invoke-with-response-stream"),
+    ] {
+        let r = send(ordered(model, true)).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["content-type"], "text/event-stream");
+        let text = r.text().await.unwrap();
+        let sent = h.recorded().pop().unwrap();
+        assert!(sent.path.ends_with(path_end), "{}", sent.path);
+        let events: Vec<(String, Value)> = text
+            .split("\n\n")
+            .filter(|e| e.contains("data: "))
+            .map(|e| {
+                let name = e.lines().find_map(|l| l.strip_prefix("event: ")).unwrap();
+                let data = e.lines().find_map(|l| l.strip_prefix("data: ")).unwrap();
+                (name.to_owned(), serde_json::from_str(data).unwrap())
+            })
+            .collect();
+        assert!(events.iter().all(|(name, v)| v["type"] == name.as_str()));
+        let kinds: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(kinds.first(), Some(&"message_start"), "{model}: {text}");
+        assert_eq!(kinds.last(), Some(&"message_stop"), "{model}: {text}");
+        assert!(
+            events
+                .iter()
+                .any(|(_, v)| v["delta"]["type"] == "signature_delta"),
+            "{model}: thinking signatures come through: {text}"
+        );
+        let id = events[0].1["message"]["id"].as_str().unwrap();
+        assert!(
+            id.starts_with("msg_mock"),
+            "the upstream's own message: {id}"
+        );
+    }
+}

@@ -122,6 +122,7 @@ impl Attempt {
             attempted_retries: 0,
             attempted_fallbacks: 0,
             cost: None,
+            native: self.native,
         }
     }
 

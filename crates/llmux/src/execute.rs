@@ -44,6 +44,9 @@ pub struct ResponseMeta {
     pub attempted_fallbacks: u32,
     /// USD for a non-streaming response's usage (`x-litellm-response-cost`).
     pub cost: Option<f64>,
+    /// The body is the provider's answer in the client's own dialect (an Anthropic Messages
+    /// request answered by a deployment that speaks it), not the OpenAI translation.
+    pub native: bool,
 }
 
 #[derive(Debug)]
@@ -603,6 +606,11 @@ impl Run<'_> {
             .stream_timeout
             .or(self.controls.timeout)
             .unwrap_or(total_timeout);
+        let native = self
+            .request
+            .get(llmux_providers::NATIVE_ANTHROPIC)
+            .is_some()
+            && deployment.speaks_anthropic();
         let mut attempt = Attempt {
             request_id: self.trace.request_id.clone(),
             received_at: self.trace.received_at,
@@ -610,10 +618,7 @@ impl Run<'_> {
             deployment,
             sent_at: Instant::now(),
             hide_usage_chunk: false,
-            native: self
-                .request
-                .get(llmux_providers::NATIVE_ANTHROPIC)
-                .is_some(),
+            native,
         };
         let stats = Arc::clone(snapshot.router.stats(index));
         if !self.stream {

@@ -77,19 +77,10 @@ impl Provider for AnthropicTarget {
         ctx: RequestContext<'_>,
     ) -> Result<UpstreamRequest, GatewayError> {
         let model = crate::common::model_for(&self.model_template, ctx.wildcard);
-        if let Some(native) = request::native_body(request, &model, &self.defaults)? {
+        let target = request::NativeTarget::Anthropic { model: &model };
+        if let Some(native) = request::native_body(request, target, &self.defaults)? {
             let mut headers = self.headers.clone();
-            if let Some(beta) = native.beta.as_deref().filter(|b| !b.is_empty()) {
-                // The client's betas join the deployment's own (`extra_headers`).
-                let name = HeaderName::from_static("anthropic-beta");
-                let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
-                    Some(own) if !own.is_empty() => format!("{own},{beta}"),
-                    _ => beta.to_owned(),
-                };
-                if let Ok(value) = HeaderValue::from_str(&joined) {
-                    headers.insert(name, value);
-                }
-            }
+            request::join_beta_header(&mut headers, native.beta.as_deref());
             return Ok(UpstreamRequest {
                 url: self.url.clone(),
                 headers,
@@ -122,29 +113,39 @@ impl Provider for AnthropicTarget {
         _op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        #[derive(serde::Deserialize)]
-        struct UsageOnly {
-            usage: Option<Value>,
-        }
-        let read: UsageOnly = serde_json::from_slice(&body).map_err(|e| {
-            GatewayError::new(
-                llmux_types::ErrorKind::UpstreamError,
-                format!("anthropic returned invalid JSON: {e}"),
-            )
-        })?;
-        Ok(TranslatedResponse {
-            usage: read.usage.as_ref().map(response::usage),
-            body,
-        })
+        native_response(body)
     }
 
     fn stream_decoder_native(&self, _op: Operation) -> Box<dyn StreamDecoder> {
         Box::new(stream::AnthropicStreamDecoder::native())
     }
 
+    fn speaks_anthropic(&self) -> bool {
+        true
+    }
+
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
         crate::errors::parse_error(status, headers, body)
     }
+}
+
+/// An Anthropic Messages response kept as sent (the client speaks Anthropic's dialect), with
+/// its usage read for billing.
+pub fn native_response(body: Bytes) -> Result<TranslatedResponse, GatewayError> {
+    #[derive(serde::Deserialize)]
+    struct UsageOnly {
+        usage: Option<Value>,
+    }
+    let read: UsageOnly = serde_json::from_slice(&body).map_err(|e| {
+        GatewayError::new(
+            llmux_types::ErrorKind::UpstreamError,
+            format!("anthropic returned invalid JSON: {e}"),
+        )
+    })?;
+    Ok(TranslatedResponse {
+        usage: read.usage.as_ref().map(response::usage),
+        body,
+    })
 }
 
 #[cfg(test)]

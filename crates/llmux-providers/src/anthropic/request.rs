@@ -235,20 +235,39 @@ pub struct NativeBody {
     /// The JSON body, its keys in the client's order (JSON schema `properties` order steers
     /// what a model writes first).
     pub body: Vec<u8>,
+    /// The client's `anthropic-beta` header, for targets that take betas as a header.
     pub beta: Option<String>,
 }
+
+/// Where a client's own Anthropic request goes: the same Messages body, placed three ways.
+#[derive(Debug, Clone, Copy)]
+pub enum NativeTarget<'a> {
+    /// Anthropic's API: the model in the body, betas in the `anthropic-beta` header.
+    Anthropic { model: &'a str },
+    /// Claude on Vertex AI (`rawPredict` / `streamRawPredict`): the model in the URL, Vertex's
+    /// `anthropic_version` in the body, betas in the header.
+    Vertex,
+    /// Claude on Bedrock (`InvokeModel` / `InvokeModelWithResponseStream`): the model in the URL,
+    /// Bedrock's `anthropic_version` and the betas (`anthropic_beta`) in the body, and no
+    /// `stream` field (Bedrock refuses it; the URL says).
+    Bedrock,
+}
+
+/// `anthropic_version` for Claude on Bedrock's InvokeModel.
+pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
 /// Parameters a deployment's `litellm_params` may set on a client's own Anthropic request when
 /// the client did not.
 const NATIVE_DEFAULTS: &[&str] = &["max_tokens", "temperature", "top_p", "top_k"];
 
 /// The client's own Anthropic request carried by the internal one, edited in place (never
-/// re-encoded): the deployment's model, its defaults for what the client did not set, the
-/// gateway's own controls removed, and `metadata` cut to the `user_id` Anthropic accepts (tags
-/// there are the gateway's). `None` when there is none (the internal request is translated).
+/// re-encoded): the deployment's model (or the target's version field), its defaults for what
+/// the client did not set, the gateway's own controls removed, and `metadata` cut to the
+/// `user_id` Anthropic accepts (tags there are the gateway's). `None` when there is none (the
+/// internal request is translated).
 pub fn native_body(
     request: &RawObject<'_>,
-    model: &str,
+    target: NativeTarget<'_>,
     defaults: &Map<String, Value>,
 ) -> Result<Option<NativeBody>, GatewayError> {
     let malformed = |e: llmux_types::RawObjectError| {
@@ -264,11 +283,42 @@ pub fn native_body(
     let Some(raw_body) = carried.get("body") else {
         return Ok(None);
     };
-    let beta = carried.decode::<String>("beta").ok().flatten();
+    let beta = carried
+        .decode::<String>("beta")
+        .ok()
+        .flatten()
+        .filter(|b| !b.trim().is_empty());
     let body = RawObject::parse(raw_body.get().as_bytes()).map_err(malformed)?;
-    let model_json =
-        serde_json::to_vec(model).map_err(|e| GatewayError::internal(e.to_string()))?;
-    let mut edit = body.edit().set("model", model_json);
+    let mut edit = body.edit();
+    match target {
+        NativeTarget::Anthropic { model } => {
+            let model_json =
+                serde_json::to_vec(model).map_err(|e| GatewayError::internal(e.to_string()))?;
+            edit = edit.set("model", model_json);
+        }
+        NativeTarget::Vertex => {
+            edit = edit.remove("model").set(
+                "anthropic_version",
+                json!(crate::vertex::ANTHROPIC_VERTEX_VERSION)
+                    .to_string()
+                    .into_bytes(),
+            );
+        }
+        NativeTarget::Bedrock => {
+            edit = edit.remove("model").remove("stream").set(
+                "anthropic_version",
+                json!(BEDROCK_ANTHROPIC_VERSION).to_string().into_bytes(),
+            );
+            if let Some(beta) = &beta {
+                let betas: Vec<&str> = beta
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|b| !b.is_empty())
+                    .collect();
+                edit = edit.set("anthropic_beta", json!(betas).to_string().into_bytes());
+            }
+        }
+    }
     for param in crate::GATEWAY_PARAMS {
         edit = edit.remove(param);
     }
@@ -295,6 +345,19 @@ pub fn native_body(
         body: edit.render(),
         beta,
     }))
+}
+
+/// The client's `anthropic-beta` values joined to the deployment's own (`extra_headers`).
+pub fn join_beta_header(headers: &mut http::HeaderMap, beta: Option<&str>) {
+    let Some(beta) = beta else { return };
+    let name = http::header::HeaderName::from_static("anthropic-beta");
+    let joined = match headers.get(&name).and_then(|v| v.to_str().ok()) {
+        Some(own) if !own.is_empty() => format!("{own},{beta}"),
+        _ => beta.to_owned(),
+    };
+    if let Ok(value) = http::header::HeaderValue::from_str(&joined) {
+        headers.insert(name, value);
+    }
 }
 
 /// Thinking budget for an OpenAI `reasoning_effort`.

@@ -1,5 +1,6 @@
 //! AWS Bedrock adapter: chat through the Converse and ConverseStream APIs (every Bedrock chat
-//! model family, one wire format), embeddings through InvokeModel for Amazon Titan and Cohere
+//! model family, one wire format), Claude's own Messages body through InvokeModel for a client
+//! speaking Anthropic's dialect, embeddings through InvokeModel for Amazon Titan and Cohere
 //! Embed. Requests are SigV4-signed by the core (`UpstreamAuth::SigV4`) with credentials from
 //! `litellm_params` or the environment, or carry a Bedrock API key as a bearer token.
 
@@ -194,6 +195,27 @@ impl Provider for BedrockTarget {
                     .ok()
                     .flatten()
                     .unwrap_or(false);
+                if self.speaks_anthropic() {
+                    let native = crate::anthropic::request::native_body(
+                        request,
+                        crate::anthropic::request::NativeTarget::Bedrock,
+                        &self.defaults,
+                    )?;
+                    if let Some(native) = native {
+                        let action = if stream {
+                            "invoke-with-response-stream"
+                        } else {
+                            "invoke"
+                        };
+                        return Ok(UpstreamRequest {
+                            url: format!("{}/model/{}/{action}", self.base, path_segment(&model)),
+                            headers: self.headers.clone(),
+                            body: Bytes::from(native.body),
+                            auth: self.auth.clone(),
+                            hide_usage_chunk: false,
+                        });
+                    }
+                }
                 let body =
                     request::build_converse(request, &model, &self.defaults, ctx.drop_params)?;
                 (
@@ -234,6 +256,31 @@ impl Provider for BedrockTarget {
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {
         Box::new(stream::BedrockStreamDecoder::new(&self.model_template))
+    }
+
+    fn parse_response_native(
+        &self,
+        op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError> {
+        if op == Operation::Chat && self.speaks_anthropic() {
+            return crate::anthropic::native_response(body);
+        }
+        self.parse_response(op, body)
+    }
+
+    fn stream_decoder_native(&self, op: Operation) -> Box<dyn StreamDecoder> {
+        if self.speaks_anthropic() {
+            return Box::new(stream::InvokeStreamDecoder::new(
+                crate::anthropic::stream::AnthropicStreamDecoder::native(),
+            ));
+        }
+        self.stream_decoder(op)
+    }
+
+    /// Claude models take Anthropic's own Messages body through InvokeModel.
+    fn speaks_anthropic(&self) -> bool {
+        self.model_template.contains("anthropic.")
     }
 
     fn stream_framing(&self) -> StreamFraming {

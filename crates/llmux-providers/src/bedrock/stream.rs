@@ -191,3 +191,59 @@ impl StreamDecoder for BedrockStreamDecoder {
         }
     }
 }
+
+/// Claude's own event stream through InvokeModelWithResponseStream: each `chunk` message carries
+/// one Anthropic Messages event (`{"bytes": base64 JSON}`), which is handed, framed as the SSE
+/// event Anthropic's API would have sent, to the Anthropic decoder (marking or translating).
+pub struct InvokeStreamDecoder {
+    inner: crate::anthropic::stream::AnthropicStreamDecoder,
+}
+
+impl InvokeStreamDecoder {
+    pub fn new(inner: crate::anthropic::stream::AnthropicStreamDecoder) -> Self {
+        InvokeStreamDecoder { inner }
+    }
+}
+
+impl StreamDecoder for InvokeStreamDecoder {
+    fn decode(&mut self, event: Bytes) -> DecodedEvent {
+        use base64::Engine as _;
+        #[derive(serde::Deserialize)]
+        struct Chunk {
+            bytes: String,
+        }
+        let malformed = |what: &str| {
+            DecodedEvent::Error(GatewayError::new(
+                ErrorKind::UpstreamError,
+                format!("bedrock sent a malformed stream message: {what}"),
+            ))
+        };
+        let message = match decode_message(event) {
+            Ok(m) => m,
+            Err(e) => return malformed(&e.to_string()),
+        };
+        match message.message_type.as_str() {
+            "event" if message.kind == "chunk" => {
+                let Ok(chunk) = serde_json::from_slice::<Chunk>(&message.payload) else {
+                    return malformed("a chunk without bytes");
+                };
+                let Ok(json) = base64::engine::general_purpose::STANDARD.decode(chunk.bytes) else {
+                    return malformed("chunk bytes are not base64");
+                };
+                let mut sse = Vec::with_capacity(json.len() + 8);
+                sse.extend_from_slice(b"data: ");
+                sse.extend_from_slice(&json);
+                sse.extend_from_slice(b"\n\n");
+                self.inner.decode(Bytes::from(sse))
+            }
+            "event" => DecodedEvent::KeepAlive(Bytes::new()),
+            "exception" => DecodedEvent::Error(exception(&message.kind, &message.payload)),
+            _ => DecodedEvent::Error(GatewayError::new(
+                ErrorKind::UpstreamError,
+                message
+                    .error_message
+                    .unwrap_or_else(|| format!("bedrock stream error: {}", message.kind)),
+            )),
+        }
+    }
+}

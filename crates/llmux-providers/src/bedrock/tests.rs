@@ -435,3 +435,161 @@ fn parallel_tool_calls_stream_with_their_own_indices_and_json_mode_is_a_forced_t
         json!({"type": "object"})
     );
 }
+
+/// Claude's own stream through InvokeModelWithResponseStream: recorded Anthropic events
+/// (`tests/fixtures/providers/anthropic/`), each base64-wrapped in a `chunk` message as Bedrock
+/// sends them, come out of the native decoder exactly as the Anthropic decoder marks them from
+/// Anthropic's own SSE, and an exception message is a classified error.
+#[test]
+fn invoke_streams_unwrap_to_anthropic_events() {
+    use base64::Engine as _;
+
+    use super::stream::InvokeStreamDecoder;
+    use crate::anthropic::stream::AnthropicStreamDecoder;
+
+    let recorded = std::fs::read_to_string(format!(
+        "{}/../../tests/fixtures/providers/anthropic/anthropic-clear-thinking.1.chunks.txt",
+        std::env::var("CARGO_MANIFEST_DIR").unwrap()
+    ))
+    .unwrap();
+    let mut framed = Vec::new();
+    let mut direct = AnthropicStreamDecoder::native();
+    let mut expected = Vec::new();
+    for line in recorded.lines().filter(|l| !l.trim().is_empty()) {
+        let bytes = base64::engine::general_purpose::STANDARD.encode(line);
+        let payload = json!({"bytes": bytes, "p": "abcdefghijklmnopq"}).to_string();
+        framed.extend_from_slice(&encode_event("chunk", payload.as_bytes()));
+        let kind = serde_json::from_str::<Value>(line).unwrap()["type"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        expected.push(direct.decode(Bytes::from(format!("event: {kind}\ndata: {line}\n\n"))));
+    }
+    let mut splitter = EventStreamSplitter::new();
+    let mut decoder = InvokeStreamDecoder::new(AnthropicStreamDecoder::native());
+    let mut got = Vec::new();
+    for piece in framed.chunks(5) {
+        splitter.push(piece);
+        while let Some(message) = splitter.next_message().unwrap() {
+            got.push(decoder.decode(message));
+        }
+    }
+    assert_eq!(got.len(), expected.len());
+    // Chunk ids and timestamps are made per decoder; the marked Anthropic events must match.
+    let marks = |events: &[DecodedEvent]| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                DecodedEvent::Chunk { bytes, .. }
+                | DecodedEvent::KeepAlive(bytes)
+                | DecodedEvent::Done(bytes) => bytes,
+                DecodedEvent::Error(e) => panic!("{e}"),
+            })
+            .flat_map(|b| {
+                String::from_utf8(b.to_vec())
+                    .unwrap()
+                    .lines()
+                    .filter(|l| l.starts_with(": llmux-anthropic"))
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    };
+    let (got_marks, expected_marks) = (marks(&got), marks(&expected));
+    assert_eq!(
+        got_marks.len(),
+        recorded.lines().filter(|l| !l.trim().is_empty()).count()
+    );
+    assert_eq!(got_marks, expected_marks);
+    let usage = |events: &[DecodedEvent]| {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                DecodedEvent::Chunk { usage, .. } => *usage,
+                _ => None,
+            })
+            .last()
+    };
+    assert!(usage(&got).is_some());
+    assert_eq!(usage(&got), usage(&expected));
+    assert!(matches!(got.last(), Some(DecodedEvent::Done(_))));
+
+    let throttled = encode_exception(
+        "throttlingException",
+        br#"{"message":"Too many requests, please wait before trying again."}"#,
+    );
+    let mut splitter = EventStreamSplitter::new();
+    splitter.push(&throttled);
+    let message = splitter.next_message().unwrap().unwrap();
+    let DecodedEvent::Error(e) =
+        InvokeStreamDecoder::new(AnthropicStreamDecoder::native()).decode(message)
+    else {
+        panic!("an exception is an error")
+    };
+    assert_eq!(e.kind, ErrorKind::RateLimited);
+}
+
+/// A client's own Messages body for Claude on Bedrock: no `model` or `stream`, Bedrock's
+/// `anthropic_version`, the client's betas as an `anthropic_beta` list, everything else as sent
+/// and in the client's order; InvokeModel's URLs.
+#[test]
+fn native_messages_bodies_go_through_invoke_model() {
+    use crate::{Provider, RequestContext, NATIVE_ANTHROPIC};
+    let client = r#"{"model":"claude","stream":true,"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"thinking":{"type":"enabled","budget_tokens":1024}}"#;
+    let internal = format!(
+        r#"{{"model":"c","stream":true,"messages":[{{"role":"user","content":"hi"}}],"{NATIVE_ANTHROPIC}":{{"body":{client},"beta":"a-1, b-2"}}}}"#
+    );
+    let yaml = "model_list:\n  - model_name: c\n    litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-5-v1:0, aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}\n";
+    let env = std::collections::HashMap::<String, String>::new();
+    let config = llmux_config::load_str(yaml, &env).unwrap().config;
+    let mut diags = Vec::new();
+    let target = super::BedrockTarget::new(
+        "us.anthropic.claude-sonnet-4-5-v1:0",
+        &config.deployments[0],
+        &config,
+        &env,
+        &mut diags,
+    )
+    .unwrap();
+    assert!(target.speaks_anthropic());
+    let ctx = RequestContext {
+        wildcard: None,
+        drop_params: false,
+    };
+    let sent = target
+        .build_request(
+            crate::Operation::Chat,
+            &RawObject::parse(internal.as_bytes()).unwrap(),
+            ctx,
+        )
+        .unwrap();
+    assert_eq!(
+        sent.url,
+        "https://bedrock-runtime.us-east-1.amazonaws.com/model/us.anthropic.claude-sonnet-4-5-v1%3A0/invoke-with-response-stream"
+    );
+    assert_eq!(
+        std::str::from_utf8(&sent.body).unwrap(),
+        r#"{"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"thinking":{"type":"enabled","budget_tokens":1024},"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["a-1","b-2"]}"#
+    );
+    // Without the carried body (another dialect) the same deployment speaks Converse.
+    let plain = r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#;
+    let sent = target
+        .build_request(
+            crate::Operation::Chat,
+            &RawObject::parse(plain.as_bytes()).unwrap(),
+            ctx,
+        )
+        .unwrap();
+    assert!(sent.url.ends_with("/converse"), "{}", sent.url);
+    // A Llama model is not Claude: it never takes Anthropic's body.
+    let mut diags = Vec::new();
+    let llama = super::BedrockTarget::new(
+        "meta.llama3-70b-instruct-v1:0",
+        &config.deployments[0],
+        &config,
+        &env,
+        &mut diags,
+    )
+    .unwrap();
+    assert!(!llama.speaks_anthropic());
+}

@@ -281,6 +281,27 @@ impl Provider for VertexTarget {
                 gemini::request::build_chat(request, &self.defaults, ctx.drop_params)?,
             ),
             (Family::Anthropic, _) => {
+                let native = anthropic::request::native_body(
+                    request,
+                    anthropic::request::NativeTarget::Vertex,
+                    &self.defaults,
+                )?;
+                if let Some(native) = native {
+                    let mut headers = self.headers.clone();
+                    anthropic::request::join_beta_header(&mut headers, native.beta.as_deref());
+                    let action = if stream {
+                        "streamRawPredict"
+                    } else {
+                        "rawPredict"
+                    };
+                    return Ok(UpstreamRequest {
+                        url: format!("{}/{model}:{action}", self.models_url),
+                        headers,
+                        body: Bytes::from(native.body),
+                        auth: self.auth.clone(),
+                        hide_usage_chunk: false,
+                    });
+                }
                 let mut body = anthropic::request::build_body(
                     request,
                     &model,
@@ -334,6 +355,28 @@ impl Provider for VertexTarget {
             )),
             Family::Anthropic => Box::new(anthropic::stream::AnthropicStreamDecoder::default()),
         }
+    }
+
+    fn parse_response_native(
+        &self,
+        op: Operation,
+        body: Bytes,
+    ) -> Result<TranslatedResponse, GatewayError> {
+        match self.family {
+            Family::Anthropic => anthropic::native_response(body),
+            Family::Gemini => self.parse_response(op, body),
+        }
+    }
+
+    fn stream_decoder_native(&self, op: Operation) -> Box<dyn StreamDecoder> {
+        match self.family {
+            Family::Anthropic => Box::new(anthropic::stream::AnthropicStreamDecoder::native()),
+            Family::Gemini => self.stream_decoder(op),
+        }
+    }
+
+    fn speaks_anthropic(&self) -> bool {
+        self.family == Family::Anthropic
     }
 
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {

@@ -244,6 +244,29 @@ pub(super) async fn vertex(
                     None,
                 );
             };
+            if model == "count-tokens" && method == "rawPredict" {
+                // Claude on Vertex counts with the model named in the body.
+                if v["anthropic_version"] != "vertex-2023-10-16" {
+                    let body = json!({"type": "error", "error": {"type": "invalid_request_error", "message": "anthropic_version: must be vertex-2023-10-16"}});
+                    return error_response(400, &body.to_string(), None);
+                }
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("anthropic_version");
+                }
+                parts
+                    .headers
+                    .insert("x-api-key", HeaderValue::from_static("vertex"));
+                parts
+                    .headers
+                    .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+                parts.headers.remove("content-length");
+                let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
+                return super::anthropic_count_tokens(
+                    State(state),
+                    Request::from_parts(parts, body),
+                )
+                .await;
+            }
             let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let problem = if v.get("model").is_some() {
                 Some("model: Extra inputs are not permitted")

@@ -136,6 +136,7 @@ pub fn app(record: bool) -> (Router, Arc<MockState>) {
         .route("/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic_messages))
+        .route("/v1/messages/count_tokens", post(anthropic_count_tokens))
         .route("/v1beta/models/{action}", post(gemini))
         .route("/v2/chat", post(cohere_chat))
         .route(
@@ -893,6 +894,76 @@ async fn cohere_embed(State(state): State<Arc<MockState>>, request: Request) -> 
         .map_or(0, Vec::len);
     let floats: Vec<Value> = (0..n).map(|i| json!([i as f64, 0.5])).collect();
     Json(json!({"id": "e", "embeddings": {"float": floats}, "meta": {"billed_units": {"input_tokens": n * 2}}})).into_response()
+}
+
+/// The fields Anthropic's `count_tokens` takes; it refuses any other.
+const COUNT_TOKENS_FIELDS: &[&str] = &[
+    "model",
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "context_management",
+    "output_config",
+    "output_format",
+];
+
+/// The mock's own count: one token per 4 bytes of the counted fields plus 3 per message, so a
+/// test can tell it from the gateway's local count (tiktoken) and compute it.
+pub fn mock_count_tokens(body: &Value) -> u64 {
+    let counted: usize = COUNT_TOKENS_FIELDS[1..]
+        .iter()
+        .filter_map(|k| body.get(*k))
+        .map(|v| v.to_string().len())
+        .sum();
+    let messages = body
+        .get("messages")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    (counted / 4 + 3 * messages) as u64
+}
+
+/// Anthropic's `POST /v1/messages/count_tokens` (and Claude on Vertex's `count-tokens`), strict
+/// about its fields as Anthropic is.
+async fn anthropic_count_tokens(State(state): State<Arc<MockState>>, request: Request) -> Response {
+    let (headers, body, _) = match read(&state, request).await {
+        Ok(v) => v,
+        Err(r) => return anthropic_error_rewrite(r).await,
+    };
+    if headers.get("x-api-key").is_none() || headers.get("anthropic-version").is_none() {
+        let body = json!({"type": "error", "error": {"type": "authentication_error", "message": "missing x-api-key or anthropic-version"}});
+        return error_response(401, &body.to_string(), None);
+    }
+    let invalid = |message: String| {
+        let body = json!({"type": "error", "error": {"type": "invalid_request_error", "message": message}});
+        error_response(400, &body.to_string(), None)
+    };
+    let Some(object) = body.as_object() else {
+        return invalid("body: must be an object".into());
+    };
+    if let Some(extra) = object
+        .keys()
+        .find(|k| !COUNT_TOKENS_FIELDS.contains(&k.as_str()))
+    {
+        return invalid(format!("{extra}: Extra inputs are not permitted"));
+    }
+    if object.get("model").and_then(Value::as_str).is_none() {
+        return invalid("model: Field required".into());
+    }
+    let Some(messages) = object.get("messages").and_then(Value::as_array) else {
+        return invalid("messages: Field required".into());
+    };
+    if messages
+        .first()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        == Some("system")
+    {
+        return invalid("messages.0.role: Input should be 'user' or 'assistant'".into());
+    }
+    Json(json!({"input_tokens": mock_count_tokens(&body)})).into_response()
 }
 
 /// The mock's error knob answers in OpenAI's shape; Anthropic clients expect theirs.

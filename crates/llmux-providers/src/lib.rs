@@ -172,6 +172,15 @@ pub trait Provider: Send + Sync + 'static {
     fn speaks_anthropic(&self) -> bool {
         false
     }
+    /// Anthropic's `count_tokens` for a client's own Messages request (`NATIVE_ANTHROPIC`), for
+    /// deployments whose API counts tokens; `None` where the gateway counts locally.
+    fn count_tokens_request(
+        &self,
+        _request: &RawObject<'_>,
+        _ctx: RequestContext<'_>,
+    ) -> Option<Result<UpstreamRequest, GatewayError>> {
+        None
+    }
     /// How this provider's streams are framed.
     fn stream_framing(&self) -> StreamFraming {
         StreamFraming::Sse

@@ -38,8 +38,9 @@ pub async fn messages(State(state): State<AppState>, request: Request) -> Respon
     .await
 }
 
-/// `POST /v1/messages/count_tokens`: the request's input tokens as the gateway counts them
-/// (`{"input_tokens": n}`), for a model the caller may use.
+/// `POST /v1/messages/count_tokens`: the request's input tokens (`{"input_tokens": n}`), for a
+/// model the caller may use: as the model group's Anthropic deployment counts them where it has
+/// one (Anthropic, Claude on Vertex AI), else as the gateway counts them.
 pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     let request_id = llmux::new_request_id();
@@ -47,10 +48,12 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
         Ok(p) => p,
         Err((e, close)) => return closing(error(&e, &request_id), close),
     };
-    // Tokenizing a large body takes milliseconds: off the runtime's threads.
-    let client = state.client.clone();
-    let counted = tokio::task::spawn_blocking(move || {
-        // count_tokens bodies carry no max_tokens; the dialect wants one.
+    let beta = parts
+        .headers
+        .get("anthropic-beta")
+        .and_then(|v| v.to_str().ok());
+    let converted = (|| {
+        // count_tokens bodies carry no max_tokens; the dialect wants one (and no stream).
         let mut request: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
             GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
         })?;
@@ -58,18 +61,33 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
             o.entry("max_tokens").or_insert(serde_json::json!(1));
             o.remove("stream");
         }
-        let converted = anthropic::chat_request(request.to_string().as_bytes(), None)?;
+        let converted = anthropic::chat_request(request.to_string().as_bytes(), beta)?;
         if let Some(p) = &principal {
-            crate::governance::check_model_access(&client, p, &converted.model)?;
+            crate::governance::check_model_access(&state.client, p, &converted.model)?;
         }
-        llmux::count_prompt_tokens(&converted.body, &converted.model)
-    })
-    .await
-    .unwrap_or_else(|e| {
-        Err(GatewayError::internal(format!(
-            "token counting failed: {e}"
-        )))
-    });
+        Ok::<_, GatewayError>(converted)
+    })();
+    let converted = match converted {
+        Ok(c) => c,
+        Err(e) => return error(&e, &request_id),
+    };
+    let counted = match state
+        .client
+        .count_tokens_upstream(&converted.body, &converted.model)
+        .await
+    {
+        Some(answer) => answer,
+        // Tokenizing a large body takes milliseconds: off the runtime's threads.
+        None => tokio::task::spawn_blocking(move || {
+            llmux::count_prompt_tokens(&converted.body, &converted.model)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(GatewayError::internal(format!(
+                "token counting failed: {e}"
+            )))
+        }),
+    };
     match counted {
         Ok(n) => {
             let mut out = Response::new(Body::from(

@@ -351,3 +351,34 @@ router_settings: {{num_retries: 0}}
         );
     }
 }
+
+/// Claude on Vertex counts through `count-tokens:rawPredict`: the model and Vertex's
+/// `anthropic_version` in the body, the minted token on the request.
+#[tokio::test]
+async fn count_tokens_asks_claude_on_vertex() {
+    let yaml = format!(
+        "model_list:\n  - model_name: vc\n    litellm_params: {{model: \"vertex_ai/claude-mock@1\", api_base: \"{{mock_root}}\", vertex_project: p, vertex_location: us-east5, vertex_credentials: {}}}\n",
+        vertex_credentials_yaml()
+    );
+    let h = start(&yaml).await;
+    let body = json!({"model": "vc", "messages": [{"role": "user", "content": "Count me, please."}], "system": "Be brief"});
+    let r = h.post("/v1/messages/count_tokens", &body).await;
+    assert_eq!(r.status(), 200);
+    let counted = r.json::<Value>().await.unwrap()["input_tokens"]
+        .as_u64()
+        .unwrap();
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/v1/projects/p/locations/us-east5/publishers/anthropic/models/count-tokens:rawPredict"
+    );
+    assert_eq!(header(&sent, "authorization"), Some("Bearer mock-token-1"));
+    let mut sent_body: Value = serde_json::from_str(&sent.body).unwrap();
+    assert_eq!(sent_body["model"], "claude-mock@1");
+    assert_eq!(sent_body["anthropic_version"], "vertex-2023-10-16");
+    sent_body
+        .as_object_mut()
+        .unwrap()
+        .remove("anthropic_version");
+    assert_eq!(counted, llmux_mock::mock_count_tokens(&sent_body));
+}

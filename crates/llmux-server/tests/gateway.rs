@@ -1273,3 +1273,95 @@ async fn the_messages_api_passes_through_to_anthropic_deployments() {
     assert!(!payloads(&upstream).is_empty(), "{upstream}");
     assert_eq!(payloads(&ours), payloads(&upstream));
 }
+
+/// `/v1/messages/count_tokens` for a model group with an Anthropic deployment asks Anthropic
+/// (its count knows Claude's tokenizer, images, tools and thinking): the counted fields as the
+/// client sent them, with the deployment's model and the betas joined. A deployment that
+/// cannot answer leaves the count to the gateway; a request Anthropic finds invalid is the
+/// client's 400; a group with no Anthropic deployment is counted locally.
+#[tokio::test]
+async fn count_tokens_asks_anthropic_deployments() {
+    let h = start(
+        r#"
+model_list:
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test, extra_headers: {anthropic-beta: "prompt-caching-2024-07-31"}}
+  - model_name: claude-down
+    litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test, extra_headers: {x-mock-status: "503"}}
+  - model_name: claude-strict
+    litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test, extra_headers: {x-mock-status: "400"}}
+  - model_name: gpt
+    litellm_params: {model: openai/gpt-mock, api_base: "{mock}", api_key: sk-test}
+router_settings: {num_retries: 0}
+"#,
+    )
+    .await;
+    let request = |model: &str| {
+        json!({
+            "model": model, "max_tokens": 1024, "stream": true, "temperature": 0.2,
+            "system": [{"type": "text", "text": "You are terse.", "cache_control": {"type": "ephemeral"}}],
+            "messages": [{"role": "user", "content": "How many tokens is this sentence, roughly?"}],
+            "tools": [{"name": "lookup", "description": "Look a word up", "input_schema": {"type": "object", "properties": {"word": {"type": "string"}}}}],
+            "thinking": {"type": "enabled", "budget_tokens": 1024},
+            "metadata": {"user_id": "u-1"}
+        })
+    };
+    let count = |r: reqwest::Response| async move {
+        assert_eq!(r.status(), 200);
+        r.json::<Value>().await.unwrap()["input_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = h.recorded().len();
+    let r = h
+        .http
+        .post(format!("{}/v1/messages/count_tokens", h.url))
+        .header("anthropic-beta", "token-counting-2024-11-01")
+        .json(&request("claude"))
+        .send()
+        .await
+        .unwrap();
+    let upstream_count = count(r).await;
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(h.recorded().len(), before + 1, "one upstream call");
+    assert_eq!(sent.path, "/v1/messages/count_tokens");
+    let sent_body: Value = serde_json::from_str(&sent.body).unwrap();
+    let mut expected = request("claude");
+    let o = expected.as_object_mut().unwrap();
+    for field in ["max_tokens", "stream", "temperature", "metadata"] {
+        o.remove(field);
+    }
+    o.insert("model".into(), json!("claude-mock"));
+    assert_eq!(sent_body, expected, "only the fields count_tokens takes");
+    assert!(sent.headers.iter().any(|(k, v)| k == "anthropic-beta"
+        && v == "prompt-caching-2024-07-31,token-counting-2024-11-01"));
+    assert_eq!(upstream_count, llmux_mock::mock_count_tokens(&sent_body));
+
+    // Unreachable or overloaded: the gateway's own count answers.
+    let r = h
+        .post("/v1/messages/count_tokens", &request("claude-down"))
+        .await;
+    let local = count(r).await;
+    assert!(local > 0);
+    assert_ne!(
+        local, upstream_count,
+        "the local estimate, not the mock's count"
+    );
+    // Anthropic found the request invalid: the client hears it, in Anthropic's shape.
+    let r = h
+        .post("/v1/messages/count_tokens", &request("claude-strict"))
+        .await;
+    assert_eq!(r.status(), 400);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["type"], "error");
+    assert_eq!(e["error"]["type"], "invalid_request_error");
+    // No Anthropic deployment: counted locally, nothing sent upstream.
+    let before = h.recorded().len();
+    let r = h.post("/v1/messages/count_tokens", &request("gpt")).await;
+    assert_eq!(
+        count(r).await,
+        local,
+        "the same local count for the same request"
+    );
+    assert_eq!(h.recorded().len(), before);
+}

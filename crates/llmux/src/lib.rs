@@ -17,6 +17,7 @@
 //! ```
 
 mod attempt;
+mod count_tokens;
 mod credentials;
 mod delivered;
 pub mod dialect;

@@ -26,6 +26,7 @@ pub const API_VERSION: &str = "2023-06-01";
 #[derive(Debug, Clone)]
 pub struct AnthropicTarget {
     url: String,
+    count_tokens_url: String,
     headers: HeaderMap,
     model_template: String,
     defaults: Map<String, Value>,
@@ -54,6 +55,7 @@ impl AnthropicTarget {
         );
         Some(AnthropicTarget {
             url: format!("{base}/v1/messages"),
+            count_tokens_url: format!("{base}/v1/messages/count_tokens"),
             headers,
             model_template: upstream_model.to_owned(),
             defaults: dep.request_defaults.clone(),
@@ -122,6 +124,27 @@ impl Provider for AnthropicTarget {
 
     fn speaks_anthropic(&self) -> bool {
         true
+    }
+
+    fn count_tokens_request(
+        &self,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Option<Result<UpstreamRequest, GatewayError>> {
+        let model = crate::common::model_for(&self.model_template, ctx.wildcard);
+        let native = match request::count_tokens_body(request, &model, None) {
+            Ok(native) => native?,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut headers = self.headers.clone();
+        request::join_beta_header(&mut headers, native.beta.as_deref());
+        Some(Ok(UpstreamRequest {
+            url: self.count_tokens_url.clone(),
+            headers,
+            body: Bytes::from(native.body),
+            auth: None,
+            hide_usage_chunk: false,
+        }))
     }
 
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {

@@ -347,6 +347,64 @@ pub fn native_body(
     }))
 }
 
+/// The Messages request's fields `count_tokens` takes (Anthropic refuses any other, such as
+/// `max_tokens` or `stream`).
+const COUNT_TOKENS_FIELDS: &[&str] = &[
+    "messages",
+    "system",
+    "tools",
+    "tool_choice",
+    "thinking",
+    "mcp_servers",
+    "context_management",
+    "output_config",
+    "output_format",
+];
+
+/// The `count_tokens` body for a client's own Messages request: its counted fields as sent, in
+/// its order, with the deployment's model (and `anthropic_version` where the target wants it in
+/// the body). `None` without a carried request.
+pub fn count_tokens_body(
+    request: &RawObject<'_>,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Option<NativeBody>, GatewayError> {
+    let malformed = |e: llmux_types::RawObjectError| {
+        invalid(
+            format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
+            "body",
+        )
+    };
+    let Some(carried) = request.get(crate::NATIVE_ANTHROPIC) else {
+        return Ok(None);
+    };
+    let carried = RawObject::parse(carried.get().as_bytes()).map_err(malformed)?;
+    let Some(raw_body) = carried.get("body") else {
+        return Ok(None);
+    };
+    let beta = carried
+        .decode::<String>("beta")
+        .ok()
+        .flatten()
+        .filter(|b| !b.trim().is_empty());
+    let body = RawObject::parse(raw_body.get().as_bytes()).map_err(malformed)?;
+    let model_json =
+        serde_json::to_vec(model).map_err(|e| GatewayError::internal(e.to_string()))?;
+    let mut edit = body.edit().set("model", model_json);
+    for key in body.keys() {
+        if key != "model" && !COUNT_TOKENS_FIELDS.contains(&key) {
+            edit = edit.remove(key);
+        }
+    }
+    if let Some(version) = version {
+        edit = edit.set("anthropic_version", json!(version).to_string().into_bytes());
+    }
+    Ok(Some(NativeBody {
+        body: edit.render(),
+        beta,
+    }))
+}
+
 /// The client's `anthropic-beta` values joined to the deployment's own (`extra_headers`).
 pub fn join_beta_header(headers: &mut http::HeaderMap, beta: Option<&str>) {
     let Some(beta) = beta else { return };

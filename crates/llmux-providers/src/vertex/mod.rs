@@ -379,6 +379,36 @@ impl Provider for VertexTarget {
         self.family == Family::Anthropic
     }
 
+    /// Claude on Vertex counts through the `count-tokens` publisher model, the model named in
+    /// the body.
+    fn count_tokens_request(
+        &self,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Option<Result<UpstreamRequest, GatewayError>> {
+        if self.family != Family::Anthropic {
+            return None;
+        }
+        let model = crate::common::model_for(&self.model_template, ctx.wildcard);
+        let native = match anthropic::request::count_tokens_body(
+            request,
+            &model,
+            Some(ANTHROPIC_VERTEX_VERSION),
+        ) {
+            Ok(native) => native?,
+            Err(e) => return Some(Err(e)),
+        };
+        let mut headers = self.headers.clone();
+        anthropic::request::join_beta_header(&mut headers, native.beta.as_deref());
+        Some(Ok(UpstreamRequest {
+            url: format!("{}/count-tokens:rawPredict", self.models_url),
+            headers,
+            body: Bytes::from(native.body),
+            auth: self.auth.clone(),
+            hide_usage_chunk: false,
+        }))
+    }
+
     fn parse_error(&self, status: u16, headers: &HeaderMap, body: &[u8]) -> GatewayError {
         crate::errors::parse_error(status, headers, body)
     }

@@ -13,6 +13,7 @@ use llmux_server::{build_router, AppState};
 use serde_json::{json, Value};
 
 struct Fleet {
+    client: llmux::Client,
     url: String,
     mocks: Vec<(String, Arc<MockState>)>,
     http: reqwest::Client,
@@ -40,9 +41,10 @@ async fn fleet(mocks: usize, yaml: &str) -> Fleet {
     let (client, diags) =
         llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
     assert!(diags.iter().all(|d| !d.is_error()), "{diags:?}");
-    let url = spawn(build_router(AppState::new(client))).await;
+    let url = spawn(build_router(AppState::new(client.clone()))).await;
     Fleet {
         url,
+        client,
         mocks: started,
         http: reqwest::Client::new(),
     }
@@ -669,4 +671,48 @@ router_settings: {num_retries: 0}
     assert!(started.elapsed() < Duration::from_secs(1));
     let (status, _, _) = f.chat(json!({"model": "g", "timeout": 0.2})).await;
     assert_eq!(status, 504, "the body field works too");
+}
+
+/// A deployment that breaks off mid-stream is cooled down like one that fails before its first
+/// byte: the recovery reports the failure through the same path, so the cooldown is announced
+/// (to the fleet, through the observer) and the deployment is skipped afterwards.
+#[tokio::test]
+async fn a_mid_stream_failure_cools_the_deployment_and_is_announced() {
+    let f = fleet(
+        2,
+        &RECOVERY.replace(
+            "{stream_recovery: continue, num_retries: 0}",
+            "{stream_recovery: continue, num_retries: 0, allowed_fails: 0, cooldown_time: 30}",
+        ),
+    )
+    .await;
+    let announced = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = std::sync::Arc::clone(&announced);
+    f.client.on_cooldown(move |id, duration| {
+        seen.lock().unwrap().push((id.to_owned(), duration));
+    });
+    f.fail(0, json!({"cut_after": 5, "chunks": 20}));
+    f.fail(1, json!({"chunks": 20}));
+    let (status, _, body) = f.chat(json!({"model": "g", "stream": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(read_stream(&body).0, expected_text(20), "recovered seamlessly");
+    let first = f
+        .client
+        .snapshot()
+        .router
+        .deployments()
+        .iter()
+        .find(|d| d.config.model == "openai/a")
+        .unwrap()
+        .id
+        .clone();
+    let announced = announced.lock().unwrap().clone();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0].0, first);
+    assert_eq!(announced[0].1, Duration::from_secs(30));
+    // The cooled deployment is skipped: the next stream starts on the other one.
+    let before = f.calls(0);
+    let (status, _, _) = f.chat(json!({"model": "g", "stream": true})).await;
+    assert_eq!(status, 200);
+    assert_eq!(f.calls(0), before);
 }

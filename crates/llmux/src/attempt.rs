@@ -15,8 +15,8 @@ use llmux_providers::{
 use llmux_router::{Backend, Deployment};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 
-use crate::execute::{GatewayResponse, ResponseBody, ResponseMeta};
 use crate::relay::{Relay, RelayItem};
+use crate::response::{GatewayResponse, ResponseBody, ResponseMeta};
 use crate::upstream::{BufferBudget, HttpClient, UpstreamResponse};
 
 /// Upper bound on a buffered (non-streaming) upstream response: large embedding batches fit.

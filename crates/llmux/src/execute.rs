@@ -8,58 +8,19 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use llmux_config::{RecoveryMode, RouterSettings};
 use llmux_providers::{Operation, RequestContext};
-use llmux_router::{NoDeployment, RouteMatch, SelectionInput};
+use llmux_router::{RouteMatch, SelectionInput};
 use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::attempt::Attempt;
 use crate::delivered::DeliveredText;
+use crate::deployment::{model_not_found, no_deployment_error, timeout_error, Claim};
 use crate::log::{LogEmitter, Outcome, RequestLog};
-use crate::relay::{relay_stream, RecoveryPlan, RelayStream, StreamSummary};
+use crate::relay::{relay_stream, RecoveryPlan, StreamSummary};
+use crate::response::{GatewayResponse, ResponseBody};
 use crate::resume::Resumer;
 use crate::tokens;
 use crate::{RequestOptions, Snapshot};
-
-/// What the gateway knows about a response besides its body.
-#[derive(Debug, Clone)]
-pub struct ResponseMeta {
-    pub request_id: String,
-    /// The model group that matched (e.g. `gpt-4o` or `openai/*`).
-    pub model_group: String,
-    pub deployment_id: String,
-    pub provider: &'static str,
-    /// The upstream's HTTP status (a 2xx).
-    pub status: u16,
-    /// Upstream headers to pass on (rate-limit state).
-    pub forwarded_headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    /// Usage of a non-streaming response (streams report theirs when they finish).
-    pub usage: Option<Usage>,
-    /// Time spent waiting on the upstream (to the full body, or to the first stream event).
-    pub upstream_latency: Duration,
-    /// Time the gateway itself added before the response could start.
-    pub overhead: Duration,
-    /// Retries made before this response (across all groups tried).
-    pub attempted_retries: u32,
-    /// Fallback groups tried before this response.
-    pub attempted_fallbacks: u32,
-    /// USD for a non-streaming response's usage (`x-litellm-response-cost`).
-    pub cost: Option<f64>,
-    /// The body is the provider's answer in the client's own dialect (an Anthropic Messages
-    /// request answered by a deployment that speaks it), not the OpenAI translation.
-    pub native: bool,
-}
-
-#[derive(Debug)]
-pub enum ResponseBody {
-    Json(Bytes),
-    Stream(RelayStream),
-}
-
-#[derive(Debug)]
-pub struct GatewayResponse {
-    pub meta: ResponseMeta,
-    pub body: ResponseBody,
-}
 
 /// What is known about a request so far, for its log record.
 #[derive(Clone)]
@@ -536,17 +497,8 @@ impl Run<'_> {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
-            let stats = router.stats(index);
-            if let Some(cooldown) = stats.record_failure(
-                error.kind,
-                settings,
-                route.candidates.len(),
-                error.retry_after,
-            ) {
-                tracing::warn!(deployment = %router.deployment(index).id, kind = %error.kind, cooldown_s = cooldown.as_secs_f64(), "deployment cooling down");
-                self.snapshot
-                    .announce_cooldown(&router.deployment(index).id, cooldown);
-            }
+            self.snapshot
+                .deployment_failed(index, &error, route.candidates.len());
             let allowed = match self.controls.num_retries {
                 Some(n)
                     if error.kind.is_retryable()
@@ -620,7 +572,6 @@ impl Run<'_> {
             hide_usage_chunk: false,
             native,
         };
-        let stats = Arc::clone(snapshot.router.stats(index));
         if !self.stream {
             let response = tokio::time::timeout(
                 total_timeout,
@@ -637,13 +588,12 @@ impl Run<'_> {
             )
             .await
             .map_err(|_| timeout_error("waiting for the upstream response", total_timeout))??;
-            let meta = &response.meta;
-            if stats.record_success() {
-                snapshot.announce_recovery(&snapshot.router.deployment(index).id);
-            }
-            let completion = meta.usage.map_or(0, |u| u.completion_tokens);
-            stats.record_latency(meta.upstream_latency, completion);
-            stats.record_tokens(meta.usage.map_or(0, |u| u.total_tokens));
+            snapshot.deployment_answered(index);
+            snapshot.deployment_served(
+                index,
+                response.meta.upstream_latency,
+                response.meta.usage.as_ref(),
+            );
             let mut response = response;
             response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
             let meta = &response.meta;
@@ -674,15 +624,16 @@ impl Run<'_> {
             )
         })??;
         let peeked = attempt.peek(self.op, response, stream_timeout).await?;
-        if stats.record_success() {
-            snapshot.announce_recovery(&snapshot.router.deployment(index).id);
-        }
-        stats.record_ttft(peeked.meta.upstream_latency);
+        snapshot.deployment_answered(index);
+        snapshot
+            .router
+            .stats(index)
+            .record_ttft(peeked.meta.upstream_latency);
         let meta = peeked.meta.clone();
         let time_to_first_chunk = self.trace.received_at.elapsed();
         let logs = self.logs.clone();
         let trace = self.trace.clone();
-        let settings = snapshot.router.settings().clone();
+        let finished_snapshot = Arc::clone(&snapshot);
         let group_size = route.candidates.len();
         let body = self.body.clone();
         let on_finish = move |mut summary: StreamSummary| {
@@ -704,13 +655,13 @@ impl Run<'_> {
                 .as_ref()
                 .filter(|e| summary.recoveries == 0 && e.kind != ErrorKind::BudgetExceeded)
             {
-                stats.record_failure(e.kind, &settings, group_size, e.retry_after);
+                finished_snapshot.deployment_failed(index, e, group_size);
             }
-            if let Some(usage) = summary.usage {
-                stats.record_tokens(usage.total_tokens);
-                stats.record_latency(
+            if summary.usage.is_some() {
+                finished_snapshot.deployment_served(
+                    index,
                     summary.duration + meta.upstream_latency,
-                    usage.completion_tokens,
+                    summary.usage.as_ref(),
                 );
             }
             if trace.wanted(&logs) {
@@ -762,69 +713,6 @@ impl Run<'_> {
             body: ResponseBody::Stream(stream),
         })
     }
-}
-
-/// A claimed deployment (in-flight slot); released when dropped.
-pub(crate) struct Claim {
-    pub(crate) snapshot: Arc<Snapshot>,
-    pub(crate) index: usize,
-}
-
-impl Drop for Claim {
-    fn drop(&mut self) {
-        self.snapshot.router.release(self.index);
-    }
-}
-
-pub(crate) fn no_deployment_error(
-    no: NoDeployment,
-    group: &str,
-    op: Operation,
-    prompt_tokens: Option<u64>,
-) -> GatewayError {
-    match no {
-        NoDeployment::NotSupported => GatewayError::invalid_request(format!("model `{group}` does not support {}", op.as_str()))
-            .with_param("model")
-            .with_code("unsupported_operation"),
-        NoDeployment::NoTagMatch => GatewayError::invalid_request(format!("no deployment of `{group}` matches the request's tags"))
-            .with_code("no_matching_tags"),
-        NoDeployment::ContextWindow => GatewayError::new(
-            ErrorKind::ContextLengthExceeded,
-            format!(
-                "The prompt ({} tokens) is longer than the context window of every deployment of `{group}`.",
-                prompt_tokens.unwrap_or(0)
-            ),
-        )
-        .with_param("messages"),
-        NoDeployment::AtCapacity => GatewayError::new(ErrorKind::RateLimited, format!("every deployment of `{group}` is at max_parallel_requests"))
-            .with_code("max_parallel_requests_reached"),
-        NoDeployment::OverLimits => GatewayError::new(ErrorKind::RateLimited, format!("every deployment of `{group}` is over its rpm/tpm limit for this minute"))
-            .with_code("deployment_limits_reached"),
-        NoDeployment::Cooling { retry_in, rate_limited } => {
-            let kind = if rate_limited { ErrorKind::RateLimited } else { ErrorKind::UpstreamUnavailable };
-            let mut e = GatewayError::new(kind, format!("no healthy deployment of `{group}`: all are cooling down after failures"))
-                .with_code("no_healthy_deployments")
-                .with_status(if rate_limited { 429 } else { 503 });
-            e.retry_after = Some(retry_in);
-            e
-        }
-    }
-}
-
-pub(crate) fn timeout_error(what: &str, after: Duration) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::Timeout,
-        format!("timed out after {:.1}s {what}", after.as_secs_f64()),
-    )
-}
-
-pub(crate) fn model_not_found(model: &str) -> GatewayError {
-    GatewayError::new(
-        ErrorKind::NotFound,
-        format!("The model `{model}` does not exist or you do not have access to it."),
-    )
-    .with_param("model")
-    .with_code("model_not_found")
 }
 
 fn requested_model(request: &RawObject<'_>) -> Result<String, GatewayError> {

@@ -11,7 +11,7 @@ use llmux_types::{GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::attempt::Attempt;
-use crate::execute::{model_not_found, no_deployment_error, timeout_error, Claim};
+use crate::deployment::{model_not_found, no_deployment_error, timeout_error, Claim};
 use crate::relay::{Resume, Resumed};
 use crate::Snapshot;
 
@@ -73,17 +73,11 @@ impl Resume for Resumer {
         Box::pin(async move {
             let snapshot = Arc::clone(&self.snapshot);
             let router = &snapshot.router;
-            let settings = router.settings();
             let route = router
                 .route(&self.route_model)
                 .ok_or_else(|| model_not_found(&self.route_model))?;
             if let Some(&current) = self.used.last() {
-                router.stats(current).record_failure(
-                    failure.kind,
-                    settings,
-                    route.candidates.len(),
-                    failure.retry_after,
-                );
+                snapshot.deployment_failed(current, failure, route.candidates.len());
             }
             let input = SelectionInput {
                 op: Operation::Chat,
@@ -138,12 +132,9 @@ impl Resume for Resumer {
                 attempt.peek(Operation::Chat, response, timeout).await
             }
             .await;
-            let stats = router.stats(index);
             match outcome {
                 Ok(peeked) => {
-                    if stats.record_success() {
-                        snapshot.announce_recovery(&router.deployment(index).id);
-                    }
+                    snapshot.deployment_answered(index);
                     self.claims.push(claim);
                     let mut initial: Vec<(Bytes, Option<Usage>)> =
                         peeked.initial.into_iter().map(|b| (b, None)).collect();
@@ -157,7 +148,7 @@ impl Resume for Resumer {
                     })
                 }
                 Err(e) => {
-                    stats.record_failure(e.kind, settings, route.candidates.len(), e.retry_after);
+                    snapshot.deployment_failed(index, &e, route.candidates.len());
                     Err(e)
                 }
             }

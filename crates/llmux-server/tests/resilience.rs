@@ -695,7 +695,11 @@ async fn a_mid_stream_failure_cools_the_deployment_and_is_announced() {
     f.fail(1, json!({"chunks": 20}));
     let (status, _, body) = f.chat(json!({"model": "g", "stream": true})).await;
     assert_eq!(status, 200);
-    assert_eq!(read_stream(&body).0, expected_text(20), "recovered seamlessly");
+    assert_eq!(
+        read_stream(&body).0,
+        expected_text(20),
+        "recovered seamlessly"
+    );
     let first = f
         .client
         .snapshot()

@@ -11,7 +11,10 @@
 use bytes::{Bytes, BytesMut};
 use llmux_providers::anthropic::stream::{NATIVE_MARK, NATIVE_ONLY_MARK};
 use llmux_types::{ErrorKind, GatewayError, Usage};
-use serde::Serialize;
+use std::borrow::Cow;
+
+use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 /// The internal request made from a Messages request.
@@ -532,16 +535,121 @@ impl From<&Usage> for MessageUsage {
 
 /// A Messages API response.
 #[derive(Debug, Serialize)]
-pub struct Message {
+pub struct Message<'a> {
     pub id: String,
     #[serde(rename = "type")]
     pub kind: &'static str,
     pub role: &'static str,
-    pub model: String,
-    pub content: Vec<Value>,
+    pub model: &'a str,
+    pub content: Vec<ContentBlock<'a>>,
     pub stop_reason: Option<&'static str>,
-    pub stop_sequence: Option<String>,
+    pub stop_sequence: Option<&'a str>,
     pub usage: MessageUsage,
+}
+
+/// One block of a Messages response's `content`.
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ContentBlock<'a> {
+    /// A block kept as the internal answer carried it (thinking blocks with their signatures).
+    Raw(&'a RawValue),
+    Typed(TypedBlock<'a>),
+}
+
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum TypedBlock<'a> {
+    Thinking {
+        thinking: &'a str,
+        signature: &'static str,
+    },
+    Text {
+        text: &'a str,
+    },
+    ToolUse {
+        id: &'a str,
+        name: &'a str,
+        input: ToolInput<'a>,
+    },
+}
+
+/// A tool call's arguments as the `input` object: the JSON as generated when it is JSON, else
+/// kept as a string under `_raw` (a model may emit broken JSON; the client still sees it).
+#[derive(Debug, Serialize)]
+#[serde(untagged)]
+pub enum ToolInput<'a> {
+    Json(&'a RawValue),
+    Empty {},
+    Broken { _raw: &'a str },
+}
+
+impl<'a> ToolInput<'a> {
+    fn of(arguments: &'a str) -> Self {
+        if arguments.trim().is_empty() {
+            return ToolInput::Empty {};
+        }
+        match serde_json::from_str::<&RawValue>(arguments) {
+            Ok(raw) if raw.get().trim_start().starts_with('{') => ToolInput::Json(raw),
+            _ => ToolInput::Broken { _raw: arguments },
+        }
+    }
+}
+
+/// The internal answer (an OpenAI chat completion), read without building a tree: only what a
+/// Messages response needs, strings borrowed from the body where they carry no escapes.
+#[derive(Deserialize)]
+struct ChatAnswer<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<ChatChoice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+#[derive(Deserialize)]
+struct ChatChoice<'a> {
+    #[serde(borrow, default)]
+    message: Option<ChatAnswerMessage<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChatAnswerMessage<'a> {
+    /// A string, an array of parts, or null.
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking_blocks: Option<Vec<&'a RawValue>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ChatToolCall<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ChatToolCall<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<ChatFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChatFunction<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChatTextPart<'a> {
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
 }
 
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
@@ -563,85 +671,71 @@ fn message_id(id: Option<&str>) -> String {
     }
 }
 
-fn tool_input(arguments: &str) -> Value {
-    if arguments.trim().is_empty() {
-        return json!({});
-    }
-    serde_json::from_str(arguments).unwrap_or_else(|_| json!({"_raw": arguments}))
-}
-
 /// Convert an internal (OpenAI chat completion) response body into a Messages response.
 pub fn message(chat: &[u8]) -> Result<Bytes, GatewayError> {
-    let chat: Value = serde_json::from_slice(chat).map_err(|e| {
+    let not_json = |e: serde_json::Error| {
         GatewayError::new(
             ErrorKind::UpstreamError,
-            format!("the answer is not JSON: {e}"),
+            format!("the answer is not an OpenAI chat completion: {e}"),
         )
-    })?;
-    // An Anthropic deployment's answer, as it sent it.
-    if let Some(native) = chat.get(llmux_providers::NATIVE_ANTHROPIC) {
-        return Ok(Bytes::from(native.to_string()));
-    }
-    let choice = chat.pointer("/choices/0").cloned().unwrap_or_default();
-    let msg = choice.get("message").cloned().unwrap_or_default();
+    };
+    let chat: ChatAnswer<'_> = serde_json::from_slice(chat).map_err(not_json)?;
+    let choice = chat.choices.first();
+    let msg = choice.and_then(|c| c.message.as_ref());
+    // Text parts of an array `content`, decoded first so the blocks can borrow them.
+    let parts: Vec<ChatTextPart<'_>> = match msg.and_then(|m| m.content) {
+        Some(raw) if raw.get().starts_with('[') => {
+            serde_json::from_str(raw.get()).map_err(not_json)?
+        }
+        _ => Vec::new(),
+    };
+    let text: Option<Cow<'_, str>> = match msg.and_then(|m| m.content) {
+        Some(raw) if raw.get().starts_with('"') => {
+            Some(serde_json::from_str(raw.get()).map_err(not_json)?)
+        }
+        _ => None,
+    };
     let mut content = Vec::new();
-    match msg.get("thinking_blocks").and_then(Value::as_array) {
-        Some(blocks) if !blocks.is_empty() => content.extend(blocks.iter().cloned()),
-        _ => {
-            if let Some(r) = msg
-                .get("reasoning_content")
-                .and_then(Value::as_str)
-                .filter(|r| !r.is_empty())
-            {
-                content.push(json!({"type": "thinking", "thinking": r, "signature": ""}));
+    if let Some(msg) = msg {
+        match msg.thinking_blocks.as_deref() {
+            Some(blocks) if !blocks.is_empty() => {
+                content.extend(blocks.iter().map(|b| ContentBlock::Raw(b)));
             }
-        }
-    }
-    match msg.get("content") {
-        Some(Value::String(text)) if !text.is_empty() => {
-            content.push(json!({"type": "text", "text": text}))
-        }
-        Some(Value::Array(parts)) => {
-            for p in parts {
-                if let Some(text) = p.get("text").and_then(Value::as_str) {
-                    content.push(json!({"type": "text", "text": text}));
+            _ => {
+                if let Some(r) = msg.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+                    content.push(ContentBlock::Typed(TypedBlock::Thinking {
+                        thinking: r,
+                        signature: "",
+                    }));
                 }
             }
         }
-        _ => {}
     }
-    for call in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        content.push(json!({
-            "type": "tool_use",
-            "id": call.get("id").cloned().unwrap_or(json!("")),
-            "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
-            "input": tool_input(call.pointer("/function/arguments").and_then(Value::as_str).unwrap_or("")),
+    if let Some(text) = text.as_deref().filter(|t| !t.is_empty()) {
+        content.push(ContentBlock::Typed(TypedBlock::Text { text }));
+    }
+    for part in &parts {
+        if let Some(text) = part.text.as_deref() {
+            content.push(ContentBlock::Typed(TypedBlock::Text { text }));
+        }
+    }
+    for call in msg.and_then(|m| m.tool_calls.as_deref()).unwrap_or(&[]) {
+        let function = call.function.as_ref();
+        content.push(ContentBlock::Typed(TypedBlock::ToolUse {
+            id: call.id.as_deref().unwrap_or(""),
+            name: function.and_then(|f| f.name.as_deref()).unwrap_or(""),
+            input: ToolInput::of(function.and_then(|f| f.arguments.as_deref()).unwrap_or("")),
         }));
     }
-    let usage: Usage = chat
-        .get("usage")
-        .and_then(|u| serde_json::from_value(u.clone()).ok())
-        .unwrap_or_default();
     let message = Message {
-        id: message_id(chat.get("id").and_then(Value::as_str)),
+        id: message_id(chat.id.as_deref()),
         kind: "message",
         role: "assistant",
-        model: chat
-            .get("model")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned(),
+        model: chat.model.as_deref().unwrap_or(""),
         content,
-        stop_reason: Some(stop_reason(
-            choice.get("finish_reason").and_then(Value::as_str),
-        )),
+        stop_reason: Some(stop_reason(choice.and_then(|c| c.finish_reason.as_deref()))),
         stop_sequence: None,
-        usage: MessageUsage::from(&usage),
+        usage: MessageUsage::from(&chat.usage.unwrap_or_default()),
     };
     serde_json::to_vec(&message)
         .map(Bytes::from)
@@ -713,12 +807,177 @@ fn event_raw(out: &mut BytesMut, name: &str, data: &str) {
     out.extend_from_slice(b"\n\n");
 }
 
-fn event(out: &mut BytesMut, name: &str, data: &Value) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.to_string().as_bytes());
-    out.extend_from_slice(b"\n\n");
+/// One Messages stream event, written as Anthropic frames it (`event: <type>`, `data: <json>`).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum StreamEvent<'a> {
+    MessageStart {
+        message: Message<'a>,
+    },
+    Ping,
+    ContentBlockStart {
+        index: usize,
+        content_block: BlockStart<'a>,
+    },
+    ContentBlockDelta {
+        index: usize,
+        delta: BlockDelta<'a>,
+    },
+    ContentBlockStop {
+        index: usize,
+    },
+    MessageDelta {
+        delta: MessageDeltaBody,
+        usage: MessageUsage,
+    },
+    MessageStop,
+    Error {
+        error: ErrorDetail<'a>,
+    },
+}
+
+impl StreamEvent<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            StreamEvent::MessageStart { .. } => "message_start",
+            StreamEvent::Ping => "ping",
+            StreamEvent::ContentBlockStart { .. } => "content_block_start",
+            StreamEvent::ContentBlockDelta { .. } => "content_block_delta",
+            StreamEvent::ContentBlockStop { .. } => "content_block_stop",
+            StreamEvent::MessageDelta { .. } => "message_delta",
+            StreamEvent::MessageStop => "message_stop",
+            StreamEvent::Error { .. } => "error",
+        }
+    }
+
+    fn write(&self, out: &mut BytesMut) {
+        out.extend_from_slice(b"event: ");
+        out.extend_from_slice(self.name().as_bytes());
+        out.extend_from_slice(b"\ndata: ");
+        let mut writer = BytesWriter(out);
+        // Serializing these structs cannot fail (no maps with non-string keys, no floats).
+        let _ = serde_json::to_writer(&mut writer, self);
+        writer.0.extend_from_slice(b"\n\n");
+    }
+}
+
+struct BytesWriter<'a>(&'a mut BytesMut);
+
+impl std::io::Write for BytesWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockStart<'a> {
+    Thinking {
+        thinking: &'static str,
+        signature: &'static str,
+    },
+    Text {
+        text: &'static str,
+    },
+    ToolUse {
+        id: Cow<'a, str>,
+        name: &'a str,
+        input: ToolInput<'static>,
+    },
+}
+
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum BlockDelta<'a> {
+    ThinkingDelta { thinking: &'a str },
+    SignatureDelta { signature: &'a str },
+    TextDelta { text: &'a str },
+    InputJsonDelta { partial_json: &'a str },
+}
+
+#[derive(Serialize)]
+struct MessageDeltaBody {
+    stop_reason: &'static str,
+    stop_sequence: Option<&'static str>,
+}
+
+#[derive(Serialize)]
+struct ErrorDetail<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    message: &'a str,
+}
+
+/// One chunk of the internal stream, read without building a tree.
+#[derive(Deserialize)]
+struct ChatChunk<'a> {
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    model: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    choices: Vec<ChunkChoice<'a>>,
+    #[serde(default)]
+    usage: Option<Usage>,
+    #[serde(borrow, default)]
+    error: Option<ChunkError<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkChoice<'a> {
+    #[serde(borrow, default)]
+    delta: Option<ChunkDelta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkDelta<'a> {
+    #[serde(borrow, default)]
+    content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    reasoning_content: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    thinking_blocks: Option<Vec<ThinkingBlockDelta<'a>>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+#[derive(Deserialize)]
+struct ThinkingBlockDelta<'a> {
+    #[serde(borrow, default)]
+    signature: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<ChatFunction<'a>>,
+}
+
+#[derive(Deserialize)]
+struct ChunkError<'a> {
+    #[serde(borrow, default)]
+    message: Option<Cow<'a, str>>,
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+}
+
+/// The first fields of an Anthropic event, to keep the translator's state in step.
+#[derive(Deserialize)]
+struct NativeEventHead<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    index: Option<usize>,
 }
 
 impl StreamTranslator {
@@ -768,19 +1027,12 @@ impl StreamTranslator {
         if self.finished {
             return;
         }
-        let Ok(data) = serde_json::from_str::<Value>(event.trim()) else {
+        let Ok(head) = serde_json::from_str::<NativeEventHead<'_>>(event.trim()) else {
             return;
         };
-        let kind = data
-            .get("type")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_owned();
-        let index = data
-            .get("index")
-            .and_then(Value::as_u64)
-            .map(|i| i as usize);
-        match kind.as_str() {
+        let kind = head.kind.unwrap_or_default();
+        let index = head.index;
+        match kind.as_ref() {
             "message_start" => self.started = true,
             "content_block_start" => {
                 if let Some(i) = index {
@@ -796,45 +1048,38 @@ impl StreamTranslator {
         event_raw(out, &kind, event.trim());
     }
 
-    fn start(&mut self, chunk: &Value, out: &mut BytesMut) {
+    fn start(&mut self, id: Option<&str>, model: Option<&str>, out: &mut BytesMut) {
         if self.started {
             return;
         }
         self.started = true;
         let message = Message {
-            id: message_id(chunk.get("id").and_then(Value::as_str)),
+            id: message_id(id),
             kind: "message",
             role: "assistant",
-            model: chunk
-                .get("model")
-                .and_then(Value::as_str)
-                .unwrap_or("")
-                .to_owned(),
+            model: model.unwrap_or(""),
             content: Vec::new(),
             stop_reason: None,
             stop_sequence: None,
             usage: MessageUsage::default(),
         };
-        event(
-            out,
-            "message_start",
-            &json!({"type": "message_start", "message": message}),
-        );
-        event(out, "ping", &json!({"type": "ping"}));
+        StreamEvent::MessageStart { message }.write(out);
+        StreamEvent::Ping.write(out);
     }
 
     fn close_block(&mut self, out: &mut BytesMut) {
         if let Some((index, _)) = self.open.take() {
-            event(
-                out,
-                "content_block_stop",
-                &json!({"type": "content_block_stop", "index": index}),
-            );
+            StreamEvent::ContentBlockStop { index }.write(out);
         }
     }
 
     /// Make sure a block of `kind` is open (a new one unless the open one is of that kind).
-    fn block(&mut self, kind: &'static str, start: Value, out: &mut BytesMut) -> usize {
+    fn block(&mut self, start: BlockStart<'_>, out: &mut BytesMut) -> usize {
+        let kind = match start {
+            BlockStart::Thinking { .. } => "thinking",
+            BlockStart::Text { .. } => "text",
+            BlockStart::ToolUse { .. } => "tool_use",
+        };
         if let Some((index, open)) = self.open {
             if open == kind && kind != "tool_use" {
                 return index;
@@ -844,23 +1089,23 @@ impl StreamTranslator {
         let index = self.next_index;
         self.next_index += 1;
         self.open = Some((index, kind));
-        event(
-            out,
-            "content_block_start",
-            &json!({"type": "content_block_start", "index": index, "content_block": start}),
-        );
+        StreamEvent::ContentBlockStart {
+            index,
+            content_block: start,
+        }
+        .write(out);
         index
     }
 
-    fn delta(out: &mut BytesMut, index: usize, delta: Value) {
-        event(
-            out,
-            "content_block_delta",
-            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
-        );
+    fn delta(out: &mut BytesMut, index: usize, delta: BlockDelta<'_>) {
+        StreamEvent::ContentBlockDelta { index, delta }.write(out);
     }
 
     fn data(&mut self, data: &str, out: &mut BytesMut) {
+        const THINKING: BlockStart<'static> = BlockStart::Thinking {
+            thinking: "",
+            signature: "",
+        };
         if self.finished {
             return;
         }
@@ -868,128 +1113,91 @@ impl StreamTranslator {
             self.end_message(out);
             return;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+        let Ok(chunk) = serde_json::from_str::<ChatChunk<'_>>(data) else {
             return;
         };
-        if let Some(error) = chunk.get("error") {
-            self.start(&chunk, out);
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error");
-            let kind = match error.get("type").and_then(Value::as_str) {
+        self.start(chunk.id.as_deref(), chunk.model.as_deref(), out);
+        if let Some(error) = &chunk.error {
+            let kind = match error.kind.as_deref() {
                 Some("rate_limit_error") | Some("rate_limit_exceeded") => "rate_limit_error",
                 Some("overloaded_error") => "overloaded_error",
                 _ => "api_error",
             };
-            event(
-                out,
-                "error",
-                &json!({"type": "error", "error": {"type": kind, "message": message}}),
-            );
+            let message = error.message.as_deref().unwrap_or("upstream error");
+            StreamEvent::Error {
+                error: ErrorDetail { kind, message },
+            }
+            .write(out);
             self.finished = true;
             return;
         }
-        self.start(&chunk, out);
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            if let Ok(u) = serde_json::from_value::<Usage>(u.clone()) {
-                self.usage = Some(u);
-            }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
         }
-        let Some(choice) = chunk.pointer("/choices/0") else {
+        let Some(choice) = chunk.choices.first() else {
             return;
         };
-        let delta = choice.get("delta").cloned().unwrap_or_default();
-        if let Some(r) = delta
-            .get("reasoning_content")
-            .and_then(Value::as_str)
-            .filter(|r| !r.is_empty())
-        {
-            let index = self.block(
-                "thinking",
-                json!({"type": "thinking", "thinking": "", "signature": ""}),
-                out,
-            );
-            Self::delta(out, index, json!({"type": "thinking_delta", "thinking": r}));
-        }
-        for block in delta
-            .get("thinking_blocks")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            if let Some(signature) = block
-                .get("signature")
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-            {
-                let index = self.block(
-                    "thinking",
-                    json!({"type": "thinking", "thinking": "", "signature": ""}),
-                    out,
-                );
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "signature_delta", "signature": signature}),
-                );
+        if let Some(delta) = &choice.delta {
+            if let Some(r) = delta.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+                let index = self.block(THINKING, out);
+                Self::delta(out, index, BlockDelta::ThinkingDelta { thinking: r });
             }
-        }
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            let index = self.block("text", json!({"type": "text", "text": ""}), out);
-            Self::delta(out, index, json!({"type": "text_delta", "text": text}));
-        }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let known = self.tools.iter().find(|(t, _)| *t == k).map(|(_, i)| *i);
-            let index = match known {
-                Some(i) => i,
-                None => {
-                    let start = json!({
-                        "type": "tool_use",
-                        "id": call.get("id").cloned().unwrap_or(json!(format!("toolu_{}", crate::new_request_id()))),
-                        "name": call.pointer("/function/name").cloned().unwrap_or(json!("")),
-                        "input": {},
-                    });
-                    let i = self.block("tool_use", start, out);
-                    self.tools.push((k, i));
-                    i
+            for block in delta.thinking_blocks.as_deref().unwrap_or(&[]) {
+                if let Some(signature) = block.signature.as_deref().filter(|s| !s.is_empty()) {
+                    let index = self.block(THINKING, out);
+                    Self::delta(out, index, BlockDelta::SignatureDelta { signature });
                 }
-            };
-            if let Some(args) = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .filter(|a| !a.is_empty())
-            {
-                Self::delta(
-                    out,
-                    index,
-                    json!({"type": "input_json_delta", "partial_json": args}),
-                );
+            }
+            if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
+                let index = self.block(BlockStart::Text { text: "" }, out);
+                Self::delta(out, index, BlockDelta::TextDelta { text });
+            }
+            for call in delta.tool_calls.as_deref().unwrap_or(&[]) {
+                let k = call.index.unwrap_or(0);
+                let function = call.function.as_ref();
+                let known = self.tools.iter().find(|(t, _)| *t == k).map(|(_, i)| *i);
+                let index = match known {
+                    Some(i) => i,
+                    None => {
+                        let id = match call.id.as_deref() {
+                            Some(id) => Cow::Borrowed(id),
+                            None => Cow::Owned(format!("toolu_{}", crate::new_request_id())),
+                        };
+                        let start = BlockStart::ToolUse {
+                            id,
+                            name: function.and_then(|f| f.name.as_deref()).unwrap_or(""),
+                            input: ToolInput::Empty {},
+                        };
+                        let i = self.block(start, out);
+                        self.tools.push((k, i));
+                        i
+                    }
+                };
+                if let Some(args) = function
+                    .and_then(|f| f.arguments.as_deref())
+                    .filter(|a| !a.is_empty())
+                {
+                    Self::delta(
+                        out,
+                        index,
+                        BlockDelta::InputJsonDelta { partial_json: args },
+                    );
+                }
             }
         }
-        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(finish) = choice.finish_reason.as_deref() {
             self.stop_reason = Some(stop_reason(Some(finish)));
         }
     }
 
     fn end_message(&mut self, out: &mut BytesMut) {
         if !self.started {
-            self.start(&Value::Null, out);
+            self.start(None, None, out);
         }
         self.close_block(out);
         if self.native_delta_sent {
             // The upstream's own message_delta (stop reason, usage) went out already.
-            event(out, "message_stop", &json!({"type": "message_stop"}));
+            StreamEvent::MessageStop.write(out);
             self.finished = true;
             return;
         }
@@ -998,16 +1206,15 @@ impl StreamTranslator {
             .as_ref()
             .map(MessageUsage::from)
             .unwrap_or_default();
-        event(
-            out,
-            "message_delta",
-            &json!({
-                "type": "message_delta",
-                "delta": {"stop_reason": self.stop_reason.unwrap_or("end_turn"), "stop_sequence": null},
-                "usage": usage,
-            }),
-        );
-        event(out, "message_stop", &json!({"type": "message_stop"}));
+        StreamEvent::MessageDelta {
+            delta: MessageDeltaBody {
+                stop_reason: self.stop_reason.unwrap_or("end_turn"),
+                stop_sequence: None,
+            },
+            usage,
+        }
+        .write(out);
+        StreamEvent::MessageStop.write(out);
         self.finished = true;
     }
 }

@@ -477,3 +477,64 @@ fn native_events_pass_as_sent_and_endings_are_not_doubled() {
     assert_eq!(events[4]["index"], 1, "the next block index");
     assert_eq!(events[5]["delta"]["text"], " there");
 }
+
+/// Answers from providers other than Anthropic, in the shapes they take: content as an array
+/// of parts or null, tool arguments that are not an object (a model may write broken JSON; the
+/// client still sees it under `_raw`), a `null` usage and error; and a stream whose chunks carry
+/// escaped text and a null `error` is translated, not ended.
+#[test]
+fn unusual_openai_answers_become_valid_messages() {
+    let chat = json!({
+        "id": "chatcmpl-9", "model": "m", "usage": null,
+        "choices": [{"index": 0, "finish_reason": "tool_calls", "message": {"role": "assistant",
+            "content": [{"type": "text", "text": "line \"one\"\n"}, {"type": "text", "text": "two"}],
+            "tool_calls": [
+                {"id": "call_1", "type": "function", "function": {"name": "a", "arguments": " {\"x\": [1, 2]}"}},
+                {"id": "call_2", "type": "function", "function": {"name": "b", "arguments": "{\"x\": "}},
+                {"id": "call_3", "type": "function", "function": {"name": "c", "arguments": "[1]"}},
+                {"id": "call_4", "type": "function", "function": {"name": "d", "arguments": ""}}]}}]
+    });
+    let out: Value =
+        serde_json::from_slice(&message(chat.to_string().as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["id"], "msg_9");
+    assert_eq!(out["stop_reason"], "tool_use");
+    assert_eq!(
+        out["content"][0],
+        json!({"type": "text", "text": "line \"one\"\n"})
+    );
+    assert_eq!(out["content"][1], json!({"type": "text", "text": "two"}));
+    assert_eq!(out["content"][2]["input"], json!({"x": [1, 2]}));
+    assert_eq!(out["content"][3]["input"], json!({"_raw": "{\"x\": "}));
+    assert_eq!(out["content"][4]["input"], json!({"_raw": "[1]"}));
+    assert_eq!(out["content"][5]["input"], json!({}));
+    assert_eq!(out["content"][5]["type"], "tool_use");
+    assert_eq!(out["usage"]["input_tokens"], 0);
+
+    let null_content =
+        json!({"id": "x", "choices": [{"message": {"content": null}, "finish_reason": "length"}]});
+    let out: Value =
+        serde_json::from_slice(&message(null_content.to_string().as_bytes()).unwrap()).unwrap();
+    assert_eq!(out["content"], json!([]));
+    assert_eq!(out["stop_reason"], "max_tokens");
+    assert!(message(b"[1, 2]").is_err(), "not a chat completion");
+
+    let mut t = StreamTranslator::new();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&t.feed(b"data: {\"id\":\"c\",\"model\":\"m\",\"error\":null,\"usage\":null,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"say \\\"hi\\\"\\n\"}}]}\n\n"));
+    out.extend_from_slice(&t.feed(b"data: [DONE]\n\n"));
+    let events = sse_events(&out);
+    let names: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "ping",
+            "content_block_start",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    assert_eq!(events[3]["delta"]["text"], "say \"hi\"\n");
+}

@@ -890,13 +890,18 @@ enum BlockStart<'a> {
     },
 }
 
+/// A `content_block_delta`'s `delta`, its `type` the variant's name + `_delta`.
 #[derive(Serialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
+#[serde(tag = "type")]
 enum BlockDelta<'a> {
-    ThinkingDelta { thinking: &'a str },
-    SignatureDelta { signature: &'a str },
-    TextDelta { text: &'a str },
-    InputJsonDelta { partial_json: &'a str },
+    #[serde(rename = "thinking_delta")]
+    Thinking { thinking: &'a str },
+    #[serde(rename = "signature_delta")]
+    Signature { signature: &'a str },
+    #[serde(rename = "text_delta")]
+    Text { text: &'a str },
+    #[serde(rename = "input_json_delta")]
+    InputJson { partial_json: &'a str },
 }
 
 #[derive(Serialize)]
@@ -1140,17 +1145,17 @@ impl StreamTranslator {
         if let Some(delta) = &choice.delta {
             if let Some(r) = delta.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
                 let index = self.block(THINKING, out);
-                Self::delta(out, index, BlockDelta::ThinkingDelta { thinking: r });
+                Self::delta(out, index, BlockDelta::Thinking { thinking: r });
             }
             for block in delta.thinking_blocks.as_deref().unwrap_or(&[]) {
                 if let Some(signature) = block.signature.as_deref().filter(|s| !s.is_empty()) {
                     let index = self.block(THINKING, out);
-                    Self::delta(out, index, BlockDelta::SignatureDelta { signature });
+                    Self::delta(out, index, BlockDelta::Signature { signature });
                 }
             }
             if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
                 let index = self.block(BlockStart::Text { text: "" }, out);
-                Self::delta(out, index, BlockDelta::TextDelta { text });
+                Self::delta(out, index, BlockDelta::Text { text });
             }
             for call in delta.tool_calls.as_deref().unwrap_or(&[]) {
                 let k = call.index.unwrap_or(0);
@@ -1180,7 +1185,7 @@ impl StreamTranslator {
                     Self::delta(
                         out,
                         index,
-                        BlockDelta::InputJsonDelta { partial_json: args },
+                        BlockDelta::InputJson { partial_json: args },
                     );
                 }
             }

@@ -10,12 +10,12 @@
 
 use bytes::{Bytes, BytesMut};
 use llmux_providers::anthropic::stream::{NATIVE_MARK, NATIVE_ONLY_MARK};
-use llmux_types::{ErrorKind, GatewayError, Usage};
+use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// The internal request made from a Messages request.
 #[derive(Debug, Clone)]
@@ -34,115 +34,132 @@ fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
 /// Convert a Messages request body into the internal chat request. The body itself rides
 /// along (`NATIVE_ANTHROPIC`, with the client's `anthropic-beta`): an Anthropic deployment is
 /// sent it as it is, with only the model changed, and its answer comes back as it sent it.
+///
+/// The body is read into borrowed typed structs (its top level indexed, each message and block
+/// read once, strings borrowed where they carry no escapes) and the internal request written
+/// from typed structs: no `serde_json::Value` tree is built for the common shapes.
 pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, GatewayError> {
-    let request: Value = serde_json::from_slice(body)
-        .map_err(|e| GatewayError::invalid_request(format!("the body is not valid JSON: {e}")))?;
-    let Value::Object(request) = request else {
-        return Err(GatewayError::invalid_request(
-            "the body must be a JSON object",
-        ));
-    };
-    let model = match request.get("model") {
-        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+    let request = RawObject::parse(body).map_err(|e| {
+        if body.trim_ascii_start().starts_with(b"{") {
+            GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
+        } else {
+            GatewayError::invalid_request("the body must be a JSON object")
+        }
+    })?;
+    let present = |key: &str| request.get(key).filter(|v| v.get() != "null");
+    let model: Cow<'_, str> = match request.decode::<Cow<'_, str>>("model") {
+        Ok(Some(m)) if !m.is_empty() => m,
         _ => return Err(invalid("model: Field required", "model")),
     };
     let max_tokens = match request.get("max_tokens") {
-        Some(v) => v
-            .as_u64()
+        Some(raw) => serde_json::from_str::<u64>(raw.get())
+            .ok()
             .filter(|n| *n >= 1)
             .ok_or_else(|| invalid("max_tokens: must be a positive integer", "max_tokens"))?,
         None => return Err(invalid("max_tokens: Field required", "max_tokens")),
     };
-    let Some(Value::Array(messages)) = request.get("messages") else {
-        return Err(invalid("messages: Field required (an array)", "messages"));
-    };
-    let stream = match request.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(Value::Bool(b)) => *b,
-        Some(_) => return Err(invalid("stream: must be a boolean", "stream")),
+    let messages: Vec<&RawValue> = request
+        .get("messages")
+        .and_then(|raw| serde_json::from_str(raw.get()).ok())
+        .ok_or_else(|| invalid("messages: Field required (an array)", "messages"))?;
+    let stream = match present("stream") {
+        None => false,
+        Some(raw) => serde_json::from_str::<bool>(raw.get())
+            .map_err(|_| invalid("stream: must be a boolean", "stream"))?,
     };
 
-    let mut out = Map::new();
-    out.insert("model".into(), json!(model));
-    let mut chat_messages = Vec::new();
-    if let Some(system) = request.get("system") {
+    let mut chat_messages = Vec::with_capacity(messages.len() + 1);
+    if let Some(system) = present("system") {
         if let Some(content) = system_content(system)? {
-            chat_messages.push(json!({"role": "system", "content": content}));
+            chat_messages.push(OutMessage::new("system", content));
         }
     }
     for (i, message) in messages.iter().enumerate() {
         convert_message(message, i, &mut chat_messages)?;
     }
-    out.insert("messages".into(), Value::Array(chat_messages));
-    out.insert("max_tokens".into(), json!(max_tokens));
-    for field in ["temperature", "top_p", "top_k"] {
-        if let Some(v) = request.get(field).filter(|v| !v.is_null()) {
-            if !v.is_number() {
-                return Err(invalid(format!("{field}: must be a number"), field));
+    let number = |field: &'static str| -> Result<Option<&RawValue>, GatewayError> {
+        match present(field) {
+            Some(raw) if serde_json::from_str::<f64>(raw.get()).is_err() => {
+                Err(invalid(format!("{field}: must be a number"), field))
             }
-            out.insert(field.into(), v.clone());
+            other => Ok(other),
         }
-    }
-    if let Some(stops) = request.get("stop_sequences").filter(|v| !v.is_null()) {
-        let valid = stops
-            .as_array()
-            .is_some_and(|a| a.iter().all(Value::is_string));
-        if !valid {
-            return Err(invalid(
+    };
+    let mut out = InternalRequest {
+        model: &model,
+        messages: chat_messages,
+        max_tokens,
+        temperature: number("temperature")?,
+        top_p: number("top_p")?,
+        top_k: number("top_k")?,
+        stop: None,
+        user: None,
+        tools: None,
+        tool_choice: None,
+        parallel_tool_calls: None,
+        thinking: None,
+        reasoning_effort: None,
+        gateway: Vec::new(),
+        tags: None,
+        stream: stream.then_some(true),
+        stream_options: stream.then_some(StreamOptions {
+            include_usage: true,
+        }),
+    };
+    if let Some(stops) = present("stop_sequences") {
+        let stops_list = serde_json::from_str::<Vec<Cow<'_, str>>>(stops.get()).map_err(|_| {
+            invalid(
                 "stop_sequences: must be an array of strings",
                 "stop_sequences",
-            ));
-        }
-        if stops.as_array().is_some_and(|a| !a.is_empty()) {
-            out.insert("stop".into(), stops.clone());
+            )
+        })?;
+        if !stops_list.is_empty() {
+            out.stop = Some(stops);
         }
     }
-    if let Some(user) = request
-        .get("metadata")
-        .and_then(|m| m.get("user_id"))
-        .and_then(Value::as_str)
-    {
-        out.insert("user".into(), json!(user));
+    let metadata: Option<Metadata<'_>> =
+        present("metadata").and_then(|raw| serde_json::from_str(raw.get()).ok());
+    if let Some(metadata) = &metadata {
+        out.user = metadata.user_id.as_deref();
+        out.tags = metadata.tags;
     }
-    if let Some(tools) = request.get("tools").filter(|v| !v.is_null()) {
-        let Value::Array(tools) = tools else {
-            return Err(invalid("tools: must be an array", "tools"));
-        };
+    if let Some(tools) = present("tools") {
+        let tools: Vec<&RawValue> = serde_json::from_str(tools.get())
+            .map_err(|_| invalid("tools: must be an array", "tools"))?;
         if !tools.is_empty() {
-            out.insert(
-                "tools".into(),
-                Value::Array(tools.iter().map(convert_tool).collect::<Result<_, _>>()?),
+            out.tools = Some(
+                tools
+                    .iter()
+                    .map(|t| convert_tool(t))
+                    .collect::<Result<_, _>>()?,
             );
         }
     }
-    if let Some(choice) = request.get("tool_choice").filter(|v| !v.is_null()) {
-        let (choice, parallel) = convert_tool_choice(choice)?;
-        out.insert("tool_choice".into(), choice);
-        if let Some(p) = parallel {
-            out.insert("parallel_tool_calls".into(), json!(p));
-        }
+    if let Some(choice) = present("tool_choice") {
+        let choice: Value = serde_json::from_str(choice.get())
+            .map_err(|_| invalid("tool_choice: must be an object", "tool_choice"))?;
+        let (choice, parallel) = convert_tool_choice(&choice)?;
+        out.tool_choice = Some(choice);
+        out.parallel_tool_calls = parallel;
     }
-    if let Some(thinking) = request.get("thinking").filter(|v| !v.is_null()) {
-        match thinking.get("type").and_then(Value::as_str) {
+    if let Some(raw) = present("thinking") {
+        let thinking: Thinking<'_> = serde_json::from_str(raw.get())
+            .map_err(|_| invalid("thinking: must be an object", "thinking"))?;
+        match thinking.kind.as_deref() {
             Some("enabled") => {
-                let budget = thinking
-                    .get("budget_tokens")
-                    .and_then(Value::as_u64)
-                    .ok_or_else(|| {
-                        invalid(
-                            "thinking.budget_tokens: required with thinking enabled",
-                            "thinking",
-                        )
-                    })?;
+                let budget = thinking.budget_tokens.ok_or_else(|| {
+                    invalid(
+                        "thinking.budget_tokens: required with thinking enabled",
+                        "thinking",
+                    )
+                })?;
                 // `thinking` reaches Anthropic-family deployments as sent; every other
                 // provider reads the effort it corresponds to.
-                out.insert("thinking".into(), thinking.clone());
-                out.insert("reasoning_effort".into(), json!(effort_for_budget(budget)));
+                out.thinking = Some(raw);
+                out.reasoning_effort = Some(effort_for_budget(budget));
             }
             Some("disabled") => {}
-            Some("adaptive") => {
-                out.insert("thinking".into(), thinking.clone());
-            }
+            Some("adaptive") => out.thinking = Some(raw),
             _ => {
                 return Err(invalid(
                     "thinking.type: must be `enabled` or `disabled`",
@@ -157,33 +174,294 @@ pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, Gate
         .iter()
         .filter(|f| **f != llmux_providers::NATIVE_ANTHROPIC)
     {
-        if let Some(v) = request.get(*field) {
-            out.insert((*field).into(), v.clone());
+        if let Some(v) = request.get(field) {
+            if *field == "tags" {
+                out.tags = Some(v);
+            } else {
+                out.gateway.push((field, v));
+            }
         }
-    }
-    if let Some(tags) = request.get("metadata").and_then(|m| m.get("tags")) {
-        out.entry("tags").or_insert_with(|| tags.clone());
-    }
-    if stream {
-        out.insert("stream".into(), json!(true));
-        out.insert("stream_options".into(), json!({"include_usage": true}));
     }
     // The client's body rides along byte for byte (its key order matters to a model, and
     // re-encoding would sort it); the Anthropic adapter edits it in place.
-    let mut internal = Value::Object(out).to_string();
+    let mut internal = serde_json::to_vec(&out)
+        .map_err(|e| GatewayError::internal(format!("cannot write the internal request: {e}")))?;
     internal.pop(); // the closing brace
-    internal.push_str(",\"");
-    internal.push_str(llmux_providers::NATIVE_ANTHROPIC);
-    internal.push_str("\":{\"beta\":");
-    internal.push_str(&json!(beta).to_string());
-    internal.push_str(",\"body\":");
-    internal.push_str(std::str::from_utf8(body).unwrap_or("{}"));
-    internal.push_str("}}");
+    internal.extend_from_slice(b",\"");
+    internal.extend_from_slice(llmux_providers::NATIVE_ANTHROPIC.as_bytes());
+    internal.extend_from_slice(b"\":{\"beta\":");
+    match beta {
+        Some(beta) => llmux_types::raw::write_json_string(&mut internal, beta),
+        None => internal.extend_from_slice(b"null"),
+    }
+    internal.extend_from_slice(b",\"body\":");
+    internal.extend_from_slice(body);
+    internal.extend_from_slice(b"}}");
     Ok(ChatRequest {
         body: Bytes::from(internal),
-        model,
+        model: model.into_owned(),
         stream,
     })
+}
+
+/// The internal (OpenAI chat) request written from a Messages request.
+#[derive(Serialize)]
+struct InternalRequest<'a> {
+    model: &'a str,
+    messages: Vec<OutMessage<'a>>,
+    max_tokens: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    temperature: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_p: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    top_k: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stop: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tools: Option<Vec<OutTool<'a>>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_choice: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parallel_tool_calls: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    thinking: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_effort: Option<&'static str>,
+    /// The gateway's own controls, as the client wrote them.
+    #[serde(
+        serialize_with = "flatten_pairs",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    gateway: Vec<(&'static str, &'a RawValue)>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tags: Option<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stream_options: Option<StreamOptions>,
+}
+
+/// Write `gateway`'s pairs as fields of the enclosing object (serde's `flatten` wants a map).
+fn flatten_pairs<S: serde::Serializer>(
+    pairs: &[(&'static str, &RawValue)],
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut map = serializer.serialize_map(Some(pairs.len()))?;
+    for (k, v) in pairs {
+        map.serialize_entry(k, v)?;
+    }
+    map.end()
+}
+
+#[derive(Serialize)]
+struct StreamOptions {
+    include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct Metadata<'a> {
+    #[serde(borrow, default)]
+    user_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    tags: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct Thinking<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(default)]
+    budget_tokens: Option<u64>,
+}
+
+/// One message of the internal request.
+#[derive(Serialize)]
+struct OutMessage<'a> {
+    role: &'static str,
+    content: OutContent<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool_call_id: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    tool_calls: Vec<OutToolCall<'a>>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    thinking_blocks: Vec<&'a RawValue>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reasoning_content: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    cache_control: Option<&'a RawValue>,
+}
+
+impl<'a> OutMessage<'a> {
+    fn new(role: &'static str, content: OutContent<'a>) -> Self {
+        OutMessage {
+            role,
+            content,
+            tool_call_id: None,
+            tool_calls: Vec::new(),
+            thinking_blocks: Vec::new(),
+            reasoning_content: None,
+            cache_control: None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutContent<'a> {
+    Text(Cow<'a, str>),
+    Parts(Vec<OutPart<'a>>),
+    Null(()),
+}
+
+/// An OpenAI content part (its `cache_control` kept).
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum OutPart<'a> {
+    Text {
+        text: Cow<'a, str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+    ImageUrl {
+        image_url: ImageUrl<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+    File {
+        file: FileData<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+}
+
+impl OutPart<'_> {
+    /// Text without `cache_control`: joinable into a plain string.
+    fn plain_text(&self) -> Option<&str> {
+        match self {
+            OutPart::Text {
+                text,
+                cache_control: None,
+            } => Some(text),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct ImageUrl<'a> {
+    url: Cow<'a, str>,
+}
+
+#[derive(Serialize)]
+struct FileData<'a> {
+    file_data: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    filename: Option<&'a RawValue>,
+}
+
+#[derive(Serialize)]
+struct OutToolCall<'a> {
+    id: Cow<'a, str>,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    function: OutFunctionCall<'a>,
+}
+
+#[derive(Serialize)]
+struct OutFunctionCall<'a> {
+    name: Cow<'a, str>,
+    arguments: &'a str,
+}
+
+/// A tool of the internal request: a client tool as an OpenAI function, or one of Anthropic's
+/// own server tools as sent.
+#[derive(Serialize)]
+#[serde(untagged)]
+enum OutTool<'a> {
+    Server(&'a RawValue),
+    Function {
+        #[serde(rename = "type")]
+        kind: &'static str,
+        function: OutFunction<'a>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        cache_control: Option<&'a RawValue>,
+    },
+}
+
+#[derive(Serialize)]
+struct OutFunction<'a> {
+    name: Cow<'a, str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    description: Option<&'a RawValue>,
+    parameters: &'a RawValue,
+}
+
+/// A message of the Messages request.
+#[derive(Deserialize)]
+struct InMessage<'a> {
+    #[serde(borrow, default)]
+    role: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+}
+
+/// A content block of the Messages request: every field any block kind has, each optional.
+#[derive(Deserialize)]
+struct InBlock<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    text: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    cache_control: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    source: Option<InSource<'a>>,
+    #[serde(borrow, default)]
+    title: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_use_id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    content: Option<&'a RawValue>,
+    #[serde(default)]
+    is_error: Option<bool>,
+    #[serde(borrow, default)]
+    thinking: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct InSource<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    media_type: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    data: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    url: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct InTool<'a> {
+    #[serde(borrow, default, rename = "type")]
+    kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    description: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    input_schema: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache_control: Option<&'a RawValue>,
 }
 
 /// The OpenAI `reasoning_effort` closest to an Anthropic thinking budget.
@@ -195,71 +473,99 @@ fn effort_for_budget(budget: u64) -> &'static str {
     }
 }
 
-/// `system`: a string, or text blocks (with `cache_control`, kept on each part).
-fn system_content(system: &Value) -> Result<Option<Value>, GatewayError> {
-    match system {
-        Value::Null => Ok(None),
-        Value::String(s) if s.is_empty() => Ok(None),
-        Value::String(s) => Ok(Some(json!(s))),
-        Value::Array(blocks) => {
-            let mut parts = Vec::new();
-            for block in blocks {
-                if block.get("type").and_then(Value::as_str) != Some("text") {
-                    return Err(invalid("system: only text blocks are allowed", "system"));
-                }
-                parts.push(text_part(block));
-            }
-            Ok((!parts.is_empty()).then_some(Value::Array(parts)))
-        }
-        _ => Err(invalid(
-            "system: must be a string or an array of text blocks",
-            "system",
-        )),
+/// A string, or an array of blocks (each kept raw beside its typed reading).
+enum InContent<'a> {
+    Text(Cow<'a, str>),
+    Blocks(Vec<&'a RawValue>),
+}
+
+fn content_of<'a>(raw: &'a RawValue, at: &str) -> Result<InContent<'a>, GatewayError> {
+    let text = raw.get();
+    let not_valid = || invalid(format!("{at}: must be a string or an array"), "messages");
+    if text.starts_with('"') {
+        return serde_json::from_str(text)
+            .map(InContent::Text)
+            .map_err(|_| not_valid());
     }
+    serde_json::from_str(text)
+        .map(InContent::Blocks)
+        .map_err(|_| not_valid())
+}
+
+fn block_of<'a>(raw: &'a RawValue, at: &str) -> Result<InBlock<'a>, GatewayError> {
+    serde_json::from_str(raw.get()).map_err(|e| invalid(format!("{at}: {e}"), "messages"))
+}
+
+fn system_content(system: &RawValue) -> Result<Option<OutContent<'_>>, GatewayError> {
+    let blocks = match content_of(system, "system") {
+        Ok(InContent::Text(s)) if s.is_empty() => return Ok(None),
+        Ok(InContent::Text(s)) => return Ok(Some(OutContent::Text(s))),
+        Ok(InContent::Blocks(blocks)) => blocks,
+        Err(_) => {
+            return Err(invalid(
+                "system: must be a string or an array of text blocks",
+                "system",
+            ))
+        }
+    };
+    let mut parts = Vec::with_capacity(blocks.len());
+    for (k, raw) in blocks.iter().enumerate() {
+        let block = block_of(raw, &format!("system.{k}"))?;
+        if block.kind.as_deref() != Some("text") {
+            return Err(invalid("system: only text blocks are allowed", "system"));
+        }
+        parts.push(text_part(block));
+    }
+    Ok((!parts.is_empty()).then_some(OutContent::Parts(parts)))
 }
 
 /// A text block as an OpenAI text part (its `cache_control` kept).
-fn text_part(block: &Value) -> Value {
-    let mut part = json!({"type": "text", "text": block.get("text").cloned().unwrap_or(json!(""))});
-    if let Some(cache) = block.get("cache_control") {
-        part["cache_control"] = cache.clone();
+fn text_part(block: InBlock<'_>) -> OutPart<'_> {
+    OutPart::Text {
+        text: block.text.unwrap_or_default(),
+        cache_control: block.cache_control,
     }
-    part
 }
 
 /// An image or document block as an OpenAI content part.
-fn media_part(block: &Value, at: &str) -> Result<Value, GatewayError> {
-    let kind = block.get("type").and_then(Value::as_str).unwrap_or("");
+fn media_part<'a>(block: InBlock<'a>, at: &str) -> Result<OutPart<'a>, GatewayError> {
+    let kind = block.kind.as_deref().unwrap_or("");
     let source = block
-        .get("source")
+        .source
+        .as_ref()
         .ok_or_else(|| invalid(format!("{at}.source: Field required"), "messages"))?;
-    let mut part = match (kind, source.get("type").and_then(Value::as_str)) {
+    let cache_control = block.cache_control;
+    let data = source.data.as_deref().unwrap_or("");
+    Ok(match (kind, source.kind.as_deref()) {
         ("image", Some("base64")) => {
-            let media_type = source
-                .get("media_type")
-                .and_then(Value::as_str)
-                .unwrap_or("image/png");
-            let data = source.get("data").and_then(Value::as_str).unwrap_or("");
-            json!({"type": "image_url", "image_url": {"url": format!("data:{media_type};base64,{data}")}})
-        }
-        ("image", Some("url")) => {
-            json!({"type": "image_url", "image_url": {"url": source.get("url").cloned().unwrap_or(json!(""))}})
-        }
-        ("document", Some("base64")) => {
-            let media_type = source
-                .get("media_type")
-                .and_then(Value::as_str)
-                .unwrap_or("application/pdf");
-            let data = source.get("data").and_then(Value::as_str).unwrap_or("");
-            let mut file = json!({"file_data": format!("data:{media_type};base64,{data}")});
-            if let Some(title) = block.get("title") {
-                file["filename"] = title.clone();
+            let media_type = source.media_type.as_deref().unwrap_or("image/png");
+            OutPart::ImageUrl {
+                image_url: ImageUrl {
+                    url: Cow::Owned(format!("data:{media_type};base64,{data}")),
+                },
+                cache_control,
             }
-            json!({"type": "file", "file": file})
         }
-        ("document", Some("text")) => {
-            json!({"type": "text", "text": source.get("data").cloned().unwrap_or(json!(""))})
+        ("image", Some("url")) => OutPart::ImageUrl {
+            image_url: ImageUrl {
+                url: source.url.clone().unwrap_or_default(),
+            },
+            cache_control,
+        },
+        ("document", Some("base64")) => {
+            let media_type = source.media_type.as_deref().unwrap_or("application/pdf");
+            OutPart::File {
+                file: FileData {
+                    file_data: format!("data:{media_type};base64,{data}"),
+                    filename: block.title,
+                },
+                cache_control,
+            }
         }
+        ("document", Some("text")) => OutPart::Text {
+            text: source.data.clone().unwrap_or_default(),
+            cache_control,
+        },
         (_, other) => {
             return Err(invalid(
                 format!(
@@ -269,96 +575,84 @@ fn media_part(block: &Value, at: &str) -> Result<Value, GatewayError> {
                 "messages",
             ))
         }
-    };
-    if let Some(cache) = block.get("cache_control") {
-        part["cache_control"] = cache.clone();
-    }
-    Ok(part)
+    })
 }
 
 /// The content of a `tool_result` block: a string, or text and image parts.
-fn tool_result_content(block: &Value, at: &str) -> Result<Value, GatewayError> {
-    match block.get("content") {
-        None | Some(Value::Null) => Ok(json!("")),
-        Some(Value::String(s)) => Ok(json!(s)),
-        Some(Value::Array(parts)) => {
-            let mut out = Vec::new();
-            for part in parts {
-                match part.get("type").and_then(Value::as_str) {
-                    Some("text") => out.push(text_part(part)),
-                    Some("image") | Some("document") => out.push(media_part(part, at)?),
-                    _ => {
-                        return Err(invalid(
-                            format!(
-                                "{at}.content: only text, image and document blocks are allowed"
-                            ),
-                            "messages",
-                        ))
-                    }
-                }
+fn tool_result_content<'a>(
+    content: Option<&'a RawValue>,
+    at: &str,
+) -> Result<OutContent<'a>, GatewayError> {
+    let Some(raw) = content.filter(|c| c.get() != "null") else {
+        return Ok(OutContent::Text(Cow::Borrowed("")));
+    };
+    let blocks = match content_of(raw, &format!("{at}.content"))? {
+        InContent::Text(s) => return Ok(OutContent::Text(s)),
+        InContent::Blocks(blocks) => blocks,
+    };
+    let mut out = Vec::with_capacity(blocks.len());
+    for (k, raw) in blocks.iter().enumerate() {
+        let part = block_of(raw, &format!("{at}.content.{k}"))?;
+        match part.kind.as_deref() {
+            Some("text") => out.push(text_part(part)),
+            Some("image") | Some("document") => out.push(media_part(part, at)?),
+            _ => {
+                return Err(invalid(
+                    format!("{at}.content: only text, image and document blocks are allowed"),
+                    "messages",
+                ))
             }
-            // A result of text alone reads as a string everywhere.
-            if out
-                .iter()
-                .all(|p| p["type"] == "text" && p.get("cache_control").is_none())
-            {
-                let text: Vec<&str> = out.iter().filter_map(|p| p["text"].as_str()).collect();
-                return Ok(json!(text.join("\n")));
-            }
-            Ok(Value::Array(out))
         }
-        Some(_) => Err(invalid(
-            format!("{at}.content: must be a string or an array"),
-            "messages",
-        )),
     }
+    // A result of text alone reads as a string everywhere.
+    let texts: Option<Vec<&str>> = out.iter().map(OutPart::plain_text).collect();
+    if let Some(texts) = texts {
+        return Ok(OutContent::Text(Cow::Owned(texts.join("\n"))));
+    }
+    Ok(OutContent::Parts(out))
 }
 
-fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), GatewayError> {
+fn convert_message<'a>(
+    raw: &'a RawValue,
+    i: usize,
+    out: &mut Vec<OutMessage<'a>>,
+) -> Result<(), GatewayError> {
     let at = format!("messages.{i}");
-    let role = message.get("role").and_then(Value::as_str).unwrap_or("");
+    let message: InMessage<'a> =
+        serde_json::from_str(raw.get()).map_err(|e| invalid(format!("{at}: {e}"), "messages"))?;
+    let role = message.role.as_deref().unwrap_or("");
     let content = message
-        .get("content")
+        .content
         .ok_or_else(|| invalid(format!("{at}.content: Field required"), "messages"))?;
     match role {
         "user" => {
-            let blocks = match content {
-                Value::String(s) => {
-                    out.push(json!({"role": "user", "content": s}));
+            let blocks = match content_of(content, &format!("{at}.content"))? {
+                InContent::Text(s) => {
+                    out.push(OutMessage::new("user", OutContent::Text(s)));
                     return Ok(());
                 }
-                Value::Array(blocks) => blocks,
-                _ => {
-                    return Err(invalid(
-                        format!("{at}.content: must be a string or an array"),
-                        "messages",
-                    ))
-                }
+                InContent::Blocks(blocks) => blocks,
             };
-            let mut parts = Vec::new();
-            for (k, block) in blocks.iter().enumerate() {
+            let mut parts = Vec::with_capacity(blocks.len());
+            for (k, raw) in blocks.iter().enumerate() {
                 let at = format!("{at}.content.{k}");
-                match block.get("type").and_then(Value::as_str) {
+                let block = block_of(raw, &at)?;
+                match block.kind.as_deref() {
                     Some("text") => parts.push(text_part(block)),
                     Some("image") | Some("document") => parts.push(media_part(block, &at)?),
                     Some("tool_result") => {
-                        let id = block
-                            .get("tool_use_id")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| {
-                                invalid(format!("{at}.tool_use_id: Field required"), "messages")
-                            })?;
-                        let mut content = tool_result_content(block, &at)?;
-                        if block.get("is_error").and_then(Value::as_bool) == Some(true) {
-                            if let Value::String(text) = &content {
-                                content = json!(format!("Error: {text}"));
+                        let id = block.tool_use_id.clone().ok_or_else(|| {
+                            invalid(format!("{at}.tool_use_id: Field required"), "messages")
+                        })?;
+                        let mut content = tool_result_content(block.content, &at)?;
+                        if block.is_error == Some(true) {
+                            if let OutContent::Text(text) = &content {
+                                content = OutContent::Text(Cow::Owned(format!("Error: {text}")));
                             }
                         }
-                        let mut tool =
-                            json!({"role": "tool", "tool_call_id": id, "content": content});
-                        if let Some(cache) = block.get("cache_control") {
-                            tool["cache_control"] = cache.clone();
-                        }
+                        let mut tool = OutMessage::new("tool", content);
+                        tool.tool_call_id = Some(id);
+                        tool.cache_control = block.cache_control;
                         out.push(tool);
                     }
                     Some(other) => {
@@ -373,48 +667,41 @@ fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<()
                 }
             }
             if !parts.is_empty() {
-                out.push(json!({"role": "user", "content": parts}));
+                out.push(OutMessage::new("user", OutContent::Parts(parts)));
             }
         }
         "assistant" => {
-            let blocks = match content {
-                Value::String(s) => {
-                    out.push(json!({"role": "assistant", "content": s}));
+            let blocks = match content_of(content, &format!("{at}.content"))? {
+                InContent::Text(s) => {
+                    out.push(OutMessage::new("assistant", OutContent::Text(s)));
                     return Ok(());
                 }
-                Value::Array(blocks) => blocks,
-                _ => {
-                    return Err(invalid(
-                        format!("{at}.content: must be a string or an array"),
-                        "messages",
-                    ))
-                }
+                InContent::Blocks(blocks) => blocks,
             };
-            let mut parts: Vec<Value> = Vec::new();
+            let mut parts = Vec::new();
             let mut tool_calls = Vec::new();
             let mut thinking_blocks = Vec::new();
             let mut reasoning = String::new();
-            for (k, block) in blocks.iter().enumerate() {
+            for (k, raw) in blocks.iter().enumerate() {
                 let at = format!("{at}.content.{k}");
-                match block.get("type").and_then(Value::as_str) {
+                let block = block_of(raw, &at)?;
+                match block.kind.as_deref() {
                     Some("text") => parts.push(text_part(block)),
                     Some("tool_use") | Some("server_tool_use") => {
-                        let input = block.get("input").cloned().unwrap_or(json!({}));
-                        tool_calls.push(json!({
-                            "id": block.get("id").cloned().unwrap_or(json!("")),
-                            "type": "function",
-                            "function": {
-                                "name": block.get("name").cloned().unwrap_or(json!("")),
-                                "arguments": input.to_string(),
+                        tool_calls.push(OutToolCall {
+                            id: block.id.unwrap_or_default(),
+                            kind: "function",
+                            function: OutFunctionCall {
+                                name: block.name.unwrap_or_default(),
+                                arguments: block.input.map_or("{}", RawValue::get),
                             },
-                        }));
+                        });
                     }
                     Some("thinking") => {
-                        reasoning
-                            .push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
-                        thinking_blocks.push(block.clone());
+                        reasoning.push_str(block.thinking.as_deref().unwrap_or(""));
+                        thinking_blocks.push(*raw);
                     }
-                    Some("redacted_thinking") => thinking_blocks.push(block.clone()),
+                    Some("redacted_thinking") => thinking_blocks.push(*raw),
                     Some(other) => {
                         return Err(invalid(
                             format!(
@@ -426,22 +713,17 @@ fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<()
                     None => return Err(invalid(format!("{at}.type: Field required"), "messages")),
                 }
             }
-            let plain = parts.iter().all(|p| p.get("cache_control").is_none());
-            let content = if parts.is_empty() {
-                Value::Null
-            } else if plain {
-                let text: Vec<&str> = parts.iter().filter_map(|p| p["text"].as_str()).collect();
-                json!(text.concat())
-            } else {
-                Value::Array(parts)
+            let texts: Option<Vec<&str>> = parts.iter().map(OutPart::plain_text).collect();
+            let content = match texts {
+                _ if parts.is_empty() => OutContent::Null(()),
+                Some(texts) => OutContent::Text(Cow::Owned(texts.concat())),
+                None => OutContent::Parts(parts),
             };
-            let mut message = json!({"role": "assistant", "content": content});
-            if !tool_calls.is_empty() {
-                message["tool_calls"] = Value::Array(tool_calls);
-            }
+            let mut message = OutMessage::new("assistant", content);
+            message.tool_calls = tool_calls;
             if !thinking_blocks.is_empty() {
-                message["thinking_blocks"] = Value::Array(thinking_blocks);
-                message["reasoning_content"] = json!(reasoning);
+                message.thinking_blocks = thinking_blocks;
+                message.reasoning_content = Some(reasoning);
             }
             out.push(message);
         }
@@ -457,30 +739,34 @@ fn convert_message(message: &Value, i: usize, out: &mut Vec<Value>) -> Result<()
 
 /// A tool: a client tool (`input_schema`) as an OpenAI function; Anthropic's own server tools
 /// (web search, code execution, ...) pass as they are, for Anthropic deployments.
-fn convert_tool(tool: &Value) -> Result<Value, GatewayError> {
-    let kind = tool.get("type").and_then(Value::as_str);
-    if tool.get("input_schema").is_none() || !matches!(kind, None | Some("custom")) {
+fn convert_tool(raw: &RawValue) -> Result<OutTool<'_>, GatewayError> {
+    let tool: InTool<'_> =
+        serde_json::from_str(raw.get()).map_err(|e| invalid(format!("tools: {e}"), "tools"))?;
+    let kind = tool.kind.as_deref();
+    let Some(parameters) = tool
+        .input_schema
+        .filter(|_| matches!(kind, None | Some("custom")))
+    else {
         if kind.is_none() {
             return Err(invalid(
                 "tools: a tool needs `input_schema` or a `type`",
                 "tools",
             ));
         }
-        return Ok(tool.clone());
-    }
+        return Ok(OutTool::Server(raw));
+    };
     let name = tool
-        .get("name")
-        .and_then(Value::as_str)
+        .name
         .ok_or_else(|| invalid("tools: a tool needs a `name`", "tools"))?;
-    let mut function = json!({"name": name, "parameters": tool["input_schema"].clone()});
-    if let Some(d) = tool.get("description") {
-        function["description"] = d.clone();
-    }
-    let mut out = json!({"type": "function", "function": function});
-    if let Some(cache) = tool.get("cache_control") {
-        out["cache_control"] = cache.clone();
-    }
-    Ok(out)
+    Ok(OutTool::Function {
+        kind: "function",
+        function: OutFunction {
+            name,
+            description: tool.description,
+            parameters,
+        },
+        cache_control: tool.cache_control,
+    })
 }
 
 /// `tool_choice` and whether parallel tool use was disabled.
@@ -1182,11 +1468,7 @@ impl StreamTranslator {
                     .and_then(|f| f.arguments.as_deref())
                     .filter(|a| !a.is_empty())
                 {
-                    Self::delta(
-                        out,
-                        index,
-                        BlockDelta::InputJson { partial_json: args },
-                    );
+                    Self::delta(out, index, BlockDelta::InputJson { partial_json: args });
                 }
             }
         }

@@ -26,7 +26,9 @@ pub async fn messages(State(state): State<AppState>, request: Request) -> Respon
             .headers
             .get("anthropic-beta")
             .and_then(|v| v.to_str().ok());
-        let converted = anthropic::chat_request(&checked.body, beta)?;
+        let converted = anthropic::chat_request_routed(&checked.body, beta, |model| {
+            state.client.reaches_anthropic(model)
+        })?;
         execute(
             state,
             checked.call(Operation::Chat, "anthropic_messages"),
@@ -111,7 +113,10 @@ fn anthropic_body(
     Ok(match body {
         // A deployment speaking Anthropic's API answered as the client asked (passed through).
         ResponseBody::Json(bytes) if meta.native => (Body::from(bytes), "application/json"),
-        ResponseBody::Json(bytes) => (Body::from(anthropic::message(&bytes)?), "application/json"),
+        ResponseBody::Json(bytes) => (
+            Body::from(anthropic::message(&bytes, meta.usage.as_ref())?),
+            "application/json",
+        ),
         ResponseBody::Stream(stream) => {
             let events = futures_util::stream::unfold(
                 (stream, anthropic::StreamTranslator::new(), false),

@@ -17,13 +17,13 @@
 //! ```
 
 mod attempt;
-mod count_tokens;
 mod credentials;
 mod delivered;
 mod deployment;
 pub mod dialect;
 mod execute;
 mod log;
+mod native_anthropic;
 pub mod pricing;
 mod relay;
 mod response;

@@ -39,6 +39,18 @@ fn invalid(message: impl Into<String>, param: &str) -> GatewayError {
 /// read once, strings borrowed where they carry no escapes) and the internal request written
 /// from typed structs: no `serde_json::Value` tree is built for the common shapes.
 pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, GatewayError> {
+    chat_request_routed(body, beta, |_| true)
+}
+
+/// `chat_request`, carrying the client's own body only when `reaches_anthropic(model)` says a
+/// deployment that serves Anthropic's API may answer (or the request names its own fallbacks):
+/// every other request is translated anyway, and the carried copy would only be parsed again
+/// and cut out on the way upstream.
+pub fn chat_request_routed(
+    body: &[u8],
+    beta: Option<&str>,
+    reaches_anthropic: impl FnOnce(&str) -> bool,
+) -> Result<ChatRequest, GatewayError> {
     let request = RawObject::parse(body).map_err(|e| {
         if body.trim_ascii_start().starts_with(b"{") {
             GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
@@ -182,10 +194,17 @@ pub fn chat_request(body: &[u8], beta: Option<&str>) -> Result<ChatRequest, Gate
             }
         }
     }
-    // The client's body rides along byte for byte (its key order matters to a model, and
-    // re-encoding would sort it); the Anthropic adapter edits it in place.
     let mut internal = serde_json::to_vec(&out)
         .map_err(|e| GatewayError::internal(format!("cannot write the internal request: {e}")))?;
+    if request.get("fallbacks").is_none() && !reaches_anthropic(&model) {
+        return Ok(ChatRequest {
+            body: Bytes::from(internal),
+            model: model.into_owned(),
+            stream,
+        });
+    }
+    // The client's body rides along byte for byte (its key order matters to a model, and
+    // re-encoding would sort it); the Anthropic adapter edits it in place.
     internal.pop(); // the closing brace
     internal.extend_from_slice(b",\"");
     internal.extend_from_slice(llmux_providers::NATIVE_ANTHROPIC.as_bytes());
@@ -891,8 +910,6 @@ struct ChatAnswer<'a> {
     model: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     choices: Vec<ChatChoice<'a>>,
-    #[serde(default)]
-    usage: Option<Usage>,
 }
 
 #[derive(Deserialize)]
@@ -957,8 +974,13 @@ fn message_id(id: Option<&str>) -> String {
     }
 }
 
-/// Convert an internal (OpenAI chat completion) response body into a Messages response.
-pub fn message(chat: &[u8]) -> Result<Bytes, GatewayError> {
+/// Convert an internal (OpenAI chat completion) response body into a Messages response;
+/// `usage` as the core already read it from that body (read here when not given).
+pub fn message(chat: &[u8], usage: Option<&Usage>) -> Result<Bytes, GatewayError> {
+    let usage = match usage {
+        Some(usage) => *usage,
+        None => llmux_providers::openai_compat::extract_usage(chat).unwrap_or_default(),
+    };
     let not_json = |e: serde_json::Error| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -1021,7 +1043,7 @@ pub fn message(chat: &[u8]) -> Result<Bytes, GatewayError> {
         content,
         stop_reason: Some(stop_reason(choice.and_then(|c| c.finish_reason.as_deref()))),
         stop_sequence: None,
-        usage: MessageUsage::from(&chat.usage.unwrap_or_default()),
+        usage: MessageUsage::from(&usage),
     };
     serde_json::to_vec(&message)
         .map(Bytes::from)

@@ -32,7 +32,8 @@ fn recorded_messages_survive_the_round_trip_through_the_internal_format() {
         let original: Value = serde_json::from_str(&fixture(name)).unwrap();
         let (internal, _) = translate(fixture(name).as_bytes()).unwrap();
         let back: Value =
-            serde_json::from_slice(&message(internal.to_string().as_bytes()).unwrap()).unwrap();
+            serde_json::from_slice(&message(internal.to_string().as_bytes(), None).unwrap())
+                .unwrap();
         assert_eq!(back["type"], "message", "{name}");
         assert_eq!(back["role"], "assistant", "{name}");
         assert_eq!(back["id"], original["id"], "{name}");
@@ -495,7 +496,7 @@ fn unusual_openai_answers_become_valid_messages() {
                 {"id": "call_4", "type": "function", "function": {"name": "d", "arguments": ""}}]}}]
     });
     let out: Value =
-        serde_json::from_slice(&message(chat.to_string().as_bytes()).unwrap()).unwrap();
+        serde_json::from_slice(&message(chat.to_string().as_bytes(), None).unwrap()).unwrap();
     assert_eq!(out["id"], "msg_9");
     assert_eq!(out["stop_reason"], "tool_use");
     assert_eq!(
@@ -513,10 +514,11 @@ fn unusual_openai_answers_become_valid_messages() {
     let null_content =
         json!({"id": "x", "choices": [{"message": {"content": null}, "finish_reason": "length"}]});
     let out: Value =
-        serde_json::from_slice(&message(null_content.to_string().as_bytes()).unwrap()).unwrap();
+        serde_json::from_slice(&message(null_content.to_string().as_bytes(), None).unwrap())
+            .unwrap();
     assert_eq!(out["content"], json!([]));
     assert_eq!(out["stop_reason"], "max_tokens");
-    assert!(message(b"[1, 2]").is_err(), "not a chat completion");
+    assert!(message(b"[1, 2]", None).is_err(), "not a chat completion");
 
     let mut t = StreamTranslator::new();
     let mut out = BytesMut::new();

@@ -14,6 +14,8 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
+
+use super::Str;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -70,10 +72,11 @@ pub fn chat_request_routed(
             .ok_or_else(|| invalid("max_tokens: must be a positive integer", "max_tokens"))?,
         None => return Err(invalid("max_tokens: Field required", "max_tokens")),
     };
-    let messages: Vec<&RawValue> = request
-        .get("messages")
-        .and_then(|raw| serde_json::from_str(raw.get()).ok())
-        .ok_or_else(|| invalid("messages: Field required (an array)", "messages"))?;
+    let messages: Vec<InMessage<'_>> = match request.get("messages") {
+        Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get())
+            .map_err(|e| invalid(format!("messages: {e}"), "messages"))?,
+        _ => return Err(invalid("messages: Field required (an array)", "messages")),
+    };
     let stream = match present("stream") {
         None => false,
         Some(raw) => serde_json::from_str::<bool>(raw.get())
@@ -86,7 +89,7 @@ pub fn chat_request_routed(
             chat_messages.push(OutMessage::new("system", content));
         }
     }
-    for (i, message) in messages.iter().enumerate() {
+    for (i, message) in messages.into_iter().enumerate() {
         convert_message(message, i, &mut chat_messages)?;
     }
     let number = |field: &'static str| -> Result<Option<&RawValue>, GatewayError> {
@@ -284,7 +287,7 @@ struct StreamOptions {
 #[derive(Deserialize)]
 struct Metadata<'a> {
     #[serde(borrow, default)]
-    user_id: Option<Cow<'a, str>>,
+    user_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     tags: Option<&'a RawValue>,
 }
@@ -292,7 +295,7 @@ struct Metadata<'a> {
 #[derive(Deserialize)]
 struct Thinking<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(default)]
     budget_tokens: Option<u64>,
 }
@@ -423,18 +426,18 @@ struct OutFunction<'a> {
 #[derive(Deserialize)]
 struct InMessage<'a> {
     #[serde(borrow, default)]
-    role: Option<Cow<'a, str>>,
+    role: Option<Str<'a>>,
     #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
+    content: Option<InContent<'a>>,
 }
 
 /// A content block of the Messages request: every field any block kind has, each optional.
 #[derive(Deserialize)]
 struct InBlock<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
     #[serde(borrow, default)]
     cache_control: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -442,39 +445,39 @@ struct InBlock<'a> {
     #[serde(borrow, default)]
     title: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow, default)]
     input: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    tool_use_id: Option<Cow<'a, str>>,
+    tool_use_id: Option<Str<'a>>,
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
     #[serde(default)]
     is_error: Option<bool>,
     #[serde(borrow, default)]
-    thinking: Option<Cow<'a, str>>,
+    thinking: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct InSource<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    media_type: Option<Cow<'a, str>>,
+    media_type: Option<Str<'a>>,
     #[serde(borrow, default)]
-    data: Option<Cow<'a, str>>,
+    data: Option<Str<'a>>,
     #[serde(borrow, default)]
-    url: Option<Cow<'a, str>>,
+    url: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct InTool<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow, default)]
     description: Option<&'a RawValue>,
     #[serde(borrow, default)]
@@ -492,13 +495,93 @@ fn effort_for_budget(budget: u64) -> &'static str {
     }
 }
 
+/// A position in the request (`messages.2.content.0`), written out only for an error message.
+#[derive(Clone, Copy)]
+struct At<'p> {
+    parent: Option<&'p At<'p>>,
+    segment: Segment,
+}
+
+#[derive(Clone, Copy)]
+enum Segment {
+    Key(&'static str),
+    Index(usize),
+}
+
+impl<'p> At<'p> {
+    fn root(key: &'static str) -> At<'static> {
+        At {
+            parent: None,
+            segment: Segment::Key(key),
+        }
+    }
+
+    fn key(&'p self, key: &'static str) -> At<'p> {
+        At {
+            parent: Some(self),
+            segment: Segment::Key(key),
+        }
+    }
+
+    fn index(&'p self, index: usize) -> At<'p> {
+        At {
+            parent: Some(self),
+            segment: Segment::Index(index),
+        }
+    }
+}
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(parent) = self.parent {
+            write!(f, "{parent}.")?;
+        }
+        match self.segment {
+            Segment::Key(key) => f.write_str(key),
+            Segment::Index(i) => write!(f, "{i}"),
+        }
+    }
+}
+
 /// A string, or an array of blocks (each kept raw beside its typed reading).
 enum InContent<'a> {
     Text(Cow<'a, str>),
     Blocks(Vec<&'a RawValue>),
 }
 
-fn content_of<'a>(raw: &'a RawValue, at: &str) -> Result<InContent<'a>, GatewayError> {
+impl<'de: 'a, 'a> Deserialize<'de> for InContent<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = InContent<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a string or an array of content blocks")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(InContent::Text(Cow::Borrowed(s)))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(InContent::Text(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Self::Value, E> {
+                Ok(InContent::Text(Cow::Owned(s)))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut blocks = Vec::with_capacity(seq.size_hint().unwrap_or(4));
+                while let Some(block) = seq.next_element::<&'de RawValue>()? {
+                    blocks.push(block);
+                }
+                Ok(InContent::Blocks(blocks))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
+    }
+}
+
+fn content_of<'a>(raw: &'a RawValue, at: &At<'_>) -> Result<InContent<'a>, GatewayError> {
     let text = raw.get();
     let not_valid = || invalid(format!("{at}: must be a string or an array"), "messages");
     if text.starts_with('"') {
@@ -511,12 +594,13 @@ fn content_of<'a>(raw: &'a RawValue, at: &str) -> Result<InContent<'a>, GatewayE
         .map_err(|_| not_valid())
 }
 
-fn block_of<'a>(raw: &'a RawValue, at: &str) -> Result<InBlock<'a>, GatewayError> {
+fn block_of<'a>(raw: &'a RawValue, at: &At<'_>) -> Result<InBlock<'a>, GatewayError> {
     serde_json::from_str(raw.get()).map_err(|e| invalid(format!("{at}: {e}"), "messages"))
 }
 
 fn system_content(system: &RawValue) -> Result<Option<OutContent<'_>>, GatewayError> {
-    let blocks = match content_of(system, "system") {
+    let system_at = At::root("system");
+    let blocks = match content_of(system, &system_at) {
         Ok(InContent::Text(s)) if s.is_empty() => return Ok(None),
         Ok(InContent::Text(s)) => return Ok(Some(OutContent::Text(s))),
         Ok(InContent::Blocks(blocks)) => blocks,
@@ -529,7 +613,7 @@ fn system_content(system: &RawValue) -> Result<Option<OutContent<'_>>, GatewayEr
     };
     let mut parts = Vec::with_capacity(blocks.len());
     for (k, raw) in blocks.iter().enumerate() {
-        let block = block_of(raw, &format!("system.{k}"))?;
+        let block = block_of(raw, &system_at.index(k))?;
         if block.kind.as_deref() != Some("text") {
             return Err(invalid("system: only text blocks are allowed", "system"));
         }
@@ -541,13 +625,13 @@ fn system_content(system: &RawValue) -> Result<Option<OutContent<'_>>, GatewayEr
 /// A text block as an OpenAI text part (its `cache_control` kept).
 fn text_part(block: InBlock<'_>) -> OutPart<'_> {
     OutPart::Text {
-        text: block.text.unwrap_or_default(),
+        text: block.text.map(Str::into_cow).unwrap_or_default(),
         cache_control: block.cache_control,
     }
 }
 
 /// An image or document block as an OpenAI content part.
-fn media_part<'a>(block: InBlock<'a>, at: &str) -> Result<OutPart<'a>, GatewayError> {
+fn media_part<'a>(block: InBlock<'a>, at: &At<'_>) -> Result<OutPart<'a>, GatewayError> {
     let kind = block.kind.as_deref().unwrap_or("");
     let source = block
         .source
@@ -567,7 +651,7 @@ fn media_part<'a>(block: InBlock<'a>, at: &str) -> Result<OutPart<'a>, GatewayEr
         }
         ("image", Some("url")) => OutPart::ImageUrl {
             image_url: ImageUrl {
-                url: source.url.clone().unwrap_or_default(),
+                url: source.url.clone().map(Str::into_cow).unwrap_or_default(),
             },
             cache_control,
         },
@@ -582,7 +666,7 @@ fn media_part<'a>(block: InBlock<'a>, at: &str) -> Result<OutPart<'a>, GatewayEr
             }
         }
         ("document", Some("text")) => OutPart::Text {
-            text: source.data.clone().unwrap_or_default(),
+            text: source.data.clone().map(Str::into_cow).unwrap_or_default(),
             cache_control,
         },
         (_, other) => {
@@ -600,24 +684,26 @@ fn media_part<'a>(block: InBlock<'a>, at: &str) -> Result<OutPart<'a>, GatewayEr
 /// The content of a `tool_result` block: a string, or text and image parts.
 fn tool_result_content<'a>(
     content: Option<&'a RawValue>,
-    at: &str,
+    at: &At<'_>,
 ) -> Result<OutContent<'a>, GatewayError> {
     let Some(raw) = content.filter(|c| c.get() != "null") else {
         return Ok(OutContent::Text(Cow::Borrowed("")));
     };
-    let blocks = match content_of(raw, &format!("{at}.content"))? {
+    let content_at = at.key("content");
+    let blocks = match content_of(raw, &content_at)? {
         InContent::Text(s) => return Ok(OutContent::Text(s)),
         InContent::Blocks(blocks) => blocks,
     };
     let mut out = Vec::with_capacity(blocks.len());
     for (k, raw) in blocks.iter().enumerate() {
-        let part = block_of(raw, &format!("{at}.content.{k}"))?;
+        let part_at = content_at.index(k);
+        let part = block_of(raw, &part_at)?;
         match part.kind.as_deref() {
             Some("text") => out.push(text_part(part)),
-            Some("image") | Some("document") => out.push(media_part(part, at)?),
+            Some("image") | Some("document") => out.push(media_part(part, &part_at)?),
             _ => {
                 return Err(invalid(
-                    format!("{at}.content: only text, image and document blocks are allowed"),
+                    format!("{content_at}: only text, image and document blocks are allowed"),
                     "messages",
                 ))
             }
@@ -632,20 +718,20 @@ fn tool_result_content<'a>(
 }
 
 fn convert_message<'a>(
-    raw: &'a RawValue,
+    message: InMessage<'a>,
     i: usize,
     out: &mut Vec<OutMessage<'a>>,
 ) -> Result<(), GatewayError> {
-    let at = format!("messages.{i}");
-    let message: InMessage<'a> =
-        serde_json::from_str(raw.get()).map_err(|e| invalid(format!("{at}: {e}"), "messages"))?;
+    let messages_at = At::root("messages");
+    let at = messages_at.index(i);
     let role = message.role.as_deref().unwrap_or("");
     let content = message
         .content
         .ok_or_else(|| invalid(format!("{at}.content: Field required"), "messages"))?;
     match role {
         "user" => {
-            let blocks = match content_of(content, &format!("{at}.content"))? {
+            let content_at = at.key("content");
+            let blocks = match content {
                 InContent::Text(s) => {
                     out.push(OutMessage::new("user", OutContent::Text(s)));
                     return Ok(());
@@ -654,13 +740,13 @@ fn convert_message<'a>(
             };
             let mut parts = Vec::with_capacity(blocks.len());
             for (k, raw) in blocks.iter().enumerate() {
-                let at = format!("{at}.content.{k}");
+                let at = content_at.index(k);
                 let block = block_of(raw, &at)?;
                 match block.kind.as_deref() {
                     Some("text") => parts.push(text_part(block)),
                     Some("image") | Some("document") => parts.push(media_part(block, &at)?),
                     Some("tool_result") => {
-                        let id = block.tool_use_id.clone().ok_or_else(|| {
+                        let id = block.tool_use_id.clone().map(Str::into_cow).ok_or_else(|| {
                             invalid(format!("{at}.tool_use_id: Field required"), "messages")
                         })?;
                         let mut content = tool_result_content(block.content, &at)?;
@@ -690,7 +776,8 @@ fn convert_message<'a>(
             }
         }
         "assistant" => {
-            let blocks = match content_of(content, &format!("{at}.content"))? {
+            let content_at = at.key("content");
+            let blocks = match content {
                 InContent::Text(s) => {
                     out.push(OutMessage::new("assistant", OutContent::Text(s)));
                     return Ok(());
@@ -702,16 +789,16 @@ fn convert_message<'a>(
             let mut thinking_blocks = Vec::new();
             let mut reasoning = String::new();
             for (k, raw) in blocks.iter().enumerate() {
-                let at = format!("{at}.content.{k}");
+                let at = content_at.index(k);
                 let block = block_of(raw, &at)?;
                 match block.kind.as_deref() {
                     Some("text") => parts.push(text_part(block)),
                     Some("tool_use") | Some("server_tool_use") => {
                         tool_calls.push(OutToolCall {
-                            id: block.id.unwrap_or_default(),
+                            id: block.id.map(Str::into_cow).unwrap_or_default(),
                             kind: "function",
                             function: OutFunctionCall {
-                                name: block.name.unwrap_or_default(),
+                                name: block.name.map(Str::into_cow).unwrap_or_default(),
                                 arguments: block.input.map_or("{}", RawValue::get),
                             },
                         });
@@ -780,7 +867,7 @@ fn convert_tool(raw: &RawValue) -> Result<OutTool<'_>, GatewayError> {
     Ok(OutTool::Function {
         kind: "function",
         function: OutFunction {
-            name,
+            name: name.into_cow(),
             description: tool.description,
             parameters,
         },
@@ -905,9 +992,9 @@ impl<'a> ToolInput<'a> {
 #[derive(Deserialize)]
 struct ChatAnswer<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(borrow, default)]
     choices: Vec<ChatChoice<'a>>,
 }
@@ -917,7 +1004,7 @@ struct ChatChoice<'a> {
     #[serde(borrow, default)]
     message: Option<ChatAnswerMessage<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -926,7 +1013,7 @@ struct ChatAnswerMessage<'a> {
     #[serde(borrow, default)]
     content: Option<&'a RawValue>,
     #[serde(borrow, default)]
-    reasoning_content: Option<Cow<'a, str>>,
+    reasoning_content: Option<Str<'a>>,
     #[serde(borrow, default)]
     thinking_blocks: Option<Vec<&'a RawValue>>,
     #[serde(borrow, default)]
@@ -936,7 +1023,7 @@ struct ChatAnswerMessage<'a> {
 #[derive(Deserialize)]
 struct ChatToolCall<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
     function: Option<ChatFunction<'a>>,
 }
@@ -944,15 +1031,15 @@ struct ChatToolCall<'a> {
 #[derive(Deserialize)]
 struct ChatFunction<'a> {
     #[serde(borrow, default)]
-    name: Option<Cow<'a, str>>,
+    name: Option<Str<'a>>,
     #[serde(borrow, default)]
-    arguments: Option<Cow<'a, str>>,
+    arguments: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct ChatTextPart<'a> {
     #[serde(borrow, default)]
-    text: Option<Cow<'a, str>>,
+    text: Option<Str<'a>>,
 }
 
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
@@ -969,9 +1056,17 @@ fn stop_reason(finish: Option<&str>) -> &'static str {
 fn message_id(id: Option<&str>) -> String {
     match id {
         Some(id) if id.starts_with("msg_") => id.to_owned(),
-        Some(id) if !id.is_empty() => format!("msg_{}", id.trim_start_matches("chatcmpl-")),
-        _ => format!("msg_{}", crate::new_request_id()),
+        Some(id) if !id.is_empty() => prefixed("msg_", id.strip_prefix("chatcmpl-").unwrap_or(id)),
+        _ => prefixed("msg_", &crate::new_request_id()),
     }
+}
+
+/// `prefix` + `rest` (`format!` costs a formatter run per call on this path).
+fn prefixed(prefix: &str, rest: &str) -> String {
+    let mut out = String::with_capacity(prefix.len() + rest.len());
+    out.push_str(prefix);
+    out.push_str(rest);
+    out
 }
 
 /// Convert an internal (OpenAI chat completion) response body into a Messages response;
@@ -1229,9 +1324,9 @@ struct ErrorDetail<'a> {
 #[derive(Deserialize)]
 struct ChatChunk<'a> {
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
-    model: Option<Cow<'a, str>>,
+    model: Option<Str<'a>>,
     #[serde(borrow, default)]
     choices: Vec<ChunkChoice<'a>>,
     #[serde(default)]
@@ -1245,15 +1340,15 @@ struct ChunkChoice<'a> {
     #[serde(borrow, default)]
     delta: Option<ChunkDelta<'a>>,
     #[serde(borrow, default)]
-    finish_reason: Option<Cow<'a, str>>,
+    finish_reason: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
 struct ChunkDelta<'a> {
     #[serde(borrow, default)]
-    content: Option<Cow<'a, str>>,
+    content: Option<Str<'a>>,
     #[serde(borrow, default)]
-    reasoning_content: Option<Cow<'a, str>>,
+    reasoning_content: Option<Str<'a>>,
     #[serde(borrow, default)]
     thinking_blocks: Option<Vec<ThinkingBlockDelta<'a>>>,
     #[serde(borrow, default)]
@@ -1263,7 +1358,7 @@ struct ChunkDelta<'a> {
 #[derive(Deserialize)]
 struct ThinkingBlockDelta<'a> {
     #[serde(borrow, default)]
-    signature: Option<Cow<'a, str>>,
+    signature: Option<Str<'a>>,
 }
 
 #[derive(Deserialize)]
@@ -1271,7 +1366,7 @@ struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<u64>,
     #[serde(borrow, default)]
-    id: Option<Cow<'a, str>>,
+    id: Option<Str<'a>>,
     #[serde(borrow, default)]
     function: Option<ChatFunction<'a>>,
 }
@@ -1279,16 +1374,16 @@ struct ToolCallDelta<'a> {
 #[derive(Deserialize)]
 struct ChunkError<'a> {
     #[serde(borrow, default)]
-    message: Option<Cow<'a, str>>,
+    message: Option<Str<'a>>,
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
 }
 
 /// The first fields of an Anthropic event, to keep the translator's state in step.
 #[derive(Deserialize)]
 struct NativeEventHead<'a> {
     #[serde(borrow, default, rename = "type")]
-    kind: Option<Cow<'a, str>>,
+    kind: Option<Str<'a>>,
     #[serde(default)]
     index: Option<usize>,
 }

@@ -53,38 +53,34 @@ pub fn chat_request_routed(
     beta: Option<&str>,
     reaches_anthropic: impl FnOnce(&str) -> bool,
 ) -> Result<ChatRequest, GatewayError> {
-    let request = RawObject::parse(body).map_err(|e| {
-        if body.trim_ascii_start().starts_with(b"{") {
-            GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
-        } else {
-            GatewayError::invalid_request("the body must be a JSON object")
-        }
-    })?;
-    let present = |key: &str| request.get(key).filter(|v| v.get() != "null");
-    let model: Cow<'_, str> = match request.decode::<Cow<'_, str>>("model") {
-        Ok(Some(m)) if !m.is_empty() => m,
-        _ => return Err(invalid("model: Field required", "model")),
+    let fields = match serde_json::from_slice::<MessagesRequest<'_>>(body) {
+        Ok(typed) => match Fields::from_typed(typed) {
+            Some(fields) => fields,
+            None => Fields::checked(body)?,
+        },
+        // The one-pass reading failed: the checked reading says what is wrong (or accepts what
+        // the typed one cannot, such as a repeated key).
+        Err(_) => Fields::checked(body)?,
     };
-    let max_tokens = match request.get("max_tokens") {
-        Some(raw) => serde_json::from_str::<u64>(raw.get())
-            .ok()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| invalid("max_tokens: must be a positive integer", "max_tokens"))?,
-        None => return Err(invalid("max_tokens: Field required", "max_tokens")),
-    };
-    let messages: Vec<InMessage<'_>> = match request.get("messages") {
-        Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get())
-            .map_err(|e| invalid(format!("messages: {e}"), "messages"))?,
-        _ => return Err(invalid("messages: Field required (an array)", "messages")),
-    };
-    let stream = match present("stream") {
-        None => false,
-        Some(raw) => serde_json::from_str::<bool>(raw.get())
-            .map_err(|_| invalid("stream: must be a boolean", "stream"))?,
-    };
-
+    let Fields {
+        model,
+        max_tokens,
+        messages,
+        stream,
+        system,
+        temperature,
+        top_p,
+        top_k,
+        stop_sequences,
+        metadata,
+        tools,
+        tool_choice,
+        thinking,
+        gateway,
+        has_fallbacks,
+    } = fields;
     let mut chat_messages = Vec::with_capacity(messages.len() + 1);
-    if let Some(system) = present("system") {
+    if let Some(system) = system {
         if let Some(content) = system_content(system)? {
             chat_messages.push(OutMessage::new("system", content));
         }
@@ -92,21 +88,13 @@ pub fn chat_request_routed(
     for (i, message) in messages.into_iter().enumerate() {
         convert_message(message, i, &mut chat_messages)?;
     }
-    let number = |field: &'static str| -> Result<Option<&RawValue>, GatewayError> {
-        match present(field) {
-            Some(raw) if serde_json::from_str::<f64>(raw.get()).is_err() => {
-                Err(invalid(format!("{field}: must be a number"), field))
-            }
-            other => Ok(other),
-        }
-    };
     let mut out = InternalRequest {
         model: &model,
         messages: chat_messages,
         max_tokens,
-        temperature: number("temperature")?,
-        top_p: number("top_p")?,
-        top_k: number("top_k")?,
+        temperature: number("temperature", temperature)?,
+        top_p: number("top_p", top_p)?,
+        top_k: number("top_k", top_k)?,
         stop: None,
         user: None,
         tools: None,
@@ -121,7 +109,7 @@ pub fn chat_request_routed(
             include_usage: true,
         }),
     };
-    if let Some(stops) = present("stop_sequences") {
+    if let Some(stops) = stop_sequences {
         let stops_list = serde_json::from_str::<Vec<Cow<'_, str>>>(stops.get()).map_err(|_| {
             invalid(
                 "stop_sequences: must be an array of strings",
@@ -133,12 +121,12 @@ pub fn chat_request_routed(
         }
     }
     let metadata: Option<Metadata<'_>> =
-        present("metadata").and_then(|raw| serde_json::from_str(raw.get()).ok());
+        metadata.and_then(|raw| serde_json::from_str(raw.get()).ok());
     if let Some(metadata) = &metadata {
         out.user = metadata.user_id.as_deref();
         out.tags = metadata.tags;
     }
-    if let Some(tools) = present("tools") {
+    if let Some(tools) = tools {
         let tools: Vec<&RawValue> = serde_json::from_str(tools.get())
             .map_err(|_| invalid("tools: must be an array", "tools"))?;
         if !tools.is_empty() {
@@ -150,14 +138,14 @@ pub fn chat_request_routed(
             );
         }
     }
-    if let Some(choice) = present("tool_choice") {
+    if let Some(choice) = tool_choice {
         let choice: Value = serde_json::from_str(choice.get())
             .map_err(|_| invalid("tool_choice: must be an object", "tool_choice"))?;
         let (choice, parallel) = convert_tool_choice(&choice)?;
         out.tool_choice = Some(choice);
         out.parallel_tool_calls = parallel;
     }
-    if let Some(raw) = present("thinking") {
+    if let Some(raw) = thinking {
         let thinking: Thinking<'_> = serde_json::from_str(raw.get())
             .map_err(|_| invalid("thinking: must be an object", "thinking"))?;
         match thinking.kind.as_deref() {
@@ -185,21 +173,16 @@ pub fn chat_request_routed(
     }
     // The gateway's own controls (LiteLLM's names: fallbacks, num_retries, timeout, tags, ...)
     // work here as on chat completions; tags may also come in `metadata.tags`.
-    for field in llmux_providers::GATEWAY_PARAMS
-        .iter()
-        .filter(|f| **f != llmux_providers::NATIVE_ANTHROPIC)
-    {
-        if let Some(v) = request.get(field) {
-            if *field == "tags" {
-                out.tags = Some(v);
-            } else {
-                out.gateway.push((field, v));
-            }
+    for (field, v) in gateway {
+        if field == "tags" {
+            out.tags = Some(v);
+        } else {
+            out.gateway.push((field, v));
         }
     }
     let mut internal = serde_json::to_vec(&out)
         .map_err(|e| GatewayError::internal(format!("cannot write the internal request: {e}")))?;
-    if request.get("fallbacks").is_none() && !reaches_anthropic(&model) {
+    if !has_fallbacks && !reaches_anthropic(&model) {
         return Ok(ChatRequest {
             body: Bytes::from(internal),
             model: model.into_owned(),
@@ -224,6 +207,184 @@ pub fn chat_request_routed(
         model: model.into_owned(),
         stream,
     })
+}
+
+/// A sampling parameter: a number, or absent.
+fn number<'r>(
+    field: &'static str,
+    raw: Option<&'r RawValue>,
+) -> Result<Option<&'r RawValue>, GatewayError> {
+    match raw {
+        Some(raw) if serde_json::from_str::<f64>(raw.get()).is_err() => {
+            Err(invalid(format!("{field}: must be a number"), field))
+        }
+        other => Ok(other),
+    }
+}
+
+/// A Messages request's top level, read in one pass with its messages (the common case).
+#[derive(Deserialize)]
+struct MessagesRequest<'a> {
+    #[serde(borrow, default)]
+    model: Option<Str<'a>>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(borrow, default)]
+    messages: Option<Vec<InMessage<'a>>>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(borrow, default)]
+    system: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    temperature: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    top_p: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    top_k: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    stop_sequences: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    metadata: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tools: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tool_choice: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    thinking: Option<&'a RawValue>,
+    // The gateway's own controls (`llmux_providers::GATEWAY_PARAMS`; a test holds the two
+    // lists together).
+    #[serde(borrow, default)]
+    fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    disable_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    num_retries: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    timeout: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    tags: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    context_window_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    content_policy_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    mock_testing_fallbacks: Option<&'a RawValue>,
+}
+
+/// What the conversion reads of a Messages request, however it was read. Fields a client set
+/// to `null` are absent.
+struct Fields<'a> {
+    model: Cow<'a, str>,
+    max_tokens: u64,
+    messages: Vec<InMessage<'a>>,
+    stream: bool,
+    system: Option<&'a RawValue>,
+    temperature: Option<&'a RawValue>,
+    top_p: Option<&'a RawValue>,
+    top_k: Option<&'a RawValue>,
+    stop_sequences: Option<&'a RawValue>,
+    metadata: Option<&'a RawValue>,
+    tools: Option<&'a RawValue>,
+    tool_choice: Option<&'a RawValue>,
+    thinking: Option<&'a RawValue>,
+    /// The gateway's controls the client set, by name.
+    gateway: Vec<(&'static str, &'a RawValue)>,
+    has_fallbacks: bool,
+}
+
+impl<'a> Fields<'a> {
+    /// The one-pass reading, when it has what a request needs (else the checked reading runs
+    /// for its precise error).
+    fn from_typed(r: MessagesRequest<'a>) -> Option<Self> {
+        let model = r.model.filter(|m| !m.is_empty())?.into_cow();
+        let max_tokens = r.max_tokens.filter(|n| *n >= 1)?;
+        let messages = r.messages?;
+        let gateway: Vec<(&'static str, &'a RawValue)> = [
+            ("fallbacks", r.fallbacks),
+            ("disable_fallbacks", r.disable_fallbacks),
+            ("num_retries", r.num_retries),
+            ("timeout", r.timeout),
+            ("tags", r.tags),
+            ("context_window_fallbacks", r.context_window_fallbacks),
+            ("content_policy_fallbacks", r.content_policy_fallbacks),
+            ("mock_testing_fallbacks", r.mock_testing_fallbacks),
+        ]
+        .into_iter()
+        .filter_map(|(k, v)| Some((k, v?)))
+        .collect();
+        Some(Fields {
+            model,
+            max_tokens,
+            messages,
+            stream: r.stream.unwrap_or(false),
+            system: r.system,
+            temperature: r.temperature,
+            top_p: r.top_p,
+            top_k: r.top_k,
+            stop_sequences: r.stop_sequences,
+            metadata: r.metadata,
+            tools: r.tools,
+            tool_choice: r.tool_choice,
+            thinking: r.thinking,
+            has_fallbacks: r.fallbacks.is_some(),
+            gateway,
+        })
+    }
+
+    /// Member by member, each checked with its own error message.
+    fn checked(body: &'a [u8]) -> Result<Self, GatewayError> {
+        let request = RawObject::parse(body).map_err(|e| {
+            if body.trim_ascii_start().starts_with(b"{") {
+                GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
+            } else {
+                GatewayError::invalid_request("the body must be a JSON object")
+            }
+        })?;
+        let present = |key: &str| request.get(key).filter(|v| v.get() != "null");
+        let model: Cow<'a, str> = match request.decode::<Str<'a>>("model") {
+            Ok(Some(m)) if !m.is_empty() => m.into_cow(),
+            _ => return Err(invalid("model: Field required", "model")),
+        };
+        let max_tokens = match request.get("max_tokens") {
+            Some(raw) => serde_json::from_str::<u64>(raw.get())
+                .ok()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| invalid("max_tokens: must be a positive integer", "max_tokens"))?,
+            None => return Err(invalid("max_tokens: Field required", "max_tokens")),
+        };
+        let messages: Vec<InMessage<'a>> = match request.get("messages") {
+            Some(raw) if raw.get().starts_with('[') => serde_json::from_str(raw.get())
+                .map_err(|e| invalid(format!("messages: {e}"), "messages"))?,
+            _ => return Err(invalid("messages: Field required (an array)", "messages")),
+        };
+        let stream = match present("stream") {
+            None => false,
+            Some(raw) => serde_json::from_str::<bool>(raw.get())
+                .map_err(|_| invalid("stream: must be a boolean", "stream"))?,
+        };
+        let gateway = llmux_providers::GATEWAY_PARAMS
+            .iter()
+            .filter(|f| **f != llmux_providers::NATIVE_ANTHROPIC)
+            .filter_map(|f| Some((*f, present(f)?)))
+            .collect();
+        Ok(Fields {
+            model,
+            max_tokens,
+            messages,
+            stream,
+            system: present("system"),
+            temperature: present("temperature"),
+            top_p: present("top_p"),
+            top_k: present("top_k"),
+            stop_sequences: present("stop_sequences"),
+            metadata: present("metadata"),
+            tools: present("tools"),
+            tool_choice: present("tool_choice"),
+            thinking: present("thinking"),
+            has_fallbacks: present("fallbacks").is_some(),
+            gateway,
+        })
+    }
 }
 
 /// The internal (OpenAI chat) request written from a Messages request.
@@ -253,10 +414,7 @@ struct InternalRequest<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     reasoning_effort: Option<&'static str>,
     /// The gateway's own controls, as the client wrote them.
-    #[serde(
-        serialize_with = "flatten_pairs",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(flatten, serialize_with = "flatten_pairs")]
     gateway: Vec<(&'static str, &'a RawValue)>,
     #[serde(skip_serializing_if = "Option::is_none")]
     tags: Option<&'a RawValue>,
@@ -557,7 +715,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for InContent<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a string or an array of content blocks")
             }
-            fn visit_borrowed_str<E: serde::de::Error>(self, s: &'de str) -> Result<Self::Value, E> {
+            fn visit_borrowed_str<E: serde::de::Error>(
+                self,
+                s: &'de str,
+            ) -> Result<Self::Value, E> {
                 Ok(InContent::Text(Cow::Borrowed(s)))
             }
             fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
@@ -746,9 +907,13 @@ fn convert_message<'a>(
                     Some("text") => parts.push(text_part(block)),
                     Some("image") | Some("document") => parts.push(media_part(block, &at)?),
                     Some("tool_result") => {
-                        let id = block.tool_use_id.clone().map(Str::into_cow).ok_or_else(|| {
-                            invalid(format!("{at}.tool_use_id: Field required"), "messages")
-                        })?;
+                        let id = block
+                            .tool_use_id
+                            .clone()
+                            .map(Str::into_cow)
+                            .ok_or_else(|| {
+                                invalid(format!("{at}.tool_use_id: Field required"), "messages")
+                            })?;
                         let mut content = tool_result_content(block.content, &at)?;
                         if block.is_error == Some(true) {
                             if let OutContent::Text(text) = &content {

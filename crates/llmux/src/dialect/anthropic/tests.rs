@@ -540,3 +540,36 @@ fn unusual_openai_answers_become_valid_messages() {
     );
     assert_eq!(events[3]["delta"]["text"], "say \"hi\"\n");
 }
+
+/// Every gateway control (`GATEWAY_PARAMS`) set on a Messages request reaches the internal
+/// request, whichever reading ran: the one-pass typed reading, or the member-by-member one (a
+/// repeated key sends a request there); both readings give the same internal request.
+#[test]
+fn gateway_controls_survive_both_readings() {
+    let mut body =
+        json!({"model": "m", "max_tokens": 8, "messages": [{"role": "user", "content": "hi"}]});
+    for (i, param) in llmux_providers::GATEWAY_PARAMS
+        .iter()
+        .filter(|p| **p != llmux_providers::NATIVE_ANTHROPIC)
+        .enumerate()
+    {
+        body[*param] = json!([format!("v{i}")]);
+    }
+    let typed = chat_request(body.to_string().as_bytes(), None).unwrap();
+    let typed: Value = serde_json::from_slice(&typed.body).unwrap();
+    for (i, param) in llmux_providers::GATEWAY_PARAMS
+        .iter()
+        .filter(|p| **p != llmux_providers::NATIVE_ANTHROPIC)
+        .enumerate()
+    {
+        assert_eq!(typed[*param], json!([format!("v{i}")]), "{param}");
+    }
+    // A repeated key: serde's derive refuses it, the checked reading keeps the last value.
+    let text = body.to_string();
+    let repeated = format!("{{\"model\":\"first\",{}", &text[1..]);
+    let checked = chat_request(repeated.as_bytes(), None).unwrap();
+    assert_eq!(checked.model, "m");
+    let mut checked: Value = serde_json::from_slice(&checked.body).unwrap();
+    checked[llmux_providers::NATIVE_ANTHROPIC] = typed[llmux_providers::NATIVE_ANTHROPIC].clone();
+    assert_eq!(checked, typed);
+}

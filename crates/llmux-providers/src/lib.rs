@@ -7,6 +7,7 @@ pub mod auth;
 pub mod bedrock;
 pub mod cohere;
 pub mod common;
+pub mod completion;
 pub mod errors;
 pub mod eventstream;
 pub mod gemini;

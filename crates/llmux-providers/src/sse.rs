@@ -147,27 +147,6 @@ fn fields_of_lines<'a>(lines: impl Iterator<Item = &'a [u8]>) -> SseFields<'a> {
     fields
 }
 
-/// One OpenAI `chat.completion.chunk` SSE event (single choice) as the native adapters'
-/// decoders emit it.
-pub fn chat_chunk(
-    id: &str,
-    created: u64,
-    model: &str,
-    delta: serde_json::Value,
-    finish: Option<&str>,
-    usage: Option<&llmux_types::Usage>,
-) -> Vec<u8> {
-    let mut c = serde_json::json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-        "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]});
-    if let Some(u) = usage {
-        c["usage"] = serde_json::json!(u);
-    }
-    let mut out = b"data: ".to_vec();
-    out.extend_from_slice(&serde_json::to_vec(&c).unwrap_or_default());
-    out.extend_from_slice(b"\n\n");
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

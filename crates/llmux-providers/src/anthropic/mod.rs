@@ -100,8 +100,7 @@ impl Provider for AnthropicTarget {
         _op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (value, usage) = response::translate(&body)?;
-        crate::common::json_response(&value, Some(usage))
+        response::translate(&body)?.into_response()
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

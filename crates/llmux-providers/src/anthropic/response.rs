@@ -1,5 +1,6 @@
 //! Anthropic Messages response → OpenAI chat completion (pure).
 
+use crate::completion::{AssistantMessage, ChatCompletion, ToolCall};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
 
@@ -28,15 +29,8 @@ pub fn usage(u: &Value) -> Usage {
     )
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Translate a whole response body.
-pub fn translate(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
+pub fn translate(body: &[u8]) -> Result<ChatCompletion, GatewayError> {
     let msg: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -68,11 +62,8 @@ pub fn translate(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
                     json_answer = Some(input.to_string());
                     continue;
                 }
-                tool_calls.push(json!({
-                    "id": block.get("id").cloned().unwrap_or(json!("")),
-                    "type": "function",
-                    "function": {"name": name, "arguments": input.to_string()},
-                }));
+                let id = block.get("id").and_then(Value::as_str).unwrap_or("");
+                tool_calls.push(ToolCall::function(id, name, input.to_string()));
             }
             _ => {}
         }
@@ -83,24 +74,16 @@ pub fn translate(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
         text.push_str(&answer);
         finish = "stop";
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !thinking_blocks.is_empty() {
-        message["thinking_blocks"] = Value::Array(thinking_blocks);
-    }
+    let message = AssistantMessage::new(text, tool_calls)
+        .with_reasoning(reasoning)
+        .with_thinking_blocks(thinking_blocks);
     let usage = msg.get("usage").map(usage).unwrap_or_default();
-    let out = json!({
-        "id": msg.get("id").cloned().unwrap_or(json!("")),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": msg.get("model").cloned().unwrap_or(json!("")),
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-        "usage": usage,
-    });
-    Ok((out, usage))
+    let text = |key: &str| msg.get(key).and_then(Value::as_str).unwrap_or("");
+    Ok(ChatCompletion::single(
+        text("id"),
+        text("model"),
+        message,
+        finish,
+        Some(usage),
+    ))
 }

@@ -8,6 +8,7 @@ use serde_json::{json, Value};
 
 use super::request::RESPONSE_FORMAT_TOOL;
 use super::response::{finish_reason, usage};
+use crate::completion::Delta;
 use crate::sse::parse_fields;
 use crate::{DecodedEvent, StreamDecoder};
 
@@ -35,8 +36,8 @@ pub struct AnthropicStreamDecoder {
 }
 
 impl AnthropicStreamDecoder {
-    fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Bytes {
-        Bytes::from(crate::sse::chat_chunk(
+    fn chunk(&self, delta: &Delta<'_>, finish: Option<&str>, usage: Option<&Usage>) -> Bytes {
+        Bytes::from(crate::completion::chat_chunk(
             &self.id,
             self.created,
             &self.model,
@@ -46,9 +47,9 @@ impl AnthropicStreamDecoder {
         ))
     }
 
-    fn content(&self, delta: Value) -> DecodedEvent {
+    fn content(&self, delta: Delta<'_>) -> DecodedEvent {
         DecodedEvent::Chunk {
-            bytes: self.chunk(delta, None, None),
+            bytes: self.chunk(&delta, None, None),
             usage: None,
         }
     }
@@ -124,12 +125,9 @@ impl AnthropicStreamDecoder {
                     .and_then(Value::as_str)
                     .unwrap_or("")
                     .to_owned();
-                self.created = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                self.created = crate::completion::unix_now();
                 self.start_usage = message.get("usage").cloned().unwrap_or_default();
-                self.content(json!({"role": "assistant", "content": ""}))
+                self.content(Delta::start())
             }
             "content_block_start" => {
                 let block = data.get("content_block").cloned().unwrap_or_default();
@@ -144,13 +142,13 @@ impl AnthropicStreamDecoder {
                     Some("tool_use") => {
                         let k = self.tool_index.len() as u32;
                         self.tool_index.insert(index, k);
-                        self.content(json!({"tool_calls": [{"index": k, "id": block.get("id"), "type": "function",
-                            "function": {"name": block.get("name"), "arguments": ""}}]}))
+                        let text = |key: &str| block.get(key).and_then(Value::as_str).unwrap_or("");
+                        self.content(Delta::tool_call_start(k, text("id"), text("name")))
                     }
                     // Redacted thinking arrives whole; the client must send it back as is.
-                    Some("redacted_thinking") => self.content(json!({"thinking_blocks": [block]})),
+                    Some("redacted_thinking") => self.content(Delta::thinking_block(block)),
                     Some("text") => match block.get("text").and_then(Value::as_str) {
-                        Some(t) if !t.is_empty() => self.content(json!({"content": t})),
+                        Some(t) if !t.is_empty() => self.content(Delta::content(t)),
                         _ => DecodedEvent::KeepAlive(Bytes::new()),
                     },
                     _ => DecodedEvent::KeepAlive(Bytes::new()),
@@ -158,16 +156,15 @@ impl AnthropicStreamDecoder {
             }
             "content_block_delta" => {
                 let delta = data.get("delta").cloned().unwrap_or_default();
+                let text = |key: &str| delta.get(key).and_then(Value::as_str).unwrap_or("");
                 match delta.get("type").and_then(Value::as_str) {
-                    Some("text_delta") => self.content(json!({"content": delta.get("text")})),
-                    Some("thinking_delta") => {
-                        self.content(json!({"reasoning_content": delta.get("thinking")}))
-                    }
+                    Some("text_delta") => self.content(Delta::content(text("text"))),
+                    Some("thinking_delta") => self.content(Delta::reasoning(text("thinking"))),
                     // The thinking block's signature (LiteLLM's `thinking_blocks` delta), which
                     // a client must send back with the block in its next turn.
-                    Some("signature_delta") => self.content(json!({"thinking_blocks": [{
-                        "type": "thinking", "thinking": "", "signature": delta.get("signature"),
-                    }]})),
+                    Some("signature_delta") => self.content(Delta::thinking_block(json!({
+                        "type": "thinking", "thinking": "", "signature": text("signature"),
+                    }))),
                     Some("input_json_delta") => {
                         let partial = delta
                             .get("partial_json")
@@ -177,10 +174,10 @@ impl AnthropicStreamDecoder {
                             return DecodedEvent::KeepAlive(Bytes::new());
                         }
                         if self.json_block == Some(index) {
-                            return self.content(json!({"content": partial}));
+                            return self.content(Delta::content(partial));
                         }
                         let k = self.tool_index.get(&index).copied().unwrap_or(0);
-                        self.content(json!({"tool_calls": [{"index": k, "function": {"arguments": partial}}]}))
+                        self.content(Delta::tool_arguments(k, partial))
                     }
                     _ => DecodedEvent::KeepAlive(Bytes::new()),
                 }
@@ -206,7 +203,7 @@ impl AnthropicStreamDecoder {
                 }
                 let u = usage(&merged);
                 DecodedEvent::Chunk {
-                    bytes: self.chunk(json!({}), Some(finish), Some(&u)),
+                    bytes: self.chunk(&Delta::default(), Some(finish), Some(&u)),
                     usage: Some(u),
                 }
             }

@@ -5,10 +5,17 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::request::{build_body, DEFAULT_MAX_TOKENS, RESPONSE_FORMAT_TOOL};
-use super::response::translate;
 use super::stream::AnthropicStreamDecoder;
 use crate::{DecodedEvent, StreamDecoder};
 use llmux_types::RawObject;
+
+/// The translated answer as the client reads it, with its usage.
+fn translate(body: &[u8]) -> Result<(Value, llmux_types::Usage), llmux_types::GatewayError> {
+    super::response::translate(body).map(|c| {
+        let usage = c.usage.unwrap_or_default();
+        (serde_json::to_value(&c).unwrap(), usage)
+    })
+}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(

@@ -241,17 +241,14 @@ impl Provider for BedrockTarget {
         op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (value, usage) = match op {
+        match op {
             Operation::Embeddings => {
                 let family = embed::family(&self.model_template).unwrap_or(embed::Family::Titan);
-                embed::translate(family, &body, &self.model_template)?
+                let (value, usage) = embed::translate(family, &body, &self.model_template)?;
+                crate::common::json_response(&value, usage)
             }
-            _ => {
-                let (v, u) = response::translate(&body, &self.model_template)?;
-                (v, Some(u))
-            }
-        };
-        crate::common::json_response(&value, usage)
+            _ => response::translate(&body, &self.model_template)?.into_response(),
+        }
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

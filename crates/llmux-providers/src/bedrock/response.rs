@@ -1,5 +1,6 @@
 //! Bedrock Converse response → OpenAI chat completion (pure).
 
+use crate::completion::{AssistantMessage, ChatCompletion, ToolCall};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
 
@@ -41,15 +42,8 @@ pub fn response_id() -> String {
     )
 }
 
-pub fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
 /// Translate a whole Converse response body.
-pub fn translate(body: &[u8], model: &str) -> Result<(Value, Usage), GatewayError> {
+pub fn translate(body: &[u8], model: &str) -> Result<ChatCompletion, GatewayError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -85,11 +79,8 @@ pub fn translate(body: &[u8], model: &str) -> Result<(Value, Usage), GatewayErro
                 json_answer = Some(input.to_string());
                 continue;
             }
-            tool_calls.push(json!({
-                "id": tool.get("toolUseId").cloned().unwrap_or(json!("")),
-                "type": "function",
-                "function": {"name": name, "arguments": input.to_string()},
-            }));
+            let id = tool.get("toolUseId").and_then(Value::as_str).unwrap_or("");
+            tool_calls.push(ToolCall::function(id, name, input.to_string()));
         }
     }
     let mut finish = finish_reason(v.get("stopReason").and_then(Value::as_str));
@@ -99,24 +90,15 @@ pub fn translate(body: &[u8], model: &str) -> Result<(Value, Usage), GatewayErro
             finish = "stop";
         }
     }
-    let mut message = json!({"role": "assistant", "content": if text.is_empty() && !tool_calls.is_empty() { Value::Null } else { json!(text) }});
-    if !tool_calls.is_empty() {
-        message["tool_calls"] = Value::Array(tool_calls);
-    }
-    if !reasoning.is_empty() {
-        message["reasoning_content"] = json!(reasoning);
-    }
-    if !thinking_blocks.is_empty() {
-        message["thinking_blocks"] = Value::Array(thinking_blocks);
-    }
+    let message = AssistantMessage::new(text, tool_calls)
+        .with_reasoning(reasoning)
+        .with_thinking_blocks(thinking_blocks);
     let usage = usage(v.get("usage").unwrap_or(&Value::Null));
-    let out = json!({
-        "id": response_id(),
-        "object": "chat.completion",
-        "created": unix_now(),
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish}],
-        "usage": usage,
-    });
-    Ok((out, usage))
+    Ok(ChatCompletion::single(
+        response_id(),
+        model,
+        message,
+        finish,
+        Some(usage),
+    ))
 }

@@ -8,7 +8,9 @@ use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
 
 use super::request::RESPONSE_FORMAT_TOOL;
-use super::response::{finish_reason, response_id, unix_now, usage};
+use super::response::{finish_reason, response_id, usage};
+use crate::completion::unix_now;
+use crate::completion::Delta;
 use crate::eventstream::decode_message;
 use crate::{DecodedEvent, StreamDecoder};
 
@@ -36,13 +38,13 @@ impl BedrockStreamDecoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Vec<u8> {
-        crate::sse::chat_chunk(&self.id, self.created, &self.model, delta, finish, usage)
+    fn chunk(&self, delta: &Delta<'_>, finish: Option<&str>, usage: Option<&Usage>) -> Vec<u8> {
+        crate::completion::chat_chunk(&self.id, self.created, &self.model, delta, finish, usage)
     }
 
-    fn content(&self, delta: Value) -> DecodedEvent {
+    fn content(&self, delta: Delta<'_>) -> DecodedEvent {
         DecodedEvent::Chunk {
-            bytes: Bytes::from(self.chunk(delta, None, None)),
+            bytes: Bytes::from(self.chunk(&delta, None, None)),
             usage: None,
         }
     }
@@ -53,7 +55,7 @@ impl BedrockStreamDecoder {
             .and_then(Value::as_u64)
             .unwrap_or(0);
         match kind {
-            "messageStart" => self.content(json!({"role": "assistant", "content": ""})),
+            "messageStart" => self.content(Delta::start()),
             "contentBlockStart" => match payload.pointer("/start/toolUse") {
                 Some(tool)
                     if tool.get("name").and_then(Value::as_str) == Some(RESPONSE_FORMAT_TOOL) =>
@@ -64,33 +66,31 @@ impl BedrockStreamDecoder {
                 Some(tool) => {
                     let k = self.tool_index.len() as u32;
                     self.tool_index.insert(index, k);
-                    self.content(json!({"tool_calls": [{"index": k, "id": tool.get("toolUseId"), "type": "function",
-                        "function": {"name": tool.get("name"), "arguments": ""}}]}))
+                    let text = |key: &str| tool.get(key).and_then(Value::as_str).unwrap_or("");
+                    self.content(Delta::tool_call_start(k, text("toolUseId"), text("name")))
                 }
                 None => DecodedEvent::KeepAlive(Bytes::new()),
             },
             "contentBlockDelta" => {
                 let delta = payload.get("delta").cloned().unwrap_or_default();
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
-                    return self.content(json!({"content": text}));
+                    return self.content(Delta::content(text));
                 }
                 if let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str) {
                     if input.is_empty() {
                         return DecodedEvent::KeepAlive(Bytes::new());
                     }
                     if self.json_block == Some(index) {
-                        return self.content(json!({"content": input}));
+                        return self.content(Delta::content(input));
                     }
                     let k = self.tool_index.get(&index).copied().unwrap_or(0);
-                    return self.content(
-                        json!({"tool_calls": [{"index": k, "function": {"arguments": input}}]}),
-                    );
+                    return self.content(Delta::tool_arguments(k, input));
                 }
                 if let Some(text) = delta
                     .pointer("/reasoningContent/text")
                     .and_then(Value::as_str)
                 {
-                    return self.content(json!({"reasoning_content": text}));
+                    return self.content(Delta::reasoning(text));
                 }
                 // Signatures and redacted reasoning carry nothing a chat client shows.
                 DecodedEvent::KeepAlive(Bytes::new())
@@ -102,19 +102,15 @@ impl BedrockStreamDecoder {
                 }
                 self.finish = Some(finish);
                 DecodedEvent::Chunk {
-                    bytes: Bytes::from(self.chunk(json!({}), Some(finish), None)),
+                    bytes: Bytes::from(self.chunk(&Delta::default(), Some(finish), None)),
                     usage: None,
                 }
             }
             "metadata" => {
                 // The last event: usage, then the end of the OpenAI stream.
                 let u = usage(payload.get("usage").unwrap_or(&Value::Null));
-                let mut bytes = self.chunk(json!({}), None, Some(&u));
-                // OpenAI's usage chunk has no choices.
-                if let Ok(mut v) = serde_json::from_slice::<Value>(&bytes[6..bytes.len() - 2]) {
-                    v["choices"] = json!([]);
-                    bytes = format!("data: {v}\n\n").into_bytes();
-                }
+                let mut bytes =
+                    crate::completion::usage_chunk(&self.id, self.created, &self.model, &u);
                 bytes.extend_from_slice(b"data: [DONE]\n\n");
                 DecodedEvent::Chunk {
                     bytes: Bytes::from(bytes),

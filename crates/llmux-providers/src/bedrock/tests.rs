@@ -7,13 +7,23 @@ use serde_json::{json, Map, Value};
 
 use super::embed::{self, Family};
 use super::request::{build_converse, RESPONSE_FORMAT_TOOL};
-use super::response::translate;
 use super::stream::BedrockStreamDecoder;
 use crate::eventstream::{encode_event, encode_exception, EventStreamSplitter};
 use crate::{DecodedEvent, StreamDecoder};
 use llmux_types::{ErrorKind, RawObject};
 
 const CLAUDE: &str = "anthropic.claude-3-5-sonnet-20240620-v1:0";
+
+/// The translated answer as the client reads it, with its usage.
+fn translate(
+    body: &[u8],
+    model: &str,
+) -> Result<(Value, llmux_types::Usage), llmux_types::GatewayError> {
+    super::response::translate(body, model).map(|c| {
+        let usage = c.usage.unwrap_or_default();
+        (serde_json::to_value(&c).unwrap(), usage)
+    })
+}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(

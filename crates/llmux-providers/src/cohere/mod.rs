@@ -4,6 +4,7 @@
 
 pub mod stream;
 
+use crate::completion::{AssistantMessage, ChatCompletion, ToolCall};
 use bytes::Bytes;
 use http::HeaderMap;
 use llmux_config::{Config, DeploymentConfig, Diagnostic, EnvSource};
@@ -173,7 +174,7 @@ pub fn usage(u: &Value) -> Usage {
     usage
 }
 
-pub fn translate_chat(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
+pub fn translate_chat(body: &[u8]) -> Result<ChatCompletion, GatewayError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -197,15 +198,21 @@ pub fn translate_chat(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
             _ => {}
         }
     }
-    let calls = message
+    // Cohere v2 tool calls already have OpenAI's shape.
+    let calls: Vec<ToolCall> = message
         .get("tool_calls")
         .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
-    let mut out_message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
-    if !calls.is_empty() {
-        out_message["tool_calls"] = Value::Array(calls);
-    }
+        .into_iter()
+        .flatten()
+        .map(|call| {
+            let text = |pointer: &str| call.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+            ToolCall::function(
+                text("/id"),
+                text("/function/name"),
+                text("/function/arguments").to_owned(),
+            )
+        })
+        .collect();
     if let Some(plan) = message
         .get("tool_plan")
         .and_then(Value::as_str)
@@ -213,19 +220,14 @@ pub fn translate_chat(body: &[u8]) -> Result<(Value, Usage), GatewayError> {
     {
         reasoning.push_str(plan);
     }
-    if !reasoning.is_empty() {
-        out_message["reasoning_content"] = json!(reasoning);
-    }
+    let out_message = AssistantMessage::new(text, calls).with_reasoning(reasoning);
     let usage = v.get("usage").map(usage).unwrap_or_default();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    Ok((
-        json!({"id": v.get("id").cloned().unwrap_or(json!("")), "object": "chat.completion", "created": created, "model": "",
-               "choices": [{"index": 0, "message": out_message, "logprobs": null, "finish_reason": finish_reason(v.get("finish_reason").and_then(Value::as_str))}],
-               "usage": usage}),
-        usage,
+    Ok(ChatCompletion::single(
+        v.get("id").and_then(Value::as_str).unwrap_or(""),
+        "",
+        out_message,
+        finish_reason(v.get("finish_reason").and_then(Value::as_str)),
+        Some(usage),
     ))
 }
 
@@ -334,18 +336,23 @@ impl Provider for CohereTarget {
         op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (mut value, usage) = match op {
-            Operation::Embeddings => translate_embeddings(&body, &self.model_template)?,
-            // Rerank is Cohere's own shape on both sides: passed through unchanged.
-            Operation::Rerank => {
-                return Ok(TranslatedResponse { body, usage: None });
+        match op {
+            Operation::Embeddings => {
+                let (mut value, usage) = translate_embeddings(&body, &self.model_template)?;
+                if value["model"] == "" {
+                    value["model"] = json!(self.model_template);
+                }
+                crate::common::json_response(&value, Some(usage))
             }
-            _ => translate_chat(&body)?,
-        };
-        if value["model"] == "" {
-            value["model"] = json!(self.model_template);
+            // Rerank is Cohere's own shape on both sides: passed through unchanged.
+            Operation::Rerank => Ok(TranslatedResponse { body, usage: None }),
+            _ => {
+                // Cohere's chat answer does not name its model.
+                let mut completion = translate_chat(&body)?;
+                completion.model.clone_from(&self.model_template);
+                completion.into_response()
+            }
         }
-        crate::common::json_response(&value, Some(usage))
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

@@ -2,9 +2,10 @@
 
 use bytes::Bytes;
 use llmux_types::{ErrorKind, GatewayError};
-use serde_json::{json, Value};
+use serde_json::Value;
 
 use super::{finish_reason, usage};
+use crate::completion::Delta;
 use crate::sse::parse_fields;
 use crate::{DecodedEvent, StreamDecoder};
 
@@ -25,11 +26,11 @@ impl CohereStreamDecoder {
 
     fn chunk(
         &self,
-        delta: Value,
+        delta: &Delta<'_>,
         finish: Option<&str>,
         usage: Option<&llmux_types::Usage>,
     ) -> Bytes {
-        Bytes::from(crate::sse::chat_chunk(
+        Bytes::from(crate::completion::chat_chunk(
             &self.id,
             self.created,
             &self.model,
@@ -39,9 +40,9 @@ impl CohereStreamDecoder {
         ))
     }
 
-    fn content(&self, delta: Value) -> DecodedEvent {
+    fn content(&self, delta: Delta<'_>) -> DecodedEvent {
         DecodedEvent::Chunk {
-            bytes: self.chunk(delta, None, None),
+            bytes: self.chunk(&delta, None, None),
             usage: None,
         }
     }
@@ -67,11 +68,8 @@ impl StreamDecoder for CohereStreamDecoder {
         match v.get("type").and_then(Value::as_str).unwrap_or("") {
             "message-start" => {
                 self.id = v.get("id").and_then(Value::as_str).unwrap_or("").to_owned();
-                self.created = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                self.content(json!({"role": "assistant", "content": ""}))
+                self.created = crate::completion::unix_now();
+                self.content(Delta::start())
             }
             "content-start" | "content-delta" => {
                 let content = &message["content"];
@@ -80,33 +78,39 @@ impl StreamDecoder for CohereStreamDecoder {
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
                 {
-                    self.content(json!({"content": t}))
+                    self.content(Delta::content(t))
                 } else if let Some(t) = content
                     .get("thinking")
                     .and_then(Value::as_str)
                     .filter(|t| !t.is_empty())
                 {
-                    self.content(json!({"reasoning_content": t}))
+                    self.content(Delta::reasoning(t))
                 } else {
                     DecodedEvent::KeepAlive(Bytes::new())
                 }
             }
             "tool-plan-delta" => match message.get("tool_plan").and_then(Value::as_str) {
-                Some(plan) if !plan.is_empty() => self.content(json!({"reasoning_content": plan})),
+                Some(plan) if !plan.is_empty() => self.content(Delta::reasoning(plan)),
                 _ => DecodedEvent::KeepAlive(Bytes::new()),
             },
             "tool-call-start" => {
                 let call = &message["tool_calls"];
-                self.content(json!({"tool_calls": [{"index": index, "id": call.get("id"), "type": "function",
-                    "function": {"name": call.pointer("/function/name"), "arguments": call.pointer("/function/arguments").cloned().unwrap_or(json!(""))}}]}))
+                let text =
+                    |pointer: &str| call.pointer(pointer).and_then(Value::as_str).unwrap_or("");
+                self.content(Delta::tool_call(
+                    index as u32,
+                    text("/id"),
+                    text("/function/name"),
+                    text("/function/arguments"),
+                ))
             }
             "tool-call-delta" => match message
                 .pointer("/tool_calls/function/arguments")
                 .and_then(Value::as_str)
             {
-                Some(args) if !args.is_empty() => self.content(
-                    json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}),
-                ),
+                Some(args) if !args.is_empty() => {
+                    self.content(Delta::tool_arguments(index as u32, args))
+                }
                 _ => DecodedEvent::KeepAlive(Bytes::new()),
             },
             "message-end" => {
@@ -114,7 +118,7 @@ impl StreamDecoder for CohereStreamDecoder {
                 let u = delta.get("usage").map(usage);
                 let mut bytes = self
                     .chunk(
-                        json!({}),
+                        &Delta::default(),
                         Some(finish_reason(
                             delta.get("finish_reason").and_then(Value::as_str),
                         )),

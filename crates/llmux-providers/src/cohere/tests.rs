@@ -4,9 +4,17 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::stream::CohereStreamDecoder;
-use super::{build_chat, build_embeddings, translate_chat, translate_embeddings};
+use super::{build_chat, build_embeddings, translate_embeddings};
 use crate::{DecodedEvent, StreamDecoder};
 use llmux_types::RawObject;
+
+/// The translated answer as the client reads it, with its usage.
+fn translate_chat(body: &[u8]) -> Result<(Value, llmux_types::Usage), llmux_types::GatewayError> {
+    super::translate_chat(body).map(|c| {
+        let usage = c.usage.unwrap_or_default();
+        (serde_json::to_value(&c).unwrap(), usage)
+    })
+}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(

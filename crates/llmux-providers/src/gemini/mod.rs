@@ -112,14 +112,13 @@ impl Provider for GeminiTarget {
         op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (value, usage) = match op {
-            Operation::Embeddings => (
-                response::translate_embeddings(&body, &self.model_template, false)?,
+        match op {
+            Operation::Embeddings => crate::common::json_response(
+                &response::translate_embeddings(&body, &self.model_template, false)?,
                 None,
             ),
-            _ => response::translate_chat(&body, &self.model_template)?,
-        };
-        crate::common::json_response(&value, usage)
+            _ => response::translate_chat(&body, &self.model_template)?.into_response(),
+        }
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

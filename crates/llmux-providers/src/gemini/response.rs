@@ -1,5 +1,6 @@
 //! Gemini responses (`generateContent`, stream chunks, `batchEmbedContents`) → OpenAI (pure).
 
+use crate::completion::{AssistantMessage, ChatCompletion, Choice, ToolCall};
 use llmux_types::usage::{CompletionTokensDetails, PromptTokensDetails};
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Value};
@@ -35,24 +36,18 @@ pub fn usage(meta: &Value) -> Option<Usage> {
 }
 
 /// An OpenAI tool call for a Gemini `functionCall` part; the thought signature rides in the id.
-pub fn tool_call(index: usize, part: &Value) -> Value {
+pub fn tool_call(index: usize, part: &Value) -> ToolCall {
     let call = &part["functionCall"];
     let mut id = format!("call_{index}");
     if let Some(sig) = part.get("thoughtSignature").and_then(Value::as_str) {
         id = format!("{id}{SIGNATURE_SEPARATOR}{sig}");
     }
-    json!({"id": id, "type": "function",
-           "function": {"name": call.get("name").cloned().unwrap_or(json!("")), "arguments": call.get("args").cloned().unwrap_or(json!({})).to_string()}})
+    let name = call.get("name").and_then(Value::as_str).unwrap_or("");
+    let arguments = call.get("args").cloned().unwrap_or(json!({})).to_string();
+    ToolCall::function(id, name, arguments)
 }
 
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0)
-}
-
-pub fn translate_chat(body: &[u8], model: &str) -> Result<(Value, Option<Usage>), GatewayError> {
+pub fn translate_chat(body: &[u8], model: &str) -> Result<ChatCompletion, GatewayError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
         GatewayError::new(
             ErrorKind::UpstreamError,
@@ -96,14 +91,12 @@ pub fn translate_chat(body: &[u8], model: &str) -> Result<(Value, Option<Usage>)
         if !calls.is_empty() && finish == "stop" {
             finish = "tool_calls";
         }
-        let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { json!(text) }});
-        if !calls.is_empty() {
-            message["tool_calls"] = Value::Array(calls);
-        }
-        if !reasoning.is_empty() {
-            message["reasoning_content"] = json!(reasoning);
-        }
-        choices.push(json!({"index": candidate.get("index").and_then(Value::as_u64).unwrap_or(i as u64), "message": message, "logprobs": null, "finish_reason": finish}));
+        let index = candidate
+            .get("index")
+            .and_then(Value::as_u64)
+            .unwrap_or(i as u64);
+        let message = AssistantMessage::new(text, calls).with_reasoning(reasoning);
+        choices.push(Choice::new(index, message, finish));
     }
     if choices.is_empty() {
         // The prompt itself was blocked: an empty answer, marked as filtered.
@@ -111,19 +104,15 @@ pub fn translate_chat(body: &[u8], model: &str) -> Result<(Value, Option<Usage>)
             .pointer("/promptFeedback/blockReason")
             .and_then(Value::as_str)
             .unwrap_or("OTHER");
-        choices.push(json!({"index": 0, "message": {"role": "assistant", "content": null, "refusal": format!("blocked by Gemini: {reason}")},
-                            "logprobs": null, "finish_reason": "content_filter"}));
+        let message = AssistantMessage::refused(format!("blocked by Gemini: {reason}"));
+        choices.push(Choice::new(0, message, "content_filter"));
     }
-    let mut out = json!({
-        "id": v.get("responseId").cloned().unwrap_or(json!("")),
-        "object": "chat.completion", "created": unix_now(),
-        "model": v.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
-        "choices": choices,
-    });
-    if let Some(u) = usage {
-        out["usage"] = json!(u);
-    }
-    Ok((out, usage))
+    let id = v.get("responseId").and_then(Value::as_str).unwrap_or("");
+    let model = v
+        .get("modelVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(model);
+    Ok(ChatCompletion::new(id, model, choices, usage))
 }
 
 pub fn translate_embeddings(body: &[u8], model: &str, base64: bool) -> Result<Value, GatewayError> {

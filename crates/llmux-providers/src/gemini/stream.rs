@@ -10,6 +10,7 @@ use llmux_types::{ErrorKind, GatewayError, Usage};
 use serde_json::{json, Map, Value};
 
 use super::response::{finish_reason, tool_call, usage};
+use crate::completion::Delta;
 use crate::sse::parse_fields;
 use crate::{DecodedEvent, StreamDecoder};
 
@@ -33,16 +34,20 @@ impl GeminiStreamDecoder {
         }
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>, usage: Option<&Usage>) -> Vec<u8> {
-        crate::sse::chat_chunk(&self.id, self.created, &self.model, delta, finish, usage)
+    fn chunk(&self, delta: &Delta<'_>, finish: Option<&str>, usage: Option<&Usage>) -> Vec<u8> {
+        crate::completion::chat_chunk(&self.id, self.created, &self.model, delta, finish, usage)
     }
 
     fn emit_call(&mut self, part: &Value, out: &mut Vec<u8>) {
-        let mut call = tool_call(self.tool_calls, part);
-        call["index"] = json!(self.tool_calls);
+        let call = tool_call(self.tool_calls, part);
+        let delta = Delta::tool_call(
+            self.tool_calls as u32,
+            &call.id,
+            &call.function.name,
+            &call.function.arguments,
+        );
         self.tool_calls += 1;
-        let delta = json!({"tool_calls": [call]});
-        out.extend(self.chunk(delta, None, None));
+        out.extend(self.chunk(&delta, None, None));
     }
 }
 
@@ -92,11 +97,8 @@ impl StreamDecoder for GeminiStreamDecoder {
             if let Some(m) = v.get("modelVersion").and_then(Value::as_str) {
                 self.model = m.to_owned();
             }
-            self.created = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0);
-            out.extend(self.chunk(json!({"role": "assistant", "content": ""}), None, None));
+            self.created = crate::completion::unix_now();
+            out.extend(self.chunk(&Delta::start(), None, None));
         }
         if let Some(u) = v.get("usageMetadata").and_then(usage) {
             self.usage = Some(u);
@@ -132,12 +134,12 @@ impl StreamDecoder for GeminiStreamDecoder {
                 .and_then(Value::as_str)
                 .filter(|t| !t.is_empty())
             {
-                let key = if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                    "reasoning_content"
+                let delta = if part.get("thought").and_then(Value::as_bool) == Some(true) {
+                    Delta::reasoning(text)
                 } else {
-                    "content"
+                    Delta::content(text)
                 };
-                out.extend(self.chunk(json!({key: text}), None, None));
+                out.extend(self.chunk(&delta, None, None));
             }
         }
         if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
@@ -146,7 +148,7 @@ impl StreamDecoder for GeminiStreamDecoder {
                 finish = "tool_calls";
             }
             let u = self.usage;
-            out.extend(self.chunk(json!({}), Some(finish), u.as_ref()));
+            out.extend(self.chunk(&Delta::default(), Some(finish), u.as_ref()));
             out.extend_from_slice(b"data: [DONE]\n\n");
             return DecodedEvent::Chunk {
                 bytes: Bytes::from(out),
@@ -155,7 +157,7 @@ impl StreamDecoder for GeminiStreamDecoder {
         }
         if v.pointer("/promptFeedback/blockReason").is_some() && v.get("candidates").is_none() {
             let u = self.usage;
-            out.extend(self.chunk(json!({}), Some("content_filter"), u.as_ref()));
+            out.extend(self.chunk(&Delta::default(), Some("content_filter"), u.as_ref()));
             out.extend_from_slice(b"data: [DONE]\n\n");
             return DecodedEvent::Chunk {
                 bytes: Bytes::from(out),

@@ -4,10 +4,21 @@ use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
 use super::request::{build_chat, build_embeddings, split_signature};
-use super::response::{translate_chat, translate_embeddings};
+use super::response::translate_embeddings;
 use super::stream::GeminiStreamDecoder;
 use crate::{DecodedEvent, StreamDecoder};
 use llmux_types::RawObject;
+
+/// The translated answer as the client reads it, with its usage.
+fn translate_chat(
+    body: &[u8],
+    model: &str,
+) -> Result<(Value, Option<llmux_types::Usage>), llmux_types::GatewayError> {
+    super::response::translate_chat(body, model).map(|c| {
+        let usage = c.usage;
+        (serde_json::to_value(&c).unwrap(), usage)
+    })
+}
 
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(

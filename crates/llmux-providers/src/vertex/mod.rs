@@ -335,17 +335,16 @@ impl Provider for VertexTarget {
         op: Operation,
         body: Bytes,
     ) -> Result<TranslatedResponse, GatewayError> {
-        let (value, usage) = match (self.family, op) {
+        match (self.family, op) {
             (Family::Gemini, Operation::Embeddings) => {
-                translate_embeddings(&body, &self.model_template)?
+                let (value, usage) = translate_embeddings(&body, &self.model_template)?;
+                crate::common::json_response(&value, usage)
             }
-            (Family::Gemini, _) => gemini::response::translate_chat(&body, &self.model_template)?,
-            (Family::Anthropic, _) => {
-                let (v, u) = anthropic::response::translate(&body)?;
-                (v, Some(u))
+            (Family::Gemini, _) => {
+                gemini::response::translate_chat(&body, &self.model_template)?.into_response()
             }
-        };
-        crate::common::json_response(&value, usage)
+            (Family::Anthropic, _) => anthropic::response::translate(&body)?.into_response(),
+        }
     }
 
     fn stream_decoder(&self, _op: Operation) -> Box<dyn StreamDecoder> {

@@ -30,10 +30,9 @@ fn recorded_messages_survive_the_round_trip_through_the_internal_format() {
         "anthropic-refusal.json",
     ] {
         let original: Value = serde_json::from_str(&fixture(name)).unwrap();
-        let (internal, _) = translate(fixture(name).as_bytes()).unwrap();
-        let back: Value =
-            serde_json::from_slice(&message(internal.to_string().as_bytes(), None).unwrap())
-                .unwrap();
+        let internal = translate(fixture(name).as_bytes()).unwrap();
+        let internal = serde_json::to_vec(&internal).unwrap();
+        let back: Value = serde_json::from_slice(&message(&internal, None).unwrap()).unwrap();
         assert_eq!(back["type"], "message", "{name}");
         assert_eq!(back["role"], "assistant", "{name}");
         assert_eq!(back["id"], original["id"], "{name}");

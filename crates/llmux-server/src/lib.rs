@@ -444,15 +444,16 @@ impl Executed {
     }
 
     /// `respond` with a shaper that awaits (a dialect that stores the answer first).
+    /// The shaper gets the usage the core read from a JSON answer.
     pub(crate) async fn respond_async<F>(
         self,
-        shape: impl FnOnce(ResponseBody) -> F,
+        shape: impl FnOnce(ResponseBody, Option<llmux::types::Usage>) -> F,
     ) -> Result<Response, GatewayError>
     where
         F: std::future::Future<Output = Result<(Body, &'static str), GatewayError>>,
     {
         let (body, rest) = self.split();
-        let (body, content_type) = shape(body).await?;
+        let (body, content_type) = shape(body, rest.meta.usage).await?;
         Ok(rest.finish(body, content_type))
     }
 

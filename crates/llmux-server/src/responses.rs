@@ -125,7 +125,7 @@ struct Keeper {
 static KEPT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 impl Keeper {
-    async fn keep(&self, response: &Value, output: &[Value]) {
+    async fn keep(&self, id: &str, response: &[u8], output: &[responses::OutputItem]) {
         let Some(store) = &self.store else { return };
         // Input items get ids, as the API lists them.
         let input: Vec<Value> = self
@@ -143,13 +143,17 @@ impl Keeper {
             })
             .collect();
         let mut turn = input.clone();
-        turn.extend(output.iter().cloned());
+        turn.extend(
+            output
+                .iter()
+                .filter_map(|item| serde_json::to_value(item).ok()),
+        );
         let now = llmux_store::now_ms();
         let record = StoredResponse {
-            id: response["id"].as_str().unwrap_or("").to_owned(),
+            id: id.to_owned(),
             owner: self.owner.clone(),
             created_at: now,
-            response: response.to_string(),
+            response: String::from_utf8_lossy(response).into_owned(),
             input_items: Value::Array(input).to_string(),
             conversation: Value::Array(turn).to_string(),
             previous_id: self.previous_id.clone().unwrap_or_default(),
@@ -192,7 +196,7 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Response
             converted.body,
         )
         .await?
-        .respond_async(|body| shape(body, shell, keeper))
+        .respond_async(|body, usage| shape(body, usage, shell, keeper))
         .await
     })
     .await
@@ -201,27 +205,29 @@ pub async fn create(State(state): State<AppState>, request: Request) -> Response
 /// The internal answer as a Response object or its event stream, kept first when stored.
 async fn shape(
     body: ResponseBody,
+    usage: Option<llmux::types::Usage>,
     shell: responses::Shell,
     keeper: Keeper,
 ) -> Result<(Body, &'static str), GatewayError> {
     Ok(match body {
         ResponseBody::Json(bytes) => {
-            let (out, object, output) = responses::response(&bytes, &shell)?;
-            keeper.keep(&object, &output).await;
+            let (out, output) = responses::response(&bytes, &shell, usage.as_ref())?;
+            keeper.keep(&shell.id, &out, &output).await;
             (Body::from(out), "application/json")
         }
         ResponseBody::Stream(stream) => {
+            let id = shell.id.clone();
             let translator = responses::StreamTranslator::new(shell);
             let events = futures_util::stream::unfold(
-                (stream, translator, keeper, false),
-                |(mut inner, mut translator, keeper, done)| async move {
+                (stream, translator, keeper, id, false),
+                |(mut inner, mut translator, keeper, id, done)| async move {
                     if done {
                         return None;
                     }
                     match inner.next().await {
                         Some(chunk) => {
                             let out = translator.feed(&chunk);
-                            Some((out, (inner, translator, keeper, false)))
+                            Some((out, (inner, translator, keeper, id, false)))
                         }
                         None => {
                             let out = translator.finish();
@@ -229,10 +235,16 @@ async fn shape(
                             // finds it.
                             // A failed stream is not kept: nothing continues from half an answer.
                             if translator.completed() {
-                                let response = translator.final_response();
-                                keeper.keep(&response, translator.output()).await;
+                                match translator.final_response_bytes() {
+                                    Ok(response) => {
+                                        keeper.keep(&id, &response, translator.output()).await;
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e.message(), "cannot store a response")
+                                    }
+                                }
                             }
-                            Some((out, (inner, translator, keeper, true)))
+                            Some((out, (inner, translator, keeper, id, true)))
                         }
                     }
                 },

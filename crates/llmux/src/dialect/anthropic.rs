@@ -15,7 +15,8 @@ use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
-use super::Str;
+use super::internal::{ChatAnswer, ChatChunk, ChatTextPart};
+use super::{BytesWriter, Str};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
@@ -1152,61 +1153,6 @@ impl<'a> ToolInput<'a> {
     }
 }
 
-/// The internal answer (an OpenAI chat completion), read without building a tree: only what a
-/// Messages response needs, strings borrowed from the body where they carry no escapes.
-#[derive(Deserialize)]
-struct ChatAnswer<'a> {
-    #[serde(borrow, default)]
-    id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    model: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    choices: Vec<ChatChoice<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatChoice<'a> {
-    #[serde(borrow, default)]
-    message: Option<ChatAnswerMessage<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatAnswerMessage<'a> {
-    /// A string, an array of parts, or null.
-    #[serde(borrow, default)]
-    content: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    thinking_blocks: Option<Vec<&'a RawValue>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ChatToolCall<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ChatToolCall<'a> {
-    #[serde(borrow, default)]
-    id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatFunction<'a> {
-    #[serde(borrow, default)]
-    name: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    arguments: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChatTextPart<'a> {
-    #[serde(borrow, default)]
-    text: Option<Str<'a>>,
-}
-
 /// Anthropic's `stop_reason` for an OpenAI `finish_reason`.
 fn stop_reason(finish: Option<&str>) -> &'static str {
     match finish {
@@ -1429,18 +1375,6 @@ impl StreamEvent<'_> {
     }
 }
 
-struct BytesWriter<'a>(&'a mut BytesMut);
-
-impl std::io::Write for BytesWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 enum BlockStart<'a> {
@@ -1483,65 +1417,6 @@ struct ErrorDetail<'a> {
     #[serde(rename = "type")]
     kind: &'a str,
     message: &'a str,
-}
-
-/// One chunk of the internal stream, read without building a tree.
-#[derive(Deserialize)]
-struct ChatChunk<'a> {
-    #[serde(borrow, default)]
-    id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    model: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    choices: Vec<ChunkChoice<'a>>,
-    #[serde(default)]
-    usage: Option<Usage>,
-    #[serde(borrow, default)]
-    error: Option<ChunkError<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChunkChoice<'a> {
-    #[serde(borrow, default)]
-    delta: Option<ChunkDelta<'a>>,
-    #[serde(borrow, default)]
-    finish_reason: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChunkDelta<'a> {
-    #[serde(borrow, default)]
-    content: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    reasoning_content: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    thinking_blocks: Option<Vec<ThinkingBlockDelta<'a>>>,
-    #[serde(borrow, default)]
-    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
-}
-
-#[derive(Deserialize)]
-struct ThinkingBlockDelta<'a> {
-    #[serde(borrow, default)]
-    signature: Option<Str<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ToolCallDelta<'a> {
-    #[serde(default)]
-    index: Option<u64>,
-    #[serde(borrow, default)]
-    id: Option<Str<'a>>,
-    #[serde(borrow, default)]
-    function: Option<ChatFunction<'a>>,
-}
-
-#[derive(Deserialize)]
-struct ChunkError<'a> {
-    #[serde(borrow, default)]
-    message: Option<Str<'a>>,
-    #[serde(borrow, default, rename = "type")]
-    kind: Option<Str<'a>>,
 }
 
 /// The first fields of an Anthropic event, to keep the translator's state in step.

@@ -4,6 +4,7 @@
 //! spend, logs) is the same for every dialect.
 
 pub mod anthropic;
+mod internal;
 pub mod responses;
 
 use std::borrow::Cow;
@@ -60,4 +61,17 @@ pub(crate) fn take_events(pending: &mut BytesMut) -> Vec<String> {
         events.push(String::from_utf8_lossy(&raw[..end]).into_owned());
     }
     events
+}
+
+/// `io::Write` into a `BytesMut`, for serializing events straight into the outgoing buffer.
+pub(crate) struct BytesWriter<'a>(pub(crate) &'a mut BytesMut);
+
+impl std::io::Write for BytesWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }

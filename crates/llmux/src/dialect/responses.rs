@@ -7,7 +7,11 @@
 
 use bytes::{Bytes, BytesMut};
 use llmux_types::{ErrorKind, GatewayError, Usage};
+use serde::Serialize;
 use serde_json::{json, Map, Value};
+
+use super::internal::{ChatAnswer, ChatChunk};
+use super::{BytesWriter, Str};
 
 /// The internal request made from a Responses request.
 #[derive(Debug, Clone)]
@@ -387,7 +391,7 @@ pub struct Shell {
 impl Shell {
     pub fn new(request: &ChatRequest) -> Shell {
         Shell {
-            id: format!("resp_{}", crate::new_request_id()),
+            id: prefixed_id("resp"),
             created_at: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_secs()),
@@ -398,63 +402,195 @@ impl Shell {
     }
 
     /// The Response object with `output` and `status`.
-    pub fn response(
-        &self,
-        status: &str,
-        output: Vec<Value>,
+    fn response<'s>(
+        &'s self,
+        status: &'static str,
+        output: &'s [OutputItem],
         usage: Option<&Usage>,
-        incomplete: Option<&str>,
-    ) -> Value {
-        let mut r = Map::new();
-        r.insert("id".into(), json!(self.id));
-        r.insert("object".into(), json!("response"));
-        r.insert("created_at".into(), json!(self.created_at));
-        r.insert("status".into(), json!(status));
-        r.insert("error".into(), Value::Null);
-        r.insert(
-            "incomplete_details".into(),
-            incomplete.map_or(Value::Null, |reason| json!({"reason": reason})),
-        );
-        r.insert("model".into(), json!(self.model));
-        r.insert("output".into(), Value::Array(output));
-        r.insert("store".into(), json!(self.store));
-        for (k, v) in &self.echo {
-            let v = match (k.as_str(), v) {
-                ("tools", Value::Null) => json!([]),
-                ("tool_choice", Value::Null) => json!("auto"),
-                ("parallel_tool_calls", Value::Null) => json!(true),
-                ("text", Value::Null) => json!({"format": {"type": "text"}}),
-                ("metadata", Value::Null) => json!({}),
-                _ => v.clone(),
-            };
-            r.insert(k.clone(), v);
+        incomplete: Option<&'static str>,
+        error: Option<&'s FailedError>,
+    ) -> ResponseObject<'s> {
+        ResponseObject {
+            id: &self.id,
+            object: "response",
+            created_at: self.created_at,
+            status,
+            error,
+            incomplete_details: incomplete.map(|reason| IncompleteDetails { reason }),
+            model: &self.model,
+            output,
+            store: self.store,
+            echo: Echo(&self.echo),
+            usage: usage.map(ResponseUsage::from),
         }
-        r.insert("usage".into(), usage.map_or(Value::Null, response_usage));
-        Value::Object(r)
     }
 }
 
-fn response_usage(u: &Usage) -> Value {
-    json!({
-        "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens()},
-        "output_tokens": u.completion_tokens,
-        "output_tokens_details": {"reasoning_tokens": u.reasoning_tokens()},
-        "total_tokens": u.prompt_tokens + u.completion_tokens,
-    })
+/// A Response object (`object: "response"`).
+#[derive(Serialize)]
+pub struct ResponseObject<'s> {
+    id: &'s str,
+    object: &'static str,
+    created_at: u64,
+    status: &'static str,
+    error: Option<&'s FailedError>,
+    incomplete_details: Option<IncompleteDetails>,
+    model: &'s str,
+    output: &'s [OutputItem],
+    store: bool,
+    #[serde(flatten)]
+    echo: Echo<'s>,
+    usage: Option<ResponseUsage>,
 }
 
-fn item_id(prefix: &str) -> String {
-    format!("{prefix}_{}", crate::new_request_id())
+/// The request's fields a Response repeats, with the API's defaults for those not given.
+struct Echo<'s>(&'s Map<String, Value>);
+
+impl Serialize for Echo<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            let default = match (k.as_str(), v) {
+                ("tools", Value::Null) => Some(json!([])),
+                ("tool_choice", Value::Null) => Some(json!("auto")),
+                ("parallel_tool_calls", Value::Null) => Some(json!(true)),
+                ("text", Value::Null) => Some(json!({"format": {"type": "text"}})),
+                ("metadata", Value::Null) => Some(json!({})),
+                _ => None,
+            };
+            map.serialize_entry(k, default.as_ref().unwrap_or(v))?;
+        }
+        map.end()
+    }
 }
 
-fn message_item(id: &str, text: &str, status: &str) -> Value {
-    json!({"id": id, "type": "message", "status": status, "role": "assistant",
-           "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]})
+#[derive(Serialize)]
+struct IncompleteDetails {
+    reason: &'static str,
 }
 
-fn function_call_item(id: &str, call_id: &str, name: &str, arguments: &str, status: &str) -> Value {
-    json!({"id": id, "type": "function_call", "status": status, "call_id": call_id, "name": name, "arguments": arguments})
+/// Why a streamed response failed (`response.failed`'s `error`).
+#[derive(Debug, Clone, Serialize)]
+pub struct FailedError {
+    code: Value,
+    message: String,
+}
+
+#[derive(Serialize)]
+struct ResponseUsage {
+    input_tokens: u64,
+    input_tokens_details: CachedTokens,
+    output_tokens: u64,
+    output_tokens_details: ReasoningTokens,
+    total_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct CachedTokens {
+    cached_tokens: u64,
+}
+
+#[derive(Serialize)]
+struct ReasoningTokens {
+    reasoning_tokens: u64,
+}
+
+impl From<&Usage> for ResponseUsage {
+    fn from(u: &Usage) -> Self {
+        ResponseUsage {
+            input_tokens: u.prompt_tokens,
+            input_tokens_details: CachedTokens {
+                cached_tokens: u.cached_tokens(),
+            },
+            output_tokens: u.completion_tokens,
+            output_tokens_details: ReasoningTokens {
+                reasoning_tokens: u.reasoning_tokens(),
+            },
+            total_tokens: u.prompt_tokens + u.completion_tokens,
+        }
+    }
+}
+
+/// One item of a Response's `output`.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum OutputItem {
+    Reasoning {
+        id: String,
+        summary: Vec<SummaryText>,
+    },
+    Message {
+        id: String,
+        status: &'static str,
+        role: &'static str,
+        content: Vec<OutputText>,
+    },
+    FunctionCall {
+        id: String,
+        status: &'static str,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+impl OutputItem {
+    fn reasoning(id: String, text: Option<String>) -> Self {
+        OutputItem::Reasoning {
+            id,
+            summary: text.map(SummaryText::new).into_iter().collect(),
+        }
+    }
+
+    fn message(id: String, text: Option<String>, status: &'static str) -> Self {
+        OutputItem::Message {
+            id,
+            status,
+            role: "assistant",
+            content: text.map(OutputText::new).into_iter().collect(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename = "summary_text")]
+pub struct SummaryText {
+    text: String,
+}
+
+impl SummaryText {
+    fn new(text: String) -> Self {
+        SummaryText { text }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename = "output_text")]
+pub struct OutputText {
+    text: String,
+    annotations: [(); 0],
+    logprobs: [(); 0],
+}
+
+impl OutputText {
+    fn new(text: String) -> Self {
+        OutputText {
+            text,
+            annotations: [],
+            logprobs: [],
+        }
+    }
+}
+
+/// `prefix_` + a fresh request id (`format!` costs a formatter run per call on this path).
+fn prefixed_id(prefix: &str) -> String {
+    let id = crate::new_request_id();
+    let mut out = String::with_capacity(prefix.len() + 1 + id.len());
+    out.push_str(prefix);
+    out.push('_');
+    out.push_str(&id);
+    out
 }
 
 /// The status and incomplete reason for a chat `finish_reason`.
@@ -466,57 +602,71 @@ fn status_for(finish: Option<&str>) -> (&'static str, Option<&'static str>) {
     }
 }
 
+fn to_bytes<T: Serialize>(value: &T) -> Result<Bytes, GatewayError> {
+    serde_json::to_vec(value)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::internal(format!("cannot write the response: {e}")))
+}
+
 /// Convert an internal (chat completion) response body into a Response object: its bytes, and
-/// the object itself with its output items (for storing).
-pub fn response(chat: &[u8], shell: &Shell) -> Result<(Bytes, Value, Vec<Value>), GatewayError> {
-    let chat: Value = serde_json::from_slice(chat).map_err(|e| {
+/// its output items (for storing). `usage` as the core already read it (read here when not
+/// given).
+pub fn response(
+    chat_bytes: &[u8],
+    shell: &Shell,
+    usage: Option<&Usage>,
+) -> Result<(Bytes, Vec<OutputItem>), GatewayError> {
+    let not_json = |e: serde_json::Error| {
         GatewayError::new(
             ErrorKind::UpstreamError,
-            format!("the answer is not JSON: {e}"),
+            format!("the answer is not an OpenAI chat completion: {e}"),
         )
-    })?;
-    let choice = chat.pointer("/choices/0").cloned().unwrap_or_default();
-    let msg = choice.get("message").cloned().unwrap_or_default();
+    };
+    let chat: ChatAnswer<'_> = serde_json::from_slice(chat_bytes).map_err(not_json)?;
+    let choice = chat.choices.first();
+    let msg = choice.and_then(|c| c.message.as_ref());
     let mut output = Vec::new();
-    if let Some(r) = msg
-        .get("reasoning_content")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty())
-    {
-        output.push(json!({"id": item_id("rs"), "type": "reasoning",
-            "summary": [{"type": "summary_text", "text": r}]}));
+    if let Some(msg) = msg {
+        if let Some(r) = msg.reasoning_content.as_deref().filter(|r| !r.is_empty()) {
+            output.push(OutputItem::reasoning(prefixed_id("rs"), Some(r.to_owned())));
+        }
+        let text: Option<Str<'_>> = match msg.content {
+            Some(raw) if raw.get().starts_with('"') => {
+                Some(serde_json::from_str(raw.get()).map_err(not_json)?)
+            }
+            _ => None,
+        };
+        if let Some(text) = text.filter(|t| !t.is_empty()) {
+            output.push(OutputItem::message(
+                prefixed_id("msg"),
+                Some(text.into_cow().into_owned()),
+                "completed",
+            ));
+        }
+        for call in msg.tool_calls.as_deref().unwrap_or(&[]) {
+            let function = call.function.as_ref();
+            output.push(OutputItem::FunctionCall {
+                id: prefixed_id("fc"),
+                status: "completed",
+                call_id: call.id.as_deref().unwrap_or("").to_owned(),
+                name: function
+                    .and_then(|f| f.name.as_deref())
+                    .unwrap_or("")
+                    .to_owned(),
+                arguments: function
+                    .and_then(|f| f.arguments.as_deref())
+                    .unwrap_or("")
+                    .to_owned(),
+            });
+        }
     }
-    if let Some(text) = msg
-        .get("content")
-        .and_then(Value::as_str)
-        .filter(|t| !t.is_empty())
-    {
-        output.push(message_item(&item_id("msg"), text, "completed"));
-    }
-    for call in msg
-        .get("tool_calls")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        output.push(function_call_item(
-            &item_id("fc"),
-            call.get("id").and_then(Value::as_str).unwrap_or(""),
-            call.pointer("/function/name")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            call.pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .unwrap_or(""),
-            "completed",
-        ));
-    }
-    let usage: Option<Usage> = chat
-        .get("usage")
-        .and_then(|u| serde_json::from_value(u.clone()).ok());
-    let (status, incomplete) = status_for(choice.get("finish_reason").and_then(Value::as_str));
-    let body = shell.response(status, output.clone(), usage.as_ref(), incomplete);
-    Ok((Bytes::from(body.to_string()), body, output))
+    let usage = match usage {
+        Some(u) => Some(*u),
+        None => llmux_providers::openai_compat::extract_usage(chat_bytes),
+    };
+    let (status, incomplete) = status_for(choice.and_then(|c| c.finish_reason.as_deref()));
+    let body = to_bytes(&shell.response(status, &output, usage.as_ref(), incomplete, None))?;
+    Ok((body, output))
 }
 
 /// An error body in the Responses API's shape (the OpenAI error envelope).
@@ -547,6 +697,141 @@ enum Open {
     },
 }
 
+/// One Responses stream event; `sequence_number` is added as it is written.
+#[derive(Serialize)]
+#[serde(tag = "type")]
+enum Event<'a> {
+    #[serde(rename = "response.created")]
+    Created { response: &'a ResponseObject<'a> },
+    #[serde(rename = "response.in_progress")]
+    InProgress { response: &'a ResponseObject<'a> },
+    #[serde(rename = "response.completed")]
+    Completed { response: &'a ResponseObject<'a> },
+    #[serde(rename = "response.incomplete")]
+    Incomplete { response: &'a ResponseObject<'a> },
+    #[serde(rename = "response.failed")]
+    Failed { response: &'a ResponseObject<'a> },
+    #[serde(rename = "response.output_item.added")]
+    ItemAdded {
+        output_index: usize,
+        item: &'a OutputItem,
+    },
+    #[serde(rename = "response.output_item.done")]
+    ItemDone {
+        output_index: usize,
+        item: &'a OutputItem,
+    },
+    #[serde(rename = "response.reasoning_summary_part.added")]
+    SummaryPartAdded {
+        item_id: &'a str,
+        output_index: usize,
+        summary_index: usize,
+        part: &'a SummaryText,
+    },
+    #[serde(rename = "response.reasoning_summary_text.delta")]
+    SummaryTextDelta {
+        item_id: &'a str,
+        output_index: usize,
+        summary_index: usize,
+        delta: &'a str,
+    },
+    #[serde(rename = "response.reasoning_summary_text.done")]
+    SummaryTextDone {
+        item_id: &'a str,
+        output_index: usize,
+        summary_index: usize,
+        text: &'a str,
+    },
+    #[serde(rename = "response.reasoning_summary_part.done")]
+    SummaryPartDone {
+        item_id: &'a str,
+        output_index: usize,
+        summary_index: usize,
+        part: &'a SummaryText,
+    },
+    #[serde(rename = "response.content_part.added")]
+    ContentPartAdded {
+        item_id: &'a str,
+        output_index: usize,
+        content_index: usize,
+        part: &'a OutputText,
+    },
+    #[serde(rename = "response.output_text.delta")]
+    TextDelta {
+        item_id: &'a str,
+        output_index: usize,
+        content_index: usize,
+        delta: &'a str,
+        logprobs: [(); 0],
+    },
+    #[serde(rename = "response.output_text.done")]
+    TextDone {
+        item_id: &'a str,
+        output_index: usize,
+        content_index: usize,
+        text: &'a str,
+        logprobs: [(); 0],
+    },
+    #[serde(rename = "response.content_part.done")]
+    ContentPartDone {
+        item_id: &'a str,
+        output_index: usize,
+        content_index: usize,
+        part: &'a OutputText,
+    },
+    #[serde(rename = "response.function_call_arguments.delta")]
+    ArgumentsDelta {
+        item_id: &'a str,
+        output_index: usize,
+        delta: &'a str,
+    },
+    #[serde(rename = "response.function_call_arguments.done")]
+    ArgumentsDone {
+        item_id: &'a str,
+        output_index: usize,
+        arguments: &'a str,
+    },
+    #[serde(rename = "error")]
+    Error {
+        code: &'a Value,
+        message: &'a str,
+        param: Option<()>,
+    },
+}
+
+impl Event<'_> {
+    fn name(&self) -> &'static str {
+        match self {
+            Event::Created { .. } => "response.created",
+            Event::InProgress { .. } => "response.in_progress",
+            Event::Completed { .. } => "response.completed",
+            Event::Incomplete { .. } => "response.incomplete",
+            Event::Failed { .. } => "response.failed",
+            Event::ItemAdded { .. } => "response.output_item.added",
+            Event::ItemDone { .. } => "response.output_item.done",
+            Event::SummaryPartAdded { .. } => "response.reasoning_summary_part.added",
+            Event::SummaryTextDelta { .. } => "response.reasoning_summary_text.delta",
+            Event::SummaryTextDone { .. } => "response.reasoning_summary_text.done",
+            Event::SummaryPartDone { .. } => "response.reasoning_summary_part.done",
+            Event::ContentPartAdded { .. } => "response.content_part.added",
+            Event::TextDelta { .. } => "response.output_text.delta",
+            Event::TextDone { .. } => "response.output_text.done",
+            Event::ContentPartDone { .. } => "response.content_part.done",
+            Event::ArgumentsDelta { .. } => "response.function_call_arguments.delta",
+            Event::ArgumentsDone { .. } => "response.function_call_arguments.done",
+            Event::Error { .. } => "error",
+        }
+    }
+}
+
+/// An event with its place in the stream.
+#[derive(Serialize)]
+struct Sequenced<'a> {
+    #[serde(flatten)]
+    event: &'a Event<'a>,
+    sequence_number: u64,
+}
+
 /// Turns the internal SSE stream (chat chunks) into the Responses API's typed events.
 #[derive(Debug)]
 pub struct StreamTranslator {
@@ -556,11 +841,11 @@ pub struct StreamTranslator {
     started: bool,
     finished: bool,
     open: Option<Open>,
-    done_items: Vec<Value>,
+    done_items: Vec<OutputItem>,
     finish: Option<String>,
     usage: Option<Usage>,
     /// The stream failed (an error event): the response is `failed`, not completed.
-    failed: Option<Value>,
+    failed: Option<FailedError>,
 }
 
 impl StreamTranslator {
@@ -580,26 +865,36 @@ impl StreamTranslator {
     }
 
     /// The output items so far (all of them once the stream finished), for storing.
-    pub fn output(&self) -> &[Value] {
+    pub fn output(&self) -> &[OutputItem] {
         &self.done_items
     }
 
-    /// The Response object as the stream ended.
-    pub fn final_response(&self) -> Value {
+    /// The Response object as the stream ended, with its name as a final event.
+    fn final_response(&self) -> (ResponseObject<'_>, bool) {
         if let Some(error) = &self.failed {
-            let mut r =
-                self.shell
-                    .response("failed", self.done_items.clone(), self.usage.as_ref(), None);
-            r["error"] = error.clone();
-            return r;
+            let r = self.shell.response(
+                "failed",
+                &self.done_items,
+                self.usage.as_ref(),
+                None,
+                Some(error),
+            );
+            return (r, false);
         }
         let (status, incomplete) = status_for(self.finish.as_deref());
-        self.shell.response(
+        let r = self.shell.response(
             status,
-            self.done_items.clone(),
+            &self.done_items,
             self.usage.as_ref(),
             incomplete,
-        )
+            None,
+        );
+        (r, incomplete.is_some())
+    }
+
+    /// The final Response object's JSON (what is stored).
+    pub fn final_response_bytes(&self) -> Result<Bytes, GatewayError> {
+        to_bytes(&self.final_response().0)
     }
 
     /// Whether the stream ended with a whole answer (what may be stored and continued).
@@ -607,15 +902,22 @@ impl StreamTranslator {
         self.finished && self.failed.is_none()
     }
 
-    fn event(&mut self, out: &mut BytesMut, kind: &str, mut data: Value) {
-        data["type"] = json!(kind);
-        data["sequence_number"] = json!(self.sequence);
-        self.sequence += 1;
+    fn write(sequence: &mut u64, out: &mut BytesMut, event: &Event<'_>) {
         out.extend_from_slice(b"event: ");
-        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(event.name().as_bytes());
         out.extend_from_slice(b"\ndata: ");
-        out.extend_from_slice(data.to_string().as_bytes());
+        let sequenced = Sequenced {
+            event,
+            sequence_number: *sequence,
+        };
+        *sequence += 1;
+        // Serializing these structs cannot fail (string keys, no non-finite floats).
+        let _ = serde_json::to_writer(BytesWriter(out), &sequenced);
         out.extend_from_slice(b"\n\n");
+    }
+
+    fn event(&mut self, out: &mut BytesMut, event: &Event<'_>) {
+        Self::write(&mut self.sequence, out, event);
     }
 
     /// Feed bytes of the internal stream; returns the events they complete.
@@ -646,49 +948,72 @@ impl StreamTranslator {
             return;
         }
         self.started = true;
-        let response = self.shell.response("in_progress", Vec::new(), None, None);
-        self.event(
+        let response = self.shell.response("in_progress", &[], None, None, None);
+        Self::write(
+            &mut self.sequence,
             out,
-            "response.created",
-            json!({"response": response.clone()}),
+            &Event::Created {
+                response: &response,
+            },
         );
-        self.event(out, "response.in_progress", json!({"response": response}));
+        Self::write(
+            &mut self.sequence,
+            out,
+            &Event::InProgress {
+                response: &response,
+            },
+        );
     }
 
     fn close(&mut self, out: &mut BytesMut) {
-        match self.open.take() {
-            None => {}
+        let item = match self.open.take() {
+            None => return,
             Some(Open::Reasoning { index, id, text }) => {
+                let part = SummaryText::new(text);
+                let (item_id, output_index, summary_index) = (id.as_str(), index, 0);
                 self.event(
                     out,
-                    "response.reasoning_summary_text.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                    &Event::SummaryTextDone {
+                        item_id,
+                        output_index,
+                        summary_index,
+                        text: &part.text,
+                    },
                 );
                 self.event(
                     out,
-                    "response.reasoning_summary_part.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0,
-                    "part": {"type": "summary_text", "text": text}}),
+                    &Event::SummaryPartDone {
+                        item_id,
+                        output_index,
+                        summary_index,
+                        part: &part,
+                    },
                 );
-                let item = json!({"id": id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]});
-                self.event(
-                    out,
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item.clone()}),
-                );
-                self.done_items.push(item);
+                (index, OutputItem::reasoning(id, Some(part.text)))
             }
             Some(Open::Message { index, id, text }) => {
-                self.event(out, "response.output_text.done", json!({"item_id": id, "output_index": index, "content_index": 0, "text": text, "logprobs": []}));
-                self.event(out, "response.content_part.done", json!({"item_id": id, "output_index": index, "content_index": 0,
-                    "part": {"type": "output_text", "text": text, "annotations": [], "logprobs": []}}));
-                let item = message_item(&id, &text, "completed");
+                let part = OutputText::new(text);
+                let (item_id, output_index, content_index) = (id.as_str(), index, 0);
                 self.event(
                     out,
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item.clone()}),
+                    &Event::TextDone {
+                        item_id,
+                        output_index,
+                        content_index,
+                        text: &part.text,
+                        logprobs: [],
+                    },
                 );
-                self.done_items.push(item);
+                self.event(
+                    out,
+                    &Event::ContentPartDone {
+                        item_id,
+                        output_index,
+                        content_index,
+                        part: &part,
+                    },
+                );
+                (index, OutputItem::message(id, Some(part.text), "completed"))
             }
             Some(Open::Call {
                 index,
@@ -700,18 +1025,31 @@ impl StreamTranslator {
             }) => {
                 self.event(
                     out,
-                    "response.function_call_arguments.done",
-                    json!({"item_id": id, "output_index": index, "arguments": arguments}),
+                    &Event::ArgumentsDone {
+                        item_id: &id,
+                        output_index: index,
+                        arguments: &arguments,
+                    },
                 );
-                let item = function_call_item(&id, &call_id, &name, &arguments, "completed");
-                self.event(
-                    out,
-                    "response.output_item.done",
-                    json!({"output_index": index, "item": item.clone()}),
-                );
-                self.done_items.push(item);
+                let item = OutputItem::FunctionCall {
+                    id,
+                    status: "completed",
+                    call_id,
+                    name,
+                    arguments,
+                };
+                (index, item)
             }
-        }
+        };
+        let (output_index, item) = item;
+        self.event(
+            out,
+            &Event::ItemDone {
+                output_index,
+                item: &item,
+            },
+        );
+        self.done_items.push(item);
     }
 
     fn next_index(&self) -> usize {
@@ -726,188 +1064,248 @@ impl StreamTranslator {
             self.complete(out);
             return;
         }
-        let Ok(chunk) = serde_json::from_str::<Value>(data) else {
+        let Ok(chunk) = serde_json::from_str::<ChatChunk<'_>>(data) else {
             return;
         };
         self.start(out);
-        if let Some(error) = chunk.get("error") {
-            let message = error
-                .get("message")
-                .and_then(Value::as_str)
-                .unwrap_or("upstream error")
-                .to_owned();
-            let code = error.get("code").cloned().unwrap_or(json!("server_error"));
+        if let Some(error) = &chunk.error {
+            let message = error.message.as_deref().unwrap_or("upstream error");
+            let code = error
+                .code
+                .and_then(|c| serde_json::from_str::<Value>(c.get()).ok())
+                .unwrap_or_else(|| json!("server_error"));
             self.event(
                 out,
-                "error",
-                json!({"code": code, "message": message, "param": null}),
+                &Event::Error {
+                    code: &code,
+                    message,
+                    param: None,
+                },
             );
-            self.failed = Some(json!({"code": code, "message": message}));
-            let response = self.final_response();
-            self.event(out, "response.failed", json!({"response": response}));
+            self.failed = Some(FailedError {
+                code,
+                message: message.to_owned(),
+            });
+            let (response, _) = self.final_response();
+            let mut written = BytesMut::new();
+            let mut sequence = self.sequence;
+            Self::write(
+                &mut sequence,
+                &mut written,
+                &Event::Failed {
+                    response: &response,
+                },
+            );
+            self.sequence = sequence;
+            out.extend_from_slice(&written);
             self.finished = true;
             return;
         }
-        if let Some(u) = chunk.get("usage").filter(|u| !u.is_null()) {
-            if let Ok(u) = serde_json::from_value::<Usage>(u.clone()) {
-                self.usage = Some(u);
-            }
+        if chunk.usage.is_some() {
+            self.usage = chunk.usage;
         }
-        let Some(choice) = chunk.pointer("/choices/0") else {
+        let Some(choice) = chunk.choices.first() else {
             return;
         };
-        let delta = choice.get("delta").cloned().unwrap_or_default();
-        if let Some(text) = delta
-            .get("reasoning_content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            if !matches!(self.open, Some(Open::Reasoning { .. })) {
-                self.close(out);
-                let index = self.next_index();
-                let id = item_id("rs");
-                self.event(
-                    out,
-                    "response.output_item.added",
-                    json!({"output_index": index,
-                    "item": {"id": id, "type": "reasoning", "summary": []}}),
-                );
-                self.event(
-                    out,
-                    "response.reasoning_summary_part.added",
-                    json!({"item_id": id, "output_index": index,
-                    "summary_index": 0, "part": {"type": "summary_text", "text": ""}}),
-                );
-                self.open = Some(Open::Reasoning {
-                    index,
-                    id,
-                    text: String::new(),
-                });
+        if let Some(delta) = &choice.delta {
+            if let Some(text) = delta.reasoning_content.as_deref().filter(|t| !t.is_empty()) {
+                self.reasoning_delta(text, out);
             }
-            if let Some(Open::Reasoning {
-                index,
-                id,
-                text: all,
-            }) = &mut self.open
-            {
-                all.push_str(text);
-                let (index, id) = (*index, id.clone());
-                self.event(
+            if let Some(text) = delta.content.as_deref().filter(|t| !t.is_empty()) {
+                self.text_delta(text, out);
+            }
+            for call in delta.tool_calls.as_deref().unwrap_or(&[]) {
+                let function = call.function.as_ref();
+                self.call_delta(
+                    call.index.unwrap_or(0),
+                    call.id.as_deref(),
+                    function.and_then(|f| f.name.as_deref()),
+                    function.and_then(|f| f.arguments.as_deref()),
                     out,
-                    "response.reasoning_summary_text.delta",
-                    json!({"item_id": id, "output_index": index,
-                    "summary_index": 0, "delta": text}),
                 );
             }
         }
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
-            if !matches!(self.open, Some(Open::Message { .. })) {
-                self.close(out);
-                let index = self.next_index();
-                let id = item_id("msg");
-                let item = json!({"id": id, "type": "message", "status": "in_progress", "role": "assistant", "content": []});
-                self.event(
-                    out,
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.event(out, "response.content_part.added", json!({"item_id": id, "output_index": index, "content_index": 0,
-                    "part": {"type": "output_text", "text": "", "annotations": [], "logprobs": []}}));
-                self.open = Some(Open::Message {
-                    index,
-                    id,
-                    text: String::new(),
-                });
-            }
-            if let Some(Open::Message {
-                index,
-                id,
-                text: all,
-            }) = &mut self.open
-            {
-                all.push_str(text);
-                let (index, id) = (*index, id.clone());
-                self.event(out, "response.output_text.delta", json!({"item_id": id, "output_index": index, "content_index": 0, "delta": text, "logprobs": []}));
-            }
-        }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let same =
-                matches!(&self.open, Some(Open::Call { chat_index, .. }) if *chat_index == k);
-            if !same {
-                self.close(out);
-                let index = self.next_index();
-                let id = item_id("fc");
-                let call_id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map_or_else(|| item_id("call"), str::to_owned);
-                let name = call
-                    .pointer("/function/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_owned();
-                let item = function_call_item(&id, &call_id, &name, "", "in_progress");
-                self.event(
-                    out,
-                    "response.output_item.added",
-                    json!({"output_index": index, "item": item}),
-                );
-                self.open = Some(Open::Call {
-                    index,
-                    id,
-                    call_id,
-                    name,
-                    arguments: String::new(),
-                    chat_index: k,
-                });
-            }
-            if let Some(args) = call
-                .pointer("/function/arguments")
-                .and_then(Value::as_str)
-                .filter(|a| !a.is_empty())
-            {
-                if let Some(Open::Call {
-                    index,
-                    id,
-                    arguments,
-                    ..
-                }) = &mut self.open
-                {
-                    arguments.push_str(args);
-                    let (index, id) = (*index, id.clone());
-                    self.event(
-                        out,
-                        "response.function_call_arguments.delta",
-                        json!({"item_id": id, "output_index": index, "delta": args}),
-                    );
-                }
-            }
-        }
-        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(finish) = choice.finish_reason.as_deref() {
             self.finish = Some(finish.to_owned());
+        }
+    }
+
+    fn reasoning_delta(&mut self, text: &str, out: &mut BytesMut) {
+        if !matches!(self.open, Some(Open::Reasoning { .. })) {
+            self.close(out);
+            let index = self.next_index();
+            let item = OutputItem::reasoning(prefixed_id("rs"), None);
+            let OutputItem::Reasoning { id, .. } = &item else {
+                return;
+            };
+            let id = id.clone();
+            self.event(
+                out,
+                &Event::ItemAdded {
+                    output_index: index,
+                    item: &item,
+                },
+            );
+            self.event(
+                out,
+                &Event::SummaryPartAdded {
+                    item_id: &id,
+                    output_index: index,
+                    summary_index: 0,
+                    part: &SummaryText::new(String::new()),
+                },
+            );
+            self.open = Some(Open::Reasoning {
+                index,
+                id,
+                text: String::new(),
+            });
+        }
+        if let Some(Open::Reasoning {
+            index,
+            id,
+            text: all,
+        }) = &mut self.open
+        {
+            all.push_str(text);
+            Self::write(
+                &mut self.sequence,
+                out,
+                &Event::SummaryTextDelta {
+                    item_id: id,
+                    output_index: *index,
+                    summary_index: 0,
+                    delta: text,
+                },
+            );
+        }
+    }
+
+    fn text_delta(&mut self, text: &str, out: &mut BytesMut) {
+        if !matches!(self.open, Some(Open::Message { .. })) {
+            self.close(out);
+            let index = self.next_index();
+            let id = prefixed_id("msg");
+            let item = OutputItem::message(id.clone(), None, "in_progress");
+            self.event(
+                out,
+                &Event::ItemAdded {
+                    output_index: index,
+                    item: &item,
+                },
+            );
+            self.event(
+                out,
+                &Event::ContentPartAdded {
+                    item_id: &id,
+                    output_index: index,
+                    content_index: 0,
+                    part: &OutputText::new(String::new()),
+                },
+            );
+            self.open = Some(Open::Message {
+                index,
+                id,
+                text: String::new(),
+            });
+        }
+        if let Some(Open::Message {
+            index,
+            id,
+            text: all,
+        }) = &mut self.open
+        {
+            all.push_str(text);
+            Self::write(
+                &mut self.sequence,
+                out,
+                &Event::TextDelta {
+                    item_id: id,
+                    output_index: *index,
+                    content_index: 0,
+                    delta: text,
+                    logprobs: [],
+                },
+            );
+        }
+    }
+
+    fn call_delta(
+        &mut self,
+        k: u64,
+        call_id: Option<&str>,
+        name: Option<&str>,
+        args: Option<&str>,
+        out: &mut BytesMut,
+    ) {
+        let same = matches!(&self.open, Some(Open::Call { chat_index, .. }) if *chat_index == k);
+        if !same {
+            self.close(out);
+            let index = self.next_index();
+            let id = prefixed_id("fc");
+            let call_id = call_id.map_or_else(|| prefixed_id("call"), str::to_owned);
+            let name = name.unwrap_or("").to_owned();
+            let item = OutputItem::FunctionCall {
+                id: id.clone(),
+                status: "in_progress",
+                call_id: call_id.clone(),
+                name: name.clone(),
+                arguments: String::new(),
+            };
+            self.event(
+                out,
+                &Event::ItemAdded {
+                    output_index: index,
+                    item: &item,
+                },
+            );
+            self.open = Some(Open::Call {
+                index,
+                id,
+                call_id,
+                name,
+                arguments: String::new(),
+                chat_index: k,
+            });
+        }
+        if let Some(args) = args.filter(|a| !a.is_empty()) {
+            if let Some(Open::Call {
+                index,
+                id,
+                arguments,
+                ..
+            }) = &mut self.open
+            {
+                arguments.push_str(args);
+                Self::write(
+                    &mut self.sequence,
+                    out,
+                    &Event::ArgumentsDelta {
+                        item_id: id,
+                        output_index: *index,
+                        delta: args,
+                    },
+                );
+            }
         }
     }
 
     fn complete(&mut self, out: &mut BytesMut) {
         self.start(out);
         self.close(out);
-        let response = self.final_response();
-        let kind = if response["status"] == "incomplete" {
-            "response.incomplete"
+        let mut sequence = self.sequence;
+        let (response, incomplete) = self.final_response();
+        let event = if incomplete {
+            Event::Incomplete {
+                response: &response,
+            }
         } else {
-            "response.completed"
+            Event::Completed {
+                response: &response,
+            }
         };
-        self.event(out, kind, json!({"response": response}));
+        Self::write(&mut sequence, out, &event);
+        self.sequence = sequence;
         self.finished = true;
     }
 }

@@ -119,7 +119,7 @@ fn a_chat_answer_becomes_a_response_object() {
             "tool_calls": [{"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]}}],
         "usage": {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15, "prompt_tokens_details": {"cached_tokens": 4}}});
     let shell = shell();
-    let (body, _, output) = response(chat.to_string().as_bytes(), &shell).unwrap();
+    let (body, output) = response(chat.to_string().as_bytes(), &shell, None).unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["object"], "response");
     assert_eq!(v["id"], json!(shell.id));
@@ -142,7 +142,7 @@ fn a_chat_answer_becomes_a_response_object() {
     assert_eq!(output.len(), 3);
 
     let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "par"}}]});
-    let (body, _, _) = response(cut.to_string().as_bytes(), &shell).unwrap();
+    let (body, _) = response(cut.to_string().as_bytes(), &shell, None).unwrap();
     let v: Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v["status"], "incomplete");
     assert_eq!(v["incomplete_details"]["reason"], "max_output_tokens");

@@ -437,6 +437,14 @@ async fn bedrock_claude(
         Some("Malformed input request: #/anthropic_version: bedrock-2023-05-31 expected")
     } else if v.get("anthropic_beta").is_some_and(|b| !b.is_array()) {
         Some("Malformed input request: #/anthropic_beta: expected type: JSONArray")
+    } else if v["anthropic_beta"].as_array().is_some_and(|betas| {
+        betas.iter().any(|b| {
+            !b.as_str()
+                .is_some_and(|b| llmux_providers::anthropic::request::BEDROCK_BETAS.contains(&b))
+        })
+    }) {
+        // What Bedrock answers to a beta it does not offer (Claude Code's first-party ones).
+        Some("invalid beta flag")
     } else {
         None
     };

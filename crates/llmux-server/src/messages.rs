@@ -26,8 +26,13 @@ pub async fn messages(State(state): State<AppState>, request: Request) -> Respon
             .headers
             .get("anthropic-beta")
             .and_then(|v| v.to_str().ok());
+        // The model as routed: a key's alias applies before routing.
+        let principal = checked.principal.as_ref();
         let converted = anthropic::chat_request_routed(&checked.body, beta, |model| {
-            state.client.reaches_anthropic(model)
+            let aliased = principal.and_then(|p| crate::governance::Governance::alias(p, model));
+            state
+                .client
+                .reaches_anthropic(aliased.as_deref().unwrap_or(model))
         })?;
         execute(
             state,

@@ -1633,3 +1633,38 @@ async fn stored_responses_chain_belong_to_their_key_and_expire() {
         1
     );
 }
+
+/// A key whose alias routes a `/v1/messages` model to an Anthropic deployment gets the
+/// pass-through (the client's body as sent), as if it had named the group itself: the alias is
+/// applied before deciding whether the body rides along.
+#[tokio::test]
+async fn an_aliased_messages_request_reaches_anthropic_as_sent() {
+    let yaml = r#"
+model_list:
+  - model_name: claude
+    litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test}
+router_settings: {num_retries: 0}
+"#;
+    let h = start_governed(yaml, Db::Sqlite).await;
+    let sk = key(&h, json!({"aliases": {"my-claude": "claude"}})).await;
+    let r = h
+        .http
+        .post(format!("{}/v1/messages", h.url))
+        .header("x-api-key", &sk)
+        .header("anthropic-version", "2023-06-01")
+        .json(
+            &json!({"model": "my-claude", "max_tokens": 16, "container": "c-1",
+            "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-llmux-model-group"], "claude");
+    let upstream = h.last_upstream_body();
+    assert_eq!(upstream["model"], "claude-mock");
+    assert_eq!(
+        upstream["container"], "c-1",
+        "a field only the pass-through keeps: {upstream}"
+    );
+}

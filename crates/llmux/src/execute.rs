@@ -648,12 +648,13 @@ impl Run<'_> {
                 let model = trace.model.as_deref().unwrap_or(&trace.requested_model);
                 summary.usage = Some(estimate_usage(&body, model, &summary.delivered));
             }
-            // After a recovery the resumer has already recorded this deployment's failure.
+            // After a recovery (or a try at one) the resumer has already recorded this
+            // deployment's failure.
             // A budget that ran out (the hook ended the stream) is no fault of the deployment.
             if let Some(e) = summary
                 .error
                 .as_ref()
-                .filter(|e| summary.recoveries == 0 && e.kind != ErrorKind::BudgetExceeded)
+                .filter(|e| !summary.recovery_tried && e.kind != ErrorKind::BudgetExceeded)
             {
                 finished_snapshot.deployment_failed(index, e, group_size);
             }

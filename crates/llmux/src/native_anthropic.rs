@@ -63,22 +63,26 @@ impl Client {
         let request = RawObject::parse(body).ok()?;
         let snapshot = self.snapshot();
         let route = snapshot.router.route(model)?;
-        let index = route.candidates.iter().copied().find(|&i| {
-            snapshot.router.deployment(i).speaks_anthropic()
-                && matches!(
-                    snapshot.router.stats(i).availability(),
-                    Availability::Healthy
-                )
-        })?;
-        let deployment = snapshot.router.deployment(index);
-        let llmux_router::Backend::Http(provider) = &deployment.backend else {
-            return None;
-        };
         let ctx = RequestContext {
             wildcard: route.wildcard,
             drop_params: snapshot.config.drop_params,
         };
-        let upstream = match provider.count_tokens_request(&request, ctx)? {
+        // The first healthy deployment whose API counts (Claude on Bedrock, say, does not).
+        let (index, provider, upstream) = route.candidates.iter().find_map(|&i| {
+            let llmux_router::Backend::Http(provider) = &snapshot.router.deployment(i).backend
+            else {
+                return None;
+            };
+            if !matches!(
+                snapshot.router.stats(i).availability(),
+                Availability::Healthy
+            ) {
+                return None;
+            }
+            Some((i, provider, provider.count_tokens_request(&request, ctx)?))
+        })?;
+        let deployment = snapshot.router.deployment(index);
+        let upstream = match upstream {
             Ok(upstream) => upstream,
             Err(e) => return Some(Err(e)),
         };

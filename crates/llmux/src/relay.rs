@@ -203,6 +203,9 @@ pub struct StreamSummary {
     pub completed: bool,
     /// Times the stream was continued on another deployment after a failure.
     pub recoveries: u32,
+    /// A recovery was tried: the failed deployment's failure is already recorded (by the
+    /// resumer), whether or not another deployment took over.
+    pub recovery_tried: bool,
     /// The generated text the client received (for billing when no usage arrives).
     pub delivered: DeliveredText,
 }
@@ -349,7 +352,7 @@ pub(crate) fn relay_stream(
     let started = Instant::now();
     let stream = async_stream::stream! {
         let mut guard = FinishGuard {
-            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, delivered: if watch.is_some() { DeliveredText::scanning() } else { DeliveredText::default() } },
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, recovery_tried: false, delivered: if watch.is_some() { DeliveredText::scanning() } else { DeliveredText::default() } },
             started,
             on_finish: Some(on_finish),
         };
@@ -456,6 +459,7 @@ pub(crate) fn relay_stream(
                 let resumed = match (can_splice, plan, t) {
                     (true, Some(plan), Some(t)) => {
                         let delivered = t.text.clone();
+                        guard.summary.recovery_tried = true;
                         Some(plan.resume.resume(&failure, &delivered).await)
                     }
                     _ => None,
@@ -524,6 +528,7 @@ impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
                     duration: Duration::ZERO,
                     completed: false,
                     recoveries: 0,
+                    recovery_tried: false,
                     delivered: DeliveredText::default(),
                 },
             );

@@ -253,6 +253,24 @@ pub enum NativeTarget<'a> {
     Bedrock,
 }
 
+/// The `anthropic-beta` values Bedrock's InvokeModel accepts for Claude. Bedrock refuses a
+/// request naming any other (`invalid beta flag`), and Claude Code sends first-party betas
+/// (`claude-code-...`, `oauth-...`) with every request, so the client's list is cut to these.
+/// The same list LiteLLM's Bedrock pass-through keeps.
+pub const BEDROCK_BETAS: &[&str] = &[
+    "computer-use-2024-10-22",
+    "computer-use-2025-01-24",
+    "token-efficient-tools-2025-02-19",
+    "interleaved-thinking-2025-05-14",
+    "output-128k-2025-02-19",
+    "dev-full-thinking-2025-05-14",
+    "context-1m-2025-08-07",
+    "context-management-2025-06-27",
+    "effort-2025-11-24",
+    "tool-search-tool-2025-10-19",
+    "tool-examples-2025-10-29",
+];
+
 /// `anthropic_version` for Claude on Bedrock's InvokeModel.
 pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 
@@ -313,9 +331,11 @@ pub fn native_body(
                 let betas: Vec<&str> = beta
                     .split(',')
                     .map(str::trim)
-                    .filter(|b| !b.is_empty())
+                    .filter(|b| BEDROCK_BETAS.contains(b))
                     .collect();
-                edit = edit.set("anthropic_beta", json!(betas).to_string().into_bytes());
+                if !betas.is_empty() {
+                    edit = edit.set("anthropic_beta", json!(betas).to_string().into_bytes());
+                }
             }
         }
     }

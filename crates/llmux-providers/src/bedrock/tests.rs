@@ -540,14 +540,15 @@ fn invoke_streams_unwrap_to_anthropic_events() {
 }
 
 /// A client's own Messages body for Claude on Bedrock: no `model` or `stream`, Bedrock's
-/// `anthropic_version`, the client's betas as an `anthropic_beta` list, everything else as sent
-/// and in the client's order; InvokeModel's URLs.
+/// `anthropic_version`, the client's betas Bedrock accepts as an `anthropic_beta` list (Claude
+/// Code's first-party betas dropped: Bedrock refuses them), everything else as sent and in the
+/// client's order; InvokeModel's URLs.
 #[test]
 fn native_messages_bodies_go_through_invoke_model() {
     use crate::{Provider, RequestContext, NATIVE_ANTHROPIC};
     let client = r#"{"model":"claude","stream":true,"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"thinking":{"type":"enabled","budget_tokens":1024}}"#;
     let internal = format!(
-        r#"{{"model":"c","stream":true,"messages":[{{"role":"user","content":"hi"}}],"{NATIVE_ANTHROPIC}":{{"body":{client},"beta":"a-1, b-2"}}}}"#
+        r#"{{"model":"c","stream":true,"messages":[{{"role":"user","content":"hi"}}],"{NATIVE_ANTHROPIC}":{{"body":{client},"beta":"claude-code-20250219, interleaved-thinking-2025-05-14,oauth-2025-04-20,context-1m-2025-08-07"}}}}"#
     );
     let yaml = "model_list:\n  - model_name: c\n    litellm_params: {model: bedrock/us.anthropic.claude-sonnet-4-5-v1:0, aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}\n";
     let env = std::collections::HashMap::<String, String>::new();
@@ -579,7 +580,7 @@ fn native_messages_bodies_go_through_invoke_model() {
     );
     assert_eq!(
         std::str::from_utf8(&sent.body).unwrap(),
-        r#"{"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"thinking":{"type":"enabled","budget_tokens":1024},"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["a-1","b-2"]}"#
+        r#"{"max_tokens":8,"messages":[{"role":"user","content":[{"type":"text","text":"hi","cache_control":{"type":"ephemeral"}}]}],"thinking":{"type":"enabled","budget_tokens":1024},"anthropic_version":"bedrock-2023-05-31","anthropic_beta":["interleaved-thinking-2025-05-14","context-1m-2025-08-07"]}"#
     );
     // Without the carried body (another dialect) the same deployment speaks Converse.
     let plain = r#"{"model":"c","messages":[{"role":"user","content":"hi"}]}"#;

@@ -54,14 +54,18 @@ pub fn chat_request_routed(
     beta: Option<&str>,
     reaches_anthropic: impl FnOnce(&str) -> bool,
 ) -> Result<ChatRequest, GatewayError> {
-    let fields = match serde_json::from_slice::<MessagesRequest<'_>>(body) {
-        Ok(typed) => match Fields::from_typed(typed) {
-            Some(fields) => fields,
-            None => Fields::checked(body)?,
-        },
-        // The one-pass reading failed: the checked reading says what is wrong (or accepts what
-        // the typed one cannot, such as a repeated key).
-        Err(_) => Fields::checked(body)?,
+    // serde's derived structs also accept an array, by position: only an object is read so.
+    let typed = body
+        .trim_ascii_start()
+        .starts_with(b"{")
+        .then(|| serde_json::from_slice::<MessagesRequest<'_>>(body).ok())
+        .flatten()
+        .and_then(Fields::from_typed);
+    // When the one-pass reading fails or lacks what a request needs, the checked reading says
+    // what is wrong (or accepts what the typed one cannot, such as a repeated key).
+    let fields = match typed {
+        Some(fields) => fields,
+        None => Fields::checked(body)?,
     };
     let Fields {
         model,
@@ -327,7 +331,9 @@ impl<'a> Fields<'a> {
             tools: r.tools,
             tool_choice: r.tool_choice,
             thinking: r.thinking,
-            has_fallbacks: r.fallbacks.is_some(),
+            has_fallbacks: r.fallbacks.is_some()
+                || r.context_window_fallbacks.is_some()
+                || r.content_policy_fallbacks.is_some(),
             gateway,
         })
     }
@@ -382,7 +388,13 @@ impl<'a> Fields<'a> {
             tools: present("tools"),
             tool_choice: present("tool_choice"),
             thinking: present("thinking"),
-            has_fallbacks: present("fallbacks").is_some(),
+            has_fallbacks: [
+                "fallbacks",
+                "context_window_fallbacks",
+                "content_policy_fallbacks",
+            ]
+            .iter()
+            .any(|f| present(f).is_some()),
             gateway,
         })
     }
@@ -746,14 +758,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for InContent<'a> {
 fn content_of<'a>(raw: &'a RawValue, at: &At<'_>) -> Result<InContent<'a>, GatewayError> {
     let text = raw.get();
     let not_valid = || invalid(format!("{at}: must be a string or an array"), "messages");
-    if text.starts_with('"') {
-        return serde_json::from_str(text)
-            .map(InContent::Text)
-            .map_err(|_| not_valid());
-    }
-    serde_json::from_str(text)
-        .map(InContent::Blocks)
-        .map_err(|_| not_valid())
+    serde_json::from_str(text).map_err(|_| not_valid())
 }
 
 fn block_of<'a>(raw: &'a RawValue, at: &At<'_>) -> Result<InBlock<'a>, GatewayError> {
@@ -1203,7 +1208,7 @@ pub fn message(chat: &[u8], usage: Option<&Usage>) -> Result<Bytes, GatewayError
         }
         _ => Vec::new(),
     };
-    let text: Option<Cow<'_, str>> = match msg.and_then(|m| m.content) {
+    let text: Option<Str<'_>> = match msg.and_then(|m| m.content) {
         Some(raw) if raw.get().starts_with('"') => {
             Some(serde_json::from_str(raw.get()).map_err(not_json)?)
         }

@@ -15,7 +15,7 @@ pub(crate) struct ChatAnswer<'a> {
     pub(crate) id: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) model: Option<Str<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "null_as_empty")]
     pub(crate) choices: Vec<ChatChoice<'a>>,
 }
 
@@ -52,7 +52,7 @@ pub(crate) struct ChatToolCall<'a> {
 pub(crate) struct ChatFunction<'a> {
     #[serde(borrow, default)]
     pub(crate) name: Option<Str<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "json_text")]
     pub(crate) arguments: Option<Str<'a>>,
 }
 
@@ -69,9 +69,9 @@ pub(crate) struct ChatChunk<'a> {
     pub(crate) id: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) model: Option<Str<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "null_as_empty")]
     pub(crate) choices: Vec<ChunkChoice<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub(crate) usage: Option<Usage>,
     #[serde(borrow, default)]
     pub(crate) error: Option<ChunkError<'a>>,
@@ -87,7 +87,7 @@ pub(crate) struct ChunkChoice<'a> {
 
 #[derive(Deserialize)]
 pub(crate) struct ChunkDelta<'a> {
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "lenient")]
     pub(crate) content: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) reasoning_content: Option<Str<'a>>,
@@ -122,4 +122,44 @@ pub(crate) struct ChunkError<'a> {
     /// OpenAI's error code, any JSON (a string usually).
     #[serde(borrow, default)]
     pub(crate) code: Option<&'a RawValue>,
+}
+
+/// A field read when it has the expected shape, and ignored when it does not: an
+/// OpenAI-compatible server that sends a surprising type in one field (a null counter in
+/// `usage`, content as an array) does not cost the whole chunk.
+fn lenient<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    let raw = <&'de RawValue>::deserialize(deserializer)?;
+    Ok(serde_json::from_str(raw.get()).ok())
+}
+
+/// `null` for a list reads as an empty one.
+fn null_as_empty<'de, D, T>(deserializer: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    Ok(Option::<Vec<T>>::deserialize(deserializer)?.unwrap_or_default())
+}
+
+/// Tool-call arguments: the JSON text a string holds, or (from servers that send the arguments
+/// as an object) the object's own JSON text.
+fn json_text<'de, D>(deserializer: D) -> Result<Option<Str<'de>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    let raw = <&'de RawValue>::deserialize(deserializer)?;
+    let text = raw.get();
+    if text == "null" {
+        return Ok(None);
+    }
+    if text.starts_with('"') {
+        return serde_json::from_str(text)
+            .map(Some)
+            .map_err(serde::de::Error::custom);
+    }
+    Ok(Some(Str(std::borrow::Cow::Borrowed(text))))
 }

@@ -572,3 +572,35 @@ fn gateway_controls_survive_both_readings() {
     checked[llmux_providers::NATIVE_ANTHROPIC] = typed[llmux_providers::NATIVE_ANTHROPIC].clone();
     assert_eq!(checked, typed);
 }
+
+/// An OpenAI-compatible server that sends a surprising type in one field does not cost the
+/// chunk or the answer: a null usage counter, `choices: null`, content as an array in a delta,
+/// tool arguments sent as an object (kept as their JSON text), and the finish reason still
+/// reaches the client as `stop_reason`.
+#[test]
+fn surprising_field_types_cost_only_that_field() {
+    let mut t = StreamTranslator::new();
+    let mut out = BytesMut::new();
+    out.extend_from_slice(&t.feed(b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"content\":[{\"type\":\"text\",\"text\":\"x\"}],\"tool_calls\":[{\"index\":0,\"id\":\"call_1\",\"function\":{\"name\":\"f\",\"arguments\":{\"a\":1}}}]}}]}\n\n"));
+    out.extend_from_slice(&t.feed(b"data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"tool_calls\"}],\"usage\":{\"prompt_tokens\":null,\"completion_tokens\":3}}\n\n"));
+    out.extend_from_slice(&t.feed(b"data: {\"id\":\"c\",\"choices\":null,\"usage\":{\"prompt_tokens\":4,\"completion_tokens\":3,\"total_tokens\":7}}\n\n"));
+    out.extend_from_slice(&t.feed(b"data: [DONE]\n\n"));
+    let events = sse_events(&out);
+    let json_delta = events
+        .iter()
+        .find(|e| e["delta"]["type"] == "input_json_delta")
+        .unwrap();
+    assert_eq!(json_delta["delta"]["partial_json"], "{\"a\":1}");
+    let end = events
+        .iter()
+        .find(|e| e["type"] == "message_delta")
+        .unwrap();
+    assert_eq!(end["delta"]["stop_reason"], "tool_use");
+    assert_eq!(end["usage"]["output_tokens"], 3);
+    assert_eq!(end["usage"]["input_tokens"], 4);
+
+    let answer = json!({"id": "x", "choices": null});
+    let m: Value =
+        serde_json::from_slice(&message(answer.to_string().as_bytes(), None).unwrap()).unwrap();
+    assert_eq!(m["content"], json!([]));
+}

@@ -379,6 +379,9 @@ pub(super) async fn bedrock(
         );
         return r;
     }
+    if action == "count-tokens" {
+        return bedrock_count_tokens(&state, &model, request).await;
+    }
     if model.contains("anthropic.") && action.starts_with("invoke") {
         return bedrock_claude(
             state,
@@ -504,6 +507,40 @@ async fn bedrock_claude(
         HeaderValue::from_static("application/vnd.amazon.eventstream"),
     );
     response
+}
+
+/// Bedrock's CountTokens for Claude: `{"input": {"invokeModel": {"body": base64}}}`, the body as
+/// InvokeModel would take it; `{"inputTokens": n}` by the mock's own count. Cross-region
+/// inference profiles cannot count (Bedrock's ValidationException).
+async fn bedrock_count_tokens(state: &MockState, model: &str, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 << 20)
+        .await
+        .unwrap_or_default();
+    super::record(state, &parts, &bytes);
+    state.stats.requests.fetch_add(1, Ordering::Relaxed);
+    if !model.starts_with("anthropic.") {
+        return bedrock_error(400, "The provided model doesn't support counting tokens.");
+    }
+    let inner = serde_json::from_slice::<Value>(&bytes)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/input/invokeModel/body")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+        })
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    let Some(inner) = inner else {
+        return bedrock_error(400, "Malformed input request: input.invokeModel.body");
+    };
+    if inner.get("model").is_some() || inner["anthropic_version"] != "bedrock-2023-05-31" {
+        return bedrock_error(
+            400,
+            "Malformed input request: the InvokeModel body is not Claude's",
+        );
+    }
+    Json(json!({"inputTokens": super::mock_count_tokens(&inner)})).into_response()
 }
 
 fn bedrock_embed(model: &str, body: &Value) -> Response {

@@ -182,6 +182,17 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Option<Result<UpstreamRequest, GatewayError>> {
         None
     }
+    /// The input-token count in the answer to a `count_tokens_request` (Anthropic's
+    /// `{"input_tokens": n}` unless the provider says otherwise).
+    fn parse_count_tokens(&self, body: &[u8]) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        struct Counted {
+            input_tokens: u64,
+        }
+        serde_json::from_slice::<Counted>(body)
+            .ok()
+            .map(|c| c.input_tokens)
+    }
     /// How this provider's streams are framed.
     fn stream_framing(&self) -> StreamFraming {
         StreamFraming::Sse

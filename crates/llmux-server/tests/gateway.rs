@@ -1293,6 +1293,8 @@ model_list:
   - model_name: gpt
     litellm_params: {model: openai/gpt-mock, api_base: "{mock}", api_key: sk-test}
   - model_name: mixed
+    litellm_params: {model: "bedrock/us.anthropic.claude-mock-v1:0", api_base: "{mock_root}", aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}
+  - model_name: bedrock-claude
     litellm_params: {model: "bedrock/anthropic.claude-mock-v1:0", api_base: "{mock_root}", aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}
   - model_name: mixed
     litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test}
@@ -1340,13 +1342,32 @@ router_settings: {num_retries: 0}
     assert!(sent.headers.iter().any(|(k, v)| k == "anthropic-beta"
         && v == "prompt-caching-2024-07-31,token-counting-2024-11-01"));
     assert_eq!(upstream_count, llmux_mock::mock_count_tokens(&sent_body));
-    // A group whose first deployment (Claude on Bedrock) cannot count asks the one that can.
+    // A group whose first deployment (a Bedrock cross-region profile) cannot count asks the
+    // one that can.
     let r = h.post("/v1/messages/count_tokens", &request("mixed")).await;
     assert_eq!(count(r).await, upstream_count);
     assert_eq!(
         h.recorded().pop().unwrap().path,
         "/v1/messages/count_tokens"
     );
+    // Claude on Bedrock counts through CountTokens, over the InvokeModel body it would send.
+    let r = h
+        .post("/v1/messages/count_tokens", &request("bedrock-claude"))
+        .await;
+    assert_eq!(
+        count(r).await,
+        upstream_count,
+        "the same fields, the same count"
+    );
+    let sent = h.recorded().pop().unwrap();
+    assert_eq!(
+        sent.path,
+        "/model/anthropic.claude-mock-v1%3A0/count-tokens"
+    );
+    assert!(sent
+        .headers
+        .iter()
+        .any(|(k, v)| k == "authorization" && v.starts_with("AWS4-HMAC-SHA256")));
 
     // Unreachable or overloaded: the gateway's own count answers.
     let r = h

@@ -106,12 +106,8 @@ impl Client {
         if status == 400 || status == 413 {
             return Some(Err(provider.parse_error(status, &headers, &body)));
         }
-        #[derive(serde::Deserialize)]
-        struct Counted {
-            input_tokens: u64,
-        }
-        match serde_json::from_slice::<Counted>(&body) {
-            Ok(counted) if (200..300).contains(&status) => Some(Ok(counted.input_tokens)),
+        match provider.parse_count_tokens(&body) {
+            Some(counted) if (200..300).contains(&status) => Some(Ok(counted)),
             _ => {
                 tracing::warn!(deployment = %deployment.id, status, "count_tokens upstream answered no count; counting locally");
                 None

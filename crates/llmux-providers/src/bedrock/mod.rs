@@ -280,6 +280,49 @@ impl Provider for BedrockTarget {
         self.model_template.contains("anthropic.")
     }
 
+    /// Bedrock's CountTokens (`/model/{id}/count-tokens`) over the InvokeModel body it would be
+    /// sent. Cross-region inference profiles (`us.anthropic...`) cannot count: left to the
+    /// gateway.
+    fn count_tokens_request(
+        &self,
+        request: &RawObject<'_>,
+        ctx: RequestContext<'_>,
+    ) -> Option<Result<UpstreamRequest, GatewayError>> {
+        use base64::Engine as _;
+        if !self.model_template.starts_with("anthropic.") {
+            return None;
+        }
+        let model = crate::common::model_for(&self.model_template, ctx.wildcard);
+        let native = match crate::anthropic::request::native_body(
+            request,
+            crate::anthropic::request::NativeTarget::Bedrock,
+            &self.defaults,
+        ) {
+            Ok(native) => native?,
+            Err(e) => return Some(Err(e)),
+        };
+        let body = serde_json::json!({"input": {"invokeModel": {
+            "body": base64::engine::general_purpose::STANDARD.encode(&native.body)}}});
+        Some(crate::common::json_request(
+            format!("{}/model/{}/count-tokens", self.base, path_segment(&model)),
+            &self.headers,
+            &body,
+            self.auth.clone(),
+        ))
+    }
+
+    /// CountTokens answers `{"inputTokens": n}`.
+    fn parse_count_tokens(&self, body: &[u8]) -> Option<u64> {
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Counted {
+            input_tokens: u64,
+        }
+        serde_json::from_slice::<Counted>(body)
+            .ok()
+            .map(|c| c.input_tokens)
+    }
+
     fn stream_framing(&self) -> StreamFraming {
         StreamFraming::AwsEventStream
     }

@@ -519,7 +519,8 @@ async fn bedrock_count_tokens(state: &MockState, model: &str, request: Request) 
         .unwrap_or_default();
     super::record(state, &parts, &bytes);
     state.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if !model.starts_with("anthropic.") {
+    // Cross-region profiles and older Claude models cannot count.
+    if !model.starts_with("anthropic.") || model.contains("claude-v2") {
         return bedrock_error(400, "The provided model doesn't support counting tokens.");
     }
     let inner = serde_json::from_slice::<Value>(&bytes)
@@ -534,6 +535,19 @@ async fn bedrock_count_tokens(state: &MockState, model: &str, request: Request) 
     let Some(inner) = inner else {
         return bedrock_error(400, "Malformed input request: input.invokeModel.body");
     };
+    let budget = inner
+        .pointer("/thinking/budget_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    if inner["max_tokens"]
+        .as_u64()
+        .is_none_or(|m| budget > 0 && m <= budget)
+    {
+        return bedrock_error(
+            400,
+            "max_tokens must be greater than thinking.budget_tokens",
+        );
+    }
     if inner.get("model").is_some() || inner["anthropic_version"] != "bedrock-2023-05-31" {
         return bedrock_error(
             400,

@@ -182,6 +182,12 @@ pub trait Provider: Send + Sync + 'static {
     ) -> Option<Result<UpstreamRequest, GatewayError>> {
         None
     }
+    /// A 400 to a `count_tokens_request` means the client's request is invalid (Anthropic,
+    /// Vertex); `false` where it may instead mean the model cannot count (Bedrock), so the
+    /// gateway counts instead.
+    fn count_refusal_is_clients(&self) -> bool {
+        true
+    }
     /// The input-token count in the answer to a `count_tokens_request` (Anthropic's
     /// `{"input_tokens": n}` unless the provider says otherwise).
     fn parse_count_tokens(&self, body: &[u8]) -> Option<u64> {

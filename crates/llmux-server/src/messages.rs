@@ -65,7 +65,21 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
             GatewayError::invalid_request(format!("the body is not valid JSON: {e}"))
         })?;
         if let Some(o) = request.as_object_mut() {
-            o.entry("max_tokens").or_insert(serde_json::json!(1));
+            // Above a thinking budget (a Claude-on-Bedrock count is of the InvokeModel body,
+            // which must hold one).
+            let budget = o
+                .get("thinking")
+                .and_then(|t| t.get("budget_tokens"))
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            let asked = o
+                .get("max_tokens")
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(1);
+            o.insert(
+                "max_tokens".into(),
+                serde_json::json!(asked.max(budget + 1)),
+            );
             o.remove("stream");
         }
         let converted = anthropic::chat_request(request.to_string().as_bytes(), beta)?;

@@ -1296,6 +1296,8 @@ model_list:
     litellm_params: {model: "bedrock/us.anthropic.claude-mock-v1:0", api_base: "{mock_root}", aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}
   - model_name: bedrock-claude
     litellm_params: {model: "bedrock/anthropic.claude-mock-v1:0", api_base: "{mock_root}", aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}
+  - model_name: bedrock-old
+    litellm_params: {model: "bedrock/anthropic.claude-v2", api_base: "{mock_root}", aws_access_key_id: AK, aws_secret_access_key: s, aws_region_name: us-east-1}
   - model_name: mixed
     litellm_params: {model: anthropic/claude-mock, api_base: "{mock}", api_key: sk-ant-test}
 router_settings: {num_retries: 0}
@@ -1368,6 +1370,12 @@ router_settings: {num_retries: 0}
         .headers
         .iter()
         .any(|(k, v)| k == "authorization" && v.starts_with("AWS4-HMAC-SHA256")));
+    // A Claude model Bedrock cannot count answers 400: the gateway counts instead.
+    let r = h
+        .post("/v1/messages/count_tokens", &request("bedrock-old"))
+        .await;
+    let old_model = count(r).await;
+    assert!(old_model > 0 && old_model != upstream_count);
 
     // Unreachable or overloaded: the gateway's own count answers.
     let r = h

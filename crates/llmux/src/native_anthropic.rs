@@ -103,7 +103,7 @@ impl Client {
                 return None;
             }
         };
-        if status == 400 || status == 413 {
+        if (status == 400 || status == 413) && provider.count_refusal_is_clients() {
             return Some(Err(provider.parse_error(status, &headers, &body)));
         }
         match provider.parse_count_tokens(&body) {

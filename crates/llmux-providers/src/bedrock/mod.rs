@@ -311,6 +311,12 @@ impl Provider for BedrockTarget {
         ))
     }
 
+    /// CountTokens refuses the Claude models it cannot count with a 400 (ValidationException),
+    /// as it refuses a bad request.
+    fn count_refusal_is_clients(&self) -> bool {
+        false
+    }
+
     /// CountTokens answers `{"inputTokens": n}`.
     fn parse_count_tokens(&self, body: &[u8]) -> Option<u64> {
         #[derive(serde::Deserialize)]

@@ -62,7 +62,8 @@ pub(crate) struct ChatTextPart<'a> {
     pub(crate) text: Option<Str<'a>>,
 }
 
-/// One chunk of the internal stream, read without building a tree.
+/// One chunk of the internal stream, read without building a tree; the fields a server might
+/// send with a surprising type are read leniently (a stream is not cut for one odd field).
 #[derive(Deserialize)]
 pub(crate) struct ChatChunk<'a> {
     #[serde(borrow, default)]
@@ -81,7 +82,7 @@ pub(crate) struct ChatChunk<'a> {
 pub(crate) struct ChunkChoice<'a> {
     #[serde(borrow, default)]
     pub(crate) delta: Option<ChunkDelta<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "lenient")]
     pub(crate) finish_reason: Option<Str<'a>>,
 }
 
@@ -89,7 +90,7 @@ pub(crate) struct ChunkChoice<'a> {
 pub(crate) struct ChunkDelta<'a> {
     #[serde(borrow, default, deserialize_with = "lenient")]
     pub(crate) content: Option<Str<'a>>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "lenient")]
     pub(crate) reasoning_content: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) thinking_blocks: Option<Vec<ThinkingBlockDelta<'a>>>,
@@ -105,9 +106,9 @@ pub(crate) struct ThinkingBlockDelta<'a> {
 
 #[derive(Deserialize)]
 pub(crate) struct ToolCallDelta<'a> {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "lenient")]
     pub(crate) index: Option<u64>,
-    #[serde(borrow, default)]
+    #[serde(borrow, default, deserialize_with = "lenient")]
     pub(crate) id: Option<Str<'a>>,
     #[serde(borrow, default)]
     pub(crate) function: Option<ChatFunction<'a>>,

@@ -202,6 +202,8 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
             None
         }
     };
+    llmux_server::reload::started_from(&state, &config_path);
+    tokio::spawn(watch_config(state.clone(), config_path.clone()));
     let draining = state.draining.clone();
     let app = build_router(state);
     let addr: SocketAddr = format!("{host}:{port}")
@@ -247,6 +249,72 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// How often the configuration file's modification time is looked at.
+const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Reload the configuration file on SIGHUP, or when it changes on disk (its modification time,
+/// looked at every second). A file that does not load is reported, problem by problem, and the
+/// running configuration stays.
+async fn watch_config(state: llmux_server::AppState, path: PathBuf) {
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+    let mut seen = modified(&path);
+    #[cfg(unix)]
+    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    loop {
+        #[cfg(unix)]
+        let signalled = async {
+            match hangup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let signalled = std::future::pending::<()>();
+        tokio::select! {
+            () = signalled => {}
+            () = tokio::time::sleep(CONFIG_POLL) => {
+                let now = modified(&path);
+                if now == seen {
+                    continue;
+                }
+                seen = now;
+            }
+        }
+        match llmux_server::reload::reload(&state, &path).await {
+            Ok(llmux_server::reload::Reloaded::Unchanged) => {
+                tracing::debug!(config = %path.display(), "configuration unchanged");
+            }
+            Ok(llmux_server::reload::Reloaded::Applied(warnings)) => {
+                for d in &warnings {
+                    tracing::warn!(path = %d.path, "{}", d.message);
+                }
+                let source = state
+                    .config_source
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default();
+                tracing::info!(
+                    config = %path.display(),
+                    fingerprint = %source.fingerprint,
+                    models = state.client.snapshot().router.deployments().len(),
+                    "configuration reloaded"
+                );
+            }
+            Err(problems) => {
+                for d in &problems {
+                    tracing::error!(path = %d.path, severity = ?d.severity, "{}", d.message);
+                }
+                tracing::error!(
+                    config = %path.display(),
+                    "the changed configuration does not load; keeping the running one"
+                );
+            }
+        }
+    }
 }
 
 /// Load the configured cost map, then reload it when the file changes or on SIGHUP (URLs are

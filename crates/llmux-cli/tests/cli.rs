@@ -922,3 +922,114 @@ async fn three_processes_on_one_postgres_and_one_redis_act_as_one_gateway() {
         assert_eq!(chat(at, revoked.clone()).await.0, 401, "instance {at}");
     }
 }
+
+/// A changed configuration applies without a restart while traffic flows: on SIGHUP, and when
+/// the file changes on disk with no signal. A file that does not load is refused and the
+/// running configuration kept. Readiness says which configuration is live (fingerprint,
+/// reloads), and not one request fails throughout.
+#[tokio::test]
+async fn the_configuration_reloads_under_load_without_a_failed_request() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    use std::sync::Arc;
+
+    let upstream = mock_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let models = |names: &[&str]| {
+        let mut text = String::from("model_list:\n");
+        for n in names {
+            text.push_str(&format!(
+                "  - {{model_name: {n}, litellm_params: {{model: openai/{n}, api_base: \"{upstream}\", api_key: k}}}}\n"
+            ));
+        }
+        text
+    };
+    std::fs::write(&path, models(&["alpha"])).unwrap();
+    let server = start_server(&path, &[]).await;
+    let http = reqwest::Client::new();
+    let live = |http: reqwest::Client, url: String| async move {
+        let v: serde_json::Value = http
+            .get(format!("{url}/health/readiness"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        v["config"].clone()
+    };
+    let chat = |http: reqwest::Client, url: String, model: &'static str| async move {
+        http.post(format!("{url}/v1/chat/completions"))
+            .json(&serde_json::json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+            .unwrap_or(0)
+    };
+    let first = live(http.clone(), server.url.clone()).await;
+    assert_eq!(first["reloads"], 0);
+    assert_eq!(first["path"], path.display().to_string());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let load: Vec<_> = (0..4)
+        .map(|_| {
+            let (http, url) = (http.clone(), server.url.clone());
+            let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    if chat(http.clone(), url.clone(), "alpha").await != 200 {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let until_answers = |model: &'static str, status: u16| {
+        let (http, url) = (http.clone(), server.url.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while chat(http.clone(), url.clone(), model).await != status {
+                assert!(Instant::now() < deadline, "{model} never answered {status}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    assert_eq!(chat(http.clone(), server.url.clone(), "beta").await, 404);
+
+    // SIGHUP applies a model added to the file.
+    std::fs::write(&path, models(&["alpha", "beta"])).unwrap();
+    let hup = || {
+        let status = Command::new("kill")
+            .args(["-HUP", &server.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    hup();
+    until_answers("beta", 200).await;
+    let second = live(http.clone(), server.url.clone()).await;
+    assert_eq!(second["reloads"], 1);
+    assert_ne!(second["fingerprint"], first["fingerprint"]);
+
+    // A file that does not load is refused: the running configuration stays.
+    std::fs::write(&path, "model_list:\n  - {model_name: broken}\n").unwrap();
+    hup();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(live(http.clone(), server.url.clone()).await, second);
+    assert_eq!(chat(http.clone(), server.url.clone(), "beta").await, 200);
+
+    // No signal: the file changing on disk is enough.
+    std::fs::write(&path, models(&["alpha", "gamma"])).unwrap();
+    until_answers("gamma", 200).await;
+    until_answers("beta", 404).await;
+    assert_eq!(live(http.clone(), server.url.clone()).await["reloads"], 2);
+
+    stop.store(true, Ordering::Relaxed);
+    for task in load {
+        task.await.unwrap();
+    }
+    assert!(sent.load(Ordering::Relaxed) > 50, "the load ran");
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "no request failed");
+}

@@ -10,6 +10,7 @@ mod headers;
 mod messages;
 mod metrics;
 mod models;
+pub mod reload;
 mod responses;
 mod serve;
 
@@ -52,8 +53,11 @@ pub struct SharedState {
     pub draining: Arc<AtomicBool>,
     /// Keys, budgets, limits and spend; `None` without a master key.
     pub governance: Option<Arc<Governance>>,
-    /// The configuration as loaded from the file (database models are merged over it).
-    pub base_config: Arc<llmux_config::Config>,
+    /// The configuration as loaded from the file (database models are merged over it);
+    /// replaced when the file is reloaded.
+    pub base_config: arc_swap::ArcSwap<llmux_config::Config>,
+    /// Which configuration is live, for readiness and the reload log.
+    pub config_source: std::sync::Mutex<reload::ConfigSource>,
 }
 
 impl std::ops::Deref for AppState {
@@ -65,12 +69,13 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(client: Client) -> Self {
-        let base_config = Arc::new(client.snapshot().config.clone());
+        let base_config = arc_swap::ArcSwap::from_pointee(client.snapshot().config.clone());
         AppState(Arc::new(SharedState {
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
             base_config,
+            config_source: std::sync::Mutex::new(reload::ConfigSource::default()),
         }))
     }
 
@@ -80,7 +85,13 @@ impl AppState {
             client: self.client.clone(),
             draining: Arc::clone(&self.draining),
             governance: Some(governance),
-            base_config: Arc::clone(&self.base_config),
+            base_config: arc_swap::ArcSwap::new(self.base_config.load_full()),
+            config_source: std::sync::Mutex::new(
+                self.config_source
+                    .lock()
+                    .map(|s| s.clone())
+                    .unwrap_or_default(),
+            ),
         }));
         models::apply_db_models(&state)
             .await
@@ -763,6 +774,9 @@ async fn readiness(State(state): State<AppState>) -> Response {
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "llmux_version": env!("CARGO_PKG_VERSION"),
         "models": state.client.snapshot().router.deployments().len(),
+        // The live configuration: its file, a fingerprint of the text, when it was loaded and
+        // how many reloads applied since start.
+        "config": state.config_source.lock().ok().map(|s| s.view()),
         // The fleet's shared rate limits: `shared`, or `degraded` (counted per instance while
         // Redis does not answer); null without Redis.
         "redis": state.governance.as_ref().and_then(|g| g.shared_state()).map(|l| {

@@ -121,7 +121,7 @@ pub async fn apply_db_models(state: &AppState) -> Result<(), GatewayError> {
         .list(Kind::Model, &ListFilter::default())
         .await
         .map_err(|e| store_error(&e))?;
-    let config = merged(&state.base_config, &stored)?;
+    let config = merged(&state.base_config.load(), &stored)?;
     let diags = state
         .client
         .reload(config)

@@ -2538,7 +2538,7 @@ async fn model_new(State(s): State<AppState>, headers: HeaderMap, ApiBody(b): Ap
             doc.insert("litellm_params".into(), params.clone());
             doc.insert("model_info".into(), Value::Object(info));
             let obj = Object::new(Kind::Model, id.clone(), doc);
-            crate::models::check_model(&obj, &s.base_config)?;
+            crate::models::check_model(&obj, &s.base_config.load())?;
             if !gov.store.insert(&obj).await.map_err(|e| store_error(&e))? {
                 return Err(
                     GatewayError::invalid_request(format!("Model `{id}` already exists."))
@@ -2590,7 +2590,7 @@ async fn model_update(
                 }
             }
             obj.sync_columns();
-            crate::models::check_model(&obj, &s.base_config)?;
+            crate::models::check_model(&obj, &s.base_config.load())?;
             gov.store
                 .update(&obj, false)
                 .await

@@ -58,6 +58,10 @@ pub struct SharedState {
     pub base_config: arc_swap::ArcSwap<llmux_config::Config>,
     /// Which configuration is live, for readiness and the reload log.
     pub config_source: std::sync::Mutex<reload::ConfigSource>,
+    /// Held while the client's configuration is rebuilt (a file reload, a model added through
+    /// the API or by another instance): each rebuild reads the latest file and database, so a
+    /// slower one cannot put back what a newer one replaced.
+    pub(crate) rebuild: tokio::sync::Mutex<()>,
 }
 
 impl std::ops::Deref for AppState {
@@ -76,6 +80,7 @@ impl AppState {
             governance: None,
             base_config,
             config_source: std::sync::Mutex::new(reload::ConfigSource::default()),
+            rebuild: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -92,6 +97,7 @@ impl AppState {
                     .map(|s| s.clone())
                     .unwrap_or_default(),
             ),
+            rebuild: tokio::sync::Mutex::new(()),
         }));
         models::apply_db_models(&state)
             .await

@@ -113,6 +113,12 @@ pub fn merged(base: &Config, stored: &[Object]) -> Result<Config, GatewayError> 
 
 /// Reload the client with the database's models.
 pub async fn apply_db_models(state: &AppState) -> Result<(), GatewayError> {
+    let _rebuilding = state.rebuild.lock().await;
+    apply_db_models_locked(state).await
+}
+
+/// `apply_db_models`, for a caller holding `rebuild`.
+pub(crate) async fn apply_db_models_locked(state: &AppState) -> Result<(), GatewayError> {
     let Some(gov) = &state.governance else {
         return Ok(());
     };

@@ -87,6 +87,7 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagn
         return Ok(Reloaded::Unchanged);
     }
     let loaded = llmux_config::load_file(path, &ProcessEnv)?;
+    let _rebuilding = state.rebuild.lock().await;
     let mut warnings = loaded.diagnostics;
     let previous = state.base_config.load_full();
     if loaded.config.master_key != previous.master_key {
@@ -98,7 +99,7 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagn
     state.base_config.store(Arc::new(loaded.config.clone()));
     let applied = match &state.governance {
         // Database models are merged over the new file's, as at start.
-        Some(_) => crate::models::apply_db_models(state)
+        Some(_) => crate::models::apply_db_models_locked(state)
             .await
             .map(|()| Vec::new())
             .map_err(|e| vec![Diagnostic::error("model_list", e.message().to_owned())]),

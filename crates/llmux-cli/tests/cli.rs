@@ -982,6 +982,9 @@ async fn the_configuration_reloads_under_load_without_a_failed_request() {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
                     sent.fetch_add(1, Ordering::Relaxed);
+                    // Steady traffic, not a saturating one: tests beside this one measure
+                    // timings.
+                    tokio::time::sleep(Duration::from_millis(2)).await;
                 }
             })
         })

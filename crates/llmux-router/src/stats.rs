@@ -188,6 +188,9 @@ pub struct DeploymentStats {
     /// The current cooldown was taken here (not announced by another instance).
     cooled_here: AtomicBool,
     last_failure: AtomicU8,
+    /// The last failure's message and when (ms since `epoch`), for the error that says why a
+    /// group has no healthy deployment (written only on failures).
+    last_failure_message: Mutex<Option<(u64, Arc<str>)>>,
     window: MinuteWindow,
     latency: Mutex<Latency>,
 }
@@ -223,9 +226,30 @@ impl DeploymentStats {
             probe_in_flight: AtomicBool::new(false),
             cooled_here: AtomicBool::new(false),
             last_failure: AtomicU8::new(u8::MAX),
+            last_failure_message: Mutex::default(),
             window: MinuteWindow::default(),
             latency: Mutex::default(),
         }
+    }
+
+    /// Remember why the deployment last failed (its error's message, cut to 300 bytes).
+    pub fn note_failure(&self, message: &str) {
+        let mut end = message.len().min(300);
+        while !message.is_char_boundary(end) {
+            end -= 1;
+        }
+        if let Ok(mut last) = self.last_failure_message.lock() {
+            *last = Some((self.now_ms(), Arc::from(&message[..end])));
+        }
+    }
+
+    /// The last failure's message, with how long ago it was noted.
+    pub fn last_failure_message(&self) -> Option<(Duration, Arc<str>)> {
+        let last = self.last_failure_message.lock().ok()?.clone()?;
+        Some((
+            Duration::from_millis(self.now_ms().saturating_sub(last.0)),
+            last.1,
+        ))
     }
 
     fn now_ms(&self) -> u64 {

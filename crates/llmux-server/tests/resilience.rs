@@ -720,3 +720,33 @@ async fn a_mid_stream_failure_cools_the_deployment_and_is_announced() {
     assert_eq!(status, 200);
     assert_eq!(f.calls(0), before);
 }
+
+/// When every deployment of a group is cooling down, the 503 says why the last one failed (a
+/// connection refused here), so an operator need not find it in the log.
+#[tokio::test]
+async fn the_all_cooling_error_names_the_last_failure() {
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let f = fleet(
+        0,
+        &format!(
+            "model_list:\n  - {{model_name: g, litellm_params: {{model: openai/a, api_base: \"http://127.0.0.1:{closed}/v1\", api_key: k}}}}\n  - {{model_name: g, litellm_params: {{model: openai/b, api_base: \"http://127.0.0.1:{closed}/v1\", api_key: k}}}}\nrouter_settings: {{num_retries: 1, allowed_fails: 0, cooldown_time: 30}}\n"
+        ),
+    )
+    .await;
+    let (status, _, body) = f.chat(json!({"model": "g"})).await;
+    assert_eq!(status, 502, "{body}");
+    assert!(body.contains("cannot connect to upstream"), "{body}");
+    let (status, _, body) = f.chat(json!({"model": "g"})).await;
+    assert_eq!(status, 503);
+    let e: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(e["error"]["code"], "no_healthy_deployments", "{body}");
+    let message = e["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("cooling down")
+            && message.contains("the last: cannot connect to upstream"),
+        "{message}"
+    );
+}

@@ -28,6 +28,7 @@ pub(crate) fn no_deployment_error(
     group: &str,
     op: Operation,
     prompt_tokens: Option<u64>,
+    last_failure: Option<&str>,
 ) -> GatewayError {
     match no {
         NoDeployment::NotSupported => GatewayError::invalid_request(format!("model `{group}` does not support {}", op.as_str()))
@@ -49,7 +50,12 @@ pub(crate) fn no_deployment_error(
             .with_code("deployment_limits_reached"),
         NoDeployment::Cooling { retry_in, rate_limited } => {
             let kind = if rate_limited { ErrorKind::RateLimited } else { ErrorKind::UpstreamUnavailable };
-            let mut e = GatewayError::new(kind, format!("no healthy deployment of `{group}`: all are cooling down after failures"))
+            // The cause an operator would otherwise find only in the log (a DNS error, a 401).
+            let message = match last_failure {
+                Some(last) => format!("no healthy deployment of `{group}`: all are cooling down after failures (the last: {last})"),
+                None => format!("no healthy deployment of `{group}`: all are cooling down after failures"),
+            };
+            let mut e = GatewayError::new(kind, message)
                 .with_code("no_healthy_deployments")
                 .with_status(if rate_limited { 429 } else { 503 });
             e.retry_after = Some(retry_in);
@@ -87,6 +93,7 @@ impl Snapshot {
 
     /// The deployment failed a request of a group of `group_size` deployments.
     pub(crate) fn deployment_failed(&self, index: usize, error: &GatewayError, group_size: usize) {
+        self.router.stats(index).note_failure(error.message());
         let cooldown = self.router.stats(index).record_failure(
             error.kind,
             self.router.settings(),
@@ -98,6 +105,16 @@ impl Snapshot {
             tracing::warn!(deployment = %id, kind = %error.kind, cooldown_s = cooldown.as_secs_f64(), "deployment cooling down");
             self.announce_cooldown(id, cooldown);
         }
+    }
+
+    /// The most recent failure noted among `candidates`, for the error that says none is
+    /// healthy.
+    pub(crate) fn last_failure(&self, candidates: &[usize]) -> Option<std::sync::Arc<str>> {
+        candidates
+            .iter()
+            .filter_map(|&i| self.router.stats(i).last_failure_message())
+            .min_by_key(|(ago, _)| *ago)
+            .map(|(_, message)| message)
     }
 
     /// What a finished answer took, for latency- and usage-based routing.

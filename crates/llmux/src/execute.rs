@@ -477,9 +477,12 @@ impl Run<'_> {
                 prompt_tokens,
                 exclude: &excluded,
             };
-            let index = router
-                .select(route, &input)
-                .map_err(|no| no_deployment_error(no, route.group, self.op, prompt_tokens))?;
+            let index = router.select(route, &input).map_err(|no| {
+                let last = matches!(no, llmux_router::NoDeployment::Cooling { .. })
+                    .then(|| self.snapshot.last_failure(route.candidates))
+                    .flatten();
+                no_deployment_error(no, route.group, self.op, prompt_tokens, last.as_deref())
+            })?;
             let claim = Claim {
                 snapshot: Arc::clone(self.snapshot),
                 index,

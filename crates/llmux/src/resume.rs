@@ -88,7 +88,7 @@ impl Resume for Resumer {
             };
             let index = router
                 .select(&route, &input)
-                .map_err(|no| no_deployment_error(no, route.group, Operation::Chat, None))?;
+                .map_err(|no| no_deployment_error(no, route.group, Operation::Chat, None, None))?;
             let claim = Claim {
                 snapshot: Arc::clone(&snapshot),
                 index,

@@ -260,29 +260,14 @@ const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);
 async fn watch_config(state: llmux_server::AppState, path: PathBuf) {
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut seen = modified(&path);
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut wakes = Wakes::new();
     loop {
-        #[cfg(unix)]
-        let signalled = async {
-            match hangup.as_mut() {
-                Some(h) => {
-                    h.recv().await;
-                }
-                None => std::future::pending::<()>().await,
+        if wakes.next(CONFIG_POLL).await == Wake::Tick {
+            let now = modified(&path);
+            if now == seen {
+                continue;
             }
-        };
-        #[cfg(not(unix))]
-        let signalled = std::future::pending::<()>();
-        tokio::select! {
-            () = signalled => {}
-            () = tokio::time::sleep(CONFIG_POLL) => {
-                let now = modified(&path);
-                if now == seen {
-                    continue;
-                }
-                seen = now;
-            }
+            seen = now;
         }
         match llmux_server::reload::reload(&state, &path).await {
             Ok(llmux_server::reload::Reloaded::Unchanged) => {
@@ -339,12 +324,48 @@ async fn watch_prices(client: llmux::Client, source: String, interval: std::time
         }
     };
     load(&client, &source).await;
-    #[cfg(unix)]
-    let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let mut wakes = Wakes::new();
     loop {
+        match wakes.next(interval).await {
+            Wake::Hangup => load(&client, &source).await,
+            Wake::Tick if is_file => {
+                let now = modified(&source);
+                if now != seen {
+                    seen = now;
+                    load(&client, &source).await;
+                }
+            }
+            Wake::Tick => {}
+        }
+    }
+}
+
+/// Why a watcher woke: a SIGHUP, or its polling interval passed.
+#[derive(Debug, PartialEq, Eq)]
+enum Wake {
+    Hangup,
+    Tick,
+}
+
+/// SIGHUP or a timer, whichever comes first (each watcher holds its own SIGHUP stream; every
+/// stream hears every signal).
+struct Wakes {
+    #[cfg(unix)]
+    hangup: Option<tokio::signal::unix::Signal>,
+}
+
+impl Wakes {
+    fn new() -> Self {
+        Wakes {
+            #[cfg(unix)]
+            hangup: tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok(),
+        }
+    }
+
+    async fn next(&mut self, interval: std::time::Duration) -> Wake {
         #[cfg(unix)]
         let signalled = async {
-            match hangup.as_mut() {
+            match self.hangup.as_mut() {
                 Some(h) => {
                     h.recv().await;
                 }
@@ -354,16 +375,8 @@ async fn watch_prices(client: llmux::Client, source: String, interval: std::time
         #[cfg(not(unix))]
         let signalled = std::future::pending::<()>();
         tokio::select! {
-            () = signalled => load(&client, &source).await,
-            () = tokio::time::sleep(interval) => {
-                if is_file {
-                    let now = modified(&source);
-                    if now != seen {
-                        seen = now;
-                        load(&client, &source).await;
-                    }
-                }
-            }
+            () = signalled => Wake::Hangup,
+            () = tokio::time::sleep(interval) => Wake::Tick,
         }
     }
 }

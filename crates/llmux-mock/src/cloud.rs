@@ -253,19 +253,8 @@ pub(super) async fn vertex(
                 if let Some(o) = v.as_object_mut() {
                     o.remove("anthropic_version");
                 }
-                parts
-                    .headers
-                    .insert("x-api-key", HeaderValue::from_static("vertex"));
-                parts
-                    .headers
-                    .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-                parts.headers.remove("content-length");
-                let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
-                return super::anthropic_count_tokens(
-                    State(state),
-                    Request::from_parts(parts, body),
-                )
-                .await;
+                let request = as_anthropic(parts, "vertex", &v);
+                return super::anthropic_count_tokens(State(state), request).await;
             }
             let stream = v.get("stream").and_then(Value::as_bool).unwrap_or(false);
             let problem = if v.get("model").is_some() {
@@ -282,15 +271,8 @@ pub(super) async fn vertex(
                 return error_response(400, &body.to_string(), None);
             }
             v["model"] = json!(model);
-            parts
-                .headers
-                .insert("x-api-key", HeaderValue::from_static("vertex"));
-            parts
-                .headers
-                .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-            parts.headers.remove("content-length");
-            let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
-            super::anthropic_messages(State(state), Request::from_parts(parts, body)).await
+            let request = as_anthropic(parts, "vertex", &v);
+            super::anthropic_messages(State(state), request).await
         }
         _ => error_response(
             404,
@@ -358,6 +340,22 @@ fn bedrock_authorized(headers: &HeaderMap) -> bool {
         && rest.contains("x-amz-date")
         && headers.contains_key("x-amz-date")
         && signature_ok
+}
+
+/// A cloud's Claude request, rewritten to `body`, as Anthropic's own API receives it (its key and
+/// version headers), for the Anthropic emulation to answer.
+fn as_anthropic(mut parts: axum::http::request::Parts, key: &'static str, body: &Value) -> Request {
+    parts
+        .headers
+        .insert("x-api-key", HeaderValue::from_static(key));
+    parts
+        .headers
+        .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
+    parts.headers.remove("content-length");
+    Request::from_parts(
+        parts,
+        Body::from(serde_json::to_vec(body).unwrap_or_default()),
+    )
 }
 
 /// Bedrock runtime: `/model/{modelId}/converse`, `/converse-stream`, `/invoke`,
@@ -460,15 +458,8 @@ async fn bedrock_claude(
         o.insert("model".into(), json!(model));
         o.insert("stream".into(), json!(stream));
     }
-    parts
-        .headers
-        .insert("x-api-key", HeaderValue::from_static("bedrock"));
-    parts
-        .headers
-        .insert("anthropic-version", HeaderValue::from_static("2023-06-01"));
-    parts.headers.remove("content-length");
-    let body = Body::from(serde_json::to_vec(&v).unwrap_or_default());
-    let answer = super::anthropic_messages(State(state), Request::from_parts(parts, body)).await;
+    let request = as_anthropic(parts, "bedrock", &v);
+    let answer = super::anthropic_messages(State(state), request).await;
     if !answer.status().is_success() {
         let (status, message) = super::knob_error(answer).await;
         return bedrock_error(status, &message);

@@ -23,18 +23,16 @@ impl Client {
     pub fn reaches_anthropic(&self, model: &str) -> bool {
         let snapshot = self.snapshot();
         let router = &snapshot.router;
-        let serves = |group: &str| {
-            router.route(group).is_some_and(|route| {
-                route
-                    .candidates
-                    .iter()
-                    .any(|&i| router.deployment(i).speaks_anthropic())
-            })
+        let has_one = |candidates: &[usize]| {
+            candidates
+                .iter()
+                .any(|&i| router.deployment(i).speaks_anthropic())
         };
+        let serves = |group: &str| router.route(group).is_some_and(|r| has_one(r.candidates));
         let Some(route) = router.route(model) else {
             return false;
         };
-        if serves(model) {
+        if has_one(route.candidates) {
             return true;
         }
         let settings = router.settings();

@@ -278,16 +278,11 @@ pub const BEDROCK_ANTHROPIC_VERSION: &str = "bedrock-2023-05-31";
 /// the client did not.
 const NATIVE_DEFAULTS: &[&str] = &["max_tokens", "temperature", "top_p", "top_k"];
 
-/// The client's own Anthropic request carried by the internal one, edited in place (never
-/// re-encoded): the deployment's model (or the target's version field), its defaults for what
-/// the client did not set, the gateway's own controls removed, and `metadata` cut to the
-/// `user_id` Anthropic accepts (tags there are the gateway's). `None` when there is none (the
-/// internal request is translated).
-pub fn native_body(
-    request: &RawObject<'_>,
-    target: NativeTarget<'_>,
-    defaults: &Map<String, Value>,
-) -> Result<Option<NativeBody>, GatewayError> {
+/// The client's own Messages body carried by the internal request (`NATIVE_ANTHROPIC`), with
+/// its `anthropic-beta`; `None` when there is none.
+fn carried<'a>(
+    request: &RawObject<'a>,
+) -> Result<Option<(RawObject<'a>, Option<String>)>, GatewayError> {
     let malformed = |e: llmux_types::RawObjectError| {
         invalid(
             format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
@@ -307,6 +302,22 @@ pub fn native_body(
         .flatten()
         .filter(|b| !b.trim().is_empty());
     let body = RawObject::parse(raw_body.get().as_bytes()).map_err(malformed)?;
+    Ok(Some((body, beta)))
+}
+
+/// The client's own Anthropic request carried by the internal one, edited in place (never
+/// re-encoded): the deployment's model (or the target's version field), its defaults for what
+/// the client did not set, the gateway's own controls removed, and `metadata` cut to the
+/// `user_id` Anthropic accepts (tags there are the gateway's). `None` when there is none (the
+/// internal request is translated).
+pub fn native_body(
+    request: &RawObject<'_>,
+    target: NativeTarget<'_>,
+    defaults: &Map<String, Value>,
+) -> Result<Option<NativeBody>, GatewayError> {
+    let Some((body, beta)) = carried(request)? else {
+        return Ok(None);
+    };
     let mut edit = body.edit();
     match target {
         NativeTarget::Anthropic { model } => {
@@ -389,25 +400,9 @@ pub fn count_tokens_body(
     model: &str,
     version: Option<&str>,
 ) -> Result<Option<NativeBody>, GatewayError> {
-    let malformed = |e: llmux_types::RawObjectError| {
-        invalid(
-            format!("malformed {}: {e}", crate::NATIVE_ANTHROPIC),
-            "body",
-        )
-    };
-    let Some(carried) = request.get(crate::NATIVE_ANTHROPIC) else {
+    let Some((body, beta)) = carried(request)? else {
         return Ok(None);
     };
-    let carried = RawObject::parse(carried.get().as_bytes()).map_err(malformed)?;
-    let Some(raw_body) = carried.get("body") else {
-        return Ok(None);
-    };
-    let beta = carried
-        .decode::<String>("beta")
-        .ok()
-        .flatten()
-        .filter(|b| !b.trim().is_empty());
-    let body = RawObject::parse(raw_body.get().as_bytes()).map_err(malformed)?;
     let model_json =
         serde_json::to_vec(model).map_err(|e| GatewayError::internal(e.to_string()))?;
     let mut edit = body.edit().set("model", model_json);

@@ -1134,11 +1134,8 @@ impl StreamTranslator {
         if !matches!(self.open, Some(Open::Reasoning { .. })) {
             self.close(out);
             let index = self.next_index();
-            let item = OutputItem::reasoning(prefixed_id("rs"), None);
-            let OutputItem::Reasoning { id, .. } = &item else {
-                return;
-            };
-            let id = id.clone();
+            let id = prefixed_id("rs");
+            let item = OutputItem::reasoning(id.clone(), None);
             self.event(
                 out,
                 &Event::ItemAdded {

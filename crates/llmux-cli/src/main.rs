@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use llmux_config::{Diagnostic, ProcessEnv};
-use llmux_server::governance::Governance;
+use llmux_governance::Governance;
 use llmux_server::{build_router, AppState};
 
 mod log_escape;

@@ -4,6 +4,7 @@
 
 use axum::http::HeaderMap;
 use llmux_config::Config;
+pub(crate) use llmux_governance::keys::presented_key;
 use llmux_types::{ErrorKind, GatewayError};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -14,32 +15,6 @@ pub fn constant_time_key_eq(presented: &str, expected: &str) -> bool {
     let a = Sha256::digest(presented.as_bytes());
     let b = Sha256::digest(expected.as_bytes());
     a.ct_eq(&b).into()
-}
-
-/// The key a client presented, from whichever header carries it.
-pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
-    if let Some(value) = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let value = value.trim();
-        let key = match value.split_once(' ') {
-            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
-            _ => value,
-        };
-        if !key.is_empty() {
-            return Some(key);
-        }
-    }
-    ["x-api-key", "api-key", "x-litellm-api-key"]
-        .iter()
-        .find_map(|name| {
-            headers
-                .get(*name)
-                .and_then(|v| v.to_str().ok())
-                .map(str::trim)
-                .filter(|k| !k.is_empty())
-        })
 }
 
 /// `Ok` when no master key is configured, or the presented key matches it.

@@ -172,7 +172,7 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
 
 /// The caller's own rate-limit state (its key's, user's or team's tightest window), which
 /// replaces any upstream `x-ratelimit-*` values of the same name.
-pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &crate::governance::limits::Remaining) {
+pub(crate) fn add_rate_limits(h: &mut HeaderMap, r: &llmux_governance::limits::Remaining) {
     let reset = seconds(r.reset_in_ms);
     if let Some((limit, left)) = r.requests {
         h.insert(X_RATELIMIT_LIMIT_REQUESTS, number(limit));

@@ -5,8 +5,8 @@
 mod auth;
 pub mod body;
 mod canned;
-pub mod governance;
 mod headers;
+pub mod management;
 mod messages;
 mod metrics;
 mod models;
@@ -34,8 +34,9 @@ use llmux_types::ErrorKind;
 use serde_json::json;
 
 pub use auth::constant_time_key_eq;
-use governance::keys::Principal;
-use governance::{Governance, RequestFacts};
+use llmux_governance as governance;
+use llmux_governance::keys::Principal;
+use llmux_governance::Governance;
 
 /// How much longer than a cooldown another instance announced this one waits for that
 /// instance's probe verdict before probing the deployment itself.
@@ -173,7 +174,7 @@ pub fn build_router(state: AppState) -> Router {
     // Off the model routes (which check headers inline and answer in the shape themselves),
     // every error leaves in the OpenAI shape, extractor rejections included.
     let shaped = Router::new()
-        .merge(governance::api::routes())
+        .merge(management::routes())
         .route("/v1/models", get(list_models))
         .route("/models", get(list_models))
         .route("/v1/models/{*id}", get(get_model))
@@ -383,7 +384,15 @@ pub(crate) async fn execute(
         parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
         parsed.validate(op)?;
-        let (mut facts, rewritten) = request_facts(request_headers, &parsed, principal)?;
+        let end_user = request_headers
+            .get(headers::X_LITELLM_END_USER_ID)
+            .and_then(|v| v.to_str().ok());
+        let (mut facts, rewritten) = governance::request_facts(
+            &parsed,
+            principal,
+            end_user,
+            headers::tags(request_headers),
+        )?;
         facts.client_request_id = client_request_id;
         input = Some(match rewritten {
             None => &parsed,
@@ -520,88 +529,6 @@ impl Finishing {
             None => out,
         }
     }
-}
-
-/// What admission needs from the body, and the body rewritten when the key aliases its `model`
-/// (the alias applies before routing).
-fn request_facts(
-    headers: &axum::http::HeaderMap,
-    body: &llmux::ParsedBody<'_>,
-    principal: &Principal,
-) -> Result<(RequestFacts, Option<Bytes>), GatewayError> {
-    let request = body.object();
-    let model: String = request.decode("model").ok().flatten().ok_or_else(|| {
-        GatewayError::invalid_request("you must provide a model parameter").with_param("model")
-    })?;
-    let end_user = headers
-        .get(headers::X_LITELLM_END_USER_ID)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| request.decode::<String>("user").ok().flatten())
-        .filter(|u| !u.is_empty());
-    let max_output_tokens = request
-        .decode::<u64>("max_completion_tokens")
-        .ok()
-        .flatten()
-        .or_else(|| request.decode::<u64>("max_tokens").ok().flatten());
-    let mut tags: Vec<String> = request.decode("tags").ok().flatten().unwrap_or_default();
-    if let Some(meta) = request
-        .decode::<serde_json::Value>("metadata")
-        .ok()
-        .flatten()
-    {
-        if let Some(t) = meta.get("tags").and_then(|t| t.as_array()) {
-            tags.extend(t.iter().filter_map(|v| v.as_str()).map(str::to_owned));
-        }
-    }
-    tags.extend(headers::tags(headers));
-    // What a request writes into the spend log is bounded like everything else stored.
-    let control = |t: &str| t.chars().any(char::is_control);
-    if tags.len() > 64 || tags.iter().any(|t| t.len() > 256 || control(t)) {
-        return Err(GatewayError::invalid_request(
-            "at most 64 tags of at most 256 bytes each, without control characters (metadata.tags, tags, x-litellm-tags)",
-        )
-        .with_param("tags"));
-    }
-    if end_user
-        .as_ref()
-        .is_some_and(|u| u.len() > 256 || control(u))
-    {
-        return Err(GatewayError::invalid_request(
-            "`user` must be at most 256 bytes, without control characters",
-        )
-        .with_param("user"));
-    }
-    let choices = request
-        .decode::<u64>("n")
-        .ok()
-        .flatten()
-        .max(request.decode::<u64>("best_of").ok().flatten())
-        .unwrap_or(1);
-    let facts = RequestFacts {
-        client_request_id: None,
-        choices,
-        // A client's own Anthropic body riding along (`/v1/messages`) is the same prompt again.
-        prompt_tokens_estimate: (body.bytes().len().saturating_sub(
-            request
-                .get(llmux::NATIVE_ANTHROPIC)
-                .map_or(0, |raw| raw.get().len()),
-        ) as u64)
-            / 4,
-        max_output_tokens,
-        end_user,
-        tags,
-        model: model.clone(),
-    };
-    if let Some(target) = Governance::alias(principal, &model) {
-        let rewritten = Bytes::from(request.edit().set_str("model", &target).render());
-        let facts = RequestFacts {
-            model: target,
-            ..facts
-        };
-        return Ok((facts, Some(rewritten)));
-    }
-    Ok((facts, None))
 }
 
 fn success_response(

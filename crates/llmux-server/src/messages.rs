@@ -29,7 +29,7 @@ pub async fn messages(State(state): State<AppState>, request: Request) -> Respon
         // The model as routed: a key's alias applies before routing.
         let principal = checked.principal.as_ref();
         let converted = anthropic::chat_request_routed(&checked.body, beta, |model| {
-            let aliased = principal.and_then(|p| crate::governance::Governance::alias(p, model));
+            let aliased = principal.and_then(|p| llmux_governance::Governance::alias(p, model));
             state
                 .client
                 .reaches_anthropic(aliased.as_deref().unwrap_or(model))
@@ -84,7 +84,7 @@ pub async fn count_tokens(State(state): State<AppState>, request: Request) -> Re
         }
         let converted = anthropic::chat_request(request.to_string().as_bytes(), beta)?;
         if let Some(p) = &principal {
-            crate::governance::check_model_access(&state.client, p, &converted.model)?;
+            llmux_governance::check_model_access(&state.client, p, &converted.model)?;
         }
         Ok::<_, GatewayError>(converted)
     })();

@@ -9,7 +9,7 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
-use crate::governance::Governance;
+use llmux_governance::Governance;
 
 /// Reads the gateway's counters at scrape time.
 #[derive(Debug)]

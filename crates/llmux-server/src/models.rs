@@ -6,7 +6,10 @@ use llmux_store::{Kind, ListFilter, Object};
 use llmux_types::GatewayError;
 use serde_json::{json, Map, Value};
 
-use crate::governance::store_error;
+use axum::extract::State;
+use llmux_governance::manage::{self, missing, not_found, require_admin, text};
+
+use crate::management::{Answer, Caller, JsonBody, Refusal, Reply};
 use crate::AppState;
 
 /// `litellm_params` keys whose values are secrets: never returned by `/model/info`.
@@ -122,11 +125,7 @@ pub(crate) async fn apply_db_models_locked(state: &AppState) -> Result<(), Gatew
     let Some(gov) = &state.governance else {
         return Ok(());
     };
-    let stored = gov
-        .store
-        .list(Kind::Model, &ListFilter::default())
-        .await
-        .map_err(|e| store_error(&e))?;
+    let stored = gov.store.list(Kind::Model, &ListFilter::default()).await?;
     let config = merged(&state.base_config.load(), &stored)?;
     let diags = state
         .client
@@ -183,4 +182,131 @@ pub fn all_models(state: &AppState) -> Vec<Value> {
             json!({"model_name": d.model_name, "litellm_params": params, "model_info": info})
         })
         .collect()
+}
+
+// ---------- the /model/* routes ----------
+
+pub async fn model_new(
+    State(s): State<AppState>,
+    Caller(c): Caller,
+    JsonBody(req): JsonBody,
+) -> Reply {
+    let manage::Caller { gov, principal: p } = c;
+    require_admin(&p, "add models")?;
+    let name = text(&req, "model_name").ok_or_else(|| missing("model_name"))?;
+    let params = req
+        .get("litellm_params")
+        .filter(|v| v.get("model").is_some())
+        .ok_or_else(|| missing("litellm_params.model"))?;
+    let id = req
+        .get("model_info")
+        .and_then(|m| m.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut info = req
+        .get("model_info")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    info.insert("id".into(), json!(id));
+    info.insert("db_model".into(), json!(true));
+    let mut doc = Map::new();
+    doc.insert("model_name".into(), json!(name));
+    doc.insert("litellm_params".into(), params.clone());
+    doc.insert("model_info".into(), Value::Object(info));
+    let obj = Object::new(Kind::Model, id.clone(), doc);
+    check_model(&obj, &s.base_config.load())?;
+    if !gov.store.insert(&obj).await? {
+        return Err(Refusal(
+            GatewayError::invalid_request(format!("Model `{id}` already exists."))
+                .with_code("already_exists"),
+        ));
+    }
+    apply_db_models(&s).await?;
+    gov.invalidate(Kind::Model, &obj.id);
+    Ok(Answer(model_view(&obj.data)))
+}
+
+pub async fn model_update(
+    State(s): State<AppState>,
+    Caller(c): Caller,
+    JsonBody(req): JsonBody,
+) -> Reply {
+    let manage::Caller { gov, principal: p } = c;
+    require_admin(&p, "update models")?;
+    let id = req
+        .get("model_info")
+        .and_then(|m| m.get("id"))
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .or_else(|| text(&req, "model_id"))
+        .ok_or_else(|| missing("model_info.id"))?;
+    let mut obj = gov
+        .store
+        .get(Kind::Model, &id)
+        .await?
+        .ok_or_else(|| not_found("Model", &id))?;
+    if let Some(n) = text(&req, "model_name") {
+        obj.data.insert("model_name".into(), json!(n));
+    }
+    for section in ["litellm_params", "model_info"] {
+        if let Some(Value::Object(changes)) = req.get(section) {
+            let target = obj.data.entry(section).or_insert_with(|| json!({}));
+            if let Some(t) = target.as_object_mut() {
+                for (k, v) in changes {
+                    t.insert(k.clone(), v.clone());
+                }
+            }
+        }
+    }
+    obj.sync_columns();
+    check_model(&obj, &s.base_config.load())?;
+    gov.store.update(&obj, false).await?;
+    apply_db_models(&s).await?;
+    gov.invalidate(Kind::Model, &obj.id);
+    Ok(Answer(model_view(&obj.data)))
+}
+
+pub async fn model_delete(
+    State(s): State<AppState>,
+    Caller(c): Caller,
+    JsonBody(req): JsonBody,
+) -> Reply {
+    let manage::Caller { gov, principal: p } = c;
+    require_admin(&p, "delete models")?;
+    let id = text(&req, "id").ok_or_else(|| missing("id"))?;
+    if gov
+        .store
+        .delete(Kind::Model, std::slice::from_ref(&id))
+        .await?
+        == 0
+    {
+        return Err(not_found("Model", &id).into());
+    }
+    apply_db_models(&s).await?;
+    gov.invalidate(Kind::Model, &id);
+    Ok(Answer(
+        json!({"message": format!("Model: {id} deleted successfully")}),
+    ))
+}
+
+pub async fn model_info(State(s): State<AppState>, Caller(c): Caller) -> Reply {
+    let p = c.principal;
+    let mut models = all_models(&s);
+    if !p.role.is_admin() {
+        // A user sees the deployments of the models they may use, without where
+        // they are served from or how.
+        models.retain(|m| {
+            m.get("model_name")
+                .and_then(Value::as_str)
+                .is_some_and(|name| llmux_governance::may_use_model(&s.client, &p, name))
+        });
+        for m in &mut models {
+            if let Some(params) = m.get_mut("litellm_params").and_then(Value::as_object_mut) {
+                params.retain(|k, _| k == "model");
+            }
+        }
+    }
+    Ok(Answer(json!({"data": models})))
 }

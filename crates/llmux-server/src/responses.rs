@@ -17,8 +17,8 @@ use llmux::{ErrorKind, GatewayError, Operation, ResponseBody};
 use llmux_store::{Store, StoredResponse};
 use serde_json::{json, Value};
 
-use crate::governance::keys::{Principal, Role};
 use crate::{error_response, execute, model_route, AppState};
+use llmux_governance::keys::{Principal, Role};
 
 /// Who owns what a caller stores: its key's hash (empty for the master key).
 fn owner_of(principal: Option<&Principal>) -> String {
@@ -51,11 +51,7 @@ async fn load(
             "Stored responses need the gateway's database (set a master key).",
         )
     })?;
-    let stored = store
-        .get_response(id)
-        .await
-        .map_err(|e| crate::governance::store_error(&e))?
-        .ok_or_else(|| not_found(id))?;
+    let stored = store.get_response(id).await?.ok_or_else(|| not_found(id))?;
     let admin = principal.is_some_and(|p| p.role == Role::ProxyAdmin);
     if stored.owner != owner_of(principal) && !admin {
         return Err(not_found(id));
@@ -100,11 +96,7 @@ async fn conversation(
         }
         let Some(store) = store_of(state) else { break };
         // An expired or deleted earlier turn ends the history there.
-        match store
-            .get_response(&previous)
-            .await
-            .map_err(|e| crate::governance::store_error(&e))?
-        {
+        match store.get_response(&previous).await? {
             Some(next) if next.owner == owner => stored = next,
             _ => break,
         }
@@ -321,10 +313,7 @@ pub async fn delete(
 ) -> Response {
     stored_route(&state, &id, &headers, &uri, |_| async {
         if let Some(store) = store_of(&state) {
-            store
-                .delete_response(&id)
-                .await
-                .map_err(|e| crate::governance::store_error(&e))?;
+            store.delete_response(&id).await?;
         }
         Ok(json!({"id": id, "object": "response.deleted", "deleted": true}))
     })

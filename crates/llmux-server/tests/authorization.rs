@@ -1,4 +1,4 @@
-//! The authorization matrix: every management route (`governance::api::ROUTES`, from which the
+//! The authorization matrix: every management route (`management::ROUTES`, from which the
 //! router itself is built) x every role x whose object it touches, from one table. A route or
 //! method missing from the table fails the test, so a new route cannot ship without its row.
 //! Below it, the escalations found by probing (issue 17) replayed end to end.
@@ -10,7 +10,7 @@ mod common;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use common::{start_governed, Db, Harness, MASTER};
-use llmux_server::governance::api::ROUTES;
+use llmux_server::management::ROUTES;
 use serde_json::{json, Value};
 
 const MODELS: &str = r#"

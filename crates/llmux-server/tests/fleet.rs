@@ -7,8 +7,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use llmux_server::governance::shared::SharedState;
-use llmux_server::governance::Governance;
+use llmux_governance::shared::SharedState;
+use llmux_governance::Governance;
 use llmux_server::{build_router, AppState};
 use serde_json::{json, Value};
 
@@ -112,10 +112,11 @@ async fn fleet_on(
         let config = loaded.config.clone();
         let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap();
         let store = llmux_store::Store::open(&db).await.unwrap();
-        let gov = Governance::with_store(store, &config, Arc::new(llmux_store::now_ms));
+        let mut builder = Governance::builder(store, &config);
         if let Some((redis, deadline)) = redis {
-            gov.use_shared_state(SharedState::connect(redis, deadline).await.unwrap());
+            builder = builder.fleet(SharedState::connect(redis, deadline).await.unwrap());
         }
+        let gov = builder.build();
         gov.follow_changes();
         let state = AppState::new(client)
             .with_governance(Arc::clone(&gov))
@@ -669,7 +670,7 @@ async fn reservations_are_released_on_failure_and_on_client_disconnect() {
         .unwrap();
     let owner = (
         llmux_store::Kind::Key,
-        llmux_server::governance::keys::hash_key(&sk),
+        llmux_governance::keys::hash_key(&sk),
     );
     let reserved = || async {
         state.spend(std::slice::from_ref(&owner)).await.unwrap()[0].map_or(0.0, |(_, r)| r)
@@ -693,9 +694,9 @@ async fn reservations_are_released_on_failure_and_on_client_disconnect() {
 /// that died, which expire.
 #[tokio::test]
 async fn the_admission_script_handles_windows_periods_and_dead_instances() {
-    use llmux_server::governance::budget::BudgetCheck;
-    use llmux_server::governance::limits::Limits;
-    use llmux_server::governance::shared::{Refusal, SharedState};
+    use llmux_governance::budget::BudgetCheck;
+    use llmux_governance::limits::Limits;
+    use llmux_governance::shared::{Refusal, SharedState};
     use llmux_store::Kind;
     let state = SharedState::connect(&redis_url(), Duration::from_secs(2))
         .await
@@ -798,7 +799,7 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     assert!((reserved(Arc::clone(&state), owner.clone()).await - 0.6).abs() < 1e-9);
     // Settling it: the reservation goes, the cost counts; settling it again gives nothing more.
     for _ in 0..2 {
-        state.release(llmux_server::governance::shared::Settlement {
+        state.release(llmux_governance::shared::Settlement {
             scopes: &[],
             budgets: std::slice::from_ref(&owner),
             request_id: "d4",
@@ -827,7 +828,7 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     assert!(admitted(&state.acquire(&[], &lost, 0.5, "l1", now).await));
     state.forget(Kind::Key, &lost_owner.1).await; // Redis lost it
     assert!(admitted(&state.acquire(&[], &lost, 0.3, "l2", now).await));
-    state.release(llmux_server::governance::shared::Settlement {
+    state.release(llmux_governance::shared::Settlement {
         scopes: &[],
         budgets: std::slice::from_ref(&lost_owner),
         request_id: "l1",
@@ -852,7 +853,7 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     assert!(admitted(&other.acquire(&[], &orphan, 0.4, "o1", now).await));
     assert!(admitted(&other.acquire(&[], &orphan, 0.4, "o2", now).await));
     // o1 settles normally; o2 is still in flight.
-    other.release(llmux_server::governance::shared::Settlement {
+    other.release(llmux_governance::shared::Settlement {
         scopes: &[],
         budgets: std::slice::from_ref(&orphan_owner),
         request_id: "o1",
@@ -886,7 +887,7 @@ async fn the_admission_script_handles_windows_periods_and_dead_instances() {
             < 1e-9
     );
     // Its settlement, when it comes, gives nothing back twice.
-    other.release(llmux_server::governance::shared::Settlement {
+    other.release(llmux_governance::shared::Settlement {
         scopes: &[],
         budgets: std::slice::from_ref(&orphan_owner),
         request_id: "o2",

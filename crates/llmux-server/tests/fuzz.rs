@@ -1,5 +1,5 @@
 //! Fuzzing the management API by property at scale: arbitrary JSON (and bytes) to every route
-//! of `governance::api::ROUTES`, as the master key and as an internal user, never earns a 5xx
+//! of `management::ROUTES`, as the master key and as an internal user, never earns a 5xx
 //! and every refusal has the OpenAI error shape. Cases: `LLMUX_FUZZ_CASES` (64 by default;
 //! `scripts/test.sh` runs a larger batch).
 
@@ -8,7 +8,7 @@
 mod common;
 
 use common::{start_governed, Db, Harness, MASTER};
-use llmux_server::governance::api::ROUTES;
+use llmux_server::management::ROUTES;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 

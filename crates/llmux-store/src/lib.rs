@@ -41,6 +41,20 @@ pub enum StoreError {
 
 pub type Result<T> = std::result::Result<T, StoreError>;
 
+/// What a client sees when the database fails: a 503 to retry, with the cause logged here (never
+/// sent: it may name tables, hosts or values).
+impl From<StoreError> for llmux_types::GatewayError {
+    fn from(e: StoreError) -> Self {
+        tracing::error!(error = %e, "database error");
+        llmux_types::GatewayError::new(
+            llmux_types::ErrorKind::UpstreamUnavailable,
+            "The database is unavailable; try again.",
+        )
+        .with_code("database_unavailable")
+        .with_status(503)
+    }
+}
+
 /// A Responses API answer kept for `GET /v1/responses/{id}` and `previous_response_id`; the
 /// JSON documents as text.
 #[derive(Debug, Clone, PartialEq)]

@@ -22,6 +22,7 @@ mod delivered;
 mod deployment;
 pub mod dialect;
 mod execute;
+mod gate;
 mod log;
 mod native_anthropic;
 pub mod pricing;
@@ -43,6 +44,7 @@ use llmux_router::{InMemoryStats, Router, StatsStore};
 
 pub use delivered::DeliveredText;
 pub use execute::ParsedBody;
+pub use gate::{Admitted, Gate};
 pub use llmux_config as config;
 pub use llmux_providers::{Operation, NATIVE_ANTHROPIC};
 pub use llmux_router as router;
@@ -243,12 +245,113 @@ struct Inner {
     clients: upstream::ClientPool,
     stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
+    gate: Option<Arc<dyn Gate>>,
 }
 
 /// The gateway core, usable in-process. Cheap to clone.
 #[derive(Clone)]
 pub struct Client {
     inner: Arc<Inner>,
+    /// Requests through this handle are admitted by the gate as this key's
+    /// ([`Client::with_api_key`]); `None`: the operator's own requests, not governed.
+    api_key: Option<Arc<str>>,
+}
+
+/// Builds a [`Client`]: its configuration, where provider keys are read from, where the
+/// router's state lives, and the governance requests made with an API key go through.
+///
+/// ```
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// use llmux::types::openai::{ChatCompletionRequest, ChatMessage};
+/// let loaded = llmux::config::load_str(
+///     "model_list: [{model_name: demo, litellm_params: {model: mock/demo, mock_response: pong}}]",
+///     &llmux::config::ProcessEnv,
+/// )
+/// .map_err(llmux::ConfigErrors)?;
+/// let stats = std::sync::Arc::new(llmux::router::InMemoryStats::default());
+/// let (client, _warnings) = llmux::Client::builder(loaded.config).stats_store(stats).build()?;
+/// let request = ChatCompletionRequest::new("demo", vec![ChatMessage::user("ping")]);
+/// assert_eq!(client.chat(&request).await?.text(), "pong");
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// # }).unwrap();
+/// ```
+pub struct ClientBuilder<'e> {
+    config: Config,
+    env: &'e dyn EnvSource,
+    stats: Option<Arc<dyn StatsStore>>,
+    gate: Option<Arc<dyn Gate>>,
+}
+
+impl std::fmt::Debug for ClientBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("deployments", &self.config.deployments.len())
+            .field("gate", &self.gate.is_some())
+            .finish()
+    }
+}
+
+impl<'e> ClientBuilder<'e> {
+    /// Read provider keys and `os.environ/` references from `env` instead of the process
+    /// environment.
+    pub fn env<'n>(self, env: &'n dyn EnvSource) -> ClientBuilder<'n> {
+        ClientBuilder {
+            config: self.config,
+            env,
+            stats: self.stats,
+            gate: self.gate,
+        }
+    }
+
+    /// Where deployments' health, latency and usage live (`InMemoryStats` by default).
+    pub fn stats_store(mut self, stats: Arc<dyn StatsStore>) -> Self {
+        self.stats = Some(stats);
+        self
+    }
+
+    /// Govern requests made through [`Client::with_api_key`] handles with `gate`
+    /// (`llmux_governance::Governance::gate()`).
+    pub fn gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
+    }
+
+    /// The client, and the warnings found while building its routing table.
+    pub fn build(self) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
+        let clients = upstream::ClientPool::default();
+        let stats = self
+            .stats
+            .unwrap_or_else(|| Arc::new(InMemoryStats::default()));
+        let pricing = Arc::new(pricing::Pricing::default());
+        let buffers = Arc::new(upstream::BufferBudget::default());
+        let cooldowns = Arc::new(Cooldowns::default());
+        let (snapshot, diags) = build_snapshot(
+            self.config,
+            self.env,
+            &clients,
+            stats.as_ref(),
+            &pricing,
+            &buffers,
+            &cooldowns,
+        )?;
+        let inner = Inner {
+            snapshot: ArcSwap::from_pointee(snapshot),
+            pricing,
+            buffers,
+            cooldowns,
+            clients,
+            stats,
+            logs: log::LogEmitter::new(),
+            gate: self.gate,
+        };
+        Ok((
+            Client {
+                inner: Arc::new(inner),
+                api_key: None,
+            },
+            diags,
+        ))
+    }
 }
 
 impl std::fmt::Debug for Client {
@@ -270,35 +373,27 @@ impl Client {
         config: Config,
         env: &dyn EnvSource,
     ) -> Result<(Client, Vec<Diagnostic>), ConfigErrors> {
-        let clients = upstream::ClientPool::default();
-        let stats: Arc<dyn StatsStore> = Arc::new(InMemoryStats::default());
-        let pricing = Arc::new(pricing::Pricing::default());
-        let buffers = Arc::new(upstream::BufferBudget::default());
-        let cooldowns = Arc::new(Cooldowns::default());
-        let (snapshot, diags) = build_snapshot(
+        Self::builder(config).env(env).build()
+    }
+
+    /// A builder, for a client with its own router state store or with governance.
+    pub fn builder(config: Config) -> ClientBuilder<'static> {
+        ClientBuilder {
             config,
-            env,
-            &clients,
-            stats.as_ref(),
-            &pricing,
-            &buffers,
-            &cooldowns,
-        )?;
-        let inner = Inner {
-            snapshot: ArcSwap::from_pointee(snapshot),
-            pricing,
-            buffers,
-            cooldowns,
-            clients,
-            stats,
-            logs: log::LogEmitter::new(),
-        };
-        Ok((
-            Client {
-                inner: Arc::new(inner),
-            },
-            diags,
-        ))
+            env: &ProcessEnv,
+            stats: None,
+            gate: None,
+        }
+    }
+
+    /// A handle whose requests are made with `api_key`: the client's gate authenticates it and
+    /// admits each request against the key's models, budgets and limits, and records its spend,
+    /// as the HTTP server does. Without a gate such requests are refused.
+    pub fn with_api_key(&self, api_key: impl Into<Arc<str>>) -> Client {
+        Client {
+            inner: Arc::clone(&self.inner),
+            api_key: Some(api_key.into()),
+        }
     }
 
     /// Build from LiteLLM-style YAML text (warnings are logged).
@@ -353,6 +448,10 @@ impl Client {
         body: bytes::Bytes,
         options: RequestOptions,
     ) -> Result<GatewayResponse, GatewayError> {
+        if self.api_key.is_some() {
+            let parsed = ParsedBody::parse(&body)?;
+            return self.execute_parsed(op, &parsed, options).await;
+        }
         let snapshot = self.snapshot();
         let input = execute::Input::Raw(body);
         execute::execute(&self.inner.logs, snapshot, op, input, options).await
@@ -364,8 +463,27 @@ impl Client {
         &self,
         op: Operation,
         body: &ParsedBody<'_>,
-        options: RequestOptions,
+        mut options: RequestOptions,
     ) -> Result<GatewayResponse, GatewayError> {
+        if let Some(key) = &self.api_key {
+            let Some(gate) = &self.inner.gate else {
+                return Err(GatewayError::new(
+                    ErrorKind::Authentication,
+                    "This client has no governance to admit API keys (ClientBuilder::gate).",
+                )
+                .with_code("governance_disabled"));
+            };
+            // A malformed request is refused before it counts against budgets and limits.
+            body.validate(op)?;
+            let admitted = gate.admit(self, key, op, body).await?;
+            options.hook = Some(admitted.hook);
+            if let Some(rewritten) = admitted.body {
+                let reparsed = ParsedBody::parse(&rewritten)?;
+                let input = execute::Input::Parsed(&reparsed);
+                return execute::execute(&self.inner.logs, self.snapshot(), op, input, options)
+                    .await;
+            }
+        }
         let snapshot = self.snapshot();
         let input = execute::Input::Parsed(body);
         execute::execute(&self.inner.logs, snapshot, op, input, options).await

@@ -13,7 +13,7 @@ pub struct Harness {
     /// Gateway base URL, e.g. `http://127.0.0.1:1234`.
     pub url: String,
     /// Keys, budgets and spend (`start_governed` only).
-    pub gov: Option<Arc<llmux_server::governance::Governance>>,
+    pub gov: Option<Arc<llmux_governance::Governance>>,
     /// The governed harness's clock (unix ms), movable by tests.
     pub clock: Arc<std::sync::atomic::AtomicI64>,
     /// Mock base URL including `/v1`.
@@ -205,11 +205,11 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
     let store = llmux_store::Store::open(&url).await.unwrap();
     let clock = Arc::new(std::sync::atomic::AtomicI64::new(llmux_store::now_ms()));
     let c = Arc::clone(&clock);
-    let gov = llmux_server::governance::Governance::with_store(
-        store,
-        &config,
-        Arc::new(move || c.load(std::sync::atomic::Ordering::SeqCst)),
-    );
+    let gov = llmux_governance::Governance::builder(store, &config)
+        .clock(Arc::new(move || {
+            c.load(std::sync::atomic::Ordering::SeqCst)
+        }))
+        .build();
     let state = AppState::new(client.clone())
         .with_governance(Arc::clone(&gov))
         .await

@@ -5,11 +5,13 @@
 //! limiter, one spend record to the background writer. The management API (`api.rs`) edits
 //! the same objects in the store.
 
-pub mod api;
 pub mod budget;
 pub mod keys;
 pub mod limits;
+pub mod manage;
+pub mod policy;
 pub mod shared;
+pub mod state;
 pub mod writer;
 
 use std::collections::HashSet;
@@ -17,17 +19,20 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::http::HeaderMap;
-use llmux::{Client, RequestHook, RequestLog};
+use bytes::Bytes;
+use http::HeaderMap;
+use llmux::{Client, Operation, RequestHook, RequestLog};
 use llmux_config::Config;
-use llmux_store::{Backend, Kind, Object, SpendRecord, Store};
+use llmux_store::{Backend, Kind, SpendRecord, Store};
 use llmux_types::{ErrorKind, GatewayError};
 use serde_json::{json, Value};
 use subtle::ConstantTimeEq;
 
 use budget::{BudgetCheck, Ledger, Period, DEFAULT_OUTPUT_ESTIMATE};
-use keys::{digest_hex, key_digest, strings, Principal, Role};
+use keys::{digest_hex, key_digest, Principal, Role};
 use limits::{InMemoryLimiter, LimitExceeded, Limits, RateLimiter, Remaining};
+use policy::{Governed, RateLimits};
+use state::{Claim, Counters, Done, FleetCounters, Held, LocalCounters};
 use writer::SpendWriter;
 
 /// How long a key or owner lookup is trusted before it is read again (changes made through
@@ -35,11 +40,11 @@ use writer::SpendWriter;
 const LOOKUP_TTL: Duration = Duration::from_secs(5);
 
 /// One object cache (see `Governance::objects`); `KINDS` is the number of `Kind`s.
-type ObjectCache = moka::sync::Cache<String, Option<Arc<Object>>, foldhash::fast::RandomState>;
+type ObjectCache = moka::sync::Cache<String, Option<Arc<Governed>>, foldhash::fast::RandomState>;
 const KINDS: usize = 7;
 
 /// One database read of an object, shared by the lookups that wait for it.
-type Lookup = tokio::sync::OnceCell<Option<Arc<Object>>>;
+type Lookup = tokio::sync::OnceCell<Option<Arc<Governed>>>;
 
 /// How long shutdown waits for requests still running to settle.
 const SETTLE_GRACE: Duration = Duration::from_secs(3);
@@ -49,12 +54,12 @@ pub type Clock = Arc<dyn Fn() -> i64 + Send + Sync>;
 
 pub struct Governance {
     pub store: Store,
+    /// This instance's view of spend (stored + settled but unwritten + reserved): the local
+    /// counters' budgets, which the spend writer moves into the stored figure.
     pub ledger: Arc<Ledger>,
-    pub limiter: Arc<dyn RateLimiter>,
-    /// The fleet's Redis state (rate limits and budgets), when one is configured
-    /// (`router_settings.redis_*`); the in-process `limiter` and `ledger` count when it is
-    /// not, or while Redis does not answer.
-    shared: std::sync::OnceLock<Arc<shared::SharedState>>,
+    /// Where rate limits and budgets are counted: in this process, or (a fleet with
+    /// `router_settings.redis_*`) in Redis with this process as the fallback.
+    counters: Arc<dyn Counters>,
     on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     on_cooldown: std::sync::OnceLock<llmux::CooldownObserver>,
     on_recovery: std::sync::OnceLock<llmux::RecoveryObserver>,
@@ -113,15 +118,14 @@ pub struct Admission {
     principal: Principal,
     owners: Vec<(Kind, String)>,
     scopes: Vec<Limits>,
-    /// The id its limits were counted under in Redis (`None`: counted in this process).
-    shared_id: Option<String>,
+    checks: Vec<BudgetCheck>,
+    /// What it holds on the counters.
+    held: Held,
     estimate: f64,
     /// The budgets this request counts against (owner, max budget).
     budgets: Vec<((Kind, String), f64)>,
-    /// Redis refused to grow this stream's reservation: the next step ends it.
+    /// The fleet refused to grow this stream's reservation: the next step ends it.
     fleet_refused_more: Arc<AtomicBool>,
-    /// A budget it counts against was near its end at admission: settle in Redis at once.
-    settle_urgently: bool,
     price: EstimatePrice,
     /// Reserved while streaming beyond `estimate` (bits of an f64).
     extra_reserved: AtomicU64,
@@ -150,27 +154,24 @@ impl Governance {
             .await
             .map_err(|e| format!("cannot open the database: {e}"))?;
         tracing::info!(backend = ?store.backend(), "governance store ready");
-        let clock: Clock = Arc::new(llmux_store::now_ms);
-        let gov = Self::with_store(store, config, clock);
+        let mut builder = Governance::builder(store, config);
         if let Some(url) = config.redis_url(&llmux_config::ProcessEnv) {
             let state = shared::SharedState::connect(&url, config.redis_deadline).await?;
             tracing::info!("rate limits and budgets are shared through redis");
-            gov.use_shared_state(state);
+            builder = builder.fleet(state);
         }
+        let gov = builder.build();
         gov.spawn_budget_resets();
         gov.follow_changes();
         Ok(gov)
     }
 
-    /// Count rate limits and budgets through the fleet's Redis from now on, and hear about the objects
-    /// other instances change. `on_models_changed` runs when another instance changed the
-    /// database's models (the server reloads its routing table then).
-    pub fn use_shared_state(self: &Arc<Self>, state: Arc<shared::SharedState>) {
-        if self.shared.set(Arc::clone(&state)).is_err() {
-            return;
-        }
+    /// Hear about the objects other instances of the fleet change, the deployments they cool
+    /// down and the probes that found one healthy. `on_models_changed` runs when another
+    /// instance changed the database's models (the server reloads its routing table then).
+    fn listen_to_fleet(self: &Arc<Self>, state: &Arc<shared::SharedState>) {
         let gov = Arc::downgrade(self);
-        let shared = Arc::downgrade(&state);
+        let shared = Arc::downgrade(state);
         state.listen(move |message| {
             let (Some(gov), Some(state)) = (gov.upgrade(), shared.upgrade()) else {
                 return;
@@ -278,96 +279,52 @@ impl Governance {
 
     /// The fleet's shared state, if one is in use.
     pub fn shared_state(&self) -> Option<&Arc<shared::SharedState>> {
-        self.shared.get()
+        self.counters.fleet()
     }
 
     /// An owner's settled spend (the fleet's, with Redis) and what its requests in flight
     /// have reserved; this instance's view when Redis does not answer.
     pub async fn spend_and_reserved(&self, owner: &(Kind, String)) -> (f64, f64) {
-        let local = self.ledger.spend_and_reserved(owner);
-        if let Some(state) = self.shared.get() {
-            if let Ok(rows) = state.spend(std::slice::from_ref(owner)).await {
-                if let Some(Some((spend, reserved))) = rows.first() {
-                    return (spend.max(local.0), reserved.max(0.0));
-                }
-            }
+        match self
+            .counters
+            .spend(std::slice::from_ref(owner))
+            .await
+            .first()
+        {
+            Some(Some(row)) => *row,
+            _ => self.ledger.spend_and_reserved(owner),
         }
-        local
     }
 
-    /// The settled spend of each owner as the fleet counts it (Redis), else as this instance
-    /// does; `None` where neither tracks it (the database's value stands).
+    /// The settled spend of each owner as the counters know it (the fleet's with Redis);
+    /// `None` where they do not track it (the database's value stands).
     pub async fn live_spend(&self, owners: &[(Kind, String)]) -> Vec<Option<f64>> {
-        let mut out: Vec<Option<f64>> = owners.iter().map(|o| self.ledger.spend(o)).collect();
-        if let Some(state) = self.shared.get() {
-            if let Ok(rows) = state.spend(owners).await {
-                for (slot, row) in out.iter_mut().zip(rows) {
-                    if let Some((spend, _)) = row {
-                        *slot = Some(slot.map_or(spend, |s| s.max(spend)));
-                    }
-                }
-            }
-        }
-        out
+        let rows = self.counters.spend(owners).await;
+        rows.into_iter().map(|r| r.map(|(s, _)| s)).collect()
     }
 
     /// An administrator set an owner's spend, or its budget period changed: every instance
     /// counts from `spend` now.
     pub async fn set_spend(&self, kind: Kind, id: &str, spend: f64, reset_at: Option<i64>) {
-        self.ledger.reset(&(kind, id.to_owned()), spend, reset_at);
-        if let Some(state) = self.shared.get() {
-            state.set_spend(kind, id, spend, reset_at).await;
-        }
+        self.counters.set_spend(kind, id, spend, reset_at).await;
     }
 
     /// An owner was deleted: forget what this instance and the fleet counted for it.
     pub async fn forget_spend(&self, kind: Kind, id: &str) {
-        self.ledger.forget(&(kind, id.to_owned()));
-        if let Some(state) = self.shared.get() {
-            state.forget(kind, id).await;
-        }
+        self.counters.forget(kind, id).await;
     }
 
-    pub fn with_store(store: Store, config: &Config, clock: Clock) -> Arc<Governance> {
-        let ledger = Arc::new(Ledger::default());
-        let durable = config.spend_log_durability == llmux_config::SpendDurability::Sync;
-        let writer = SpendWriter::start_with(
-            store.clone(),
-            Arc::clone(&ledger),
-            config.spend_queue_capacity,
-            config.disable_spend_logs,
-            durable,
-        );
-        Arc::new(Governance {
+    /// Governance on `store` with `config`'s settings: pick the clock and where limits and
+    /// budgets are counted, then `build`.
+    pub fn builder(store: Store, config: &Config) -> GovernanceBuilder<'_> {
+        GovernanceBuilder {
             store,
-            ledger,
-            limiter: Arc::new(InMemoryLimiter::default()),
-            shared: std::sync::OnceLock::new(),
-            on_models_changed: std::sync::OnceLock::new(),
-            on_cooldown: std::sync::OnceLock::new(),
-            on_recovery: std::sync::OnceLock::new(),
-            writer,
-            master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
-            objects: std::array::from_fn(|_| {
-                moka::sync::Cache::builder()
-                    .max_capacity(100_000)
-                    .time_to_live(LOOKUP_TTL)
-                    .build_with_hasher(foldhash::fast::RandomState::default())
-            }),
-            loading: Mutex::default(),
-            lookups: std::sync::atomic::AtomicU64::new(0),
-            clock,
-            alert_webhook: config.alert_webhook_url.clone(),
-            stream_cutoff: config.budget_stream_cutoff,
-            durable,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap_or_default(),
-            alerted: Mutex::new(HashSet::new()),
-            stopping: AtomicBool::new(false),
-            in_flight: std::sync::atomic::AtomicU64::new(0),
-        })
+            config,
+            clock: Arc::new(llmux_store::now_ms),
+            limiter: None,
+            fleet: None,
+            counters: None,
+        }
     }
 
     pub fn now(&self) -> i64 {
@@ -375,7 +332,11 @@ impl Governance {
     }
 
     /// An object, through the short-lived cache.
-    pub async fn object(&self, kind: Kind, id: &str) -> Result<Option<Arc<Object>>, GatewayError> {
+    pub async fn object(
+        &self,
+        kind: Kind,
+        id: &str,
+    ) -> Result<Option<Arc<Governed>>, GatewayError> {
         if let Some(hit) = self.cache(kind).get(id) {
             return Ok(hit);
         }
@@ -395,9 +356,8 @@ impl Governance {
                 Ok::<_, GatewayError>(
                     self.store
                         .get(kind, id)
-                        .await
-                        .map_err(|e| store_error(&e))?
-                        .map(Arc::new),
+                        .await?
+                        .map(|o| Arc::new(Governed::new(o))),
                 )
             })
             .await
@@ -427,7 +387,7 @@ impl Governance {
     /// Forget cached copies after a change.
     pub fn invalidate(&self, kind: Kind, id: &str) {
         self.forget_cached(kind, id);
-        if let Some(shared) = self.shared.get() {
+        if let Some(shared) = self.counters.fleet() {
             shared.publish_invalidation(format!("{}:{id}", kind.as_str()));
         }
         if self.store.backend() == Backend::Postgres {
@@ -467,13 +427,18 @@ impl Governance {
     /// Who is calling: the master key, or a virtual key that is not blocked or expired and whose
     /// team is not blocked.
     pub async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, GatewayError> {
-        let Some(presented) = crate::auth::presented_key(headers) else {
+        let Some(presented) = keys::presented_key(headers) else {
             return Err(GatewayError::new(
                 ErrorKind::Authentication,
                 "No API key provided. Send it as `Authorization: Bearer <key>` or `x-api-key: <key>`.",
             )
             .with_code("missing_api_key"));
         };
+        self.authenticate_key(presented).await
+    }
+
+    /// Who is calling with `presented` (see `authenticate`).
+    pub async fn authenticate_key(&self, presented: &str) -> Result<Principal, GatewayError> {
         // One digest serves both the constant-time master-key comparison and the key lookup.
         let digest = key_digest(presented);
         if let Some(master) = &self.master_digest {
@@ -489,14 +454,14 @@ impl Governance {
             .object(Kind::Key, &digest_hex(&digest))
             .await?
             .ok_or_else(invalid)?;
-        if key.data.get("blocked").and_then(Value::as_bool) == Some(true) {
+        if key.policy.blocked {
             return Err(
                 GatewayError::new(ErrorKind::Authentication, "This key is blocked.")
                     .with_code("key_blocked"),
             );
         }
-        if let Some(expires) = key.data.get("expires").and_then(Value::as_str) {
-            if parse_time(expires).is_some_and(|t| t <= self.now()) {
+        if let Some((at, expires)) = &key.policy.expires {
+            if *at <= self.now() {
                 return Err(GatewayError::new(
                     ErrorKind::Authentication,
                     format!("This key expired at {expires}."),
@@ -512,10 +477,7 @@ impl Governance {
             Some(id) => self.object(Kind::Team, id).await?,
             None => None,
         };
-        if team
-            .as_ref()
-            .is_some_and(|t| t.data.get("blocked").and_then(Value::as_bool) == Some(true))
-        {
+        if team.as_ref().is_some_and(|t| t.policy.blocked) {
             return Err(GatewayError::new(
                 ErrorKind::Authentication,
                 "This key's team is blocked.",
@@ -532,16 +494,13 @@ impl Governance {
         };
         // A user without a role is an internal user; one with a role llmux does not know gets
         // the least one, not a writing one.
-        let user_role = match user.as_ref().and_then(|u| u.data.get("user_role")) {
-            None | Some(Value::Null) => Role::InternalUser,
-            Some(r) => r
-                .as_str()
-                .and_then(Role::parse)
-                .unwrap_or(Role::InternalUserViewer),
+        let user_role = match user.as_ref().and_then(|u| u.policy.user_role) {
+            None => Role::InternalUser,
+            Some(r) => r.unwrap_or(Role::InternalUserViewer),
         };
         // A key minted by someone below its user's role acts with the minter's rights at most.
-        let role = match key.data.get("max_role").and_then(Value::as_str) {
-            Some(cap) => user_role.meet(Role::parse(cap).unwrap_or(Role::InternalUserViewer)),
+        let role = match key.policy.max_role {
+            Some(cap) => user_role.meet(cap.unwrap_or(Role::InternalUserViewer)),
             None => user_role,
         };
         Ok(Principal {
@@ -561,16 +520,20 @@ impl Governance {
         path: &str,
     ) -> Result<Principal, GatewayError> {
         let principal = self.authenticate(headers).await?;
+        Self::check_route(&principal, path)?;
+        Ok(principal)
+    }
+
+    /// Hold the key to its `allowed_routes` (which narrow, never widen, what its role may
+    /// call).
+    fn check_route(principal: &Principal, path: &str) -> Result<(), GatewayError> {
         // Most keys have no route list: nothing is allocated for them.
-        let restricted = principal.key.as_ref().filter(|k| {
-            k.data
-                .get("allowed_routes")
-                .and_then(Value::as_array)
-                .is_some_and(|a| !a.is_empty())
-        });
+        let restricted = principal
+            .key
+            .as_ref()
+            .filter(|k| !k.policy.allowed_routes.is_empty());
         if let Some(key) = restricted {
-            let allowed = strings(&key.data, "allowed_routes");
-            if !route_allowed(&allowed, path) {
+            if !route_allowed(&key.policy.allowed_routes, path) {
                 return Err(GatewayError::new(
                     ErrorKind::PermissionDenied,
                     format!("This key may not call `{path}` (its allowed_routes do not list it)."),
@@ -578,19 +541,19 @@ impl Governance {
                 .with_code("route_not_allowed"));
             }
         }
-        Ok(principal)
+        Ok(())
+    }
+
+    /// This governance as a library client's gate (`llmux::ClientBuilder::gate`): requests
+    /// made through `Client::with_api_key` are authenticated, admitted, settled and recorded as
+    /// the server's are.
+    pub fn gate(self: &Arc<Self>) -> Arc<dyn llmux::Gate> {
+        Arc::new(GovernanceGate(Arc::clone(self)))
     }
 
     /// The model the key's `aliases` map the requested one to, if any.
     pub fn alias(principal: &Principal, model: &str) -> Option<String> {
-        principal
-            .key
-            .as_ref()?
-            .data
-            .get("aliases")?
-            .get(model)?
-            .as_str()
-            .map(str::to_owned)
+        principal.key.as_ref()?.policy.aliases.get(model).cloned()
     }
 
     /// Admit a request or say why not; the admission must be turned into a hook and settled.
@@ -605,9 +568,9 @@ impl Governance {
         let mut facts = facts;
         check_model_access(client, principal, &facts.model)?;
         if let Some(key) = &principal.key {
-            for tag in strings(&key.data, "tags") {
-                if !facts.tags.contains(&tag) {
-                    facts.tags.push(tag);
+            for tag in &key.policy.tags {
+                if !facts.tags.contains(tag) {
+                    facts.tags.push(tag.clone());
                 }
             }
         }
@@ -616,7 +579,7 @@ impl Governance {
             None => None,
         };
         if let Some(c) = &customer {
-            if c.data.get("blocked").and_then(Value::as_bool) == Some(true) {
+            if c.policy.blocked {
                 return Err(GatewayError::new(
                     ErrorKind::PermissionDenied,
                     format!("End user `{}` is blocked.", c.id),
@@ -624,7 +587,7 @@ impl Governance {
                 .with_code("end_user_blocked"));
             }
         }
-        let mut holders: Vec<&Object> = Vec::new();
+        let mut holders: Vec<&Governed> = Vec::new();
         holders.extend(principal.key.as_deref());
         holders.extend(principal.user.as_deref());
         holders.extend(principal.team.as_deref());
@@ -632,16 +595,14 @@ impl Governance {
         holders.extend(customer.as_deref());
         let mut checks = Vec::new();
         for o in &holders {
-            let max = match o.data.get("max_budget").and_then(Value::as_f64) {
-                Some(m) => Some(m),
+            let max = match (o.policy.max_budget, &o.policy.budget_id) {
+                (Some(m), _) => Some(m),
                 // Customers and others may point at a shared budget object.
-                None => match o.data.get("budget_id").and_then(Value::as_str) {
-                    Some(b) => self
-                        .object(Kind::Budget, b)
-                        .await?
-                        .and_then(|b| b.data.get("max_budget").and_then(Value::as_f64)),
-                    None => None,
-                },
+                (None, Some(b)) => self
+                    .object(Kind::Budget, b)
+                    .await?
+                    .and_then(|b| b.policy.max_budget),
+                (None, None) => None,
             };
             if let Some(max) = max {
                 checks.push(BudgetCheck {
@@ -665,74 +626,36 @@ impl Governance {
             .map(|c| ((c.kind, c.id.clone()), c.max_budget))
             .collect();
         let scopes = rate_scopes(principal, &facts.model);
-        // Shared through Redis when a fleet has one (one round trip for every budget and
-        // scope); counted here when it has none, or when Redis does not answer in time.
-        let mut shared_id = None;
-        let mut settle_urgently = false;
-        let fleet = self
-            .shared
-            .get()
-            .filter(|_| !scopes.is_empty() || !checks.is_empty());
-        let remaining = match fleet {
-            Some(state) => {
-                let id = llmux::new_request_id();
-                match state.acquire(&scopes, &checks, estimate, &id, now).await {
-                    Ok(Ok(admitted)) => {
-                        shared_id = Some(id);
-                        // Near a budget's end (room for fewer than ten such requests), the
-                        // settlement goes out at once so the next request sees it.
-                        settle_urgently = admitted
-                            .budget_room
-                            .is_some_and(|room| room < 10.0 * estimate.max(1e-9));
-                        self.ledger.track(&checks, &owners, estimate, now);
-                        admitted.remaining
-                    }
-                    Ok(Err(shared::Refusal::Budget(e))) => return Err(budget_error(&e)),
-                    Ok(Err(shared::Refusal::Limit(e))) => return Err(limit_error(&e)),
-                    Err(shared::Unavailable) => {
-                        self.admit_locally(&checks, &owners, &scopes, estimate, now)?
-                    }
-                }
-            }
-            None => self.admit_locally(&checks, &owners, &scopes, estimate, now)?,
+        let claim = Claim {
+            scopes: &scopes,
+            budgets: &checks,
+            owners: &owners,
+            estimate,
+            now,
         };
+        let held = self.counters.admit(&claim).await.map_err(|e| match e {
+            state::Refusal::Budget(e) => budget_error(&e),
+            state::Refusal::Limit(e) => limit_error(&e),
+        })?;
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         Ok(Admission {
             gov: Arc::clone(self),
             principal: principal.clone(),
             owners,
             scopes,
-            shared_id,
+            checks,
+            remaining: held.remaining.clone(),
+            held,
             estimate,
             budgets,
             fleet_refused_more: Arc::new(AtomicBool::new(false)),
-            settle_urgently,
             price,
             extra_reserved: AtomicU64::new(0),
             committed: Mutex::new(None),
-            remaining,
             facts,
             call_type,
             started_ms: now,
             settled: AtomicBool::new(false),
-        })
-    }
-
-    /// Check budgets and count limits in this process (no fleet, or Redis not answering).
-    fn admit_locally(
-        &self,
-        checks: &[BudgetCheck],
-        owners: &[(Kind, String)],
-        scopes: &[Limits],
-        estimate: f64,
-        now: i64,
-    ) -> Result<Remaining, GatewayError> {
-        self.ledger
-            .reserve(checks, owners, estimate, now)
-            .map_err(|e| budget_error(&e))?;
-        self.limiter.acquire(scopes, now).map_err(|e| {
-            self.ledger.settle(owners, estimate, 0.0);
-            limit_error(&e)
         })
     }
 
@@ -758,11 +681,7 @@ impl Governance {
     /// Reset every budget whose period has ended at `now`.
     pub async fn run_budget_resets(&self) -> Result<usize, GatewayError> {
         let now = self.now();
-        let due = self
-            .store
-            .due_budget_resets(now)
-            .await
-            .map_err(|e| store_error(&e))?;
+        let due = self.store.due_budget_resets(now).await?;
         let mut done = 0;
         for o in due {
             let Some(period) = o
@@ -777,21 +696,17 @@ impl Governance {
                 continue;
             };
             let next = period.next_reset(now);
-            if self
-                .store
-                .reset_budget(o.kind, &o.id, ended, next)
-                .await
-                .map_err(|e| store_error(&e))?
-            {
+            if self.store.reset_budget(o.kind, &o.id, ended, next).await? {
                 done += 1;
                 tracing::info!(kind = o.kind.as_str(), id = %short_id(o.kind, &o.id), "budget period reset");
                 // The instance that reset it tells the fleet's counter (the others would also
                 // find the period over by themselves, at their next request).
-                if let Some(state) = self.shared.get() {
-                    state.set_spend(o.kind, &o.id, 0.0, Some(next)).await;
-                }
+                self.counters
+                    .set_spend(o.kind, &o.id, 0.0, Some(next))
+                    .await;
+            } else {
+                self.ledger.reset(&(o.kind, o.id.clone()), 0.0, Some(next));
             }
-            self.ledger.reset(&(o.kind, o.id.clone()), 0.0, Some(next));
             self.invalidate(o.kind, &o.id);
         }
         Ok(done)
@@ -812,9 +727,7 @@ impl Governance {
                 "requests still running at shutdown; their spend is not recorded"
             );
         }
-        if let Some(state) = self.shared.get() {
-            state.flush_now().await;
-        }
+        self.counters.flush().await;
         self.writer.shutdown().await;
     }
 
@@ -831,7 +744,7 @@ impl Governance {
             admission.principal.organization.as_ref(),
         ];
         for o in holders.into_iter().flatten() {
-            let Some(soft) = o.data.get("soft_budget").and_then(Value::as_f64) else {
+            let Some(soft) = o.policy.soft_budget else {
                 continue;
             };
             let owner = (o.kind, o.id.clone());
@@ -859,7 +772,7 @@ impl Governance {
                     "id": id,
                     "spend": spend,
                     "soft_budget": soft,
-                    "max_budget": o.data.get("max_budget"),
+                    "max_budget": o.policy.max_budget,
                 });
                 let http = self.http.clone();
                 let url = url.clone();
@@ -876,6 +789,154 @@ impl Governance {
                 });
             }
         }
+    }
+}
+
+/// `Governance::gate`.
+struct GovernanceGate(Arc<Governance>);
+
+/// The HTTP route of an operation (a key's `allowed_routes` name routes).
+fn operation_path(op: Operation) -> &'static str {
+    match op {
+        Operation::Chat => "/v1/chat/completions",
+        Operation::Completions => "/v1/completions",
+        Operation::Embeddings => "/v1/embeddings",
+        Operation::Rerank => "/v1/rerank",
+    }
+}
+
+#[async_trait::async_trait]
+impl llmux::Gate for GovernanceGate {
+    async fn admit(
+        &self,
+        client: &Client,
+        api_key: &str,
+        op: Operation,
+        body: &llmux::ParsedBody<'_>,
+    ) -> Result<llmux::Admitted, GatewayError> {
+        let gov = &self.0;
+        let principal = gov.authenticate_key(api_key).await?;
+        Governance::check_route(&principal, operation_path(op))?;
+        let (facts, rewritten) = request_facts(body, &principal, None, Vec::new())?;
+        let admission = gov.admit(&principal, facts, client, op.as_str()).await?;
+        Ok(llmux::Admitted {
+            hook: admission.into_hook(),
+            body: rewritten,
+        })
+    }
+}
+
+/// Builds a `Governance`: its store and settings, its clock, and where rate limits and budgets
+/// are counted (in this process by default; `fleet` for Redis shared by a fleet; `counters`
+/// for any other implementation).
+pub struct GovernanceBuilder<'c> {
+    store: Store,
+    config: &'c Config,
+    clock: Clock,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    fleet: Option<Arc<shared::SharedState>>,
+    counters: Option<Arc<dyn Counters>>,
+}
+
+impl std::fmt::Debug for GovernanceBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GovernanceBuilder")
+            .field("backend", &self.store.backend())
+            .field("fleet", &self.fleet.is_some())
+            .finish()
+    }
+}
+
+impl GovernanceBuilder<'_> {
+    /// The clock budgets and windows are read by (tests move it).
+    pub fn clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The in-process rate limiter (the fixed-window `InMemoryLimiter` by default); with a
+    /// fleet it counts while Redis does not answer.
+    pub fn limiter(mut self, limiter: Arc<dyn RateLimiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Count limits and budgets in the fleet's Redis, and hear the fleet's changes on it.
+    pub fn fleet(mut self, state: Arc<shared::SharedState>) -> Self {
+        self.fleet = Some(state);
+        self
+    }
+
+    /// Count limits and budgets in `counters` instead of the built-in choices.
+    pub fn counters(mut self, counters: Arc<dyn Counters>) -> Self {
+        self.counters = Some(counters);
+        self
+    }
+
+    /// Start the spend writer and put it together.
+    pub fn build(self) -> Arc<Governance> {
+        let GovernanceBuilder {
+            store,
+            config,
+            clock,
+            limiter,
+            fleet,
+            counters,
+        } = self;
+        let ledger = Arc::new(Ledger::default());
+        let durable = config.spend_log_durability == llmux_config::SpendDurability::Sync;
+        let writer = SpendWriter::start_with(
+            store.clone(),
+            Arc::clone(&ledger),
+            config.spend_queue_capacity,
+            config.disable_spend_logs,
+            durable,
+        );
+        let local = LocalCounters {
+            ledger: Arc::clone(&ledger),
+            limiter: limiter.unwrap_or_else(|| Arc::new(InMemoryLimiter::default())),
+        };
+        let counters: Arc<dyn Counters> = match (counters, &fleet) {
+            (Some(custom), _) => custom,
+            (None, Some(shared)) => Arc::new(FleetCounters {
+                local,
+                shared: Arc::clone(shared),
+            }),
+            (None, None) => Arc::new(local),
+        };
+        let gov = Arc::new(Governance {
+            store,
+            ledger,
+            counters,
+            on_models_changed: std::sync::OnceLock::new(),
+            on_cooldown: std::sync::OnceLock::new(),
+            on_recovery: std::sync::OnceLock::new(),
+            writer,
+            master_digest: config.master_key.as_ref().map(|m| key_digest(m.expose())),
+            objects: std::array::from_fn(|_| {
+                moka::sync::Cache::builder()
+                    .max_capacity(100_000)
+                    .time_to_live(LOOKUP_TTL)
+                    .build_with_hasher(foldhash::fast::RandomState::default())
+            }),
+            loading: Mutex::default(),
+            lookups: AtomicU64::new(0),
+            clock,
+            alert_webhook: config.alert_webhook_url.clone(),
+            stream_cutoff: config.budget_stream_cutoff,
+            durable,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .unwrap_or_default(),
+            alerted: Mutex::new(HashSet::new()),
+            stopping: AtomicBool::new(false),
+            in_flight: AtomicU64::new(0),
+        });
+        if let Some(state) = &fleet {
+            gov.listen_to_fleet(state);
+        }
+        gov
     }
 }
 
@@ -915,29 +976,27 @@ impl Admission {
         let usage = log.and_then(|l| l.usage);
         let now = gov.now();
         let reserved = self.estimate + f64::from_bits(self.extra_reserved.load(Ordering::Acquire));
-        gov.ledger.settle(&self.owners, reserved, cost);
         let tokens = usage.map_or(0, |u| u.total_tokens);
-        match (&self.shared_id, gov.shared.get()) {
-            (Some(id), Some(state)) => {
-                let budget_owners: Vec<(Kind, String)> = self
-                    .budgets
-                    .iter()
-                    .map(|(owner, _)| owner.clone())
-                    .collect();
-                state.release(shared::Settlement {
-                    scopes: &self.scopes,
-                    budgets: &budget_owners,
-                    request_id: id,
-                    tokens,
-                    cost,
-                    started: self.started_ms,
-                    urgent: self.settle_urgently,
-                });
-            }
-            _ => gov.limiter.release(&self.scopes, tokens, now),
-        }
+        let claim = Claim {
+            scopes: &self.scopes,
+            budgets: &self.checks,
+            owners: &self.owners,
+            estimate: self.estimate,
+            now: self.started_ms,
+        };
+        gov.counters.settle(
+            &self.held,
+            &Done {
+                claim,
+                reserved,
+                tokens,
+                cost,
+                now,
+            },
+        );
         let p = &self.principal;
-        let id_of = |o: &Option<Arc<Object>>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
+        let id_of =
+            |o: &Option<Arc<Governed>>| o.as_ref().map(|o| o.id.clone()).unwrap_or_default();
         let (status, error_kind) = match log.map(|l| l.outcome) {
             Some(llmux::Outcome::Success) => ("success", String::new()),
             Some(llmux::Outcome::Failed(kind)) => ("failure", kind.as_str().to_owned()),
@@ -1019,25 +1078,18 @@ impl RequestHook for Admission {
             return Ok(());
         }
         let step = needed.max(16.0 * self.price.per_output_token);
-        let fits_here = !self.fleet_refused_more.load(Ordering::Acquire)
-            && self
-                .gov
-                .ledger
-                .extend(&self.budgets, &self.owners, step, self.gov.now());
-        if fits_here {
+        let fits = !self.fleet_refused_more.load(Ordering::Acquire)
+            && self.gov.counters.extend(
+                &self.held,
+                &self.budgets,
+                &self.owners,
+                step,
+                self.gov.now(),
+                &self.fleet_refused_more,
+            );
+        if fits {
             self.extra_reserved
                 .store((extra + step).to_bits(), Ordering::Release);
-            // With a fleet, the step is reserved in Redis too, off the stream's path: when the
-            // fleet has no room for it, the stream ends at its next step (one step late).
-            if let (Some(id), Some(state)) = (&self.shared_id, self.gov.shared.get()) {
-                let answer = state.extend(&self.budgets, id, step);
-                let refused = Arc::clone(&self.fleet_refused_more);
-                tokio::spawn(async move {
-                    if let Ok(false) = answer.await {
-                        refused.store(true, Ordering::Release);
-                    }
-                });
-            }
             return Ok(());
         }
         let (kind, id) = self
@@ -1123,16 +1175,6 @@ fn short_id(kind: Kind, id: &str) -> String {
     }
 }
 
-pub fn store_error(e: &llmux_store::StoreError) -> GatewayError {
-    tracing::error!(error = %e, "database error");
-    GatewayError::new(
-        ErrorKind::UpstreamUnavailable,
-        "The database is unavailable; try again.",
-    )
-    .with_code("database_unavailable")
-    .with_status(503)
-}
-
 fn budget_error(e: &budget::Exceeded) -> GatewayError {
     GatewayError::new(
         ErrorKind::BudgetExceeded,
@@ -1186,6 +1228,90 @@ fn limit_error(e: &LimitExceeded) -> GatewayError {
     err
 }
 
+/// What admission needs from the body, and the body rewritten when the key aliases its `model`
+/// (the alias applies before routing).
+///
+/// `end_user` is the `x-litellm-end-user-id` header (the body's `user` otherwise) and
+/// `header_tags` are `x-litellm-tags`.
+pub fn request_facts(
+    body: &llmux::ParsedBody<'_>,
+    principal: &Principal,
+    end_user: Option<&str>,
+    header_tags: Vec<String>,
+) -> Result<(RequestFacts, Option<Bytes>), GatewayError> {
+    let request = body.object();
+    let model: String = request.decode("model").ok().flatten().ok_or_else(|| {
+        GatewayError::invalid_request("you must provide a model parameter").with_param("model")
+    })?;
+    let end_user = end_user
+        .map(str::to_owned)
+        .or_else(|| request.decode::<String>("user").ok().flatten())
+        .filter(|u| !u.is_empty());
+    let max_output_tokens = request
+        .decode::<u64>("max_completion_tokens")
+        .ok()
+        .flatten()
+        .or_else(|| request.decode::<u64>("max_tokens").ok().flatten());
+    let mut tags: Vec<String> = request.decode("tags").ok().flatten().unwrap_or_default();
+    if let Some(meta) = request
+        .decode::<serde_json::Value>("metadata")
+        .ok()
+        .flatten()
+    {
+        if let Some(t) = meta.get("tags").and_then(|t| t.as_array()) {
+            tags.extend(t.iter().filter_map(|v| v.as_str()).map(str::to_owned));
+        }
+    }
+    tags.extend(header_tags);
+    // What a request writes into the spend log is bounded like everything else stored.
+    let control = |t: &str| t.chars().any(char::is_control);
+    if tags.len() > 64 || tags.iter().any(|t| t.len() > 256 || control(t)) {
+        return Err(GatewayError::invalid_request(
+            "at most 64 tags of at most 256 bytes each, without control characters (metadata.tags, tags, x-litellm-tags)",
+        )
+        .with_param("tags"));
+    }
+    if end_user
+        .as_ref()
+        .is_some_and(|u| u.len() > 256 || control(u))
+    {
+        return Err(GatewayError::invalid_request(
+            "`user` must be at most 256 bytes, without control characters",
+        )
+        .with_param("user"));
+    }
+    let choices = request
+        .decode::<u64>("n")
+        .ok()
+        .flatten()
+        .max(request.decode::<u64>("best_of").ok().flatten())
+        .unwrap_or(1);
+    let facts = RequestFacts {
+        client_request_id: None,
+        choices,
+        // A client's own Anthropic body riding along (`/v1/messages`) is the same prompt again.
+        prompt_tokens_estimate: (body.bytes().len().saturating_sub(
+            request
+                .get(llmux::NATIVE_ANTHROPIC)
+                .map_or(0, |raw| raw.get().len()),
+        ) as u64)
+            / 4,
+        max_output_tokens,
+        end_user,
+        tags,
+        model: model.clone(),
+    };
+    if let Some(target) = Governance::alias(principal, &model) {
+        let rewritten = Bytes::from(request.edit().set_str("model", &target).render());
+        let facts = RequestFacts {
+            model: target,
+            ..facts
+        };
+        return Ok((facts, Some(rewritten)));
+    }
+    Ok((facts, None))
+}
+
 /// The rate-limit scopes of a principal for a model.
 fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
     // Names concatenated directly: `format!` cost more than the limiter's own work.
@@ -1194,63 +1320,43 @@ fn rate_scopes(p: &Principal, model: &str) -> Vec<Limits> {
         parts.iter().for_each(|p| name.push_str(p));
         name
     };
-    let limits_of = |data: &serde_json::Map<String, Value>| Limits {
-        scope: String::new(),
-        rpm: data.get("rpm_limit").and_then(Value::as_u64),
-        tpm: data.get("tpm_limit").and_then(Value::as_u64),
-        max_parallel: data.get("max_parallel_requests").and_then(Value::as_u64),
-    };
     let mut scopes = Vec::new();
     // A scope without limits is not named (nor counted).
-    let mut push = |limits: Limits, scope: &dyn Fn() -> String| {
+    let mut push = |limits: RateLimits, scope: &dyn Fn() -> String| {
         if !limits.is_empty() {
             scopes.push(Limits {
                 scope: scope(),
-                ..limits
+                rpm: limits.rpm,
+                tpm: limits.tpm,
+                max_parallel: limits.max_parallel,
             });
         }
     };
+    // Named by the key's stable uid, so a regenerated secret continues the same windows.
+    fn uid(k: &Governed) -> &str {
+        k.policy.token_uid.as_deref().unwrap_or(&k.id)
+    }
     if let Some(k) = &p.key {
-        // Named by the key's stable uid, so a regenerated secret continues the same windows.
-        let uid = k
-            .data
-            .get("token_uid")
-            .and_then(Value::as_str)
-            .unwrap_or(&k.id);
-        push(limits_of(&k.data), &|| name(&["key:", uid]));
+        push(k.policy.limits, &|| name(&["key:", uid(k)]));
         // A key minted with a limited key shares that key's windows: minting never multiplies
         // a rate limit.
-        if let Some(parent) = k.data.get("parent_limits").and_then(Value::as_object) {
-            if let Some(parent_uid) = parent.get("uid").and_then(Value::as_str) {
-                push(limits_of(parent), &|| name(&["key:", parent_uid]));
-            }
+        if let Some((parent_uid, parent)) = &k.policy.parent_limits {
+            push(*parent, &|| name(&["key:", parent_uid]));
         }
     }
     if let Some(u) = &p.user {
-        push(limits_of(&u.data), &|| name(&["user:", &u.id]));
+        push(u.policy.limits, &|| name(&["user:", &u.id]));
     }
     if let Some(t) = &p.team {
-        push(limits_of(&t.data), &|| name(&["team:", &t.id]));
+        push(t.policy.limits, &|| name(&["team:", &t.id]));
     }
     if let Some(k) = &p.key {
-        let per_model = |f: &str| {
-            k.data
-                .get(f)
-                .and_then(|m| m.get(model))
-                .and_then(Value::as_u64)
-        };
-        let uid = k
-            .data
-            .get("token_uid")
-            .and_then(Value::as_str)
-            .unwrap_or(&k.id);
-        let limits = Limits {
-            scope: String::new(),
-            rpm: per_model("model_rpm_limit"),
-            tpm: per_model("model_tpm_limit"),
+        let limits = RateLimits {
+            rpm: k.policy.model_rpm.get(model).copied(),
+            tpm: k.policy.model_tpm.get(model).copied(),
             max_parallel: None,
         };
-        push(limits, &|| name(&["key:", uid, ":model:", model]));
+        push(limits, &|| name(&["key:", uid(k), ":model:", model]));
     }
     scopes
 }
@@ -1303,7 +1409,7 @@ pub fn route_allowed(allowed: &[String], path: &str) -> bool {
         match group {
             "llm_api_routes" | "openai_routes" => LLM_API_ROUTES.iter().any(|r| matches(r)),
             "info_routes" => INFO_ROUTES.iter().any(|r| matches(r)),
-            "management_routes" => api::ROUTES.iter().any(|(r, _)| {
+            "management_routes" => manage::ROUTES.iter().any(|(r, _)| {
                 let r = r.replace("{key}", "*");
                 match r.split_once('*') {
                     Some((head, tail)) => bare.starts_with(head) && bare.ends_with(tail),
@@ -1329,14 +1435,13 @@ pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result
     for (whose, holder) in lists {
         // Most holders restrict nothing: their list is looked at in place, not copied.
         let Some(allowed) = holder
-            .and_then(|h| h.data.get("models"))
-            .and_then(Value::as_array)
+            .map(|h| h.policy.models.as_slice())
             .filter(|a| !a.is_empty())
         else {
             continue;
         };
         if !list_allows(client, allowed, model) {
-            let names: Vec<&str> = allowed.iter().filter_map(Value::as_str).collect();
+            let names: Vec<&str> = allowed.iter().map(String::as_str).collect();
             return Err(GatewayError::new(
                 ErrorKind::PermissionDenied,
                 format!(
@@ -1356,8 +1461,8 @@ pub fn may_use_model(client: &Client, p: &Principal, model: &str) -> bool {
     check_model_access(client, p, model).is_ok()
 }
 
-fn list_allows(client: &Client, allowed: &[Value], model: &str) -> bool {
-    let allowed = || allowed.iter().filter_map(Value::as_str);
+fn list_allows(client: &Client, allowed: &[String], model: &str) -> bool {
+    let allowed = || allowed.iter().map(String::as_str);
     if allowed().any(|m| m == "all-proxy-models" || m == "*") {
         return true;
     }
@@ -1448,6 +1553,7 @@ pub fn format_time(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use llmux_store::Object;
 
     /// A SQLite store in `dir` holding one key, `k`.
     pub(super) async fn sqlite_store_with_key(dir: &std::path::Path) -> Store {
@@ -1465,7 +1571,10 @@ mod tests {
     async fn concurrent_misses_for_one_object_share_one_database_read() {
         let dir = tempfile::tempdir().unwrap();
         let store = sqlite_store_with_key(dir.path()).await;
-        let gov = Governance::with_store(store, &Config::default(), Arc::new(|| 0));
+        let config = Config::default();
+        let gov = Governance::builder(store, &config)
+            .clock(Arc::new(|| 0))
+            .build();
         let burst = || futures_util::future::join_all((0..50).map(|_| gov.object(Kind::Key, "k")));
         for found in burst().await {
             assert_eq!(found.unwrap().unwrap().id, "k");
@@ -1508,7 +1617,10 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let gov = Governance::with_store(store, &Config::default(), Arc::new(|| 0));
+        let config = Config::default();
+        let gov = Governance::builder(store, &config)
+            .clock(Arc::new(|| 0))
+            .build();
         for _ in 0..2 {
             for kind in kinds {
                 let o = gov.object(kind, "same").await.unwrap().unwrap();
@@ -1521,5 +1633,108 @@ mod tests {
             gov.object(kind, "same").await.unwrap().unwrap();
         }
         assert_eq!(gov.lookups(), 8, "only the team was read again");
+    }
+
+    /// Counters that record what admission and settlement asked of them, and refuse every
+    /// request after the first.
+    #[derive(Debug, Default)]
+    struct Recording {
+        admitted: Mutex<Vec<(Vec<String>, usize, f64)>>,
+        settled: AtomicU64,
+    }
+
+    #[async_trait::async_trait]
+    impl Counters for Recording {
+        async fn admit(&self, claim: &Claim<'_>) -> Result<Held, state::Refusal> {
+            let mut admitted = self.admitted.lock().unwrap();
+            let scopes = claim.scopes.iter().map(|s| s.scope.clone()).collect();
+            admitted.push((scopes, claim.budgets.len(), claim.estimate));
+            if admitted.len() > 1 {
+                return Err(state::Refusal::Limit(LimitExceeded {
+                    scope: claim.scopes[0].scope.clone(),
+                    what: "requests",
+                    limit: 1,
+                    reset_in_ms: 30_000,
+                }));
+            }
+            Ok(Held::default())
+        }
+        fn settle(&self, _held: &Held, done: &Done<'_>) {
+            assert_eq!(done.cost, 0.0);
+            self.settled.fetch_add(1, Ordering::SeqCst);
+        }
+        fn extend(
+            &self,
+            _: &Held,
+            _: &[((Kind, String), f64)],
+            _: &[(Kind, String)],
+            _: f64,
+            _: i64,
+            _: &Arc<AtomicBool>,
+        ) -> bool {
+            true
+        }
+        async fn spend(&self, owners: &[(Kind, String)]) -> Vec<Option<(f64, f64)>> {
+            vec![Some((0.25, 0.0)); owners.len()]
+        }
+        async fn set_spend(&self, _: Kind, _: &str, _: f64, _: Option<i64>) {}
+        async fn forget(&self, _: Kind, _: &str) {}
+        async fn flush(&self) {}
+    }
+
+    /// The counters the builder is given are the ones admission, settlement and spend reads
+    /// go through (no in-process limiter or ledger is consulted instead).
+    #[tokio::test]
+    async fn admission_counts_on_the_counters_the_builder_was_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = sqlite_store_with_key(dir.path()).await;
+        let config = Config::default();
+        let recording = Arc::new(Recording::default());
+        let gov = Governance::builder(store, &config)
+            .clock(Arc::new(|| 1_000))
+            .counters(Arc::clone(&recording) as Arc<dyn Counters>)
+            .build();
+        let client = Client::from_yaml(
+            "model_list: [{model_name: demo, litellm_params: {model: mock/demo, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}]",
+        )
+        .unwrap();
+        let mut doc = serde_json::Map::new();
+        doc.insert("rpm_limit".into(), json!(1));
+        doc.insert("max_budget".into(), json!(1.0));
+        let key = Arc::new(Governed::new(Object::new(Kind::Key, "k", doc)));
+        let principal = Principal {
+            role: Role::InternalUser,
+            key: Some(key),
+            user: None,
+            team: None,
+            organization: None,
+        };
+        let facts = || RequestFacts {
+            model: "demo".into(),
+            choices: 1,
+            ..RequestFacts::default()
+        };
+        let first = gov
+            .admit(&principal, facts(), &client, "completion")
+            .await
+            .unwrap();
+        let refused = gov
+            .admit(&principal, facts(), &client, "completion")
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(refused.status, 429);
+        assert_eq!(refused.body.code.as_deref(), Some("rate_limit_exceeded"));
+        {
+            let admitted = recording.admitted.lock().unwrap();
+            assert_eq!(admitted[0].0, ["key:k"]);
+            assert_eq!(admitted[0].1, 1, "the key's budget is claimed");
+            assert!(admitted[0].2 > 0.0, "with an estimate");
+        }
+        assert_eq!(recording.settled.load(Ordering::SeqCst), 0);
+        drop(first);
+        assert_eq!(recording.settled.load(Ordering::SeqCst), 1);
+        let owner = (Kind::Key, "k".to_owned());
+        assert_eq!(gov.spend_and_reserved(&owner).await, (0.25, 0.0));
     }
 }

@@ -10,6 +10,9 @@ use sha2::{Digest, Sha256};
 
 use llmux_store::Object;
 
+pub use crate::policy::strings;
+use crate::policy::Governed;
+
 /// A new virtual key.
 pub fn generate_key() -> String {
     let mut bytes = [0u8; 32];
@@ -170,10 +173,10 @@ impl Authority {
 pub struct Principal {
     pub role: Role,
     /// The key used (`None` for the master key).
-    pub key: Option<Arc<Object>>,
-    pub user: Option<Arc<Object>>,
-    pub team: Option<Arc<Object>>,
-    pub organization: Option<Arc<Object>>,
+    pub key: Option<Arc<Governed>>,
+    pub user: Option<Arc<Governed>>,
+    pub team: Option<Arc<Governed>>,
+    pub organization: Option<Arc<Governed>>,
 }
 
 impl Principal {
@@ -198,7 +201,7 @@ impl Principal {
     /// reaches that team's keys and logs, not the rest of their own.
     pub fn delegated_team(&self) -> Option<&str> {
         let key = self.key.as_ref()?;
-        if key.data.get("delegated").and_then(Value::as_bool) == Some(true) {
+        if key.policy.delegated {
             // A delegated key without a team reaches nothing.
             return Some(key.team_id.as_deref().unwrap_or(""));
         }
@@ -230,17 +233,30 @@ impl Principal {
     }
 }
 
-/// A document field as a list of strings (`models`, `tags`, ...).
-pub fn strings(data: &Map<String, Value>, field: &str) -> Vec<String> {
-    data.get(field)
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
+/// The key a client presented, from whichever header carries it.
+pub fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    if let Some(value) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let value = value.trim();
+        let key = match value.split_once(' ') {
+            Some((scheme, rest)) if scheme.eq_ignore_ascii_case("bearer") => rest.trim(),
+            _ => value,
+        };
+        if !key.is_empty() {
+            return Some(key);
+        }
+    }
+    ["x-api-key", "api-key", "x-litellm-api-key"]
+        .iter()
+        .find_map(|name| {
+            headers
+                .get(*name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::trim)
+                .filter(|k| !k.is_empty())
         })
-        .unwrap_or_default()
 }
 
 #[cfg(test)]

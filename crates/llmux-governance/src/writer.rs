@@ -620,7 +620,7 @@ async fn write(sink: &mut Sink, ledger: &Ledger, batch: &[SpendRecord]) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::governance::tests::sqlite_store_with_key;
+    use crate::tests::sqlite_store_with_key;
 
     fn record(i: usize) -> SpendRecord {
         SpendRecord {

@@ -48,7 +48,7 @@ pub struct Remaining {
     pub reset_in_ms: i64,
 }
 
-pub trait RateLimiter: Send + Sync {
+pub trait RateLimiter: Send + Sync + std::fmt::Debug {
     /// Count one request against every scope, or none if any limit is reached.
     fn acquire(&self, scopes: &[Limits], now_ms: i64) -> Result<Remaining, LimitExceeded>;
     /// The request is over: it used `tokens` (counted against tpm of this window).

@@ -36,13 +36,30 @@ load() {
   taskset -c 1 oha "$@" -c "$CONN" --no-tui -m POST -H "authorization: Bearer $KEY" \
     -H 'content-type: application/json' -d "$BODY" http://127.0.0.1:18300/v1/chat/completions
 }
+# CPU time (user + system, clock ticks) a process has used so far.
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 load -z 3s >/dev/null 2>&1
+LL_T0=$(ticks "$LL"); REDIS_T0=0
+[ "$MODE" = redis ] && REDIS_T0=$(ticks "$REDIS")
 load -z 10s > max.txt 2>&1
+LL_T1=$(ticks "$LL"); REDIS_T1=0
+[ "$MODE" = redis ] && REDIS_T1=$(ticks "$REDIS")
 RATE=$(awk '/Requests\/sec/ {print $2}' max.txt)
+DONE=$(grep -E '\[200\]' max.txt | awk '{print $2}')
+HZ=$(getconf CLK_TCK)
+# CPU per answered request: what each process needs, whoever else shares its core. 1e6 / llmux's
+# figure is the rate llmux would reach with a core to itself and Redis and the generator
+# elsewhere (the production layout).
+CPU_LINE=$(python3 -c "
+hz, done = $HZ, max(int('${DONE:-0}'), 1)
+ll = ($LL_T1 - $LL_T0) / hz / done * 1e6
+rd = ($REDIS_T1 - $REDIS_T0) / hz / done * 1e6
+print(f'llmux {ll:.1f} us CPU/request (capacity on its own core: {1e6/ll:,.0f} req/s)' + (f'; redis {rd:.1f} us/request' if rd else ''))")
 HALF=$(python3 -c "print(int(float('$RATE')/2))")
 load -z 10s -q "$HALF" > half.txt 2>&1
 pct() { awk -v p="$1" '$1 == p {print $3}' "$2"; }
 echo "$MODE: max $(printf %.0f "$RATE") req/s (p50 $(pct 50.00% max.txt) ms); at $HALF req/s: p50 $(pct 50.00% half.txt) ms, p99 $(pct 99.00% half.txt) ms; $(grep -E '\[200\]' max.txt | tr -s ' ')"
+echo "$MODE: $CPU_LINE"
 if [ "$MODE" = redis ]; then
   echo "redis fallbacks: $(curl -s localhost:18300/metrics -H 'authorization: Bearer sk-m' | grep '^llmux_redis_fallbacks' )"
   kill "$REDIS"

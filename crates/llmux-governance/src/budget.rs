@@ -290,6 +290,18 @@ impl Ledger {
             .map_or((0.0, 0.0), |e| (e.base + e.unflushed, e.reserved))
     }
 
+    /// Settled spend (including unwritten) and reservations of an owner this instance tracks,
+    /// read at one moment.
+    pub fn tracked(&self, owner: &(Kind, String)) -> Option<(f64, f64)> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        entries
+            .get(owner)
+            .map(|e| (e.base + e.unflushed, e.reserved))
+    }
+
     /// Current spend (settled, including unwritten) of an owner this instance tracks.
     pub fn spend(&self, owner: &(Kind, String)) -> Option<f64> {
         let entries = self

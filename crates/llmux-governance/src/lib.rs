@@ -60,6 +60,8 @@ pub struct Governance {
     /// Where rate limits and budgets are counted: in this process, or (a fleet with
     /// `router_settings.redis_*`) in Redis with this process as the fallback.
     counters: Arc<dyn Counters>,
+    /// The fleet's Redis: object changes, cooldowns and probes are announced and heard on it.
+    fleet: Option<Arc<shared::SharedState>>,
     on_models_changed: std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>,
     on_cooldown: std::sync::OnceLock<llmux::CooldownObserver>,
     on_recovery: std::sync::OnceLock<llmux::RecoveryObserver>,
@@ -279,7 +281,7 @@ impl Governance {
 
     /// The fleet's shared state, if one is in use.
     pub fn shared_state(&self) -> Option<&Arc<shared::SharedState>> {
-        self.counters.fleet()
+        self.fleet.as_ref()
     }
 
     /// An owner's settled spend (the fleet's, with Redis) and what its requests in flight
@@ -387,7 +389,7 @@ impl Governance {
     /// Forget cached copies after a change.
     pub fn invalidate(&self, kind: Kind, id: &str) {
         self.forget_cached(kind, id);
-        if let Some(shared) = self.counters.fleet() {
+        if let Some(shared) = &self.fleet {
             shared.publish_invalidation(format!("{}:{id}", kind.as_str()));
         }
         if self.store.backend() == Backend::Postgres {
@@ -528,10 +530,7 @@ impl Governance {
     /// call).
     fn check_route(principal: &Principal, path: &str) -> Result<(), GatewayError> {
         // Most keys have no route list: nothing is allocated for them.
-        let restricted = principal
-            .key
-            .as_ref()
-            .filter(|k| !k.policy.allowed_routes.is_empty());
+        let restricted = principal.key.as_ref().filter(|k| k.policy.restricts_routes);
         if let Some(key) = restricted {
             if !route_allowed(&key.policy.allowed_routes, path) {
                 return Err(GatewayError::new(
@@ -813,11 +812,18 @@ impl llmux::Gate for GovernanceGate {
         api_key: &str,
         op: Operation,
         body: &llmux::ParsedBody<'_>,
+        options: &llmux::RequestOptions,
     ) -> Result<llmux::Admitted, GatewayError> {
         let gov = &self.0;
         let principal = gov.authenticate_key(api_key).await?;
         Governance::check_route(&principal, operation_path(op))?;
-        let (facts, rewritten) = request_facts(body, &principal, None, Vec::new())?;
+        let (mut facts, rewritten) = request_facts(body, &principal, None, options.tags.clone())?;
+        // The caller's id, kept beside llmux's own as the server keeps `x-request-id` (sane
+        // ones only: it is stored).
+        let id = &options.request_id;
+        facts.client_request_id =
+            (!id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()))
+                .then(|| id.clone());
         let admission = gov.admit(&principal, facts, client, op.as_str()).await?;
         Ok(llmux::Admitted {
             hook: admission.into_hook(),
@@ -826,16 +832,19 @@ impl llmux::Gate for GovernanceGate {
     }
 }
 
+/// Wraps (or replaces) the counters the builder would use (`GovernanceBuilder::counters`).
+type CountersLayer = Box<dyn FnOnce(Arc<dyn Counters>) -> Arc<dyn Counters> + Send>;
+
 /// Builds a `Governance`: its store and settings, its clock, and where rate limits and budgets
 /// are counted (in this process by default; `fleet` for Redis shared by a fleet; `counters`
-/// for any other implementation).
+/// to wrap or replace either).
 pub struct GovernanceBuilder<'c> {
     store: Store,
     config: &'c Config,
     clock: Clock,
     limiter: Option<Arc<dyn RateLimiter>>,
     fleet: Option<Arc<shared::SharedState>>,
-    counters: Option<Arc<dyn Counters>>,
+    counters: Option<CountersLayer>,
 }
 
 impl std::fmt::Debug for GovernanceBuilder<'_> {
@@ -867,9 +876,15 @@ impl GovernanceBuilder<'_> {
         self
     }
 
-    /// Count limits and budgets in `counters` instead of the built-in choices.
-    pub fn counters(mut self, counters: Arc<dyn Counters>) -> Self {
-        self.counters = Some(counters);
+    /// Count limits and budgets in what `layer` makes of the built-in counters (local, or the
+    /// fleet's): a wrapper that adds to them, or another implementation. The built-in ones
+    /// keep this instance's ledger current, which soft-budget alerts and budget resets read: an
+    /// implementation that does not delegate to them leaves those to itself.
+    pub fn counters(
+        mut self,
+        layer: impl FnOnce(Arc<dyn Counters>) -> Arc<dyn Counters> + Send + 'static,
+    ) -> Self {
+        self.counters = Some(Box::new(layer));
         self
     }
 
@@ -896,18 +911,22 @@ impl GovernanceBuilder<'_> {
             ledger: Arc::clone(&ledger),
             limiter: limiter.unwrap_or_else(|| Arc::new(InMemoryLimiter::default())),
         };
-        let counters: Arc<dyn Counters> = match (counters, &fleet) {
-            (Some(custom), _) => custom,
-            (None, Some(shared)) => Arc::new(FleetCounters {
+        let built: Arc<dyn Counters> = match &fleet {
+            Some(shared) => Arc::new(FleetCounters {
                 local,
                 shared: Arc::clone(shared),
             }),
-            (None, None) => Arc::new(local),
+            None => Arc::new(local),
+        };
+        let counters = match counters {
+            Some(layer) => layer(built),
+            None => built,
         };
         let gov = Arc::new(Governance {
             store,
             ledger,
             counters,
+            fleet: fleet.clone(),
             on_models_changed: std::sync::OnceLock::new(),
             on_cooldown: std::sync::OnceLock::new(),
             on_recovery: std::sync::OnceLock::new(),
@@ -1435,8 +1454,8 @@ pub fn check_model_access(client: &Client, p: &Principal, model: &str) -> Result
     for (whose, holder) in lists {
         // Most holders restrict nothing: their list is looked at in place, not copied.
         let Some(allowed) = holder
+            .filter(|h| h.policy.restricts_models)
             .map(|h| h.policy.models.as_slice())
-            .filter(|a| !a.is_empty())
         else {
             continue;
         };
@@ -1692,7 +1711,10 @@ mod tests {
         let recording = Arc::new(Recording::default());
         let gov = Governance::builder(store, &config)
             .clock(Arc::new(|| 1_000))
-            .counters(Arc::clone(&recording) as Arc<dyn Counters>)
+            .counters({
+                let recording = Arc::clone(&recording);
+                move |_built| recording
+            })
             .build();
         let client = Client::from_yaml(
             "model_list: [{model_name: demo, litellm_params: {model: mock/demo, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}]",

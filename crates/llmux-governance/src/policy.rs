@@ -70,13 +70,17 @@ pub struct Policy {
     /// Per-model limits of a key (`model_rpm_limit`, `model_tpm_limit`).
     pub model_rpm: HashMap<String, u64>,
     pub model_tpm: HashMap<String, u64>,
-    /// The models it may use; empty restricts nothing.
+    /// The models it may use, when `restricts_models`.
     pub models: Vec<String>,
+    /// `models` was a non-empty list: only what it names is allowed (a list of nothing but
+    /// non-strings allows nothing, rather than everything).
+    pub restricts_models: bool,
     pub tags: Vec<String>,
     /// A key's model aliases (requested name -> served name).
     pub aliases: HashMap<String, String>,
-    /// A key's `allowed_routes`; empty restricts nothing.
+    /// A key's `allowed_routes`, when `restricts_routes` (as `restricts_models`).
     pub allowed_routes: Vec<String>,
+    pub restricts_routes: bool,
     /// A user's `user_role`: `None` when unset, `Some(None)` when it names no role llmux knows.
     pub user_role: Option<Option<Role>>,
     /// A key's `max_role` cap, as written (an unknown cap caps to the least role).
@@ -106,6 +110,11 @@ impl Policy {
                 })
                 .unwrap_or_default()
         };
+        let non_empty = |field: &str| {
+            data.get(field)
+                .and_then(Value::as_array)
+                .is_some_and(|a| !a.is_empty())
+        };
         Policy {
             blocked: data.get("blocked").and_then(Value::as_bool) == Some(true),
             expires: text("expires").map(|t| {
@@ -119,6 +128,7 @@ impl Policy {
             model_rpm: per_model("model_rpm_limit"),
             model_tpm: per_model("model_tpm_limit"),
             models: strings(data, "models"),
+            restricts_models: non_empty("models"),
             tags: strings(data, "tags"),
             aliases: data
                 .get("aliases")
@@ -130,6 +140,7 @@ impl Policy {
                 })
                 .unwrap_or_default(),
             allowed_routes: strings(data, "allowed_routes"),
+            restricts_routes: non_empty("allowed_routes"),
             user_role: role("user_role"),
             max_role: role("max_role"),
             delegated: data.get("delegated").and_then(Value::as_bool) == Some(true),
@@ -220,8 +231,17 @@ mod tests {
         let p = policy(json!({"user_role": "superuser", "expires": "soon"}));
         assert_eq!(p.user_role, Some(None));
         assert_eq!(p.expires.map(|e| e.0), Some(i64::MAX));
-        let p = policy(json!({"user_role": null}));
+        let p = policy(json!({"user_role": null, "models": []}));
         assert_eq!(p.user_role, None);
-        assert!(!p.blocked && p.limits.is_empty());
+        assert!(!p.blocked && p.limits.is_empty() && !p.restricts_models);
+    }
+
+    /// A model or route list holding only non-strings restricts to nothing, as the document
+    /// read on every request did; only an empty (or absent) list restricts nothing.
+    #[test]
+    fn a_list_of_no_names_allows_nothing() {
+        let p = policy(json!({"models": [1, null], "allowed_routes": [{}]}));
+        assert!(p.restricts_models && p.models.is_empty());
+        assert!(p.restricts_routes && p.allowed_routes.is_empty());
     }
 }

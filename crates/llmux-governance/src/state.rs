@@ -96,12 +96,6 @@ pub trait Counters: Send + Sync + std::fmt::Debug {
 
     /// Send whatever is queued (a graceful stop).
     async fn flush(&self);
-
-    /// The fleet's Redis state behind these counters, if any (readiness, metrics, router
-    /// stats and the change channel use the same connection).
-    fn fleet(&self) -> Option<&Arc<SharedState>> {
-        None
-    }
 }
 
 /// Counters in this process: the budget ledger and a rate limiter.
@@ -152,14 +146,7 @@ impl Counters for LocalCounters {
     }
 
     async fn spend(&self, owners: &[(Kind, String)]) -> Vec<Option<(f64, f64)>> {
-        owners
-            .iter()
-            .map(|o| {
-                self.ledger
-                    .spend(o)
-                    .map(|s| (s, self.ledger.spend_and_reserved(o).1))
-            })
-            .collect()
+        owners.iter().map(|o| self.ledger.tracked(o)).collect()
     }
 
     async fn set_spend(&self, kind: Kind, id: &str, spend: f64, reset_at: Option<i64>) {
@@ -290,10 +277,6 @@ impl Counters for FleetCounters {
 
     async fn flush(&self) {
         self.shared.flush_now().await;
-    }
-
-    fn fleet(&self) -> Option<&Arc<SharedState>> {
-        Some(&self.shared)
     }
 }
 

@@ -114,3 +114,66 @@ async fn a_client_without_governance_refuses_keyed_requests() {
     assert_eq!(refused.status, 401);
     assert_eq!(refused.body.code.as_deref(), Some("governance_disabled"));
 }
+
+/// Counts the requests it is told about.
+#[derive(Default)]
+struct Counting(std::sync::atomic::AtomicUsize);
+
+impl llmux::RequestHook for Counting {
+    fn finished(&self, _: &llmux::RequestLog) {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// A keyed caller's own request id, hook and tags: the id is kept beside llmux's own (it never
+/// keys the spend row, which a reused id would otherwise collapse), its hook is told as well as
+/// the gate's, and its tags are recorded.
+#[tokio::test]
+async fn a_keyed_callers_options_are_kept_without_being_trusted() {
+    let dir = tempfile::tempdir().unwrap();
+    let (client, gov) = governed_client(dir.path()).await;
+    let keyed = client.with_api_key("sk-library");
+    let hook = Arc::new(Counting::default());
+    let body = bytes::Bytes::from_static(
+        br#"{"model":"demo","messages":[{"role":"user","content":"hi"}]}"#,
+    );
+    for _ in 0..2 {
+        let options = llmux::RequestOptions {
+            request_id: "same-id".into(),
+            tags: vec!["team-a".into()],
+            hook: Some(Arc::clone(&hook) as Arc<dyn llmux::RequestHook>),
+            ..llmux::RequestOptions::default()
+        };
+        keyed
+            .execute(llmux::Operation::Chat, body.clone(), options)
+            .await
+            .unwrap();
+    }
+    assert_eq!(hook.0.load(std::sync::atomic::Ordering::SeqCst), 2);
+    gov.shutdown().await;
+    let logs = gov
+        .store
+        .spend_logs(&llmux_store::SpendFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(logs.len(), 2, "two rows, not one: {logs:?}");
+    assert_ne!(logs[0].request_id, logs[1].request_id);
+    for row in &logs {
+        assert_ne!(row.request_id, "same-id");
+        assert_eq!(row.client_request_id, "same-id");
+        assert_eq!(row.tags, ["team-a"]);
+    }
+    let stored = gov
+        .store
+        .get(Kind::Key, &hash_key("sk-library"))
+        .await
+        .unwrap()
+        .unwrap();
+    let per_request = logs[0].spend;
+    assert!(per_request > 0.0);
+    assert!(
+        (stored.spend - 2.0 * per_request).abs() < 1e-12,
+        "both requests' spend is stored: {} vs 2 x {per_request}",
+        stored.spend
+    );
+}

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::{Client, GatewayError, Operation, ParsedBody, RequestHook};
+use crate::{Client, GatewayError, Operation, ParsedBody, RequestHook, RequestLog, RequestOptions};
 
 /// A request the gate let through.
 pub struct Admitted {
@@ -27,7 +27,9 @@ impl std::fmt::Debug for Admitted {
 }
 
 /// Who may send what: authenticates `api_key`, checks the request against the key's (and its
-/// user's, team's, ...) models, budgets and limits, and reserves what it may cost.
+/// user's, team's, ...) models, budgets and limits, and reserves what it may cost. `options`
+/// are the caller's (its `request_id` is the caller's own id for the request, kept beside the
+/// one llmux gives it; its `tags` count as the request's).
 #[async_trait]
 pub trait Gate: Send + Sync {
     async fn admit(
@@ -36,5 +38,31 @@ pub trait Gate: Send + Sync {
         api_key: &str,
         op: Operation,
         body: &ParsedBody<'_>,
+        options: &RequestOptions,
     ) -> Result<Admitted, GatewayError>;
+}
+
+/// Two hooks told of one request: the gate's (settlement) and the caller's own.
+pub(crate) struct BothHooks(pub Arc<dyn RequestHook>, pub Arc<dyn RequestHook>);
+
+impl RequestHook for BothHooks {
+    fn finished(&self, log: &RequestLog) {
+        self.0.finished(log);
+        self.1.finished(log);
+    }
+
+    fn watches_stream(&self) -> bool {
+        self.0.watches_stream() || self.1.watches_stream()
+    }
+
+    /// The first hook to end the stream ends it (the gate's budget first).
+    fn stream_progress(&self, completion_tokens: u64) -> Result<(), GatewayError> {
+        if self.0.watches_stream() {
+            self.0.stream_progress(completion_tokens)?;
+        }
+        if self.1.watches_stream() {
+            self.1.stream_progress(completion_tokens)?;
+        }
+        Ok(())
+    }
 }

@@ -387,8 +387,14 @@ impl Client {
     }
 
     /// A handle whose requests are made with `api_key`: the client's gate authenticates it and
-    /// admits each request against the key's models, budgets and limits, and records its spend,
-    /// as the HTTP server does. Without a gate such requests are refused.
+    /// admits each model call (`execute`, `execute_parsed`, `chat`, `chat_stream`,
+    /// `embeddings`) against the key's models, budgets and limits, and records its spend, as
+    /// the HTTP server does; a hook in the caller's `RequestOptions` is told too. Without a
+    /// gate such requests are refused. The handle is not a sandbox: `models`, `subscribe`,
+    /// `reload` and `snapshot` are the operator's, as on the plain client;
+    /// `count_tokens_upstream` does not reach an upstream for it (the local count answers);
+    /// `spend_log_durability: sync` is the server's (a library call does not wait for the
+    /// spend row).
     pub fn with_api_key(&self, api_key: impl Into<Arc<str>>) -> Client {
         Client {
             inner: Arc::clone(&self.inner),
@@ -475,8 +481,17 @@ impl Client {
             };
             // A malformed request is refused before it counts against budgets and limits.
             body.validate(op)?;
-            let admitted = gate.admit(self, key, op, body).await?;
-            options.hook = Some(admitted.hook);
+            // Nothing but the Anthropic dialect (which the server runs) carries a client's own
+            // Anthropic body past admission's checks.
+            options.native_dialect = false;
+            let admitted = gate.admit(self, key, op, body, &options).await?;
+            // The spend log is keyed by the request id: a keyed caller does not choose it (a
+            // reused id would add nothing to the stored spend). Its own id is kept beside it.
+            options.request_id = new_request_id();
+            options.hook = Some(match options.hook.take() {
+                Some(own) => Arc::new(gate::BothHooks(admitted.hook, own)),
+                None => admitted.hook,
+            });
             if let Some(rewritten) = admitted.body {
                 let reparsed = ParsedBody::parse(&rewritten)?;
                 let input = execute::Input::Parsed(&reparsed);

@@ -2,12 +2,12 @@
 # Shared limits and budgets (issue 18): one llmux instance (release, pinned to core 0) with
 # governance on SQLite and a virtual key with rpm and tpm limits and a budget, counting them in
 # process (`local`) or through Redis (`redis`); llmux-mock (one thread), Redis and oha on core 1.
-# Usage: bash bench/fleet.sh local|redis [connections]
+# Usage: bash bench/fleet.sh local|redis [connections] [fixed rate, req/s]
 #   (build first: cargo build --release -p llmux-cli -p llmux-mock; redis-server from
 #    `bash scripts/redis.sh`'s install; oha from `cargo install oha`)
 set -u
 BIN=${CARGO_TARGET_DIR:-$HOME/.cache/llmux/target}/release
-MODE=$1; CONN=${2:-64}
+MODE=$1; CONN=${2:-64}; FIXED=${3:-6000}
 cd "$(mktemp -d)"
 taskset -c 1 "$BIN/llmux-mock" --port 18301 --threads 1 >/dev/null 2>&1 &
 MOCK=$!
@@ -57,9 +57,18 @@ rd = ($REDIS_T1 - $REDIS_T0) / hz / done * 1e6
 print(f'llmux {ll:.1f} us CPU/request (capacity on its own core: {1e6/ll:,.0f} req/s)' + (f'; redis {rd:.1f} us/request' if rd else ''))")
 HALF=$(python3 -c "print(int(float('$RATE')/2))")
 load -z 10s -q "$HALF" > half.txt 2>&1
+# The same fixed rate in both modes (one both reach): what llmux spends per request at equal
+# load, without the difference in how busy each run kept it (an idle-then-woken process pays
+# more per request than a saturated one).
+FT0=$(ticks "$LL")
+load -z 10s -q "$FIXED" > fixed.txt 2>&1
+FT1=$(ticks "$LL")
+FIXED_DONE=$(grep -E '\[200\]' fixed.txt | awk '{print $2}')
+FIXED_LINE=$(python3 -c "print(f'at a fixed {int(\"$FIXED\"):,} req/s: llmux {($FT1 - $FT0) / $HZ / max(int(\"${FIXED_DONE:-0}\"), 1) * 1e6:.1f} us CPU/request')")
 pct() { awk -v p="$1" '$1 == p {print $3}' "$2"; }
 echo "$MODE: max $(printf %.0f "$RATE") req/s (p50 $(pct 50.00% max.txt) ms); at $HALF req/s: p50 $(pct 50.00% half.txt) ms, p99 $(pct 99.00% half.txt) ms; $(grep -E '\[200\]' max.txt | tr -s ' ')"
 echo "$MODE: $CPU_LINE"
+echo "$MODE: $FIXED_LINE"
 if [ "$MODE" = redis ]; then
   echo "redis fallbacks: $(curl -s localhost:18300/metrics -H 'authorization: Bearer sk-m' | grep '^llmux_redis_fallbacks' )"
   kill "$REDIS"

@@ -3,8 +3,10 @@
 //! budget as one. One request costs one round trip: a Lua script checks every budget (settled
 //! spend plus reservations of requests in flight, fleet-wide) and every scope's rpm, tpm and
 //! parallel limit and, only if all pass, reserves the request's estimate and counts it in all
-//! of them (atomic on the Redis server). Settling (the cost, tokens used, the parallel slot)
-//! is a second script sent in batches off the request path. Redis that is slow or gone never
+//! of them (atomic on the Redis server). Admissions that arrive while a call is out go together
+//! in the next call (one script run and one answer to read for many requests; none waits for
+//! a timer). Settling (the cost, tokens used, the parallel slot) is a second script sent in
+//! batches off the request path. Redis that is slow or gone never
 //! stops traffic: each call has a short deadline, and past it the instance counts locally (a
 //! warning once, a counter, `/health/readiness` says so) until Redis answers again.
 //!
@@ -55,97 +57,155 @@ const SWEEP_EVERY: Duration = Duration::from_secs(10);
 const SWEEP_AFTER_MS: i64 = 30_000;
 
 const ACQUIRE: &str = r#"
--- ARGV: window start, now (ms), request id, ttl of a parallel slot (ms), scope count, then per
--- scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the request's estimate,
--- this instance's name, and per budget: owner, max budget, spend in the database, end of its
--- period (0: none). Budgets are checked first, then limits; the request is counted in all of
--- them only if every one has room. Its reservation is held under this instance's name
--- (`llmux:held:{instance}`), which is how it is given back: once, by its settlement, by the
--- instance's sweep of requests it no longer knows, or by any instance reaping a stopped one.
-local window, now, id, ttl, n = ARGV[1], tonumber(ARGV[2]), ARGV[3], tonumber(ARGV[4]), tonumber(ARGV[5])
-local nb_at = 6 + n * 4
-local nb, estimate, instance = tonumber(ARGV[nb_at]), ARGV[nb_at + 1], ARGV[nb_at + 2]
-local room = nil
-local generations = {}
-for j = 1, nb do
-  local b = nb_at + 2 + (j - 1) * 4
-  local owner, max, stored, period = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  local bk = 'llmux:bud:' .. owner
+-- One request's arguments (A): window start, now (ms), request id, ttl of a parallel slot (ms),
+-- scope count, then per scope: name, rpm, tpm, parallel (-1: no limit); then budget count, the
+-- request's estimate, this instance's name, and per budget: owner, max budget, spend in the
+-- database, end of its period (0: none). Budgets are checked first, then limits; the request is
+-- counted in all of them only if every one has room. Its reservation is held under this
+-- instance's name (`llmux:held:{instance}`), which is how it is given back: once, by its
+-- settlement, by the instance's sweep of requests it no longer knows, or by any instance
+-- reaping a stopped one.
+-- Several requests' admissions come in one call (those that arrived while the previous call was
+-- out): ARGV[1] is their count, then per request the number of its arguments and the
+-- arguments above. They are decided one after another, as separate calls would decide them,
+-- on counters read once per call and kept here (`buds`, `windows`); what the admitted requests
+-- add is written once per counter at the end. The answer is, per request, the length of its
+-- answer and the answer.
+local buds, windows, held = {}, {}, {}
+
+-- A budget counter as this call knows it: spend `s`, period end `p`, `ended`, reservations `r`
+-- (as stored, may be below 0), generation `g`, reservations added by this call `add`.
+local function budget(bk, stored, period, now, id)
+  local b = buds[bk]
+  if b then return b end
   local got = redis.call('HMGET', bk, 's', 'p', 'e', 'r', 'g')
-  local s, p, ended = tonumber(got[1]), tonumber(got[2] or '0'), got[3] == '1'
-  if not s then
+  b = {s = tonumber(got[1]), p = tonumber(got[2] or '0'), ended = got[3] == '1',
+       r = tonumber(got[4] or '0'), g = got[5], add = 0}
+  if not b.s then
     -- Not known (first use, or Redis lost it): the database is the truth. A new generation:
     -- requests reserved in a lost one do not give their reservations back to this one.
-    s, p, ended = stored, period, false
-    got[5] = now .. ':' .. id
-    redis.call('HSET', bk, 's', string.format('%.17g', s), 'p', tostring(p), 'e', '0', 'g', got[5])
+    b.s, b.p, b.ended, b.g = stored, period, false, now .. ':' .. id
+    redis.call('HSET', bk, 's', string.format('%.17g', b.s), 'p', tostring(b.p), 'e', '0', 'g', b.g)
     redis.call('PEXPIRE', bk, 86400000)
-  elseif not got[5] then
-    got[5] = now .. ':' .. id
-    redis.call('HSET', bk, 'g', got[5])
+  elseif not b.g then
+    b.g = now .. ':' .. id
+    redis.call('HSET', bk, 'g', b.g)
   end
-  if period > p then
-    -- A new period (the database reset it): start from what the database holds for it.
-    s, p, ended = stored, period, false
-    redis.call('HSET', bk, 's', string.format('%.17g', s), 'p', tostring(p), 'e', '0')
-  elseif period == p and stored > s and not ended then
-    -- Spend written by a path that did not pass here (a restart lost an increment).
-    s = stored
-    redis.call('HSET', bk, 's', string.format('%.17g', s))
-  end
-  if p > 0 and p <= now and not ended then
-    -- The period is over, though the database has not been reset yet: its spend no longer counts.
-    s = 0
-    redis.call('HSET', bk, 's', '0', 'e', '1')
-  end
-  local r = math.max(tonumber(got[4] or '0'), 0)
-  if s + r >= max then return {tostring(j), '4', string.format('%.17g', s), tostring(max)} end
-  if room == nil or max - s - r < room then room = max - s - r end
-  generations[j] = got[5] or ''
+  buds[bk] = b
+  return b
 end
-local counts = {}
-for i = 1, n do
-  local b = 5 + (i - 1) * 4
-  local scope, rpm, tpm, par = ARGV[b + 1], tonumber(ARGV[b + 2]), tonumber(ARGV[b + 3]), tonumber(ARGV[b + 4])
-  local w = 'llmux:rl:' .. scope .. ':' .. window
+
+-- A rate window as this call knows it: requests `r`, tokens `t`, requests added `add`.
+local function rate_window(w)
+  local c = windows[w]
+  if c then return c end
   local rt = redis.call('HMGET', w, 'r', 't')
-  local r, t = tonumber(rt[1] or '0'), tonumber(rt[2] or '0')
-  if rpm >= 0 and r >= rpm then return {tostring(i), '1', tostring(rpm)} end
-  if tpm >= 0 and t >= tpm then return {tostring(i), '2', tostring(tpm)} end
-  if par >= 0 then
-    local p = 'llmux:par:' .. scope
-    redis.call('ZREMRANGEBYSCORE', p, '-inf', now - ttl)
-    if redis.call('ZCARD', p) >= par then return {tostring(i), '3', tostring(par)} end
-  end
-  counts[i] = {r, t}
+  c = {r = tonumber(rt[1] or '0'), t = tonumber(rt[2] or '0'), add = 0}
+  windows[w] = c
+  return c
 end
-if nb > 0 then
-  -- The entry: admission time, amount, then each budget's owner and generation.
-  local entry = now .. '\30' .. estimate
+
+local function admit(A)
+  local window, now, id, ttl, n = A[1], tonumber(A[2]), A[3], tonumber(A[4]), tonumber(A[5])
+  local nb_at = 6 + n * 4
+  local nb, estimate, instance = tonumber(A[nb_at]), A[nb_at + 1], A[nb_at + 2]
+  local room = nil
+  local counters = {}
   for j = 1, nb do
-    local owner = ARGV[nb_at + 2 + (j - 1) * 4 + 1]
-    redis.call('HINCRBYFLOAT', 'llmux:bud:' .. owner, 'r', estimate)
-    entry = entry .. '\30' .. owner .. '\31' .. generations[j]
+    local at = nb_at + 2 + (j - 1) * 4
+    local owner, max, stored, period = A[at + 1], tonumber(A[at + 2]), tonumber(A[at + 3]), tonumber(A[at + 4])
+    local bk = 'llmux:bud:' .. owner
+    local b = budget(bk, stored, period, now, id)
+    if period > b.p then
+      -- A new period (the database reset it): start from what the database holds for it.
+      b.s, b.p, b.ended = stored, period, false
+      redis.call('HSET', bk, 's', string.format('%.17g', b.s), 'p', tostring(b.p), 'e', '0')
+    elseif period == b.p and stored > b.s and not b.ended then
+      -- Spend written by a path that did not pass here (a restart lost an increment).
+      b.s = stored
+      redis.call('HSET', bk, 's', string.format('%.17g', b.s))
+    end
+    if b.p > 0 and b.p <= now and not b.ended then
+      -- The period is over, though the database has not been reset yet: its spend no longer counts.
+      b.s, b.ended = 0, true
+      redis.call('HSET', bk, 's', '0', 'e', '1')
+    end
+    local r = math.max(b.r, 0)
+    if b.s + r >= max then return {tostring(j), '4', string.format('%.17g', b.s), tostring(max)} end
+    if room == nil or max - b.s - r < room then room = max - b.s - r end
+    counters[j] = {owner, b}
   end
-  redis.call('HSET', 'llmux:held:' .. instance, id, entry)
-end
-local out = {'0'}
-for i = 1, n do
-  local b = 5 + (i - 1) * 4
-  local scope, par = ARGV[b + 1], tonumber(ARGV[b + 4])
-  local w = 'llmux:rl:' .. scope .. ':' .. window
-  if redis.call('HINCRBY', w, 'r', 1) == 1 then redis.call('PEXPIRE', w, 120000) end
-  if par >= 0 then
-    local p = 'llmux:par:' .. scope
-    redis.call('ZADD', p, now, id)
-    redis.call('PEXPIRE', p, ttl)
+  local scopes = {}
+  for i = 1, n do
+    local at = 5 + (i - 1) * 4
+    local scope, rpm, tpm, par = A[at + 1], tonumber(A[at + 2]), tonumber(A[at + 3]), tonumber(A[at + 4])
+    local c = rate_window('llmux:rl:' .. scope .. ':' .. window)
+    if rpm >= 0 and c.r >= rpm then return {tostring(i), '1', tostring(rpm)} end
+    if tpm >= 0 and c.t >= tpm then return {tostring(i), '2', tostring(tpm)} end
+    if par >= 0 then
+      local p = 'llmux:par:' .. scope
+      redis.call('ZREMRANGEBYSCORE', p, '-inf', now - ttl)
+      if redis.call('ZCARD', p) >= par then return {tostring(i), '3', tostring(par)} end
+    end
+    scopes[i] = {c, scope, par}
   end
-  out[#out + 1] = tostring(counts[i][1] + 1)
-  out[#out + 1] = tostring(counts[i][2])
+  -- Admitted: counted in every budget and scope.
+  if nb > 0 then
+    -- The entry: admission time, amount, then each budget's owner and generation.
+    local entry = now .. '\30' .. estimate
+    local amount = tonumber(estimate)
+    for j = 1, nb do
+      local owner, b = counters[j][1], counters[j][2]
+      b.r = b.r + amount
+      b.add = b.add + amount
+      entry = entry .. '\30' .. owner .. '\31' .. (b.g or '')
+    end
+    local key = 'llmux:held:' .. instance
+    held[key] = held[key] or {}
+    local list = held[key]
+    list[#list + 1] = id
+    list[#list + 1] = entry
+  end
+  local out = {'0'}
+  for i = 1, n do
+    local c, scope, par = scopes[i][1], scopes[i][2], scopes[i][3]
+    c.r = c.r + 1
+    c.add = c.add + 1
+    if par >= 0 then
+      local p = 'llmux:par:' .. scope
+      redis.call('ZADD', p, now, id)
+      redis.call('PEXPIRE', p, ttl)
+    end
+    out[#out + 1] = tostring(c.r)
+    out[#out + 1] = tostring(c.t)
+  end
+  -- The least room any budget had left (so a request near a budget's end settles at once).
+  if room ~= nil then out[#out + 1] = tostring(room) end
+  return out
 end
--- The least room any budget had left (so a request near a budget's end settles at once).
-if room ~= nil then out[#out + 1] = tostring(room) end
-return out
+
+local answers = {}
+local at = 2
+for _ = 1, tonumber(ARGV[1]) do
+  local m = tonumber(ARGV[at])
+  local out = admit({unpack(ARGV, at + 1, at + m)})
+  at = at + 1 + m
+  answers[#answers + 1] = tostring(#out)
+  for _, v in ipairs(out) do answers[#answers + 1] = v end
+end
+-- What the admitted requests added, once per counter.
+for bk, b in pairs(buds) do
+  if b.add ~= 0 then redis.call('HINCRBYFLOAT', bk, 'r', string.format('%.17g', b.add)) end
+end
+for w, c in pairs(windows) do
+  if c.add > 0 and redis.call('HINCRBY', w, 'r', c.add) == c.add then
+    redis.call('PEXPIRE', w, 120000)
+  end
+end
+for key, list in pairs(held) do
+  redis.call('HSET', key, unpack(list))
+end
+return answers
 "#;
 
 /// Lua shared by the scripts that give reservations back: `release_held(entry)` subtracts a held
@@ -205,39 +265,88 @@ for i = 1, nx do
   fits[#fits + 1] = fit
   at = at + nb * 2
 end
+-- Settlements are added up per counter first: one write per rate window, parallel-slot set and
+-- budget, however many requests the call settles.
 local n = tonumber(ARGV[at])
 at = at + 1
+local tokens_by_window, slots_by_scope = {}, {}
 for i = 1, n do
   local scope, window, id, tokens, par = ARGV[at], ARGV[at + 1], ARGV[at + 2], tonumber(ARGV[at + 3]), ARGV[at + 4]
   at = at + 5
   if tokens > 0 then
     local w = 'llmux:rl:' .. scope .. ':' .. window
-    if redis.call('HINCRBY', w, 't', tokens) == tokens then redis.call('PEXPIRE', w, 120000) end
+    tokens_by_window[w] = (tokens_by_window[w] or 0) + tokens
   end
-  if par == '1' then redis.call('ZREM', 'llmux:par:' .. scope, id) end
+  if par == '1' then
+    local p = 'llmux:par:' .. scope
+    slots_by_scope[p] = slots_by_scope[p] or {}
+    table.insert(slots_by_scope[p], id)
+  end
+end
+for w, tokens in pairs(tokens_by_window) do
+  if redis.call('HINCRBY', w, 't', tokens) == tokens then redis.call('PEXPIRE', w, 120000) end
+end
+for p, ids in pairs(slots_by_scope) do
+  redis.call('ZREM', p, unpack(ids))
 end
 local m = tonumber(ARGV[at])
 at = at + 1
+local ids, seen = {}, {}
+local cost_by_owner = {}
 for j = 1, m do
   local id, cost, no = ARGV[at], tonumber(ARGV[at + 1]), tonumber(ARGV[at + 2])
   at = at + 3
-  local entry = redis.call('HGET', held, id)
-  if entry then
-    release_held(entry)
-    redis.call('HDEL', held, id)
+  if not seen[id] then
+    seen[id] = true
+    ids[#ids + 1] = id
   end
-  -- The cost counts whether or not the reservation was still held; only where the counter
-  -- exists (one Redis lost is rebuilt from the database).
+  -- The cost counts whether or not the reservation was still held.
   if cost > 0 then
     for k = 0, no - 1 do
-      local bk = 'llmux:bud:' .. ARGV[at + k]
-      if redis.call('EXISTS', bk) == 1 then
-        redis.call('HINCRBYFLOAT', bk, 's', cost)
-        redis.call('PEXPIRE', bk, 86400000)
-      end
+      local owner = ARGV[at + k]
+      cost_by_owner[owner] = (cost_by_owner[owner] or 0) + cost
     end
   end
   at = at + no
+end
+if #ids > 0 then
+  -- Each request's held reservation is given back (once: a request no longer held, because a
+  -- sweep or a reap gave it back, gives nothing).
+  local entries = redis.call('HMGET', held, unpack(ids))
+  local given, generation_of = {}, {}
+  local present = {}
+  for k, entry in ipairs(entries) do
+    if entry then
+      present[#present + 1] = ids[k]
+      local parts = {}
+      for part in string.gmatch(entry, '[^\30]+') do parts[#parts + 1] = part end
+      local amount = tonumber(parts[2]) or 0
+      for q = 3, #parts do
+        local owner, generation = string.match(parts[q], '^(.*)\31(.*)$')
+        if owner then
+          if generation_of[owner] == nil then
+            generation_of[owner] = redis.call('HGET', 'llmux:bud:' .. owner, 'g') or false
+          end
+          -- Only to the counter generation it was reserved in.
+          if generation_of[owner] == generation then
+            given[owner] = (given[owner] or 0) + amount
+          end
+        end
+      end
+    end
+  end
+  if #present > 0 then redis.call('HDEL', held, unpack(present)) end
+  for owner, amount in pairs(given) do
+    redis.call('HINCRBYFLOAT', 'llmux:bud:' .. owner, 'r', string.format('%.17g', -amount))
+  end
+end
+-- Costs only where the counter exists (one Redis lost is rebuilt from the database).
+for owner, cost in pairs(cost_by_owner) do
+  local bk = 'llmux:bud:' .. owner
+  if redis.call('EXISTS', bk) == 1 then
+    redis.call('HINCRBYFLOAT', bk, 's', string.format('%.17g', cost))
+    redis.call('PEXPIRE', bk, 86400000)
+  end
 end
 return fits
 "#;
@@ -307,6 +416,12 @@ pub struct SharedState {
     /// Settlements waiting to be sent: one call carries every one of the last few
     /// milliseconds, so a request costs one round trip on its path (its admission), not two.
     releases: std::sync::Mutex<Batch>,
+    /// Admissions waiting to be sent: every request that arrives while a call is out goes in
+    /// the next one (one script call, and one answer to read, for all of them).
+    admissions: std::sync::Mutex<Vec<PendingAdmission>>,
+    admit: tokio::sync::Notify,
+    /// Admission script calls sent (each carries one or more requests' admissions).
+    pub admission_calls: AtomicU64,
     /// Requests admitted here with a budget reservation held in Redis, not yet settled.
     held: std::sync::Mutex<foldhash::HashSet<String>>,
     reap: redis::Script,
@@ -315,6 +430,14 @@ pub struct SharedState {
     /// A queued settlement frees a parallel slot or a budget reservation: send without waiting
     /// for the batch.
     urgent: AtomicBool,
+}
+
+/// One request's admission, queued for the admission sender.
+struct PendingAdmission {
+    /// Its arguments, as `ACQUIRE` reads one request's.
+    args: Vec<Vec<u8>>,
+    /// Its answer: the script's for this request.
+    reply: tokio::sync::oneshot::Sender<Vec<String>>,
 }
 
 #[derive(Default)]
@@ -375,6 +498,14 @@ const STATS_SYNC: Duration = Duration::from_millis(500);
 /// A report older than this no longer counts for requests in flight (its instance stopped).
 const REPORT_FRESH_MS: i64 = 3_000;
 
+/// The most admissions one call carries (the script unpacks their entries into one command's
+/// arguments, and Redis's Lua stack holds a few thousand).
+const ADMISSIONS_PER_CALL: usize = 256;
+
+/// Admission calls out at once: more admissions wait for one of them to answer and then go
+/// together.
+const ADMISSION_CALLS_IN_FLIGHT: usize = 4;
+
 /// How long settlements gather before they are sent (and the most a tpm count lags behind the
 /// request that used it).
 const RELEASE_BATCH: Duration = Duration::from_millis(5);
@@ -416,6 +547,11 @@ pub fn owner_name(kind: Kind, id: &str) -> String {
     name
 }
 
+/// Append a script argument as Redis will send it.
+fn push_arg<T: redis::ToRedisArgs>(args: &mut Vec<Vec<u8>>, value: &T) {
+    value.write_redis_args(args);
+}
+
 /// An amount of dollars as Redis and Lua read it (Rust never writes an exponent).
 fn dollars(v: f64) -> String {
     if v.is_finite() {
@@ -450,6 +586,9 @@ impl SharedState {
             degraded: AtomicBool::new(false),
             fallbacks: AtomicU64::new(0),
             releases: std::sync::Mutex::new(Batch::default()),
+            admissions: std::sync::Mutex::default(),
+            admit: tokio::sync::Notify::new(),
+            admission_calls: AtomicU64::new(0),
             held: std::sync::Mutex::default(),
             reap: redis::Script::new(&format!("{HELD}{HEARTBEAT_AND_REAP}")),
             sweep: redis::Script::new(&format!("{HELD}{SWEEP}")),
@@ -458,6 +597,7 @@ impl SharedState {
         });
         state.heartbeat().await;
         state.spawn_release_sender();
+        state.spawn_admission_sender();
         state.spawn_heartbeat();
         Ok(state)
     }
@@ -664,38 +804,41 @@ impl SharedState {
         let window = now - now.rem_euclid(WINDOW_MS);
         let reset_in_ms = window + WINDOW_MS - now;
         let limit = |v: Option<u64>| v.map_or(-1, |v| v.min(i64::MAX as u64) as i64);
-        let mut invocation = self.acquire.prepare_invoke();
-        invocation
-            .arg(window)
-            .arg(now)
-            .arg(request_id)
-            .arg(IN_FLIGHT_TTL_MS)
-            .arg(scopes.len());
+        let mut args: Vec<Vec<u8>> = Vec::with_capacity(8 + 4 * (scopes.len() + budgets.len()));
+        push_arg(&mut args, &window);
+        push_arg(&mut args, &now);
+        push_arg(&mut args, &request_id);
+        push_arg(&mut args, &IN_FLIGHT_TTL_MS);
+        push_arg(&mut args, &scopes.len());
         for s in scopes {
-            invocation
-                .arg(&s.scope)
-                .arg(limit(s.rpm))
-                .arg(limit(s.tpm))
-                .arg(limit(s.max_parallel));
+            push_arg(&mut args, &s.scope);
+            push_arg(&mut args, &limit(s.rpm));
+            push_arg(&mut args, &limit(s.tpm));
+            push_arg(&mut args, &limit(s.max_parallel));
         }
-        invocation
-            .arg(budgets.len())
-            .arg(dollars(estimate))
-            .arg(&self.instance);
+        push_arg(&mut args, &budgets.len());
+        push_arg(&mut args, &dollars(estimate));
+        push_arg(&mut args, &self.instance);
         for b in budgets {
-            invocation
-                .arg(owner_name(b.kind, &b.id))
-                .arg(dollars(b.max_budget))
-                .arg(dollars(b.stored_spend))
-                .arg(b.reset_at.unwrap_or(0));
+            push_arg(&mut args, &owner_name(b.kind, &b.id));
+            push_arg(&mut args, &dollars(b.max_budget));
+            push_arg(&mut args, &dollars(b.stored_spend));
+            push_arg(&mut args, &b.reset_at.unwrap_or(0));
         }
-        let mut conn = self.conn.clone();
-        let out: Vec<String> = match self
-            .within_deadline("acquire", invocation.invoke_async(&mut conn))
-            .await
-        {
-            Ok(out) => out,
-            Err(Unavailable) => {
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.admissions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(PendingAdmission { args, reply });
+        self.admit.notify_one();
+        let out = match tokio::time::timeout(self.deadline, answer).await {
+            Ok(Ok(out)) => {
+                self.note(true, "acquire");
+                out
+            }
+            // The call failed (the sender dropped the reply), or did not answer in time.
+            Ok(Err(_)) | Err(_) => {
+                self.note(false, "acquire");
                 // The script may still run after the deadline: free any parallel slot it
                 // takes (removing one it never took is harmless). Its rpm count and budget
                 // reservation stay (see the module notes).
@@ -973,6 +1116,77 @@ impl SharedState {
                 .unwrap_or_else(std::sync::PoisonError::into_inner),
         );
         self.send(batch).await;
+    }
+
+    /// Send queued admissions for as long as the state lives: whatever is queued goes at once
+    /// in one call, without a timer. Up to `ADMISSION_CALLS_IN_FLIGHT` calls are out at a time
+    /// (pipelined on the connection); while they all are, arriving admissions queue and go
+    /// together in the next, so under load a call carries many and at low load none waits.
+    fn spawn_admission_sender(self: &Arc<Self>) {
+        let me = Arc::downgrade(self);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(ADMISSION_CALLS_IN_FLIGHT));
+        tokio::spawn(async move {
+            loop {
+                let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else {
+                    return;
+                };
+                let Some(state) = me.upgrade() else { return };
+                let batch: Vec<PendingAdmission> = {
+                    let mut queue = state
+                        .admissions
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner);
+                    let take = queue.len().min(ADMISSIONS_PER_CALL);
+                    queue.drain(..take).collect()
+                };
+                if batch.is_empty() {
+                    // Woken by the next admission (`notify_one` keeps the wake-up for a waiter
+                    // that comes later), or every second to see whether the state is still used.
+                    drop(permit);
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), state.admit.notified()).await;
+                    continue;
+                }
+                tokio::spawn(async move {
+                    state.send_admissions(batch).await;
+                    drop(permit);
+                });
+            }
+        });
+    }
+
+    /// One call for `batch`; each request gets its own answer (none when the call failed: it
+    /// counts locally).
+    async fn send_admissions(&self, batch: Vec<PendingAdmission>) {
+        let mut invocation = self.acquire.prepare_invoke();
+        invocation.arg(batch.len());
+        for pending in &batch {
+            invocation.arg(pending.args.len());
+            for a in &pending.args {
+                invocation.arg(a.as_slice());
+            }
+        }
+        self.admission_calls.fetch_add(1, Ordering::Relaxed);
+        let mut conn = self.conn.clone();
+        let call = invocation.invoke_async::<Vec<String>>(&mut conn);
+        let answers = match tokio::time::timeout(Duration::from_secs(2), call).await {
+            Ok(Ok(answers)) => answers,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "redis admission call failed");
+                return;
+            }
+            Err(_) => return,
+        };
+        let mut answers = answers.into_iter();
+        for pending in batch {
+            let len = answers
+                .next()
+                .and_then(|n| n.parse::<usize>().ok())
+                .unwrap_or(0);
+            let answer: Vec<String> = answers.by_ref().take(len).collect();
+            // A request that gave up waiting has dropped its receiver.
+            let _ = pending.reply.send(answer);
+        }
     }
 
     /// Send queued settlements, a batch every `RELEASE_BATCH`, for as long as the state lives.

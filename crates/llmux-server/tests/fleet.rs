@@ -692,6 +692,108 @@ async fn reservations_are_released_on_failure_and_on_client_disconnect() {
 /// budget period that ended before the database was reset, a new period seeded from the
 /// database, spend the database holds above Redis's count, and reservations of an instance
 /// that died, which expire.
+/// Admissions that arrive together share script calls (each call carries every admission
+/// queued while the previous one was out), and each request still gets its own answer: of 600
+/// concurrent requests (more than one call carries) against an rpm of 37 and a budget with room
+/// for 50 of them, exactly 37
+/// are admitted, every refusal names the limit, and the budget holds 37 reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_admissions_share_calls_and_each_gets_its_own_answer() {
+    use llmux_governance::budget::BudgetCheck;
+    use llmux_governance::limits::Limits;
+    use llmux_governance::shared::{Refusal, SharedState};
+    use llmux_store::Kind;
+    let state = SharedState::connect(&redis_url(), Duration::from_secs(2))
+        .await
+        .unwrap();
+    let unique = llmux::new_request_id();
+    let scopes = [Limits {
+        scope: format!("test:{unique}"),
+        rpm: Some(37),
+        tpm: Some(1_000_000),
+        max_parallel: None,
+    }];
+    let budgets = [BudgetCheck {
+        kind: Kind::Team,
+        id: unique.clone(),
+        max_budget: 5.0,
+        stored_spend: 0.0,
+        reset_at: None,
+    }];
+    let now = llmux_store::now_ms();
+    let answers = futures_util::future::join_all((0..600).map(|i| {
+        let (state, scopes, budgets, unique) = (Arc::clone(&state), &scopes, &budgets, &unique);
+        async move {
+            state
+                .acquire(scopes, budgets, 0.1, &format!("{unique}-{i}"), now)
+                .await
+        }
+    }))
+    .await;
+    let admitted = answers.iter().filter(|a| matches!(a, Ok(Ok(_)))).count();
+    assert_eq!(admitted, 37, "{answers:?}");
+    let calls = state
+        .admission_calls
+        .load(std::sync::atomic::Ordering::Relaxed);
+    assert!(calls < 40, "600 admissions in {calls} calls");
+    assert!(answers.iter().all(|a| match a {
+        Ok(Ok(ok)) => ok.remaining.requests.is_some_and(|(limit, _)| limit == 37),
+        Ok(Err(Refusal::Limit(l))) => l.what == "requests" && l.limit == 37,
+        _ => false,
+    }));
+    let owner = [(Kind::Team, unique.clone())];
+    let (_, reserved) = state.spend(&owner).await.unwrap()[0].unwrap();
+    assert!(
+        (reserved - 3.7).abs() < 1e-9,
+        "37 reservations of 0.1: {reserved}"
+    );
+
+    // Their settlements go together too, added up per counter: every reservation is given
+    // back, every cost and every token counted.
+    let budget_owners = [(Kind::Team, unique.clone())];
+    for (i, answer) in answers.iter().enumerate() {
+        if matches!(answer, Ok(Ok(_))) {
+            state.release(llmux_governance::shared::Settlement {
+                scopes: &scopes,
+                budgets: &budget_owners,
+                request_id: &format!("{unique}-{i}"),
+                tokens: 10,
+                cost: 0.05,
+                started: now,
+                urgent: false,
+            });
+        }
+    }
+    state.flush_now().await;
+    let (spend, reserved) = state.spend(&owner).await.unwrap()[0].unwrap();
+    assert!(reserved.abs() < 1e-9, "all given back: {reserved}");
+    assert!(
+        (spend - 37.0 * 0.05).abs() < 1e-9,
+        "37 costs of 0.05: {spend}"
+    );
+    let next_minute = now - now.rem_euclid(60_000);
+    match state
+        .acquire(&scopes, &[], 0.0, &format!("{unique}-after"), next_minute)
+        .await
+    {
+        Ok(Err(Refusal::Limit(l))) => assert_eq!(l.what, "requests"),
+        other => panic!("the window is full: {other:?}"),
+    }
+    let tokens = [Limits {
+        scope: scopes[0].scope.clone(),
+        rpm: None,
+        tpm: Some(1_000_000),
+        max_parallel: None,
+    }];
+    match state
+        .acquire(&tokens, &[], 0.0, &format!("{unique}-tokens"), now)
+        .await
+    {
+        Ok(Ok(ok)) => assert_eq!(ok.remaining.tokens, Some((1_000_000, 1_000_000 - 370))),
+        other => panic!("{other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     use llmux_governance::budget::BudgetCheck;

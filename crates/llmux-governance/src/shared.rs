@@ -188,7 +188,9 @@ local answers = {}
 local at = 2
 for _ = 1, tonumber(ARGV[1]) do
   local m = tonumber(ARGV[at])
-  local out = admit({unpack(ARGV, at + 1, at + m)})
+  -- One request's error answers it alone (`E`); the others are decided.
+  local ok, out = pcall(admit, {unpack(ARGV, at + 1, at + m)})
+  if not ok then out = {'E'} end
   at = at + 1 + m
   answers[#answers + 1] = tostring(#out)
   for _, v in ipairs(out) do answers[#answers + 1] = v end
@@ -418,7 +420,7 @@ pub struct SharedState {
     releases: std::sync::Mutex<Batch>,
     /// Admissions waiting to be sent: every request that arrives while a call is out goes in
     /// the next one (one script call, and one answer to read, for all of them).
-    admissions: std::sync::Mutex<Vec<PendingAdmission>>,
+    admissions: std::sync::Mutex<std::collections::VecDeque<PendingAdmission>>,
     admit: tokio::sync::Notify,
     /// Admission script calls sent (each carries one or more requests' admissions).
     pub admission_calls: AtomicU64,
@@ -438,6 +440,18 @@ struct PendingAdmission {
     args: Vec<Vec<u8>>,
     /// Its answer: the script's for this request.
     reply: tokio::sync::oneshot::Sender<Vec<String>>,
+    /// What to give back if Redis admits it after its caller stopped waiting (it counted
+    /// locally, or the client left): its parallel slots and budget reservation. `None` when it
+    /// holds neither.
+    undo: Option<Undo>,
+}
+
+/// A late admission's parallel slots and reservation (see `PendingAdmission::undo`).
+struct Undo {
+    request_id: String,
+    scopes: Vec<Limits>,
+    budgets: Vec<(Kind, String)>,
+    started: i64,
 }
 
 #[derive(Default)]
@@ -501,6 +515,10 @@ const REPORT_FRESH_MS: i64 = 3_000;
 /// The most admissions one call carries (the script unpacks their entries into one command's
 /// arguments, and Redis's Lua stack holds a few thousand).
 const ADMISSIONS_PER_CALL: usize = 256;
+
+/// Admissions waiting for a call past which a new one counts locally at once (Redis has
+/// stalled: at most `ADMISSION_CALLS_IN_FLIGHT` x `ADMISSIONS_PER_CALL` leave per call timeout).
+const MAX_QUEUED_ADMISSIONS: usize = 4096;
 
 /// Admission calls out at once: more admissions wait for one of them to answer and then go
 /// together.
@@ -825,27 +843,45 @@ impl SharedState {
             push_arg(&mut args, &dollars(b.stored_spend));
             push_arg(&mut args, &b.reset_at.unwrap_or(0));
         }
+        let holds = !budgets.is_empty() || scopes.iter().any(|s| s.max_parallel.is_some());
+        let undo = holds.then(|| Undo {
+            request_id: request_id.to_owned(),
+            scopes: scopes.to_vec(),
+            budgets: budgets.iter().map(|b| (b.kind, b.id.clone())).collect(),
+            started: now,
+        });
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.admissions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(PendingAdmission { args, reply });
-        self.admit.notify_one();
-        let out = match tokio::time::timeout(self.deadline, answer).await {
-            Ok(Ok(out)) => {
-                self.note(true, "acquire");
-                out
-            }
-            // The call failed (the sender dropped the reply), or did not answer in time.
-            Ok(Err(_)) | Err(_) => {
+        {
+            let mut queue = self
+                .admissions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Redis has stalled long enough for this many to wait: count locally at once
+            // rather than queue without bound.
+            if queue.len() >= MAX_QUEUED_ADMISSIONS {
+                drop(queue);
                 self.note(false, "acquire");
-                // The script may still run after the deadline: free any parallel slot it
-                // takes (removing one it never took is harmless). Its rpm count and budget
-                // reservation stay (see the module notes).
-                self.forget_slots(scopes, request_id, window);
                 return Err(Unavailable);
             }
+            queue.push_back(PendingAdmission { args, reply, undo });
+        }
+        self.admit.notify_one();
+        let answered = tokio::time::timeout(self.deadline, answer).await;
+        // `E`: the script failed for this request.
+        let Some(out) = answered
+            .ok()
+            .and_then(Result::ok)
+            .filter(|out| out.first().is_some_and(|first| first != "E"))
+        else {
+            // The call failed, did not answer in time, or failed for this request. A call
+            // still queued is not sent, and one answered too late gives back what it took
+            // (`send_admissions`); these slots are freed here in case it ran without answering.
+            // Its rpm count stays (see the module notes).
+            self.note(false, "acquire");
+            self.forget_slots(scopes, request_id, window);
+            return Err(Unavailable);
         };
+        self.note(true, "acquire");
         let int = |i: usize| out.get(i).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
         let number = |i: usize| {
             out.get(i)
@@ -1137,7 +1173,12 @@ impl SharedState {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner);
                     let take = queue.len().min(ADMISSIONS_PER_CALL);
-                    queue.drain(..take).collect()
+                    // Requests that stopped waiting (they counted locally, or the client left)
+                    // are not sent.
+                    queue
+                        .drain(..take)
+                        .filter(|p| !p.reply.is_closed())
+                        .collect()
                 };
                 if batch.is_empty() {
                     // Woken by the next admission (`notify_one` keeps the wake-up for a waiter
@@ -1157,7 +1198,7 @@ impl SharedState {
 
     /// One call for `batch`; each request gets its own answer (none when the call failed: it
     /// counts locally).
-    async fn send_admissions(&self, batch: Vec<PendingAdmission>) {
+    async fn send_admissions(self: &Arc<Self>, batch: Vec<PendingAdmission>) {
         let mut invocation = self.acquire.prepare_invoke();
         invocation.arg(batch.len());
         for pending in &batch {
@@ -1177,15 +1218,38 @@ impl SharedState {
             }
             Err(_) => return,
         };
-        let mut answers = answers.into_iter();
-        for pending in batch {
-            let len = answers
-                .next()
-                .and_then(|n| n.parse::<usize>().ok())
-                .unwrap_or(0);
-            let answer: Vec<String> = answers.by_ref().take(len).collect();
-            // A request that gave up waiting has dropped its receiver.
-            let _ = pending.reply.send(answer);
+        // Each request's answer is its length, then itself; a layout that does not add up
+        // answers no one (each counts locally).
+        let mut spans = Vec::with_capacity(batch.len());
+        let mut at = 0;
+        for _ in &batch {
+            let Some(len) = answers.get(at).and_then(|n| n.parse::<usize>().ok()) else {
+                return;
+            };
+            spans.push((at + 1, at + 1 + len));
+            at += 1 + len;
+        }
+        if at != answers.len() {
+            return;
+        }
+        for (pending, (from, to)) in batch.into_iter().zip(spans) {
+            let answer = answers[from..to].to_vec();
+            let admitted = answer.first().is_some_and(|a| a == "0");
+            // A request that stopped waiting after the call went out: give back what Redis
+            // just gave it.
+            if pending.reply.send(answer).is_err() && admitted {
+                if let Some(undo) = pending.undo {
+                    self.release(Settlement {
+                        scopes: &undo.scopes,
+                        budgets: &undo.budgets,
+                        request_id: &undo.request_id,
+                        tokens: 0,
+                        cost: 0.0,
+                        started: undo.started,
+                        urgent: true,
+                    });
+                }
+            }
         }
     }
 

@@ -688,10 +688,6 @@ async fn reservations_are_released_on_failure_and_on_client_disconnect() {
     }
 }
 
-/// The admission script's edges, against the real Redis: one-minute window boundaries, a
-/// budget period that ended before the database was reset, a new period seeded from the
-/// database, spend the database holds above Redis's count, and reservations of an instance
-/// that died, which expire.
 /// Admissions that arrive together share script calls (each call carries every admission
 /// queued while the previous one was out), and each request still gets its own answer: of 600
 /// concurrent requests (more than one call carries) against an rpm of 37 and a budget with room
@@ -794,6 +790,77 @@ async fn concurrent_admissions_share_calls_and_each_gets_its_own_answer() {
     }
 }
 
+/// An admission Redis answers after its caller stopped waiting (Redis paused past the
+/// deadline; the request counted locally) leaves nothing held in Redis: not its parallel slot,
+/// not its budget reservation, whether it was still queued or already sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admission_answered_too_late_gives_back_what_it_took() {
+    use llmux_governance::budget::BudgetCheck;
+    use llmux_governance::limits::Limits;
+    use llmux_governance::shared::SharedState;
+    use llmux_store::Kind;
+    let state = SharedState::connect(&redis_url(), Duration::from_millis(50))
+        .await
+        .unwrap();
+    let unique = llmux::new_request_id();
+    let scopes = [Limits {
+        scope: format!("test:{unique}"),
+        rpm: None,
+        tpm: None,
+        max_parallel: Some(100),
+    }];
+    let budgets = [BudgetCheck {
+        kind: Kind::Team,
+        id: unique.clone(),
+        max_budget: 100.0,
+        stored_spend: 0.0,
+        reset_at: None,
+    }];
+    let client = redis::Client::open(redis_url()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(400)
+        .arg("ALL")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let now = llmux_store::now_ms();
+    let late = futures_util::future::join_all((0..20).map(|i| {
+        let (state, scopes, budgets, unique) = (Arc::clone(&state), &scopes, &budgets, &unique);
+        async move {
+            state
+                .acquire(scopes, budgets, 1.0, &format!("{unique}-{i}"), now)
+                .await
+        }
+    }))
+    .await;
+    assert!(
+        late.iter().all(Result::is_err),
+        "past the deadline: {late:?}"
+    );
+    // Redis runs what was sent once the pause ends; what it gave is given back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    state.flush_now().await;
+    let slots: i64 = redis::cmd("ZCARD")
+        .arg(format!("llmux:par:test:{unique}"))
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    assert_eq!(slots, 0, "no parallel slot left held");
+    let owner = [(Kind::Team, unique.clone())];
+    if let Some((_, reserved)) = state.spend(&owner).await.unwrap()[0] {
+        assert!(
+            reserved.abs() < 1e-9,
+            "no reservation left held: {reserved}"
+        );
+    }
+}
+
+/// The admission script's edges, against the real Redis: one-minute window boundaries, a
+/// budget period that ended before the database was reset, a new period seeded from the
+/// database, spend the database holds above Redis's count, and reservations of an instance
+/// that died, which expire.
 #[tokio::test]
 async fn the_admission_script_handles_windows_periods_and_dead_instances() {
     use llmux_governance::budget::BudgetCheck;

@@ -77,6 +77,15 @@ else
   fail
 fi
 
+step "promtool (the metrics tests check the exposition with it)"
+if ! command -v promtool >/dev/null 2>&1; then
+  SUDO=""
+  [ "$(id -u)" = 0 ] || SUDO="sudo"
+  { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+      $SUDO apt-get install -y -qq --no-install-recommends prometheus; } >&2 || fail
+fi
+command -v promtool || fail
+
 step "rust tests"
 if cargo nextest --version >/dev/null 2>&1; then
   run cargo nextest run --workspace --locked --no-fail-fast

@@ -196,6 +196,15 @@ pub struct Config {
     /// once its running cost passes what it reserved and a budget it counts against is spent
     /// (for upstreams that ignore `max_tokens`). Off by default: a stream then runs to its end.
     pub budget_stream_cutoff: bool,
+    /// `litellm_settings.callbacks` / `success_callback` / `failure_callback`, all of them
+    /// (`prometheus` is always on in llmux; the others are reported as not supported yet).
+    pub callbacks: Vec<String>,
+    /// `litellm_settings.require_auth_for_metrics_endpoint`; unset: required when a master key
+    /// is configured (the metrics name keys' hashes and aliases, teams and users).
+    pub require_auth_for_metrics_endpoint: Option<bool>,
+    /// `llmux_settings.metrics_max_keys`: distinct virtual keys the Prometheus metrics label
+    /// (beyond it, a key's series are counted under `other`; default 10,000).
+    pub metrics_max_keys: usize,
     /// `llmux_settings.redis_deadline_ms`: how long a request waits for the fleet's Redis
     /// (admission) before counting on this instance instead (default 50).
     pub redis_deadline: std::time::Duration,
@@ -237,6 +246,9 @@ impl Default for Config {
             client_body_timeout: Duration::from_secs(30),
             api_model_env_allowlist: Vec::new(),
             budget_stream_cutoff: false,
+            callbacks: Vec::new(),
+            require_auth_for_metrics_endpoint: None,
+            metrics_max_keys: 10_000,
             redis_deadline: std::time::Duration::from_millis(50),
             spend_log_durability: SpendDurability::Batched,
             max_buffered_response_bytes: 1024 * 1024 * 1024,

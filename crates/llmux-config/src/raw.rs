@@ -61,6 +61,14 @@ pub(crate) struct RawLitellmParams {
 pub(crate) struct RawLitellmSettings {
     #[serde(default, deserialize_with = "opt_bool")]
     pub drop_params: Option<bool>,
+    #[serde(default)]
+    pub callbacks: Option<OneOrMany>,
+    #[serde(default)]
+    pub success_callback: Option<OneOrMany>,
+    #[serde(default)]
+    pub failure_callback: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub require_auth_for_metrics_endpoint: Option<bool>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub request_timeout: Option<f64>,
 }
@@ -102,9 +110,28 @@ pub(crate) struct RawLlmuxSettings {
     #[serde(default, deserialize_with = "opt_bool")]
     pub budget_stream_cutoff: Option<bool>,
     #[serde(default, deserialize_with = "opt_u64")]
+    pub metrics_max_keys: Option<u64>,
+    #[serde(default, deserialize_with = "opt_u64")]
     pub redis_deadline_ms: Option<u64>,
     #[serde(default)]
     pub spend_log_durability: Option<String>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub max_buffered_response_mb: Option<f64>,
+}
+
+/// A list of names, or one name alone (`callbacks: prometheus`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl OneOrMany {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            OneOrMany::One(name) => vec![name],
+            OneOrMany::Many(names) => names,
+        }
+    }
 }

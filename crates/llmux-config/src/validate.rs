@@ -115,6 +115,9 @@ const KNOWN_TOP_LEVEL: &[&str] = &[
     "batch_settings",
 ];
 
+/// Callbacks llmux runs (Prometheus metrics are on whether or not they are named).
+const SUPPORTED_CALLBACKS: &[&str] = &["prometheus"];
+
 const KNOWN_LITELLM_SETTINGS: &[&str] = &[
     "num_retries",
     "callbacks",
@@ -695,6 +698,30 @@ fn litellm_settings(
     report_ignored("litellm_settings", KNOWN_LITELLM_SETTINGS, ignored, diags);
     if let Some(raw) = raw {
         config.drop_params = raw.drop_params.unwrap_or(false);
+        config.require_auth_for_metrics_endpoint = raw.require_auth_for_metrics_endpoint;
+        for (field, names) in [
+            ("callbacks", raw.callbacks),
+            ("success_callback", raw.success_callback),
+            ("failure_callback", raw.failure_callback),
+        ] {
+            for name in names
+                .map(crate::raw::OneOrMany::into_vec)
+                .unwrap_or_default()
+            {
+                if !SUPPORTED_CALLBACKS.contains(&name.as_str()) {
+                    diags.push(Diagnostic::warning(
+                        format!("litellm_settings.{field}"),
+                        format!(
+                            "callback `{name}` is not supported yet and is ignored (supported: {})",
+                            SUPPORTED_CALLBACKS.join(", ")
+                        ),
+                    ));
+                }
+                if !config.callbacks.contains(&name) {
+                    config.callbacks.push(name);
+                }
+            }
+        }
         if let Some(t) = seconds(
             raw.request_timeout,
             "litellm_settings.request_timeout",
@@ -799,6 +826,9 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
                 "llmux_settings.spend_log_durability",
                 format!("must be `batched` or `sync`, got `{other}`"),
             )),
+        }
+        if let Some(keys) = raw.metrics_max_keys {
+            config.metrics_max_keys = usize::try_from(keys).unwrap_or(usize::MAX);
         }
         if let Some(cutoff) = raw.budget_stream_cutoff {
             config.budget_stream_cutoff = cutoff;

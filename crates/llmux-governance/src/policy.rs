@@ -3,9 +3,10 @@
 //! looking fields up in the JSON on every request. `Governed` is the cached object and its view.
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use foldhash::HashMap;
-use llmux_store::Object;
+use llmux_store::{Kind, Object};
 use serde_json::{Map, Value};
 
 use crate::keys::Role;
@@ -16,12 +17,32 @@ use crate::parse_time;
 pub struct Governed {
     pub object: Object,
     pub policy: Policy,
+    /// Its id and its human name (a key's `key_alias`, a team's `team_alias`, a user's
+    /// `user_email`, ...), shared rather than copied into every request's metric labels.
+    pub labels: (Arc<str>, Option<Arc<str>>),
 }
 
 impl Governed {
     pub fn new(object: Object) -> Governed {
         let policy = Policy::of(&object.data);
-        Governed { object, policy }
+        let alias_field = match object.kind {
+            Kind::Key => "key_alias",
+            Kind::Team => "team_alias",
+            Kind::User => "user_email",
+            Kind::Organization => "organization_alias",
+            Kind::Customer | Kind::Budget | Kind::Model => "alias",
+        };
+        let alias = object
+            .data
+            .get(alias_field)
+            .and_then(Value::as_str)
+            .map(Arc::from);
+        let labels = (Arc::from(object.id.as_str()), alias);
+        Governed {
+            object,
+            policy,
+            labels,
+        }
     }
 }
 

@@ -63,6 +63,8 @@ pub struct SharedState {
     /// the API or by another instance): each rebuild reads the latest file and database, so a
     /// slower one cannot put back what a newer one replaced.
     pub(crate) rebuild: tokio::sync::Mutex<()>,
+    /// The Prometheus metrics every request is counted in.
+    pub metrics: Arc<metrics::Metrics>,
 }
 
 impl std::ops::Deref for AppState {
@@ -75,7 +77,10 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(client: Client) -> Self {
         let base_config = arc_swap::ArcSwap::from_pointee(client.snapshot().config.clone());
+        let metrics = metrics::Metrics::new(client.clone(), base_config.load().metrics_max_keys);
+        metrics.spawn_drain();
         AppState(Arc::new(SharedState {
+            metrics,
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
@@ -88,6 +93,7 @@ impl AppState {
     /// With governance, and the database's models applied.
     pub async fn with_governance(self, governance: Arc<Governance>) -> Result<Self, String> {
         let state = AppState(Arc::new(SharedState {
+            metrics: Arc::clone(&self.metrics),
             client: self.client.clone(),
             draining: Arc::clone(&self.draining),
             governance: Some(governance),
@@ -380,6 +386,9 @@ pub(crate) async fn execute(
     let aliased;
     let reparsed;
     let mut input = None;
+    let caller = metrics::CallerLabels::of(principal);
+    let route = metrics::route(op, call_type);
+    let mut end_user_label = None;
     if let (Some(gov), Some(principal)) = (&state.governance, principal) {
         parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
@@ -394,6 +403,7 @@ pub(crate) async fn execute(
             headers::tags(request_headers),
         )?;
         facts.client_request_id = client_request_id;
+        end_user_label.clone_from(&facts.end_user);
         input = Some(match rewritten {
             None => &parsed,
             Some(bytes) => {
@@ -402,9 +412,14 @@ pub(crate) async fn execute(
                 &reparsed
             }
         });
-        let admission = gov
-            .admit(principal, facts, &state.client, call_type)
-            .await?;
+        let model = facts.model.clone();
+        let admission = match gov.admit(principal, facts, &state.client, call_type).await {
+            Ok(admission) => admission,
+            Err(e) => {
+                state.metrics.refused(caller, route, &model, &e);
+                return Err(e);
+            }
+        };
         remaining = Some(admission.remaining.clone());
         let admission = Arc::new(admission);
         if admission.durable() {
@@ -412,6 +427,13 @@ pub(crate) async fn execute(
         }
         hook = Some(admission as Arc<dyn llmux::RequestHook>);
     }
+    let hook: Option<Arc<dyn llmux::RequestHook>> = Some(Arc::new(metrics::MetricsHook {
+        metrics: Arc::clone(&state.metrics),
+        caller,
+        end_user: end_user_label,
+        route,
+        inner: hook,
+    }));
     let options = RequestOptions {
         request_id: request_id.to_owned(),
         received_at,
@@ -685,11 +707,50 @@ async fn router_deployments(State(state): State<AppState>, request: Request) -> 
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
-async fn metrics_text(State(state): State<AppState>) -> Response {
-    let mut out = Response::new(Body::from(metrics::render(&state)));
+/// The Prometheus metrics. They name keys' hashes and aliases, teams and users: with a master
+/// key they are for admins (`litellm_settings.require_auth_for_metrics_endpoint: false` opens
+/// them to any scraper, as LiteLLM's older default did).
+async fn metrics_text(State(state): State<AppState>, request: Request) -> Response {
+    let config = state.base_config.load();
+    let required = config
+        .require_auth_for_metrics_endpoint
+        .unwrap_or(config.master_key.is_some());
+    if required {
+        let request_id = llmux::new_request_id();
+        match authenticate(&state, request.headers(), request.uri().path()).await {
+            Ok(Some(p)) if !p.role.is_admin() => {
+                return error_response(
+                    &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.")
+                        .with_code("forbidden"),
+                    &request_id,
+                )
+            }
+            Err(e) => return error_response(&e, &request_id),
+            _ => {}
+        }
+    }
+    // OpenMetrics for a scraper that asks for it; Prometheus's classic text otherwise.
+    let openmetrics = request
+        .headers()
+        .get(axum::http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("application/openmetrics-text"));
+    let text = metrics::render(&state);
+    let (body, content_type) = if openmetrics {
+        (
+            text,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )
+    } else {
+        (
+            metrics::classic_text(&text),
+            "text/plain; version=0.0.4; charset=utf-8",
+        )
+    };
+    let mut out = Response::new(Body::from(body));
     out.headers_mut().insert(
         axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+        HeaderValue::from_static(content_type),
     );
     out
 }

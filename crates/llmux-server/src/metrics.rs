@@ -1,21 +1,795 @@
-//! `GET /metrics` in the Prometheus text format (`prometheus-client`). For now the counters that
-//! governance and pricing keep; request metrics arrive with the observability work.
+//! `GET /metrics`: Prometheus metrics with LiteLLM's names, types and labels (so its Grafana
+//! dashboards work unchanged) and llmux's own counters, through `prometheus-client`.
+//!
+//! A finished request leaves one `Observation` on a queue (shared label strings and numbers,
+//! pushed under a lock no one holds for long); the series are updated from the queue off the
+//! request path, every second and before each scrape, so a scrape counts every request that
+//! finished before it. Label values LiteLLM does not know are `None`, as it writes them. Keys
+//! are labelled by their stored hash and alias, never the key; past
+//! `llmux_settings.metrics_max_keys` distinct keys, further keys' series are counted as `other`.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
-use prometheus_client::metrics::counter::ConstCounter;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use llmux::{Operation, Outcome, RequestHook, RequestLog};
+use llmux_governance::keys::Principal;
 use llmux_governance::Governance;
+use llmux_types::{ErrorKind, GatewayError};
+
+/// LiteLLM's latency buckets (seconds).
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 420.0,
+    600.0,
+];
+
+/// Observations held before the oldest are dropped (and counted): the queue is drained every
+/// second, so only a stalled drain reaches it.
+const MAX_QUEUED: usize = 100_000;
+
+/// The label value LiteLLM writes for what it does not know.
+const NONE: &str = "None";
+
+/// Who made a request, as the metrics label it.
+#[derive(Debug, Clone, Default)]
+pub struct CallerLabels {
+    key: Option<Arc<str>>,
+    key_alias: Option<Arc<str>>,
+    team: Option<Arc<str>>,
+    team_alias: Option<Arc<str>>,
+    user: Option<Arc<str>>,
+    user_email: Option<Arc<str>>,
+}
+
+impl CallerLabels {
+    /// The caller's key, team and user (nothing for the master key or without governance).
+    pub fn of(principal: Option<&Principal>) -> CallerLabels {
+        let Some(p) = principal else {
+            return CallerLabels::default();
+        };
+        let labels = |g: &Option<Arc<llmux_governance::policy::Governed>>| {
+            g.as_ref().map_or((None, None), |g| {
+                (Some(Arc::clone(&g.labels.0)), g.labels.1.clone())
+            })
+        };
+        let (key, key_alias) = labels(&p.key);
+        let (team, team_alias) = labels(&p.team);
+        let (user, user_email) = labels(&p.user);
+        CallerLabels {
+            key,
+            key_alias,
+            team,
+            team_alias,
+            user,
+            user_email,
+        }
+    }
+}
+
+/// One finished (or refused) request, waiting to be counted.
+#[derive(Debug)]
+struct Observation {
+    caller: CallerLabels,
+    end_user: Option<String>,
+    route: &'static str,
+    requested_model: String,
+    model_group: Option<String>,
+    deployment_id: Option<String>,
+    provider: Option<&'static str>,
+    model: Option<String>,
+    status: u16,
+    /// `None` on success.
+    failure: Option<ErrorKind>,
+    prompt_tokens: u64,
+    completion_tokens: u64,
+    total_tokens: u64,
+    cost: f64,
+    /// Whether the request reached the core (a refusal by admission did not: it has no
+    /// latency or deployment).
+    served: bool,
+    duration: Duration,
+    overhead: Duration,
+    time_to_first_chunk: Option<Duration>,
+    recoveries: u32,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    end_user: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    requested_model: String,
+    model_group: String,
+    team: String,
+    team_alias: String,
+    user: String,
+    user_email: String,
+    status_code: String,
+    route: String,
+    model_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FailureLabels {
+    end_user: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    requested_model: String,
+    model_group: String,
+    team: String,
+    team_alias: String,
+    user: String,
+    user_email: String,
+    exception_status: String,
+    exception_class: String,
+    route: String,
+    model_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModelLabels {
+    model_group: String,
+    end_user: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    requested_model: String,
+    team: String,
+    team_alias: String,
+    user: String,
+    user_email: String,
+    model: String,
+    model_id: String,
+    api_provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OverheadLabels {
+    model_group: String,
+    api_provider: String,
+    api_base: String,
+    litellm_model_name: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    model_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentLabels {
+    requested_model: String,
+    model_group: String,
+    litellm_model_name: String,
+    model_id: String,
+    api_base: String,
+    api_provider: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    team: String,
+    team_alias: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentFailureLabels {
+    requested_model: String,
+    model_group: String,
+    litellm_model_name: String,
+    model_id: String,
+    api_base: String,
+    api_provider: String,
+    exception_status: String,
+    exception_class: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    team: String,
+    team_alias: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DeploymentStateLabels {
+    litellm_model_name: String,
+    model_id: String,
+    api_base: String,
+    api_provider: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    model_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    /// `rate_limit` or `budget`.
+    reason: String,
+}
+
+/// Makes a histogram with LiteLLM's latency buckets.
+#[derive(Clone, Copy, Debug, Default)]
+struct LatencyHistogram;
+
+impl MetricConstructor<Histogram> for LatencyHistogram {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(LATENCY_BUCKETS)
+    }
+}
+
+type Counters<L> = Family<L, Counter<u64>>;
+type FloatCounters<L> = Family<L, Counter<f64, std::sync::atomic::AtomicU64>>;
+type Latencies<L> = Family<L, Histogram, LatencyHistogram>;
+
+fn latencies<L: Clone + std::hash::Hash + Eq>() -> Latencies<L> {
+    Family::new_with_constructor(LatencyHistogram)
+}
+
+/// The series.
+#[derive(Debug)]
+struct Series {
+    total_requests: Counters<RequestLabels>,
+    failed_requests: Counters<FailureLabels>,
+    total_latency: Latencies<ModelLabels>,
+    api_latency: Latencies<ModelLabels>,
+    time_to_first_token: Latencies<ModelLabels>,
+    overhead_latency: Latencies<OverheadLabels>,
+    input_tokens: Counters<ModelLabels>,
+    output_tokens: Counters<ModelLabels>,
+    total_tokens: Counters<ModelLabels>,
+    spend: FloatCounters<ModelLabels>,
+    deployment_success: Counters<DeploymentLabels>,
+    deployment_failure: Counters<DeploymentFailureLabels>,
+    deployment_total: Counters<DeploymentLabels>,
+    deployment_state: Family<DeploymentStateLabels, Gauge>,
+    recoveries: Counters<GroupLabels>,
+    refusals: Counters<RefusalLabels>,
+}
+
+impl Default for Series {
+    fn default() -> Series {
+        Series {
+            total_requests: Family::default(),
+            failed_requests: Family::default(),
+            total_latency: latencies(),
+            api_latency: latencies(),
+            time_to_first_token: latencies(),
+            overhead_latency: latencies(),
+            input_tokens: Family::default(),
+            output_tokens: Family::default(),
+            total_tokens: Family::default(),
+            spend: Family::default(),
+            deployment_success: Family::default(),
+            deployment_failure: Family::default(),
+            deployment_total: Family::default(),
+            deployment_state: Family::default(),
+            recoveries: Family::default(),
+            refusals: Family::default(),
+        }
+    }
+}
+
+/// The gateway's Prometheus metrics: request series fed by `MetricsHook` and refusals, plus
+/// counters read at scrape time.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Where deployment ids are resolved to their model and `api_base`.
+    client: llmux::Client,
+    queue: Mutex<Vec<Observation>>,
+    series: Series,
+    registry: Registry,
+    /// Keys labelled so far (bounded by `max_keys`).
+    keys: Mutex<HashSet<Arc<str>>>,
+    max_keys: usize,
+    dropped: AtomicU64,
+}
+
+impl Metrics {
+    pub fn new(client: llmux::Client, max_keys: usize) -> Arc<Metrics> {
+        let series = Series::default();
+        let mut registry = Registry::default();
+        let s = &series;
+        registry.register(
+            "litellm_proxy_total_requests_metric",
+            "Total requests made to the proxy, by status code",
+            s.total_requests.clone(),
+        );
+        registry.register(
+            "litellm_proxy_failed_requests_metric",
+            "Requests the proxy answered with an error",
+            s.failed_requests.clone(),
+        );
+        registry.register(
+            "litellm_request_total_latency_metric",
+            "Total latency of a request to the proxy (seconds)",
+            s.total_latency.clone(),
+        );
+        registry.register(
+            "litellm_llm_api_latency_metric",
+            "Latency of the LLM API call (seconds)",
+            s.api_latency.clone(),
+        );
+        registry.register(
+            "litellm_llm_api_time_to_first_token_metric",
+            "Time to the first token of a streamed answer (seconds)",
+            s.time_to_first_token.clone(),
+        );
+        registry.register(
+            "litellm_overhead_latency_metric",
+            "Latency the gateway added (seconds)",
+            s.overhead_latency.clone(),
+        );
+        registry.register(
+            "litellm_input_tokens_metric",
+            "Input (prompt) tokens",
+            s.input_tokens.clone(),
+        );
+        registry.register(
+            "litellm_output_tokens_metric",
+            "Output (completion) tokens",
+            s.output_tokens.clone(),
+        );
+        registry.register(
+            "litellm_total_tokens_metric",
+            "Input + output tokens",
+            s.total_tokens.clone(),
+        );
+        registry.register("litellm_spend_metric", "Spend (USD)", s.spend.clone());
+        registry.register(
+            "litellm_deployment_success_responses",
+            "Successful responses from a deployment",
+            s.deployment_success.clone(),
+        );
+        registry.register(
+            "litellm_deployment_failure_responses",
+            "Failed responses from a deployment",
+            s.deployment_failure.clone(),
+        );
+        registry.register(
+            "litellm_deployment_total_requests",
+            "Requests a deployment answered or failed",
+            s.deployment_total.clone(),
+        );
+        registry.register(
+            "litellm_deployment_state",
+            "A deployment's state: 0 healthy, 1 partial outage, 2 outage (cooling down)",
+            s.deployment_state.clone(),
+        );
+        registry.register(
+            "llmux_stream_recoveries",
+            "Streams continued on another deployment after failing mid-way",
+            s.recoveries.clone(),
+        );
+        registry.register(
+            "llmux_admission_refusals",
+            "Requests refused by a rate limit or a budget before reaching a deployment",
+            s.refusals.clone(),
+        );
+        Arc::new(Metrics {
+            client,
+            queue: Mutex::new(Vec::new()),
+            series,
+            registry,
+            keys: Mutex::new(HashSet::new()),
+            max_keys,
+            dropped: AtomicU64::new(0),
+        })
+    }
+
+    /// Count the queue every second for as long as the metrics live (when a runtime runs;
+    /// scrapes count it in any case).
+    pub fn spawn_drain(self: &Arc<Self>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let me = Arc::downgrade(self);
+        runtime.spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let Some(metrics) = me.upgrade() else { return };
+                metrics.drain();
+            }
+        });
+    }
+
+    fn push(&self, observation: Observation) {
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.len() >= MAX_QUEUED {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        queue.push(observation);
+    }
+
+    /// A request that admission refused (a rate limit, a budget, model access): it never
+    /// reached a deployment. Authentication failures are not counted (nobody to label).
+    pub fn refused(
+        &self,
+        caller: CallerLabels,
+        route: &'static str,
+        requested_model: &str,
+        error: &GatewayError,
+    ) {
+        if error.kind == ErrorKind::Authentication {
+            return;
+        }
+        self.push(Observation {
+            caller,
+            end_user: None,
+            route,
+            requested_model: requested_model.to_owned(),
+            model_group: None,
+            deployment_id: None,
+            provider: None,
+            model: None,
+            status: error.status,
+            failure: Some(error.kind),
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cost: 0.0,
+            served: false,
+            duration: Duration::ZERO,
+            overhead: Duration::ZERO,
+            time_to_first_chunk: None,
+            recoveries: 0,
+        });
+    }
+
+    /// Apply what is queued to the series.
+    fn drain(&self) {
+        let observations = std::mem::take(
+            &mut *self
+                .queue
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if observations.is_empty() {
+            return;
+        }
+        let snapshot = self.client.snapshot();
+        // A deployment's `litellm_params.model` and `api_base`.
+        let deployment = |id: &str| -> (String, String) {
+            snapshot
+                .router
+                .deployments()
+                .iter()
+                .find(|d| d.id == id)
+                .map_or((NONE.to_owned(), NONE.to_owned()), |d| {
+                    (
+                        d.config.model.clone(),
+                        d.config.api_base.clone().unwrap_or_else(|| NONE.to_owned()),
+                    )
+                })
+        };
+        for o in observations {
+            self.count(o, &deployment);
+        }
+    }
+
+    fn count(&self, o: Observation, deployment: &dyn Fn(&str) -> (String, String)) {
+        let s = &self.series;
+        let text = |v: &Option<Arc<str>>| v.as_deref().unwrap_or(NONE).to_owned();
+        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_owned());
+        // Past the cap, a new key's series are one `other` key's.
+        let labelled = match &o.caller.key {
+            Some(key) => {
+                let mut keys = self
+                    .keys
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                keys.contains(key) || { keys.len() < self.max_keys && keys.insert(Arc::clone(key)) }
+            }
+            None => true,
+        };
+        let caller = if labelled {
+            o.caller.clone()
+        } else {
+            let other: Option<Arc<str>> = Some(Arc::from("other"));
+            CallerLabels {
+                key: other.clone(),
+                key_alias: other.clone(),
+                team: other.clone(),
+                team_alias: other.clone(),
+                user: other.clone(),
+                user_email: other,
+            }
+        };
+        let (key, key_alias) = (text(&caller.key), text(&caller.key_alias));
+        let (team, team_alias) = (text(&caller.team), text(&caller.team_alias));
+        let (user, user_email) = (text(&caller.user), text(&caller.user_email));
+        let end_user = opt(&o.end_user);
+        let group = opt(&o.model_group);
+        let model_id = opt(&o.deployment_id);
+        let provider = o.provider.unwrap_or(NONE).to_owned();
+        let (litellm_model_name, api_base) = o
+            .deployment_id
+            .as_deref()
+            .map_or((NONE.to_owned(), NONE.to_owned()), deployment);
+        s.total_requests
+            .get_or_create(&RequestLabels {
+                end_user: end_user.clone(),
+                hashed_api_key: key.clone(),
+                api_key_alias: key_alias.clone(),
+                requested_model: o.requested_model.clone(),
+                model_group: group.clone(),
+                team: team.clone(),
+                team_alias: team_alias.clone(),
+                user: user.clone(),
+                user_email: user_email.clone(),
+                status_code: o.status.to_string(),
+                route: o.route.to_owned(),
+                model_id: model_id.clone(),
+            })
+            .inc();
+        if let Some(kind) = o.failure {
+            let class = exception_class(kind, o.provider);
+            s.failed_requests
+                .get_or_create(&FailureLabels {
+                    end_user: end_user.clone(),
+                    hashed_api_key: key.clone(),
+                    api_key_alias: key_alias.clone(),
+                    requested_model: o.requested_model.clone(),
+                    model_group: group.clone(),
+                    team: team.clone(),
+                    team_alias: team_alias.clone(),
+                    user: user.clone(),
+                    user_email: user_email.clone(),
+                    exception_status: o.status.to_string(),
+                    exception_class: class.clone(),
+                    route: o.route.to_owned(),
+                    model_id: model_id.clone(),
+                })
+                .inc();
+            if matches!(kind, ErrorKind::RateLimited | ErrorKind::BudgetExceeded) && !o.served {
+                let reason = if kind == ErrorKind::RateLimited {
+                    "rate_limit"
+                } else {
+                    "budget"
+                };
+                s.refusals
+                    .get_or_create(&RefusalLabels {
+                        reason: reason.to_owned(),
+                    })
+                    .inc();
+            }
+            if o.deployment_id.is_some() {
+                let labels = DeploymentFailureLabels {
+                    requested_model: o.requested_model.clone(),
+                    model_group: group.clone(),
+                    litellm_model_name: litellm_model_name.clone(),
+                    model_id: model_id.clone(),
+                    api_base: api_base.clone(),
+                    api_provider: provider.clone(),
+                    exception_status: o.status.to_string(),
+                    exception_class: class,
+                    hashed_api_key: key.clone(),
+                    api_key_alias: key_alias.clone(),
+                    team: team.clone(),
+                    team_alias: team_alias.clone(),
+                };
+                s.deployment_failure.get_or_create(&labels).inc();
+            }
+        }
+        if o.recoveries > 0 {
+            s.recoveries
+                .get_or_create(&GroupLabels {
+                    model_group: group.clone(),
+                })
+                .inc_by(u64::from(o.recoveries));
+        }
+        if o.deployment_id.is_some() {
+            let labels = DeploymentLabels {
+                requested_model: o.requested_model.clone(),
+                model_group: group.clone(),
+                litellm_model_name: litellm_model_name.clone(),
+                model_id: model_id.clone(),
+                api_base: api_base.clone(),
+                api_provider: provider.clone(),
+                hashed_api_key: key.clone(),
+                api_key_alias: key_alias.clone(),
+                team: team.clone(),
+                team_alias: team_alias.clone(),
+            };
+            s.deployment_total.get_or_create(&labels).inc();
+            if o.failure.is_none() {
+                s.deployment_success.get_or_create(&labels).inc();
+            }
+        }
+        if o.failure.is_some() || !o.served {
+            return;
+        }
+        // Success: latencies, tokens and spend, as LiteLLM counts them (on success only).
+        let model = ModelLabels {
+            model_group: group.clone(),
+            end_user,
+            hashed_api_key: key.clone(),
+            api_key_alias: key_alias.clone(),
+            requested_model: o.requested_model.clone(),
+            team,
+            team_alias,
+            user,
+            user_email,
+            model: opt(&o.model),
+            model_id: model_id.clone(),
+            api_provider: provider.clone(),
+        };
+        s.total_latency
+            .get_or_create(&model)
+            .observe(o.duration.as_secs_f64());
+        s.api_latency
+            .get_or_create(&model)
+            .observe(o.duration.saturating_sub(o.overhead).as_secs_f64());
+        if let Some(first) = o.time_to_first_chunk {
+            s.time_to_first_token
+                .get_or_create(&model)
+                .observe(first.as_secs_f64());
+        }
+        if !o.overhead.is_zero() {
+            s.overhead_latency
+                .get_or_create(&OverheadLabels {
+                    model_group: group,
+                    api_provider: provider,
+                    api_base,
+                    litellm_model_name,
+                    hashed_api_key: key,
+                    api_key_alias: key_alias,
+                    model_id,
+                })
+                .observe(o.overhead.as_secs_f64());
+        }
+        s.input_tokens.get_or_create(&model).inc_by(o.prompt_tokens);
+        s.output_tokens
+            .get_or_create(&model)
+            .inc_by(o.completion_tokens);
+        s.total_tokens.get_or_create(&model).inc_by(o.total_tokens);
+        if o.cost > 0.0 {
+            s.spend.get_or_create(&model).inc_by(o.cost);
+        }
+    }
+
+    /// Each deployment's state now: 0 healthy, 1 a partial outage (failures this minute, or
+    /// a half-open probe allowed), 2 cooling down.
+    fn deployment_states(&self) {
+        let snapshot = self.client.snapshot();
+        let router = &snapshot.router;
+        for (i, d) in router.deployments().iter().enumerate() {
+            let health = router.stats(i).snapshot();
+            let state = if health.cooling_for.is_some() {
+                2
+            } else if !health.healthy || health.failures_this_minute > 0 {
+                1
+            } else {
+                0
+            };
+            self.series
+                .deployment_state
+                .get_or_create(&DeploymentStateLabels {
+                    litellm_model_name: d.config.model.clone(),
+                    model_id: d.id.clone(),
+                    api_base: d.config.api_base.clone().unwrap_or_else(|| NONE.to_owned()),
+                    api_provider: d.provider.to_owned(),
+                })
+                .set(state);
+        }
+    }
+}
+
+/// The route a request took (LiteLLM's `route` label), from its operation and call type.
+pub fn route(op: Operation, call_type: &str) -> &'static str {
+    match (op, call_type) {
+        (_, "anthropic_messages") => "/v1/messages",
+        (_, "responses") => "/v1/responses",
+        (Operation::Chat, _) => "/chat/completions",
+        (Operation::Completions, _) => "/completions",
+        (Operation::Embeddings, _) => "/embeddings",
+        (Operation::Rerank, _) => "/rerank",
+    }
+}
+
+/// LiteLLM's exception class for an error kind: `<Provider>.<Class>` when a provider raised it
+/// (`Openai.RateLimitError`), the class alone when the gateway did.
+fn exception_class(kind: ErrorKind, provider: Option<&str>) -> String {
+    let class = match kind {
+        ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge => "BadRequestError",
+        ErrorKind::Authentication => "AuthenticationError",
+        ErrorKind::PermissionDenied => "PermissionDeniedError",
+        ErrorKind::NotFound => "NotFoundError",
+        ErrorKind::RateLimited => "RateLimitError",
+        ErrorKind::BudgetExceeded => "BudgetExceededError",
+        ErrorKind::ContextLengthExceeded => "ContextWindowExceededError",
+        ErrorKind::ContentFiltered => "ContentPolicyViolationError",
+        ErrorKind::Timeout => "Timeout",
+        ErrorKind::UpstreamUnavailable => "ServiceUnavailableError",
+        ErrorKind::UpstreamError => "APIError",
+        ErrorKind::Internal => "InternalServerError",
+    };
+    match provider {
+        Some(p) if kind != ErrorKind::BudgetExceeded => {
+            let mut name = String::with_capacity(p.len() + 1 + class.len());
+            let mut chars = p.chars();
+            if let Some(first) = chars.next() {
+                name.extend(first.to_uppercase());
+                name.push_str(chars.as_str());
+            }
+            name.push('.');
+            name.push_str(class);
+            name
+        }
+        _ => class.to_owned(),
+    }
+}
+
+/// Counts a request into the metrics when the core is done with it, and passes the news on to
+/// the hook it wraps (governance's settlement).
+pub struct MetricsHook {
+    pub metrics: Arc<Metrics>,
+    pub caller: CallerLabels,
+    pub end_user: Option<String>,
+    pub route: &'static str,
+    pub inner: Option<Arc<dyn RequestHook>>,
+}
+
+impl RequestHook for MetricsHook {
+    fn finished(&self, log: &RequestLog) {
+        if let Some(inner) = &self.inner {
+            inner.finished(log);
+        }
+        let usage = log.usage.as_ref();
+        self.metrics.push(Observation {
+            caller: self.caller.clone(),
+            end_user: self.end_user.clone(),
+            route: self.route,
+            requested_model: log.requested_model.clone(),
+            model_group: log.model_group.clone(),
+            deployment_id: log.deployment_id.clone(),
+            provider: log.provider,
+            model: log.model.clone(),
+            status: log.status,
+            failure: match log.outcome {
+                // A client that left mid-answer was served; what it received is counted.
+                Outcome::Success | Outcome::ClientDisconnected => None,
+                Outcome::Failed(kind) => Some(kind),
+            },
+            prompt_tokens: usage.map_or(0, |u| u.prompt_tokens),
+            completion_tokens: usage.map_or(0, |u| u.completion_tokens),
+            total_tokens: usage.map_or(0, |u| u.total_tokens),
+            cost: log.cost.unwrap_or(0.0),
+            served: true,
+            duration: log.duration,
+            overhead: log.overhead,
+            time_to_first_chunk: log.time_to_first_chunk,
+            recoveries: log.recoveries,
+        });
+    }
+
+    fn watches_stream(&self) -> bool {
+        self.inner.as_ref().is_some_and(|h| h.watches_stream())
+    }
+
+    fn stream_progress(&self, completion_tokens: u64) -> Result<(), GatewayError> {
+        match &self.inner {
+            Some(inner) => inner.stream_progress(completion_tokens),
+            None => Ok(()),
+        }
+    }
+}
 
 /// Reads the gateway's counters at scrape time.
 #[derive(Debug)]
-struct Counters {
+struct ScrapeCounters {
     client: llmux::Client,
     governance: Option<Arc<Governance>>,
+    dropped: u64,
 }
 
 fn counter(
@@ -29,7 +803,18 @@ fn counter(
     metric.encode(e)
 }
 
-impl Collector for Counters {
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(value);
+    let e = encoder.encode_descriptor(name, help, None, metric.metric_type())?;
+    metric.encode(e)
+}
+
+impl Collector for ScrapeCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         counter(
             &mut encoder,
@@ -37,21 +822,25 @@ impl Collector for Counters {
             "Requests priced at 0 because their model has no price",
             self.client.pricing().unpriced_requests(),
         )?;
+        counter(
+            &mut encoder,
+            "llmux_metrics_observations_dropped",
+            "Finished requests not counted in these metrics because their queue was full",
+            self.dropped,
+        )?;
         if let Some(limiter) = self.governance.as_ref().and_then(|g| g.shared_state()) {
             counter(
                 &mut encoder,
                 "llmux_redis_fallbacks",
                 "Shared rate-limit calls counted on this instance because Redis did not answer in time",
-                limiter.fallbacks.load(std::sync::atomic::Ordering::Relaxed),
+                limiter.fallbacks.load(Ordering::Relaxed),
             )?;
-            let gauge = ConstGauge::new(i64::from(limiter.degraded()));
-            let e = encoder.encode_descriptor(
+            gauge(
+                &mut encoder,
                 "llmux_redis_degraded",
                 "1 while Redis is not answering and rate limits are counted per instance",
-                None,
-                gauge.metric_type(),
+                i64::from(limiter.degraded()),
             )?;
-            gauge.encode(e)?;
         }
         if let Some(gov) = &self.governance {
             let (written, aggregated) = gov.writer.counts();
@@ -73,29 +862,99 @@ impl Collector for Counters {
                 "Spend records folded into aggregates because the queue was full",
                 aggregated,
             )?;
-            let gauge = ConstGauge::new(gov.in_flight() as i64);
-            let e = encoder.encode_descriptor(
+            gauge(
+                &mut encoder,
                 "llmux_governed_requests_in_flight",
                 "Admitted requests not yet settled",
-                None,
-                gauge.metric_type(),
+                gov.in_flight() as i64,
             )?;
-            gauge.encode(e)?;
         }
         Ok(())
     }
 }
 
-/// The exposition text.
+/// The exposition in Prometheus's classic text format (0.0.4, what LiteLLM serves and
+/// `promtool check metrics` reads) from `prometheus-client`'s OpenMetrics: a counter family is
+/// named with its `_total` suffix, as its samples are, and OpenMetrics' `# UNIT` and `# EOF`
+/// lines go. Hand-written because the crate writes OpenMetrics only; the rewrite touches
+/// comment lines, never samples.
+pub fn classic_text(openmetrics: &str) -> String {
+    let mut out = String::with_capacity(openmetrics.len() + 1024);
+    let mut help: Option<&str> = None;
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        if line.starts_with("# HELP ") {
+            if let Some(held) = help.replace(line) {
+                out.push_str(held);
+                out.push('\n');
+            }
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+            let suffix = if kind == "counter" { "_total" } else { "" };
+            if let Some(held) = help.take() {
+                let text = held
+                    .strip_prefix("# HELP ")
+                    .and_then(|h| h.strip_prefix(name))
+                    .unwrap_or("");
+                out.push_str("# HELP ");
+                out.push_str(name);
+                out.push_str(suffix);
+                out.push_str(text);
+                out.push('\n');
+            }
+            out.push_str("# TYPE ");
+            out.push_str(name);
+            out.push_str(suffix);
+            out.push(' ');
+            out.push_str(kind);
+            out.push('\n');
+            continue;
+        }
+        if let Some(held) = help.take() {
+            out.push_str(held);
+            out.push('\n');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+/// The exposition text (OpenMetrics): every request finished so far is counted first.
 pub fn render(state: &crate::AppState) -> String {
-    let mut registry = Registry::default();
-    registry.register_collector(Box::new(Counters {
+    let metrics = &state.metrics;
+    metrics.drain();
+    metrics.deployment_states();
+    let mut scraped = Registry::default();
+    scraped.register_collector(Box::new(ScrapeCounters {
         client: state.client.clone(),
         governance: state.governance.clone(),
+        dropped: metrics.dropped.load(Ordering::Relaxed),
     }));
     let mut out = String::new();
-    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+    let encoded = prometheus_client::encoding::text::encode_registry(&mut out, &metrics.registry)
+        .and_then(|()| prometheus_client::encoding::text::encode_registry(&mut out, &scraped))
+        .and_then(|()| prometheus_client::encoding::text::encode_eof(&mut out));
+    if encoded.is_err() {
         out.clear();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_classic_format_names_counter_families_with_their_suffix() {
+        let openmetrics = "# HELP a_requests Requests.\n# TYPE a_requests counter\n# UNIT a_requests requests\na_requests_total{x=\"1\"} 3\n# HELP b Latency.\n# TYPE b histogram\nb_bucket{le=\"0.1\"} 1\nb_sum 0.05\nb_count 1\n# EOF\n";
+        assert_eq!(
+            classic_text(openmetrics),
+            "# HELP a_requests_total Requests.\n# TYPE a_requests_total counter\na_requests_total{x=\"1\"} 3\n# HELP b Latency.\n# TYPE b histogram\nb_bucket{le=\"0.1\"} 1\nb_sum 0.05\nb_count 1\n"
+        );
+    }
 }

@@ -942,6 +942,7 @@ async fn an_unpriced_model_costs_zero_and_is_counted() {
     let text = h
         .http
         .get(format!("{}/metrics", h.url))
+        .bearer_auth(MASTER)
         .send()
         .await
         .unwrap()

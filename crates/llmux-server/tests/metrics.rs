@@ -1,0 +1,269 @@
+//! Prometheus metrics under LiteLLM's names, checked against known traffic: request counts by
+//! status, failures by exception class, latency histograms, tokens and spend per key and model
+//! group, deployment series; who may scrape them; and the exposition checked by `promtool`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use common::{start_governed, Db, MASTER};
+use serde_json::{json, Value};
+
+const MODELS: &str = r#"
+model_list:
+  - model_name: cheap
+    litellm_params: {model: openai/cheap, api_base: "{mock}", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}
+router_settings: {num_retries: 0}
+"#;
+
+/// The value of the one sample of `name` whose labels include every `label="value"` pair.
+fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let matching: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert!(
+        matching.len() <= 1,
+        "{name} {labels:?} matches {} samples",
+        matching.len()
+    );
+    matching.first().copied()
+}
+
+#[tokio::test]
+async fn known_traffic_is_counted_under_litellms_names_and_labels() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let team = h
+        .admin("/team/new", json!({"team_alias": "search-team"}))
+        .await["team_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let generated = h
+        .admin(
+            "/key/generate",
+            json!({"key_alias": "search-bot", "team_id": team, "rpm_limit": 3}),
+        )
+        .await;
+    let key = generated["key"].as_str().unwrap().to_owned();
+    let hash = generated["token"].as_str().unwrap().to_owned();
+
+    let (mut prompt, mut completion, mut cost) = (0.0, 0.0, 0.0);
+    for _ in 0..3 {
+        let r = h.chat_as(&key, "cheap").await;
+        assert_eq!(r.status(), 200);
+        cost += r.headers()["x-litellm-response-cost"]
+            .to_str()
+            .unwrap()
+            .parse::<f64>()
+            .unwrap();
+        let body: Value = r.json().await.unwrap();
+        prompt += body["usage"]["prompt_tokens"].as_f64().unwrap();
+        completion += body["usage"]["completion_tokens"].as_f64().unwrap();
+    }
+    // The fourth request in the minute is refused by the key's rpm limit.
+    assert_eq!(h.chat_as(&key, "cheap").await.status(), 429);
+
+    // Who may scrape: nobody without a key, not a user's key, an admin.
+    let url = format!("{}/metrics", h.url);
+    assert_eq!(h.http.get(&url).send().await.unwrap().status(), 401);
+    let user_key = h.new_key(json!({})).await;
+    let as_user = h
+        .http
+        .get(&url)
+        .bearer_auth(&user_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(as_user.status(), 403);
+    let text = h
+        .http
+        .get(&url)
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+
+    let caller = [
+        ("hashed_api_key", hash.as_str()),
+        ("api_key_alias", "search-bot"),
+        ("team", team.as_str()),
+        ("team_alias", "search-team"),
+        ("requested_model", "cheap"),
+    ];
+    let with = |extra: &[(&'static str, &'static str)]| {
+        let mut labels: Vec<(&str, &str)> = caller.to_vec();
+        labels.extend_from_slice(extra);
+        labels
+    };
+    let total = "litellm_proxy_total_requests_metric_total";
+    assert_eq!(
+        sample(
+            &text,
+            total,
+            &with(&[("status_code", "200"), ("route", "/chat/completions")])
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, total, &with(&[("status_code", "429")])),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "litellm_proxy_failed_requests_metric_total",
+            &with(&[
+                ("exception_status", "429"),
+                ("exception_class", "RateLimitError")
+            ])
+        ),
+        Some(1.0)
+    );
+    let served = with(&[("model_group", "cheap"), ("model", "cheap")]);
+    assert_eq!(
+        sample(&text, "litellm_input_tokens_metric_total", &served),
+        Some(prompt)
+    );
+    assert_eq!(
+        sample(&text, "litellm_output_tokens_metric_total", &served),
+        Some(completion)
+    );
+    assert_eq!(
+        sample(&text, "litellm_total_tokens_metric_total", &served),
+        Some(prompt + completion)
+    );
+    let spend = sample(&text, "litellm_spend_metric_total", &served).unwrap();
+    assert!((spend - cost).abs() < 1e-9, "{spend} vs {cost}");
+    for histogram in [
+        "litellm_request_total_latency_metric_count",
+        "litellm_llm_api_latency_metric_count",
+    ] {
+        assert_eq!(sample(&text, histogram, &served), Some(3.0), "{histogram}");
+    }
+    // LiteLLM's buckets, in seconds.
+    assert!(text.contains("litellm_request_total_latency_metric_bucket{"));
+    assert!(text.contains("le=\"0.005\""));
+    assert!(text.contains("le=\"600.0\""));
+    let deployment = [
+        ("requested_model", "cheap"),
+        ("litellm_model_name", "openai/cheap"),
+        ("api_provider", "openai"),
+        ("hashed_api_key", hash.as_str()),
+    ];
+    assert_eq!(
+        sample(
+            &text,
+            "litellm_deployment_success_responses_total",
+            &deployment
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "litellm_deployment_total_requests_total",
+            &deployment
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "litellm_deployment_state",
+            &[("litellm_model_name", "openai/cheap")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        sample(
+            &text,
+            "llmux_admission_refusals_total",
+            &[("reason", "rate_limit")]
+        ),
+        Some(1.0)
+    );
+    // Keys are named by their hash and alias, never by the secret.
+    assert!(!text.contains(&key), "the secret key is in the metrics");
+    // Prometheus's classic text by default (what promtool reads); OpenMetrics on request.
+    assert!(!text.contains("# EOF"));
+    assert!(text.contains("# TYPE litellm_spend_metric_total counter"));
+    let openmetrics = h
+        .http
+        .get(&url)
+        .bearer_auth(MASTER)
+        .header("accept", "application/openmetrics-text; version=1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert!(openmetrics.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("application/openmetrics-text"));
+    assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
+
+    // The exposition passes Prometheus's own checker.
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's `prometheus` package; scripts/test.sh installs it)");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+}
+
+#[tokio::test]
+async fn past_the_key_cap_further_keys_are_counted_as_other() {
+    let yaml = format!("{MODELS}llmux_settings: {{metrics_max_keys: 1}}\n");
+    let h = start_governed(&yaml, Db::Sqlite).await;
+    let first = h.new_key(json!({"key_alias": "first"})).await;
+    let second = h.new_key(json!({"key_alias": "second"})).await;
+    assert_eq!(h.chat_as(&first, "cheap").await.status(), 200);
+    assert_eq!(h.chat_as(&second, "cheap").await.status(), 200);
+    assert_eq!(h.chat_as(&second, "cheap").await.status(), 200);
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = "litellm_proxy_total_requests_metric_total";
+    assert_eq!(
+        sample(&text, total, &[("api_key_alias", "first")]),
+        Some(1.0)
+    );
+    assert_eq!(sample(&text, total, &[("api_key_alias", "second")]), None);
+    assert_eq!(
+        sample(&text, total, &[("hashed_api_key", "other")]),
+        Some(2.0),
+        "{text}"
+    );
+}

@@ -388,7 +388,6 @@ pub(crate) async fn execute(
     let mut input = None;
     let caller = metrics::CallerLabels::of(principal);
     let route = metrics::route(op, call_type);
-    let mut end_user_label = None;
     if let (Some(gov), Some(principal)) = (&state.governance, principal) {
         parsed = llmux::ParsedBody::parse(&body)?;
         // A malformed request is refused before it counts against budgets and limits.
@@ -403,7 +402,6 @@ pub(crate) async fn execute(
             headers::tags(request_headers),
         )?;
         facts.client_request_id = client_request_id;
-        end_user_label.clone_from(&facts.end_user);
         input = Some(match rewritten {
             None => &parsed,
             Some(bytes) => {
@@ -430,7 +428,6 @@ pub(crate) async fn execute(
     let hook: Option<Arc<dyn llmux::RequestHook>> = Some(Arc::new(metrics::MetricsHook {
         metrics: Arc::clone(&state.metrics),
         caller,
-        end_user: end_user_label,
         route,
         inner: hook,
     }));

@@ -4,9 +4,12 @@
 //! A finished request leaves one `Observation` on a queue (shared label strings and numbers,
 //! pushed under a lock no one holds for long); the series are updated from the queue off the
 //! request path, every second and before each scrape, so a scrape counts every request that
-//! finished before it. Label values LiteLLM does not know are `None`, as it writes them. Keys
-//! are labelled by their stored hash and alias, never the key; past
-//! `llmux_settings.metrics_max_keys` distinct keys, further keys' series are counted as `other`.
+//! finished before it; each kind of request's series are resolved once and cached, so counting
+//! one is a hash lookup and a few atomic adds. Label values LiteLLM does not know are `None`, as
+//! it writes them. What clients choose is bounded: keys are labelled by their stored hash and
+//! alias, never the key, and past `llmux_settings.metrics_max_keys` distinct keys further keys'
+//! series are counted as `other`; a model name that routes nowhere is `unknown`; `end_user` is
+//! not a label (`None`, LiteLLM's default).
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +43,7 @@ const MAX_QUEUED: usize = 100_000;
 const NONE: &str = "None";
 
 /// Who made a request, as the metrics label it.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
 pub struct CallerLabels {
     key: Option<Arc<str>>,
     key_alias: Option<Arc<str>>,
@@ -79,7 +82,6 @@ impl CallerLabels {
 #[derive(Debug)]
 struct Observation {
     caller: CallerLabels,
-    end_user: Option<String>,
     route: &'static str,
     requested_model: String,
     model_group: Option<String>,
@@ -273,6 +275,53 @@ impl Default for Series {
     }
 }
 
+/// What decides a finished request's series (its labels are derived from it once).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct SeriesKey {
+    caller: CallerLabels,
+    route: &'static str,
+    requested_model: String,
+    model_group: Option<String>,
+    deployment_id: Option<String>,
+    provider: Option<&'static str>,
+    model: Option<String>,
+    status: u16,
+    failure: Option<ErrorKind>,
+    served: bool,
+}
+
+/// The series one kind of request counts in (handles share the registry's values).
+#[derive(Debug)]
+struct Handles {
+    total_requests: Counter<u64>,
+    failed: Option<Counter<u64>>,
+    refusal: Option<Counter<u64>>,
+    deployment_failure: Option<Counter<u64>>,
+    deployment_total: Option<Counter<u64>>,
+    deployment_success: Option<Counter<u64>>,
+    recoveries: Counter<u64>,
+    success: Option<SuccessHandles>,
+}
+
+/// What a successful request adds to.
+#[derive(Debug)]
+struct SuccessHandles {
+    total_latency: Histogram,
+    api_latency: Histogram,
+    time_to_first_token: Histogram,
+    overhead_latency: Histogram,
+    input_tokens: Counter<u64>,
+    output_tokens: Counter<u64>,
+    total_tokens: Counter<u64>,
+    spend: Counter<f64, std::sync::atomic::AtomicU64>,
+}
+
+/// Kinds of request whose series are kept resolved (past it the cache starts over).
+const MAX_CACHED_SERIES: usize = 50_000;
+
+/// `requested_model` of a request whose model routes nowhere.
+const UNKNOWN_MODEL: &str = "unknown";
+
 /// The gateway's Prometheus metrics: request series fed by `MetricsHook` and refusals, plus
 /// counters read at scrape time.
 #[derive(Debug)]
@@ -284,6 +333,8 @@ pub struct Metrics {
     registry: Registry,
     /// Keys labelled so far (bounded by `max_keys`).
     keys: Mutex<HashSet<Arc<str>>>,
+    /// The series of each kind of request seen, resolved once.
+    handles: Mutex<foldhash::HashMap<SeriesKey, Arc<Handles>>>,
     max_keys: usize,
     dropped: AtomicU64,
 }
@@ -375,6 +426,7 @@ impl Metrics {
             series,
             registry,
             keys: Mutex::new(HashSet::new()),
+            handles: Mutex::default(),
             max_keys,
             dropped: AtomicU64::new(0),
         })
@@ -424,7 +476,6 @@ impl Metrics {
         }
         self.push(Observation {
             caller,
-            end_user: None,
             route,
             requested_model: requested_model.to_owned(),
             model_group: None,
@@ -457,31 +508,91 @@ impl Metrics {
             return;
         }
         let snapshot = self.client.snapshot();
-        // A deployment's `litellm_params.model` and `api_base`.
-        let deployment = |id: &str| -> (String, String) {
-            snapshot
-                .router
-                .deployments()
-                .iter()
-                .find(|d| d.id == id)
-                .map_or((NONE.to_owned(), NONE.to_owned()), |d| {
-                    (
-                        d.config.model.clone(),
-                        d.config.api_base.clone().unwrap_or_else(|| NONE.to_owned()),
-                    )
-                })
-        };
         for o in observations {
-            self.count(o, &deployment);
+            self.count(o, &snapshot);
         }
     }
 
-    fn count(&self, o: Observation, deployment: &dyn Fn(&str) -> (String, String)) {
+    fn count(&self, o: Observation, snapshot: &llmux::Snapshot) {
+        let key = SeriesKey {
+            caller: o.caller.clone(),
+            route: o.route,
+            requested_model: o.requested_model.clone(),
+            model_group: o.model_group.clone(),
+            deployment_id: o.deployment_id.clone(),
+            provider: o.provider,
+            model: o.model.clone(),
+            status: o.status,
+            failure: o.failure,
+            served: o.served,
+        };
+        let handles = {
+            let mut cache = self
+                .handles
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            match cache.get(&key) {
+                Some(h) => Arc::clone(h),
+                None => {
+                    let h = Arc::new(self.resolve(&key, snapshot));
+                    // Bounded: keys are capped, models and deployments are the config's; a
+                    // cache that still grows this far starts over (its series stay).
+                    if cache.len() >= MAX_CACHED_SERIES {
+                        cache.clear();
+                    }
+                    cache.insert(key, Arc::clone(&h));
+                    h
+                }
+            }
+        };
+        handles.total_requests.inc();
+        for c in [
+            &handles.failed,
+            &handles.deployment_failure,
+            &handles.refusal,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            c.inc();
+        }
+        if let Some(c) = &handles.deployment_total {
+            c.inc();
+        }
+        if let Some(c) = &handles.deployment_success {
+            c.inc();
+        }
+        if o.recoveries > 0 {
+            handles.recoveries.inc_by(u64::from(o.recoveries));
+        }
+        let Some(success) = &handles.success else {
+            return;
+        };
+        success.total_latency.observe(o.duration.as_secs_f64());
+        success
+            .api_latency
+            .observe(o.duration.saturating_sub(o.overhead).as_secs_f64());
+        if let Some(first) = o.time_to_first_chunk {
+            success.time_to_first_token.observe(first.as_secs_f64());
+        }
+        if !o.overhead.is_zero() {
+            success.overhead_latency.observe(o.overhead.as_secs_f64());
+        }
+        success.input_tokens.inc_by(o.prompt_tokens);
+        success.output_tokens.inc_by(o.completion_tokens);
+        success.total_tokens.inc_by(o.total_tokens);
+        if o.cost > 0.0 {
+            success.spend.inc_by(o.cost);
+        }
+    }
+
+    /// The series one kind of request counts in, labelled once.
+    fn resolve(&self, k: &SeriesKey, snapshot: &llmux::Snapshot) -> Handles {
         let s = &self.series;
         let text = |v: &Option<Arc<str>>| v.as_deref().unwrap_or(NONE).to_owned();
         let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_owned());
         // Past the cap, a new key's series are one `other` key's.
-        let labelled = match &o.caller.key {
+        let labelled = match &k.caller.key {
             Some(key) => {
                 let mut keys = self
                     .keys
@@ -492,7 +603,7 @@ impl Metrics {
             None => true,
         };
         let caller = if labelled {
-            o.caller.clone()
+            k.caller.clone()
         } else {
             let other: Option<Arc<str>> = Some(Arc::from("other"));
             CallerLabels {
@@ -507,153 +618,175 @@ impl Metrics {
         let (key, key_alias) = (text(&caller.key), text(&caller.key_alias));
         let (team, team_alias) = (text(&caller.team), text(&caller.team_alias));
         let (user, user_email) = (text(&caller.user), text(&caller.user_email));
-        let end_user = opt(&o.end_user);
-        let group = opt(&o.model_group);
-        let model_id = opt(&o.deployment_id);
-        let provider = o.provider.unwrap_or(NONE).to_owned();
-        let (litellm_model_name, api_base) = o
+        // The client names the model: a name that routes nowhere is not a label of its own
+        // (any string would be a new series).
+        let requested_model =
+            if k.model_group.is_some() || snapshot.router.route(&k.requested_model).is_some() {
+                k.requested_model.clone()
+            } else {
+                UNKNOWN_MODEL.to_owned()
+            };
+        // `end_user` comes from the client too: like LiteLLM by default, not a label.
+        let end_user = NONE.to_owned();
+        let group = opt(&k.model_group);
+        let model_id = opt(&k.deployment_id);
+        let provider = k.provider.unwrap_or(NONE).to_owned();
+        let (litellm_model_name, api_base) = k
             .deployment_id
             .as_deref()
-            .map_or((NONE.to_owned(), NONE.to_owned()), deployment);
-        s.total_requests
+            .and_then(|id| snapshot.router.deployments().iter().find(|d| d.id == id))
+            .map_or((NONE.to_owned(), NONE.to_owned()), |d| {
+                (
+                    d.config.model.clone(),
+                    d.config.api_base.clone().unwrap_or_else(|| NONE.to_owned()),
+                )
+            });
+        let status = k.status.to_string();
+        let total_requests = s
+            .total_requests
             .get_or_create(&RequestLabels {
                 end_user: end_user.clone(),
                 hashed_api_key: key.clone(),
                 api_key_alias: key_alias.clone(),
-                requested_model: o.requested_model.clone(),
+                requested_model: requested_model.clone(),
                 model_group: group.clone(),
                 team: team.clone(),
                 team_alias: team_alias.clone(),
                 user: user.clone(),
                 user_email: user_email.clone(),
-                status_code: o.status.to_string(),
-                route: o.route.to_owned(),
+                status_code: status.clone(),
+                route: k.route.to_owned(),
                 model_id: model_id.clone(),
             })
-            .inc();
-        if let Some(kind) = o.failure {
-            let class = exception_class(kind, o.provider);
+            .clone();
+        let class = k.failure.map(|kind| exception_class(kind, k.provider));
+        let failed = class.as_ref().map(|class| {
             s.failed_requests
                 .get_or_create(&FailureLabels {
                     end_user: end_user.clone(),
                     hashed_api_key: key.clone(),
                     api_key_alias: key_alias.clone(),
-                    requested_model: o.requested_model.clone(),
+                    requested_model: requested_model.clone(),
                     model_group: group.clone(),
                     team: team.clone(),
                     team_alias: team_alias.clone(),
                     user: user.clone(),
                     user_email: user_email.clone(),
-                    exception_status: o.status.to_string(),
+                    exception_status: status.clone(),
                     exception_class: class.clone(),
-                    route: o.route.to_owned(),
+                    route: k.route.to_owned(),
                     model_id: model_id.clone(),
                 })
-                .inc();
-            if matches!(kind, ErrorKind::RateLimited | ErrorKind::BudgetExceeded) && !o.served {
+                .clone()
+        });
+        let refusal = match k.failure {
+            Some(kind @ (ErrorKind::RateLimited | ErrorKind::BudgetExceeded)) if !k.served => {
                 let reason = if kind == ErrorKind::RateLimited {
                     "rate_limit"
                 } else {
                     "budget"
                 };
-                s.refusals
-                    .get_or_create(&RefusalLabels {
-                        reason: reason.to_owned(),
+                Some(
+                    s.refusals
+                        .get_or_create(&RefusalLabels {
+                            reason: reason.to_owned(),
+                        })
+                        .clone(),
+                )
+            }
+            _ => None,
+        };
+        let deployed = k.deployment_id.is_some();
+        let deployment_failure = match (&class, deployed) {
+            (Some(class), true) => Some(
+                s.deployment_failure
+                    .get_or_create(&DeploymentFailureLabels {
+                        requested_model: requested_model.clone(),
+                        model_group: group.clone(),
+                        litellm_model_name: litellm_model_name.clone(),
+                        model_id: model_id.clone(),
+                        api_base: api_base.clone(),
+                        api_provider: provider.clone(),
+                        exception_status: status.clone(),
+                        exception_class: class.clone(),
+                        hashed_api_key: key.clone(),
+                        api_key_alias: key_alias.clone(),
+                        team: team.clone(),
+                        team_alias: team_alias.clone(),
                     })
-                    .inc();
-            }
-            if o.deployment_id.is_some() {
-                let labels = DeploymentFailureLabels {
-                    requested_model: o.requested_model.clone(),
-                    model_group: group.clone(),
-                    litellm_model_name: litellm_model_name.clone(),
-                    model_id: model_id.clone(),
-                    api_base: api_base.clone(),
-                    api_provider: provider.clone(),
-                    exception_status: o.status.to_string(),
-                    exception_class: class,
-                    hashed_api_key: key.clone(),
-                    api_key_alias: key_alias.clone(),
-                    team: team.clone(),
-                    team_alias: team_alias.clone(),
-                };
-                s.deployment_failure.get_or_create(&labels).inc();
-            }
-        }
-        if o.recoveries > 0 {
-            s.recoveries
-                .get_or_create(&GroupLabels {
-                    model_group: group.clone(),
-                })
-                .inc_by(u64::from(o.recoveries));
-        }
-        if o.deployment_id.is_some() {
-            let labels = DeploymentLabels {
-                requested_model: o.requested_model.clone(),
-                model_group: group.clone(),
-                litellm_model_name: litellm_model_name.clone(),
-                model_id: model_id.clone(),
-                api_base: api_base.clone(),
-                api_provider: provider.clone(),
-                hashed_api_key: key.clone(),
-                api_key_alias: key_alias.clone(),
-                team: team.clone(),
-                team_alias: team_alias.clone(),
-            };
-            s.deployment_total.get_or_create(&labels).inc();
-            if o.failure.is_none() {
-                s.deployment_success.get_or_create(&labels).inc();
-            }
-        }
-        if o.failure.is_some() || !o.served {
-            return;
-        }
-        // Success: latencies, tokens and spend, as LiteLLM counts them (on success only).
-        let model = ModelLabels {
+                    .clone(),
+            ),
+            _ => None,
+        };
+        let deployment = DeploymentLabels {
+            requested_model: requested_model.clone(),
             model_group: group.clone(),
-            end_user,
+            litellm_model_name: litellm_model_name.clone(),
+            model_id: model_id.clone(),
+            api_base: api_base.clone(),
+            api_provider: provider.clone(),
             hashed_api_key: key.clone(),
             api_key_alias: key_alias.clone(),
-            requested_model: o.requested_model.clone(),
-            team,
-            team_alias,
-            user,
-            user_email,
-            model: opt(&o.model),
-            model_id: model_id.clone(),
-            api_provider: provider.clone(),
+            team: team.clone(),
+            team_alias: team_alias.clone(),
         };
-        s.total_latency
-            .get_or_create(&model)
-            .observe(o.duration.as_secs_f64());
-        s.api_latency
-            .get_or_create(&model)
-            .observe(o.duration.saturating_sub(o.overhead).as_secs_f64());
-        if let Some(first) = o.time_to_first_chunk {
-            s.time_to_first_token
-                .get_or_create(&model)
-                .observe(first.as_secs_f64());
-        }
-        if !o.overhead.is_zero() {
-            s.overhead_latency
-                .get_or_create(&OverheadLabels {
-                    model_group: group,
-                    api_provider: provider,
-                    api_base,
-                    litellm_model_name,
-                    hashed_api_key: key,
-                    api_key_alias: key_alias,
-                    model_id,
-                })
-                .observe(o.overhead.as_secs_f64());
-        }
-        s.input_tokens.get_or_create(&model).inc_by(o.prompt_tokens);
-        s.output_tokens
-            .get_or_create(&model)
-            .inc_by(o.completion_tokens);
-        s.total_tokens.get_or_create(&model).inc_by(o.total_tokens);
-        if o.cost > 0.0 {
-            s.spend.get_or_create(&model).inc_by(o.cost);
+        let deployment_total =
+            deployed.then(|| s.deployment_total.get_or_create(&deployment).clone());
+        let deployment_success = (deployed && k.failure.is_none())
+            .then(|| s.deployment_success.get_or_create(&deployment).clone());
+        let recoveries = s
+            .recoveries
+            .get_or_create(&GroupLabels {
+                model_group: group.clone(),
+            })
+            .clone();
+        // Latencies, tokens and spend count successes only, as LiteLLM's do.
+        let success = (k.failure.is_none() && k.served).then(|| {
+            let model = ModelLabels {
+                model_group: group.clone(),
+                end_user,
+                hashed_api_key: key.clone(),
+                api_key_alias: key_alias.clone(),
+                requested_model,
+                team,
+                team_alias,
+                user,
+                user_email,
+                model: opt(&k.model),
+                model_id: model_id.clone(),
+                api_provider: provider.clone(),
+            };
+            SuccessHandles {
+                total_latency: s.total_latency.get_or_create(&model).clone(),
+                api_latency: s.api_latency.get_or_create(&model).clone(),
+                time_to_first_token: s.time_to_first_token.get_or_create(&model).clone(),
+                overhead_latency: s
+                    .overhead_latency
+                    .get_or_create(&OverheadLabels {
+                        model_group: group,
+                        api_provider: provider,
+                        api_base,
+                        litellm_model_name,
+                        hashed_api_key: key,
+                        api_key_alias: key_alias,
+                        model_id,
+                    })
+                    .clone(),
+                input_tokens: s.input_tokens.get_or_create(&model).clone(),
+                output_tokens: s.output_tokens.get_or_create(&model).clone(),
+                total_tokens: s.total_tokens.get_or_create(&model).clone(),
+                spend: s.spend.get_or_create(&model).clone(),
+            }
+        });
+        Handles {
+            total_requests,
+            failed,
+            refusal,
+            deployment_failure,
+            deployment_total,
+            deployment_success,
+            recoveries,
+            success,
         }
     }
 
@@ -734,7 +867,6 @@ fn exception_class(kind: ErrorKind, provider: Option<&str>) -> String {
 pub struct MetricsHook {
     pub metrics: Arc<Metrics>,
     pub caller: CallerLabels,
-    pub end_user: Option<String>,
     pub route: &'static str,
     pub inner: Option<Arc<dyn RequestHook>>,
 }
@@ -747,7 +879,6 @@ impl RequestHook for MetricsHook {
         let usage = log.usage.as_ref();
         self.metrics.push(Observation {
             caller: self.caller.clone(),
-            end_user: self.end_user.clone(),
             route: self.route,
             requested_model: log.requested_model.clone(),
             model_group: log.model_group.clone(),

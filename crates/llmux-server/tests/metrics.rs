@@ -267,3 +267,41 @@ async fn past_the_key_cap_further_keys_are_counted_as_other() {
         "{text}"
     );
 }
+
+/// What a client names cannot grow the series: a model that routes nowhere is `unknown`.
+#[tokio::test]
+async fn model_names_that_route_nowhere_are_one_series() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    for model in ["no-such-model-1", "no-such-model-2", "cheap"] {
+        h.chat_as(MASTER, model).await;
+    }
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let total = "litellm_proxy_total_requests_metric_total";
+    assert_eq!(
+        sample(
+            &text,
+            total,
+            &[("requested_model", "unknown"), ("status_code", "404")]
+        ),
+        Some(2.0),
+        "{text}"
+    );
+    assert!(!text.contains("no-such-model"));
+    assert_eq!(
+        sample(
+            &text,
+            total,
+            &[("requested_model", "cheap"), ("status_code", "200")]
+        ),
+        Some(1.0)
+    );
+}

@@ -388,33 +388,37 @@ pub(crate) async fn execute(
     let mut input = None;
     let caller = metrics::CallerLabels::of(principal);
     let route = metrics::route(op, call_type);
+    let mut requested_model = String::new();
+    // A request refused before it reaches the core is counted here (the core counts the rest).
+    let refused = |e: GatewayError| {
+        state.metrics.refused(caller.clone(), route, "", &e);
+        e
+    };
     if let (Some(gov), Some(principal)) = (&state.governance, principal) {
-        parsed = llmux::ParsedBody::parse(&body)?;
+        parsed = llmux::ParsedBody::parse(&body).map_err(refused)?;
         // A malformed request is refused before it counts against budgets and limits.
-        parsed.validate(op)?;
+        parsed.validate(op).map_err(refused)?;
         let end_user = request_headers
             .get(headers::X_LITELLM_END_USER_ID)
             .and_then(|v| v.to_str().ok());
-        let (mut facts, rewritten) = governance::request_facts(
-            &parsed,
-            principal,
-            end_user,
-            headers::tags(request_headers),
-        )?;
+        let (mut facts, rewritten) =
+            governance::request_facts(&parsed, principal, end_user, headers::tags(request_headers))
+                .map_err(refused)?;
         facts.client_request_id = client_request_id;
         input = Some(match rewritten {
             None => &parsed,
             Some(bytes) => {
                 aliased = bytes;
-                reparsed = llmux::ParsedBody::parse(&aliased)?;
+                reparsed = llmux::ParsedBody::parse(&aliased).map_err(refused)?;
                 &reparsed
             }
         });
         let model = facts.model.clone();
+        requested_model.clone_from(&model);
         let admission = match gov.admit(principal, facts, &state.client, call_type).await {
             Ok(admission) => admission,
             Err(e) => {
-                state.metrics.refused(caller, route, &model, &e);
+                state.metrics.refused(caller.clone(), route, &model, &e);
                 return Err(e);
             }
         };
@@ -430,6 +434,8 @@ pub(crate) async fn execute(
         caller,
         route,
         inner: hook,
+        requested_model,
+        finished: std::sync::atomic::AtomicBool::new(false),
     }));
     let options = RequestOptions {
         request_id: request_id.to_owned(),

@@ -87,7 +87,6 @@ struct Observation {
     model_group: Option<String>,
     deployment_id: Option<String>,
     provider: Option<&'static str>,
-    model: Option<String>,
     status: u16,
     /// `None` on success.
     failure: Option<ErrorKind>,
@@ -278,13 +277,15 @@ impl Default for Series {
 /// What decides a finished request's series (its labels are derived from it once).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 struct SeriesKey {
-    caller: CallerLabels,
+    /// The caller's key, team and user ids (their names are the first ones seen).
+    key: Option<Arc<str>>,
+    team: Option<Arc<str>>,
+    user: Option<Arc<str>>,
     route: &'static str,
     requested_model: String,
     model_group: Option<String>,
     deployment_id: Option<String>,
     provider: Option<&'static str>,
-    model: Option<String>,
     status: u16,
     failure: Option<ErrorKind>,
     served: bool,
@@ -319,6 +320,29 @@ struct SuccessHandles {
 /// Kinds of request whose series are kept resolved (past it the cache starts over).
 const MAX_CACHED_SERIES: usize = 50_000;
 
+/// A label value as the exposition formats need it: backslashes, quotes and newlines escaped
+/// (a name a key's holder chose must not end the value and write samples of its own), other
+/// control characters dropped, at most `MAX_LABEL_BYTES`.
+fn label(value: &str) -> String {
+    let mut out = String::with_capacity(value.len().min(MAX_LABEL_BYTES) + 8);
+    for c in value.chars() {
+        if out.len() + c.len_utf8() > MAX_LABEL_BYTES {
+            break;
+        }
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => {}
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The longest label value kept (before escaping).
+const MAX_LABEL_BYTES: usize = 256;
+
 /// `requested_model` of a request whose model routes nowhere.
 const UNKNOWN_MODEL: &str = "unknown";
 
@@ -333,6 +357,8 @@ pub struct Metrics {
     registry: Registry,
     /// Keys labelled so far (bounded by `max_keys`).
     keys: Mutex<HashSet<Arc<str>>>,
+    /// The name each key, team and user id was first labelled with.
+    names: Mutex<foldhash::HashMap<Arc<str>, Option<Arc<str>>>>,
     /// The series of each kind of request seen, resolved once.
     handles: Mutex<foldhash::HashMap<SeriesKey, Arc<Handles>>>,
     max_keys: usize,
@@ -427,6 +453,7 @@ impl Metrics {
             registry,
             keys: Mutex::new(HashSet::new()),
             handles: Mutex::default(),
+            names: Mutex::default(),
             max_keys,
             dropped: AtomicU64::new(0),
         })
@@ -477,11 +504,10 @@ impl Metrics {
         self.push(Observation {
             caller,
             route,
-            requested_model: requested_model.to_owned(),
+            requested_model: requested_model.chars().take(MAX_LABEL_BYTES).collect(),
             model_group: None,
             deployment_id: None,
             provider: None,
-            model: None,
             status: error.status,
             failure: Some(error.kind),
             prompt_tokens: 0,
@@ -514,14 +540,21 @@ impl Metrics {
     }
 
     fn count(&self, o: Observation, snapshot: &llmux::Snapshot) {
+        // Clients name models: only names the configuration knows become labels.
+        let bounded = |name: &str| match snapshot.router.route(name) {
+            Some(r) if r.wildcard.is_none() => name.to_owned(),
+            Some(r) => r.group.to_owned(),
+            None => UNKNOWN_MODEL.to_owned(),
+        };
         let key = SeriesKey {
-            caller: o.caller.clone(),
+            key: o.caller.key.clone(),
+            team: o.caller.team.clone(),
+            user: o.caller.user.clone(),
             route: o.route,
-            requested_model: o.requested_model.clone(),
-            model_group: o.model_group.clone(),
+            requested_model: bounded(&o.requested_model),
+            model_group: o.model_group.as_deref().map(bounded),
             deployment_id: o.deployment_id.clone(),
             provider: o.provider,
-            model: o.model.clone(),
             status: o.status,
             failure: o.failure,
             served: o.served,
@@ -534,7 +567,7 @@ impl Metrics {
             match cache.get(&key) {
                 Some(h) => Arc::clone(h),
                 None => {
-                    let h = Arc::new(self.resolve(&key, snapshot));
+                    let h = Arc::new(self.resolve(&key, &o.caller, snapshot));
                     // Bounded: keys are capped, models and deployments are the config's; a
                     // cache that still grows this far starts over (its series stay).
                     if cache.len() >= MAX_CACHED_SERIES {
@@ -587,12 +620,12 @@ impl Metrics {
     }
 
     /// The series one kind of request counts in, labelled once.
-    fn resolve(&self, k: &SeriesKey, snapshot: &llmux::Snapshot) -> Handles {
+    fn resolve(&self, k: &SeriesKey, names: &CallerLabels, snapshot: &llmux::Snapshot) -> Handles {
         let s = &self.series;
-        let text = |v: &Option<Arc<str>>| v.as_deref().unwrap_or(NONE).to_owned();
-        let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| NONE.to_owned());
+        let text = |v: &Option<Arc<str>>| label(v.as_deref().unwrap_or(NONE));
+        let opt = |v: &Option<String>| label(v.as_deref().unwrap_or(NONE));
         // Past the cap, a new key's series are one `other` key's.
-        let labelled = match &k.caller.key {
+        let labelled = match &k.key {
             Some(key) => {
                 let mut keys = self
                     .keys
@@ -603,7 +636,32 @@ impl Metrics {
             None => true,
         };
         let caller = if labelled {
-            k.caller.clone()
+            // Each id keeps the name it was first labelled with: a key or team renamed in a
+            // loop does not grow the series.
+            let mut first = self
+                .names
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let room = first.len() < 3 * self.max_keys.max(1);
+            let mut name = |id: &Option<Arc<str>>, seen: &Option<Arc<str>>| {
+                let id = id.as_ref()?;
+                match first.get(id) {
+                    Some(name) => name.clone(),
+                    None if room => {
+                        first.insert(Arc::clone(id), seen.clone());
+                        seen.clone()
+                    }
+                    None => None,
+                }
+            };
+            CallerLabels {
+                key_alias: name(&k.key, &names.key_alias),
+                team_alias: name(&k.team, &names.team_alias),
+                user_email: name(&k.user, &names.user_email),
+                key: k.key.clone(),
+                team: k.team.clone(),
+                user: k.user.clone(),
+            }
         } else {
             let other: Option<Arc<str>> = Some(Arc::from("other"));
             CallerLabels {
@@ -618,14 +676,7 @@ impl Metrics {
         let (key, key_alias) = (text(&caller.key), text(&caller.key_alias));
         let (team, team_alias) = (text(&caller.team), text(&caller.team_alias));
         let (user, user_email) = (text(&caller.user), text(&caller.user_email));
-        // The client names the model: a name that routes nowhere is not a label of its own
-        // (any string would be a new series).
-        let requested_model =
-            if k.model_group.is_some() || snapshot.router.route(&k.requested_model).is_some() {
-                k.requested_model.clone()
-            } else {
-                UNKNOWN_MODEL.to_owned()
-            };
+        let requested_model = label(&k.requested_model);
         // `end_user` comes from the client too: like LiteLLM by default, not a label.
         let end_user = NONE.to_owned();
         let group = opt(&k.model_group);
@@ -637,8 +688,8 @@ impl Metrics {
             .and_then(|id| snapshot.router.deployments().iter().find(|d| d.id == id))
             .map_or((NONE.to_owned(), NONE.to_owned()), |d| {
                 (
-                    d.config.model.clone(),
-                    d.config.api_base.clone().unwrap_or_else(|| NONE.to_owned()),
+                    label(&d.config.model),
+                    label(d.config.api_base.as_deref().unwrap_or(NONE)),
                 )
             });
         let status = k.status.to_string();
@@ -752,7 +803,9 @@ impl Metrics {
                 team_alias,
                 user,
                 user_email,
-                model: opt(&k.model),
+                // The deployment's model as configured (a wildcard's substitution is the
+                // client's text).
+                model: litellm_model_name.clone(),
                 model_id: model_id.clone(),
                 api_provider: provider.clone(),
             };
@@ -869,6 +922,38 @@ pub struct MetricsHook {
     pub caller: CallerLabels,
     pub route: &'static str,
     pub inner: Option<Arc<dyn RequestHook>>,
+    /// The requested model, for a request dropped before the core finished it.
+    pub requested_model: String,
+    pub finished: std::sync::atomic::AtomicBool,
+}
+
+impl Drop for MetricsHook {
+    /// A request dropped before the core finished it (the client left while waiting for a
+    /// JSON answer) is counted as nginx's 499, neither served nor failed.
+    fn drop(&mut self) {
+        if self.finished.load(Ordering::Acquire) {
+            return;
+        }
+        self.metrics.push(Observation {
+            caller: std::mem::take(&mut self.caller),
+            route: self.route,
+            requested_model: std::mem::take(&mut self.requested_model),
+            model_group: None,
+            deployment_id: None,
+            provider: None,
+            status: 499,
+            failure: None,
+            prompt_tokens: 0,
+            completion_tokens: 0,
+            total_tokens: 0,
+            cost: 0.0,
+            served: false,
+            duration: Duration::ZERO,
+            overhead: Duration::ZERO,
+            time_to_first_chunk: None,
+            recoveries: 0,
+        });
+    }
 }
 
 impl RequestHook for MetricsHook {
@@ -876,15 +961,18 @@ impl RequestHook for MetricsHook {
         if let Some(inner) = &self.inner {
             inner.finished(log);
         }
+        if self.finished.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let usage = log.usage.as_ref();
         self.metrics.push(Observation {
             caller: self.caller.clone(),
             route: self.route,
-            requested_model: log.requested_model.clone(),
+            // Bounded here: the queue holds it until the next drain.
+            requested_model: log.requested_model.chars().take(MAX_LABEL_BYTES).collect(),
             model_group: log.model_group.clone(),
             deployment_id: log.deployment_id.clone(),
             provider: log.provider,
-            model: log.model.clone(),
             status: log.status,
             failure: match log.outcome {
                 // A client that left mid-answer was served; what it received is counted.

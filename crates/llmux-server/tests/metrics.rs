@@ -130,7 +130,7 @@ async fn known_traffic_is_counted_under_litellms_names_and_labels() {
         ),
         Some(1.0)
     );
-    let served = with(&[("model_group", "cheap"), ("model", "cheap")]);
+    let served = with(&[("model_group", "cheap"), ("model", "openai/cheap")]);
     assert_eq!(
         sample(&text, "litellm_input_tokens_metric_total", &served),
         Some(prompt)
@@ -303,5 +303,52 @@ async fn model_names_that_route_nowhere_are_one_series() {
             &[("requested_model", "cheap"), ("status_code", "200")]
         ),
         Some(1.0)
+    );
+}
+
+/// A name a key's holder chose cannot end its label value and write samples of its own: it is
+/// escaped, and the page still passes promtool.
+#[tokio::test]
+async fn a_hostile_alias_is_escaped() {
+    let h = start_governed(MODELS, Db::Sqlite).await;
+    let alias = r#"evil"} litellm_spend_metric_total{hashed_api_key="victim"} 1e9 \ x"#;
+    let key = h.new_key(json!({"key_alias": alias})).await;
+    assert_eq!(h.chat_as(&key, "cheap").await.status(), 200);
+    let text = h
+        .http
+        .get(format!("{}/metrics", h.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("litellm_spend_metric_total{hashed_api_key=\"victim\"")),
+        "{text}"
+    );
+    assert!(text.contains(r#"api_key_alias="evil\"} litellm_spend_metric_total{hashed_api_key=\"victim\"} 1e9 \\ x""#), "{text}");
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&checked.stderr)
     );
 }

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{start_governed, Db, MASTER};
+use common::{start_governed, Db, Harness, MASTER};
 use serde_json::{json, Value};
 
 const MODELS: &str = r#"
@@ -34,6 +34,45 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         matching.len()
     );
     matching.first().copied()
+}
+
+/// The metrics page, as an admin scrapes it.
+async fn scrape(h: &Harness) -> String {
+    h.http
+        .get(format!("{}/metrics", h.url))
+        .bearer_auth(MASTER)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// `promtool check metrics` accepts `text` (Debian's `prometheus` package; scripts/test.sh
+/// installs it).
+fn promtool_check(text: &str) {
+    use std::io::Write;
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian's `prometheus` package; scripts/test.sh installs it)");
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
 }
 
 #[tokio::test]
@@ -213,27 +252,7 @@ async fn known_traffic_is_counted_under_litellms_names_and_labels() {
     assert!(openmetrics.text().await.unwrap().ends_with("# EOF\n"));
 
     // The exposition passes Prometheus's own checker.
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian's `prometheus` package; scripts/test.sh installs it)");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "promtool: {}{}",
-        String::from_utf8_lossy(&checked.stdout),
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool_check(&text);
 }
 
 #[tokio::test]
@@ -245,16 +264,7 @@ async fn past_the_key_cap_further_keys_are_counted_as_other() {
     assert_eq!(h.chat_as(&first, "cheap").await.status(), 200);
     assert_eq!(h.chat_as(&second, "cheap").await.status(), 200);
     assert_eq!(h.chat_as(&second, "cheap").await.status(), 200);
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&h).await;
     let total = "litellm_proxy_total_requests_metric_total";
     assert_eq!(
         sample(&text, total, &[("api_key_alias", "first")]),
@@ -275,16 +285,7 @@ async fn model_names_that_route_nowhere_are_one_series() {
     for model in ["no-such-model-1", "no-such-model-2", "cheap"] {
         h.chat_as(MASTER, model).await;
     }
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&h).await;
     let total = "litellm_proxy_total_requests_metric_total";
     assert_eq!(
         sample(
@@ -314,16 +315,7 @@ async fn a_hostile_alias_is_escaped() {
     let alias = r#"evil"} litellm_spend_metric_total{hashed_api_key="victim"} 1e9 \ x"#;
     let key = h.new_key(json!({"key_alias": alias})).await;
     assert_eq!(h.chat_as(&key, "cheap").await.status(), 200);
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(&h).await;
     assert!(
         !text
             .lines()
@@ -331,24 +323,5 @@ async fn a_hostile_alias_is_escaped() {
         "{text}"
     );
     assert!(text.contains(r#"api_key_alias="evil\"} litellm_spend_metric_total{hashed_api_key=\"victim\"} 1e9 \\ x""#), "{text}");
-    let mut promtool = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool");
-    use std::io::Write;
-    promtool
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let checked = promtool.wait_with_output().unwrap();
-    assert!(
-        checked.status.success(),
-        "{}",
-        String::from_utf8_lossy(&checked.stderr)
-    );
+    promtool_check(&text);
 }

@@ -738,6 +738,11 @@ async fn metrics_text(State(state): State<AppState>, request: Request) -> Respon
         .get(axum::http::header::ACCEPT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("application/openmetrics-text"));
+    if let Some(gov) = &state.governance {
+        // Requests finished so far first: a key first seen in them is reported too.
+        state.metrics.drain_now();
+        state.metrics.refresh_budgets(gov).await;
+    }
     let text = metrics::render(&state);
     let (body, content_type) = if openmetrics {
         (

@@ -27,6 +27,7 @@ use prometheus_client::registry::Registry;
 use llmux::{Operation, Outcome, RequestHook, RequestLog};
 use llmux_governance::keys::Principal;
 use llmux_governance::Governance;
+use llmux_store::Kind;
 use llmux_types::{ErrorKind, GatewayError};
 
 /// LiteLLM's latency buckets (seconds).
@@ -202,6 +203,20 @@ struct DeploymentStateLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KeyBudgetLabels {
+    hashed_api_key: String,
+    api_key_alias: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TeamBudgetLabels {
+    team: String,
+    team_alias: String,
+}
+
+type Budgets<L> = Family<L, Gauge<f64, std::sync::atomic::AtomicU64>>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     model_group: String,
 }
@@ -249,6 +264,10 @@ struct Series {
     deployment_state: Family<DeploymentStateLabels, Gauge>,
     recoveries: Counters<GroupLabels>,
     refusals: Counters<RefusalLabels>,
+    key_remaining_budget: Budgets<KeyBudgetLabels>,
+    key_max_budget: Budgets<KeyBudgetLabels>,
+    team_remaining_budget: Budgets<TeamBudgetLabels>,
+    team_max_budget: Budgets<TeamBudgetLabels>,
 }
 
 impl Default for Series {
@@ -270,6 +289,10 @@ impl Default for Series {
             deployment_state: Family::default(),
             recoveries: Family::default(),
             refusals: Family::default(),
+            key_remaining_budget: Family::default(),
+            key_max_budget: Family::default(),
+            team_remaining_budget: Family::default(),
+            team_max_budget: Family::default(),
         }
     }
 }
@@ -359,6 +382,8 @@ pub struct Metrics {
     keys: Mutex<HashSet<Arc<str>>>,
     /// The name each key, team and user id was first labelled with.
     names: Mutex<foldhash::HashMap<Arc<str>, Option<Arc<str>>>>,
+    /// Teams labelled so far (their budgets are reported; bounded like `names`).
+    teams: Mutex<HashSet<Arc<str>>>,
     /// The series of each kind of request seen, resolved once.
     handles: Mutex<foldhash::HashMap<SeriesKey, Arc<Handles>>>,
     max_keys: usize,
@@ -446,6 +471,26 @@ impl Metrics {
             "Requests refused by a rate limit or a budget before reaching a deployment",
             s.refusals.clone(),
         );
+        registry.register(
+            "litellm_remaining_api_key_budget_metric",
+            "Budget left on a key (USD; +Inf without a budget)",
+            s.key_remaining_budget.clone(),
+        );
+        registry.register(
+            "litellm_api_key_max_budget_metric",
+            "A key's maximum budget (USD)",
+            s.key_max_budget.clone(),
+        );
+        registry.register(
+            "litellm_remaining_team_budget_metric",
+            "Budget left on a team (USD; +Inf without a budget)",
+            s.team_remaining_budget.clone(),
+        );
+        registry.register(
+            "litellm_team_max_budget_metric",
+            "A team's maximum budget (USD)",
+            s.team_max_budget.clone(),
+        );
         Arc::new(Metrics {
             client,
             queue: Mutex::new(Vec::new()),
@@ -454,6 +499,7 @@ impl Metrics {
             keys: Mutex::new(HashSet::new()),
             handles: Mutex::default(),
             names: Mutex::default(),
+            teams: Mutex::default(),
             max_keys,
             dropped: AtomicU64::new(0),
         })
@@ -520,6 +566,11 @@ impl Metrics {
             time_to_first_chunk: None,
             recoveries: 0,
         });
+    }
+
+    /// Apply what is queued to the series now.
+    pub fn drain_now(&self) {
+        self.drain();
     }
 
     /// Apply what is queued to the series.
@@ -654,6 +705,12 @@ impl Metrics {
                     None => None,
                 }
             };
+            if let Some(team) = k.team.as_ref().filter(|_| room) {
+                self.teams
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(Arc::clone(team));
+            }
             CallerLabels {
                 key_alias: name(&k.key, &names.key_alias),
                 team_alias: name(&k.team, &names.team_alias),
@@ -867,6 +924,86 @@ impl Metrics {
                 })
                 .set(state);
         }
+    }
+}
+
+impl Metrics {
+    /// The budgets of the keys and teams the metrics label, as governance counts them now
+    /// (the fleet's spend with Redis): LiteLLM's remaining and maximum budget gauges.
+    pub async fn refresh_budgets(&self, gov: &Governance) {
+        let ids = |set: &Mutex<HashSet<Arc<str>>>| -> Vec<Arc<str>> {
+            set.lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .cloned()
+                .collect()
+        };
+        let (keys, teams) = (ids(&self.keys), ids(&self.teams));
+        let mut owners = Vec::with_capacity(keys.len() + teams.len());
+        let mut found = Vec::with_capacity(owners.capacity());
+        for (kind, id) in keys
+            .iter()
+            .map(|k| (Kind::Key, k))
+            .chain(teams.iter().map(|t| (Kind::Team, t)))
+        {
+            // Cached lookups; an object deleted since is no longer reported.
+            if let Ok(Some(object)) = gov.object(kind, id).await {
+                owners.push((kind, id.to_string()));
+                found.push(object);
+            }
+        }
+        let live = gov.live_spend(&owners).await;
+        let names = self
+            .names
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for ((object, (kind, id)), live) in found.iter().zip(&owners).zip(live) {
+            let spend = live.map_or(object.spend, |l| l.max(object.spend));
+            let max = object.policy.max_budget;
+            let remaining = max.map_or(f64::INFINITY, |m| m - spend);
+            let name = names
+                .get(id.as_str())
+                .cloned()
+                .flatten()
+                .map_or_else(|| NONE.to_owned(), |n| label(&n));
+            let series = &self.series;
+            if *kind == Kind::Key {
+                let labels = KeyBudgetLabels {
+                    hashed_api_key: label(id),
+                    api_key_alias: name,
+                };
+                report_budget(
+                    (&series.key_remaining_budget, &series.key_max_budget),
+                    &labels,
+                    remaining,
+                    max,
+                );
+            } else {
+                let labels = TeamBudgetLabels {
+                    team: label(id),
+                    team_alias: name,
+                };
+                report_budget(
+                    (&series.team_remaining_budget, &series.team_max_budget),
+                    &labels,
+                    remaining,
+                    max,
+                );
+            }
+        }
+    }
+}
+
+/// Set an owner's remaining budget and, when it has one, its maximum.
+fn report_budget<L: Clone + std::hash::Hash + Eq>(
+    (remaining_family, max_family): (&Budgets<L>, &Budgets<L>),
+    labels: &L,
+    remaining: f64,
+    max: Option<f64>,
+) {
+    remaining_family.get_or_create(labels).set(remaining);
+    if let Some(max) = max {
+        max_family.get_or_create(labels).set(max);
     }
 }
 

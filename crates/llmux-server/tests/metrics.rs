@@ -87,7 +87,7 @@ async fn known_traffic_is_counted_under_litellms_names_and_labels() {
     let generated = h
         .admin(
             "/key/generate",
-            json!({"key_alias": "search-bot", "team_id": team, "rpm_limit": 3}),
+            json!({"key_alias": "search-bot", "team_id": team, "rpm_limit": 3, "max_budget": 10.0}),
         )
         .await;
     let key = generated["key"].as_str().unwrap().to_owned();
@@ -231,6 +231,36 @@ async fn known_traffic_is_counted_under_litellms_names_and_labels() {
             &[("reason", "rate_limit")]
         ),
         Some(1.0)
+    );
+    // Budgets as governance counts them: the key's 10 less what it spent; the team has none.
+    let key_budget = [
+        ("hashed_api_key", hash.as_str()),
+        ("api_key_alias", "search-bot"),
+    ];
+    assert_eq!(
+        sample(&text, "litellm_api_key_max_budget_metric", &key_budget),
+        Some(10.0)
+    );
+    let remaining = sample(
+        &text,
+        "litellm_remaining_api_key_budget_metric",
+        &key_budget,
+    )
+    .unwrap();
+    assert!(
+        (remaining - (10.0 - cost)).abs() < 1e-9,
+        "{remaining} vs {}",
+        10.0 - cost
+    );
+    let team_budget = [("team", team.as_str()), ("team_alias", "search-team")];
+    assert_eq!(
+        sample(&text, "litellm_remaining_team_budget_metric", &team_budget),
+        Some(f64::INFINITY),
+        "{text}"
+    );
+    assert_eq!(
+        sample(&text, "litellm_team_max_budget_metric", &team_budget),
+        None
     );
     // Keys are named by their hash and alias, never by the secret.
     assert!(!text.contains(&key), "the secret key is in the metrics");

@@ -305,6 +305,14 @@ pub(crate) fn load_lenient(
     }
     config.router = crate::router::parse(&raw_router, &mut diags);
     config.environment_variables = file_vars;
+    // Without a master key there are no credentials to check: say so rather than serve the
+    // metrics to anyone while the operator believes they are closed.
+    if config.require_auth_for_metrics_endpoint == Some(true) && config.master_key.is_none() {
+        diags.push(Diagnostic::warning(
+            "litellm_settings.require_auth_for_metrics_endpoint",
+            "has no effect without general_settings.master_key: /metrics is open to anyone who can reach the gateway",
+        ));
+    }
     (Some(config), diags)
 }
 

@@ -306,3 +306,30 @@ fn redis_comes_from_router_settings_or_the_environment() {
     );
     assert!(load_str("router_settings: {redis_port: nope}", &env(&[])).is_err());
 }
+
+/// Asking for an authenticated metrics endpoint without a master key is said to do nothing.
+#[test]
+fn metrics_auth_without_a_master_key_is_reported() {
+    let open = load_str(
+        "litellm_settings: {require_auth_for_metrics_endpoint: true}",
+        &env(&[]),
+    )
+    .unwrap();
+    assert_eq!(open.config.require_auth_for_metrics_endpoint, Some(true));
+    let warned = warnings_at(
+        &open.diagnostics,
+        "litellm_settings.require_auth_for_metrics_endpoint",
+    );
+    assert_eq!(warned.len(), 1, "{:?}", open.diagnostics);
+    assert!(warned[0].message.contains("master_key"));
+    let closed = load_str(
+        "general_settings: {master_key: sk-1}\nlitellm_settings: {require_auth_for_metrics_endpoint: true}",
+        &env(&[]),
+    )
+    .unwrap();
+    assert!(warnings_at(
+        &closed.diagnostics,
+        "litellm_settings.require_auth_for_metrics_endpoint"
+    )
+    .is_empty());
+}

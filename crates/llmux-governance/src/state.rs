@@ -233,7 +233,10 @@ impl Counters for FleetCounters {
         now: i64,
         refused_more: &Arc<AtomicBool>,
     ) -> bool {
-        if !self.local.ledger.extend(budgets, owners, step, now) {
+        if !self
+            .local
+            .extend(held, budgets, owners, step, now, refused_more)
+        {
             return false;
         }
         // The step is reserved in Redis too, off the stream's path: when the fleet has no

@@ -663,19 +663,26 @@ async fn get_model(
     json_response(StatusCode::OK, body.to_string().into_bytes())
 }
 
+/// Let an admin through (or anyone, without governance and a master key); the refusal otherwise.
+async fn admins_only(
+    state: &AppState,
+    headers: &axum::http::HeaderMap,
+    path: &str,
+) -> Result<(), Response> {
+    match authenticate(state, headers, path).await {
+        Ok(Some(p)) if !p.role.is_admin() => Err(error_response(
+            &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.").with_code("forbidden"),
+            &llmux::new_request_id(),
+        )),
+        Err(e) => Err(error_response(&e, &llmux::new_request_id())),
+        _ => Ok(()),
+    }
+}
+
 /// Admin view of every deployment's live routing state (health, cooldown, load, latency).
 async fn router_deployments(State(state): State<AppState>, request: Request) -> Response {
-    let request_id = llmux::new_request_id();
-    match authenticate(&state, request.headers(), request.uri().path()).await {
-        Ok(Some(p)) if !p.role.is_admin() => {
-            return error_response(
-                &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.")
-                    .with_code("forbidden"),
-                &request_id,
-            )
-        }
-        Err(e) => return error_response(&e, &request_id),
-        _ => {}
+    if let Err(refused) = admins_only(&state, request.headers(), request.uri().path()).await {
+        return refused;
     }
     let snapshot = state.client.snapshot();
     let router = &snapshot.router;
@@ -719,17 +726,8 @@ async fn metrics_text(State(state): State<AppState>, request: Request) -> Respon
         .require_auth_for_metrics_endpoint
         .unwrap_or(config.master_key.is_some());
     if required {
-        let request_id = llmux::new_request_id();
-        match authenticate(&state, request.headers(), request.uri().path()).await {
-            Ok(Some(p)) if !p.role.is_admin() => {
-                return error_response(
-                    &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.")
-                        .with_code("forbidden"),
-                    &request_id,
-                )
-            }
-            Err(e) => return error_response(&e, &request_id),
-            _ => {}
+        if let Err(refused) = admins_only(&state, request.headers(), request.uri().path()).await {
+            return refused;
         }
     }
     // OpenMetrics for a scraper that asks for it; Prometheus's classic text otherwise.

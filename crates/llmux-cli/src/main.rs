@@ -187,6 +187,9 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         ));
     }
     let mut state = AppState::new(client);
+    // Traces and log sinks: a sink that cannot be set up stops the start, as a bad config does.
+    let telemetry = llmux_telemetry::Telemetry::start(&config, &ProcessEnv)?;
+    state.telemetry.store(telemetry.clone());
     // Virtual keys, budgets and spend need the master key (as in LiteLLM) and the database.
     let governance = match &config.master_key {
         Some(_) => {
@@ -242,6 +245,10 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         () = server => {}
         () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    if let Some(telemetry) = telemetry {
+        // What the sinks still hold is sent before the process exits.
+        telemetry.shutdown(TELEMETRY_FLUSH).await;
+    }
     if let Some(gov) = governance {
         gov.shutdown().await;
         let (written, aggregated) = gov.writer.counts();
@@ -250,6 +257,9 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     tracing::info!("stopped");
     Ok(())
 }
+
+/// How long a stopping process waits for each log sink to take what it still holds.
+const TELEMETRY_FLUSH: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How often the configuration file's modification time is looked at.
 const CONFIG_POLL: std::time::Duration = std::time::Duration::from_secs(1);

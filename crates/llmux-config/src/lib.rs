@@ -196,9 +196,18 @@ pub struct Config {
     /// once its running cost passes what it reserved and a budget it counts against is spent
     /// (for upstreams that ignore `max_tokens`). Off by default: a stream then runs to its end.
     pub budget_stream_cutoff: bool,
-    /// `litellm_settings.callbacks` / `success_callback` / `failure_callback`, all of them
-    /// (`prometheus` is always on in llmux; the others are reported as not supported yet).
-    pub callbacks: Vec<String>,
+    /// `litellm_settings.callbacks` (every request) / `success_callback` / `failure_callback`,
+    /// merged by name (`prometheus` is always on in llmux).
+    pub callbacks: Vec<Callback>,
+    /// `litellm_settings.turn_off_message_logging`: no prompt or answer in any log sink or span
+    /// (a key's or team's `metadata.turn_off_message_logging` overrides it for its requests).
+    pub turn_off_message_logging: bool,
+    /// `llmux_settings.mask_pii_in_logs`: where messages are logged, mask emails, phone
+    /// numbers, card numbers and secrets in them.
+    pub mask_pii_in_logs: bool,
+    /// `llmux_settings.telemetry_queue_size`: records each log sink (and the tracer) may hold
+    /// before dropping (and counting) the newest (default 10,000).
+    pub telemetry_queue_size: usize,
     /// `litellm_settings.require_auth_for_metrics_endpoint`; unset: required when a master key
     /// is configured (the metrics name keys' hashes and aliases, teams and users).
     pub require_auth_for_metrics_endpoint: Option<bool>,
@@ -249,6 +258,9 @@ impl Default for Config {
             callbacks: Vec::new(),
             require_auth_for_metrics_endpoint: None,
             metrics_max_keys: 10_000,
+            turn_off_message_logging: false,
+            mask_pii_in_logs: false,
+            telemetry_queue_size: 10_000,
             redis_deadline: std::time::Duration::from_millis(50),
             spend_log_durability: SpendDurability::Batched,
             max_buffered_response_bytes: 1024 * 1024 * 1024,
@@ -294,6 +306,21 @@ impl Config {
             .map(|(_, v)| v.clone())
             .or_else(|| env.var(name))
             .filter(|v| !v.is_empty())
+    }
+}
+
+/// A logging callback and the requests it is told about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Callback {
+    pub name: String,
+    pub on_success: bool,
+    pub on_failure: bool,
+}
+
+impl Config {
+    /// The callback named `name`, if configured.
+    pub fn callback(&self, name: &str) -> Option<&Callback> {
+        self.callbacks.iter().find(|c| c.name == name)
     }
 }
 

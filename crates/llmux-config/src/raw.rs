@@ -71,6 +71,8 @@ pub(crate) struct RawLitellmSettings {
     pub require_auth_for_metrics_endpoint: Option<bool>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub request_timeout: Option<f64>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub turn_off_message_logging: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -117,6 +119,10 @@ pub(crate) struct RawLlmuxSettings {
     pub spend_log_durability: Option<String>,
     #[serde(default, deserialize_with = "opt_f64")]
     pub max_buffered_response_mb: Option<f64>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub mask_pii_in_logs: Option<bool>,
+    #[serde(default, deserialize_with = "opt_u64")]
+    pub telemetry_queue_size: Option<u64>,
 }
 
 /// A list of names, or one name alone (`callbacks: prometheus`).

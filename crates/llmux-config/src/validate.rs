@@ -116,7 +116,7 @@ const KNOWN_TOP_LEVEL: &[&str] = &[
 ];
 
 /// Callbacks llmux runs (Prometheus metrics are on whether or not they are named).
-const SUPPORTED_CALLBACKS: &[&str] = &["prometheus"];
+const SUPPORTED_CALLBACKS: &[&str] = &["prometheus", "otel"];
 
 const KNOWN_LITELLM_SETTINGS: &[&str] = &[
     "num_retries",
@@ -707,10 +707,11 @@ fn litellm_settings(
     if let Some(raw) = raw {
         config.drop_params = raw.drop_params.unwrap_or(false);
         config.require_auth_for_metrics_endpoint = raw.require_auth_for_metrics_endpoint;
-        for (field, names) in [
-            ("callbacks", raw.callbacks),
-            ("success_callback", raw.success_callback),
-            ("failure_callback", raw.failure_callback),
+        config.turn_off_message_logging = raw.turn_off_message_logging.unwrap_or(false);
+        for (field, names, on_success, on_failure) in [
+            ("callbacks", raw.callbacks, true, true),
+            ("success_callback", raw.success_callback, true, false),
+            ("failure_callback", raw.failure_callback, false, true),
         ] {
             for name in names
                 .map(crate::raw::OneOrMany::into_vec)
@@ -725,8 +726,16 @@ fn litellm_settings(
                         ),
                     ));
                 }
-                if !config.callbacks.contains(&name) {
-                    config.callbacks.push(name);
+                match config.callbacks.iter_mut().find(|c| c.name == name) {
+                    Some(c) => {
+                        c.on_success |= on_success;
+                        c.on_failure |= on_failure;
+                    }
+                    None => config.callbacks.push(crate::Callback {
+                        name,
+                        on_success,
+                        on_failure,
+                    }),
                 }
             }
         }
@@ -834,6 +843,17 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
                 "llmux_settings.spend_log_durability",
                 format!("must be `batched` or `sync`, got `{other}`"),
             )),
+        }
+        config.mask_pii_in_logs = raw.mask_pii_in_logs.unwrap_or(false);
+        if let Some(size) = raw.telemetry_queue_size {
+            if size == 0 {
+                diags.push(Diagnostic::error(
+                    "llmux_settings.telemetry_queue_size",
+                    "must be at least 1",
+                ));
+            } else {
+                config.telemetry_queue_size = usize::try_from(size).unwrap_or(usize::MAX);
+            }
         }
         if let Some(keys) = raw.metrics_max_keys {
             config.metrics_max_keys = usize::try_from(keys).unwrap_or(usize::MAX);

@@ -90,11 +90,12 @@ fn docs_example_reports_unsupported_settings_by_path() {
             .any(|w| w.message.contains("does not support yet")),
         "redis is read now (shared rate limits)"
     );
-    // `prometheus` is served; `otel` is reported, by name, as not yet.
+    // `prometheus` and `otel` are both served now.
     let callbacks = warnings_at(d, "litellm_settings.callbacks");
-    assert_eq!(callbacks.len(), 1, "{callbacks:?}");
-    assert!(callbacks[0].message.contains("`otel` is not supported yet"));
-    assert_eq!(c.callbacks, ["prometheus", "otel"]);
+    assert!(callbacks.is_empty(), "{callbacks:?}");
+    let names: Vec<&str> = c.callbacks.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["prometheus", "otel"]);
+    assert!(c.callbacks.iter().all(|c| c.on_success && c.on_failure));
     let db = warnings_at(d, "general_settings.database_url");
     assert!(db
         .iter()

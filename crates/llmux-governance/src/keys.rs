@@ -190,6 +190,14 @@ impl Principal {
         }
     }
 
+    /// The key's or else the team's `turn_off_message_logging`, when either sets it.
+    pub fn turn_off_message_logging(&self) -> Option<bool> {
+        [&self.key, &self.team]
+            .into_iter()
+            .flatten()
+            .find_map(|g| g.policy.turn_off_message_logging)
+    }
+
     pub fn user_id(&self) -> Option<&str> {
         self.key
             .as_ref()

@@ -112,6 +112,9 @@ pub struct Policy {
     pub token_uid: Option<String>,
     /// A key minted with a rate-limited key shares that key's windows: its uid and limits.
     pub parent_limits: Option<(String, RateLimits)>,
+    /// `metadata.turn_off_message_logging` of a key or team: overrides the global setting for
+    /// its requests (a key's wins over its team's).
+    pub turn_off_message_logging: Option<bool>,
 }
 
 impl Policy {
@@ -173,6 +176,10 @@ impl Policy {
                     let uid = p.get("uid").and_then(Value::as_str)?;
                     Some((uid.to_owned(), RateLimits::of(p)))
                 }),
+            turn_off_message_logging: data
+                .get("metadata")
+                .and_then(|m| m.get("turn_off_message_logging"))
+                .and_then(Value::as_bool),
         }
     }
 }

@@ -65,6 +65,8 @@ pub struct SharedState {
     pub(crate) rebuild: tokio::sync::Mutex<()>,
     /// The Prometheus metrics every request is counted in.
     pub metrics: Arc<metrics::Metrics>,
+    /// Traces and log sinks (`callbacks`), when any is configured.
+    pub telemetry: arc_swap::ArcSwapOption<llmux_telemetry::Telemetry>,
 }
 
 impl std::ops::Deref for AppState {
@@ -81,6 +83,7 @@ impl AppState {
         metrics.spawn_drain();
         AppState(Arc::new(SharedState {
             metrics,
+            telemetry: arc_swap::ArcSwapOption::empty(),
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
@@ -94,6 +97,7 @@ impl AppState {
     pub async fn with_governance(self, governance: Arc<Governance>) -> Result<Self, String> {
         let state = AppState(Arc::new(SharedState {
             metrics: Arc::clone(&self.metrics),
+            telemetry: arc_swap::ArcSwapOption::new(self.telemetry.load_full()),
             client: self.client.clone(),
             draining: Arc::clone(&self.draining),
             governance: Some(governance),
@@ -429,6 +433,26 @@ pub(crate) async fn execute(
         }
         hook = Some(admission as Arc<dyn llmux::RequestHook>);
     }
+    let mut observe = None;
+    let telemetry = state.telemetry.load_full().map(|telemetry| {
+        let end_user = request_headers
+            .get(headers::X_LITELLM_END_USER_ID)
+            .and_then(|v| v.to_str().ok());
+        let message_logging =
+            telemetry.message_logging(principal.and_then(|p| p.turn_off_message_logging()));
+        let header = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok());
+        let (observed, span) =
+            telemetry.observe(header("traceparent"), header("tracestate"), message_logging);
+        observe = Some(observed);
+        metrics::TelemetryCall {
+            caller: caller.for_telemetry(principal, end_user),
+            call_type,
+            span,
+            message_logging,
+            tags: headers::tags(request_headers),
+            telemetry,
+        }
+    });
     let hook: Option<Arc<dyn llmux::RequestHook>> = Some(Arc::new(metrics::MetricsHook {
         metrics: Arc::clone(&state.metrics),
         caller,
@@ -436,6 +460,7 @@ pub(crate) async fn execute(
         inner: hook,
         requested_model,
         finished: std::sync::atomic::AtomicBool::new(false),
+        telemetry,
     }));
     let options = RequestOptions {
         request_id: request_id.to_owned(),
@@ -448,6 +473,7 @@ pub(crate) async fn execute(
         hook,
         // Only the Anthropic dialect carries a client's own Anthropic body.
         native_dialect: call_type == "anthropic_messages",
+        observe,
     };
     let result = match input {
         Some(parsed) => state.client.execute_parsed(op, parsed, options).await,

@@ -79,6 +79,40 @@ impl CallerLabels {
     }
 }
 
+impl CallerLabels {
+    /// The same caller as the log sinks name it.
+    pub fn for_telemetry(
+        &self,
+        principal: Option<&Principal>,
+        end_user: Option<&str>,
+    ) -> llmux_telemetry::Caller {
+        let organization = principal
+            .and_then(|p| p.organization.as_ref())
+            .map(|g| Arc::clone(&g.labels.0));
+        llmux_telemetry::Caller {
+            key_hash: self.key.clone(),
+            key_alias: self.key_alias.clone(),
+            team_id: self.team.clone(),
+            team_alias: self.team_alias.clone(),
+            user_id: self.user.clone(),
+            user_email: self.user_email.clone(),
+            org_id: organization,
+            end_user: end_user.map(Arc::from),
+        }
+    }
+}
+
+/// A request's share of the traces and log sinks: who called, its span, whether its messages
+/// may be logged.
+pub struct TelemetryCall {
+    pub telemetry: Arc<llmux_telemetry::Telemetry>,
+    pub caller: llmux_telemetry::Caller,
+    pub call_type: &'static str,
+    pub span: Option<llmux_telemetry::RequestSpan>,
+    pub message_logging: bool,
+    pub tags: Vec<String>,
+}
+
 /// One finished (or refused) request, waiting to be counted.
 #[derive(Debug)]
 struct Observation {
@@ -1062,6 +1096,8 @@ pub struct MetricsHook {
     /// The requested model, for a request dropped before the core finished it.
     pub requested_model: String,
     pub finished: std::sync::atomic::AtomicBool,
+    /// The traces and log sinks, when configured.
+    pub telemetry: Option<TelemetryCall>,
 }
 
 impl Drop for MetricsHook {
@@ -1126,6 +1162,18 @@ impl RequestHook for MetricsHook {
             time_to_first_chunk: log.time_to_first_chunk,
             recoveries: log.recoveries,
         });
+        if let Some(t) = &self.telemetry {
+            let mut finished = llmux_telemetry::Finished::new(
+                log.clone(),
+                t.caller.clone(),
+                t.call_type,
+                self.route,
+            );
+            finished.span = t.span;
+            finished.message_logging = t.message_logging;
+            finished.tags.clone_from(&t.tags);
+            t.telemetry.record(finished);
+        }
     }
 
     fn watches_stream(&self) -> bool {

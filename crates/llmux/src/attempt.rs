@@ -38,7 +38,12 @@ pub(crate) struct Attempt {
     /// The client spoke the provider's own dialect (`NATIVE_ANTHROPIC`): its answer is kept as
     /// the provider sent it, beside the translation.
     pub(crate) native: bool,
+    /// `traceparent` (and the client's `tracestate`) for the upstream: this attempt's span.
+    pub(crate) trace_headers: Option<(http::HeaderValue, Option<http::HeaderValue>)>,
 }
+
+static TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+static TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
 
 impl Attempt {
     /// Translate and send; resolves with the response headers (the body is read later).
@@ -51,7 +56,13 @@ impl Attempt {
     ) -> Result<UpstreamResponse, GatewayError> {
         match &self.deployment.backend {
             Backend::Http(provider) => {
-                let upstream = provider.build_request(op, request, ctx)?;
+                let mut upstream = provider.build_request(op, request, ctx)?;
+                if let Some((parent, state)) = &self.trace_headers {
+                    upstream.headers.insert(&TRACEPARENT, parent.clone());
+                    if let Some(state) = state {
+                        upstream.headers.insert(&TRACESTATE, state.clone());
+                    }
+                }
                 self.hide_usage_chunk = upstream.hide_usage_chunk;
                 self.sent_at = Instant::now();
                 http.send_request(upstream).await

@@ -3,7 +3,7 @@
 //! deployment first, backoff when none is left), and fall back to other groups by error kind.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use llmux_config::{RecoveryMode, RouterSettings};
@@ -15,8 +15,8 @@ use serde_json::Value;
 use crate::attempt::Attempt;
 use crate::delivered::DeliveredText;
 use crate::deployment::{model_not_found, no_deployment_error, timeout_error, Claim};
-use crate::log::{LogEmitter, Outcome, RequestLog};
-use crate::relay::{relay_stream, RecoveryPlan, StreamSummary};
+use crate::log::{AttemptLog, LogEmitter, Outcome, RequestDetail, RequestLog};
+use crate::relay::{relay_stream, RecoveryPlan, StreamSummary, Watch};
 use crate::response::{GatewayResponse, ResponseBody};
 use crate::resume::Resumer;
 use crate::tokens;
@@ -38,9 +38,68 @@ struct Trace {
     price: Option<Arc<crate::pricing::ModelPrice>>,
     pricing: Arc<crate::pricing::Pricing>,
     hook: Option<Arc<dyn crate::log::RequestHook>>,
+    /// What telemetry asked to keep ([`crate::RequestOptions::observe`]).
+    detail: Option<Box<RequestDetail>>,
+    /// Keep the bodies too.
+    content: bool,
+}
+
+/// An attempt timed for its span.
+#[derive(Clone, Copy)]
+struct AttemptClock {
+    span_id: u64,
+    started_at: SystemTime,
+    started: Instant,
 }
 
 impl Trace {
+    /// Start timing an attempt at the chosen deployment (`None` unless observed).
+    fn start_attempt(&self) -> Option<AttemptClock> {
+        self.detail.as_ref().map(|_| AttemptClock {
+            span_id: crate::log::new_span_id(),
+            started_at: SystemTime::now(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The upstream's `traceparent` and `tracestate` for an attempt.
+    fn trace_headers(
+        &self,
+        clock: Option<AttemptClock>,
+    ) -> Option<(http::HeaderValue, Option<http::HeaderValue>)> {
+        let trace = self.detail.as_ref()?.trace.as_ref()?;
+        let parent = http::HeaderValue::try_from(trace.traceparent(clock?.span_id)).ok()?;
+        let state = trace
+            .tracestate
+            .as_deref()
+            .and_then(|s| http::HeaderValue::try_from(s).ok());
+        Some((parent, state))
+    }
+
+    /// Record the attempt timed by `clock` at the chosen deployment.
+    fn record_attempt(
+        &mut self,
+        clock: Option<AttemptClock>,
+        upstream_model: &str,
+        status: u16,
+        error: Option<&GatewayError>,
+    ) {
+        let (Some(clock), Some(detail)) = (clock, self.detail.as_mut()) else {
+            return;
+        };
+        detail.attempts.push(AttemptLog {
+            span_id: clock.span_id,
+            model_group: self.model_group.clone().unwrap_or_default(),
+            deployment_id: self.deployment_id.clone().unwrap_or_default(),
+            provider: self.provider.unwrap_or(""),
+            model: upstream_model.to_owned(),
+            started_at: clock.started_at,
+            duration: clock.started.elapsed(),
+            status,
+            error: error.map(|e| (e.kind, e.message().to_owned())),
+        });
+    }
+
     /// Someone will read this request's record.
     fn wanted(&self, logs: &LogEmitter) -> bool {
         self.hook.is_some() || logs.wanted()
@@ -64,8 +123,9 @@ impl Trace {
         logs.emit(log);
     }
 
+    /// The record (the kept detail moves into it).
     fn log(
-        &self,
+        &mut self,
         status: u16,
         outcome: Outcome,
         usage: Option<Usage>,
@@ -73,6 +133,7 @@ impl Trace {
         ttfc: Option<Duration>,
         chunks: u64,
     ) -> RequestLog {
+        let duration = self.received_at.elapsed();
         RequestLog {
             request_id: self.request_id.clone(),
             operation: self.op,
@@ -84,7 +145,7 @@ impl Trace {
             status,
             outcome,
             usage,
-            duration: self.received_at.elapsed(),
+            duration,
             overhead,
             time_to_first_chunk: ttfc,
             chunks,
@@ -92,6 +153,10 @@ impl Trace {
             model: self.model.clone(),
             // Callers price the record (once: pricing counts unpriced requests).
             cost: None,
+            started_at: SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or(SystemTime::UNIX_EPOCH),
+            detail: self.detail.take(),
         }
     }
 }
@@ -169,6 +234,13 @@ pub(crate) async fn execute(
         price: None,
         pricing: Arc::clone(&snapshot.pricing),
         hook: options.hook.clone(),
+        detail: options.observe.as_ref().map(|o| {
+            Box::new(RequestDetail {
+                trace: o.trace.clone(),
+                ..Default::default()
+            })
+        }),
+        content: options.observe.as_ref().is_some_and(|o| o.content),
     };
     let result = match body {
         Input::Parsed(parsed) => execute_traced(logs, snapshot, parsed, &mut trace, &options).await,
@@ -178,21 +250,21 @@ pub(crate) async fn execute(
         },
     };
     if let (Err(e), true) = (&result, trace.wanted(logs)) {
-        trace.emit(
-            logs,
-            trace.log(
-                e.status,
-                Outcome::Failed(e.kind),
-                None,
-                Duration::ZERO,
-                None,
-                0,
-            ),
+        if let Some(detail) = trace.detail.as_mut() {
+            detail.error = Some(e.message().to_owned());
+        }
+        let log = trace.log(
+            e.status,
+            Outcome::Failed(e.kind),
+            None,
+            Duration::ZERO,
+            None,
+            0,
         );
+        trace.emit(logs, log);
     }
     result
 }
-
 async fn execute_traced(
     logs: &LogEmitter,
     snapshot: Arc<Snapshot>,
@@ -204,6 +276,11 @@ async fn execute_traced(
     let request = body.object();
     let model = requested_model(request)?;
     trace.requested_model.clone_from(&model);
+    if trace.content {
+        if let Some(detail) = trace.detail.as_mut() {
+            detail.request_body = Some(body.bytes().clone());
+        }
+    }
     if !body.validated.load(std::sync::atomic::Ordering::Relaxed) {
         validate_fields(op, request)?;
     }
@@ -495,11 +572,14 @@ impl Run<'_> {
                 .snapshot
                 .pricing
                 .deployment_price(&chosen.id, &chosen.config);
-            let result = self.attempt(route, route_model, claim).await;
+            let clock = self.trace.start_attempt();
+            let result = self.attempt(route, route_model, claim, clock).await;
             let error = match result {
                 Ok(response) => return Ok(response),
                 Err(e) => e,
             };
+            self.trace
+                .record_attempt(clock, &chosen.upstream_model, error.status, Some(&error));
             self.snapshot
                 .deployment_failed(index, &error, route.candidates.len());
             let allowed = match self.controls.num_retries {
@@ -543,6 +623,7 @@ impl Run<'_> {
         route: &RouteMatch<'_>,
         route_model: &str,
         claim: Claim,
+        clock: Option<AttemptClock>,
     ) -> Result<GatewayResponse, GatewayError> {
         let snapshot = Arc::clone(self.snapshot);
         let index = claim.index;
@@ -574,6 +655,7 @@ impl Run<'_> {
             sent_at: Instant::now(),
             hide_usage_chunk: false,
             native,
+            trace_headers: self.trace.trace_headers(clock),
         };
         if !self.stream {
             let response = tokio::time::timeout(
@@ -601,6 +683,17 @@ impl Run<'_> {
             response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
             let meta = &response.meta;
             if self.trace.wanted(self.logs) {
+                self.trace.record_attempt(
+                    clock,
+                    &attempt.deployment.upstream_model,
+                    meta.status,
+                    None,
+                );
+                if let (Some(detail), ResponseBody::Json(body)) =
+                    (self.trace.detail.as_mut(), &response.body)
+                {
+                    detail.response_body = Some(body.clone());
+                }
                 let mut log = self.trace.log(
                     meta.status,
                     Outcome::Success,
@@ -635,7 +728,15 @@ impl Run<'_> {
         let meta = peeked.meta.clone();
         let time_to_first_chunk = self.trace.received_at.elapsed();
         let logs = self.logs.clone();
-        let trace = self.trace.clone();
+        let upstream_model = if clock.is_some() {
+            attempt.deployment.upstream_model.clone()
+        } else {
+            String::new()
+        };
+        let mut trace = self.trace.clone();
+        if let Some(detail) = trace.detail.as_mut() {
+            detail.response_body = peeked.initial.last().cloned();
+        }
         let finished_snapshot = Arc::clone(&snapshot);
         let group_size = route.candidates.len();
         let body = self.body.clone();
@@ -669,6 +770,16 @@ impl Run<'_> {
                 );
             }
             if trace.wanted(&logs) {
+                trace.record_attempt(clock, &upstream_model, meta.status, summary.error.as_ref());
+                if let Some(detail) = trace.detail.as_mut() {
+                    detail.finish_reasons = summary.delivered.finish_reasons().to_vec();
+                    if let Some(e) = &summary.error {
+                        detail.error = Some(e.message().to_owned());
+                    }
+                    if trace.content {
+                        detail.delivered = Some(std::mem::take(&mut summary.delivered));
+                    }
+                }
                 let mut log = trace.log(
                     meta.status,
                     outcome,
@@ -702,7 +813,10 @@ impl Run<'_> {
                 max_attempts: recovery_settings.max_attempts,
                 max_buffered_bytes: recovery_settings.max_buffered_bytes,
             });
-        let watch = self.trace.hook.clone().filter(|h| h.watches_stream());
+        let watch = Watch {
+            hook: self.trace.hook.clone().filter(|h| h.watches_stream()),
+            finish_reasons: self.trace.detail.is_some(),
+        };
         let stream = relay_stream(
             peeked.initial,
             peeked.first_usage,

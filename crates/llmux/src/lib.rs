@@ -50,7 +50,10 @@ pub use llmux_providers::{Operation, NATIVE_ANTHROPIC};
 pub use llmux_router as router;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};
-pub use log::{Outcome, RequestHook, RequestLog};
+pub use log::{
+    new_span_id, new_trace_id, AttemptLog, Observe, Outcome, RequestDetail, RequestHook,
+    RequestLog, ResponseFacts, TraceContext,
+};
 pub use relay::{RelayStream, StreamSummary};
 pub use response::{GatewayResponse, ResponseBody, ResponseMeta};
 pub use typed::ChatStream;
@@ -150,6 +153,9 @@ pub struct RequestOptions {
     /// Anthropic dialect; any other request carrying one is refused (it would reach an
     /// Anthropic deployment past the checks made on the internal request).
     pub native_dialect: bool,
+    /// What telemetry needs kept about this request (attempts, trace, bodies); `None` keeps
+    /// nothing beyond the record.
+    pub observe: Option<Observe>,
 }
 
 impl std::fmt::Debug for RequestOptions {
@@ -174,6 +180,7 @@ impl Default for RequestOptions {
             tags: Vec::new(),
             hook: None,
             native_dialect: false,
+            observe: None,
         }
     }
 }

@@ -4,8 +4,9 @@
 //! `llmux::access`, level debug), off by default like nginx's in a proxy benchmark.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
+use bytes::Bytes;
 use llmux_providers::Operation;
 use llmux_types::{ErrorKind, GatewayError, Usage};
 use tokio::sync::broadcast;
@@ -48,6 +49,194 @@ pub struct RequestLog {
     pub model: Option<String>,
     /// USD, from usage and the price registry (0 for an unpriced model, `None` without usage).
     pub cost: Option<f64>,
+    /// Wall-clock arrival (`duration` before the record was made).
+    pub started_at: SystemTime,
+    /// What telemetry asked the core to keep ([`crate::RequestOptions::observe`]).
+    pub detail: Option<Box<RequestDetail>>,
+}
+
+/// What a caller asks the core to record for telemetry (traces, log sinks); off by default,
+/// since every field costs the request path something.
+#[derive(Debug, Clone, Default)]
+pub struct Observe {
+    /// The request's trace: each attempt becomes a child span and the upstream gets a
+    /// `traceparent` naming it.
+    pub trace: Option<TraceContext>,
+    /// Keep the request body and the answer (JSON body, or a stream's delivered text) for
+    /// sinks that log messages.
+    pub content: bool,
+}
+
+/// W3C trace context of the request's own span.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: u128,
+    /// The request's span: the parent of each attempt's span.
+    pub span_id: u64,
+    pub sampled: bool,
+    /// The client's `tracestate`, passed on unchanged.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The `traceparent` header naming `span_id` in this trace.
+    pub fn traceparent(&self, span_id: u64) -> String {
+        format!(
+            "00-{:032x}-{:016x}-{:02x}",
+            self.trace_id,
+            span_id,
+            u8::from(self.sampled)
+        )
+    }
+
+    /// Parse a `traceparent` header (version 00 and the forward-compatible versions the spec
+    /// allows): the trace id, the sender's span id and whether it is sampled.
+    pub fn parse_traceparent(value: &str) -> Option<(u128, u64, bool)> {
+        let value = value.trim();
+        let mut parts = value.split('-');
+        let version = parts.next()?;
+        let trace = parts.next()?;
+        let parent = parts.next()?;
+        let flags = parts.next()?;
+        let hex = |s: &str| s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        if version.len() != 2 || !hex(version) || version == "ff" {
+            return None;
+        }
+        // Version 00 has exactly four fields; later versions may append more.
+        if version == "00" && parts.next().is_some() {
+            return None;
+        }
+        if trace.len() != 32 || parent.len() != 16 || flags.len() != 2 {
+            return None;
+        }
+        if !hex(trace) || !hex(parent) || !hex(flags) {
+            return None;
+        }
+        let trace_id = u128::from_str_radix(trace, 16).ok()?;
+        let span_id = u64::from_str_radix(parent, 16).ok()?;
+        let flags = u8::from_str_radix(flags, 16).ok()?;
+        (trace_id != 0 && span_id != 0).then_some((trace_id, span_id, flags & 1 == 1))
+    }
+}
+
+/// A random non-zero span id.
+pub fn new_span_id() -> u64 {
+    loop {
+        let id = rand::random::<u64>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// A random non-zero trace id.
+pub fn new_trace_id() -> u128 {
+    loop {
+        let id = rand::random::<u128>();
+        if id != 0 {
+            return id;
+        }
+    }
+}
+
+/// What the core kept about a request for telemetry ([`Observe`]).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RequestDetail {
+    pub trace: Option<TraceContext>,
+    /// Every attempt, in order (retries and fallbacks included).
+    pub attempts: Vec<AttemptLog>,
+    /// The failure's message, when the request failed.
+    pub error: Option<String>,
+    /// The body the core ran (`content` only).
+    pub request_body: Option<Bytes>,
+    /// A JSON answer's body; a stream's first event (its id and model).
+    pub response_body: Option<Bytes>,
+    /// A stream's `finish_reason`s as they were delivered.
+    pub finish_reasons: Vec<String>,
+    /// What a stream delivered (`content` only; its first 32 KiB of events).
+    pub delivered: Option<crate::DeliveredText>,
+}
+
+/// One attempt at one deployment.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AttemptLog {
+    /// Its span (the `traceparent` the upstream got).
+    pub span_id: u64,
+    pub model_group: String,
+    pub deployment_id: String,
+    pub provider: &'static str,
+    /// The deployment's upstream model.
+    pub model: String,
+    pub started_at: SystemTime,
+    pub duration: Duration,
+    /// The upstream's status (0 when no answer came).
+    pub status: u16,
+    /// Why it failed.
+    pub error: Option<(ErrorKind, String)>,
+}
+
+/// The answer's identity, read from a [`RequestDetail`] (off the request path).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ResponseFacts {
+    pub id: Option<String>,
+    pub model: Option<String>,
+    pub finish_reasons: Vec<String>,
+}
+
+impl RequestDetail {
+    /// The answer's id, model and finish reasons: from the JSON body, or from a stream's first
+    /// event and the finish reasons noted while it was delivered.
+    pub fn response_facts(&self) -> ResponseFacts {
+        #[derive(serde::Deserialize)]
+        struct Choice {
+            #[serde(default)]
+            finish_reason: Option<String>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            #[serde(default)]
+            id: Option<String>,
+            #[serde(default)]
+            model: Option<String>,
+            #[serde(default)]
+            choices: Option<Vec<Choice>>,
+        }
+        let Some(body) = &self.response_body else {
+            return ResponseFacts {
+                finish_reasons: self.finish_reasons.clone(),
+                ..Default::default()
+            };
+        };
+        // A stream's first event: its `data:` line.
+        let json: &[u8] = match memchr::memmem::find(body, b"data:") {
+            Some(at) if !body.starts_with(b"{") => {
+                let rest = &body[at + 5..];
+                let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
+                &rest[..end]
+            }
+            _ => body,
+        };
+        let answer = serde_json::from_slice::<Answer>(json).ok();
+        let mut finish_reasons: Vec<String> = answer
+            .as_ref()
+            .and_then(|a| a.choices.as_ref())
+            .map(|c| c.iter().filter_map(|c| c.finish_reason.clone()).collect())
+            .unwrap_or_default();
+        if finish_reasons.is_empty() {
+            finish_reasons.clone_from(&self.finish_reasons);
+        }
+        let (id, model) = answer.map_or((None, None), |a| (a.id, a.model));
+        ResponseFacts {
+            id,
+            model,
+            finish_reasons,
+        }
+    }
+
+    /// The generated text a stream delivered (`None` for a JSON answer: read `response_body`).
+    pub fn stream_text(&self) -> Option<String> {
+        self.delivered.as_ref().map(|d| d.text().0)
+    }
 }
 
 /// Told, synchronously and exactly once, that a request is over (for streams: when the stream

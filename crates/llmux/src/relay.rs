@@ -277,6 +277,31 @@ pub(crate) struct Resumed {
     pub finished: bool,
 }
 
+/// What watches a stream as it is relayed.
+#[derive(Default)]
+pub(crate) struct Watch {
+    /// Told the running token count (a budget that may run out mid-stream).
+    pub hook: Option<Arc<dyn RequestHook>>,
+    /// Note the finish reasons delivered (telemetry).
+    pub finish_reasons: bool,
+}
+
+impl Watch {
+    /// How the delivered events are kept: scanned as they go for a hook's running count.
+    fn delivered(&self) -> DeliveredText {
+        let delivered = if self.hook.is_some() {
+            DeliveredText::scanning()
+        } else {
+            DeliveredText::default()
+        };
+        if self.finish_reasons {
+            delivered.noting_finish_reasons()
+        } else {
+            delivered
+        }
+    }
+}
+
 /// Mid-stream recovery settings for one stream.
 pub(crate) struct RecoveryPlan {
     pub resume: Box<dyn Resume>,
@@ -346,13 +371,13 @@ pub(crate) fn relay_stream(
     mut relay: Relay,
     finished: bool,
     mut recovery: Option<RecoveryPlan>,
-    watch: Option<Arc<dyn RequestHook>>,
+    watch: Watch,
     on_finish: impl FnOnce(StreamSummary) + Send + 'static,
 ) -> RelayStream {
     let started = Instant::now();
     let stream = async_stream::stream! {
         let mut guard = FinishGuard {
-            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, recovery_tried: false, delivered: if watch.is_some() { DeliveredText::scanning() } else { DeliveredText::default() } },
+            summary: StreamSummary { usage: first_usage, error: None, chunks: initial.len() as u64, duration: Duration::ZERO, completed: false, recoveries: 0, recovery_tried: false, delivered: watch.delivered() },
             started,
             on_finish: Some(on_finish),
         };
@@ -411,7 +436,7 @@ pub(crate) fn relay_stream(
                             guard.summary.completed = true;
                             break;
                         }
-                        if let Some(hook) = &watch {
+                        if let Some(hook) = &watch.hook {
                             // At least a token per chunk; about four bytes a token of text.
                             let tokens = guard.summary.chunks.max(guard.summary.delivered.approx_tokens());
                             if let Err(e) = hook.stream_progress(tokens) {
@@ -598,7 +623,7 @@ mod tests {
             handed_over(chunks),
             false,
             None,
-            None,
+            Watch::default(),
             |_| {},
         )
         .collect()
@@ -614,7 +639,15 @@ mod tests {
     async fn a_slow_upstream_is_relayed_event_by_event() {
         let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(1);
         let relay = channel_upstream(rx);
-        let mut stream = relay_stream(Vec::new(), None, relay, false, None, None, |_| {});
+        let mut stream = relay_stream(
+            Vec::new(),
+            None,
+            relay,
+            false,
+            None,
+            Watch::default(),
+            |_| {},
+        );
         // Each event reaches the client while the upstream has not sent the next one yet.
         for n in 0..3 {
             tx.send(event(n)).await.unwrap();

@@ -121,6 +121,7 @@ impl Resume for Resumer {
                 sent_at: Instant::now(),
                 hide_usage_chunk: false,
                 native: false,
+                trace_headers: None,
             };
             let outcome = async {
                 let response = tokio::time::timeout(

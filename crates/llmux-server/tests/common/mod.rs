@@ -21,6 +21,15 @@ pub struct Harness {
     pub mock: Arc<MockState>,
     pub client: llmux::Client,
     pub http: reqwest::Client,
+    /// Traces and log sinks, when the config names any (`callbacks`).
+    pub telemetry: Option<Arc<llmux_telemetry::Telemetry>>,
+}
+
+/// The config's traces and log sinks, started as the binary starts them (variables from the
+/// config's `environment_variables` only).
+fn telemetry(config: &llmux_config::Config) -> Option<Arc<llmux_telemetry::Telemetry>> {
+    let env: HashMap<String, String> = HashMap::new();
+    llmux_telemetry::Telemetry::start(config, &env).unwrap_or_else(|e| panic!("telemetry: {e}"))
 }
 
 async fn spawn(router: axum::Router) -> String {
@@ -57,7 +66,10 @@ pub async fn start(yaml: &str) -> Harness {
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
     let (client, _) =
         llmux::Client::with_env(loaded.config, &env).unwrap_or_else(|e| panic!("{e}"));
-    let url = spawn_gateway(build_router(AppState::new(client.clone()))).await;
+    let state = AppState::new(client.clone());
+    let telemetry = telemetry(&client.snapshot().config);
+    state.telemetry.store(telemetry.clone());
+    let url = spawn_gateway(build_router(state)).await;
     Harness {
         url,
         gov: None,
@@ -66,6 +78,7 @@ pub async fn start(yaml: &str) -> Harness {
         mock,
         client,
         http: reqwest::Client::new(),
+        telemetry,
     }
 }
 
@@ -214,6 +227,8 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
         .with_governance(Arc::clone(&gov))
         .await
         .unwrap();
+    let telemetry = telemetry(&config);
+    state.telemetry.store(telemetry.clone());
     let url = spawn_gateway(build_router(state)).await;
     Harness {
         url,
@@ -223,6 +238,7 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
         mock,
         client,
         http: reqwest::Client::new(),
+        telemetry,
     }
 }
 

@@ -1,0 +1,604 @@
+//! OpenTelemetry traces, received by an OTLP receiver built on the protocol's official protobuf
+//! definitions (`opentelemetry-proto`), over HTTP/protobuf and gRPC: a span per request and per
+//! attempt with the GenAI attributes, the client's `traceparent` continued and passed upstream,
+//! message logging off leaving no prompt anywhere, and a dead receiver costing requests nothing.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{start_governed, Db, Harness};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
+use prost::Message;
+use serde_json::{json, Value};
+
+/// What an OTLP receiver got: each span with its resource's `service.name`, and the headers
+/// (or gRPC metadata) of each export call.
+#[derive(Clone, Default)]
+struct Received {
+    spans: Arc<Mutex<Vec<(String, Span)>>>,
+    headers: Arc<Mutex<Vec<Headers>>>,
+}
+
+/// One export call's headers (or gRPC metadata).
+type Headers = Vec<(String, String)>;
+
+impl Received {
+    fn take(&self, request: ExportTraceServiceRequest, headers: Vec<(String, String)>) {
+        self.headers.lock().unwrap().push(headers);
+        let mut spans = self.spans.lock().unwrap();
+        for resource_spans in request.resource_spans {
+            let service = resource_spans
+                .resource
+                .iter()
+                .flat_map(|r| &r.attributes)
+                .find(|a| a.key == "service.name")
+                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+                    AnyValue::StringValue(s) => Some(s.clone()),
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for scope in resource_spans.scope_spans {
+                for span in scope.spans {
+                    spans.push((service.clone(), span));
+                }
+            }
+        }
+    }
+
+    /// Wait until `count` spans of trace `trace_id` arrived (sorted by start time).
+    async fn trace(&self, trace_id: &[u8], count: usize) -> Vec<Span> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut spans: Vec<Span> = self
+                .spans
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(_, s)| s.trace_id == trace_id)
+                .map(|(_, s)| s.clone())
+                .collect();
+            if spans.len() >= count {
+                spans.sort_by_key(|s| (s.start_time_unix_nano, s.kind != SpanKind::Server as i32));
+                return spans;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} spans arrived",
+                spans.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn services(&self) -> Vec<String> {
+        self.spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().ok()?.to_owned()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect();
+        self.take(request.into_inner(), headers);
+        Ok(tonic::Response::new(ExportTraceServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+/// An OTLP/HTTP receiver (`POST /v1/traces`, protobuf): its base URL.
+async fn http_receiver() -> (String, Received) {
+    let received = Received::default();
+    let state = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        axum::routing::post(
+            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                let state = state.clone();
+                async move {
+                    let request = ExportTraceServiceRequest::decode(body).unwrap();
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    state.take(request, headers);
+                    (
+                        [("content-type", "application/x-protobuf")],
+                        ExportTraceServiceResponse {
+                            partial_success: None,
+                        }
+                        .encode_to_vec(),
+                    )
+                }
+            },
+        ),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), received)
+}
+
+/// An OTLP/gRPC receiver: its URL.
+async fn grpc_receiver() -> (String, Received) {
+    let received = Received::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = TraceServiceServer::new(received.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (format!("http://{addr}"), received)
+}
+
+fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
+    span.attributes
+        .iter()
+        .find(|a| a.key == key)
+        .and_then(|a| a.value.as_ref()?.value.as_ref())
+}
+
+fn text(span: &Span, key: &str) -> Option<String> {
+    match attr(span, key)? {
+        AnyValue::StringValue(s) => Some(s.clone()),
+        other => panic!("{key} is not a string: {other:?}"),
+    }
+}
+
+fn int(span: &Span, key: &str) -> Option<i64> {
+    match attr(span, key)? {
+        AnyValue::IntValue(i) => Some(*i),
+        other => panic!("{key} is not an integer: {other:?}"),
+    }
+}
+
+fn strings(span: &Span, key: &str) -> Vec<String> {
+    match attr(span, key) {
+        Some(AnyValue::ArrayValue(a)) => a
+            .values
+            .iter()
+            .filter_map(|v| match v.value.as_ref()? {
+                AnyValue::StringValue(s) => Some(s.clone()),
+                _ => None,
+            })
+            .collect(),
+        None => Vec::new(),
+        Some(other) => panic!("{key} is not an array: {other:?}"),
+    }
+}
+
+/// Every string anywhere in the spans: attribute values and status messages.
+fn all_text(spans: &[Span]) -> String {
+    spans
+        .iter()
+        .flat_map(|s| {
+            let mut texts: Vec<String> = s
+                .attributes
+                .iter()
+                .map(|a| format!("{:?}", a.value))
+                .collect();
+            texts.push(s.name.clone());
+            texts.push(
+                s.status
+                    .as_ref()
+                    .map(|st| st.message.clone())
+                    .unwrap_or_default(),
+            );
+            texts
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Two deployments of `gpt`, tried in order: the first always answers 500.
+fn config(env: &str, extra: &str) -> String {
+    format!(
+        r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {{model: openai/mock-gpt, api_base: "{{mock}}", api_key: k, order: 1, extra_headers: {{x-mock-status: "500"}}}}
+  - model_name: gpt
+    litellm_params: {{model: openai/mock-gpt, api_base: "{{mock}}", api_key: k, order: 2}}
+  - model_name: broken
+    litellm_params: {{model: openai/mock-gpt, api_base: "{{mock}}", api_key: k, extra_headers: {{x-mock-status: "400"}}}}
+router_settings: {{num_retries: 1, allowed_fails: 1000}}
+litellm_settings:
+  callbacks: ["otel"]
+{extra}
+environment_variables:
+{env}
+"#
+    )
+}
+
+async fn chat(h: &Harness, key: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.url))
+        .bearer_auth(key)
+        .json(&body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test]
+async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
+    let (receiver, received) = http_receiver().await;
+    let env = format!(
+        "  OTEL_EXPORTER_OTLP_ENDPOINT: \"{receiver}\"\n  OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf\n  \
+         OTEL_SERVICE_NAME: llmux-test\n  OTEL_EXPORTER_OTLP_HEADERS: \"x-tenant=t%201\"\n"
+    );
+    let h = start_governed(&config(&env, ""), Db::Sqlite).await;
+    let key = h
+        .new_key(json!({"key_alias": "tracer", "models": ["gpt"]}))
+        .await;
+
+    let trace_id = "0af7651916cd43dd8448eb211c80319c";
+    let client_span = "b7ad6b7169203331";
+    let traceparent = format!("00-{trace_id}-{client_span}-01");
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "temperature": 0.5, "messages": [{"role": "user", "content": "tell me about tracing"}]}),
+        &[("traceparent", &traceparent), ("tracestate", "vendor=x")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+
+    let spans = received.trace(&unhex(trace_id), 3).await;
+    assert_eq!(spans.len(), 3, "one request span and two attempts");
+    let request = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        hex(&request.parent_span_id),
+        client_span,
+        "continues the client's span"
+    );
+    assert_eq!(request.name, "chat gpt");
+    assert_eq!(
+        text(request, "gen_ai.operation.name").as_deref(),
+        Some("chat")
+    );
+    assert_eq!(
+        text(request, "gen_ai.provider.name").as_deref(),
+        Some("openai")
+    );
+    assert_eq!(
+        text(request, "gen_ai.request.model").as_deref(),
+        Some("gpt")
+    );
+    assert_eq!(
+        text(request, "gen_ai.response.model").as_deref(),
+        answer["model"].as_str()
+    );
+    assert_eq!(
+        text(request, "gen_ai.response.id").as_deref(),
+        answer["id"].as_str()
+    );
+    assert_eq!(strings(request, "gen_ai.response.finish_reasons"), ["stop"]);
+    assert_eq!(
+        int(request, "gen_ai.usage.input_tokens"),
+        answer["usage"]["prompt_tokens"].as_i64()
+    );
+    assert_eq!(
+        int(request, "gen_ai.usage.output_tokens"),
+        answer["usage"]["completion_tokens"].as_i64()
+    );
+    assert_eq!(int(request, "http.response.status_code"), Some(200));
+    assert_eq!(
+        text(request, "http.request.method").as_deref(),
+        Some("POST")
+    );
+    assert_eq!(
+        text(request, "metadata.user_api_key_alias").as_deref(),
+        Some("tracer")
+    );
+    assert!(text(request, "gen_ai.input.messages")
+        .unwrap()
+        .contains("tell me about tracing"));
+    assert_ne!(
+        request.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+
+    // The attempts: children of the request's span, the failed one first.
+    let attempts: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    assert_eq!(attempts.len(), 2);
+    for attempt in &attempts {
+        assert_eq!(attempt.parent_span_id, request.span_id);
+        assert_eq!(attempt.name, "chat mock-gpt");
+        assert!(attempt.start_time_unix_nano >= request.start_time_unix_nano);
+        assert!(attempt.end_time_unix_nano <= request.end_time_unix_nano);
+    }
+    let (failed, served) = (attempts[0], attempts[1]);
+    assert_eq!(
+        failed.status.as_ref().unwrap().code,
+        StatusCode::Error as i32
+    );
+    assert_eq!(
+        text(failed, "error.type").as_deref(),
+        Some("upstream_error")
+    );
+    assert_eq!(int(failed, "http.response.status_code"), Some(500));
+    assert_ne!(
+        served.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(
+        text(served, "gen_ai.response.id").as_deref(),
+        answer["id"].as_str()
+    );
+
+    // Each upstream call carried its attempt's span, in the client's trace.
+    let sent: Vec<(String, String)> = h
+        .mock
+        .recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .map(|r| {
+            let header = |name: &str| {
+                r.headers
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default()
+            };
+            (header("traceparent"), header("tracestate"))
+        })
+        .collect();
+    assert_eq!(sent.len(), 2);
+    for ((traceparent, tracestate), attempt) in sent.iter().zip(&attempts) {
+        assert_eq!(
+            traceparent,
+            &format!("00-{trace_id}-{}-01", hex(&attempt.span_id))
+        );
+        assert_eq!(tracestate, "vendor=x");
+    }
+    assert!(received.services().iter().all(|s| s == "llmux-test"));
+    assert!(received
+        .headers
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|h| h.contains(&("x-tenant".to_owned(), "t 1".to_owned()))));
+
+    // A stream without a traceparent: a trace of its own, with the stream's finish reason.
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "stream": true, "stream_options": {"include_usage": true},
+               "messages": [{"role": "user", "content": "stream please"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let _ = response.text().await.unwrap();
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let stream_span = loop {
+        let found = received
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, s)| s.clone())
+            .find(|s| s.kind == SpanKind::Server as i32 && s.trace_id != unhex(trace_id));
+        if let Some(span) = found {
+            break span;
+        }
+        assert!(Instant::now() < deadline, "the stream's span never arrived");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        stream_span.parent_span_id.is_empty(),
+        "a new trace has no parent"
+    );
+    assert_eq!(
+        strings(&stream_span, "gen_ai.response.finish_reasons"),
+        ["stop"]
+    );
+    assert!(int(&stream_span, "gen_ai.usage.output_tokens").unwrap() > 0);
+    assert!(text(&stream_span, "gen_ai.response.id").is_some());
+
+    // A key that turns message logging off for itself: no prompt in its spans.
+    let quiet = h
+        .new_key(json!({"models": ["gpt"], "metadata": {"turn_off_message_logging": true}}))
+        .await;
+    let quiet_trace = "1af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &quiet,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "quiet-prompt-7731"}]}),
+        &[("traceparent", &format!("00-{quiet_trace}-{client_span}-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    let spans = received.trace(&unhex(quiet_trace), 3).await;
+    let everything = all_text(&spans);
+    assert!(!everything.contains("quiet-prompt-7731"), "{everything}");
+    let said = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!everything.contains(said), "{everything}");
+}
+
+#[tokio::test]
+async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() {
+    let (receiver, received) = grpc_receiver().await;
+    let env = format!(
+        "  OTEL_EXPORTER: otlp_grpc\n  OTEL_ENDPOINT: \"{receiver}\"\n  OTEL_HEADERS: \"authorization=Bearer%20tok\"\n"
+    );
+    let h = start_governed(
+        &config(&env, "  turn_off_message_logging: true"),
+        Db::Sqlite,
+    )
+    .await;
+    let key = h.new_key(json!({"models": ["gpt", "broken"]})).await;
+    let trace_id = "2af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "private-prompt-5521"}]}),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    // A request the upstream refuses: the span says so, without the prompt.
+    let failed_trace = "3af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "broken", "messages": [{"role": "user", "content": "private-prompt-5521"}]}),
+        &[("traceparent", &format!("00-{failed_trace}-b7ad6b7169203331-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+
+    let spans = received.trace(&unhex(trace_id), 3).await;
+    let failed = received.trace(&unhex(failed_trace), 2).await;
+    let request = failed
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        request.status.as_ref().unwrap().code,
+        StatusCode::Error as i32
+    );
+    assert_eq!(
+        text(request, "error.type").as_deref(),
+        Some("invalid_request")
+    );
+    assert_eq!(int(request, "http.response.status_code"), Some(400));
+
+    let everything = all_text(&spans) + &all_text(&failed);
+    assert!(!everything.contains("private-prompt-5521"), "{everything}");
+    let said = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(!everything.contains(said), "{everything}");
+    assert!(received
+        .headers
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|h| h.contains(&("authorization".to_owned(), "Bearer tok".to_owned()))));
+    assert!(received.services().iter().all(|s| s == "llmux"));
+}
+
+#[tokio::test]
+async fn a_receiver_that_never_answers_costs_requests_nothing() {
+    // Accepts connections and never answers: every export hangs until its timeout.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = listener.accept().await {
+            held.push(socket);
+        }
+    });
+    let env = format!(
+        "  OTEL_EXPORTER_OTLP_ENDPOINT: \"http://{addr}\"\n  OTEL_EXPORTER_OTLP_TIMEOUT: \"60000\"\n"
+    );
+    let h = start_governed(
+        &config(&env, "llmux_settings: {telemetry_queue_size: 5}"),
+        Db::Sqlite,
+    )
+    .await;
+    let key = h.new_key(json!({"models": ["gpt"]})).await;
+    let started = Instant::now();
+    for _ in 0..60 {
+        let sent = Instant::now();
+        let response = chat(
+            &h,
+            &key,
+            json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+            &[],
+        )
+        .await;
+        assert_eq!(response.status(), 200);
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "a request waited on the sink: {:?}",
+            sent.elapsed()
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(30));
+    // At most one batch (five) hangs in the exporter and five wait in the queue; the rest
+    // were dropped, and counted.
+    let status = &h.telemetry.as_ref().unwrap().status()[0];
+    assert_eq!(status.name, "otel");
+    assert_eq!(status.exported, 0);
+    assert!(status.queued <= 5, "{status:?}");
+    let not_sent = status.dropped + status.queued as u64;
+    assert!((55..=60).contains(&not_sent), "{status:?}");
+}

@@ -1,0 +1,208 @@
+//! Telemetry beyond Prometheus, configured the LiteLLM way (`callbacks`, `success_callback`,
+//! `failure_callback` and the sinks' own variables): OpenTelemetry traces and log sinks. The
+//! request path asks [`Telemetry::observe`] what the core should keep, and hands the finished
+//! request to [`Telemetry::record`], which queues one shared record per sink; everything else
+//! (the standard payload, spans, serialization, sending, retries) happens on the sinks' tasks.
+
+mod otel;
+mod pipeline;
+pub mod record;
+pub mod redact;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use llmux::{Observe, TraceContext};
+use llmux_config::{Config, EnvSource};
+
+pub use otel::{OtlpProtocol, OtlpSettings};
+pub use pipeline::{ExportError, ExportFuture, Exporter, SinkCounters};
+pub use record::{Caller, Finished, RequestSpan, StandardLoggingPayload};
+
+use pipeline::Pipeline;
+
+/// The callbacks llmux serves (the others are warned about when the config loads).
+pub const SINKS: &[&str] = &["otel"];
+
+/// One configured sink: its queue and which requests it is told about.
+struct Sink {
+    pipeline: Arc<Pipeline>,
+    on_success: bool,
+    on_failure: bool,
+}
+
+/// The process's tracer and log sinks.
+pub struct Telemetry {
+    sinks: Vec<Sink>,
+    /// Requests get a trace (a span per request and per attempt, `traceparent` upstream).
+    tracing: bool,
+    /// `turn_off_message_logging` is not set: prompts and answers may be logged.
+    message_logging: bool,
+    mask_pii: bool,
+}
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field(
+                "sinks",
+                &self
+                    .sinks
+                    .iter()
+                    .map(|s| s.pipeline.name)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+/// A sink's state, for `/metrics` and readiness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SinkStatus {
+    pub name: &'static str,
+    pub queued: usize,
+    pub exported: u64,
+    pub dropped: u64,
+    pub failed: u64,
+    pub errors: u64,
+    pub healthy: bool,
+    pub last_error: Option<String>,
+}
+
+impl Telemetry {
+    /// The sinks `config` names, started on the current runtime; `None` when it names none
+    /// (Prometheus is served by the HTTP crate). A sink that cannot be set up is an error.
+    pub fn start(config: &Config, env: &dyn EnvSource) -> Result<Option<Arc<Telemetry>>, String> {
+        let var = |name: &str| config.env_var(env, name);
+        let mut sinks = Vec::new();
+        let mut traces = false;
+        for callback in &config.callbacks {
+            let (name, exporter): (&'static str, Box<dyn Exporter>) = match callback.name.as_str() {
+                "otel" => {
+                    let settings = OtlpSettings::from_env(&var)?;
+                    tracing::info!(
+                        endpoint = %settings.endpoint,
+                        protocol = ?settings.protocol,
+                        "OpenTelemetry traces on"
+                    );
+                    traces = true;
+                    ("otel", Box::new(otel::OtelExporter::new(&settings)?))
+                }
+                _ => continue,
+            };
+            sinks.push(Sink {
+                pipeline: Pipeline::start(name, exporter, config.telemetry_queue_size),
+                on_success: callback.on_success,
+                on_failure: callback.on_failure,
+            });
+        }
+        if sinks.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(Telemetry {
+            sinks,
+            tracing: traces,
+            message_logging: !config.turn_off_message_logging,
+            mask_pii: config.mask_pii_in_logs,
+        })))
+    }
+
+    /// Whether prompts and answers of a request may be logged: the caller's override (its key's
+    /// or team's `turn_off_message_logging`) or the global setting.
+    pub fn message_logging(&self, turn_off_override: Option<bool>) -> bool {
+        turn_off_override.map_or(self.message_logging, |off| !off)
+    }
+
+    /// What the core should keep about a request, and the request's span (continuing the
+    /// client's `traceparent` when it sent a valid one).
+    pub fn observe(
+        &self,
+        traceparent: Option<&str>,
+        tracestate: Option<&str>,
+        message_logging: bool,
+    ) -> (Observe, Option<RequestSpan>) {
+        let span = self.tracing.then(|| {
+            let continued = traceparent.and_then(TraceContext::parse_traceparent);
+            match continued {
+                Some((trace_id, parent, sampled)) => RequestSpan {
+                    trace_id,
+                    span_id: llmux::new_span_id(),
+                    parent: Some(parent),
+                    sampled,
+                },
+                None => RequestSpan {
+                    trace_id: llmux::new_trace_id(),
+                    span_id: llmux::new_span_id(),
+                    parent: None,
+                    sampled: true,
+                },
+            }
+        });
+        let trace = span.map(|s| TraceContext {
+            trace_id: s.trace_id,
+            span_id: s.span_id,
+            sampled: s.sampled,
+            // Passed on only with the trace it belongs to.
+            tracestate: s
+                .parent
+                .and(tracestate)
+                .filter(|t| t.len() <= 512)
+                .map(str::to_owned),
+        });
+        (
+            Observe {
+                trace,
+                content: message_logging,
+            },
+            span,
+        )
+    }
+
+    /// Fill in the per-request settings of `finished` and queue it for every sink that wants it.
+    pub fn record(&self, mut finished: Finished) {
+        finished.mask_pii = self.mask_pii;
+        let finished = Arc::new(finished);
+        let success = finished.succeeded();
+        for sink in &self.sinks {
+            if (success && sink.on_success) || (!success && sink.on_failure) {
+                sink.pipeline.push(Arc::clone(&finished));
+            }
+        }
+    }
+
+    /// Every sink's counts.
+    pub fn status(&self) -> Vec<SinkStatus> {
+        self.sinks
+            .iter()
+            .map(|s| {
+                let c = &s.pipeline.counters;
+                SinkStatus {
+                    name: s.pipeline.name,
+                    queued: s.pipeline.queued(),
+                    exported: c.exported.load(Ordering::Relaxed),
+                    dropped: c.dropped.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                    errors: c.errors.load(Ordering::Relaxed),
+                    healthy: c.healthy.load(Ordering::Relaxed),
+                    last_error: c.last_error.lock().ok().and_then(|e| e.clone()),
+                }
+            })
+            .collect()
+    }
+
+    /// Send everything queued now (tests, and before a scrape of sink counts).
+    pub async fn flush(&self, timeout: Duration) {
+        for sink in &self.sinks {
+            sink.pipeline.flush(timeout).await;
+        }
+    }
+
+    /// Send what is queued and close every sink (graceful shutdown), waiting at most `timeout`
+    /// per sink.
+    pub async fn shutdown(&self, timeout: Duration) {
+        for sink in &self.sinks {
+            sink.pipeline.close(timeout).await;
+        }
+    }
+}

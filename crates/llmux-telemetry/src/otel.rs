@@ -1,0 +1,535 @@
+//! OpenTelemetry traces over OTLP (HTTP/protobuf, HTTP/JSON or gRPC, through
+//! `opentelemetry-otlp`): a SERVER span per request and a CLIENT span per attempt (retries and
+//! fallbacks each visible), with the GenAI semantic conventions' attributes. Spans are built
+//! from the finished request's record, with the ids the request path already handed out (the
+//! upstream's `traceparent` names its attempt's span), so nothing of OpenTelemetry runs on the
+//! request path.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use opentelemetry::trace::{
+    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+};
+use opentelemetry::{InstrumentationScope, KeyValue, Value};
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
+use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+
+use crate::pipeline::{ExportError, ExportFuture, Exporter};
+use crate::record::Finished;
+use llmux::{Operation, Outcome};
+
+/// Where and how spans are sent, from the standard variables and LiteLLM's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtlpSettings {
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    pub headers: Vec<(String, String)>,
+    pub service_name: String,
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    Grpc,
+    HttpProtobuf,
+    HttpJson,
+}
+
+impl OtlpSettings {
+    /// Read `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_PROTOCOL`, `_HEADERS`, `_TIMEOUT` and
+    /// `OTEL_SERVICE_NAME`, then LiteLLM's `OTEL_EXPORTER`, `OTEL_ENDPOINT` and `OTEL_HEADERS`
+    /// where the standard ones are unset. Defaults: HTTP/protobuf to `localhost:4318`.
+    pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<OtlpSettings, String> {
+        let first = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| var(n).filter(|v| !v.trim().is_empty()))
+        };
+        let protocol = match first(&[
+            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            "OTEL_EXPORTER_OTLP_PROTOCOL",
+            "OTEL_EXPORTER",
+        ])
+        .as_deref()
+        .map(str::trim)
+        {
+            None | Some("http/protobuf") | Some("otlp_http") | Some("http") => {
+                OtlpProtocol::HttpProtobuf
+            }
+            Some("grpc") | Some("otlp_grpc") => OtlpProtocol::Grpc,
+            Some("http/json") => OtlpProtocol::HttpJson,
+            Some(other) => {
+                return Err(format!(
+                    "OTLP protocol `{other}` is not supported (use grpc, http/protobuf or \
+                     http/json; LiteLLM's otlp_http or otlp_grpc)"
+                ))
+            }
+        };
+        let http = protocol != OtlpProtocol::Grpc;
+        let endpoint = if let Some(url) = first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) {
+            url
+        } else if let Some(base) = first(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_ENDPOINT"]) {
+            // The base URL gets the signal's path over HTTP (a LiteLLM `OTEL_ENDPOINT` may
+            // already end with it).
+            let base = base.trim().trim_end_matches('/').to_owned();
+            if http && !base.ends_with("/v1/traces") {
+                format!("{base}/v1/traces")
+            } else {
+                base
+            }
+        } else if http {
+            "http://localhost:4318/v1/traces".to_owned()
+        } else {
+            "http://localhost:4317".to_owned()
+        };
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(format!(
+                "OTLP endpoint `{endpoint}` must start with http:// or https://"
+            ));
+        }
+        let headers = first(&[
+            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            "OTEL_EXPORTER_OTLP_HEADERS",
+            "OTEL_HEADERS",
+        ])
+        .map(|h| parse_headers(&h))
+        .transpose()?
+        .unwrap_or_default();
+        let timeout =
+            match first(&[
+                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+                "OTEL_EXPORTER_OTLP_TIMEOUT",
+            ]) {
+                Some(ms) => Duration::from_millis(ms.trim().parse::<u64>().map_err(|_| {
+                    format!("OTEL_EXPORTER_OTLP_TIMEOUT `{ms}` is not milliseconds")
+                })?),
+                None => Duration::from_secs(10),
+            };
+        Ok(OtlpSettings {
+            endpoint,
+            protocol,
+            headers,
+            service_name: first(&["OTEL_SERVICE_NAME"]).unwrap_or_else(|| "llmux".to_owned()),
+            timeout,
+        })
+    }
+}
+
+/// `key=value,key2=value2`, values percent-encoded (the OTLP exporter's format, which LiteLLM's
+/// `OTEL_HEADERS` shares).
+fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+    text.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (name, value) = pair.split_once('=').ok_or_else(|| {
+                "OTLP headers must be name=value pairs separated by commas".to_owned()
+            })?;
+            let value = percent_encoding::percent_decode_str(value.trim())
+                .decode_utf8()
+                .map_err(|_| format!("OTLP header `{}` is not UTF-8", name.trim()))?;
+            Ok((name.trim().to_owned(), value.into_owned()))
+        })
+        .collect()
+}
+
+/// Sends finished requests' spans to an OTLP receiver.
+pub(crate) struct OtelExporter {
+    exporter: opentelemetry_otlp::SpanExporter,
+    scope: InstrumentationScope,
+}
+
+impl OtelExporter {
+    pub(crate) fn new(settings: &OtlpSettings) -> Result<OtelExporter, String> {
+        let mut exporter = match settings.protocol {
+            OtlpProtocol::Grpc => {
+                let mut metadata = tonic::metadata::MetadataMap::new();
+                for (name, value) in &settings.headers {
+                    let name = tonic::metadata::MetadataKey::from_bytes(
+                        name.to_ascii_lowercase().as_bytes(),
+                    )
+                    .map_err(|_| format!("OTLP header name `{name}` is not valid for gRPC"))?;
+                    let value = value.parse().map_err(|_| {
+                        format!("OTLP header `{name}` has a value gRPC cannot carry")
+                    })?;
+                    metadata.insert(name, value);
+                }
+                let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                    .with_tonic()
+                    .with_endpoint(settings.endpoint.clone())
+                    .with_timeout(settings.timeout)
+                    .with_metadata(metadata);
+                if settings.endpoint.starts_with("https://") {
+                    builder = builder.with_tls_config(
+                        tonic::transport::ClientTlsConfig::new().with_webpki_roots(),
+                    );
+                }
+                builder.build()
+            }
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
+                let client = reqwest::Client::builder()
+                    .timeout(settings.timeout)
+                    .build()
+                    .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
+                opentelemetry_otlp::SpanExporter::builder()
+                    .with_http()
+                    .with_http_client(ReqwestClient(client))
+                    .with_protocol(if settings.protocol == OtlpProtocol::HttpJson {
+                        Protocol::HttpJson
+                    } else {
+                        Protocol::HttpBinary
+                    })
+                    .with_endpoint(settings.endpoint.clone())
+                    .with_timeout(settings.timeout)
+                    .with_headers(settings.headers.iter().cloned().collect::<HashMap<_, _>>())
+                    .build()
+            }
+        }
+        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
+        exporter.set_resource(
+            &opentelemetry_sdk::Resource::builder_empty()
+                .with_service_name(settings.service_name.clone())
+                .build(),
+        );
+        Ok(OtelExporter {
+            exporter,
+            scope: InstrumentationScope::builder("llmux")
+                .with_version(env!("CARGO_PKG_VERSION"))
+                .build(),
+        })
+    }
+}
+
+impl Exporter for OtelExporter {
+    fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
+        Box::pin(async move {
+            let spans: Vec<SpanData> = batch.iter().flat_map(|f| spans(f, &self.scope)).collect();
+            if spans.is_empty() {
+                return Ok(());
+            }
+            self.exporter
+                .export(spans)
+                .await
+                .map_err(|e| ExportError::retryable(format!("OTLP export failed: {e}")))
+        })
+    }
+}
+
+/// The request's span and one per attempt; none for a request that is not sampled.
+pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<SpanData> {
+    let Some(ids) = finished.span.filter(|s| s.sampled) else {
+        return Vec::new();
+    };
+    let log = &finished.log;
+    let trace_id = TraceId::from(ids.trace_id);
+    let context = |span_id: u64, remote: bool| {
+        SpanContext::new(
+            trace_id,
+            SpanId::from(span_id),
+            TraceFlags::SAMPLED,
+            remote,
+            TraceState::NONE,
+        )
+    };
+    let operation = operation_name(log.operation);
+    let facts = log
+        .detail
+        .as_ref()
+        .map(|d| d.response_facts())
+        .unwrap_or_default();
+    let usage = log.usage;
+
+    let mut attributes = vec![
+        KeyValue::new("gen_ai.operation.name", operation),
+        KeyValue::new("gen_ai.request.model", log.requested_model.clone()),
+        KeyValue::new("http.request.method", "POST"),
+        KeyValue::new("http.route", finished.route),
+        KeyValue::new("url.path", finished.route),
+        KeyValue::new("http.response.status_code", i64::from(log.status)),
+        KeyValue::new("llmux.request_id", log.request_id.clone()),
+        KeyValue::new("llmux.stream", log.stream),
+    ];
+    if let Some(provider) = log.provider {
+        attributes.push(KeyValue::new(
+            "gen_ai.provider.name",
+            provider_name(provider),
+        ));
+    }
+    let response_attributes = |attributes: &mut Vec<KeyValue>| {
+        if let Some(model) = &facts.model {
+            attributes.push(KeyValue::new("gen_ai.response.model", model.clone()));
+        }
+        if let Some(id) = &facts.id {
+            attributes.push(KeyValue::new("gen_ai.response.id", id.clone()));
+        }
+        if !facts.finish_reasons.is_empty() {
+            attributes.push(KeyValue::new(
+                "gen_ai.response.finish_reasons",
+                Value::Array(opentelemetry::Array::String(
+                    facts
+                        .finish_reasons
+                        .iter()
+                        .map(|r| r.clone().into())
+                        .collect(),
+                )),
+            ));
+        }
+        if let Some(usage) = usage {
+            attributes.push(KeyValue::new(
+                "gen_ai.usage.input_tokens",
+                usage.prompt_tokens as i64,
+            ));
+            attributes.push(KeyValue::new(
+                "gen_ai.usage.output_tokens",
+                usage.completion_tokens as i64,
+            ));
+        }
+    };
+    response_attributes(&mut attributes);
+    if let Some(group) = &log.model_group {
+        attributes.push(KeyValue::new("llmux.model_group", group.clone()));
+    }
+    if let Some(id) = &log.deployment_id {
+        attributes.push(KeyValue::new("llmux.deployment_id", id.clone()));
+    }
+    if let Some(cost) = log.cost {
+        attributes.push(KeyValue::new("llmux.cost_usd", cost));
+    }
+    if let Some(ttft) = log.time_to_first_chunk {
+        attributes.push(KeyValue::new(
+            "llmux.time_to_first_token_s",
+            ttft.as_secs_f64(),
+        ));
+    }
+    let caller = &finished.caller;
+    for (name, value) in [
+        ("metadata.user_api_key_hash", &caller.key_hash),
+        ("metadata.user_api_key_alias", &caller.key_alias),
+        ("metadata.user_api_key_team_id", &caller.team_id),
+        ("metadata.user_api_key_team_alias", &caller.team_alias),
+        ("metadata.user_api_key_user_id", &caller.user_id),
+        ("metadata.user_api_key_org_id", &caller.org_id),
+        ("metadata.user_api_key_end_user_id", &caller.end_user),
+    ] {
+        if let Some(value) = value {
+            attributes.push(KeyValue::new(name, Value::String(Arc::clone(value).into())));
+        }
+    }
+    if finished.message_logging {
+        if let Some(input) = finished.logged_input() {
+            attributes.push(KeyValue::new("gen_ai.input.messages", input.to_string()));
+        }
+        if let Some(output) = finished.logged_output() {
+            attributes.push(KeyValue::new("gen_ai.output.messages", output.to_string()));
+        }
+    }
+    let status = match log.outcome {
+        Outcome::Failed(kind) => {
+            attributes.push(KeyValue::new("error.type", kind.as_str()));
+            Status::Error {
+                description: Cow::Owned(finished.error_message().unwrap_or_default()),
+            }
+        }
+        Outcome::ClientDisconnected => {
+            attributes.push(KeyValue::new("error.type", "client_disconnected"));
+            Status::Unset
+        }
+        Outcome::Success => Status::Unset,
+    };
+    let name = format!("{operation} {}", log.requested_model);
+    let mut spans = vec![SpanData {
+        span_context: context(ids.span_id, false),
+        parent_span_id: ids.parent.map_or(SpanId::INVALID, SpanId::from),
+        parent_span_is_remote: ids.parent.is_some(),
+        span_kind: SpanKind::Server,
+        name: name.into(),
+        start_time: log.started_at,
+        end_time: finished.ended_at(),
+        attributes,
+        dropped_attributes_count: 0,
+        events: SpanEvents::default(),
+        links: SpanLinks::default(),
+        status,
+        instrumentation_scope: scope.clone(),
+    }];
+    let attempts = log.detail.as_ref().map_or(&[][..], |d| &d.attempts[..]);
+    let last = attempts.len().checked_sub(1);
+    for (i, attempt) in attempts.iter().enumerate() {
+        let mut attributes = vec![
+            KeyValue::new("gen_ai.operation.name", operation),
+            KeyValue::new("gen_ai.provider.name", provider_name(attempt.provider)),
+            KeyValue::new("gen_ai.request.model", attempt.model.clone()),
+            KeyValue::new("llmux.deployment_id", attempt.deployment_id.clone()),
+            KeyValue::new("llmux.model_group", attempt.model_group.clone()),
+            KeyValue::new("llmux.attempt", i as i64 + 1),
+        ];
+        if attempt.status > 0 {
+            attributes.push(KeyValue::new(
+                "http.response.status_code",
+                i64::from(attempt.status),
+            ));
+        }
+        let status = match &attempt.error {
+            Some((kind, message)) => {
+                attributes.push(KeyValue::new("error.type", kind.as_str()));
+                Status::Error {
+                    description: Cow::Owned(if finished.message_logging {
+                        message.clone()
+                    } else {
+                        kind.as_str().to_owned()
+                    }),
+                }
+            }
+            None => {
+                if Some(i) == last {
+                    response_attributes(&mut attributes);
+                }
+                Status::Unset
+            }
+        };
+        spans.push(SpanData {
+            span_context: context(attempt.span_id, false),
+            parent_span_id: SpanId::from(ids.span_id),
+            parent_span_is_remote: false,
+            span_kind: SpanKind::Client,
+            name: format!("{operation} {}", attempt.model).into(),
+            start_time: attempt.started_at,
+            end_time: attempt.started_at + attempt.duration,
+            attributes,
+            dropped_attributes_count: 0,
+            events: SpanEvents::default(),
+            links: SpanLinks::default(),
+            status,
+            instrumentation_scope: scope.clone(),
+        });
+    }
+    spans
+}
+
+/// `gen_ai.operation.name`.
+fn operation_name(op: Operation) -> &'static str {
+    match op {
+        Operation::Chat => "chat",
+        Operation::Completions => "text_completion",
+        Operation::Embeddings => "embeddings",
+        Operation::Rerank => "rerank",
+    }
+}
+
+/// `gen_ai.provider.name`: the convention's well-known names where llmux's differ.
+pub(crate) fn provider_name(provider: &str) -> &str {
+    match provider {
+        "bedrock" => "aws.bedrock",
+        "azure" | "azure_ai" => "azure.ai.openai",
+        "vertex_ai" => "gcp.vertex_ai",
+        "gemini" => "gcp.gemini",
+        "mistral" => "mistral_ai",
+        "xai" => "x_ai",
+        "watsonx" => "ibm.watsonx.ai",
+        other => other,
+    }
+}
+
+/// The OTLP exporter's HTTP client: the reqwest (0.12) llmux already links.
+#[derive(Debug)]
+struct ReqwestClient(reqwest::Client);
+
+#[async_trait::async_trait]
+impl HttpClient for ReqwestClient {
+    async fn send_bytes(
+        &self,
+        request: http::Request<Bytes>,
+    ) -> Result<http::Response<Bytes>, HttpError> {
+        let (parts, body) = request.into_parts();
+        let response = self
+            .0
+            .request(parts.method, parts.uri.to_string())
+            .headers(parts.headers)
+            .body(body)
+            .send()
+            .await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.bytes().await?;
+        let mut answer = http::Response::new(body);
+        *answer.status_mut() = status;
+        *answer.headers_mut() = headers;
+        Ok(answer)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(vars: &[(&str, &str)]) -> Result<OtlpSettings, String> {
+        let vars: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        OtlpSettings::from_env(&|name| vars.get(name).cloned())
+    }
+
+    #[test]
+    fn standard_variables_come_first_and_http_gets_the_signal_path() {
+        let s = settings(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318/"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "api-key=a%20b,x-team=t1"),
+            ("OTEL_ENDPOINT", "http://ignored:1"),
+            ("OTEL_SERVICE_NAME", "gateway"),
+        ])
+        .unwrap();
+        assert_eq!(s.endpoint, "http://collector:4318/v1/traces");
+        assert_eq!(s.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(
+            s.headers,
+            vec![
+                ("api-key".to_owned(), "a b".to_owned()),
+                ("x-team".to_owned(), "t1".to_owned())
+            ]
+        );
+        assert_eq!(s.service_name, "gateway");
+    }
+
+    #[test]
+    fn litellm_variables_work_alone() {
+        let s = settings(&[
+            ("OTEL_EXPORTER", "otlp_grpc"),
+            ("OTEL_ENDPOINT", "https://api.example.com:8443"),
+            ("OTEL_HEADERS", "authorization=Bearer%20k"),
+        ])
+        .unwrap();
+        assert_eq!(s.protocol, OtlpProtocol::Grpc);
+        assert_eq!(s.endpoint, "https://api.example.com:8443");
+        assert_eq!(s.headers[0].1, "Bearer k");
+        let s = settings(&[
+            ("OTEL_EXPORTER", "otlp_http"),
+            ("OTEL_ENDPOINT", "https://api.example.com/v1/traces"),
+        ])
+        .unwrap();
+        assert_eq!(s.endpoint, "https://api.example.com/v1/traces");
+        assert_eq!(s.service_name, "llmux");
+    }
+
+    #[test]
+    fn defaults_and_refusals() {
+        let s = settings(&[]).unwrap();
+        assert_eq!(s.endpoint, "http://localhost:4318/v1/traces");
+        let s = settings(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")]).unwrap();
+        assert_eq!(s.endpoint, "http://localhost:4317");
+        assert!(settings(&[("OTEL_EXPORTER", "console")]).is_err());
+        assert!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).is_err());
+        assert!(settings(&[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).is_err());
+    }
+
+    #[test]
+    fn provider_names_follow_the_conventions() {
+        assert_eq!(provider_name("bedrock"), "aws.bedrock");
+        assert_eq!(provider_name("openai"), "openai");
+        assert_eq!(provider_name("vertex_ai"), "gcp.vertex_ai");
+    }
+}

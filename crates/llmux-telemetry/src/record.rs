@@ -1,0 +1,376 @@
+//! The one record of a finished request that every sink reads: what the core logged, who
+//! called, and LiteLLM's `StandardLoggingPayload` built from them once, on first use, off the
+//! request path (and its JSON, serialized once for every sink that ships it as is).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use llmux::{Operation, Outcome, RequestLog};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::redact;
+
+/// What `messages` and `response` say when message logging is off.
+pub const REDACTED: &str = "redacted-by-llmux";
+
+/// Who made a request (what governance knows; all `None` for the master key or without it).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Caller {
+    pub key_hash: Option<Arc<str>>,
+    pub key_alias: Option<Arc<str>>,
+    pub team_id: Option<Arc<str>>,
+    pub team_alias: Option<Arc<str>>,
+    pub user_id: Option<Arc<str>>,
+    pub user_email: Option<Arc<str>>,
+    pub org_id: Option<Arc<str>>,
+    pub end_user: Option<Arc<str>>,
+}
+
+/// The request's own span: its trace, its id, and the client's span it continues.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestSpan {
+    pub trace_id: u128,
+    pub span_id: u64,
+    /// The client's span (`traceparent`), when it sent one.
+    pub parent: Option<u64>,
+    pub sampled: bool,
+}
+
+/// A finished request, as every sink and the tracer read it.
+#[derive(Debug)]
+pub struct Finished {
+    pub log: RequestLog,
+    pub caller: Caller,
+    /// LiteLLM's call type (`acompletion`, `aembedding`, `anthropic_messages`, ...).
+    pub call_type: &'static str,
+    /// The route it came in on (`/v1/chat/completions`).
+    pub route: &'static str,
+    pub span: Option<RequestSpan>,
+    /// Prompts and answers may be logged (`turn_off_message_logging` and its overrides).
+    pub message_logging: bool,
+    /// Mask emails, phone numbers, card numbers and secrets in what is logged.
+    pub mask_pii: bool,
+    pub tags: Vec<String>,
+    standard: OnceLock<StandardLoggingPayload>,
+    json: OnceLock<Bytes>,
+}
+
+impl Finished {
+    pub fn new(
+        log: RequestLog,
+        caller: Caller,
+        call_type: &'static str,
+        route: &'static str,
+    ) -> Self {
+        Finished {
+            log,
+            caller,
+            call_type,
+            route,
+            span: None,
+            message_logging: true,
+            mask_pii: false,
+            tags: Vec::new(),
+            standard: OnceLock::new(),
+            json: OnceLock::new(),
+        }
+    }
+
+    pub fn succeeded(&self) -> bool {
+        !matches!(self.log.outcome, Outcome::Failed(_))
+    }
+
+    pub fn ended_at(&self) -> SystemTime {
+        self.log.started_at + self.log.duration
+    }
+
+    /// LiteLLM's `StandardLoggingPayload` for this request (built on first use).
+    pub fn standard(&self) -> &StandardLoggingPayload {
+        self.standard
+            .get_or_init(|| StandardLoggingPayload::of(self))
+    }
+
+    /// The payload as JSON (serialized on first use).
+    pub fn standard_json(&self) -> &Bytes {
+        self.json.get_or_init(|| {
+            serde_json::to_vec(self.standard())
+                .map(Bytes::from)
+                .unwrap_or_default()
+        })
+    }
+
+    /// The prompt as logged: the request's `messages` (`prompt`, `input` or `documents` for
+    /// the other operations), redacted or masked as configured; `None` when the core did not
+    /// keep the body.
+    pub fn logged_input(&self) -> Option<Value> {
+        if !self.message_logging {
+            return Some(Value::String(REDACTED.to_owned()));
+        }
+        let body = self.log.detail.as_ref()?.request_body.as_ref()?;
+        let field = match self.log.operation {
+            Operation::Chat => "messages",
+            Operation::Completions => "prompt",
+            Operation::Embeddings => "input",
+            Operation::Rerank => "documents",
+        };
+        let mut value = serde_json::from_slice::<Value>(body)
+            .ok()?
+            .get_mut(field)
+            .map(Value::take)?;
+        if self.mask_pii {
+            redact::mask_value(&mut value);
+        }
+        Some(value)
+    }
+
+    /// The answer as logged: a JSON answer as it was sent, a stream's delivered text as one
+    /// assistant message; redacted or masked as configured.
+    pub fn logged_output(&self) -> Option<Value> {
+        if !self.message_logging {
+            return Some(Value::String(REDACTED.to_owned()));
+        }
+        let detail = self.log.detail.as_ref()?;
+        let mut value = if let Some(text) = detail.stream_text() {
+            serde_json::json!({
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]
+            })
+        } else if self.log.stream || !self.succeeded() {
+            return None;
+        } else {
+            serde_json::from_slice::<Value>(detail.response_body.as_ref()?).ok()?
+        };
+        if self.mask_pii {
+            redact::mask_value(&mut value);
+        }
+        Some(value)
+    }
+
+    /// The failure's message, masked as configured (it may quote the prompt).
+    pub fn error_message(&self) -> Option<String> {
+        let message = self.log.detail.as_ref()?.error.clone()?;
+        if !self.message_logging {
+            return Some(match self.log.outcome {
+                Outcome::Failed(kind) => kind.as_str().to_owned(),
+                _ => REDACTED.to_owned(),
+            });
+        }
+        Some(if self.mask_pii {
+            redact::mask_text(&message).into_owned()
+        } else {
+            message
+        })
+    }
+}
+
+/// Seconds since the Unix epoch, as LiteLLM writes times.
+pub fn epoch_seconds(t: SystemTime) -> f64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_secs_f64()
+}
+
+/// LiteLLM's `StandardLoggingPayload` (its field names and shapes), for sinks that ship it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[allow(non_snake_case)]
+pub struct StandardLoggingPayload {
+    pub id: String,
+    pub trace_id: String,
+    pub call_type: &'static str,
+    pub stream: bool,
+    pub response_cost: f64,
+    pub status: &'static str,
+    pub custom_llm_provider: Option<&'static str>,
+    pub total_tokens: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+    pub startTime: f64,
+    pub endTime: f64,
+    pub completionStartTime: f64,
+    pub response_time: f64,
+    /// The upstream model (`litellm_params.model`); the requested name when none was chosen.
+    pub model: String,
+    pub model_id: Option<String>,
+    pub model_group: Option<String>,
+    pub api_base: String,
+    pub metadata: StandardLoggingMetadata,
+    pub cache_hit: bool,
+    pub cache_key: Option<String>,
+    pub saved_cache_cost: f64,
+    pub request_tags: Vec<String>,
+    pub end_user: Option<String>,
+    pub requester_ip_address: Option<String>,
+    pub messages: Option<Value>,
+    pub response: Option<Value>,
+    pub error_str: Option<String>,
+    pub error_information: Option<ErrorInformation>,
+    pub model_parameters: Value,
+    pub hidden_params: HiddenParams,
+}
+
+/// `StandardLoggingMetadata`: the caller.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StandardLoggingMetadata {
+    pub user_api_key_hash: Option<String>,
+    pub user_api_key_alias: Option<String>,
+    pub user_api_key_team_id: Option<String>,
+    pub user_api_key_team_alias: Option<String>,
+    pub user_api_key_user_id: Option<String>,
+    pub user_api_key_user_email: Option<String>,
+    pub user_api_key_org_id: Option<String>,
+    pub user_api_key_end_user_id: Option<String>,
+    pub requested_model: String,
+    pub attempts: usize,
+    pub recoveries: u32,
+}
+
+/// `StandardLoggingPayloadErrorInformation`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ErrorInformation {
+    pub error_code: String,
+    pub error_class: String,
+    pub llm_provider: String,
+    pub error_message: String,
+}
+
+/// `StandardLoggingHiddenParams`.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HiddenParams {
+    pub model_id: Option<String>,
+    pub response_cost: f64,
+    pub litellm_overhead_time_ms: f64,
+    pub litellm_model_name: Option<String>,
+}
+
+fn owned(value: &Option<Arc<str>>) -> Option<String> {
+    value.as_deref().map(str::to_owned)
+}
+
+impl StandardLoggingPayload {
+    fn of(finished: &Finished) -> Self {
+        let log = &finished.log;
+        let usage = log.usage.unwrap_or_default();
+        let start = epoch_seconds(log.started_at);
+        let end = epoch_seconds(finished.ended_at());
+        let first = log
+            .time_to_first_chunk
+            .map_or(end, |t| start + t.as_secs_f64());
+        let response_time = log
+            .time_to_first_chunk
+            .unwrap_or(log.duration)
+            .as_secs_f64();
+        let cost = log.cost.unwrap_or(0.0);
+        let error = finished.error_message();
+        let error_information = match log.outcome {
+            Outcome::Failed(kind) => Some(ErrorInformation {
+                error_code: log.status.to_string(),
+                error_class: kind.as_str().to_owned(),
+                llm_provider: log.provider.unwrap_or("").to_owned(),
+                error_message: error.clone().unwrap_or_default(),
+            }),
+            _ => None,
+        };
+        let caller = &finished.caller;
+        StandardLoggingPayload {
+            id: log.request_id.clone(),
+            trace_id: finished.span.map_or_else(
+                || log.request_id.clone(),
+                |s| format!("{:032x}", s.trace_id),
+            ),
+            call_type: finished.call_type,
+            stream: log.stream,
+            response_cost: cost,
+            status: if finished.succeeded() {
+                "success"
+            } else {
+                "failure"
+            },
+            custom_llm_provider: log.provider,
+            total_tokens: usage.total_tokens,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            startTime: start,
+            endTime: end,
+            completionStartTime: first,
+            response_time,
+            model: log
+                .model
+                .clone()
+                .unwrap_or_else(|| log.requested_model.clone()),
+            model_id: log.deployment_id.clone(),
+            model_group: log.model_group.clone(),
+            api_base: String::new(),
+            metadata: StandardLoggingMetadata {
+                user_api_key_hash: owned(&caller.key_hash),
+                user_api_key_alias: owned(&caller.key_alias),
+                user_api_key_team_id: owned(&caller.team_id),
+                user_api_key_team_alias: owned(&caller.team_alias),
+                user_api_key_user_id: owned(&caller.user_id),
+                user_api_key_user_email: owned(&caller.user_email),
+                user_api_key_org_id: owned(&caller.org_id),
+                user_api_key_end_user_id: owned(&caller.end_user),
+                requested_model: log.requested_model.clone(),
+                attempts: log.detail.as_ref().map_or(0, |d| d.attempts.len()),
+                recoveries: log.recoveries,
+            },
+            cache_hit: false,
+            cache_key: None,
+            saved_cache_cost: 0.0,
+            request_tags: finished.tags.clone(),
+            end_user: owned(&caller.end_user),
+            requester_ip_address: None,
+            messages: finished.logged_input(),
+            response: finished.logged_output(),
+            error_str: error,
+            error_information,
+            model_parameters: model_parameters(finished),
+            hidden_params: HiddenParams {
+                model_id: log.deployment_id.clone(),
+                response_cost: cost,
+                litellm_overhead_time_ms: log.overhead.as_secs_f64() * 1000.0,
+                litellm_model_name: log.model.clone(),
+            },
+        }
+    }
+}
+
+/// The request's sampling parameters (a fixed list: nothing that can carry prompt text), when
+/// the body was kept.
+fn model_parameters(finished: &Finished) -> Value {
+    const PARAMETERS: [&str; 20] = [
+        "temperature",
+        "top_p",
+        "top_k",
+        "max_tokens",
+        "max_completion_tokens",
+        "n",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "stream",
+        "logprobs",
+        "top_logprobs",
+        "parallel_tool_calls",
+        "reasoning_effort",
+        "dimensions",
+        "encoding_format",
+        "top_n",
+        "service_tier",
+        "tool_choice",
+        "store",
+    ];
+    let Some(body) = finished
+        .log
+        .detail
+        .as_ref()
+        .and_then(|d| d.request_body.as_ref())
+    else {
+        return Value::Object(Default::default());
+    };
+    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
+        return Value::Object(Default::default());
+    };
+    map.retain(|k, _| PARAMETERS.contains(&k.as_str()));
+    Value::Object(map)
+}

@@ -36,6 +36,9 @@ cleanup() {
   if [ "${LLMUX_TEST_REDIS_STARTED:-}" = 1 ]; then
     bash scripts/redis.sh stop
   fi
+  if [ "${LLMUX_TEST_S3_STARTED:-}" = 1 ]; then
+    bash scripts/s3.sh stop
+  fi
 }
 trap cleanup EXIT
 
@@ -73,6 +76,14 @@ step "redis (for the fleet tests: shared rate limits)"
 if REDIS_ENV="$(bash scripts/redis.sh)"; then
   eval "$REDIS_ENV"
   export LLMUX_TEST_REDIS_URL
+else
+  fail
+fi
+
+step "S3-compatible server (moto, for the s3 log sink tests)"
+if S3_ENV="$(bash scripts/s3.sh)"; then
+  eval "$S3_ENV"
+  export LLMUX_TEST_S3_URL
 else
   fail
 fi

@@ -208,6 +208,11 @@ pub struct Config {
     /// `llmux_settings.telemetry_queue_size`: records each log sink (and the tracer) may hold
     /// before dropping (and counting) the newest (default 10,000).
     pub telemetry_queue_size: usize,
+    /// `litellm_settings.s3_callback_params` (the `s3` callback's bucket, region, credentials,
+    /// endpoint and path), as strings.
+    pub s3_callback_params: Vec<(String, String)>,
+    /// `llmux_settings.jsonl_log_path`: the file the `jsonl` callback appends to.
+    pub jsonl_log_path: Option<String>,
     /// `litellm_settings.require_auth_for_metrics_endpoint`; unset: required when a master key
     /// is configured (the metrics name keys' hashes and aliases, teams and users).
     pub require_auth_for_metrics_endpoint: Option<bool>,
@@ -261,6 +266,8 @@ impl Default for Config {
             turn_off_message_logging: false,
             mask_pii_in_logs: false,
             telemetry_queue_size: 10_000,
+            s3_callback_params: Vec::new(),
+            jsonl_log_path: None,
             redis_deadline: std::time::Duration::from_millis(50),
             spend_log_durability: SpendDurability::Batched,
             max_buffered_response_bytes: 1024 * 1024 * 1024,

@@ -73,6 +73,8 @@ pub(crate) struct RawLitellmSettings {
     pub request_timeout: Option<f64>,
     #[serde(default, deserialize_with = "opt_bool")]
     pub turn_off_message_logging: Option<bool>,
+    #[serde(default)]
+    pub s3_callback_params: Option<std::collections::BTreeMap<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -123,6 +125,8 @@ pub(crate) struct RawLlmuxSettings {
     pub mask_pii_in_logs: Option<bool>,
     #[serde(default, deserialize_with = "opt_u64")]
     pub telemetry_queue_size: Option<u64>,
+    #[serde(default)]
+    pub jsonl_log_path: Option<String>,
 }
 
 /// A list of names, or one name alone (`callbacks: prometheus`).

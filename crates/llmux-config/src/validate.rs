@@ -116,7 +116,15 @@ const KNOWN_TOP_LEVEL: &[&str] = &[
 ];
 
 /// Callbacks llmux runs (Prometheus metrics are on whether or not they are named).
-const SUPPORTED_CALLBACKS: &[&str] = &["prometheus", "otel"];
+const SUPPORTED_CALLBACKS: &[&str] = &[
+    "prometheus",
+    "otel",
+    "langfuse",
+    "datadog",
+    "s3",
+    "generic_api",
+    "jsonl",
+];
 
 const KNOWN_LITELLM_SETTINGS: &[&str] = &[
     "num_retries",
@@ -708,6 +716,14 @@ fn litellm_settings(
         config.drop_params = raw.drop_params.unwrap_or(false);
         config.require_auth_for_metrics_endpoint = raw.require_auth_for_metrics_endpoint;
         config.turn_off_message_logging = raw.turn_off_message_logging.unwrap_or(false);
+        for (name, value) in raw.s3_callback_params.unwrap_or_default() {
+            let value = match value {
+                Value::String(s) => s,
+                Value::Null => continue,
+                other => other.to_string(),
+            };
+            config.s3_callback_params.push((name, value));
+        }
         for (field, names, on_success, on_failure) in [
             ("callbacks", raw.callbacks, true, true),
             ("success_callback", raw.success_callback, true, false),
@@ -845,6 +861,7 @@ fn llmux_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnostic>
             )),
         }
         config.mask_pii_in_logs = raw.mask_pii_in_logs.unwrap_or(false);
+        config.jsonl_log_path = raw.jsonl_log_path;
         if let Some(size) = raw.telemetry_queue_size {
             if size == 0 {
                 diags.push(Diagnostic::error(

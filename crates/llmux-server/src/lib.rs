@@ -446,7 +446,7 @@ pub(crate) async fn execute(
         observe = Some(observed);
         metrics::TelemetryCall {
             caller: caller.for_telemetry(principal, end_user),
-            call_type,
+            call_type: metrics::litellm_call_type(call_type),
             span,
             message_logging,
             tags: headers::tags(request_headers),

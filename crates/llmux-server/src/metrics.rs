@@ -94,11 +94,27 @@ impl CallerLabels {
             key_alias: self.key_alias.clone(),
             team_id: self.team.clone(),
             team_alias: self.team_alias.clone(),
-            user_id: self.user.clone(),
+            // The key's `user_id` even when no user object exists for it.
+            user_id: self
+                .user
+                .clone()
+                .or_else(|| principal.and_then(|p| p.user_id()).map(Arc::from)),
             user_email: self.user_email.clone(),
             org_id: organization,
             end_user: end_user.map(Arc::from),
         }
+    }
+}
+
+/// LiteLLM's name for a request's call type (`acompletion`, ...), as its log sinks write it.
+pub fn litellm_call_type(call_type: &'static str) -> &'static str {
+    match call_type {
+        "chat" => "acompletion",
+        "completions" => "atext_completion",
+        "embeddings" => "aembedding",
+        "rerank" => "arerank",
+        "responses" => "aresponses",
+        other => other,
     }
 }
 

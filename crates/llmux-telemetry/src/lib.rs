@@ -4,10 +4,13 @@
 //! request to [`Telemetry::record`], which queues one shared record per sink; everything else
 //! (the standard payload, spans, serialization, sending, retries) happens on the sinks' tasks.
 
+mod langfuse;
 mod otel;
 mod pipeline;
 pub mod record;
 pub mod redact;
+mod s3;
+mod sinks;
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -21,9 +24,6 @@ pub use pipeline::{ExportError, ExportFuture, Exporter, SinkCounters};
 pub use record::{Caller, Finished, RequestSpan, StandardLoggingPayload};
 
 use pipeline::Pipeline;
-
-/// The callbacks llmux serves (the others are warned about when the config loads).
-pub const SINKS: &[&str] = &["otel"];
 
 /// One configured sink: its queue and which requests it is told about.
 struct Sink {
@@ -89,6 +89,22 @@ impl Telemetry {
                     traces = true;
                     ("otel", Box::new(otel::OtelExporter::new(&settings)?))
                 }
+                "langfuse" => ("langfuse", Box::new(langfuse::Langfuse::new(&var)?)),
+                "datadog" => ("datadog", Box::new(sinks::Datadog::new(&var)?)),
+                "generic_api" => ("generic_api", Box::new(sinks::GenericApi::new(&var)?)),
+                "s3" => (
+                    "s3",
+                    Box::new(s3::S3::new(&config.s3_callback_params, &var)?),
+                ),
+                "jsonl" => {
+                    let path = config
+                        .jsonl_log_path
+                        .clone()
+                        .or_else(|| var("LLMUX_JSONL_LOG_PATH"))
+                        .ok_or("callback `jsonl` needs llmux_settings.jsonl_log_path")?;
+                    ("jsonl", Box::new(sinks::JsonLines::open(&path)?))
+                }
+                // Prometheus is the HTTP crate's; the rest were warned about at load.
                 _ => continue,
             };
             sinks.push(Sink {

@@ -122,7 +122,7 @@ impl OtlpSettings {
 
 /// `key=value,key2=value2`, values percent-encoded (the OTLP exporter's format, which LiteLLM's
 /// `OTEL_HEADERS` shares).
-fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
+pub(crate) fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
     text.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {

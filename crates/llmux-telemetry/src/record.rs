@@ -82,6 +82,18 @@ impl Finished {
         !matches!(self.log.outcome, Outcome::Failed(_))
     }
 
+    /// The model the upstream was asked for (the last attempt's; the deployment's
+    /// `litellm_params.model` or the requested name when no attempt was recorded).
+    pub fn upstream_model(&self) -> &str {
+        self.log
+            .detail
+            .as_ref()
+            .and_then(|d| d.attempts.last())
+            .map(|a| a.model.as_str())
+            .or(self.log.model.as_deref())
+            .unwrap_or(&self.log.requested_model)
+    }
+
     pub fn ended_at(&self) -> SystemTime {
         self.log.started_at + self.log.duration
     }
@@ -189,7 +201,7 @@ pub struct StandardLoggingPayload {
     pub endTime: f64,
     pub completionStartTime: f64,
     pub response_time: f64,
-    /// The upstream model (`litellm_params.model`); the requested name when none was chosen.
+    /// The model the upstream was asked for; the requested name when none was chosen.
     pub model: String,
     pub model_id: Option<String>,
     pub model_group: Option<String>,
@@ -294,10 +306,7 @@ impl StandardLoggingPayload {
             endTime: end,
             completionStartTime: first,
             response_time,
-            model: log
-                .model
-                .clone()
-                .unwrap_or_else(|| log.requested_model.clone()),
+            model: finished.upstream_model().to_owned(),
             model_id: log.deployment_id.clone(),
             model_group: log.model_group.clone(),
             api_base: String::new(),

@@ -190,12 +190,15 @@ impl Principal {
         }
     }
 
-    /// The key's or else the team's `turn_off_message_logging`, when either sets it.
+    /// The key's or else the team's `turn_off_message_logging`, when either sets it; a team
+    /// that turns it off is a floor its keys cannot lift.
     pub fn turn_off_message_logging(&self) -> Option<bool> {
-        [&self.key, &self.team]
-            .into_iter()
-            .flatten()
-            .find_map(|g| g.policy.turn_off_message_logging)
+        let of =
+            |g: &Option<Arc<Governed>>| g.as_ref().and_then(|g| g.policy.turn_off_message_logging);
+        match (of(&self.key), of(&self.team)) {
+            (_, Some(true)) => Some(true),
+            (key, team) => key.or(team),
+        }
     }
 
     pub fn user_id(&self) -> Option<&str> {

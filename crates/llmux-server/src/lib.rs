@@ -393,11 +393,36 @@ pub(crate) async fn execute(
     let caller = metrics::CallerLabels::of(principal);
     let route = metrics::route(op, call_type);
     let mut requested_model = String::new();
-    // A request refused before it reaches the core is counted here (the core counts the rest).
-    let refused = |e: GatewayError| {
-        state.metrics.refused(caller.clone(), route, "", &e);
+    let mut observe = None;
+    let telemetry = state.telemetry.load_full().map(|telemetry| {
+        let end_user = request_headers
+            .get(headers::X_LITELLM_END_USER_ID)
+            .and_then(|v| v.to_str().ok());
+        let message_logging =
+            telemetry.message_logging(principal.and_then(|p| p.turn_off_message_logging()));
+        let header = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok());
+        let (observed, span) =
+            telemetry.observe(header("traceparent"), header("tracestate"), message_logging);
+        observe = Some(observed);
+        metrics::TelemetryCall {
+            caller: caller.for_telemetry(principal, end_user),
+            call_type: metrics::litellm_call_type(call_type),
+            span,
+            message_logging,
+            tags: headers::tags(request_headers),
+            telemetry,
+        }
+    });
+    // A request refused before it reaches the core is counted (and traced, and logged) here;
+    // the core counts the rest.
+    let refused_as = |model: &str, e: GatewayError| {
+        state.metrics.refused(caller.clone(), route, model, &e);
+        if let Some(t) = &telemetry {
+            t.refused(op, route, request_id, model, &e, received_at);
+        }
         e
     };
+    let refused = |e: GatewayError| refused_as("", e);
     if let (Some(gov), Some(principal)) = (&state.governance, principal) {
         parsed = llmux::ParsedBody::parse(&body).map_err(refused)?;
         // A malformed request is refused before it counts against budgets and limits.
@@ -421,10 +446,7 @@ pub(crate) async fn execute(
         requested_model.clone_from(&model);
         let admission = match gov.admit(principal, facts, &state.client, call_type).await {
             Ok(admission) => admission,
-            Err(e) => {
-                state.metrics.refused(caller.clone(), route, &model, &e);
-                return Err(e);
-            }
+            Err(e) => return Err(refused_as(&model, e)),
         };
         remaining = Some(admission.remaining.clone());
         let admission = Arc::new(admission);
@@ -433,26 +455,6 @@ pub(crate) async fn execute(
         }
         hook = Some(admission as Arc<dyn llmux::RequestHook>);
     }
-    let mut observe = None;
-    let telemetry = state.telemetry.load_full().map(|telemetry| {
-        let end_user = request_headers
-            .get(headers::X_LITELLM_END_USER_ID)
-            .and_then(|v| v.to_str().ok());
-        let message_logging =
-            telemetry.message_logging(principal.and_then(|p| p.turn_off_message_logging()));
-        let header = |name: &str| request_headers.get(name).and_then(|v| v.to_str().ok());
-        let (observed, span) =
-            telemetry.observe(header("traceparent"), header("tracestate"), message_logging);
-        observe = Some(observed);
-        metrics::TelemetryCall {
-            caller: caller.for_telemetry(principal, end_user),
-            call_type: metrics::litellm_call_type(call_type),
-            span,
-            message_logging,
-            tags: headers::tags(request_headers),
-            telemetry,
-        }
-    });
     let hook: Option<Arc<dyn llmux::RequestHook>> = Some(Arc::new(metrics::MetricsHook {
         metrics: Arc::clone(&state.metrics),
         caller,

@@ -129,6 +129,59 @@ pub struct TelemetryCall {
     pub tags: Vec<String>,
 }
 
+impl TelemetryCall {
+    /// A request refused before it reached the core (bad body, a budget or limit): its span
+    /// and its failure record.
+    pub fn refused(
+        &self,
+        op: Operation,
+        route: &'static str,
+        request_id: &str,
+        requested_model: &str,
+        error: &GatewayError,
+        received_at: std::time::Instant,
+    ) {
+        let duration = received_at.elapsed();
+        let log = RequestLog {
+            request_id: request_id.to_owned(),
+            operation: op,
+            stream: false,
+            requested_model: requested_model.to_owned(),
+            model_group: None,
+            deployment_id: None,
+            provider: None,
+            status: error.status,
+            outcome: Outcome::Failed(error.kind),
+            usage: None,
+            duration,
+            overhead: duration,
+            time_to_first_chunk: None,
+            chunks: 0,
+            recoveries: 0,
+            model: None,
+            cost: None,
+            started_at: std::time::SystemTime::now()
+                .checked_sub(duration)
+                .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            detail: Some(Arc::new(llmux::RequestDetail {
+                error: Some(error.message().to_owned()),
+                ..Default::default()
+            })),
+        };
+        self.record(log, route);
+    }
+
+    /// Hand a finished request to the sinks.
+    fn record(&self, log: RequestLog, route: &'static str) {
+        let mut finished =
+            llmux_telemetry::Finished::new(log, self.caller.clone(), self.call_type, route);
+        finished.span = self.span;
+        finished.message_logging = self.message_logging;
+        finished.tags.clone_from(&self.tags);
+        self.telemetry.record(finished);
+    }
+}
+
 /// One finished (or refused) request, waiting to be counted.
 #[derive(Debug)]
 struct Observation {

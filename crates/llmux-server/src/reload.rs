@@ -69,6 +69,33 @@ pub enum Reloaded {
     Applied(Vec<Diagnostic>),
 }
 
+/// Restart the traces and log sinks when `config` changes what they are built from (callbacks,
+/// message logging, masking, their variables); the old ones send what they hold and stop. A
+/// sink that cannot be set up keeps the running ones, reported as an error.
+pub fn restart_telemetry(state: &AppState, config: &llmux_config::Config) -> Vec<Diagnostic> {
+    let settings = llmux_telemetry::Settings::of(config, &ProcessEnv);
+    let running = state.telemetry.load_full();
+    if running.as_ref().map(|t| t.settings()) == Some(&settings) {
+        return Vec::new();
+    }
+    match llmux_telemetry::Telemetry::start(config, &ProcessEnv) {
+        Ok(started) => {
+            if running.is_none() && started.is_none() {
+                return Vec::new();
+            }
+            tracing::info!("log sinks and traces restarted for the new configuration");
+            if let Some(old) = state.telemetry.swap(started) {
+                tokio::spawn(async move { old.shutdown(std::time::Duration::from_secs(5)).await });
+            }
+            Vec::new()
+        }
+        Err(e) => vec![Diagnostic::error(
+            "litellm_settings.callbacks",
+            format!("{e}; the running log sinks and traces are kept"),
+        )],
+    }
+}
+
 /// Load `path` and make it the running configuration. `Err` carries every problem found (the
 /// running configuration is kept).
 pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagnostic>> {
@@ -108,6 +135,7 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagn
     match applied {
         Ok(more) => {
             warnings.extend(more);
+            warnings.extend(restart_telemetry(state, &state.base_config.load_full()));
             if let Ok(mut source) = state.config_source.lock() {
                 source.path = path.display().to_string();
                 source.fingerprint = print;

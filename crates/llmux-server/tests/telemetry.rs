@@ -273,7 +273,11 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
         "  OTEL_EXPORTER_OTLP_ENDPOINT: \"{receiver}\"\n  OTEL_EXPORTER_OTLP_PROTOCOL: http/protobuf\n  \
          OTEL_SERVICE_NAME: llmux-test\n  OTEL_EXPORTER_OTLP_HEADERS: \"x-tenant=t%201\"\n"
     );
-    let h = start_governed(&config(&env, ""), Db::Sqlite).await;
+    let h = start_governed(
+        &config(&env, "llmux_settings: {mask_pii_in_logs: true}"),
+        Db::Sqlite,
+    )
+    .await;
     let key = h
         .new_key(json!({"key_alias": "tracer", "models": ["gpt"]}))
         .await;
@@ -284,7 +288,7 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     let response = chat(
         &h,
         &key,
-        json!({"model": "gpt", "temperature": 0.5, "messages": [{"role": "user", "content": "tell me about tracing"}]}),
+        json!({"model": "gpt", "temperature": 0.5, "messages": [{"role": "user", "content": "tell me about tracing, bob@example.com"}]}),
         &[("traceparent", &traceparent), ("tracestate", "vendor=x")],
     )
     .await;
@@ -346,9 +350,10 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
         text(request, "metadata.user_api_key_alias").as_deref(),
         Some("tracer")
     );
-    assert!(text(request, "gen_ai.input.messages")
-        .unwrap()
-        .contains("tell me about tracing"));
+    // The prompt is in the span, masked.
+    let input = text(request, "gen_ai.input.messages").unwrap();
+    assert!(input.contains("tell me about tracing, [EMAIL]"), "{input}");
+    assert!(!input.contains("bob@example.com"));
     assert_ne!(
         request.status.as_ref().map(|s| s.code),
         Some(StatusCode::Error as i32)
@@ -462,6 +467,97 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     assert!(int(&stream_span, "gen_ai.usage.output_tokens").unwrap() > 0);
     assert!(text(&stream_span, "gen_ai.response.id").is_some());
 
+    // Refused before any upstream is asked (a model the key may not use): a span of its own,
+    // in the client's trace, with the refusal.
+    let refused_trace = "4af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "broken", "messages": [{"role": "user", "content": "hi"}]}),
+        &[(
+            "traceparent",
+            &format!("00-{refused_trace}-{client_span}-01"),
+        )],
+    )
+    .await;
+    let refused_status = i64::from(response.status().as_u16());
+    assert!(
+        refused_status == 401 || refused_status == 403,
+        "{refused_status}"
+    );
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    let refused = received.trace(&unhex(refused_trace), 1).await;
+    assert_eq!(refused.len(), 1, "no attempt was made");
+    assert_eq!(
+        refused[0].status.as_ref().unwrap().code,
+        StatusCode::Error as i32
+    );
+    assert_eq!(
+        int(&refused[0], "http.response.status_code"),
+        Some(refused_status)
+    );
+    assert_eq!(hex(&refused[0].parent_span_id), client_span);
+
+    // A client that does not sample its trace: the context goes upstream, no span is exported.
+    let unsampled_trace = "5af7651916cd43dd8448eb211c80319c";
+    let before = h.mock.recorded.lock().unwrap().len();
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+        &[(
+            "traceparent",
+            &format!("00-{unsampled_trace}-{client_span}-00"),
+        )],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let forwarded: Vec<String> = h
+        .mock
+        .recorded
+        .lock()
+        .unwrap()
+        .iter()
+        .skip(before)
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert!(!forwarded.is_empty());
+    assert!(forwarded
+        .iter()
+        .all(|t| t.starts_with(&format!("00-{unsampled_trace}-")) && t.ends_with("-00")));
+    // A traceparent that is not W3C's: a trace of llmux's own.
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}]}),
+        &[("traceparent", "00-not-a-trace-01")],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    assert!(
+        !received
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(_, s)| s.trace_id == unhex(unsampled_trace)),
+        "an unsampled trace was exported"
+    );
+
     // A key that turns message logging off for itself: no prompt in its spans.
     let quiet = h
         .new_key(json!({"models": ["gpt"], "metadata": {"turn_off_message_logging": true}}))
@@ -515,7 +611,8 @@ async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() 
     let response = chat(
         &h,
         &key,
-        json!({"model": "broken", "messages": [{"role": "user", "content": "private-prompt-5521"}]}),
+        json!({"model": "broken", "messages": [{"role": "user", "content": "private-prompt-5521"}],
+               "mock_options": {"error_body": "{\"error\": {\"message\": \"cannot answer private-prompt-5521\", \"type\": \"invalid_request_error\"}}"}}),
         &[("traceparent", &format!("00-{failed_trace}-b7ad6b7169203331-01"))],
     )
     .await;

@@ -71,13 +71,16 @@ impl Langfuse {
 impl Exporter for Langfuse {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
         Box::pin(async move {
+            // Each part is sent even when one before it failed; the first failure is reported.
+            let mut result = Ok(());
             let mut events = Vec::new();
             let mut size = 0;
             for finished in batch {
                 for event in events_of(finished) {
                     let len = event.to_string().len();
                     if size + len > MAX_BATCH_BYTES && !events.is_empty() {
-                        self.post(&events).await?;
+                        let sent = self.post(&events).await;
+                        result = result.and(sent);
                         events.clear();
                         size = 0;
                     }
@@ -85,10 +88,11 @@ impl Exporter for Langfuse {
                     events.push(event);
                 }
             }
-            if events.is_empty() {
-                return Ok(());
+            if !events.is_empty() {
+                let sent = self.post(&events).await;
+                result = result.and(sent);
             }
-            self.post(&events).await
+            result
         })
     }
 }

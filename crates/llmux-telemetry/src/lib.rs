@@ -32,8 +32,69 @@ struct Sink {
     on_failure: bool,
 }
 
+/// The variables the sinks read (a change of any of them restarts the sinks on reload).
+const VARIABLES: &[&str] = &[
+    "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_PROTOCOL",
+    "OTEL_EXPORTER",
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+    "OTEL_EXPORTER_OTLP_HEADERS",
+    "OTEL_HEADERS",
+    "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
+    "OTEL_EXPORTER_OTLP_TIMEOUT",
+    "OTEL_SERVICE_NAME",
+    "LANGFUSE_HOST",
+    "LANGFUSE_PUBLIC_KEY",
+    "LANGFUSE_SECRET_KEY",
+    "DD_API_KEY",
+    "DD_SITE",
+    "DD_BASE_URL",
+    "DD_ENV",
+    "DD_SERVICE",
+    "DD_VERSION",
+    "HOSTNAME",
+    "GENERIC_LOGGER_ENDPOINT",
+    "GENERIC_LOGGER_HEADERS",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "LLMUX_JSONL_LOG_PATH",
+];
+
+/// Everything the traces and sinks are built from; a reload that changes it restarts them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    callbacks: Vec<llmux_config::Callback>,
+    turn_off_message_logging: bool,
+    mask_pii_in_logs: bool,
+    queue_size: usize,
+    s3_callback_params: Vec<(String, String)>,
+    jsonl_log_path: Option<String>,
+    variables: Vec<Option<String>>,
+}
+
+impl Settings {
+    pub fn of(config: &Config, env: &dyn EnvSource) -> Settings {
+        Settings {
+            callbacks: config.callbacks.clone(),
+            turn_off_message_logging: config.turn_off_message_logging,
+            mask_pii_in_logs: config.mask_pii_in_logs,
+            queue_size: config.telemetry_queue_size,
+            s3_callback_params: config.s3_callback_params.clone(),
+            jsonl_log_path: config.jsonl_log_path.clone(),
+            variables: VARIABLES.iter().map(|v| config.env_var(env, v)).collect(),
+        }
+    }
+}
+
 /// The process's tracer and log sinks.
 pub struct Telemetry {
+    settings: Settings,
     sinks: Vec<Sink>,
     /// Requests get a trace (a span per request and per attempt, `traceparent` upstream).
     tracing: bool,
@@ -117,11 +178,17 @@ impl Telemetry {
             return Ok(None);
         }
         Ok(Some(Arc::new(Telemetry {
+            settings: Settings::of(config, env),
             sinks,
             tracing: traces,
             message_logging: !config.turn_off_message_logging,
             mask_pii: config.mask_pii_in_logs,
         })))
+    }
+
+    /// What these sinks were built from.
+    pub fn settings(&self) -> &Settings {
+        &self.settings
     }
 
     /// Whether prompts and answers of a request may be logged: the caller's override (its key's
@@ -166,10 +233,14 @@ impl Telemetry {
                 .filter(|t| t.len() <= 512)
                 .map(str::to_owned),
         });
+        // A trace the client does not sample, with nothing but traces configured: nothing is
+        // exported, so no body is kept (the context still goes upstream).
+        let exported =
+            span.is_none_or(|s| s.sampled) || self.sinks.len() > usize::from(self.tracing);
         (
             Observe {
                 trace,
-                content: message_logging,
+                content: message_logging && exported,
             },
             span,
         )

@@ -20,7 +20,7 @@ use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicCo
 use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
 
 use crate::pipeline::{ExportError, ExportFuture, Exporter};
-use crate::record::Finished;
+use crate::record::{truncated, Finished};
 use llmux::{Operation, Outcome};
 
 /// Where and how spans are sent, from the standard variables and LiteLLM's.
@@ -204,19 +204,57 @@ impl OtelExporter {
     }
 }
 
+/// Spans per export call are cut below this many bytes of attributes (OTLP receivers refuse
+/// requests past 4 MiB by default).
+const MAX_EXPORT_BYTES: usize = 2 * 1024 * 1024;
+
 impl Exporter for OtelExporter {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
         Box::pin(async move {
-            let spans: Vec<SpanData> = batch.iter().flat_map(|f| spans(f, &self.scope)).collect();
-            if spans.is_empty() {
-                return Ok(());
+            let mut first_error = None;
+            let mut chunk: Vec<SpanData> = Vec::new();
+            let mut bytes = 0;
+            for finished in batch {
+                for span in spans(finished, &self.scope) {
+                    let size = span_bytes(&span);
+                    if bytes + size > MAX_EXPORT_BYTES && !chunk.is_empty() {
+                        if let Err(e) = self.exporter.export(std::mem::take(&mut chunk)).await {
+                            first_error.get_or_insert(e);
+                        }
+                        bytes = 0;
+                    }
+                    bytes += size;
+                    chunk.push(span);
+                }
             }
-            self.exporter
-                .export(spans)
-                .await
-                .map_err(|e| ExportError::retryable(format!("OTLP export failed: {e}")))
+            if !chunk.is_empty() {
+                if let Err(e) = self.exporter.export(chunk).await {
+                    first_error.get_or_insert(e);
+                }
+            }
+            match first_error {
+                None => Ok(()),
+                Some(e) => Err(ExportError::retryable(format!("OTLP export failed: {e}"))),
+            }
         })
     }
+}
+
+/// About how many bytes a span takes on the wire.
+fn span_bytes(span: &SpanData) -> usize {
+    let value = |v: &Value| match v {
+        Value::String(s) => s.as_str().len(),
+        Value::Array(opentelemetry::Array::String(items)) => {
+            items.iter().map(|s| s.as_str().len()).sum()
+        }
+        _ => 8,
+    };
+    256 + span.name.len()
+        + span
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str().len() + value(&kv.value) + 8)
+            .sum::<usize>()
 }
 
 /// The request's span and one per attempt; none for a request that is not sampled.
@@ -236,6 +274,8 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
         )
     };
     let operation = operation_name(log.operation);
+    // The model a client named is as long as it likes; a span carries 256 bytes of it.
+    let requested_model = truncated(&log.requested_model, 256).into_owned();
     let facts = log
         .detail
         .as_ref()
@@ -245,7 +285,7 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
 
     let mut attributes = vec![
         KeyValue::new("gen_ai.operation.name", operation),
-        KeyValue::new("gen_ai.request.model", log.requested_model.clone()),
+        KeyValue::new("gen_ai.request.model", requested_model.clone()),
         KeyValue::new("http.request.method", "POST"),
         KeyValue::new("http.route", finished.route),
         KeyValue::new("url.path", finished.route),
@@ -340,7 +380,7 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
         }
         Outcome::Success => Status::Unset,
     };
-    let name = format!("{operation} {}", log.requested_model);
+    let name = format!("{operation} {requested_model}");
     let mut spans = vec![SpanData {
         span_context: context(ids.span_id, false),
         parent_span_id: ids.parent.map_or(SpanId::INVALID, SpanId::from),
@@ -377,11 +417,7 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
             Some((kind, message)) => {
                 attributes.push(KeyValue::new("error.type", kind.as_str()));
                 Status::Error {
-                    description: Cow::Owned(if finished.message_logging {
-                        message.clone()
-                    } else {
-                        kind.as_str().to_owned()
-                    }),
+                    description: Cow::Owned(finished.logged_error(kind.as_str(), message)),
                 }
             }
             None => {

@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::Notify;
@@ -88,21 +88,36 @@ pub struct SinkCounters {
     pub last_error: Mutex<Option<String>>,
 }
 
+/// The bytes of request and answer a sink's queue may hold: a queue bounded by count alone
+/// could pin 10,000 large prompts while a sink is down.
+pub(crate) const MAX_QUEUED_BYTES: usize = 64 * 1024 * 1024;
+
+/// The queue and the bytes its records hold.
+#[derive(Default)]
+struct Queue {
+    records: VecDeque<Arc<Finished>>,
+    bytes: usize,
+}
+
 /// A sink's queue and the task that empties it.
 pub(crate) struct Pipeline {
     pub(crate) name: &'static str,
-    queue: Mutex<VecDeque<Arc<Finished>>>,
+    queue: Mutex<Queue>,
     capacity: usize,
     wake: Notify,
-    /// Woken when the queue has been sent (flushes wait for it).
+    /// Woken each time the task has sent what was queued (flushes wait for it).
     sent: Notify,
+    /// No more records are taken; the task sends what is queued, closes the exporter, stops.
     closing: AtomicBool,
+    /// The task has stopped.
+    stopped: AtomicBool,
+    stop: Notify,
     pub(crate) counters: SinkCounters,
 }
 
 impl Pipeline {
     /// A pipeline for `exporter` holding at most `capacity` records; its task runs on the
-    /// current runtime until the pipeline is closed.
+    /// current runtime until the pipeline is closed or dropped.
     pub(crate) fn start(
         name: &'static str,
         exporter: Box<dyn Exporter>,
@@ -110,34 +125,41 @@ impl Pipeline {
     ) -> Arc<Pipeline> {
         let pipeline = Arc::new(Pipeline {
             name,
-            queue: Mutex::new(VecDeque::new()),
+            queue: Mutex::new(Queue::default()),
             capacity: capacity.max(1),
             wake: Notify::new(),
             sent: Notify::new(),
             closing: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
+            stop: Notify::new(),
             counters: SinkCounters {
                 healthy: AtomicBool::new(true),
                 ..Default::default()
             },
         });
-        tokio::spawn(Arc::clone(&pipeline).run(exporter));
+        tokio::spawn(run(Arc::downgrade(&pipeline), exporter));
         pipeline
     }
 
-    /// Queue a record; a full queue drops it (counted).
+    /// Queue a record; a full queue (by count or by bytes), or a closed sink, drops it
+    /// (counted).
     pub(crate) fn push(&self, record: Arc<Finished>) {
+        let weight = record.weight();
         let len = {
             let mut queue = self
                 .queue
                 .lock()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if queue.len() >= self.capacity {
+            let full =
+                queue.records.len() >= self.capacity || queue.bytes + weight > MAX_QUEUED_BYTES;
+            if full || self.closing.load(Ordering::Acquire) {
                 drop(queue);
                 self.counters.dropped.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            queue.push_back(record);
-            queue.len()
+            queue.bytes += weight;
+            queue.records.push_back(record);
+            queue.records.len()
         };
         if len == BATCH {
             self.wake.notify_one();
@@ -145,59 +167,63 @@ impl Pipeline {
     }
 
     pub(crate) fn queued(&self) -> usize {
-        self.queue.lock().map(|q| q.len()).unwrap_or(0)
+        self.queue.lock().map(|q| q.records.len()).unwrap_or(0)
+    }
+
+    /// Up to a batch of the oldest records.
+    fn take_batch(&self) -> Vec<Arc<Finished>> {
+        let mut queue = self
+            .queue
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let take = queue.records.len().min(BATCH);
+        let batch: Vec<Arc<Finished>> = queue.records.drain(..take).collect();
+        let weight: usize = batch.iter().map(|r| r.weight()).sum();
+        queue.bytes = queue.bytes.saturating_sub(weight);
+        batch
     }
 
     /// Send what is queued now and wait until it has been sent (or `timeout` passes).
     pub(crate) async fn flush(&self, timeout: Duration) {
         let deadline = tokio::time::Instant::now() + timeout;
-        while self.queued() > 0 {
+        loop {
             let sent = self.sent.notified();
             self.wake.notify_one();
             if tokio::time::timeout_at(deadline, sent).await.is_err() {
                 return;
             }
-        }
-        // A batch taken off the queue may still be on its way.
-        let sent = self.sent.notified();
-        self.wake.notify_one();
-        let _ = tokio::time::timeout_at(deadline, sent).await;
-    }
-
-    /// Flush, then stop the task and close the exporter.
-    pub(crate) async fn close(&self, timeout: Duration) {
-        self.flush(timeout).await;
-        self.closing.store(true, Ordering::Release);
-        let sent = self.sent.notified();
-        self.wake.notify_one();
-        let _ = tokio::time::timeout(timeout, sent).await;
-    }
-
-    async fn run(self: Arc<Self>, exporter: Box<dyn Exporter>) {
-        loop {
-            let _ = tokio::time::timeout(FLUSH_EVERY, self.wake.notified()).await;
-            loop {
-                let batch: Vec<Arc<Finished>> = {
-                    let mut queue = self
-                        .queue
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner);
-                    let take = queue.len().min(BATCH);
-                    queue.drain(..take).collect()
-                };
-                if batch.is_empty() {
-                    break;
-                }
-                self.send(exporter.as_ref(), &batch).await;
-            }
-            if self.closing.load(Ordering::Acquire) {
-                if let Err(e) = exporter.close().await {
-                    tracing::warn!(sink = self.name, error = %e.message, "closing a log sink failed");
-                }
-                self.sent.notify_waiters();
+            // A record queued while the task was sending waits for the next round.
+            if self.queued() == 0 {
                 return;
             }
-            self.sent.notify_waiters();
+        }
+    }
+
+    /// Take no more records, send what is queued, close the exporter; wait at most `timeout`.
+    pub(crate) async fn close(&self, timeout: Duration) {
+        self.closing.store(true, Ordering::Release);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.stopped.load(Ordering::Acquire) {
+            let stopped = self.stop.notified();
+            self.wake.notify_one();
+            if self.stopped.load(Ordering::Acquire) {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, stopped).await.is_err() {
+                tracing::warn!(sink = self.name, "log sink did not finish sending in time");
+                return;
+            }
+        }
+    }
+
+    /// Send every queued record, a batch at a time.
+    async fn send_queued(&self, exporter: &dyn Exporter) {
+        loop {
+            let batch = self.take_batch();
+            if batch.is_empty() {
+                return;
+            }
+            self.send(exporter, &batch).await;
         }
     }
 
@@ -234,5 +260,30 @@ impl Pipeline {
         self.counters
             .failed
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The sink's task: every `FLUSH_EVERY`, or when woken, send what is queued; stop once the
+/// pipeline is closing (after sending the rest) or gone (its owner dropped it unclosed).
+async fn run(pipeline: Weak<Pipeline>, exporter: Box<dyn Exporter>) {
+    loop {
+        let Some(me) = pipeline.upgrade() else {
+            let _ = exporter.close().await;
+            return;
+        };
+        let _ = tokio::time::timeout(FLUSH_EVERY, me.wake.notified()).await;
+        me.send_queued(exporter.as_ref()).await;
+        if me.closing.load(Ordering::Acquire) {
+            // What was pushed before `closing` was seen is queued too.
+            me.send_queued(exporter.as_ref()).await;
+            if let Err(e) = exporter.close().await {
+                tracing::warn!(sink = me.name, error = %e.message, "closing a log sink failed");
+            }
+            me.stopped.store(true, Ordering::Release);
+            me.stop.notify_waiters();
+            me.sent.notify_waiters();
+            return;
+        }
+        me.sent.notify_waiters();
     }
 }

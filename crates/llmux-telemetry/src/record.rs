@@ -15,6 +15,31 @@ use crate::redact;
 /// What `messages` and `response` say when message logging is off.
 pub const REDACTED: &str = "redacted-by-llmux";
 
+/// The most of a prompt or an answer a record carries (serialized): a sink's batch limit
+/// (Langfuse 3.5 MB, an OTLP receiver's 4 MiB) must not be blown by one request.
+pub const MAX_LOGGED_BYTES: usize = 256 * 1024;
+
+/// `text` cut to at most `max` bytes (at a character boundary), marked when cut.
+pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    std::borrow::Cow::Owned(format!("{}...[truncated by llmux]", &text[..end]))
+}
+
+/// `value`, or its serialization cut to `MAX_LOGGED_BYTES` when it is larger.
+fn capped(value: Value) -> Value {
+    let text = value.to_string();
+    if text.len() <= MAX_LOGGED_BYTES {
+        return value;
+    }
+    Value::String(truncated(&text, MAX_LOGGED_BYTES).into_owned())
+}
+
 /// Who made a request (what governance knows; all `None` for the master key or without it).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Caller {
@@ -78,6 +103,19 @@ impl Finished {
         }
     }
 
+    /// About how many bytes the record holds (its kept bodies): what queues are bounded by.
+    pub fn weight(&self) -> usize {
+        let detail = self.log.detail.as_deref();
+        let body = |b: Option<&Bytes>| b.map_or(0, Bytes::len);
+        1024 + detail.map_or(0, |d| {
+            body(d.request_body.as_ref())
+                + body(d.response_body.as_ref())
+                + d.delivered
+                    .as_ref()
+                    .map_or(0, llmux::DeliveredText::kept_bytes)
+        })
+    }
+
     pub fn succeeded(&self) -> bool {
         !matches!(self.log.outcome, Outcome::Failed(_))
     }
@@ -134,7 +172,7 @@ impl Finished {
         if self.mask_pii {
             redact::mask_value(&mut value);
         }
-        Some(value)
+        Some(capped(value))
     }
 
     /// The answer as logged: a JSON answer as it was sent, a stream's delivered text as one
@@ -156,23 +194,31 @@ impl Finished {
         if self.mask_pii {
             redact::mask_value(&mut value);
         }
-        Some(value)
+        Some(capped(value))
     }
 
     /// The failure's message, masked as configured (it may quote the prompt).
     pub fn error_message(&self) -> Option<String> {
-        let message = self.log.detail.as_ref()?.error.clone()?;
+        let message = self.log.detail.as_ref()?.error.as_deref()?;
+        let kind = match self.log.outcome {
+            Outcome::Failed(kind) => kind.as_str(),
+            _ => REDACTED,
+        };
+        Some(self.logged_error(kind, message))
+    }
+
+    /// An error's message as logged: only its kind when message logging is off (an upstream's
+    /// message may quote the prompt), masked as configured, at most 4 KiB.
+    pub fn logged_error(&self, kind: &str, message: &str) -> String {
         if !self.message_logging {
-            return Some(match self.log.outcome {
-                Outcome::Failed(kind) => kind.as_str().to_owned(),
-                _ => REDACTED.to_owned(),
-            });
+            return kind.to_owned();
         }
-        Some(if self.mask_pii {
+        let message = truncated(message, 4096);
+        if self.mask_pii {
             redact::mask_text(&message).into_owned()
         } else {
-            message
-        })
+            message.into_owned()
+        }
     }
 }
 

@@ -9,32 +9,39 @@ use std::sync::LazyLock;
 use regex::{Captures, Regex};
 use serde_json::Value;
 
+// The patterns are ASCII-only (`[0-9]`, `(?-u:\b)`): Unicode classes would send every
+// prompt with non-ASCII text to the regex crate's slower engine.
 static EMAIL: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}").ok()
 });
 
-/// Runs of 13 to 19 digits, spaces or dashes between them allowed; masked only when they pass
-/// the Luhn check.
+/// Runs of 13 or more digits, spaces or dashes between them allowed; masked where they start
+/// with a number passing the Luhn check (a card number followed by its CVV or expiry).
 static CARD: LazyLock<Option<Regex>> =
-    LazyLock::new(|| Regex::new(r"\b\d(?:[ -]?\d){12,18}\b").ok());
+    LazyLock::new(|| Regex::new(r"(?-u:\b)[0-9](?:[ -]?[0-9]){12,}(?-u:\b)").ok());
 
-/// Phone numbers: an optional `+country` prefix, then 9 to 12 digits in groups.
+/// Phone numbers: an optional `+country` prefix, then 9 to 12 digits in groups; or E.164
+/// written without separators.
 static PHONE: LazyLock<Option<Regex>> = LazyLock::new(|| {
-    Regex::new(r"(?:\+\d{1,3}[ .-]?)?(?:\(\d{2,4}\)[ .-]?|\b\d{2,4}[ .-])\d{3,4}[ .-]?\d{3,4}\b")
-        .ok()
+    Regex::new(concat!(
+        r"(?:\+[0-9]{1,3}[ .-]?)?(?:\([0-9]{2,4}\)[ .-]?|(?-u:\b)[0-9]{2,4}[ .-])",
+        r"[0-9]{3,4}[ .-]?[0-9]{3,4}(?-u:\b)",
+        r"|\+[1-9][0-9]{9,14}(?-u:\b)",
+    ))
+    .ok()
 });
 
 /// Secrets by shape: OpenAI / Anthropic style keys, AWS access key ids, GitHub, Slack and
 /// Google API tokens, bearer tokens, JWTs, and `password=` / `api_key:` style assignments.
 static SECRET: LazyLock<Option<Regex>> = LazyLock::new(|| {
     Regex::new(concat!(
-        r"\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}",
-        r"|\bAKIA[0-9A-Z]{16}\b",
-        r"|\bgh[pousr]_[A-Za-z0-9]{30,}",
-        r"|\bxox[abposr]-[A-Za-z0-9-]{10,}",
-        r"|\bAIza[0-9A-Za-z_-]{35}",
+        r"(?-u:\b)(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}",
+        r"|(?-u:\b)AKIA[0-9A-Z]{16}(?-u:\b)",
+        r"|(?-u:\b)gh[pousr]_[A-Za-z0-9]{30,}",
+        r"|(?-u:\b)xox[abposr]-[A-Za-z0-9-]{10,}",
+        r"|(?-u:\b)AIza[0-9A-Za-z_-]{35}",
         r"|(?i:bearer)\s+[A-Za-z0-9._~+/=-]{16,}",
-        r"|\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
+        r"|(?-u:\b)eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",
         r#"|(?i:password|passwd|secret|api[_-]?key|access[_-]?token)["']?\s*[:=]\s*["']?[^\s"',;]{6,}"#,
     ))
     .ok()
@@ -51,19 +58,31 @@ pub fn mask_text(text: &str) -> Cow<'_, str> {
         out = replace(out, re, |_| "[EMAIL]".to_owned());
     }
     if let Some(re) = CARD.as_ref() {
-        out = replace(out, re, |c| {
-            let digits: Vec<u8> = c[0].bytes().filter(u8::is_ascii_digit).collect();
-            if luhn(&digits) {
-                "[CARD]".to_owned()
-            } else {
-                c[0].to_owned()
-            }
-        });
+        out = replace(out, re, |c| mask_card(&c[0]));
     }
     if let Some(re) = PHONE.as_ref() {
         out = mask_phones(out, re);
     }
     out
+}
+
+/// A run of digits with the longest leading card number (13 to 19 digits passing Luhn)
+/// replaced by `[CARD]`; unchanged when none passes.
+fn mask_card(run: &str) -> String {
+    // Byte offset just past each digit.
+    let ends: Vec<usize> = run
+        .bytes()
+        .enumerate()
+        .filter(|(_, b)| b.is_ascii_digit())
+        .map(|(i, _)| i + 1)
+        .collect();
+    let digits: Vec<u8> = run.bytes().filter(u8::is_ascii_digit).collect();
+    for n in (13..=digits.len().min(19)).rev() {
+        if luhn(&digits[..n]) {
+            return format!("[CARD]{}", &run[ends[n - 1]..]);
+        }
+    }
+    run.to_owned()
 }
 
 /// Phone-shaped runs of 9 to 15 digits that are not part of a longer run of digits (a card
@@ -178,6 +197,14 @@ mod tests {
     }
 
     #[test]
+    fn cards_followed_by_more_digits_and_bare_e164_numbers_are_masked() {
+        let masked = mask_text("card 4111 1111 1111 1111 123 exp, call +14155550132 now");
+        assert!(!masked.contains("4111"), "{masked}");
+        assert!(masked.contains("[CARD] 123"), "{masked}");
+        assert!(masked.contains("[PHONE] now"), "{masked}");
+    }
+
+    #[test]
     fn ordinary_numbers_and_text_stay() {
         // Not a card (fails Luhn), a year, an amount, an order number too short for a phone.
         let text = "order 4111 1111 1111 1112 in 2026 cost 1234.56, ticket 12345";
@@ -194,6 +221,12 @@ mod tests {
         mask_value(&mut value);
         assert_eq!(value["messages"][0]["content"], "I am [EMAIL]");
         assert!(value.get("bob@example.com").is_some());
+    }
+
+    #[test]
+    fn every_pattern_compiles() {
+        // A pattern that did not compile would mask nothing, silently.
+        assert!(EMAIL.is_some() && CARD.is_some() && PHONE.is_some() && SECRET.is_some());
     }
 
     #[test]

@@ -74,6 +74,14 @@ impl DeliveredText {
         self.raw_dropped += (bytes.len() - kept) as u64;
     }
 
+    /// The bytes kept (at most about 32 KiB).
+    pub fn kept_bytes(&self) -> usize {
+        match &self.scanned {
+            Some((escaped, _)) => escaped.len(),
+            None => self.raw.len(),
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         match &self.scanned {
             Some((escaped, dropped)) => escaped.is_empty() && *dropped == 0,

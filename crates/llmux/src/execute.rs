@@ -156,7 +156,7 @@ impl Trace {
             started_at: SystemTime::now()
                 .checked_sub(duration)
                 .unwrap_or(SystemTime::UNIX_EPOCH),
-            detail: self.detail.take(),
+            detail: self.detail.take().map(Arc::from),
         }
     }
 }

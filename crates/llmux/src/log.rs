@@ -52,7 +52,7 @@ pub struct RequestLog {
     /// Wall-clock arrival (`duration` before the record was made).
     pub started_at: SystemTime,
     /// What telemetry asked the core to keep ([`crate::RequestOptions::observe`]).
-    pub detail: Option<Box<RequestDetail>>,
+    pub detail: Option<Arc<RequestDetail>>,
 }
 
 /// What a caller asks the core to record for telemetry (traces, log sinks); off by default,
@@ -149,7 +149,7 @@ pub struct RequestDetail {
     pub error: Option<String>,
     /// The body the core ran (`content` only).
     pub request_body: Option<Bytes>,
-    /// A JSON answer's body; a stream's first event (its id and model).
+    /// A JSON answer's body; a stream's first content event (its id and model).
     pub response_body: Option<Bytes>,
     /// A stream's `finish_reason`s as they were delivered.
     pub finish_reasons: Vec<String>,
@@ -207,14 +207,18 @@ impl RequestDetail {
                 ..Default::default()
             };
         };
-        // A stream's first event: its `data:` line.
-        let json: &[u8] = match memchr::memmem::find(body, b"data:") {
-            Some(at) if !body.starts_with(b"{") => {
-                let rest = &body[at + 5..];
-                let end = memchr::memchr(b'\n', rest).unwrap_or(rest.len());
-                &rest[..end]
-            }
-            _ => body,
+        // A stream's first event: its first `data: {` line (Anthropic events a native stream
+        // carries ahead of it are comment lines).
+        let json: &[u8] = if body.starts_with(b"{") {
+            body
+        } else {
+            body.split(|b| *b == b'\n')
+                .find_map(|line| {
+                    let data = line.strip_prefix(b"data:")?;
+                    let data = data.strip_prefix(b" ").unwrap_or(data);
+                    data.starts_with(b"{").then_some(data)
+                })
+                .unwrap_or_default()
         };
         let answer = serde_json::from_slice::<Answer>(json).ok();
         let mut finish_reasons: Vec<String> = answer
@@ -309,5 +313,77 @@ impl LogEmitter {
         if self.sender.receiver_count() > 0 {
             let _ = self.sender.send(Arc::new(log));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn traceparent_parsing_follows_the_w3c_rules() {
+        let id = "0af7651916cd43dd8448eb211c80319c";
+        assert_eq!(
+            TraceContext::parse_traceparent(&format!("00-{id}-b7ad6b7169203331-01")),
+            Some((0x0af7651916cd43dd8448eb211c80319c, 0xb7ad6b7169203331, true))
+        );
+        assert_eq!(
+            TraceContext::parse_traceparent(&format!("00-{id}-b7ad6b7169203331-00")),
+            Some((
+                0x0af7651916cd43dd8448eb211c80319c,
+                0xb7ad6b7169203331,
+                false
+            ))
+        );
+        // A later version may append fields; version 00 may not.
+        assert!(
+            TraceContext::parse_traceparent(&format!("01-{id}-b7ad6b7169203331-01-xyz")).is_some()
+        );
+        for bad in [
+            format!("00-{id}-b7ad6b7169203331-01-xyz"),
+            format!("ff-{id}-b7ad6b7169203331-01"),
+            format!("00-{}-b7ad6b7169203331-01", id.to_uppercase()),
+            format!("00-{}-b7ad6b7169203331-01", "0".repeat(32)),
+            format!("00-{id}-0000000000000000-01"),
+            format!("00-{id}-b7ad6b716920333-01"),
+            "garbage".to_owned(),
+        ] {
+            assert_eq!(TraceContext::parse_traceparent(&bad), None, "{bad}");
+        }
+        let trace = TraceContext {
+            trace_id: 1,
+            span_id: 2,
+            sampled: true,
+            tracestate: None,
+        };
+        assert_eq!(
+            trace.traceparent(0xab),
+            "00-00000000000000000000000000000001-00000000000000ab-01"
+        );
+    }
+
+    #[test]
+    fn response_facts_come_from_a_json_answer_or_a_streams_first_event() {
+        let json = RequestDetail {
+            response_body: Some(Bytes::from_static(
+                br#"{"id":"c1","model":"m","choices":[{"finish_reason":"stop"},{"finish_reason":"length"}]}"#,
+            )),
+            ..Default::default()
+        };
+        let facts = json.response_facts();
+        assert_eq!(facts.id.as_deref(), Some("c1"));
+        assert_eq!(facts.model.as_deref(), Some("m"));
+        assert_eq!(facts.finish_reasons, ["stop", "length"]);
+        let stream = RequestDetail {
+            response_body: Some(Bytes::from_static(
+                b": llmux-anthropic {\"data: {\\\"id\\\": \\\"wrong\\\"}\"}\n\ndata: {\"id\":\"c2\",\"model\":\"m2\",\"choices\":[{\"delta\":{}}]}\n\n",
+            )),
+            finish_reasons: vec!["tool_calls".into()],
+            ..Default::default()
+        };
+        let facts = stream.response_facts();
+        assert_eq!(facts.id.as_deref(), Some("c2"));
+        assert_eq!(facts.model.as_deref(), Some("m2"));
+        assert_eq!(facts.finish_reasons, ["tool_calls"]);
     }
 }

@@ -795,9 +795,39 @@ async fn liveliness() -> Response {
 
 async fn readiness(State(state): State<AppState>) -> Response {
     let draining = state.draining.load(Ordering::Relaxed);
+    // The database answers a query within a second, or is reported as not answering (the
+    // instance stays ready: admission counts from its cache, spend waits in the writer's
+    // queue).
+    let db = match &state.governance {
+        None => "Not connected",
+        Some(gov) => {
+            match tokio::time::timeout(std::time::Duration::from_secs(1), gov.store.ping()).await {
+                Ok(true) => "connected",
+                _ => "not answering",
+            }
+        }
+    };
+    let telemetry = state.telemetry.load_full();
+    let sinks: Vec<serde_json::Value> = telemetry
+        .as_ref()
+        .map(|t| t.status())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|s| {
+            json!({
+                "name": s.name, "healthy": s.healthy, "queued": s.queued,
+                "exported": s.exported, "dropped": s.dropped, "failed": s.failed,
+                "last_error": s.last_error,
+            })
+        })
+        .collect();
     let body = json!({
         "status": if draining { "draining" } else { "healthy" },
-        "db": if state.governance.is_some() { "connected" } else { "Not connected" },
+        "db": db,
+        // LiteLLM's list of the callbacks in use, and each sink's state (a sink that fails
+        // does not make the instance unready: requests do not depend on it).
+        "success_callbacks": sinks.iter().map(|s| s["name"].clone()).collect::<Vec<_>>(),
+        "log_sinks": sinks,
         "cache": null,
         "litellm_version": env!("CARGO_PKG_VERSION"),
         "llmux_version": env!("CARGO_PKG_VERSION"),

@@ -1263,6 +1263,7 @@ struct ScrapeCounters {
     client: llmux::Client,
     governance: Option<Arc<Governance>>,
     dropped: u64,
+    sinks: Vec<llmux_telemetry::SinkStatus>,
 }
 
 fn counter(
@@ -1314,6 +1315,44 @@ impl Collector for ScrapeCounters {
                 "1 while Redis is not answering and rate limits are counted per instance",
                 i64::from(limiter.degraded()),
             )?;
+        }
+        if !self.sinks.is_empty() {
+            let mut family = encoder.encode_descriptor(
+                "llmux_log_sink_records",
+                "Finished requests per log sink (and the tracer): exported, dropped because its queue was full, or failed after every retry",
+                None,
+                prometheus_client::metrics::MetricType::Counter,
+            )?;
+            for sink in &self.sinks {
+                for (outcome, value) in [
+                    ("exported", sink.exported),
+                    ("dropped", sink.dropped),
+                    ("failed", sink.failed),
+                ] {
+                    let labels = [("sink", sink.name), ("outcome", outcome)];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+            let mut family = encoder.encode_descriptor(
+                "llmux_log_sink_queued",
+                "Finished requests waiting in a log sink's queue",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for sink in &self.sinks {
+                let labels = [("sink", sink.name)];
+                ConstGauge::new(sink.queued as i64).encode(family.encode_family(&labels)?)?;
+            }
+            let mut family = encoder.encode_descriptor(
+                "llmux_log_sink_healthy",
+                "1 when a log sink's last export succeeded",
+                None,
+                prometheus_client::metrics::MetricType::Gauge,
+            )?;
+            for sink in &self.sinks {
+                let labels = [("sink", sink.name)];
+                ConstGauge::new(i64::from(sink.healthy)).encode(family.encode_family(&labels)?)?;
+            }
         }
         if let Some(gov) = &self.governance {
             let (written, aggregated) = gov.writer.counts();
@@ -1407,6 +1446,12 @@ pub fn render(state: &crate::AppState) -> String {
         client: state.client.clone(),
         governance: state.governance.clone(),
         dropped: metrics.dropped.load(Ordering::Relaxed),
+        sinks: state
+            .telemetry
+            .load()
+            .as_ref()
+            .map(|t| t.status())
+            .unwrap_or_default(),
     }));
     let mut out = String::new();
     let encoded = prometheus_client::encoding::text::encode_registry(&mut out, &metrics.registry)

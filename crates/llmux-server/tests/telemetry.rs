@@ -698,4 +698,23 @@ async fn a_receiver_that_never_answers_costs_requests_nothing() {
     assert!(status.queued <= 5, "{status:?}");
     let not_sent = status.dropped + status.queued as u64;
     assert!((55..=60).contains(&not_sent), "{status:?}");
+    // The drops are on /metrics and readiness shows the sink failing to send.
+    let metrics = h
+        .get_as(common::MASTER, "/metrics")
+        .await
+        .text()
+        .await
+        .unwrap();
+    let dropped = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("llmux_log_sink_records_total{") && l.contains("outcome=\"dropped\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no sink drop counter in\n{metrics}"));
+    assert_eq!(dropped as u64, status.dropped);
+    let ready = h.get_json(common::MASTER, "/health/readiness").await;
+    assert_eq!(ready["log_sinks"][0]["name"], "otel");
+    assert_eq!(ready["log_sinks"][0]["dropped"], status.dropped);
+    assert_eq!(ready["db"], "connected");
 }

@@ -389,6 +389,11 @@ impl Store {
         Ok(done.rows_affected() == 1)
     }
 
+    /// Whether the database answers a trivial query (readiness).
+    pub async fn ping(&self) -> bool {
+        sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
+    }
+
     pub async fn get(&self, kind: Kind, id: &str) -> Result<Option<Object>> {
         let sql = self
             .sql(&format!(

@@ -6,7 +6,9 @@
 #    `eval "$(bash scripts/postgres.sh)"` for the postgres case; oha from `cargo install oha`)
 set -u
 BIN=${CARGO_TARGET_DIR:-$HOME/.cache/llmux/target}/release
-cd "$(mktemp -d)"
+DIR=$(mktemp -d)
+trap 'rm -rf "$DIR"' EXIT
+cd "$DIR"
 MODE=$1; DB=$2
 taskset -c 1 $BIN/llmux-mock --port 18101 --threads 1 >/dev/null 2>&1 &
 MOCK=$!

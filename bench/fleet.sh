@@ -8,7 +8,9 @@
 set -u
 BIN=${CARGO_TARGET_DIR:-$HOME/.cache/llmux/target}/release
 MODE=$1; CONN=${2:-64}; FIXED=${3:-6000}
-cd "$(mktemp -d)"
+DIR=$(mktemp -d)
+trap 'rm -rf "$DIR"' EXIT
+cd "$DIR"
 taskset -c 1 "$BIN/llmux-mock" --port 18301 --threads 1 >/dev/null 2>&1 &
 MOCK=$!
 REDIS_LINE=""

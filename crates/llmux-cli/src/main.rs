@@ -205,6 +205,10 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
             None
         }
     };
+    llmux_server::health::start_alerts(&state, &config)?;
+    if config.background_health_checks {
+        llmux_server::health::spawn_background_checks(&state, config.health_check_interval);
+    }
     llmux_server::reload::started_from(&state, &config_path);
     tokio::spawn(watch_config(state.clone(), config_path.clone()));
     let draining = state.draining.clone();

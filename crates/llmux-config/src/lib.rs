@@ -213,6 +213,16 @@ pub struct Config {
     pub s3_callback_params: Vec<(String, String)>,
     /// `llmux_settings.jsonl_log_path`: the file the `jsonl` callback appends to.
     pub jsonl_log_path: Option<String>,
+    /// `general_settings.alerting`: `slack` (`SLACK_WEBHOOK_URL`), `webhook` (`WEBHOOK_URL`).
+    pub alerting: Vec<String>,
+    /// `general_settings.alerting_threshold`: a response slower than this is alerted
+    /// (default 300 s).
+    pub alerting_threshold: std::time::Duration,
+    /// `general_settings.background_health_checks`: probe every deployment every
+    /// `health_check_interval`; an unhealthy one is taken out of rotation until it passes.
+    pub background_health_checks: bool,
+    /// `general_settings.health_check_interval` (default 300 s).
+    pub health_check_interval: std::time::Duration,
     /// `litellm_settings.require_auth_for_metrics_endpoint`; unset: required when a master key
     /// is configured (the metrics name keys' hashes and aliases, teams and users).
     pub require_auth_for_metrics_endpoint: Option<bool>,
@@ -268,6 +278,10 @@ impl Default for Config {
             telemetry_queue_size: 10_000,
             s3_callback_params: Vec::new(),
             jsonl_log_path: None,
+            alerting: Vec::new(),
+            alerting_threshold: std::time::Duration::from_secs(300),
+            background_health_checks: false,
+            health_check_interval: std::time::Duration::from_secs(300),
             redis_deadline: std::time::Duration::from_millis(50),
             spend_log_durability: SpendDurability::Batched,
             max_buffered_response_bytes: 1024 * 1024 * 1024,

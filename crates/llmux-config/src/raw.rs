@@ -87,6 +87,14 @@ pub(crate) struct RawGeneralSettings {
     pub database_url: Option<String>,
     #[serde(default, deserialize_with = "opt_bool")]
     pub disable_spend_logs: Option<bool>,
+    #[serde(default)]
+    pub alerting: Option<OneOrMany>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub alerting_threshold: Option<f64>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub background_health_checks: Option<bool>,
+    #[serde(default, deserialize_with = "opt_f64")]
+    pub health_check_interval: Option<f64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

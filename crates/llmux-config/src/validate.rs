@@ -192,15 +192,11 @@ const KNOWN_GENERAL_SETTINGS: &[&str] = &[
     "enforce_user_param",
     "allowed_routes",
     "admin_only_routes",
-    "alerting",
-    "alerting_threshold",
     "alerting_args",
     "alert_types",
     "alert_to_webhook_url",
     "store_model_in_db",
     "store_prompts_in_spend_logs",
-    "background_health_checks",
-    "health_check_interval",
     "health_check_details",
     "max_parallel_requests",
     "global_max_parallel_requests",
@@ -794,6 +790,35 @@ fn general_settings(value: Value, config: &mut Config, diags: &mut Vec<Diagnosti
     config.database_url = raw.database_url.filter(|u| !u.is_empty());
     if let Some(off) = raw.disable_spend_logs {
         config.disable_spend_logs = off;
+    }
+    for channel in raw
+        .alerting
+        .map(crate::raw::OneOrMany::into_vec)
+        .unwrap_or_default()
+    {
+        if !matches!(channel.as_str(), "slack" | "webhook") {
+            diags.push(Diagnostic::warning(
+                "general_settings.alerting",
+                format!("alerting `{channel}` is not supported and is ignored (supported: slack, webhook)"),
+            ));
+            continue;
+        }
+        config.alerting.push(channel);
+    }
+    if let Some(t) = seconds(
+        raw.alerting_threshold,
+        "general_settings.alerting_threshold",
+        diags,
+    ) {
+        config.alerting_threshold = t;
+    }
+    config.background_health_checks = raw.background_health_checks.unwrap_or(false);
+    if let Some(t) = seconds(
+        raw.health_check_interval,
+        "general_settings.health_check_interval",
+        diags,
+    ) {
+        config.health_check_interval = t.max(std::time::Duration::from_secs(1));
     }
     if let Some(mb) = raw.max_request_size_mb {
         if mb > 0.0 && mb <= 4096.0 {

@@ -86,6 +86,8 @@ pub struct Governance {
     durable: bool,
     http: reqwest::Client,
     alerted: Mutex<HashSet<(Kind, String, i64)>>,
+    /// Told of budgets crossed (alerts).
+    budget_alerts: std::sync::OnceLock<Box<dyn Fn(BudgetAlert) + Send + Sync>>,
     stopping: AtomicBool,
     /// Admitted requests not yet settled.
     in_flight: std::sync::atomic::AtomicU64,
@@ -735,6 +737,12 @@ impl Governance {
         self.in_flight.load(Ordering::Acquire)
     }
 
+    /// Be told when a key's, user's, team's or organization's spend crosses its soft budget or
+    /// its budget (once per owner and budget period each).
+    pub fn on_budget_alert(&self, observe: impl Fn(BudgetAlert) + Send + Sync + 'static) {
+        let _ = self.budget_alerts.set(Box::new(observe));
+    }
+
     fn soft_budget_alerts(&self, admission: &Admission) {
         let holders = [
             admission.principal.key.as_ref(),
@@ -743,17 +751,42 @@ impl Governance {
             admission.principal.organization.as_ref(),
         ];
         for o in holders.into_iter().flatten() {
-            let Some(soft) = o.policy.soft_budget else {
+            let (soft_budget, max_budget) = (o.policy.soft_budget, o.policy.max_budget);
+            if soft_budget.is_none() && (max_budget.is_none() || self.budget_alerts.get().is_none())
+            {
                 continue;
-            };
+            }
             let owner = (o.kind, o.id.clone());
             let Some(spend) = self.ledger.spend(&owner) else {
+                continue;
+            };
+            let period = o.budget_reset_at.unwrap_or(0);
+            // Past the budget itself (told to the observer only: the webhook below is the
+            // soft budget's, as before).
+            if let (Some(budget), Some(observe)) = (max_budget, self.budget_alerts.get()) {
+                let first = spend >= budget
+                    && self
+                        .alerted
+                        .lock()
+                        .map(|mut a| a.insert((o.kind, format!("max:{}", o.id), period)))
+                        .unwrap_or(false);
+                if first {
+                    observe(BudgetAlert {
+                        kind: kind_label(o.kind),
+                        id: short_id(o.kind, &o.id),
+                        name: o.labels.1.as_deref().map(str::to_owned),
+                        spend,
+                        budget,
+                        soft: false,
+                    });
+                }
+            }
+            let Some(soft) = soft_budget else {
                 continue;
             };
             if spend < soft {
                 continue;
             }
-            let period = o.budget_reset_at.unwrap_or(0);
             let first = self
                 .alerted
                 .lock()
@@ -764,6 +797,16 @@ impl Governance {
             }
             let id = short_id(o.kind, &o.id);
             tracing::warn!(kind = o.kind.as_str(), id = %id, spend, soft_budget = soft, "soft budget crossed");
+            if let Some(observe) = self.budget_alerts.get() {
+                observe(BudgetAlert {
+                    kind: kind_label(o.kind),
+                    id: id.clone(),
+                    name: o.labels.1.as_deref().map(str::to_owned),
+                    spend,
+                    budget: soft,
+                    soft: true,
+                });
+            }
             if let Some(url) = &self.alert_webhook {
                 let body = json!({
                     "event": "soft_budget_crossed",
@@ -789,6 +832,20 @@ impl Governance {
             }
         }
     }
+}
+
+/// A budget crossed ([`Governance::on_budget_alert`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetAlert {
+    /// `Key`, `User`, `Team`, `Organization`, ...
+    pub kind: &'static str,
+    pub id: String,
+    /// Its alias or name, when it has one.
+    pub name: Option<String>,
+    pub spend: f64,
+    /// The budget crossed (the soft budget when `soft`).
+    pub budget: f64,
+    pub soft: bool,
 }
 
 /// `Governance::gate`.
@@ -949,6 +1006,7 @@ impl GovernanceBuilder<'_> {
                 .build()
                 .unwrap_or_default(),
             alerted: Mutex::new(HashSet::new()),
+            budget_alerts: std::sync::OnceLock::new(),
             stopping: AtomicBool::new(false),
             in_flight: AtomicU64::new(0),
         });

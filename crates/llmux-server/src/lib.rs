@@ -6,6 +6,7 @@ mod auth;
 pub mod body;
 mod canned;
 mod headers;
+pub mod health;
 pub mod management;
 mod messages;
 mod metrics;
@@ -67,6 +68,10 @@ pub struct SharedState {
     pub metrics: Arc<metrics::Metrics>,
     /// Traces and log sinks (`callbacks`), when any is configured.
     pub telemetry: arc_swap::ArcSwapOption<llmux_telemetry::Telemetry>,
+    /// Alerts (`general_settings.alerting`), when configured.
+    pub alerter: arc_swap::ArcSwapOption<llmux_telemetry::alerts::Alerter>,
+    /// The latest background health check (`background_health_checks`).
+    pub health: std::sync::Mutex<Option<health::HealthReport>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -84,6 +89,8 @@ impl AppState {
         AppState(Arc::new(SharedState {
             metrics,
             telemetry: arc_swap::ArcSwapOption::empty(),
+            alerter: arc_swap::ArcSwapOption::empty(),
+            health: std::sync::Mutex::new(None),
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
@@ -98,6 +105,8 @@ impl AppState {
         let state = AppState(Arc::new(SharedState {
             metrics: Arc::clone(&self.metrics),
             telemetry: arc_swap::ArcSwapOption::new(self.telemetry.load_full()),
+            alerter: arc_swap::ArcSwapOption::new(self.alerter.load_full()),
+            health: std::sync::Mutex::new(None),
             client: self.client.clone(),
             draining: Arc::clone(&self.draining),
             governance: Some(governance),
@@ -214,6 +223,7 @@ pub fn build_router(state: AppState) -> Router {
         .route("/rerank", post(rerank))
         .route("/embeddings", post(embeddings))
         .route("/metrics", get(metrics_text))
+        .route("/health", get(health::health))
         .route("/health/liveliness", get(liveliness))
         .route("/health/live", get(liveliness))
         .route("/health/readiness", get(readiness))
@@ -463,6 +473,7 @@ pub(crate) async fn execute(
         requested_model,
         finished: std::sync::atomic::AtomicBool::new(false),
         telemetry,
+        alerter: state.alerter.load_full(),
     }));
     let options = RequestOptions {
         request_id: request_id.to_owned(),

@@ -1167,6 +1167,8 @@ pub struct MetricsHook {
     pub finished: std::sync::atomic::AtomicBool,
     /// The traces and log sinks, when configured.
     pub telemetry: Option<TelemetryCall>,
+    /// Alerts, when configured (a slow response is one).
+    pub alerter: Option<Arc<llmux_telemetry::alerts::Alerter>>,
 }
 
 impl Drop for MetricsHook {
@@ -1232,16 +1234,18 @@ impl RequestHook for MetricsHook {
             recoveries: log.recoveries,
         });
         if let Some(t) = &self.telemetry {
-            let mut finished = llmux_telemetry::Finished::new(
-                log.clone(),
-                t.caller.clone(),
-                t.call_type,
-                self.route,
-            );
-            finished.span = t.span;
-            finished.message_logging = t.message_logging;
-            finished.tags.clone_from(&t.tags);
-            t.telemetry.record(finished);
+            t.record(log.clone(), self.route);
+        }
+        if let Some(alerter) = self
+            .alerter
+            .as_ref()
+            .filter(|a| log.duration > a.slow_threshold)
+        {
+            alerter.send(llmux_telemetry::alerts::Alert::SlowResponse {
+                model_group: log.model_group.clone().unwrap_or_default(),
+                deployment: log.deployment_id.clone().unwrap_or_default(),
+                seconds: log.duration.as_secs_f64(),
+            });
         }
     }
 

@@ -4,6 +4,7 @@
 //! request to [`Telemetry::record`], which queues one shared record per sink; everything else
 //! (the standard payload, spans, serialization, sending, retries) happens on the sinks' tasks.
 
+pub mod alerts;
 mod langfuse;
 mod otel;
 mod pipeline;

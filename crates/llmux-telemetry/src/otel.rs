@@ -361,10 +361,16 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
     }
     if finished.message_logging {
         if let Some(input) = finished.logged_input() {
-            attributes.push(KeyValue::new("gen_ai.input.messages", input.to_string()));
+            attributes.push(KeyValue::new(
+                "gen_ai.input.messages",
+                input.get().to_owned(),
+            ));
         }
         if let Some(output) = finished.logged_output() {
-            attributes.push(KeyValue::new("gen_ai.output.messages", output.to_string()));
+            attributes.push(KeyValue::new(
+                "gen_ai.output.messages",
+                output.get().to_owned(),
+            ));
         }
     }
     let status = match log.outcome {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime};
 use bytes::Bytes;
 use llmux::{Operation, Outcome, RequestLog};
 use serde::Serialize;
+use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::redact;
@@ -31,13 +32,32 @@ pub fn truncated(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("{}...[truncated by llmux]", &text[..end]))
 }
 
-/// `value`, or its serialization cut to `MAX_LOGGED_BYTES` when it is larger.
-fn capped(value: Value) -> Value {
+/// `value` as raw JSON, or its serialization cut to `MAX_LOGGED_BYTES` (as a string) when it
+/// is larger.
+fn capped(value: &Value) -> Option<Box<RawValue>> {
     let text = value.to_string();
     if text.len() <= MAX_LOGGED_BYTES {
-        return value;
+        return RawValue::from_string(text).ok();
     }
-    Value::String(truncated(&text, MAX_LOGGED_BYTES).into_owned())
+    serde_json::value::to_raw_value(&truncated(&text, MAX_LOGGED_BYTES)).ok()
+}
+
+/// Raw JSON as logged: as it is when no masking applies and it fits, else parsed, masked and
+/// capped.
+fn logged(raw: &RawValue, mask_pii: bool) -> Option<Box<RawValue>> {
+    if !mask_pii && raw.get().len() <= MAX_LOGGED_BYTES {
+        return Some(raw.to_owned());
+    }
+    let mut value: Value = serde_json::from_str(raw.get()).ok()?;
+    if mask_pii {
+        redact::mask_value(&mut value);
+    }
+    capped(&value)
+}
+
+/// `"redacted-by-llmux"` as raw JSON.
+fn redacted() -> Option<Box<RawValue>> {
+    serde_json::value::to_raw_value(REDACTED).ok()
 }
 
 /// Who made a request (what governance knows; all `None` for the master key or without it).
@@ -80,6 +100,8 @@ pub struct Finished {
     pub tags: Vec<String>,
     standard: OnceLock<StandardLoggingPayload>,
     json: OnceLock<Bytes>,
+    input: OnceLock<Option<Box<RawValue>>>,
+    output: OnceLock<Option<Box<RawValue>>>,
 }
 
 impl Finished {
@@ -100,6 +122,8 @@ impl Finished {
             tags: Vec::new(),
             standard: OnceLock::new(),
             json: OnceLock::new(),
+            input: OnceLock::new(),
+            output: OnceLock::new(),
         }
     }
 
@@ -151,50 +175,54 @@ impl Finished {
         })
     }
 
-    /// The prompt as logged: the request's `messages` (`prompt`, `input` or `documents` for
-    /// the other operations), redacted or masked as configured; `None` when the core did not
-    /// keep the body.
-    pub fn logged_input(&self) -> Option<Value> {
-        if !self.message_logging {
-            return Some(Value::String(REDACTED.to_owned()));
-        }
-        let body = self.log.detail.as_ref()?.request_body.as_ref()?;
-        let field = match self.log.operation {
-            Operation::Chat => "messages",
-            Operation::Completions => "prompt",
-            Operation::Embeddings => "input",
-            Operation::Rerank => "documents",
-        };
-        let mut value = serde_json::from_slice::<Value>(body)
-            .ok()?
-            .get_mut(field)
-            .map(Value::take)?;
-        if self.mask_pii {
-            redact::mask_value(&mut value);
-        }
-        Some(capped(value))
+    /// The prompt as logged (raw JSON, worked out once): the request's `messages` (`prompt`,
+    /// `input` or `documents` for the other operations), redacted or masked as configured;
+    /// `None` when the core did not keep the body.
+    pub fn logged_input(&self) -> Option<&RawValue> {
+        self.input
+            .get_or_init(|| {
+                if !self.message_logging {
+                    return redacted();
+                }
+                let body = self.log.detail.as_ref()?.request_body.as_ref()?;
+                let field = match self.log.operation {
+                    Operation::Chat => "messages",
+                    Operation::Completions => "prompt",
+                    Operation::Embeddings => "input",
+                    Operation::Rerank => "documents",
+                };
+                let object = llmux::types::RawObject::parse(body).ok()?;
+                logged(object.get(field)?, self.mask_pii)
+            })
+            .as_deref()
     }
 
-    /// The answer as logged: a JSON answer as it was sent, a stream's delivered text as one
-    /// assistant message; redacted or masked as configured.
-    pub fn logged_output(&self) -> Option<Value> {
-        if !self.message_logging {
-            return Some(Value::String(REDACTED.to_owned()));
-        }
-        let detail = self.log.detail.as_ref()?;
-        let mut value = if let Some(text) = detail.stream_text() {
-            serde_json::json!({
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]
+    /// The answer as logged (raw JSON, worked out once): a JSON answer as it was sent, a
+    /// stream's delivered text as one assistant message; redacted or masked as configured.
+    pub fn logged_output(&self) -> Option<&RawValue> {
+        self.output
+            .get_or_init(|| {
+                if !self.message_logging {
+                    return redacted();
+                }
+                let detail = self.log.detail.as_ref()?;
+                if let Some(text) = detail.stream_text() {
+                    let mut value = serde_json::json!({
+                        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}}]
+                    });
+                    if self.mask_pii {
+                        redact::mask_value(&mut value);
+                    }
+                    return capped(&value);
+                }
+                if self.log.stream || !self.succeeded() {
+                    return None;
+                }
+                let body = detail.response_body.as_ref()?;
+                let raw = serde_json::from_slice::<&RawValue>(body).ok()?;
+                logged(raw, self.mask_pii)
             })
-        } else if self.log.stream || !self.succeeded() {
-            return None;
-        } else {
-            serde_json::from_slice::<Value>(detail.response_body.as_ref()?).ok()?
-        };
-        if self.mask_pii {
-            redact::mask_value(&mut value);
-        }
-        Some(capped(value))
+            .as_deref()
     }
 
     /// The failure's message, masked as configured (it may quote the prompt).
@@ -230,7 +258,7 @@ pub fn epoch_seconds(t: SystemTime) -> f64 {
 }
 
 /// LiteLLM's `StandardLoggingPayload` (its field names and shapes), for sinks that ship it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize)]
 #[allow(non_snake_case)]
 pub struct StandardLoggingPayload {
     pub id: String,
@@ -259,8 +287,8 @@ pub struct StandardLoggingPayload {
     pub request_tags: Vec<String>,
     pub end_user: Option<String>,
     pub requester_ip_address: Option<String>,
-    pub messages: Option<Value>,
-    pub response: Option<Value>,
+    pub messages: Option<Box<RawValue>>,
+    pub response: Option<Box<RawValue>>,
     pub error_str: Option<String>,
     pub error_information: Option<ErrorInformation>,
     pub model_parameters: Value,
@@ -375,8 +403,8 @@ impl StandardLoggingPayload {
             request_tags: finished.tags.clone(),
             end_user: owned(&caller.end_user),
             requester_ip_address: None,
-            messages: finished.logged_input(),
-            response: finished.logged_output(),
+            messages: finished.logged_input().map(RawValue::to_owned),
+            response: finished.logged_output().map(RawValue::to_owned),
             error_str: error,
             error_information,
             model_parameters: model_parameters(finished),
@@ -423,9 +451,16 @@ fn model_parameters(finished: &Finished) -> Value {
     else {
         return Value::Object(Default::default());
     };
-    let Ok(Value::Object(mut map)) = serde_json::from_slice::<Value>(body) else {
+    let Ok(object) = llmux::types::RawObject::parse(body) else {
         return Value::Object(Default::default());
     };
-    map.retain(|k, _| PARAMETERS.contains(&k.as_str()));
-    Value::Object(map)
+    Value::Object(
+        PARAMETERS
+            .iter()
+            .filter_map(|name| {
+                let raw = object.get(name)?;
+                Some(((*name).to_owned(), serde_json::from_str(raw.get()).ok()?))
+            })
+            .collect(),
+    )
 }

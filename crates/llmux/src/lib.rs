@@ -23,6 +23,7 @@ mod deployment;
 pub mod dialect;
 mod execute;
 mod gate;
+mod health;
 mod log;
 mod native_anthropic;
 pub mod pricing;
@@ -45,6 +46,7 @@ use llmux_router::{InMemoryStats, Router, StatsStore};
 pub use delivered::DeliveredText;
 pub use execute::ParsedBody;
 pub use gate::{Admitted, Gate};
+pub use health::HealthCheck;
 pub use llmux_config as config;
 pub use llmux_providers::{Operation, NATIVE_ANTHROPIC};
 pub use llmux_router as router;
@@ -84,35 +86,36 @@ pub type CooldownObserver = Box<dyn Fn(&str, Duration) + Send + Sync>;
 /// again (a fleet passes it on, so one probe serves every instance).
 pub type RecoveryObserver = Box<dyn Fn(&str) + Send + Sync>;
 
-/// Where a client's cooldown and recovery observers are kept (each set at most once).
+/// Where a client's cooldown and recovery observers are kept (a fleet's, the alerts').
 #[derive(Default)]
 pub(crate) struct Cooldowns(
-    std::sync::OnceLock<CooldownObserver>,
-    std::sync::OnceLock<RecoveryObserver>,
+    std::sync::RwLock<Vec<CooldownObserver>>,
+    std::sync::RwLock<Vec<RecoveryObserver>>,
 );
 
 impl std::fmt::Debug for Cooldowns {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(if self.0.get().is_some() {
-            "Cooldowns(observed)"
-        } else {
-            "Cooldowns"
-        })
+        let observers = self.0.read().map_or(0, |o| o.len());
+        write!(f, "Cooldowns({observers} observers)")
     }
 }
 
 impl Snapshot {
-    /// Tell the cooldown observer, if any, that `deployment` cools for `duration`.
+    /// Tell the cooldown observers that `deployment` cools for `duration`.
     pub(crate) fn announce_cooldown(&self, deployment: &str, duration: Duration) {
-        if let Some(observe) = self.cooldowns.0.get() {
-            observe(deployment, duration);
+        if let Ok(observers) = self.cooldowns.0.read() {
+            for observe in observers.iter() {
+                observe(deployment, duration);
+            }
         }
     }
 
-    /// Tell the recovery observer, if any, that `deployment` answered its probe.
+    /// Tell the recovery observers that `deployment` answered its probe.
     pub(crate) fn announce_recovery(&self, deployment: &str) {
-        if let Some(observe) = self.cooldowns.1.get() {
-            observe(deployment);
+        if let Ok(observers) = self.cooldowns.1.read() {
+            for observe in observers.iter() {
+                observe(deployment);
+            }
         }
     }
 }
@@ -511,16 +514,20 @@ impl Client {
         execute::execute(&self.inner.logs, snapshot, op, input, options).await
     }
 
-    /// Be told when this client starts cooling a deployment down (set once; a fleet passes it
-    /// on to its other instances).
+    /// Be told when this client starts cooling a deployment down (a fleet passes it on to its
+    /// other instances; alerts report it). Observers add up.
     pub fn on_cooldown(&self, observe: impl Fn(&str, Duration) + Send + Sync + 'static) {
-        let _ = self.inner.cooldowns.0.set(Box::new(observe));
+        if let Ok(mut observers) = self.inner.cooldowns.0.write() {
+            observers.push(Box::new(observe));
+        }
     }
 
     /// Be told when a half-open probe of this client finds a cooled deployment healthy again
-    /// (set once; a fleet passes it on, so the other instances need not probe it themselves).
+    /// (a fleet passes it on, so the other instances need not probe it themselves).
     pub fn on_recovery(&self, observe: impl Fn(&str) + Send + Sync + 'static) {
-        let _ = self.inner.cooldowns.1.set(Box::new(observe));
+        if let Ok(mut observers) = self.inner.cooldowns.1.write() {
+            observers.push(Box::new(observe));
+        }
     }
 
     /// Deployment `id` is healthy again (another instance's probe found it so): end its

@@ -204,7 +204,15 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
     let yaml = yaml
         .replace("{mock}", &mock_url)
         .replace("{mock_root}", &mock_root);
-    let yaml = format!("{yaml}\ngeneral_settings: {{master_key: {MASTER}}}\n");
+    // A block-style `general_settings:` of the test's own gets the master key added to it.
+    let yaml = if yaml.contains("\ngeneral_settings:\n") {
+        yaml.replace(
+            "\ngeneral_settings:\n",
+            &format!("\ngeneral_settings:\n  master_key: {MASTER}\n"),
+        )
+    } else {
+        format!("{yaml}\ngeneral_settings: {{master_key: {MASTER}}}\n")
+    };
     let env: HashMap<String, String> = HashMap::new();
     let loaded = llmux_config::load_str(&yaml, &env).unwrap_or_else(|d| panic!("config: {d:?}"));
     let config = loaded.config.clone();
@@ -229,6 +237,10 @@ pub async fn start_governed(yaml: &str, db: Db) -> Harness {
         .unwrap();
     let telemetry = telemetry(&config);
     state.telemetry.store(telemetry.clone());
+    llmux_server::health::start_alerts(&state, &config).unwrap();
+    if config.background_health_checks {
+        llmux_server::health::spawn_background_checks(&state, config.health_check_interval);
+    }
     let url = spawn_gateway(build_router(state)).await;
     Harness {
         url,

@@ -1,0 +1,241 @@
+//! `GET /health` probes every deployment (LiteLLM's healthy / unhealthy endpoints), background
+//! health checks take a failing deployment out of rotation, and alerts reach Slack and a webhook:
+//! slow responses, cooldowns, budgets crossed, failing log sinks, deduplicated.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{start_governed, Db, MASTER};
+use serde_json::{json, Value};
+
+const MODELS: &str = r#"
+model_list:
+  - model_name: gpt
+    litellm_params: {model: openai/mock-gpt, api_base: "{mock}", api_key: k}
+  - model_name: emb
+    litellm_params: {model: openai/mock-embed, api_base: "{mock}", api_key: k}
+    model_info: {mode: embedding}
+  - model_name: broken
+    litellm_params: {model: openai/mock-gpt, api_base: "{mock}", api_key: k, extra_headers: {x-mock-status: "500"}}
+  - model_name: "wild/*"
+    litellm_params: {model: "openai/*", api_base: "{mock}", api_key: k}
+"#;
+
+#[tokio::test]
+async fn health_probes_every_deployment_and_reports_the_failing_ones() {
+    let h = start_governed(
+        &format!("{MODELS}router_settings: {{num_retries: 0}}\n"),
+        Db::Sqlite,
+    )
+    .await;
+    let report = h.get_json(MASTER, "/health").await;
+    assert_eq!(report["healthy_count"], 2, "{report}");
+    assert_eq!(report["unhealthy_count"], 1, "{report}");
+    let unhealthy = &report["unhealthy_endpoints"][0];
+    assert_eq!(unhealthy["model_name"], "broken");
+    assert_eq!(unhealthy["model"], "openai/mock-gpt");
+    assert!(!unhealthy["error"].as_str().unwrap().is_empty());
+    let names: Vec<&str> = report["healthy_endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["model_name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"gpt") && names.contains(&"emb"),
+        "{names:?}"
+    );
+    // Each was asked what it serves: a one-token chat, an embedding.
+    let recorded = h.mock.recorded.lock().unwrap().clone();
+    assert!(recorded
+        .iter()
+        .any(|r| r.path.ends_with("/embeddings") && r.body.contains("ping")));
+    assert!(recorded
+        .iter()
+        .any(|r| r.path.ends_with("/chat/completions") && r.body.contains("\"max_tokens\":1")));
+
+    // One group only.
+    let one = h.get_json(MASTER, "/health?model=gpt").await;
+    assert_eq!(one["healthy_count"], 1);
+    assert_eq!(one["unhealthy_count"], 0);
+
+    // Probes cost money: admins only.
+    let key = h.new_key(json!({"models": ["gpt"]})).await;
+    assert_eq!(h.get_as(&key, "/health").await.status(), 403);
+    assert_eq!(h.get_as("sk-wrong", "/health").await.status(), 401);
+}
+
+/// A receiver for alerts: each JSON body posted to it.
+async fn alert_receiver() -> (String, Arc<Mutex<Vec<(String, Value)>>>) {
+    let got: Arc<Mutex<Vec<(String, Value)>>> = Arc::default();
+    let state = Arc::clone(&got);
+    let app = axum::Router::new().fallback(
+        move |uri: axum::http::Uri, axum::Json(body): axum::Json<Value>| {
+            let state = Arc::clone(&state);
+            async move {
+                state.lock().unwrap().push((uri.path().to_owned(), body));
+                "ok"
+            }
+        },
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{addr}"), got)
+}
+
+/// Wait until `check` holds for what the receiver got.
+async fn until(
+    got: &Mutex<Vec<(String, Value)>>,
+    what: &str,
+    check: impl Fn(&[(String, Value)]) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if check(&got.lock().unwrap()) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} never arrived: {:?}",
+            got.lock().unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn events(got: &[(String, Value)], event: &str) -> usize {
+    got.iter()
+        .filter(|(path, body)| path == "/webhook" && body["event"] == event)
+        .count()
+}
+
+#[tokio::test]
+async fn background_checks_cool_a_failing_deployment_and_alerts_reach_slack_and_a_webhook() {
+    let (receiver, got) = alert_receiver().await;
+    let yaml = format!(
+        r#"{MODELS}
+  - model_name: cheap
+    litellm_params: {{model: openai/cheap, api_base: "{{mock}}", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}}
+  - model_name: pair
+    litellm_params: {{model: openai/mock-a, api_base: "{{mock}}", api_key: k}}
+  - model_name: pair
+    litellm_params: {{model: openai/mock-b, api_base: "{{mock}}", api_key: k}}
+router_settings: {{num_retries: 0, allowed_fails: 0, cooldown_time: 30}}
+litellm_settings:
+  success_callback: ["generic_api"]
+environment_variables:
+  SLACK_WEBHOOK_URL: "{receiver}/slack"
+  WEBHOOK_URL: "{receiver}/webhook"
+  GENERIC_LOGGER_ENDPOINT: "http://127.0.0.1:9/nobody-listens"
+general_settings:
+  alerting: ["slack", "webhook"]
+  alerting_threshold: 0.2
+  background_health_checks: true
+  health_check_interval: 1
+"#
+    );
+    let h = start_governed(&yaml, Db::Sqlite).await;
+
+    // The background check found `broken` failing: alerted, and out of rotation.
+    until(&got, "the unhealthy alert", |g| {
+        events(g, "deployment_unhealthy") >= 1
+    })
+    .await;
+    let report = h.get_json(MASTER, "/health").await;
+    assert!(report["last_checked"].as_f64().is_some(), "{report}");
+    assert_eq!(report["unhealthy_endpoints"][0]["model_name"], "broken");
+    let deployments = h.get_json(MASTER, "/router/deployments").await;
+    let broken = deployments
+        .as_array()
+        .or_else(|| deployments["deployments"].as_array())
+        .unwrap()
+        .iter()
+        .find(|d| d["model_name"] == "broken")
+        .cloned()
+        .unwrap();
+    assert_eq!(broken["healthy"], false, "{broken}");
+
+    // A slow response (the mock waits 300 ms; the threshold is 200 ms), alerted once.
+    for _ in 0..2 {
+        let r = h
+            .post_as(
+                MASTER,
+                "/v1/chat/completions",
+                &json!({"model": "gpt", "messages": [{"role": "user", "content": "hi"}],
+                        "mock_options": {"latency_ms": 300}}),
+            )
+            .await;
+        assert_eq!(r.status(), 200);
+    }
+    until(&got, "the slow response alert", |g| {
+        events(g, "slow_response") >= 1
+    })
+    .await;
+
+    // A deployment that fails a request is cooled down (no allowed fails): alerted.
+    let r = h
+        .post_as(
+            MASTER,
+            "/v1/chat/completions",
+            &json!({"model": "pair", "messages": [{"role": "user", "content": "hi"}],
+                    "mock_options": {"status": 500}}),
+        )
+        .await;
+    assert_eq!(r.status(), 500);
+    until(&got, "the cooldown alert", |g| {
+        events(g, "deployment_cooled_down") >= 1
+    })
+    .await;
+
+    // A budget crossed: the soft budget and the budget itself.
+    let key = h
+        .new_key(json!({"key_alias": "spender", "soft_budget": 0.000001, "max_budget": 0.000002, "models": ["cheap"]}))
+        .await;
+    let r = h
+        .post_as(
+            &key,
+            "/v1/chat/completions",
+            &json!({"model": "cheap", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    until(&got, "the budget alerts", |g| {
+        let budget = g
+            .iter()
+            .find(|(p, b)| p == "/webhook" && b["event"] == "budget_crossed");
+        events(g, "soft_budget_crossed") >= 1 && budget.is_some_and(|(_, b)| b["name"] == "spender")
+    })
+    .await;
+
+    // The log sink cannot deliver: alerted.
+    until(&got, "the sink alert", |g| {
+        events(g, "log_sink_failing") >= 1
+    })
+    .await;
+
+    // Slack got the same alerts as text; nothing was repeated within the window.
+    let got = got.lock().unwrap().clone();
+    let slack: Vec<&str> = got
+        .iter()
+        .filter(|(p, _)| p == "/slack")
+        .map(|(_, b)| b["text"].as_str().unwrap())
+        .collect();
+    assert!(
+        slack
+            .iter()
+            .any(|t| t.contains("`broken`") || t.contains("health check")),
+        "{slack:?}"
+    );
+    assert!(slack.iter().any(|t| t.contains("`spender`")), "{slack:?}");
+    assert_eq!(events(&got, "slow_response"), 1, "deduplicated: {got:?}");
+    assert_eq!(
+        events(&got, "deployment_unhealthy"),
+        1,
+        "deduplicated: {got:?}"
+    );
+}

@@ -189,7 +189,7 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     let mut state = AppState::new(client);
     // Traces and log sinks: a sink that cannot be set up stops the start, as a bad config does.
     let telemetry = llmux_telemetry::Telemetry::start(&config, &ProcessEnv)?;
-    state.telemetry.store(telemetry.clone());
+    state.telemetry.store(telemetry);
     // Virtual keys, budgets and spend need the master key (as in LiteLLM) and the database.
     let governance = match &config.master_key {
         Some(_) => {
@@ -212,6 +212,7 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
     llmux_server::reload::started_from(&state, &config_path);
     tokio::spawn(watch_config(state.clone(), config_path.clone()));
     let draining = state.draining.clone();
+    let live_state = state.clone();
     let app = build_router(state);
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
@@ -249,8 +250,9 @@ async fn serve(config_path: PathBuf, host: String, port: u16) -> Result<(), Stri
         () = server => {}
         () = drain_deadline => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
-    if let Some(telemetry) = telemetry {
-        // What the sinks still hold is sent before the process exits.
+    // What the sinks still hold is sent before the process exits (the live ones: a reload may
+    // have replaced those started here).
+    if let Some(telemetry) = live_state.telemetry.load_full() {
         telemetry.shutdown(TELEMETRY_FLUSH).await;
     }
     if let Some(gov) = governance {

@@ -22,6 +22,47 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the log sinks' health is looked at for alerts.
 const SINK_WATCH: Duration = Duration::from_secs(5);
 
+/// A live probe result this young answers `GET /health` again (probes are paid requests: a
+/// burst of callers shares one round).
+const LIVE_REUSE: Duration = Duration::from_secs(10);
+
+/// The latest live probe (`GET /health` without background checks), per `?model=`.
+#[derive(Debug, Default)]
+pub struct LiveProbes {
+    latest: std::collections::HashMap<Option<String>, (std::time::Instant, Vec<HealthCheck>)>,
+}
+
+/// Failures that say a deployment cannot serve (an outage, a refused credential), as opposed
+/// to the probe's own shape being refused (a model that takes no `max_tokens`, a context
+/// window): only these take a deployment out of rotation.
+fn takes_out_of_rotation(check: &HealthCheck) -> bool {
+    use llmux::ErrorKind::*;
+    matches!(
+        check.error_kind,
+        Some(
+            Timeout
+                | UpstreamUnavailable
+                | UpstreamError
+                | Authentication
+                | PermissionDenied
+                | NotFound
+        )
+    )
+}
+
+/// `api_base` without userinfo or query (either may carry a credential).
+fn shown_base(base: &str) -> String {
+    let Some((scheme, rest)) = base.split_once("://") else {
+        return base.split('?').next().unwrap_or("").to_owned();
+    };
+    let rest = rest.split('?').next().unwrap_or("");
+    let rest = match rest.split_once('@') {
+        Some((userinfo, host)) if !userinfo.contains('/') => host,
+        _ => rest,
+    };
+    format!("{scheme}://{rest}")
+}
+
 /// The latest background check: when it ran and what it found.
 #[derive(Debug, Clone)]
 pub struct HealthReport {
@@ -34,11 +75,13 @@ fn endpoint(check: &HealthCheck) -> Value {
         "model": check.model,
         "model_name": check.model_group,
         "model_id": check.deployment_id,
-        "api_base": check.api_base,
+        "api_base": check.api_base.as_deref().map(shown_base),
         "latency_ms": (check.latency.as_secs_f64() * 1000.0).round(),
     });
     if let Some(error) = &check.error {
-        v["error"] = json!(error);
+        // An upstream's message may quote a (partly masked) key.
+        v["error"] = json!(llmux_telemetry::redact::mask_text(error));
+        v["error_type"] = json!(check.error_kind.map(llmux::ErrorKind::as_str));
     }
     v
 }
@@ -61,15 +104,16 @@ pub(crate) struct HealthQuery {
     model: Option<String>,
 }
 
-/// `GET /health[?model=group]`: admins only (each probe is a paid request). With background
-/// checks on, the latest check answers at once; a `model` is always probed now.
+/// `GET /health[?model=group]`. With background checks on, the latest check answers (any
+/// admin). Otherwise the deployments are probed now, which costs paid requests: proxy admins
+/// only, one round at a time, and a round younger than `LIVE_REUSE` answers again.
 pub(crate) async fn health(
     State(state): State<AppState>,
     Query(query): Query<HealthQuery>,
     request: Request,
 ) -> Response {
-    if let Err(refused) = crate::admins_only(&state, request.headers(), request.uri().path()).await
-    {
+    let (headers, path) = (request.headers(), request.uri().path());
+    if let Err(refused) = crate::admins_only(&state, headers, path).await {
         return refused;
     }
     if query.model.is_none() {
@@ -79,10 +123,44 @@ pub(crate) async fn health(
             return crate::json_response(StatusCode::OK, body.to_string().into_bytes());
         }
     }
-    let checks = state
-        .client
-        .check_health(query.model.as_deref(), PROBE_TIMEOUT)
-        .await;
+    let viewer = matches!(
+        crate::authenticate(&state, headers, path).await,
+        Ok(Some(p)) if p.role != llmux_governance::keys::Role::ProxyAdmin
+    );
+    if viewer {
+        return crate::error_response(
+            &llmux::GatewayError::new(
+                llmux::ErrorKind::PermissionDenied,
+                "Probing deployments sends paid requests: proxy admins only.",
+            )
+            .with_code("forbidden"),
+            &llmux::new_request_id(),
+        );
+    }
+    let mut live = state.live_probes.lock().await;
+    let fresh = live
+        .latest
+        .get(&query.model)
+        .filter(|(at, _)| at.elapsed() < LIVE_REUSE)
+        .map(|(_, checks)| checks.clone());
+    let checks = match fresh {
+        Some(checks) => checks,
+        None => {
+            let checks = state
+                .client
+                .check_health(query.model.as_deref(), PROBE_TIMEOUT)
+                .await;
+            // Kept per configured group only (a name that matches none probes nothing).
+            if query.model.is_none() || !checks.is_empty() {
+                live.latest.insert(
+                    query.model.clone(),
+                    (std::time::Instant::now(), checks.clone()),
+                );
+            }
+            checks
+        }
+    };
+    drop(live);
     let body = report(&checks, Some(SystemTime::now()));
     crate::json_response(StatusCode::OK, body.to_string().into_bytes())
 }
@@ -116,6 +194,8 @@ pub fn spawn_background_checks(state: &AppState, interval: Duration) {
                 .map(|c| c.deployment_id)
                 .collect();
             let alerter = state.alerter.load_full();
+            let snapshot = state.client.snapshot();
+            let settings = snapshot.router.settings();
             for check in &checks {
                 if check.healthy {
                     if failed_before.contains(&check.deployment_id) {
@@ -124,9 +204,19 @@ pub fn spawn_background_checks(state: &AppState, interval: Duration) {
                     }
                     continue;
                 }
-                let error = check.error.clone().unwrap_or_default();
+                let error =
+                    llmux_telemetry::redact::mask_text(check.error.as_deref().unwrap_or(""))
+                        .into_owned();
                 tracing::warn!(deployment = %check.deployment_id, error = %error, "deployment failed its health check");
-                state.client.cool_down(&check.deployment_id, interval);
+                // Out of rotation only for an outage, never the group's last healthy
+                // deployment, and not when cooldowns are off: traffic then decides.
+                let group_has_another = checks
+                    .iter()
+                    .any(|c| c.healthy && c.model_group == check.model_group);
+                if takes_out_of_rotation(check) && group_has_another && !settings.disable_cooldowns
+                {
+                    state.client.cool_down(&check.deployment_id, interval);
+                }
                 if let Some(alerter) = &alerter {
                     alerter.send(Alert::Unhealthy {
                         deployment: check.deployment_id.clone(),

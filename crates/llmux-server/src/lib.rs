@@ -72,6 +72,10 @@ pub struct SharedState {
     pub alerter: arc_swap::ArcSwapOption<llmux_telemetry::alerts::Alerter>,
     /// The latest background health check (`background_health_checks`).
     pub health: std::sync::Mutex<Option<health::HealthReport>>,
+    /// Live `GET /health` probes: one round at a time, reused briefly.
+    pub live_probes: tokio::sync::Mutex<health::LiveProbes>,
+    /// The database's answer to readiness, reused for a moment (readiness is unauthenticated).
+    pub db_ping: std::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -91,6 +95,8 @@ impl AppState {
             telemetry: arc_swap::ArcSwapOption::empty(),
             alerter: arc_swap::ArcSwapOption::empty(),
             health: std::sync::Mutex::new(None),
+            live_probes: tokio::sync::Mutex::default(),
+            db_ping: std::sync::Mutex::new(None),
             client,
             draining: Arc::new(AtomicBool::new(false)),
             governance: None,
@@ -107,6 +113,8 @@ impl AppState {
             telemetry: arc_swap::ArcSwapOption::new(self.telemetry.load_full()),
             alerter: arc_swap::ArcSwapOption::new(self.alerter.load_full()),
             health: std::sync::Mutex::new(None),
+            live_probes: tokio::sync::Mutex::default(),
+            db_ping: std::sync::Mutex::new(None),
             client: self.client.clone(),
             draining: Arc::clone(&self.draining),
             governance: Some(governance),
@@ -812,9 +820,30 @@ async fn readiness(State(state): State<AppState>) -> Response {
     let db = match &state.governance {
         None => "Not connected",
         Some(gov) => {
-            match tokio::time::timeout(std::time::Duration::from_secs(1), gov.store.ping()).await {
-                Ok(true) => "connected",
-                _ => "not answering",
+            let recent = state
+                .db_ping
+                .lock()
+                .ok()
+                .and_then(|p| *p)
+                .filter(|(at, _)| at.elapsed() < std::time::Duration::from_secs(2))
+                .map(|(_, ok)| ok);
+            let answered = match recent {
+                Some(ok) => ok,
+                None => {
+                    let ok =
+                        tokio::time::timeout(std::time::Duration::from_secs(1), gov.store.ping())
+                            .await
+                            .unwrap_or(false);
+                    if let Ok(mut p) = state.db_ping.lock() {
+                        *p = Some((std::time::Instant::now(), ok));
+                    }
+                    ok
+                }
+            };
+            if answered {
+                "connected"
+            } else {
+                "not answering"
             }
         }
     };
@@ -828,7 +857,6 @@ async fn readiness(State(state): State<AppState>) -> Response {
             json!({
                 "name": s.name, "healthy": s.healthy, "queued": s.queued,
                 "exported": s.exported, "dropped": s.dropped, "failed": s.failed,
-                "last_error": s.last_error,
             })
         })
         .collect();

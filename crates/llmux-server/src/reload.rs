@@ -69,6 +69,10 @@ pub enum Reloaded {
     Applied(Vec<Diagnostic>),
 }
 
+/// How long replaced log sinks keep taking the records of requests that started before a
+/// reload (a longer stream's record is dropped and counted).
+const OLD_SINKS_GRACE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Restart the traces and log sinks when `config` changes what they are built from (callbacks,
 /// message logging, masking, their variables); the old ones send what they hold and stop. A
 /// sink that cannot be set up keeps the running ones, reported as an error.
@@ -85,7 +89,11 @@ pub fn restart_telemetry(state: &AppState, config: &llmux_config::Config) -> Vec
             }
             tracing::info!("log sinks and traces restarted for the new configuration");
             if let Some(old) = state.telemetry.swap(started) {
-                tokio::spawn(async move { old.shutdown(std::time::Duration::from_secs(5)).await });
+                // Requests in flight finish into the old sinks: they stay open a minute more.
+                tokio::spawn(async move {
+                    tokio::time::sleep(OLD_SINKS_GRACE).await;
+                    old.shutdown(std::time::Duration::from_secs(5)).await;
+                });
             }
             Vec::new()
         }

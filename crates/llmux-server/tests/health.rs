@@ -125,6 +125,8 @@ async fn background_checks_cool_a_failing_deployment_and_alerts_reach_slack_and_
     litellm_params: {{model: openai/mock-a, api_base: "{{mock}}", api_key: k}}
   - model_name: pair
     litellm_params: {{model: openai/mock-b, api_base: "{{mock}}", api_key: k}}
+  - model_name: broken
+    litellm_params: {{model: openai/mock-gpt, api_base: "{{mock}}", api_key: k}}
 router_settings: {{num_retries: 0, allowed_fails: 0, cooldown_time: 30}}
 litellm_settings:
   success_callback: ["generic_api"]
@@ -148,17 +150,45 @@ general_settings:
     .await;
     let report = h.get_json(MASTER, "/health").await;
     assert!(report["last_checked"].as_f64().is_some(), "{report}");
-    assert_eq!(report["unhealthy_endpoints"][0]["model_name"], "broken");
+    assert_eq!(report["unhealthy_count"], 1, "{report}");
+    let failing = &report["unhealthy_endpoints"][0];
+    assert_eq!(failing["model_name"], "broken");
     let deployments = h.get_json(MASTER, "/router/deployments").await;
-    let broken = deployments
+    let deployments = deployments
         .as_array()
         .or_else(|| deployments["deployments"].as_array())
         .unwrap()
+        .clone();
+    let state = |id: &Value| {
+        deployments
+            .iter()
+            .find(|d| d["id"] == *id)
+            .cloned()
+            .unwrap()
+    };
+    // The failing deployment is out of rotation; its group's healthy one is not. A group with
+    // a single deployment (`gpt` here never fails) would have kept it.
+    assert_eq!(state(&failing["model_id"])["healthy"], false, "{failing}");
+    let broken_ids: Vec<Value> = deployments
         .iter()
-        .find(|d| d["model_name"] == "broken")
-        .cloned()
-        .unwrap();
-    assert_eq!(broken["healthy"], false, "{broken}");
+        .filter(|d| d["model_name"] == "broken" && d["id"] != failing["model_id"])
+        .map(|d| d["id"].clone())
+        .collect();
+    assert_eq!(state(&broken_ids[0])["healthy"], true);
+    for _ in 0..4 {
+        let r = h
+            .post_as(
+                MASTER,
+                "/v1/chat/completions",
+                &json!({"model": "broken", "messages": [{"role": "user", "content": "hi"}]}),
+            )
+            .await;
+        assert_eq!(
+            r.status(),
+            200,
+            "the group answers from its healthy deployment"
+        );
+    }
 
     // A slow response (the mock waits 300 ms; the threshold is 200 ms), alerted once.
     for _ in 0..2 {

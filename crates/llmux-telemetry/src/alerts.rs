@@ -211,6 +211,10 @@ impl Alerter {
             }
             if sent.len() >= MAX_REMEMBERED {
                 sent.retain(|_, at| now.duration_since(*at) < DEDUP_WINDOW);
+                if sent.len() >= MAX_REMEMBERED {
+                    // Every subject is recent: forget them rather than grow.
+                    sent.clear();
+                }
             }
             sent.insert(subject, now);
         }
@@ -224,12 +228,13 @@ impl Alerter {
             let sent = self
                 .client
                 .post(url)
-                .json(&json!({"text": alert.text()}))
+                .json(&json!({"text": slack_escaped(&alert.text())}))
                 .send()
                 .await
                 .and_then(reqwest::Response::error_for_status);
             if let Err(e) = sent {
-                tracing::warn!(error = %e, "cannot deliver an alert to Slack");
+                // Slack's webhook URL is its credential: never logged.
+                tracing::warn!(error = %e.without_url(), "cannot deliver an alert to Slack");
             }
         }
         if let Some(url) = &self.webhook {
@@ -241,10 +246,18 @@ impl Alerter {
                 .await
                 .and_then(reqwest::Response::error_for_status);
             if let Err(e) = sent {
-                tracing::warn!(error = %e, "cannot deliver an alert to the webhook");
+                tracing::warn!(error = %e.without_url(), "cannot deliver an alert to the webhook");
             }
         }
     }
+}
+
+/// Text as Slack's mrkdwn shows it literally: names and upstream messages could otherwise
+/// mention `<!channel>` or hide a link.
+fn slack_escaped(text: &str) -> String {
+    text.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
 }
 
 #[cfg(test)]
@@ -268,5 +281,9 @@ mod tests {
         let body = alert.body();
         assert_eq!(body["event"], "budget_crossed");
         assert_eq!(body["spend"], 1.5);
+        assert_eq!(
+            slack_escaped("<!channel> & <https://x|y>"),
+            "&lt;!channel&gt; &amp; &lt;https://x|y&gt;"
+        );
     }
 }

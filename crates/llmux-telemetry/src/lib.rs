@@ -192,10 +192,11 @@ impl Telemetry {
         &self.settings
     }
 
-    /// Whether prompts and answers of a request may be logged: the caller's override (its key's
-    /// or team's `turn_off_message_logging`) or the global setting.
+    /// Whether prompts and answers of a request may be logged: not when the operator turned
+    /// message logging off, nor when the caller's key or team did (neither can turn it back on
+    /// against the operator).
     pub fn message_logging(&self, turn_off_override: Option<bool>) -> bool {
-        turn_off_override.map_or(self.message_logging, |off| !off)
+        self.message_logging && turn_off_override != Some(true)
     }
 
     /// What the core should keep about a request, and the request's span (continuing the

@@ -106,11 +106,15 @@ pub struct Finished {
 
 impl Finished {
     pub fn new(
-        log: RequestLog,
+        mut log: RequestLog,
         caller: Caller,
         call_type: &'static str,
         route: &'static str,
     ) -> Self {
+        // A client names the model, at any length: a record carries 256 bytes of it.
+        if log.requested_model.len() > 256 {
+            log.requested_model = truncated(&log.requested_model, 256).into_owned();
+        }
         Finished {
             log,
             caller,
@@ -132,7 +136,8 @@ impl Finished {
         let detail = self.log.detail.as_deref();
         let body = |b: Option<&Bytes>| b.map_or(0, Bytes::len);
         1024 + detail.map_or(0, |d| {
-            body(d.request_body.as_ref())
+            d.error.as_ref().map_or(0, String::len)
+                + body(d.request_body.as_ref())
                 + body(d.response_body.as_ref())
                 + d.delivered
                     .as_ref()

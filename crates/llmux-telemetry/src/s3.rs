@@ -66,6 +66,10 @@ impl S3 {
                 }
                 format!("{}/{bucket}/", endpoint.trim_end_matches('/'))
             }
+            // A dotted bucket name does not match S3's wildcard certificate as a host name.
+            None if bucket.contains('.') => {
+                format!("https://s3.{region}.amazonaws.com/{bucket}/")
+            }
             None => format!("https://{bucket}.s3.{region}.amazonaws.com/"),
         };
         // Only characters a key needs no escaping for: the signature covers the path as sent.
@@ -74,8 +78,10 @@ impl S3 {
             .chars()
             .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
             .collect::<String>()
-            .trim_matches('/')
-            .to_owned();
+            .split('/')
+            .filter(|part| !part.is_empty() && *part != "." && *part != "..")
+            .collect::<Vec<_>>()
+            .join("/");
         Ok(S3 {
             client: http_client()?,
             base,
@@ -111,7 +117,8 @@ impl S3 {
         now: SystemTime,
     ) -> Result<Vec<(String, String)>, String> {
         use aws_sigv4::http_request::{
-            sign, PayloadChecksumKind, SignableBody, SignableRequest, SigningSettings,
+            sign, PayloadChecksumKind, PercentEncodingMode, SignableBody, SignableRequest,
+            SigningSettings, UriPathNormalizationMode,
         };
         let identity = aws_credential_types::Credentials::new(
             &self.access_key_id,
@@ -124,6 +131,9 @@ impl S3 {
         let mut settings = SigningSettings::default();
         // S3 wants the payload's hash in `x-amz-content-sha256`.
         settings.payload_checksum_kind = PayloadChecksumKind::XAmzSha256;
+        // S3's canonical request encodes the key once and does not normalise its path.
+        settings.percent_encoding_mode = PercentEncodingMode::Single;
+        settings.uri_path_normalization_mode = UriPathNormalizationMode::Disabled;
         let params = aws_sigv4::sign::v4::SigningParams::builder()
             .identity(&identity)
             .region(&self.region)

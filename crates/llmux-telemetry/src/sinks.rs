@@ -26,16 +26,54 @@ pub(crate) async fn send(
     what: &str,
     request: reqwest::RequestBuilder,
 ) -> Result<Bytes, ExportError> {
+    // The URL is left out of errors: it may carry a credential (a token in the query).
     let response = request
         .send()
         .await
-        .map_err(|e| ExportError::retryable(format!("{what}: {e}")))?;
+        .map_err(|e| ExportError::retryable(format!("{what}: {}", e.without_url())))?;
     let status = response.status().as_u16();
     let body = response.bytes().await.unwrap_or_default();
     if !(200..300).contains(&status) {
         return Err(ExportError::from_status(what, status, &body));
     }
     Ok(body)
+}
+
+/// A sink's request body stays under this (Datadog takes 5 MB; a receiver's default limits are
+/// of that order): a batch is sent in as many parts as it needs.
+const MAX_BODY_BYTES: usize = 4 * 1024 * 1024;
+
+/// `batch` cut into runs whose standard payloads add up to at most `MAX_BODY_BYTES` (one
+/// record alone when it is larger).
+fn parts(batch: &[Arc<Finished>]) -> Vec<&[Arc<Finished>]> {
+    let mut parts = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, finished) in batch.iter().enumerate() {
+        let size = finished.standard_json().len() + 64;
+        if bytes + size > MAX_BODY_BYTES && i > start {
+            parts.push(&batch[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < batch.len() {
+        parts.push(&batch[start..]);
+    }
+    parts
+}
+
+/// Send every part of a batch, even after one failed; the first failure is reported.
+async fn in_parts<'a, F, Fut>(batch: &'a [Arc<Finished>], send_part: F) -> Result<(), ExportError>
+where
+    F: Fn(&'a [Arc<Finished>]) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ExportError>>,
+{
+    let mut result = Ok(());
+    for part in parts(batch) {
+        let sent = send_part(part).await;
+        result = result.and(sent);
+    }
+    result
 }
 
 /// The batch as a JSON array of standard payloads (each serialized once per request).
@@ -84,17 +122,17 @@ impl GenericApi {
 
 impl Exporter for GenericApi {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
-        Box::pin(async move {
+        Box::pin(in_parts(batch, move |part| async move {
             let mut request = self
                 .client
                 .post(&self.endpoint)
                 .header("content-type", "application/json")
-                .body(payload_array(batch));
+                .body(payload_array(part));
             for (name, value) in &self.headers {
                 request = request.header(name, value);
             }
             send("generic_api", request).await.map(drop)
-        })
+        }))
     }
 }
 
@@ -132,8 +170,8 @@ impl Datadog {
 
 impl Exporter for Datadog {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
-        Box::pin(async move {
-            let entries: Vec<serde_json::Value> = batch
+        Box::pin(in_parts(batch, move |part| async move {
+            let entries: Vec<serde_json::Value> = part
                 .iter()
                 .map(|f| {
                     serde_json::json!({
@@ -152,7 +190,7 @@ impl Exporter for Datadog {
                 .header("DD-API-KEY", &self.api_key)
                 .json(&entries);
             send("datadog", request).await.map(drop)
-        })
+        }))
     }
 }
 

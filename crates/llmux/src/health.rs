@@ -24,6 +24,8 @@ pub struct HealthCheck {
     pub healthy: bool,
     /// Why it is unhealthy.
     pub error: Option<String>,
+    /// The kind of that failure (`Timeout` when no answer came in time).
+    pub error_kind: Option<crate::ErrorKind>,
     pub latency: Duration,
 }
 
@@ -78,6 +80,7 @@ async fn probe(snapshot: Arc<Snapshot>, index: usize, timeout: Duration) -> Heal
         api_base: config.api_base.clone(),
         healthy: false,
         error: None,
+        error_kind: None,
         latency: Duration::ZERO,
     };
     let bytes = Bytes::from(body.to_string());
@@ -85,6 +88,7 @@ async fn probe(snapshot: Arc<Snapshot>, index: usize, timeout: Duration) -> Heal
         Ok(request) => request,
         Err(e) => {
             check.error = Some(e.to_string());
+            check.error_kind = Some(crate::ErrorKind::Internal);
             return check;
         }
     };
@@ -119,8 +123,14 @@ async fn probe(snapshot: Arc<Snapshot>, index: usize, timeout: Duration) -> Heal
     check.latency = started.elapsed();
     match answered {
         Ok(Ok(_)) => check.healthy = true,
-        Ok(Err(e)) => check.error = Some(e.message().to_owned()),
-        Err(_) => check.error = Some(format!("no answer within {:.1} s", timeout.as_secs_f64())),
+        Ok(Err(e)) => {
+            check.error = Some(e.message().to_owned());
+            check.error_kind = Some(e.kind);
+        }
+        Err(_) => {
+            check.error = Some(format!("no answer within {:.1} s", timeout.as_secs_f64()));
+            check.error_kind = Some(crate::ErrorKind::Timeout);
+        }
     }
     check
 }

@@ -5,6 +5,7 @@ spend logs on SQLite), Prometheus always on, with:
 
   off                   no callbacks
   otel                  OpenTelemetry traces (OTLP/HTTP protobuf), message logging on
+  otel, 10% sampled     the same with OTEL_TRACES_SAMPLER=traceidratio, ARG 0.1
   otel + generic_api    traces and a log sink (the standard payload as JSON), message logging on
   otel + generic_api, message logging off
 
@@ -65,16 +66,19 @@ def main():
             "general_settings": {"master_key": "sk-m"},
             "environment_variables": {"OTEL_EXPORTER_OTLP_ENDPOINT": sink, "GENERIC_LOGGER_ENDPOINT": f"{sink}/logs"},
         }
+        tenth = {"OTEL_TRACES_SAMPLER": "traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.1"}
         cases = [
-            ("off", {}),
-            ("otel", {"callbacks": ["otel"]}),
-            ("otel + generic_api", {"callbacks": ["otel", "generic_api"]}),
-            ("otel + generic_api, no messages", {"callbacks": ["otel", "generic_api"], "turn_off_message_logging": True}),
+            ("off", {}, {}),
+            ("otel", {"callbacks": ["otel"]}, {}),
+            ("otel, 10% sampled", {"callbacks": ["otel"]}, tenth),
+            ("otel + generic_api", {"callbacks": ["otel", "generic_api"]}, {}),
+            ("otel + generic_api, no messages", {"callbacks": ["otel", "generic_api"], "turn_off_message_logging": True}, {}),
         ]
         counts = {}
-        for name, litellm_settings in cases:
+        for name, litellm_settings, env in cases:
             config = work / f"{len(counts)}.yaml"
             config.write_text(json.dumps(dict(base, litellm_settings=litellm_settings,
+                                              environment_variables=dict(base["environment_variables"], **env),
                                               llmux_settings={"database_path": str(work / f"{len(counts)}.db")})))
             port = harness.free_port()
             cmd = [str(llmux), "serve", "--host", "127.0.0.1", "--port", str(port), "--workers", "1", "--config", str(config)]

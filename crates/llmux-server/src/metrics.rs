@@ -173,6 +173,9 @@ impl TelemetryCall {
 
     /// Hand a finished request to the sinks.
     fn record(&self, log: RequestLog, route: &'static str) {
+        if !self.telemetry.records(self.span) {
+            return;
+        }
         let mut finished =
             llmux_telemetry::Finished::new(log, self.caller.clone(), self.call_type, route);
         finished.span = self.span;

@@ -47,6 +47,8 @@ const VARIABLES: &[&str] = &[
     "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
     "OTEL_EXPORTER_OTLP_TIMEOUT",
     "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
     "LANGFUSE_HOST",
     "LANGFUSE_PUBLIC_KEY",
     "LANGFUSE_SECRET_KEY",
@@ -99,6 +101,8 @@ pub struct Telemetry {
     sinks: Vec<Sink>,
     /// Requests get a trace (a span per request and per attempt, `traceparent` upstream).
     tracing: bool,
+    /// Which traces are exported (`OTEL_TRACES_SAMPLER`).
+    sampler: otel::Sampler,
     /// `turn_off_message_logging` is not set: prompts and answers may be logged.
     message_logging: bool,
     mask_pii: bool,
@@ -182,6 +186,7 @@ impl Telemetry {
             settings: Settings::of(config, env),
             sinks,
             tracing: traces,
+            sampler: otel::Sampler::from_env(&var)?,
             message_logging: !config.turn_off_message_logging,
             mask_pii: config.mask_pii_in_logs,
         })))
@@ -214,14 +219,17 @@ impl Telemetry {
                     trace_id,
                     span_id: llmux::new_span_id(),
                     parent: Some(parent),
-                    sampled,
+                    sampled: self.sampler.continued(trace_id, sampled),
                 },
-                None => RequestSpan {
-                    trace_id: llmux::new_trace_id(),
-                    span_id: llmux::new_span_id(),
-                    parent: None,
-                    sampled: true,
-                },
+                None => {
+                    let trace_id = llmux::new_trace_id();
+                    RequestSpan {
+                        trace_id,
+                        span_id: llmux::new_span_id(),
+                        parent: None,
+                        sampled: self.sampler.new_trace(trace_id),
+                    }
+                }
             }
         });
         let trace = span.map(|s| TraceContext {
@@ -237,8 +245,7 @@ impl Telemetry {
         });
         // A trace the client does not sample, with nothing but traces configured: nothing is
         // exported, so no body is kept (the context still goes upstream).
-        let exported =
-            span.is_none_or(|s| s.sampled) || self.sinks.len() > usize::from(self.tracing);
+        let exported = self.records(span);
         (
             Observe {
                 trace,
@@ -246,6 +253,12 @@ impl Telemetry {
             },
             span,
         )
+    }
+
+    /// Whether a request with this span is recorded at all: not an unsampled trace when traces
+    /// are the only sink (its record would be built, queued and skipped).
+    pub fn records(&self, span: Option<RequestSpan>) -> bool {
+        span.is_none_or(|s| s.sampled) || self.sinks.len() > usize::from(self.tracing)
     }
 
     /// Fill in the per-request settings of `finished` and queue it for every sink that wants it.

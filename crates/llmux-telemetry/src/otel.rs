@@ -120,6 +120,73 @@ impl OtlpSettings {
     }
 }
 
+/// Which traces are exported: OpenTelemetry's `OTEL_TRACES_SAMPLER` (`always_on`, `always_off`,
+/// `traceidratio`, and the `parentbased_` forms, the default being `parentbased_always_on`) with
+/// `OTEL_TRACES_SAMPLER_ARG` as the ratio. At high volume a ratio keeps tracing's cost in
+/// proportion: an unsampled request keeps no body and exports nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampler {
+    /// Follow the client's sampled flag when it sent a `traceparent`.
+    parent_based: bool,
+    /// The share of the traces llmux starts (or, not parent-based, of every trace) exported.
+    ratio: f64,
+}
+
+impl Sampler {
+    pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<Sampler, String> {
+        let name = var("OTEL_TRACES_SAMPLER").unwrap_or_else(|| "parentbased_always_on".into());
+        let arg = || -> Result<f64, String> {
+            let ratio = var("OTEL_TRACES_SAMPLER_ARG")
+                .map(|a| a.trim().parse::<f64>())
+                .transpose()
+                .map_err(|_| "OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1".to_owned())?
+                .unwrap_or(1.0);
+            if (0.0..=1.0).contains(&ratio) {
+                Ok(ratio)
+            } else {
+                Err("OTEL_TRACES_SAMPLER_ARG must be a number from 0 to 1".to_owned())
+            }
+        };
+        let (parent_based, ratio) = match name.trim() {
+            "always_on" => (false, 1.0),
+            "always_off" => (false, 0.0),
+            "traceidratio" => (false, arg()?),
+            "parentbased_always_on" => (true, 1.0),
+            "parentbased_always_off" => (true, 0.0),
+            "parentbased_traceidratio" => (true, arg()?),
+            other => return Err(format!("OTEL_TRACES_SAMPLER `{other}` is not supported")),
+        };
+        Ok(Sampler {
+            parent_based,
+            ratio,
+        })
+    }
+
+    /// Whether a trace llmux starts is exported (decided by its id, as every
+    /// `traceidratio` sampler does, so instances agree).
+    pub fn new_trace(&self, trace_id: u128) -> bool {
+        self.by_id(trace_id)
+    }
+
+    /// Whether a client's trace is exported.
+    pub fn continued(&self, trace_id: u128, client_sampled: bool) -> bool {
+        if self.parent_based {
+            client_sampled
+        } else {
+            self.by_id(trace_id)
+        }
+    }
+
+    fn by_id(&self, trace_id: u128) -> bool {
+        if self.ratio >= 1.0 {
+            return true;
+        }
+        // The low 64 bits of a random trace id, as a fraction of their range.
+        let low = trace_id as u64;
+        (low as f64) < self.ratio * (u64::MAX as f64)
+    }
+}
+
 /// `key=value,key2=value2`, values percent-encoded (the OTLP exporter's format, which LiteLLM's
 /// `OTEL_HEADERS` shares).
 pub(crate) fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String> {
@@ -570,6 +637,40 @@ mod tests {
         assert!(settings(&[("OTEL_EXPORTER", "console")]).is_err());
         assert!(settings(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4318")]).is_err());
         assert!(settings(&[("OTEL_EXPORTER_OTLP_HEADERS", "novalue")]).is_err());
+    }
+
+    #[test]
+    fn samplers_follow_the_otel_variables() {
+        let sampler = |vars: &[(&str, &str)]| {
+            let vars: HashMap<String, String> = vars
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            Sampler::from_env(&|name| vars.get(name).cloned())
+        };
+        let default = sampler(&[]).unwrap();
+        assert!(default.new_trace(7) && !default.continued(7, false));
+        let tenth = sampler(&[
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.1"),
+        ])
+        .unwrap();
+        let kept = (0..10_000u64)
+            .filter(|i| tenth.new_trace(u128::from(i.wrapping_mul(0x9E37_79B9_7F4A_7C15))))
+            .count();
+        assert!((800..1200).contains(&kept), "{kept} of 10,000");
+        assert!(
+            tenth.continued(1, true),
+            "a sampled client trace is followed"
+        );
+        let off = sampler(&[("OTEL_TRACES_SAMPLER", "always_off")]).unwrap();
+        assert!(!off.new_trace(1) && !off.continued(1, true));
+        assert!(sampler(&[
+            ("OTEL_TRACES_SAMPLER", "traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "2")
+        ])
+        .is_err());
+        assert!(sampler(&[("OTEL_TRACES_SAMPLER", "jaeger_remote")]).is_err());
     }
 
     #[test]

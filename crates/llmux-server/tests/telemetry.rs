@@ -124,7 +124,15 @@ async fn http_receiver() -> (String, Received) {
             move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
                 let state = state.clone();
                 async move {
-                    let request = ExportTraceServiceRequest::decode(body).unwrap();
+                    // OTLP/HTTP in protobuf, or in OTLP's JSON encoding.
+                    let json = headers
+                        .get("content-type")
+                        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                    let request = if json {
+                        serde_json::from_slice::<ExportTraceServiceRequest>(&body).unwrap()
+                    } else {
+                        ExportTraceServiceRequest::decode(body).unwrap()
+                    };
                     let headers = headers
                         .iter()
                         .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
@@ -650,6 +658,43 @@ async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() 
         .iter()
         .all(|h| h.contains(&("authorization".to_owned(), "Bearer tok".to_owned()))));
     assert!(received.services().iter().all(|s| s == "llmux"));
+}
+
+#[tokio::test]
+async fn otlp_json_over_http_carries_the_same_spans() {
+    let (receiver, received) = http_receiver().await;
+    let env = format!(
+        "  OTEL_EXPORTER_OTLP_ENDPOINT: \"{receiver}\"\n  OTEL_EXPORTER_OTLP_PROTOCOL: http/json\n"
+    );
+    let h = start_governed(&config(&env, ""), Db::Sqlite).await;
+    let trace_id = "6af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        common::MASTER,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "json please"}]}),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    let spans = received.trace(&unhex(trace_id), 3).await;
+    let request = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(hex(&request.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(
+        text(request, "gen_ai.request.model").as_deref(),
+        Some("gpt")
+    );
+    assert!(spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .all(|s| s.parent_span_id == request.span_id));
 }
 
 #[tokio::test]

@@ -1,23 +1,23 @@
-//! OpenTelemetry traces over OTLP (HTTP/protobuf, HTTP/JSON or gRPC, through
-//! `opentelemetry-otlp`): a SERVER span per request and a CLIENT span per attempt (retries and
-//! fallbacks each visible), with the GenAI semantic conventions' attributes. Spans are built
-//! from the finished request's record, with the ids the request path already handed out (the
-//! upstream's `traceparent` names its attempt's span), so nothing of OpenTelemetry runs on the
-//! request path.
+//! OpenTelemetry traces over OTLP (HTTP/protobuf, HTTP/JSON or gRPC): a SERVER span per request
+//! and a CLIENT span per attempt (retries and fallbacks each visible), with the GenAI semantic
+//! conventions' attributes. Spans are built as OTLP's own messages (`opentelemetry-proto`, the
+//! official definitions) from the finished request's record, with the ids the request path
+//! already handed out (the upstream's `traceparent` names its attempt's span), so nothing of
+//! OpenTelemetry runs on the request path.
 
-use std::borrow::Cow;
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
-use opentelemetry::trace::{
-    SpanContext, SpanId, SpanKind, Status, TraceFlags, TraceId, TraceState,
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{
+    any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
 };
-use opentelemetry::{InstrumentationScope, KeyValue, Value};
-use opentelemetry_http::{HttpClient, HttpError};
-use opentelemetry_otlp::{Protocol, WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::trace::{SpanData, SpanEvents, SpanExporter as _, SpanLinks};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
+use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
+use opentelemetry_proto::tonic::trace::v1::{ResourceSpans, ScopeSpans, Span, Status};
+use prost::Message;
 
 use crate::pipeline::{ExportError, ExportFuture, Exporter};
 use crate::record::{truncated, Finished};
@@ -204,15 +204,37 @@ pub(crate) fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String>
         .collect()
 }
 
-/// Sends finished requests' spans to an OTLP receiver.
+/// How spans leave: OTLP over HTTP (protobuf or JSON) or gRPC.
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: String,
+        headers: Vec<(String, String)>,
+        json: bool,
+    },
+    Grpc(Box<Grpc>),
+}
+
+/// The gRPC transport's client and what goes with each call.
+struct Grpc {
+    client: TraceServiceClient<tonic::transport::Channel>,
+    metadata: tonic::metadata::MetadataMap,
+    timeout: Duration,
+}
+
+/// Sends finished requests' spans to an OTLP receiver. The spans are built as the protocol's
+/// own messages (`opentelemetry-proto`) straight from the record: going through the SDK's
+/// `SpanData` and `opentelemetry-otlp`'s conversion cost about as much again (measured:
+/// bench/BENCHMARKS.md).
 pub(crate) struct OtelExporter {
-    exporter: opentelemetry_otlp::SpanExporter,
+    transport: Transport,
+    resource: Resource,
     scope: InstrumentationScope,
 }
 
 impl OtelExporter {
     pub(crate) fn new(settings: &OtlpSettings) -> Result<OtelExporter, String> {
-        let mut exporter = match settings.protocol {
+        let transport = match settings.protocol {
             OtlpProtocol::Grpc => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
                 for (name, value) in &settings.headers {
@@ -225,49 +247,106 @@ impl OtelExporter {
                     })?;
                     metadata.insert(name, value);
                 }
-                let mut builder = opentelemetry_otlp::SpanExporter::builder()
-                    .with_tonic()
-                    .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(settings.timeout)
-                    .with_metadata(metadata);
+                let mut endpoint =
+                    tonic::transport::Endpoint::from_shared(settings.endpoint.clone())
+                        .map_err(|e| format!("OTLP endpoint `{}`: {e}", settings.endpoint))?
+                        .timeout(settings.timeout)
+                        .connect_timeout(settings.timeout);
                 if settings.endpoint.starts_with("https://") {
-                    builder = builder.with_tls_config(
-                        tonic::transport::ClientTlsConfig::new().with_webpki_roots(),
-                    );
+                    endpoint = endpoint
+                        .tls_config(tonic::transport::ClientTlsConfig::new().with_webpki_roots())
+                        .map_err(|e| format!("OTLP endpoint TLS: {e}"))?;
                 }
-                builder.build()
+                Transport::Grpc(Box::new(Grpc {
+                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    metadata,
+                    timeout: settings.timeout,
+                }))
             }
-            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => {
-                let client = reqwest::Client::builder()
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => Transport::Http {
+                client: reqwest::Client::builder()
                     .timeout(settings.timeout)
                     .build()
-                    .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?;
-                opentelemetry_otlp::SpanExporter::builder()
-                    .with_http()
-                    .with_http_client(ReqwestClient(client))
-                    .with_protocol(if settings.protocol == OtlpProtocol::HttpJson {
-                        Protocol::HttpJson
-                    } else {
-                        Protocol::HttpBinary
+                    .map_err(|e| format!("cannot build the OTLP HTTP client: {e}"))?,
+                url: settings.endpoint.clone(),
+                headers: settings.headers.clone(),
+                json: settings.protocol == OtlpProtocol::HttpJson,
+            },
+        };
+        Ok(OtelExporter {
+            transport,
+            resource: Resource {
+                attributes: vec![kv("service.name", text(settings.service_name.clone()))],
+                dropped_attributes_count: 0,
+                entity_refs: Vec::new(),
+            },
+            scope: InstrumentationScope {
+                name: "llmux".into(),
+                version: env!("CARGO_PKG_VERSION").into(),
+                attributes: Vec::new(),
+                dropped_attributes_count: 0,
+            },
+        })
+    }
+
+    /// One export call.
+    async fn send(&self, spans: Vec<Span>) -> Result<(), ExportError> {
+        let request = ExportTraceServiceRequest {
+            resource_spans: vec![ResourceSpans {
+                resource: Some(self.resource.clone()),
+                scope_spans: vec![ScopeSpans {
+                    scope: Some(self.scope.clone()),
+                    spans,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        match &self.transport {
+            Transport::Http {
+                client,
+                url,
+                headers,
+                json,
+            } => {
+                let (body, content_type) = if *json {
+                    let body = serde_json::to_vec(&request)
+                        .map_err(|e| ExportError::permanent(format!("OTLP JSON: {e}")))?;
+                    (body, "application/json")
+                } else {
+                    (request.encode_to_vec(), "application/x-protobuf")
+                };
+                let mut post = client
+                    .post(url)
+                    .header("content-type", content_type)
+                    .body(body);
+                for (name, value) in headers {
+                    post = post.header(name, value);
+                }
+                crate::sinks::send("OTLP", post).await.map(drop)
+            }
+            Transport::Grpc(grpc) => {
+                let mut call = tonic::Request::new(request);
+                *call.metadata_mut() = grpc.metadata.clone();
+                call.set_timeout(grpc.timeout);
+                grpc.client
+                    .clone()
+                    .export(call)
+                    .await
+                    .map(drop)
+                    .map_err(|status| {
+                        let message = format!("OTLP gRPC: {} {}", status.code(), status.message());
+                        // What the receiver refused as malformed or too large would be refused again.
+                        match status.code() {
+                            tonic::Code::InvalidArgument
+                            | tonic::Code::PermissionDenied
+                            | tonic::Code::Unauthenticated
+                            | tonic::Code::Unimplemented => ExportError::permanent(message),
+                            _ => ExportError::retryable(message),
+                        }
                     })
-                    .with_endpoint(settings.endpoint.clone())
-                    .with_timeout(settings.timeout)
-                    .with_headers(settings.headers.iter().cloned().collect::<HashMap<_, _>>())
-                    .build()
             }
         }
-        .map_err(|e| format!("cannot build the OTLP exporter: {e}"))?;
-        exporter.set_resource(
-            &opentelemetry_sdk::Resource::builder_empty()
-                .with_service_name(settings.service_name.clone())
-                .build(),
-        );
-        Ok(OtelExporter {
-            exporter,
-            scope: InstrumentationScope::builder("llmux")
-                .with_version(env!("CARGO_PKG_VERSION"))
-                .build(),
-        })
     }
 }
 
@@ -278,16 +357,15 @@ const MAX_EXPORT_BYTES: usize = 2 * 1024 * 1024;
 impl Exporter for OtelExporter {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
         Box::pin(async move {
-            let mut first_error = None;
-            let mut chunk: Vec<SpanData> = Vec::new();
+            let mut result = Ok(());
+            let mut chunk: Vec<Span> = Vec::new();
             let mut bytes = 0;
             for finished in batch {
-                for span in spans(finished, &self.scope) {
+                for span in spans(finished) {
                     let size = span_bytes(&span);
                     if bytes + size > MAX_EXPORT_BYTES && !chunk.is_empty() {
-                        if let Err(e) = self.exporter.export(std::mem::take(&mut chunk)).await {
-                            first_error.get_or_insert(e);
-                        }
+                        let sent = self.send(std::mem::take(&mut chunk)).await;
+                        result = result.and(sent);
                         bytes = 0;
                     }
                     bytes += size;
@@ -295,54 +373,80 @@ impl Exporter for OtelExporter {
                 }
             }
             if !chunk.is_empty() {
-                if let Err(e) = self.exporter.export(chunk).await {
-                    first_error.get_or_insert(e);
-                }
+                let sent = self.send(chunk).await;
+                result = result.and(sent);
             }
-            match first_error {
-                None => Ok(()),
-                Some(e) => Err(ExportError::retryable(format!("OTLP export failed: {e}"))),
-            }
+            result
         })
     }
 }
 
 /// About how many bytes a span takes on the wire.
-fn span_bytes(span: &SpanData) -> usize {
-    let value = |v: &Value| match v {
-        Value::String(s) => s.as_str().len(),
-        Value::Array(opentelemetry::Array::String(items)) => {
-            items.iter().map(|s| s.as_str().len()).sum()
-        }
+fn span_bytes(span: &Span) -> usize {
+    let value = |v: &Option<AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.len(),
+        Some(any_value::Value::ArrayValue(a)) => a.values.len() * 16,
         _ => 8,
     };
     256 + span.name.len()
         + span
             .attributes
             .iter()
-            .map(|kv| kv.key.as_str().len() + value(&kv.value) + 8)
+            .map(|kv| kv.key.len() + value(&kv.value) + 8)
             .sum::<usize>()
 }
 
+fn kv(key: &str, value: any_value::Value) -> KeyValue {
+    KeyValue {
+        key: key.to_owned(),
+        value: Some(AnyValue { value: Some(value) }),
+        ..Default::default()
+    }
+}
+
+fn text(value: impl Into<String>) -> any_value::Value {
+    any_value::Value::StringValue(value.into())
+}
+
+fn int(value: i64) -> any_value::Value {
+    any_value::Value::IntValue(value)
+}
+
+fn nanos(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+/// A span's status: an error with its description, or unset.
+fn status(error: Option<String>) -> Option<Status> {
+    error.map(|message| Status {
+        message,
+        code: StatusCode::Error as i32,
+    })
+}
+
+/// Span flags: sampled (W3C's flag) and whether the parent is known to be remote.
+fn flags(parent_remote: Option<bool>) -> u32 {
+    const SAMPLED: u32 = 0x01;
+    const HAS_IS_REMOTE: u32 = 0x100;
+    const IS_REMOTE: u32 = 0x200;
+    match parent_remote {
+        None => SAMPLED,
+        Some(false) => SAMPLED | HAS_IS_REMOTE,
+        Some(true) => SAMPLED | HAS_IS_REMOTE | IS_REMOTE,
+    }
+}
+
 /// The request's span and one per attempt; none for a request that is not sampled.
-pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<SpanData> {
+pub(crate) fn spans(finished: &Finished) -> Vec<Span> {
     let Some(ids) = finished.span.filter(|s| s.sampled) else {
         return Vec::new();
     };
     let log = &finished.log;
-    let trace_id = TraceId::from(ids.trace_id);
-    let context = |span_id: u64, remote: bool| {
-        SpanContext::new(
-            trace_id,
-            SpanId::from(span_id),
-            TraceFlags::SAMPLED,
-            remote,
-            TraceState::NONE,
-        )
-    };
+    let trace_id = ids.trace_id.to_be_bytes().to_vec();
     let operation = operation_name(log.operation);
     // The model a client named is as long as it likes; a span carries 256 bytes of it.
-    let requested_model = truncated(&log.requested_model, 256).into_owned();
+    let requested_model = truncated(&log.requested_model, 256);
     let facts = log
         .detail
         .as_ref()
@@ -351,65 +455,63 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
     let usage = log.usage;
 
     let mut attributes = vec![
-        KeyValue::new("gen_ai.operation.name", operation),
-        KeyValue::new("gen_ai.request.model", requested_model.clone()),
-        KeyValue::new("http.request.method", "POST"),
-        KeyValue::new("http.route", finished.route),
-        KeyValue::new("url.path", finished.route),
-        KeyValue::new("http.response.status_code", i64::from(log.status)),
-        KeyValue::new("llmux.request_id", log.request_id.clone()),
-        KeyValue::new("llmux.stream", log.stream),
+        kv("gen_ai.operation.name", text(operation)),
+        kv("gen_ai.request.model", text(requested_model.as_ref())),
+        kv("http.request.method", text("POST")),
+        kv("http.route", text(finished.route)),
+        kv("url.path", text(finished.route)),
+        kv("http.response.status_code", int(i64::from(log.status))),
+        kv("llmux.request_id", text(log.request_id.as_str())),
+        kv("llmux.stream", any_value::Value::BoolValue(log.stream)),
     ];
     if let Some(provider) = log.provider {
-        attributes.push(KeyValue::new(
-            "gen_ai.provider.name",
-            provider_name(provider),
-        ));
+        attributes.push(kv("gen_ai.provider.name", text(provider_name(provider))));
     }
     let response_attributes = |attributes: &mut Vec<KeyValue>| {
         if let Some(model) = &facts.model {
-            attributes.push(KeyValue::new("gen_ai.response.model", model.clone()));
+            attributes.push(kv("gen_ai.response.model", text(model.as_str())));
         }
         if let Some(id) = &facts.id {
-            attributes.push(KeyValue::new("gen_ai.response.id", id.clone()));
+            attributes.push(kv("gen_ai.response.id", text(id.as_str())));
         }
         if !facts.finish_reasons.is_empty() {
-            attributes.push(KeyValue::new(
+            let values = facts
+                .finish_reasons
+                .iter()
+                .map(|r| AnyValue {
+                    value: Some(text(r.as_str())),
+                })
+                .collect();
+            attributes.push(kv(
                 "gen_ai.response.finish_reasons",
-                Value::Array(opentelemetry::Array::String(
-                    facts
-                        .finish_reasons
-                        .iter()
-                        .map(|r| r.clone().into())
-                        .collect(),
-                )),
+                any_value::Value::ArrayValue(ArrayValue { values }),
             ));
         }
         if let Some(usage) = usage {
-            attributes.push(KeyValue::new(
+            attributes.push(kv(
                 "gen_ai.usage.input_tokens",
-                usage.prompt_tokens as i64,
+                int(usage.prompt_tokens as i64),
             ));
-            attributes.push(KeyValue::new(
+            attributes.push(kv(
                 "gen_ai.usage.output_tokens",
-                usage.completion_tokens as i64,
+                int(usage.completion_tokens as i64),
             ));
         }
     };
     response_attributes(&mut attributes);
     if let Some(group) = &log.model_group {
-        attributes.push(KeyValue::new("llmux.model_group", group.clone()));
+        attributes.push(kv("llmux.model_group", text(group.as_str())));
     }
     if let Some(id) = &log.deployment_id {
-        attributes.push(KeyValue::new("llmux.deployment_id", id.clone()));
+        attributes.push(kv("llmux.deployment_id", text(id.as_str())));
     }
     if let Some(cost) = log.cost {
-        attributes.push(KeyValue::new("llmux.cost_usd", cost));
+        attributes.push(kv("llmux.cost_usd", any_value::Value::DoubleValue(cost)));
     }
     if let Some(ttft) = log.time_to_first_chunk {
-        attributes.push(KeyValue::new(
+        attributes.push(kv(
             "llmux.time_to_first_token_s",
-            ttft.as_secs_f64(),
+            any_value::Value::DoubleValue(ttft.as_secs_f64()),
         ));
     }
     let caller = &finished.caller;
@@ -423,97 +525,97 @@ pub(crate) fn spans(finished: &Finished, scope: &InstrumentationScope) -> Vec<Sp
         ("metadata.user_api_key_end_user_id", &caller.end_user),
     ] {
         if let Some(value) = value {
-            attributes.push(KeyValue::new(name, Value::String(Arc::clone(value).into())));
+            attributes.push(kv(name, text(value.as_ref())));
         }
     }
     if finished.message_logging {
         if let Some(input) = finished.logged_input() {
-            attributes.push(KeyValue::new(
-                "gen_ai.input.messages",
-                input.get().to_owned(),
-            ));
+            attributes.push(kv("gen_ai.input.messages", text(input.get())));
         }
         if let Some(output) = finished.logged_output() {
-            attributes.push(KeyValue::new(
-                "gen_ai.output.messages",
-                output.get().to_owned(),
-            ));
+            attributes.push(kv("gen_ai.output.messages", text(output.get())));
         }
     }
-    let status = match log.outcome {
+    let error = match log.outcome {
         Outcome::Failed(kind) => {
-            attributes.push(KeyValue::new("error.type", kind.as_str()));
-            Status::Error {
-                description: Cow::Owned(finished.error_message().unwrap_or_default()),
-            }
+            attributes.push(kv("error.type", text(kind.as_str())));
+            Some(finished.error_message().unwrap_or_default())
         }
         Outcome::ClientDisconnected => {
-            attributes.push(KeyValue::new("error.type", "client_disconnected"));
-            Status::Unset
+            attributes.push(kv("error.type", text("client_disconnected")));
+            None
         }
-        Outcome::Success => Status::Unset,
+        Outcome::Success => None,
     };
-    let name = format!("{operation} {requested_model}");
-    let mut spans = vec![SpanData {
-        span_context: context(ids.span_id, false),
-        parent_span_id: ids.parent.map_or(SpanId::INVALID, SpanId::from),
-        parent_span_is_remote: ids.parent.is_some(),
-        span_kind: SpanKind::Server,
-        name: name.into(),
-        start_time: log.started_at,
-        end_time: finished.ended_at(),
+    let mut spans = vec![Span {
+        trace_id: trace_id.clone(),
+        span_id: ids.span_id.to_be_bytes().to_vec(),
+        trace_state: String::new(),
+        parent_span_id: ids
+            .parent
+            .map_or_else(Vec::new, |p| p.to_be_bytes().to_vec()),
+        flags: flags(ids.parent.map(|_| true)),
+        name: format!("{operation} {requested_model}"),
+        kind: SpanKind::Server as i32,
+        start_time_unix_nano: nanos(log.started_at),
+        end_time_unix_nano: nanos(finished.ended_at()),
         attributes,
         dropped_attributes_count: 0,
-        events: SpanEvents::default(),
-        links: SpanLinks::default(),
-        status,
-        instrumentation_scope: scope.clone(),
+        events: Vec::new(),
+        dropped_events_count: 0,
+        links: Vec::new(),
+        dropped_links_count: 0,
+        status: status(error),
     }];
     let attempts = log.detail.as_ref().map_or(&[][..], |d| &d.attempts[..]);
     let last = attempts.len().checked_sub(1);
     for (i, attempt) in attempts.iter().enumerate() {
         let mut attributes = vec![
-            KeyValue::new("gen_ai.operation.name", operation),
-            KeyValue::new("gen_ai.provider.name", provider_name(attempt.provider)),
-            KeyValue::new("gen_ai.request.model", attempt.model.clone()),
-            KeyValue::new("llmux.deployment_id", attempt.deployment_id.clone()),
-            KeyValue::new("llmux.model_group", attempt.model_group.clone()),
-            KeyValue::new("llmux.attempt", i as i64 + 1),
+            kv("gen_ai.operation.name", text(operation)),
+            kv(
+                "gen_ai.provider.name",
+                text(provider_name(attempt.provider)),
+            ),
+            kv("gen_ai.request.model", text(attempt.model.as_str())),
+            kv("llmux.deployment_id", text(attempt.deployment_id.as_str())),
+            kv("llmux.model_group", text(attempt.model_group.as_str())),
+            kv("llmux.attempt", int(i as i64 + 1)),
         ];
         if attempt.status > 0 {
-            attributes.push(KeyValue::new(
+            attributes.push(kv(
                 "http.response.status_code",
-                i64::from(attempt.status),
+                int(i64::from(attempt.status)),
             ));
         }
-        let status = match &attempt.error {
+        let error = match &attempt.error {
             Some((kind, message)) => {
-                attributes.push(KeyValue::new("error.type", kind.as_str()));
-                Status::Error {
-                    description: Cow::Owned(finished.logged_error(kind.as_str(), message)),
-                }
+                attributes.push(kv("error.type", text(kind.as_str())));
+                Some(finished.logged_error(kind.as_str(), message))
             }
             None => {
                 if Some(i) == last {
                     response_attributes(&mut attributes);
                 }
-                Status::Unset
+                None
             }
         };
-        spans.push(SpanData {
-            span_context: context(attempt.span_id, false),
-            parent_span_id: SpanId::from(ids.span_id),
-            parent_span_is_remote: false,
-            span_kind: SpanKind::Client,
-            name: format!("{operation} {}", attempt.model).into(),
-            start_time: attempt.started_at,
-            end_time: attempt.started_at + attempt.duration,
+        spans.push(Span {
+            trace_id: trace_id.clone(),
+            span_id: attempt.span_id.to_be_bytes().to_vec(),
+            trace_state: String::new(),
+            parent_span_id: ids.span_id.to_be_bytes().to_vec(),
+            flags: flags(Some(false)),
+            name: format!("{operation} {}", attempt.model),
+            kind: SpanKind::Client as i32,
+            start_time_unix_nano: nanos(attempt.started_at),
+            end_time_unix_nano: nanos(attempt.started_at + attempt.duration),
             attributes,
             dropped_attributes_count: 0,
-            events: SpanEvents::default(),
-            links: SpanLinks::default(),
-            status,
-            instrumentation_scope: scope.clone(),
+            events: Vec::new(),
+            dropped_events_count: 0,
+            links: Vec::new(),
+            dropped_links_count: 0,
+            status: status(error),
         });
     }
     spans
@@ -543,41 +645,10 @@ pub(crate) fn provider_name(provider: &str) -> &str {
     }
 }
 
-/// The OTLP exporter's HTTP client: the reqwest (0.12) llmux already links.
-#[derive(Debug)]
-struct ReqwestClient(reqwest::Client);
-
-#[async_trait::async_trait]
-impl HttpClient for ReqwestClient {
-    async fn send_bytes(
-        &self,
-        request: http::Request<Bytes>,
-    ) -> Result<http::Response<Bytes>, HttpError> {
-        let (parts, body) = request.into_parts();
-        let response = self
-            .0
-            .request(parts.method, parts.uri.to_string())
-            .headers(parts.headers)
-            .body(body)
-            .send()
-            .await
-            .map_err(reqwest::Error::without_url)?;
-        let status = response.status();
-        let headers = response.headers().clone();
-        let body = response
-            .bytes()
-            .await
-            .map_err(reqwest::Error::without_url)?;
-        let mut answer = http::Response::new(body);
-        *answer.status_mut() = status;
-        *answer.headers_mut() = headers;
-        Ok(answer)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::HashMap;
 
     fn settings(vars: &[(&str, &str)]) -> Result<OtlpSettings, String> {
         let vars: HashMap<String, String> = vars

@@ -429,6 +429,9 @@ pub(crate) async fn execute(
             message_logging,
             tags: headers::tags(request_headers),
             telemetry,
+            op,
+            request_id: request_id.to_owned(),
+            received_at,
         }
     });
     // A request refused before it reaches the core is counted (and traced, and logged) here;
@@ -436,7 +439,7 @@ pub(crate) async fn execute(
     let refused_as = |model: &str, e: GatewayError| {
         state.metrics.refused(caller.clone(), route, model, &e);
         if let Some(t) = &telemetry {
-            t.refused(op, route, request_id, model, &e, received_at);
+            t.refused(route, model, &e);
         }
         e
     };

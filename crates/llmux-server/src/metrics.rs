@@ -127,31 +127,56 @@ pub struct TelemetryCall {
     pub span: Option<llmux_telemetry::RequestSpan>,
     pub message_logging: bool,
     pub tags: Vec<String>,
+    pub op: Operation,
+    pub request_id: String,
+    pub received_at: std::time::Instant,
 }
 
 impl TelemetryCall {
     /// A request refused before it reached the core (bad body, a budget or limit): its span
     /// and its failure record.
-    pub fn refused(
+    pub fn refused(&self, route: &'static str, requested_model: &str, error: &GatewayError) {
+        self.unanswered(
+            route,
+            requested_model,
+            error.status,
+            Outcome::Failed(error.kind),
+            Some(error.message().to_owned()),
+        );
+    }
+
+    /// A request whose client left before the core finished it (a JSON answer still awaited):
+    /// its span and record, as nginx's 499.
+    pub fn left(&self, route: &'static str, requested_model: &str) {
+        self.unanswered(
+            route,
+            requested_model,
+            499,
+            Outcome::ClientDisconnected,
+            None,
+        );
+    }
+
+    /// The record of a request the core did not answer.
+    fn unanswered(
         &self,
-        op: Operation,
         route: &'static str,
-        request_id: &str,
         requested_model: &str,
-        error: &GatewayError,
-        received_at: std::time::Instant,
+        status: u16,
+        outcome: Outcome,
+        error: Option<String>,
     ) {
-        let duration = received_at.elapsed();
+        let duration = self.received_at.elapsed();
         let log = RequestLog {
-            request_id: request_id.to_owned(),
-            operation: op,
+            request_id: self.request_id.clone(),
+            operation: self.op,
             stream: false,
             requested_model: requested_model.to_owned(),
             model_group: None,
             deployment_id: None,
             provider: None,
-            status: error.status,
-            outcome: Outcome::Failed(error.kind),
+            status,
+            outcome,
             usage: None,
             duration,
             overhead: duration,
@@ -164,7 +189,7 @@ impl TelemetryCall {
                 .checked_sub(duration)
                 .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
             detail: Some(Arc::new(llmux::RequestDetail {
-                error: Some(error.message().to_owned()),
+                error,
                 ..Default::default()
             })),
         };
@@ -1180,6 +1205,9 @@ impl Drop for MetricsHook {
     fn drop(&mut self) {
         if self.finished.load(Ordering::Acquire) {
             return;
+        }
+        if let Some(t) = &self.telemetry {
+            t.left(self.route, &self.requested_model);
         }
         self.metrics.push(Observation {
             caller: std::mem::take(&mut self.caller),

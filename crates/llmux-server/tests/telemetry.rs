@@ -695,6 +695,41 @@ async fn otlp_json_over_http_carries_the_same_spans() {
         .iter()
         .filter(|s| s.kind == SpanKind::Client as i32)
         .all(|s| s.parent_span_id == request.span_id));
+
+    // A client that gives up before the answer: its request still has a span, as nginx's 499.
+    let left_trace = "7af7651916cd43dd8448eb211c80319c";
+    let gave_up = h
+        .http
+        .post(format!("{}/v1/chat/completions", h.url))
+        .bearer_auth(common::MASTER)
+        .header(
+            "traceparent",
+            format!("00-{left_trace}-b7ad6b7169203331-01"),
+        )
+        .timeout(Duration::from_millis(300))
+        .json(
+            &json!({"model": "gpt", "messages": [{"role": "user", "content": "slow"}],
+                      "mock_options": {"latency_ms": 3000}}),
+        )
+        .send()
+        .await;
+    assert!(gave_up.is_err(), "the client was meant to time out");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+    let left = received.trace(&unhex(left_trace), 1).await;
+    let request = left
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(
+        text(request, "error.type").as_deref(),
+        Some("client_disconnected")
+    );
+    assert_eq!(int(request, "http.response.status_code"), Some(499));
 }
 
 #[tokio::test]

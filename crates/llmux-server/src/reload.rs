@@ -131,6 +131,31 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagn
             "a changed master key applies at the next start; the running one is kept",
         ));
     }
+    // Alerts and background health checks are wired at start (observers, a task).
+    let (new, old) = (&loaded.config, &previous);
+    for (path, changed) in [
+        ("general_settings.alerting", new.alerting != old.alerting),
+        (
+            "general_settings.alerting_threshold",
+            new.alerting_threshold != old.alerting_threshold,
+        ),
+        (
+            "general_settings.background_health_checks",
+            new.background_health_checks != old.background_health_checks,
+        ),
+        (
+            "general_settings.health_check_interval",
+            new.health_check_interval != old.health_check_interval,
+        ),
+    ] {
+        if changed {
+            warnings.push(Diagnostic::warning(
+                path,
+                "a changed alerting or health check setting applies at the next start; the \
+                 running one is kept",
+            ));
+        }
+    }
     state.base_config.store(Arc::new(loaded.config.clone()));
     let applied = match &state.governance {
         // Database models are merged over the new file's, as at start.

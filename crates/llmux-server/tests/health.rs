@@ -269,3 +269,38 @@ general_settings:
         "deduplicated: {got:?}"
     );
 }
+
+#[tokio::test]
+async fn a_reload_that_changes_alerting_or_health_checks_says_they_apply_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.yaml");
+    let base =
+        "model_list:\n  - model_name: m\n    litellm_params: {model: mock/m, mock_response: hi}\n";
+    std::fs::write(&path, base).unwrap();
+    let env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let loaded = llmux_config::load_str(base, &env).unwrap();
+    let (client, _) = llmux::Client::with_env(loaded.config, &env).unwrap();
+    let state = llmux_server::AppState::new(client);
+    llmux_server::reload::started_from(&state, &path);
+    std::fs::write(
+        &path,
+        format!(
+            "{base}general_settings:\n  alerting: [webhook]\n  background_health_checks: true\n"
+        ),
+    )
+    .unwrap();
+    let warnings = match llmux_server::reload::reload(&state, &path).await {
+        Ok(llmux_server::reload::Reloaded::Applied(warnings)) => warnings,
+        other => panic!("{other:?}"),
+    };
+    let paths: Vec<String> = warnings.iter().map(|w| w.path.clone()).collect();
+    assert!(
+        paths.contains(&"general_settings.alerting".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        paths.contains(&"general_settings.background_health_checks".to_owned()),
+        "{paths:?}"
+    );
+    assert!(!paths.contains(&"general_settings.health_check_interval".to_owned()));
+}

@@ -112,10 +112,11 @@ pub(crate) async fn health(
     Query(query): Query<HealthQuery>,
     request: Request,
 ) -> Response {
-    let (headers, path) = (request.headers(), request.uri().path());
-    if let Err(refused) = crate::admins_only(&state, headers, path).await {
-        return refused;
-    }
+    let principal = match crate::admins_only(&state, request.headers(), request.uri().path()).await
+    {
+        Ok(principal) => principal,
+        Err(refused) => return refused,
+    };
     if query.model.is_none() {
         let latest = state.health.lock().ok().and_then(|h| h.clone());
         if let Some(latest) = latest {
@@ -123,11 +124,7 @@ pub(crate) async fn health(
             return crate::json_response(StatusCode::OK, body.to_string().into_bytes());
         }
     }
-    let viewer = matches!(
-        crate::authenticate(&state, headers, path).await,
-        Ok(Some(p)) if p.role != llmux_governance::keys::Role::ProxyAdmin
-    );
-    if viewer {
+    if principal.is_some_and(|p| p.role != llmux_governance::keys::Role::ProxyAdmin) {
         return crate::error_response(
             &llmux::GatewayError::new(
                 llmux::ErrorKind::PermissionDenied,

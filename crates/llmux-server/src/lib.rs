@@ -718,14 +718,14 @@ async fn admins_only(
     state: &AppState,
     headers: &axum::http::HeaderMap,
     path: &str,
-) -> Result<(), Response> {
+) -> Result<Option<Principal>, Response> {
     match authenticate(state, headers, path).await {
         Ok(Some(p)) if !p.role.is_admin() => Err(error_response(
             &GatewayError::new(ErrorKind::PermissionDenied, "Admins only.").with_code("forbidden"),
             &llmux::new_request_id(),
         )),
         Err(e) => Err(error_response(&e, &llmux::new_request_id())),
-        _ => Ok(()),
+        Ok(principal) => Ok(principal),
     }
 }
 

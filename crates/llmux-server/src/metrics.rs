@@ -185,9 +185,7 @@ impl TelemetryCall {
             recoveries: 0,
             model: None,
             cost: None,
-            started_at: std::time::SystemTime::now()
-                .checked_sub(duration)
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH),
+            started_at: llmux::started_before(duration),
             detail: Some(Arc::new(llmux::RequestDetail {
                 error,
                 ..Default::default()

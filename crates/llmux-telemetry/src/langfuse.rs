@@ -43,15 +43,19 @@ impl Langfuse {
         })
     }
 
-    async fn post(&self, events: &[Value]) -> Result<(), ExportError> {
+    /// One ingestion call for `events`, each already serialized.
+    async fn post(&self, events: &[String]) -> Result<(), ExportError> {
+        let metadata = json!({"sdk_name": "llmux", "sdk_version": env!("CARGO_PKG_VERSION")});
+        let body = format!(
+            r#"{{"batch":[{}],"metadata":{metadata}}}"#,
+            events.join(",")
+        );
         let request = self
             .client
             .post(&self.url)
             .basic_auth(&self.public_key, Some(&self.secret_key))
-            .json(&json!({
-                "batch": events,
-                "metadata": {"sdk_name": "llmux", "sdk_version": env!("CARGO_PKG_VERSION")},
-            }));
+            .header("content-type", "application/json")
+            .body(body);
         let answer = send("langfuse", request).await?;
         // 207 Multi-Status: events Langfuse refused are listed; they would be refused again.
         let errors = serde_json::from_slice::<Value>(&answer)
@@ -77,7 +81,8 @@ impl Exporter for Langfuse {
             let mut size = 0;
             for finished in batch {
                 for event in events_of(finished) {
-                    let len = event.to_string().len();
+                    let event = event.to_string();
+                    let len = event.len();
                     if size + len > MAX_BATCH_BYTES && !events.is_empty() {
                         let sent = self.post(&events).await;
                         result = result.and(sent);

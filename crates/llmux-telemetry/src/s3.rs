@@ -161,10 +161,7 @@ impl S3 {
 impl Exporter for S3 {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
         Box::pin(async move {
-            let body: Vec<u8> = batch
-                .iter()
-                .flat_map(|f| f.standard_json().iter().copied().chain([b'\n']))
-                .collect();
+            let body = crate::sinks::json_lines(batch);
             let now = SystemTime::now();
             let url = format!("{}{}", self.base, self.key(now));
             let headers = self

@@ -76,6 +76,14 @@ where
     result
 }
 
+/// The batch as JSON Lines: a standard payload per line (the `jsonl` file, `s3` objects).
+pub(crate) fn json_lines(batch: &[Arc<Finished>]) -> Vec<u8> {
+    batch
+        .iter()
+        .flat_map(|f| f.standard_json().iter().copied().chain([b'\n']))
+        .collect()
+}
+
 /// The batch as a JSON array of standard payloads (each serialized once per request).
 fn payload_array(batch: &[Arc<Finished>]) -> Vec<u8> {
     let mut body = Vec::with_capacity(
@@ -216,10 +224,7 @@ impl JsonLines {
 
 impl Exporter for JsonLines {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
-        let lines: Vec<u8> = batch
-            .iter()
-            .flat_map(|f| f.standard_json().iter().copied().chain([b'\n']))
-            .collect();
+        let lines = json_lines(batch);
         let file = Arc::clone(&self.file);
         Box::pin(async move {
             tokio::task::spawn_blocking(move || {

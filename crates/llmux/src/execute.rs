@@ -153,9 +153,7 @@ impl Trace {
             model: self.model.clone(),
             // Callers price the record (once: pricing counts unpriced requests).
             cost: None,
-            started_at: SystemTime::now()
-                .checked_sub(duration)
-                .unwrap_or(SystemTime::UNIX_EPOCH),
+            started_at: crate::log::started_before(duration),
             detail: self.detail.take().map(Arc::from),
         }
     }

@@ -119,6 +119,13 @@ impl TraceContext {
     }
 }
 
+/// The wall-clock time `duration` ago: when a request that took `duration` started.
+pub fn started_before(duration: Duration) -> SystemTime {
+    SystemTime::now()
+        .checked_sub(duration)
+        .unwrap_or(SystemTime::UNIX_EPOCH)
+}
+
 /// A random non-zero span id.
 pub fn new_span_id() -> u64 {
     loop {

@@ -190,6 +190,9 @@ impl TelemetryCall {
                 error,
                 ..Default::default()
             })),
+            retries: 0,
+            fallback: None,
+            upstream_remaining: None,
         };
         self.record(log, route);
     }
@@ -231,6 +234,9 @@ struct Observation {
     overhead: Duration,
     time_to_first_chunk: Option<Duration>,
     recoveries: u32,
+    retries: u32,
+    fallback: Option<Box<llmux::FallbackLog>>,
+    upstream_remaining: Option<llmux::UpstreamRemaining>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -324,6 +330,19 @@ struct DeploymentFailureLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FallbackLabels {
+    requested_model: String,
+    fallback_model: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    team: String,
+    team_alias: String,
+    exception_status: String,
+    exception_class: String,
+    model_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentStateLabels {
     litellm_model_name: String,
     model_id: String,
@@ -348,6 +367,11 @@ type Budgets<L> = Family<L, Gauge<f64, std::sync::atomic::AtomicU64>>;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     model_group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestedModelLabels {
+    requested_model: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -392,6 +416,11 @@ struct Series {
     deployment_total: Counters<DeploymentLabels>,
     deployment_state: Family<DeploymentStateLabels, Gauge>,
     recoveries: Counters<GroupLabels>,
+    retries: Counters<RequestedModelLabels>,
+    successful_fallbacks: Counters<FallbackLabels>,
+    failed_fallbacks: Counters<FallbackLabels>,
+    remaining_requests: Family<OverheadLabels, Gauge>,
+    remaining_tokens: Family<OverheadLabels, Gauge>,
     refusals: Counters<RefusalLabels>,
     key_remaining_budget: Budgets<KeyBudgetLabels>,
     key_max_budget: Budgets<KeyBudgetLabels>,
@@ -417,6 +446,11 @@ impl Default for Series {
             deployment_total: Family::default(),
             deployment_state: Family::default(),
             recoveries: Family::default(),
+            retries: Family::default(),
+            successful_fallbacks: Family::default(),
+            failed_fallbacks: Family::default(),
+            remaining_requests: Family::default(),
+            remaining_tokens: Family::default(),
             refusals: Family::default(),
             key_remaining_budget: Family::default(),
             key_max_budget: Family::default(),
@@ -453,6 +487,10 @@ struct Handles {
     deployment_total: Option<Counter<u64>>,
     deployment_success: Option<Counter<u64>>,
     recoveries: Counter<u64>,
+    retries: Counter<u64>,
+    /// The labels of this kind of request's fallbacks, less the fallback's own (fallbacks are
+    /// rare: their series are looked up when one happens).
+    fallback: FallbackLabels,
     success: Option<SuccessHandles>,
 }
 
@@ -467,6 +505,8 @@ struct SuccessHandles {
     output_tokens: Counter<u64>,
     total_tokens: Counter<u64>,
     spend: Counter<f64, std::sync::atomic::AtomicU64>,
+    /// Labels of the upstream's remaining-limit gauges (set only when it reports them).
+    deployment: OverheadLabels,
 }
 
 /// Kinds of request whose series are kept resolved (past it the cache starts over).
@@ -596,6 +636,31 @@ impl Metrics {
             s.recoveries.clone(),
         );
         registry.register(
+            "llmux_retries",
+            "Retries made after a failed attempt (another deployment, or the same after a wait)",
+            s.retries.clone(),
+        );
+        registry.register(
+            "litellm_deployment_successful_fallbacks",
+            "Requests a fallback model group answered after the requested group failed",
+            s.successful_fallbacks.clone(),
+        );
+        registry.register(
+            "litellm_deployment_failed_fallbacks",
+            "Fallback model groups tried that failed too",
+            s.failed_fallbacks.clone(),
+        );
+        registry.register(
+            "litellm_remaining_requests_metric",
+            "Requests left in the upstream's rate limit, as it last reported (x-ratelimit-remaining-requests)",
+            s.remaining_requests.clone(),
+        );
+        registry.register(
+            "litellm_remaining_tokens_metric",
+            "Tokens left in the upstream's rate limit, as it last reported (x-ratelimit-remaining-tokens)",
+            s.remaining_tokens.clone(),
+        );
+        registry.register(
             "llmux_admission_refusals",
             "Requests refused by a rate limit or a budget before reaching a deployment",
             s.refusals.clone(),
@@ -694,6 +759,9 @@ impl Metrics {
             overhead: Duration::ZERO,
             time_to_first_chunk: None,
             recoveries: 0,
+            retries: 0,
+            fallback: None,
+            upstream_remaining: None,
         });
     }
 
@@ -778,6 +846,12 @@ impl Metrics {
         if o.recoveries > 0 {
             handles.recoveries.inc_by(u64::from(o.recoveries));
         }
+        if o.retries > 0 {
+            handles.retries.inc_by(u64::from(o.retries));
+        }
+        if let Some(fallback) = &o.fallback {
+            self.count_fallbacks(&handles.fallback, fallback, o.failure.is_none());
+        }
         let Some(success) = &handles.success else {
             return;
         };
@@ -791,11 +865,53 @@ impl Metrics {
         if !o.overhead.is_zero() {
             success.overhead_latency.observe(o.overhead.as_secs_f64());
         }
+        if let Some(remaining) = o.upstream_remaining {
+            let s = &self.series;
+            for (family, value) in [
+                (&s.remaining_requests, remaining.requests),
+                (&s.remaining_tokens, remaining.tokens),
+            ] {
+                if let Some(v) = value {
+                    family
+                        .get_or_create(&success.deployment)
+                        .set(i64::try_from(v).unwrap_or(i64::MAX));
+                }
+            }
+        }
         success.input_tokens.inc_by(o.prompt_tokens);
         success.output_tokens.inc_by(o.completion_tokens);
         success.total_tokens.inc_by(o.total_tokens);
         if o.cost > 0.0 {
             success.spend.inc_by(o.cost);
+        }
+    }
+
+    /// A request's fallbacks: each group but the last failed; the last one failed or answered
+    /// as the request did.
+    fn count_fallbacks(&self, base: &FallbackLabels, fallback: &llmux::FallbackLog, ok: bool) {
+        let mut labels = base.clone();
+        labels.exception_status = fallback.cause_status.to_string();
+        labels.exception_class = exception_class(fallback.cause, fallback.cause_provider);
+        let last = fallback.groups.len().saturating_sub(1);
+        let snapshot = self.client.snapshot();
+        for (i, group) in fallback.groups.iter().enumerate() {
+            // Groups come from the configuration (or a request's own list, routed first).
+            labels.fallback_model = match snapshot.router.route(group) {
+                Some(_) => label(group),
+                None => UNKNOWN_MODEL.to_owned(),
+            };
+            let family = if i == last && ok {
+                &self.series.successful_fallbacks
+            } else {
+                &self.series.failed_fallbacks
+            };
+            // The deployment that answered belongs to the last group.
+            labels.model_id = if i == last {
+                base.model_id.clone()
+            } else {
+                NONE.to_owned()
+            };
+            family.get_or_create(&labels).inc();
         }
     }
 
@@ -977,6 +1093,24 @@ impl Metrics {
                 model_group: group.clone(),
             })
             .clone();
+        // Retries happen in whichever groups were tried: counted by what the client asked for.
+        let retries = s
+            .retries
+            .get_or_create(&RequestedModelLabels {
+                requested_model: requested_model.clone(),
+            })
+            .clone();
+        let fallback = FallbackLabels {
+            requested_model: requested_model.clone(),
+            fallback_model: NONE.to_owned(),
+            hashed_api_key: key.clone(),
+            api_key_alias: key_alias.clone(),
+            team: team.clone(),
+            team_alias: team_alias.clone(),
+            exception_status: NONE.to_owned(),
+            exception_class: NONE.to_owned(),
+            model_id: model_id.clone(),
+        };
         // Latencies, tokens and spend count successes only, as LiteLLM's do.
         let success = (k.failure.is_none() && k.served).then(|| {
             let model = ModelLabels {
@@ -995,26 +1129,25 @@ impl Metrics {
                 model_id: model_id.clone(),
                 api_provider: provider.clone(),
             };
+            let deployment = OverheadLabels {
+                model_group: group,
+                api_provider: provider,
+                api_base,
+                litellm_model_name,
+                hashed_api_key: key,
+                api_key_alias: key_alias,
+                model_id,
+            };
             SuccessHandles {
                 total_latency: s.total_latency.get_or_create(&model).clone(),
                 api_latency: s.api_latency.get_or_create(&model).clone(),
                 time_to_first_token: s.time_to_first_token.get_or_create(&model).clone(),
-                overhead_latency: s
-                    .overhead_latency
-                    .get_or_create(&OverheadLabels {
-                        model_group: group,
-                        api_provider: provider,
-                        api_base,
-                        litellm_model_name,
-                        hashed_api_key: key,
-                        api_key_alias: key_alias,
-                        model_id,
-                    })
-                    .clone(),
+                overhead_latency: s.overhead_latency.get_or_create(&deployment).clone(),
                 input_tokens: s.input_tokens.get_or_create(&model).clone(),
                 output_tokens: s.output_tokens.get_or_create(&model).clone(),
                 total_tokens: s.total_tokens.get_or_create(&model).clone(),
                 spend: s.spend.get_or_create(&model).clone(),
+                deployment,
             }
         });
         Handles {
@@ -1025,6 +1158,8 @@ impl Metrics {
             deployment_total,
             deployment_success,
             recoveries,
+            retries,
+            fallback,
             success,
         }
     }
@@ -1225,6 +1360,9 @@ impl Drop for MetricsHook {
             overhead: Duration::ZERO,
             time_to_first_chunk: None,
             recoveries: 0,
+            retries: 0,
+            fallback: None,
+            upstream_remaining: None,
         });
     }
 }
@@ -1261,6 +1399,9 @@ impl RequestHook for MetricsHook {
             overhead: log.overhead,
             time_to_first_chunk: log.time_to_first_chunk,
             recoveries: log.recoveries,
+            retries: log.retries,
+            fallback: log.fallback.clone(),
+            upstream_remaining: log.upstream_remaining,
         });
         if let Some(t) = &self.telemetry {
             t.record(log.clone(), self.route);

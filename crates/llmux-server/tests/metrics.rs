@@ -355,3 +355,85 @@ async fn a_hostile_alias_is_escaped() {
     assert!(text.contains(r#"api_key_alias="evil\"} litellm_spend_metric_total{hashed_api_key=\"victim\"} 1e9 \\ x""#), "{text}");
     promtool_check(&text);
 }
+
+/// Retries and fallbacks are counted (LiteLLM's fallback counters, llmux's retries), and the
+/// upstream's reported rate-limit state becomes LiteLLM's remaining gauges.
+#[tokio::test]
+async fn retries_fallbacks_and_upstream_limits_are_counted() {
+    // `down` has two deployments nobody listens on: one retry (on the other deployment), then
+    // a fallback to `cheap`, which answers. `doomed` falls back to `down`, which fails again.
+    let yaml = r#"
+model_list:
+  - model_name: cheap
+    litellm_params: {model: openai/cheap, api_base: "{mock}", api_key: k}
+  - model_name: down
+    litellm_params: {model: openai/down-a, api_base: "http://127.0.0.1:9/v1", api_key: k}
+  - model_name: down
+    litellm_params: {model: openai/down-b, api_base: "http://127.0.0.1:9/v1", api_key: k}
+  - model_name: doomed
+    litellm_params: {model: openai/doomed, api_base: "http://127.0.0.1:9/v1", api_key: k}
+router_settings:
+  num_retries: 1
+  allowed_fails: 100
+  fallbacks: [{down: [cheap]}, {doomed: [down]}]
+"#;
+    let h = start_governed(yaml, Db::Sqlite).await;
+    let key = h.new_key(json!({"key_alias": "falls"})).await;
+    let served = h.chat_as(&key, "down").await;
+    assert_eq!(served.status(), 200);
+    assert_eq!(
+        served.headers()["x-litellm-attempted-fallbacks"],
+        "1",
+        "{:?}",
+        served.headers()
+    );
+    let failed = h.chat_as(&key, "doomed").await;
+    assert!(failed.status().is_server_error(), "{}", failed.status());
+
+    let text = scrape(&h).await;
+    let ok = sample(
+        &text,
+        "litellm_deployment_successful_fallbacks_total",
+        &[
+            ("requested_model", "down"),
+            ("fallback_model", "cheap"),
+            ("api_key_alias", "falls"),
+            ("exception_class", "Openai.ServiceUnavailableError"),
+        ],
+    );
+    assert_eq!(ok, Some(1.0), "{text}");
+    let failed = sample(
+        &text,
+        "litellm_deployment_failed_fallbacks_total",
+        &[("requested_model", "doomed"), ("fallback_model", "down")],
+    );
+    assert_eq!(failed, Some(1.0), "{text}");
+    assert_eq!(
+        sample(
+            &text,
+            "litellm_deployment_successful_fallbacks_total",
+            &[("requested_model", "doomed")]
+        ),
+        None
+    );
+    // Retries count by what the client asked for: `down` retried once; `doomed` once in its
+    // own group and once more in `down`, its fallback.
+    let retries = |model| sample(&text, "llmux_retries_total", &[("requested_model", model)]);
+    assert_eq!(retries("down"), Some(1.0), "{text}");
+    assert_eq!(retries("doomed"), Some(2.0), "{text}");
+
+    // The mock reports 9999 requests and 999000 tokens left.
+    let remaining = |name| {
+        sample(
+            &text,
+            name,
+            &[("model_group", "cheap"), ("api_key_alias", "falls")],
+        )
+    };
+    assert_eq!(remaining("litellm_remaining_requests_metric"), Some(9999.0));
+    assert_eq!(
+        remaining("litellm_remaining_tokens_metric"),
+        Some(999_000.0)
+    );
+    promtool_check(&text);
+}

@@ -15,6 +15,7 @@ use serde_json::Value;
 use crate::attempt::Attempt;
 use crate::delivered::DeliveredText;
 use crate::deployment::{model_not_found, no_deployment_error, timeout_error, Claim};
+use crate::log::UpstreamRemaining;
 use crate::log::{AttemptLog, LogEmitter, Outcome, RequestDetail, RequestLog};
 use crate::relay::{relay_stream, RecoveryPlan, StreamSummary, Watch};
 use crate::response::{GatewayResponse, ResponseBody};
@@ -42,6 +43,9 @@ struct Trace {
     detail: Option<Box<RequestDetail>>,
     /// Keep the bodies too.
     content: bool,
+    /// Retries made so far (across groups).
+    retries: u32,
+    fallback: Option<Box<crate::log::FallbackLog>>,
 }
 
 /// An attempt timed for its span.
@@ -155,6 +159,9 @@ impl Trace {
             cost: None,
             started_at: crate::log::started_before(duration),
             detail: self.detail.take().map(Arc::from),
+            retries: self.retries,
+            fallback: self.fallback.clone(),
+            upstream_remaining: None,
         }
     }
 }
@@ -239,6 +246,8 @@ pub(crate) async fn execute(
             })
         }),
         content: options.observe.as_ref().is_some_and(|o| o.content),
+        retries: 0,
+        fallback: None,
     };
     let result = match body {
         Input::Parsed(parsed) => execute_traced(logs, snapshot, parsed, &mut trace, &options).await,
@@ -317,7 +326,6 @@ async fn execute_traced(
         body: body.bytes().clone(),
         controls: &controls,
         trace,
-        retries: 0,
         fallbacks: 0,
     };
     let mut result = run.group(&first, &model).await;
@@ -334,6 +342,12 @@ async fn execute_traced(
     };
     queue.retain(|g| g != first.group);
     queue.dedup();
+    let cause = crate::log::FallbackLog {
+        cause: first_error.kind,
+        cause_status: first_error.status,
+        cause_provider: run.trace.provider,
+        groups: Vec::new(),
+    };
     for group in queue.into_iter().take(settings.max_fallbacks) {
         let Some(route) = router.route(&group) else {
             tracing::warn!(fallback = %group, "fallback model group does not exist; skipped");
@@ -342,6 +356,11 @@ async fn execute_traced(
         run.fallbacks += 1;
         tracing::info!(request_id = %run.trace.request_id, from = %first.group, to = %route.group, "falling back");
         run.trace.model_group = Some(route.group.to_owned());
+        run.trace
+            .fallback
+            .get_or_insert_with(|| Box::new(cause.clone()))
+            .groups
+            .push(route.group.to_owned());
         result = run.group(&route, &group).await;
         if result.is_ok() {
             break;
@@ -473,7 +492,6 @@ struct Run<'a> {
     request: &'a RawObject<'a>,
     controls: &'a Controls,
     trace: &'a mut Trace,
-    retries: u32,
     fallbacks: u32,
 }
 
@@ -485,14 +503,14 @@ impl Run<'_> {
     ) -> Result<GatewayResponse, GatewayError> {
         match result {
             Ok(mut response) => {
-                response.meta.attempted_retries = self.retries;
+                response.meta.attempted_retries = self.trace.retries;
                 response.meta.attempted_fallbacks = self.fallbacks;
                 Ok(response)
             }
             Err(mut e) => {
                 for (name, value) in [
-                    ("x-litellm-attempted-retries", self.retries),
-                    ("x-llmux-attempted-retries", self.retries),
+                    ("x-litellm-attempted-retries", self.trace.retries),
+                    ("x-llmux-attempted-retries", self.trace.retries),
                     ("x-litellm-attempted-fallbacks", self.fallbacks),
                     ("x-llmux-attempted-fallbacks", self.fallbacks),
                 ] {
@@ -593,7 +611,7 @@ impl Run<'_> {
                 return Err(error);
             }
             group_retries += 1;
-            self.retries += 1;
+            self.trace.retries += 1;
             excluded.push(index);
             let input = SelectionInput {
                 op: self.op,
@@ -701,6 +719,7 @@ impl Run<'_> {
                     0,
                 );
                 log.cost = meta.cost;
+                log.upstream_remaining = UpstreamRemaining::from_headers(&meta.forwarded_headers);
                 self.trace.emit(self.logs, log);
             }
             drop(claim);
@@ -788,6 +807,7 @@ impl Run<'_> {
                 );
                 log.recoveries = summary.recoveries;
                 log.cost = trace.cost(summary.usage.as_ref());
+                log.upstream_remaining = UpstreamRemaining::from_headers(&meta.forwarded_headers);
                 trace.emit(&logs, log);
             }
             // The in-flight slot is held until the stream ends.

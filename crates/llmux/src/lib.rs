@@ -53,8 +53,8 @@ pub use llmux_router as router;
 pub use llmux_types as types;
 pub use llmux_types::{ErrorKind, GatewayError};
 pub use log::{
-    new_span_id, new_trace_id, started_before, AttemptLog, Observe, Outcome, RequestDetail,
-    RequestHook, RequestLog, ResponseFacts, TraceContext,
+    new_span_id, new_trace_id, started_before, AttemptLog, FallbackLog, Observe, Outcome,
+    RequestDetail, RequestHook, RequestLog, ResponseFacts, TraceContext, UpstreamRemaining,
 };
 pub use relay::{RelayStream, StreamSummary};
 pub use response::{GatewayResponse, ResponseBody, ResponseMeta};

@@ -53,6 +53,48 @@ pub struct RequestLog {
     pub started_at: SystemTime,
     /// What telemetry asked the core to keep ([`crate::RequestOptions::observe`]).
     pub detail: Option<Arc<RequestDetail>>,
+    /// Retries made, across every model group tried.
+    pub retries: u32,
+    /// The fallback groups tried after the requested group failed (`None` when none was).
+    pub fallback: Option<Box<FallbackLog>>,
+    /// The upstream's rate-limit state after the answer (`x-ratelimit-remaining-*`).
+    pub upstream_remaining: Option<UpstreamRemaining>,
+}
+
+/// Where a request fell back to, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FallbackLog {
+    /// The error that ended the requested group (LiteLLM labels fallbacks with it).
+    pub cause: ErrorKind,
+    pub cause_status: u16,
+    /// The provider that raised it (`None` when the gateway did, e.g. nothing to route to).
+    pub cause_provider: Option<&'static str>,
+    /// The groups tried, in order: each but the last failed; the last one's outcome is the
+    /// request's.
+    pub groups: Vec<String>,
+}
+
+/// What an upstream said is left of its rate limits (OpenAI-style `x-ratelimit-remaining-*`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UpstreamRemaining {
+    pub requests: Option<u64>,
+    pub tokens: Option<u64>,
+}
+
+impl UpstreamRemaining {
+    /// From the forwarded upstream headers; `None` when they say nothing.
+    pub fn from_headers(headers: &[(http::HeaderName, http::HeaderValue)]) -> Option<Self> {
+        let mut remaining = UpstreamRemaining::default();
+        for (name, value) in headers {
+            let slot = match name.as_str() {
+                "x-ratelimit-remaining-requests" => &mut remaining.requests,
+                "x-ratelimit-remaining-tokens" => &mut remaining.tokens,
+                _ => continue,
+            };
+            *slot = value.to_str().ok().and_then(|v| v.trim().parse().ok());
+        }
+        (remaining != UpstreamRemaining::default()).then_some(remaining)
+    }
 }
 
 /// What a caller asks the core to record for telemetry (traces, log sinks); off by default,
@@ -325,6 +367,37 @@ impl LogEmitter {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn upstream_remaining_reads_only_parseable_counts() {
+        let h = |pairs: &[(&'static str, &'static str)]| -> Vec<_> {
+            pairs
+                .iter()
+                .map(|(n, v)| {
+                    (
+                        http::HeaderName::from_static(n),
+                        http::HeaderValue::from_static(v),
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            super::UpstreamRemaining::from_headers(&h(&[
+                ("x-ratelimit-remaining-requests", "41"),
+                ("x-ratelimit-remaining-tokens", " 9000 "),
+                ("x-ratelimit-limit-tokens", "10000"),
+            ])),
+            Some(super::UpstreamRemaining {
+                requests: Some(41),
+                tokens: Some(9000)
+            })
+        );
+        assert_eq!(
+            super::UpstreamRemaining::from_headers(&h(&[("x-ratelimit-remaining-tokens", "lots")])),
+            None
+        );
+        assert_eq!(super::UpstreamRemaining::from_headers(&[]), None);
+    }
+
     use super::*;
 
     #[test]

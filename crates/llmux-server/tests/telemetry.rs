@@ -2,6 +2,7 @@
 //! definitions (`opentelemetry-proto`), over HTTP/protobuf and gRPC: a span per request and per
 //! attempt with the GenAI attributes, the client's `traceparent` continued and passed upstream,
 //! message logging off leaving no prompt anywhere, and a dead receiver costing requests nothing.
+//! The log signal too: one GenAI event per request, in the request's trace.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -11,6 +12,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{start_governed, Db, Harness};
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{
+    LogsService, LogsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::logs::v1::{
+    ExportLogsServiceRequest, ExportLogsServiceResponse,
+};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -18,6 +25,8 @@ use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
 };
 use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::common::v1::KeyValue;
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, SeverityNumber};
 use opentelemetry_proto::tonic::trace::v1::{span::SpanKind, status::StatusCode, Span};
 use prost::Message;
 use serde_json::{json, Value};
@@ -28,6 +37,21 @@ use serde_json::{json, Value};
 struct Received {
     spans: Arc<Mutex<Vec<(String, Span)>>>,
     headers: Arc<Mutex<Vec<Headers>>>,
+    /// Log records, with their resource's `service.name`.
+    logs: Arc<Mutex<Vec<(String, LogRecord)>>>,
+}
+
+/// The `service.name` of a resource.
+fn service_name(resource: Option<&opentelemetry_proto::tonic::resource::v1::Resource>) -> String {
+    resource
+        .iter()
+        .flat_map(|r| &r.attributes)
+        .find(|a| a.key == "service.name")
+        .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(s) => Some(s.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
 }
 
 /// One export call's headers (or gRPC metadata).
@@ -38,21 +62,47 @@ impl Received {
         self.headers.lock().unwrap().push(headers);
         let mut spans = self.spans.lock().unwrap();
         for resource_spans in request.resource_spans {
-            let service = resource_spans
-                .resource
-                .iter()
-                .flat_map(|r| &r.attributes)
-                .find(|a| a.key == "service.name")
-                .and_then(|a| match a.value.as_ref()?.value.as_ref()? {
-                    AnyValue::StringValue(s) => Some(s.clone()),
-                    _ => None,
-                })
-                .unwrap_or_default();
+            let service = service_name(resource_spans.resource.as_ref());
             for scope in resource_spans.scope_spans {
                 for span in scope.spans {
                     spans.push((service.clone(), span));
                 }
             }
+        }
+    }
+
+    fn take_logs(&self, request: ExportLogsServiceRequest) {
+        let mut logs = self.logs.lock().unwrap();
+        for resource_logs in request.resource_logs {
+            let service = service_name(resource_logs.resource.as_ref());
+            for scope in resource_logs.scope_logs {
+                for record in scope.log_records {
+                    logs.push((service.clone(), record));
+                }
+            }
+        }
+    }
+
+    /// Wait until `count` log records arrived.
+    async fn log_records(&self, count: usize) -> Vec<LogRecord> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let logs: Vec<LogRecord> = self
+                .logs
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect();
+            if logs.len() >= count {
+                return logs;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} of {count} log records arrived",
+                logs.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -92,6 +142,19 @@ impl Received {
 }
 
 #[tonic::async_trait]
+impl LogsService for Received {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        self.take_logs(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse {
+            partial_success: None,
+        }))
+    }
+}
+
+#[tonic::async_trait]
 impl TraceService for Received {
     async fn export(
         &self,
@@ -118,37 +181,55 @@ impl TraceService for Received {
 async fn http_receiver() -> (String, Received) {
     let received = Received::default();
     let state = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/traces",
-        axum::routing::post(
-            move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
-                let state = state.clone();
+    let logs = received.clone();
+    let app = axum::Router::new()
+        .route(
+            "/v1/logs",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let logs = logs.clone();
                 async move {
-                    // OTLP/HTTP in protobuf, or in OTLP's JSON encoding.
-                    let json = headers
-                        .get("content-type")
-                        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-                    let request = if json {
-                        serde_json::from_slice::<ExportTraceServiceRequest>(&body).unwrap()
-                    } else {
-                        ExportTraceServiceRequest::decode(body).unwrap()
-                    };
-                    let headers = headers
-                        .iter()
-                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
-                        .collect();
-                    state.take(request, headers);
+                    logs.take_logs(ExportLogsServiceRequest::decode(body).unwrap());
                     (
                         [("content-type", "application/x-protobuf")],
-                        ExportTraceServiceResponse {
+                        ExportLogsServiceResponse {
                             partial_success: None,
                         }
                         .encode_to_vec(),
                     )
                 }
-            },
-        ),
-    );
+            }),
+        )
+        .route(
+            "/v1/traces",
+            axum::routing::post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+                    let state = state.clone();
+                    async move {
+                        // OTLP/HTTP in protobuf, or in OTLP's JSON encoding.
+                        let json = headers
+                            .get("content-type")
+                            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+                        let request = if json {
+                            serde_json::from_slice::<ExportTraceServiceRequest>(&body).unwrap()
+                        } else {
+                            ExportTraceServiceRequest::decode(body).unwrap()
+                        };
+                        let headers = headers
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_owned()))
+                            .collect();
+                        state.take(request, headers);
+                        (
+                            [("content-type", "application/x-protobuf")],
+                            ExportTraceServiceResponse {
+                                partial_success: None,
+                            }
+                            .encode_to_vec(),
+                        )
+                    }
+                },
+            ),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -161,9 +242,11 @@ async fn grpc_receiver() -> (String, Received) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = TraceServiceServer::new(received.clone());
+    let logs = LogsServiceServer::new(received.clone());
     tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
+            .add_service(logs)
             .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
             .await
             .unwrap();
@@ -171,21 +254,38 @@ async fn grpc_receiver() -> (String, Received) {
     (format!("http://{addr}"), received)
 }
 
-fn attr<'a>(span: &'a Span, key: &str) -> Option<&'a AnyValue> {
-    span.attributes
+/// What carries attributes: spans and log records.
+trait Attributed {
+    fn attributes(&self) -> &[KeyValue];
+}
+
+impl Attributed for Span {
+    fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+}
+
+impl Attributed for LogRecord {
+    fn attributes(&self) -> &[KeyValue] {
+        &self.attributes
+    }
+}
+
+fn attr<'a>(span: &'a impl Attributed, key: &str) -> Option<&'a AnyValue> {
+    span.attributes()
         .iter()
         .find(|a| a.key == key)
         .and_then(|a| a.value.as_ref()?.value.as_ref())
 }
 
-fn text(span: &Span, key: &str) -> Option<String> {
+fn text(span: &impl Attributed, key: &str) -> Option<String> {
     match attr(span, key)? {
         AnyValue::StringValue(s) => Some(s.clone()),
         other => panic!("{key} is not a string: {other:?}"),
     }
 }
 
-fn int(span: &Span, key: &str) -> Option<i64> {
+fn int(span: &impl Attributed, key: &str) -> Option<i64> {
     match attr(span, key)? {
         AnyValue::IntValue(i) => Some(*i),
         other => panic!("{key} is not an integer: {other:?}"),
@@ -596,7 +696,8 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
 async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() {
     let (receiver, received) = grpc_receiver().await;
     let env = format!(
-        "  OTEL_EXPORTER: otlp_grpc\n  OTEL_ENDPOINT: \"{receiver}\"\n  OTEL_HEADERS: \"authorization=Bearer%20tok\"\n"
+        "  OTEL_EXPORTER: otlp_grpc\n  OTEL_ENDPOINT: \"{receiver}\"\n  OTEL_HEADERS: \"authorization=Bearer%20tok\"\n  \
+         LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS: \"true\"\n"
     );
     let h = start_governed(
         &config(&env, "  turn_off_message_logging: true"),
@@ -646,6 +747,15 @@ async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() 
         Some("invalid_request")
     );
     assert_eq!(int(request, "http.response.status_code"), Some(400));
+
+    // The log events (over gRPC too) hold no prompt either.
+    let logs = received.log_records(2).await;
+    assert_eq!(logs.len(), 2);
+    let logged = format!("{logs:?}");
+    assert!(!logged.contains("private-prompt-5521"), "{logged}");
+    assert!(logs
+        .iter()
+        .all(|r| attr(r, "gen_ai.input.messages").is_none()));
 
     let everything = all_text(&spans) + &all_text(&failed);
     assert!(!everything.contains("private-prompt-5521"), "{everything}");
@@ -797,4 +907,94 @@ async fn a_receiver_that_never_answers_costs_requests_nothing() {
     assert_eq!(ready["log_sinks"][0]["name"], "otel");
     assert_eq!(ready["log_sinks"][0]["dropped"], status.dropped);
     assert_eq!(ready["db"], "connected");
+}
+
+/// With LiteLLM's `LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS`, each request is also one GenAI
+/// event on the log signal (`/v1/logs`), in the request's trace and span, at INFO or ERROR.
+#[tokio::test]
+async fn log_events_are_exported_in_each_requests_trace() {
+    let (receiver, received) = http_receiver().await;
+    let env = format!(
+        "  OTEL_EXPORTER_OTLP_ENDPOINT: \"{receiver}\"\n  LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS: \"true\"\n  \
+         OTEL_SERVICE_NAME: events\n"
+    );
+    let h = start_governed(&config(&env, ""), Db::Sqlite).await;
+    let key = h.new_key(json!({"models": ["gpt", "broken"]})).await;
+    let trace_id = "4af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "gpt", "messages": [{"role": "user", "content": "events please"}]}),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let answer: Value = response.json().await.unwrap();
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "broken", "messages": [{"role": "user", "content": "fail please"}]}),
+        &[],
+    )
+    .await;
+    assert_eq!(response.status(), 400);
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+
+    let logs = received.log_records(2).await;
+    assert_eq!(logs.len(), 2, "one event per request");
+    assert!(received
+        .logs
+        .lock()
+        .unwrap()
+        .iter()
+        .all(|(service, _)| service == "events"));
+    let ok = logs
+        .iter()
+        .find(|r| r.trace_id == unhex(trace_id))
+        .expect("the event is in the client's trace");
+    assert_eq!(ok.event_name, "gen_ai.client.inference.operation.details");
+    assert_eq!(ok.severity_number, SeverityNumber::Info as i32);
+    // The event names the request's own span, which the traces signal exported.
+    let spans = received.trace(&unhex(trace_id), 3).await;
+    let request = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_eq!(ok.span_id, request.span_id);
+    assert_eq!(ok.flags & 1, 1, "sampled");
+    assert_eq!(text(ok, "gen_ai.request.model").as_deref(), Some("gpt"));
+    assert_eq!(
+        int(ok, "gen_ai.usage.output_tokens"),
+        answer["usage"]["completion_tokens"].as_i64()
+    );
+    assert!(text(ok, "gen_ai.input.messages")
+        .unwrap()
+        .contains("events please"));
+    let said = answer["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(text(ok, "gen_ai.output.messages").unwrap().contains(said));
+
+    let failed = logs.iter().find(|r| r.trace_id != unhex(trace_id)).unwrap();
+    assert_eq!(failed.severity_number, SeverityNumber::Error as i32);
+    assert_eq!(failed.severity_text, "ERROR");
+    assert_eq!(
+        text(failed, "error.type").as_deref(),
+        Some("invalid_request")
+    );
+    assert_eq!(int(failed, "http.response.status_code"), Some(400));
+    assert_eq!(failed.trace_id.len(), 16, "a trace of its own");
+
+    // Telemetry status names the log sink beside the traces.
+    let names: Vec<&str> = h
+        .telemetry
+        .as_ref()
+        .unwrap()
+        .status()
+        .iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["otel_logs", "otel"]);
 }

@@ -20,7 +20,7 @@ use std::time::Duration;
 use llmux::{Observe, TraceContext};
 use llmux_config::{Config, EnvSource};
 
-pub use otel::{OtlpProtocol, OtlpSettings};
+pub use otel::{OtlpProtocol, OtlpSettings, Signal};
 pub use pipeline::{ExportError, ExportFuture, Exporter, SinkCounters};
 pub use record::{Caller, Finished, RequestSpan, StandardLoggingPayload};
 
@@ -49,6 +49,12 @@ const VARIABLES: &[&str] = &[
     "OTEL_SERVICE_NAME",
     "OTEL_TRACES_SAMPLER",
     "OTEL_TRACES_SAMPLER_ARG",
+    "OTEL_LOGS_EXPORTER",
+    "LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS",
+    "OTEL_EXPORTER_OTLP_LOGS_PROTOCOL",
+    "OTEL_EXPORTER_OTLP_LOGS_ENDPOINT",
+    "OTEL_EXPORTER_OTLP_LOGS_HEADERS",
+    "OTEL_EXPORTER_OTLP_LOGS_TIMEOUT",
     "LANGFUSE_HOST",
     "LANGFUSE_PUBLIC_KEY",
     "LANGFUSE_SECRET_KEY",
@@ -68,6 +74,25 @@ const VARIABLES: &[&str] = &[
     "AWS_SESSION_TOKEN",
     "LLMUX_JSONL_LOG_PATH",
 ];
+
+/// Whether the `otel` callback also exports a log event per request: LiteLLM's
+/// `LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS=true`, or the standard `OTEL_LOGS_EXPORTER=otlp`
+/// (its default, `none` here: a second export per request is a cost to opt into).
+fn otel_logs_on(var: &dyn Fn(&str) -> Option<String>) -> Result<bool, String> {
+    let events = var("LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS")
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("true"));
+    let exporter = match var("OTEL_LOGS_EXPORTER").as_deref().map(str::trim) {
+        None | Some("") => false,
+        Some(v) if v.eq_ignore_ascii_case("otlp") => true,
+        Some(v) if v.eq_ignore_ascii_case("none") => return Ok(false),
+        Some(other) => {
+            return Err(format!(
+                "OTEL_LOGS_EXPORTER `{other}` is not supported (use otlp or none)"
+            ))
+        }
+    };
+    Ok(events || exporter)
+}
 
 /// Everything the traces and sinks are built from; a reload that changes it restarts them.
 #[derive(Debug, Clone, PartialEq)]
@@ -146,14 +171,30 @@ impl Telemetry {
         for callback in &config.callbacks {
             let (name, exporter): (&'static str, Box<dyn Exporter>) = match callback.name.as_str() {
                 "otel" => {
-                    let settings = OtlpSettings::from_env(&var)?;
+                    let settings = OtlpSettings::for_signal(&var, Signal::Traces)?;
                     tracing::info!(
                         endpoint = %settings.endpoint,
                         protocol = ?settings.protocol,
                         "OpenTelemetry traces on"
                     );
                     traces = true;
-                    ("otel", Box::new(otel::OtelExporter::new(&settings)?))
+                    if otel_logs_on(&var)? {
+                        let logs = OtlpSettings::for_signal(&var, Signal::Logs)?;
+                        tracing::info!(endpoint = %logs.endpoint, "OpenTelemetry log events on");
+                        sinks.push(Sink {
+                            pipeline: Pipeline::start(
+                                "otel_logs",
+                                Box::new(otel::OtelExporter::new(&logs, Signal::Logs)?),
+                                config.telemetry_queue_size,
+                            ),
+                            on_success: callback.on_success,
+                            on_failure: callback.on_failure,
+                        });
+                    }
+                    (
+                        "otel",
+                        Box::new(otel::OtelExporter::new(&settings, Signal::Traces)?),
+                    )
                 }
                 "langfuse" => ("langfuse", Box::new(langfuse::Langfuse::new(&var)?)),
                 "datadog" => ("datadog", Box::new(sinks::Datadog::new(&var)?)),
@@ -306,5 +347,45 @@ impl Telemetry {
         for sink in &self.sinks {
             sink.pipeline.close(timeout).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::otel_logs_on;
+
+    #[test]
+    fn log_events_are_opted_into() {
+        let on = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect();
+            otel_logs_on(&|name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            })
+        };
+        assert_eq!(on(&[]), Ok(false));
+        assert_eq!(
+            on(&[("LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS", "True")]),
+            Ok(true)
+        );
+        assert_eq!(
+            on(&[("LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS", "false")]),
+            Ok(false)
+        );
+        assert_eq!(on(&[("OTEL_LOGS_EXPORTER", "otlp")]), Ok(true));
+        assert_eq!(
+            on(&[
+                ("OTEL_LOGS_EXPORTER", "none"),
+                ("LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS", "true")
+            ]),
+            Ok(false),
+            "the standard switch turns them off"
+        );
+        assert!(on(&[("OTEL_LOGS_EXPORTER", "console")]).is_err());
     }
 }

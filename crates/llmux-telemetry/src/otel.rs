@@ -1,18 +1,22 @@
-//! OpenTelemetry traces over OTLP (HTTP/protobuf, HTTP/JSON or gRPC): a SERVER span per request
+//! OpenTelemetry over OTLP (HTTP/protobuf, HTTP/JSON or gRPC). Traces: a SERVER span per request
 //! and a CLIENT span per attempt (retries and fallbacks each visible), with the GenAI semantic
-//! conventions' attributes. Spans are built as OTLP's own messages (`opentelemetry-proto`, the
-//! official definitions) from the finished request's record, with the ids the request path
-//! already handed out (the upstream's `traceparent` names its attempt's span), so nothing of
-//! OpenTelemetry runs on the request path.
+//! conventions' attributes. Logs (LiteLLM's `LITELLM_OTEL_INTEGRATION_ENABLE_EVENTS`): one
+//! `gen_ai.client.inference.operation.details` event per request, in the request's trace. Both
+//! are built as OTLP's own messages (`opentelemetry-proto`, the official definitions) from the
+//! finished request's record, with the ids the request path already handed out (the upstream's
+//! `traceparent` names its attempt's span), so nothing of OpenTelemetry runs on the request path.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_client::LogsServiceClient;
+use opentelemetry_proto::tonic::collector::logs::v1::ExportLogsServiceRequest;
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_client::TraceServiceClient;
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::{
     any_value, AnyValue, ArrayValue, InstrumentationScope, KeyValue,
 };
+use opentelemetry_proto::tonic::logs::v1::{LogRecord, ResourceLogs, ScopeLogs, SeverityNumber};
 use opentelemetry_proto::tonic::resource::v1::Resource;
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
@@ -33,6 +37,30 @@ pub struct OtlpSettings {
     pub timeout: Duration,
 }
 
+/// What is exported: each has its own variables (`OTEL_EXPORTER_OTLP_TRACES_*`,
+/// `OTEL_EXPORTER_OTLP_LOGS_*`) and HTTP path, and shares the general ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Traces,
+    Logs,
+}
+
+impl Signal {
+    fn variable(self, suffix: &str) -> String {
+        match self {
+            Signal::Traces => format!("OTEL_EXPORTER_OTLP_TRACES_{suffix}"),
+            Signal::Logs => format!("OTEL_EXPORTER_OTLP_LOGS_{suffix}"),
+        }
+    }
+
+    fn path(self) -> &'static str {
+        match self {
+            Signal::Traces => "/v1/traces",
+            Signal::Logs => "/v1/logs",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OtlpProtocol {
     Grpc,
@@ -41,17 +69,26 @@ pub enum OtlpProtocol {
 }
 
 impl OtlpSettings {
-    /// Read `OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT`, `_PROTOCOL`, `_HEADERS`, `_TIMEOUT` and
+    /// Where traces go: [`OtlpSettings::for_signal`] for traces.
+    pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<OtlpSettings, String> {
+        Self::for_signal(var, Signal::Traces)
+    }
+
+    /// Read `OTEL_EXPORTER_OTLP_[<SIGNAL>_]ENDPOINT`, `_PROTOCOL`, `_HEADERS`, `_TIMEOUT` and
     /// `OTEL_SERVICE_NAME`, then LiteLLM's `OTEL_EXPORTER`, `OTEL_ENDPOINT` and `OTEL_HEADERS`
     /// where the standard ones are unset. Defaults: HTTP/protobuf to `localhost:4318`.
-    pub fn from_env(var: &dyn Fn(&str) -> Option<String>) -> Result<OtlpSettings, String> {
+    pub fn for_signal(
+        var: &dyn Fn(&str) -> Option<String>,
+        signal: Signal,
+    ) -> Result<OtlpSettings, String> {
         let first = |names: &[&str]| {
             names
                 .iter()
                 .find_map(|n| var(n).filter(|v| !v.trim().is_empty()))
         };
+        let own = |suffix: &str| signal.variable(suffix);
         let protocol = match first(&[
-            "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL",
+            &own("PROTOCOL"),
             "OTEL_EXPORTER_OTLP_PROTOCOL",
             "OTEL_EXPORTER",
         ])
@@ -71,19 +108,20 @@ impl OtlpSettings {
             }
         };
         let http = protocol != OtlpProtocol::Grpc;
-        let endpoint = if let Some(url) = first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]) {
+        let endpoint = if let Some(url) = first(&[&own("ENDPOINT")]) {
             url
         } else if let Some(base) = first(&["OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_ENDPOINT"]) {
             // The base URL gets the signal's path over HTTP (a LiteLLM `OTEL_ENDPOINT` may
-            // already end with it).
-            let base = base.trim().trim_end_matches('/').to_owned();
-            if http && !base.ends_with("/v1/traces") {
-                format!("{base}/v1/traces")
+            // already end with the traces path: logs go beside it).
+            let base = base.trim().trim_end_matches('/');
+            let base = base.strip_suffix(Signal::Traces.path()).unwrap_or(base);
+            if http {
+                format!("{base}{}", signal.path())
             } else {
-                base
+                base.to_owned()
             }
         } else if http {
-            "http://localhost:4318/v1/traces".to_owned()
+            format!("http://localhost:4318{}", signal.path())
         } else {
             "http://localhost:4317".to_owned()
         };
@@ -93,7 +131,7 @@ impl OtlpSettings {
             ));
         }
         let headers = first(&[
-            "OTEL_EXPORTER_OTLP_TRACES_HEADERS",
+            &own("HEADERS"),
             "OTEL_EXPORTER_OTLP_HEADERS",
             "OTEL_HEADERS",
         ])
@@ -101,10 +139,7 @@ impl OtlpSettings {
         .transpose()?
         .unwrap_or_default();
         let timeout =
-            match first(&[
-                "OTEL_EXPORTER_OTLP_TRACES_TIMEOUT",
-                "OTEL_EXPORTER_OTLP_TIMEOUT",
-            ]) {
+            match first(&[&own("TIMEOUT"), "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
                 Some(ms) => Duration::from_millis(ms.trim().parse::<u64>().map_err(|_| {
                     format!("OTEL_EXPORTER_OTLP_TIMEOUT `{ms}` is not milliseconds")
                 })?),
@@ -206,34 +241,38 @@ pub(crate) fn parse_headers(text: &str) -> Result<Vec<(String, String)>, String>
 
 /// How spans leave: OTLP over HTTP (protobuf or JSON) or gRPC.
 enum Transport {
-    Http {
-        client: reqwest::Client,
-        url: String,
-        headers: Vec<(String, String)>,
-        json: bool,
-    },
+    Http(Http),
     Grpc(Box<Grpc>),
 }
 
-/// The gRPC transport's client and what goes with each call.
+/// The HTTP transport: one URL per signal, protobuf or JSON bodies.
+struct Http {
+    client: reqwest::Client,
+    url: String,
+    headers: Vec<(String, String)>,
+    json: bool,
+}
+
+/// The gRPC transport's channel and what goes with each call.
 struct Grpc {
-    client: TraceServiceClient<tonic::transport::Channel>,
+    channel: tonic::transport::Channel,
     metadata: tonic::metadata::MetadataMap,
     timeout: Duration,
 }
 
-/// Sends finished requests' spans to an OTLP receiver. The spans are built as the protocol's
-/// own messages (`opentelemetry-proto`) straight from the record: going through the SDK's
-/// `SpanData` and `opentelemetry-otlp`'s conversion cost about 13k more instructions per traced
-/// request (of about 80k; bench/BENCHMARKS.md).
+/// Sends finished requests' spans (or log events) to an OTLP receiver. They are built as the
+/// protocol's own messages (`opentelemetry-proto`) straight from the record: going through the
+/// SDK's `SpanData` and `opentelemetry-otlp`'s conversion cost about 13k more instructions per
+/// traced request (of about 80k; bench/BENCHMARKS.md).
 pub(crate) struct OtelExporter {
+    signal: Signal,
     transport: Transport,
     resource: Resource,
     scope: InstrumentationScope,
 }
 
 impl OtelExporter {
-    pub(crate) fn new(settings: &OtlpSettings) -> Result<OtelExporter, String> {
+    pub(crate) fn new(settings: &OtlpSettings, signal: Signal) -> Result<OtelExporter, String> {
         let transport = match settings.protocol {
             OtlpProtocol::Grpc => {
                 let mut metadata = tonic::metadata::MetadataMap::new();
@@ -258,12 +297,12 @@ impl OtelExporter {
                         .map_err(|e| format!("OTLP endpoint TLS: {e}"))?;
                 }
                 Transport::Grpc(Box::new(Grpc {
-                    client: TraceServiceClient::new(endpoint.connect_lazy()),
+                    channel: endpoint.connect_lazy(),
                     metadata,
                     timeout: settings.timeout,
                 }))
             }
-            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => Transport::Http {
+            OtlpProtocol::HttpProtobuf | OtlpProtocol::HttpJson => Transport::Http(Http {
                 client: reqwest::Client::builder()
                     .timeout(settings.timeout)
                     .build()
@@ -271,9 +310,10 @@ impl OtelExporter {
                 url: settings.endpoint.clone(),
                 headers: settings.headers.clone(),
                 json: settings.protocol == OtlpProtocol::HttpJson,
-            },
+            }),
         };
         Ok(OtelExporter {
+            signal,
             transport,
             resource: Resource {
                 attributes: vec![kv("service.name", text(settings.service_name.clone()))],
@@ -289,8 +329,8 @@ impl OtelExporter {
         })
     }
 
-    /// One export call.
-    async fn send(&self, spans: Vec<Span>) -> Result<(), ExportError> {
+    /// One export call of spans.
+    async fn send_spans(&self, spans: Vec<Span>) -> Result<(), ExportError> {
         let request = ExportTraceServiceRequest {
             resource_spans: vec![ResourceSpans {
                 resource: Some(self.resource.clone()),
@@ -303,50 +343,85 @@ impl OtelExporter {
             }],
         };
         match &self.transport {
-            Transport::Http {
-                client,
-                url,
-                headers,
-                json,
-            } => {
-                let (body, content_type) = if *json {
-                    let body = serde_json::to_vec(&request)
-                        .map_err(|e| ExportError::permanent(format!("OTLP JSON: {e}")))?;
-                    (body, "application/json")
-                } else {
-                    (request.encode_to_vec(), "application/x-protobuf")
-                };
-                let mut post = client
-                    .post(url)
-                    .header("content-type", content_type)
-                    .body(body);
-                for (name, value) in headers {
-                    post = post.header(name, value);
-                }
-                crate::sinks::send("OTLP", post).await.map(drop)
-            }
-            Transport::Grpc(grpc) => {
-                let mut call = tonic::Request::new(request);
-                *call.metadata_mut() = grpc.metadata.clone();
-                call.set_timeout(grpc.timeout);
-                grpc.client
-                    .clone()
-                    .export(call)
-                    .await
-                    .map(drop)
-                    .map_err(|status| {
-                        let message = format!("OTLP gRPC: {} {}", status.code(), status.message());
-                        // What the receiver refused as malformed or too large would be refused again.
-                        match status.code() {
-                            tonic::Code::InvalidArgument
-                            | tonic::Code::PermissionDenied
-                            | tonic::Code::Unauthenticated
-                            | tonic::Code::Unimplemented => ExportError::permanent(message),
-                            _ => ExportError::retryable(message),
-                        }
-                    })
-            }
+            Transport::Http(http) => http.post(&request).await,
+            Transport::Grpc(grpc) => TraceServiceClient::new(grpc.channel.clone())
+                .export(grpc.call(request))
+                .await
+                .map(drop)
+                .map_err(grpc_error),
         }
+    }
+
+    /// One export call of log records.
+    async fn send_logs(&self, log_records: Vec<LogRecord>) -> Result<(), ExportError> {
+        let request = ExportLogsServiceRequest {
+            resource_logs: vec![ResourceLogs {
+                resource: Some(self.resource.clone()),
+                scope_logs: vec![ScopeLogs {
+                    scope: Some(self.scope.clone()),
+                    log_records,
+                    schema_url: String::new(),
+                }],
+                schema_url: String::new(),
+            }],
+        };
+        match &self.transport {
+            Transport::Http(http) => http.post(&request).await,
+            Transport::Grpc(grpc) => LogsServiceClient::new(grpc.channel.clone())
+                .export(grpc.call(request))
+                .await
+                .map(drop)
+                .map_err(grpc_error),
+        }
+    }
+}
+
+impl Http {
+    /// An export request, as protobuf or JSON.
+    async fn post<M: Message + serde::Serialize>(&self, request: &M) -> Result<(), ExportError> {
+        let Http {
+            client,
+            url,
+            headers,
+            json,
+        } = self;
+        let (body, content_type) = if *json {
+            let body = serde_json::to_vec(request)
+                .map_err(|e| ExportError::permanent(format!("OTLP JSON: {e}")))?;
+            (body, "application/json")
+        } else {
+            (request.encode_to_vec(), "application/x-protobuf")
+        };
+        let mut post = client
+            .post(url)
+            .header("content-type", content_type)
+            .body(body);
+        for (name, value) in headers {
+            post = post.header(name, value);
+        }
+        crate::sinks::send("OTLP", post).await.map(drop)
+    }
+}
+
+impl Grpc {
+    /// A call carrying the configured headers and deadline.
+    fn call<M>(&self, message: M) -> tonic::Request<M> {
+        let mut call = tonic::Request::new(message);
+        *call.metadata_mut() = self.metadata.clone();
+        call.set_timeout(self.timeout);
+        call
+    }
+}
+
+/// What the receiver refused as malformed, unauthorized or unknown would be refused again.
+fn grpc_error(status: tonic::Status) -> ExportError {
+    let message = format!("OTLP gRPC: {} {}", status.code(), status.message());
+    match status.code() {
+        tonic::Code::InvalidArgument
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated
+        | tonic::Code::Unimplemented => ExportError::permanent(message),
+        _ => ExportError::retryable(message),
     }
 }
 
@@ -357,43 +432,62 @@ const MAX_EXPORT_BYTES: usize = 2 * 1024 * 1024;
 impl Exporter for OtelExporter {
     fn export<'a>(&'a self, batch: &'a [Arc<Finished>]) -> ExportFuture<'a> {
         Box::pin(async move {
-            let mut result = Ok(());
-            let mut chunk: Vec<Span> = Vec::new();
-            let mut bytes = 0;
-            for finished in batch {
-                for span in spans(finished) {
-                    let size = span_bytes(&span);
-                    if bytes + size > MAX_EXPORT_BYTES && !chunk.is_empty() {
-                        let sent = self.send(std::mem::take(&mut chunk)).await;
-                        result = result.and(sent);
-                        bytes = 0;
-                    }
-                    bytes += size;
-                    chunk.push(span);
+            match self.signal {
+                Signal::Traces => {
+                    let spans = batch.iter().flat_map(|f| spans(f));
+                    let sizes = |s: &Span| 256 + s.name.len() + attributes_bytes(&s.attributes);
+                    in_chunks(spans, sizes, |chunk| self.send_spans(chunk)).await
+                }
+                Signal::Logs => {
+                    let records = batch.iter().map(|f| log_record(f));
+                    let sizes = |r: &LogRecord| 256 + attributes_bytes(&r.attributes);
+                    in_chunks(records, sizes, |chunk| self.send_logs(chunk)).await
                 }
             }
-            if !chunk.is_empty() {
-                let sent = self.send(chunk).await;
-                result = result.and(sent);
-            }
-            result
         })
     }
 }
 
-/// About how many bytes a span takes on the wire.
-fn span_bytes(span: &Span) -> usize {
+/// Send `items` in export calls of at most about `MAX_EXPORT_BYTES` each; the first error is
+/// the result, after every chunk was tried.
+async fn in_chunks<T, F, Fut>(
+    items: impl Iterator<Item = T>,
+    size: impl Fn(&T) -> usize,
+    send: F,
+) -> Result<(), ExportError>
+where
+    F: Fn(Vec<T>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ExportError>>,
+{
+    let mut result = Ok(());
+    let mut chunk = Vec::new();
+    let mut bytes = 0;
+    for item in items {
+        let item_bytes = size(&item);
+        if bytes + item_bytes > MAX_EXPORT_BYTES && !chunk.is_empty() {
+            result = result.and(send(std::mem::take(&mut chunk)).await);
+            bytes = 0;
+        }
+        bytes += item_bytes;
+        chunk.push(item);
+    }
+    if !chunk.is_empty() {
+        result = result.and(send(chunk).await);
+    }
+    result
+}
+
+/// About how many bytes attributes take on the wire.
+fn attributes_bytes(attributes: &[KeyValue]) -> usize {
     let value = |v: &Option<AnyValue>| match v.as_ref().and_then(|v| v.value.as_ref()) {
         Some(any_value::Value::StringValue(s)) => s.len(),
         Some(any_value::Value::ArrayValue(a)) => a.values.len() * 16,
         _ => 8,
     };
-    256 + span.name.len()
-        + span
-            .attributes
-            .iter()
-            .map(|kv| kv.key.len() + value(&kv.value) + 8)
-            .sum::<usize>()
+    attributes
+        .iter()
+        .map(|kv| kv.key.len() + value(&kv.value) + 8)
+        .sum::<usize>()
 }
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
@@ -437,37 +531,36 @@ fn flags(parent_remote: Option<bool>) -> u32 {
     }
 }
 
-/// The request's span and one per attempt; none for a request that is not sampled.
-pub(crate) fn spans(finished: &Finished) -> Vec<Span> {
-    let Some(ids) = finished.span.filter(|s| s.sampled) else {
-        return Vec::new();
-    };
-    let log = &finished.log;
-    let trace_id = ids.trace_id.to_be_bytes().to_vec();
-    let operation = operation_name(log.operation);
-    // The model a client named is as long as it likes; a span carries 256 bytes of it.
-    let requested_model = truncated(&log.requested_model, 256);
-    let facts = log
-        .detail
-        .as_ref()
-        .map(|d| d.response_facts())
-        .unwrap_or_default();
-    let usage = log.usage;
+/// What a request's span and its log event say about it.
+struct RequestView<'a> {
+    operation: &'static str,
+    /// The model a client named is as long as it likes; telemetry carries 256 bytes of it.
+    requested_model: std::borrow::Cow<'a, str>,
+    facts: llmux::ResponseFacts,
+}
 
-    let mut attributes = vec![
-        kv("gen_ai.operation.name", text(operation)),
-        kv("gen_ai.request.model", text(requested_model.as_ref())),
-        kv("http.request.method", text("POST")),
-        kv("http.route", text(finished.route)),
-        kv("url.path", text(finished.route)),
-        kv("http.response.status_code", int(i64::from(log.status))),
-        kv("llmux.request_id", text(log.request_id.as_str())),
-        kv("llmux.stream", any_value::Value::BoolValue(log.stream)),
-    ];
-    if let Some(provider) = log.provider {
-        attributes.push(kv("gen_ai.provider.name", text(provider_name(provider))));
+impl RequestView<'_> {
+    fn of(finished: &Finished) -> RequestView<'_> {
+        let log = &finished.log;
+        RequestView {
+            operation: operation_name(log.operation),
+            requested_model: truncated(&log.requested_model, 256),
+            facts: log
+                .detail
+                .as_ref()
+                .map(|d| d.response_facts())
+                .unwrap_or_default(),
+        }
     }
-    let response_attributes = |attributes: &mut Vec<KeyValue>| {
+
+    /// The answer's model, id, finish reasons and usage (on the request and on the attempt
+    /// that answered).
+    fn response_attributes(
+        &self,
+        attributes: &mut Vec<KeyValue>,
+        usage: Option<llmux::types::Usage>,
+    ) {
+        let facts = &self.facts;
         if let Some(model) = &facts.model {
             attributes.push(kv("gen_ai.response.model", text(model.as_str())));
         }
@@ -497,56 +590,135 @@ pub(crate) fn spans(finished: &Finished) -> Vec<Span> {
                 int(usage.completion_tokens as i64),
             ));
         }
+    }
+
+    /// The request's attributes and, when it failed, its error's description.
+    fn request_attributes(&self, finished: &Finished) -> (Vec<KeyValue>, Option<String>) {
+        let log = &finished.log;
+        let mut attributes = vec![
+            kv("gen_ai.operation.name", text(self.operation)),
+            kv("gen_ai.request.model", text(self.requested_model.as_ref())),
+            kv("http.request.method", text("POST")),
+            kv("http.route", text(finished.route)),
+            kv("url.path", text(finished.route)),
+            kv("http.response.status_code", int(i64::from(log.status))),
+            kv("llmux.request_id", text(log.request_id.as_str())),
+            kv("llmux.stream", any_value::Value::BoolValue(log.stream)),
+        ];
+        if let Some(provider) = log.provider {
+            attributes.push(kv("gen_ai.provider.name", text(provider_name(provider))));
+        }
+        self.response_attributes(&mut attributes, log.usage);
+        if let Some(group) = &log.model_group {
+            attributes.push(kv("llmux.model_group", text(group.as_str())));
+        }
+        if let Some(id) = &log.deployment_id {
+            attributes.push(kv("llmux.deployment_id", text(id.as_str())));
+        }
+        if let Some(cost) = log.cost {
+            attributes.push(kv("llmux.cost_usd", any_value::Value::DoubleValue(cost)));
+        }
+        if let Some(ttft) = log.time_to_first_chunk {
+            attributes.push(kv(
+                "llmux.time_to_first_token_s",
+                any_value::Value::DoubleValue(ttft.as_secs_f64()),
+            ));
+        }
+        let caller = &finished.caller;
+        for (name, value) in [
+            ("metadata.user_api_key_hash", &caller.key_hash),
+            ("metadata.user_api_key_alias", &caller.key_alias),
+            ("metadata.user_api_key_team_id", &caller.team_id),
+            ("metadata.user_api_key_team_alias", &caller.team_alias),
+            ("metadata.user_api_key_user_id", &caller.user_id),
+            ("metadata.user_api_key_org_id", &caller.org_id),
+            ("metadata.user_api_key_end_user_id", &caller.end_user),
+        ] {
+            if let Some(value) = value {
+                attributes.push(kv(name, text(value.as_ref())));
+            }
+        }
+        if finished.message_logging {
+            if let Some(input) = finished.logged_input() {
+                attributes.push(kv("gen_ai.input.messages", text(input.get())));
+            }
+            if let Some(output) = finished.logged_output() {
+                attributes.push(kv("gen_ai.output.messages", text(output.get())));
+            }
+        }
+        let error = match log.outcome {
+            Outcome::Failed(kind) => {
+                attributes.push(kv("error.type", text(kind.as_str())));
+                Some(finished.error_message().unwrap_or_default())
+            }
+            Outcome::ClientDisconnected => {
+                attributes.push(kv("error.type", text("client_disconnected")));
+                None
+            }
+            Outcome::Success => None,
+        };
+        (attributes, error)
+    }
+}
+
+/// The GenAI conventions' event for one inference, as an OTLP log record in the request's
+/// trace (linked even when the trace is not sampled, as the SDKs do).
+pub(crate) fn log_record(finished: &Finished) -> LogRecord {
+    let view = RequestView::of(finished);
+    let (mut attributes, error) = view.request_attributes(finished);
+    let failed = matches!(finished.log.outcome, Outcome::Failed(_));
+    let (severity, severity_text) = if failed {
+        (SeverityNumber::Error, "ERROR")
+    } else {
+        (SeverityNumber::Info, "INFO")
     };
-    response_attributes(&mut attributes);
-    if let Some(group) = &log.model_group {
-        attributes.push(kv("llmux.model_group", text(group.as_str())));
+    if let Some(message) = &error {
+        attributes.push(kv("error.message", text(message.as_str())));
     }
-    if let Some(id) = &log.deployment_id {
-        attributes.push(kv("llmux.deployment_id", text(id.as_str())));
-    }
-    if let Some(cost) = log.cost {
-        attributes.push(kv("llmux.cost_usd", any_value::Value::DoubleValue(cost)));
-    }
-    if let Some(ttft) = log.time_to_first_chunk {
-        attributes.push(kv(
-            "llmux.time_to_first_token_s",
-            any_value::Value::DoubleValue(ttft.as_secs_f64()),
-        ));
-    }
-    let caller = &finished.caller;
-    for (name, value) in [
-        ("metadata.user_api_key_hash", &caller.key_hash),
-        ("metadata.user_api_key_alias", &caller.key_alias),
-        ("metadata.user_api_key_team_id", &caller.team_id),
-        ("metadata.user_api_key_team_alias", &caller.team_alias),
-        ("metadata.user_api_key_user_id", &caller.user_id),
-        ("metadata.user_api_key_org_id", &caller.org_id),
-        ("metadata.user_api_key_end_user_id", &caller.end_user),
-    ] {
-        if let Some(value) = value {
-            attributes.push(kv(name, text(value.as_ref())));
-        }
-    }
-    if finished.message_logging {
-        if let Some(input) = finished.logged_input() {
-            attributes.push(kv("gen_ai.input.messages", text(input.get())));
-        }
-        if let Some(output) = finished.logged_output() {
-            attributes.push(kv("gen_ai.output.messages", text(output.get())));
-        }
-    }
-    let error = match log.outcome {
-        Outcome::Failed(kind) => {
-            attributes.push(kv("error.type", text(kind.as_str())));
-            Some(finished.error_message().unwrap_or_default())
-        }
-        Outcome::ClientDisconnected => {
-            attributes.push(kv("error.type", text("client_disconnected")));
-            None
-        }
-        Outcome::Success => None,
+    let ended = nanos(finished.ended_at());
+    let (trace_id, span_id, flags) = match finished.span {
+        Some(span) => (
+            span.trace_id.to_be_bytes().to_vec(),
+            span.span_id.to_be_bytes().to_vec(),
+            u32::from(span.sampled),
+        ),
+        None => (Vec::new(), Vec::new(), 0),
     };
+    LogRecord {
+        time_unix_nano: ended,
+        observed_time_unix_nano: ended,
+        severity_number: severity as i32,
+        severity_text: severity_text.to_owned(),
+        body: Some(AnyValue {
+            value: Some(text(format!(
+                "{} {} {}",
+                view.operation, view.requested_model, finished.log.status
+            ))),
+        }),
+        attributes,
+        dropped_attributes_count: 0,
+        flags,
+        trace_id,
+        span_id,
+        event_name: LOG_EVENT_NAME.to_owned(),
+    }
+}
+
+/// The GenAI conventions' name for the event describing one inference.
+const LOG_EVENT_NAME: &str = "gen_ai.client.inference.operation.details";
+
+/// The request's span and one per attempt; none for a request that is not sampled.
+pub(crate) fn spans(finished: &Finished) -> Vec<Span> {
+    let Some(ids) = finished.span.filter(|s| s.sampled) else {
+        return Vec::new();
+    };
+    let log = &finished.log;
+    let trace_id = ids.trace_id.to_be_bytes().to_vec();
+    let view = RequestView::of(finished);
+    let operation = view.operation;
+    let requested_model = &view.requested_model;
+    let usage = log.usage;
+    let (attributes, error) = view.request_attributes(finished);
     let mut spans = vec![Span {
         trace_id: trace_id.clone(),
         span_id: ids.span_id.to_be_bytes().to_vec(),
@@ -594,7 +766,7 @@ pub(crate) fn spans(finished: &Finished) -> Vec<Span> {
             }
             None => {
                 if Some(i) == last {
-                    response_attributes(&mut attributes);
+                    view.response_attributes(&mut attributes, usage);
                 }
                 None
             }
@@ -697,6 +869,36 @@ mod tests {
         .unwrap();
         assert_eq!(s.endpoint, "https://api.example.com/v1/traces");
         assert_eq!(s.service_name, "llmux");
+    }
+
+    #[test]
+    fn logs_go_beside_the_traces_unless_told_otherwise() {
+        let vars = |vars: &[(&str, &str)]| -> HashMap<String, String> {
+            vars.iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect()
+        };
+        let logs = |v: &HashMap<String, String>| {
+            OtlpSettings::for_signal(&|name| v.get(name).cloned(), Signal::Logs).unwrap()
+        };
+        let litellm = vars(&[("OTEL_ENDPOINT", "https://api.example.com/v1/traces")]);
+        assert_eq!(logs(&litellm).endpoint, "https://api.example.com/v1/logs");
+        let standard = vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_LOGS_PROTOCOL", "http/json"),
+            (
+                "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                "http://traces-only:1/v1/traces",
+            ),
+        ]);
+        assert_eq!(logs(&standard).endpoint, "http://collector:4318/v1/logs");
+        assert_eq!(logs(&standard).protocol, OtlpProtocol::HttpJson);
+        let own = vars(&[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4318"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:9/ingest"),
+        ]);
+        assert_eq!(logs(&own).endpoint, "http://logs:9/ingest");
+        assert_eq!(logs(&vars(&[])).endpoint, "http://localhost:4318/v1/logs");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! Loading never stops at the first problem: every problem is a `Diagnostic` naming its YAML path,
 //! so `llmux config check` can list them all.
 
+mod cache;
 mod env;
 mod lenient;
 mod raw;
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde_json::{Map, Value};
 
+pub use cache::{CacheCalls, CacheScope, CacheSettings, CacheType, DEFAULT_CACHE_TTL};
 pub use env::{AllowListedEnv, EnvSource, ProcessEnv};
 pub use router::{RecoveryMode, RedisSettings, RouterSettings, StrategyKind, StreamRecovery};
 pub use validate::{OPENAI_REQUEST_PARAMS, PROVIDER_SPECIFIC_PARAMS};
@@ -211,6 +213,8 @@ pub struct Config {
     /// `litellm_settings.s3_callback_params` (the `s3` callback's bucket, region, credentials,
     /// endpoint and path), as strings.
     pub s3_callback_params: Vec<(String, String)>,
+    /// `litellm_settings.cache: true` with its `cache_params`: the response cache (`None`: off).
+    pub cache: Option<CacheSettings>,
     /// `llmux_settings.jsonl_log_path`: the file the `jsonl` callback appends to.
     pub jsonl_log_path: Option<String>,
     /// `general_settings.alerting`: `slack` (`SLACK_WEBHOOK_URL`), `webhook` (`WEBHOOK_URL`).
@@ -277,6 +281,7 @@ impl Default for Config {
             mask_pii_in_logs: false,
             telemetry_queue_size: 10_000,
             s3_callback_params: Vec::new(),
+            cache: None,
             jsonl_log_path: None,
             alerting: Vec::new(),
             alerting_threshold: std::time::Duration::from_secs(300),

@@ -75,6 +75,10 @@ pub(crate) struct RawLitellmSettings {
     pub turn_off_message_logging: Option<bool>,
     #[serde(default)]
     pub s3_callback_params: Option<std::collections::BTreeMap<String, serde_json::Value>>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    pub cache: Option<bool>,
+    #[serde(default)]
+    pub cache_params: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

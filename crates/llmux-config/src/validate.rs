@@ -132,8 +132,6 @@ const KNOWN_LITELLM_SETTINGS: &[&str] = &[
     "success_callback",
     "failure_callback",
     "service_callback",
-    "cache",
-    "cache_params",
     "set_verbose",
     "json_logs",
     "default_fallbacks",
@@ -293,9 +291,13 @@ pub(crate) fn load_lenient(
         resolve(&mut value, &overlay, &key, &mut diags);
         match key.as_str() {
             "model_list" => model_list(value, &mut config, &mut diags),
-            "litellm_settings" => {
-                litellm_settings(value, &mut config, &mut litellm_router, &mut diags)
-            }
+            "litellm_settings" => litellm_settings(
+                value,
+                &mut config,
+                &mut litellm_router,
+                &overlay,
+                &mut diags,
+            ),
             "general_settings" => general_settings(value, &mut config, &mut diags),
             "router_settings" => router_settings(value, &mut raw_router, &mut diags),
             "llmux_settings" => llmux_settings(value, &mut config, &mut diags),
@@ -308,6 +310,13 @@ pub(crate) fn load_lenient(
         raw_router.entry(key).or_insert(value);
     }
     config.router = crate::router::parse(&raw_router, &mut diags);
+    // `cache: true` without a type means Redis when the fleet's Redis is configured too.
+    if let Some(cache) = config.cache.as_mut() {
+        let r = &config.router.redis;
+        if cache.type_inferred && (r.url.is_some() || r.host.is_some()) {
+            cache.cache_type = crate::CacheType::Redis;
+        }
+    }
     config.environment_variables = file_vars;
     // Without a master key there are no credentials to check: say so rather than serve the
     // metrics to anyone while the operator believes they are closed.
@@ -693,6 +702,7 @@ fn litellm_settings(
     value: Value,
     config: &mut Config,
     router_keys: &mut Map<String, Value>,
+    env: &dyn EnvSource,
     diags: &mut Vec<Diagnostic>,
 ) {
     let mut value = match value {
@@ -712,6 +722,10 @@ fn litellm_settings(
         config.drop_params = raw.drop_params.unwrap_or(false);
         config.require_auth_for_metrics_endpoint = raw.require_auth_for_metrics_endpoint;
         config.turn_off_message_logging = raw.turn_off_message_logging.unwrap_or(false);
+        let redis_in_env = ["REDIS_URL", "REDIS_HOST"]
+            .iter()
+            .any(|v| env.var(v).is_some_and(|v| !v.is_empty()));
+        config.cache = crate::cache::parse(raw.cache, raw.cache_params, redis_in_env, diags);
         for (name, value) in raw.s3_callback_params.unwrap_or_default() {
             let value = match value {
                 Value::String(s) => s,

@@ -190,6 +190,18 @@ impl Principal {
         }
     }
 
+    /// The tenant whose cached answers this caller shares under `scope`: its team (`team:<id>`,
+    /// or `team:` without one) or its key (`key:<hash>`, `key:` for the master key); `None`
+    /// for the global scope.
+    pub fn cache_scope(&self, scope: llmux::config::CacheScope) -> Option<Arc<str>> {
+        let id = |g: &Option<Arc<Governed>>| g.as_ref().map_or("", |g| &*g.labels.0).to_owned();
+        match scope {
+            llmux::config::CacheScope::Global => None,
+            llmux::config::CacheScope::Team => Some(Arc::from(format!("team:{}", id(&self.team)))),
+            llmux::config::CacheScope::Key => Some(Arc::from(format!("key:{}", id(&self.key)))),
+        }
+    }
+
     /// The key's or else the team's `turn_off_message_logging`, when either sets it; a team
     /// that turns it off is a floor its keys cannot lift.
     pub fn turn_off_message_logging(&self) -> Option<bool> {

@@ -885,6 +885,11 @@ impl llmux::Gate for GovernanceGate {
         Ok(llmux::Admitted {
             hook: admission.into_hook(),
             body: rewritten,
+            cache_scope: client
+                .snapshot()
+                .cache
+                .as_ref()
+                .and_then(|c| principal.cache_scope(c.settings().scope)),
         })
     }
 }
@@ -1114,7 +1119,7 @@ impl Admission {
             status: status.to_owned(),
             error_kind,
             tags: self.facts.tags.clone(),
-            cache_hit: false,
+            cache_hit: log.is_some_and(|l| l.cache_hit == Some(true)),
         };
         // PostgreSQL refuses NUL in text: a record carrying one (a model name a client sent)
         // would fail its batch for ever. Whatever else arrives is stored as sent.

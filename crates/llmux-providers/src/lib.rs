@@ -36,6 +36,8 @@ pub const GATEWAY_PARAMS: &[&str] = &[
     "context_window_fallbacks",
     "content_policy_fallbacks",
     "mock_testing_fallbacks",
+    // The response cache's per-request controls (`no-cache`, `ttl`, ...).
+    "cache",
     NATIVE_ANTHROPIC,
 ];
 

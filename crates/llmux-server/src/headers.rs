@@ -72,6 +72,7 @@ const X_LITELLM_CALL_ID: HeaderName = HeaderName::from_static("x-litellm-call-id
 const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-model-group");
 const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
 const X_LITELLM_MODEL_ID: HeaderName = HeaderName::from_static("x-litellm-model-id");
+const X_LITELLM_CACHE_KEY: HeaderName = HeaderName::from_static("x-litellm-cache-key");
 const X_LLMUX_DEPLOYMENT: HeaderName = HeaderName::from_static("x-llmux-deployment");
 const X_LLMUX_PROVIDER: HeaderName = HeaderName::from_static("x-llmux-provider");
 const X_LITELLM_OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
@@ -150,6 +151,13 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
     if let Ok(v) = HeaderValue::from_str(&meta.deployment_id) {
         h.insert(X_LITELLM_MODEL_ID, v.clone());
         h.insert(X_LLMUX_DEPLOYMENT, v);
+    }
+    if let Some(v) = meta
+        .cache_key
+        .as_deref()
+        .and_then(|k| HeaderValue::from_str(k).ok())
+    {
+        h.insert(X_LITELLM_CACHE_KEY, v);
     }
     h.insert(X_LLMUX_PROVIDER, HeaderValue::from_static(meta.provider));
     let overhead = millis(meta.overhead);

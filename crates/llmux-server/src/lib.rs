@@ -498,6 +498,11 @@ pub(crate) async fn execute(
         // Only the Anthropic dialect carries a client's own Anthropic body.
         native_dialect: call_type == "anthropic_messages",
         observe,
+        // Without governance every caller is the operator: one tenant.
+        cache_scope: principal.and_then(|p| {
+            let scope = state.client.snapshot().cache.as_ref()?.settings().scope;
+            p.cache_scope(scope)
+        }),
     };
     let result = match input {
         Some(parsed) => state.client.execute_parsed(op, parsed, options).await,

@@ -129,8 +129,119 @@ fn handler(path: &str) -> Option<MethodRouter<AppState>> {
         "/model/update" => post(crate::models::model_update),
         "/model/delete" => post(crate::models::model_delete),
         "/model/info" | "/v1/model/info" => get(crate::models::model_info),
+        "/cache/ping" => get(cache_ping),
+        "/cache/delete" => post(cache_delete),
         _ => return None,
     })
+}
+
+/// `GET /cache/ping` (admins and admin viewers): whether the response cache answers, in
+/// LiteLLM's shape; 503 when it does not, or when no cache is configured.
+async fn cache_ping(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Caller(c): Caller,
+) -> Reply {
+    manage::require_reader(&c.principal, "ping the cache")?;
+    let Some(cache) = state.client.snapshot().cache.clone() else {
+        return Err(Refusal(
+            GatewayError::new(
+                ErrorKind::NotFound,
+                "The response cache is not configured (litellm_settings.cache).",
+            )
+            .with_code("cache_disabled"),
+        ));
+    };
+    let backend = cache.backend();
+    let probe = async {
+        backend.ping().await?;
+        let key = format!("llmux:cache:ping:{}", llmux::new_request_id());
+        backend
+            .put(
+                &key,
+                bytes::Bytes::from_static(b"ping"),
+                std::time::Duration::from_secs(10),
+            )
+            .await?;
+        let read = backend.get(&key).await?;
+        backend.delete(&[key]).await?;
+        Ok::<bool, llmux::CacheError>(read.is_some())
+    };
+    let settings = cache.settings();
+    let params = serde_json::json!({
+        "type": match settings.cache_type {
+            llmux::config::CacheType::Local => "local",
+            llmux::config::CacheType::Redis => "redis",
+            llmux::config::CacheType::RedisSemantic => "redis-semantic",
+            llmux::config::CacheType::LocalSemantic => "local-semantic",
+        },
+        "namespace": settings.namespace,
+        "mode": if settings.default_off { "default_off" } else { "default_on" },
+    });
+    match probe.await {
+        Ok(true) => Ok(Answer(serde_json::json!({
+            "status": "healthy",
+            "cache_type": backend.name(),
+            "ping_response": true,
+            "set_cache_response": "success",
+            "litellm_cache_params": params,
+            "errors": cache.errors(),
+        }))),
+        Ok(false) => Err(Refusal(
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                "The cache accepted a value and did not return it.",
+            )
+            .with_code("cache_unhealthy"),
+        )),
+        Err(e) => Err(Refusal(
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Cache unhealthy: {e}"),
+            )
+            .with_code("cache_unhealthy"),
+        )),
+    }
+}
+
+/// `POST /cache/delete` (proxy admins): `{"keys": [...]}`, each as `x-litellm-cache-key`
+/// names it (or a stored key with its namespace).
+async fn cache_delete(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Caller(c): Caller,
+    JsonBody(req): JsonBody,
+) -> Reply {
+    manage::require_admin(&c.principal, "delete cache entries")?;
+    let bad = |m: &str| Refusal(GatewayError::invalid_request(m).with_param("keys"));
+    let keys: Vec<String> = match req.get("keys") {
+        Some(serde_json::Value::Array(items)) if items.len() <= 1000 => items
+            .iter()
+            .map(|k| match k.as_str() {
+                Some(k) if !k.is_empty() && k.len() <= 512 => Ok(k.to_owned()),
+                _ => Err(bad(
+                    "each of `keys` must be a cache key (1 to 512 characters)",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        _ => return Err(bad("`keys` must be a list of at most 1000 cache keys")),
+    };
+    let Some(cache) = state.client.snapshot().cache.clone() else {
+        return Err(Refusal(
+            GatewayError::new(
+                ErrorKind::NotFound,
+                "The response cache is not configured (litellm_settings.cache).",
+            )
+            .with_code("cache_disabled"),
+        ));
+    };
+    let deleted = cache.delete(&keys).await.map_err(|e| {
+        Refusal(GatewayError::new(
+            ErrorKind::UpstreamUnavailable,
+            format!("Cache unhealthy: {e}"),
+        ))
+    })?;
+    Ok(Answer(
+        serde_json::json!({"status": "success", "deleted": deleted}),
+    ))
 }
 
 /// A route whose operation reads a JSON body.

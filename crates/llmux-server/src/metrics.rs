@@ -193,6 +193,7 @@ impl TelemetryCall {
             retries: 0,
             fallback: None,
             upstream_remaining: None,
+            cache_hit: None,
         };
         self.record(log, route);
     }
@@ -237,6 +238,8 @@ struct Observation {
     retries: u32,
     fallback: Option<Box<llmux::FallbackLog>>,
     upstream_remaining: Option<llmux::UpstreamRemaining>,
+    /// The response cache answered (`Some(true)`) or was asked and did not.
+    cache_hit: Option<bool>,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,6 +346,18 @@ struct FallbackLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CacheLabels {
+    model: String,
+    hashed_api_key: String,
+    api_key_alias: String,
+    team: String,
+    team_alias: String,
+    end_user: String,
+    user: String,
+    model_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct DeploymentStateLabels {
     litellm_model_name: String,
     model_id: String,
@@ -421,6 +436,9 @@ struct Series {
     failed_fallbacks: Counters<FallbackLabels>,
     remaining_requests: Family<OverheadLabels, Gauge>,
     remaining_tokens: Family<OverheadLabels, Gauge>,
+    cache_hits: Counters<CacheLabels>,
+    cache_misses: Counters<CacheLabels>,
+    cached_tokens: Counters<CacheLabels>,
     refusals: Counters<RefusalLabels>,
     key_remaining_budget: Budgets<KeyBudgetLabels>,
     key_max_budget: Budgets<KeyBudgetLabels>,
@@ -451,6 +469,9 @@ impl Default for Series {
             failed_fallbacks: Family::default(),
             remaining_requests: Family::default(),
             remaining_tokens: Family::default(),
+            cache_hits: Family::default(),
+            cache_misses: Family::default(),
+            cached_tokens: Family::default(),
             refusals: Family::default(),
             key_remaining_budget: Family::default(),
             key_max_budget: Family::default(),
@@ -475,6 +496,7 @@ struct SeriesKey {
     status: u16,
     failure: Option<ErrorKind>,
     served: bool,
+    cache_hit: Option<bool>,
 }
 
 /// The series one kind of request counts in (handles share the registry's values).
@@ -491,6 +513,8 @@ struct Handles {
     /// The labels of this kind of request's fallbacks, less the fallback's own (fallbacks are
     /// rare: their series are looked up when one happens).
     fallback: FallbackLabels,
+    /// A cache hit or miss, and for a hit the tokens it saved.
+    cache: Option<(Counter<u64>, Option<Counter<u64>>)>,
     success: Option<SuccessHandles>,
 }
 
@@ -661,6 +685,21 @@ impl Metrics {
             s.remaining_tokens.clone(),
         );
         registry.register(
+            "litellm_cache_hits_metric",
+            "Requests the response cache answered",
+            s.cache_hits.clone(),
+        );
+        registry.register(
+            "litellm_cache_misses_metric",
+            "Requests the response cache was asked and could not answer",
+            s.cache_misses.clone(),
+        );
+        registry.register(
+            "litellm_cached_tokens_metric",
+            "Tokens the response cache's answers saved",
+            s.cached_tokens.clone(),
+        );
+        registry.register(
             "llmux_admission_refusals",
             "Requests refused by a rate limit or a budget before reaching a deployment",
             s.refusals.clone(),
@@ -762,6 +801,7 @@ impl Metrics {
             retries: 0,
             fallback: None,
             upstream_remaining: None,
+            cache_hit: None,
         });
     }
 
@@ -806,6 +846,7 @@ impl Metrics {
             status: o.status,
             failure: o.failure,
             served: o.served,
+            cache_hit: o.cache_hit,
         };
         let handles = {
             let mut cache = self
@@ -848,6 +889,12 @@ impl Metrics {
         }
         if o.retries > 0 {
             handles.retries.inc_by(u64::from(o.retries));
+        }
+        if let Some((lookups, saved)) = &handles.cache {
+            lookups.inc();
+            if let Some(saved) = saved {
+                saved.inc_by(o.total_tokens);
+            }
         }
         if let Some(fallback) = &o.fallback {
             self.count_fallbacks(&handles.fallback, fallback, o.failure.is_none());
@@ -1111,6 +1158,30 @@ impl Metrics {
             exception_class: NONE.to_owned(),
             model_id: model_id.clone(),
         };
+        let cache = k.cache_hit.map(|hit| {
+            let labels = CacheLabels {
+                model: if k.model_group.is_some() {
+                    group.clone()
+                } else {
+                    requested_model.clone()
+                },
+                hashed_api_key: key.clone(),
+                api_key_alias: key_alias.clone(),
+                team: team.clone(),
+                team_alias: team_alias.clone(),
+                end_user: end_user.clone(),
+                user: user.clone(),
+                model_id: model_id.clone(),
+            };
+            if hit {
+                (
+                    s.cache_hits.get_or_create(&labels).clone(),
+                    Some(s.cached_tokens.get_or_create(&labels).clone()),
+                )
+            } else {
+                (s.cache_misses.get_or_create(&labels).clone(), None)
+            }
+        });
         // Latencies, tokens and spend count successes only, as LiteLLM's do.
         let success = (k.failure.is_none() && k.served).then(|| {
             let model = ModelLabels {
@@ -1160,6 +1231,7 @@ impl Metrics {
             recoveries,
             retries,
             fallback,
+            cache,
             success,
         }
     }
@@ -1363,6 +1435,7 @@ impl Drop for MetricsHook {
             retries: 0,
             fallback: None,
             upstream_remaining: None,
+            cache_hit: None,
         });
     }
 }
@@ -1402,6 +1475,7 @@ impl RequestHook for MetricsHook {
             retries: log.retries,
             fallback: log.fallback.clone(),
             upstream_remaining: log.upstream_remaining,
+            cache_hit: log.cache_hit,
         });
         if let Some(t) = &self.telemetry {
             t.record(log.clone(), self.route);

@@ -156,6 +156,14 @@ pub async fn reload(state: &AppState, path: &Path) -> Result<Reloaded, Vec<Diagn
             ));
         }
     }
+    // The response cache is built once (its entries outlive reloads).
+    if new.cache != old.cache {
+        warnings.push(Diagnostic::warning(
+            "litellm_settings.cache_params",
+            "a changed response cache setting applies at the next start; the running cache is \
+             kept",
+        ));
+    }
     state.base_config.store(Arc::new(loaded.config.clone()));
     let applied = match &state.governance {
         // Database models are merged over the new file's, as at start.

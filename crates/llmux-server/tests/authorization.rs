@@ -20,6 +20,8 @@ model_list:
   - model_name: other-model
     litellm_params: {model: openai/other-model, api_base: "{mock}", api_key: k, input_cost_per_token: 0.001, output_cost_per_token: 0.002}
 router_settings: {num_retries: 0}
+# A cache nobody's requests use unasked (the cache routes need one to answer).
+litellm_settings: {cache: true, cache_params: {type: local, mode: default_off}}
 "#;
 
 /// The callers, in the order of a row's expectation string.
@@ -205,6 +207,8 @@ const TABLE: &[Row] = &[
     row("POST", "/model/delete", "/model/delete", Model, r#"{"id": "{id}"}"#, "yynnnnnn"),
     row("GET", "/model/info", "/model/info", Nothing, "", "yyyyyyyy"),
     row("GET", "/v1/model/info", "/v1/model/info", Nothing, "", "yyyyyyyy"),
+    row("GET", "/cache/ping", "/cache/ping", Nothing, "", "yyynnnnn"),
+    row("POST", "/cache/delete", "/cache/delete", Nothing, r#"{"keys": ["{fresh}"]}"#, "yynnnnnn"),
 ];
 
 static FRESH: AtomicU64 = AtomicU64::new(0);

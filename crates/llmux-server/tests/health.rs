@@ -271,7 +271,8 @@ general_settings:
 }
 
 #[tokio::test]
-async fn a_reload_that_changes_alerting_or_health_checks_says_they_apply_at_the_next_start() {
+async fn a_reload_that_changes_alerting_health_checks_or_the_cache_says_they_apply_at_the_next_start(
+) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config.yaml");
     let base =
@@ -285,7 +286,8 @@ async fn a_reload_that_changes_alerting_or_health_checks_says_they_apply_at_the_
     std::fs::write(
         &path,
         format!(
-            "{base}general_settings:\n  alerting: [webhook]\n  background_health_checks: true\n"
+            "{base}general_settings:\n  alerting: [webhook]\n  background_health_checks: true\n\
+             litellm_settings:\n  cache: true\n"
         ),
     )
     .unwrap();
@@ -303,4 +305,12 @@ async fn a_reload_that_changes_alerting_or_health_checks_says_they_apply_at_the_
         "{paths:?}"
     );
     assert!(!paths.contains(&"general_settings.health_check_interval".to_owned()));
+    assert!(
+        paths.contains(&"litellm_settings.cache_params".to_owned()),
+        "{paths:?}"
+    );
+    assert!(
+        state.client.snapshot().cache.is_none(),
+        "the running (absent) cache is kept"
+    );
 }

@@ -618,6 +618,9 @@ impl RequestView<'_> {
         if let Some(cost) = log.cost {
             attributes.push(kv("llmux.cost_usd", any_value::Value::DoubleValue(cost)));
         }
+        if let Some(hit) = log.cache_hit {
+            attributes.push(kv("llmux.cache_hit", any_value::Value::BoolValue(hit)));
+        }
         if let Some(ttft) = log.time_to_first_chunk {
             attributes.push(kv(
                 "llmux.time_to_first_token_s",

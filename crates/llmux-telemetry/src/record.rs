@@ -402,7 +402,7 @@ impl StandardLoggingPayload {
                 attempts: log.detail.as_ref().map_or(0, |d| d.attempts.len()),
                 recoveries: log.recoveries,
             },
-            cache_hit: false,
+            cache_hit: log.cache_hit == Some(true),
             cache_key: None,
             saved_cache_cost: 0.0,
             request_tags: finished.tags.clone(),

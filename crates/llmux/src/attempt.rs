@@ -134,6 +134,7 @@ impl Attempt {
             attempted_fallbacks: 0,
             cost: None,
             native: self.native,
+            cache_key: None,
         }
     }
 

@@ -34,6 +34,17 @@ pub struct DeliveredText {
     scanned: Option<(Vec<u8>, u64)>,
     /// The `finish_reason` values delivered, when noted (telemetry).
     finish_reasons: Option<Vec<String>>,
+    /// The delivered events themselves (shared, not copied), for the response cache: `None`
+    /// unless asked for, or once they passed the limit.
+    events: Option<KeptEvents>,
+}
+
+/// Events kept whole for the response cache, up to a byte limit.
+#[derive(Debug, Clone, Default, PartialEq)]
+struct KeptEvents {
+    events: Vec<bytes::Bytes>,
+    bytes: usize,
+    limit: usize,
 }
 
 /// Distinct finish reasons kept per stream (one per choice at most, in practice one).
@@ -52,6 +63,33 @@ impl DeliveredText {
     pub fn noting_finish_reasons(mut self) -> Self {
         self.finish_reasons = Some(Vec::new());
         self
+    }
+
+    /// Also keep the delivered events whole (refcounted, not copied), up to `limit` bytes:
+    /// past it none are kept ([`DeliveredText::take_events`] is then `None`).
+    pub fn keeping_events(mut self, limit: usize) -> Self {
+        self.events = Some(KeptEvents {
+            limit,
+            ..Default::default()
+        });
+        self
+    }
+
+    /// Keep one delivered event, when keeping them.
+    pub fn keep_event(&mut self, event: &bytes::Bytes) {
+        if let Some(kept) = self.events.as_mut() {
+            kept.bytes += event.len();
+            if kept.bytes > kept.limit {
+                self.events = None;
+            } else {
+                kept.events.push(event.clone());
+            }
+        }
+    }
+
+    /// The events kept, all of them, or `None` (not asked, or past the limit).
+    pub fn take_events(&mut self) -> Option<Vec<bytes::Bytes>> {
+        self.events.take().map(|k| k.events)
     }
 
     /// The `finish_reason`s delivered, when noted.

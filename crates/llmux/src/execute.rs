@@ -13,11 +13,12 @@ use llmux_types::{ErrorKind, GatewayError, RawObject, Usage};
 use serde_json::Value;
 
 use crate::attempt::Attempt;
+use crate::cache::{CachePlan, Lookup, ResponseCache};
 use crate::delivered::DeliveredText;
 use crate::deployment::{model_not_found, no_deployment_error, timeout_error, Claim};
 use crate::log::UpstreamRemaining;
 use crate::log::{AttemptLog, LogEmitter, Outcome, RequestDetail, RequestLog};
-use crate::relay::{relay_stream, RecoveryPlan, StreamSummary, Watch};
+use crate::relay::{relay_stream, RecoveryPlan, RelayStream, StreamSummary, Watch};
 use crate::response::{GatewayResponse, ResponseBody};
 use crate::resume::Resumer;
 use crate::tokens;
@@ -46,6 +47,9 @@ struct Trace {
     /// Retries made so far (across groups).
     retries: u32,
     fallback: Option<Box<crate::log::FallbackLog>>,
+    /// The response cache and what it does for this request (it missed: the answer is
+    /// stored when it succeeds).
+    cache: Option<(Arc<ResponseCache>, Arc<CachePlan>)>,
 }
 
 /// An attempt timed for its span.
@@ -162,6 +166,7 @@ impl Trace {
             retries: self.retries,
             fallback: self.fallback.clone(),
             upstream_remaining: None,
+            cache_hit: self.cache.as_ref().map(|_| false),
         }
     }
 }
@@ -248,6 +253,7 @@ pub(crate) async fn execute(
         content: options.observe.as_ref().is_some_and(|o| o.content),
         retries: 0,
         fallback: None,
+        cache: None,
     };
     let result = match body {
         Input::Parsed(parsed) => execute_traced(logs, snapshot, parsed, &mut trace, &options).await,
@@ -317,6 +323,46 @@ async fn execute_traced(
         .ok_or_else(|| model_not_found(&model))?;
     trace.model_group = Some(first.group.to_owned());
 
+    if let Some(cache) = &snapshot.cache {
+        // A wildcard group answers for many models: the model asked for is the key's.
+        let route_key = if first.wildcard.is_some() {
+            model.as_str()
+        } else {
+            first.group
+        };
+        if let Some(plan) = cache.plan(op, request, route_key, options.cache_scope.as_deref())? {
+            let plan = Arc::new(plan);
+            let include_usage = stream && include_usage(request);
+            let answer = match cache.lookup(&plan).await {
+                Lookup::Hit(found) => {
+                    cached_answer(trace, logs, &plan, found.body, None, include_usage)
+                }
+                Lookup::Partial(found) if found.iter().all(Option::is_some) => {
+                    let entries: Vec<Bytes> = found.into_iter().flatten().map(|c| c.body).collect();
+                    crate::cache::replay::join_embeddings(&entries).and_then(|(body, usage)| {
+                        cached_answer(trace, logs, &plan, body, Some(usage), false)
+                    })
+                }
+                Lookup::Partial(found) => {
+                    return partial_embeddings(
+                        logs,
+                        Arc::clone(&snapshot),
+                        body,
+                        trace,
+                        options,
+                        found,
+                    )
+                    .await;
+                }
+                Lookup::Miss => None,
+            };
+            if let Some(answer) = answer {
+                return Ok(answer);
+            }
+            trace.cache = Some((Arc::clone(cache), plan));
+        }
+    }
+
     let mut run = Run {
         snapshot: &snapshot,
         logs,
@@ -367,6 +413,127 @@ async fn execute_traced(
         }
     }
     run.finish(result)
+}
+
+/// `stream_options.include_usage`: the client wants the usage chunk.
+fn include_usage(request: &RawObject<'_>) -> bool {
+    #[derive(serde::Deserialize)]
+    struct StreamOptions {
+        #[serde(default)]
+        include_usage: bool,
+    }
+    matches!(
+        request.decode::<StreamOptions>("stream_options"),
+        Ok(Some(StreamOptions {
+            include_usage: true
+        }))
+    )
+}
+
+/// The answer to a request from the cache (a JSON answer, replayed as a stream for a stream
+/// request), with its record: a hit costs nothing and calls no upstream. `None` when a stream
+/// cannot carry it (the request then goes upstream).
+fn cached_answer(
+    trace: &mut Trace,
+    logs: &LogEmitter,
+    plan: &CachePlan,
+    body: Bytes,
+    usage: Option<Usage>,
+    include_usage: bool,
+) -> Option<GatewayResponse> {
+    let usage = usage.or_else(|| {
+        RawObject::parse(&body)
+            .ok()
+            .and_then(|o| o.decode::<Usage>("usage").ok().flatten())
+    });
+    let (response_body, chunks) = if trace.stream {
+        let events = crate::cache::replay::to_stream(trace.op, &body, include_usage)?;
+        let chunks = events.len() as u64;
+        (
+            ResponseBody::Stream(RelayStream::from_events(events)),
+            chunks,
+        )
+    } else {
+        (ResponseBody::Json(body.clone()), 0)
+    };
+    let elapsed = trace.received_at.elapsed();
+    if trace.wanted(logs) {
+        if let Some(detail) = trace.detail.as_mut() {
+            if trace.content {
+                detail.response_body = Some(body);
+            }
+        }
+        let mut log = trace.log(
+            200,
+            Outcome::Success,
+            usage,
+            elapsed,
+            trace.stream.then_some(elapsed),
+            chunks,
+        );
+        log.cache_hit = Some(true);
+        log.cost = Some(0.0);
+        trace.emit(logs, log);
+    }
+    Some(GatewayResponse {
+        meta: crate::response::ResponseMeta {
+            request_id: trace.request_id.clone(),
+            model_group: trace.model_group.clone().unwrap_or_default(),
+            deployment_id: String::new(),
+            provider: "cache",
+            status: 200,
+            forwarded_headers: Vec::new(),
+            usage: if trace.stream { None } else { usage },
+            upstream_latency: Duration::ZERO,
+            overhead: elapsed,
+            attempted_retries: 0,
+            attempted_fallbacks: 0,
+            cost: Some(0.0),
+            native: false,
+            cache_key: Some(plan.hash.clone()),
+        },
+        body: response_body,
+    })
+}
+
+/// An embeddings batch some of whose inputs the cache holds: the others are sent upstream (as
+/// a batch of their own, whose answer is cached per input as usual), and the answer joins
+/// both in the request's order. The record is the upstream call's (what was billed).
+async fn partial_embeddings(
+    logs: &LogEmitter,
+    snapshot: Arc<Snapshot>,
+    body: &ParsedBody<'_>,
+    trace: &mut Trace,
+    options: &RequestOptions,
+    found: Vec<Option<crate::cache::Cached>>,
+) -> Result<GatewayResponse, GatewayError> {
+    let inputs = crate::cache::embedding_inputs(body.object())?;
+    let missing: Vec<usize> = (0..found.len()).filter(|i| found[*i].is_none()).collect();
+    let rest: Vec<&serde_json::Value> = missing.iter().filter_map(|i| inputs.get(*i)).collect();
+    let rest = serde_json::to_vec(&rest).map_err(|e| GatewayError::internal(e.to_string()))?;
+    let reduced = Bytes::from(body.object().edit().set("input", rest).render());
+    let reduced = ParsedBody::parse(&reduced)?;
+    let mut response = Box::pin(execute_traced(logs, snapshot, &reduced, trace, options)).await?;
+    let ResponseBody::Json(fresh) = &response.body else {
+        return Ok(response);
+    };
+    let fresh = crate::cache::replay::split_embeddings(fresh, missing.len());
+    if fresh.len() != missing.len() {
+        return Err(GatewayError::new(
+            ErrorKind::UpstreamError,
+            "the upstream's embeddings answer did not hold a vector per input",
+        ));
+    }
+    let mut fresh = fresh.into_iter();
+    let entries: Vec<Bytes> = found
+        .into_iter()
+        .map(|c| c.map(|c| c.body).or_else(|| fresh.next()))
+        .collect::<Option<_>>()
+        .ok_or_else(|| GatewayError::internal("cached and fresh embeddings do not add up"))?;
+    let (joined, _) = crate::cache::replay::join_embeddings(&entries)
+        .ok_or_else(|| GatewayError::internal("cached embeddings could not be joined"))?;
+    response.body = ResponseBody::Json(joined);
+    Ok(response)
 }
 
 /// Fallback groups for a failure of `kind` in `group`: the list for that kind of failure, then
@@ -697,6 +864,13 @@ impl Run<'_> {
             );
             let mut response = response;
             response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
+            if let (Some((cache, plan)), ResponseBody::Json(body)) =
+                (&self.trace.cache, &response.body)
+            {
+                if !response.meta.native {
+                    cache.store(plan, body.clone(), None);
+                }
+            }
             let meta = &response.meta;
             if self.trace.wanted(self.logs) {
                 self.trace.record_attempt(
@@ -786,6 +960,11 @@ impl Run<'_> {
                     summary.usage.as_ref(),
                 );
             }
+            if let (Some((cache, plan)), Outcome::Success) = (&trace.cache, outcome) {
+                if let Some(events) = summary.delivered.take_events() {
+                    cache.store_stream(plan, trace.op, events, summary.usage);
+                }
+            }
             if trace.wanted(&logs) {
                 trace.record_attempt(clock, &upstream_model, meta.status, summary.error.as_ref());
                 if let Some(detail) = trace.detail.as_mut() {
@@ -834,6 +1013,12 @@ impl Run<'_> {
         let watch = Watch {
             hook: self.trace.hook.clone().filter(|h| h.watches_stream()),
             finish_reasons: self.trace.detail.is_some(),
+            keep_events: self
+                .trace
+                .cache
+                .as_ref()
+                .filter(|(_, plan)| plan.write && !meta.native)
+                .map(|(cache, _)| cache.settings().max_item_bytes),
         };
         let stream = relay_stream(
             peeked.initial,

@@ -16,6 +16,8 @@ pub struct Admitted {
     pub hook: Arc<dyn RequestHook>,
     /// The body to send instead of the one given (a key's model alias rewrote `model`).
     pub body: Option<Bytes>,
+    /// The tenant whose cached answers the request shares (`RequestOptions::cache_scope`).
+    pub cache_scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for Admitted {

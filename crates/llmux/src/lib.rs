@@ -17,6 +17,7 @@
 //! ```
 
 mod attempt;
+pub mod cache;
 mod credentials;
 mod delivered;
 mod deployment;
@@ -43,6 +44,7 @@ use arc_swap::ArcSwap;
 use llmux_config::{Config, Diagnostic, EnvSource, ProcessEnv};
 use llmux_router::{InMemoryStats, Router, StatsStore};
 
+pub use cache::{CacheBackend, CacheError, ResponseCache};
 pub use delivered::DeliveredText;
 pub use execute::ParsedBody;
 pub use gate::{Admitted, Gate};
@@ -76,6 +78,8 @@ pub struct Snapshot {
     pub buffers: Arc<upstream::BufferBudget>,
     /// Told when a deployment starts cooling down (shared by every snapshot of a client).
     cooldowns: Arc<Cooldowns>,
+    /// The response cache (shared by every snapshot of a client: a reload keeps its answers).
+    pub cache: Option<Arc<ResponseCache>>,
 }
 
 /// Told, with the deployment's id and the cooldown's length, when this client starts cooling a
@@ -159,6 +163,9 @@ pub struct RequestOptions {
     /// What telemetry needs kept about this request (attempts, trace, bodies); `None` keeps
     /// nothing beyond the record.
     pub observe: Option<Observe>,
+    /// The tenant whose cached answers this request may be served and adds to
+    /// (`cache_params.scope`: its team or key); `None` shares them with everyone.
+    pub cache_scope: Option<Arc<str>>,
 }
 
 impl std::fmt::Debug for RequestOptions {
@@ -184,6 +191,7 @@ impl Default for RequestOptions {
             hook: None,
             native_dialect: false,
             observe: None,
+            cache_scope: None,
         }
     }
 }
@@ -252,6 +260,7 @@ struct Inner {
     pricing: Arc<pricing::Pricing>,
     buffers: Arc<upstream::BufferBudget>,
     cooldowns: Arc<Cooldowns>,
+    cache: Option<Arc<ResponseCache>>,
     clients: upstream::ClientPool,
     stats: Arc<dyn StatsStore>,
     logs: log::LogEmitter,
@@ -290,6 +299,8 @@ pub struct ClientBuilder<'e> {
     env: &'e dyn EnvSource,
     stats: Option<Arc<dyn StatsStore>>,
     gate: Option<Arc<dyn Gate>>,
+    /// `Some(None)`: no cache whatever the configuration says.
+    cache: Option<Option<Arc<ResponseCache>>>,
 }
 
 impl std::fmt::Debug for ClientBuilder<'_> {
@@ -310,7 +321,16 @@ impl<'e> ClientBuilder<'e> {
             env,
             stats: self.stats,
             gate: self.gate,
+            cache: self.cache,
         }
+    }
+
+    /// Use `cache` as the response cache (a backend of the caller's, through
+    /// [`ResponseCache::with_backend`]), or none, instead of what the configuration's
+    /// `litellm_settings.cache` describes.
+    pub fn cache(mut self, cache: Option<Arc<ResponseCache>>) -> Self {
+        self.cache = Some(cache);
+        self
     }
 
     /// Where deployments' health, latency and usage live (`InMemoryStats` by default).
@@ -335,20 +355,42 @@ impl<'e> ClientBuilder<'e> {
         let pricing = Arc::new(pricing::Pricing::default());
         let buffers = Arc::new(upstream::BufferBudget::default());
         let cooldowns = Arc::new(Cooldowns::default());
+        let cache = match self.cache {
+            Some(chosen) => chosen,
+            None => match &self.config.cache {
+                Some(settings) => Some(Arc::new(
+                    ResponseCache::from_settings(
+                        settings,
+                        self.config.cache_redis_url(self.env).as_deref(),
+                    )
+                    .map_err(|e| {
+                        ConfigErrors(vec![Diagnostic::error(
+                            "litellm_settings.cache_params",
+                            e.0,
+                        )])
+                    })?,
+                )),
+                None => None,
+            },
+        };
         let (snapshot, diags) = build_snapshot(
             self.config,
             self.env,
             &clients,
             stats.as_ref(),
-            &pricing,
-            &buffers,
-            &cooldowns,
+            Shared {
+                pricing: &pricing,
+                buffers: &buffers,
+                cooldowns: &cooldowns,
+                cache: &cache,
+            },
         )?;
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             pricing,
             buffers,
             cooldowns,
+            cache,
             clients,
             stats,
             logs: log::LogEmitter::new(),
@@ -393,6 +435,7 @@ impl Client {
             env: &ProcessEnv,
             stats: None,
             gate: None,
+            cache: None,
         }
     }
 
@@ -449,9 +492,12 @@ impl Client {
             &ProcessEnv,
             &self.inner.clients,
             self.inner.stats.as_ref(),
-            &self.inner.pricing,
-            &self.inner.buffers,
-            &self.inner.cooldowns,
+            Shared {
+                pricing: &self.inner.pricing,
+                buffers: &self.inner.buffers,
+                cooldowns: &self.inner.cooldowns,
+                cache: &self.inner.cache,
+            },
         )?;
         self.inner.snapshot.store(Arc::new(snapshot));
         Ok(diags)
@@ -502,6 +548,7 @@ impl Client {
                 Some(own) => Arc::new(gate::BothHooks(admitted.hook, own)),
                 None => admitted.hook,
             });
+            options.cache_scope = admitted.cache_scope;
             if let Some(rewritten) = admitted.body {
                 let reparsed = ParsedBody::parse(&rewritten)?;
                 let input = execute::Input::Parsed(&reparsed);
@@ -565,15 +612,27 @@ impl Client {
     }
 }
 
+/// What every snapshot of a client shares.
+struct Shared<'a> {
+    pricing: &'a Arc<pricing::Pricing>,
+    buffers: &'a Arc<upstream::BufferBudget>,
+    cooldowns: &'a Arc<Cooldowns>,
+    cache: &'a Option<Arc<ResponseCache>>,
+}
+
 fn build_snapshot(
     config: Config,
     env: &dyn EnvSource,
     pool: &upstream::ClientPool,
     stats: &dyn StatsStore,
-    pricing: &Arc<pricing::Pricing>,
-    buffers: &Arc<upstream::BufferBudget>,
-    cooldowns: &Arc<Cooldowns>,
+    shared: Shared<'_>,
 ) -> Result<(Snapshot, Vec<Diagnostic>), ConfigErrors> {
+    let Shared {
+        pricing,
+        buffers,
+        cooldowns,
+        cache,
+    } = shared;
     let mut diags = Vec::new();
     let mut router = Router::build(&config, env, stats, &mut diags);
     if diags.iter().any(Diagnostic::is_error) {
@@ -595,6 +654,7 @@ fn build_snapshot(
             pricing: Arc::clone(pricing),
             buffers: Arc::clone(buffers),
             cooldowns: Arc::clone(cooldowns),
+            cache: cache.clone(),
         },
         diags,
     ))

@@ -59,6 +59,9 @@ pub struct RequestLog {
     pub fallback: Option<Box<FallbackLog>>,
     /// The upstream's rate-limit state after the answer (`x-ratelimit-remaining-*`).
     pub upstream_remaining: Option<UpstreamRemaining>,
+    /// The response cache was asked: `Some(true)` it answered (no upstream call; `usage` is
+    /// what the cached answer saved, `cost` zero), `Some(false)` it did not.
+    pub cache_hit: Option<bool>,
 }
 
 /// Where a request fell back to, and why.

@@ -241,6 +241,15 @@ impl Stream for RelayStream {
     }
 }
 
+impl RelayStream {
+    /// A stream of events known in full (an answer from the cache).
+    pub(crate) fn from_events(events: Vec<Bytes>) -> RelayStream {
+        RelayStream {
+            inner: Box::pin(futures_util::stream::iter(events)),
+        }
+    }
+}
+
 /// Largest burst of events gathered into one write to the client.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
@@ -284,6 +293,8 @@ pub(crate) struct Watch {
     pub hook: Option<Arc<dyn RequestHook>>,
     /// Note the finish reasons delivered (telemetry).
     pub finish_reasons: bool,
+    /// Keep the delivered events, up to this many bytes (the response cache stores them).
+    pub keep_events: Option<usize>,
 }
 
 impl Watch {
@@ -294,10 +305,14 @@ impl Watch {
         } else {
             DeliveredText::default()
         };
-        if self.finish_reasons {
+        let delivered = if self.finish_reasons {
             delivered.noting_finish_reasons()
         } else {
             delivered
+        };
+        match self.keep_events {
+            Some(limit) => delivered.keeping_events(limit),
+            None => delivered,
         }
     }
 }
@@ -321,6 +336,7 @@ fn deliver(
     let out = deliver_event(bytes, usage, tracker, rewriter);
     if let Some(b) = &out {
         delivered.observe(without_native_marks(b));
+        delivered.keep_event(b);
     }
     out
 }

@@ -36,6 +36,8 @@ pub struct ResponseMeta {
     /// The body is the provider's answer in the client's own dialect (an Anthropic Messages
     /// request answered by a deployment that speaks it), not the OpenAI translation.
     pub native: bool,
+    /// The answer came from the response cache, under this key (`x-litellm-cache-key`).
+    pub cache_key: Option<String>,
 }
 
 #[derive(Debug)]

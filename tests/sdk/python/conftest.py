@@ -107,6 +107,8 @@ def gateway():
         "llmux_settings": {"database_path": os.path.join(tempfile.mkdtemp(prefix="llmux-sdk-"), "llmux.db")},
         # The SDK's own error handling is under test here, not the router's retries.
         "router_settings": {"num_retries": 0, "disable_cooldowns": True},
+        # A response cache only requests that ask use (`cache: {"use-cache": true}`).
+        "litellm_settings": {"cache": True, "cache_params": {"type": "local", "mode": "default_off"}},
     }
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         json.dump(config, f)  # JSON is YAML

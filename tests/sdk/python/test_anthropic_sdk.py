@@ -110,3 +110,22 @@ def test_auth_by_bearer_token_as_claude_code_sends_it(gateway_url):
     m = client.beta.messages.create(model="p-openai", max_tokens=64, messages=HELLO,
                                     betas=["interleaved-thinking-2025-05-14"])
     assert m.content[0].text == TEXT
+
+
+def test_a_cached_answer_streams_to_the_anthropic_sdk(client):
+    """A Messages request in front of an OpenAI deployment is cached like a chat request; the
+    repeat, streamed, is the SDK's own accumulated message with the same text."""
+    import time
+    import uuid
+
+    messages = [{"role": "user", "content": f"cache {uuid.uuid4()}"}]
+    extra = {"cache": {"use-cache": True}}
+    first = client.messages.create(model="gpt-test", max_tokens=64, messages=messages, extra_body=extra)
+    time.sleep(0.2)
+    raw = client.messages.with_raw_response.create(model="gpt-test", max_tokens=64, messages=messages, extra_body=extra)
+    assert len(raw.headers["x-litellm-cache-key"]) == 64
+    assert raw.parse().content[0].text == first.content[0].text
+    with client.messages.stream(model="gpt-test", max_tokens=64, messages=messages, extra_body=extra) as s:
+        final = s.get_final_message()
+    assert final.content[0].text == first.content[0].text
+    assert final.stop_reason == first.stop_reason

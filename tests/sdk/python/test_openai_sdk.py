@@ -250,3 +250,28 @@ def test_anthropic_deployment_through_the_openai_sdk(client):
             finish = choice.finish_reason or finish
     assert json.loads(args) == {"location": "Paris"}
     assert finish == "tool_calls"
+
+
+def test_cached_answers_reach_the_sdk_as_json_and_as_a_replayed_stream(client):
+    """A repeat answered by the gateway's cache (opted into per request) reads as a live answer,
+    and a cached JSON answer replayed as a stream reads as a live stream, usage chunk included."""
+    import time
+    import uuid
+
+    prompt = [{"role": "user", "content": f"cache me {uuid.uuid4()}"}]
+    extra = {"cache": {"use-cache": True}}
+    first = client.chat.completions.with_raw_response.create(model="gpt-test", messages=prompt, extra_body=extra)
+    assert "x-litellm-cache-key" not in first.headers
+    answer = first.parse()
+    time.sleep(0.2)
+    again = client.chat.completions.with_raw_response.create(model="gpt-test", messages=prompt, extra_body=extra)
+    assert len(again.headers["x-litellm-cache-key"]) == 64
+    assert again.headers["x-litellm-response-cost"] == "0"
+    assert again.parse().choices[0].message.content == answer.choices[0].message.content
+    stream = client.chat.completions.create(model="gpt-test", messages=prompt, extra_body=extra, stream=True,
+                                            stream_options={"include_usage": True})
+    chunks = list(stream)
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == answer.choices[0].message.content
+    assert chunks[-1].usage.total_tokens == answer.usage.total_tokens
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"

@@ -104,6 +104,8 @@ pub const ROUTES: &[(&str, &[&str])] = &[
     ("/model/delete", &["POST"]),
     ("/model/info", &["GET"]),
     ("/v1/model/info", &["GET"]),
+    ("/cache/ping", &["GET"]),
+    ("/cache/delete", &["POST"]),
 ];
 
 // ---------- operations every resource shares ----------

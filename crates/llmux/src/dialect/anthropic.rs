@@ -274,6 +274,8 @@ struct MessagesRequest<'a> {
     content_policy_fallbacks: Option<&'a RawValue>,
     #[serde(borrow, default)]
     mock_testing_fallbacks: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    cache: Option<&'a RawValue>,
 }
 
 /// What the conversion reads of a Messages request, however it was read. Fields a client set
@@ -313,6 +315,7 @@ impl<'a> Fields<'a> {
             ("context_window_fallbacks", r.context_window_fallbacks),
             ("content_policy_fallbacks", r.content_policy_fallbacks),
             ("mock_testing_fallbacks", r.mock_testing_fallbacks),
+            ("cache", r.cache),
         ]
         .into_iter()
         .filter_map(|(k, v)| Some((k, v?)))

@@ -1,0 +1,376 @@
+//! Where cached answers are kept: in this process (moka, bounded by bytes, each entry with its
+//! own lifetime), in Redis (shared by a fleet, surviving restarts), or both as two levels (the
+//! in-process one in front). Values are opaque bytes; the cache above decides what they hold.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+/// A backend that failed (unreachable, too slow, refused): a lookup counts as a miss and a
+/// store is skipped; the request goes on.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct CacheError(pub String);
+
+/// Get, put with a lifetime, and delete opaque values by key.
+#[async_trait]
+pub trait CacheBackend: Send + Sync + std::fmt::Debug {
+    /// `local`, `redis` or `redis+local`, for `/cache/ping` and logs.
+    fn name(&self) -> &'static str;
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
+
+    /// Several keys in one round trip where the backend can.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for key in keys {
+            out.push(self.get(key).await?);
+        }
+        Ok(out)
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError>;
+
+    /// Remove `keys`; how many were there (as far as the backend can tell).
+    async fn delete(&self, keys: &[String]) -> Result<u64, CacheError>;
+
+    /// Whether the backend answers.
+    async fn ping(&self) -> Result<(), CacheError>;
+}
+
+/// One in-process entry: the value and how long it lives.
+#[derive(Clone)]
+struct LocalEntry {
+    value: Bytes,
+    ttl: Duration,
+}
+
+/// Each entry expires after its own lifetime.
+struct PerEntryExpiry;
+
+impl moka::Expiry<Arc<str>, LocalEntry> for PerEntryExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &Arc<str>,
+        value: &LocalEntry,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+
+    fn expire_after_update(
+        &self,
+        _key: &Arc<str>,
+        value: &LocalEntry,
+        _updated_at: std::time::Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Answers kept in this process, at most `max_bytes` of them (least recently and least often
+/// used go first, moka's TinyLFU), each for its own lifetime.
+#[derive(Clone)]
+pub struct LocalCache {
+    entries: moka::sync::Cache<Arc<str>, LocalEntry>,
+}
+
+impl std::fmt::Debug for LocalCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LocalCache")
+            .field("entries", &self.entries.entry_count())
+            .field("bytes", &self.entries.weighted_size())
+            .finish()
+    }
+}
+
+impl LocalCache {
+    pub fn new(max_bytes: u64) -> LocalCache {
+        LocalCache {
+            entries: moka::sync::Cache::builder()
+                .max_capacity(max_bytes)
+                .weigher(|key: &Arc<str>, entry: &LocalEntry| {
+                    // The key, the value and moka's own bookkeeping.
+                    u32::try_from(key.len() + entry.value.len() + 96).unwrap_or(u32::MAX)
+                })
+                .expire_after(PerEntryExpiry)
+                .build(),
+        }
+    }
+
+    /// The value, synchronously (the in-process level answers without a task switch).
+    pub fn get_now(&self, key: &str) -> Option<Bytes> {
+        self.entries.get(key).map(|e| e.value)
+    }
+
+    pub fn put_now(&self, key: &str, value: Bytes, ttl: Duration) {
+        self.entries
+            .insert(Arc::from(key), LocalEntry { value, ttl });
+    }
+
+    fn delete_now(&self, keys: &[String]) -> u64 {
+        keys.iter()
+            .filter(|k| self.entries.remove(k.as_str()).is_some())
+            .count() as u64
+    }
+}
+
+#[async_trait]
+impl CacheBackend for LocalCache {
+    fn name(&self) -> &'static str {
+        "local"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_now(key))
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.put_now(key, value, ttl);
+        Ok(())
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, CacheError> {
+        Ok(self.delete_now(keys))
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        Ok(())
+    }
+}
+
+/// How long a request waits on Redis for a cached answer before going upstream instead.
+const REDIS_LOOKUP_DEADLINE: Duration = Duration::from_millis(250);
+
+/// Answers kept in Redis (`SET key value PX ttl`), shared by every instance that names it.
+/// Connects on first use, and again after a failure.
+pub struct RedisCache {
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    /// Where the URL points, without its password (for logs).
+    target: String,
+}
+
+impl std::fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisCache")
+            .field("target", &self.target)
+            .finish()
+    }
+}
+
+impl RedisCache {
+    pub fn new(url: &str) -> Result<RedisCache, CacheError> {
+        let client =
+            redis::Client::open(url).map_err(|e| CacheError(format!("cache redis url: {e}")))?;
+        let info = client.get_connection_info();
+        let target = format!("{:?}", info.addr());
+        Ok(RedisCache {
+            client,
+            connection: tokio::sync::Mutex::new(None),
+            target,
+        })
+    }
+
+    /// The shared connection, made on first use.
+    async fn connection(&self) -> Result<redis::aio::ConnectionManager, CacheError> {
+        let mut slot = self.connection.lock().await;
+        if let Some(conn) = slot.as_ref() {
+            return Ok(conn.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(Duration::from_secs(2)))
+            .set_response_timeout(Some(Duration::from_secs(2)));
+        let conn = tokio::time::timeout(
+            Duration::from_secs(3),
+            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config),
+        )
+        .await
+        .map_err(|_| {
+            CacheError(format!(
+                "cache redis {}: no connection within 3 s",
+                self.target
+            ))
+        })?
+        .map_err(|e| CacheError(format!("cache redis {}: {e}", self.target)))?;
+        *slot = Some(conn.clone());
+        Ok(conn)
+    }
+
+    async fn run<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+        deadline: Duration,
+    ) -> Result<T, CacheError> {
+        let mut conn = self.connection().await?;
+        tokio::time::timeout(deadline, cmd.query_async::<T>(&mut conn))
+            .await
+            .map_err(|_| {
+                CacheError(format!(
+                    "cache redis {}: no answer within {} ms",
+                    self.target,
+                    deadline.as_millis()
+                ))
+            })?
+            .map_err(|e| CacheError(format!("cache redis {}: {e}", self.target)))
+    }
+}
+
+#[async_trait]
+impl CacheBackend for RedisCache {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        let value: Option<Vec<u8>> = self
+            .run(redis::cmd("GET").arg(key), REDIS_LOOKUP_DEADLINE)
+            .await?;
+        Ok(value.map(Bytes::from))
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<Vec<u8>>> = self
+            .run(redis::cmd("MGET").arg(keys), REDIS_LOOKUP_DEADLINE)
+            .await?;
+        Ok(values.into_iter().map(|v| v.map(Bytes::from)).collect())
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        self.run::<()>(
+            redis::cmd("SET")
+                .arg(key)
+                .arg(value.as_ref())
+                .arg("PX")
+                .arg(ms),
+            Duration::from_secs(2),
+        )
+        .await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, CacheError> {
+        if keys.is_empty() {
+            return Ok(0);
+        }
+        self.run(redis::cmd("DEL").arg(keys), Duration::from_secs(2))
+            .await
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.run::<String>(&redis::cmd("PING"), Duration::from_secs(2))
+            .await
+            .map(drop)
+    }
+}
+
+/// Redis behind an in-process level: a hit in this process costs no round trip; a miss there
+/// asks Redis and keeps what it finds for `local_ttl` (or less: an entry another instance
+/// deleted lives on here at most that long).
+#[derive(Debug)]
+pub struct TwoLevelCache {
+    pub local: LocalCache,
+    pub shared: RedisCache,
+    pub local_ttl: Duration,
+}
+
+#[async_trait]
+impl CacheBackend for TwoLevelCache {
+    fn name(&self) -> &'static str {
+        "redis+local"
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        if let Some(v) = self.local.get_now(key) {
+            return Ok(Some(v));
+        }
+        let found = self.shared.get(key).await?;
+        if let Some(v) = &found {
+            self.local.put_now(key, v.clone(), self.local_ttl);
+        }
+        Ok(found)
+    }
+
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let mut out: Vec<Option<Bytes>> = keys.iter().map(|k| self.local.get_now(k)).collect();
+        let missing: Vec<String> = keys
+            .iter()
+            .zip(&out)
+            .filter(|(_, v)| v.is_none())
+            .map(|(k, _)| k.clone())
+            .collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        let mut found = self.shared.get_many(&missing).await?.into_iter();
+        for (key, slot) in keys.iter().zip(out.iter_mut()) {
+            if slot.is_none() {
+                *slot = found.next().flatten();
+                if let Some(v) = slot {
+                    self.local.put_now(key, v.clone(), self.local_ttl);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.local
+            .put_now(key, value.clone(), ttl.min(self.local_ttl));
+        self.shared.put(key, value, ttl).await
+    }
+
+    async fn delete(&self, keys: &[String]) -> Result<u64, CacheError> {
+        let here = self.local.delete_now(keys);
+        let there = self.shared.delete(keys).await?;
+        Ok(here.max(there))
+    }
+
+    async fn ping(&self) -> Result<(), CacheError> {
+        self.shared.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn local_entries_expire_on_their_own_lifetimes_and_the_size_is_bounded() {
+        let cache = LocalCache::new(64 * 1024);
+        cache
+            .put("short", Bytes::from_static(b"a"), Duration::from_millis(50))
+            .await
+            .unwrap();
+        cache
+            .put("long", Bytes::from_static(b"b"), Duration::from_secs(60))
+            .await
+            .unwrap();
+        assert_eq!(
+            cache.get("short").await.unwrap().as_deref(),
+            Some(&b"a"[..])
+        );
+        tokio::time::sleep(Duration::from_millis(120)).await;
+        assert_eq!(cache.get("short").await.unwrap(), None);
+        assert_eq!(cache.get("long").await.unwrap().as_deref(), Some(&b"b"[..]));
+        // 200 entries of 1 KiB cannot all fit in 64 KiB.
+        for i in 0..200 {
+            cache.put_now(
+                &format!("k{i}"),
+                Bytes::from(vec![0u8; 1024]),
+                Duration::from_secs(60),
+            );
+        }
+        cache.entries.run_pending_tasks();
+        assert!(cache.entries.weighted_size() <= 64 * 1024);
+        assert_eq!(cache.delete(&["long".to_owned()]).await.unwrap(), 1);
+        assert_eq!(cache.get("long").await.unwrap(), None);
+    }
+}

@@ -190,15 +190,23 @@ impl Principal {
         }
     }
 
-    /// The tenant whose cached answers this caller shares under `scope`: its team (`team:<id>`,
-    /// or `team:` without one) or its key (`key:<hash>`, `key:` for the master key); `None`
-    /// for the global scope.
+    /// The tenant whose cached answers this caller shares under `scope`: its team
+    /// (`team:<id>`), or its key (`key:<hash>`; also for a key in no team under the team scope,
+    /// so teamless keys never share; `key:` is the master key's own); `None` for the global
+    /// scope.
     pub fn cache_scope(&self, scope: llmux::config::CacheScope) -> Option<Arc<str>> {
-        let id = |g: &Option<Arc<Governed>>| g.as_ref().map_or("", |g| &*g.labels.0).to_owned();
-        match scope {
-            llmux::config::CacheScope::Global => None,
-            llmux::config::CacheScope::Team => Some(Arc::from(format!("team:{}", id(&self.team)))),
-            llmux::config::CacheScope::Key => Some(Arc::from(format!("key:{}", id(&self.key)))),
+        let key = || {
+            let id = self.key.as_ref().map_or("", |k| &*k.labels.0);
+            Arc::from(format!("key:{id}"))
+        };
+        match (scope, &self.team) {
+            (llmux::config::CacheScope::Global, _) => None,
+            (llmux::config::CacheScope::Team, Some(team)) => {
+                Some(Arc::from(format!("team:{}", team.labels.0)))
+            }
+            (llmux::config::CacheScope::Team, None) | (llmux::config::CacheScope::Key, _) => {
+                Some(key())
+            }
         }
     }
 

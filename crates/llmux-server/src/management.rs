@@ -191,14 +191,16 @@ async fn cache_ping(
                 ErrorKind::UpstreamUnavailable,
                 "The cache accepted a value and did not return it.",
             )
-            .with_code("cache_unhealthy"),
+            .with_code("cache_unhealthy")
+            .with_status(503),
         )),
         Err(e) => Err(Refusal(
             GatewayError::new(
                 ErrorKind::UpstreamUnavailable,
                 format!("Cache unhealthy: {e}"),
             )
-            .with_code("cache_unhealthy"),
+            .with_code("cache_unhealthy")
+            .with_status(503),
         )),
     }
 }
@@ -234,10 +236,14 @@ async fn cache_delete(
         ));
     };
     let deleted = cache.delete(&keys).await.map_err(|e| {
-        Refusal(GatewayError::new(
-            ErrorKind::UpstreamUnavailable,
-            format!("Cache unhealthy: {e}"),
-        ))
+        Refusal(
+            GatewayError::new(
+                ErrorKind::UpstreamUnavailable,
+                format!("Cache unhealthy: {e}"),
+            )
+            .with_code("cache_unhealthy")
+            .with_status(503),
+        )
     })?;
     Ok(Answer(
         serde_json::json!({"status": "success", "deleted": deleted}),

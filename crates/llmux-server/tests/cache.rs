@@ -27,7 +27,9 @@ model_list:
     litellm_params: {model: text-completion-openai/mock-text, api_base: "{mock}", api_key: k}
   - model_name: rr
     litellm_params: {model: cohere/rerank-v3.5, api_base: "{mock}/..", api_key: co-key}
-router_settings: {num_retries: 0}
+  - model_name: down
+    litellm_params: {model: openai/down, api_base: "http://127.0.0.1:9/v1", api_key: k}
+router_settings: {num_retries: 0, fallbacks: [{down: [gpt]}]}
 "#;
 
 fn config(cache_params: &str) -> String {
@@ -318,13 +320,18 @@ async fn embeddings_are_cached_per_input_and_other_calls_too() {
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = h.post_as(MASTER, "/v1/completions", &completion).await;
     assert!(r.headers().get("x-litellm-cache-key").is_some());
-    let rerank = json!({"model": "rr", "query": "capital", "documents": ["a", "b"]});
+    let rerank =
+        json!({"model": "rr", "query": "capital", "documents": ["a", "b"], "cache": {"ttl": 60}});
     let first: Value = h
         .post_as(MASTER, "/v1/rerank", &rerank)
         .await
         .json()
         .await
         .unwrap();
+    assert!(
+        h.last_upstream_body().get("cache").is_none(),
+        "controls stay home"
+    );
     tokio::time::sleep(Duration::from_millis(50)).await;
     let r = h.post_as(MASTER, "/v1/rerank", &rerank).await;
     assert!(r.headers().get("x-litellm-cache-key").is_some());
@@ -376,6 +383,63 @@ async fn default_off_caches_only_what_asks_and_scopes_keep_tenants_apart() {
         "the same team's"
     );
     assert_eq!(calls(&h), 2);
+    // Keys in no team are each their own tenant (and the master key is another).
+    let loner1 = h.new_key(json!({})).await;
+    let loner2 = h.new_key(json!({})).await;
+    for (i, key) in [&loner1, &loner2, &MASTER.to_owned()]
+        .into_iter()
+        .enumerate()
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let r = chat(&h, key, ask("teamless")).await;
+        assert!(r.headers().get("x-litellm-cache-key").is_none(), "key {i}");
+    }
+    assert_eq!(calls(&h), 5);
+    let r = chat(&h, &loner1, ask("teamless")).await;
+    assert!(
+        r.headers().get("x-litellm-cache-key").is_some(),
+        "its own answer"
+    );
+}
+
+/// A fallback group's answer is not the requested group's: it is not kept under its key.
+#[tokio::test]
+async fn answers_from_a_fallback_group_are_not_kept() {
+    let h = start_governed(&config("{type: local}"), Db::Sqlite).await;
+    let down = json!({"model": "down", "messages": [{"role": "user", "content": "fall"}]});
+    for round in 1..=2u64 {
+        let r = chat(&h, MASTER, down.clone()).await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-litellm-attempted-fallbacks"], "1");
+        assert!(r.headers().get("x-litellm-cache-key").is_none());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(calls(&h), round, "answered by the fallback each time");
+    }
+}
+
+/// A Redis nobody listens on: every request is answered (a miss), none waits long for it.
+#[tokio::test]
+async fn a_dead_redis_costs_misses_not_errors() {
+    let h = start_governed(
+        &config("{type: redis, url: \"redis://127.0.0.1:9\"}"),
+        Db::Sqlite,
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| chat(&h, MASTER, ask("no redis")))).await;
+    assert!(answers.iter().all(|r| r.status() == 200));
+    assert!(answers
+        .iter()
+        .all(|r| r.headers().get("x-litellm-cache-key").is_none()));
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "each waits at most the lookup deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(calls(&h), 20);
+    let r = h.get_as(MASTER, "/cache/ping").await;
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
 }
 
 fn redis_url() -> String {

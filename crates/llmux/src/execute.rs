@@ -330,7 +330,15 @@ async fn execute_traced(
         } else {
             first.group
         };
-        if let Some(plan) = cache.plan(op, request, route_key, options.cache_scope.as_deref())? {
+        // With tag filtering, tags choose the deployments that may answer: they are the key's.
+        let tags: &[String] = if settings.enable_tag_filtering {
+            &controls.tags
+        } else {
+            &[]
+        };
+        if let Some(plan) =
+            cache.plan(op, request, route_key, options.cache_scope.as_deref(), tags)?
+        {
             let plan = Arc::new(plan);
             let include_usage = stream && include_usage(request);
             let answer = match cache.lookup(&plan).await {
@@ -864,8 +872,9 @@ impl Run<'_> {
             );
             let mut response = response;
             response.meta.cost = self.trace.cost(response.meta.usage.as_ref());
-            if let (Some((cache, plan)), ResponseBody::Json(body)) =
-                (&self.trace.cache, &response.body)
+            // A fallback group's answer is not the requested group's to keep.
+            if let (Some((cache, plan)), ResponseBody::Json(body), None) =
+                (&self.trace.cache, &response.body, &self.trace.fallback)
             {
                 if !response.meta.native {
                     cache.store(plan, body.clone(), None);
@@ -1017,7 +1026,7 @@ impl Run<'_> {
                 .trace
                 .cache
                 .as_ref()
-                .filter(|(_, plan)| plan.write && !meta.native)
+                .filter(|(_, plan)| plan.write && !meta.native && self.trace.fallback.is_none())
                 .map(|(cache, _)| cache.settings().max_item_bytes),
         };
         let stream = relay_stream(

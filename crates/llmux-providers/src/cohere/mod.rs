@@ -291,6 +291,7 @@ pub fn translate_embeddings(body: &[u8], model: &str) -> Result<(Value, Usage), 
 pub fn build_rerank(request: &RawObject<'_>, model: &str) -> Value {
     let mut body: Map<String, Value> = request
         .iter()
+        .filter(|(k, _)| !crate::GATEWAY_PARAMS.contains(k))
         .filter_map(|(k, v)| {
             serde_json::from_str(v.get())
                 .ok()

@@ -142,14 +142,31 @@ impl CacheBackend for LocalCache {
     }
 }
 
-/// How long a request waits on Redis for a cached answer before going upstream instead.
+/// How long a request waits on Redis for a cached answer (its connection included) before
+/// going upstream instead.
 const REDIS_LOOKUP_DEADLINE: Duration = Duration::from_millis(250);
 
+/// How long a background store waits on Redis (connecting included).
+const REDIS_STORE_DEADLINE: Duration = Duration::from_secs(3);
+
+/// Stores waiting on Redis at once; past it a store is dropped (and counted as an error), so a
+/// slow Redis cannot make them pile up.
+const MAX_PENDING_STORES: usize = 256;
+
 /// Answers kept in Redis (`SET key value PX ttl`), shared by every instance that names it.
-/// Connects on first use, and again after a failure.
+/// The connection is made in the background (at start, and again after a failure, a second
+/// later): a request never waits on it past its deadline.
 pub struct RedisCache {
+    inner: Arc<RedisInner>,
+    stores: Arc<tokio::sync::Semaphore>,
+}
+
+struct RedisInner {
     client: redis::Client,
-    connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+    /// The connection, once made (the manager reconnects it by itself afterwards).
+    connection: tokio::sync::watch::Sender<Option<redis::aio::ConnectionManager>>,
+    /// A connection attempt is under way.
+    connecting: std::sync::atomic::AtomicBool,
     /// Where the URL points, without its password (for logs).
     target: String,
 }
@@ -157,7 +174,7 @@ pub struct RedisCache {
 impl std::fmt::Debug for RedisCache {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisCache")
-            .field("target", &self.target)
+            .field("target", &self.inner.target)
             .finish()
     }
 }
@@ -166,56 +183,85 @@ impl RedisCache {
     pub fn new(url: &str) -> Result<RedisCache, CacheError> {
         let client =
             redis::Client::open(url).map_err(|e| CacheError(format!("cache redis url: {e}")))?;
-        let info = client.get_connection_info();
-        let target = format!("{:?}", info.addr());
-        Ok(RedisCache {
-            client,
-            connection: tokio::sync::Mutex::new(None),
-            target,
-        })
+        let target = format!("{:?}", client.get_connection_info().addr());
+        let cache = RedisCache {
+            inner: Arc::new(RedisInner {
+                client,
+                connection: tokio::sync::watch::Sender::new(None),
+                connecting: std::sync::atomic::AtomicBool::new(false),
+                target,
+            }),
+            stores: Arc::new(tokio::sync::Semaphore::new(MAX_PENDING_STORES)),
+        };
+        cache.start_connecting();
+        Ok(cache)
     }
 
-    /// The shared connection, made on first use.
-    async fn connection(&self) -> Result<redis::aio::ConnectionManager, CacheError> {
-        let mut slot = self.connection.lock().await;
-        if let Some(conn) = slot.as_ref() {
-            return Ok(conn.clone());
+    /// Start one background connection attempt, unless one is under way (or no runtime runs:
+    /// the first use starts it then).
+    fn start_connecting(&self) {
+        use std::sync::atomic::Ordering;
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.inner.connecting.swap(true, Ordering::AcqRel) {
+            return;
         }
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_secs(2)))
-            .set_response_timeout(Some(Duration::from_secs(2)));
-        let conn = tokio::time::timeout(
-            Duration::from_secs(3),
-            redis::aio::ConnectionManager::new_with_config(self.client.clone(), config),
-        )
-        .await
-        .map_err(|_| {
-            CacheError(format!(
-                "cache redis {}: no connection within 3 s",
-                self.target
-            ))
-        })?
-        .map_err(|e| CacheError(format!("cache redis {}: {e}", self.target)))?;
-        *slot = Some(conn.clone());
-        Ok(conn)
+        let inner = Arc::clone(&self.inner);
+        runtime.spawn(async move {
+            let config = redis::aio::ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(Duration::from_secs(2)))
+                .set_response_timeout(Some(Duration::from_secs(2)));
+            let made = tokio::time::timeout(
+                Duration::from_secs(3),
+                redis::aio::ConnectionManager::new_with_config(inner.client.clone(), config),
+            )
+            .await;
+            match made {
+                Ok(Ok(conn)) => {
+                    inner.connection.send_replace(Some(conn));
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(target = %inner.target, error = %e, "cache redis: cannot connect; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                Err(_) => {
+                    tracing::warn!(target = %inner.target, "cache redis: no connection within 3 s; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+            inner.connecting.store(false, Ordering::Release);
+        });
     }
 
+    /// Run `cmd`, connection included, within `deadline`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         deadline: Duration,
     ) -> Result<T, CacheError> {
-        let mut conn = self.connection().await?;
-        tokio::time::timeout(deadline, cmd.query_async::<T>(&mut conn))
-            .await
-            .map_err(|_| {
-                CacheError(format!(
-                    "cache redis {}: no answer within {} ms",
-                    self.target,
-                    deadline.as_millis()
-                ))
-            })?
-            .map_err(|e| CacheError(format!("cache redis {}: {e}", self.target)))
+        let target = &self.inner.target;
+        let work = async {
+            let mut connection = self.inner.connection.subscribe();
+            if connection.borrow().is_none() {
+                self.start_connecting();
+            }
+            let mut conn = match connection.wait_for(Option::is_some).await {
+                Ok(conn) => conn
+                    .clone()
+                    .ok_or_else(|| CacheError(format!("cache redis {target}: not connected")))?,
+                Err(_) => return Err(CacheError(format!("cache redis {target}: closed"))),
+            };
+            cmd.query_async::<T>(&mut conn)
+                .await
+                .map_err(|e| CacheError(format!("cache redis {target}: {e}")))
+        };
+        tokio::time::timeout(deadline, work).await.map_err(|_| {
+            CacheError(format!(
+                "cache redis {target}: no answer within {} ms",
+                deadline.as_millis()
+            ))
+        })?
     }
 }
 
@@ -243,6 +289,12 @@ impl CacheBackend for RedisCache {
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let Ok(_pending) = Arc::clone(&self.stores).try_acquire_owned() else {
+            return Err(CacheError(format!(
+                "cache redis {}: {MAX_PENDING_STORES} stores already waiting; dropped",
+                self.inner.target
+            )));
+        };
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run::<()>(
             redis::cmd("SET")
@@ -250,7 +302,7 @@ impl CacheBackend for RedisCache {
                 .arg(value.as_ref())
                 .arg("PX")
                 .arg(ms),
-            Duration::from_secs(2),
+            REDIS_STORE_DEADLINE,
         )
         .await
     }
@@ -259,12 +311,12 @@ impl CacheBackend for RedisCache {
         if keys.is_empty() {
             return Ok(0);
         }
-        self.run(redis::cmd("DEL").arg(keys), Duration::from_secs(2))
+        self.run(redis::cmd("DEL").arg(keys), REDIS_STORE_DEADLINE)
             .await
     }
 
     async fn ping(&self) -> Result<(), CacheError> {
-        self.run::<String>(&redis::cmd("PING"), Duration::from_secs(2))
+        self.run::<String>(&redis::cmd("PING"), REDIS_STORE_DEADLINE)
             .await
             .map(drop)
     }

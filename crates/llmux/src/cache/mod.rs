@@ -45,8 +45,11 @@ const NOT_IN_KEY: &[&str] = &[
     "mock_testing_fallbacks",
 ];
 
-/// The prefix of stored keys when neither the configuration nor the request names one.
+/// The prefix of stored keys when the configuration names none.
 const DEFAULT_NAMESPACE: &str = "llmux:cache";
+
+/// The longest life a request may ask for (`cache.ttl`), unless the configured one is longer.
+const MAX_REQUESTED_TTL: Duration = Duration::from_secs(24 * 3600);
 
 /// What a request's `cache` member asks (LiteLLM's names).
 #[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
@@ -93,6 +96,9 @@ pub(crate) struct Cached {
     pub body: Bytes,
     /// When it was stored (unix ms).
     pub stored_at_ms: u64,
+    /// When it stops being an answer (unix ms): a copy kept elsewhere (the in-process level of
+    /// a Redis cache) is not served past it.
+    pub expires_at_ms: u64,
 }
 
 /// What a lookup found.
@@ -180,6 +186,7 @@ impl ResponseCache {
         request: &RawObject<'_>,
         route_key: &str,
         scope: Option<&str>,
+        tags: &[String],
     ) -> Result<Option<CachePlan>, GatewayError> {
         let calls = &self.settings.calls;
         let cached = match op {
@@ -204,15 +211,24 @@ impl ResponseCache {
         } else {
             self.settings.local_ttl()
         };
+        // A client may ask for a longer life than the default, up to a day (or the default if
+        // longer): its entries cannot outlive the operator's intent by years.
         let ttl = controls
             .ttl
             .map(Duration::from_secs_f64)
-            .unwrap_or(default_ttl);
-        let namespace = controls
+            .unwrap_or(default_ttl)
+            .min(default_ttl.max(MAX_REQUESTED_TTL));
+        // A request's namespace sits under the configured one: it cannot write among other
+        // keys of the Redis it shares.
+        let configured = self
+            .settings
             .namespace
             .as_deref()
-            .or(self.settings.namespace.as_deref())
             .unwrap_or(DEFAULT_NAMESPACE);
+        let namespace = match controls.namespace.as_deref() {
+            Some(own) => std::borrow::Cow::Owned(format!("{configured}:{own}")),
+            None => std::borrow::Cow::Borrowed(configured),
+        };
 
         let mut base = Vec::with_capacity(256);
         base.extend_from_slice(op.as_str().as_bytes());
@@ -221,6 +237,14 @@ impl ResponseCache {
         base.push(0);
         base.extend_from_slice(scope.unwrap_or("").as_bytes());
         base.push(0);
+        let mut tags: Vec<&String> = tags.iter().collect();
+        tags.sort();
+        tags.dedup();
+        for tag in tags {
+            base.extend_from_slice(b"tag=");
+            base.extend_from_slice(tag.as_bytes());
+            base.push(0);
+        }
         let mut members: Vec<(&str, &serde_json::value::RawValue)> = request
             .iter()
             .filter(|(k, _)| !NOT_IN_KEY.contains(k))
@@ -295,7 +319,7 @@ impl ResponseCache {
                 let young = plan.max_age.is_none_or(|max| {
                     now.saturating_sub(cached.stored_at_ms) <= max.as_millis() as u64
                 });
-                young.then_some(cached)
+                (young && now < cached.expires_at_ms).then_some(cached)
             })
             .collect();
         if entries.iter().all(Option::is_some) {
@@ -361,15 +385,16 @@ impl ResponseCache {
 
     async fn put_answer(&self, plan: &CachePlan, body: &[u8], inputs: Option<Vec<usize>>) {
         let now = now_ms();
+        let expires = now.saturating_add(plan.ttl.as_millis() as u64);
         let entries: Vec<(&String, Bytes)> = if plan.per_input {
             let positions = inputs.unwrap_or_else(|| (0..plan.keys.len()).collect());
             replay::split_embeddings(body, positions.len())
                 .into_iter()
                 .zip(positions)
-                .filter_map(|(item, i)| Some((plan.keys.get(i)?, encode(now, &item))))
+                .filter_map(|(item, i)| Some((plan.keys.get(i)?, encode(now, expires, &item))))
                 .collect()
         } else {
-            vec![(&plan.keys[0], encode(now, body))]
+            vec![(&plan.keys[0], encode(now, expires, body))]
         };
         for (key, value) in entries {
             if let Err(e) = self.backend.put(key, value, plan.ttl).await {
@@ -421,15 +446,17 @@ fn read_controls(request: &RawObject<'_>) -> Result<Controls, GatewayError> {
             .with_param("cache"));
         }
     }
-    if controls
-        .namespace
-        .as_ref()
-        .is_some_and(|n| n.is_empty() || n.len() > 256)
-    {
-        return Err(
-            GatewayError::invalid_request("`cache.namespace` must be 1 to 256 characters")
-                .with_param("cache"),
-        );
+    if controls.namespace.as_ref().is_some_and(|n| {
+        n.is_empty()
+            || n.len() > 128
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'))
+    }) {
+        return Err(GatewayError::invalid_request(
+            "`cache.namespace` must be 1 to 128 letters, digits, `.`, `_`, `-` or `:`",
+        )
+        .with_param("cache"));
     }
     Ok(controls)
 }
@@ -502,14 +529,14 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Stored values: a header line (`llmux-cache/1 <stored at, unix ms>`) and the JSON answer.
+/// Stored values: a header line (`llmux-cache/1 <stored at> <expires at>`, unix ms) and the
+/// JSON answer.
 const MAGIC: &[u8] = b"llmux-cache/1 ";
 
-fn encode(stored_at_ms: u64, body: &[u8]) -> Bytes {
-    let mut out = Vec::with_capacity(MAGIC.len() + 21 + body.len());
+fn encode(stored_at_ms: u64, expires_at_ms: u64, body: &[u8]) -> Bytes {
+    let mut out = Vec::with_capacity(MAGIC.len() + 42 + body.len());
     out.extend_from_slice(MAGIC);
-    out.extend_from_slice(stored_at_ms.to_string().as_bytes());
-    out.push(b'\n');
+    out.extend_from_slice(format!("{stored_at_ms} {expires_at_ms}\n").as_bytes());
     out.extend_from_slice(body);
     Bytes::from(out)
 }
@@ -519,11 +546,13 @@ fn encode(stored_at_ms: u64, body: &[u8]) -> Bytes {
 fn decode(value: Bytes) -> Option<Cached> {
     let rest = value.strip_prefix(MAGIC)?;
     let newline = rest.iter().position(|b| *b == b'\n')?;
-    let stored_at_ms = std::str::from_utf8(&rest[..newline]).ok()?.parse().ok()?;
+    let header = std::str::from_utf8(&rest[..newline]).ok()?;
+    let (stored, expires) = header.split_once(' ')?;
     let start = MAGIC.len() + newline + 1;
     Some(Cached {
         body: value.slice(start..),
-        stored_at_ms,
+        stored_at_ms: stored.parse().ok()?,
+        expires_at_ms: expires.parse().ok()?,
     })
 }
 
@@ -548,7 +577,7 @@ mod tests {
     ) -> Result<Option<CachePlan>, GatewayError> {
         let bytes = Bytes::from(body.to_owned());
         let request = RawObject::parse(&bytes).unwrap();
-        cache.plan(op, &request, "gpt", scope)
+        cache.plan(op, &request, "gpt", scope, &[])
     }
 
     fn hash(body: &str) -> String {
@@ -598,7 +627,10 @@ mod tests {
         assert!(!p.read && p.write);
         assert_eq!(p.ttl, Duration::from_secs(30));
         assert_eq!(p.max_age, Some(Duration::from_secs(5)));
-        assert!(p.keys[0].starts_with("team-x:"));
+        assert!(
+            p.keys[0].starts_with("llmux:cache:team-x:"),
+            "under the configured namespace"
+        );
         assert!(
             plan(r#"{"messages":[],"cache":{"no-cache":true,"no-store":true}}"#)
                 .unwrap()
@@ -610,6 +642,7 @@ mod tests {
             r#"{"messages":[],"cache":{"ttl":-1}}"#,
             r#"{"messages":[],"cache":{"no_cache":true}}"#,
             r#"{"messages":[],"cache":{"namespace":""}}"#,
+            r#"{"messages":[],"cache":{"namespace":"a*"}}"#,
         ] {
             let e = plan(bad).unwrap_err();
             assert_eq!(e.status, 400, "{bad}");
@@ -634,6 +667,26 @@ mod tests {
         )
         .unwrap()
         .is_some());
+    }
+
+    #[test]
+    fn tags_count_when_given_and_requested_lifetimes_are_capped() {
+        let c = cache();
+        let bytes = Bytes::from_static(br#"{"messages":[],"cache":{"ttl":1e8}}"#);
+        let request = RawObject::parse(&bytes).unwrap();
+        let plain = c
+            .plan(Operation::Chat, &request, "gpt", None, &[])
+            .unwrap()
+            .unwrap();
+        let tagged = c
+            .plan(Operation::Chat, &request, "gpt", None, &["eu".to_owned()])
+            .unwrap()
+            .unwrap();
+        assert_ne!(
+            plain.hash, tagged.hash,
+            "tag filtering makes tags part of the key"
+        );
+        assert_eq!(plain.ttl, MAX_REQUESTED_TTL);
     }
 
     #[test]
@@ -665,9 +718,9 @@ mod tests {
 
     #[test]
     fn stored_values_round_trip_and_others_are_ignored() {
-        let v = encode(1234, br#"{"id":"x"}"#);
+        let v = encode(1234, 5678, br#"{"id":"x"}"#);
         let d = decode(v).unwrap();
-        assert_eq!(d.stored_at_ms, 1234);
+        assert_eq!((d.stored_at_ms, d.expires_at_ms), (1234, 5678));
         assert_eq!(&d.body[..], br#"{"id":"x"}"#);
         assert!(decode(Bytes::from_static(b"something else")).is_none());
     }
@@ -682,7 +735,7 @@ mod tests {
         c.backend
             .put(
                 &p.keys[0],
-                encode(now_ms() - 10_000, b"{}"),
+                encode(now_ms() - 10_000, u64::MAX, b"{}"),
                 Duration::from_secs(60),
             )
             .await
@@ -700,12 +753,26 @@ mod tests {
             matches!(c.lookup(&young).await, Lookup::Miss),
             "ten seconds is too old"
         );
+        // Past its expiry an entry is no answer, wherever a copy of it lives.
+        c.backend
+            .put(
+                &p.keys[0],
+                encode(now_ms() - 10_000, now_ms() - 1, b"{}"),
+                Duration::from_secs(60),
+            )
+            .await
+            .unwrap();
+        assert!(matches!(c.lookup(&p).await, Lookup::Miss), "expired");
 
         let e = plan_for(&c, Operation::Embeddings, r#"{"input":["a","b"]}"#, None)
             .unwrap()
             .unwrap();
         c.backend
-            .put(&e.keys[1], encode(now_ms(), b"{}"), Duration::from_secs(60))
+            .put(
+                &e.keys[1],
+                encode(now_ms(), u64::MAX, b"{}"),
+                Duration::from_secs(60),
+            )
             .await
             .unwrap();
         match c.lookup(&e).await {

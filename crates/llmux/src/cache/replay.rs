@@ -68,6 +68,14 @@ pub(crate) fn assemble(op: Operation, events: &[Bytes], usage: Option<Usage>) ->
         }
     }
     let mut answer = head?;
+    // A stream that ended without saying why each choice finished was cut short.
+    if choices.is_empty()
+        || choices
+            .iter()
+            .any(|(_, c)| c.get("finish_reason").is_none())
+    {
+        return None;
+    }
     choices.sort_by_key(|(i, _)| *i);
     let object = match op {
         Operation::Chat => "chat.completion",
@@ -176,7 +184,12 @@ fn merge_tool_calls(message: &mut Map<String, Value>, deltas: Value) -> Option<(
             return None;
         };
         let index = delta.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
-        while calls.len() <= index {
+        // Calls arrive in order: an index past the next one is not a stream to rebuild (and
+        // must not make the gateway allocate up to it).
+        if index > calls.len() {
+            return None;
+        }
+        if index == calls.len() {
             calls.push(
                 json!({"id": null, "type": "function", "function": {"name": "", "arguments": ""}}),
             );
@@ -456,6 +469,16 @@ mod tests {
             json!({"id": "a", "choices": [{"index": 0, "delta": {"content": "x"}, "logprobs": {"content": []}}]}),
         ]);
         assert!(assemble(Operation::Chat, &logprobs, None).is_none());
+        // Cut short: no choice says why it finished.
+        let cut = sse(&[
+            json!({"id": "a", "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]}),
+        ]);
+        assert!(assemble(Operation::Chat, &cut, None).is_none());
+        // A tool call far past the next index is refused, not allocated up to.
+        let far = sse(&[
+            json!({"id": "a", "choices": [{"index": 0, "delta": {"tool_calls": [{"index": 4_000_000_000u64, "function": {"arguments": "x"}}]}, "finish_reason": "tool_calls"}]}),
+        ]);
+        assert!(assemble(Operation::Chat, &far, None).is_none());
         let audio = br#"{"id":"a","choices":[{"index":0,"message":{"role":"assistant","audio":{"id":"x"}},"finish_reason":"stop"}]}"#;
         assert!(to_stream(Operation::Chat, audio, false).is_none());
     }

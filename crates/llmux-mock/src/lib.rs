@@ -7,8 +7,10 @@
 //! chunk), `chunk_delay_ms`, `chunks`, `status` + `error_body`, `retry_after`, `cut_after`
 //! (drop the connection after N chunks), `error_event_after` (an `{"error":...}` event after N
 //! chunks), `stall_after` (stop sending after N chunks), `usage_delay_ms` (a pause before the
-//! usage chunk), `text` (the answer), and
-//! `token_expires_in` (lifetime of the OAuth tokens the emulated token endpoints mint).
+//! usage chunk), `text` (the answer),
+//! `token_expires_in` (lifetime of the OAuth tokens the emulated token endpoints mint), and
+//! `embedding: words` (embeddings from the input's words rather than its position, so similar
+//! texts get similar vectors: a semantic cache's test).
 
 mod cloud;
 
@@ -1009,10 +1011,48 @@ impl Drop for StreamGuard {
     }
 }
 
+/// A bag-of-words vector of `text`: each lowercase word (letters and digits) adds one to a
+/// dimension chosen by its FNV-1a hash, normalized. Texts sharing most words are close.
+fn word_vector(text: &str, dims: usize) -> Vec<f32> {
+    let mut vector = vec![0.0f32; dims.max(1)];
+    for word in text
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| !w.is_empty())
+    {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in word.to_lowercase().bytes() {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let at = (hash % vector.len() as u64) as usize;
+        vector[at] += 1.0;
+    }
+    let norm = vector.iter().map(|v| v * v).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        vector.iter_mut().for_each(|v| *v /= norm);
+    }
+    vector
+}
+
 async fn embeddings(State(state): State<Arc<MockState>>, request: Request) -> Response {
-    let (_, body, _) = match read(&state, request).await {
+    let (headers, body, _) = match read(&state, request).await {
         Ok(v) => v,
         Err(r) => return r,
+    };
+    let by_words = headers
+        .get("x-mock-embedding")
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| {
+            body.pointer("/mock_options/embedding")
+                .and_then(Value::as_str)
+        })
+        == Some("words");
+    let texts: Vec<String> = match body.get("input") {
+        Some(Value::Array(items)) if !items.iter().all(Value::is_number) => items
+            .iter()
+            .map(|i| i.as_str().unwrap_or_default().to_owned())
+            .collect(),
+        Some(Value::String(s)) => vec![s.clone()],
+        _ => Vec::new(),
     };
     let model = body
         .get("model")
@@ -1024,11 +1064,18 @@ async fn embeddings(State(state): State<Arc<MockState>>, request: Request) -> Re
         Some(_) => 1,
         None => 0,
     };
-    let dims = body.get("dimensions").and_then(Value::as_u64).unwrap_or(4) as usize;
+    let default_dims = if by_words { 256 } else { 4 };
+    let dims = body
+        .get("dimensions")
+        .and_then(Value::as_u64)
+        .unwrap_or(default_dims) as usize;
     let base64 = body.get("encoding_format").and_then(Value::as_str) == Some("base64");
     let data: Vec<Value> = (0..count)
         .map(|i| {
-            let vector: Vec<f32> = (0..dims).map(|d| (i * dims + d) as f32 / 100.0).collect();
+            let vector: Vec<f32> = match texts.get(i).filter(|_| by_words) {
+                Some(text) => word_vector(text, dims),
+                None => (0..dims).map(|d| (i * dims + d) as f32 / 100.0).collect(),
+            };
             let embedding = if base64 {
                 use base64_lite::encode;
                 json!(encode(

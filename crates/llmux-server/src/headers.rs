@@ -73,6 +73,8 @@ const X_LITELLM_MODEL_GROUP: HeaderName = HeaderName::from_static("x-litellm-mod
 const X_LLMUX_MODEL_GROUP: HeaderName = HeaderName::from_static("x-llmux-model-group");
 const X_LITELLM_MODEL_ID: HeaderName = HeaderName::from_static("x-litellm-model-id");
 const X_LITELLM_CACHE_KEY: HeaderName = HeaderName::from_static("x-litellm-cache-key");
+const X_LITELLM_SEMANTIC_SIMILARITY: HeaderName =
+    HeaderName::from_static("x-litellm-semantic-similarity");
 const X_LLMUX_DEPLOYMENT: HeaderName = HeaderName::from_static("x-llmux-deployment");
 const X_LLMUX_PROVIDER: HeaderName = HeaderName::from_static("x-llmux-provider");
 const X_LITELLM_OVERHEAD: HeaderName = HeaderName::from_static("x-litellm-overhead-duration-ms");
@@ -158,6 +160,11 @@ pub(crate) fn add_gateway_headers(h: &mut HeaderMap, meta: &ResponseMeta, elapse
         .and_then(|k| HeaderValue::from_str(k).ok())
     {
         h.insert(X_LITELLM_CACHE_KEY, v);
+    }
+    if let Some(similarity) = meta.semantic_similarity {
+        if let Ok(v) = HeaderValue::from_str(&format!("{similarity:.4}")) {
+            h.insert(X_LITELLM_SEMANTIC_SIMILARITY, v);
+        }
     }
     h.insert(X_LLMUX_PROVIDER, HeaderValue::from_static(meta.provider));
     let overhead = millis(meta.overhead);

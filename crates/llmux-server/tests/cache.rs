@@ -493,3 +493,134 @@ async fn a_redis_cache_is_shared_by_instances_and_survives_a_restart() {
         .unwrap();
     assert!(ttl > 0 && ttl <= 600_000, "{ttl}");
 }
+
+/// The semantic configuration: prompts embedded by the mock's word vectors (similar wording,
+/// close vectors), a threshold of 0.8.
+fn semantic(cache_type: &str, extra: &str) -> String {
+    let embedder = r#"  - model_name: embedder
+    litellm_params: {model: openai/mock-embed, api_base: "{mock}", api_key: k, extra_headers: {x-mock-embedding: words}}
+    model_info: {mode: embedding}
+router_settings:"#;
+    format!(
+        "{}litellm_settings:\n  cache: true\n  cache_params: {{type: {cache_type}, similarity_threshold: 0.8, redis_semantic_cache_embedding_model: embedder{extra}}}\n",
+        MODELS.replace("router_settings:", embedder)
+    )
+}
+
+/// Chat requests the mock answered (embedding calls aside).
+fn chats(h: &Harness) -> usize {
+    h.recorded()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .count()
+}
+
+#[tokio::test]
+async fn a_similar_question_is_answered_from_the_semantic_cache_and_only_then() {
+    let h = start_governed(&semantic("local-semantic", ""), Db::Sqlite).await;
+    let first = chat(&h, MASTER, ask("what is the capital city of france")).await;
+    assert_eq!(first.status(), 200);
+    let answer: Value = first.json().await.unwrap();
+    assert_eq!(chats(&h), 1);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    // Close enough: the cached answer, with its similarity.
+    let r = chat(&h, MASTER, ask("What is the capital of France?")).await;
+    assert_eq!(r.status(), 200);
+    let similarity: f32 = r.headers()["x-litellm-semantic-similarity"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((0.8..1.0).contains(&similarity), "{similarity}");
+    assert!(r.headers().get("x-litellm-cache-key").is_some());
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["choices"],
+        answer["choices"]
+    );
+    assert_eq!(chats(&h), 1, "no chat call for a similar question");
+
+    // What must not hit: another question; the same question with another system prompt, tool
+    // set, earlier turn or parameter; another model group.
+    let question = "what is the capital of france";
+    let system = json!({"model": "gpt", "messages": [{"role": "system", "content": "Answer in French."}, {"role": "user", "content": question}]});
+    let tools = json!({"model": "gpt", "messages": [{"role": "user", "content": question}], "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]});
+    let earlier = json!({"model": "gpt", "messages": [{"role": "user", "content": "hello"}, {"role": "assistant", "content": "hi"}, {"role": "user", "content": question}]});
+    let hotter = json!({"model": "gpt", "messages": [{"role": "user", "content": question}], "temperature": 1.5});
+    let other = json!({"model": "other", "messages": [{"role": "user", "content": question}]});
+    for (i, body) in [
+        ask("how do I bake sourdough bread at home"),
+        system,
+        tools,
+        earlier,
+        hotter,
+        other,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let r = chat(&h, MASTER, body).await;
+        assert_eq!(r.status(), 200);
+        assert!(
+            r.headers().get("x-litellm-semantic-similarity").is_none(),
+            "case {i}"
+        );
+        assert_eq!(chats(&h), 2 + i, "case {i} went upstream");
+    }
+    // The exact repeat is found without an embedding call.
+    let embeddings = h
+        .recorded()
+        .iter()
+        .filter(|r| r.path.ends_with("/embeddings"))
+        .count();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let r = chat(&h, MASTER, ask("what is the capital city of france")).await;
+    assert!(r.headers().get("x-litellm-cache-key").is_some());
+    assert!(r.headers().get("x-litellm-semantic-similarity").is_none());
+    let after = h
+        .recorded()
+        .iter()
+        .filter(|r| r.path.ends_with("/embeddings"))
+        .count();
+    assert_eq!(after, embeddings, "an exact hit embeds nothing");
+}
+
+#[tokio::test]
+async fn a_redis_semantic_cache_is_shared_by_instances() {
+    let namespace = format!("test-{}", llmux::new_request_id());
+    let extra = format!(", url: \"{}\", namespace: \"{namespace}\"", redis_url());
+    let first = start_governed(&semantic("redis-semantic", &extra), Db::Sqlite).await;
+    let second = start_governed(&semantic("redis-semantic", &extra), Db::Sqlite).await;
+    let r = chat(
+        &first,
+        MASTER,
+        ask("which planet is the largest in the solar system"),
+    )
+    .await;
+    let answer: Value = r.json().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let r = chat(
+        &second,
+        MASTER,
+        ask("Which planet is the largest in our solar system?"),
+    )
+    .await;
+    assert!(
+        r.headers().get("x-litellm-semantic-similarity").is_some(),
+        "{:?}",
+        r.headers()
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["choices"],
+        answer["choices"]
+    );
+    assert_eq!(
+        chats(&second),
+        0,
+        "answered from the other instance's entry"
+    );
+    // A question nobody asked still goes upstream.
+    let r = chat(&second, MASTER, ask("how tall is mount everest")).await;
+    assert!(r.headers().get("x-litellm-semantic-similarity").is_none());
+    assert_eq!(chats(&second), 1);
+}

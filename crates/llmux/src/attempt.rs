@@ -135,6 +135,7 @@ impl Attempt {
             cost: None,
             native: self.native,
             cache_key: None,
+            semantic_similarity: None,
         }
     }
 

@@ -362,7 +362,33 @@ async fn execute_traced(
                     )
                     .await;
                 }
-                Lookup::Miss => None,
+                Lookup::Miss => match (&plan.semantic, cache.semantic_model()) {
+                    (Some(question), Some(embedder)) if plan.read => {
+                        let vector = embed(logs, &snapshot, embedder, &question.question).await;
+                        match vector {
+                            Some(vector) => {
+                                let _ = question.vector.set(Arc::clone(&vector));
+                                match cache.semantic_lookup(&plan, &vector).await {
+                                    Some((found, similarity)) => cached_answer(
+                                        trace,
+                                        logs,
+                                        &plan,
+                                        found.body,
+                                        None,
+                                        include_usage,
+                                    )
+                                    .map(|mut answer| {
+                                        answer.meta.semantic_similarity = Some(similarity);
+                                        answer
+                                    }),
+                                    None => None,
+                                }
+                            }
+                            None => None,
+                        }
+                    }
+                    _ => None,
+                },
             };
             if let Some(answer) = answer {
                 return Ok(answer);
@@ -421,6 +447,46 @@ async fn execute_traced(
         }
     }
     run.finish(result)
+}
+
+/// `text` embedded by the model group `group` (through this gateway: routed, retried, itself
+/// cached per input), normalized; `None` when it cannot be (the lookup is then a miss). The
+/// call is the operator's: no key is billed for it.
+async fn embed(
+    logs: &LogEmitter,
+    snapshot: &Arc<Snapshot>,
+    group: &str,
+    text: &str,
+) -> Option<Arc<[f32]>> {
+    #[derive(serde::Deserialize)]
+    struct Item {
+        embedding: Vec<f32>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Answer {
+        data: Vec<Item>,
+    }
+    let body = serde_json::to_vec(&serde_json::json!({"model": group, "input": text})).ok()?;
+    let answered = Box::pin(execute(
+        logs,
+        Arc::clone(snapshot),
+        Operation::Embeddings,
+        Input::Raw(Bytes::from(body)),
+        RequestOptions::default(),
+    ))
+    .await;
+    let response = match answered {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::warn!(group, error = %e.message(), "semantic cache: embedding failed; answering upstream");
+            return None;
+        }
+    };
+    let ResponseBody::Json(body) = response.body else {
+        return None;
+    };
+    let answer: Answer = serde_json::from_slice(&body).ok()?;
+    crate::cache::semantic_vector(&answer.data.first()?.embedding)
 }
 
 /// `stream_options.include_usage`: the client wants the usage chunk.
@@ -499,6 +565,7 @@ fn cached_answer(
             cost: Some(0.0),
             native: false,
             cache_key: Some(plan.hash.clone()),
+            semantic_similarity: None,
         },
         body: response_body,
     })

@@ -385,6 +385,14 @@ impl<'e> ClientBuilder<'e> {
                 cache: &cache,
             },
         )?;
+        if let Some(model) = cache.as_ref().and_then(|c| c.semantic_model()) {
+            if snapshot.router.route(model).is_none() {
+                return Err(ConfigErrors(vec![Diagnostic::error(
+                    "litellm_settings.cache_params.redis_semantic_cache_embedding_model",
+                    format!("`{model}` is not a model group of model_list"),
+                )]));
+            }
+        }
         let inner = Inner {
             snapshot: ArcSwap::from_pointee(snapshot),
             pricing,

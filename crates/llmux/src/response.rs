@@ -38,6 +38,9 @@ pub struct ResponseMeta {
     pub native: bool,
     /// The answer came from the response cache, under this key (`x-litellm-cache-key`).
     pub cache_key: Option<String>,
+    /// A semantic cache answered with the answer to a question this similar
+    /// (`x-litellm-semantic-similarity`).
+    pub semantic_similarity: Option<f32>,
 }
 
 #[derive(Debug)]

@@ -234,34 +234,67 @@ impl RedisCache {
         });
     }
 
+    /// The connection, waiting for one being made (callers bound the wait).
+    async fn connected(&self) -> Result<redis::aio::ConnectionManager, CacheError> {
+        let target = &self.inner.target;
+        let mut connection = self.inner.connection.subscribe();
+        if connection.borrow().is_none() {
+            self.start_connecting();
+        }
+        let made = match connection.wait_for(Option::is_some).await {
+            Ok(conn) => conn.clone(),
+            Err(_) => return Err(CacheError(format!("cache redis {target}: closed"))),
+        };
+        made.ok_or_else(|| CacheError(format!("cache redis {target}: not connected")))
+    }
+
+    /// `work` within `deadline`, its connection included.
+    async fn within<T>(
+        &self,
+        deadline: Duration,
+        work: impl std::future::Future<Output = Result<T, CacheError>>,
+    ) -> Result<T, CacheError> {
+        tokio::time::timeout(deadline, work).await.map_err(|_| {
+            CacheError(format!(
+                "cache redis {}: no answer within {} ms",
+                self.inner.target,
+                deadline.as_millis()
+            ))
+        })?
+    }
+
     /// Run `cmd`, connection included, within `deadline`.
     async fn run<T: redis::FromRedisValue>(
         &self,
         cmd: &redis::Cmd,
         deadline: Duration,
     ) -> Result<T, CacheError> {
-        let target = &self.inner.target;
-        let work = async {
-            let mut connection = self.inner.connection.subscribe();
-            if connection.borrow().is_none() {
-                self.start_connecting();
-            }
-            let mut conn = match connection.wait_for(Option::is_some).await {
-                Ok(conn) => conn
-                    .clone()
-                    .ok_or_else(|| CacheError(format!("cache redis {target}: not connected")))?,
-                Err(_) => return Err(CacheError(format!("cache redis {target}: closed"))),
-            };
+        self.within(deadline, async {
+            let mut conn = self.connected().await?;
             cmd.query_async::<T>(&mut conn)
                 .await
-                .map_err(|e| CacheError(format!("cache redis {target}: {e}")))
-        };
-        tokio::time::timeout(deadline, work).await.map_err(|_| {
-            CacheError(format!(
-                "cache redis {target}: no answer within {} ms",
-                deadline.as_millis()
-            ))
-        })?
+                .map_err(|e| CacheError(format!("cache redis {}: {e}", self.inner.target)))
+        })
+        .await
+    }
+
+    /// `cmd` under a request's lookup deadline.
+    pub(crate) async fn run_lookup<T: redis::FromRedisValue>(
+        &self,
+        cmd: &redis::Cmd,
+    ) -> Result<T, CacheError> {
+        self.run(cmd, REDIS_LOOKUP_DEADLINE).await
+    }
+
+    /// A pipeline under the store deadline, its answers ignored.
+    pub(crate) async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), CacheError> {
+        self.within(REDIS_STORE_DEADLINE, async {
+            let mut conn = self.connected().await?;
+            pipe.query_async::<()>(&mut conn)
+                .await
+                .map_err(|e| CacheError(format!("cache redis {}: {e}", self.inner.target)))
+        })
+        .await
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod backend;
 pub(crate) mod replay;
+mod semantic;
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,6 +26,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub use backend::{CacheBackend, CacheError, LocalCache, RedisCache, TwoLevelCache};
+pub(crate) use semantic::normalized as semantic_vector;
 
 /// Members of a request that do not change its answer: the gateway's controls, the stream
 /// switches (a cached answer serves both forms) and bookkeeping.
@@ -83,6 +85,8 @@ pub(crate) struct CachePlan {
     pub keys: Vec<String>,
     /// Per-input keys (embeddings): `keys[i]` is input `i`'s.
     pub per_input: bool,
+    /// What a semantic cache compares, when it runs and the request has a question.
+    pub semantic: Option<semantic::SemanticPlan>,
     pub read: bool,
     pub write: bool,
     ttl: Duration,
@@ -114,6 +118,8 @@ pub(crate) enum Lookup {
 /// The response cache: its settings and backend, and counts for `/metrics`.
 pub struct ResponseCache {
     backend: Arc<dyn CacheBackend>,
+    /// The semantic index, for the semantic types.
+    semantic: Option<semantic::SemanticIndex>,
     settings: CacheSettings,
     /// Lookups and stores the backend failed (each counted as a miss or skipped).
     errors: AtomicU64,
@@ -151,13 +157,31 @@ impl ResponseCache {
                 })
             }
         };
-        Ok(Self::with_backend(settings.clone(), backend))
+        let idle = settings.local_ttl().max(settings.shared_ttl());
+        let semantic = match settings.cache_type {
+            CacheType::Local | CacheType::Redis => None,
+            CacheType::LocalSemantic => Some(semantic::SemanticIndex::Local(
+                semantic::Partitions::new(idle),
+            )),
+            CacheType::RedisSemantic => Some(semantic::SemanticIndex::Redis {
+                redis: RedisCache::new(redis_url.unwrap_or_default())?,
+                mirror: semantic::Partitions::new(idle),
+                namespace: settings
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| DEFAULT_NAMESPACE.to_owned()),
+            }),
+        };
+        let mut cache = Self::with_backend(settings.clone(), backend);
+        cache.semantic = semantic;
+        Ok(cache)
     }
 
     /// A cache with a backend of the caller's (a library user's own store).
     pub fn with_backend(settings: CacheSettings, backend: Arc<dyn CacheBackend>) -> ResponseCache {
         ResponseCache {
             backend,
+            semantic: None,
             settings,
             errors: AtomicU64::new(0),
         }
@@ -174,6 +198,42 @@ impl ResponseCache {
     /// Backend failures so far (lookups counted as misses, stores skipped).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
+    }
+
+    /// The model group that embeds questions, for a semantic cache.
+    pub fn semantic_model(&self) -> Option<&str> {
+        self.semantic
+            .as_ref()
+            .and(self.settings.embedding_model.as_deref())
+    }
+
+    /// The closest cached answer to `plan`'s question (embedded as `vector`) at or above the
+    /// similarity threshold, and its similarity.
+    pub(crate) async fn semantic_lookup(
+        &self,
+        plan: &CachePlan,
+        vector: &[f32],
+    ) -> Option<(Cached, f32)> {
+        let question = plan.semantic.as_ref()?;
+        let index = self.semantic.as_ref()?;
+        let now = now_ms();
+        let threshold = self.settings.similarity_threshold as f32;
+        let found = index
+            .search(&question.context, vector, threshold, now)
+            .await;
+        let (key, similarity) = match found {
+            Ok(found) => found?,
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "semantic cache lookup failed; answering upstream");
+                return None;
+            }
+        };
+        let cached = decode(self.backend.get(&key).await.ok()??)?;
+        let young = plan
+            .max_age
+            .is_none_or(|max| now.saturating_sub(cached.stored_at_ms) <= max.as_millis() as u64);
+        (young && now < cached.expires_at_ms).then_some((cached, similarity))
     }
 
     /// What the cache does for this request, or `None` when it does nothing (a call type not
@@ -252,8 +312,18 @@ impl ResponseCache {
         members.sort_by(|a, b| a.0.cmp(b.0));
         let per_input = op == Operation::Embeddings;
         // `whole` is the request's content; `base` the same less an embedding's inputs (each
-        // input's key is `base` and that input).
+        // input's key is `base` and that input); `context` (semantic) the same less the
+        // question.
         let mut whole = base.clone();
+        let mut context = (self.semantic.is_some()
+            && matches!(op, Operation::Chat | Operation::Completions))
+        .then(|| {
+            let mut context = base.clone();
+            context.extend_from_slice(namespace.as_bytes());
+            context.push(0);
+            context
+        });
+        let mut question = None;
         for (name, raw) in &members {
             let value: Value = serde_json::from_str(raw.get()).map_err(|e| {
                 GatewayError::invalid_request(format!("`{name}` is not valid JSON: {e}"))
@@ -267,7 +337,32 @@ impl ResponseCache {
             if !(per_input && *name == "input") {
                 base.extend_from_slice(&member);
             }
+            if let Some(content) = context.as_mut() {
+                match (op, *name) {
+                    (Operation::Chat, "messages") | (Operation::Completions, "prompt") => {
+                        match semantic::split_question(op, &value) {
+                            Some((text, rest)) => {
+                                question = Some(text);
+                                content.extend_from_slice(name.as_bytes());
+                                content.push(b'=');
+                                canonical(&rest, content);
+                                content.push(0);
+                            }
+                            None => context = None,
+                        }
+                    }
+                    _ => content.extend_from_slice(&member),
+                }
+            }
         }
+        let semantic = match (context, question) {
+            (Some(content), Some(question)) => Some(semantic::SemanticPlan {
+                context: hex_sha256(&content),
+                question,
+                vector: std::sync::OnceLock::new(),
+            }),
+            _ => None,
+        };
         let hash = hex_sha256(&whole);
         let keys = if per_input {
             embedding_inputs(request)?
@@ -286,6 +381,7 @@ impl ResponseCache {
             hash,
             keys,
             per_input,
+            semantic,
             read,
             write,
             ttl,
@@ -401,6 +497,24 @@ impl ResponseCache {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "cache store failed");
                 return;
+            }
+        }
+        // The question is indexed once its answer is there to be found.
+        if let (Some(index), Some(question)) = (&self.semantic, &plan.semantic) {
+            if let Some(vector) = question.vector.get() {
+                let indexed = index
+                    .insert(
+                        &question.context,
+                        Arc::clone(vector),
+                        &plan.keys[0],
+                        plan.ttl,
+                        now,
+                    )
+                    .await;
+                if let Err(e) = indexed {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "semantic cache store failed");
+                }
             }
         }
     }

@@ -49,7 +49,7 @@ curl -s "$GW" -H "authorization: Bearer $KEY" -H 'content-type: application/json
 sleep 0.2
 HEADER=$(curl -s -D - -o /dev/null "$GW" -H "authorization: Bearer $KEY" -H 'content-type: application/json' -d "$HIT" | grep -i '^x-litellm-cache-key' | tr -d '\r')
 load "$GW" "$HIT" -z 3s >/dev/null 2>&1
-load "$GW" "$HIT" -z 10s > hit-max.txt 2>&1
+B0=$(ticks "$LL"); load "$GW" "$HIT" -z 10s > hit-max.txt 2>&1; B1=$(ticks "$LL")
 HALF=$(python3 -c "print(int(float('$(rate hit-max.txt)')/2))")
 load "$UP" "$HIT" -z 10s > mock-max.txt 2>&1
 load "$GW" "$HIT" -z 10s -q "$HALF" > hit-half.txt 2>&1
@@ -58,7 +58,7 @@ load "$GW" "$MISS" -z 10s -q "$HALF" > miss-half.txt 2>&1
 T0=$(ticks "$LL"); load "$GW" "$HIT" -z 10s -q "$FIXED" > hit-fixed.txt 2>&1; T1=$(ticks "$LL")
 M0=$(ticks "$LL"); load "$GW" "$MISS" -z 10s -q "$FIXED" > miss-fixed.txt 2>&1; M1=$(ticks "$LL")
 echo "hit header: $HEADER"
-echo "hits: max $(printf %.0f "$(rate hit-max.txt)") req/s ($(ok hit-max.txt) ok); the mock alone: max $(printf %.0f "$(rate mock-max.txt)") req/s"
+echo "hits: max $(printf %.0f "$(rate hit-max.txt)") req/s ($(ok hit-max.txt) ok), llmux's core busy $(python3 -c "print(f'{($B1 - $B0) / $HZ / 10 * 100:.0f}')")%; the mock alone: max $(printf %.0f "$(rate mock-max.txt)") req/s"
 echo "at $HALF req/s: hit p50 $(pct 50.00% hit-half.txt) ms p99 $(pct 99.00% hit-half.txt) ms; mock direct p50 $(pct 50.00% mock-half.txt) ms p99 $(pct 99.00% mock-half.txt) ms; miss p50 $(pct 50.00% miss-half.txt) ms p99 $(pct 99.00% miss-half.txt) ms ($(ok miss-half.txt) ok)"
 echo "at $FIXED req/s: llmux CPU per hit $(per "$T0" "$T1" "$(ok hit-fixed.txt)") us, per miss $(per "$M0" "$M1" "$(ok miss-fixed.txt)") us"
 curl -s localhost:18500/metrics -H 'authorization: Bearer sk-m' | grep -E '^litellm_cache_(hits|misses)_metric_total' | awk '{s[$1 ~ /hits/ ? "hits" : "misses"] += $NF} END {print "metrics: hits", s["hits"], "misses", s["misses"]}'

@@ -363,13 +363,15 @@ async fn execute_traced(
                     .await;
                 }
                 Lookup::Miss => match (&plan.semantic, cache.semantic_model()) {
-                    (Some(question), Some(embedder)) if plan.read => {
-                        let vector = embed(logs, &snapshot, embedder, &question.question).await;
-                        match vector {
+                    // Only a context with questions to compare with is worth an embedding.
+                    (Some(question), Some(embedder))
+                        if plan.read && cache.semantic_candidates(&plan).await =>
+                    {
+                        match embed(logs, &snapshot, embedder, &question.question).await {
                             Some(vector) => {
                                 let _ = question.vector.set(Arc::clone(&vector));
                                 match cache.semantic_lookup(&plan, &vector).await {
-                                    Some((found, similarity)) => cached_answer(
+                                    Some((found, similarity, key)) => cached_answer(
                                         trace,
                                         logs,
                                         &plan,
@@ -379,6 +381,7 @@ async fn execute_traced(
                                     )
                                     .map(|mut answer| {
                                         answer.meta.semantic_similarity = Some(similarity);
+                                        answer.meta.cache_key = Some(key);
                                         answer
                                     }),
                                     None => None,
@@ -452,7 +455,7 @@ async fn execute_traced(
 /// `text` embedded by the model group `group` (through this gateway: routed, retried, itself
 /// cached per input), normalized; `None` when it cannot be (the lookup is then a miss). The
 /// call is the operator's: no key is billed for it.
-async fn embed(
+pub(crate) async fn embed(
     logs: &LogEmitter,
     snapshot: &Arc<Snapshot>,
     group: &str,
@@ -467,17 +470,27 @@ async fn embed(
         data: Vec<Item>,
     }
     let body = serde_json::to_vec(&serde_json::json!({"model": group, "input": text})).ok()?;
-    let answered = Box::pin(execute(
-        logs,
-        Arc::clone(snapshot),
-        Operation::Embeddings,
-        Input::Raw(Bytes::from(body)),
-        RequestOptions::default(),
-    ))
+    let answered = tokio::time::timeout(
+        EMBED_DEADLINE,
+        Box::pin(execute(
+            logs,
+            Arc::clone(snapshot),
+            Operation::Embeddings,
+            Input::Raw(Bytes::from(body)),
+            RequestOptions::default(),
+        )),
+    )
     .await;
     let response = match answered {
-        Ok(response) => response,
-        Err(e) => {
+        Ok(Ok(response)) => response,
+        Err(_) => {
+            tracing::warn!(
+                group,
+                "semantic cache: no embedding within 10 s; answering upstream"
+            );
+            return None;
+        }
+        Ok(Err(e)) => {
             tracing::warn!(group, error = %e.message(), "semantic cache: embedding failed; answering upstream");
             return None;
         }
@@ -488,6 +501,9 @@ async fn embed(
     let answer: Answer = serde_json::from_slice(&body).ok()?;
     crate::cache::semantic_vector(&answer.data.first()?.embedding)
 }
+
+/// How long a semantic lookup waits for its question's embedding.
+const EMBED_DEADLINE: Duration = Duration::from_secs(10);
 
 /// `stream_options.include_usage`: the client wants the usage chunk.
 fn include_usage(request: &RawObject<'_>) -> bool {
@@ -944,7 +960,11 @@ impl Run<'_> {
                 (&self.trace.cache, &response.body, &self.trace.fallback)
             {
                 if !response.meta.native {
-                    cache.store(plan, body.clone(), None);
+                    let embedder = plan.semantic.is_some().then(|| crate::cache::Embedder {
+                        logs: self.logs.clone(),
+                        snapshot: Arc::clone(self.snapshot),
+                    });
+                    cache.store(plan, body.clone(), None, embedder);
                 }
             }
             let meta = &response.meta;
@@ -1038,7 +1058,11 @@ impl Run<'_> {
             }
             if let (Some((cache, plan)), Outcome::Success) = (&trace.cache, outcome) {
                 if let Some(events) = summary.delivered.take_events() {
-                    cache.store_stream(plan, trace.op, events, summary.usage);
+                    let embedder = plan.semantic.is_some().then(|| crate::cache::Embedder {
+                        logs: logs.clone(),
+                        snapshot: Arc::clone(&finished_snapshot),
+                    });
+                    cache.store_stream(plan, trace.op, events, summary.usage, embedder);
                 }
             }
             if trace.wanted(&logs) {

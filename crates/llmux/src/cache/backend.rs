@@ -209,6 +209,14 @@ impl RedisCache {
         }
         let inner = Arc::clone(&self.inner);
         runtime.spawn(async move {
+            // Whatever ends this task (a runtime shut down too), the next use may try again.
+            struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+            impl Drop for Done<'_> {
+                fn drop(&mut self) {
+                    self.0.store(false, std::sync::atomic::Ordering::Release);
+                }
+            }
+            let _done = Done(&inner.connecting);
             let config = redis::aio::ConnectionManagerConfig::new()
                 .set_connection_timeout(Some(Duration::from_secs(2)))
                 .set_response_timeout(Some(Duration::from_secs(2)));
@@ -230,7 +238,6 @@ impl RedisCache {
                     tokio::time::sleep(Duration::from_secs(1)).await;
                 }
             }
-            inner.connecting.store(false, Ordering::Release);
         });
     }
 
@@ -288,6 +295,12 @@ impl RedisCache {
 
     /// A pipeline under the store deadline, its answers ignored.
     pub(crate) async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), CacheError> {
+        let Ok(_pending) = Arc::clone(&self.stores).try_acquire_owned() else {
+            return Err(CacheError(format!(
+                "cache redis {}: {MAX_PENDING_STORES} stores already waiting; dropped",
+                self.inner.target
+            )));
+        };
         self.within(REDIS_STORE_DEADLINE, async {
             let mut conn = self.connected().await?;
             pipe.query_async::<()>(&mut conn)

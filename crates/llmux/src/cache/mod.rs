@@ -53,6 +53,22 @@ const DEFAULT_NAMESPACE: &str = "llmux:cache";
 /// The longest life a request may ask for (`cache.ttl`), unless the configured one is longer.
 const MAX_REQUESTED_TTL: Duration = Duration::from_secs(24 * 3600);
 
+/// Longest question a semantic cache compares (a longer one is cached exactly only).
+const MAX_QUESTION_BYTES: usize = 16 * 1024;
+
+/// What embeds a question for the semantic cache: the gateway itself (its routing, retries and
+/// exact cache), as the snapshot the request ran on.
+pub(crate) struct Embedder {
+    pub logs: crate::log::LogEmitter,
+    pub snapshot: Arc<crate::Snapshot>,
+}
+
+impl Embedder {
+    pub(crate) async fn embed(&self, model: &str, text: &str) -> Option<Arc<[f32]>> {
+        crate::execute::embed(&self.logs, &self.snapshot, model, text).await
+    }
+}
+
 /// What a request's `cache` member asks (LiteLLM's names).
 #[derive(Debug, Default, Clone, PartialEq, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -161,11 +177,11 @@ impl ResponseCache {
         let semantic = match settings.cache_type {
             CacheType::Local | CacheType::Redis => None,
             CacheType::LocalSemantic => Some(semantic::SemanticIndex::Local(
-                semantic::Partitions::new(idle),
+                semantic::Partitions::new(idle, settings.max_local_bytes),
             )),
             CacheType::RedisSemantic => Some(semantic::SemanticIndex::Redis {
                 redis: RedisCache::new(redis_url.unwrap_or_default())?,
-                mirror: semantic::Partitions::new(idle),
+                mirror: semantic::Partitions::new(idle, settings.max_local_bytes),
                 namespace: settings
                     .namespace
                     .clone()
@@ -207,33 +223,63 @@ impl ResponseCache {
             .and(self.settings.embedding_model.as_deref())
     }
 
+    /// Whether `plan`'s context has questions to compare with (a Redis mirror brought up to
+    /// date first): without any, a lookup needs no embedding.
+    pub(crate) async fn semantic_candidates(&self, plan: &CachePlan) -> bool {
+        let (Some(question), Some(index)) = (&plan.semantic, &self.semantic) else {
+            return false;
+        };
+        match index.refresh(&question.context, now_ms()).await {
+            Ok(live) => live,
+            Err(e) => {
+                self.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "semantic cache lookup failed; answering upstream");
+                false
+            }
+        }
+    }
+
     /// The closest cached answer to `plan`'s question (embedded as `vector`) at or above the
-    /// similarity threshold, and its similarity.
+    /// similarity threshold: its answer, similarity and `x-litellm-cache-key`. Candidates
+    /// whose answer is gone give way to the next.
     pub(crate) async fn semantic_lookup(
         &self,
         plan: &CachePlan,
         vector: &[f32],
-    ) -> Option<(Cached, f32)> {
+    ) -> Option<(Cached, f32, String)> {
         let question = plan.semantic.as_ref()?;
         let index = self.semantic.as_ref()?;
         let now = now_ms();
         let threshold = self.settings.similarity_threshold as f32;
-        let found = index
-            .search(&question.context, vector, threshold, now)
-            .await;
-        let (key, similarity) = match found {
-            Ok(found) => found?,
+        let found = match index.search(&question.context, vector, threshold, now) {
+            Ok(found) => found,
             Err(e) => {
                 self.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "semantic cache lookup failed; answering upstream");
                 return None;
             }
         };
-        let cached = decode(self.backend.get(&key).await.ok()??)?;
-        let young = plan
-            .max_age
-            .is_none_or(|max| now.saturating_sub(cached.stored_at_ms) <= max.as_millis() as u64);
-        (young && now < cached.expires_at_ms).then_some((cached, similarity))
+        for (key, similarity) in found {
+            let value = match self.backend.get(&key).await {
+                Ok(value) => value,
+                Err(e) => {
+                    self.errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "semantic cache lookup failed; answering upstream");
+                    return None;
+                }
+            };
+            let Some(cached) = value.and_then(decode) else {
+                continue;
+            };
+            let young = plan.max_age.is_none_or(|max| {
+                now.saturating_sub(cached.stored_at_ms) <= max.as_millis() as u64
+            });
+            if young && now < cached.expires_at_ms {
+                let hash = key.rsplit(':').next().unwrap_or(&key).to_owned();
+                return Some((cached, similarity, hash));
+            }
+        }
+        None
     }
 
     /// What the cache does for this request, or `None` when it does nothing (a call type not
@@ -356,11 +402,13 @@ impl ResponseCache {
             }
         }
         let semantic = match (context, question) {
-            (Some(content), Some(question)) => Some(semantic::SemanticPlan {
-                context: hex_sha256(&content),
-                question,
-                vector: std::sync::OnceLock::new(),
-            }),
+            (Some(content), Some(question)) if question.len() <= MAX_QUESTION_BYTES => {
+                Some(semantic::SemanticPlan {
+                    context: hex_sha256(&content),
+                    question,
+                    vector: std::sync::OnceLock::new(),
+                })
+            }
             _ => None,
         };
         let hash = hex_sha256(&whole);
@@ -436,12 +484,14 @@ impl ResponseCache {
 
     /// Keep `body` (a JSON answer) under `plan`, in the background. Embeddings are kept per
     /// input, for the inputs at `inputs` (positions in the plan's keys, in the answer's order;
-    /// all of them when `None`).
+    /// all of them when `None`). A semantic cache also indexes the question (embedding it by
+    /// `embedder` when the lookup did not).
     pub(crate) fn store(
         self: &Arc<Self>,
         plan: &CachePlan,
         body: Bytes,
         inputs: Option<Vec<usize>>,
+        embedder: Option<Embedder>,
     ) {
         if !plan.write || body.len() > self.settings.max_item_bytes {
             return;
@@ -451,7 +501,7 @@ impl ResponseCache {
         };
         let me = Arc::clone(self);
         let plan = plan.clone();
-        runtime.spawn(async move { me.put_answer(&plan, &body, inputs).await });
+        runtime.spawn(async move { me.put_answer(&plan, &body, inputs, embedder).await });
     }
 
     /// Keep a stream's answer: its delivered events assembled (in the background: the client
@@ -463,6 +513,7 @@ impl ResponseCache {
         op: Operation,
         events: Vec<Bytes>,
         usage: Option<llmux_types::Usage>,
+        embedder: Option<Embedder>,
     ) {
         if !plan.write {
             return;
@@ -474,12 +525,18 @@ impl ResponseCache {
         let plan = plan.clone();
         runtime.spawn(async move {
             if let Some(body) = replay::assemble(op, &events, usage) {
-                me.put_answer(&plan, &body, None).await;
+                me.put_answer(&plan, &body, None, embedder).await;
             }
         });
     }
 
-    async fn put_answer(&self, plan: &CachePlan, body: &[u8], inputs: Option<Vec<usize>>) {
+    async fn put_answer(
+        &self,
+        plan: &CachePlan,
+        body: &[u8],
+        inputs: Option<Vec<usize>>,
+        embedder: Option<Embedder>,
+    ) {
         let now = now_ms();
         let expires = now.saturating_add(plan.ttl.as_millis() as u64);
         let entries: Vec<(&String, Bytes)> = if plan.per_input {
@@ -501,6 +558,15 @@ impl ResponseCache {
         }
         // The question is indexed once its answer is there to be found.
         if let (Some(index), Some(question)) = (&self.semantic, &plan.semantic) {
+            // A lookup that found nothing to compare with (or was skipped) made no embedding:
+            // made here, off the request path.
+            if question.vector.get().is_none() {
+                if let (Some(embedder), Some(model)) = (embedder, self.semantic_model()) {
+                    if let Some(vector) = embedder.embed(model, &question.question).await {
+                        let _ = question.vector.set(vector);
+                    }
+                }
+            }
             if let Some(vector) = question.vector.get() {
                 let indexed = index
                     .insert(

@@ -16,8 +16,12 @@ use super::backend::{CacheError, RedisCache};
 /// Entries an index keeps per context (the oldest go first).
 const MAX_PER_CONTEXT: usize = 10_000;
 
-/// Contexts indexed at once in a process (least recently used go first).
-const MAX_CONTEXTS: u64 = 10_000;
+/// Entries a Redis mirror reads per lookup: a cold mirror fills over several lookups rather
+/// than in one read too large for a lookup's deadline.
+const MIRROR_PAGE: usize = 512;
+
+/// Candidates tried per lookup, best first (one whose answer is gone lets the next answer).
+const CANDIDATES: usize = 3;
 
 /// What the semantic lookup needs of one request.
 #[derive(Debug, Clone)]
@@ -26,7 +30,7 @@ pub(crate) struct SemanticPlan {
     pub context: String,
     /// The text compared: the last user message, or a completion's prompt.
     pub question: String,
-    /// The question's embedding, once made (at lookup; a store reuses it).
+    /// The question's embedding, once made (at lookup; a store reuses it or makes it).
     pub vector: std::sync::OnceLock<Arc<[f32]>>,
 }
 
@@ -82,11 +86,12 @@ struct Entry {
     expires_at_ms: u64,
 }
 
-/// The questions of one context, and (for a Redis mirror) how far the stream was read.
+/// The questions of one context, and (for a Redis mirror) how far its stream was read.
 #[derive(Debug, Default)]
 struct Partition {
     entries: VecDeque<Entry>,
-    last_id: Option<String>,
+    /// The last stream id mirrored (`ms`, `seq`).
+    last_id: Option<(u64, u64)>,
 }
 
 impl Partition {
@@ -97,19 +102,38 @@ impl Partition {
         self.entries.push_back(entry);
     }
 
-    /// The closest live entry at or above `threshold`.
-    fn best(&self, query: &[f32], threshold: f32, now_ms: u64) -> Option<(String, f32)> {
-        let mut best: Option<(&Entry, f32)> = None;
+    /// Bytes its vectors take (the partitions' bound).
+    fn weight(&self) -> u32 {
+        let bytes: usize = self
+            .entries
+            .iter()
+            .map(|e| e.vector.len() * 4 + e.answer.len() + 64)
+            .sum();
+        u32::try_from(bytes).unwrap_or(u32::MAX)
+    }
+
+    fn has_live(&self, now_ms: u64) -> bool {
+        self.entries.iter().any(|e| e.expires_at_ms > now_ms)
+    }
+
+    /// The closest live entries at or above `threshold`, best first.
+    fn best(&self, query: &[f32], threshold: f32, now_ms: u64) -> Vec<(String, f32)> {
+        let mut found: Vec<(&Entry, f32)> = Vec::new();
         for entry in &self.entries {
             if entry.expires_at_ms <= now_ms || entry.vector.len() != query.len() {
                 continue;
             }
             let similarity: f32 = entry.vector.iter().zip(query).map(|(a, b)| a * b).sum();
-            if similarity >= threshold && best.is_none_or(|(_, s)| similarity > s) {
-                best = Some((entry, similarity));
+            if similarity >= threshold {
+                found.push((entry, similarity));
             }
         }
-        best.map(|(e, s)| (e.answer.clone(), s))
+        found.sort_by(|a, b| b.1.total_cmp(&a.1));
+        found
+            .into_iter()
+            .take(CANDIDATES)
+            .map(|(e, s)| (e.answer.clone(), s))
+            .collect()
     }
 }
 
@@ -133,14 +157,18 @@ impl std::fmt::Debug for SemanticIndex {
     }
 }
 
-/// Partitions by context, bounded in number.
+/// Partitions by context, bounded by the bytes their vectors take (least recently used
+/// contexts go first).
 pub(crate) struct Partitions(moka::sync::Cache<String, Arc<Mutex<Partition>>>);
 
 impl Partitions {
-    pub(crate) fn new(idle: Duration) -> Partitions {
+    pub(crate) fn new(idle: Duration, max_bytes: u64) -> Partitions {
         Partitions(
             moka::sync::Cache::builder()
-                .max_capacity(MAX_CONTEXTS)
+                .max_capacity(max_bytes)
+                .weigher(|_: &String, p: &Arc<Mutex<Partition>>| {
+                    p.lock().map_or(u32::MAX, |p| p.weight()).max(1)
+                })
                 .time_to_idle(idle)
                 .build(),
         )
@@ -151,6 +179,11 @@ impl Partitions {
             Arc::new(Mutex::new(Partition::default()))
         })
     }
+
+    /// Weigh a partition again after it grew (moka weighs on insertion).
+    fn reweigh(&self, context: &str, partition: &Arc<Mutex<Partition>>) {
+        self.0.insert(context.to_owned(), Arc::clone(partition));
+    }
 }
 
 /// `vector` scaled to length one (`None` for a zero or non-finite vector).
@@ -159,86 +192,87 @@ pub(crate) fn normalized(vector: &[f32]) -> Option<Arc<[f32]>> {
     (norm.is_finite() && norm > 0.0).then(|| vector.iter().map(|v| v / norm).collect())
 }
 
+/// A stream id (`<ms>-<seq>`) as numbers, compared in order.
+fn stream_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn poisoned() -> CacheError {
+    CacheError("semantic index poisoned".into())
+}
+
 impl SemanticIndex {
-    /// The stored key of the closest answer at or above `threshold`, and its similarity.
-    pub(crate) async fn search(
+    fn partitions(&self) -> &Partitions {
+        match self {
+            SemanticIndex::Local(partitions) => partitions,
+            SemanticIndex::Redis { mirror, .. } => mirror,
+        }
+    }
+
+    /// Bring a Redis mirror of `context` up to date (a page at a time); nothing for a local
+    /// index. Whether the context then has live questions: without any, there is nothing to
+    /// compare with and no embedding to make.
+    pub(crate) async fn refresh(&self, context: &str, now_ms: u64) -> Result<bool, CacheError> {
+        let partitions = self.partitions();
+        let partition = partitions.partition(context);
+        if let SemanticIndex::Redis {
+            redis, namespace, ..
+        } = self
+        {
+            let after = partition.lock().map_err(|_| poisoned())?.last_id;
+            let start = after.map_or_else(|| "-".to_owned(), |(ms, seq)| format!("({ms}-{seq}"));
+            let read: Result<Vec<StreamEntry>, CacheError> = redis
+                .run_lookup(
+                    redis::cmd("XRANGE")
+                        .arg(stream_key(namespace, context))
+                        .arg(start)
+                        .arg("+")
+                        .arg("COUNT")
+                        .arg(MIRROR_PAGE),
+                )
+                .await;
+            match read {
+                Ok(read) if !read.is_empty() => {
+                    let mut mirrored = partition.lock().map_err(|_| poisoned())?;
+                    for (id, fields) in read {
+                        // Lookups of one context run at once: each id is taken once, in order.
+                        let Some(id) = stream_id(&id).filter(|id| mirrored.last_id < Some(*id))
+                        else {
+                            continue;
+                        };
+                        mirrored.last_id = Some(id);
+                        if let Some(entry) = entry_of(&fields) {
+                            mirrored.add(entry);
+                        }
+                    }
+                    drop(mirrored);
+                    partitions.reweigh(context, &partition);
+                }
+                Ok(_) => {}
+                // The mirror answers with what it has.
+                Err(e) => tracing::warn!(error = %e, "semantic cache: cannot read the index"),
+            }
+        }
+        let live = partition.lock().map_err(|_| poisoned())?.has_live(now_ms);
+        Ok(live)
+    }
+
+    /// The stored keys of the closest answers at or above `threshold` (best first), with
+    /// their similarity. A Redis mirror answers as of its last `refresh`.
+    pub(crate) fn search(
         &self,
         context: &str,
         query: &[f32],
         threshold: f32,
         now_ms: u64,
-    ) -> Result<Option<(String, f32)>, CacheError> {
-        match self {
-            SemanticIndex::Local(partitions) => {
-                let partition = partitions.partition(context);
-                let found = partition
-                    .lock()
-                    .map_err(|_| CacheError("semantic index poisoned".into()))?
-                    .best(query, threshold, now_ms);
-                Ok(found)
-            }
-            SemanticIndex::Redis {
-                redis,
-                mirror,
-                namespace,
-            } => {
-                let partition = mirror.partition(context);
-                let after = partition
-                    .lock()
-                    .map_err(|_| CacheError("semantic index poisoned".into()))?
-                    .last_id
-                    .clone();
-                // What other instances (and this one) added since the last read.
-                let start = after.map_or_else(|| "-".to_owned(), |id| format!("({id}"));
-                // XRANGE: [[id, [field, value, ...]], ...].
-                let read: Vec<(String, Vec<Vec<u8>>)> = redis
-                    .run_lookup(
-                        redis::cmd("XRANGE")
-                            .arg(stream_key(namespace, context))
-                            .arg(start)
-                            .arg("+")
-                            .arg("COUNT")
-                            .arg(MAX_PER_CONTEXT),
-                    )
-                    .await?;
-                let mut partition = partition
-                    .lock()
-                    .map_err(|_| CacheError("semantic index poisoned".into()))?;
-                for (id, fields) in read {
-                    partition.last_id = Some(id);
-                    let field = |name: &str| {
-                        fields
-                            .chunks_exact(2)
-                            .find(|pair| pair[0] == name.as_bytes())
-                            .map(|pair| pair[1].clone())
-                    };
-                    let (Some(vector), Some(answer), Some(expires)) =
-                        (field("v"), field("k"), field("e"))
-                    else {
-                        continue;
-                    };
-                    let vector: Vec<f32> = vector
-                        .chunks_exact(4)
-                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                        .collect();
-                    let (Some(vector), Ok(answer), Some(expires_at_ms)) = (
-                        normalized(&vector),
-                        String::from_utf8(answer),
-                        std::str::from_utf8(&expires)
-                            .ok()
-                            .and_then(|e| e.parse().ok()),
-                    ) else {
-                        continue;
-                    };
-                    partition.add(Entry {
-                        vector,
-                        answer,
-                        expires_at_ms,
-                    });
-                }
-                Ok(partition.best(query, threshold, now_ms))
-            }
-        }
+    ) -> Result<Vec<(String, f32)>, CacheError> {
+        let partition = self.partitions().partition(context);
+        let found = partition
+            .lock()
+            .map_err(|_| poisoned())?
+            .best(query, threshold, now_ms);
+        Ok(found)
     }
 
     /// Index `vector` (normalized) as the question whose answer is stored under `answer`.
@@ -253,22 +287,23 @@ impl SemanticIndex {
         let expires_at_ms = now_ms.saturating_add(ttl.as_millis() as u64);
         match self {
             SemanticIndex::Local(partitions) => {
-                partitions
-                    .partition(context)
-                    .lock()
-                    .map_err(|_| CacheError("semantic index poisoned".into()))?
-                    .add(Entry {
-                        vector,
-                        answer: answer.to_owned(),
-                        expires_at_ms,
-                    });
+                let partition = partitions.partition(context);
+                partition.lock().map_err(|_| poisoned())?.add(Entry {
+                    vector,
+                    answer: answer.to_owned(),
+                    expires_at_ms,
+                });
+                partitions.reweigh(context, &partition);
                 Ok(())
             }
             SemanticIndex::Redis {
                 redis, namespace, ..
             } => {
-                // Every instance (this one included) picks it up on its next read.
+                // Every instance (this one included) picks it up on its next read. The stream
+                // lives as long as its longest-lived entry: a short ttl never shortens it
+                // (NX sets a first expiry, GT only extends; Redis 7).
                 let key = stream_key(namespace, context);
+                let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
                 let bytes: Vec<u8> = vector.iter().flat_map(|v| v.to_le_bytes()).collect();
                 let mut pipe = redis::pipe();
                 pipe.cmd("XADD")
@@ -286,13 +321,42 @@ impl SemanticIndex {
                     .ignore()
                     .cmd("PEXPIRE")
                     .arg(&key)
-                    .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1))
+                    .arg(ms)
+                    .arg("NX")
+                    .ignore()
+                    .cmd("PEXPIRE")
+                    .arg(&key)
+                    .arg(ms)
+                    .arg("GT")
                     .ignore();
                 redis.run_pipeline(&pipe).await
             }
         }
     }
 }
+
+/// A mirrored stream entry (`v`: the vector as little-endian f32s, `k`: the answer's key,
+/// `e`: its expiry, unix ms); `None` for anything else.
+fn entry_of(fields: &[Vec<u8>]) -> Option<Entry> {
+    let field = |name: &str| {
+        fields
+            .chunks_exact(2)
+            .find(|pair| pair[0] == name.as_bytes())
+            .map(|pair| &pair[1])
+    };
+    let vector: Vec<f32> = field("v")?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect();
+    Some(Entry {
+        vector: normalized(&vector)?,
+        answer: String::from_utf8(field("k")?.clone()).ok()?,
+        expires_at_ms: std::str::from_utf8(field("e")?).ok()?.parse().ok()?,
+    })
+}
+
+/// One `XRANGE` entry: its id and its fields and values, alternating.
+type StreamEntry = (String, Vec<Vec<u8>>);
 
 fn stream_key(namespace: &str, context: &str) -> String {
     format!("{namespace}:semantic:{context}")
@@ -304,43 +368,46 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn the_closest_live_answer_above_the_threshold_wins() {
-        let index = SemanticIndex::Local(Partitions::new(Duration::from_secs(60)));
+    async fn the_closest_live_answers_above_the_threshold_come_first() {
+        let index = SemanticIndex::Local(Partitions::new(Duration::from_secs(60), 1 << 20));
         let v = |x: &[f32]| normalized(x).unwrap();
         let ttl = Duration::from_secs(60);
-        index
-            .insert("ctx", v(&[1.0, 0.0]), "a", ttl, 1000)
-            .await
-            .unwrap();
-        index
-            .insert("ctx", v(&[0.8, 0.6]), "b", ttl, 1000)
-            .await
-            .unwrap();
-        index
-            .insert("other", v(&[0.0, 1.0]), "c", ttl, 1000)
-            .await
-            .unwrap();
+        for (ctx, vector, key) in [
+            ("ctx", [1.0, 0.0], "a"),
+            ("ctx", [0.8, 0.6], "b"),
+            ("other", [0.0, 1.0], "c"),
+        ] {
+            index.insert(ctx, v(&vector), key, ttl, 1000).await.unwrap();
+        }
+        assert!(index.refresh("ctx", 2000).await.unwrap());
+        assert!(
+            !index.refresh("nobody", 2000).await.unwrap(),
+            "nothing to compare with"
+        );
         let q = v(&[0.9, 0.5]);
-        let (key, similarity) = index.search("ctx", &q, 0.8, 2000).await.unwrap().unwrap();
-        assert_eq!(key, "b");
-        assert!(similarity > 0.98);
+        let found = index.search("ctx", &q, 0.8, 2000).unwrap();
+        let keys: Vec<&str> = found.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, ["b", "a"], "best first");
+        assert!(found[0].1 > 0.98);
         // Another context's answers are never candidates; nothing close enough is no answer.
-        assert!(index
-            .search("other", &q, 0.8, 2000)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(index.search("other", &q, 0.8, 2000).unwrap().is_empty());
         assert!(index
             .search("ctx", &v(&[0.0, 1.0]), 0.8, 2000)
-            .await
             .unwrap()
-            .is_none());
+            .is_empty());
         // Expired entries are skipped.
         assert!(index
             .search("ctx", &q, 0.8, 1000 + 61_000)
-            .await
             .unwrap()
-            .is_none());
+            .is_empty());
+        assert!(!index.refresh("ctx", 1000 + 61_000).await.unwrap());
         assert!(normalized(&[0.0, 0.0]).is_none());
+    }
+
+    #[test]
+    fn stream_ids_compare_as_numbers() {
+        assert!(stream_id("10-2") > stream_id("9-5"), "not as text");
+        assert!(stream_id("1700000000000-10") > stream_id("1700000000000-9"));
+        assert_eq!(stream_id("x-1"), None);
     }
 }

@@ -291,3 +291,95 @@ async fn a_parsed_body_runs_like_the_raw_one() {
     assert_eq!(e.status, 400);
     assert_eq!(e.envelope().error.code.as_deref(), Some("invalid_json"));
 }
+
+/// A backend of the caller's, counting what it is asked to keep.
+#[derive(Debug)]
+struct Counting(llmux::cache::LocalCache, std::sync::atomic::AtomicUsize);
+
+#[async_trait::async_trait]
+impl llmux::CacheBackend for Counting {
+    fn name(&self) -> &'static str {
+        "counting"
+    }
+    async fn get(&self, key: &str) -> Result<Option<bytes::Bytes>, llmux::CacheError> {
+        self.0.get(key).await
+    }
+    async fn put(
+        &self,
+        key: &str,
+        value: bytes::Bytes,
+        ttl: Duration,
+    ) -> Result<(), llmux::CacheError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.put(key, value, ttl).await
+    }
+    async fn delete(&self, keys: &[String]) -> Result<u64, llmux::CacheError> {
+        self.0.delete(keys).await
+    }
+    async fn ping(&self) -> Result<(), llmux::CacheError> {
+        Ok(())
+    }
+}
+
+/// The response cache answers library calls as it does the server's: built from the
+/// configuration's `litellm_settings.cache`, or around a backend of the caller's.
+#[tokio::test]
+async fn the_response_cache_answers_library_calls() {
+    let upstream = mock_upstream().await;
+    let yaml = format!(
+        "model_list: [{{model_name: remote, litellm_params: {{model: openai/remote-model, api_base: \"{upstream}\", api_key: k}}}}]\nlitellm_settings: {{cache: true}}\n"
+    );
+    let env: HashMap<String, String> = HashMap::new();
+    let loaded = llmux::config::load_str(&yaml, &env).unwrap();
+    let config = loaded.config.clone();
+    let (client, _) = Client::with_env(loaded.config, &env).unwrap();
+    let body = bytes::Bytes::from_static(
+        br#"{"model":"remote","messages":[{"role":"user","content":"cache me"}]}"#,
+    );
+    let run = |client: Client| {
+        let body = body.clone();
+        async move {
+            client
+                .execute(llmux::Operation::Chat, body, Default::default())
+                .await
+                .unwrap()
+        }
+    };
+    let first = run(client.clone()).await;
+    assert!(first.meta.cache_key.is_none());
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let second = run(client.clone()).await;
+    assert!(second.meta.cache_key.is_some());
+    assert_eq!(second.meta.provider, "cache");
+    assert_eq!(second.meta.cost, Some(0.0));
+
+    let backend = std::sync::Arc::new(Counting(
+        llmux::cache::LocalCache::new(1 << 20),
+        Default::default(),
+    ));
+    let cache = llmux::ResponseCache::with_backend(
+        llmux::config::CacheSettings::default(),
+        backend.clone(),
+    );
+    let (own, _) = Client::builder(config)
+        .env(&env)
+        .cache(Some(std::sync::Arc::new(cache)))
+        .build()
+        .unwrap();
+    run(own.clone()).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(run(own.clone()).await.meta.cache_key.is_some());
+    assert_eq!(
+        backend.1.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "one answer kept"
+    );
+    // And none at all when the caller says so.
+    let (none, _) = Client::builder(client.snapshot().config.clone())
+        .env(&env)
+        .cache(None)
+        .build()
+        .unwrap();
+    run(none.clone()).await;
+    assert!(run(none).await.meta.cache_key.is_none());
+}

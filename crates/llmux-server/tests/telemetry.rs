@@ -998,3 +998,95 @@ async fn log_events_are_exported_in_each_requests_trace() {
         .collect();
     assert_eq!(names, ["otel_logs", "otel"]);
 }
+
+/// A stream that fails mid-way and is continued on another deployment: the failed attempt's span
+/// ends at the failure with its error, the continuation is a span of its own that the upstream
+/// got as its `traceparent`, and the request's span is a success.
+#[tokio::test]
+async fn a_recovered_stream_spans_each_attempt() {
+    let (receiver, received) = http_receiver().await;
+    let yaml = format!(
+        r#"
+model_list:
+  - model_name: g
+    litellm_params: {{model: openai/first, api_base: "{{mock}}", api_key: k, order: 1, extra_headers: {{x-mock-cut-after: "3", x-mock-chunks: "10"}}}}
+  - model_name: g
+    litellm_params: {{model: openai/second, api_base: "{{mock}}", api_key: k, order: 2}}
+router_settings: {{stream_recovery: continue, num_retries: 0}}
+litellm_settings:
+  callbacks: ["otel"]
+environment_variables:
+  OTEL_EXPORTER_OTLP_ENDPOINT: "{receiver}"
+"#
+    );
+    let h = start_governed(&yaml, Db::Sqlite).await;
+    let key = h.new_key(json!({})).await;
+    let trace_id = "5af7651916cd43dd8448eb211c80319c";
+    let response = chat(
+        &h,
+        &key,
+        json!({"model": "g", "stream": true, "messages": [{"role": "user", "content": "go on"}]}),
+        &[("traceparent", &format!("00-{trace_id}-b7ad6b7169203331-01"))],
+    )
+    .await;
+    assert_eq!(response.status(), 200);
+    let body = response.text().await.unwrap();
+    assert!(body.contains("[DONE]"), "{body}");
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+
+    let spans = received.trace(&unhex(trace_id), 3).await;
+    assert_eq!(spans.len(), 3, "the request and two attempts");
+    let request = spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap();
+    assert_ne!(
+        request.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    let attempts: Vec<&Span> = spans
+        .iter()
+        .filter(|s| s.kind == SpanKind::Client as i32)
+        .collect();
+    let first = attempts
+        .iter()
+        .find(|s| text(**s, "gen_ai.request.model").as_deref() == Some("first"))
+        .unwrap();
+    let second = attempts
+        .iter()
+        .find(|s| text(**s, "gen_ai.request.model").as_deref() == Some("second"))
+        .unwrap();
+    assert_eq!(
+        first.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32),
+        "the cut attempt failed"
+    );
+    assert!(text(*first, "error.type").is_some());
+    assert_ne!(
+        second.status.as_ref().map(|s| s.code),
+        Some(StatusCode::Error as i32)
+    );
+    assert_eq!(first.parent_span_id, request.span_id);
+    assert_eq!(second.parent_span_id, request.span_id);
+    assert!(first.end_time_unix_nano <= second.start_time_unix_nano + 1_000_000);
+    assert!(second.end_time_unix_nano >= second.start_time_unix_nano);
+    // Each upstream got its own attempt's span as its parent.
+    let parents: Vec<String> = h
+        .recorded()
+        .iter()
+        .filter(|r| r.path.ends_with("/chat/completions"))
+        .filter_map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "traceparent")
+                .map(|(_, v)| v.clone())
+        })
+        .collect();
+    assert_eq!(parents.len(), 2, "{parents:?}");
+    assert!(parents[1].contains(&hex(&second.span_id)), "{parents:?}");
+    assert!(parents[0].contains(&hex(&first.span_id)), "{parents:?}");
+}

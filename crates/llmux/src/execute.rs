@@ -20,7 +20,7 @@ use crate::log::UpstreamRemaining;
 use crate::log::{AttemptLog, LogEmitter, Outcome, RequestDetail, RequestLog};
 use crate::relay::{relay_stream, RecoveryPlan, RelayStream, StreamSummary, Watch};
 use crate::response::{GatewayResponse, ResponseBody};
-use crate::resume::Resumer;
+use crate::resume::{ObservedRecovery, RecoveryLog, Resumer};
 use crate::tokens;
 use crate::{RequestOptions, Snapshot};
 
@@ -1026,6 +1026,9 @@ impl Run<'_> {
         }
         let finished_snapshot = Arc::clone(&snapshot);
         let group_size = route.candidates.len();
+        // An observed stream's recovery attempts, for their spans.
+        let recovery_log = clock.map(|_| Arc::new(std::sync::Mutex::new(RecoveryLog::default())));
+        let finished_recovery = recovery_log.clone();
         let body = self.body.clone();
         let on_finish = move |mut summary: StreamSummary| {
             let outcome = match (&summary.error, summary.completed) {
@@ -1066,7 +1069,43 @@ impl Run<'_> {
                 }
             }
             if trace.wanted(&logs) {
-                trace.record_attempt(clock, &upstream_model, meta.status, summary.error.as_ref());
+                let recovered = finished_recovery
+                    .as_ref()
+                    .and_then(|log| log.lock().ok().map(|mut log| std::mem::take(&mut *log)));
+                match recovered.as_ref().and_then(|r| r.first_failure.clone()) {
+                    // The first attempt failed mid-stream; the continuations carried it on.
+                    Some((at, kind, message)) => {
+                        trace.record_attempt(clock, &upstream_model, meta.status, None);
+                        if let Some(first) =
+                            trace.detail.as_mut().and_then(|d| d.attempts.last_mut())
+                        {
+                            first.duration =
+                                at.duration_since(first.started_at).unwrap_or_default();
+                            first.error = Some((kind, message));
+                        }
+                    }
+                    None => trace.record_attempt(
+                        clock,
+                        &upstream_model,
+                        meta.status,
+                        summary.error.as_ref(),
+                    ),
+                }
+                if let (Some(recovered), Some(detail)) = (recovered, trace.detail.as_mut()) {
+                    let last = recovered.attempts.len().checked_sub(1);
+                    for (i, mut attempt) in recovered.attempts.into_iter().enumerate() {
+                        if Some(i) == last && attempt.error.is_none() {
+                            attempt.duration = SystemTime::now()
+                                .duration_since(attempt.started_at)
+                                .unwrap_or_default();
+                            attempt.error = summary
+                                .error
+                                .as_ref()
+                                .map(|e| (e.kind, e.message().to_owned()));
+                        }
+                        detail.attempts.push(attempt);
+                    }
+                }
                 if let Some(detail) = trace.detail.as_mut() {
                     detail.finish_reasons = summary.delivered.finish_reasons().to_vec();
                     if let Some(e) = &summary.error {
@@ -1106,6 +1145,10 @@ impl Run<'_> {
                     received_at: self.trace.received_at,
                     used: vec![index],
                     claims: Vec::new(),
+                    observed: recovery_log.as_ref().map(|log| ObservedRecovery {
+                        trace: self.trace.detail.as_ref().and_then(|d| d.trace.clone()),
+                        log: Arc::clone(log),
+                    }),
                 }),
                 max_attempts: recovery_settings.max_attempts,
                 max_buffered_bytes: recovery_settings.max_buffered_bytes,

@@ -314,3 +314,57 @@ async fn a_reload_that_changes_alerting_health_checks_or_the_cache_says_they_app
         "the running (absent) cache is kept"
     );
 }
+
+/// With a fleet's Redis, an alert about one subject is sent once for the whole fleet: the
+/// instance that claims it in Redis sends it, the others do not. Without one, each instance
+/// sends its own.
+#[tokio::test]
+async fn a_fleet_sends_an_alert_once() {
+    use llmux_telemetry::alerts::{Alert, Alerter};
+    let (receiver, got) = alert_receiver().await;
+    let redis = std::env::var("LLMUX_TEST_REDIS_URL").unwrap_or_else(|_| {
+        panic!("LLMUX_TEST_REDIS_URL is not set: run the tests through scripts/test.sh, which starts Redis")
+    });
+    let env: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    let config = |fleet: bool| {
+        let yaml = format!(
+            "model_list: []\ngeneral_settings: {{alerting: [webhook]}}\nenvironment_variables: {{WEBHOOK_URL: \"{receiver}/webhook\"}}\n{}",
+            if fleet {
+                format!("router_settings: {{redis_url: \"{redis}\"}}\n")
+            } else {
+                String::new()
+            }
+        );
+        llmux_config::load_str(&yaml, &env).unwrap().config
+    };
+    // A subject of this run's own (the Redis is shared with other tests).
+    let id = llmux::new_request_id();
+    let alert = || Alert::Budget {
+        kind: "Key".into(),
+        id: id.clone(),
+        name: None,
+        spend: 2.0,
+        budget: 1.0,
+        soft: false,
+    };
+    for fleet in [true, false] {
+        let instances: Vec<_> = (0..3)
+            .map(|_| Alerter::from_config(&config(fleet), &env).unwrap().unwrap())
+            .collect();
+        got.lock().unwrap().clear();
+        for instance in &instances {
+            assert!(instance.send(alert()), "each instance's own window is open");
+        }
+        let expected = if fleet { 1 } else { 3 };
+        until(&got, "the alerts", |g| {
+            events(g, "budget_crossed") >= expected
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(
+            events(&got.lock().unwrap(), "budget_crossed"),
+            expected,
+            "fleet: {fleet}"
+        );
+    }
+}

@@ -2,7 +2,8 @@
 //! `webhook` posts JSON to `WEBHOOK_URL`. What is
 //! alerted: budgets crossed, deployments cooled down or failing their health check, responses
 //! slower than `alerting_threshold`, log sinks failing. Each alert is sent at most once per
-//! subject within `DEDUP_WINDOW`, off the request path.
+//! subject within `DEDUP_WINDOW`, off the request path; with a fleet's Redis configured, once
+//! for the whole fleet (the first instance to claim the subject in Redis sends it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -154,6 +155,61 @@ pub struct Alerter {
     /// `alerting_threshold`: a slower response is alerted.
     pub slow_threshold: Duration,
     sent: Mutex<HashMap<(&'static str, String), Instant>>,
+    /// The fleet's Redis: an alert's subject is claimed there (`SET NX`) so that one instance
+    /// sends it.
+    fleet: Option<FleetClaims>,
+}
+
+/// Subjects claimed in the fleet's Redis.
+struct FleetClaims {
+    client: redis::Client,
+    connection: tokio::sync::Mutex<Option<redis::aio::ConnectionManager>>,
+}
+
+/// How long claiming a subject may take before the alert is sent anyway (a duplicate beats a
+/// lost alert).
+const CLAIM_DEADLINE: Duration = Duration::from_secs(2);
+
+impl std::fmt::Debug for FleetClaims {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FleetClaims")
+    }
+}
+
+impl FleetClaims {
+    /// Whether this instance may send the alert about `subject` (`false`: another did, within
+    /// the window). An unreachable Redis lets it.
+    async fn claim(&self, event: &str, subject: &str) -> bool {
+        let work = async {
+            let mut slot = self.connection.lock().await;
+            if slot.is_none() {
+                *slot = Some(redis::aio::ConnectionManager::new(self.client.clone()).await?);
+            }
+            let Some(conn) = slot.as_mut() else {
+                return Ok(true);
+            };
+            let set: Option<String> = redis::cmd("SET")
+                .arg(format!("llmux:alert:{event}:{subject}"))
+                .arg(1)
+                .arg("NX")
+                .arg("PX")
+                .arg(DEDUP_WINDOW.as_millis() as u64)
+                .query_async(conn)
+                .await?;
+            Ok::<bool, redis::RedisError>(set.is_some())
+        };
+        match tokio::time::timeout(CLAIM_DEADLINE, work).await {
+            Ok(Ok(claimed)) => claimed,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "alerts: cannot claim a subject in Redis; sending anyway");
+                true
+            }
+            Err(_) => {
+                tracing::warn!("alerts: Redis did not answer the claim; sending anyway");
+                true
+            }
+        }
+    }
 }
 
 impl Alerter {
@@ -184,12 +240,21 @@ impl Alerter {
         if slack.is_none() && webhook.is_none() {
             return Ok(None);
         }
+        let fleet = match config.redis_url(env) {
+            Some(url) => Some(FleetClaims {
+                client: redis::Client::open(url.as_str())
+                    .map_err(|e| format!("alerts: the fleet's redis url: {e}"))?,
+                connection: tokio::sync::Mutex::new(None),
+            }),
+            None => None,
+        };
         Ok(Some(Arc::new(Alerter {
             client: http_client()?,
             slack,
             webhook,
             slow_threshold: config.alerting_threshold,
             sent: Mutex::new(HashMap::new()),
+            fleet,
         })))
     }
 
@@ -216,10 +281,17 @@ impl Alerter {
                     sent.clear();
                 }
             }
-            sent.insert(subject, now);
+            sent.insert(subject.clone(), now);
         }
         let me = Arc::clone(self);
-        tokio::spawn(async move { me.deliver(&alert).await });
+        tokio::spawn(async move {
+            if let Some(fleet) = &me.fleet {
+                if !fleet.claim(subject.0, &subject.1).await {
+                    return;
+                }
+            }
+            me.deliver(&alert).await;
+        });
         true
     }
 

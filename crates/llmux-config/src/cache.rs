@@ -200,33 +200,17 @@ pub(crate) fn parse(
             }
         }
     };
-    let seconds = |key: &str, diags: &mut Vec<Diagnostic>| -> Option<Duration> {
-        let v = params.get(key)?;
-        let n = match v {
+    // `None`: absent or null; `Some(None)`: not a number.
+    let raw_number = |key: &str| -> Option<Option<f64>> {
+        Some(match params.get(key)? {
             Value::Number(n) => n.as_f64(),
             Value::String(t) => t.trim().parse::<f64>().ok(),
             Value::Null => return None,
             _ => None,
-        };
-        match n {
-            Some(n) if n > 0.0 && n < 1.0e9 => Some(Duration::from_secs_f64(n)),
-            _ => {
-                diags.push(Diagnostic::error(
-                    format!("{path}.{key}"),
-                    "must be a positive number of seconds",
-                ));
-                None
-            }
-        }
+        })
     };
     let number = |key: &str, diags: &mut Vec<Diagnostic>| -> Option<f64> {
-        let v = params.get(key)?;
-        let n = match v {
-            Value::Number(n) => n.as_f64(),
-            Value::String(t) => t.trim().parse::<f64>().ok(),
-            Value::Null => return None,
-            _ => None,
-        };
+        let n = raw_number(key)?;
         if n.is_none() {
             diags.push(Diagnostic::error(
                 format!("{path}.{key}"),
@@ -234,6 +218,19 @@ pub(crate) fn parse(
             ));
         }
         n
+    };
+    let seconds = |key: &str, diags: &mut Vec<Diagnostic>| -> Option<Duration> {
+        let at = format!("{path}.{key}");
+        match raw_number(key)? {
+            Some(n) => crate::validate::seconds(Some(n), &at, diags),
+            None => {
+                diags.push(Diagnostic::error(
+                    at,
+                    "must be a positive number of seconds",
+                ));
+                None
+            }
+        }
     };
 
     s.redis.url = text("url", diags).or_else(|| text("redis_url", diags));

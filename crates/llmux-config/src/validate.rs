@@ -480,7 +480,11 @@ fn report_ignored(
     }
 }
 
-fn seconds(value: Option<f64>, path: &str, diags: &mut Vec<Diagnostic>) -> Option<Duration> {
+pub(crate) fn seconds(
+    value: Option<f64>,
+    path: &str,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Duration> {
     let v = value?;
     if v > 0.0 && v < 1.0e9 {
         Some(Duration::from_secs_f64(v))

@@ -135,6 +135,28 @@ fn handler(path: &str) -> Option<MethodRouter<AppState>> {
     })
 }
 
+/// The response cache, or a 404 when none is configured.
+fn configured_cache(state: &AppState) -> Result<std::sync::Arc<llmux::ResponseCache>, Refusal> {
+    state.client.snapshot().cache.clone().ok_or_else(|| {
+        Refusal(
+            GatewayError::new(
+                ErrorKind::NotFound,
+                "The response cache is not configured (litellm_settings.cache).",
+            )
+            .with_code("cache_disabled"),
+        )
+    })
+}
+
+/// A cache that does not answer: LiteLLM's 503.
+fn cache_unhealthy(message: String) -> Refusal {
+    Refusal(
+        GatewayError::new(ErrorKind::UpstreamUnavailable, message)
+            .with_code("cache_unhealthy")
+            .with_status(503),
+    )
+}
+
 /// `GET /cache/ping` (admins and admin viewers): whether the response cache answers, in
 /// LiteLLM's shape; 503 when it does not, or when no cache is configured.
 async fn cache_ping(
@@ -142,15 +164,7 @@ async fn cache_ping(
     Caller(c): Caller,
 ) -> Reply {
     manage::require_reader(&c.principal, "ping the cache")?;
-    let Some(cache) = state.client.snapshot().cache.clone() else {
-        return Err(Refusal(
-            GatewayError::new(
-                ErrorKind::NotFound,
-                "The response cache is not configured (litellm_settings.cache).",
-            )
-            .with_code("cache_disabled"),
-        ));
-    };
+    let cache = configured_cache(&state)?;
     let backend = cache.backend();
     let probe = async {
         backend.ping().await?;
@@ -186,22 +200,10 @@ async fn cache_ping(
             "litellm_cache_params": params,
             "errors": cache.errors(),
         }))),
-        Ok(false) => Err(Refusal(
-            GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                "The cache accepted a value and did not return it.",
-            )
-            .with_code("cache_unhealthy")
-            .with_status(503),
+        Ok(false) => Err(cache_unhealthy(
+            "The cache accepted a value and did not return it.".to_owned(),
         )),
-        Err(e) => Err(Refusal(
-            GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!("Cache unhealthy: {e}"),
-            )
-            .with_code("cache_unhealthy")
-            .with_status(503),
-        )),
+        Err(e) => Err(cache_unhealthy(format!("Cache unhealthy: {e}"))),
     }
 }
 
@@ -226,25 +228,11 @@ async fn cache_delete(
             .collect::<Result<_, _>>()?,
         _ => return Err(bad("`keys` must be a list of at most 1000 cache keys")),
     };
-    let Some(cache) = state.client.snapshot().cache.clone() else {
-        return Err(Refusal(
-            GatewayError::new(
-                ErrorKind::NotFound,
-                "The response cache is not configured (litellm_settings.cache).",
-            )
-            .with_code("cache_disabled"),
-        ));
-    };
-    let deleted = cache.delete(&keys).await.map_err(|e| {
-        Refusal(
-            GatewayError::new(
-                ErrorKind::UpstreamUnavailable,
-                format!("Cache unhealthy: {e}"),
-            )
-            .with_code("cache_unhealthy")
-            .with_status(503),
-        )
-    })?;
+    let cache = configured_cache(&state)?;
+    let deleted = cache
+        .delete(&keys)
+        .await
+        .map_err(|e| cache_unhealthy(format!("Cache unhealthy: {e}")))?;
     Ok(Answer(
         serde_json::json!({"status": "success", "deleted": deleted}),
     ))

@@ -120,16 +120,7 @@ async fn a_repeat_is_answered_from_the_cache_and_costs_nothing() {
     assert!(first_spend > 0.0);
 
     // The metrics: one hit, four misses, the hit's tokens saved.
-    let text = h
-        .http
-        .get(format!("{}/metrics", h.url))
-        .bearer_auth(MASTER)
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = h.get_as(MASTER, "/metrics").await.text().await.unwrap();
     let total = |name: &str| -> f64 {
         text.lines()
             .filter(|l| l.starts_with(&format!("{name}{{")))

@@ -362,6 +362,23 @@ environment_variables:
     )
 }
 
+/// Send what telemetry holds now.
+async fn flush(h: &Harness) {
+    h.telemetry
+        .as_ref()
+        .unwrap()
+        .flush(Duration::from_secs(5))
+        .await;
+}
+
+/// The request's own span among a trace's.
+fn server_span(spans: &[Span]) -> &Span {
+    spans
+        .iter()
+        .find(|s| s.kind == SpanKind::Server as i32)
+        .unwrap()
+}
+
 async fn chat(h: &Harness, key: &str, body: Value, headers: &[(&str, &str)]) -> reqwest::Response {
     let mut request = h
         .http
@@ -402,18 +419,11 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     .await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
 
     let spans = received.trace(&unhex(trace_id), 3).await;
     assert_eq!(spans.len(), 3, "one request span and two attempts");
-    let request = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&spans);
     assert_eq!(
         hex(&request.parent_span_id),
         client_span,
@@ -544,11 +554,7 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     .await;
     assert_eq!(response.status(), 200);
     let _ = response.text().await.unwrap();
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     let deadline = Instant::now() + Duration::from_secs(15);
     let stream_span = loop {
         let found = received
@@ -593,11 +599,7 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
         refused_status == 401 || refused_status == 403,
         "{refused_status}"
     );
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     let refused = received.trace(&unhex(refused_trace), 1).await;
     assert_eq!(refused.len(), 1, "no attempt was made");
     assert_eq!(
@@ -651,11 +653,7 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     assert!(
         !received
             .spans
@@ -680,11 +678,7 @@ async fn a_request_and_each_attempt_are_spans_in_the_clients_trace_over_http() {
     .await;
     assert_eq!(response.status(), 200);
     let answer: Value = response.json().await.unwrap();
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     let spans = received.trace(&unhex(quiet_trace), 3).await;
     let everything = all_text(&spans);
     assert!(!everything.contains("quiet-prompt-7731"), "{everything}");
@@ -726,18 +720,11 @@ async fn grpc_export_with_message_logging_off_keeps_prompts_out_of_every_span() 
     )
     .await;
     assert_eq!(response.status(), 400);
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
 
     let spans = received.trace(&unhex(trace_id), 3).await;
     let failed = received.trace(&unhex(failed_trace), 2).await;
-    let request = failed
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&failed);
     assert_eq!(
         request.status.as_ref().unwrap().code,
         StatusCode::Error as i32
@@ -786,16 +773,9 @@ async fn otlp_json_over_http_carries_the_same_spans() {
     )
     .await;
     assert_eq!(response.status(), 200);
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     let spans = received.trace(&unhex(trace_id), 3).await;
-    let request = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&spans);
     assert_eq!(hex(&request.parent_span_id), "b7ad6b7169203331");
     assert_eq!(
         text(request, "gen_ai.request.model").as_deref(),
@@ -825,16 +805,9 @@ async fn otlp_json_over_http_carries_the_same_spans() {
         .await;
     assert!(gave_up.is_err(), "the client was meant to time out");
     tokio::time::sleep(Duration::from_millis(200)).await;
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
     let left = received.trace(&unhex(left_trace), 1).await;
-    let request = left
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&left);
     assert_eq!(
         text(request, "error.type").as_deref(),
         Some("client_disconnected")
@@ -938,11 +911,7 @@ async fn log_events_are_exported_in_each_requests_trace() {
     )
     .await;
     assert_eq!(response.status(), 400);
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
 
     let logs = received.log_records(2).await;
     assert_eq!(logs.len(), 2, "one event per request");
@@ -960,10 +929,7 @@ async fn log_events_are_exported_in_each_requests_trace() {
     assert_eq!(ok.severity_number, SeverityNumber::Info as i32);
     // The event names the request's own span, which the traces signal exported.
     let spans = received.trace(&unhex(trace_id), 3).await;
-    let request = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&spans);
     assert_eq!(ok.span_id, request.span_id);
     assert_eq!(ok.flags & 1, 1, "sampled");
     assert_eq!(text(ok, "gen_ai.request.model").as_deref(), Some("gpt"));
@@ -1032,18 +998,11 @@ environment_variables:
     assert_eq!(response.status(), 200);
     let body = response.text().await.unwrap();
     assert!(body.contains("[DONE]"), "{body}");
-    h.telemetry
-        .as_ref()
-        .unwrap()
-        .flush(Duration::from_secs(5))
-        .await;
+    flush(&h).await;
 
     let spans = received.trace(&unhex(trace_id), 3).await;
     assert_eq!(spans.len(), 3, "the request and two attempts");
-    let request = spans
-        .iter()
-        .find(|s| s.kind == SpanKind::Server as i32)
-        .unwrap();
+    let request = server_span(&spans);
     assert_ne!(
         request.status.as_ref().map(|s| s.code),
         Some(StatusCode::Error as i32)

@@ -270,6 +270,16 @@ impl RedisCache {
         })?
     }
 
+    /// A place among the stores waiting on Redis, or an error when they are all taken.
+    fn store_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit, CacheError> {
+        Arc::clone(&self.stores).try_acquire_owned().map_err(|_| {
+            CacheError(format!(
+                "cache redis {}: {MAX_PENDING_STORES} stores already waiting; dropped",
+                self.inner.target
+            ))
+        })
+    }
+
     /// Run `cmd`, connection included, within `deadline`.
     async fn run<T: redis::FromRedisValue>(
         &self,
@@ -295,12 +305,7 @@ impl RedisCache {
 
     /// A pipeline under the store deadline, its answers ignored.
     pub(crate) async fn run_pipeline(&self, pipe: &redis::Pipeline) -> Result<(), CacheError> {
-        let Ok(_pending) = Arc::clone(&self.stores).try_acquire_owned() else {
-            return Err(CacheError(format!(
-                "cache redis {}: {MAX_PENDING_STORES} stores already waiting; dropped",
-                self.inner.target
-            )));
-        };
+        let _pending = self.store_permit()?;
         self.within(REDIS_STORE_DEADLINE, async {
             let mut conn = self.connected().await?;
             pipe.query_async::<()>(&mut conn)
@@ -335,12 +340,7 @@ impl CacheBackend for RedisCache {
     }
 
     async fn put(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
-        let Ok(_pending) = Arc::clone(&self.stores).try_acquire_owned() else {
-            return Err(CacheError(format!(
-                "cache redis {}: {MAX_PENDING_STORES} stores already waiting; dropped",
-                self.inner.target
-            )));
-        };
+        let _pending = self.store_permit()?;
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
         self.run::<()>(
             redis::cmd("SET")
